@@ -1,0 +1,543 @@
+//! The YAML configuration (DESIGN.md §5), parsed into types that cannot hold
+//! a bad value. Unknown keys are rejected; every error names its field path
+//! and, where the YAML parser knows it, the line.
+
+use std::{
+    collections::BTreeSet,
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Name of this balancer instance: the pin directory under
+    /// `/sys/fs/bpf/lb/`.
+    pub instance: InstanceName,
+    /// Interfaces the balancer attaches to.
+    pub interfaces: Vec<Interface>,
+    /// The services.
+    #[serde(default)]
+    pub services: Vec<Service>,
+    /// High availability (VRRP), optional.
+    #[serde(default)]
+    pub ha: Option<Ha>,
+    /// Where the control API and metrics listen.
+    #[serde(default)]
+    pub control: Control,
+}
+
+/// A pin-directory-safe instance name: `[A-Za-z0-9_-]{1,64}`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct InstanceName(String);
+
+impl InstanceName {
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for InstanceName {
+    type Error = String;
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if valid {
+            Ok(Self(name))
+        } else {
+            Err(format!(
+                "instance name {name:?} must be 1 to 64 characters of A-Z, a-z, 0-9, '-' or '_'"
+            ))
+        }
+    }
+}
+
+impl fmt::Display for InstanceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An interface to attach to.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Interface {
+    /// Interface name, e.g. `eth0`.
+    pub name: String,
+    /// How to attach.
+    #[serde(default)]
+    pub xdp_mode: XdpModeSetting,
+}
+
+/// `interfaces[].xdp_mode`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeSetting {
+    /// Native, falling back to generic with a log line.
+    #[default]
+    Auto,
+    /// Native only.
+    Native,
+    /// Generic only.
+    Generic,
+}
+
+/// Transport protocol of a service.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Protocol {
+    /// The IP protocol number.
+    pub const fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => lb_common::proto::TCP,
+            Protocol::Udp => lb_common::proto::UDP,
+        }
+    }
+
+    /// Lower-case name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// How new flows pick a backend.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scheduler {
+    /// Consistent hash of the 5-tuple, weighted.
+    #[default]
+    Maglev,
+    /// Consistent hash of the source address, weighted.
+    IpHash,
+    /// Weighted round robin per new flow.
+    RoundRobin,
+    /// Maglev with weights following active flow counts.
+    LeastConn,
+    /// Maglev with weights following agent-reported load.
+    Resource,
+}
+
+/// How packets reach the backend.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Forwarding {
+    /// Destination rewrite; replies come back through the balancer.
+    #[default]
+    Nat,
+    /// MAC rewrite; backends answer clients directly.
+    Dsr,
+    /// IPIP / IP6IP6 encapsulation.
+    Tunnel,
+}
+
+/// One service.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// Unique name.
+    pub name: String,
+    /// Virtual IP.
+    pub vip: IpAddr,
+    /// Port, 0 for all ports.
+    pub port: u16,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Scheduler.
+    #[serde(default)]
+    pub scheduler: Scheduler,
+    /// Forwarding mode.
+    #[serde(default)]
+    pub forwarding: Forwarding,
+    /// Backends.
+    #[serde(default)]
+    pub backends: Vec<Backend>,
+    /// Health check; none means backends are always up.
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+}
+
+/// One backend of a service.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Backend {
+    /// Address.
+    pub address: IpAddr,
+    /// Port; defaults to the service port.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Relative weight; 0 drains.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Tier, 0 = primary.
+    #[serde(default)]
+    pub tier: u8,
+}
+
+const fn default_weight() -> u32 {
+    100
+}
+
+/// `health_check.kind`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    /// TCP connect.
+    #[default]
+    Tcp,
+    /// HTTP GET.
+    Http,
+    /// HTTPS GET (certificate not verified).
+    Https,
+    /// UDP send / expect.
+    Udp,
+    /// Command exit status.
+    Exec,
+    /// No checks: always up.
+    None,
+}
+
+/// A health check.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// Which check.
+    #[serde(default)]
+    pub kind: CheckKind,
+    /// HTTP path.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Expected HTTP status.
+    #[serde(default)]
+    pub expect_status: Option<u16>,
+    /// Time between checks.
+    #[serde(default = "default_interval", with = "duration")]
+    pub interval: Duration,
+    /// Time a check may take.
+    #[serde(default = "default_timeout", with = "duration")]
+    pub timeout: Duration,
+    /// Successes before up.
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    /// Failures before down.
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+}
+
+const fn default_interval() -> Duration {
+    Duration::from_secs(1)
+}
+const fn default_timeout() -> Duration {
+    Duration::from_millis(500)
+}
+const fn default_rise() -> u32 {
+    2
+}
+const fn default_fall() -> u32 {
+    2
+}
+
+/// VRRP settings.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Ha {
+    /// Interface VRRP runs on.
+    pub interface: String,
+    /// VRID, 1..=255.
+    pub virtual_router_id: u8,
+    /// Priority, 1..=254.
+    pub priority: u8,
+    /// Advertisement interval.
+    #[serde(default = "default_advert", with = "duration")]
+    pub advert_interval: Duration,
+    /// Whether a higher-priority backup takes over from a lower master.
+    #[serde(default = "default_true")]
+    pub preempt: bool,
+    /// Unicast peers; empty means multicast.
+    #[serde(default)]
+    pub unicast_peers: Vec<IpAddr>,
+    /// Floating addresses the master holds.
+    #[serde(default)]
+    pub floating_ips: Vec<IpNet>,
+}
+
+const fn default_advert() -> Duration {
+    Duration::from_secs(1)
+}
+const fn default_true() -> bool {
+    true
+}
+
+/// Control API and metrics.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Control {
+    /// Unix socket of the control API.
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// Prometheus listen address.
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Self {
+            socket: default_socket(),
+            metrics: None,
+        }
+    }
+}
+
+/// The default control socket.
+pub fn default_socket() -> PathBuf {
+    PathBuf::from("/run/lb/lb.sock")
+}
+
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map_err(|e| D::Error::custom(format!("{text:?} is not a duration like 500ms: {e}")))
+    }
+}
+
+/// One problem found in a configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// Field path, e.g. `services[0].backends[1].weight`.
+    pub path: String,
+    /// 1-based line, where known.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}: {}: {}", self.path, self.message),
+            None => write!(f, "{}: {}", self.path, self.message),
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {}", .path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid for the schema.
+    #[error("{} problem(s):\n{}", .0.len(), ProblemList(.0))]
+    Invalid(Vec<ConfigProblem>),
+}
+
+struct ProblemList<'a>(&'a [ConfigProblem]);
+
+impl fmt::Display for ProblemList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "  {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text)
+    }
+
+    /// Parses and validates YAML text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let deserializer = serde_yaml::Deserializer::from_str(text);
+        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            ConfigError::Invalid(vec![ConfigProblem {
+                path,
+                line: inner.location().map(|l| l.line()),
+                message: strip_location(&inner.to_string()),
+            }])
+        })?;
+        let problems = config.problems();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// Cross-field checks the types alone cannot express.
+    fn problems(&self) -> Vec<ConfigProblem> {
+        let mut problems = Vec::new();
+        let mut problem = |path: String, message: String| {
+            problems.push(ConfigProblem {
+                path,
+                line: None,
+                message,
+            });
+        };
+        if self.interfaces.is_empty() {
+            problem(
+                "interfaces".into(),
+                "at least one interface is needed".into(),
+            );
+        }
+        let mut names = BTreeSet::new();
+        let mut keys = BTreeSet::new();
+        for (i, service) in self.services.iter().enumerate() {
+            if service.name.is_empty() {
+                problem(format!("services[{i}].name"), "must not be empty".into());
+            }
+            if !names.insert(service.name.as_str()) {
+                problem(
+                    format!("services[{i}].name"),
+                    format!("{:?} is used by an earlier service", service.name),
+                );
+            }
+            if !keys.insert((service.vip, service.port, service.protocol)) {
+                problem(
+                    format!("services[{i}]"),
+                    format!(
+                        "{} {}:{} is already used by an earlier service",
+                        service.protocol.name(),
+                        service.vip,
+                        service.port
+                    ),
+                );
+            }
+        }
+        problems
+    }
+}
+
+/// `serde_yaml` appends " at line L column C"; the line is reported separately.
+fn strip_location(message: &str) -> String {
+    match message.find(" at line ") {
+        Some(at) => message[..at].to_string(),
+        None => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "\
+instance: edge1
+interfaces:
+  - name: eth0
+services:
+  - name: web
+    vip: 203.0.113.10
+    port: 80
+    protocol: tcp
+    backends:
+      - { address: 192.0.2.11, port: 8080 }
+";
+
+    #[test]
+    fn minimal_config_parses_with_defaults() {
+        let config = Config::parse(MINIMAL).unwrap();
+        assert_eq!(config.instance.as_str(), "edge1");
+        assert_eq!(config.interfaces[0].xdp_mode, XdpModeSetting::Auto);
+        let web = &config.services[0];
+        assert_eq!(web.scheduler, Scheduler::Maglev);
+        assert_eq!(web.forwarding, Forwarding::Nat);
+        assert_eq!(web.backends[0].weight, 100);
+        assert_eq!(config.control.socket, PathBuf::from("/run/lb/lb.sock"));
+    }
+
+    #[test]
+    fn unknown_key_names_path_and_line() {
+        let text = MINIMAL.replace("    port: 80\n", "    port: 80\n    prot: 1\n");
+        let ConfigError::Invalid(problems) = Config::parse(&text).unwrap_err() else {
+            panic!("expected Invalid");
+        };
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].path, "services[0].prot");
+        assert_eq!(problems[0].line, Some(8));
+        assert!(
+            problems[0].message.contains("unknown field `prot`"),
+            "{}",
+            problems[0].message
+        );
+    }
+
+    #[test]
+    fn bad_enum_value_is_refused() {
+        let text = MINIMAL.replace("protocol: tcp", "protocol: sctp");
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("services[0].protocol"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_service_is_refused() {
+        let text = format!(
+            "{MINIMAL}  - name: web\n    vip: 203.0.113.10\n    port: 80\n    protocol: tcp\n"
+        );
+        let ConfigError::Invalid(problems) = Config::parse(&text).unwrap_err() else {
+            panic!("expected Invalid");
+        };
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(problems[0].path, "services[1].name");
+        assert_eq!(problems[1].path, "services[1]");
+    }
+
+    #[test]
+    fn shipped_example_config_is_valid() {
+        let config = Config::parse(include_str!("../../deploy/lb.example.yaml")).unwrap();
+        assert_eq!(config.services.len(), 2);
+        assert_eq!(config.services[0].backends[2].tier, 1);
+        let interval = config.services[0].health_check.as_ref().unwrap().interval;
+        assert_eq!(interval, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn bad_instance_name_is_refused() {
+        let text = MINIMAL.replace("edge1", "../etc");
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("instance"), "{err}");
+    }
+}

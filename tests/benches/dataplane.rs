@@ -1,0 +1,72 @@
+//! Data-plane cost per packet, measured with `BPF_PROG_TEST_RUN` and a large
+//! `repeat`: the kernel reports the mean time per run in whole nanoseconds.
+//! The paths here do not rewrite the frame, so repeating one buffer is exact.
+//! Run with `cargo xtask bench`.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use aya::programs::{TestRun, TestRunOptions};
+use lb::cli::map_addr;
+use lb_common::{ServiceKey, ServiceValue, proto};
+use lb_tests::{frames, testrun::Harness};
+
+const REPEAT: u32 = 1_000_000;
+const ROUNDS: usize = 5;
+
+fn main() {
+    let mut harness = Harness::new();
+    let vip4 = Ipv4Addr::new(203, 0, 113, 10);
+    let vip6 = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
+    let client4 = Ipv4Addr::new(198, 51, 100, 7);
+    let client6 = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 7);
+    for (id, vip) in [map_addr(vip4.into()), map_addr(vip6.into())]
+        .into_iter()
+        .enumerate()
+    {
+        let key = ServiceKey::new(vip, 80, proto::TCP);
+        let id = u32::try_from(id).unwrap();
+        harness
+            .dataplane
+            .insert_service(key, ServiceValue { id, flags: 0 })
+            .unwrap();
+        harness.dataplane.insert_vip(vip, 1).unwrap();
+    }
+    let cases = [
+        ("ARP (non-IP, pass)", frames::arp_request(client4, vip4)),
+        (
+            "IPv4 TCP, no service (pass)",
+            frames::tcp4(client4, 40000, Ipv4Addr::new(192, 0, 2, 9), 80),
+        ),
+        (
+            "IPv4 TCP to a service (match)",
+            frames::tcp4(client4, 40000, vip4, 80),
+        ),
+        (
+            "IPv6 TCP to a service (match)",
+            frames::tcp6(client6, 40000, vip6, 80),
+        ),
+        (
+            "IPv4 TCP, VLAN, to a service",
+            frames::tcp4_vlan(7, client4, 40000, vip4, 80),
+        ),
+    ];
+    println!("lb_balancer, BPF_PROG_TEST_RUN, repeat {REPEAT}, best and median of {ROUNDS} rounds");
+    println!("{:<34} {:>8} {:>8}", "case", "best ns", "median");
+    let program = harness.dataplane.balancer().unwrap();
+    for (name, frame) in cases {
+        let mut samples: Vec<u128> = (0..ROUNDS)
+            .map(|_| {
+                let mut out = vec![0u8; frame.len() + 256];
+                let opts = TestRunOptions {
+                    data_in: Some(&frame),
+                    data_out: Some(&mut out),
+                    repeat: REPEAT,
+                    ..TestRunOptions::default()
+                };
+                program.test_run(opts).unwrap().duration.as_nanos()
+            })
+            .collect();
+        samples.sort_unstable();
+        println!("{name:<34} {:>8} {:>8}", samples[0], samples[ROUNDS / 2]);
+    }
+}

@@ -1,0 +1,268 @@
+//! Network-namespace test beds: namespaces, veth pairs, bridges, addresses,
+//! routes, and processes inside them. Every resource is owned by a guard whose
+//! `Drop` removes it, so a failing (panicking) test leaves nothing behind.
+//! Names carry the process id and a counter, so tests run in parallel.
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd,
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+};
+
+static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+
+/// A name no other live test bed uses: `lbt<pid>x<n><tag>`.
+fn unique(tag: &str) -> String {
+    let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    format!("lbt{}x{n}{tag}", std::process::id())
+}
+
+/// Runs a command, panicking with its output if it fails.
+pub fn sh(program: &str, args: &[&str]) -> Output {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {program}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {} failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// A network namespace, deleted (with every interface in it) on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates a namespace named after `tag`, with loopback up.
+    pub fn new(tag: &str) -> Self {
+        let name = unique(tag);
+        sh("ip", &["netns", "add", &name]);
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// The namespace's name, as `ip netns` knows it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `/run/netns/NAME`, for `nsenter --net=` and `setns`.
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// Runs `ip ARGS` inside the namespace; panics on failure.
+    pub fn ip(&self, args: &[&str]) -> Output {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        sh("ip", &full)
+    }
+
+    /// Runs a command inside the namespace and returns its output, whatever
+    /// its exit status.
+    pub fn exec(&self, program: &str, args: &[&str]) -> Output {
+        self.command(program, args)
+            .output()
+            .unwrap_or_else(|e| panic!("running {program} in {}: {e}", self.name))
+    }
+
+    /// A command that will run inside the namespace. `nsenter --net` keeps the
+    /// host's mount namespace (unlike `ip netns exec`, which remounts /sys and
+    /// hides the host's bpffs).
+    pub fn command(&self, program: &str, args: &[&str]) -> Command {
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net={}", self.path()))
+            .arg("--")
+            .arg(program)
+            .args(args);
+        command
+    }
+
+    /// Starts a process inside the namespace; it is killed on drop.
+    pub fn spawn(&self, program: &str, args: &[&str]) -> ChildGuard {
+        let child = self
+            .command(program, args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {program} in {}: {e}", self.name));
+        ChildGuard(Some(child))
+    }
+
+    /// Runs `f` on a thread that has joined this namespace, so std sockets
+    /// opened in `f` live there.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let file = File::open(self.path()).expect("open netns");
+        thread::spawn(move || {
+            // SAFETY: `file` is an open namespace file descriptor; setns only
+            // changes this freshly spawned thread's network namespace.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+
+    /// Adds `cidr` (e.g. `192.0.2.1/24`) to `dev`.
+    pub fn addr(&self, dev: &str, cidr: &str) {
+        let family = if cidr.contains(':') { "-6" } else { "-4" };
+        self.ip(&[family, "addr", "add", cidr, "dev", dev, "nodad"]);
+    }
+
+    /// Adds a route.
+    pub fn route(&self, dst: &str, via: &str) {
+        let family = if dst.contains(':') { "-6" } else { "-4" };
+        self.ip(&[family, "route", "add", dst, "via", via]);
+    }
+
+    /// Sets a sysctl inside the namespace (`net.ipv4.ip_forward=1`).
+    pub fn sysctl(&self, setting: &str) {
+        let output = self.exec("sysctl", &["-qw", setting]);
+        assert!(output.status.success(), "sysctl {setting}: {output:?}");
+    }
+
+    /// The MAC address of `dev`.
+    pub fn mac(&self, dev: &str) -> [u8; 6] {
+        let output = self.ip(&["-o", "link", "show", "dev", dev]);
+        let text = String::from_utf8_lossy(&output.stdout);
+        let hex = text
+            .split_whitespace()
+            .skip_while(|word| *word != "link/ether")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no MAC in {text}"));
+        let mut mac = [0u8; 6];
+        for (byte, part) in mac.iter_mut().zip(hex.split(':')) {
+            *byte = u8::from_str_radix(part, 16).expect("mac");
+        }
+        mac
+    }
+
+    /// Whether an XDP program is attached to `dev`.
+    pub fn has_xdp(&self, dev: &str) -> bool {
+        let output = self.ip(&["link", "show", "dev", dev]);
+        String::from_utf8_lossy(&output.stdout).contains("xdp")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace removes its interfaces (and so the veth
+        // peers elsewhere) and detaches their XDP programs.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Whether a namespace called `name` exists.
+pub fn netns_exists(name: &str) -> bool {
+    let output = sh("ip", &["netns", "list"]);
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .any(|line| line.split_whitespace().next() == Some(name))
+}
+
+/// Creates a veth pair with one end in each namespace, both up, with TX
+/// checksum offload off (XDP would otherwise see partial checksums).
+pub fn veth(a: &Netns, a_dev: &str, b: &Netns, b_dev: &str) {
+    sh(
+        "ip",
+        &[
+            "link",
+            "add",
+            a_dev,
+            "netns",
+            a.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            b_dev,
+            "netns",
+            b.name(),
+        ],
+    );
+    for (ns, dev) in [(a, a_dev), (b, b_dev)] {
+        ns.ip(&["link", "set", dev, "up"]);
+        let output = ns.exec("ethtool", &["-K", dev, "tx", "off"]);
+        assert!(output.status.success(), "ethtool on {dev}: {output:?}");
+    }
+}
+
+/// Creates a bridge `name` in `ns`, up.
+pub fn bridge(ns: &Netns, name: &str) {
+    ns.ip(&["link", "add", name, "type", "bridge"]);
+    ns.ip(&["link", "set", name, "up"]);
+}
+
+/// Puts `dev` into bridge `bridge`, both in `ns`.
+pub fn enslave(ns: &Netns, dev: &str, bridge: &str) {
+    ns.ip(&["link", "set", dev, "master", bridge]);
+}
+
+/// A child process, killed and reaped on drop.
+#[derive(Debug)]
+pub struct ChildGuard(Option<Child>);
+
+impl ChildGuard {
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+
+    /// Sends `signal` to the process (by its own pid only).
+    pub fn signal(&self, signal: i32) {
+        if let Some(child) = &self.0 {
+            let pid = i32::try_from(child.id()).expect("pid fits i32");
+            // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
+            unsafe { libc::kill(pid, signal) };
+        }
+    }
+
+    /// Waits for the process to end and returns its output.
+    pub fn wait(mut self) -> Output {
+        let child = self.0.take().expect("child present until waited");
+        child.wait_with_output().expect("wait for child")
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        self.0
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `condition` every 20 ms for at most `timeout`.
+pub fn wait_until(timeout: std::time::Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        thread::sleep(std::time::Duration::from_millis(20));
+    }
+    condition()
+}

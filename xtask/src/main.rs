@@ -1,0 +1,177 @@
+//! `cargo xtask`: everything a newcomer needs, from a fresh Debian/Ubuntu
+//! machine to a tested build. `build`, `test`, `demo` and `bench` run `setup`
+//! first, so nobody has to remember it.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Build, test and demo lb")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what is missing: Debian packages, the eBPF toolchain,
+    /// bpf-linker; mount bpffs. Idempotent.
+    Setup,
+    /// Build the XDP object for bpfel-unknown-none.
+    BuildEbpf,
+    /// Build everything (release `lb` with the XDP object embedded).
+    Build,
+    /// Lint (fmt, clippy on host and eBPF crates) and run every test.
+    Test {
+        /// Extra arguments for `cargo test` (a filter, `--nocapture`, ...).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Lint only: `cargo fmt --check` and clippy with warnings denied.
+    Lint,
+    /// Run the demo: the full system in network namespaces.
+    Demo,
+    /// Run the benchmarks.
+    Bench,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Task::Setup => setup::run().map(|_| ()),
+        Task::BuildEbpf => setup::run().and_then(|tools| build_ebpf(&tools)),
+        Task::Build => setup::run().and_then(|tools| build(&tools)),
+        Task::Test { args } => setup::run().and_then(|tools| test(&tools, &args)),
+        Task::Lint => setup::run().and_then(|tools| lint(&tools)),
+        Task::Demo => setup::run().and_then(|tools| demo(&tools)),
+        Task::Bench => setup::run().and_then(|tools| bench(&tools)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (the parent of this crate's directory).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_path_buf()
+}
+
+/// Where the eBPF build puts its artefacts: apart from the host's, so the
+/// two rustc versions never invalidate each other's caches.
+fn ebpf_target_dir() -> PathBuf {
+    root().join("target/ebpf")
+}
+
+/// The built XDP object.
+fn ebpf_object() -> PathBuf {
+    ebpf_target_dir().join("bpfel-unknown-none/release/lb-ebpf")
+}
+
+/// Prints a step header.
+fn step(what: &str) {
+    println!("==> {what}");
+}
+
+/// Runs a command in the workspace root, failing on a non-zero exit.
+fn run(command: &mut Command) -> anyhow::Result<()> {
+    command.current_dir(root());
+    let status = command
+        .status()
+        .with_context(|| format!("starting {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    // The host build finds the XDP object here (see lb-userspace/build.rs).
+    command.env("LB_EBPF_OBJECT", ebpf_object());
+    command
+}
+
+fn build_ebpf(tools: &setup::Tools) -> anyhow::Result<()> {
+    step("building lb-ebpf for bpfel-unknown-none");
+    let mut command = tools.ebpf_cargo();
+    command
+        .args(["build", "--release", "--package", "lb-ebpf"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .arg("--target-dir")
+        .arg(ebpf_target_dir());
+    run(&mut command)?;
+    println!("    object: {}", ebpf_object().display());
+    Ok(())
+}
+
+fn build(tools: &setup::Tools) -> anyhow::Result<()> {
+    build_ebpf(tools)?;
+    step("building lb (release)");
+    run(cargo().args(["build", "--release", "--package", "lb-userspace"]))?;
+    println!("    binary: {}", root().join("target/release/lb").display());
+    Ok(())
+}
+
+fn lint(tools: &setup::Tools) -> anyhow::Result<()> {
+    build_ebpf(tools)?;
+    step("cargo fmt --check");
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    step("clippy: host crates");
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    step("clippy: eBPF crate (type-checked for the host)");
+    run(cargo().args(["clippy", "--package", "lb-ebpf", "--", "-D", "warnings"]))?;
+    Ok(())
+}
+
+fn test(tools: &setup::Tools, args: &[String]) -> anyhow::Result<()> {
+    lint(tools)?;
+    step("building lb (debug) for the end-to-end tests");
+    run(cargo().args(["build", "--package", "lb-userspace"]))?;
+    step("cargo test (unit, BPF_PROG_TEST_RUN and network-namespace tests)");
+    run(cargo()
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .args(args))?;
+    Ok(())
+}
+
+fn demo(tools: &setup::Tools) -> anyhow::Result<()> {
+    build_ebpf(tools)?;
+    step("building lb and the demo");
+    run(cargo().args(["build", "--package", "lb-userspace"]))?;
+    step("running the demo");
+    run(cargo().args([
+        "run",
+        "--quiet",
+        "--package",
+        "lb-tests",
+        "--example",
+        "demo",
+    ]))
+}
+
+fn bench(tools: &setup::Tools) -> anyhow::Result<()> {
+    build_ebpf(tools)?;
+    step("benchmarks (BPF_PROG_TEST_RUN, release build)");
+    run(cargo().args(["bench", "--package", "lb-tests", "--bench", "dataplane"]))
+}
