@@ -7,10 +7,15 @@
 //! miss. With the `user` feature the types implement `aya::Pod`.
 #![no_std]
 
+pub mod hash;
 pub mod maps;
 pub mod reason;
 
-pub use maps::{Addr, IfaceValue, ServiceKey, ServiceValue, VipValue};
+pub use maps::{
+    NO_BACKEND,
+    Addr, BackendValue, ConnValue, Endpoint, FlowKey, IfaceValue, NatKey, NatValue, ServiceKey, ServiceValue,
+    Settings, Traffic, VipValue,
+};
 pub use reason::Reason;
 
 /// IP protocol numbers the data path understands.
@@ -23,6 +28,10 @@ pub mod proto {
     pub const UDP: u8 = 17;
     /// ICMP for IPv6.
     pub const ICMPV6: u8 = 58;
+    /// IPv4 in IP (IPIP).
+    pub const IPIP: u8 = 4;
+    /// IPv6 in IP (IP6IP6, or IPv6 in IPv4).
+    pub const IPV6: u8 = 41;
 }
 
 /// Names of the maps, shared so the loader and the program never disagree.
@@ -31,14 +40,34 @@ pub mod map_names {
     pub const SERVICES: &str = "SERVICES";
     /// Every address that carries at least one service.
     pub const VIPS: &str = "VIPS";
+    /// Backends by id.
+    pub const BACKENDS: &str = "BACKENDS";
+    /// Maglev rows (and round-robin sequences), two per service.
+    pub const MAGLEV: &str = "MAGLEV";
+    /// Connection table (LRU).
+    pub const CONNS: &str = "CONNS";
+    /// Reply path: backend (addr, port, proto) to the VIP to restore.
+    pub const NAT: &str = "NAT";
+    /// Per-CPU round-robin positions, per service.
+    pub const RR_POS: &str = "RR_POS";
+    /// Runtime settings, one entry.
+    pub const SETTINGS: &str = "SETTINGS";
+    /// Egress interfaces for `bpf_redirect_map`, keyed by ifindex.
+    pub const DEVMAP: &str = "DEVMAP";
     /// The interfaces lb is attached to, by ifindex.
     pub const IFACES: &str = "IFACES";
     /// Per-CPU counters, one slot per [`crate::Reason`].
     pub const STATS_REASONS: &str = "STATS_REASONS";
+    /// Per-CPU traffic counters per service id.
+    pub const STATS_SERVICES: &str = "STATS_SERVICES";
+    /// Per-CPU traffic counters per backend id.
+    pub const STATS_BACKENDS: &str = "STATS_BACKENDS";
 }
 
 /// Names of the XDP programs in the object.
 pub mod program_names {
     /// The load balancer.
     pub const BALANCER: &str = "lb_balancer";
+    /// The backend-side decapsulator (tunnel mode).
+    pub const DECAP: &str = "lb_decap";
 }

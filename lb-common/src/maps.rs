@@ -11,28 +11,48 @@ pub const fn ipv4_mapped(v4: [u8; 4]) -> Addr {
     ]
 }
 
-/// Key of `SERVICES`: which service a packet is addressed to.
+/// Whether `addr` is an IPv4-mapped address.
+pub const fn is_ipv4_mapped(addr: &Addr) -> bool {
+    addr[0] == 0
+        && addr[1] == 0
+        && addr[2] == 0
+        && addr[3] == 0
+        && addr[4] == 0
+        && addr[5] == 0
+        && addr[6] == 0
+        && addr[7] == 0
+        && addr[8] == 0
+        && addr[9] == 0
+        && addr[10] == 0xff
+        && addr[11] == 0xff
+}
+
+/// The value in MAGLEV slots (and backend-id fields) that names no backend.
+pub const NO_BACKEND: u32 = u32::MAX;
+
+/// An (address, port, protocol) triple: the key of `SERVICES` (a VIP) and of
+/// `NAT` (a backend, for the reply path).
 ///
-/// `port` is in host byte order; 0 means "every port" (an all-port service).
+/// `port` is in host byte order; 0 means "every port".
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ServiceKey {
-    /// Virtual IP, see [`Addr`].
-    pub vip: Addr,
-    /// Destination port in host byte order, 0 for all ports.
+pub struct Endpoint {
+    /// Address, see [`Addr`].
+    pub addr: Addr,
+    /// Port in host byte order, 0 for all ports.
     pub port: u16,
     /// IP protocol number ([`crate::proto`]).
     pub proto: u8,
     /// Always zero: map keys are compared byte for byte.
     pub pad: u8,
 }
-const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
+const _: () = assert!(core::mem::size_of::<Endpoint>() == 20);
 
-impl ServiceKey {
-    /// A key with its padding zeroed.
-    pub const fn new(vip: Addr, port: u16, proto: u8) -> Self {
+impl Endpoint {
+    /// An endpoint with its padding zeroed.
+    pub const fn new(addr: Addr, port: u16, proto: u8) -> Self {
         Self {
-            vip,
+            addr,
             port,
             proto,
             pad: 0,
@@ -40,26 +60,162 @@ impl ServiceKey {
     }
 }
 
+/// Key of `SERVICES`.
+pub type ServiceKey = Endpoint;
+/// Key of `NAT`: a backend's (address, port, protocol).
+pub type NatKey = Endpoint;
+
+/// `ServiceValue::scheduler`: Maglev over the 5-tuple (also used by
+/// `least-conn` and `resource`, whose weights the controller adjusts).
+pub const SCHED_MAGLEV: u8 = 0;
+/// `ServiceValue::scheduler`: Maglev over the source address only.
+pub const SCHED_IP_HASH: u8 = 1;
+/// `ServiceValue::scheduler`: the precomputed smooth weighted sequence.
+pub const SCHED_ROUND_ROBIN: u8 = 2;
+
+/// `ServiceValue::forwarding`: destination (and port) rewrite.
+pub const FWD_NAT: u8 = 0;
+/// `ServiceValue::forwarding`: MAC rewrite only.
+pub const FWD_DSR: u8 = 1;
+/// `ServiceValue::forwarding`: IPIP / IP6IP6 encapsulation.
+pub const FWD_TUNNEL: u8 = 2;
+
 /// Value of `SERVICES`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ServiceValue {
-    /// Index of the service in the per-service tables and counters.
+    /// Index of the service in `MAGLEV`, `RR_POS` and `STATS_SERVICES`.
     pub id: u32,
-    /// Reserved for flags; always zero for now.
-    pub flags: u32,
+    /// How new flows pick a backend (`SCHED_*`).
+    pub scheduler: u8,
+    /// How packets reach the backend (`FWD_*`).
+    pub forwarding: u8,
+    /// Which half of the service's `MAGLEV` rows is live (0 or 1). The
+    /// controller fills the other half, then flips this in one write.
+    pub active_half: u8,
+    /// Always zero.
+    pub pad: u8,
+    /// Round robin: the length of the sequence in the live half. Otherwise 0.
+    pub rr_len: u32,
 }
-const _: () = assert!(core::mem::size_of::<ServiceValue>() == 8);
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 12);
 
-/// Value of `VIPS`: present for every address that carries a service, so a
-/// malformed packet to a VIP can be dropped even when its ports are unreadable.
+/// `BackendValue::flags`: the backend may carry traffic. Flows pinned to a
+/// backend without it are rescheduled on their next packet.
+pub const BACKEND_USABLE: u8 = 1;
+
+/// Value of `BACKENDS`, indexed by backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BackendValue {
+    /// Address, see [`Addr`].
+    pub addr: Addr,
+    /// Port in host byte order; 0 keeps the client's destination port.
+    pub port: u16,
+    /// `BACKEND_*` flags.
+    pub flags: u8,
+    /// Always zero.
+    pub pad: u8,
+    /// The service this backend belongs to.
+    pub service_id: u32,
+}
+const _: () = assert!(core::mem::size_of::<BackendValue>() == 24);
+
+/// `VipValue::fragments`: TCP fragments go to the `ip-hash` service on
+/// `fragment_tcp_port`.
+pub const VIP_FRAGMENTS_TCP: u8 = 1;
+/// `VipValue::fragments`: UDP fragments go to the `ip-hash` service on
+/// `fragment_udp_port`.
+pub const VIP_FRAGMENTS_UDP: u8 = 2;
+
+/// Value of `VIPS`: present for every address that carries a service.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct VipValue {
     /// How many services use this address.
     pub services: u32,
+    /// Fragments carry no ports (only the first has them), so they can only
+    /// be sent consistently by source address: the port of the `ip-hash`
+    /// TCP service on this VIP that takes TCP fragments.
+    pub fragment_tcp_port: u16,
+    /// As `fragment_tcp_port`, for UDP.
+    pub fragment_udp_port: u16,
+    /// `VIP_FRAGMENTS_*` bits: which of the two ports above are set.
+    pub fragments: u8,
+    /// Always zero.
+    pub pad: [u8; 3],
 }
-const _: () = assert!(core::mem::size_of::<VipValue>() == 4);
+const _: () = assert!(core::mem::size_of::<VipValue>() == 12);
+
+/// Value of `NAT`: what a reply from a backend must look like to the client.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NatValue {
+    /// The VIP to restore as source.
+    pub vip: Addr,
+    /// The service port to restore as source port; 0 keeps the port
+    /// (all-port services).
+    pub port: u16,
+    /// Always zero.
+    pub pad: u16,
+    /// The service, for its counters.
+    pub service_id: u32,
+}
+const _: () = assert!(core::mem::size_of::<NatValue>() == 24);
+
+/// Key of `CONNS`: a flow as the client sent it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    /// Client address.
+    pub src: Addr,
+    /// VIP.
+    pub dst: Addr,
+    /// Client port (0 for ICMP).
+    pub sport: u16,
+    /// Service port.
+    pub dport: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Always zero.
+    pub pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+/// Value of `CONNS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ConnValue {
+    /// The backend the flow is pinned to.
+    pub backend_id: u32,
+    /// Always zero for now.
+    pub flags: u32,
+    /// `bpf_ktime_get_ns` when the flow was last seen; idle flows expire.
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<ConnValue>() == 16);
+
+/// Value of the one-entry `SETTINGS` array: knobs that change without a
+/// reload of the program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Settings {
+    /// Idle TCP flows older than this are rescheduled.
+    pub tcp_idle_ns: u64,
+    /// Idle UDP (and ICMP) flows older than this are rescheduled.
+    pub udp_idle_ns: u64,
+    /// Maglev ring size M (prime); each service has two rows of M slots.
+    pub ring_size: u32,
+    /// Host bits of the IPv4 tunnel source prefix varied per flow (RSS).
+    pub tunnel_v4_host_bits: u32,
+    /// IPv4 tunnel source prefix (network order bytes).
+    pub tunnel_v4_source: [u8; 4],
+    /// Host bits of the IPv6 tunnel source prefix varied per flow.
+    pub tunnel_v6_host_bits: u32,
+    /// IPv6 tunnel source prefix.
+    pub tunnel_v6_source: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<Settings>() == 48);
 
 /// Value of `IFACES`, keyed by ifindex: what the program needs to know about
 /// an interface it is attached to.
@@ -74,17 +230,35 @@ pub struct IfaceValue {
 }
 const _: () = assert!(core::mem::size_of::<IfaceValue>() == 8);
 
+/// Per-service and per-backend traffic counters (per CPU, summed in
+/// userspace).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Traffic {
+    /// Packets forwarded.
+    pub packets: u64,
+    /// Bytes forwarded (as received).
+    pub bytes: u64,
+    /// Flows scheduled (first packet, or rescheduled).
+    pub new_flows: u64,
+}
+const _: () = assert!(core::mem::size_of::<Traffic>() == 24);
+
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: each type is `#[repr(C)]`, made of integers and byte arrays only,
-    // with every padding byte an explicit field (the size asserts above prove
-    // there is no implicit padding), so any bit pattern is a valid value.
-    unsafe impl aya::Pod for super::ServiceKey {}
-    // SAFETY: as above.
+    // SAFETY (all impls below): each type is `#[repr(C)]`, made of integers
+    // and byte arrays only, with every padding byte an explicit field (the
+    // size asserts above prove there is no implicit padding), so any bit
+    // pattern is a valid value.
+    unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::ServiceValue {}
-    // SAFETY: as above.
+    unsafe impl aya::Pod for super::BackendValue {}
     unsafe impl aya::Pod for super::VipValue {}
-    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NatValue {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::ConnValue {}
+    unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::Traffic {}
     unsafe impl aya::Pod for super::IfaceValue {}
 }
 
@@ -94,15 +268,20 @@ mod tests {
 
     #[test]
     fn ipv4_mapped_layout() {
+        let mapped = ipv4_mapped([192, 0, 2, 1]);
         assert_eq!(
-            ipv4_mapped([192, 0, 2, 1]),
+            mapped,
             [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 0, 2, 1]
         );
+        assert!(is_ipv4_mapped(&mapped));
+        let mut v6 = mapped;
+        v6[0] = 0x20;
+        assert!(!is_ipv4_mapped(&v6));
     }
 
     #[test]
-    fn service_key_padding_is_zero() {
-        let key = ServiceKey::new(ipv4_mapped([203, 0, 113, 10]), 80, crate::proto::TCP);
+    fn endpoint_padding_is_zero() {
+        let key = Endpoint::new(ipv4_mapped([203, 0, 113, 10]), 80, crate::proto::TCP);
         assert_eq!(key.pad, 0);
         assert_eq!(key.port, 80);
     }

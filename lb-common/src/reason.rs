@@ -24,6 +24,14 @@ macro_rules! reasons {
                 match self { $( Reason::$variant => $name, )* }
             }
 
+            /// The reason in `slot`, if any.
+            pub const fn from_slot(slot: u32) -> Option<Reason> {
+                match slot {
+                    $( $slot => Some(Reason::$variant), )*
+                    _ => None,
+                }
+            }
+
             /// Whether packets counted under this reason were dropped.
             pub const fn is_drop(self) -> bool {
                 match self { $( Reason::$variant => $drop, )* }
@@ -39,25 +47,46 @@ reasons! {
     PassOtherMac = 1, "pass_other_mac", false;
     /// IP packet for no service: passed to the stack untouched.
     PassNoService = 2, "pass_no_service", false;
-    /// A packet for a service, matched; forwarding is not wired yet, so it
-    /// goes to the stack.
-    PassServiceMatched = 3, "pass_service_matched", false;
-    /// ICMP / `ICMPv6` to a VIP: passed to the stack.
-    PassIcmpToVip = 4, "pass_icmp_to_vip", false;
+    /// ICMP / `ICMPv6` to a VIP other than echo and too-big: to the stack.
+    PassIcmpToVip = 3, "pass_icmp_to_vip", false;
+    /// Forwarded packet whose next hop has no neighbour entry yet: handed to
+    /// the stack, which resolves it and forwards the packet.
+    PassNoNeighbour = 4, "pass_no_neighbour", false;
+    /// A client packet sent on to its backend.
+    ForwardToBackend = 5, "forward_to_backend", false;
+    /// A backend's reply, VIP restored, sent on to the client (NAT).
+    ReplyToClient = 6, "reply_to_client", false;
+    /// ICMP / `ICMPv6` echo request to a VIP, answered here.
+    IcmpEchoReply = 7, "icmp_echo_reply", false;
+    /// ICMP fragmentation-needed / packet-too-big about a VIP flow, sent to
+    /// the backend that owns the flow.
+    IcmpToBackend = 8, "icmp_to_backend", false;
     /// Ethernet or VLAN header cut short.
-    DropMalformedEth = 5, "drop_malformed_eth", true;
+    DropMalformedEth = 9, "drop_malformed_eth", true;
     /// IPv4 header cut short or inconsistent (version, IHL, total length).
-    DropMalformedIpv4 = 6, "drop_malformed_ipv4", true;
+    DropMalformedIpv4 = 10, "drop_malformed_ipv4", true;
     /// IPv6 header cut short or inconsistent, or too many extension headers.
-    DropMalformedIpv6 = 7, "drop_malformed_ipv6", true;
+    DropMalformedIpv6 = 11, "drop_malformed_ipv6", true;
     /// TCP header to a VIP cut short or with a bad data offset.
-    DropMalformedTcp = 8, "drop_malformed_tcp", true;
+    DropMalformedTcp = 12, "drop_malformed_tcp", true;
     /// UDP header to a VIP cut short.
-    DropMalformedUdp = 9, "drop_malformed_udp", true;
+    DropMalformedUdp = 13, "drop_malformed_udp", true;
     /// ICMP / `ICMPv6` header to a VIP cut short.
-    DropMalformedIcmp = 10, "drop_malformed_icmp", true;
-    /// A fragment to a VIP.
-    DropFragment = 11, "drop_fragment", true;
+    DropMalformedIcmp = 14, "drop_malformed_icmp", true;
+    /// A fragment to a VIP with no `ip-hash` service to take it.
+    DropFragment = 15, "drop_fragment", true;
+    /// The service has no usable backend.
+    DropNoBackend = 16, "drop_no_backend", true;
+    /// No route to the backend or client (unreachable, blackhole, prohibited,
+    /// forwarding disabled).
+    DropNoRoute = 17, "drop_no_route", true;
+    /// DSR packet whose backend has no neighbour entry: it cannot be handed
+    /// to the stack, whose destination would be the VIP.
+    DropNoNeighbour = 18, "drop_no_neighbour", true;
+    /// The egress interface is not in `DEVMAP`.
+    DropRedirect = 19, "drop_redirect", true;
+    /// `bpf_xdp_adjust_head` failed (no headroom for encapsulation).
+    DropNoHeadroom = 20, "drop_no_headroom", true;
 }
 
 #[cfg(test)]
@@ -68,6 +97,7 @@ mod tests {
     fn all_is_in_slot_order() {
         for (slot, reason) in Reason::ALL.iter().enumerate() {
             assert_eq!(*reason as usize, slot, "{reason:?}");
+            assert_eq!(Reason::from_slot(*reason as u32), Some(*reason));
         }
         assert_eq!(Reason::COUNT as usize, Reason::ALL.len());
     }
@@ -77,10 +107,7 @@ mod tests {
         for a in Reason::ALL {
             assert_eq!(a.is_drop(), a.name().starts_with("drop_"), "{a:?}");
             for b in Reason::ALL {
-                assert!(
-                    a == b || a.name() != b.name(),
-                    "{a:?} and {b:?} share a name"
-                );
+                assert!(a == b || a.name() != b.name(), "{a:?} and {b:?} share a name");
             }
         }
     }

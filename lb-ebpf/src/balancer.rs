@@ -1,208 +1,327 @@
-//! `lb_balancer`'s decision path: parse, find the service, decide.
+//! `lb_balancer`'s decision path: parse, then either the reply path (a NAT
+//! backend answering a client) or the service path (connection table,
+//! scheduler, forwarding).
 //!
-//! Only traffic for a service is ours. Anything else — non-IP frames, frames
-//! for another MAC, packets to other addresses, even malformed ones — goes to
-//! the kernel untouched. A packet for a VIP that is malformed or truncated is
-//! dropped and counted, never forwarded half-parsed.
+//! Large working state lives in the per-CPU [`Scratch`] entry, and each path
+//! out of [`balance`] is a function of its own (`#[inline(never)]`): the
+//! verifier allows 512 bytes of stack for the deepest chain of calls, and
+//! LLVM's BPF backend reuses stack slots poorly within one big function.
 
-use lb_common::{Addr, Reason, ServiceKey, maps::ipv4_mapped, proto};
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, tcp::TcpHdr, udp::UdpHdr};
-
-use crate::{
-    Drop, Verdict,
-    maps::{IFACES, SERVICES, VIPS},
-    packet::read_at,
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
+use lb_common::{
+    BackendValue, ConnValue, Endpoint, FlowKey, NO_BACKEND, Reason, ServiceValue,
+    hash::{flow_hash, source_hash},
+    maps::{
+        BACKEND_USABLE, FWD_DSR, FWD_NAT, FWD_TUNNEL, SCHED_IP_HASH, SCHED_ROUND_ROBIN,
+        VIP_FRAGMENTS_TCP, VIP_FRAGMENTS_UDP,
+    },
+    proto,
 };
 
-use aya_ebpf::programs::XdpContext;
+use crate::{
+    Drop, Verdict, finish,
+    forward::{End, FibQuery, NextHop, encapsulate, next_hop, rewrite, transmit},
+    icmp,
+    maps::{
+        BACKENDS, CONNS, MAGLEV, NAT, RR_POS, SERVICES, SETTINGS, STATS_BACKENDS,
+        STATS_SERVICES, Scratch, count_traffic, scratch,
+    },
+    packet::frame_len,
+    parse::{Parsed, parse},
+};
 
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
-
-/// IPv6 extension headers skipped on the way to the transport header.
-const IPV6_HOP_BY_HOP: u8 = 0;
-const IPV6_ROUTING: u8 = 43;
-const IPV6_FRAGMENT: u8 = 44;
-const IPV6_DEST_OPTS: u8 = 60;
-/// More extension headers than this and the packet is refused: the verifier
-/// needs a bound, and real traffic carries one or two at most.
-const IPV6_MAX_EXT_HEADERS: usize = 4;
-
-/// The network-layer facts of a packet addressed to a VIP.
-struct IpPacket {
-    /// Destination address in map form.
-    dst: Addr,
-    /// Transport protocol (after IPv6 extension headers).
-    proto: u8,
-    /// Offset of the transport header.
-    l4_off: usize,
-    /// A fragment of a larger datagram (first or later).
-    fragment: bool,
-}
-
-/// Decides what happens to the frame in `ctx`.
+/// Decides what happens to the frame in `ctx`; returns the counted action.
 #[inline(always)]
-pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Drop> {
-    let eth: EthHdr = read_at(ctx, 0).ok_or(Drop(Reason::DropMalformedEth))?;
-    let mut ether_type = u16::from_be(eth.ether_type);
-    let mut l3_off = EthHdr::LEN;
-    if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
-        // One tag: TCI (2 bytes), then the inner EtherType.
-        let tag: [u8; 4] = read_at(ctx, l3_off).ok_or(Drop(Reason::DropMalformedEth))?;
-        ether_type = u16::from_be_bytes([tag[2], tag[3]]);
-        l3_off += 4;
-    }
-    if ether_type != ETH_P_IPV4 && ether_type != ETH_P_IPV6 {
-        return Ok(Verdict::pass(Reason::PassNonIp));
-    }
-    if !for_this_host(ctx, &eth.dst_addr) {
-        return Ok(Verdict::pass(Reason::PassOtherMac));
-    }
-    let parsed = if ether_type == ETH_P_IPV4 {
-        parse_ipv4(ctx, l3_off)?
-    } else {
-        parse_ipv6(ctx, l3_off)?
+pub fn balance(ctx: &XdpContext) -> u32 {
+    let Some(scratch) = scratch() else {
+        // The map has one entry per CPU by construction; if it were ever
+        // missing, the frame is not ours to judge.
+        return finish(Ok(Verdict::pass(Reason::PassNoService)));
     };
-    let Some(ip) = parsed else {
-        return Ok(Verdict::pass(Reason::PassNoService));
-    };
-    if ip.fragment {
-        return Err(Drop(Reason::DropFragment));
-    }
-    let port = match ip.proto {
-        proto::TCP => {
-            let tcp: TcpHdr = read_at(ctx, ip.l4_off).ok_or(Drop(Reason::DropMalformedTcp))?;
-            let header_len = usize::from(tcp.doff()) * 4;
-            if header_len < TcpHdr::LEN || !fits(ctx, ip.l4_off, header_len) {
-                return Err(Drop(Reason::DropMalformedTcp));
-            }
-            u16::from_be_bytes(tcp.dest)
-        }
-        proto::UDP => {
-            let udp: UdpHdr = read_at(ctx, ip.l4_off).ok_or(Drop(Reason::DropMalformedUdp))?;
-            u16::from_be_bytes(udp.dst)
-        }
-        proto::ICMP | proto::ICMPV6 => {
-            // Type, code, checksum and the four bytes every ICMP message has.
-            let _: [u8; 8] = read_at(ctx, ip.l4_off).ok_or(Drop(Reason::DropMalformedIcmp))?;
-            return Ok(Verdict::pass(Reason::PassIcmpToVip));
-        }
-        _ => return Ok(Verdict::pass(Reason::PassNoService)),
-    };
-    if find_service(ip.dst, port, ip.proto) {
-        Ok(Verdict::pass(Reason::PassServiceMatched))
-    } else {
-        Ok(Verdict::pass(Reason::PassNoService))
+    match parse(ctx, scratch).get() {
+        Err(drop) => finish(Err(drop)),
+        Ok(Parsed::NotIp) => finish(Ok(Verdict::pass(Reason::PassNonIp))),
+        Ok(Parsed::OtherMac) => finish(Ok(Verdict::pass(Reason::PassOtherMac))),
+        Ok(Parsed::HostMalformed) => finish(Ok(Verdict::pass(Reason::PassNoService))),
+        Ok(Parsed::Host) => reply(ctx, scratch),
+        Ok(Parsed::Vip) => match scratch.packet.proto {
+            proto::ICMP | proto::ICMPV6 if scratch.packet.has_l4 => icmp::to_vip(ctx, scratch),
+            _ => to_vip(ctx, scratch),
+        },
     }
 }
 
-/// Exact (vip, port, proto) first, then the all-port service (vip, 0, proto).
+/// TCP / UDP (and fragments) to a VIP.
+#[inline(never)]
+fn to_vip(ctx: &XdpContext, scratch: &mut Scratch) -> u32 {
+    finish(try_to_vip(ctx, scratch))
+}
+
 #[inline(always)]
-fn find_service(vip: Addr, port: u16, proto: u8) -> bool {
-    let exact = ServiceKey::new(vip, port, proto);
-    // SAFETY: the value is only tested for presence, never held across a
-    // map update.
-    if unsafe { SERVICES.get(exact) }.is_some() {
-        return true;
+fn try_to_vip(ctx: &XdpContext, scratch: &mut Scratch) -> Result<Verdict, Drop> {
+    let packet = &scratch.packet;
+    scratch.flow = FlowKey {
+        src: packet.src,
+        dst: packet.dst,
+        sport: packet.sport,
+        dport: packet.dport,
+        proto: packet.proto,
+        pad: [0; 3],
+    };
+    if packet.fragment {
+        let vip = &scratch.vip;
+        let port = match packet.proto {
+            proto::TCP if vip.fragments & VIP_FRAGMENTS_TCP != 0 => vip.fragment_tcp_port,
+            proto::UDP if vip.fragments & VIP_FRAGMENTS_UDP != 0 => vip.fragment_udp_port,
+            _ => return Err(Drop(Reason::DropFragment)),
+        };
+        let service = find_service(scratch, port).ok_or(Drop(Reason::DropFragment))?;
+        if service.scheduler != SCHED_IP_HASH {
+            return Err(Drop(Reason::DropFragment));
+        }
+        return to_backend(ctx, scratch, &service);
     }
-    let any_port = ServiceKey::new(vip, 0, proto);
+    match packet.proto {
+        proto::TCP | proto::UDP => match find_service(scratch, scratch.flow.dport) {
+            Some(service) => to_backend(ctx, scratch, &service),
+            None => Ok(Verdict::pass(Reason::PassNoService)),
+        },
+        _ => Ok(Verdict::pass(Reason::PassNoService)),
+    }
+}
+
+/// The service of `scratch.flow`'s VIP and protocol on `port`: exact
+/// (vip, port, proto) first, then the all-port service (vip, 0, proto).
+#[inline(always)]
+pub fn find_service(scratch: &mut Scratch, port: u16) -> Option<ServiceValue> {
+    scratch.lookup = Endpoint::new(scratch.flow.dst, port, scratch.flow.proto);
+    // SAFETY: copied out at once.
+    if let Some(service) = unsafe { SERVICES.get(&scratch.lookup) } {
+        return Some(*service);
+    }
+    scratch.lookup.port = 0;
     // SAFETY: as above.
-    unsafe { SERVICES.get(any_port) }.is_some()
+    unsafe { SERVICES.get(&scratch.lookup) }.copied()
 }
 
-/// False for a unicast frame addressed to another MAC than the receiving
-/// interface's own. Interfaces not in `IFACES` (not configured) accept all.
+/// The service path for `scratch.flow`: pick (or keep) a backend, forward,
+/// count.
 #[inline(always)]
-fn for_this_host(ctx: &XdpContext, dst_mac: &[u8; 6]) -> bool {
-    if dst_mac[0] & 1 == 1 {
-        return true; // broadcast or multicast
-    }
-    #[allow(
-        clippy::cast_possible_truncation,
-        reason = "ifindex is a u32 in xdp_md"
-    )]
-    let ifindex = ctx.ingress_ifindex() as u32;
-    // SAFETY: the value is copied out before anything else touches the map.
-    match unsafe { IFACES.get(ifindex) } {
-        Some(iface) => iface.mac == *dst_mac,
-        None => true,
-    }
+fn to_backend(
+    ctx: &XdpContext,
+    scratch: &mut Scratch,
+    service: &ServiceValue,
+) -> Result<Verdict, Drop> {
+    let bytes = frame_len(ctx) as u64;
+    let flow = &scratch.flow;
+    let hash = flow_hash(&flow.src, &flow.dst, flow.sport, flow.dport, flow.proto);
+    let fragment = scratch.packet.fragment;
+    let (backend_id, new_flow) = choose_backend(scratch, service, hash, fragment)?;
+    let verdict = send_to_backend(ctx, scratch, service, hash, Reason::ForwardToBackend)?;
+    count_traffic(&STATS_SERVICES, service.id, bytes, new_flow);
+    count_traffic(&STATS_BACKENDS, backend_id, bytes, new_flow);
+    Ok(verdict)
 }
 
-/// True when `len` bytes starting at `off` lie inside the frame.
+/// The backend for `scratch.flow`, into `scratch.backend`; returns its id
+/// and whether the flow is new. The connection table's, while that
+/// backend is usable, still this service's, and the flow not idle past its
+/// timeout; otherwise the scheduler's, remembered in the table. Fragments are
+/// scheduled by source alone and never tracked: later fragments carry no
+/// ports to find the entry with.
 #[inline(always)]
-fn fits(ctx: &XdpContext, off: usize, len: usize) -> bool {
-    ctx.data() + off + len <= ctx.data_end()
-}
-
-/// `Some` for a well-formed IPv4 packet to a VIP, `None` for one to any other
-/// address (which the stack gets untouched, malformed or not).
-#[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, off: usize) -> Result<Option<IpPacket>, Drop> {
-    let ip: Ipv4Hdr = read_at(ctx, off).ok_or(Drop(Reason::DropMalformedIpv4))?;
-    let dst = ipv4_mapped(ip.dst_addr);
-    // SAFETY: presence test only.
-    if unsafe { VIPS.get(dst) }.is_none() {
-        return Ok(None);
-    }
-    let header_len = usize::from(ip.vihl & 0x0f) * 4;
-    let total_len = usize::from(u16::from_be_bytes(ip.tot_len));
-    if ip.vihl >> 4 != 4
-        || header_len < Ipv4Hdr::LEN
-        || total_len < header_len
-        || !fits(ctx, off, total_len)
-    {
-        return Err(Drop(Reason::DropMalformedIpv4));
-    }
-    let frags = u16::from_be_bytes(ip.frags);
-    Ok(Some(IpPacket {
-        dst,
-        proto: ip.proto,
-        l4_off: off + header_len,
-        // More-fragments flag or a non-zero offset.
-        fragment: frags & 0x3fff != 0,
-    }))
-}
-
-/// As [`parse_ipv4`], for IPv6; skips up to [`IPV6_MAX_EXT_HEADERS`]
-/// extension headers.
-#[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, off: usize) -> Result<Option<IpPacket>, Drop> {
-    let ip: Ipv6Hdr = read_at(ctx, off).ok_or(Drop(Reason::DropMalformedIpv6))?;
-    // SAFETY: presence test only.
-    if unsafe { VIPS.get(ip.dst_addr) }.is_none() {
-        return Ok(None);
-    }
-    let payload_len = usize::from(u16::from_be_bytes(ip.payload_len));
-    if ip.vcf[0] >> 4 != 6 || !fits(ctx, off, Ipv6Hdr::LEN + payload_len) {
-        return Err(Drop(Reason::DropMalformedIpv6));
-    }
-    let mut packet = IpPacket {
-        dst: ip.dst_addr,
-        proto: ip.next_hdr,
-        l4_off: off + Ipv6Hdr::LEN,
-        fragment: false,
+pub fn choose_backend(
+    scratch: &mut Scratch,
+    service: &ServiceValue,
+    hash: u32,
+    fragment: bool,
+) -> Result<(u32, bool), Drop> {
+    // SAFETY: the kernel helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let settings = SETTINGS.get(0).ok_or(Drop(Reason::DropNoBackend))?;
+    let idle_limit = if scratch.flow.proto == proto::TCP {
+        settings.tcp_idle_ns
+    } else {
+        settings.udp_idle_ns
     };
-    for _ in 0..IPV6_MAX_EXT_HEADERS {
-        match packet.proto {
-            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => {
-                // Next header, length in 8-octet units not counting the first.
-                let ext: [u8; 2] =
-                    read_at(ctx, packet.l4_off).ok_or(Drop(Reason::DropMalformedIpv6))?;
-                packet.proto = ext[0];
-                packet.l4_off += (usize::from(ext[1]) + 1) * 8;
+    if !fragment && let Some(conn) = CONNS.get_ptr_mut(&scratch.flow) {
+        // SAFETY: the LRU entry stays valid for this program run; a racing
+        // update from another CPU can only replace it with another valid
+        // value.
+        let (backend_id, last_seen) = unsafe { ((*conn).backend_id, (*conn).last_seen_ns) };
+        if now.wrapping_sub(last_seen) <= idle_limit
+            && usable_backend(backend_id, service.id, &mut scratch.backend)
+        {
+            // Refresh at most every ~second: one write per packet would
+            // bounce the cache line between CPUs for busy flows.
+            if now.wrapping_sub(last_seen) > 1_000_000_000 {
+                // SAFETY: as above.
+                unsafe { (*conn).last_seen_ns = now };
             }
-            IPV6_FRAGMENT => {
-                let ext: [u8; 8] =
-                    read_at(ctx, packet.l4_off).ok_or(Drop(Reason::DropMalformedIpv6))?;
-                packet.proto = ext[0];
-                packet.l4_off += 8;
-                packet.fragment = true;
-            }
-            _ => return Ok(Some(packet)),
+            return Ok((backend_id, false));
         }
     }
-    Err(Drop(Reason::DropMalformedIpv6))
+    let backend_id = schedule(scratch, service, hash, settings.ring_size);
+    if !usable_backend(backend_id, service.id, &mut scratch.backend) {
+        return Err(Drop(Reason::DropNoBackend));
+    }
+    if !fragment {
+        let conn = ConnValue {
+            backend_id,
+            flags: 0,
+            last_seen_ns: now,
+        };
+        // A full table evicts its least recently used entry; a failed insert
+        // only costs this flow its stickiness.
+        let _ = CONNS.insert(&scratch.flow, &conn, 0);
+    }
+    Ok((backend_id, true))
+}
+
+/// The scheduler's pick for a new flow, or `NO_BACKEND`.
+#[inline(always)]
+fn schedule(scratch: &Scratch, service: &ServiceValue, hash: u32, ring_size: u32) -> u32 {
+    if ring_size == 0 {
+        return NO_BACKEND;
+    }
+    let row = service
+        .id
+        .wrapping_mul(2)
+        .wrapping_add(u32::from(service.active_half & 1));
+    let slot = match service.scheduler {
+        SCHED_ROUND_ROBIN => {
+            if service.rr_len == 0 || service.rr_len > ring_size {
+                return NO_BACKEND;
+            }
+            let Some(position) = RR_POS.get_ptr_mut(service.id) else {
+                return NO_BACKEND;
+            };
+            // SAFETY: this CPU's slot of a per-CPU array.
+            unsafe {
+                let current = *position % service.rr_len;
+                *position = current.wrapping_add(1);
+                current
+            }
+        }
+        SCHED_IP_HASH => source_hash(&scratch.flow.src) % ring_size,
+        _ => hash % ring_size,
+    };
+    MAGLEV
+        .get(row.wrapping_mul(ring_size).wrapping_add(slot))
+        .copied()
+        .unwrap_or(NO_BACKEND)
+}
+
+/// Whether `BACKENDS[id]` is usable and belongs to `service_id`; if so it
+/// is copied to `out`.
+#[inline(always)]
+fn usable_backend(id: u32, service_id: u32, out: &mut BackendValue) -> bool {
+    match BACKENDS.get(id) {
+        Some(backend)
+            if backend.flags & BACKEND_USABLE != 0 && backend.service_id == service_id =>
+        {
+            *out = *backend;
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Forwards `scratch.packet` to `scratch.backend` the way `service` says.
+#[inline(always)]
+pub fn send_to_backend(
+    ctx: &XdpContext,
+    scratch: &mut Scratch,
+    service: &ServiceValue,
+    hash: u32,
+    reason: Reason,
+) -> Result<Verdict, Drop> {
+    let packet = &scratch.packet;
+    let outer_len: u16 = match (service.forwarding, packet.v6) {
+        (FWD_TUNNEL, true) => 40,
+        (FWD_TUNNEL, false) => 20,
+        _ => 0,
+    };
+    // Route first: nothing is rewritten unless it can be sent.
+    scratch.query = FibQuery {
+        v6: packet.v6,
+        ip_len: packet.ip_len.wrapping_add(outer_len),
+        src: packet.src,
+        dst: scratch.backend.addr,
+    };
+    let next = next_hop(ctx, scratch);
+    match next {
+        NextHop::Local | NextHop::NoRoute => return Err(Drop(Reason::DropNoRoute)),
+        // DSR keeps the VIP as destination: the stack would deliver it here.
+        NextHop::NoNeighbour if service.forwarding == FWD_DSR => {
+            return Err(Drop(Reason::DropNoNeighbour));
+        }
+        NextHop::NoNeighbour | NextHop::Out => {}
+    }
+    let packet = &scratch.packet;
+    let backend = &scratch.backend;
+    match service.forwarding {
+        FWD_NAT => rewrite(ctx, packet, End::Destination, &backend.addr, backend.port).get()?,
+        FWD_TUNNEL => encapsulate(ctx, packet, &backend.addr, hash).get()?,
+        FWD_DSR => {}
+        _ => return Err(Drop(Reason::DropNoBackend)),
+    }
+    if next == NextHop::Out {
+        transmit(ctx, &scratch.hop, reason)
+    } else {
+        // A rewritten or encapsulated packet is an ordinary routed one: the
+        // stack resolves the neighbour and forwards it.
+        Ok(Verdict::pass(Reason::PassNoNeighbour))
+    }
+}
+
+/// The reply path: a packet from a NAT backend (its address, port and
+/// protocol name exactly one service) gets the VIP and service port restored
+/// as source and goes to the client. Stateless, so an HA peer carries on
+/// established flows after a takeover. Packets from a backend to this host
+/// itself (health checks) are left alone.
+#[inline(never)]
+fn reply(ctx: &XdpContext, scratch: &mut Scratch) -> u32 {
+    finish(try_reply(ctx, scratch))
+}
+
+#[inline(always)]
+fn try_reply(ctx: &XdpContext, scratch: &mut Scratch) -> Result<Verdict, Drop> {
+    let packet = &scratch.packet;
+    if !packet.has_l4 || (packet.proto != proto::TCP && packet.proto != proto::UDP) {
+        return Ok(Verdict::pass(Reason::PassNoService));
+    }
+    scratch.lookup = Endpoint::new(packet.src, packet.sport, packet.proto);
+    // SAFETY: copied out at once.
+    let nat = match unsafe { NAT.get(&scratch.lookup) } {
+        Some(nat) => *nat,
+        None => {
+            scratch.lookup.port = 0;
+            // SAFETY: as above.
+            match unsafe { NAT.get(&scratch.lookup) } {
+                Some(nat) => *nat,
+                None => return Ok(Verdict::pass(Reason::PassNoService)),
+            }
+        }
+    };
+    scratch.query = FibQuery {
+        v6: packet.v6,
+        ip_len: packet.ip_len,
+        src: nat.vip,
+        dst: packet.dst,
+    };
+    let next = next_hop(ctx, scratch);
+    if next == NextHop::Local || next == NextHop::NoRoute {
+        // To this host (a health check answer), or not routable from here:
+        // untouched, the stack's business.
+        return Ok(Verdict::pass(Reason::PassNoService));
+    }
+    rewrite(ctx, &scratch.packet, End::Source, &nat.vip, nat.port).get()?;
+    if next == NextHop::Out {
+        transmit(ctx, &scratch.hop, Reason::ReplyToClient)
+    } else {
+        // Translated, the reply is an ordinary routed packet: the stack
+        // resolves the client's next hop and forwards it.
+        Ok(Verdict::pass(Reason::PassNoNeighbour))
+    }
 }

@@ -17,8 +17,13 @@
 )]
 
 mod balancer;
+mod csum;
+mod decap;
+mod forward;
+mod icmp;
 mod maps;
 mod packet;
+mod parse;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::Reason;
@@ -46,10 +51,39 @@ impl Verdict {
 #[derive(Clone, Copy)]
 pub(crate) struct Drop(pub Reason);
 
-/// The load balancer, attached to the interfaces that receive VIP traffic.
-#[xdp]
-pub fn lb_balancer(ctx: XdpContext) -> u32 {
-    let verdict = match balancer::try_balance(&ctx) {
+/// `Result<(), Drop>` in one register, for functions kept out of line (BPF
+/// returns a single 64-bit value; aggregates would need a hidden pointer).
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+pub(crate) struct Status(u32);
+
+impl Status {
+    const OK: u32 = u32::MAX;
+
+    /// Packs a result.
+    #[inline(always)]
+    pub fn from(result: Result<(), Drop>) -> Self {
+        match result {
+            Ok(()) => Self(Self::OK),
+            Err(Drop(reason)) => Self(reason as u32),
+        }
+    }
+
+    /// Unpacks it.
+    #[inline(always)]
+    pub fn get(self) -> Result<(), Drop> {
+        if self.0 == Self::OK {
+            return Ok(());
+        }
+        Err(Drop(Reason::from_slot(self.0).unwrap_or(Reason::DropMalformedEth)))
+    }
+}
+
+/// Counts a decision under its reason and returns its XDP action: the one
+/// place where errors become verdicts.
+#[inline(always)]
+pub(crate) fn finish(result: Result<Verdict, Drop>) -> u32 {
+    let verdict = match result {
         Ok(verdict) => verdict,
         Err(Drop(reason)) => Verdict {
             action: xdp_action::XDP_DROP,
@@ -58,6 +92,22 @@ pub fn lb_balancer(ctx: XdpContext) -> u32 {
     };
     maps::count(verdict.reason);
     verdict.action
+}
+
+/// The load balancer, attached to the interfaces that receive VIP traffic.
+#[xdp]
+pub fn lb_balancer(ctx: XdpContext) -> u32 {
+    balancer::balance(&ctx)
+}
+
+/// For backends of `tunnel` services: strips the tunnel header, then passes.
+/// Keeps no counters: it must not depend on the balancer's maps.
+#[xdp]
+pub fn lb_decap(ctx: XdpContext) -> u32 {
+    match decap::try_decap(&ctx) {
+        Ok(verdict) => verdict.action,
+        Err(Drop(_)) => xdp_action::XDP_DROP,
+    }
 }
 
 /// The kernel needs a GPL-compatible licence to allow GPL-only helpers.

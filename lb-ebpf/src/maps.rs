@@ -3,17 +3,55 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
-use lb_common::{IfaceValue, Reason, ServiceKey, ServiceValue, VipValue};
+use aya_ebpf::bindings::bpf_fib_lookup as FibParams;
+use lb_common::{
+    Addr, BackendValue, ConnValue, Endpoint, FlowKey, IfaceValue, NatKey, NatValue, Reason,
+    ServiceKey, ServiceValue, Settings, Traffic, VipValue,
+};
+
+use crate::{
+    forward::{FibQuery, Hop},
+    icmp::Quoted,
+    parse::Packet,
+};
 
 /// Services by (vip, port, proto); port 0 is an all-port service.
 #[map]
-pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(256, 0);
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(64, 0);
 
-/// Every address that carries a service, with how many.
+/// Every address that carries a service.
 #[map]
-pub static VIPS: HashMap<[u8; 16], VipValue> = HashMap::with_max_entries(256, 0);
+pub static VIPS: HashMap<Addr, VipValue> = HashMap::with_max_entries(64, 0);
+
+/// Backends by id.
+#[map]
+pub static BACKENDS: Array<BackendValue> = Array::with_max_entries(1024, 0);
+
+/// Two rows of `ring_size` backend ids per service: row `2 * id + half`.
+#[map]
+pub static MAGLEV: Array<u32> = Array::with_max_entries(64 * 2 * 65537, 0);
+
+/// The connection table: flow to backend, least recently used evicted.
+#[map]
+pub static CONNS: LruHashMap<FlowKey, ConnValue> = LruHashMap::with_max_entries(65536, 0);
+
+/// Reply path: a backend's (addr, port, proto) to the VIP and port to restore.
+#[map]
+pub static NAT: HashMap<NatKey, NatValue> = HashMap::with_max_entries(1024, 0);
+
+/// Round-robin position per service, per CPU.
+#[map]
+pub static RR_POS: PerCpuArray<u32> = PerCpuArray::with_max_entries(64, 0);
+
+/// Runtime settings, one entry.
+#[map]
+pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+/// Egress interfaces for redirects, keyed by ifindex.
+#[map]
+pub static DEVMAP: DevMapHash = DevMapHash::with_max_entries(64, 0);
 
 /// The interfaces the program is attached to, by ifindex.
 #[map]
@@ -23,6 +61,50 @@ pub static IFACES: HashMap<u32, IfaceValue> = HashMap::with_max_entries(64, 0);
 #[map]
 pub static STATS_REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
 
+/// Traffic per service id, per CPU.
+#[map]
+pub static STATS_SERVICES: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(64, 0);
+
+/// Traffic per backend id, per CPU.
+#[map]
+pub static STATS_BACKENDS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(1024, 0);
+
+/// Working memory of one program run, per CPU: everything too large for the
+/// verifier's 512-byte stack. XDP runs with preemption off, so nothing else
+/// uses this CPU's entry while a run is in progress.
+pub struct Scratch {
+    /// The parsed packet.
+    pub packet: Packet,
+    /// Its VIP entry, when it is addressed to a VIP.
+    pub vip: VipValue,
+    /// The flow, as the client sent it: the `CONNS` key.
+    pub flow: FlowKey,
+    /// A `SERVICES` / `NAT` key being looked up.
+    pub lookup: Endpoint,
+    /// The FIB query and the kernel's parameter block for it.
+    pub query: FibQuery,
+    /// `bpf_fib_lookup`'s parameters.
+    pub fib: FibParams,
+    /// Its answer.
+    pub hop: Hop,
+    /// The backend chosen for the packet.
+    pub backend: BackendValue,
+    /// The flow quoted in an ICMP error.
+    pub quoted: Quoted,
+}
+
+/// The per-CPU [`Scratch`] entry.
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's scratch space.
+#[inline(always)]
+pub fn scratch() -> Option<&'static mut Scratch> {
+    // SAFETY: this CPU's entry of a per-CPU array, used by one program run
+    // at a time (see `Scratch`); the map lives as long as the program.
+    SCRATCH.get_ptr_mut(0).map(|ptr| unsafe { &mut *ptr })
+}
+
 /// Adds one to `reason`'s counter on this CPU.
 #[inline(always)]
 pub fn count(reason: Reason) {
@@ -30,5 +112,20 @@ pub fn count(reason: Reason) {
         // SAFETY: the pointer is to this CPU's slot of a per-CPU array, which
         // nothing else touches while this program runs on this CPU.
         unsafe { *slot = (*slot).wrapping_add(1) };
+    }
+}
+
+/// Adds a packet of `bytes` (and a new flow, if `new_flow`) to `traffic[id]`.
+#[inline(always)]
+pub fn count_traffic(traffic: &PerCpuArray<Traffic>, id: u32, bytes: u64, new_flow: bool) {
+    if let Some(slot) = traffic.get_ptr_mut(id) {
+        // SAFETY: this CPU's slot of a per-CPU array, as in `count`.
+        unsafe {
+            (*slot).packets = (*slot).packets.wrapping_add(1);
+            (*slot).bytes = (*slot).bytes.wrapping_add(bytes);
+            if new_flow {
+                (*slot).new_flows = (*slot).new_flows.wrapping_add(1);
+            }
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The one accessor for packet memory. Every read and write of the frame goes
 //! through [`ptr_at`], which proves to the verifier that `[off, off + size)`
-//! lies inside `[data, data_end)`.
+//! lies inside `[data, data_end)`. After `bpf_xdp_adjust_head` the context's
+//! data pointers change, and every access re-derives them through here.
 
 use aya_ebpf::programs::XdpContext;
 
@@ -11,13 +12,13 @@ pub const MAX_OFFSET: usize = 512;
 /// A pointer to a `T` at byte `off` of the frame, or `None` if the frame is
 /// too short.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*const T> {
+pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if off > MAX_OFFSET || start + off + core::mem::size_of::<T>() > end {
         return None;
     }
-    Some((start + off) as *const T)
+    Some((start + off) as *mut T)
 }
 
 /// Copies the `T` at byte `off` out of the frame. `T` must be a plain byte
@@ -27,4 +28,31 @@ pub fn read_at<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
     // SAFETY: `ptr_at` checked that the whole `T` lies inside the frame; the
     // read is unaligned because headers sit at arbitrary offsets.
     ptr_at::<T>(ctx, off).map(|ptr| unsafe { ptr.read_unaligned() })
+}
+
+/// Writes `value` at byte `off`; `None` if the frame is too short.
+#[inline(always)]
+pub fn write_at<T: Copy>(ctx: &XdpContext, off: usize, value: T) -> Option<()> {
+    // SAFETY: as in `read_at`; XDP frames are writable.
+    ptr_at::<T>(ctx, off).map(|ptr| unsafe { ptr.write_unaligned(value) })
+}
+
+/// Frame length in bytes.
+#[inline(always)]
+pub fn frame_len(ctx: &XdpContext) -> usize {
+    ctx.data_end() - ctx.data()
+}
+
+/// True when `len` bytes starting at `off` lie inside the frame.
+#[inline(always)]
+pub fn fits(ctx: &XdpContext, off: usize, len: usize) -> bool {
+    ctx.data() + off + len <= ctx.data_end()
+}
+
+/// The `N` bytes at `off`, to read and change in place without a stack copy.
+#[inline(always)]
+pub fn bytes_at<'a, const N: usize>(ctx: &XdpContext, off: usize) -> Option<&'a mut [u8; N]> {
+    // SAFETY: `ptr_at` checked the bounds; byte arrays have alignment 1; the
+    // frame outlives the program run and nothing else aliases it during it.
+    ptr_at::<[u8; N]>(ctx, off).map(|ptr| unsafe { &mut *ptr })
 }

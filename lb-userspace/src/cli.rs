@@ -1,15 +1,23 @@
 //! The `lb` command line. Exit codes: 0 ok, 1 user error (bad arguments, bad
-//! config), 2 runtime error (kernel refused, interface missing, ...).
+//! config, unknown names), 2 runtime error (kernel refused, controller not
+//! running, ...).
 
-use std::{collections::BTreeMap, path::PathBuf, process::ExitCode};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::{Arc, Mutex},
+};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use lb_common::{Reason, ServiceKey, ServiceValue, maps::ipv4_mapped};
+use lb_common::Reason;
 
 use crate::{
-    config::{Config, ConfigError, XdpModeSetting},
-    dataplane::{AttachMode, Dataplane, Sizes},
+    api,
+    config::{Config, ConfigError, default_socket},
+    controller::{Controller, StatsReport, StatusReport, ifindex},
+    dataplane::{AttachMode, Dataplane, unpin_link},
 };
 
 /// lb: an XDP layer-4 load balancer.
@@ -22,6 +30,9 @@ pub struct Cli {
     /// Log format of `lb run`.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
+    /// Control socket of the running controller.
+    #[arg(long, global = true, env = "LB_SOCKET")]
+    pub socket: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -62,6 +73,38 @@ pub enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Services and backends (health, weight, tier) and HA state.
+    #[command(after_help = "Example:\n  lb status\n  lb status --output json")]
+    Status {
+        /// Take the control socket from this configuration.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Counters per service, per backend and per verdict reason.
+    #[command(after_help = "Example:\n  lb stats\n  lb stats --output json")]
+    Stats {
+        /// Take the control socket from this configuration.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// On a backend: strip IPIP / IP6IP6 in XDP (tunnel mode).
+    #[command(after_help = "Example:\n  lb decap attach eth0\n  lb decap detach eth0")]
+    Decap {
+        /// attach or detach.
+        #[arg(value_enum)]
+        action: DecapAction,
+        /// The backend's interface.
+        interface: String,
+    },
+}
+
+/// `lb decap attach|detach`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DecapAction {
+    /// Load `lb_decap`, attach it and pin it; exits at once.
+    Attach,
+    /// Remove it.
+    Detach,
 }
 
 /// A failure, classified for the exit code.
@@ -73,7 +116,16 @@ enum Failure {
 
 impl From<ConfigError> for Failure {
     fn from(error: ConfigError) -> Self {
-        Failure::User(error.into())
+        match error {
+            ConfigError::Read { .. } => Failure::User(error.into()),
+            ConfigError::Invalid(_) => Failure::User(error.into()),
+        }
+    }
+}
+
+impl From<api::ClientError> for Failure {
+    fn from(error: api::ClientError) -> Self {
+        Failure::Runtime(error.into())
     }
 }
 
@@ -81,20 +133,35 @@ impl From<ConfigError> for Failure {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    let output = cli.output;
     let result = match &cli.command {
-        Command::Run { config } => run(config, cli.output),
-        Command::Check { config } => check(config, cli.output),
+        Command::Run { config } => run(config, output),
+        Command::Check { config } => check(config, output),
+        Command::Status { config } => {
+            socket(cli.socket.as_deref(), config.as_deref()).and_then(|s| status(&s, output))
+        }
+        Command::Stats { config } => {
+            socket(cli.socket.as_deref(), config.as_deref()).and_then(|s| stats(&s, output))
+        }
+        Command::Decap { action, interface } => decap(*action, interface, output),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::User(error)) => {
-            eprintln!("error: {error:#}");
+            report_error(&error, output);
             ExitCode::from(1)
         }
         Err(Failure::Runtime(error)) => {
-            eprintln!("error: {error:#}");
+            report_error(&error, output);
             ExitCode::from(2)
         }
+    }
+}
+
+fn report_error(error: &anyhow::Error, output: Output) {
+    match output {
+        Output::Human => eprintln!("error: {error:#}"),
+        Output::Json => println!("{}", serde_json::json!({ "error": format!("{error:#}") })),
     }
 }
 
@@ -110,7 +177,19 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn check(path: &std::path::Path, output: Output) -> Result<(), Failure> {
+/// The control socket: `--socket` / `LB_SOCKET`, else the configuration's,
+/// else the default.
+fn socket(flag: Option<&Path>, config: Option<&Path>) -> Result<PathBuf, Failure> {
+    if let Some(path) = flag {
+        return Ok(path.to_path_buf());
+    }
+    match config {
+        Some(path) => Ok(Config::load(path)?.control.socket),
+        None => Ok(default_socket()),
+    }
+}
+
+fn check(path: &Path, output: Output) -> Result<(), Failure> {
     let config = Config::load(path)?;
     match output {
         Output::Human => println!(
@@ -128,76 +207,40 @@ fn check(path: &std::path::Path, output: Output) -> Result<(), Failure> {
     Ok(())
 }
 
-fn run(path: &std::path::Path, output: Output) -> Result<(), Failure> {
+fn run(path: &Path, output: Output) -> Result<(), Failure> {
     let config = Config::load(path)?;
-    let signals = block_stop_signals();
-    let mut dataplane = Dataplane::load(Sizes::default())
-        .context("loading the XDP program (are you root, on Linux 5.x or later?)")
-        .map_err(Failure::Runtime)?;
-    install_services(&mut dataplane, &config).map_err(Failure::Runtime)?;
-    let mut links = Vec::new();
-    for iface in &config.interfaces {
-        let ifindex = ifindex(&iface.name).map_err(Failure::Runtime)?;
-        let mac = mac_address(&iface.name).map_err(Failure::Runtime)?;
-        dataplane
-            .insert_iface(ifindex, mac)
-            .map_err(|e| Failure::Runtime(e.into()))?;
-        let mode = match iface.xdp_mode {
-            XdpModeSetting::Auto => AttachMode::Auto,
-            XdpModeSetting::Native => AttachMode::Native,
-            XdpModeSetting::Generic => AttachMode::Generic,
-        };
-        let (link, attached) = dataplane
-            .attach(&iface.name, mode)
-            .with_context(|| format!("attaching to {}", iface.name))
-            .map_err(Failure::Runtime)?;
-        tracing::info!(interface = %iface.name, mode = ?attached, "attached");
-        links.push(link);
+    let signals = block_signals();
+    let socket = config.control.socket.clone();
+    let controller = Controller::start(config, path).map_err(Failure::Runtime)?;
+    let controller = Arc::new(Mutex::new(controller));
+    let server = api::Server::bind(&socket).map_err(Failure::Runtime)?;
+    let server_guard = server.spawn(Arc::clone(&controller));
+    tracing::info!(socket = %socket.display(), "running; SIGINT or SIGTERM stops, SIGHUP reloads");
+    loop {
+        let signal = wait_for(&signals);
+        if signal == libc::SIGHUP {
+            tracing::info!("SIGHUP: reloading");
+            let mut controller = controller.lock().map_err(|_| poisoned())?;
+            if let Err(error) = controller.reload() {
+                tracing::error!(error = %format!("{error:#}"), "reload refused; nothing changed");
+            }
+            continue;
+        }
+        tracing::info!(signal, "stopping");
+        break;
     }
-    tracing::info!(
-        instance = %config.instance,
-        services = config.services.len(),
-        "running; SIGINT or SIGTERM stops"
-    );
-    let signal = wait_for(&signals);
-    tracing::info!(signal, "stopping");
-    let counters = dataplane
-        .reason_counters()
-        .map_err(|e| Failure::Runtime(e.into()))?;
-    for link in links {
-        dataplane
-            .detach(link)
-            .map_err(|e| Failure::Runtime(e.into()))?;
-    }
+    // The API thread keeps its handle; the controller is stopped in place.
+    let mut controller = controller.lock().map_err(|_| poisoned())?;
+    let counters = controller.reason_counters().map_err(Failure::Runtime)?;
+    controller.stop().map_err(Failure::Runtime)?;
+    drop(controller);
+    drop(server_guard);
     print_counters(&counters, output);
     Ok(())
 }
 
-/// Writes SERVICES and VIPS from the configuration.
-fn install_services(dataplane: &mut Dataplane, config: &Config) -> anyhow::Result<()> {
-    let mut vips: BTreeMap<[u8; 16], u32> = BTreeMap::new();
-    for (id, service) in config.services.iter().enumerate() {
-        let vip = map_addr(service.vip);
-        let key = ServiceKey::new(vip, service.port, service.protocol.number());
-        let value = ServiceValue {
-            id: u32::try_from(id).context("too many services")?,
-            flags: 0,
-        };
-        dataplane.insert_service(key, value)?;
-        *vips.entry(vip).or_default() += 1;
-    }
-    for (vip, count) in vips {
-        dataplane.insert_vip(vip, count)?;
-    }
-    Ok(())
-}
-
-/// An address in map form (IPv4 as IPv4-mapped IPv6).
-pub fn map_addr(addr: std::net::IpAddr) -> [u8; 16] {
-    match addr {
-        std::net::IpAddr::V4(v4) => ipv4_mapped(v4.octets()),
-        std::net::IpAddr::V6(v6) => v6.octets(),
-    }
+fn poisoned() -> Failure {
+    Failure::Runtime(anyhow::anyhow!("controller state is poisoned"))
 }
 
 fn print_counters(counters: &BTreeMap<Reason, u64>, output: Output) {
@@ -218,54 +261,142 @@ fn print_counters(counters: &BTreeMap<Reason, u64>, output: Output) {
     }
 }
 
-fn ifindex(name: &str) -> anyhow::Result<u32> {
-    let c_name = std::ffi::CString::new(name).context("interface name contains NUL")?;
-    // SAFETY: `c_name` is a valid NUL-terminated string for the whole call.
-    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
-    if index == 0 {
-        anyhow::bail!("interface {name:?} does not exist");
+fn status(socket: &Path, output: Output) -> Result<(), Failure> {
+    let value = api::get(socket, "/v1/status")?;
+    if output == Output::Json {
+        println!("{value}");
+        return Ok(());
     }
-    Ok(index)
+    let report: StatusReport = serde_json::from_value(value)
+        .context("the controller's status has an unexpected shape")
+        .map_err(Failure::Runtime)?;
+    println!("instance {}   ha: {} ({})", report.instance, report.ha.state, report.ha.reason);
+    for service in &report.services {
+        let tier = service
+            .active_tier
+            .map_or_else(|| "none: no usable backend".to_string(), |t| t.to_string());
+        println!(
+            "\n{}  {} {}:{}  {} / {}  active tier {tier}",
+            service.name, service.protocol, service.vip, service.port, service.scheduler, service.forwarding
+        );
+        println!(
+            "  {:<40} {:>4} {:>7} {:>9} {:>7} {:>8}",
+            "backend", "tier", "weight", "effective", "health", "drained"
+        );
+        for b in &service.backends {
+            println!(
+                "  {:<40} {:>4} {:>7} {:>9} {:>7} {:>8}",
+                format!("{}:{}", b.address, b.port),
+                b.tier,
+                b.weight,
+                b.effective_weight,
+                b.health,
+                if b.drained { "yes" } else { "no" }
+            );
+        }
+    }
+    Ok(())
 }
 
-/// The interface's MAC address, asked of the kernel through a socket in the
-/// current network namespace (sysfs would show the namespace that mounted it,
-/// which differs under `nsenter --net`).
-fn mac_address(name: &str) -> anyhow::Result<[u8; 6]> {
-    // SAFETY: ifreq is plain data; all-zero is a valid value.
-    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-    if name.len() >= request.ifr_name.len() {
-        anyhow::bail!("interface name {name:?} is too long");
+fn stats(socket: &Path, output: Output) -> Result<(), Failure> {
+    let value = api::get(socket, "/v1/stats")?;
+    if output == Output::Json {
+        println!("{value}");
+        return Ok(());
     }
-    for (dst, src) in request.ifr_name.iter_mut().zip(name.bytes()) {
-        *dst = src.cast_signed();
+    let report: StatsReport = serde_json::from_value(value)
+        .context("the controller's stats have an unexpected shape")
+        .map_err(Failure::Runtime)?;
+    println!("{:<44} {:>12} {:>14} {:>10}", "service / backend", "packets", "bytes", "new flows");
+    for service in &report.services {
+        println!(
+            "{:<44} {:>12} {:>14} {:>10}",
+            service.name, service.packets, service.bytes, service.new_flows
+        );
+        for b in &service.backends {
+            println!(
+                "  {:<42} {:>12} {:>14} {:>10}",
+                format!("{}:{}", b.address, b.port),
+                b.packets,
+                b.bytes,
+                b.new_flows
+            );
+        }
     }
-    // SAFETY: plain socket(2) call; the descriptor is closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("opening a socket for SIOCGIFHWADDR");
+    println!("\n{:<44} {:>12}", "verdict reason", "packets");
+    for (reason, packets) in &report.reasons {
+        println!("{reason:<44} {packets:>12}");
     }
-    // SAFETY: `request` is a valid ifreq with a NUL-terminated name, which
-    // SIOCGIFHWADDR fills in; `fd` is an open socket.
-    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &raw mut request) };
-    let error = std::io::Error::last_os_error();
-    // SAFETY: `fd` is ours and closed exactly once.
-    unsafe { libc::close(fd) };
-    if rc < 0 {
-        return Err(error).with_context(|| format!("reading the MAC address of {name}"));
-    }
-    // SAFETY: SIOCGIFHWADDR succeeded, so the hwaddr member is the one set.
-    let data = unsafe { request.ifr_ifru.ifru_hwaddr.sa_data };
-    let mut mac = [0u8; 6];
-    for (dst, src) in mac.iter_mut().zip(data.iter()) {
-        *dst = src.cast_unsigned();
-    }
-    Ok(mac)
+    Ok(())
 }
 
-/// Blocks SIGINT and SIGTERM in this (and every later) thread so they can be
-/// taken synchronously with `sigwait`.
-fn block_stop_signals() -> libc::sigset_t {
+/// Where `lb decap` pins its attachment: unique per network namespace (the
+/// namespace's inode) and interface, since backends on one host share bpffs.
+fn decap_pin(interface: &str) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let netns = std::fs::metadata("/proc/self/ns/net")
+        .context("reading /proc/self/ns/net")?
+        .ino();
+    Ok(PathBuf::from(format!("/sys/fs/bpf/lb/decap/{netns}-{interface}")))
+}
+
+fn decap(action: DecapAction, interface: &str, output: Output) -> Result<(), Failure> {
+    ifindex(interface).map_err(Failure::User)?;
+    let pin = decap_pin(interface).map_err(Failure::Runtime)?;
+    match action {
+        DecapAction::Attach => {
+            if pin.exists() {
+                return Err(Failure::User(anyhow::anyhow!(
+                    "lb_decap is already attached to {interface} (pinned at {}); \
+                     `lb decap detach {interface}` first",
+                    pin.display()
+                )));
+            }
+            let mut dataplane = Dataplane::load_decap()
+                .context("loading lb_decap")
+                .map_err(Failure::Runtime)?;
+            let (link, mode) = dataplane
+                .attach(interface, AttachMode::Auto)
+                .with_context(|| format!("attaching lb_decap to {interface}"))
+                .map_err(Failure::Runtime)?;
+            if let Some(dir) = pin.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))
+                    .map_err(Failure::Runtime)?;
+            }
+            dataplane.pin_link(link, &pin).map_err(Failure::Runtime)?;
+            match output {
+                Output::Human => println!(
+                    "lb_decap attached to {interface} ({mode:?} XDP), pinned at {}",
+                    pin.display()
+                ),
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({"attached": interface, "mode": format!("{mode:?}").to_lowercase(),
+                                       "pin": pin.display().to_string()})
+                ),
+            }
+        }
+        DecapAction::Detach => {
+            if !pin.exists() {
+                return Err(Failure::User(anyhow::anyhow!(
+                    "lb_decap is not attached to {interface} (no pin at {})",
+                    pin.display()
+                )));
+            }
+            unpin_link(&pin).map_err(Failure::Runtime)?;
+            match output {
+                Output::Human => println!("lb_decap detached from {interface}"),
+                Output::Json => println!("{}", serde_json::json!({ "detached": interface })),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Blocks SIGINT, SIGTERM and SIGHUP in this (and every later) thread so they
+/// can be taken synchronously with `sigwait`.
+fn block_signals() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; sigemptyset initialises it before use,
     // and pthread_sigmask only reads it.
     unsafe {
@@ -273,6 +404,7 @@ fn block_stop_signals() -> libc::sigset_t {
         libc::sigemptyset(&raw mut set);
         libc::sigaddset(&raw mut set, libc::SIGINT);
         libc::sigaddset(&raw mut set, libc::SIGTERM);
+        libc::sigaddset(&raw mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut());
         set
     }
@@ -280,8 +412,8 @@ fn block_stop_signals() -> libc::sigset_t {
 
 fn wait_for(set: &libc::sigset_t) -> i32 {
     let mut signal = 0;
-    // SAFETY: `set` was initialised by `block_stop_signals`; `signal` is a
-    // valid out-pointer.
+    // SAFETY: `set` was initialised by `block_signals`; `signal` is a valid
+    // out-pointer.
     unsafe { libc::sigwait(set, &raw mut signal) };
     signal
 }

@@ -31,6 +31,74 @@ pub struct Config {
     /// Where the control API and metrics listen.
     #[serde(default)]
     pub control: Control,
+    /// Data-plane sizes and timeouts.
+    #[serde(default)]
+    pub dataplane: DataplaneSettings,
+}
+
+/// `dataplane:`: map sizes (fixed when the program is loaded), idle timeouts
+/// and the tunnel source prefixes.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DataplaneSettings {
+    /// Services at most.
+    #[serde(default = "default_max_services")]
+    pub max_services: u32,
+    /// Backends at most, over all services.
+    #[serde(default = "default_max_backends")]
+    pub max_backends: u32,
+    /// Maglev ring size M, a prime; keep it above 100 × backends per service.
+    #[serde(default = "default_ring_size")]
+    pub ring_size: u32,
+    /// Connection-table entries (LRU).
+    #[serde(default = "default_connection_table_size")]
+    pub connection_table_size: u32,
+    /// Idle TCP flows older than this are rescheduled.
+    #[serde(default = "default_tcp_idle", with = "duration")]
+    pub tcp_idle_timeout: Duration,
+    /// Idle UDP flows older than this are rescheduled.
+    #[serde(default = "default_udp_idle", with = "duration")]
+    pub udp_idle_timeout: Duration,
+    /// Outer source prefix of IPv4 tunnels; host bits vary per flow (RSS).
+    #[serde(default)]
+    pub tunnel_source_v4: Option<ipnet::Ipv4Net>,
+    /// Outer source prefix of IPv6 tunnels; up to 32 host bits vary per flow.
+    #[serde(default)]
+    pub tunnel_source_v6: Option<ipnet::Ipv6Net>,
+}
+
+impl Default for DataplaneSettings {
+    fn default() -> Self {
+        Self {
+            max_services: default_max_services(),
+            max_backends: default_max_backends(),
+            ring_size: default_ring_size(),
+            connection_table_size: default_connection_table_size(),
+            tcp_idle_timeout: default_tcp_idle(),
+            udp_idle_timeout: default_udp_idle(),
+            tunnel_source_v4: None,
+            tunnel_source_v6: None,
+        }
+    }
+}
+
+const fn default_max_services() -> u32 {
+    64
+}
+const fn default_max_backends() -> u32 {
+    1024
+}
+const fn default_ring_size() -> u32 {
+    65_537
+}
+const fn default_connection_table_size() -> u32 {
+    1 << 20
+}
+const fn default_tcp_idle() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+const fn default_udp_idle() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// A pin-directory-safe instance name: `[A-Za-z0-9_-]{1,64}`.
@@ -196,6 +264,14 @@ pub struct Backend {
 
 const fn default_weight() -> u32 {
     100
+}
+
+impl Backend {
+    /// The port traffic is sent to: the backend's own, else the service's
+    /// (0 for all-port services: the client's destination port is kept).
+    pub fn port_for(&self, service: &Service) -> u16 {
+        self.port.unwrap_or(service.port)
+    }
 }
 
 /// `health_check.kind`.
@@ -419,26 +495,45 @@ impl Config {
             });
         };
         if self.interfaces.is_empty() {
+            problem("interfaces".into(), "at least one interface is needed".into());
+        }
+        let dataplane = &self.dataplane;
+        if !crate::maglev::is_prime(dataplane.ring_size) || dataplane.ring_size > 1 << 20 {
             problem(
-                "interfaces".into(),
-                "at least one interface is needed".into(),
+                "dataplane.ring_size".into(),
+                format!("{} must be a prime of at most 1048576 (e.g. 65537)", dataplane.ring_size),
+            );
+        }
+        if self.services.len() > dataplane.max_services as usize {
+            problem(
+                "services".into(),
+                format!("{} services exceed dataplane.max_services {}", self.services.len(), dataplane.max_services),
+            );
+        }
+        let backends: usize = self.services.iter().map(|s| s.backends.len()).sum();
+        if backends > dataplane.max_backends as usize {
+            problem(
+                "services".into(),
+                format!("{backends} backends exceed dataplane.max_backends {}", dataplane.max_backends),
             );
         }
         let mut names = BTreeSet::new();
         let mut keys = BTreeSet::new();
+        let mut nat_endpoints = std::collections::BTreeMap::new();
         for (i, service) in self.services.iter().enumerate() {
+            let at = format!("services[{i}]");
             if service.name.is_empty() {
-                problem(format!("services[{i}].name"), "must not be empty".into());
+                problem(format!("{at}.name"), "must not be empty".into());
             }
             if !names.insert(service.name.as_str()) {
                 problem(
-                    format!("services[{i}].name"),
+                    format!("{at}.name"),
                     format!("{:?} is used by an earlier service", service.name),
                 );
             }
             if !keys.insert((service.vip, service.port, service.protocol)) {
                 problem(
-                    format!("services[{i}]"),
+                    at.clone(),
                     format!(
                         "{} {}:{} is already used by an earlier service",
                         service.protocol.name(),
@@ -446,6 +541,61 @@ impl Config {
                         service.port
                     ),
                 );
+            }
+            if service.forwarding == Forwarding::Tunnel {
+                let missing = match service.vip {
+                    IpAddr::V4(_) => dataplane.tunnel_source_v4.is_none().then_some("tunnel_source_v4"),
+                    IpAddr::V6(_) => dataplane.tunnel_source_v6.is_none().then_some("tunnel_source_v6"),
+                };
+                if let Some(key) = missing {
+                    problem(
+                        format!("{at}.forwarding"),
+                        format!("tunnel services need dataplane.{key} (the outer source prefix)"),
+                    );
+                }
+            }
+            let mut seen = BTreeSet::new();
+            for (j, backend) in service.backends.iter().enumerate() {
+                let at = format!("{at}.backends[{j}]");
+                let port = backend.port_for(service);
+                if backend.address.is_ipv4() != service.vip.is_ipv4() {
+                    problem(
+                        format!("{at}.address"),
+                        format!("{} is not of the VIP's address family", backend.address),
+                    );
+                }
+                if !seen.insert((backend.address, port)) {
+                    problem(at.clone(), format!("{}:{port} is listed twice", backend.address));
+                }
+                if service.port == 0 && port != 0 {
+                    problem(
+                        format!("{at}.port"),
+                        "an all-port service (port 0) keeps the client's port: omit the backend port".into(),
+                    );
+                }
+                if service.forwarding != Forwarding::Nat && port != service.port {
+                    problem(
+                        format!("{at}.port"),
+                        format!(
+                            "{} forwarding cannot change the port: omit it or use {}",
+                            if service.forwarding == Forwarding::Dsr { "dsr" } else { "tunnel" },
+                            service.port
+                        ),
+                    );
+                }
+                if service.forwarding == Forwarding::Nat
+                    && let Some(other) =
+                        nat_endpoints.insert((backend.address, port, service.protocol), service.name.as_str())
+                    && other != service.name
+                {
+                    problem(
+                        at.clone(),
+                        format!(
+                            "{}:{port} is also a NAT backend of {other:?}: replies could not be told apart",
+                            backend.address
+                        ),
+                    );
+                }
             }
         }
         problems

@@ -1,17 +1,18 @@
 //! The kernel side, seen from userspace: loads the embedded XDP object with
 //! map sizes chosen at load time, writes the maps, reads the counters, and
-//! attaches the balancer to interfaces. No decisions are made here; callers
-//! pass fully formed keys and values.
+//! attaches the programs to interfaces. No decisions are made here; callers
+//! pass fully formed keys and values (see `plan`).
 
 use std::collections::BTreeMap;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, xdp::DevMapHash},
     programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use lb_common::{
-    Addr, IfaceValue, Reason, ServiceKey, ServiceValue, VipValue, map_names, program_names,
+    Addr, BackendValue, Endpoint, IfaceValue, NatValue, Reason, ServiceKey, ServiceValue,
+    Settings, Traffic, VipValue, map_names, program_names,
 };
 
 /// The XDP object built by `cargo xtask build-ebpf`, embedded at build time.
@@ -23,10 +24,10 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("LB_EBPF_OBJECT"));
 pub enum DataplaneError {
     /// The object could not be loaded (verifier rejection, missing BTF, no
     /// privileges, ...).
-    #[error("loading the XDP object: {0}")]
+    #[error("loading the XDP object")]
     Load(#[from] aya::EbpfError),
     /// A program is missing from the object or failed to load or attach.
-    #[error("program {name}: {source}")]
+    #[error("program {name}")]
     Program {
         /// Which program.
         name: &'static str,
@@ -37,8 +38,11 @@ pub enum DataplaneError {
     /// A map is missing from the object.
     #[error("map {0} is missing from the XDP object")]
     MissingMap(&'static str),
+    /// A devmap write failed.
+    #[error("map DEVMAP")]
+    Devmap(#[from] aya::maps::xdp::XdpMapError),
     /// A map read or write failed.
-    #[error("map {name}: {source}")]
+    #[error("map {name}")]
     Map {
         /// Which map.
         name: &'static str,
@@ -51,22 +55,40 @@ pub enum DataplaneError {
 /// Map sizes, set at load time rather than compiled in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sizes {
-    /// Entries in `SERVICES`.
+    /// Services (and VIPs) at most.
     pub services: u32,
-    /// Entries in `VIPS`.
-    pub vips: u32,
-    /// Entries in `IFACES`.
-    pub ifaces: u32,
+    /// Backends at most, over all services.
+    pub backends: u32,
+    /// Maglev ring size M, prime; each service holds two rows of M slots.
+    pub ring_size: u32,
+    /// Connection-table entries.
+    pub connections: u32,
 }
 
 impl Default for Sizes {
     fn default() -> Self {
         Self {
-            services: 256,
-            vips: 256,
-            ifaces: 64,
+            services: 64,
+            backends: 1024,
+            ring_size: 65_537,
+            connections: 1 << 20,
         }
     }
+}
+
+impl Sizes {
+    /// Entries of `MAGLEV`: two rows of `ring_size` per service.
+    pub fn maglev_entries(&self) -> u32 {
+        self.services.saturating_mul(2).saturating_mul(self.ring_size)
+    }
+
+    /// The smallest sizes that still load: for `lb_decap`, which uses none.
+    pub const MINIMAL: Sizes = Sizes {
+        services: 1,
+        backends: 1,
+        ring_size: 2,
+        connections: 1,
+    };
 }
 
 /// How to attach to an interface.
@@ -90,62 +112,86 @@ pub enum AttachedMode {
     Generic,
 }
 
+/// Traffic counters summed over CPUs.
+pub type TrafficCounters = Traffic;
+
 /// The loaded XDP object and its maps.
 #[derive(Debug)]
 pub struct Dataplane {
     ebpf: Ebpf,
+    sizes: Sizes,
+    program: &'static str,
 }
 
 impl Dataplane {
     /// Loads the embedded object with `sizes`, and loads (verifies) the
     /// balancer program. Nothing is attached yet.
     pub fn load(sizes: Sizes) -> Result<Self, DataplaneError> {
-        Self::load_object(OBJECT, sizes)
+        Self::load_program(OBJECT, sizes, program_names::BALANCER)
     }
 
-    /// As [`Dataplane::load`], for a given object (tests, benchmarks).
-    pub fn load_object(object: &[u8], sizes: Sizes) -> Result<Self, DataplaneError> {
+    /// Loads the embedded object with minimal map sizes and verifies
+    /// `lb_decap`, for backends.
+    pub fn load_decap() -> Result<Self, DataplaneError> {
+        Self::load_program(OBJECT, Sizes::MINIMAL, program_names::DECAP)
+    }
+
+    /// Loads `program` of `object` (tests, benchmarks).
+    pub fn load_program(
+        object: &[u8],
+        sizes: Sizes,
+        program: &'static str,
+    ) -> Result<Self, DataplaneError> {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(map_names::SERVICES, sizes.services)
-            .map_max_entries(map_names::VIPS, sizes.vips)
-            .map_max_entries(map_names::IFACES, sizes.ifaces)
+            .map_max_entries(map_names::VIPS, sizes.services)
+            .map_max_entries(map_names::RR_POS, sizes.services)
+            .map_max_entries(map_names::STATS_SERVICES, sizes.services)
+            .map_max_entries(map_names::BACKENDS, sizes.backends)
+            .map_max_entries(map_names::NAT, sizes.backends)
+            .map_max_entries(map_names::STATS_BACKENDS, sizes.backends)
+            .map_max_entries(map_names::MAGLEV, sizes.maglev_entries())
+            .map_max_entries(map_names::CONNS, sizes.connections)
             .load(object)?;
-        let program = balancer_mut(&mut ebpf)?;
-        program.load().map_err(|source| DataplaneError::Program {
-            name: program_names::BALANCER,
-            source,
-        })?;
-        Ok(Self { ebpf })
+        xdp_mut(&mut ebpf, program)?
+            .load()
+            .map_err(|source| DataplaneError::Program {
+                name: program,
+                source,
+            })?;
+        Ok(Self {
+            ebpf,
+            sizes,
+            program,
+        })
     }
 
-    /// The balancer program, for attaching or `BPF_PROG_TEST_RUN`.
-    pub fn balancer(&self) -> Result<&Xdp, DataplaneError> {
-        let program =
-            self.ebpf
-                .program(program_names::BALANCER)
-                .ok_or(DataplaneError::Program {
-                    name: program_names::BALANCER,
-                    source: ProgramError::NotLoaded,
-                })?;
+    /// The sizes the maps were created with.
+    pub fn sizes(&self) -> Sizes {
+        self.sizes
+    }
+
+    /// The loaded program, for attaching or `BPF_PROG_TEST_RUN`.
+    pub fn program(&self) -> Result<&Xdp, DataplaneError> {
+        let name = self.program;
+        let program = self.ebpf.program(name).ok_or(DataplaneError::Program {
+            name,
+            source: ProgramError::NotLoaded,
+        })?;
         program
             .try_into()
-            .map_err(|source| DataplaneError::Program {
-                name: program_names::BALANCER,
-                source,
-            })
+            .map_err(|source| DataplaneError::Program { name, source })
     }
 
-    /// Attaches the balancer to `interface`.
+    /// Attaches the program to `interface`.
     pub fn attach(
         &mut self,
         interface: &str,
         mode: AttachMode,
     ) -> Result<(XdpLinkId, AttachedMode), DataplaneError> {
-        let program = balancer_mut(&mut self.ebpf)?;
-        let wrap = |source| DataplaneError::Program {
-            name: program_names::BALANCER,
-            source,
-        };
+        let name = self.program;
+        let program = xdp_mut(&mut self.ebpf, name)?;
+        let wrap = |source| DataplaneError::Program { name, source };
         match mode {
             AttachMode::Native => program
                 .attach(interface, XdpMode::Driver)
@@ -174,19 +220,25 @@ impl Dataplane {
 
     /// Detaches one attachment made by [`Dataplane::attach`].
     pub fn detach(&mut self, link: XdpLinkId) -> Result<(), DataplaneError> {
-        balancer_mut(&mut self.ebpf)?
+        let name = self.program;
+        xdp_mut(&mut self.ebpf, name)?
             .detach(link)
-            .map_err(|source| DataplaneError::Program {
-                name: program_names::BALANCER,
-                source,
-            })
+            .map_err(|source| DataplaneError::Program { name, source })
+    }
+
+    /// Writes the runtime settings.
+    pub fn set_settings(&mut self, settings: &Settings) -> Result<(), DataplaneError> {
+        let name = map_names::SETTINGS;
+        let mut array: Array<&mut MapData, Settings> =
+            Array::try_from(self.map_mut(name)?).map_err(map_error(name))?;
+        array.set(0, settings, 0).map_err(map_error(name))
     }
 
     /// Adds or replaces a service.
     pub fn insert_service(
         &mut self,
-        key: ServiceKey,
-        value: ServiceValue,
+        key: &ServiceKey,
+        value: &ServiceValue,
     ) -> Result<(), DataplaneError> {
         self.hash_map::<ServiceKey, ServiceValue>(map_names::SERVICES)?
             .insert(key, value, 0)
@@ -200,11 +252,58 @@ impl Dataplane {
             .map_err(map_error(map_names::SERVICES))
     }
 
-    /// Marks `vip` as carrying `services` services.
-    pub fn insert_vip(&mut self, vip: Addr, services: u32) -> Result<(), DataplaneError> {
+    /// Adds or replaces a VIP entry.
+    pub fn insert_vip(&mut self, vip: &Addr, value: &VipValue) -> Result<(), DataplaneError> {
         self.hash_map::<Addr, VipValue>(map_names::VIPS)?
-            .insert(vip, VipValue { services }, 0)
+            .insert(vip, value, 0)
             .map_err(map_error(map_names::VIPS))
+    }
+
+    /// Removes a VIP entry.
+    pub fn remove_vip(&mut self, vip: &Addr) -> Result<(), DataplaneError> {
+        self.hash_map::<Addr, VipValue>(map_names::VIPS)?
+            .remove(vip)
+            .map_err(map_error(map_names::VIPS))
+    }
+
+    /// Writes backend `id`.
+    pub fn set_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), DataplaneError> {
+        let name = map_names::BACKENDS;
+        let mut array: Array<&mut MapData, BackendValue> =
+            Array::try_from(self.map_mut(name)?).map_err(map_error(name))?;
+        array.set(id, value, 0).map_err(map_error(name))
+    }
+
+    /// Writes `slots` (slot, backend id) of MAGLEV row `row`.
+    pub fn set_maglev_slots(
+        &mut self,
+        row: u32,
+        slots: impl IntoIterator<Item = (u32, u32)>,
+    ) -> Result<(), DataplaneError> {
+        let name = map_names::MAGLEV;
+        let ring_size = self.sizes.ring_size;
+        let mut array: Array<&mut MapData, u32> =
+            Array::try_from(self.map_mut(name)?).map_err(map_error(name))?;
+        for (slot, id) in slots {
+            array
+                .set(row * ring_size + slot, id, 0)
+                .map_err(map_error(name))?;
+        }
+        Ok(())
+    }
+
+    /// Adds or replaces a reply-path entry.
+    pub fn insert_nat(&mut self, key: &Endpoint, value: &NatValue) -> Result<(), DataplaneError> {
+        self.hash_map::<Endpoint, NatValue>(map_names::NAT)?
+            .insert(key, value, 0)
+            .map_err(map_error(map_names::NAT))
+    }
+
+    /// Removes a reply-path entry.
+    pub fn remove_nat(&mut self, key: &Endpoint) -> Result<(), DataplaneError> {
+        self.hash_map::<Endpoint, NatValue>(map_names::NAT)?
+            .remove(key)
+            .map_err(map_error(map_names::NAT))
     }
 
     /// Records the MAC address of an interface the balancer is attached to.
@@ -214,15 +313,19 @@ impl Dataplane {
             .map_err(map_error(map_names::IFACES))
     }
 
+    /// Allows redirects to `ifindex`.
+    pub fn insert_devmap(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        let name = map_names::DEVMAP;
+        let mut devmap: DevMapHash<&mut MapData> =
+            DevMapHash::try_from(self.map_mut(name)?).map_err(map_error(name))?;
+        Ok(devmap.insert(ifindex, ifindex, None, 0)?)
+    }
+
     /// The verdict-reason counters, summed over CPUs.
     pub fn reason_counters(&self) -> Result<BTreeMap<Reason, u64>, DataplaneError> {
         let name = map_names::STATS_REASONS;
-        let map = self
-            .ebpf
-            .map(name)
-            .ok_or(DataplaneError::MissingMap(name))?;
         let array: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(map).map_err(map_error(name))?;
+            PerCpuArray::try_from(self.map(name)?).map_err(map_error(name))?;
         let mut counters = BTreeMap::new();
         for &reason in Reason::ALL {
             let per_cpu = array.get(&(reason as u32), 0).map_err(map_error(name))?;
@@ -231,33 +334,105 @@ impl Dataplane {
         Ok(counters)
     }
 
+    /// Traffic of service `id`, summed over CPUs.
+    pub fn service_traffic(&self, id: u32) -> Result<Traffic, DataplaneError> {
+        self.traffic(map_names::STATS_SERVICES, id)
+    }
+
+    /// Traffic of backend `id`, summed over CPUs.
+    pub fn backend_traffic(&self, id: u32) -> Result<Traffic, DataplaneError> {
+        self.traffic(map_names::STATS_BACKENDS, id)
+    }
+
+    fn traffic(&self, name: &'static str, id: u32) -> Result<Traffic, DataplaneError> {
+        let array: PerCpuArray<&MapData, Traffic> =
+            PerCpuArray::try_from(self.map(name)?).map_err(map_error(name))?;
+        let per_cpu = array.get(&id, 0).map_err(map_error(name))?;
+        Ok(per_cpu.iter().fold(Traffic::default(), |sum, cpu| Traffic {
+            packets: sum.packets + cpu.packets,
+            bytes: sum.bytes + cpu.bytes,
+            new_flows: sum.new_flows + cpu.new_flows,
+        }))
+    }
+
+    fn map(&self, name: &'static str) -> Result<&aya::maps::Map, DataplaneError> {
+        self.ebpf.map(name).ok_or(DataplaneError::MissingMap(name))
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, DataplaneError> {
+        self.ebpf.map_mut(name).ok_or(DataplaneError::MissingMap(name))
+    }
+
     fn hash_map<K: aya::Pod, V: aya::Pod>(
         &mut self,
         name: &'static str,
     ) -> Result<HashMap<&mut MapData, K, V>, DataplaneError> {
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(DataplaneError::MissingMap(name))?;
-        HashMap::try_from(map).map_err(map_error(name))
+        HashMap::try_from(self.map_mut(name)?).map_err(map_error(name))
     }
 }
 
-fn balancer_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
-    let program = ebpf
-        .program_mut(program_names::BALANCER)
-        .ok_or(DataplaneError::Program {
-            name: program_names::BALANCER,
-            source: ProgramError::NotLoaded,
-        })?;
+fn xdp_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DataplaneError> {
+    let program = ebpf.program_mut(name).ok_or(DataplaneError::Program {
+        name,
+        source: ProgramError::NotLoaded,
+    })?;
     program
         .try_into()
-        .map_err(|source| DataplaneError::Program {
-            name: program_names::BALANCER,
-            source,
-        })
+        .map_err(|source| DataplaneError::Program { name, source })
 }
 
 fn map_error(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
     move |source| DataplaneError::Map { name, source }
+}
+
+impl Dataplane {
+    /// Applies planned writes in order.
+    pub fn apply(&mut self, writes: &[crate::plan::Write]) -> Result<(), DataplaneError> {
+        use crate::plan::Write;
+        for write in writes {
+            match write {
+                Write::Backend(id, value) => self.set_backend(*id, value)?,
+                Write::MaglevSlots { row, slots } => {
+                    self.set_maglev_slots(*row, slots.iter().copied())?;
+                }
+                Write::Service(key, value) => self.insert_service(key, value)?,
+                Write::RemoveService(key) => self.remove_service(key)?,
+                Write::Vip(addr, value) => self.insert_vip(addr, value)?,
+                Write::RemoveVip(addr) => self.remove_vip(addr)?,
+                Write::Nat(key, value) => self.insert_nat(key, value)?,
+                Write::RemoveNat(key) => self.remove_nat(key)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Dataplane {
+    /// Moves an attachment into bpffs at `path`, so it outlives this process
+    /// (`lb decap attach` exits, the program stays).
+    pub fn pin_link(&mut self, link: XdpLinkId, path: &std::path::Path) -> anyhow::Result<()> {
+        let name = self.program;
+        let link = xdp_mut(&mut self.ebpf, name)?
+            .take_link(link)
+            .map_err(|source| DataplaneError::Program { name, source })?;
+        let fd_link: aya::programs::links::FdLink = link
+            .try_into()
+            .map_err(|e| anyhow::anyhow!("the attachment is not a bpf_link: {e}"))?;
+        fd_link
+            .pin(path)
+            .map_err(|e| anyhow::anyhow!("pinning {}: {e}", path.display()))?;
+        Ok(())
+    }
+}
+
+/// Removes an attachment pinned by [`Dataplane::pin_link`]: the program
+/// detaches when the last reference goes.
+pub fn unpin_link(path: &std::path::Path) -> anyhow::Result<()> {
+    let pinned = aya::programs::links::PinnedLink::from_pin(path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let link = pinned
+        .unpin()
+        .map_err(|e| anyhow::anyhow!("unpinning {}: {e}", path.display()))?;
+    drop(link);
+    Ok(())
 }

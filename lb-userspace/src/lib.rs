@@ -1,6 +1,10 @@
 //! The lb controller as a library: configuration, the data-plane handle, and
 //! the command line. The `lb` binary is a thin wrapper around [`cli::main`].
 
+pub mod api;
 pub mod cli;
 pub mod config;
+pub mod controller;
 pub mod dataplane;
+pub mod maglev;
+pub mod plan;

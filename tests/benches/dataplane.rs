@@ -6,31 +6,21 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use aya::programs::{TestRun, TestRunOptions};
-use lb::cli::map_addr;
-use lb_common::{ServiceKey, ServiceValue, proto};
 use lb_tests::{frames, testrun::Harness};
 
 const REPEAT: u32 = 1_000_000;
 const ROUNDS: usize = 5;
 
 fn main() {
-    let mut harness = Harness::new();
+    let harness = Harness::new(
+        "instance: bench\ninterfaces: [{ name: lb0 }]\nservices:\n\
+         \x20 - { name: v4, vip: 203.0.113.10, port: 80, protocol: tcp, backends: [{ address: 192.0.2.11 }] }\n\
+         \x20 - { name: v6, vip: '2001:db8::10', port: 80, protocol: tcp, backends: [{ address: '2001:db8::11' }] }\n",
+    );
     let vip4 = Ipv4Addr::new(203, 0, 113, 10);
     let vip6 = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
     let client4 = Ipv4Addr::new(198, 51, 100, 7);
     let client6 = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 7);
-    for (id, vip) in [map_addr(vip4.into()), map_addr(vip6.into())]
-        .into_iter()
-        .enumerate()
-    {
-        let key = ServiceKey::new(vip, 80, proto::TCP);
-        let id = u32::try_from(id).unwrap();
-        harness
-            .dataplane
-            .insert_service(key, ServiceValue { id, flags: 0 })
-            .unwrap();
-        harness.dataplane.insert_vip(vip, 1).unwrap();
-    }
     let cases = [
         ("ARP (non-IP, pass)", frames::arp_request(client4, vip4)),
         (
@@ -52,7 +42,7 @@ fn main() {
     ];
     println!("lb_balancer, BPF_PROG_TEST_RUN, repeat {REPEAT}, best and median of {ROUNDS} rounds");
     println!("{:<34} {:>8} {:>8}", "case", "best ns", "median");
-    let program = harness.dataplane.balancer().unwrap();
+    let program = harness.dataplane.program().unwrap();
     for (name, frame) in cases {
         let mut samples: Vec<u128> = (0..ROUNDS)
             .map(|_| {

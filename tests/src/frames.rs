@@ -84,3 +84,107 @@ pub fn arp_request(sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
     frame.extend_from_slice(&arp.to_bytes());
     frame
 }
+
+/// A frame taken apart by etherparse, to be edited and put back together
+/// with every checksum recomputed: the independent reference for what the
+/// balancer should emit.
+#[derive(Clone, Debug)]
+pub struct Headers {
+    /// Ethernet.
+    pub eth: etherparse::Ethernet2Header,
+    /// One VLAN tag, if any.
+    pub vlan: Option<etherparse::SingleVlanHeader>,
+    /// IPv4 or IPv6.
+    pub net: etherparse::NetHeaders,
+    /// TCP, UDP, ICMP.
+    pub transport: Option<etherparse::TransportHeader>,
+    /// What follows.
+    pub payload: Vec<u8>,
+}
+
+impl Headers {
+    /// Parses `frame`; panics if etherparse cannot.
+    pub fn parse(frame: &[u8]) -> Self {
+        let headers = etherparse::PacketHeaders::from_ethernet_slice(frame).expect("parse frame");
+        let Some(etherparse::LinkHeader::Ethernet2(eth)) = headers.link else {
+            panic!("no Ethernet header");
+        };
+        let vlan = headers.link_exts.iter().find_map(|ext| match ext {
+            etherparse::LinkExtHeader::Vlan(vlan) => Some(vlan.clone()),
+            etherparse::LinkExtHeader::Macsec(_) => None,
+        });
+        Self {
+            eth,
+            vlan,
+            net: headers.net.expect("IP header"),
+            transport: headers.transport,
+            payload: headers.payload.slice().to_vec(),
+        }
+    }
+
+    /// Serialises with IP, TCP, UDP and ICMP checksums recomputed.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut transport = self.transport.clone();
+        let mut net = self.net.clone();
+        let transport_len = transport.as_ref().map_or(0, etherparse::TransportHeader::header_len);
+        let ip_payload_len = transport_len + self.payload.len();
+        match &mut net {
+            etherparse::NetHeaders::Ipv4(ip, _) => {
+                ip.set_payload_len(ip_payload_len).expect("length");
+                match &mut transport {
+                    Some(etherparse::TransportHeader::Tcp(tcp)) => {
+                        tcp.checksum = tcp.calc_checksum_ipv4(ip, &self.payload).expect("csum");
+                    }
+                    Some(etherparse::TransportHeader::Udp(udp)) => {
+                        udp.length = u16::try_from(8 + self.payload.len()).expect("length");
+                        udp.checksum = udp.calc_checksum_ipv4(ip, &self.payload).expect("csum");
+                    }
+                    Some(etherparse::TransportHeader::Icmpv4(icmp)) => {
+                        icmp.update_checksum(&self.payload);
+                    }
+                    _ => {}
+                }
+            }
+            etherparse::NetHeaders::Ipv6(ip, _) => {
+                ip.set_payload_length(ip_payload_len).expect("length");
+                match &mut transport {
+                    Some(etherparse::TransportHeader::Tcp(tcp)) => {
+                        tcp.checksum = tcp.calc_checksum_ipv6(ip, &self.payload).expect("csum");
+                    }
+                    Some(etherparse::TransportHeader::Udp(udp)) => {
+                        udp.length = u16::try_from(8 + self.payload.len()).expect("length");
+                        udp.checksum = udp.calc_checksum_ipv6(ip, &self.payload).expect("csum");
+                    }
+                    Some(etherparse::TransportHeader::Icmpv6(icmp)) => {
+                        icmp.update_checksum(ip.source, ip.destination, &self.payload)
+                            .expect("csum");
+                    }
+                    _ => {}
+                }
+            }
+            etherparse::NetHeaders::Arp(_) => panic!("not IP"),
+        }
+        let mut out = Vec::new();
+        self.eth.write(&mut out).expect("write");
+        if let Some(vlan) = &self.vlan {
+            vlan.write(&mut out).expect("write");
+        }
+        match &net {
+            etherparse::NetHeaders::Ipv4(ip, _) => ip.write(&mut out).expect("write"),
+            etherparse::NetHeaders::Ipv6(ip, _) => ip.write(&mut out).expect("write"),
+            etherparse::NetHeaders::Arp(_) => unreachable!(),
+        }
+        if let Some(transport) = &transport {
+            transport.write(&mut out).expect("write");
+        }
+        out.extend_from_slice(&self.payload);
+        out
+    }
+}
+
+/// The bytes of `frame` from its IP header on (for tunnel expectations).
+pub fn ip_packet(frame: &[u8]) -> Vec<u8> {
+    let headers = Headers::parse(frame);
+    let skip = etherparse::Ethernet2Header::LEN + headers.vlan.as_ref().map_or(0, |_| 4);
+    frame[skip..].to_vec()
+}

@@ -116,6 +116,18 @@ impl Netns {
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
 
+    /// Moves the calling thread into this namespace for good (the rest of a
+    /// test body: sockets, `BPF_PROG_TEST_RUN`, whose FIB lookups use the
+    /// caller's namespace). Test threads end with their test, so nothing else
+    /// is affected.
+    pub fn enter(&self) {
+        let file = File::open(self.path()).expect("open netns");
+        // SAFETY: `file` is an open namespace descriptor; setns changes only
+        // the calling thread's network namespace.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+    }
+
     /// Adds `cidr` (e.g. `192.0.2.1/24`) to `dev`.
     pub fn addr(&self, dev: &str, cidr: &str) {
         let family = if cidr.contains(':') { "-6" } else { "-4" };

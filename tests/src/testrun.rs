@@ -1,18 +1,47 @@
-//! `BPF_PROG_TEST_RUN` on the real balancer program.
+//! `BPF_PROG_TEST_RUN` on the real balancer program, with its maps filled by
+//! the real planner from a real configuration.
+//!
+//! The runs happen inside a private network namespace that the harness
+//! builds, because `bpf_fib_lookup` answers from the caller's namespace: an
+//! egress veth `lb0` (MAC [`EGRESS_MAC`]) with backends on-link (static
+//! neighbours with [`backend_mac`]) and clients behind a router
+//! ([`ROUTER_MAC`]). Test-run frames arrive on loopback, so forwarded frames
+//! leave by redirect to `lb0`.
 
 use std::collections::BTreeMap;
 
 use aya::programs::{TestRun, TestRunOptions};
-use lb::dataplane::{Dataplane, Sizes};
+use lb::{
+    config::Config,
+    controller::{settings, sizes},
+    dataplane::Dataplane,
+    plan::{BackendKey, BackendState, Planner},
+};
 use lb_common::Reason;
 
-/// The MAC address the harness gives the test-run interface (loopback, whose
-/// rx queue `BPF_PROG_TEST_RUN` uses when no ifindex is passed).
+use crate::netns::Netns;
+
+/// The MAC the balancer's receiving interface has (registered for lo,
+/// where test-run frames arrive).
 pub const LB_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
 /// A client MAC address for frames built by tests.
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x02];
+/// The MAC of `lb0`, the egress interface: forwarded frames' source.
+pub const EGRESS_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x03];
+/// The MAC of the router towards the clients.
+pub const ROUTER_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0xfe];
 /// The ifindex `BPF_PROG_TEST_RUN` reports for XDP without a context: lo.
 pub const TEST_IFINDEX: u32 = 1;
+
+/// The MAC of the backend whose address ends in `last` (192.0.2.`last`,
+/// 2001:db8::`last`).
+pub const fn backend_mac(last: u8) -> [u8; 6] {
+    [0x02, 0x00, 0x00, 0x00, 0x0b, last]
+}
+
+/// On-link backends the test bed has neighbours for: the last byte of
+/// 192.0.2.x and of 2001:db8::x.
+pub const BACKEND_HOSTS: [u8; 6] = [11, 12, 13, 14, 21, 22];
 
 /// XDP verdicts, as the kernel numbers them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,22 +80,63 @@ pub struct Outcome {
     pub frame: Vec<u8>,
 }
 
-/// A loaded balancer ready for test runs.
+/// A loaded balancer ready for test runs, inside its own namespace.
 #[derive(Debug)]
 pub struct Harness {
     /// The data plane, for filling maps and reading counters.
     pub dataplane: Dataplane,
+    /// The planner that filled the maps.
+    pub planner: Planner,
+    /// The configuration planned.
+    pub config: Config,
+    ns: Netns,
 }
 
+/// A configuration with no services, for parser tests.
+pub const EMPTY_CONFIG: &str = "instance: test\ninterfaces: [{ name: lb0 }]\n";
+
 impl Harness {
-    /// Loads the balancer with default sizes and registers [`LB_MAC`] as the
-    /// receiving interface's address.
-    pub fn new() -> Self {
-        let mut dataplane = Dataplane::load(Sizes::default()).expect("load the XDP object");
+    /// Builds the namespace, moves the calling thread into it, loads the
+    /// balancer with `config`'s sizes and plans `config` into its maps.
+    pub fn new(config: &str) -> Self {
+        let config = Config::parse(config).expect("test configuration");
+        let ns = Netns::new("dp");
+        ns.enter();
+        build_test_bed(&ns);
+        let mut dataplane = Dataplane::load(sizes(&config)).expect("load the XDP object");
+        dataplane.set_settings(&settings(&config)).expect("settings");
         dataplane
             .insert_iface(TEST_IFINDEX, LB_MAC)
             .expect("register the test interface");
-        Self { dataplane }
+        let egress = lb::controller::ifindex("lb0").expect("lb0");
+        dataplane.insert_devmap(egress).expect("devmap");
+        let sizes = dataplane.sizes();
+        let mut planner = Planner::new(sizes.ring_size, sizes.services, sizes.backends);
+        let writes = planner.plan(&config, &BTreeMap::new()).expect("plan");
+        dataplane.apply(&writes).expect("apply");
+        Self {
+            dataplane,
+            planner,
+            config,
+            ns,
+        }
+    }
+
+    /// Re-plans with backend states (health, weights) and applies the writes.
+    pub fn replan(&mut self, states: &BTreeMap<BackendKey, BackendState>) {
+        let writes = self.planner.plan(&self.config, states).expect("plan");
+        self.dataplane.apply(&writes).expect("apply");
+    }
+
+    /// Plans a new configuration and applies the writes.
+    pub fn reconfigure(&mut self, config: &str) {
+        self.config = Config::parse(config).expect("test configuration");
+        self.replan(&BTreeMap::new());
+    }
+
+    /// The namespace the runs happen in.
+    pub fn netns(&self) -> &Netns {
+        &self.ns
     }
 
     /// Runs `frame` through the balancer once.
@@ -80,7 +150,7 @@ impl Harness {
         };
         let result = self
             .dataplane
-            .balancer()
+            .program()
             .expect("balancer program")
             .test_run(opts)
             .expect("BPF_PROG_TEST_RUN");
@@ -113,8 +183,36 @@ impl Harness {
     }
 }
 
-impl Default for Harness {
-    fn default() -> Self {
-        Self::new()
+/// `lb0` (the egress, peer `peer0`), on-link backends with static
+/// neighbours, clients behind a router; forwarding on.
+fn build_test_bed(ns: &Netns) {
+    ns.ip(&["link", "add", "lb0", "type", "veth", "peer", "name", "peer0"]);
+    ns.ip(&["link", "set", "lb0", "address", &mac_text(EGRESS_MAC)]);
+    ns.ip(&["link", "set", "lb0", "up"]);
+    ns.ip(&["link", "set", "peer0", "up"]);
+    ns.addr("lb0", "192.0.2.1/24");
+    ns.addr("lb0", "2001:db8::1/64");
+    for last in BACKEND_HOSTS {
+        let mac = mac_text(backend_mac(last));
+        let v4 = format!("192.0.2.{last}");
+        let v6 = format!("2001:db8::{last}");
+        for addr in [v4.as_str(), v6.as_str()] {
+            ns.ip(&["neigh", "add", addr, "lladdr", &mac, "dev", "lb0", "nud", "permanent"]);
+        }
     }
+    let router = mac_text(ROUTER_MAC);
+    ns.ip(&["neigh", "add", "192.0.2.254", "lladdr", &router, "dev", "lb0", "nud", "permanent"]);
+    ns.ip(&["neigh", "add", "2001:db8::fe", "lladdr", &router, "dev", "lb0", "nud", "permanent"]);
+    ns.route("198.51.100.0/24", "192.0.2.254");
+    ns.route("2001:db8:1::/64", "2001:db8::fe");
+    ns.sysctl("net.ipv4.ip_forward=1");
+    ns.sysctl("net.ipv6.conf.all.forwarding=1");
+}
+
+/// `02:00:...` text form.
+pub fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }

@@ -5,8 +5,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use etherparse::IpNumber;
-use lb::cli::map_addr;
-use lb_common::{Reason, ServiceKey, ServiceValue, proto};
+use lb_common::Reason;
 use lb_tests::{
     frames::{self, PAYLOAD, eth},
     testrun::{Action, Harness},
@@ -19,20 +18,20 @@ const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 7);
 const OTHER4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 99);
 const OTHER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 99);
 
-/// A harness with TCP/80 and UDP/53 on both VIPs.
+/// TCP/80 and UDP/53 on both VIPs, each with one NAT backend.
+const CONFIG: &str = "\
+instance: test
+interfaces: [{ name: lb0 }]
+services:
+  - { name: web4, vip: 203.0.113.10, port: 80, protocol: tcp, backends: [{ address: 192.0.2.11 }] }
+  - { name: dns4, vip: 203.0.113.10, port: 53, protocol: udp, backends: [{ address: 192.0.2.11 }] }
+  - { name: web6, vip: '2001:db8:0:0:0:0:0:10', port: 80, protocol: tcp, backends: [{ address: '2001:db8::11' }] }
+  - { name: dns6, vip: '2001:db8:0:0:0:0:0:10', port: 53, protocol: udp, backends: [{ address: '2001:db8::11' }] }
+dataplane: { ring_size: 1009 }
+";
+
 fn harness() -> Harness {
-    let mut harness = Harness::new();
-    let mut id = 0;
-    for vip in [map_addr(VIP4.into()), map_addr(VIP6.into())] {
-        for (port, protocol) in [(80, proto::TCP), (53, proto::UDP)] {
-            let key = ServiceKey::new(vip, port, protocol);
-            let value = ServiceValue { id, flags: 0 };
-            harness.dataplane.insert_service(key, value).unwrap();
-            id += 1;
-        }
-        harness.dataplane.insert_vip(vip, 2).unwrap();
-    }
-    harness
+    Harness::new(CONFIG)
 }
 
 /// IPv4 to `dst` carrying `l4` as raw transport bytes (possibly cut short).
@@ -148,20 +147,12 @@ fn service_traffic_is_recognised_also_behind_a_vlan_tag() {
         ("IPv4 UDP", frames::udp4(CLIENT4, 40000, VIP4, 53)),
         ("IPv6 TCP", frames::tcp6(CLIENT6, 40000, VIP6, 80)),
         ("IPv6 UDP", frames::udp6(CLIENT6, 40000, VIP6, 53)),
-        (
-            "VLAN 42, IPv4 TCP",
-            frames::tcp4_vlan(42, CLIENT4, 40000, VIP4, 80),
-        ),
+        ("VLAN 42, IPv4 TCP", frames::tcp4_vlan(42, CLIENT4, 40000, VIP4, 80)),
     ];
     for (description, frame) in cases {
         let (outcome, moved) = harness.run_counted(&frame);
-        assert_eq!(outcome.action, Action::Pass, "{description}");
-        assert_eq!(outcome.frame, frame, "{description}");
-        assert_eq!(
-            moved,
-            [(Reason::PassServiceMatched, 1)].into(),
-            "{description}"
-        );
+        assert_eq!(outcome.action, Action::Redirect, "{description}");
+        assert_eq!(moved, [(Reason::ForwardToBackend, 1)].into(), "{description}");
     }
     // The VLAN tag is really parsed: the same tagged frame to a port without
     // a service is recognised as such.

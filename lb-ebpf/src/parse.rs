@@ -1,0 +1,345 @@
+//! Ethernet (one VLAN tag), IPv4 (IHL honoured), IPv6 (extension headers
+//! skipped) and the transport header, into a [`Packet`].
+//!
+//! Only traffic for a VIP is ours. A malformed packet to any other address
+//! goes to the stack untouched (`Parsed::Host` with `malformed`); a malformed
+//! packet to a VIP is dropped and counted under the header that was wrong.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{Addr, Reason, VipValue, maps::ipv4_mapped, proto};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, tcp::TcpHdr, udp::UdpHdr};
+
+use crate::{
+    Drop,
+    maps::{IFACES, Scratch, VIPS},
+    packet::{fits, read_at},
+};
+
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_DEST_OPTS: u8 = 60;
+/// More extension headers than this and the packet is refused: the verifier
+/// needs a bound, and real traffic carries one or two at most.
+const IPV6_MAX_EXT_HEADERS: usize = 4;
+
+/// What the parser learnt about an IP packet. Lives in the per-CPU
+/// [`Scratch`] map, not on the 512-byte stack.
+#[derive(Clone, Copy)]
+pub struct Packet {
+    /// Offset of the IP header (14, or 18 behind a VLAN tag). Stored as u16:
+    /// loaded back from the map it is then known to be non-negative and
+    /// below 64 KiB, which the verifier needs to accept offset arithmetic.
+    pub l3: u16,
+    /// Offset of the transport header (u16 for the same reason).
+    pub l4: u16,
+    /// IPv6 (else IPv4).
+    pub v6: bool,
+    /// Transport protocol (after IPv6 extension headers).
+    pub proto: u8,
+    /// Source address, map form.
+    pub src: Addr,
+    /// Destination address, map form.
+    pub dst: Addr,
+    /// Source port (TCP/UDP), else 0.
+    pub sport: u16,
+    /// Destination port (TCP/UDP), else 0.
+    pub dport: u16,
+    /// A transport header is present (false for non-first fragments and
+    /// protocols other than TCP, UDP, ICMP).
+    pub has_l4: bool,
+    /// Part of a fragmented datagram.
+    pub fragment: bool,
+    /// Bytes from the IP header to the end of the IP packet.
+    pub ip_len: u16,
+}
+
+impl Packet {
+    /// Offset of the IP header.
+    #[inline(always)]
+    pub fn l3_off(&self) -> usize {
+        usize::from(self.l3)
+    }
+
+    /// Offset of the transport header.
+    #[inline(always)]
+    pub fn l4_off(&self) -> usize {
+        usize::from(self.l4)
+    }
+}
+
+/// The parser's verdict; the packet itself is in [`Scratch::packet`].
+#[derive(Clone, Copy)]
+#[repr(u32)]
+pub enum Parsed {
+    /// Not IPv4 / IPv6.
+    NotIp = 0,
+    /// Unicast for another MAC address.
+    OtherMac = 1,
+    /// IP to an address that is not a VIP, malformed: the stack's business.
+    HostMalformed = 2,
+    /// IP to an address that is not a VIP, well formed.
+    Host = 3,
+    /// IP to a VIP, well formed; its entry is in [`Scratch::vip`].
+    Vip = 4,
+}
+
+/// Parses the frame in `ctx` into `scratch.packet` (and `scratch.vip`).
+///
+/// Out of line, so its header copies do not stay in the caller's stack frame
+/// while the forwarding paths run; the result comes back in one register.
+#[inline(never)]
+pub fn parse(ctx: &XdpContext, scratch: &mut Scratch) -> ParseResult {
+    ParseResult::from(try_parse(ctx, scratch))
+}
+
+/// `Result<Parsed, Drop>` in one register: the `Parsed` discriminant, or
+/// `DROPPED` plus the reason's slot.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+pub struct ParseResult(u32);
+
+impl ParseResult {
+    const DROPPED: u32 = 0x100;
+
+    #[inline(always)]
+    fn from(result: Result<Parsed, Drop>) -> Self {
+        match result {
+            Ok(parsed) => Self(parsed as u32),
+            Err(Drop(reason)) => Self(Self::DROPPED + reason as u32),
+        }
+    }
+
+    /// Unpacks it.
+    #[inline(always)]
+    pub fn get(self) -> Result<Parsed, Drop> {
+        match self.0 {
+            0 => Ok(Parsed::NotIp),
+            1 => Ok(Parsed::OtherMac),
+            2 => Ok(Parsed::HostMalformed),
+            3 => Ok(Parsed::Host),
+            4 => Ok(Parsed::Vip),
+            other => Err(Drop(
+                Reason::from_slot(other.wrapping_sub(Self::DROPPED))
+                    .unwrap_or(Reason::DropMalformedEth),
+            )),
+        }
+    }
+}
+
+#[inline(always)]
+fn try_parse(ctx: &XdpContext, scratch: &mut Scratch) -> Result<Parsed, Drop> {
+    let eth: EthHdr = read_at(ctx, 0).ok_or(Drop(Reason::DropMalformedEth))?;
+    let mut ether_type = u16::from_be(eth.ether_type);
+    let mut l3_off = EthHdr::LEN;
+    if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+        // One tag: TCI (2 bytes), then the inner EtherType.
+        let tag: [u8; 4] = read_at(ctx, l3_off).ok_or(Drop(Reason::DropMalformedEth))?;
+        ether_type = u16::from_be_bytes([tag[2], tag[3]]);
+        l3_off += 4;
+    }
+    if ether_type != ETH_P_IPV4 && ether_type != ETH_P_IPV6 {
+        return Ok(Parsed::NotIp);
+    }
+    if !for_this_host(ctx, &eth.dst_addr) {
+        return Ok(Parsed::OtherMac);
+    }
+    let ip = if ether_type == ETH_P_IPV6 {
+        parse_ipv6(ctx, l3_off, scratch)?
+    } else {
+        parse_ipv4(ctx, l3_off, scratch)?
+    };
+    if ip == Ip::Malformed {
+        return Ok(Parsed::HostMalformed);
+    }
+    match (ip, parse_l4(ctx, &mut scratch.packet)) {
+        (Ip::Vip, Ok(())) => Ok(Parsed::Vip),
+        (Ip::Vip, Err(reason)) => Err(Drop(reason)),
+        (_, Ok(())) => Ok(Parsed::Host),
+        (_, Err(_)) => Ok(Parsed::HostMalformed),
+    }
+}
+
+/// What the IP header said. Fieldless on purpose: an `Option<VipValue>`
+/// carries undefined payload bytes when `None`, which LLVM may move through
+/// registers the verifier then refuses to read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ip {
+    /// Malformed, to an address that is not a VIP.
+    Malformed,
+    /// Well formed, to another address.
+    Host,
+    /// Well formed, to a VIP (its entry is in `Scratch::vip`).
+    Vip,
+}
+
+/// False for a unicast frame addressed to another MAC than the receiving
+/// interface's own. Interfaces not in `IFACES` (not configured) accept all.
+#[inline(always)]
+fn for_this_host(ctx: &XdpContext, dst_mac: &[u8; 6]) -> bool {
+    if dst_mac[0] & 1 == 1 {
+        return true; // broadcast or multicast
+    }
+    #[allow(clippy::cast_possible_truncation, reason = "ifindex is a u32 in xdp_md")]
+    let ifindex = ctx.ingress_ifindex() as u32;
+    // SAFETY: the value is compared at once, never held across a map update.
+    match unsafe { IFACES.get(ifindex) } {
+        Some(iface) => iface.mac == *dst_mac,
+        None => true,
+    }
+}
+
+/// Whether `dst` is a VIP; if so its entry is copied to `out`.
+#[inline(always)]
+fn find_vip(dst: &Addr, out: &mut VipValue) -> bool {
+    // SAFETY: copied out at once.
+    match unsafe { VIPS.get(dst) } {
+        Some(value) => {
+            *out = *value;
+            true
+        }
+        None => false,
+    }
+}
+
+/// Fills `scratch.packet` from an IPv4 header. A malformed header to a VIP is
+/// an error; to any other address it is the stack's business.
+#[inline(always)]
+fn parse_ipv4(ctx: &XdpContext, off: usize, scratch: &mut Scratch) -> Result<Ip, Drop> {
+    let ip: Ipv4Hdr = read_at(ctx, off).ok_or(Drop(Reason::DropMalformedIpv4))?;
+    let packet = &mut scratch.packet;
+    packet.dst = ipv4_mapped(ip.dst_addr);
+    let is_vip = find_vip(&packet.dst, &mut scratch.vip);
+    let header_len = usize::from(ip.vihl & 0x0f) * 4;
+    let total_len = u16::from_be_bytes(ip.tot_len);
+    if ip.vihl >> 4 != 4
+        || header_len < Ipv4Hdr::LEN
+        || usize::from(total_len) < header_len
+        || !fits(ctx, off, usize::from(total_len))
+    {
+        return if is_vip {
+            Err(Drop(Reason::DropMalformedIpv4))
+        } else {
+            Ok(Ip::Malformed)
+        };
+    }
+    let frags = u16::from_be_bytes(ip.frags);
+    packet.l3 = offset(off);
+    packet.l4 = offset(off + header_len);
+    packet.v6 = false;
+    packet.proto = ip.proto;
+    packet.src = ipv4_mapped(ip.src_addr);
+    packet.sport = 0;
+    packet.dport = 0;
+    // Only the first fragment carries the transport header.
+    packet.has_l4 = frags & 0x1fff == 0;
+    // More-fragments flag or a non-zero offset.
+    packet.fragment = frags & 0x3fff != 0;
+    packet.ip_len = total_len;
+    Ok(if is_vip { Ip::Vip } else { Ip::Host })
+}
+
+/// As [`parse_ipv4`], for IPv6; skips up to [`IPV6_MAX_EXT_HEADERS`]
+/// extension headers.
+#[inline(always)]
+fn parse_ipv6(ctx: &XdpContext, off: usize, scratch: &mut Scratch) -> Result<Ip, Drop> {
+    // Version, traffic class, flow label, payload length, next header.
+    let start: [u8; 8] = read_at(ctx, off).ok_or(Drop(Reason::DropMalformedIpv6))?;
+    let packet = &mut scratch.packet;
+    packet.dst = read_at(ctx, off + 24).ok_or(Drop(Reason::DropMalformedIpv6))?;
+    packet.src = read_at(ctx, off + 8).ok_or(Drop(Reason::DropMalformedIpv6))?;
+    let is_vip = find_vip(&packet.dst, &mut scratch.vip);
+    let malformed = if is_vip {
+        Err(Drop(Reason::DropMalformedIpv6))
+    } else {
+        Ok(Ip::Malformed)
+    };
+    let payload_len = u16::from_be_bytes([start[4], start[5]]);
+    if start[0] >> 4 != 6 || payload_len > 0xffff - 40 {
+        return malformed;
+    }
+    #[allow(clippy::cast_possible_truncation, reason = "40 fits u16")]
+    let ip_len = payload_len + Ipv6Hdr::LEN as u16;
+    if !fits(ctx, off, usize::from(ip_len)) {
+        return malformed;
+    }
+    packet.l3 = offset(off);
+    let mut l4 = off + Ipv6Hdr::LEN;
+    packet.v6 = true;
+    packet.proto = start[6];
+    packet.sport = 0;
+    packet.dport = 0;
+    packet.has_l4 = true;
+    packet.fragment = false;
+    packet.ip_len = ip_len;
+    for _ in 0..IPV6_MAX_EXT_HEADERS {
+        match packet.proto {
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => {
+                // Next header, length in 8-octet units not counting the first.
+                let Some(ext) = read_at::<[u8; 2]>(ctx, l4) else {
+                    return malformed;
+                };
+                packet.proto = ext[0];
+                l4 += (usize::from(ext[1]) + 1) * 8;
+            }
+            IPV6_FRAGMENT => {
+                let Some(ext) = read_at::<[u8; 4]>(ctx, l4) else {
+                    return malformed;
+                };
+                packet.proto = ext[0];
+                l4 += 8;
+                packet.fragment = true;
+                // Fragment offset (13 bits, in 8-octet units) of zero: the
+                // first fragment, which carries the transport header.
+                packet.has_l4 = u16::from_be_bytes([ext[2], ext[3]]) >> 3 == 0;
+            }
+            _ => {
+                packet.l4 = offset(l4);
+                return Ok(if is_vip { Ip::Vip } else { Ip::Host });
+            }
+        }
+    }
+    malformed
+}
+
+/// Reads the transport ports; `Err` names the header that is cut short.
+#[inline(always)]
+fn parse_l4(ctx: &XdpContext, packet: &mut Packet) -> Result<(), Reason> {
+    if !packet.has_l4 {
+        return Ok(());
+    }
+    match packet.proto {
+        proto::TCP => {
+            let tcp: TcpHdr = read_at(ctx, packet.l4_off()).ok_or(Reason::DropMalformedTcp)?;
+            let header_len = usize::from(tcp.doff()) * 4;
+            if header_len < TcpHdr::LEN || !fits(ctx, packet.l4_off(), header_len) {
+                return Err(Reason::DropMalformedTcp);
+            }
+            packet.sport = u16::from_be_bytes(tcp.source);
+            packet.dport = u16::from_be_bytes(tcp.dest);
+        }
+        proto::UDP => {
+            let udp: UdpHdr = read_at(ctx, packet.l4_off()).ok_or(Reason::DropMalformedUdp)?;
+            packet.sport = u16::from_be_bytes(udp.src);
+            packet.dport = u16::from_be_bytes(udp.dst);
+        }
+        proto::ICMP | proto::ICMPV6 => {
+            // Type, code, checksum and the four bytes every message has.
+            read_at::<[u8; 8]>(ctx, packet.l4_off()).ok_or(Reason::DropMalformedIcmp)?;
+        }
+        _ => packet.has_l4 = false,
+    }
+    Ok(())
+}
+
+/// An offset as stored in [`Packet`]; offsets past `MAX_OFFSET` are never
+/// read through (`ptr_at` refuses them), so saturating is harmless.
+#[inline(always)]
+fn offset(off: usize) -> u16 {
+    u16::try_from(off).unwrap_or(u16::MAX)
+}

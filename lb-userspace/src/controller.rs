@@ -1,0 +1,445 @@
+//! The running balancer: owns the configuration, the planner, the data plane
+//! and the backend states, and answers status and stats questions. The
+//! `lb run` command drives it; the API reads it.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use anyhow::Context as _;
+use aya::programs::xdp::XdpLinkId;
+use lb_common::{Reason, Settings};
+use serde::Serialize;
+
+use crate::{
+    config::{Config, XdpModeSetting},
+    dataplane::{AttachMode, Dataplane, Sizes},
+    plan::{BackendKey, BackendState, Planner},
+};
+
+/// The running balancer.
+#[derive(Debug)]
+pub struct Controller {
+    config: Config,
+    config_path: PathBuf,
+    dataplane: Dataplane,
+    planner: Planner,
+    states: BTreeMap<BackendKey, BackendState>,
+    links: Vec<(String, XdpLinkId)>,
+    started: SystemTime,
+}
+
+impl Controller {
+    /// Loads the data plane for `config`, writes its maps and attaches it.
+    pub fn start(config: Config, config_path: &Path) -> anyhow::Result<Self> {
+        enable_forwarding()?;
+        let sizes = sizes(&config);
+        let mut dataplane = Dataplane::load(sizes)
+            .context("loading the XDP program (root and a kernel with BTF are needed)")?;
+        dataplane.set_settings(&settings(&config))?;
+        let mut planner = Planner::new(sizes.ring_size, sizes.services, sizes.backends);
+        let states = BTreeMap::new();
+        let writes = planner.plan(&config, &states)?;
+        dataplane.apply(&writes)?;
+        tracing::info!(writes = writes.len(), "maps written");
+        let mut controller = Self {
+            config,
+            config_path: config_path.to_path_buf(),
+            dataplane,
+            planner,
+            states,
+            links: Vec::new(),
+            started: SystemTime::now(),
+        };
+        controller.attach()?;
+        Ok(controller)
+    }
+
+    fn attach(&mut self) -> anyhow::Result<()> {
+        let interfaces = self.config.interfaces.clone();
+        for iface in &interfaces {
+            let ifindex = ifindex(&iface.name)?;
+            let mac = mac_address(&iface.name)?;
+            self.dataplane.insert_iface(ifindex, mac)?;
+            self.dataplane.insert_devmap(ifindex)?;
+        }
+        for iface in &interfaces {
+            let mode = match iface.xdp_mode {
+                XdpModeSetting::Auto => AttachMode::Auto,
+                XdpModeSetting::Native => AttachMode::Native,
+                XdpModeSetting::Generic => AttachMode::Generic,
+            };
+            let (link, attached) = self
+                .dataplane
+                .attach(&iface.name, mode)
+                .with_context(|| format!("attaching to {}", iface.name))?;
+            tracing::info!(interface = %iface.name, mode = ?attached, "attached");
+            self.links.push((iface.name.clone(), link));
+        }
+        Ok(())
+    }
+
+    /// The configuration file in use.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Detaches from every interface.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        for (interface, link) in std::mem::take(&mut self.links) {
+            self.dataplane
+                .detach(link)
+                .with_context(|| format!("detaching from {interface}"))?;
+            tracing::info!(%interface, "detached");
+        }
+        Ok(())
+    }
+
+    /// The status report (`lb status`).
+    pub fn status(&self) -> StatusReport {
+        let services = self
+            .planner
+            .planned()
+            .iter()
+            .zip(&self.config.services)
+            .map(|(planned, service)| ServiceStatus {
+                name: service.name.clone(),
+                vip: service.vip.to_string(),
+                port: service.port,
+                protocol: service.protocol.name().into(),
+                scheduler: scheduler_name(service.scheduler),
+                forwarding: forwarding_name(service.forwarding),
+                active_tier: planned.active_tier,
+                backends: planned
+                    .backends
+                    .iter()
+                    .map(|b| BackendStatus {
+                        address: b.key.address.to_string(),
+                        port: b.key.port,
+                        tier: b.tier,
+                        weight: b.weight,
+                        effective_weight: b.effective_weight,
+                        health: if b.up { "up" } else { "down" }.into(),
+                        drained: false,
+                        active_flows: None,
+                    })
+                    .collect(),
+            })
+            .collect();
+        StatusReport {
+            instance: self.config.instance.to_string(),
+            services,
+            ha: HaStatus {
+                state: "standalone".into(),
+                priority: None,
+                peer: None,
+                since: unix_seconds(self.started),
+                reason: "no ha section in the configuration".into(),
+            },
+        }
+    }
+
+    /// The counters (`lb stats`).
+    pub fn stats(&self) -> anyhow::Result<StatsReport> {
+        let mut services = Vec::new();
+        for planned in self.planner.planned() {
+            let traffic = self.dataplane.service_traffic(planned.value.id)?;
+            let mut backends = Vec::new();
+            for backend in &planned.backends {
+                let traffic = self.dataplane.backend_traffic(backend.id)?;
+                backends.push(BackendStats {
+                    address: backend.key.address.to_string(),
+                    port: backend.key.port,
+                    packets: traffic.packets,
+                    bytes: traffic.bytes,
+                    new_flows: traffic.new_flows,
+                });
+            }
+            services.push(ServiceStats {
+                name: planned.name.clone(),
+                packets: traffic.packets,
+                bytes: traffic.bytes,
+                new_flows: traffic.new_flows,
+                backends,
+            });
+        }
+        let reasons = self.dataplane.reason_counters()?;
+        let drops = reasons
+            .iter()
+            .filter(|(reason, _)| reason.is_drop())
+            .map(|(reason, n)| (reason.name().to_string(), *n))
+            .collect();
+        let verdicts = reasons
+            .iter()
+            .map(|(reason, n)| (reason.name().to_string(), *n))
+            .collect();
+        Ok(StatsReport {
+            services,
+            drops,
+            reasons: verdicts,
+        })
+    }
+
+    /// The reason counters, for the final report of `lb run`.
+    pub fn reason_counters(&self) -> anyhow::Result<BTreeMap<Reason, u64>> {
+        Ok(self.dataplane.reason_counters()?)
+    }
+}
+
+/// `lb status` as JSON (DESIGN.md §6).
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct StatusReport {
+    /// Instance name.
+    pub instance: String,
+    /// Services.
+    pub services: Vec<ServiceStatus>,
+    /// High availability.
+    pub ha: HaStatus,
+}
+
+/// One service in [`StatusReport`].
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct ServiceStatus {
+    /// Name.
+    pub name: String,
+    /// VIP.
+    pub vip: String,
+    /// Port (0: all).
+    pub port: u16,
+    /// `tcp` / `udp`.
+    pub protocol: String,
+    /// Scheduler.
+    pub scheduler: String,
+    /// Forwarding mode.
+    pub forwarding: String,
+    /// The tier serving new flows; `null` when no backend can.
+    pub active_tier: Option<u8>,
+    /// Backends.
+    pub backends: Vec<BackendStatus>,
+}
+
+/// One backend in [`ServiceStatus`].
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct BackendStatus {
+    /// Address.
+    pub address: String,
+    /// Port.
+    pub port: u16,
+    /// Tier.
+    pub tier: u8,
+    /// Configured weight.
+    pub weight: u32,
+    /// Weight in the live table.
+    pub effective_weight: u32,
+    /// `up`, `down` or `unknown`.
+    pub health: String,
+    /// Drained by the operator.
+    pub drained: bool,
+    /// Active flows; `null` until the data plane counts them.
+    pub active_flows: Option<u64>,
+}
+
+/// HA part of [`StatusReport`].
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct HaStatus {
+    /// `master`, `backup`, `fault` or `standalone`.
+    pub state: String,
+    /// VRRP priority.
+    pub priority: Option<u8>,
+    /// The peer's address, when known.
+    pub peer: Option<String>,
+    /// Unix time of the last state change.
+    pub since: u64,
+    /// Why it is in this state.
+    pub reason: String,
+}
+
+/// `lb stats` as JSON.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct StatsReport {
+    /// Per service.
+    pub services: Vec<ServiceStats>,
+    /// Dropped packets per reason.
+    pub drops: BTreeMap<String, u64>,
+    /// Every verdict reason.
+    pub reasons: BTreeMap<String, u64>,
+}
+
+/// One service in [`StatsReport`].
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct ServiceStats {
+    /// Name.
+    pub name: String,
+    /// Packets forwarded.
+    pub packets: u64,
+    /// Bytes forwarded.
+    pub bytes: u64,
+    /// Flows scheduled.
+    pub new_flows: u64,
+    /// Per backend.
+    pub backends: Vec<BackendStats>,
+}
+
+/// One backend in [`ServiceStats`].
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct BackendStats {
+    /// Address.
+    pub address: String,
+    /// Port.
+    pub port: u16,
+    /// Packets forwarded.
+    pub packets: u64,
+    /// Bytes forwarded.
+    pub bytes: u64,
+    /// Flows scheduled.
+    pub new_flows: u64,
+}
+
+fn unix_seconds(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn scheduler_name(scheduler: crate::config::Scheduler) -> String {
+    use crate::config::Scheduler;
+    match scheduler {
+        Scheduler::Maglev => "maglev",
+        Scheduler::IpHash => "ip-hash",
+        Scheduler::RoundRobin => "round-robin",
+        Scheduler::LeastConn => "least-conn",
+        Scheduler::Resource => "resource",
+    }
+    .into()
+}
+
+fn forwarding_name(forwarding: crate::config::Forwarding) -> String {
+    use crate::config::Forwarding;
+    match forwarding {
+        Forwarding::Nat => "nat",
+        Forwarding::Dsr => "dsr",
+        Forwarding::Tunnel => "tunnel",
+    }
+    .into()
+}
+
+/// Map sizes from the configuration.
+pub fn sizes(config: &Config) -> Sizes {
+    let dataplane = &config.dataplane;
+    Sizes {
+        services: dataplane.max_services,
+        backends: dataplane.max_backends,
+        ring_size: dataplane.ring_size,
+        connections: dataplane.connection_table_size,
+    }
+}
+
+/// Runtime settings from the configuration.
+pub fn settings(config: &Config) -> Settings {
+    let dataplane = &config.dataplane;
+    let nanos = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    let mut settings = Settings {
+        tcp_idle_ns: nanos(dataplane.tcp_idle_timeout),
+        udp_idle_ns: nanos(dataplane.udp_idle_timeout),
+        ring_size: dataplane.ring_size,
+        ..Settings::default()
+    };
+    if let Some(net) = dataplane.tunnel_source_v4 {
+        settings.tunnel_v4_source = net.network().octets();
+        settings.tunnel_v4_host_bits = u32::from(32 - net.prefix_len());
+    }
+    if let Some(net) = dataplane.tunnel_source_v6 {
+        settings.tunnel_v6_source = net.network().octets();
+        settings.tunnel_v6_host_bits = u32::from(128 - net.prefix_len()).min(32);
+    }
+    settings
+}
+
+/// `bpf_fib_lookup` answers only where forwarding is on; a balancer forwards.
+fn enable_forwarding() -> anyhow::Result<()> {
+    for path in [
+        "/proc/sys/net/ipv4/ip_forward",
+        "/proc/sys/net/ipv6/conf/all/forwarding",
+    ] {
+        let current = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+        if current.trim() != "1" {
+            std::fs::write(path, "1").with_context(|| format!("enabling forwarding: {path}"))?;
+            tracing::info!(path, "enabled forwarding (bpf_fib_lookup needs it)");
+        }
+    }
+    Ok(())
+}
+
+/// The ifindex of `name` in this network namespace.
+pub fn ifindex(name: &str) -> anyhow::Result<u32> {
+    let c_name = std::ffi::CString::new(name).context("interface name contains NUL")?;
+    // SAFETY: `c_name` is a valid NUL-terminated string for the whole call.
+    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+    if index == 0 {
+        anyhow::bail!("interface {name:?} does not exist");
+    }
+    Ok(index)
+}
+
+/// The interface's MAC address, asked of the kernel through a socket in the
+/// current network namespace (sysfs would show the namespace that mounted it,
+/// which differs under `nsenter --net`).
+pub fn mac_address(name: &str) -> anyhow::Result<[u8; 6]> {
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.len() >= request.ifr_name.len() {
+        anyhow::bail!("interface name {name:?} is too long");
+    }
+    for (dst, src) in request.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src.cast_signed();
+    }
+    // SAFETY: plain socket(2) call; the descriptor is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error())
+            .context("opening a socket for SIOCGIFHWADDR");
+    }
+    // SAFETY: `request` is a valid ifreq with a NUL-terminated name, which
+    // SIOCGIFHWADDR fills in; `fd` is an open socket.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &raw mut request) };
+    let error = std::io::Error::last_os_error();
+    // SAFETY: `fd` is ours and closed exactly once.
+    unsafe { libc::close(fd) };
+    if rc < 0 {
+        return Err(error).with_context(|| format!("reading the MAC address of {name}"));
+    }
+    // SAFETY: SIOCGIFHWADDR succeeded, so the hwaddr member is the one set.
+    let data = unsafe { request.ifr_ifru.ifru_hwaddr.sa_data };
+    let mut mac = [0u8; 6];
+    for (dst, src) in mac.iter_mut().zip(data.iter()) {
+        *dst = src.cast_unsigned();
+    }
+    Ok(mac)
+}
+
+impl Controller {
+    /// Re-reads the configuration file and applies the difference. A file
+    /// that does not validate, or that needs a restart (interfaces, map
+    /// sizes), changes nothing.
+    pub fn reload(&mut self) -> anyhow::Result<()> {
+        let config = Config::load(&self.config_path)?;
+        if sizes(&config) != self.dataplane.sizes() {
+            anyhow::bail!("dataplane sizes changed: restart lb run to apply them");
+        }
+        if config.interfaces != self.config.interfaces {
+            anyhow::bail!("interfaces changed: restart lb run to apply them");
+        }
+        let writes = self.planner.plan(&config, &self.states)?;
+        self.dataplane.set_settings(&settings(&config))?;
+        self.dataplane.apply(&writes)?;
+        tracing::info!(writes = writes.len(), "reloaded");
+        self.config = config;
+        Ok(())
+    }
+}

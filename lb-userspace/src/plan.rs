@@ -1,0 +1,769 @@
+//! Desired state → map contents → the smallest set of map writes.
+//!
+//! Pure: the [`Planner`] keeps stable ids for services and backends and a
+//! shadow of what the maps hold, and turns a [`Config`] (plus, later, health
+//! and operator overrides) into a list of [`Write`]s. Applying them is the
+//! caller's business (`dataplane`). Per service the writes are ordered so the
+//! switch is atomic: the idle Maglev row is filled first, then one write to
+//! `SERVICES` flips the live row.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    net::IpAddr,
+};
+
+use lb_common::{
+    Addr, BackendValue, Endpoint, NatValue, ServiceKey, ServiceValue, VipValue,
+    maps::{
+        BACKEND_USABLE, FWD_DSR, FWD_NAT, FWD_TUNNEL, SCHED_IP_HASH, SCHED_MAGLEV,
+        SCHED_ROUND_ROBIN, VIP_FRAGMENTS_TCP, VIP_FRAGMENTS_UDP, ipv4_mapped,
+    },
+};
+
+use crate::{
+    config::{Config, Forwarding, Protocol, Scheduler, Service},
+    maglev::{self, Weighted},
+};
+
+/// The identity of a backend across reloads: service name, address, port.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BackendKey {
+    /// The service's name.
+    pub service: String,
+    /// The backend's address.
+    pub address: IpAddr,
+    /// The port traffic goes to.
+    pub port: u16,
+}
+
+/// Runtime facts about a backend that the configuration does not hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendState {
+    /// Health: a down backend carries no traffic and its flows move.
+    pub up: bool,
+    /// Weight override (drain = 0, `lb weight`, dynamic schedulers).
+    pub weight: Option<u32>,
+}
+
+impl Default for BackendState {
+    fn default() -> Self {
+        Self {
+            up: true,
+            weight: None,
+        }
+    }
+}
+
+/// One write to the maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Write {
+    /// `BACKENDS[id] = value`.
+    Backend(u32, BackendValue),
+    /// Slots of one MAGLEV row: (slot, backend id).
+    MaglevSlots {
+        /// Row: `2 * service id + half`.
+        row: u32,
+        /// The slots that change.
+        slots: Vec<(u32, u32)>,
+    },
+    /// Insert or replace a service.
+    Service(ServiceKey, ServiceValue),
+    /// Remove a service.
+    RemoveService(ServiceKey),
+    /// Insert or replace a VIP entry.
+    Vip(Addr, VipValue),
+    /// Remove a VIP entry.
+    RemoveVip(Addr),
+    /// Insert or replace a reply-path entry.
+    Nat(Endpoint, NatValue),
+    /// Remove a reply-path entry.
+    RemoveNat(Endpoint),
+}
+
+/// Why a plan could not be made.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PlanError {
+    /// More services than `SERVICES` holds.
+    #[error("more than {0} services: raise dataplane.max_services (needs a restart)")]
+    TooManyServices(u32),
+    /// More backends than `BACKENDS` holds.
+    #[error("more than {0} backends: raise dataplane.max_backends (needs a restart)")]
+    TooManyBackends(u32),
+}
+
+/// What the planner decided for one backend (for status and metrics).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedBackend {
+    /// Its identity.
+    pub key: BackendKey,
+    /// Its id in `BACKENDS`.
+    pub id: u32,
+    /// Configured weight.
+    pub weight: u32,
+    /// Weight in the live table (0: drained, down, or in a standby tier).
+    pub effective_weight: u32,
+    /// Tier.
+    pub tier: u8,
+    /// Health as given.
+    pub up: bool,
+}
+
+/// What the planner decided for one service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedService {
+    /// Name.
+    pub name: String,
+    /// Key in `SERVICES`.
+    pub key: ServiceKey,
+    /// Value in `SERVICES` (with the live half).
+    pub value: ServiceValue,
+    /// Its backends, in configuration order.
+    pub backends: Vec<PlannedBackend>,
+    /// The tier serving new flows, if any backend can.
+    pub active_tier: Option<u8>,
+}
+
+/// Stable ids and the shadow of the maps.
+#[derive(Debug)]
+pub struct Planner {
+    ring_size: u32,
+    max_services: u32,
+    max_backends: u32,
+    service_ids: BTreeMap<String, u32>,
+    free_service_ids: VecDeque<u32>,
+    next_service_id: u32,
+    backend_ids: BTreeMap<BackendKey, u32>,
+    free_backend_ids: VecDeque<u32>,
+    next_backend_id: u32,
+    /// What the maps hold, as far as this planner wrote them.
+    services: BTreeMap<ServiceKey, ServiceValue>,
+    rows: BTreeMap<u32, Vec<u32>>,
+    backends: BTreeMap<u32, BackendValue>,
+    vips: BTreeMap<Addr, VipValue>,
+    nat: BTreeMap<Endpoint, NatValue>,
+    planned: Vec<PlannedService>,
+}
+
+impl Planner {
+    /// A planner for maps of these sizes, all empty (zeroed).
+    pub fn new(ring_size: u32, max_services: u32, max_backends: u32) -> Self {
+        Self {
+            ring_size,
+            max_services,
+            max_backends,
+            service_ids: BTreeMap::new(),
+            free_service_ids: VecDeque::new(),
+            next_service_id: 0,
+            backend_ids: BTreeMap::new(),
+            free_backend_ids: VecDeque::new(),
+            next_backend_id: 0,
+            services: BTreeMap::new(),
+            rows: BTreeMap::new(),
+            backends: BTreeMap::new(),
+            vips: BTreeMap::new(),
+            nat: BTreeMap::new(),
+            planned: Vec::new(),
+        }
+    }
+
+    /// The services as last planned.
+    pub fn planned(&self) -> &[PlannedService] {
+        &self.planned
+    }
+
+    /// The live table of a service as last planned (maglev slots or the
+    /// round-robin sequence), for reference models and tests.
+    pub fn live_table(&self, key: &ServiceKey) -> Option<&[u32]> {
+        let value = self.services.get(key)?;
+        let row = self.rows.get(&(value.id * 2 + u32::from(value.active_half)))?;
+        Some(if value.scheduler == SCHED_ROUND_ROBIN {
+            &row[..value.rr_len as usize]
+        } else {
+            row
+        })
+    }
+
+    /// Backend `id` as last planned.
+    pub fn backend(&self, id: u32) -> Option<&BackendValue> {
+        self.backends.get(&id)
+    }
+
+    /// Plans `config` with backend `states` (absent: up, configured weight)
+    /// and returns the writes that take the maps there.
+    pub fn plan(
+        &mut self,
+        config: &Config,
+        states: &BTreeMap<BackendKey, BackendState>,
+    ) -> Result<Vec<Write>, PlanError> {
+        self.assign_ids(config)?;
+        let mut writes = Vec::new();
+        let mut planned = Vec::new();
+        let mut desired_backends = BTreeMap::new();
+        let mut desired_vips: BTreeMap<Addr, VipValue> = BTreeMap::new();
+        let mut desired_nat = BTreeMap::new();
+        let mut service_writes = Vec::new();
+        for service in &config.services {
+            let id = self.service_ids[&service.name];
+            let key = ServiceKey::new(map_addr(service.vip), service.port, service.protocol.number());
+            let backends = self.plan_backends(service, id, states, &mut desired_backends, &mut desired_nat);
+            let active_tier = backends
+                .iter()
+                .filter(|b| b.effective_weight > 0)
+                .map(|b| b.tier)
+                .min();
+            let table = self.table(service, &backends);
+            let rr_len = if service.scheduler == Scheduler::RoundRobin {
+                u32::try_from(table.len()).unwrap_or(u32::MAX)
+            } else {
+                0
+            };
+            let previous = self.services.get(&key).copied();
+            let live_half = previous.map_or(1, |v| v.active_half);
+            let live_row = id * 2 + u32::from(live_half);
+            let mut value = ServiceValue {
+                id,
+                scheduler: scheduler_code(service.scheduler),
+                forwarding: forwarding_code(service.forwarding),
+                active_half: live_half,
+                pad: 0,
+                rr_len,
+            };
+            let live_matches = previous.is_some_and(|p| p.id == id)
+                && self.rows.get(&live_row).is_some_and(|row| row_matches(row, &table));
+            if !live_matches {
+                // Fill the idle half, then flip to it in one write.
+                let idle_half = 1 - live_half;
+                let row = id * 2 + u32::from(idle_half);
+                let slots = self.diff_row(row, &table);
+                if !slots.is_empty() {
+                    service_writes.push(Write::MaglevSlots { row, slots });
+                }
+                value.active_half = idle_half;
+            }
+            if previous != Some(value) {
+                service_writes.push(Write::Service(key, value));
+                self.services.insert(key, value);
+            }
+            let vip = desired_vips.entry(key.addr).or_default();
+            vip.services += 1;
+            if service.scheduler == Scheduler::IpHash {
+                match service.protocol {
+                    Protocol::Tcp if vip.fragments & VIP_FRAGMENTS_TCP == 0 => {
+                        vip.fragments |= VIP_FRAGMENTS_TCP;
+                        vip.fragment_tcp_port = service.port;
+                    }
+                    Protocol::Udp if vip.fragments & VIP_FRAGMENTS_UDP == 0 => {
+                        vip.fragments |= VIP_FRAGMENTS_UDP;
+                        vip.fragment_udp_port = service.port;
+                    }
+                    _ => {}
+                }
+            }
+            planned.push(PlannedService {
+                name: service.name.clone(),
+                key,
+                value,
+                backends,
+                active_tier,
+            });
+        }
+        // Backends first: a table must never name a backend not yet written.
+        for (id, value) in &desired_backends {
+            if self.backends.get(id) != Some(value) {
+                writes.push(Write::Backend(*id, *value));
+                self.backends.insert(*id, *value);
+            }
+        }
+        writes.extend(service_writes);
+        // Services that are gone: VIP entry first, so nothing looks them up.
+        let gone: Vec<ServiceKey> = self
+            .services
+            .keys()
+            .filter(|key| !planned.iter().any(|p| p.key == **key))
+            .copied()
+            .collect();
+        sync_map(&mut self.vips, &desired_vips, &mut writes, Write::Vip, Write::RemoveVip);
+        for key in gone {
+            self.services.remove(&key);
+            writes.push(Write::RemoveService(key));
+        }
+        sync_map(&mut self.nat, &desired_nat, &mut writes, Write::Nat, Write::RemoveNat);
+        // Backends that are gone: unusable, so their flows move.
+        let stale: Vec<u32> = self
+            .backends
+            .iter()
+            .filter(|(id, value)| !desired_backends.contains_key(id) && value.flags != 0)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            let value = BackendValue {
+                flags: 0,
+                ..self.backends[&id]
+            };
+            writes.push(Write::Backend(id, value));
+            self.backends.insert(id, value);
+        }
+        self.planned = planned;
+        Ok(writes)
+    }
+
+    /// Keeps ids of services and backends that remain; frees the others
+    /// (oldest freed reused first); gives new ones fresh ids.
+    fn assign_ids(&mut self, config: &Config) -> Result<(), PlanError> {
+        let names: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+        let gone: Vec<String> = self
+            .service_ids
+            .keys()
+            .filter(|name| !names.contains(&name.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(id) = self.service_ids.remove(&name) {
+                self.free_service_ids.push_back(id);
+            }
+        }
+        let keys: Vec<BackendKey> = config
+            .services
+            .iter()
+            .flat_map(|service| {
+                service.backends.iter().map(|b| BackendKey {
+                    service: service.name.clone(),
+                    address: b.address,
+                    port: b.port_for(service),
+                })
+            })
+            .collect();
+        let gone: Vec<BackendKey> = self
+            .backend_ids
+            .keys()
+            .filter(|key| !keys.contains(key))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(id) = self.backend_ids.remove(&key) {
+                self.free_backend_ids.push_back(id);
+            }
+        }
+        for service in &config.services {
+            if !self.service_ids.contains_key(&service.name) {
+                let id = take_id(
+                    &mut self.free_service_ids,
+                    &mut self.next_service_id,
+                    self.max_services,
+                )
+                .ok_or(PlanError::TooManyServices(self.max_services))?;
+                self.service_ids.insert(service.name.clone(), id);
+            }
+        }
+        for key in keys {
+            if !self.backend_ids.contains_key(&key) {
+                let id = take_id(
+                    &mut self.free_backend_ids,
+                    &mut self.next_backend_id,
+                    self.max_backends,
+                )
+                .ok_or(PlanError::TooManyBackends(self.max_backends))?;
+                self.backend_ids.insert(key, id);
+            }
+        }
+        Ok(())
+    }
+
+    /// The backends of `service`, their effective weights (lowest tier with
+    /// a healthy, weighted backend serves), and their map values.
+    fn plan_backends(
+        &self,
+        service: &Service,
+        service_id: u32,
+        states: &BTreeMap<BackendKey, BackendState>,
+        desired: &mut BTreeMap<u32, BackendValue>,
+        nat: &mut BTreeMap<Endpoint, NatValue>,
+    ) -> Vec<PlannedBackend> {
+        let mut backends: Vec<PlannedBackend> = service
+            .backends
+            .iter()
+            .map(|backend| {
+                let key = BackendKey {
+                    service: service.name.clone(),
+                    address: backend.address,
+                    port: backend.port_for(service),
+                };
+                let state = states.get(&key).copied().unwrap_or_default();
+                PlannedBackend {
+                    id: self.backend_ids[&key],
+                    weight: backend.weight,
+                    effective_weight: if state.up {
+                        state.weight.unwrap_or(backend.weight)
+                    } else {
+                        0
+                    },
+                    tier: backend.tier,
+                    up: state.up,
+                    key,
+                }
+            })
+            .collect();
+        let serving_tier = backends
+            .iter()
+            .filter(|b| b.effective_weight > 0)
+            .map(|b| b.tier)
+            .min();
+        for backend in &mut backends {
+            if Some(backend.tier) != serving_tier {
+                backend.effective_weight = 0;
+            }
+            let addr = map_addr(backend.key.address);
+            desired.insert(
+                backend.id,
+                BackendValue {
+                    addr,
+                    port: backend.key.port,
+                    // Drained and standby backends keep their flows; only a
+                    // down backend loses them.
+                    flags: if backend.up { BACKEND_USABLE } else { 0 },
+                    pad: 0,
+                    service_id,
+                },
+            );
+            if service.forwarding == Forwarding::Nat {
+                nat.insert(
+                    Endpoint::new(addr, backend.key.port, service.protocol.number()),
+                    NatValue {
+                        vip: map_addr(service.vip),
+                        port: service.port,
+                        pad: 0,
+                        service_id,
+                    },
+                );
+            }
+        }
+        backends
+    }
+
+    /// The table a service's row holds: the Maglev table, or for round robin
+    /// the smooth weighted sequence.
+    fn table(&self, service: &Service, backends: &[PlannedBackend]) -> Vec<u32> {
+        if service.scheduler == Scheduler::RoundRobin {
+            let weights: Vec<(u32, u32)> = backends
+                .iter()
+                .map(|b| (b.id, b.effective_weight))
+                .collect();
+            return maglev::smooth_round_robin(&weights, self.ring_size as usize);
+        }
+        let identities: Vec<Vec<u8>> = backends
+            .iter()
+            .map(|b| format!("{}:{}", b.key.address, b.key.port).into_bytes())
+            .collect();
+        let weighted: Vec<Weighted<'_>> = backends
+            .iter()
+            .zip(&identities)
+            .map(|(b, identity)| Weighted {
+                id: b.id,
+                identity,
+                weight: b.effective_weight,
+            })
+            .collect();
+        maglev::build(&weighted, self.ring_size)
+    }
+
+    /// The slots of `row` that must change to hold `table`; updates the
+    /// shadow. Slots past the table's end are left as they are.
+    fn diff_row(&mut self, row: u32, table: &[u32]) -> Vec<(u32, u32)> {
+        let ring_size = self.ring_size as usize;
+        // A fresh map is zero-filled.
+        let shadow = self.rows.entry(row).or_insert_with(|| vec![0; ring_size]);
+        let mut slots = Vec::new();
+        for (slot, (current, wanted)) in shadow.iter_mut().zip(table).enumerate() {
+            if current != wanted {
+                *current = *wanted;
+                slots.push((u32::try_from(slot).unwrap_or(u32::MAX), *wanted));
+            }
+        }
+        slots
+    }
+}
+
+/// Whether `row` holds `table` (over the table's length).
+fn row_matches(row: &[u32], table: &[u32]) -> bool {
+    row.len() >= table.len() && row[..table.len()] == *table
+}
+
+fn take_id(free: &mut VecDeque<u32>, next: &mut u32, max: u32) -> Option<u32> {
+    if let Some(id) = free.pop_front() {
+        return Some(id);
+    }
+    if *next >= max {
+        return None;
+    }
+    *next += 1;
+    Some(*next - 1)
+}
+
+/// Brings `current` to `desired`, recording the writes.
+fn sync_map<K: Ord + Copy, V: PartialEq + Copy>(
+    current: &mut BTreeMap<K, V>,
+    desired: &BTreeMap<K, V>,
+    writes: &mut Vec<Write>,
+    insert: impl Fn(K, V) -> Write,
+    remove: impl Fn(K) -> Write,
+) {
+    for (key, value) in desired {
+        if current.get(key) != Some(value) {
+            writes.push(insert(*key, *value));
+            current.insert(*key, *value);
+        }
+    }
+    let gone: Vec<K> = current
+        .keys()
+        .filter(|key| !desired.contains_key(key))
+        .copied()
+        .collect();
+    for key in gone {
+        current.remove(&key);
+        writes.push(remove(key));
+    }
+}
+
+/// An address in map form (IPv4 as IPv4-mapped IPv6).
+pub fn map_addr(addr: IpAddr) -> Addr {
+    match addr {
+        IpAddr::V4(v4) => ipv4_mapped(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// `ServiceValue::scheduler` for a configured scheduler. `least-conn` and
+/// `resource` are Maglev whose weights the controller adjusts.
+pub fn scheduler_code(scheduler: Scheduler) -> u8 {
+    match scheduler {
+        Scheduler::Maglev | Scheduler::LeastConn | Scheduler::Resource => SCHED_MAGLEV,
+        Scheduler::IpHash => SCHED_IP_HASH,
+        Scheduler::RoundRobin => SCHED_ROUND_ROBIN,
+    }
+}
+
+/// `ServiceValue::forwarding` for a configured mode.
+pub fn forwarding_code(forwarding: Forwarding) -> u8 {
+    match forwarding {
+        Forwarding::Nat => FWD_NAT,
+        Forwarding::Dsr => FWD_DSR,
+        Forwarding::Tunnel => FWD_TUNNEL,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RING: u32 = 251;
+
+    fn config(extra_backend: bool, scheduler: &str) -> Config {
+        let mut text = format!(
+            "instance: t\ninterfaces: [{{ name: eth0 }}]\nservices:\n\
+             \x20 - name: web\n    vip: 203.0.113.10\n    port: 80\n    protocol: tcp\n\
+             \x20   scheduler: {scheduler}\n    backends:\n\
+             \x20     - {{ address: 192.0.2.11, port: 8080 }}\n\
+             \x20     - {{ address: 192.0.2.12, port: 8080, weight: 200 }}\n\
+             \x20     - {{ address: 192.0.2.21, port: 8080, tier: 1 }}\n"
+        );
+        if extra_backend {
+            text.push_str("      - { address: 192.0.2.13, port: 8080 }\n");
+        }
+        text.push_str("dataplane: { ring_size: 251 }\n");
+        Config::parse(&text).unwrap()
+    }
+
+    fn planner() -> Planner {
+        Planner::new(RING, 8, 64)
+    }
+
+    #[test]
+    fn first_plan_writes_backends_then_the_row_then_the_service() {
+        let mut planner = planner();
+        let writes = planner.plan(&config(false, "maglev"), &BTreeMap::new()).unwrap();
+        let kinds: Vec<&str> = writes
+            .iter()
+            .map(|w| match w {
+                Write::Backend(..) => "backend",
+                Write::MaglevSlots { .. } => "slots",
+                Write::Service(..) => "service",
+                Write::Vip(..) => "vip",
+                Write::Nat(..) => "nat",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            ["backend", "backend", "backend", "slots", "service", "vip", "nat", "nat", "nat"]
+        );
+        let Write::Service(_, value) = &writes[4] else { panic!() };
+        assert_eq!(value.active_half, 0, "first row filled is half 0");
+        // Tier 1 is standby: no slot names it; weights 100:200 share the ring.
+        let table = planner.live_table(&writes_key(&writes)).unwrap();
+        let count = |id| table.iter().filter(|&&b| b == id).count();
+        assert_eq!(count(2), 0);
+        assert!(count(1) > count(0) * 19 / 10 && count(1) < count(0) * 21 / 10);
+    }
+
+    fn writes_key(writes: &[Write]) -> ServiceKey {
+        writes
+            .iter()
+            .find_map(|w| match w {
+                Write::Service(key, _) => Some(*key),
+                _ => None,
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn same_input_plans_nothing_more() {
+        let mut planner = planner();
+        let config = config(false, "maglev");
+        planner.plan(&config, &BTreeMap::new()).unwrap();
+        assert_eq!(planner.plan(&config, &BTreeMap::new()).unwrap(), []);
+    }
+
+    #[test]
+    fn a_change_fills_the_idle_half_and_flips_in_one_write() {
+        let mut planner = planner();
+        planner.plan(&config(false, "maglev"), &BTreeMap::new()).unwrap();
+        let writes = planner.plan(&config(true, "maglev"), &BTreeMap::new()).unwrap();
+        // New backend, its NAT entry, the idle row (all of it: never written),
+        // then the flip.
+        let slots = writes
+            .iter()
+            .find_map(|w| match w {
+                Write::MaglevSlots { row, slots } => Some((*row, slots.len())),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(slots.0, 1, "row of half 1");
+        let service = writes
+            .iter()
+            .position(|w| matches!(w, Write::Service(_, v) if v.active_half == 1))
+            .unwrap();
+        let row = writes.iter().position(|w| matches!(w, Write::MaglevSlots { .. })).unwrap();
+        assert!(row < service, "row before flip");
+        // Back to the first config: half 0 already holds that table except
+        // for nothing — only the flip is needed.
+        let writes = planner.plan(&config(false, "maglev"), &BTreeMap::new()).unwrap();
+        let slot_writes: usize = writes
+            .iter()
+            .map(|w| match w {
+                Write::MaglevSlots { slots, .. } => slots.len(),
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(slot_writes, 0, "{writes:?}");
+        assert!(writes.iter().any(|w| matches!(w, Write::Service(_, v) if v.active_half == 0)));
+    }
+
+    #[test]
+    fn ids_are_stable_across_plans() {
+        let mut planner = planner();
+        planner.plan(&config(false, "maglev"), &BTreeMap::new()).unwrap();
+        let before: Vec<u32> = planner.planned()[0].backends.iter().map(|b| b.id).collect();
+        planner.plan(&config(true, "maglev"), &BTreeMap::new()).unwrap();
+        let after: Vec<u32> = planner.planned()[0].backends.iter().map(|b| b.id).collect();
+        assert_eq!(&after[..3], &before[..]);
+        assert_eq!(after[3], 3);
+    }
+
+    #[test]
+    fn tier_one_serves_when_tier_zero_is_down_and_hands_back() {
+        let mut planner = planner();
+        let config = config(false, "maglev");
+        let key = |address: &str| BackendKey {
+            service: "web".into(),
+            address: address.parse().unwrap(),
+            port: 8080,
+        };
+        let down = BackendState {
+            up: false,
+            weight: None,
+        };
+        let states: BTreeMap<_, _> =
+            [(key("192.0.2.11"), down), (key("192.0.2.12"), down)].into();
+        planner.plan(&config, &states).unwrap();
+        let service = &planner.planned()[0];
+        assert_eq!(service.active_tier, Some(1));
+        let table = planner.live_table(&service.key).unwrap();
+        assert!(table.iter().all(|&id| id == 2));
+        // The down backends are unusable: their flows move.
+        assert_eq!(planner.backend(0).unwrap().flags, 0);
+        planner.plan(&config, &BTreeMap::new()).unwrap();
+        assert_eq!(planner.planned()[0].active_tier, Some(0));
+        assert_eq!(planner.backend(0).unwrap().flags, BACKEND_USABLE);
+    }
+
+    #[test]
+    fn drained_backend_gets_no_slots_but_stays_usable() {
+        let mut planner = planner();
+        let drained = BackendState {
+            up: true,
+            weight: Some(0),
+        };
+        let key = BackendKey {
+            service: "web".into(),
+            address: "192.0.2.11".parse().unwrap(),
+            port: 8080,
+        };
+        planner.plan(&config(false, "maglev"), &[(key, drained)].into()).unwrap();
+        let service = &planner.planned()[0];
+        assert!(planner.live_table(&service.key).unwrap().iter().all(|&id| id == 1));
+        assert_eq!(planner.backend(0).unwrap().flags, BACKEND_USABLE);
+    }
+
+    #[test]
+    fn everything_down_leaves_an_empty_table() {
+        let mut planner = planner();
+        let down = BackendState {
+            up: false,
+            weight: None,
+        };
+        let states: BTreeMap<_, _> = ["192.0.2.11", "192.0.2.12", "192.0.2.21"]
+            .into_iter()
+            .map(|a| {
+                (
+                    BackendKey {
+                        service: "web".into(),
+                        address: a.parse().unwrap(),
+                        port: 8080,
+                    },
+                    down,
+                )
+            })
+            .collect();
+        planner.plan(&config(false, "maglev"), &states).unwrap();
+        let service = &planner.planned()[0];
+        assert_eq!(service.active_tier, None);
+        let table = planner.live_table(&service.key).unwrap();
+        assert!(table.iter().all(|&id| id == lb_common::NO_BACKEND));
+    }
+
+    #[test]
+    fn round_robin_sequence_follows_weights() {
+        let mut planner = planner();
+        planner.plan(&config(false, "round-robin"), &BTreeMap::new()).unwrap();
+        let service = &planner.planned()[0];
+        assert_eq!(service.value.rr_len, 3, "weights 100:200 reduce to 1:2");
+        let table = planner.live_table(&service.key).unwrap();
+        assert_eq!(table.iter().filter(|&&id| id == 1).count(), 2);
+    }
+
+    #[test]
+    fn removed_service_goes_vip_first() {
+        let mut planner = planner();
+        planner.plan(&config(false, "maglev"), &BTreeMap::new()).unwrap();
+        let empty = Config::parse("instance: t\ninterfaces: [{ name: eth0 }]\n").unwrap();
+        let writes = planner.plan(&empty, &BTreeMap::new()).unwrap();
+        let vip = writes.iter().position(|w| matches!(w, Write::RemoveVip(_))).unwrap();
+        let service = writes.iter().position(|w| matches!(w, Write::RemoveService(_))).unwrap();
+        assert!(vip < service);
+        assert_eq!(
+            writes.iter().filter(|w| matches!(w, Write::Backend(_, v) if v.flags == 0)).count(),
+            3
+        );
+    }
+}

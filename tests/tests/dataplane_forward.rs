@@ -1,0 +1,489 @@
+//! Forwarding under `BPF_PROG_TEST_RUN`, byte for byte: every mode for both
+//! families and both protocols, the NAT reply path, the connection table,
+//! drains, all-port services, VLANs, fragments and ICMP. Expected frames are
+//! built by editing the input with etherparse and recomputing every checksum
+//! there, so the kernel's incremental checksums are checked independently.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use etherparse::{IpNumber, NetHeaders, TransportHeader};
+use lb::plan::{BackendKey, BackendState};
+use lb_common::{Reason, hash::flow_hash, maps::ipv4_mapped};
+use lb_tests::{
+    frames::{self, Headers, eth, ip_packet},
+    testrun::{Action, EGRESS_MAC, Harness, LB_MAC, ROUTER_MAC, backend_mac},
+};
+
+const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 7);
+
+const CONFIG: &str = "\
+instance: test
+interfaces: [{ name: lb0 }]
+services:
+  - { name: nat4t, vip: 203.0.113.10, port: 80, protocol: tcp, forwarding: nat, backends: [{ address: 192.0.2.11, port: 8080 }] }
+  - { name: nat4u, vip: 203.0.113.10, port: 53, protocol: udp, forwarding: nat, backends: [{ address: 192.0.2.11, port: 5353 }] }
+  - { name: dsr4t, vip: 203.0.113.11, port: 80, protocol: tcp, forwarding: dsr, backends: [{ address: 192.0.2.12 }] }
+  - { name: dsr4u, vip: 203.0.113.11, port: 53, protocol: udp, forwarding: dsr, backends: [{ address: 192.0.2.12 }] }
+  - { name: tun4t, vip: 203.0.113.12, port: 80, protocol: tcp, forwarding: tunnel, backends: [{ address: 192.0.2.13 }] }
+  - { name: tun4u, vip: 203.0.113.12, port: 53, protocol: udp, forwarding: tunnel, backends: [{ address: 192.0.2.13 }] }
+  - { name: nat6t, vip: '2001:db8:ff::10', port: 80, protocol: tcp, forwarding: nat, backends: [{ address: '2001:db8::11', port: 8080 }] }
+  - { name: nat6u, vip: '2001:db8:ff::10', port: 53, protocol: udp, forwarding: nat, backends: [{ address: '2001:db8::11', port: 5353 }] }
+  - { name: dsr6t, vip: '2001:db8:ff::11', port: 80, protocol: tcp, forwarding: dsr, backends: [{ address: '2001:db8::12' }] }
+  - { name: dsr6u, vip: '2001:db8:ff::11', port: 53, protocol: udp, forwarding: dsr, backends: [{ address: '2001:db8::12' }] }
+  - { name: tun6t, vip: '2001:db8:ff::12', port: 80, protocol: tcp, forwarding: tunnel, backends: [{ address: '2001:db8::13' }] }
+  - { name: tun6u, vip: '2001:db8:ff::12', port: 53, protocol: udp, forwarding: tunnel, backends: [{ address: '2001:db8::13' }] }
+  - { name: any4, vip: 203.0.113.20, port: 0, protocol: tcp, forwarding: nat, backends: [{ address: 192.0.2.14 }] }
+  - { name: hash4, vip: 203.0.113.30, port: 80, protocol: udp, scheduler: ip-hash, forwarding: dsr, backends: [{ address: 192.0.2.21 }, { address: 192.0.2.22 }] }
+  - { name: pair4, vip: 203.0.113.40, port: 80, protocol: tcp, forwarding: dsr, backends: [{ address: 192.0.2.21 }, { address: 192.0.2.22 }] }
+dataplane: { ring_size: 1009, tunnel_source_v4: 198.51.100.128/28, tunnel_source_v6: '2001:db8:ee::/96' }
+";
+
+fn v4(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(203, 0, 113, last)
+}
+
+fn v6(last: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, last)
+}
+
+/// The expected NAT output: destination (and port) rewritten, MACs to the
+/// backend.
+fn nat_expected(input: &[u8], backend: IpAddr, port: Option<u16>, last: u8) -> Vec<u8> {
+    let mut h = Headers::parse(input);
+    h.eth.source = EGRESS_MAC;
+    h.eth.destination = backend_mac(last);
+    match (&mut h.net, backend) {
+        (NetHeaders::Ipv4(ip, _), IpAddr::V4(b)) => ip.destination = b.octets(),
+        (NetHeaders::Ipv6(ip, _), IpAddr::V6(b)) => ip.destination = b.octets(),
+        _ => panic!("family mismatch"),
+    }
+    if let Some(port) = port {
+        match h.transport.as_mut() {
+            Some(TransportHeader::Tcp(tcp)) => tcp.destination_port = port,
+            Some(TransportHeader::Udp(udp)) => udp.destination_port = port,
+            _ => panic!("no ports"),
+        }
+    }
+    h.to_bytes()
+}
+
+/// The expected DSR output: only the MACs change.
+fn dsr_expected(input: &[u8], last: u8) -> Vec<u8> {
+    let mut out = input.to_vec();
+    out[..6].copy_from_slice(&backend_mac(last));
+    out[6..12].copy_from_slice(&EGRESS_MAC);
+    out
+}
+
+/// The flow hash of a frame's 5-tuple, as the kernel computes it.
+fn hash_of(input: &[u8]) -> u32 {
+    let h = Headers::parse(input);
+    let (src, dst) = match &h.net {
+        NetHeaders::Ipv4(ip, _) => (ipv4_mapped(ip.source), ipv4_mapped(ip.destination)),
+        NetHeaders::Ipv6(ip, _) => (ip.source, ip.destination),
+        NetHeaders::Arp(_) => panic!("not IP"),
+    };
+    let (sport, dport, proto) = match &h.transport {
+        Some(TransportHeader::Tcp(t)) => (t.source_port, t.destination_port, 6),
+        Some(TransportHeader::Udp(u)) => (u.source_port, u.destination_port, 17),
+        _ => panic!("no ports"),
+    };
+    flow_hash(&src, &dst, sport, dport, proto)
+}
+
+/// The expected tunnel output: an outer header from the tunnel prefix (host
+/// bits from the flow hash) to the backend, the inner packet untouched.
+fn tunnel_expected(input: &[u8], backend: IpAddr, last: u8) -> Vec<u8> {
+    let inner = ip_packet(input);
+    let hash = hash_of(input);
+    let mut out = Vec::new();
+    let ether_type = match backend {
+        IpAddr::V4(_) => etherparse::EtherType::IPV4,
+        IpAddr::V6(_) => etherparse::EtherType::IPV6,
+    };
+    etherparse::Ethernet2Header {
+        source: EGRESS_MAC,
+        destination: backend_mac(last),
+        ether_type,
+    }
+    .write(&mut out)
+    .unwrap();
+    match backend {
+        IpAddr::V4(b) => {
+            let source = (u32::from(Ipv4Addr::new(198, 51, 100, 128)) & !0xf) | (hash & 0xf);
+            let mut outer = etherparse::Ipv4Header::new(
+                u16::try_from(inner.len()).unwrap(),
+                64,
+                IpNumber::IPV4,
+                source.to_be_bytes(),
+                b.octets(),
+            )
+            .unwrap();
+            outer.dont_fragment = false;
+            outer.identification = 0;
+            let Headers { net: NetHeaders::Ipv4(ip, _), .. } = Headers::parse(input) else {
+                panic!()
+            };
+            outer.dscp = ip.dscp;
+            outer.ecn = ip.ecn;
+            outer.write(&mut out).unwrap();
+        }
+        IpAddr::V6(b) => {
+            let mut source = Ipv6Addr::new(0x2001, 0xdb8, 0xee, 0, 0, 0, 0, 0).octets();
+            source[12..].copy_from_slice(&hash.to_be_bytes());
+            let Headers { net: NetHeaders::Ipv6(ip, _), .. } = Headers::parse(input) else {
+                panic!()
+            };
+            etherparse::Ipv6Header {
+                traffic_class: ip.traffic_class,
+                flow_label: etherparse::Ipv6FlowLabel::ZERO,
+                payload_length: u16::try_from(inner.len()).unwrap(),
+                next_header: IpNumber::IPV6,
+                hop_limit: 64,
+                source,
+                destination: b.octets(),
+            }
+            .write(&mut out)
+            .unwrap();
+        }
+    }
+    out.extend_from_slice(&inner);
+    out
+}
+
+#[test]
+fn every_mode_family_and_protocol_forwards_byte_exact() {
+    let harness = Harness::new(CONFIG);
+    let b4 = |last| IpAddr::V4(Ipv4Addr::new(192, 0, 2, last));
+    // Backends are written 2001:db8::<last> in decimal digits, like their IPv4 twins.
+    let b6 = |last: u8| IpAddr::V6(format!("2001:db8::{last}").parse().unwrap());
+    let tcp4 = |vip| frames::tcp4(CLIENT4, 40000, vip, 80);
+    let udp4 = |vip| frames::udp4(CLIENT4, 40000, vip, 53);
+    let tcp6 = |vip| frames::tcp6(CLIENT6, 40000, vip, 80);
+    let udp6 = |vip| frames::udp6(CLIENT6, 40000, vip, 53);
+    let cases: Vec<(&str, Vec<u8>, Vec<u8>)> = vec![
+        ("nat IPv4 TCP", tcp4(v4(10)), nat_expected(&tcp4(v4(10)), b4(11), Some(8080), 11)),
+        ("nat IPv4 UDP", udp4(v4(10)), nat_expected(&udp4(v4(10)), b4(11), Some(5353), 11)),
+        ("nat IPv6 TCP", tcp6(v6(0x10)), nat_expected(&tcp6(v6(0x10)), b6(11), Some(8080), 11)),
+        ("nat IPv6 UDP", udp6(v6(0x10)), nat_expected(&udp6(v6(0x10)), b6(11), Some(5353), 11)),
+        ("dsr IPv4 TCP", tcp4(v4(11)), dsr_expected(&tcp4(v4(11)), 12)),
+        ("dsr IPv4 UDP", udp4(v4(11)), dsr_expected(&udp4(v4(11)), 12)),
+        ("dsr IPv6 TCP", tcp6(v6(0x11)), dsr_expected(&tcp6(v6(0x11)), 12)),
+        ("dsr IPv6 UDP", udp6(v6(0x11)), dsr_expected(&udp6(v6(0x11)), 12)),
+        ("tunnel IPv4 TCP", tcp4(v4(12)), tunnel_expected(&tcp4(v4(12)), b4(13), 13)),
+        ("tunnel IPv4 UDP", udp4(v4(12)), tunnel_expected(&udp4(v4(12)), b4(13), 13)),
+        ("tunnel IPv6 TCP", tcp6(v6(0x12)), tunnel_expected(&tcp6(v6(0x12)), b6(13), 13)),
+        ("tunnel IPv6 UDP", udp6(v6(0x12)), tunnel_expected(&udp6(v6(0x12)), b6(13), 13)),
+    ];
+    for (description, input, expected) in cases {
+        let (outcome, moved) = harness.run_counted(&input);
+        assert_eq!(outcome.action, Action::Redirect, "{description}");
+        assert_eq!(outcome.frame, expected, "{description}: output bytes");
+        assert_eq!(moved, [(Reason::ForwardToBackend, 1)].into(), "{description}");
+    }
+}
+
+#[test]
+fn nat_replies_get_the_vip_back_and_go_to_the_client() {
+    let harness = Harness::new(CONFIG);
+    let cases: Vec<(&str, Vec<u8>, IpAddr, u16)> = vec![
+        (
+            "IPv4 TCP",
+            frames::tcp4(Ipv4Addr::new(192, 0, 2, 11), 8080, CLIENT4, 40000),
+            IpAddr::V4(v4(10)),
+            80,
+        ),
+        (
+            "IPv4 UDP",
+            frames::udp4(Ipv4Addr::new(192, 0, 2, 11), 5353, CLIENT4, 40000),
+            IpAddr::V4(v4(10)),
+            53,
+        ),
+        (
+            "IPv6 TCP",
+            frames::tcp6("2001:db8::11".parse().unwrap(), 8080, CLIENT6, 40000),
+            IpAddr::V6(v6(0x10)),
+            80,
+        ),
+        (
+            "IPv6 UDP",
+            frames::udp6("2001:db8::11".parse().unwrap(), 5353, CLIENT6, 40000),
+            IpAddr::V6(v6(0x10)),
+            53,
+        ),
+    ];
+    for (description, input, vip, port) in cases {
+        let mut h = Headers::parse(&input);
+        h.eth.source = EGRESS_MAC;
+        h.eth.destination = ROUTER_MAC;
+        match (&mut h.net, vip) {
+            (NetHeaders::Ipv4(ip, _), IpAddr::V4(v)) => ip.source = v.octets(),
+            (NetHeaders::Ipv6(ip, _), IpAddr::V6(v)) => ip.source = v.octets(),
+            _ => panic!(),
+        }
+        match h.transport.as_mut() {
+            Some(TransportHeader::Tcp(tcp)) => tcp.source_port = port,
+            Some(TransportHeader::Udp(udp)) => udp.source_port = port,
+            _ => panic!(),
+        }
+        let (outcome, moved) = harness.run_counted(&input);
+        assert_eq!(outcome.action, Action::Redirect, "{description}");
+        assert_eq!(outcome.frame, h.to_bytes(), "{description}: output bytes");
+        assert_eq!(moved, [(Reason::ReplyToClient, 1)].into(), "{description}");
+    }
+    // A backend talking to the balancer itself (a health-check answer) is
+    // the stack's business: untouched.
+    let to_self = frames::tcp4(Ipv4Addr::new(192, 0, 2, 11), 8080, Ipv4Addr::new(192, 0, 2, 1), 40000);
+    let (outcome, moved) = harness.run_counted(&to_self);
+    assert_eq!(outcome.action, Action::Pass);
+    assert_eq!(outcome.frame, to_self);
+    assert_eq!(moved, [(Reason::PassNoService, 1)].into());
+}
+
+/// The backend a dsr frame went to: the last byte of its destination MAC.
+fn dsr_backend(outcome: &lb_tests::testrun::Outcome) -> u8 {
+    assert_eq!(outcome.action, Action::Redirect);
+    outcome.frame[5]
+}
+
+fn key(service: &str, last: u8) -> BackendKey {
+    BackendKey {
+        service: service.into(),
+        address: IpAddr::V4(Ipv4Addr::new(192, 0, 2, last)),
+        port: 80,
+    }
+}
+
+#[test]
+fn established_flows_keep_their_backend_while_it_is_usable() {
+    let mut harness = Harness::new(CONFIG);
+    // Find flows of pair4 that land on each backend.
+    let flow = |port| frames::tcp4(CLIENT4, port, v4(40), 80);
+    let first = dsr_backend(&harness.run(&flow(1000)));
+    let (other_port, other) = (1001..2000)
+        .map(|port| (port, dsr_backend(&harness.run(&flow(port)))))
+        .find(|(_, backend)| *backend != first)
+        .expect("both backends get flows");
+    // Drain the first backend (weight 0): its flow stays, new flows avoid it.
+    let drained = BackendState { up: true, weight: Some(0) };
+    let first_key = key("pair4", first);
+    harness.replan(&[(first_key.clone(), drained)].into());
+    assert_eq!(dsr_backend(&harness.run(&flow(1000))), first, "drained backend keeps its flow");
+    for port in 3000..3200 {
+        assert_eq!(dsr_backend(&harness.run(&flow(port))), other, "new flow {port} to a drained backend");
+    }
+    // Undrain: the table changes back, established flows stay where they are.
+    harness.replan(&BTreeMap::new());
+    assert_eq!(dsr_backend(&harness.run(&flow(1000))), first);
+    assert_eq!(dsr_backend(&harness.run(&flow(other_port))), other);
+    // Take the first backend down: its flow is rescheduled on the next packet.
+    let down = BackendState { up: false, weight: None };
+    harness.replan(&[(first_key, down)].into());
+    assert_eq!(dsr_backend(&harness.run(&flow(1000))), other, "flow moved off a down backend");
+    assert_eq!(dsr_backend(&harness.run(&flow(other_port))), other);
+}
+
+#[test]
+fn connection_table_wins_over_a_changed_table() {
+    let mut harness = Harness::new(CONFIG);
+    let flow = |port| frames::tcp4(CLIENT4, port, v4(40), 80);
+    // Flows pinned before the change...
+    let before: Vec<(u16, u8)> = (5000..5100).map(|p| (p, dsr_backend(&harness.run(&flow(p))))).collect();
+    // ...then a third backend joins, which takes about a third of new flows.
+    harness.reconfigure(&CONFIG.replace(
+        "{ name: pair4, vip: 203.0.113.40, port: 80, protocol: tcp, forwarding: dsr, backends: [{ address: 192.0.2.21 }, { address: 192.0.2.22 }] }",
+        "{ name: pair4, vip: 203.0.113.40, port: 80, protocol: tcp, forwarding: dsr, backends: [{ address: 192.0.2.21 }, { address: 192.0.2.22 }, { address: 192.0.2.13 }] }",
+    ));
+    for (port, backend) in &before {
+        assert_eq!(dsr_backend(&harness.run(&flow(*port))), *backend, "flow {port} moved");
+    }
+    let new_on_third = (6000..6300).filter(|p| dsr_backend(&harness.run(&flow(*p))) == 13).count();
+    assert!((60..140).contains(&new_on_third), "{new_on_third} of 300 new flows on the new backend");
+}
+
+#[test]
+fn all_port_service_keeps_the_port() {
+    let harness = Harness::new(CONFIG);
+    for port in [22, 443, 8443] {
+        let input = frames::tcp4(CLIENT4, 40000, v4(20), port);
+        let expected = nat_expected(&input, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 14)), None, 14);
+        let outcome = harness.run(&input);
+        assert_eq!(outcome.action, Action::Redirect, "port {port}");
+        assert_eq!(outcome.frame, expected, "port {port}");
+    }
+}
+
+#[test]
+fn vlan_tag_is_kept_on_forwarded_frames() {
+    let harness = Harness::new(CONFIG);
+    let input = frames::tcp4_vlan(42, CLIENT4, 40000, v4(10), 80);
+    let expected = nat_expected(&input, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 11)), Some(8080), 11);
+    assert!(Headers::parse(&expected).vlan.is_some());
+    let outcome = harness.run(&input);
+    assert_eq!(outcome.action, Action::Redirect);
+    assert_eq!(outcome.frame, expected);
+    // And inside a tunnel, behind the tag.
+    let input = frames::tcp4_vlan(42, CLIENT4, 40000, v4(12), 80);
+    let outcome = harness.run(&input);
+    assert_eq!(outcome.action, Action::Redirect);
+    assert_eq!(&outcome.frame[12..18], &input[12..18], "tag and outer EtherType");
+    assert_eq!(outcome.frame[18 + 9], 4, "IPIP");
+    assert_eq!(&outcome.frame[18 + 20..], &input[18..], "inner packet untouched");
+}
+
+/// An IPv4 fragment of a UDP datagram: the first carries the UDP header.
+fn fragment4(vip: Ipv4Addr, first: bool, id: u16) -> Vec<u8> {
+    let mut header = etherparse::Ipv4Header::new(16, 64, IpNumber::UDP, CLIENT4.octets(), vip.octets()).unwrap();
+    header.identification = id;
+    header.more_fragments = first;
+    header.fragment_offset = etherparse::IpFragOffset::try_new(if first { 0 } else { 2 }).unwrap();
+    let mut frame = Vec::new();
+    etherparse::Ethernet2Header {
+        source: lb_tests::testrun::CLIENT_MAC,
+        destination: LB_MAC,
+        ether_type: etherparse::EtherType::IPV4,
+    }
+    .write(&mut frame)
+    .unwrap();
+    header.write(&mut frame).unwrap();
+    if first {
+        etherparse::UdpHeader { source_port: 40000, destination_port: 80, length: 24, checksum: 0 }
+            .write(&mut frame)
+            .unwrap();
+        frame.extend_from_slice(&[7; 8]);
+    } else {
+        frame.extend_from_slice(&[9; 16]);
+    }
+    frame
+}
+
+#[test]
+fn fragments_follow_the_source_for_ip_hash_and_are_dropped_otherwise() {
+    let harness = Harness::new(CONFIG);
+    let first = harness.run(&fragment4(v4(30), true, 1));
+    let later = harness.run(&fragment4(v4(30), false, 1));
+    assert_eq!(first.action, Action::Redirect);
+    assert_eq!(dsr_backend(&first), dsr_backend(&later), "fragments of one datagram split");
+    // The same client's whole datagrams go there too (ip-hash).
+    let whole = harness.run(&frames::udp4(CLIENT4, 40000, v4(30), 80));
+    assert_eq!(dsr_backend(&whole), dsr_backend(&first));
+    // A maglev service has no way to place a later fragment.
+    let (outcome, moved) = harness.run_counted(&fragment4(v4(10), false, 2));
+    assert_eq!(outcome.action, Action::Drop);
+    assert_eq!(moved, [(Reason::DropFragment, 1)].into());
+}
+
+#[test]
+fn icmp_echo_to_a_vip_is_answered_here() {
+    let harness = Harness::new(CONFIG);
+    let mut request4 = Vec::new();
+    eth().ipv4(CLIENT4.octets(), v4(10).octets(), 20).icmpv4_echo_request(7, 1).write(&mut request4, b"ping").unwrap();
+    let mut request6 = Vec::new();
+    eth().ipv6(CLIENT6.octets(), v6(0x10).octets(), 20).icmpv6_echo_request(7, 1).write(&mut request6, b"ping").unwrap();
+    for (description, request) in [("IPv4", request4), ("IPv6", request6)] {
+        let mut h = Headers::parse(&request);
+        std::mem::swap(&mut h.eth.source, &mut h.eth.destination);
+        match (&mut h.net, h.transport.as_mut()) {
+            (NetHeaders::Ipv4(ip, _), Some(TransportHeader::Icmpv4(icmp))) => {
+                std::mem::swap(&mut ip.source, &mut ip.destination);
+                ip.time_to_live = 64;
+                let etherparse::Icmpv4Type::EchoRequest(echo) = icmp.icmp_type else { panic!() };
+                icmp.icmp_type = etherparse::Icmpv4Type::EchoReply(echo);
+            }
+            (NetHeaders::Ipv6(ip, _), Some(TransportHeader::Icmpv6(icmp))) => {
+                std::mem::swap(&mut ip.source, &mut ip.destination);
+                ip.hop_limit = 64;
+                let etherparse::Icmpv6Type::EchoRequest(echo) = icmp.icmp_type else { panic!() };
+                icmp.icmp_type = etherparse::Icmpv6Type::EchoReply(echo);
+            }
+            _ => panic!(),
+        }
+        let (outcome, moved) = harness.run_counted(&request);
+        assert_eq!(outcome.action, Action::Tx, "{description}");
+        assert_eq!(outcome.frame, h.to_bytes(), "{description}: reply bytes");
+        assert_eq!(moved, [(Reason::IcmpEchoReply, 1)].into(), "{description}");
+    }
+}
+
+/// The first 28 bytes of a packet the VIP sent (IPv4 header + 8 bytes), as
+/// quoted in an ICMP error.
+fn quoted4(vip: Ipv4Addr, vip_port: u16) -> Vec<u8> {
+    let reply = frames::tcp4(vip, vip_port, CLIENT4, 40000);
+    reply[14..14 + 28].to_vec()
+}
+
+#[test]
+fn too_big_errors_reach_the_backend_that_owns_the_flow() {
+    let harness = Harness::new(CONFIG);
+    let router = Ipv4Addr::new(198, 51, 100, 1);
+    let too_big = |vip: Ipv4Addr| {
+        let mut frame = Vec::new();
+        eth()
+            .ipv4(router.octets(), vip.octets(), 64)
+            .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+            ))
+            .write(&mut frame, &quoted4(vip, 80))
+            .unwrap();
+        frame
+    };
+    // DSR: passed on unchanged but for the MACs.
+    let input = too_big(v4(11));
+    let (outcome, moved) = harness.run_counted(&input);
+    assert_eq!(outcome.action, Action::Redirect);
+    assert_eq!(outcome.frame, dsr_expected(&input, 12));
+    assert_eq!(moved, [(Reason::IcmpToBackend, 1)].into());
+    // NAT: outer destination and the quoted source become the backend's, and
+    // every checksum still holds.
+    let outcome = harness.run(&too_big(v4(10)));
+    assert_eq!(outcome.action, Action::Redirect);
+    let h = Headers::parse(&outcome.frame);
+    let NetHeaders::Ipv4(ip, _) = &h.net else { panic!() };
+    assert_eq!(ip.destination, [192, 0, 2, 11]);
+    assert_eq!(ip.header_checksum, ip.calc_header_checksum());
+    let Some(TransportHeader::Icmpv4(icmp)) = &h.transport else { panic!() };
+    let recomputed = etherparse::Icmpv4Header::with_checksum(icmp.icmp_type.clone(), &h.payload);
+    assert_eq!(icmp.checksum, recomputed.checksum, "ICMP checksum");
+    let (quoted, _) = etherparse::Ipv4Header::from_slice(&h.payload).unwrap();
+    assert_eq!(quoted.source, [192, 0, 2, 11]);
+    assert_eq!(quoted.header_checksum, quoted.calc_header_checksum(), "quoted IP checksum");
+    assert_eq!(u16::from_be_bytes([h.payload[20], h.payload[21]]), 8080, "quoted port");
+    // About a flow of no service: the stack's.
+    let (outcome, moved) = harness.run_counted(&{
+        let mut frame = Vec::new();
+        eth()
+            .ipv4(router.octets(), v4(10).octets(), 64)
+            .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+            ))
+            .write(&mut frame, &quoted4(v4(10), 81))
+            .unwrap();
+        frame
+    });
+    assert_eq!(outcome.action, Action::Pass);
+    assert_eq!(moved, [(Reason::PassIcmpToVip, 1)].into());
+}
+
+#[test]
+fn packet_too_big_reaches_the_ipv6_tunnel_backend() {
+    let harness = Harness::new(CONFIG);
+    let reply = frames::tcp6(v6(0x12), 80, CLIENT6, 40000);
+    let quoted = &reply[14..14 + 48];
+    let mut input = Vec::new();
+    eth()
+        .ipv6("2001:db8:1::1".parse::<Ipv6Addr>().unwrap().octets(), v6(0x12).octets(), 64)
+        .icmpv6(etherparse::Icmpv6Type::PacketTooBig { mtu: 1280 })
+        .write(&mut input, quoted)
+        .unwrap();
+    let outcome = harness.run(&input);
+    assert_eq!(outcome.action, Action::Redirect);
+    assert_eq!(&outcome.frame[..6], &backend_mac(13));
+    assert_eq!(outcome.frame[14 + 6], 41, "IP6IP6");
+    let backend: Ipv6Addr = "2001:db8::13".parse().unwrap();
+    assert_eq!(&outcome.frame[14 + 24..14 + 40], &backend.octets());
+    assert_eq!(&outcome.frame[14 + 40..], &input[14..], "inner packet untouched");
+}
