@@ -1,9 +1,14 @@
 //! The flow hash, shared by the XDP program and the userspace reference model
 //! so both pick the same Maglev slot for a packet.
 //!
-//! MurmurHash3's 32-bit mixing over fixed-size inputs: every loop has a
+//! `MurmurHash3`'s 32-bit mixing over fixed-size inputs: every loop has a
 //! constant trip count and constant indices, so it compiles to straight-line
 //! BPF with no bounds checks and no reachable panic.
+
+#![allow(
+    clippy::inline_always,
+    reason = "the XDP program needs these inlined: BPF-to-BPF calls cost a frame"
+)]
 
 use crate::maps::Addr;
 
@@ -74,9 +79,18 @@ mod tests {
         // upgrade) is a deliberate, visible decision.
         let a = ipv4_mapped([198, 51, 100, 7]);
         let b = ipv4_mapped([203, 0, 113, 10]);
-        assert_eq!(flow_hash(&a, &b, 40000, 80, 6), flow_hash(&a, &b, 40000, 80, 6));
-        assert_ne!(flow_hash(&a, &b, 40000, 80, 6), flow_hash(&a, &b, 40001, 80, 6));
-        assert_ne!(flow_hash(&a, &b, 40000, 80, 6), flow_hash(&a, &b, 40000, 80, 17));
+        assert_eq!(
+            flow_hash(&a, &b, 40000, 80, 6),
+            flow_hash(&a, &b, 40000, 80, 6)
+        );
+        assert_ne!(
+            flow_hash(&a, &b, 40000, 80, 6),
+            flow_hash(&a, &b, 40001, 80, 6)
+        );
+        assert_ne!(
+            flow_hash(&a, &b, 40000, 80, 6),
+            flow_hash(&a, &b, 40000, 80, 17)
+        );
         assert_eq!(source_hash(&a), source_hash(&a));
         assert_ne!(source_hash(&a), source_hash(&b));
     }

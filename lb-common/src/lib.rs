@@ -12,9 +12,8 @@ pub mod maps;
 pub mod reason;
 
 pub use maps::{
-    NO_BACKEND,
-    Addr, BackendValue, ConnValue, Endpoint, FlowKey, IfaceValue, NatKey, NatValue, ServiceKey, ServiceValue,
-    Settings, Traffic, VipValue,
+    Addr, BackendValue, ConnValue, Endpoint, FlowKey, IfaceValue, NO_BACKEND, NatKey, NatValue,
+    ServiceKey, ServiceValue, Settings, Traffic, VipValue,
 };
 pub use reason::Reason;
 

@@ -107,7 +107,10 @@ mod tests {
         for a in Reason::ALL {
             assert_eq!(a.is_drop(), a.name().starts_with("drop_"), "{a:?}");
             for b in Reason::ALL {
-                assert!(a == b || a.name() != b.name(), "{a:?} and {b:?} share a name");
+                assert!(
+                    a == b || a.name() != b.name(),
+                    "{a:?} and {b:?} share a name"
+                );
             }
         }
     }

@@ -23,8 +23,8 @@ use crate::{
     forward::{End, FibQuery, NextHop, encapsulate, next_hop, rewrite, transmit},
     icmp,
     maps::{
-        BACKENDS, CONNS, MAGLEV, NAT, RR_POS, SERVICES, SETTINGS, STATS_BACKENDS,
-        STATS_SERVICES, Scratch, count_traffic, scratch,
+        BACKENDS, CONNS, MAGLEV, NAT, RR_POS, SERVICES, SETTINGS, STATS_BACKENDS, STATS_SERVICES,
+        Scratch, count_traffic, scratch,
     },
     packet::frame_len,
     parse::{Parsed, parse},
@@ -293,15 +293,14 @@ fn try_reply(ctx: &XdpContext, scratch: &mut Scratch) -> Result<Verdict, Drop> {
     }
     scratch.lookup = Endpoint::new(packet.src, packet.sport, packet.proto);
     // SAFETY: copied out at once.
-    let nat = match unsafe { NAT.get(&scratch.lookup) } {
-        Some(nat) => *nat,
-        None => {
-            scratch.lookup.port = 0;
-            // SAFETY: as above.
-            match unsafe { NAT.get(&scratch.lookup) } {
-                Some(nat) => *nat,
-                None => return Ok(Verdict::pass(Reason::PassNoService)),
-            }
+    let nat = if let Some(nat) = unsafe { NAT.get(&scratch.lookup) } {
+        *nat
+    } else {
+        scratch.lookup.port = 0;
+        // SAFETY: as above.
+        match unsafe { NAT.get(&scratch.lookup) } {
+            Some(nat) => *nat,
+            None => return Ok(Verdict::pass(Reason::PassNoService)),
         }
     };
     scratch.query = FibQuery {

@@ -6,7 +6,10 @@
 pub fn fold(mut sum: u32) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
-    #[allow(clippy::cast_possible_truncation, reason = "folded twice: fits 16 bits")]
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "folded twice: fits 16 bits"
+    )]
     let folded = sum as u16;
     folded
 }

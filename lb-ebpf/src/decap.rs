@@ -1,6 +1,6 @@
 //! `lb_decap`, for backends of `tunnel` services: strips the outer IPv4 /
 //! IPv6 header of IPIP, IP6IP6 and mixed-family tunnels and passes the inner
-//! packet to the stack, so no ipip / ip6_tunnel kernel module is needed.
+//! packet to the stack, so no `ipip` / `ip6_tunnel` kernel module is needed.
 
 use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::{Reason, proto};
@@ -53,7 +53,11 @@ pub fn try_decap(ctx: &XdpContext) -> Result<Verdict, Drop> {
     }
     // The inner header must be there before anything is moved.
     read_at::<[u8; 20]>(ctx, l3_off + outer_len).ok_or(Drop(Reason::DropMalformedIpv4))?;
-    #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, reason = "at most 60")]
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_possible_wrap,
+        reason = "at most 60"
+    )]
     let delta = outer_len as i32;
     // SAFETY: plain helper call on the live context; pointers are re-derived
     // (and re-checked) after it.

@@ -13,8 +13,7 @@ use aya_ebpf::{
 use lb_common::{Addr, Reason, proto};
 
 use crate::{
-    Drop, Status, Verdict,
-    csum,
+    Drop, Status, Verdict, csum,
     maps::{DEVMAP, SETTINGS, Scratch},
     packet::{bytes_at, frame_len, read_at, write_at},
     parse::Packet,
@@ -69,7 +68,10 @@ pub fn next_hop(ctx: &XdpContext, scratch: &mut Scratch) -> NextHop {
     // SAFETY: `params` points to a whole, writable bpf_fib_lookup; all-zero
     // is its documented initial state.
     unsafe { core::ptr::write_bytes(core::ptr::from_mut(params), 0, 1) };
-    #[allow(clippy::cast_possible_truncation, reason = "ifindex is a u32 in xdp_md")]
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "ifindex is a u32 in xdp_md"
+    )]
     let ingress = ctx.ingress_ifindex() as u32;
     params.ifindex = ingress;
     params.__bindgen_anon_1.tot_len = query.ip_len;
@@ -82,13 +84,21 @@ pub fn next_hop(ctx: &XdpContext, scratch: &mut Scratch) -> NextHop {
         params.__bindgen_anon_3.ipv4_src = v4_word(&query.src);
         params.__bindgen_anon_4.ipv4_dst = v4_word(&query.dst);
     }
-    #[allow(clippy::cast_possible_truncation, reason = "the struct is 64 bytes")]
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_possible_wrap,
+        reason = "the struct is 64 bytes"
+    )]
     let size = core::mem::size_of::<FibParams>() as i32;
     // SAFETY: `params` is a valid, initialised bpf_fib_lookup of `size` bytes
     // (in a map value, which the helper accepts) and `ctx.ctx` the live
     // xdp_md.
     let rc = unsafe { bpf_fib_lookup(ctx.ctx.cast(), core::ptr::from_mut(params), size, 0) };
-    #[allow(clippy::cast_sign_loss, reason = "return codes are small and non-negative")]
+    #[allow(
+        clippy::cast_sign_loss,
+        clippy::cast_possible_truncation,
+        reason = "return codes are small and non-negative"
+    )]
     match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => {
             scratch.hop = Hop {
@@ -110,7 +120,10 @@ pub fn next_hop(ctx: &XdpContext, scratch: &mut Scratch) -> NextHop {
 pub fn transmit(ctx: &XdpContext, hop: &Hop, reason: Reason) -> Result<Verdict, Drop> {
     write_at(ctx, 0, hop.dmac).ok_or(Drop(Reason::DropMalformedEth))?;
     write_at(ctx, 6, hop.smac).ok_or(Drop(Reason::DropMalformedEth))?;
-    #[allow(clippy::cast_possible_truncation, reason = "ifindex is a u32 in xdp_md")]
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "ifindex is a u32 in xdp_md"
+    )]
     if hop.ifindex == ctx.ingress_ifindex() as u32 {
         return Ok(Verdict {
             action: xdp_action::XDP_TX,
@@ -224,7 +237,11 @@ fn try_encapsulate(
     };
     let first: [u8; 2] = read_at(ctx, packet.l3_off()).ok_or(Drop(Reason::DropMalformedEth))?;
     let inner_len = packet.ip_len;
-    #[allow(clippy::cast_possible_wrap, clippy::cast_possible_truncation, reason = "20 or 40")]
+    #[allow(
+        clippy::cast_possible_wrap,
+        clippy::cast_possible_truncation,
+        reason = "20 or 40"
+    )]
     let delta = -(outer_len as i32);
     // SAFETY: plain helper call on the live context; every pointer into the
     // frame is re-derived (and re-checked) after it.
@@ -268,8 +285,26 @@ fn try_encapsulate(
         #[allow(clippy::cast_possible_truncation, reason = "20")]
         let total = inner_len.wrapping_add(outer_len as u16).to_be_bytes();
         let mut header = [
-            0x45, first[1], total[0], total[1], 0, 0, 0, 0, 64, proto::IPIP, 0, 0, source[0],
-            source[1], source[2], source[3], dst[0], dst[1], dst[2], dst[3],
+            0x45,
+            first[1],
+            total[0],
+            total[1],
+            0,
+            0,
+            0,
+            0,
+            64,
+            proto::IPIP,
+            0,
+            0,
+            source[0],
+            source[1],
+            source[2],
+            source[3],
+            dst[0],
+            dst[1],
+            dst[2],
+            dst[3],
         ];
         let checksum = csum::ipv4_header(&header).to_be_bytes();
         header[10] = checksum[0];

@@ -7,12 +7,12 @@ use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{Addr, FlowKey, Reason, hash::flow_hash, maps::FWD_NAT, maps::ipv4_mapped, proto};
 
 use crate::{
-    Drop, Verdict, finish,
-    maps::Scratch,
+    Drop, Verdict,
     balancer::{choose_backend, find_service, send_to_backend},
-    csum,
+    csum, finish,
     forward::{End, rewrite, v4_bytes},
-    packet::{read_at, write_at},
+    maps::Scratch,
+    packet::{read_at, read_into, write_at},
     parse::Packet,
 };
 
@@ -145,14 +145,14 @@ fn quoted_flow(ctx: &XdpContext, packet: &Packet, out: &mut Quoted) -> bool {
         let Some(next_header) = read_at::<[u8; 1]>(ctx, ip_off + 6) else {
             return false;
         };
-        let (Some(src), Some(dst)) = (read_at::<Addr>(ctx, ip_off + 8), read_at(ctx, ip_off + 24))
-        else {
-            return false;
-        };
-        if src != packet.dst {
+        // Quoted source (must be this VIP) into `client` first, compared in
+        // place, then overwritten with the quoted destination.
+        if !read_into(ctx, ip_off + 8, &mut out.client) || out.client != packet.dst {
             return false;
         }
-        out.client = dst;
+        if !read_into(ctx, ip_off + 24, &mut out.client) {
+            return false;
+        }
         out.proto = next_header[0];
         ip_off + 40
     } else {

@@ -12,6 +12,11 @@
               the data path is inlined into one function on purpose"
 )]
 #![allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "map keys are passed by reference into scratch memory; by value they would \
+              be copied onto the 512-byte stack"
+)]
+#![allow(
     clippy::needless_pass_by_value,
     reason = "`#[xdp]` fixes the entry signature to take the context by value"
 )]
@@ -75,7 +80,9 @@ impl Status {
         if self.0 == Self::OK {
             return Ok(());
         }
-        Err(Drop(Reason::from_slot(self.0).unwrap_or(Reason::DropMalformedEth)))
+        Err(Drop(
+            Reason::from_slot(self.0).unwrap_or(Reason::DropMalformedEth),
+        ))
     }
 }
 

@@ -1,11 +1,11 @@
 //! The maps, declared once. Sizes here are defaults: the loader overrides
 //! `max_entries` from the configuration at load time.
 
+use aya_ebpf::bindings::bpf_fib_lookup as FibParams;
 use aya_ebpf::{
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
-use aya_ebpf::bindings::bpf_fib_lookup as FibParams;
 use lb_common::{
     Addr, BackendValue, ConnValue, Endpoint, FlowKey, IfaceValue, NatKey, NatValue, Reason,
     ServiceKey, ServiceValue, Settings, Traffic, VipValue,

@@ -11,10 +11,21 @@ pub const MAX_OFFSET: usize = 512;
 
 /// A pointer to a `T` at byte `off` of the frame, or `None` if the frame is
 /// too short.
+///
+/// `data` and `data_end` are loaded afresh (volatile) on every call. LLVM
+/// would otherwise drop this bounds check when an earlier comparison (say,
+/// "the IP total length fits in the frame") implies it arithmetically; the
+/// verifier cannot follow such implications and rejects the unchecked read.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
+    // SAFETY: `ctx.ctx` is the live xdp_md for this run; reading its fields
+    // is what `XdpContext::data` does, only volatile.
+    let (start, end) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*ctx.ctx).data) as usize,
+            core::ptr::read_volatile(&raw const (*ctx.ctx).data_end) as usize,
+        )
+    };
     if off > MAX_OFFSET || start + off + core::mem::size_of::<T>() > end {
         return None;
     }
@@ -28,6 +39,23 @@ pub fn read_at<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
     // SAFETY: `ptr_at` checked that the whole `T` lies inside the frame; the
     // read is unaligned because headers sit at arbitrary offsets.
     ptr_at::<T>(ctx, off).map(|ptr| unsafe { ptr.read_unaligned() })
+}
+
+/// Copies the `T` at byte `off` into `out`; false (and `out` untouched) if
+/// the frame is too short. For values larger than a register: an
+/// `Option<[u8; 16]>` carries undefined bytes when `None`, and LLVM may
+/// compute with whatever register stands in for them (a packet pointer,
+/// say) on a path the verifier then refuses.
+#[inline(always)]
+pub fn read_into<T: Copy>(ctx: &XdpContext, off: usize, out: &mut T) -> bool {
+    match ptr_at::<T>(ctx, off) {
+        Some(ptr) => {
+            // SAFETY: as in `read_at`.
+            *out = unsafe { ptr.read_unaligned() };
+            true
+        }
+        None => false,
+    }
 }
 
 /// Writes `value` at byte `off`; `None` if the frame is too short.

@@ -6,13 +6,17 @@
 //! packet to a VIP is dropped and counted under the header that was wrong.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{Addr, Reason, VipValue, maps::ipv4_mapped, proto};
+use lb_common::{
+    Addr, Reason, VipValue,
+    maps::{ipv4_mapped, is_ipv4_mapped},
+    proto,
+};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, tcp::TcpHdr, udp::UdpHdr};
 
 use crate::{
     Drop,
     maps::{IFACES, Scratch, VIPS},
-    packet::{fits, read_at},
+    packet::{fits, read_at, read_into},
 };
 
 const ETH_P_IPV4: u16 = 0x0800;
@@ -178,14 +182,21 @@ enum Ip {
     Vip,
 }
 
-/// False for a unicast frame addressed to another MAC than the receiving
-/// interface's own. Interfaces not in `IFACES` (not configured) accept all.
+/// False for a group-addressed frame, or a unicast one addressed to another
+/// MAC than the receiving interface's own. Interfaces not in `IFACES` (not
+/// configured) accept any unicast frame.
 #[inline(always)]
 fn for_this_host(ctx: &XdpContext, dst_mac: &[u8; 6]) -> bool {
+    // Broadcast and multicast frames are never balanced: unicast IP inside a
+    // group-addressed frame would otherwise be forwarded by every balancer
+    // on the segment (Linux forwarding and IPVS ignore it too).
     if dst_mac[0] & 1 == 1 {
-        return true; // broadcast or multicast
+        return false;
     }
-    #[allow(clippy::cast_possible_truncation, reason = "ifindex is a u32 in xdp_md")]
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "ifindex is a u32 in xdp_md"
+    )]
     let ifindex = ctx.ingress_ifindex() as u32;
     // SAFETY: the value is compared at once, never held across a map update.
     match unsafe { IFACES.get(ifindex) } {
@@ -237,7 +248,10 @@ fn parse_ipv4(ctx: &XdpContext, off: usize, scratch: &mut Scratch) -> Result<Ip,
     packet.sport = 0;
     packet.dport = 0;
     // Only the first fragment carries the transport header.
-    packet.has_l4 = frags & 0x1fff == 0;
+    // (A mask, not `trailing_zeros`: BPF has no count-trailing-zeros.)
+    #[allow(clippy::verbose_bit_mask, reason = "see above")]
+    let first_fragment = frags & 0x1fff == 0;
+    packet.has_l4 = first_fragment;
     // More-fragments flag or a non-zero offset.
     packet.fragment = frags & 0x3fff != 0;
     packet.ip_len = total_len;
@@ -251,8 +265,15 @@ fn parse_ipv6(ctx: &XdpContext, off: usize, scratch: &mut Scratch) -> Result<Ip,
     // Version, traffic class, flow label, payload length, next header.
     let start: [u8; 8] = read_at(ctx, off).ok_or(Drop(Reason::DropMalformedIpv6))?;
     let packet = &mut scratch.packet;
-    packet.dst = read_at(ctx, off + 24).ok_or(Drop(Reason::DropMalformedIpv6))?;
-    packet.src = read_at(ctx, off + 8).ok_or(Drop(Reason::DropMalformedIpv6))?;
+    if !read_into(ctx, off + 24, &mut packet.dst) || !read_into(ctx, off + 8, &mut packet.src) {
+        return Err(Drop(Reason::DropMalformedIpv6));
+    }
+    // The maps hold IPv4 addresses in IPv4-mapped form: an IPv6 packet from
+    // or to such an address must never be taken for IPv4 VIP or backend
+    // traffic. It is not ours.
+    if is_ipv4_mapped(&packet.dst) || is_ipv4_mapped(&packet.src) {
+        return Ok(Ip::Malformed);
+    }
     let is_vip = find_vip(&packet.dst, &mut scratch.vip);
     let malformed = if is_vip {
         Err(Drop(Reason::DropMalformedIpv6))
@@ -277,6 +298,7 @@ fn parse_ipv6(ctx: &XdpContext, off: usize, scratch: &mut Scratch) -> Result<Ip,
     packet.has_l4 = true;
     packet.fragment = false;
     packet.ip_len = ip_len;
+    let ip_end = off + usize::from(ip_len);
     for _ in 0..IPV6_MAX_EXT_HEADERS {
         match packet.proto {
             IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => {
@@ -284,6 +306,9 @@ fn parse_ipv6(ctx: &XdpContext, off: usize, scratch: &mut Scratch) -> Result<Ip,
                 let Some(ext) = read_at::<[u8; 2]>(ctx, l4) else {
                     return malformed;
                 };
+                if l4 + (usize::from(ext[1]) + 1) * 8 > ip_end {
+                    return malformed;
+                }
                 packet.proto = ext[0];
                 l4 += (usize::from(ext[1]) + 1) * 8;
             }
@@ -291,6 +316,9 @@ fn parse_ipv6(ctx: &XdpContext, off: usize, scratch: &mut Scratch) -> Result<Ip,
                 let Some(ext) = read_at::<[u8; 4]>(ctx, l4) else {
                     return malformed;
                 };
+                if l4 + 8 > ip_end {
+                    return malformed;
+                }
                 packet.proto = ext[0];
                 l4 += 8;
                 packet.fragment = true;
@@ -308,29 +336,42 @@ fn parse_ipv6(ctx: &XdpContext, off: usize, scratch: &mut Scratch) -> Result<Ip,
 }
 
 /// Reads the transport ports; `Err` names the header that is cut short.
+/// Headers must end inside the IP packet, not merely inside the frame: bytes
+/// after it (Ethernet padding of short frames) are not part of the packet.
 #[inline(always)]
 fn parse_l4(ctx: &XdpContext, packet: &mut Packet) -> Result<(), Reason> {
     if !packet.has_l4 {
         return Ok(());
     }
+    let l4 = packet.l4_off();
+    let ip_end = packet.l3_off() + usize::from(packet.ip_len);
     match packet.proto {
         proto::TCP => {
-            let tcp: TcpHdr = read_at(ctx, packet.l4_off()).ok_or(Reason::DropMalformedTcp)?;
+            let tcp: TcpHdr = read_at(ctx, l4).ok_or(Reason::DropMalformedTcp)?;
             let header_len = usize::from(tcp.doff()) * 4;
-            if header_len < TcpHdr::LEN || !fits(ctx, packet.l4_off(), header_len) {
+            if header_len < TcpHdr::LEN || l4 + header_len > ip_end {
                 return Err(Reason::DropMalformedTcp);
             }
             packet.sport = u16::from_be_bytes(tcp.source);
             packet.dport = u16::from_be_bytes(tcp.dest);
         }
         proto::UDP => {
-            let udp: UdpHdr = read_at(ctx, packet.l4_off()).ok_or(Reason::DropMalformedUdp)?;
+            let udp: UdpHdr = read_at(ctx, l4).ok_or(Reason::DropMalformedUdp)?;
+            let length = usize::from(u16::from_be_bytes(udp.len));
+            // A fragment's UDP length covers the whole datagram.
+            let length_ok = packet.fragment || (length >= UdpHdr::LEN && l4 + length <= ip_end);
+            if l4 + UdpHdr::LEN > ip_end || !length_ok {
+                return Err(Reason::DropMalformedUdp);
+            }
             packet.sport = u16::from_be_bytes(udp.src);
             packet.dport = u16::from_be_bytes(udp.dst);
         }
         proto::ICMP | proto::ICMPV6 => {
             // Type, code, checksum and the four bytes every message has.
-            read_at::<[u8; 8]>(ctx, packet.l4_off()).ok_or(Reason::DropMalformedIcmp)?;
+            read_at::<[u8; 8]>(ctx, l4).ok_or(Reason::DropMalformedIcmp)?;
+            if l4 + 8 > ip_end {
+                return Err(Reason::DropMalformedIcmp);
+            }
         }
         _ => packet.has_l4 = false,
     }

@@ -40,8 +40,7 @@ impl Server {
     /// Binds `path` (replacing a stale socket), mode 0600.
     pub fn bind(path: &Path) -> anyhow::Result<Self> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         if UnixStream::connect(path).is_ok() {
             bail!(
@@ -222,8 +221,11 @@ pub fn get(socket: &Path, path: &str) -> Result<serde_json::Value, ClientError> 
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .context("socket timeout")?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: lb\r\nContent-Length: 0\r\n\r\n")
-        .context("sending the request")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: lb\r\nContent-Length: 0\r\n\r\n"
+    )
+    .context("sending the request")?;
     let mut response = String::new();
     stream
         .read_to_string(&mut response)
@@ -239,7 +241,10 @@ pub fn get(socket: &Path, path: &str) -> Result<serde_json::Value, ClientError> 
     let value: serde_json::Value =
         serde_json::from_str(body).context("the controller's answer is not JSON")?;
     if status != 200 {
-        let message = value["error"].as_str().unwrap_or("unknown error").to_string();
+        let message = value["error"]
+            .as_str()
+            .unwrap_or("unknown error")
+            .to_string();
         return Err(ClientError::Api { status, message });
     }
     Ok(value)

@@ -115,11 +115,9 @@ enum Failure {
 }
 
 impl From<ConfigError> for Failure {
+    /// An unreadable or invalid configuration is the user's to fix.
     fn from(error: ConfigError) -> Self {
-        match error {
-            ConfigError::Read { .. } => Failure::User(error.into()),
-            ConfigError::Invalid(_) => Failure::User(error.into()),
-        }
+        Failure::User(error.into())
     }
 }
 
@@ -170,6 +168,7 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
@@ -270,14 +269,22 @@ fn status(socket: &Path, output: Output) -> Result<(), Failure> {
     let report: StatusReport = serde_json::from_value(value)
         .context("the controller's status has an unexpected shape")
         .map_err(Failure::Runtime)?;
-    println!("instance {}   ha: {} ({})", report.instance, report.ha.state, report.ha.reason);
+    println!(
+        "instance {}   ha: {} ({})",
+        report.instance, report.ha.state, report.ha.reason
+    );
     for service in &report.services {
         let tier = service
             .active_tier
             .map_or_else(|| "none: no usable backend".to_string(), |t| t.to_string());
         println!(
             "\n{}  {} {}:{}  {} / {}  active tier {tier}",
-            service.name, service.protocol, service.vip, service.port, service.scheduler, service.forwarding
+            service.name,
+            service.protocol,
+            service.vip,
+            service.port,
+            service.scheduler,
+            service.forwarding
         );
         println!(
             "  {:<40} {:>4} {:>7} {:>9} {:>7} {:>8}",
@@ -307,7 +314,10 @@ fn stats(socket: &Path, output: Output) -> Result<(), Failure> {
     let report: StatsReport = serde_json::from_value(value)
         .context("the controller's stats have an unexpected shape")
         .map_err(Failure::Runtime)?;
-    println!("{:<44} {:>12} {:>14} {:>10}", "service / backend", "packets", "bytes", "new flows");
+    println!(
+        "{:<44} {:>12} {:>14} {:>10}",
+        "service / backend", "packets", "bytes", "new flows"
+    );
     for service in &report.services {
         println!(
             "{:<44} {:>12} {:>14} {:>10}",
@@ -337,7 +347,9 @@ fn decap_pin(interface: &str) -> anyhow::Result<PathBuf> {
     let netns = std::fs::metadata("/proc/self/ns/net")
         .context("reading /proc/self/ns/net")?
         .ino();
-    Ok(PathBuf::from(format!("/sys/fs/bpf/lb/decap/{netns}-{interface}")))
+    Ok(PathBuf::from(format!(
+        "/sys/fs/bpf/lb/decap/{netns}-{interface}"
+    )))
 }
 
 fn decap(action: DecapAction, interface: &str, output: Output) -> Result<(), Failure> {

@@ -3,7 +3,7 @@
 //! and, where the YAML parser knows it, the line.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fmt,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
@@ -95,7 +95,7 @@ const fn default_connection_table_size() -> u32 {
     1 << 20
 }
 const fn default_tcp_idle() -> Duration {
-    Duration::from_secs(15 * 60)
+    Duration::from_mins(15)
 }
 const fn default_udp_idle() -> Duration {
     Duration::from_secs(30)
@@ -486,53 +486,27 @@ impl Config {
 
     /// Cross-field checks the types alone cannot express.
     fn problems(&self) -> Vec<ConfigProblem> {
-        let mut problems = Vec::new();
-        let mut problem = |path: String, message: String| {
-            problems.push(ConfigProblem {
-                path,
-                line: None,
-                message,
-            });
-        };
+        let mut problems = Problems::default();
         if self.interfaces.is_empty() {
-            problem("interfaces".into(), "at least one interface is needed".into());
+            problems.push("interfaces", "at least one interface is needed".into());
         }
-        let dataplane = &self.dataplane;
-        if !crate::maglev::is_prime(dataplane.ring_size) || dataplane.ring_size > 1 << 20 {
-            problem(
-                "dataplane.ring_size".into(),
-                format!("{} must be a prime of at most 1048576 (e.g. 65537)", dataplane.ring_size),
-            );
-        }
-        if self.services.len() > dataplane.max_services as usize {
-            problem(
-                "services".into(),
-                format!("{} services exceed dataplane.max_services {}", self.services.len(), dataplane.max_services),
-            );
-        }
-        let backends: usize = self.services.iter().map(|s| s.backends.len()).sum();
-        if backends > dataplane.max_backends as usize {
-            problem(
-                "services".into(),
-                format!("{backends} backends exceed dataplane.max_backends {}", dataplane.max_backends),
-            );
-        }
+        self.check_dataplane(&mut problems);
         let mut names = BTreeSet::new();
         let mut keys = BTreeSet::new();
-        let mut nat_endpoints = std::collections::BTreeMap::new();
+        let mut nat_endpoints = BTreeMap::new();
         for (i, service) in self.services.iter().enumerate() {
             let at = format!("services[{i}]");
             if service.name.is_empty() {
-                problem(format!("{at}.name"), "must not be empty".into());
+                problems.push(format!("{at}.name"), "must not be empty".into());
             }
             if !names.insert(service.name.as_str()) {
-                problem(
+                problems.push(
                     format!("{at}.name"),
                     format!("{:?} is used by an earlier service", service.name),
                 );
             }
             if !keys.insert((service.vip, service.port, service.protocol)) {
-                problem(
+                problems.push(
                     at.clone(),
                     format!(
                         "{} {}:{} is already used by an earlier service",
@@ -542,63 +516,149 @@ impl Config {
                     ),
                 );
             }
-            if service.forwarding == Forwarding::Tunnel {
-                let missing = match service.vip {
-                    IpAddr::V4(_) => dataplane.tunnel_source_v4.is_none().then_some("tunnel_source_v4"),
-                    IpAddr::V6(_) => dataplane.tunnel_source_v6.is_none().then_some("tunnel_source_v6"),
-                };
-                if let Some(key) = missing {
-                    problem(
-                        format!("{at}.forwarding"),
-                        format!("tunnel services need dataplane.{key} (the outer source prefix)"),
-                    );
-                }
-            }
+            self.check_tunnel_source(&at, service, &mut problems);
             let mut seen = BTreeSet::new();
             for (j, backend) in service.backends.iter().enumerate() {
                 let at = format!("{at}.backends[{j}]");
-                let port = backend.port_for(service);
-                if backend.address.is_ipv4() != service.vip.is_ipv4() {
-                    problem(
-                        format!("{at}.address"),
-                        format!("{} is not of the VIP's address family", backend.address),
-                    );
-                }
-                if !seen.insert((backend.address, port)) {
-                    problem(at.clone(), format!("{}:{port} is listed twice", backend.address));
-                }
-                if service.port == 0 && port != 0 {
-                    problem(
-                        format!("{at}.port"),
-                        "an all-port service (port 0) keeps the client's port: omit the backend port".into(),
-                    );
-                }
-                if service.forwarding != Forwarding::Nat && port != service.port {
-                    problem(
-                        format!("{at}.port"),
-                        format!(
-                            "{} forwarding cannot change the port: omit it or use {}",
-                            if service.forwarding == Forwarding::Dsr { "dsr" } else { "tunnel" },
-                            service.port
-                        ),
-                    );
-                }
-                if service.forwarding == Forwarding::Nat
-                    && let Some(other) =
-                        nat_endpoints.insert((backend.address, port, service.protocol), service.name.as_str())
-                    && other != service.name
-                {
-                    problem(
+                if !seen.insert((backend.address, backend.port_for(service))) {
+                    problems.push(
                         at.clone(),
                         format!(
-                            "{}:{port} is also a NAT backend of {other:?}: replies could not be told apart",
-                            backend.address
+                            "{}:{} is listed twice",
+                            backend.address,
+                            backend.port_for(service)
                         ),
                     );
                 }
+                check_backend(&at, service, backend, &mut nat_endpoints, &mut problems);
             }
         }
-        problems
+        problems.0
+    }
+
+    fn check_dataplane(&self, problems: &mut Problems) {
+        let dataplane = &self.dataplane;
+        if !crate::maglev::is_prime(dataplane.ring_size) || dataplane.ring_size > 1 << 20 {
+            problems.push(
+                "dataplane.ring_size",
+                format!(
+                    "{} must be a prime of at most 1048576 (e.g. 65537)",
+                    dataplane.ring_size
+                ),
+            );
+        }
+        if self.services.len() > dataplane.max_services as usize {
+            problems.push(
+                "services",
+                format!(
+                    "{} services exceed dataplane.max_services {}",
+                    self.services.len(),
+                    dataplane.max_services
+                ),
+            );
+        }
+        let backends: usize = self.services.iter().map(|s| s.backends.len()).sum();
+        if backends > dataplane.max_backends as usize {
+            problems.push(
+                "services",
+                format!(
+                    "{backends} backends exceed dataplane.max_backends {}",
+                    dataplane.max_backends
+                ),
+            );
+        }
+    }
+
+    fn check_tunnel_source(&self, at: &str, service: &Service, problems: &mut Problems) {
+        if service.forwarding != Forwarding::Tunnel {
+            return;
+        }
+        let missing = match service.vip {
+            IpAddr::V4(_) => self
+                .dataplane
+                .tunnel_source_v4
+                .is_none()
+                .then_some("tunnel_source_v4"),
+            IpAddr::V6(_) => self
+                .dataplane
+                .tunnel_source_v6
+                .is_none()
+                .then_some("tunnel_source_v6"),
+        };
+        if let Some(key) = missing {
+            problems.push(
+                format!("{at}.forwarding"),
+                format!("tunnel services need dataplane.{key} (the outer source prefix)"),
+            );
+        }
+    }
+}
+
+/// Problems found so far.
+#[derive(Default)]
+struct Problems(Vec<ConfigProblem>);
+
+impl Problems {
+    fn push(&mut self, path: impl Into<String>, message: String) {
+        self.0.push(ConfigProblem {
+            path: path.into(),
+            line: None,
+            message,
+        });
+    }
+}
+
+/// Checks one backend of `service`; `nat_endpoints` remembers which service
+/// each NAT backend (address, port, protocol) belongs to, since the reply
+/// path tells services apart by it.
+fn check_backend<'a>(
+    at: &str,
+    service: &'a Service,
+    backend: &Backend,
+    nat_endpoints: &mut BTreeMap<(IpAddr, u16, Protocol), &'a str>,
+    problems: &mut Problems,
+) {
+    let port = backend.port_for(service);
+    if backend.address.is_ipv4() != service.vip.is_ipv4() {
+        problems.push(
+            format!("{at}.address"),
+            format!("{} is not of the VIP's address family", backend.address),
+        );
+    }
+    if service.port == 0 && port != 0 {
+        problems.push(
+            format!("{at}.port"),
+            "an all-port service (port 0) keeps the client's port: omit the backend port".into(),
+        );
+    }
+    if service.forwarding != Forwarding::Nat && port != service.port {
+        let mode = if service.forwarding == Forwarding::Dsr {
+            "dsr"
+        } else {
+            "tunnel"
+        };
+        problems.push(
+            format!("{at}.port"),
+            format!(
+                "{mode} forwarding cannot change the port: omit it or use {}",
+                service.port
+            ),
+        );
+    }
+    if service.forwarding == Forwarding::Nat
+        && let Some(other) = nat_endpoints.insert(
+            (backend.address, port, service.protocol),
+            service.name.as_str(),
+        )
+        && other != service.name
+    {
+        problems.push(
+            at,
+            format!(
+                "{}:{port} is also a NAT backend of {other:?}: replies could not be told apart",
+                backend.address
+            ),
+        );
     }
 }
 
@@ -682,6 +742,16 @@ services:
         assert_eq!(config.services[0].backends[2].tier, 1);
         let interval = config.services[0].health_check.as_ref().unwrap().interval;
         assert_eq!(interval, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn shipped_modes_config_is_valid() {
+        let config = Config::parse(include_str!("../../deploy/lb.modes.yaml")).unwrap();
+        let modes: Vec<Forwarding> = config.services.iter().map(|s| s.forwarding).collect();
+        assert_eq!(
+            modes,
+            [Forwarding::Nat, Forwarding::Dsr, Forwarding::Tunnel]
+        );
     }
 
     #[test]

@@ -402,8 +402,7 @@ pub fn mac_address(name: &str) -> anyhow::Result<[u8; 6]> {
     // SAFETY: plain socket(2) call; the descriptor is closed below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
-        return Err(std::io::Error::last_os_error())
-            .context("opening a socket for SIOCGIFHWADDR");
+        return Err(std::io::Error::last_os_error()).context("opening a socket for SIOCGIFHWADDR");
     }
     // SAFETY: `request` is a valid ifreq with a NUL-terminated name, which
     // SIOCGIFHWADDR fills in; `fd` is an open socket.

@@ -11,8 +11,8 @@ use aya::{
     programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use lb_common::{
-    Addr, BackendValue, Endpoint, IfaceValue, NatValue, Reason, ServiceKey, ServiceValue,
-    Settings, Traffic, VipValue, map_names, program_names,
+    Addr, BackendValue, Endpoint, IfaceValue, NatValue, Reason, ServiceKey, ServiceValue, Settings,
+    Traffic, VipValue, map_names, program_names,
 };
 
 /// The XDP object built by `cargo xtask build-ebpf`, embedded at build time.
@@ -79,7 +79,9 @@ impl Default for Sizes {
 impl Sizes {
     /// Entries of `MAGLEV`: two rows of `ring_size` per service.
     pub fn maglev_entries(&self) -> u32 {
-        self.services.saturating_mul(2).saturating_mul(self.ring_size)
+        self.services
+            .saturating_mul(2)
+            .saturating_mul(self.ring_size)
     }
 
     /// The smallest sizes that still load: for `lb_decap`, which uses none.
@@ -360,7 +362,9 @@ impl Dataplane {
     }
 
     fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, DataplaneError> {
-        self.ebpf.map_mut(name).ok_or(DataplaneError::MissingMap(name))
+        self.ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap(name))
     }
 
     fn hash_map<K: aya::Pod, V: aya::Pod>(

@@ -176,7 +176,9 @@ impl Planner {
     /// round-robin sequence), for reference models and tests.
     pub fn live_table(&self, key: &ServiceKey) -> Option<&[u32]> {
         let value = self.services.get(key)?;
-        let row = self.rows.get(&(value.id * 2 + u32::from(value.active_half)))?;
+        let row = self
+            .rows
+            .get(&(value.id * 2 + u32::from(value.active_half)))?;
         Some(if value.scheduler == SCHED_ROUND_ROBIN {
             &row[..value.rr_len as usize]
         } else {
@@ -204,69 +206,15 @@ impl Planner {
         let mut desired_nat = BTreeMap::new();
         let mut service_writes = Vec::new();
         for service in &config.services {
-            let id = self.service_ids[&service.name];
-            let key = ServiceKey::new(map_addr(service.vip), service.port, service.protocol.number());
-            let backends = self.plan_backends(service, id, states, &mut desired_backends, &mut desired_nat);
-            let active_tier = backends
-                .iter()
-                .filter(|b| b.effective_weight > 0)
-                .map(|b| b.tier)
-                .min();
-            let table = self.table(service, &backends);
-            let rr_len = if service.scheduler == Scheduler::RoundRobin {
-                u32::try_from(table.len()).unwrap_or(u32::MAX)
-            } else {
-                0
-            };
-            let previous = self.services.get(&key).copied();
-            let live_half = previous.map_or(1, |v| v.active_half);
-            let live_row = id * 2 + u32::from(live_half);
-            let mut value = ServiceValue {
-                id,
-                scheduler: scheduler_code(service.scheduler),
-                forwarding: forwarding_code(service.forwarding),
-                active_half: live_half,
-                pad: 0,
-                rr_len,
-            };
-            let live_matches = previous.is_some_and(|p| p.id == id)
-                && self.rows.get(&live_row).is_some_and(|row| row_matches(row, &table));
-            if !live_matches {
-                // Fill the idle half, then flip to it in one write.
-                let idle_half = 1 - live_half;
-                let row = id * 2 + u32::from(idle_half);
-                let slots = self.diff_row(row, &table);
-                if !slots.is_empty() {
-                    service_writes.push(Write::MaglevSlots { row, slots });
-                }
-                value.active_half = idle_half;
-            }
-            if previous != Some(value) {
-                service_writes.push(Write::Service(key, value));
-                self.services.insert(key, value);
-            }
-            let vip = desired_vips.entry(key.addr).or_default();
-            vip.services += 1;
-            if service.scheduler == Scheduler::IpHash {
-                match service.protocol {
-                    Protocol::Tcp if vip.fragments & VIP_FRAGMENTS_TCP == 0 => {
-                        vip.fragments |= VIP_FRAGMENTS_TCP;
-                        vip.fragment_tcp_port = service.port;
-                    }
-                    Protocol::Udp if vip.fragments & VIP_FRAGMENTS_UDP == 0 => {
-                        vip.fragments |= VIP_FRAGMENTS_UDP;
-                        vip.fragment_udp_port = service.port;
-                    }
-                    _ => {}
-                }
-            }
-            planned.push(PlannedService {
-                name: service.name.clone(),
-                key,
-                value,
-                backends,
-                active_tier,
-            });
+            let planned_service = self.plan_service(
+                service,
+                states,
+                &mut desired_backends,
+                &mut desired_nat,
+                &mut desired_vips,
+                &mut service_writes,
+            );
+            planned.push(planned_service);
         }
         // Backends first: a table must never name a backend not yet written.
         for (id, value) in &desired_backends {
@@ -283,12 +231,24 @@ impl Planner {
             .filter(|key| !planned.iter().any(|p| p.key == **key))
             .copied()
             .collect();
-        sync_map(&mut self.vips, &desired_vips, &mut writes, Write::Vip, Write::RemoveVip);
+        sync_map(
+            &mut self.vips,
+            &desired_vips,
+            &mut writes,
+            Write::Vip,
+            Write::RemoveVip,
+        );
         for key in gone {
             self.services.remove(&key);
             writes.push(Write::RemoveService(key));
         }
-        sync_map(&mut self.nat, &desired_nat, &mut writes, Write::Nat, Write::RemoveNat);
+        sync_map(
+            &mut self.nat,
+            &desired_nat,
+            &mut writes,
+            Write::Nat,
+            Write::RemoveNat,
+        );
         // Backends that are gone: unusable, so their flows move.
         let stale: Vec<u32> = self
             .backends
@@ -306,6 +266,89 @@ impl Planner {
         }
         self.planned = planned;
         Ok(writes)
+    }
+
+    /// Plans one service: its backends, its table (filling the idle half
+    /// and flipping when the live one differs), its VIP entry.
+    fn plan_service(
+        &mut self,
+        service: &Service,
+        states: &BTreeMap<BackendKey, BackendState>,
+        desired_backends: &mut BTreeMap<u32, BackendValue>,
+        desired_nat: &mut BTreeMap<Endpoint, NatValue>,
+        desired_vips: &mut BTreeMap<Addr, VipValue>,
+        service_writes: &mut Vec<Write>,
+    ) -> PlannedService {
+        let id = self.service_ids[&service.name];
+        let key = ServiceKey::new(
+            map_addr(service.vip),
+            service.port,
+            service.protocol.number(),
+        );
+        let backends = self.plan_backends(service, id, states, desired_backends, desired_nat);
+        let active_tier = backends
+            .iter()
+            .filter(|b| b.effective_weight > 0)
+            .map(|b| b.tier)
+            .min();
+        let table = self.table(service, &backends);
+        let rr_len = if service.scheduler == Scheduler::RoundRobin {
+            u32::try_from(table.len()).unwrap_or(u32::MAX)
+        } else {
+            0
+        };
+        let previous = self.services.get(&key).copied();
+        let live_half = previous.map_or(1, |v| v.active_half);
+        let live_row = id * 2 + u32::from(live_half);
+        let mut value = ServiceValue {
+            id,
+            scheduler: scheduler_code(service.scheduler),
+            forwarding: forwarding_code(service.forwarding),
+            active_half: live_half,
+            pad: 0,
+            rr_len,
+        };
+        let live_matches = previous.is_some_and(|p| p.id == id)
+            && self
+                .rows
+                .get(&live_row)
+                .is_some_and(|row| row_matches(row, &table));
+        if !live_matches {
+            // Fill the idle half, then flip to it in one write.
+            let idle_half = 1 - live_half;
+            let row = id * 2 + u32::from(idle_half);
+            let slots = self.diff_row(row, &table);
+            if !slots.is_empty() {
+                service_writes.push(Write::MaglevSlots { row, slots });
+            }
+            value.active_half = idle_half;
+        }
+        if previous != Some(value) {
+            service_writes.push(Write::Service(key, value));
+            self.services.insert(key, value);
+        }
+        let vip = desired_vips.entry(key.addr).or_default();
+        vip.services += 1;
+        if service.scheduler == Scheduler::IpHash {
+            match service.protocol {
+                Protocol::Tcp if vip.fragments & VIP_FRAGMENTS_TCP == 0 => {
+                    vip.fragments |= VIP_FRAGMENTS_TCP;
+                    vip.fragment_tcp_port = service.port;
+                }
+                Protocol::Udp if vip.fragments & VIP_FRAGMENTS_UDP == 0 => {
+                    vip.fragments |= VIP_FRAGMENTS_UDP;
+                    vip.fragment_udp_port = service.port;
+                }
+                _ => {}
+            }
+        }
+        PlannedService {
+            name: service.name.clone(),
+            key,
+            value,
+            backends,
+            active_tier,
+        }
     }
 
     /// Keeps ids of services and backends that remain; frees the others
@@ -581,7 +624,9 @@ mod tests {
     #[test]
     fn first_plan_writes_backends_then_the_row_then_the_service() {
         let mut planner = planner();
-        let writes = planner.plan(&config(false, "maglev"), &BTreeMap::new()).unwrap();
+        let writes = planner
+            .plan(&config(false, "maglev"), &BTreeMap::new())
+            .unwrap();
         let kinds: Vec<&str> = writes
             .iter()
             .map(|w| match w {
@@ -595,9 +640,13 @@ mod tests {
             .collect();
         assert_eq!(
             kinds,
-            ["backend", "backend", "backend", "slots", "service", "vip", "nat", "nat", "nat"]
+            [
+                "backend", "backend", "backend", "slots", "service", "vip", "nat", "nat", "nat"
+            ]
         );
-        let Write::Service(_, value) = &writes[4] else { panic!() };
+        let Write::Service(_, value) = &writes[4] else {
+            panic!()
+        };
         assert_eq!(value.active_half, 0, "first row filled is half 0");
         // Tier 1 is standby: no slot names it; weights 100:200 share the ring.
         let table = planner.live_table(&writes_key(&writes)).unwrap();
@@ -627,8 +676,12 @@ mod tests {
     #[test]
     fn a_change_fills_the_idle_half_and_flips_in_one_write() {
         let mut planner = planner();
-        planner.plan(&config(false, "maglev"), &BTreeMap::new()).unwrap();
-        let writes = planner.plan(&config(true, "maglev"), &BTreeMap::new()).unwrap();
+        planner
+            .plan(&config(false, "maglev"), &BTreeMap::new())
+            .unwrap();
+        let writes = planner
+            .plan(&config(true, "maglev"), &BTreeMap::new())
+            .unwrap();
         // New backend, its NAT entry, the idle row (all of it: never written),
         // then the flip.
         let slots = writes
@@ -643,11 +696,16 @@ mod tests {
             .iter()
             .position(|w| matches!(w, Write::Service(_, v) if v.active_half == 1))
             .unwrap();
-        let row = writes.iter().position(|w| matches!(w, Write::MaglevSlots { .. })).unwrap();
+        let row = writes
+            .iter()
+            .position(|w| matches!(w, Write::MaglevSlots { .. }))
+            .unwrap();
         assert!(row < service, "row before flip");
         // Back to the first config: half 0 already holds that table except
         // for nothing — only the flip is needed.
-        let writes = planner.plan(&config(false, "maglev"), &BTreeMap::new()).unwrap();
+        let writes = planner
+            .plan(&config(false, "maglev"), &BTreeMap::new())
+            .unwrap();
         let slot_writes: usize = writes
             .iter()
             .map(|w| match w {
@@ -656,15 +714,23 @@ mod tests {
             })
             .sum();
         assert_eq!(slot_writes, 0, "{writes:?}");
-        assert!(writes.iter().any(|w| matches!(w, Write::Service(_, v) if v.active_half == 0)));
+        assert!(
+            writes
+                .iter()
+                .any(|w| matches!(w, Write::Service(_, v) if v.active_half == 0))
+        );
     }
 
     #[test]
     fn ids_are_stable_across_plans() {
         let mut planner = planner();
-        planner.plan(&config(false, "maglev"), &BTreeMap::new()).unwrap();
+        planner
+            .plan(&config(false, "maglev"), &BTreeMap::new())
+            .unwrap();
         let before: Vec<u32> = planner.planned()[0].backends.iter().map(|b| b.id).collect();
-        planner.plan(&config(true, "maglev"), &BTreeMap::new()).unwrap();
+        planner
+            .plan(&config(true, "maglev"), &BTreeMap::new())
+            .unwrap();
         let after: Vec<u32> = planner.planned()[0].backends.iter().map(|b| b.id).collect();
         assert_eq!(&after[..3], &before[..]);
         assert_eq!(after[3], 3);
@@ -683,8 +749,7 @@ mod tests {
             up: false,
             weight: None,
         };
-        let states: BTreeMap<_, _> =
-            [(key("192.0.2.11"), down), (key("192.0.2.12"), down)].into();
+        let states: BTreeMap<_, _> = [(key("192.0.2.11"), down), (key("192.0.2.12"), down)].into();
         planner.plan(&config, &states).unwrap();
         let service = &planner.planned()[0];
         assert_eq!(service.active_tier, Some(1));
@@ -709,9 +774,17 @@ mod tests {
             address: "192.0.2.11".parse().unwrap(),
             port: 8080,
         };
-        planner.plan(&config(false, "maglev"), &[(key, drained)].into()).unwrap();
+        planner
+            .plan(&config(false, "maglev"), &[(key, drained)].into())
+            .unwrap();
         let service = &planner.planned()[0];
-        assert!(planner.live_table(&service.key).unwrap().iter().all(|&id| id == 1));
+        assert!(
+            planner
+                .live_table(&service.key)
+                .unwrap()
+                .iter()
+                .all(|&id| id == 1)
+        );
         assert_eq!(planner.backend(0).unwrap().flags, BACKEND_USABLE);
     }
 
@@ -745,7 +818,9 @@ mod tests {
     #[test]
     fn round_robin_sequence_follows_weights() {
         let mut planner = planner();
-        planner.plan(&config(false, "round-robin"), &BTreeMap::new()).unwrap();
+        planner
+            .plan(&config(false, "round-robin"), &BTreeMap::new())
+            .unwrap();
         let service = &planner.planned()[0];
         assert_eq!(service.value.rr_len, 3, "weights 100:200 reduce to 1:2");
         let table = planner.live_table(&service.key).unwrap();
@@ -755,14 +830,25 @@ mod tests {
     #[test]
     fn removed_service_goes_vip_first() {
         let mut planner = planner();
-        planner.plan(&config(false, "maglev"), &BTreeMap::new()).unwrap();
+        planner
+            .plan(&config(false, "maglev"), &BTreeMap::new())
+            .unwrap();
         let empty = Config::parse("instance: t\ninterfaces: [{ name: eth0 }]\n").unwrap();
         let writes = planner.plan(&empty, &BTreeMap::new()).unwrap();
-        let vip = writes.iter().position(|w| matches!(w, Write::RemoveVip(_))).unwrap();
-        let service = writes.iter().position(|w| matches!(w, Write::RemoveService(_))).unwrap();
+        let vip = writes
+            .iter()
+            .position(|w| matches!(w, Write::RemoveVip(_)))
+            .unwrap();
+        let service = writes
+            .iter()
+            .position(|w| matches!(w, Write::RemoveService(_)))
+            .unwrap();
         assert!(vip < service);
         assert_eq!(
-            writes.iter().filter(|w| matches!(w, Write::Backend(_, v) if v.flags == 0)).count(),
+            writes
+                .iter()
+                .filter(|w| matches!(w, Write::Backend(_, v) if v.flags == 0))
+                .count(),
             3
         );
     }

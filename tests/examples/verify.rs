@@ -8,7 +8,14 @@ fn main() {
             Ok(_) => println!("{program}: verifier accepted"),
             Err(error) => {
                 let text = format!("{error:?}").replace("\\n", "\n");
-                let tail: String = text.chars().rev().take(6000).collect::<Vec<_>>().into_iter().rev().collect();
+                let tail: String = text
+                    .chars()
+                    .rev()
+                    .take(6000)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
                 println!("{program}: rejected\n{tail}");
                 std::process::exit(1);
             }

@@ -126,7 +126,9 @@ impl Headers {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut transport = self.transport.clone();
         let mut net = self.net.clone();
-        let transport_len = transport.as_ref().map_or(0, etherparse::TransportHeader::header_len);
+        let transport_len = transport
+            .as_ref()
+            .map_or(0, etherparse::TransportHeader::header_len);
         let ip_payload_len = transport_len + self.payload.len();
         match &mut net {
             etherparse::NetHeaders::Ipv4(ip, _) => {

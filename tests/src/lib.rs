@@ -12,7 +12,9 @@
     reason = "a test harness: panicking with a clear message is its error handling"
 )]
 
+pub mod bed;
 pub mod frames;
+pub mod model;
 pub mod netns;
 pub mod testrun;
 

@@ -116,6 +116,20 @@ impl Netns {
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
 
+    /// Starts `f` on a thread inside the namespace and returns at once.
+    pub fn spawn_thread<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> thread::JoinHandle<T> {
+        let file = File::open(self.path()).expect("open netns");
+        thread::spawn(move || {
+            // SAFETY: as in `run`.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+    }
+
     /// Moves the calling thread into this namespace for good (the rest of a
     /// test body: sockets, `BPF_PROG_TEST_RUN`, whose FIB lookups use the
     /// caller's namespace). Test threads end with their test, so nothing else

@@ -33,14 +33,14 @@ pub const ROUTER_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0xfe];
 /// The ifindex `BPF_PROG_TEST_RUN` reports for XDP without a context: lo.
 pub const TEST_IFINDEX: u32 = 1;
 
-/// The MAC of the backend whose address ends in `last` (192.0.2.`last`,
-/// 2001:db8::`last`).
+/// The MAC of the backend whose address ends in `last` (`192.0.2.<last>`,
+/// `2001:db8::<last>`).
 pub const fn backend_mac(last: u8) -> [u8; 6] {
     [0x02, 0x00, 0x00, 0x00, 0x0b, last]
 }
 
 /// On-link backends the test bed has neighbours for: the last byte of
-/// 192.0.2.x and of 2001:db8::x.
+/// `192.0.2.x` and of `2001:db8::x`.
 pub const BACKEND_HOSTS: [u8; 6] = [11, 12, 13, 14, 21, 22];
 
 /// XDP verdicts, as the kernel numbers them.
@@ -104,7 +104,9 @@ impl Harness {
         ns.enter();
         build_test_bed(&ns);
         let mut dataplane = Dataplane::load(sizes(&config)).expect("load the XDP object");
-        dataplane.set_settings(&settings(&config)).expect("settings");
+        dataplane
+            .set_settings(&settings(&config))
+            .expect("settings");
         dataplane
             .insert_iface(TEST_IFINDEX, LB_MAC)
             .expect("register the test interface");
@@ -186,7 +188,9 @@ impl Harness {
 /// `lb0` (the egress, peer `peer0`), on-link backends with static
 /// neighbours, clients behind a router; forwarding on.
 fn build_test_bed(ns: &Netns) {
-    ns.ip(&["link", "add", "lb0", "type", "veth", "peer", "name", "peer0"]);
+    ns.ip(&[
+        "link", "add", "lb0", "type", "veth", "peer", "name", "peer0",
+    ]);
     ns.ip(&["link", "set", "lb0", "address", &mac_text(EGRESS_MAC)]);
     ns.ip(&["link", "set", "lb0", "up"]);
     ns.ip(&["link", "set", "peer0", "up"]);
@@ -197,12 +201,42 @@ fn build_test_bed(ns: &Netns) {
         let v4 = format!("192.0.2.{last}");
         let v6 = format!("2001:db8::{last}");
         for addr in [v4.as_str(), v6.as_str()] {
-            ns.ip(&["neigh", "add", addr, "lladdr", &mac, "dev", "lb0", "nud", "permanent"]);
+            ns.ip(&[
+                "neigh",
+                "add",
+                addr,
+                "lladdr",
+                &mac,
+                "dev",
+                "lb0",
+                "nud",
+                "permanent",
+            ]);
         }
     }
     let router = mac_text(ROUTER_MAC);
-    ns.ip(&["neigh", "add", "192.0.2.254", "lladdr", &router, "dev", "lb0", "nud", "permanent"]);
-    ns.ip(&["neigh", "add", "2001:db8::fe", "lladdr", &router, "dev", "lb0", "nud", "permanent"]);
+    ns.ip(&[
+        "neigh",
+        "add",
+        "192.0.2.254",
+        "lladdr",
+        &router,
+        "dev",
+        "lb0",
+        "nud",
+        "permanent",
+    ]);
+    ns.ip(&[
+        "neigh",
+        "add",
+        "2001:db8::fe",
+        "lladdr",
+        &router,
+        "dev",
+        "lb0",
+        "nud",
+        "permanent",
+    ]);
     ns.route("198.51.100.0/24", "192.0.2.254");
     ns.route("2001:db8:1::/64", "2001:db8::fe");
     ns.sysctl("net.ipv4.ip_forward=1");

@@ -125,7 +125,11 @@ fn tunnel_expected(input: &[u8], backend: IpAddr, last: u8) -> Vec<u8> {
             .unwrap();
             outer.dont_fragment = false;
             outer.identification = 0;
-            let Headers { net: NetHeaders::Ipv4(ip, _), .. } = Headers::parse(input) else {
+            let Headers {
+                net: NetHeaders::Ipv4(ip, _),
+                ..
+            } = Headers::parse(input)
+            else {
                 panic!()
             };
             outer.dscp = ip.dscp;
@@ -135,7 +139,11 @@ fn tunnel_expected(input: &[u8], backend: IpAddr, last: u8) -> Vec<u8> {
         IpAddr::V6(b) => {
             let mut source = Ipv6Addr::new(0x2001, 0xdb8, 0xee, 0, 0, 0, 0, 0).octets();
             source[12..].copy_from_slice(&hash.to_be_bytes());
-            let Headers { net: NetHeaders::Ipv6(ip, _), .. } = Headers::parse(input) else {
+            let Headers {
+                net: NetHeaders::Ipv6(ip, _),
+                ..
+            } = Headers::parse(input)
+            else {
                 panic!()
             };
             etherparse::Ipv6Header {
@@ -166,24 +174,76 @@ fn every_mode_family_and_protocol_forwards_byte_exact() {
     let tcp6 = |vip| frames::tcp6(CLIENT6, 40000, vip, 80);
     let udp6 = |vip| frames::udp6(CLIENT6, 40000, vip, 53);
     let cases: Vec<(&str, Vec<u8>, Vec<u8>)> = vec![
-        ("nat IPv4 TCP", tcp4(v4(10)), nat_expected(&tcp4(v4(10)), b4(11), Some(8080), 11)),
-        ("nat IPv4 UDP", udp4(v4(10)), nat_expected(&udp4(v4(10)), b4(11), Some(5353), 11)),
-        ("nat IPv6 TCP", tcp6(v6(0x10)), nat_expected(&tcp6(v6(0x10)), b6(11), Some(8080), 11)),
-        ("nat IPv6 UDP", udp6(v6(0x10)), nat_expected(&udp6(v6(0x10)), b6(11), Some(5353), 11)),
-        ("dsr IPv4 TCP", tcp4(v4(11)), dsr_expected(&tcp4(v4(11)), 12)),
-        ("dsr IPv4 UDP", udp4(v4(11)), dsr_expected(&udp4(v4(11)), 12)),
-        ("dsr IPv6 TCP", tcp6(v6(0x11)), dsr_expected(&tcp6(v6(0x11)), 12)),
-        ("dsr IPv6 UDP", udp6(v6(0x11)), dsr_expected(&udp6(v6(0x11)), 12)),
-        ("tunnel IPv4 TCP", tcp4(v4(12)), tunnel_expected(&tcp4(v4(12)), b4(13), 13)),
-        ("tunnel IPv4 UDP", udp4(v4(12)), tunnel_expected(&udp4(v4(12)), b4(13), 13)),
-        ("tunnel IPv6 TCP", tcp6(v6(0x12)), tunnel_expected(&tcp6(v6(0x12)), b6(13), 13)),
-        ("tunnel IPv6 UDP", udp6(v6(0x12)), tunnel_expected(&udp6(v6(0x12)), b6(13), 13)),
+        (
+            "nat IPv4 TCP",
+            tcp4(v4(10)),
+            nat_expected(&tcp4(v4(10)), b4(11), Some(8080), 11),
+        ),
+        (
+            "nat IPv4 UDP",
+            udp4(v4(10)),
+            nat_expected(&udp4(v4(10)), b4(11), Some(5353), 11),
+        ),
+        (
+            "nat IPv6 TCP",
+            tcp6(v6(0x10)),
+            nat_expected(&tcp6(v6(0x10)), b6(11), Some(8080), 11),
+        ),
+        (
+            "nat IPv6 UDP",
+            udp6(v6(0x10)),
+            nat_expected(&udp6(v6(0x10)), b6(11), Some(5353), 11),
+        ),
+        (
+            "dsr IPv4 TCP",
+            tcp4(v4(11)),
+            dsr_expected(&tcp4(v4(11)), 12),
+        ),
+        (
+            "dsr IPv4 UDP",
+            udp4(v4(11)),
+            dsr_expected(&udp4(v4(11)), 12),
+        ),
+        (
+            "dsr IPv6 TCP",
+            tcp6(v6(0x11)),
+            dsr_expected(&tcp6(v6(0x11)), 12),
+        ),
+        (
+            "dsr IPv6 UDP",
+            udp6(v6(0x11)),
+            dsr_expected(&udp6(v6(0x11)), 12),
+        ),
+        (
+            "tunnel IPv4 TCP",
+            tcp4(v4(12)),
+            tunnel_expected(&tcp4(v4(12)), b4(13), 13),
+        ),
+        (
+            "tunnel IPv4 UDP",
+            udp4(v4(12)),
+            tunnel_expected(&udp4(v4(12)), b4(13), 13),
+        ),
+        (
+            "tunnel IPv6 TCP",
+            tcp6(v6(0x12)),
+            tunnel_expected(&tcp6(v6(0x12)), b6(13), 13),
+        ),
+        (
+            "tunnel IPv6 UDP",
+            udp6(v6(0x12)),
+            tunnel_expected(&udp6(v6(0x12)), b6(13), 13),
+        ),
     ];
     for (description, input, expected) in cases {
         let (outcome, moved) = harness.run_counted(&input);
         assert_eq!(outcome.action, Action::Redirect, "{description}");
         assert_eq!(outcome.frame, expected, "{description}: output bytes");
-        assert_eq!(moved, [(Reason::ForwardToBackend, 1)].into(), "{description}");
+        assert_eq!(
+            moved,
+            [(Reason::ForwardToBackend, 1)].into(),
+            "{description}"
+        );
     }
 }
 
@@ -237,7 +297,12 @@ fn nat_replies_get_the_vip_back_and_go_to_the_client() {
     }
     // A backend talking to the balancer itself (a health-check answer) is
     // the stack's business: untouched.
-    let to_self = frames::tcp4(Ipv4Addr::new(192, 0, 2, 11), 8080, Ipv4Addr::new(192, 0, 2, 1), 40000);
+    let to_self = frames::tcp4(
+        Ipv4Addr::new(192, 0, 2, 11),
+        8080,
+        Ipv4Addr::new(192, 0, 2, 1),
+        40000,
+    );
     let (outcome, moved) = harness.run_counted(&to_self);
     assert_eq!(outcome.action, Action::Pass);
     assert_eq!(outcome.frame, to_self);
@@ -269,21 +334,39 @@ fn established_flows_keep_their_backend_while_it_is_usable() {
         .find(|(_, backend)| *backend != first)
         .expect("both backends get flows");
     // Drain the first backend (weight 0): its flow stays, new flows avoid it.
-    let drained = BackendState { up: true, weight: Some(0) };
+    let drained = BackendState {
+        up: true,
+        weight: Some(0),
+    };
     let first_key = key("pair4", first);
     harness.replan(&[(first_key.clone(), drained)].into());
-    assert_eq!(dsr_backend(&harness.run(&flow(1000))), first, "drained backend keeps its flow");
+    assert_eq!(
+        dsr_backend(&harness.run(&flow(1000))),
+        first,
+        "drained backend keeps its flow"
+    );
     for port in 3000..3200 {
-        assert_eq!(dsr_backend(&harness.run(&flow(port))), other, "new flow {port} to a drained backend");
+        assert_eq!(
+            dsr_backend(&harness.run(&flow(port))),
+            other,
+            "new flow {port} to a drained backend"
+        );
     }
     // Undrain: the table changes back, established flows stay where they are.
     harness.replan(&BTreeMap::new());
     assert_eq!(dsr_backend(&harness.run(&flow(1000))), first);
     assert_eq!(dsr_backend(&harness.run(&flow(other_port))), other);
     // Take the first backend down: its flow is rescheduled on the next packet.
-    let down = BackendState { up: false, weight: None };
+    let down = BackendState {
+        up: false,
+        weight: None,
+    };
     harness.replan(&[(first_key, down)].into());
-    assert_eq!(dsr_backend(&harness.run(&flow(1000))), other, "flow moved off a down backend");
+    assert_eq!(
+        dsr_backend(&harness.run(&flow(1000))),
+        other,
+        "flow moved off a down backend"
+    );
     assert_eq!(dsr_backend(&harness.run(&flow(other_port))), other);
 }
 
@@ -292,17 +375,28 @@ fn connection_table_wins_over_a_changed_table() {
     let mut harness = Harness::new(CONFIG);
     let flow = |port| frames::tcp4(CLIENT4, port, v4(40), 80);
     // Flows pinned before the change...
-    let before: Vec<(u16, u8)> = (5000..5100).map(|p| (p, dsr_backend(&harness.run(&flow(p))))).collect();
+    let before: Vec<(u16, u8)> = (5000..5100)
+        .map(|p| (p, dsr_backend(&harness.run(&flow(p)))))
+        .collect();
     // ...then a third backend joins, which takes about a third of new flows.
     harness.reconfigure(&CONFIG.replace(
         "{ name: pair4, vip: 203.0.113.40, port: 80, protocol: tcp, forwarding: dsr, backends: [{ address: 192.0.2.21 }, { address: 192.0.2.22 }] }",
         "{ name: pair4, vip: 203.0.113.40, port: 80, protocol: tcp, forwarding: dsr, backends: [{ address: 192.0.2.21 }, { address: 192.0.2.22 }, { address: 192.0.2.13 }] }",
     ));
     for (port, backend) in &before {
-        assert_eq!(dsr_backend(&harness.run(&flow(*port))), *backend, "flow {port} moved");
+        assert_eq!(
+            dsr_backend(&harness.run(&flow(*port))),
+            *backend,
+            "flow {port} moved"
+        );
     }
-    let new_on_third = (6000..6300).filter(|p| dsr_backend(&harness.run(&flow(*p))) == 13).count();
-    assert!((60..140).contains(&new_on_third), "{new_on_third} of 300 new flows on the new backend");
+    let new_on_third = (6000..6300)
+        .filter(|p| dsr_backend(&harness.run(&flow(*p))) == 13)
+        .count();
+    assert!(
+        (60..140).contains(&new_on_third),
+        "{new_on_third} of 300 new flows on the new backend"
+    );
 }
 
 #[test]
@@ -321,7 +415,12 @@ fn all_port_service_keeps_the_port() {
 fn vlan_tag_is_kept_on_forwarded_frames() {
     let harness = Harness::new(CONFIG);
     let input = frames::tcp4_vlan(42, CLIENT4, 40000, v4(10), 80);
-    let expected = nat_expected(&input, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 11)), Some(8080), 11);
+    let expected = nat_expected(
+        &input,
+        IpAddr::V4(Ipv4Addr::new(192, 0, 2, 11)),
+        Some(8080),
+        11,
+    );
     assert!(Headers::parse(&expected).vlan.is_some());
     let outcome = harness.run(&input);
     assert_eq!(outcome.action, Action::Redirect);
@@ -330,14 +429,23 @@ fn vlan_tag_is_kept_on_forwarded_frames() {
     let input = frames::tcp4_vlan(42, CLIENT4, 40000, v4(12), 80);
     let outcome = harness.run(&input);
     assert_eq!(outcome.action, Action::Redirect);
-    assert_eq!(&outcome.frame[12..18], &input[12..18], "tag and outer EtherType");
+    assert_eq!(
+        &outcome.frame[12..18],
+        &input[12..18],
+        "tag and outer EtherType"
+    );
     assert_eq!(outcome.frame[18 + 9], 4, "IPIP");
-    assert_eq!(&outcome.frame[18 + 20..], &input[18..], "inner packet untouched");
+    assert_eq!(
+        &outcome.frame[18 + 20..],
+        &input[18..],
+        "inner packet untouched"
+    );
 }
 
 /// An IPv4 fragment of a UDP datagram: the first carries the UDP header.
 fn fragment4(vip: Ipv4Addr, first: bool, id: u16) -> Vec<u8> {
-    let mut header = etherparse::Ipv4Header::new(16, 64, IpNumber::UDP, CLIENT4.octets(), vip.octets()).unwrap();
+    let mut header =
+        etherparse::Ipv4Header::new(16, 64, IpNumber::UDP, CLIENT4.octets(), vip.octets()).unwrap();
     header.identification = id;
     header.more_fragments = first;
     header.fragment_offset = etherparse::IpFragOffset::try_new(if first { 0 } else { 2 }).unwrap();
@@ -351,9 +459,14 @@ fn fragment4(vip: Ipv4Addr, first: bool, id: u16) -> Vec<u8> {
     .unwrap();
     header.write(&mut frame).unwrap();
     if first {
-        etherparse::UdpHeader { source_port: 40000, destination_port: 80, length: 24, checksum: 0 }
-            .write(&mut frame)
-            .unwrap();
+        etherparse::UdpHeader {
+            source_port: 40000,
+            destination_port: 80,
+            length: 24,
+            checksum: 0,
+        }
+        .write(&mut frame)
+        .unwrap();
         frame.extend_from_slice(&[7; 8]);
     } else {
         frame.extend_from_slice(&[9; 16]);
@@ -367,7 +480,11 @@ fn fragments_follow_the_source_for_ip_hash_and_are_dropped_otherwise() {
     let first = harness.run(&fragment4(v4(30), true, 1));
     let later = harness.run(&fragment4(v4(30), false, 1));
     assert_eq!(first.action, Action::Redirect);
-    assert_eq!(dsr_backend(&first), dsr_backend(&later), "fragments of one datagram split");
+    assert_eq!(
+        dsr_backend(&first),
+        dsr_backend(&later),
+        "fragments of one datagram split"
+    );
     // The same client's whole datagrams go there too (ip-hash).
     let whole = harness.run(&frames::udp4(CLIENT4, 40000, v4(30), 80));
     assert_eq!(dsr_backend(&whole), dsr_backend(&first));
@@ -381,9 +498,17 @@ fn fragments_follow_the_source_for_ip_hash_and_are_dropped_otherwise() {
 fn icmp_echo_to_a_vip_is_answered_here() {
     let harness = Harness::new(CONFIG);
     let mut request4 = Vec::new();
-    eth().ipv4(CLIENT4.octets(), v4(10).octets(), 20).icmpv4_echo_request(7, 1).write(&mut request4, b"ping").unwrap();
+    eth()
+        .ipv4(CLIENT4.octets(), v4(10).octets(), 20)
+        .icmpv4_echo_request(7, 1)
+        .write(&mut request4, b"ping")
+        .unwrap();
     let mut request6 = Vec::new();
-    eth().ipv6(CLIENT6.octets(), v6(0x10).octets(), 20).icmpv6_echo_request(7, 1).write(&mut request6, b"ping").unwrap();
+    eth()
+        .ipv6(CLIENT6.octets(), v6(0x10).octets(), 20)
+        .icmpv6_echo_request(7, 1)
+        .write(&mut request6, b"ping")
+        .unwrap();
     for (description, request) in [("IPv4", request4), ("IPv6", request6)] {
         let mut h = Headers::parse(&request);
         std::mem::swap(&mut h.eth.source, &mut h.eth.destination);
@@ -391,13 +516,17 @@ fn icmp_echo_to_a_vip_is_answered_here() {
             (NetHeaders::Ipv4(ip, _), Some(TransportHeader::Icmpv4(icmp))) => {
                 std::mem::swap(&mut ip.source, &mut ip.destination);
                 ip.time_to_live = 64;
-                let etherparse::Icmpv4Type::EchoRequest(echo) = icmp.icmp_type else { panic!() };
+                let etherparse::Icmpv4Type::EchoRequest(echo) = icmp.icmp_type else {
+                    panic!()
+                };
                 icmp.icmp_type = etherparse::Icmpv4Type::EchoReply(echo);
             }
             (NetHeaders::Ipv6(ip, _), Some(TransportHeader::Icmpv6(icmp))) => {
                 std::mem::swap(&mut ip.source, &mut ip.destination);
                 ip.hop_limit = 64;
-                let etherparse::Icmpv6Type::EchoRequest(echo) = icmp.icmp_type else { panic!() };
+                let etherparse::Icmpv6Type::EchoRequest(echo) = icmp.icmp_type else {
+                    panic!()
+                };
                 icmp.icmp_type = etherparse::Icmpv6Type::EchoReply(echo);
             }
             _ => panic!(),
@@ -425,7 +554,9 @@ fn too_big_errors_reach_the_backend_that_owns_the_flow() {
         eth()
             .ipv4(router.octets(), vip.octets(), 64)
             .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
-                etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+                etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
+                    next_hop_mtu: 1400,
+                },
             ))
             .write(&mut frame, &quoted4(vip, 80))
             .unwrap();
@@ -442,23 +573,37 @@ fn too_big_errors_reach_the_backend_that_owns_the_flow() {
     let outcome = harness.run(&too_big(v4(10)));
     assert_eq!(outcome.action, Action::Redirect);
     let h = Headers::parse(&outcome.frame);
-    let NetHeaders::Ipv4(ip, _) = &h.net else { panic!() };
+    let NetHeaders::Ipv4(ip, _) = &h.net else {
+        panic!()
+    };
     assert_eq!(ip.destination, [192, 0, 2, 11]);
     assert_eq!(ip.header_checksum, ip.calc_header_checksum());
-    let Some(TransportHeader::Icmpv4(icmp)) = &h.transport else { panic!() };
+    let Some(TransportHeader::Icmpv4(icmp)) = &h.transport else {
+        panic!()
+    };
     let recomputed = etherparse::Icmpv4Header::with_checksum(icmp.icmp_type.clone(), &h.payload);
     assert_eq!(icmp.checksum, recomputed.checksum, "ICMP checksum");
     let (quoted, _) = etherparse::Ipv4Header::from_slice(&h.payload).unwrap();
     assert_eq!(quoted.source, [192, 0, 2, 11]);
-    assert_eq!(quoted.header_checksum, quoted.calc_header_checksum(), "quoted IP checksum");
-    assert_eq!(u16::from_be_bytes([h.payload[20], h.payload[21]]), 8080, "quoted port");
+    assert_eq!(
+        quoted.header_checksum,
+        quoted.calc_header_checksum(),
+        "quoted IP checksum"
+    );
+    assert_eq!(
+        u16::from_be_bytes([h.payload[20], h.payload[21]]),
+        8080,
+        "quoted port"
+    );
     // About a flow of no service: the stack's.
     let (outcome, moved) = harness.run_counted(&{
         let mut frame = Vec::new();
         eth()
             .ipv4(router.octets(), v4(10).octets(), 64)
             .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
-                etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+                etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
+                    next_hop_mtu: 1400,
+                },
             ))
             .write(&mut frame, &quoted4(v4(10), 81))
             .unwrap();
@@ -475,7 +620,11 @@ fn packet_too_big_reaches_the_ipv6_tunnel_backend() {
     let quoted = &reply[14..14 + 48];
     let mut input = Vec::new();
     eth()
-        .ipv6("2001:db8:1::1".parse::<Ipv6Addr>().unwrap().octets(), v6(0x12).octets(), 64)
+        .ipv6(
+            "2001:db8:1::1".parse::<Ipv6Addr>().unwrap().octets(),
+            v6(0x12).octets(),
+            64,
+        )
         .icmpv6(etherparse::Icmpv6Type::PacketTooBig { mtu: 1280 })
         .write(&mut input, quoted)
         .unwrap();
@@ -485,5 +634,9 @@ fn packet_too_big_reaches_the_ipv6_tunnel_backend() {
     assert_eq!(outcome.frame[14 + 6], 41, "IP6IP6");
     let backend: Ipv6Addr = "2001:db8::13".parse().unwrap();
     assert_eq!(&outcome.frame[14 + 24..14 + 40], &backend.octets());
-    assert_eq!(&outcome.frame[14 + 40..], &input[14..], "inner packet untouched");
+    assert_eq!(
+        &outcome.frame[14 + 40..],
+        &input[14..],
+        "inner packet untouched"
+    );
 }

@@ -147,12 +147,19 @@ fn service_traffic_is_recognised_also_behind_a_vlan_tag() {
         ("IPv4 UDP", frames::udp4(CLIENT4, 40000, VIP4, 53)),
         ("IPv6 TCP", frames::tcp6(CLIENT6, 40000, VIP6, 80)),
         ("IPv6 UDP", frames::udp6(CLIENT6, 40000, VIP6, 53)),
-        ("VLAN 42, IPv4 TCP", frames::tcp4_vlan(42, CLIENT4, 40000, VIP4, 80)),
+        (
+            "VLAN 42, IPv4 TCP",
+            frames::tcp4_vlan(42, CLIENT4, 40000, VIP4, 80),
+        ),
     ];
     for (description, frame) in cases {
         let (outcome, moved) = harness.run_counted(&frame);
         assert_eq!(outcome.action, Action::Redirect, "{description}");
-        assert_eq!(moved, [(Reason::ForwardToBackend, 1)].into(), "{description}");
+        assert_eq!(
+            moved,
+            [(Reason::ForwardToBackend, 1)].into(),
+            "{description}"
+        );
     }
     // The VLAN tag is really parsed: the same tagged frame to a port without
     // a service is recognised as such.

@@ -98,6 +98,41 @@ fn run(command: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `command`, echoing its output, and sums the `test result:` lines.
+fn run_counting_tests(
+    command: &mut Command,
+) -> anyhow::Result<(u64, u64, std::process::ExitStatus)> {
+    use std::io::{BufRead, BufReader};
+    command
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped());
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("starting {command:?}"))?;
+    let stdout = child.stdout.take().context("child stdout")?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading test output")?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(';') {
+                let mut words = part.split_whitespace().rev();
+                let (Some(kind), Some(count)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                let count: u64 = count.parse().unwrap_or(0);
+                match kind {
+                    "passed" => passed += count,
+                    "failed" => failed += count,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    Ok((passed, failed, status))
+}
+
 fn cargo() -> Command {
     let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     // The host build finds the XDP object here (see lb-userspace/build.rs).
@@ -149,9 +184,17 @@ fn test(tools: &setup::Tools, args: &[String]) -> anyhow::Result<()> {
     step("building lb (debug) for the end-to-end tests");
     run(cargo().args(["build", "--package", "lb-userspace"]))?;
     step("cargo test (unit, BPF_PROG_TEST_RUN and network-namespace tests)");
-    run(cargo()
+    let mut command = cargo();
+    command
         .args(["test", "--workspace", "--no-fail-fast"])
-        .args(args))?;
+        .args(args);
+    let (passed, failed, status) = run_counting_tests(&mut command)?;
+    // One closing line for the whole run: the per-binary lines end with the
+    // (empty) doc-test run, which says nothing about the suite.
+    println!("\nall tests: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed with {status}");
+    }
     Ok(())
 }
 

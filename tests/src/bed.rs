@@ -1,0 +1,387 @@
+//! The end-to-end test bed: a client, a balancer running the real `lb run`,
+//! and backends running small servers, each in its own network namespace.
+//!
+//! ```text
+//!  client ── eth0 ┃ eth0  lb  eth1 ┃ plb ── br0 (switch) ── b11, b12, b13 ...
+//!  198.51.100.2   198.51.100.1   192.0.2.1                  192.0.2.11 ...
+//!  2001:db8:1::2  2001:db8:1::1  2001:db8::1                2001:db8::11 ...
+//! ```
+//!
+//! The client reaches the VIPs through lb; backends route everything via lb
+//! (so NAT replies come back through it) and hold the DSR / tunnel VIPs on
+//! loopback. Frames lb redirects into a veth are only delivered when the
+//! peer has an XDP program, so `lb_decap` (which passes anything that is not
+//! a tunnel) sits on the client's `eth0` and the switch's `plb`; on backends
+//! it also strips the tunnels. Every backend answers each TCP connection and
+//! UDP datagram with its own name, so the client can tell who served it.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use crate::{
+    TempFile, lb_binary,
+    netns::{ChildGuard, Netns, enslave, veth, wait_until},
+};
+
+/// Ports each backend serves on (TCP and UDP): the service port, for DSR
+/// and tunnel, and the NAT target port.
+pub const BACKEND_PORTS: [u16; 2] = [80, 8080];
+
+/// A backend: its namespace and servers.
+#[derive(Debug)]
+pub struct Backend {
+    /// Last byte of its addresses (`192.0.2.x`, `2001:db8::x`).
+    pub host: u8,
+    /// Its namespace.
+    pub ns: Netns,
+    servers: Vec<JoinHandle<()>>,
+}
+
+/// The whole bed. Drop order: lb, decap pins, namespaces.
+#[derive(Debug)]
+pub struct Bed {
+    /// The lb process (`lb run`), once started.
+    pub lb_process: Option<ChildGuard>,
+    /// The configuration file lb runs with.
+    pub config: Option<TempFile>,
+    stop: Arc<AtomicBool>,
+    decaps: Vec<(String, String)>,
+    /// Backends.
+    pub backends: Vec<Backend>,
+    /// The client.
+    pub client: Netns,
+    /// The balancer.
+    pub lb: Netns,
+    /// The switch.
+    pub switch: Netns,
+}
+
+impl Bed {
+    /// Builds the topology with backends `hosts` (last address bytes).
+    pub fn new(hosts: &[u8]) -> Self {
+        let client = Netns::new("cl");
+        let lb = Netns::new("lb");
+        let switch = Netns::new("sw");
+        crate::netns::bridge(&switch, "br0");
+        veth(&client, "eth0", &lb, "eth0");
+        veth(&lb, "eth1", &switch, "plb");
+        enslave(&switch, "plb", "br0");
+        client.addr("eth0", "198.51.100.2/24");
+        client.addr("eth0", "2001:db8:1::2/64");
+        client.ip(&["route", "add", "default", "via", "198.51.100.1"]);
+        client.ip(&["-6", "route", "add", "default", "via", "2001:db8:1::1"]);
+        lb.addr("eth0", "198.51.100.1/24");
+        lb.addr("eth0", "2001:db8:1::1/64");
+        lb.addr("eth1", "192.0.2.1/24");
+        lb.addr("eth1", "2001:db8::1/64");
+        for setting in [
+            "net.ipv4.conf.all.rp_filter=0",
+            "net.ipv4.conf.default.rp_filter=0",
+        ] {
+            lb.sysctl(setting);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut bed = Self {
+            lb_process: None,
+            config: None,
+            stop,
+            decaps: Vec::new(),
+            backends: Vec::new(),
+            client,
+            lb,
+            switch,
+        };
+        for &host in hosts {
+            bed.add_backend(host);
+        }
+        let (client, switch) = (bed.client.name().to_owned(), bed.switch.name().to_owned());
+        bed.decap(&client, "eth0");
+        bed.decap(&switch, "plb");
+        bed
+    }
+
+    fn add_backend(&mut self, host: u8) {
+        let ns = Netns::new(&format!("b{host}"));
+        let port = format!("p{host}");
+        veth(&ns, "eth0", &self.switch, &port);
+        enslave(&self.switch, &port, "br0");
+        ns.addr("eth0", &format!("192.0.2.{host}/24"));
+        ns.addr("eth0", &format!("2001:db8::{host}/64"));
+        ns.ip(&["route", "add", "default", "via", "192.0.2.1"]);
+        ns.ip(&["-6", "route", "add", "default", "via", "2001:db8::1"]);
+        // DSR and tunnel VIPs live on loopback; their ARP / ND stays quiet.
+        for vip in [
+            "203.0.113.11/32",
+            "203.0.113.12/32",
+            "2001:db8:ff::11/128",
+            "2001:db8:ff::12/128",
+        ] {
+            ns.addr("lo", vip);
+        }
+        for setting in [
+            "net.ipv4.conf.all.arp_ignore=1",
+            "net.ipv4.conf.all.arp_announce=2",
+            "net.ipv4.conf.all.rp_filter=0",
+            "net.ipv4.conf.default.rp_filter=0",
+            "net.ipv4.conf.eth0.rp_filter=0",
+        ] {
+            ns.sysctl(setting);
+        }
+        let name = ns.name().to_string();
+        self.decap(&name, "eth0");
+        let servers = serve(&ns, host, &self.stop);
+        self.backends.push(Backend { host, ns, servers });
+    }
+
+    /// `lb decap attach IFACE` inside `netns`, remembered for teardown.
+    fn decap(&mut self, netns: &str, iface: &str) {
+        let lb = lb_binary();
+        let output = std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{netns}"))
+            .arg("--")
+            .arg(&lb)
+            .args(["decap", "attach", iface])
+            .output()
+            .expect("run lb decap");
+        assert!(
+            output.status.success(),
+            "lb decap attach {iface}: {output:?}"
+        );
+        self.decaps.push((netns.to_string(), iface.to_string()));
+    }
+
+    /// Starts `lb run` with `config` in the balancer namespace and waits
+    /// until it has attached and its API answers.
+    pub fn start_lb(&mut self, config: &str) {
+        let file = TempFile::new("lb.yaml", config);
+        let lb = lb_binary();
+        let mut child = self.lb.spawn(
+            lb.to_str().unwrap(),
+            &["run", "-c", file.path().to_str().unwrap()],
+        );
+        let socket = socket_path(config);
+        let up = wait_until(Duration::from_secs(15), || {
+            !child.running() || std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        });
+        if !(up && child.running()) {
+            child.signal(libc::SIGKILL);
+            panic!("lb run did not come up: {:?}", child.wait());
+        }
+        self.lb_process = Some(child);
+        self.config = Some(file);
+        // Resolve the backends' neighbours on the balancer, as its health
+        // checks would: DSR cannot hand a packet to the stack to do it.
+        for backend in &self.backends {
+            for addr in [
+                format!("192.0.2.{}", backend.host),
+                format!("2001:db8::{}", backend.host),
+            ] {
+                let target: std::net::IpAddr = addr.parse().unwrap();
+                self.lb.run(move || {
+                    let socket =
+                        UdpSocket::bind((if target.is_ipv4() { "0.0.0.0" } else { "::" }, 0))
+                            .expect("bind");
+                    let _ = socket.send_to(b"hello", (target, 80));
+                });
+                let resolved = wait_until(Duration::from_secs(5), || {
+                    let output = self.lb.ip(&["neigh", "show", &addr]);
+                    String::from_utf8_lossy(&output.stdout).contains("lladdr")
+                });
+                assert!(resolved, "no neighbour entry for {addr}");
+            }
+        }
+    }
+
+    /// Stops `lb run` with SIGINT and returns its output.
+    pub fn stop_lb(&mut self) -> std::process::Output {
+        let child = self.lb_process.take().expect("lb running");
+        child.signal(libc::SIGINT);
+        child.wait()
+    }
+
+    /// Runs an `lb` subcommand against the running controller.
+    pub fn lb_command(&self, args: &[&str]) -> std::process::Output {
+        let config = self.config.as_ref().expect("lb started");
+        let lb = lb_binary();
+        let mut full: Vec<&str> = args.to_vec();
+        full.extend(["-c", config.path().to_str().unwrap()]);
+        self.lb.exec(lb.to_str().unwrap(), &full)
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        drop(self.lb_process.take());
+        let lb = lb_binary();
+        for (netns, iface) in std::mem::take(&mut self.decaps) {
+            let _ = std::process::Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{netns}"))
+                .arg("--")
+                .arg(&lb)
+                .args(["decap", "detach", &iface])
+                .output();
+        }
+        for backend in &mut self.backends {
+            for server in backend.servers.drain(..) {
+                let _ = server.join();
+            }
+        }
+    }
+}
+
+/// The `control.socket` of a config.
+fn socket_path(config: &str) -> std::path::PathBuf {
+    lb::config::Config::parse(config)
+        .expect("test configuration")
+        .control
+        .socket
+}
+
+/// TCP and UDP servers on every backend port, answering with `b<host>`.
+/// They poll `stop` so the bed can end them.
+fn serve(ns: &Netns, host: u8, stop: &Arc<AtomicBool>) -> Vec<JoinHandle<()>> {
+    let mut servers = Vec::new();
+    for port in BACKEND_PORTS {
+        let stop_tcp = Arc::clone(stop);
+        let stop_udp = Arc::clone(stop);
+        let listener = ns.run(move || {
+            let listener = TcpListener::bind(("::", port)).expect("bind tcp");
+            listener.set_nonblocking(true).unwrap();
+            listener
+        });
+        servers.push(ns.spawn_thread(move || {
+            let name = format!("b{host}");
+            while !stop_tcp.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        stream.set_nonblocking(false).unwrap();
+                        let _ = stream.write_all(name.as_bytes());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                }
+            }
+        }));
+        let socket = ns.run(move || {
+            let socket = UdpSocket::bind(("::", port)).expect("bind udp");
+            socket
+                .set_read_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
+            socket
+        });
+        servers.push(ns.spawn_thread(move || {
+            let name = format!("b{host}");
+            let mut buf = [0u8; 512];
+            while !stop_udp.load(Ordering::Relaxed) {
+                if let Ok((_, from)) = socket.recv_from(&mut buf) {
+                    let _ = socket.send_to(name.as_bytes(), from);
+                }
+            }
+        }));
+    }
+    servers
+}
+
+/// One TCP request: connect (from `source`, if given, with `SO_REUSEADDR`
+/// so runs can reuse ports), read the backend's name. `None` on any failure.
+pub fn tcp_request(target: SocketAddr, source: Option<SocketAddr>) -> Option<String> {
+    let mut stream = match source {
+        None => TcpStream::connect_timeout(&target, Duration::from_secs(3)).ok()?,
+        Some(source) => connect_from(source, target)?,
+    };
+    stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    let mut name = String::new();
+    stream.read_to_string(&mut name).ok()?;
+    (!name.is_empty()).then_some(name)
+}
+
+/// A TCP connection from a chosen source address and port.
+fn connect_from(source: SocketAddr, target: SocketAddr) -> Option<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let (domain, addr) = sockaddr(source);
+    // SAFETY: plain socket(2); the descriptor is owned by the TcpStream.
+    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is a fresh socket we own from here on.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    // SAFETY: `one` outlives the call; the length is its size.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&raw const one).cast(),
+            4,
+        );
+    }
+    // SAFETY: `addr` is a valid sockaddr of the length given.
+    let rc = unsafe { libc::bind(fd, addr.as_ptr().cast(), u32::try_from(addr.len()).ok()?) };
+    if rc != 0 {
+        return None;
+    }
+    let (_, target_addr) = sockaddr(target);
+    // SAFETY: as above.
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            target_addr.as_ptr().cast(),
+            u32::try_from(target_addr.len()).ok()?,
+        )
+    };
+    (rc == 0).then_some(stream)
+}
+
+/// A `sockaddr_in` / `sockaddr_in6` as bytes.
+fn sockaddr(addr: SocketAddr) -> (i32, Vec<u8>) {
+    match addr {
+        SocketAddr::V4(v4) => {
+            // SAFETY: plain data, zero is valid.
+            let mut raw: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+            raw.sin_family = libc::sa_family_t::try_from(libc::AF_INET).unwrap();
+            raw.sin_port = v4.port().to_be();
+            raw.sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
+            // SAFETY: reading the struct's own bytes.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(
+                    (&raw const raw).cast::<u8>(),
+                    std::mem::size_of_val(&raw),
+                )
+            };
+            (libc::AF_INET, bytes.to_vec())
+        }
+        SocketAddr::V6(v6) => {
+            // SAFETY: plain data, zero is valid.
+            let mut raw: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+            raw.sin6_family = libc::sa_family_t::try_from(libc::AF_INET6).unwrap();
+            raw.sin6_port = v6.port().to_be();
+            raw.sin6_addr.s6_addr = v6.ip().octets();
+            // SAFETY: reading the struct's own bytes.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(
+                    (&raw const raw).cast::<u8>(),
+                    std::mem::size_of_val(&raw),
+                )
+            };
+            (libc::AF_INET6, bytes.to_vec())
+        }
+    }
+}
+
+/// One UDP request from `socket`: send, wait for the backend's name.
+pub fn udp_request(socket: &UdpSocket, target: SocketAddr) -> Option<String> {
+    socket.send_to(b"who", target).ok()?;
+    let mut buf = [0u8; 64];
+    let (n, _) = socket.recv_from(&mut buf).ok()?;
+    String::from_utf8(buf[..n].to_vec()).ok()
+}

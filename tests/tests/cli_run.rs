@@ -1,0 +1,133 @@
+//! `lb run` as an operator meets it: it attaches, answers `lb status` and
+//! `lb stats` on its socket with the documented JSON shapes, counts what it
+//! drops, and detaches on SIGINT, printing its counters.
+
+use std::{net::UdpSocket, time::Duration};
+
+use lb_tests::{bed::Bed, lb_binary};
+
+#[test]
+fn run_status_stats_and_stop() {
+    let socket = format!("/run/lb/cli-{}.sock", std::process::id());
+    let mut bed = Bed::new(&[11]);
+    // One service with a backend, one whose only backend is drained to 0.
+    bed.start_lb(&format!(
+        "instance: cli{pid}\ninterfaces: [{{ name: eth0 }}, {{ name: eth1 }}]\nservices:\n\
+         \x20 - {{ name: web, vip: 203.0.113.10, port: 80, protocol: tcp, backends: [{{ address: 192.0.2.11, port: 8080 }}] }}\n\
+         \x20 - {{ name: empty, vip: 203.0.113.10, port: 53, protocol: udp, backends: [{{ address: 192.0.2.11, weight: 0 }}] }}\n\
+         control: {{ socket: {socket} }}\n",
+        pid = std::process::id()
+    ));
+
+    let status = bed.lb_command(&["status", "--output", "json"]);
+    assert!(status.status.success(), "{status:?}");
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let web = &status["services"][0];
+    assert_eq!(web["name"], "web");
+    assert_eq!(web["vip"], "203.0.113.10");
+    assert_eq!(web["port"], 80);
+    assert_eq!(web["protocol"], "tcp");
+    assert_eq!(web["scheduler"], "maglev");
+    assert_eq!(web["forwarding"], "nat");
+    let backend = &web["backends"][0];
+    for key in [
+        "address",
+        "port",
+        "tier",
+        "weight",
+        "effective_weight",
+        "health",
+        "drained",
+        "active_flows",
+    ] {
+        assert!(
+            backend.get(key).is_some(),
+            "backend has no {key}: {backend}"
+        );
+    }
+    assert_eq!(backend["address"], "192.0.2.11");
+    assert_eq!(backend["port"], 8080);
+    assert_eq!(backend["health"], "up");
+    assert_eq!(
+        status["services"][1]["active_tier"],
+        serde_json::Value::Null
+    );
+    for key in ["state", "priority", "peer", "since", "reason"] {
+        assert!(status["ha"].get(key).is_some(), "ha has no {key}");
+    }
+
+    // Datagrams to the service with no usable backend are dropped, counted.
+    bed.client.run(|| {
+        let socket = UdpSocket::bind("198.51.100.2:0").unwrap();
+        for _ in 0..5 {
+            socket.send_to(b"q", "203.0.113.10:53").unwrap();
+        }
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let counters = bed.lb_command(&["stats", "--output", "json"]);
+    let counters: serde_json::Value = serde_json::from_slice(&counters.stdout).unwrap();
+    assert_eq!(counters["drops"]["drop_no_backend"], 5, "{counters}");
+    let human = bed.lb_command(&["stats"]);
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        human.contains("drop_no_backend") && human.contains("192.0.2.11:8080"),
+        "{human}"
+    );
+
+    let output = bed.stop_lb();
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("drop_no_backend"), "{text}");
+    assert!(
+        !bed.lb.has_xdp("eth0") && !bed.lb.has_xdp("eth1"),
+        "XDP left attached"
+    );
+    assert!(
+        !std::path::Path::new(&socket).exists(),
+        "socket left behind"
+    );
+}
+
+#[test]
+fn client_commands_say_when_the_controller_is_not_running() {
+    let socket = format!("/run/lb/absent-{}.sock", std::process::id());
+    for command in ["status", "stats"] {
+        let output = std::process::Command::new(lb_binary())
+            .args([command, "--socket", &socket])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{command}: {output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("not running") && stderr.contains(&socket),
+            "{command}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn check_lists_every_problem_and_exits_1() {
+    let config = lb_tests::TempFile::new(
+        "bad.yaml",
+        "instance: bad\ninterfaces: [{ name: eth0 }]\nservices:\n\
+         \x20 - { name: a, vip: 203.0.113.10, port: 80, protocol: tcp, forwarding: dsr, backends: [{ address: 192.0.2.11, port: 8080 }] }\n\
+         \x20 - { name: a, vip: 203.0.113.10, port: 80, protocol: tcp, backends: [{ address: '2001:db8::1' }] }\n",
+    );
+    let output = std::process::Command::new(lb_binary())
+        .args(["check", "-c", config.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for expected in [
+        "services[0].backends[0].port",
+        "services[1].name",
+        "services[1]: tcp 203.0.113.10:80",
+        "services[1].backends[0].address",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+}
