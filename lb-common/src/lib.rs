@@ -13,7 +13,7 @@ pub mod reason;
 
 pub use maps::{
     Addr, BackendValue, ConnValue, Endpoint, FlowKey, IfaceValue, NO_BACKEND, NatKey, NatValue,
-    ServiceKey, ServiceValue, Settings, Traffic, VipValue,
+    RateValue, ServiceKey, ServiceValue, Settings, Traffic, VipValue,
 };
 pub use reason::Reason;
 
@@ -61,6 +61,14 @@ pub mod map_names {
     pub const STATS_SERVICES: &str = "STATS_SERVICES";
     /// Per-CPU traffic counters per backend id.
     pub const STATS_BACKENDS: &str = "STATS_BACKENDS";
+    /// Deny list: source prefixes (LPM trie).
+    pub const DENY: &str = "DENY";
+    /// Per-source new-flow token buckets (LRU).
+    pub const RATE: &str = "RATE";
+    /// Benchmarks: the frame to restore before each run.
+    pub const BENCH_FRAME: &str = "BENCH_FRAME";
+    /// Benchmarks: the program under test (program array).
+    pub const BENCH_TARGET: &str = "BENCH_TARGET";
 }
 
 /// Names of the XDP programs in the object.
@@ -69,4 +77,8 @@ pub mod program_names {
     pub const BALANCER: &str = "lb_balancer";
     /// The backend-side decapsulator (tunnel mode).
     pub const DECAP: &str = "lb_decap";
+    /// Benchmarks: restore the frame, tail-call the program under test.
+    pub const BENCH: &str = "lb_bench";
+    /// Benchmarks: restore the frame only.
+    pub const BENCH_BASELINE: &str = "lb_bench_baseline";
 }

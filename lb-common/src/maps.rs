@@ -214,8 +214,23 @@ pub struct Settings {
     pub tunnel_v6_host_bits: u32,
     /// IPv6 tunnel source prefix.
     pub tunnel_v6_source: [u8; 16],
+    /// New flows per second each source may open; 0 turns the limit off.
+    pub rate_per_second: u32,
+    /// How many new flows a source may open at once before the rate applies.
+    pub rate_burst: u32,
 }
-const _: () = assert!(core::mem::size_of::<Settings>() == 48);
+const _: () = assert!(core::mem::size_of::<Settings>() == 56);
+
+/// Value of `RATE`, keyed by source address: a token bucket of new flows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RateValue {
+    /// Tokens left, in thousandths of a new flow.
+    pub milli_tokens: u64,
+    /// `bpf_ktime_get_ns` of the last refill.
+    pub last_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<RateValue>() == 16);
 
 /// Value of `IFACES`, keyed by ifindex: what the program needs to know about
 /// an interface it is attached to.
@@ -244,6 +259,23 @@ pub struct Traffic {
 }
 const _: () = assert!(core::mem::size_of::<Traffic>() == 24);
 
+/// Longest frame the benchmark wrapper restores, in 8-byte words.
+pub const BENCH_WORDS: usize = 32;
+
+/// Value of `BENCH_FRAME` (benchmarks only): the frame `lb_bench` restores
+/// before each run of the program under test.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BenchFrame {
+    /// Length in bytes, a multiple of 8 (benchmark frames are padded).
+    pub len: u32,
+    /// Always zero.
+    pub pad: u32,
+    /// The bytes, as native-endian words.
+    pub words: [u64; BENCH_WORDS],
+}
+const _: () = assert!(core::mem::size_of::<BenchFrame>() == 8 + 8 * BENCH_WORDS);
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY (all impls below): each type is `#[repr(C)]`, made of integers
@@ -260,6 +292,8 @@ mod pod {
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::Traffic {}
     unsafe impl aya::Pod for super::IfaceValue {}
+    unsafe impl aya::Pod for super::RateValue {}
+    unsafe impl aya::Pod for super::BenchFrame {}
 }
 
 #[cfg(test)]

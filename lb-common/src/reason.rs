@@ -87,6 +87,10 @@ reasons! {
     DropRedirect = 19, "drop_redirect", true;
     /// `bpf_xdp_adjust_head` failed (no headroom for encapsulation).
     DropNoHeadroom = 20, "drop_no_headroom", true;
+    /// The source is on the deny list.
+    DropDenied = 21, "drop_denied", true;
+    /// The source opened new flows faster than the per-source limit.
+    DropRateLimited = 22, "drop_rate_limited", true;
 }
 
 #[cfg(test)]

@@ -7,9 +7,10 @@
 //! verifier allows 512 bytes of stack for the deepest chain of calls, and
 //! LLVM's BPF backend reuses stack slots poorly within one big function.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key, programs::XdpContext};
 use lb_common::{
-    BackendValue, ConnValue, Endpoint, FlowKey, NO_BACKEND, Reason, ServiceValue,
+    Addr, BackendValue, ConnValue, Endpoint, FlowKey, NO_BACKEND, RateValue, Reason, ServiceValue,
+    Settings,
     hash::{flow_hash, source_hash},
     maps::{
         BACKEND_USABLE, FWD_DSR, FWD_NAT, FWD_TUNNEL, SCHED_IP_HASH, SCHED_ROUND_ROBIN,
@@ -23,8 +24,8 @@ use crate::{
     forward::{End, FibQuery, NextHop, encapsulate, next_hop, rewrite, transmit},
     icmp,
     maps::{
-        BACKENDS, CONNS, MAGLEV, NAT, RR_POS, SERVICES, SETTINGS, STATS_BACKENDS, STATS_SERVICES,
-        Scratch, count_traffic, scratch,
+        BACKENDS, CONNS, DENY, MAGLEV, NAT, RATE, RR_POS, SERVICES, SETTINGS, STATS_BACKENDS,
+        STATS_SERVICES, Scratch, count_traffic, scratch,
     },
     packet::frame_len,
     parse::{Parsed, parse},
@@ -44,11 +45,55 @@ pub fn balance(ctx: &XdpContext) -> u32 {
         Ok(Parsed::OtherMac) => finish(Ok(Verdict::pass(Reason::PassOtherMac))),
         Ok(Parsed::HostMalformed) => finish(Ok(Verdict::pass(Reason::PassNoService))),
         Ok(Parsed::Host) => reply(ctx, scratch),
+        Ok(Parsed::Vip) if denied(scratch) => finish(Err(Drop(Reason::DropDenied))),
         Ok(Parsed::Vip) => match scratch.packet.proto {
             proto::ICMP | proto::ICMPV6 if scratch.packet.has_l4 => icmp::to_vip(ctx, scratch),
             _ => to_vip(ctx, scratch),
         },
     }
+}
+
+/// The guard's deny list: is the source of a packet to a VIP in a denied
+/// prefix?
+#[inline(always)]
+fn denied(scratch: &mut Scratch) -> bool {
+    scratch.deny_key = Key::new(128, scratch.packet.src);
+    DENY.get(&scratch.deny_key).is_some()
+}
+
+/// The guard's rate limit: may `src` open one more flow now? A token bucket
+/// per source, in thousandths of a flow, refilled at `rate_per_second` up to
+/// `rate_burst`. Updates race between CPUs; the limit is approximate.
+#[inline(always)]
+fn admit_new_flow(src: &Addr, settings: &Settings, now: u64) -> bool {
+    let rate = u64::from(settings.rate_per_second);
+    if rate == 0 {
+        return true;
+    }
+    let burst = u64::from(settings.rate_burst.max(1)) * 1000;
+    let Some(bucket) = RATE.get_ptr_mut(src) else {
+        let fresh = RateValue {
+            milli_tokens: burst - 1000,
+            last_ns: now,
+        };
+        // A full table forgets its least recent source; a failed insert
+        // only lets this flow through.
+        let _ = RATE.insert(src, &fresh, 0);
+        return true;
+    };
+    // SAFETY: the LRU entry stays valid for this program run.
+    unsafe {
+        // Capped so the product below cannot overflow (1000 s of refill).
+        let elapsed_ms = now.wrapping_sub((*bucket).last_ns).min(1_000_000_000_000) / 1_000_000;
+        let tokens = ((*bucket).milli_tokens + elapsed_ms * rate).min(burst);
+        (*bucket).last_ns = now;
+        if tokens < 1000 {
+            (*bucket).milli_tokens = tokens;
+            return false;
+        }
+        (*bucket).milli_tokens = tokens - 1000;
+    }
+    true
 }
 
 /// TCP / UDP (and fragments) to a VIP.
@@ -160,6 +205,9 @@ pub fn choose_backend(
             }
             return Ok((backend_id, false));
         }
+    }
+    if !admit_new_flow(&scratch.flow.src, settings, now) {
+        return Err(Drop(Reason::DropRateLimited));
     }
     let backend_id = schedule(scratch, service, hash, settings.ring_size);
     if !usable_backend(backend_id, service.id, &mut scratch.backend) {

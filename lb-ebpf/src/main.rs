@@ -22,6 +22,7 @@
 )]
 
 mod balancer;
+mod bench;
 mod csum;
 mod decap;
 mod forward;
@@ -115,6 +116,19 @@ pub fn lb_decap(ctx: XdpContext) -> u32 {
         Ok(verdict) => verdict.action,
         Err(Drop(_)) => xdp_action::XDP_DROP,
     }
+}
+
+/// Benchmarks only: restores a saved frame, then tail-calls the program
+/// under test (see `bench`).
+#[xdp]
+pub fn lb_bench(ctx: XdpContext) -> u32 {
+    bench::bench(&ctx)
+}
+
+/// Benchmarks only: the restore alone, to subtract.
+#[xdp]
+pub fn lb_bench_baseline(ctx: XdpContext) -> u32 {
+    bench::baseline(&ctx)
 }
 
 /// The kernel needs a GPL-compatible licence to allow GPL-only helpers.

@@ -4,11 +4,11 @@
 use aya_ebpf::bindings::bpf_fib_lookup as FibParams;
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use lb_common::{
-    Addr, BackendValue, ConnValue, Endpoint, FlowKey, IfaceValue, NatKey, NatValue, Reason,
-    ServiceKey, ServiceValue, Settings, Traffic, VipValue,
+    Addr, BackendValue, ConnValue, Endpoint, FlowKey, IfaceValue, NatKey, NatValue, RateValue,
+    Reason, ServiceKey, ServiceValue, Settings, Traffic, VipValue,
 };
 
 use crate::{
@@ -69,6 +69,15 @@ pub static STATS_SERVICES: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(
 #[map]
 pub static STATS_BACKENDS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(1024, 0);
 
+/// Deny list: source prefixes (IPv4 as IPv4-mapped, prefix length + 96).
+#[map]
+pub static DENY: LpmTrie<Addr, u8> = LpmTrie::with_max_entries(1024, 0);
+
+/// Per-source new-flow token buckets; the least recently seen sources are
+/// forgotten first.
+#[map]
+pub static RATE: LruHashMap<Addr, RateValue> = LruHashMap::with_max_entries(65536, 0);
+
 /// Working memory of one program run, per CPU: everything too large for the
 /// verifier's 512-byte stack. XDP runs with preemption off, so nothing else
 /// uses this CPU's entry while a run is in progress.
@@ -91,6 +100,8 @@ pub struct Scratch {
     pub backend: BackendValue,
     /// The flow quoted in an ICMP error.
     pub quoted: Quoted,
+    /// A `DENY` lookup key.
+    pub deny_key: Key<Addr>,
 }
 
 /// The per-CPU [`Scratch`] entry.

@@ -34,6 +34,33 @@ pub struct Config {
     /// Data-plane sizes and timeouts.
     #[serde(default)]
     pub dataplane: DataplaneSettings,
+    /// Deny list and per-source rate limit for traffic to the VIPs.
+    #[serde(default)]
+    pub guard: Guard,
+}
+
+/// `guard:`: what is refused before any service sees it. Both count what
+/// they drop (`drop_denied`, `drop_rate_limited`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Guard {
+    /// Source prefixes whose packets to any VIP are dropped.
+    #[serde(default)]
+    pub deny: Vec<IpNet>,
+    /// Per-source limit on new flows (established flows are never limited).
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// `guard.rate_limit`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// New flows per second each source address may open.
+    pub new_flows_per_second: u32,
+    /// New flows a source may open at once; defaults to one second's worth.
+    #[serde(default)]
+    pub burst: Option<u32>,
 }
 
 /// `dataplane:`: map sizes (fixed when the program is loaded), idle timeouts
@@ -491,6 +518,26 @@ impl Config {
             problems.push("interfaces", "at least one interface is needed".into());
         }
         self.check_dataplane(&mut problems);
+        if self.guard.deny.len() > 1024 {
+            problems.push(
+                "guard.deny",
+                format!(
+                    "{} prefixes exceed the deny list's 1024",
+                    self.guard.deny.len()
+                ),
+            );
+        }
+        if let Some(limit) = self.guard.rate_limit {
+            if limit.new_flows_per_second == 0 {
+                problems.push(
+                    "guard.rate_limit.new_flows_per_second",
+                    "must be at least 1 (omit rate_limit to turn it off)".into(),
+                );
+            }
+            if limit.burst == Some(0) {
+                problems.push("guard.rate_limit.burst", "must be at least 1".into());
+            }
+        }
         let mut names = BTreeSet::new();
         let mut keys = BTreeSet::new();
         let mut nat_endpoints = BTreeMap::new();

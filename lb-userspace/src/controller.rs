@@ -350,6 +350,10 @@ pub fn settings(config: &Config) -> Settings {
         ring_size: dataplane.ring_size,
         ..Settings::default()
     };
+    if let Some(limit) = config.guard.rate_limit {
+        settings.rate_per_second = limit.new_flows_per_second;
+        settings.rate_burst = limit.burst.unwrap_or(limit.new_flows_per_second);
+    }
     if let Some(net) = dataplane.tunnel_source_v4 {
         settings.tunnel_v4_source = net.network().octets();
         settings.tunnel_v4_host_bits = u32::from(32 - net.prefix_len());

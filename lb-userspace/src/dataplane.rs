@@ -7,7 +7,11 @@ use std::collections::BTreeMap;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, xdp::DevMapHash},
+    maps::{
+        Array, HashMap, MapData, MapError, PerCpuArray,
+        lpm_trie::{Key as LpmKey, LpmTrie},
+        xdp::DevMapHash,
+    },
     programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use lb_common::{
@@ -308,6 +312,24 @@ impl Dataplane {
             .map_err(map_error(map_names::NAT))
     }
 
+    /// Adds a deny-list prefix.
+    pub fn insert_deny(&mut self, addr: &Addr, prefix_len: u32) -> Result<(), DataplaneError> {
+        let name = map_names::DENY;
+        let mut trie: LpmTrie<&mut MapData, Addr, u8> =
+            LpmTrie::try_from(self.map_mut(name)?).map_err(map_error(name))?;
+        trie.insert(&LpmKey::new(prefix_len, *addr), 1, 0)
+            .map_err(map_error(name))
+    }
+
+    /// Removes a deny-list prefix.
+    pub fn remove_deny(&mut self, addr: &Addr, prefix_len: u32) -> Result<(), DataplaneError> {
+        let name = map_names::DENY;
+        let mut trie: LpmTrie<&mut MapData, Addr, u8> =
+            LpmTrie::try_from(self.map_mut(name)?).map_err(map_error(name))?;
+        trie.remove(&LpmKey::new(prefix_len, *addr))
+            .map_err(map_error(name))
+    }
+
     /// Records the MAC address of an interface the balancer is attached to.
     pub fn insert_iface(&mut self, ifindex: u32, mac: [u8; 6]) -> Result<(), DataplaneError> {
         self.hash_map::<u32, IfaceValue>(map_names::IFACES)?
@@ -405,6 +427,8 @@ impl Dataplane {
                 Write::RemoveVip(addr) => self.remove_vip(addr)?,
                 Write::Nat(key, value) => self.insert_nat(key, value)?,
                 Write::RemoveNat(key) => self.remove_nat(key)?,
+                Write::Deny(addr, len) => self.insert_deny(addr, *len)?,
+                Write::RemoveDeny(addr, len) => self.remove_deny(addr, *len)?,
             }
         }
         Ok(())
@@ -439,4 +463,53 @@ pub fn unpin_link(path: &std::path::Path) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("unpinning {}: {e}", path.display()))?;
     drop(link);
     Ok(())
+}
+
+impl Dataplane {
+    /// Benchmarks: loads `lb_bench` and `lb_bench_baseline` next to the
+    /// program under test, points the wrapper at it and saves `frame` (at
+    /// most `BENCH_WORDS * 8` bytes; zero-padded to a multiple of 8) for the
+    /// wrapper to restore before every run. Returns the padded frame.
+    pub fn prepare_bench(&mut self, frame: &[u8]) -> anyhow::Result<Vec<u8>> {
+        use lb_common::maps::{BENCH_WORDS, BenchFrame};
+        let mut padded = frame.to_vec();
+        padded.resize(frame.len().div_ceil(8) * 8, 0);
+        anyhow::ensure!(padded.len() <= BENCH_WORDS * 8, "bench frame too long");
+        let mut words = [0u64; BENCH_WORDS];
+        for (word, chunk) in words.iter_mut().zip(padded.chunks(8)) {
+            *word = u64::from_ne_bytes(chunk.try_into()?);
+        }
+        let saved = BenchFrame {
+            len: u32::try_from(padded.len())?,
+            pad: 0,
+            words,
+        };
+        for name in [program_names::BENCH, program_names::BENCH_BASELINE] {
+            let program = xdp_mut(&mut self.ebpf, name)?;
+            if program.fd().is_err() {
+                program
+                    .load()
+                    .map_err(|source| DataplaneError::Program { name, source })?;
+            }
+        }
+        let target = self.program()?.fd()?.try_clone()?;
+        let mut targets: aya::maps::ProgramArray<&mut MapData> =
+            aya::maps::ProgramArray::try_from(self.map_mut(map_names::BENCH_TARGET)?)?;
+        targets.set(0, &target, 0)?;
+        let mut frames: Array<&mut MapData, BenchFrame> =
+            Array::try_from(self.map_mut(map_names::BENCH_FRAME)?)?;
+        frames.set(0, saved, 0)?;
+        Ok(padded)
+    }
+
+    /// A benchmark program loaded by [`Dataplane::prepare_bench`].
+    pub fn bench_program(&self, name: &'static str) -> Result<&Xdp, DataplaneError> {
+        let program = self.ebpf.program(name).ok_or(DataplaneError::Program {
+            name,
+            source: ProgramError::NotLoaded,
+        })?;
+        program
+            .try_into()
+            .map_err(|source| DataplaneError::Program { name, source })
+    }
 }

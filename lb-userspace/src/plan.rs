@@ -78,6 +78,10 @@ pub enum Write {
     Nat(Endpoint, NatValue),
     /// Remove a reply-path entry.
     RemoveNat(Endpoint),
+    /// Add a deny-list prefix (address in map form, prefix length over it).
+    Deny(Addr, u32),
+    /// Remove a deny-list prefix.
+    RemoveDeny(Addr, u32),
 }
 
 /// Why a plan could not be made.
@@ -142,6 +146,7 @@ pub struct Planner {
     backends: BTreeMap<u32, BackendValue>,
     vips: BTreeMap<Addr, VipValue>,
     nat: BTreeMap<Endpoint, NatValue>,
+    deny: std::collections::BTreeSet<(Addr, u32)>,
     planned: Vec<PlannedService>,
 }
 
@@ -163,6 +168,7 @@ impl Planner {
             backends: BTreeMap::new(),
             vips: BTreeMap::new(),
             nat: BTreeMap::new(),
+            deny: std::collections::BTreeSet::new(),
             planned: Vec::new(),
         }
     }
@@ -264,6 +270,7 @@ impl Planner {
             writes.push(Write::Backend(id, value));
             self.backends.insert(id, value);
         }
+        self.plan_deny(config, &mut writes);
         self.planned = planned;
         Ok(writes)
     }
@@ -349,6 +356,29 @@ impl Planner {
             backends,
             active_tier,
         }
+    }
+
+    /// The deny list, IPv4 prefixes in IPv4-mapped form (96 more bits).
+    fn plan_deny(&mut self, config: &Config, writes: &mut Vec<Write>) {
+        let desired: std::collections::BTreeSet<(Addr, u32)> = config
+            .guard
+            .deny
+            .iter()
+            .map(|net| match net {
+                ipnet::IpNet::V4(v4) => (
+                    ipv4_mapped(v4.network().octets()),
+                    96 + u32::from(v4.prefix_len()),
+                ),
+                ipnet::IpNet::V6(v6) => (v6.network().octets(), u32::from(v6.prefix_len())),
+            })
+            .collect();
+        for &(addr, len) in desired.difference(&self.deny) {
+            writes.push(Write::Deny(addr, len));
+        }
+        for &(addr, len) in self.deny.difference(&desired) {
+            writes.push(Write::RemoveDeny(addr, len));
+        }
+        self.deny = desired;
     }
 
     /// Keeps ids of services and backends that remain; frees the others

@@ -130,9 +130,13 @@ impl Harness {
         self.dataplane.apply(&writes).expect("apply");
     }
 
-    /// Plans a new configuration and applies the writes.
+    /// Plans a new configuration (and its settings) and applies the writes,
+    /// as a reload does.
     pub fn reconfigure(&mut self, config: &str) {
         self.config = Config::parse(config).expect("test configuration");
+        self.dataplane
+            .set_settings(&settings(&self.config))
+            .expect("settings");
         self.replan(&BTreeMap::new());
     }
 
@@ -156,6 +160,35 @@ impl Harness {
             .expect("balancer program")
             .test_run(opts)
             .expect("BPF_PROG_TEST_RUN");
+        out.truncate(result.data_size_out as usize);
+        Outcome {
+            action: Action::from_raw(result.return_value),
+            frame: out,
+        }
+    }
+
+    /// Runs `frame` as if it arrived on `ifindex` (an interface of the test
+    /// bed's namespace), through a context: `data_end` must equal the frame
+    /// length, everything else but the ingress interface zero.
+    pub fn run_on(&self, ifindex: u32, frame: &[u8]) -> Outcome {
+        let len = u32::try_from(frame.len()).expect("frame length");
+        let mut ctx = Vec::with_capacity(24);
+        for field in [0, len, 0, ifindex, 0, 0] {
+            ctx.extend_from_slice(&u32::to_ne_bytes(field));
+        }
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ..TestRunOptions::default()
+        };
+        let result = self
+            .dataplane
+            .program()
+            .expect("balancer program")
+            .test_run(opts)
+            .expect("BPF_PROG_TEST_RUN with a context");
         out.truncate(result.data_size_out as usize);
         Outcome {
             action: Action::from_raw(result.return_value),

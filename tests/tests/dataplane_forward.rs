@@ -39,6 +39,9 @@ services:
   - { name: any4, vip: 203.0.113.20, port: 0, protocol: tcp, forwarding: nat, backends: [{ address: 192.0.2.14 }] }
   - { name: hash4, vip: 203.0.113.30, port: 80, protocol: udp, scheduler: ip-hash, forwarding: dsr, backends: [{ address: 192.0.2.21 }, { address: 192.0.2.22 }] }
   - { name: pair4, vip: 203.0.113.40, port: 80, protocol: tcp, forwarding: dsr, backends: [{ address: 192.0.2.21 }, { address: 192.0.2.22 }] }
+  - { name: rr4, vip: 203.0.113.50, port: 80, protocol: tcp, scheduler: round-robin, forwarding: dsr, backends: [{ address: 192.0.2.21, weight: 1 }, { address: 192.0.2.22, weight: 2 }] }
+  - { name: lost4, vip: 203.0.113.60, port: 80, protocol: tcp, forwarding: nat, backends: [{ address: 192.0.2.99 }] }
+  - { name: lostdsr4, vip: 203.0.113.61, port: 80, protocol: tcp, forwarding: dsr, backends: [{ address: 192.0.2.98 }] }
 dataplane: { ring_size: 1009, tunnel_source_v4: 198.51.100.128/28, tunnel_source_v6: '2001:db8:ee::/96' }
 ";
 
@@ -639,4 +642,104 @@ fn packet_too_big_reaches_the_ipv6_tunnel_backend() {
         &input[14..],
         "inner packet untouched"
     );
+}
+
+#[test]
+fn round_robin_follows_the_weights_flow_by_flow() {
+    let harness = Harness::new(CONFIG);
+    let mut served = BTreeMap::<u8, u32>::new();
+    for port in 0..300 {
+        let outcome = harness.run(&frames::tcp4(CLIENT4, 10_000 + port, v4(50), 80));
+        *served.entry(dsr_backend(&outcome)).or_default() += 1;
+    }
+    // Each CPU walks the 1:2 sequence on its own; over 300 flows that is
+    // 100:200 give or take one cycle per CPU.
+    let on_22 = served.get(&22).copied().unwrap_or(0);
+    assert!((196..=204).contains(&on_22), "{served:?}");
+}
+
+#[test]
+fn a_backend_reached_on_the_same_interface_is_sent_with_xdp_tx() {
+    let harness = Harness::new(CONFIG);
+    let lb0 = lb::controller::ifindex("lb0").unwrap();
+    // Arriving on lb0 (to lb0's own MAC) for a DSR backend behind lb0.
+    let mut input = frames::tcp4(CLIENT4, 40000, v4(11), 80);
+    input[..6].copy_from_slice(&EGRESS_MAC);
+    let outcome = harness.run_on(lb0, &input);
+    assert_eq!(outcome.action, Action::Tx);
+    assert_eq!(outcome.frame, dsr_expected(&input, 12));
+}
+
+#[test]
+fn an_unresolved_next_hop_goes_to_the_stack_or_is_dropped_for_dsr() {
+    let harness = Harness::new(CONFIG);
+    // NAT: rewritten, then handed to the stack, which resolves and forwards.
+    let input = frames::tcp4(CLIENT4, 40000, v4(60), 80);
+    let (outcome, moved) = harness.run_counted(&input);
+    assert_eq!(outcome.action, Action::Pass);
+    let h = Headers::parse(&outcome.frame);
+    let NetHeaders::Ipv4(ip, _) = &h.net else {
+        panic!()
+    };
+    assert_eq!(
+        ip.destination,
+        [192, 0, 2, 99],
+        "rewritten before the stack sees it"
+    );
+    assert_eq!(moved, [(Reason::PassNoNeighbour, 1)].into());
+    // DSR: the destination is still the VIP; the stack would keep it.
+    let (outcome, moved) = harness.run_counted(&frames::tcp4(CLIENT4, 40000, v4(61), 80));
+    assert_eq!(outcome.action, Action::Drop);
+    assert_eq!(moved, [(Reason::DropNoNeighbour, 1)].into());
+}
+
+#[test]
+fn the_guard_drops_denied_sources_and_sources_opening_flows_too_fast() {
+    let config = format!(
+        "{CONFIG}guard:\n  deny: [198.51.100.64/26, '2001:db8:1::bad/128']\n  \
+         rate_limit: {{ new_flows_per_second: 1, burst: 5 }}\n"
+    );
+    let mut harness = Harness::new(&config);
+    let denied4 = Ipv4Addr::new(198, 51, 100, 70);
+    let denied6: Ipv6Addr = "2001:db8:1::bad".parse().unwrap();
+    let (outcome, moved) = harness.run_counted(&frames::tcp4(denied4, 40000, v4(11), 80));
+    assert_eq!(outcome.action, Action::Drop);
+    assert_eq!(moved, [(Reason::DropDenied, 1)].into());
+    let (outcome, moved) = harness.run_counted(&frames::udp6(denied6, 40000, v6(0x11), 53));
+    assert_eq!(outcome.action, Action::Drop);
+    assert_eq!(moved, [(Reason::DropDenied, 1)].into());
+    // Not a VIP: the guard does not apply.
+    let (outcome, _) = harness.run_counted(&frames::tcp4(
+        denied4,
+        40000,
+        Ipv4Addr::new(192, 0, 2, 77),
+        80,
+    ));
+    assert_eq!(outcome.action, Action::Pass);
+
+    // Five new flows from one source pass (the burst), the sixth is dropped;
+    // an established flow is never limited; another source is unaffected.
+    for port in 0..5 {
+        let outcome = harness.run(&frames::tcp4(CLIENT4, 30_000 + port, v4(11), 80));
+        assert_eq!(outcome.action, Action::Redirect, "flow {port}");
+    }
+    let (outcome, moved) = harness.run_counted(&frames::tcp4(CLIENT4, 30_005, v4(11), 80));
+    assert_eq!(outcome.action, Action::Drop);
+    assert_eq!(moved, [(Reason::DropRateLimited, 1)].into());
+    assert_eq!(
+        harness
+            .run(&frames::tcp4(CLIENT4, 30_000, v4(11), 80))
+            .action,
+        Action::Redirect
+    );
+    let other = Ipv4Addr::new(198, 51, 100, 8);
+    assert_eq!(
+        harness.run(&frames::tcp4(other, 30_000, v4(11), 80)).action,
+        Action::Redirect
+    );
+
+    // Lifting the deny list on reload lets the source in.
+    harness.reconfigure(CONFIG);
+    let outcome = harness.run(&frames::tcp4(denied4, 40001, v4(11), 80));
+    assert_eq!(outcome.action, Action::Redirect);
 }

@@ -1,0 +1,81 @@
+//! Benchmark harness programs, never attached to an interface.
+//!
+//! `BPF_PROG_TEST_RUN` with `repeat` > 1 runs the program on one buffer, so
+//! from the second run on a rewriting path would see its own output (a
+//! NAT-ed or encapsulated frame). `lb_bench` puts the original frame back
+//! first — head position and bytes, from `BENCH_FRAME` — then tail-calls the
+//! program under test; `lb_bench_baseline` does the same restore and stops,
+//! so its time is the wrapper's own cost, to subtract.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::bpf_xdp_adjust_head,
+    macros::map,
+    maps::{Array, ProgramArray},
+    programs::XdpContext,
+};
+
+use lb_common::maps::{BENCH_WORDS, BenchFrame};
+
+use crate::packet::write_at;
+
+/// The saved frame (one entry).
+#[map]
+pub static BENCH_FRAME: Array<BenchFrame> = Array::with_max_entries(1, 0);
+
+/// Slot 0: the program under test.
+#[map]
+pub static BENCH_TARGET: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Restores the saved frame; false if there is none or it cannot be.
+#[inline(always)]
+fn restore(ctx: &XdpContext) -> bool {
+    let Some(frame) = BENCH_FRAME.get(0) else {
+        return false;
+    };
+    let want = frame.len as usize;
+    let have = ctx.data_end() - ctx.data();
+    if have != want {
+        // A tunnel run left an outer header in front: move the head back.
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_possible_wrap,
+            reason = "< 512"
+        )]
+        let delta = (have.wrapping_sub(want) as i32).clamp(-512, 512);
+        // SAFETY: helper call on the live context; pointers re-derived below.
+        if unsafe { bpf_xdp_adjust_head(ctx.ctx, delta) } != 0 {
+            return false;
+        }
+    }
+    for i in 0..BENCH_WORDS {
+        if i * 8 >= want {
+            break;
+        }
+        if write_at(ctx, i * 8, frame.words[i]).is_none() {
+            return false;
+        }
+    }
+    true
+}
+
+/// Restores the frame and runs the program under test.
+#[inline(always)]
+pub fn bench(ctx: &XdpContext) -> u32 {
+    if !restore(ctx) {
+        return xdp_action::XDP_ABORTED;
+    }
+    // SAFETY: a tail call does not return on success; the context is valid.
+    unsafe { BENCH_TARGET.tail_call(ctx, 0) };
+    xdp_action::XDP_ABORTED
+}
+
+/// Restores the frame only: the wrapper's own cost.
+#[inline(always)]
+pub fn baseline(ctx: &XdpContext) -> u32 {
+    if restore(ctx) {
+        xdp_action::XDP_PASS
+    } else {
+        xdp_action::XDP_ABORTED
+    }
+}
