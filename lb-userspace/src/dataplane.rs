@@ -314,20 +314,21 @@ impl Dataplane {
 
     /// Adds a deny-list prefix.
     pub fn insert_deny(&mut self, addr: &Addr, prefix_len: u32) -> Result<(), DataplaneError> {
-        let name = map_names::DENY;
-        let mut trie: LpmTrie<&mut MapData, Addr, u8> =
-            LpmTrie::try_from(self.map_mut(name)?).map_err(map_error(name))?;
-        trie.insert(&LpmKey::new(prefix_len, *addr), 1, 0)
-            .map_err(map_error(name))
+        self.deny_trie()?
+            .insert(&LpmKey::new(prefix_len, *addr), 1, 0)
+            .map_err(map_error(map_names::DENY))
     }
 
     /// Removes a deny-list prefix.
     pub fn remove_deny(&mut self, addr: &Addr, prefix_len: u32) -> Result<(), DataplaneError> {
+        self.deny_trie()?
+            .remove(&LpmKey::new(prefix_len, *addr))
+            .map_err(map_error(map_names::DENY))
+    }
+
+    fn deny_trie(&mut self) -> Result<LpmTrie<&mut MapData, Addr, u8>, DataplaneError> {
         let name = map_names::DENY;
-        let mut trie: LpmTrie<&mut MapData, Addr, u8> =
-            LpmTrie::try_from(self.map_mut(name)?).map_err(map_error(name))?;
-        trie.remove(&LpmKey::new(prefix_len, *addr))
-            .map_err(map_error(name))
+        LpmTrie::try_from(self.map_mut(name)?).map_err(map_error(name))
     }
 
     /// Records the MAC address of an interface the balancer is attached to.

@@ -52,6 +52,8 @@ pub struct Bed {
     pub lb_process: Option<ChildGuard>,
     /// The configuration file lb runs with.
     pub config: Option<TempFile>,
+    /// Its control socket, removed on drop (a killed lb leaves it behind).
+    socket: Option<std::path::PathBuf>,
     stop: Arc<AtomicBool>,
     decaps: Vec<(String, String)>,
     /// Backends.
@@ -92,6 +94,7 @@ impl Bed {
         let mut bed = Self {
             lb_process: None,
             config: None,
+            socket: None,
             stop,
             decaps: Vec::new(),
             backends: Vec::new(),
@@ -177,6 +180,7 @@ impl Bed {
         }
         self.lb_process = Some(child);
         self.config = Some(file);
+        self.socket = Some(socket);
         // Resolve the backends' neighbours on the balancer, as its health
         // checks would: DSR cannot hand a packet to the stack to do it.
         for backend in &self.backends {
@@ -221,6 +225,9 @@ impl Drop for Bed {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         drop(self.lb_process.take());
+        if let Some(socket) = self.socket.take() {
+            let _ = std::fs::remove_file(socket);
+        }
         let lb = lb_binary();
         for (netns, iface) in std::mem::take(&mut self.decaps) {
             let _ = std::process::Command::new("nsenter")

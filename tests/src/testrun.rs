@@ -145,26 +145,9 @@ impl Harness {
         &self.ns
     }
 
-    /// Runs `frame` through the balancer once.
+    /// Runs `frame` through the balancer once (arriving on loopback).
     pub fn run(&self, frame: &[u8]) -> Outcome {
-        // Room for encapsulation headers added by the program.
-        let mut out = vec![0u8; frame.len() + 256];
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ..TestRunOptions::default()
-        };
-        let result = self
-            .dataplane
-            .program()
-            .expect("balancer program")
-            .test_run(opts)
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(result.data_size_out as usize);
-        Outcome {
-            action: Action::from_raw(result.return_value),
-            frame: out,
-        }
+        self.test_run(frame, None)
     }
 
     /// Runs `frame` as if it arrived on `ifindex` (an interface of the test
@@ -176,11 +159,16 @@ impl Harness {
         for field in [0, len, 0, ifindex, 0, 0] {
             ctx.extend_from_slice(&u32::to_ne_bytes(field));
         }
+        self.test_run(frame, Some(&ctx))
+    }
+
+    fn test_run(&self, frame: &[u8], ctx: Option<&[u8]>) -> Outcome {
+        // Room for encapsulation headers added by the program.
         let mut out = vec![0u8; frame.len() + 256];
         let opts = TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
+            ctx_in: ctx,
             ..TestRunOptions::default()
         };
         let result = self
@@ -188,7 +176,7 @@ impl Harness {
             .program()
             .expect("balancer program")
             .test_run(opts)
-            .expect("BPF_PROG_TEST_RUN with a context");
+            .expect("BPF_PROG_TEST_RUN");
         out.truncate(result.data_size_out as usize);
         Outcome {
             action: Action::from_raw(result.return_value),

@@ -39,6 +39,7 @@ services:
   - { name: any4, vip: 203.0.113.20, port: 0, protocol: tcp, forwarding: nat, backends: [{ address: 192.0.2.14 }] }
   - { name: hash4, vip: 203.0.113.30, port: 80, protocol: udp, scheduler: ip-hash, forwarding: dsr, backends: [{ address: 192.0.2.21 }, { address: 192.0.2.22 }] }
   - { name: pair4, vip: 203.0.113.40, port: 80, protocol: tcp, forwarding: dsr, backends: [{ address: 192.0.2.21 }, { address: 192.0.2.22 }] }
+  - { name: hash6, vip: '2001:db8:ff::30', port: 80, protocol: udp, scheduler: ip-hash, forwarding: dsr, backends: [{ address: '2001:db8::21' }, { address: '2001:db8::22' }] }
   - { name: rr4, vip: 203.0.113.50, port: 80, protocol: tcp, scheduler: round-robin, forwarding: dsr, backends: [{ address: 192.0.2.21, weight: 1 }, { address: 192.0.2.22, weight: 2 }] }
   - { name: lost4, vip: 203.0.113.60, port: 80, protocol: tcp, forwarding: nat, backends: [{ address: 192.0.2.99 }] }
   - { name: lostdsr4, vip: 203.0.113.61, port: 80, protocol: tcp, forwarding: dsr, backends: [{ address: 192.0.2.98 }] }
@@ -742,4 +743,91 @@ fn the_guard_drops_denied_sources_and_sources_opening_flows_too_fast() {
     harness.reconfigure(CONFIG);
     let outcome = harness.run(&frames::tcp4(denied4, 40001, v4(11), 80));
     assert_eq!(outcome.action, Action::Redirect);
+}
+
+/// An IPv6 fragment of a UDP datagram (fragment extension header); the
+/// first carries the UDP header.
+fn fragment6(vip: Ipv6Addr, first: bool) -> Vec<u8> {
+    let mut frame = Vec::new();
+    etherparse::Ethernet2Header {
+        source: lb_tests::testrun::CLIENT_MAC,
+        destination: LB_MAC,
+        ether_type: etherparse::EtherType::IPV6,
+    }
+    .write(&mut frame)
+    .unwrap();
+    etherparse::Ipv6Header {
+        traffic_class: 0,
+        flow_label: etherparse::Ipv6FlowLabel::ZERO,
+        payload_length: 8 + 16,
+        next_header: IpNumber::IPV6_FRAGMENTATION_HEADER,
+        hop_limit: 64,
+        source: CLIENT6.octets(),
+        destination: vip.octets(),
+    }
+    .write(&mut frame)
+    .unwrap();
+    etherparse::Ipv6FragmentHeader {
+        next_header: IpNumber::UDP,
+        fragment_offset: etherparse::IpFragOffset::try_new(if first { 0 } else { 2 }).unwrap(),
+        more_fragments: first,
+        identification: 7,
+    }
+    .write(&mut frame)
+    .unwrap();
+    if first {
+        etherparse::UdpHeader {
+            source_port: 40000,
+            destination_port: 80,
+            length: 32,
+            checksum: 0,
+        }
+        .write(&mut frame)
+        .unwrap();
+        frame.extend_from_slice(&[7; 8]);
+    } else {
+        frame.extend_from_slice(&[9; 16]);
+    }
+    frame
+}
+
+#[test]
+fn ipv6_fragments_follow_the_source_for_ip_hash() {
+    let harness = Harness::new(CONFIG);
+    let first = harness.run(&fragment6(v6(0x30), true));
+    let later = harness.run(&fragment6(v6(0x30), false));
+    assert_eq!(first.action, Action::Redirect);
+    assert_eq!(
+        dsr_backend(&first),
+        dsr_backend(&later),
+        "fragments of one datagram split"
+    );
+    assert_eq!(later.frame[..6], backend_mac(dsr_backend(&first)));
+    // No ip-hash service takes UDP fragments on this VIP: dropped.
+    let (outcome, moved) = harness.run_counted(&fragment6(v6(0x11), false));
+    assert_eq!(outcome.action, Action::Drop);
+    assert_eq!(moved, [(Reason::DropFragment, 1)].into());
+}
+
+#[test]
+fn idle_flows_expire_and_are_rescheduled() {
+    // UDP flows idle for 1 ms are forgotten: once its flow has been quiet
+    // that long, a client of a drained backend moves (ip-hash: the one other).
+    let config = CONFIG.replace("dataplane: {", "dataplane: { udp_idle_timeout: 1ms,");
+    let mut harness = Harness::new(&config);
+    let flow = frames::udp4(CLIENT4, 1000, v4(30), 80);
+    let first = dsr_backend(&harness.run(&flow));
+    let key = BackendKey {
+        service: "hash4".into(),
+        address: IpAddr::V4(Ipv4Addr::new(192, 0, 2, first)),
+        port: 80,
+    };
+    let drained = BackendState {
+        up: true,
+        weight: Some(0),
+    };
+    harness.replan(&[(key, drained)].into());
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let after = dsr_backend(&harness.run(&flow));
+    assert_ne!(after, first, "an idle flow kept its drained backend");
 }
