@@ -87,6 +87,19 @@ pub enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// Remove the XDP program and the pinned state of an instance (also one
+    /// left running by SIGQUIT or a crash). Interrupts its traffic.
+    #[command(
+        after_help = "Example:\n  lb detach -c /etc/lb/lb.yaml\n  lb detach --instance edge1"
+    )]
+    Detach {
+        /// Take the instance name from this configuration.
+        #[arg(short, long, conflicts_with = "instance")]
+        config: Option<PathBuf>,
+        /// The instance name.
+        #[arg(long)]
+        instance: Option<String>,
+    },
     /// On a backend: strip IPIP / IP6IP6 in XDP (tunnel mode).
     #[command(after_help = "Example:\n  lb decap attach eth0\n  lb decap detach eth0")]
     Decap {
@@ -142,6 +155,9 @@ pub fn main() -> ExitCode {
             socket(cli.socket.as_deref(), config.as_deref()).and_then(|s| stats(&s, output))
         }
         Command::Decap { action, interface } => decap(*action, interface, output),
+        Command::Detach { config, instance } => {
+            detach(config.as_deref(), instance.as_deref(), output)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -214,7 +230,10 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
     let controller = Arc::new(Mutex::new(controller));
     let server = api::Server::bind(&socket).map_err(Failure::Runtime)?;
     let server_guard = server.spawn(Arc::clone(&controller));
-    tracing::info!(socket = %socket.display(), "running; SIGINT or SIGTERM stops, SIGHUP reloads");
+    tracing::info!(
+        socket = %socket.display(),
+        "running; SIGINT or SIGTERM stops, SIGHUP reloads, SIGQUIT exits leaving the data plane"
+    );
     loop {
         let signal = wait_for(&signals);
         if signal == libc::SIGHUP {
@@ -224,6 +243,13 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
                 tracing::error!(error = %format!("{error:#}"), "reload refused; nothing changed");
             }
             continue;
+        }
+        if signal == libc::SIGQUIT {
+            // Leave the data plane attached and pinned, forwarding with the
+            // last tables: the next `lb run` takes it over.
+            tracing::info!("SIGQUIT: exiting, data plane left attached and pinned");
+            drop(server_guard);
+            return Ok(());
         }
         tracing::info!(signal, "stopping");
         break;
@@ -340,6 +366,47 @@ fn stats(socket: &Path, output: Output) -> Result<(), Failure> {
     Ok(())
 }
 
+fn detach(config: Option<&Path>, instance: Option<&str>, output: Output) -> Result<(), Failure> {
+    let name = match (config, instance) {
+        (Some(path), _) => Config::load(path)?.instance.to_string(),
+        (None, Some(name)) => crate::config::InstanceName::try_from(name.to_string())
+            .map_err(|e| Failure::User(anyhow::anyhow!(e)))?
+            .to_string(),
+        (None, None) => {
+            return Err(Failure::User(anyhow::anyhow!(
+                "name the instance: `lb detach -c FILE` or `lb detach --instance NAME`"
+            )));
+        }
+    };
+    let pin_dir = Path::new(crate::controller::PIN_ROOT).join(&name);
+    if !pin_dir.exists() {
+        return Err(Failure::User(anyhow::anyhow!(
+            "no pinned data plane for instance {name:?} (nothing in {})",
+            pin_dir.display()
+        )));
+    }
+    let detached = crate::dataplane::unpin_all(&pin_dir).map_err(Failure::Runtime)?;
+    match output {
+        Output::Human => println!(
+            "instance {name}: detached from {} and removed {}",
+            if detached.is_empty() {
+                "no interface".to_string()
+            } else {
+                detached.join(", ")
+            },
+            pin_dir.display()
+        ),
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({"instance": name, "detached": detached, "pins": pin_dir.display().to_string()})
+        ),
+    }
+    Ok(())
+}
+
+/// bpffs directory of `lb decap` attachments.
+const DECAP_PIN_ROOT: &str = "/sys/fs/bpf/lb-decap";
+
 /// Where `lb decap` pins its attachment: unique per network namespace (the
 /// namespace's inode) and interface, since backends on one host share bpffs.
 fn decap_pin(interface: &str) -> anyhow::Result<PathBuf> {
@@ -347,9 +414,8 @@ fn decap_pin(interface: &str) -> anyhow::Result<PathBuf> {
     let netns = std::fs::metadata("/proc/self/ns/net")
         .context("reading /proc/self/ns/net")?
         .ino();
-    Ok(PathBuf::from(format!(
-        "/sys/fs/bpf/lb/decap/{netns}-{interface}"
-    )))
+    // Beside the instances' directory, so no instance name can clash.
+    Ok(Path::new(DECAP_PIN_ROOT).join(format!("{netns}-{interface}")))
 }
 
 fn decap(action: DecapAction, interface: &str, output: Output) -> Result<(), Failure> {
@@ -406,7 +472,7 @@ fn decap(action: DecapAction, interface: &str, output: Output) -> Result<(), Fai
     Ok(())
 }
 
-/// Blocks SIGINT, SIGTERM and SIGHUP in this (and every later) thread so they
+/// Blocks SIGINT, SIGTERM, SIGHUP and SIGQUIT in this (and every later) thread so they
 /// can be taken synchronously with `sigwait`.
 fn block_signals() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; sigemptyset initialises it before use,
@@ -417,6 +483,7 @@ fn block_signals() -> libc::sigset_t {
         libc::sigaddset(&raw mut set, libc::SIGINT);
         libc::sigaddset(&raw mut set, libc::SIGTERM);
         libc::sigaddset(&raw mut set, libc::SIGHUP);
+        libc::sigaddset(&raw mut set, libc::SIGQUIT);
         libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut());
         set
     }

@@ -270,6 +270,14 @@ pub struct Service {
     /// Health check; none means backends are always up.
     #[serde(default)]
     pub health_check: Option<HealthCheck>,
+    /// Traffic goes to the lowest tier with at least this many healthy,
+    /// weighted backends.
+    #[serde(default = "default_min_healthy")]
+    pub min_healthy: u32,
+}
+
+const fn default_min_healthy() -> u32 {
+    1
 }
 
 /// One backend of a service.
@@ -330,9 +338,28 @@ pub struct HealthCheck {
     /// HTTP path.
     #[serde(default)]
     pub path: Option<String>,
-    /// Expected HTTP status.
+    /// Expected HTTP status (default 200).
     #[serde(default)]
     pub expect_status: Option<u16>,
+    /// HTTP: a substring the response body must contain.
+    #[serde(default)]
+    pub expect_body: Option<String>,
+    /// HTTP: the `Host` header (default: the backend's address).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Port to check, when not the backend's traffic port.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// UDP: the payload to send.
+    #[serde(default)]
+    pub send: Option<String>,
+    /// UDP: a substring the reply must contain (any reply, if absent).
+    #[serde(default)]
+    pub expect: Option<String>,
+    /// Exec: the command and its arguments. `LB_BACKEND_ADDRESS` and
+    /// `LB_BACKEND_PORT` are set in its environment; exit status 0 is up.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
     /// Time between checks.
     #[serde(default = "default_interval", with = "duration")]
     pub interval: Duration,
@@ -564,6 +591,12 @@ impl Config {
                 );
             }
             self.check_tunnel_source(&at, service, &mut problems);
+            if let Some(check) = &service.health_check {
+                check_health(&format!("{at}.health_check"), check, &mut problems);
+            }
+            if service.min_healthy == 0 {
+                problems.push(format!("{at}.min_healthy"), "must be at least 1".into());
+            }
             let mut seen = BTreeSet::new();
             for (j, backend) in service.backends.iter().enumerate() {
                 let at = format!("{at}.backends[{j}]");
@@ -638,6 +671,50 @@ impl Config {
                 format!("tunnel services need dataplane.{key} (the outer source prefix)"),
             );
         }
+    }
+}
+
+/// Checks a health check's settings against its kind.
+fn check_health(at: &str, check: &HealthCheck, problems: &mut Problems) {
+    if check.rise == 0 {
+        problems.push(format!("{at}.rise"), "must be at least 1".into());
+    }
+    if check.fall == 0 {
+        problems.push(format!("{at}.fall"), "must be at least 1".into());
+    }
+    if check.interval.is_zero() {
+        problems.push(format!("{at}.interval"), "must be more than 0".into());
+    }
+    if check.timeout.is_zero() || check.timeout > check.interval {
+        problems.push(
+            format!("{at}.timeout"),
+            format!(
+                "must be more than 0 and at most the interval ({})",
+                humantime::format_duration(check.interval)
+            ),
+        );
+    }
+    match check.kind {
+        CheckKind::Exec if check.command.as_ref().is_none_or(Vec::is_empty) => {
+            problems.push(format!("{at}.command"), "exec checks need a command".into());
+        }
+        CheckKind::Udp if check.send.is_none() => {
+            problems.push(
+                format!("{at}.send"),
+                "udp checks need a payload to send".into(),
+            );
+        }
+        CheckKind::Http | CheckKind::Https => {
+            if let Some(path) = &check.path
+                && !path.starts_with('/')
+            {
+                problems.push(
+                    format!("{at}.path"),
+                    format!("{path:?} must start with '/'"),
+                );
+            }
+        }
+        _ => {}
     }
 }
 

@@ -9,13 +9,12 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::programs::xdp::XdpLinkId;
 use lb_common::{Reason, Settings};
 use serde::Serialize;
 
 use crate::{
     config::{Config, XdpModeSetting},
-    dataplane::{AttachMode, Dataplane, Sizes},
+    dataplane::{AttachMode, Attachment, Dataplane, Sizes, unpin_all},
     plan::{BackendKey, BackendState, Planner},
 };
 
@@ -27,19 +26,26 @@ pub struct Controller {
     dataplane: Dataplane,
     planner: Planner,
     states: BTreeMap<BackendKey, BackendState>,
-    links: Vec<(String, XdpLinkId)>,
+    pin_dir: PathBuf,
     started: SystemTime,
 }
 
 impl Controller {
-    /// Loads the data plane for `config`, writes its maps and attaches it.
+    /// Loads the data plane for `config` — taking over the one pinned for
+    /// its instance if a previous controller left it running — writes the
+    /// difference to its maps and attaches it.
     pub fn start(config: Config, config_path: &Path) -> anyhow::Result<Self> {
         enable_forwarding()?;
         let sizes = sizes(&config);
-        let mut dataplane = Dataplane::load(sizes)
+        let pin_dir = pin_dir(&config);
+        let (mut dataplane, adopted) = Dataplane::load_pinned(sizes, &pin_dir)
             .context("loading the XDP program (root and a kernel with BTF are needed)")?;
-        dataplane.set_settings(&settings(&config))?;
         let mut planner = Planner::new(sizes.ring_size, sizes.services, sizes.backends);
+        if adopted {
+            planner.adopt(&config, dataplane.snapshot()?);
+            tracing::info!(pins = %pin_dir.display(), "took over the pinned data plane");
+        }
+        dataplane.set_settings(&settings(&config))?;
         let states = BTreeMap::new();
         let writes = planner.plan(&config, &states)?;
         dataplane.apply(&writes)?;
@@ -50,7 +56,7 @@ impl Controller {
             dataplane,
             planner,
             states,
-            links: Vec::new(),
+            pin_dir,
             started: SystemTime::now(),
         };
         controller.attach()?;
@@ -71,12 +77,18 @@ impl Controller {
                 XdpModeSetting::Native => AttachMode::Native,
                 XdpModeSetting::Generic => AttachMode::Generic,
             };
-            let (link, attached) = self
+            let attachment = self
                 .dataplane
-                .attach(&iface.name, mode)
+                .attach_pinned(&iface.name, mode, &self.pin_dir)
                 .with_context(|| format!("attaching to {}", iface.name))?;
-            tracing::info!(interface = %iface.name, mode = ?attached, "attached");
-            self.links.push((iface.name.clone(), link));
+            match attachment {
+                Attachment::Adopted => {
+                    tracing::info!(interface = %iface.name, "took over the attachment (no gap)");
+                }
+                Attachment::Attached(mode) => {
+                    tracing::info!(interface = %iface.name, ?mode, "attached");
+                }
+            }
         }
         Ok(())
     }
@@ -91,12 +103,9 @@ impl Controller {
         &self.config
     }
 
-    /// Detaches from every interface.
+    /// Detaches from every interface and removes the pinned maps.
     pub fn stop(&mut self) -> anyhow::Result<()> {
-        for (interface, link) in std::mem::take(&mut self.links) {
-            self.dataplane
-                .detach(link)
-                .with_context(|| format!("detaching from {interface}"))?;
+        for interface in unpin_all(&self.pin_dir)? {
             tracing::info!(%interface, "detached");
         }
         Ok(())
@@ -328,6 +337,14 @@ fn forwarding_name(forwarding: crate::config::Forwarding) -> String {
     }
     .into()
 }
+
+/// Where an instance's maps and attachments are pinned.
+pub fn pin_dir(config: &Config) -> PathBuf {
+    Path::new(PIN_ROOT).join(config.instance.as_str())
+}
+
+/// bpffs directory of every lb instance.
+pub const PIN_ROOT: &str = "/sys/fs/bpf/lb";
 
 /// Map sizes from the configuration.
 pub fn sizes(config: &Config) -> Sizes {

@@ -514,3 +514,218 @@ impl Dataplane {
             .map_err(|source| DataplaneError::Program { name, source })
     }
 }
+
+/// Every map of the object, pinned by `lb run` so the data plane outlives
+/// the controller.
+const PINNED_MAPS: &[&str] = &[
+    map_names::SERVICES,
+    map_names::VIPS,
+    map_names::BACKENDS,
+    map_names::MAGLEV,
+    map_names::CONNS,
+    map_names::NAT,
+    map_names::RR_POS,
+    map_names::SETTINGS,
+    map_names::DEVMAP,
+    map_names::IFACES,
+    map_names::STATS_REASONS,
+    map_names::STATS_SERVICES,
+    map_names::STATS_BACKENDS,
+    map_names::DENY,
+    map_names::RATE,
+];
+
+/// What [`Dataplane::attach_pinned`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attachment {
+    /// Took over a pinned attachment: the new program replaced the old one
+    /// atomically, no packet saw an unattached interface.
+    Adopted,
+    /// Attached afresh (and pinned) in this mode.
+    Attached(AttachedMode),
+}
+
+/// The pin path of the attachment to `interface` under `pin_dir`.
+pub fn link_pin(pin_dir: &std::path::Path, interface: &str) -> std::path::PathBuf {
+    pin_dir.join(format!("link-{interface}"))
+}
+
+impl Dataplane {
+    /// Loads the balancer with its maps pinned under `pin_dir`. Maps already
+    /// pinned there (a previous controller's, still forwarding) are reused
+    /// with their contents; returns whether that was the case. Pinned maps
+    /// of other sizes are refused: resizing needs `lb detach` first.
+    pub fn load_pinned(sizes: Sizes, pin_dir: &std::path::Path) -> anyhow::Result<(Self, bool)> {
+        use anyhow::Context as _;
+        let adopted = pin_dir.join(map_names::SERVICES).exists();
+        if adopted {
+            for (name, want) in [
+                (map_names::SERVICES, sizes.services),
+                (map_names::BACKENDS, sizes.backends),
+                (map_names::MAGLEV, sizes.maglev_entries()),
+                (map_names::CONNS, sizes.connections),
+            ] {
+                let info = aya::maps::MapInfo::from_pin(pin_dir.join(name))
+                    .with_context(|| format!("reading pinned map {name}"))?;
+                anyhow::ensure!(
+                    info.max_entries() == want,
+                    "the pinned data plane in {} was created with other sizes ({name}: {} \
+                     entries, configured {want}); restore the sizes, or `lb detach` it first \
+                     (interrupts traffic)",
+                    pin_dir.display(),
+                    info.max_entries()
+                );
+            }
+        } else {
+            std::fs::create_dir_all(pin_dir)
+                .with_context(|| format!("creating {}", pin_dir.display()))?;
+        }
+        let paths: Vec<(&str, std::path::PathBuf)> = PINNED_MAPS
+            .iter()
+            .map(|name| (*name, pin_dir.join(name)))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(map_names::SERVICES, sizes.services)
+            .map_max_entries(map_names::VIPS, sizes.services)
+            .map_max_entries(map_names::RR_POS, sizes.services)
+            .map_max_entries(map_names::STATS_SERVICES, sizes.services)
+            .map_max_entries(map_names::BACKENDS, sizes.backends)
+            .map_max_entries(map_names::NAT, sizes.backends)
+            .map_max_entries(map_names::STATS_BACKENDS, sizes.backends)
+            .map_max_entries(map_names::MAGLEV, sizes.maglev_entries())
+            .map_max_entries(map_names::CONNS, sizes.connections);
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT)?;
+        let program = program_names::BALANCER;
+        xdp_mut(&mut ebpf, program)?
+            .load()
+            .map_err(|source| DataplaneError::Program {
+                name: program,
+                source,
+            })?;
+        Ok((
+            Self {
+                ebpf,
+                sizes,
+                program,
+            },
+            adopted,
+        ))
+    }
+
+    /// Attaches to `interface`, or takes over the attachment pinned there by
+    /// an earlier controller (atomic program replacement). Fresh attachments
+    /// are pinned so they outlive this process.
+    pub fn attach_pinned(
+        &mut self,
+        interface: &str,
+        mode: AttachMode,
+        pin_dir: &std::path::Path,
+    ) -> anyhow::Result<Attachment> {
+        use aya::programs::links::{FdLink, PinnedLink};
+        let pin = link_pin(pin_dir, interface);
+        let name = self.program;
+        if pin.exists() {
+            let pinned = PinnedLink::from_pin(&pin)
+                .map_err(|e| anyhow::anyhow!("opening {}: {e}", pin.display()))?;
+            let link = aya::programs::xdp::XdpLink::try_from(FdLink::from(pinned))
+                .map_err(|e| anyhow::anyhow!("{} is not an XDP link: {e}", pin.display()))?;
+            xdp_mut(&mut self.ebpf, name)?
+                .attach_to_link(link)
+                .map_err(|source| DataplaneError::Program { name, source })?;
+            return Ok(Attachment::Adopted);
+        }
+        let (link, mode) = self.attach(interface, mode)?;
+        self.pin_link(link, &pin)?;
+        Ok(Attachment::Attached(mode))
+    }
+
+    /// Reads the maps back, for a planner taking over a pinned data plane.
+    pub fn snapshot(&self) -> Result<crate::plan::Snapshot, DataplaneError> {
+        let mut snapshot = crate::plan::Snapshot::default();
+        let services: HashMap<&MapData, ServiceKey, ServiceValue> =
+            HashMap::try_from(self.map(map_names::SERVICES)?)
+                .map_err(map_error(map_names::SERVICES))?;
+        for entry in &services {
+            let (key, value) = entry.map_err(map_error(map_names::SERVICES))?;
+            snapshot.services.push((key, value));
+        }
+        let backends: Array<&MapData, BackendValue> =
+            Array::try_from(self.map(map_names::BACKENDS)?)
+                .map_err(map_error(map_names::BACKENDS))?;
+        for id in 0..self.sizes.backends {
+            let value = backends
+                .get(&id, 0)
+                .map_err(map_error(map_names::BACKENDS))?;
+            if value != BackendValue::default() {
+                snapshot.backends.push((id, value));
+            }
+        }
+        let vips: HashMap<&MapData, Addr, VipValue> =
+            HashMap::try_from(self.map(map_names::VIPS)?).map_err(map_error(map_names::VIPS))?;
+        for entry in &vips {
+            snapshot
+                .vips
+                .push(entry.map_err(map_error(map_names::VIPS))?);
+        }
+        let nat: HashMap<&MapData, Endpoint, NatValue> =
+            HashMap::try_from(self.map(map_names::NAT)?).map_err(map_error(map_names::NAT))?;
+        for entry in &nat {
+            snapshot.nat.push(entry.map_err(map_error(map_names::NAT))?);
+        }
+        let deny: LpmTrie<&MapData, Addr, u8> =
+            LpmTrie::try_from(self.map(map_names::DENY)?).map_err(map_error(map_names::DENY))?;
+        for key in deny.keys() {
+            let key = key.map_err(map_error(map_names::DENY))?;
+            snapshot.deny.push((key.data(), key.prefix_len()));
+        }
+        let maglev: Array<&MapData, u32> =
+            Array::try_from(self.map(map_names::MAGLEV)?).map_err(map_error(map_names::MAGLEV))?;
+        let ring = self.sizes.ring_size;
+        for (_, service) in &snapshot.services {
+            for half in 0..2 {
+                let row = service.id * 2 + half;
+                let mut slots = Vec::with_capacity(ring as usize);
+                for slot in 0..ring {
+                    slots.push(
+                        maglev
+                            .get(&(row * ring + slot), 0)
+                            .map_err(map_error(map_names::MAGLEV))?,
+                    );
+                }
+                snapshot.rows.push((row, slots));
+            }
+        }
+        Ok(snapshot)
+    }
+}
+
+/// Removes the pinned data plane of an instance: its attachments first
+/// (which detaches the program), then its maps. Returns the interfaces it
+/// detached from. Nothing pinned: nothing to do.
+pub fn unpin_all(pin_dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    use anyhow::Context as _;
+    let mut detached = Vec::new();
+    let Ok(entries) = std::fs::read_dir(pin_dir) else {
+        return Ok(detached);
+    };
+    let mut maps = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("reading {}", pin_dir.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(interface) = name.strip_prefix("link-") {
+            unpin_link(&entry.path())?;
+            detached.push(interface.to_string());
+        } else {
+            maps.push(entry.path());
+        }
+    }
+    for map in maps {
+        std::fs::remove_file(&map).with_context(|| format!("removing {}", map.display()))?;
+    }
+    std::fs::remove_dir(pin_dir).with_context(|| format!("removing {}", pin_dir.display()))?;
+    Ok(detached)
+}

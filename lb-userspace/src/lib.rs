@@ -6,5 +6,6 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod dataplane;
+pub mod health;
 pub mod maglev;
 pub mod plan;

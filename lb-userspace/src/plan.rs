@@ -128,6 +128,24 @@ pub struct PlannedService {
     pub active_tier: Option<u8>,
 }
 
+/// What the maps of a pinned data plane hold, read back by a controller that
+/// takes it over (`Dataplane::snapshot`).
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// `SERVICES`.
+    pub services: Vec<(ServiceKey, ServiceValue)>,
+    /// Non-empty `BACKENDS` slots.
+    pub backends: Vec<(u32, BackendValue)>,
+    /// `VIPS`.
+    pub vips: Vec<(Addr, VipValue)>,
+    /// `NAT`.
+    pub nat: Vec<(Endpoint, NatValue)>,
+    /// `DENY` prefixes.
+    pub deny: Vec<(Addr, u32)>,
+    /// Both MAGLEV rows of every service.
+    pub rows: Vec<(u32, Vec<u32>)>,
+}
+
 /// Stable ids and the shadow of the maps.
 #[derive(Debug)]
 pub struct Planner {
@@ -171,6 +189,54 @@ impl Planner {
             deny: std::collections::BTreeSet::new(),
             planned: Vec::new(),
         }
+    }
+
+    /// Takes over maps another planner filled (a controller restarted over
+    /// a pinned data plane): the shadow becomes what the maps hold, and the
+    /// ids of services and backends still in `config` stay what they were,
+    /// so connection-table entries keep naming the same backends. The next
+    /// [`Planner::plan`] then writes only what differs.
+    pub fn adopt(&mut self, config: &Config, snapshot: Snapshot) {
+        let mut names = BTreeMap::new();
+        for (key, value) in &snapshot.services {
+            let name = config.services.iter().find(|service| {
+                ServiceKey::new(
+                    map_addr(service.vip),
+                    service.port,
+                    service.protocol.number(),
+                ) == *key
+            });
+            if let Some(service) = name {
+                self.service_ids.insert(service.name.clone(), value.id);
+                names.insert(value.id, service.name.clone());
+            }
+            self.next_service_id = self.next_service_id.max(value.id + 1);
+        }
+        for (id, value) in &snapshot.backends {
+            if let Some(service) = names.get(&value.service_id) {
+                let key = BackendKey {
+                    service: service.clone(),
+                    address: unmap_addr(value.addr),
+                    port: value.port,
+                };
+                self.backend_ids.entry(key).or_insert(*id);
+            }
+            self.next_backend_id = self.next_backend_id.max(id + 1);
+        }
+        let used_services: Vec<u32> = self.service_ids.values().copied().collect();
+        self.free_service_ids = (0..self.next_service_id)
+            .filter(|id| !used_services.contains(id))
+            .collect();
+        let used_backends: Vec<u32> = self.backend_ids.values().copied().collect();
+        self.free_backend_ids = (0..self.next_backend_id)
+            .filter(|id| !used_backends.contains(id))
+            .collect();
+        self.services = snapshot.services.into_iter().collect();
+        self.backends = snapshot.backends.into_iter().collect();
+        self.vips = snapshot.vips.into_iter().collect();
+        self.nat = snapshot.nat.into_iter().collect();
+        self.deny = snapshot.deny.into_iter().collect();
+        self.rows = snapshot.rows.into_iter().collect();
     }
 
     /// The services as last planned.
@@ -477,11 +543,7 @@ impl Planner {
                 }
             })
             .collect();
-        let serving_tier = backends
-            .iter()
-            .filter(|b| b.effective_weight > 0)
-            .map(|b| b.tier)
-            .min();
+        let serving_tier = serving_tier(&backends, service.min_healthy);
         for backend in &mut backends {
             if Some(backend.tier) != serving_tier {
                 backend.effective_weight = 0;
@@ -557,6 +619,21 @@ impl Planner {
     }
 }
 
+/// The tier new flows go to: the lowest with at least `min_healthy` healthy,
+/// weighted backends; if no tier has that many, the lowest with any (better
+/// a thin tier than none); `None` when no backend can take traffic.
+fn serving_tier(backends: &[PlannedBackend], min_healthy: u32) -> Option<u8> {
+    let mut counts: BTreeMap<u8, u32> = BTreeMap::new();
+    for backend in backends.iter().filter(|b| b.effective_weight > 0) {
+        *counts.entry(backend.tier).or_default() += 1;
+    }
+    counts
+        .iter()
+        .find(|&(_, &count)| count >= min_healthy)
+        .or_else(|| counts.iter().next())
+        .map(|(&tier, _)| tier)
+}
+
 /// Whether `row` holds `table` (over the table's length).
 fn row_matches(row: &[u32], table: &[u32]) -> bool {
     row.len() >= table.len() && row[..table.len()] == *table
@@ -595,6 +672,15 @@ fn sync_map<K: Ord + Copy, V: PartialEq + Copy>(
     for key in gone {
         current.remove(&key);
         writes.push(remove(key));
+    }
+}
+
+/// The address a map-form address stands for.
+pub fn unmap_addr(addr: Addr) -> IpAddr {
+    let v6 = std::net::Ipv6Addr::from(addr);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
     }
 }
 
@@ -793,6 +879,38 @@ mod tests {
     }
 
     #[test]
+    fn min_healthy_moves_traffic_to_a_fuller_tier() {
+        let mut planner = planner();
+        let mut config = config(false, "maglev");
+        config.services[0].min_healthy = 2;
+        let down = BackendState {
+            up: false,
+            weight: None,
+        };
+        let key = BackendKey {
+            service: "web".into(),
+            address: "192.0.2.11".parse().unwrap(),
+            port: 8080,
+        };
+        // Tier 0 keeps one healthy backend of two: below min_healthy 2, but
+        // tier 1 has only one too, so tier 0 still serves.
+        planner
+            .plan(&config, &[(key.clone(), down)].into())
+            .unwrap();
+        assert_eq!(planner.planned()[0].active_tier, Some(0));
+        // With min_healthy 1 everything stays on tier 0 as well; with a
+        // second tier-1 backend, tier 1 would take over at min_healthy 2.
+        config.services[0].backends.push(crate::config::Backend {
+            address: "192.0.2.22".parse().unwrap(),
+            port: Some(8080),
+            weight: 100,
+            tier: 1,
+        });
+        planner.plan(&config, &[(key, down)].into()).unwrap();
+        assert_eq!(planner.planned()[0].active_tier, Some(1));
+    }
+
+    #[test]
     fn drained_backend_gets_no_slots_but_stays_usable() {
         let mut planner = planner();
         let drained = BackendState {
@@ -855,6 +973,37 @@ mod tests {
         assert_eq!(service.value.rr_len, 3, "weights 100:200 reduce to 1:2");
         let table = planner.live_table(&service.key).unwrap();
         assert_eq!(table.iter().filter(|&&id| id == 1).count(), 2);
+    }
+
+    #[test]
+    fn an_adopting_planner_keeps_ids_and_writes_nothing_for_the_same_config() {
+        let config = config(true, "maglev");
+        let mut first = planner();
+        first.plan(&config, &BTreeMap::new()).unwrap();
+        let snapshot = Snapshot {
+            services: first.services.iter().map(|(k, v)| (*k, *v)).collect(),
+            backends: first.backends.iter().map(|(k, v)| (*k, *v)).collect(),
+            vips: first.vips.iter().map(|(k, v)| (*k, *v)).collect(),
+            nat: first.nat.iter().map(|(k, v)| (*k, *v)).collect(),
+            deny: first.deny.iter().copied().collect(),
+            rows: first.rows.iter().map(|(k, v)| (*k, v.clone())).collect(),
+        };
+        let mut second = planner();
+        second.adopt(&config, snapshot);
+        assert_eq!(second.plan(&config, &BTreeMap::new()).unwrap(), []);
+        let ids =
+            |p: &Planner| -> Vec<u32> { p.planned()[0].backends.iter().map(|b| b.id).collect() };
+        assert_eq!(ids(&second), ids(&first));
+        // A new backend after the takeover gets a fresh id, not a taken one.
+        let mut grown = config.clone();
+        grown.services[0].backends.push(crate::config::Backend {
+            address: "192.0.2.14".parse().unwrap(),
+            port: Some(8080),
+            weight: 100,
+            tier: 0,
+        });
+        second.plan(&grown, &BTreeMap::new()).unwrap();
+        assert_eq!(second.planned()[0].backends[4].id, 4);
     }
 
     #[test]

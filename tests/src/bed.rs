@@ -229,6 +229,13 @@ impl Drop for Bed {
             let _ = std::fs::remove_file(socket);
         }
         let lb = lb_binary();
+        // A test that failed with lb killed leaves its pinned data plane.
+        if let Some(config) = &self.config {
+            let _ = self.lb.exec(
+                lb.to_str().unwrap_or("lb"),
+                &["detach", "-c", config.path().to_str().unwrap_or("")],
+            );
+        }
         for (netns, iface) in std::mem::take(&mut self.decaps) {
             let _ = std::process::Command::new("nsenter")
                 .arg(format!("--net=/run/netns/{netns}"))

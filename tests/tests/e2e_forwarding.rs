@@ -59,7 +59,7 @@ fn config(family: Family, socket: &str) -> String {
     )
     .unwrap();
     format!(
-        "instance: e2e{}\ninterfaces: [{{ name: eth0 }}, {{ name: eth1 }}]\nservices:\n{services}\
+        "instance: e2e{}{family:?}\ninterfaces: [{{ name: eth0 }}, {{ name: eth1 }}]\nservices:\n{services}\
          control: {{ socket: {socket} }}\n\
          dataplane: {{ tunnel_source_v4: 192.0.2.240/28, tunnel_source_v6: '2001:db8::f000/116' }}\n",
         std::process::id()

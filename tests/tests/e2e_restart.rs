@@ -1,0 +1,109 @@
+//! Restart without loss: the maps and the XDP attachment are pinned, so a
+//! controller killed with SIGKILL (or leaving with SIGQUIT) leaves the data
+//! plane forwarding, and the next `lb run` takes it over without a gap.
+//! A client keeps opening connections the whole time; none may fail.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use lb_tests::bed::{Bed, tcp_request};
+
+fn config(tag: &str) -> String {
+    format!(
+        "instance: restart{tag}{pid}\ninterfaces: [{{ name: eth0 }}, {{ name: eth1 }}]\nservices:\n\
+         \x20 - {{ name: nat, vip: 203.0.113.10, port: 80, protocol: tcp, backends: \
+         [{{ address: 192.0.2.11, port: 8080 }}, {{ address: 192.0.2.12, port: 8080 }}] }}\n\
+         \x20 - {{ name: dsr, vip: 203.0.113.11, port: 80, protocol: tcp, forwarding: dsr, backends: \
+         [{{ address: 192.0.2.11 }}, {{ address: 192.0.2.12 }}] }}\n\
+         control: {{ socket: /run/lb/restart-{tag}-{pid}.sock }}\n",
+        pid = std::process::id()
+    )
+}
+
+/// Keeps opening connections to both VIPs until `stop`; returns (requests,
+/// failures). Bounded: at most 20,000 requests.
+fn steady_traffic(bed: &Bed, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u32, u32)> {
+    bed.client.spawn_thread(move || {
+        let targets: [SocketAddr; 2] = [
+            "203.0.113.10:80".parse().unwrap(),
+            "203.0.113.11:80".parse().unwrap(),
+        ];
+        let (mut requests, mut failures) = (0, 0);
+        while !stop.load(Ordering::Relaxed) && requests < 20_000 {
+            for target in targets {
+                requests += 1;
+                if tcp_request(target, None).is_none() {
+                    failures += 1;
+                }
+            }
+        }
+        (requests, failures)
+    })
+}
+
+fn restart_keeps_forwarding(signal: i32, tag: &str) {
+    let mut bed = Bed::new(&[11, 12]);
+    let config = config(tag);
+    bed.start_lb(&config);
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = steady_traffic(&bed, Arc::clone(&stop));
+    std::thread::sleep(Duration::from_millis(500));
+
+    let killed = Instant::now();
+    let process = bed.lb_process.take().unwrap();
+    process.signal(signal);
+    let output = process.wait();
+    if signal == libc::SIGQUIT {
+        assert!(output.status.success(), "SIGQUIT exit: {output:?}");
+    }
+    assert!(
+        bed.lb.has_xdp("eth0") && bed.lb.has_xdp("eth1"),
+        "the data plane went with the controller"
+    );
+    // Traffic flows with no controller at all for a while...
+    std::thread::sleep(Duration::from_millis(700));
+    // ...and the next controller takes it over.
+    bed.start_lb(&config);
+    println!("{tag}: controller gone for {:?}", killed.elapsed());
+    std::thread::sleep(Duration::from_millis(700));
+    stop.store(true, Ordering::Relaxed);
+    let (requests, failures) = traffic.join().unwrap();
+    println!("{tag}: {requests} requests, {failures} failed");
+    assert!(requests > 100, "too little traffic to tell: {requests}");
+    assert_eq!(
+        failures, 0,
+        "{failures} of {requests} requests failed across the restart"
+    );
+
+    let log = bed.stop_lb();
+    let stderr = String::from_utf8_lossy(&log.stderr);
+    assert!(
+        stderr.contains("took over the pinned data plane"),
+        "{stderr}"
+    );
+    assert!(!bed.lb.has_xdp("eth0"), "SIGINT must detach");
+    assert!(
+        !std::path::Path::new(&format!(
+            "/sys/fs/bpf/lb/restart{tag}{}",
+            std::process::id()
+        ))
+        .exists(),
+        "pins left"
+    );
+}
+
+#[test]
+fn sigkill_and_restart_lose_no_request() {
+    restart_keeps_forwarding(libc::SIGKILL, "kill");
+}
+
+#[test]
+fn sigquit_leaves_the_data_plane_for_the_next_controller() {
+    restart_keeps_forwarding(libc::SIGQUIT, "quit");
+}
