@@ -226,8 +226,23 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
     let config = Config::load(path)?;
     let signals = block_signals();
     let socket = config.control.socket.clone();
-    let controller = Controller::start(config, path).map_err(Failure::Runtime)?;
+    let mut controller = Controller::start(config, path).map_err(Failure::Runtime)?;
+    let (events, results) = std::sync::mpsc::channel();
+    controller.start_health(events);
     let controller = Arc::new(Mutex::new(controller));
+    let health = Arc::clone(&controller);
+    // Health results are applied one at a time, under the controller lock,
+    // by this thread; the checker threads only probe.
+    std::thread::spawn(move || {
+        for event in results {
+            let Ok(mut controller) = health.lock() else {
+                return;
+            };
+            if let Err(error) = controller.on_health(&event) {
+                tracing::error!(error = %format!("{error:#}"), "applying a health change failed");
+            }
+        }
+    });
     let server = api::Server::bind(&socket).map_err(Failure::Runtime)?;
     let server_guard = server.spawn(Arc::clone(&controller));
     tracing::info!(

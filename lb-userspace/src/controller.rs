@@ -12,9 +12,12 @@ use anyhow::Context as _;
 use lb_common::{Reason, Settings};
 use serde::Serialize;
 
+use std::sync::mpsc::Sender;
+
 use crate::{
     config::{Config, XdpModeSetting},
     dataplane::{AttachMode, Attachment, Dataplane, Sizes, unpin_all},
+    health::{Checker, Event, Health, Target, Tracker},
     plan::{BackendKey, BackendState, Planner},
 };
 
@@ -26,6 +29,9 @@ pub struct Controller {
     dataplane: Dataplane,
     planner: Planner,
     states: BTreeMap<BackendKey, BackendState>,
+    trackers: BTreeMap<BackendKey, Tracker>,
+    checker: Option<Checker>,
+    events: Option<Sender<Event>>,
     pin_dir: PathBuf,
     started: SystemTime,
 }
@@ -56,6 +62,9 @@ impl Controller {
             dataplane,
             planner,
             states,
+            trackers: BTreeMap::new(),
+            checker: None,
+            events: None,
             pin_dir,
             started: SystemTime::now(),
         };
@@ -90,6 +99,85 @@ impl Controller {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Starts health checking; results arrive as [`Event`]s on `events`,
+    /// to be fed to [`Controller::on_health`]. Backends start `unknown`,
+    /// which carries traffic: a restarted controller must not pull flows
+    /// off backends it has not checked yet.
+    pub fn start_health(&mut self, events: Sender<Event>) {
+        self.events = Some(events);
+        self.restart_checker();
+    }
+
+    /// (Re)starts the checker for the current configuration, keeping the
+    /// trackers of backends whose check did not change.
+    fn restart_checker(&mut self) {
+        if let Some(checker) = self.checker.take() {
+            checker.stop();
+        }
+        let Some(events) = self.events.clone() else {
+            return;
+        };
+        let targets = Target::for_config(&self.config);
+        let mut trackers = BTreeMap::new();
+        for target in &targets {
+            let tracker = match self.trackers.remove(&target.key) {
+                Some(tracker) if tracker.thresholds() == (target.check.rise, target.check.fall) => {
+                    tracker
+                }
+                _ => Tracker::for_check(&target.check),
+            };
+            trackers.insert(target.key.clone(), tracker);
+        }
+        self.trackers = trackers;
+        // Health of backends no longer checked is forgotten.
+        let checked: Vec<BackendKey> = self.trackers.keys().cloned().collect();
+        for (key, state) in &mut self.states {
+            if !checked.contains(key) {
+                state.up = true;
+            }
+        }
+        self.checker = Some(Checker::start(targets, events));
+    }
+
+    /// One health-check result: on a transition, log it and re-plan, so a
+    /// failed backend leaves the tables (and its flows move) at once.
+    pub fn on_health(&mut self, event: &Event) -> anyhow::Result<()> {
+        let Some(tracker) = self.trackers.get_mut(&event.key) else {
+            return Ok(()); // a result from before a reload
+        };
+        let Some(transition) = tracker.observe(&event.outcome, event.at) else {
+            return Ok(());
+        };
+        let key = &event.key;
+        let up = transition.to != Health::Down;
+        if up {
+            tracing::info!(
+                service = %key.service, backend = %key.address, port = key.port,
+                from = %transition.from, to = %transition.to, reason = %transition.reason,
+                "backend health changed"
+            );
+        } else {
+            tracing::warn!(
+                service = %key.service, backend = %key.address, port = key.port,
+                from = %transition.from, reason = %transition.reason, "backend down"
+            );
+        }
+        let state = self.states.entry(key.clone()).or_default();
+        if state.up != up {
+            state.up = up;
+            self.replan()?;
+        }
+        Ok(())
+    }
+
+    /// Plans the current configuration and states and applies the writes.
+    fn replan(&mut self) -> anyhow::Result<()> {
+        let writes = self.planner.plan(&self.config, &self.states)?;
+        self.dataplane.apply(&writes)?;
+        tracing::debug!(writes = writes.len(), "re-planned");
         Ok(())
     }
 
@@ -135,7 +223,18 @@ impl Controller {
                         tier: b.tier,
                         weight: b.weight,
                         effective_weight: b.effective_weight,
-                        health: if b.up { "up" } else { "down" }.into(),
+                        health: self
+                            .trackers
+                            .get(&b.key)
+                            .map_or("up", |t| t.health().as_str())
+                            .into(),
+                        last_check: self.trackers.get(&b.key).and_then(Tracker::last).map(|o| {
+                            LastCheck {
+                                ok: o.ok,
+                                detail: o.detail.clone(),
+                                latency_ms: o.latency.as_secs_f64() * 1000.0,
+                            }
+                        }),
                         drained: false,
                         active_flows: None,
                     })
@@ -253,6 +352,19 @@ pub struct BackendStatus {
     pub drained: bool,
     /// Active flows; `null` until the data plane counts them.
     pub active_flows: Option<u64>,
+    /// The last health-check result; `null` without checks.
+    pub last_check: Option<LastCheck>,
+}
+
+/// A health-check result in [`BackendStatus`].
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct LastCheck {
+    /// Passed.
+    pub ok: bool,
+    /// What happened ("ok", "connection refused", "status 503", ...).
+    pub detail: String,
+    /// How long it took, in milliseconds.
+    pub latency_ms: f64,
 }
 
 /// HA part of [`StatusReport`].
@@ -460,6 +572,7 @@ impl Controller {
         self.dataplane.apply(&writes)?;
         tracing::info!(writes = writes.len(), "reloaded");
         self.config = config;
+        self.restart_checker();
         Ok(())
     }
 }

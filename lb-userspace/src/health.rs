@@ -185,6 +185,11 @@ impl Tracker {
         })
     }
 
+    /// The (rise, fall) thresholds.
+    pub fn thresholds(&self) -> (u32, u32) {
+        (self.rise, self.fall)
+    }
+
     /// The current state.
     pub fn health(&self) -> Health {
         self.health

@@ -43,6 +43,7 @@ pub struct Backend {
     /// Its namespace.
     pub ns: Netns,
     servers: Vec<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
 }
 
 /// The whole bed. Drop order: lb, decap pins, namespaces.
@@ -54,7 +55,8 @@ pub struct Bed {
     pub config: Option<TempFile>,
     /// Its control socket, removed on drop (a killed lb leaves it behind).
     socket: Option<std::path::PathBuf>,
-    stop: Arc<AtomicBool>,
+    /// Its instance, detached on drop (a killed lb leaves it pinned).
+    instance: Option<String>,
     decaps: Vec<(String, String)>,
     /// Backends.
     pub backends: Vec<Backend>,
@@ -64,6 +66,32 @@ pub struct Bed {
     pub lb: Netns,
     /// The switch.
     pub switch: Netns,
+}
+
+impl Bed {
+    /// Stops a backend's servers: its ports refuse connections from now on.
+    pub fn stop_backend(&mut self, host: u8) {
+        let backend = self.backend_mut(host);
+        backend.stop.store(true, Ordering::Relaxed);
+        for server in backend.servers.drain(..) {
+            let _ = server.join();
+        }
+    }
+
+    /// Starts a stopped backend's servers again.
+    pub fn start_backend(&mut self, host: u8) {
+        let backend = self.backend_mut(host);
+        assert!(backend.servers.is_empty(), "b{host} is running");
+        backend.stop = Arc::new(AtomicBool::new(false));
+        backend.servers = serve(&backend.ns, host, &backend.stop);
+    }
+
+    fn backend_mut(&mut self, host: u8) -> &mut Backend {
+        self.backends
+            .iter_mut()
+            .find(|b| b.host == host)
+            .unwrap_or_else(|| panic!("no backend b{host}"))
+    }
 }
 
 impl Bed {
@@ -90,12 +118,11 @@ impl Bed {
         ] {
             lb.sysctl(setting);
         }
-        let stop = Arc::new(AtomicBool::new(false));
         let mut bed = Self {
             lb_process: None,
             config: None,
             socket: None,
-            stop,
+            instance: None,
             decaps: Vec::new(),
             backends: Vec::new(),
             client,
@@ -140,8 +167,14 @@ impl Bed {
         }
         let name = ns.name().to_string();
         self.decap(&name, "eth0");
-        let servers = serve(&ns, host, &self.stop);
-        self.backends.push(Backend { host, ns, servers });
+        let stop = Arc::new(AtomicBool::new(false));
+        let servers = serve(&ns, host, &stop);
+        self.backends.push(Backend {
+            host,
+            ns,
+            servers,
+            stop,
+        });
     }
 
     /// `lb decap attach IFACE` inside `netns`, remembered for teardown.
@@ -170,7 +203,9 @@ impl Bed {
             lb.to_str().unwrap(),
             &["run", "-c", file.path().to_str().unwrap()],
         );
-        let socket = socket_path(config);
+        let parsed = lb::config::Config::parse(config).expect("test configuration");
+        let socket = parsed.control.socket.clone();
+        self.instance = Some(parsed.instance.to_string());
         let up = wait_until(Duration::from_secs(15), || {
             !child.running() || std::os::unix::net::UnixStream::connect(&socket).is_ok()
         });
@@ -211,29 +246,29 @@ impl Bed {
         child.wait()
     }
 
-    /// Runs an `lb` subcommand against the running controller.
+    /// Runs an `lb` subcommand against the running controller (by its
+    /// socket, so it works while the configuration file is broken).
     pub fn lb_command(&self, args: &[&str]) -> std::process::Output {
-        let config = self.config.as_ref().expect("lb started");
+        let socket = self.socket.as_ref().expect("lb started");
         let lb = lb_binary();
         let mut full: Vec<&str> = args.to_vec();
-        full.extend(["-c", config.path().to_str().unwrap()]);
+        full.extend(["--socket", socket.to_str().unwrap()]);
         self.lb.exec(lb.to_str().unwrap(), &full)
     }
 }
 
 impl Drop for Bed {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
         drop(self.lb_process.take());
         if let Some(socket) = self.socket.take() {
             let _ = std::fs::remove_file(socket);
         }
         let lb = lb_binary();
         // A test that failed with lb killed leaves its pinned data plane.
-        if let Some(config) = &self.config {
+        if let Some(instance) = &self.instance {
             let _ = self.lb.exec(
                 lb.to_str().unwrap_or("lb"),
-                &["detach", "-c", config.path().to_str().unwrap_or("")],
+                &["detach", "--instance", instance],
             );
         }
         for (netns, iface) in std::mem::take(&mut self.decaps) {
@@ -245,19 +280,12 @@ impl Drop for Bed {
                 .output();
         }
         for backend in &mut self.backends {
+            backend.stop.store(true, Ordering::Relaxed);
             for server in backend.servers.drain(..) {
                 let _ = server.join();
             }
         }
     }
-}
-
-/// The `control.socket` of a config.
-fn socket_path(config: &str) -> std::path::PathBuf {
-    lb::config::Config::parse(config)
-        .expect("test configuration")
-        .control
-        .socket
 }
 
 /// TCP and UDP servers on every backend port, answering with `b<host>`.
@@ -276,9 +304,11 @@ fn serve(ns: &Netns, host: u8, stop: &Arc<AtomicBool>) -> Vec<JoinHandle<()>> {
             let name = format!("b{host}");
             while !stop_tcp.load(Ordering::Relaxed) {
                 match listener.accept() {
-                    Ok((mut stream, _)) => {
-                        stream.set_nonblocking(false).unwrap();
-                        let _ = stream.write_all(name.as_bytes());
+                    Ok((stream, _)) => {
+                        let name = name.clone();
+                        // One thread per connection: a client may hold its
+                        // connection open across a failover.
+                        std::thread::spawn(move || answer(stream, &name));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(1)),
                 }
@@ -304,17 +334,73 @@ fn serve(ns: &Netns, host: u8, stop: &Arc<AtomicBool>) -> Vec<JoinHandle<()>> {
     servers
 }
 
+/// The TCP exchange: the backend sends its name and a newline at once, waits
+/// for the client's line (10 s at most), answers `ok`, closes. A client can
+/// thus learn who serves it and hold the connection open before finishing.
+fn answer(mut stream: TcpStream, name: &str) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    if stream.write_all(format!("{name}\n").as_bytes()).is_err() {
+        return;
+    }
+    let mut line = [0u8; 64];
+    let mut read = 0;
+    while read < line.len() {
+        match stream.read(&mut line[read..]) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                read += n;
+                if line[..read].contains(&b'\n') {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = stream.write_all(b"ok");
+}
+
+/// A TCP connection that has learnt its backend's name and not finished yet.
+#[derive(Debug)]
+pub struct HeldConnection {
+    reader: std::io::BufReader<TcpStream>,
+    /// The backend serving it.
+    pub backend: String,
+}
+
+impl HeldConnection {
+    /// Connects and reads the backend's name; `None` on failure.
+    pub fn open(target: SocketAddr) -> Option<Self> {
+        let stream = TcpStream::connect_timeout(&target, Duration::from_secs(3)).ok()?;
+        Self::start(stream)
+    }
+
+    fn start(stream: TcpStream) -> Option<Self> {
+        use std::io::BufRead;
+        stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+        let mut reader = std::io::BufReader::new(stream);
+        let mut backend = String::new();
+        reader.read_line(&mut backend).ok()?;
+        let backend = backend.trim_end().to_string();
+        (!backend.is_empty()).then_some(Self { reader, backend })
+    }
+
+    /// Sends the request and expects `ok`; the backend's name if it came.
+    pub fn finish(mut self) -> Option<String> {
+        self.reader.get_mut().write_all(b"hi\n").ok()?;
+        let mut rest = String::new();
+        self.reader.read_to_string(&mut rest).ok()?;
+        (rest == "ok").then_some(self.backend)
+    }
+}
+
 /// One TCP request: connect (from `source`, if given, with `SO_REUSEADDR`
 /// so runs can reuse ports), read the backend's name. `None` on any failure.
 pub fn tcp_request(target: SocketAddr, source: Option<SocketAddr>) -> Option<String> {
-    let mut stream = match source {
+    let stream = match source {
         None => TcpStream::connect_timeout(&target, Duration::from_secs(3)).ok()?,
         Some(source) => connect_from(source, target)?,
     };
-    stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    let mut name = String::new();
-    stream.read_to_string(&mut name).ok()?;
-    (!name.is_empty()).then_some(name)
+    HeldConnection::start(stream)?.finish()
 }
 
 /// A TCP connection from a chosen source address and port.
