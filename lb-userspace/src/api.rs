@@ -5,6 +5,9 @@
 //! |--------|--------------|-----------------------------------------|
 //! | GET    | `/v1/status` | [`crate::controller::StatusReport`]      |
 //! | GET    | `/v1/stats`  | [`crate::controller::StatsReport`]       |
+//! | POST   | `/v1/reload` | `{"reloaded": true, "writes": N}`; 400 with the problems, nothing changed |
+//! | POST   | `/v1/drain`, `/v1/undrain` | body [`BackendChange`]; answers the backend's status |
+//! | POST   | `/v1/weight` | body [`BackendChange`] with `weight` |
 //!
 //! Errors come back as `{"error": "..."}` with a 4xx / 5xx status. Request
 //! heads are limited to 8 KiB and bodies to 64 KiB.
@@ -22,7 +25,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::controller::Controller;
+use crate::controller::{Controller, Override, OverrideError};
 
 /// Longest request head accepted.
 const MAX_HEAD: usize = 8 * 1024;
@@ -90,6 +93,7 @@ impl Drop for SocketGuard {
 struct Request {
     method: String,
     path: String,
+    body: Vec<u8>,
 }
 
 fn serve(stream: UnixStream, controller: &Mutex<Controller>) -> anyhow::Result<()> {
@@ -104,7 +108,7 @@ fn serve(stream: UnixStream, controller: &Mutex<Controller>) -> anyhow::Result<(
 }
 
 fn route(request: &Request, controller: &Mutex<Controller>) -> (u16, String) {
-    let Ok(controller) = controller.lock() else {
+    let Ok(mut controller) = controller.lock() else {
         return (500, error_body("controller state is poisoned"));
     };
     match (request.method.as_str(), request.path.as_str()) {
@@ -113,9 +117,51 @@ fn route(request: &Request, controller: &Mutex<Controller>) -> (u16, String) {
             Ok(stats) => json(&stats),
             Err(error) => (500, error_body(&format!("{error:#}"))),
         },
-        (_, "/v1/status" | "/v1/stats") => (405, error_body("method not allowed")),
+        ("POST", "/v1/reload") => match controller.reload() {
+            Ok(writes) => json(&serde_json::json!({ "reloaded": true, "writes": writes })),
+            // The file is the operator's to fix: a client error.
+            Err(error) => (
+                400,
+                error_body(&format!("reload refused, nothing changed: {error:#}")),
+            ),
+        },
+        ("POST", "/v1/drain" | "/v1/undrain" | "/v1/weight") => {
+            let change: BackendChange = match serde_json::from_slice(&request.body) {
+                Ok(change) => change,
+                Err(error) => return (400, error_body(&format!("bad request body: {error}"))),
+            };
+            let weight = match request.path.as_str() {
+                "/v1/drain" => Override::Drain,
+                "/v1/undrain" => Override::Undrain,
+                _ => match change.weight {
+                    Some(weight) => Override::Weight(weight),
+                    None => return (400, error_body("a weight is needed")),
+                },
+            };
+            match controller.override_backend(&change.service, &change.backend, weight) {
+                Ok(status) => json(&status),
+                Err(OverrideError::Unknown(message)) => (404, error_body(&message)),
+                Err(OverrideError::Failed(error)) => (500, error_body(&format!("{error:#}"))),
+            }
+        }
+        (
+            _,
+            "/v1/status" | "/v1/stats" | "/v1/reload" | "/v1/drain" | "/v1/undrain" | "/v1/weight",
+        ) => (405, error_body("method not allowed")),
         (_, path) => (404, error_body(&format!("no endpoint {path}"))),
     }
+}
+
+/// Body of `/v1/drain`, `/v1/undrain` and `/v1/weight`.
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+pub struct BackendChange {
+    /// Service name.
+    pub service: String,
+    /// Backend, `ADDR` or `ADDR:PORT` (`[v6]:PORT`).
+    pub backend: String,
+    /// New weight (`/v1/weight` only).
+    #[serde(default)]
+    pub weight: Option<u32>,
 }
 
 fn json<T: serde::Serialize>(value: &T) -> (u16, String) {
@@ -138,9 +184,10 @@ fn read_request(reader: &mut impl BufRead) -> anyhow::Result<Request> {
     let (Some(method), Some(path)) = (parts.next(), parts.next()) else {
         bail!("malformed request line");
     };
-    let request = Request {
+    let mut request = Request {
         method: method.to_string(),
         path: path.to_string(),
+        body: Vec::new(),
     };
     let mut content_length = 0usize;
     loop {
@@ -165,8 +212,8 @@ fn read_request(reader: &mut impl BufRead) -> anyhow::Result<Request> {
     if content_length > MAX_BODY {
         bail!("request body longer than {MAX_BODY} bytes");
     }
-    let mut body = vec![0; content_length];
-    reader.read_exact(&mut body)?;
+    request.body = vec![0; content_length];
+    reader.read_exact(&mut request.body)?;
     Ok(request)
 }
 
@@ -214,16 +261,37 @@ pub enum ClientError {
 
 /// `GET path` on the socket at `socket`; the JSON body on success.
 pub fn get(socket: &Path, path: &str) -> Result<serde_json::Value, ClientError> {
+    request(socket, "GET", path, None)
+}
+
+/// `POST path` with a JSON body; the JSON answer on success.
+pub fn post(
+    socket: &Path,
+    path: &str,
+    body: &serde_json::Value,
+) -> Result<serde_json::Value, ClientError> {
+    request(socket, "POST", path, Some(body))
+}
+
+fn request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<serde_json::Value, ClientError> {
     let mut stream = UnixStream::connect(socket).map_err(|error| match error.kind() {
         std::io::ErrorKind::PermissionDenied => ClientError::PermissionDenied(socket.into()),
         _ => ClientError::NotRunning(socket.into()),
     })?;
     stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
+        .set_read_timeout(Some(Duration::from_secs(30)))
         .context("socket timeout")?;
+    let body = body.map(ToString::to_string).unwrap_or_default();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: lb\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: lb\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
     )
     .context("sending the request")?;
     let mut response = String::new();

@@ -87,6 +87,48 @@ pub enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// Stop new flows to a backend; its established flows finish.
+    #[command(after_help = "Example:\n  lb drain web 192.0.2.11\n  lb drain web 192.0.2.11:8080")]
+    Drain {
+        /// Service name.
+        service: String,
+        /// Backend: ADDR or ADDR:PORT.
+        backend: String,
+        /// Take the control socket from this configuration.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Undo `lb drain`.
+    #[command(after_help = "Example:\n  lb undrain web 192.0.2.11")]
+    Undrain {
+        /// Service name.
+        service: String,
+        /// Backend: ADDR or ADDR:PORT.
+        backend: String,
+        /// Take the control socket from this configuration.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Set a backend's weight (until a reload changes that backend).
+    #[command(after_help = "Example:\n  lb weight web 192.0.2.11 50")]
+    Weight {
+        /// Service name.
+        service: String,
+        /// Backend: ADDR or ADDR:PORT.
+        backend: String,
+        /// New weight; 0 drains.
+        weight: u32,
+        /// Take the control socket from this configuration.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Re-read the configuration (as SIGHUP does); a bad file changes nothing.
+    #[command(after_help = "Example:\n  lb reload")]
+    Reload {
+        /// Take the control socket from this configuration.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
     /// Remove the XDP program and the pinned state of an instance (also one
     /// left running by SIGQUIT or a crash). Interrupts its traffic.
     #[command(
@@ -135,8 +177,15 @@ impl From<ConfigError> for Failure {
 }
 
 impl From<api::ClientError> for Failure {
+    /// The controller refusing a request (unknown name, bad file) is the
+    /// user's to fix; anything else (not running, I/O) is a runtime error.
     fn from(error: api::ClientError) -> Self {
-        Failure::Runtime(error.into())
+        match error {
+            api::ClientError::Api { status, .. } if (400..500).contains(&status) => {
+                Failure::User(error.into())
+            }
+            _ => Failure::Runtime(error.into()),
+        }
     }
 }
 
@@ -155,6 +204,29 @@ pub fn main() -> ExitCode {
             socket(cli.socket.as_deref(), config.as_deref()).and_then(|s| stats(&s, output))
         }
         Command::Decap { action, interface } => decap(*action, interface, output),
+        Command::Drain {
+            service,
+            backend,
+            config,
+        } => socket(cli.socket.as_deref(), config.as_deref())
+            .and_then(|s| change_backend(&s, "/v1/drain", service, backend, None, output)),
+        Command::Undrain {
+            service,
+            backend,
+            config,
+        } => socket(cli.socket.as_deref(), config.as_deref())
+            .and_then(|s| change_backend(&s, "/v1/undrain", service, backend, None, output)),
+        Command::Weight {
+            service,
+            backend,
+            weight,
+            config,
+        } => socket(cli.socket.as_deref(), config.as_deref()).and_then(|s| {
+            change_backend(&s, "/v1/weight", service, backend, Some(*weight), output)
+        }),
+        Command::Reload { config } => {
+            socket(cli.socket.as_deref(), config.as_deref()).and_then(|s| reload(&s, output))
+        }
         Command::Detach { config, instance } => {
             detach(config.as_deref(), instance.as_deref(), output)
         }
@@ -377,6 +449,44 @@ fn stats(socket: &Path, output: Output) -> Result<(), Failure> {
     println!("\n{:<44} {:>12}", "verdict reason", "packets");
     for (reason, packets) in &report.reasons {
         println!("{reason:<44} {packets:>12}");
+    }
+    Ok(())
+}
+
+fn change_backend(
+    socket: &Path,
+    path: &str,
+    service: &str,
+    backend: &str,
+    weight: Option<u32>,
+    output: Output,
+) -> Result<(), Failure> {
+    let body = serde_json::json!({ "service": service, "backend": backend, "weight": weight });
+    let status = api::post(socket, path, &body)?;
+    match output {
+        Output::Json => println!("{status}"),
+        Output::Human => println!(
+            "{service} {}:{}: weight {} (effective {}), {}, health {}",
+            status["address"].as_str().unwrap_or("?"),
+            status["port"],
+            status["weight"],
+            status["effective_weight"],
+            if status["drained"] == true {
+                "drained"
+            } else {
+                "not drained"
+            },
+            status["health"].as_str().unwrap_or("?"),
+        ),
+    }
+    Ok(())
+}
+
+fn reload(socket: &Path, output: Output) -> Result<(), Failure> {
+    let answer = api::post(socket, "/v1/reload", &serde_json::json!({}))?;
+    match output {
+        Output::Json => println!("{answer}"),
+        Output::Human => println!("reloaded ({} map writes)", answer["writes"]),
     }
     Ok(())
 }

@@ -30,6 +30,7 @@ pub struct Controller {
     planner: Planner,
     states: BTreeMap<BackendKey, BackendState>,
     trackers: BTreeMap<BackendKey, Tracker>,
+    overrides: BTreeMap<BackendKey, BackendOverride>,
     checker: Option<Checker>,
     events: Option<Sender<Event>>,
     pin_dir: PathBuf,
@@ -63,6 +64,7 @@ impl Controller {
             planner,
             states,
             trackers: BTreeMap::new(),
+            overrides: BTreeMap::new(),
             checker: None,
             events: None,
             pin_dir,
@@ -173,6 +175,118 @@ impl Controller {
         Ok(())
     }
 
+    /// Drops the overrides of backends whose configuration `next` changes
+    /// (or removes): an operator's drain or weight was about the old one.
+    fn keep_overrides(&mut self, next: &Config) {
+        let configured = |config: &Config, key: &BackendKey| {
+            config
+                .services
+                .iter()
+                .filter(|s| s.name == key.service)
+                .flat_map(|s| s.backends.iter().map(move |b| (s, b)))
+                .find(|(s, b)| b.address == key.address && b.port_for(s) == key.port)
+                .map(|(_, b)| b.clone())
+        };
+        let current = self.config.clone();
+        self.overrides.retain(|key, _| {
+            let before = configured(&current, key);
+            before.is_some() && before == configured(next, key)
+        });
+        self.sync_weights();
+    }
+
+    /// Folds the overrides into the planner's backend states.
+    fn sync_weights(&mut self) {
+        for state in self.states.values_mut() {
+            state.weight = None;
+        }
+        for (key, change) in &self.overrides {
+            let state = self.states.entry(key.clone()).or_default();
+            state.weight = if change.drained {
+                Some(0)
+            } else {
+                change.weight
+            };
+        }
+    }
+
+    /// Drains, undrains or re-weights one backend (`lb drain` and friends)
+    /// and applies it at once. `backend` is `ADDR` or `ADDR:PORT`.
+    pub fn override_backend(
+        &mut self,
+        service: &str,
+        backend: &str,
+        change: Override,
+    ) -> Result<BackendStatus, OverrideError> {
+        let key = self.find_backend(service, backend)?;
+        let entry = self.overrides.entry(key.clone()).or_default();
+        match change {
+            Override::Drain => entry.drained = true,
+            Override::Undrain => entry.drained = false,
+            Override::Weight(weight) => entry.weight = Some(weight),
+        }
+        if !entry.drained && entry.weight.is_none() {
+            self.overrides.remove(&key);
+        }
+        tracing::info!(service, backend = %key.address, port = key.port, ?change, "operator override");
+        self.sync_weights();
+        self.replan().map_err(OverrideError::Failed)?;
+        let status = self.status();
+        status
+            .services
+            .into_iter()
+            .filter(|s| s.name == service)
+            .flat_map(|s| s.backends)
+            .find(|b| b.address == key.address.to_string() && b.port == key.port)
+            .ok_or_else(|| OverrideError::Unknown("backend vanished".into()))
+    }
+
+    /// The backend `spec` (`ADDR` or `ADDR:PORT`) of `service`, or a message
+    /// listing the valid names.
+    fn find_backend(&self, service: &str, spec: &str) -> Result<BackendKey, OverrideError> {
+        let Some(configured) = self.config.services.iter().find(|s| s.name == service) else {
+            let names: Vec<&str> = self
+                .config
+                .services
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect();
+            return Err(OverrideError::Unknown(format!(
+                "no service {service:?}; services: {}",
+                names.join(", ")
+            )));
+        };
+        let (address, port) = parse_backend(spec)
+            .ok_or_else(|| OverrideError::Unknown(format!("{spec:?} is not ADDR or ADDR:PORT")))?;
+        let matches: Vec<BackendKey> = configured
+            .backends
+            .iter()
+            .filter(|b| b.address == address && port.is_none_or(|p| p == b.port_for(configured)))
+            .map(|b| BackendKey {
+                service: service.to_string(),
+                address: b.address,
+                port: b.port_for(configured),
+            })
+            .collect();
+        if let [one] = matches.as_slice() {
+            return Ok(one.clone());
+        }
+        let valid: Vec<String> = configured
+            .backends
+            .iter()
+            .map(|b| format_backend(b.address, b.port_for(configured)))
+            .collect();
+        let how_many = if matches.is_empty() {
+            "no"
+        } else {
+            "more than one"
+        };
+        Err(OverrideError::Unknown(format!(
+            "{how_many} backend {spec:?} in service {service:?}; backends: {}",
+            valid.join(", ")
+        )))
+    }
+
     /// Plans the current configuration and states and applies the writes.
     fn replan(&mut self) -> anyhow::Result<()> {
         let writes = self.planner.plan(&self.config, &self.states)?;
@@ -235,7 +349,7 @@ impl Controller {
                                 latency_ms: o.latency.as_secs_f64() * 1000.0,
                             }
                         }),
-                        drained: false,
+                        drained: self.overrides.get(&b.key).is_some_and(|o| o.drained),
                         active_flows: None,
                     })
                     .collect(),
@@ -299,6 +413,50 @@ impl Controller {
     pub fn reason_counters(&self) -> anyhow::Result<BTreeMap<Reason, u64>> {
         Ok(self.dataplane.reason_counters()?)
     }
+}
+
+/// An operator's change to one backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Override {
+    /// Weight 0: no new flows; existing flows finish.
+    Drain,
+    /// Back to the weight it had.
+    Undrain,
+    /// A weight in place of the configured one.
+    Weight(u32),
+}
+
+/// The overrides in force for one backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct BackendOverride {
+    drained: bool,
+    weight: Option<u32>,
+}
+
+/// Why an override was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OverrideError {
+    /// No such service or backend; the message lists the valid ones.
+    #[error("{0}")]
+    Unknown(String),
+    /// Applying it failed.
+    #[error(transparent)]
+    Failed(anyhow::Error),
+}
+
+/// `ADDR`, `ADDR:PORT` or `[V6]:PORT`.
+fn parse_backend(spec: &str) -> Option<(std::net::IpAddr, Option<u16>)> {
+    if let Ok(address) = spec.parse() {
+        return Some((address, None));
+    }
+    let socket: std::net::SocketAddr = spec.parse().ok()?;
+    Some((socket.ip(), Some(socket.port())))
+}
+
+/// A backend as `lb status` writes it.
+fn format_backend(address: std::net::IpAddr, port: u16) -> String {
+    std::net::SocketAddr::new(address, port).to_string()
 }
 
 /// `lb status` as JSON (DESIGN.md §6).
@@ -556,10 +714,12 @@ pub fn mac_address(name: &str) -> anyhow::Result<[u8; 6]> {
 }
 
 impl Controller {
-    /// Re-reads the configuration file and applies the difference. A file
-    /// that does not validate, or that needs a restart (interfaces, map
-    /// sizes), changes nothing.
-    pub fn reload(&mut self) -> anyhow::Result<()> {
+    /// Re-reads the configuration file and applies the difference; returns
+    /// the number of map writes. A file that does not validate, or that
+    /// needs a restart (interfaces, map sizes), changes nothing. Operator
+    /// overrides (drain, weight) stay unless the reload changes that
+    /// backend's configuration.
+    pub fn reload(&mut self) -> anyhow::Result<usize> {
         let config = Config::load(&self.config_path)?;
         if sizes(&config) != self.dataplane.sizes() {
             anyhow::bail!("dataplane sizes changed: restart lb run to apply them");
@@ -567,12 +727,13 @@ impl Controller {
         if config.interfaces != self.config.interfaces {
             anyhow::bail!("interfaces changed: restart lb run to apply them");
         }
+        self.keep_overrides(&config);
         let writes = self.planner.plan(&config, &self.states)?;
         self.dataplane.set_settings(&settings(&config))?;
         self.dataplane.apply(&writes)?;
         tracing::info!(writes = writes.len(), "reloaded");
         self.config = config;
         self.restart_checker();
-        Ok(())
+        Ok(writes.len())
     }
 }

@@ -131,3 +131,100 @@ fn check_lists_every_problem_and_exits_1() {
         );
     }
 }
+
+#[test]
+fn drain_weight_and_reload_from_the_command_line() {
+    use lb_tests::bed::{HeldConnection, tcp_request};
+    let socket = format!("/run/lb/ops-{}.sock", std::process::id());
+    let mut bed = Bed::new(&[11, 12]);
+    let config = format!(
+        "instance: ops{pid}\ninterfaces: [{{ name: eth0 }}, {{ name: eth1 }}]\nservices:\n\
+         \x20 - {{ name: web, vip: 203.0.113.10, port: 80, protocol: tcp, backends: \
+         [{{ address: 192.0.2.11, port: 8080 }}, {{ address: 192.0.2.12, port: 8080 }}] }}\n\
+         control: {{ socket: {socket} }}\n",
+        pid = std::process::id()
+    );
+    bed.start_lb(&config);
+    let target: std::net::SocketAddr = "203.0.113.10:80".parse().unwrap();
+    let held = bed
+        .client
+        .run(move || HeldConnection::open(target))
+        .expect("connect");
+    let drained_host = held.backend.trim_start_matches('b').to_string();
+    let drained = format!("192.0.2.{drained_host}");
+    let other = if drained_host == "11" {
+        "192.0.2.12"
+    } else {
+        "192.0.2.11"
+    };
+
+    let output = bed.lb_command(&["drain", "web", &drained, "--output", "json"]);
+    assert!(output.status.success(), "{output:?}");
+    let backend: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(backend["drained"], true);
+    assert_eq!(backend["effective_weight"], 0);
+    let served = bed.client.run(move || {
+        (0..100)
+            .map(|_| tcp_request(target, None))
+            .collect::<Vec<_>>()
+    });
+    assert!(
+        served.iter().all(|s| s.as_deref()
+            == Some(&format!("b{}", if drained_host == "11" { "12" } else { "11" })[..])),
+        "{served:?}"
+    );
+    // The drained backend's established connection finishes.
+    assert!(
+        bed.client.run(move || held.finish()).is_some(),
+        "drain broke an established flow"
+    );
+
+    let output = bed.lb_command(&["weight", "web", &format!("{other}:8080"), "50"]);
+    assert!(output.status.success(), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("weight 100 (effective 50)"));
+
+    // Unknown names: exit 1, the valid ones listed.
+    let output = bed.lb_command(&["drain", "web", "192.0.2.99"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("192.0.2.11:8080") && stderr.contains("192.0.2.12:8080"),
+        "{stderr}"
+    );
+    let output = bed.lb_command(&["undrain", "nosuch", "192.0.2.11"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("services: web"));
+
+    // A reload that leaves the backend alone keeps the drain; one that
+    // changes it drops it.
+    let output = bed.lb_command(&["reload"]);
+    assert!(output.status.success(), "{output:?}");
+    let drained_now = |bed: &Bed| -> bool {
+        let status = bed.lb_command(&["status", "--output", "json"]);
+        let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        status["services"][0]["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["drained"] == true)
+    };
+    assert!(drained_now(&bed), "reload dropped the drain");
+    let path = bed.config.as_ref().unwrap().path().to_path_buf();
+    std::fs::write(
+        &path,
+        config.replace(
+            &format!("{{ address: {drained}, port: 8080 }}"),
+            &format!("{{ address: {drained}, port: 8080, weight: 120 }}"),
+        ),
+    )
+    .unwrap();
+    assert!(bed.lb_command(&["reload"]).status.success());
+    assert!(!drained_now(&bed), "a changed backend kept its old drain");
+
+    // A broken file: exit 1, the problem named, nothing changed.
+    std::fs::write(&path, "instance: [\n").unwrap();
+    let output = bed.lb_command(&["reload"]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("nothing changed"));
+    assert!(bed.client.run(move || tcp_request(target, None)).is_some());
+}
