@@ -129,6 +129,13 @@ pub enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// Print a shell completion script.
+    #[command(after_help = "Example:\n  lb completions bash > /etc/bash_completion.d/lb")]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Remove the XDP program and the pinned state of an instance (also one
     /// left running by SIGQUIT or a crash). Interrupts its traffic.
     #[command(
@@ -227,6 +234,11 @@ pub fn main() -> ExitCode {
         Command::Reload { config } => {
             socket(cli.socket.as_deref(), config.as_deref()).and_then(|s| reload(&s, output))
         }
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "lb", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Detach { config, instance } => {
             detach(config.as_deref(), instance.as_deref(), output)
         }
@@ -298,6 +310,7 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
     let config = Config::load(path)?;
     let signals = block_signals();
     let socket = config.control.socket.clone();
+    let metrics_address = config.control.metrics;
     let mut controller = Controller::start(config, path).map_err(Failure::Runtime)?;
     let (events, results) = std::sync::mpsc::channel();
     controller.start_health(events);
@@ -315,6 +328,10 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
             }
         }
     });
+    if let Some(address) = metrics_address {
+        crate::metrics::serve(address, Arc::clone(&controller)).map_err(Failure::Runtime)?;
+        tracing::info!(%address, "metrics at /metrics");
+    }
     let server = api::Server::bind(&socket).map_err(Failure::Runtime)?;
     let server_guard = server.spawn(Arc::clone(&controller));
     tracing::info!(

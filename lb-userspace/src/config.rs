@@ -530,7 +530,10 @@ impl Config {
                 message: strip_location(&inner.to_string()),
             }])
         })?;
-        let problems = config.problems();
+        let mut problems = config.problems();
+        for problem in &mut problems {
+            problem.line = line_of(text, &problem.path);
+        }
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -786,6 +789,71 @@ fn check_backend<'a>(
     }
 }
 
+/// The 1-based line where the field at `path` (`services[1].backends[0].port`)
+/// is written, as far as it can be followed: block mappings and sequences are
+/// walked by indentation; inside flow style (`{ ... }`, `[ ... ]`) the line
+/// of the enclosing entry is the answer.
+fn line_of(text: &str, path: &str) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut segments = Vec::new();
+    for part in path.split('.') {
+        let mut rest = part;
+        if let Some(open) = rest.find('[') {
+            segments.push(Segment::Key(&rest[..open]));
+            rest = &rest[open..];
+            while let Some(close) = rest.find(']') {
+                segments.push(Segment::Index(rest[1..close].parse().ok()?));
+                rest = &rest[close + 1..];
+            }
+        } else {
+            segments.push(Segment::Key(rest));
+        }
+    }
+    // (line index, the column where the current node's children start)
+    let (mut at, mut indent): (Option<usize>, usize) = (None, 0);
+    for segment in segments {
+        let from = at.map_or(0, |line| line + 1);
+        let found = match segment {
+            Segment::Key(key) => {
+                // Flow style on the current line: stay there.
+                if at.is_some_and(|line| lines[line].contains('{')) {
+                    return at.map(|line| line + 1);
+                }
+                lines.iter().enumerate().skip(from).find_map(|(i, line)| {
+                    let content = line.trim_start().trim_start_matches("- ");
+                    let column = line.len() - content.len();
+                    (column >= indent && content.starts_with(&format!("{key}:")))
+                        .then_some((i, column))
+                })
+            }
+            Segment::Index(index) => {
+                if at.is_some_and(|line| lines[line].contains('[')) {
+                    return at.map(|line| line + 1);
+                }
+                lines
+                    .iter()
+                    .enumerate()
+                    .skip(from)
+                    .filter(|(_, line)| {
+                        let trimmed = line.trim_start();
+                        trimmed.starts_with("- ") && line.len() - trimmed.len() >= indent
+                    })
+                    .nth(index)
+                    .map(|(i, line)| (i, line.len() - line.trim_start().len() + 2))
+            }
+        };
+        let (line, column) = found?;
+        at = Some(line);
+        indent = column;
+    }
+    at.map(|line| line + 1)
+}
+
+enum Segment<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
 /// `serde_yaml` appends " at line L column C"; the line is reported separately.
 fn strip_location(message: &str) -> String {
     match message.find(" at line ") {
@@ -875,6 +943,38 @@ services:
         assert_eq!(
             modes,
             [Forwarding::Nat, Forwarding::Dsr, Forwarding::Tunnel]
+        );
+    }
+
+    #[test]
+    fn semantic_problems_carry_their_line() {
+        let text = "\
+instance: edge1
+interfaces:
+  - name: eth0
+services:
+  - name: web
+    vip: 203.0.113.10
+    port: 80
+    protocol: tcp
+    forwarding: dsr
+    backends:
+      - address: 192.0.2.11
+        port: 8080
+      - { address: '2001:db8::1' }
+";
+        let ConfigError::Invalid(problems) = Config::parse(text).unwrap_err() else {
+            panic!("expected Invalid");
+        };
+        let lines: Vec<(String, Option<usize>)> =
+            problems.iter().map(|p| (p.path.clone(), p.line)).collect();
+        assert!(
+            lines.contains(&("services[0].backends[0].port".into(), Some(12))),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&("services[0].backends[1].address".into(), Some(13))),
+            "{lines:?}"
         );
     }
 

@@ -8,4 +8,5 @@ pub mod controller;
 pub mod dataplane;
 pub mod health;
 pub mod maglev;
+pub mod metrics;
 pub mod plan;

@@ -1,6 +1,15 @@
 //! `lb run` as an operator meets it: it attaches, answers `lb status` and
 //! `lb stats` on its socket with the documented JSON shapes, counts what it
-//! drops, and detaches on SIGINT, printing its counters.
+//! drops, serves Prometheus metrics, and detaches on SIGINT, printing its
+//! counters.
+#![allow(
+    clippy::float_cmp,
+    reason = "metric values here are small integers, exact in f64"
+)]
+#![allow(
+    clippy::too_many_lines,
+    reason = "one operator session, told start to end"
+)]
 
 use std::{net::UdpSocket, time::Duration};
 
@@ -15,7 +24,7 @@ fn run_status_stats_and_stop() {
         "instance: cli{pid}\ninterfaces: [{{ name: eth0 }}, {{ name: eth1 }}]\nservices:\n\
          \x20 - {{ name: web, vip: 203.0.113.10, port: 80, protocol: tcp, backends: [{{ address: 192.0.2.11, port: 8080 }}] }}\n\
          \x20 - {{ name: empty, vip: 203.0.113.10, port: 53, protocol: udp, backends: [{{ address: 192.0.2.11, weight: 0 }}] }}\n\
-         control: {{ socket: {socket} }}\n",
+         control: {{ socket: {socket}, metrics: '127.0.0.1:9477' }}\n",
         pid = std::process::id()
     ));
 
@@ -72,6 +81,66 @@ fn run_status_stats_and_stop() {
     assert!(
         human.contains("drop_no_backend") && human.contains("192.0.2.11:8080"),
         "{human}"
+    );
+
+    // The metrics page, fetched over HTTP inside the balancer's namespace and
+    // read by a Prometheus text-format parser.
+    let scrape = || {
+        bed.lb.run(|| {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect("127.0.0.1:9477").unwrap();
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: lb\r\n\r\n")
+                .unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).unwrap();
+            let (head, body) = response.split_once("\r\n\r\n").unwrap();
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            let lines = body.lines().map(|l| Ok(l.to_string()));
+            prometheus_parse::Scrape::parse(lines).expect("Prometheus text format")
+        })
+    };
+    let value = |scrape: &prometheus_parse::Scrape, name: &str, label: (&str, &str)| -> f64 {
+        let sample = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && s.labels.get(label.0) == Some(label.1))
+            .unwrap_or_else(|| panic!("no {name}{{{}={:?}}}", label.0, label.1));
+        match sample.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => panic!("{name}: unexpected type"),
+        }
+    };
+    let first = scrape();
+    assert_eq!(
+        value(
+            &first,
+            "lb_dropped_packets_total",
+            ("reason", "drop_no_backend")
+        ),
+        5.0
+    );
+    assert_eq!(
+        value(&first, "lb_backend_up", ("backend", "192.0.2.11:8080")),
+        1.0
+    );
+    assert_eq!(
+        value(&first, "lb_service_serving_backends", ("service", "empty")),
+        0.0
+    );
+    assert_eq!(value(&first, "lb_ha_state", ("state", "standalone")), 1.0);
+    let before = value(&first, "lb_service_new_flows_total", ("service", "web"));
+    let answered = bed
+        .client
+        .run(|| lb_tests::bed::tcp_request("203.0.113.10:80".parse().unwrap(), None));
+    assert!(answered.is_some());
+    let after = value(&scrape(), "lb_service_new_flows_total", ("service", "web"));
+    assert_eq!(
+        after,
+        before + 1.0,
+        "a new connection must count one new flow"
     );
 
     let output = bed.stop_lb();

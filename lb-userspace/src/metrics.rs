@@ -1,0 +1,284 @@
+//! Prometheus metrics on `control.metrics` (`GET /metrics`), encoded with
+//! `prometheus-client` from a snapshot of the status and counters taken at
+//! scrape time: the data plane's counters live in BPF maps, so there is
+//! nothing to keep in step between scrapes.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+
+use crate::controller::{Controller, StatsReport, StatusReport};
+
+/// One scrape's worth of numbers.
+#[derive(Debug)]
+struct Scrape {
+    status: StatusReport,
+    stats: StatsReport,
+}
+
+type Labels = Vec<(String, String)>;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .collect()
+}
+
+/// Writes one counter family.
+fn counters(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: &[(Labels, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in samples {
+        ConstCounter::new(*value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+/// Writes one gauge family.
+fn gauges(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: &[(Labels, i64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in samples {
+        ConstGauge::new(*value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        self.encode_traffic(&mut encoder)?;
+        self.encode_state(&mut encoder)
+    }
+}
+
+impl Scrape {
+    /// Counters: traffic per service and backend, verdicts and drops.
+    fn encode_traffic(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut service_packets = Vec::new();
+        let mut service_bytes = Vec::new();
+        let mut service_flows = Vec::new();
+        let mut backend_packets = Vec::new();
+        let mut backend_bytes = Vec::new();
+        let mut backend_flows = Vec::new();
+        for service in &self.stats.services {
+            let l = labels(&[("service", &service.name)]);
+            service_packets.push((l.clone(), service.packets));
+            service_bytes.push((l.clone(), service.bytes));
+            service_flows.push((l, service.new_flows));
+            for backend in &service.backends {
+                let name = format!("{}:{}", backend.address, backend.port);
+                let l = labels(&[("service", &service.name), ("backend", &name)]);
+                backend_packets.push((l.clone(), backend.packets));
+                backend_bytes.push((l.clone(), backend.bytes));
+                backend_flows.push((l, backend.new_flows));
+            }
+        }
+        counters(
+            e,
+            "lb_service_packets",
+            "Packets forwarded to the service's backends.",
+            &service_packets,
+        )?;
+        counters(
+            e,
+            "lb_service_bytes",
+            "Bytes forwarded to the service's backends.",
+            &service_bytes,
+        )?;
+        counters(
+            e,
+            "lb_service_new_flows",
+            "Flows scheduled (new or rescheduled).",
+            &service_flows,
+        )?;
+        counters(
+            e,
+            "lb_backend_packets",
+            "Packets forwarded to the backend.",
+            &backend_packets,
+        )?;
+        counters(
+            e,
+            "lb_backend_bytes",
+            "Bytes forwarded to the backend.",
+            &backend_bytes,
+        )?;
+        counters(
+            e,
+            "lb_backend_new_flows",
+            "Flows scheduled to the backend.",
+            &backend_flows,
+        )?;
+        let drops: Vec<(Labels, u64)> = self
+            .stats
+            .drops
+            .iter()
+            .map(|(reason, n)| (labels(&[("reason", reason)]), *n))
+            .collect();
+        counters(
+            e,
+            "lb_dropped_packets",
+            "Packets dropped, by reason.",
+            &drops,
+        )?;
+        let verdicts: Vec<(Labels, u64)> = self
+            .stats
+            .reasons
+            .iter()
+            .map(|(reason, n)| (labels(&[("reason", reason)]), *n))
+            .collect();
+        counters(e, "lb_verdicts", "Packets by verdict reason.", &verdicts)
+    }
+
+    /// Gauges: backend health and weights, serving backends, HA state.
+    fn encode_state(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut up = Vec::new();
+        let mut weight = Vec::new();
+        let mut latency = Vec::new();
+        let mut usable = Vec::new();
+        for service in &self.status.services {
+            let serving = service
+                .backends
+                .iter()
+                .filter(|b| b.effective_weight > 0)
+                .count();
+            usable.push((
+                labels(&[("service", &service.name)]),
+                i64::try_from(serving).unwrap_or(i64::MAX),
+            ));
+            for backend in &service.backends {
+                let name = format!("{}:{}", backend.address, backend.port);
+                let l = labels(&[("service", &service.name), ("backend", &name)]);
+                up.push((l.clone(), i64::from(backend.health != "down")));
+                weight.push((l.clone(), i64::from(backend.effective_weight)));
+                if let Some(check) = &backend.last_check {
+                    #[allow(clippy::cast_possible_truncation, reason = "microseconds of a check")]
+                    latency.push((l, (check.latency_ms * 1000.0) as i64));
+                }
+            }
+        }
+        gauges(
+            e,
+            "lb_backend_up",
+            "1 if the backend is up (or unchecked), 0 if down.",
+            &up,
+        )?;
+        gauges(
+            e,
+            "lb_backend_effective_weight",
+            "Weight in the live table.",
+            &weight,
+        )?;
+        gauges(
+            e,
+            "lb_backend_check_latency_microseconds",
+            "Duration of the last health check.",
+            &latency,
+        )?;
+        gauges(
+            e,
+            "lb_service_serving_backends",
+            "Backends taking new flows (0: every packet is dropped).",
+            &usable,
+        )?;
+        let ha = vec![(labels(&[("state", &self.status.ha.state)]), 1)];
+        gauges(
+            e,
+            "lb_ha_state",
+            "The HA state (the labelled one is 1).",
+            &ha,
+        )?;
+        Ok(())
+    }
+}
+
+/// The metrics page for the controller's current state.
+pub fn render(controller: &Controller) -> anyhow::Result<String> {
+    let scrape = Scrape {
+        status: controller.status(),
+        stats: controller.stats()?,
+    };
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(scrape));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)
+        .map_err(|_| anyhow::anyhow!("encoding metrics"))?;
+    Ok(text)
+}
+
+/// Serves `GET /metrics` on `address` on a background thread.
+pub fn serve(address: SocketAddr, controller: Arc<Mutex<Controller>>) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(address)
+        .with_context(|| format!("binding the metrics address {address}"))?;
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            if let Err(error) = answer(stream, &controller) {
+                tracing::debug!(error = %format!("{error:#}"), "metrics request failed");
+            }
+        }
+    });
+    Ok(())
+}
+
+fn answer(stream: TcpStream, controller: &Mutex<Controller>) -> anyhow::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request = String::new();
+    reader.read_line(&mut request)?;
+    // Drain the headers (bounded: 100 lines of 8 KiB at most).
+    for _ in 0..100 {
+        let mut header = String::new();
+        if reader.read_line(&mut header)? == 0 || header.trim().is_empty() || header.len() > 8192 {
+            break;
+        }
+    }
+    let mut stream = stream;
+    let path = request.split_whitespace().nth(1).unwrap_or("");
+    let (status, content_type, body) = if request.starts_with("GET ") && path == "/metrics" {
+        let text = {
+            let controller = controller
+                .lock()
+                .map_err(|_| anyhow::anyhow!("controller state is poisoned"))?;
+            render(&controller)?
+        };
+        (
+            "200 OK",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            text,
+        )
+    } else {
+        (
+            "404 Not Found",
+            "text/plain",
+            "metrics are at /metrics\n".to_string(),
+        )
+    };
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    Ok(())
+}
