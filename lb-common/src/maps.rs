@@ -182,13 +182,17 @@ pub struct FlowKey {
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 
+/// `ConnValue::flags`: a FIN or RST was seen; the flow is no longer active
+/// (it keeps its backend until it goes idle or a new SYN reuses the tuple).
+pub const CONN_CLOSED: u32 = 1;
+
 /// Value of `CONNS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ConnValue {
     /// The backend the flow is pinned to.
     pub backend_id: u32,
-    /// Always zero for now.
+    /// `CONN_*` flags.
     pub flags: u32,
     /// `bpf_ktime_get_ns` when the flow was last seen; idle flows expire.
     pub last_seen_ns: u64,
@@ -256,8 +260,12 @@ pub struct Traffic {
     pub bytes: u64,
     /// Flows scheduled (first packet, or rescheduled).
     pub new_flows: u64,
+    /// Flows that ended: FIN or RST seen, or rescheduled away (idle, backend
+    /// gone). `new_flows - closed_flows` is the active count, up to the
+    /// connection table's silent LRU evictions (the controller reconciles).
+    pub closed_flows: u64,
 }
-const _: () = assert!(core::mem::size_of::<Traffic>() == 24);
+const _: () = assert!(core::mem::size_of::<Traffic>() == 32);
 
 /// Longest frame the benchmark wrapper restores, in 8-byte words.
 pub const BENCH_WORDS: usize = 32;

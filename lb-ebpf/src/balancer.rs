@@ -13,8 +13,8 @@ use lb_common::{
     Settings,
     hash::{flow_hash, source_hash},
     maps::{
-        BACKEND_USABLE, FWD_DSR, FWD_NAT, FWD_TUNNEL, SCHED_IP_HASH, SCHED_ROUND_ROBIN,
-        VIP_FRAGMENTS_TCP, VIP_FRAGMENTS_UDP,
+        BACKEND_USABLE, CONN_CLOSED, FWD_DSR, FWD_NAT, FWD_TUNNEL, SCHED_IP_HASH,
+        SCHED_ROUND_ROBIN, VIP_FRAGMENTS_TCP, VIP_FRAGMENTS_UDP,
     },
     proto,
 };
@@ -25,7 +25,7 @@ use crate::{
     icmp,
     maps::{
         BACKENDS, CONNS, DENY, MAGLEV, NAT, RATE, RR_POS, SERVICES, SETTINGS, STATS_BACKENDS,
-        STATS_SERVICES, Scratch, count_traffic, scratch,
+        STATS_SERVICES, Scratch, count_closed, count_traffic, scratch,
     },
     packet::frame_len,
     parse::{Parsed, parse},
@@ -52,6 +52,11 @@ pub fn balance(ctx: &XdpContext) -> u32 {
         },
     }
 }
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
 
 /// The guard's deny list: is the source of a packet to a VIP in a denied
 /// prefix?
@@ -189,14 +194,27 @@ pub fn choose_backend(
     } else {
         settings.udp_idle_ns
     };
+    let flags = scratch.packet.tcp_flags;
+    let is_tcp = scratch.flow.proto == proto::TCP;
+    // A FIN or RST ends the flow; a bare SYN starts a new one on the tuple.
+    let ending = is_tcp && flags & (TCP_FIN | TCP_RST) != 0;
+    let opening = is_tcp && flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     if !fragment && let Some(conn) = CONNS.get_ptr_mut(&scratch.flow) {
         // SAFETY: the LRU entry stays valid for this program run; a racing
         // update from another CPU can only replace it with another valid
         // value.
-        let (backend_id, last_seen) = unsafe { ((*conn).backend_id, (*conn).last_seen_ns) };
+        let (backend_id, last_seen, conn_flags) =
+            unsafe { ((*conn).backend_id, (*conn).last_seen_ns, (*conn).flags) };
+        let closed = conn_flags & CONN_CLOSED != 0;
         if now.wrapping_sub(last_seen) <= idle_limit
+            && !(closed && opening)
             && usable_backend(backend_id, service.id, &mut scratch.backend)
         {
+            if ending && !closed {
+                // SAFETY: as above.
+                unsafe { (*conn).flags = conn_flags | CONN_CLOSED };
+                count_closed(backend_id);
+            }
             // Refresh at most every ~second: one write per packet would
             // bounce the cache line between CPUs for busy flows.
             if now.wrapping_sub(last_seen) > 1_000_000_000 {
@@ -204,6 +222,10 @@ pub fn choose_backend(
                 unsafe { (*conn).last_seen_ns = now };
             }
             return Ok((backend_id, false));
+        }
+        // Rescheduled: idle, its backend gone, or a new SYN on the tuple.
+        if !closed {
+            count_closed(backend_id);
         }
     }
     if !admit_new_flow(&scratch.flow.src, settings, now) {
@@ -213,15 +235,20 @@ pub fn choose_backend(
     if !usable_backend(backend_id, service.id, &mut scratch.backend) {
         return Err(Drop(Reason::DropNoBackend));
     }
-    if !fragment {
-        let conn = ConnValue {
-            backend_id,
-            flags: 0,
-            last_seen_ns: now,
-        };
-        // A full table evicts its least recently used entry; a failed insert
-        // only costs this flow its stickiness.
-        let _ = CONNS.insert(&scratch.flow, &conn, 0);
+    // Fragments are not tracked: not a flow of their own.
+    if fragment {
+        return Ok((backend_id, false));
+    }
+    let conn = ConnValue {
+        backend_id,
+        flags: if ending { CONN_CLOSED } else { 0 },
+        last_seen_ns: now,
+    };
+    // A full table evicts its least recently used entry; a failed insert
+    // only costs this flow its stickiness.
+    let _ = CONNS.insert(&scratch.flow, &conn, 0);
+    if ending {
+        count_closed(backend_id);
     }
     Ok((backend_id, true))
 }

@@ -126,6 +126,15 @@ pub fn count(reason: Reason) {
     }
 }
 
+/// Counts one ended flow of backend `id`.
+#[inline(always)]
+pub fn count_closed(id: u32) {
+    if let Some(slot) = STATS_BACKENDS.get_ptr_mut(id) {
+        // SAFETY: this CPU's slot of a per-CPU array, as in `count`.
+        unsafe { (*slot).closed_flows = (*slot).closed_flows.wrapping_add(1) };
+    }
+}
+
 /// Adds a packet of `bytes` (and a new flow, if `new_flow`) to `traffic[id]`.
 #[inline(always)]
 pub fn count_traffic(traffic: &PerCpuArray<Traffic>, id: u32, bytes: u64, new_flow: bool) {

@@ -59,6 +59,8 @@ pub struct Packet {
     pub has_l4: bool,
     /// Part of a fragmented datagram.
     pub fragment: bool,
+    /// TCP flags (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10); 0 otherwise.
+    pub tcp_flags: u8,
     /// Bytes from the IP header to the end of the IP packet.
     pub ip_len: u16,
 }
@@ -247,6 +249,7 @@ fn parse_ipv4(ctx: &XdpContext, off: usize, scratch: &mut Scratch) -> Result<Ip,
     packet.src = ipv4_mapped(ip.src_addr);
     packet.sport = 0;
     packet.dport = 0;
+    packet.tcp_flags = 0;
     // Only the first fragment carries the transport header.
     // (A mask, not `trailing_zeros`: BPF has no count-trailing-zeros.)
     #[allow(clippy::verbose_bit_mask, reason = "see above")]
@@ -295,6 +298,7 @@ fn parse_ipv6(ctx: &XdpContext, off: usize, scratch: &mut Scratch) -> Result<Ip,
     packet.proto = start[6];
     packet.sport = 0;
     packet.dport = 0;
+    packet.tcp_flags = 0;
     packet.has_l4 = true;
     packet.fragment = false;
     packet.ip_len = ip_len;
@@ -354,6 +358,9 @@ fn parse_l4(ctx: &XdpContext, packet: &mut Packet) -> Result<(), Reason> {
             }
             packet.sport = u16::from_be_bytes(tcp.source);
             packet.dport = u16::from_be_bytes(tcp.dest);
+            // Byte 13 of the header: the flags.
+            let [_, flags] = read_at::<[u8; 2]>(ctx, l4 + 12).ok_or(Reason::DropMalformedTcp)?;
+            packet.tcp_flags = flags;
         }
         proto::UDP => {
             let udp: UdpHdr = read_at(ctx, l4).ok_or(Reason::DropMalformedUdp)?;

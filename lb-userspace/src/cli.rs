@@ -129,6 +129,17 @@ pub enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// On a backend: report its load for the `resource` scheduler.
+    #[command(after_help = "Example:\n  lb agent --listen 0.0.0.0:9478\n  \
+                            lb agent --listen [::]:9478 --load-file /run/myapp/load")]
+    Agent {
+        /// Address to serve `GET /load` on.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// Report the number in this file instead of load average / CPUs.
+        #[arg(long)]
+        load_file: Option<PathBuf>,
+    },
     /// Print a shell completion script.
     #[command(after_help = "Example:\n  lb completions bash > /etc/bash_completion.d/lb")]
     Completions {
@@ -234,6 +245,9 @@ pub fn main() -> ExitCode {
         Command::Reload { config } => {
             socket(cli.socket.as_deref(), config.as_deref()).and_then(|s| reload(&s, output))
         }
+        Command::Agent { listen, load_file } => {
+            crate::agent::serve(*listen, load_file.as_ref()).map_err(Failure::Runtime)
+        }
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut command, "lb", &mut std::io::stdout());
@@ -314,7 +328,27 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
     let mut controller = Controller::start(config, path).map_err(Failure::Runtime)?;
     let (events, results) = std::sync::mpsc::channel();
     controller.start_health(events);
+    controller.start_agents();
     let controller = Arc::new(Mutex::new(controller));
+    let ticking = Arc::clone(&controller);
+    // Once a second: dynamic weights; every tenth: reconcile active flows
+    // with the connection table.
+    std::thread::spawn(move || {
+        for second in 0u64.. {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            let Ok(mut controller) = ticking.lock() else {
+                return;
+            };
+            if second % 10 == 9
+                && let Err(error) = controller.reconcile()
+            {
+                tracing::warn!(error = %format!("{error:#}"), "reconciling active flows failed");
+            }
+            if let Err(error) = controller.tick() {
+                tracing::warn!(error = %format!("{error:#}"), "dynamic weights failed");
+            }
+        }
+    });
     let health = Arc::clone(&controller);
     // Health results are applied one at a time, under the controller lock,
     // by this thread; the checker threads only probe.

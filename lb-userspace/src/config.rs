@@ -274,6 +274,13 @@ pub struct Service {
     /// weighted backends.
     #[serde(default = "default_min_healthy")]
     pub min_healthy: u32,
+    /// `resource` scheduler: the port of each backend's `lb agent`.
+    #[serde(default = "default_agent_port")]
+    pub agent_port: u16,
+}
+
+const fn default_agent_port() -> u16 {
+    9478
 }
 
 const fn default_min_healthy() -> u32 {

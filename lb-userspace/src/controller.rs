@@ -12,11 +12,16 @@ use anyhow::Context as _;
 use lb_common::{Reason, Settings};
 use serde::Serialize;
 
-use std::sync::mpsc::Sender;
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex, mpsc::Sender},
+};
 
 use crate::{
+    config::Scheduler,
     config::{Config, XdpModeSetting},
     dataplane::{AttachMode, Attachment, Dataplane, Sizes, unpin_all},
+    dynamic::{self, Sample},
     health::{Checker, Event, Health, Target, Tracker},
     plan::{BackendKey, BackendState, Planner},
 };
@@ -31,6 +36,15 @@ pub struct Controller {
     states: BTreeMap<BackendKey, BackendState>,
     trackers: BTreeMap<BackendKey, Tracker>,
     overrides: BTreeMap<BackendKey, BackendOverride>,
+    /// Weights set by `least-conn` / `resource`.
+    dynamic: BTreeMap<BackendKey, u32>,
+    /// Per backend id: connection-table count minus counters, at the last
+    /// reconciliation.
+    offsets: BTreeMap<u32, i64>,
+    /// Loads reported by `lb agent`, by backend.
+    loads: Arc<Mutex<BTreeMap<BackendKey, f64>>>,
+    /// Agents to poll, shared with the poller thread.
+    agents: Arc<Mutex<Vec<(BackendKey, SocketAddr)>>>,
     checker: Option<Checker>,
     events: Option<Sender<Event>>,
     pin_dir: PathBuf,
@@ -65,6 +79,10 @@ impl Controller {
             states,
             trackers: BTreeMap::new(),
             overrides: BTreeMap::new(),
+            dynamic: BTreeMap::new(),
+            offsets: BTreeMap::new(),
+            loads: Arc::new(Mutex::new(BTreeMap::new())),
+            agents: Arc::new(Mutex::new(Vec::new())),
             checker: None,
             events: None,
             pin_dir,
@@ -195,18 +213,161 @@ impl Controller {
         self.sync_weights();
     }
 
-    /// Folds the overrides into the planner's backend states.
+    /// Folds the dynamic weights and, over them, the operator's overrides
+    /// into the planner's backend states.
     fn sync_weights(&mut self) {
         for state in self.states.values_mut() {
             state.weight = None;
         }
+        for (key, weight) in &self.dynamic {
+            self.states.entry(key.clone()).or_default().weight = Some(*weight);
+        }
         for (key, change) in &self.overrides {
             let state = self.states.entry(key.clone()).or_default();
-            state.weight = if change.drained {
-                Some(0)
+            if change.drained {
+                state.weight = Some(0);
+            } else if let Some(weight) = change.weight {
+                state.weight = Some(weight);
+            }
+        }
+    }
+
+    /// Active flows per backend id: the data plane's open / close counters,
+    /// corrected by the last reconciliation with the connection table.
+    pub fn active_flows(&self) -> BTreeMap<u32, u64> {
+        let mut active = BTreeMap::new();
+        for service in self.planner.planned() {
+            for backend in &service.backends {
+                let Ok(traffic) = self.dataplane.backend_traffic(backend.id) else {
+                    continue;
+                };
+                let counted = flow_balance(&traffic);
+                let offset = self.offsets.get(&backend.id).copied().unwrap_or(0);
+                active.insert(backend.id, u64::try_from(counted + offset).unwrap_or(0));
+            }
+        }
+        active
+    }
+
+    /// Re-counts active flows in the connection table, which also sees what
+    /// the counters cannot (LRU evictions, UDP flows that just went quiet).
+    pub fn reconcile(&mut self) -> anyhow::Result<()> {
+        let settings = settings(&self.config);
+        let scanned = self
+            .dataplane
+            .scan_active(settings.tcp_idle_ns, settings.udp_idle_ns)?;
+        self.offsets.clear();
+        for service in self.planner.planned() {
+            for backend in &service.backends {
+                let counted = flow_balance(&self.dataplane.backend_traffic(backend.id)?);
+                let real = i64::try_from(scanned.get(&backend.id).copied().unwrap_or(0))
+                    .unwrap_or(i64::MAX);
+                self.offsets.insert(backend.id, real - counted);
+            }
+        }
+        Ok(())
+    }
+
+    /// One step of the dynamic schedulers: `least-conn` weights follow the
+    /// active flows, `resource` weights the agents' loads. Re-plans if a
+    /// weight moved.
+    pub fn tick(&mut self) -> anyhow::Result<()> {
+        let active = self.active_flows();
+        let loads = self.loads.lock().map(|l| l.clone()).unwrap_or_default();
+        let mut changed = false;
+        for (service, planned) in self.config.services.iter().zip(self.planner.planned()) {
+            if !matches!(
+                service.scheduler,
+                Scheduler::LeastConn | Scheduler::Resource
+            ) {
+                continue;
+            }
+            let samples: Vec<(BackendKey, Sample)> = planned
+                .backends
+                .iter()
+                .filter(|b| b.up)
+                .map(|b| {
+                    #[allow(clippy::cast_precision_loss, reason = "flow counts")]
+                    let measure = if service.scheduler == Scheduler::LeastConn {
+                        active.get(&b.id).copied().unwrap_or(0) as f64
+                    } else {
+                        loads.get(&b.key).copied().unwrap_or(0.0)
+                    };
+                    let sample = Sample {
+                        configured: b.weight,
+                        current: self.dynamic.get(&b.key).copied().unwrap_or(b.weight),
+                        measure,
+                    };
+                    (b.key.clone(), sample)
+                })
+                .collect();
+            let just: Vec<Sample> = samples.iter().map(|(_, s)| *s).collect();
+            let next = if service.scheduler == Scheduler::LeastConn {
+                dynamic::least_conn(&just)
             } else {
-                change.weight
+                dynamic::resource(&just)
             };
+            if let Some(next) = next {
+                for ((key, _), weight) in samples.into_iter().zip(next) {
+                    self.dynamic.insert(key, weight);
+                }
+                changed = true;
+            }
+        }
+        if changed {
+            self.sync_weights();
+            self.replan()?;
+        }
+        Ok(())
+    }
+
+    /// Starts polling the `lb agent` of every `resource` backend once a
+    /// second; loads feed [`Controller::tick`].
+    pub fn start_agents(&mut self) {
+        self.update_agents();
+        let agents = Arc::clone(&self.agents);
+        let loads = Arc::clone(&self.loads);
+        std::thread::spawn(move || {
+            loop {
+                let targets = agents.lock().map(|a| a.clone()).unwrap_or_default();
+                for (key, address) in targets {
+                    let load = crate::agent::query(address);
+                    let Ok(mut loads) = loads.lock() else { return };
+                    match load {
+                        Ok(load) => {
+                            loads.insert(key, load);
+                        }
+                        Err(error) => {
+                            tracing::debug!(%address, error = %format!("{error:#}"), "agent unreachable");
+                            loads.remove(&key);
+                        }
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        });
+    }
+
+    /// The agents of the current configuration's `resource` backends.
+    fn update_agents(&mut self) {
+        let targets: Vec<(BackendKey, SocketAddr)> = self
+            .config
+            .services
+            .iter()
+            .filter(|s| s.scheduler == Scheduler::Resource)
+            .flat_map(|s| {
+                s.backends.iter().map(move |b| {
+                    let key = BackendKey {
+                        service: s.name.clone(),
+                        address: b.address,
+                        port: b.port_for(s),
+                    };
+                    (key, SocketAddr::new(b.address, s.agent_port))
+                })
+            })
+            .collect();
+        if let Ok(mut agents) = self.agents.lock() {
+            *agents = targets;
         }
     }
 
@@ -315,6 +476,7 @@ impl Controller {
 
     /// The status report (`lb status`).
     pub fn status(&self) -> StatusReport {
+        let active = self.active_flows();
         let services = self
             .planner
             .planned()
@@ -350,7 +512,7 @@ impl Controller {
                             }
                         }),
                         drained: self.overrides.get(&b.key).is_some_and(|o| o.drained),
-                        active_flows: None,
+                        active_flows: active.get(&b.id).copied(),
                     })
                     .collect(),
             })
@@ -508,7 +670,8 @@ pub struct BackendStatus {
     pub health: String,
     /// Drained by the operator.
     pub drained: bool,
-    /// Active flows; `null` until the data plane counts them.
+    /// Active flows. In `dsr` and `tunnel` modes the balancer sees only the
+    /// client's half of a flow, so this is an estimate there.
     pub active_flows: Option<u64>,
     /// The last health-check result; `null` without checks.
     pub last_check: Option<LastCheck>,
@@ -615,6 +778,11 @@ pub fn pin_dir(config: &Config) -> PathBuf {
 
 /// bpffs directory of every lb instance.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/lb";
+
+/// New flows minus closed flows of a backend's counters.
+fn flow_balance(traffic: &lb_common::Traffic) -> i64 {
+    i64::try_from(traffic.new_flows.saturating_sub(traffic.closed_flows)).unwrap_or(i64::MAX)
+}
 
 /// Map sizes from the configuration.
 pub fn sizes(config: &Config) -> Sizes {
@@ -734,6 +902,7 @@ impl Controller {
         tracing::info!(writes = writes.len(), "reloaded");
         self.config = config;
         self.restart_checker();
+        self.update_agents();
         Ok(writes.len())
     }
 }

@@ -377,6 +377,7 @@ impl Dataplane {
             packets: sum.packets + cpu.packets,
             bytes: sum.bytes + cpu.bytes,
             new_flows: sum.new_flows + cpu.new_flows,
+            closed_flows: sum.closed_flows + cpu.closed_flows,
         }))
     }
 
@@ -728,4 +729,45 @@ pub fn unpin_all(pin_dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
     }
     std::fs::remove_dir(pin_dir).with_context(|| format!("removing {}", pin_dir.display()))?;
     Ok(detached)
+}
+
+impl Dataplane {
+    /// Counts the connection table's live flows per backend: entries not
+    /// closed (FIN / RST) and seen within their protocol's idle timeout.
+    /// Walks the whole table, one lookup per entry: for reconciling the
+    /// running open / close counters now and then, not for every status.
+    pub fn scan_active(
+        &self,
+        tcp_idle_ns: u64,
+        udp_idle_ns: u64,
+    ) -> Result<BTreeMap<u32, u64>, DataplaneError> {
+        use lb_common::{ConnValue, FlowKey, maps::CONN_CLOSED};
+        let name = map_names::CONNS;
+        let conns: HashMap<&MapData, FlowKey, ConnValue> =
+            HashMap::try_from(self.map(name)?).map_err(map_error(name))?;
+        let now = monotonic_ns();
+        let mut active = BTreeMap::new();
+        for entry in &conns {
+            // Entries can vanish while the table is walked (LRU): skip them.
+            let Ok((key, conn)) = entry else { continue };
+            let idle = if key.proto == lb_common::proto::TCP {
+                tcp_idle_ns
+            } else {
+                udp_idle_ns
+            };
+            if conn.flags & CONN_CLOSED == 0 && now.saturating_sub(conn.last_seen_ns) <= idle {
+                *active.entry(conn.backend_id).or_default() += 1;
+            }
+        }
+        Ok(active)
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    // SAFETY: clock_gettime fills the timespec it is given.
+    let mut now: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: `now` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
+    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
 }

@@ -1,11 +1,13 @@
 //! The lb controller as a library: configuration, the data-plane handle, and
 //! the command line. The `lb` binary is a thin wrapper around [`cli::main`].
 
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod dataplane;
+pub mod dynamic;
 pub mod health;
 pub mod maglev;
 pub mod metrics;

@@ -153,6 +153,7 @@ impl Scrape {
     /// Gauges: backend health and weights, serving backends, HA state.
     fn encode_state(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut up = Vec::new();
+        let mut active = Vec::new();
         let mut weight = Vec::new();
         let mut latency = Vec::new();
         let mut usable = Vec::new();
@@ -170,6 +171,9 @@ impl Scrape {
                 let name = format!("{}:{}", backend.address, backend.port);
                 let l = labels(&[("service", &service.name), ("backend", &name)]);
                 up.push((l.clone(), i64::from(backend.health != "down")));
+                if let Some(flows) = backend.active_flows {
+                    active.push((l.clone(), i64::try_from(flows).unwrap_or(i64::MAX)));
+                }
                 weight.push((l.clone(), i64::from(backend.effective_weight)));
                 if let Some(check) = &backend.last_check {
                     #[allow(clippy::cast_possible_truncation, reason = "microseconds of a check")]
@@ -182,6 +186,12 @@ impl Scrape {
             "lb_backend_up",
             "1 if the backend is up (or unchecked), 0 if down.",
             &up,
+        )?;
+        gauges(
+            e,
+            "lb_backend_active_flows",
+            "Active flows (an estimate for dsr and tunnel: one direction seen).",
+            &active,
         )?;
         gauges(
             e,

@@ -335,11 +335,11 @@ fn serve(ns: &Netns, host: u8, stop: &Arc<AtomicBool>) -> Vec<JoinHandle<()>> {
 }
 
 /// The TCP exchange: the backend sends its name and a newline at once, waits
-/// for the client's line (10 s at most), answers `ok`, closes. A client can
+/// for the client's line (30 s at most), answers `ok`, closes. A client can
 /// thus learn who serves it and hold the connection open before finishing.
 fn answer(mut stream: TcpStream, name: &str) {
     let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
     if stream.write_all(format!("{name}\n").as_bytes()).is_err() {
         return;
     }

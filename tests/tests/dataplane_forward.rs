@@ -831,3 +831,50 @@ fn idle_flows_expire_and_are_rescheduled() {
     let after = dsr_backend(&harness.run(&flow));
     assert_ne!(after, first, "an idle flow kept its drained backend");
 }
+
+#[test]
+fn the_data_plane_counts_flows_opening_and_closing() {
+    let harness = Harness::new(CONFIG);
+    // nat4t has one backend, id 0.
+    let traffic = || harness.dataplane.backend_traffic(0).unwrap();
+    let with_flags = |flags: fn(etherparse::TcpHeader) -> etherparse::TcpHeader| {
+        let input = frames::tcp4(CLIENT4, 41000, v4(10), 80);
+        let mut h = Headers::parse(&input);
+        if let Some(TransportHeader::Tcp(tcp)) = h.transport.take() {
+            h.transport = Some(TransportHeader::Tcp(flags(tcp)));
+        }
+        h.to_bytes()
+    };
+    let syn = with_flags(|mut t| {
+        t.syn = true;
+        t
+    });
+    let ack = with_flags(|mut t| {
+        t.syn = false;
+        t.ack = true;
+        t
+    });
+    let fin = with_flags(|mut t| {
+        t.syn = false;
+        t.ack = true;
+        t.fin = true;
+        t
+    });
+    harness.run(&syn);
+    harness.run(&ack);
+    assert_eq!(
+        (traffic().new_flows, traffic().closed_flows),
+        (1, 0),
+        "one open flow"
+    );
+    harness.run(&fin);
+    harness.run(&fin); // a retransmitted FIN is not a second close
+    assert_eq!(
+        (traffic().new_flows, traffic().closed_flows),
+        (1, 1),
+        "closed by FIN"
+    );
+    // A new SYN on the same tuple (after TIME_WAIT) is a new flow.
+    harness.run(&syn);
+    assert_eq!((traffic().new_flows, traffic().closed_flows), (2, 1));
+}
