@@ -527,14 +527,25 @@ impl Config {
 
     /// Parses and validates YAML text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        // Section by section first (each service on its own), so one run
+        // reports every type error, not just the first.
+        let sections = section_problems(text);
+        if !sections.is_empty() {
+            return Err(ConfigError::Invalid(sections));
+        }
         let deserializer = serde_yaml::Deserializer::from_str(text);
         let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
+            let message = strip_location(&inner.to_string());
+            // serde_yaml may lead with the path too; it is reported apart.
+            let message = message
+                .strip_prefix(&format!("{path}: "))
+                .map_or(message.clone(), str::to_string);
             ConfigError::Invalid(vec![ConfigProblem {
                 path,
                 line: inner.location().map(|l| l.line()),
-                message: strip_location(&inner.to_string()),
+                message,
             }])
         })?;
         let mut problems = config.problems();
@@ -796,6 +807,94 @@ fn check_backend<'a>(
     }
 }
 
+/// Type errors of each top-level section and each service, separately; a
+/// YAML syntax error is reported once, with its position. Empty when every
+/// part deserializes (the whole is then parsed as one).
+fn section_problems(text: &str) -> Vec<ConfigProblem> {
+    let value: serde_yaml::Value = match serde_yaml::from_str(text) {
+        Ok(value) => value,
+        Err(error) => {
+            return vec![ConfigProblem {
+                path: String::new(),
+                line: error.location().map(|l| l.line()),
+                message: strip_location(&error.to_string()),
+            }];
+        }
+    };
+    let Some(map) = value.as_mapping() else {
+        return vec![ConfigProblem {
+            path: String::new(),
+            line: Some(1),
+            message: "the configuration must be a mapping (instance: ..., services: ...)".into(),
+        }];
+    };
+    let mut problems = Vec::new();
+    for (key, section) in map {
+        let name = key.as_str().unwrap_or("");
+        match name {
+            "instance" => check_part::<InstanceName>(section, name, &mut problems),
+            "interfaces" => check_part::<Vec<Interface>>(section, name, &mut problems),
+            "ha" => check_part::<Option<Ha>>(section, name, &mut problems),
+            "control" => check_part::<Control>(section, name, &mut problems),
+            "dataplane" => check_part::<DataplaneSettings>(section, name, &mut problems),
+            "guard" => check_part::<Guard>(section, name, &mut problems),
+            "services" => match section.as_sequence() {
+                Some(services) => {
+                    for (i, service) in services.iter().enumerate() {
+                        check_part::<Service>(service, &format!("services[{i}]"), &mut problems);
+                    }
+                }
+                None => check_part::<Vec<Service>>(section, name, &mut problems),
+            },
+            other => problems.push(ConfigProblem {
+                path: other.to_string(),
+                line: None,
+                message: format!(
+                    "unknown field `{other}`, expected one of `instance`, `interfaces`, \
+                     `services`, `ha`, `control`, `dataplane`, `guard`"
+                ),
+            }),
+        }
+    }
+    for required in ["instance", "interfaces"] {
+        if !map.contains_key(required) {
+            problems.push(ConfigProblem {
+                path: String::new(),
+                line: None,
+                message: format!("missing field `{required}`"),
+            });
+        }
+    }
+    for problem in &mut problems {
+        if problem.line.is_none() && !problem.path.is_empty() {
+            problem.line = line_of(text, &problem.path);
+        }
+    }
+    problems
+}
+
+/// Deserializes one part of the configuration as `T`, recording a problem
+/// (with its full field path) if it does not fit.
+fn check_part<T: serde::de::DeserializeOwned>(
+    value: &serde_yaml::Value,
+    prefix: &str,
+    problems: &mut Vec<ConfigProblem>,
+) {
+    if let Err(error) = serde_path_to_error::deserialize::<_, T>(value.clone()) {
+        let inner = error.path().to_string();
+        let path = match inner.as_str() {
+            "." | "" => prefix.to_string(),
+            rest if rest.starts_with('[') => format!("{prefix}{rest}"),
+            rest => format!("{prefix}.{rest}"),
+        };
+        problems.push(ConfigProblem {
+            path,
+            line: None,
+            message: strip_location(&error.into_inner().to_string()),
+        });
+    }
+}
+
 /// The 1-based line where the field at `path` (`services[1].backends[0].port`)
 /// is written, as far as it can be followed: block mappings and sequences are
 /// walked by indentation; inside flow style (`{ ... }`, `[ ... ]`) the line
@@ -837,16 +936,22 @@ fn line_of(text: &str, path: &str) -> Option<usize> {
                 if at.is_some_and(|line| lines[line].contains('[')) {
                     return at.map(|line| line + 1);
                 }
+                // The sequence's items sit at the column of its first "- ".
+                let column_of = |line: &str| line.len() - line.trim_start().len();
+                let first = lines.iter().skip(from).find(|line| {
+                    line.trim_start().starts_with("- ") && column_of(line) >= indent
+                })?;
+                let column = column_of(first);
                 lines
                     .iter()
                     .enumerate()
                     .skip(from)
+                    .take_while(|(_, line)| line.trim().is_empty() || column_of(line) >= column)
                     .filter(|(_, line)| {
-                        let trimmed = line.trim_start();
-                        trimmed.starts_with("- ") && line.len() - trimmed.len() >= indent
+                        line.trim_start().starts_with("- ") && column_of(line) == column
                     })
                     .nth(index)
-                    .map(|(i, line)| (i, line.len() - line.trim_start().len() + 2))
+                    .map(|(i, _)| (i, column + 2))
             }
         };
         let (line, column) = found?;
@@ -983,6 +1088,28 @@ services:
             lines.contains(&("services[0].backends[1].address".into(), Some(13))),
             "{lines:?}"
         );
+    }
+
+    #[test]
+    fn every_type_error_is_listed_with_its_line() {
+        let text = MINIMAL.replace("protocol: tcp", "protocol: sctp").replace(
+            "      - { address: 192.0.2.11, port: 8080 }\n",
+            "      - { address: 192.0.2.11, port: 8080 }\n  - name: dns\n    vip: 203.0.113.10\n    port: fifty-three\n    protocol: udp\n",
+        ) + "colour: blue\n";
+        let ConfigError::Invalid(problems) = Config::parse(&text).unwrap_err() else {
+            panic!("expected Invalid");
+        };
+        let found: Vec<(String, Option<usize>)> =
+            problems.iter().map(|p| (p.path.clone(), p.line)).collect();
+        assert!(
+            found.contains(&("services[0].protocol".into(), Some(8))),
+            "{found:?}"
+        );
+        assert!(
+            found.contains(&("services[1].port".into(), Some(13))),
+            "{found:?}"
+        );
+        assert!(found.contains(&("colour".into(), Some(15))), "{found:?}");
     }
 
     #[test]
