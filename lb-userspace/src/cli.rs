@@ -86,6 +86,13 @@ pub enum Command {
         /// Take the control socket from this configuration.
         #[arg(short, long)]
         config: Option<PathBuf>,
+        /// Refresh every second in place, with per-second rates (like `top`);
+        /// with `--output json`, one JSON line per second.
+        #[arg(long)]
+        watch: bool,
+        /// With `--watch`: stop after this many refreshes.
+        #[arg(long, requires = "watch")]
+        count: Option<u64>,
     },
     /// Stop new flows to a backend; its established flows finish.
     #[command(after_help = "Example:\n  lb drain web 192.0.2.11\n  lb drain web 192.0.2.11:8080")]
@@ -218,9 +225,17 @@ pub fn main() -> ExitCode {
         Command::Status { config } => {
             socket(cli.socket.as_deref(), config.as_deref()).and_then(|s| status(&s, output))
         }
-        Command::Stats { config } => {
-            socket(cli.socket.as_deref(), config.as_deref()).and_then(|s| stats(&s, output))
-        }
+        Command::Stats {
+            config,
+            watch,
+            count,
+        } => socket(cli.socket.as_deref(), config.as_deref()).and_then(|s| {
+            if *watch {
+                watch_stats(&s, output, *count)
+            } else {
+                stats(&s, output)
+            }
+        }),
         Command::Decap { action, interface } => decap(*action, interface, output),
         Command::Drain {
             service,
@@ -502,6 +517,99 @@ fn stats(socket: &Path, output: Output) -> Result<(), Failure> {
         println!("{reason:<44} {packets:>12}");
     }
     Ok(())
+}
+
+/// `lb stats --watch`: a live table of per-second rates, redrawn in place.
+fn watch_stats(socket: &Path, output: Output, count: Option<u64>) -> Result<(), Failure> {
+    let fetch = || -> Result<StatsReport, Failure> {
+        let value = api::get(socket, "/v1/stats")?;
+        serde_json::from_value(value)
+            .context("the controller's stats have an unexpected shape")
+            .map_err(Failure::Runtime)
+    };
+    let mut previous = fetch()?;
+    let mut shown = 0;
+    while count.is_none_or(|count| shown < count) {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let current = fetch()?;
+        let rows = rates(&previous, &current);
+        match output {
+            Output::Json => {
+                let rows: Vec<serde_json::Value> = rows
+                    .iter()
+                    .map(|(name, pps, bps, fps)| {
+                        serde_json::json!({"name": name, "packets_per_second": pps,
+                                           "bytes_per_second": bps, "new_flows_per_second": fps})
+                    })
+                    .collect();
+                println!("{}", serde_json::json!({ "rates": rows }));
+            }
+            Output::Human => {
+                // Home and clear: redraw in place, like `top`.
+                print!("\x1b[H\x1b[2J");
+                println!(
+                    "lb stats --watch ({}), per second; Ctrl-C to stop\n",
+                    socket.display()
+                );
+                println!(
+                    "{:<44} {:>12} {:>14} {:>10}",
+                    "", "packets/s", "bytes/s", "flows/s"
+                );
+                for (name, pps, bps, fps) in &rows {
+                    println!("{name:<44} {pps:>12} {bps:>14} {fps:>10}");
+                }
+            }
+        }
+        std::io::Write::flush(&mut std::io::stdout()).ok();
+        previous = current;
+        shown += 1;
+    }
+    Ok(())
+}
+
+/// Per-second rows (name, packets, bytes, new flows) between two reports
+/// one second apart: services, their backends (indented), then every
+/// verdict reason that moved.
+fn rates(previous: &StatsReport, current: &StatsReport) -> Vec<(String, u64, u64, u64)> {
+    let mut rows = Vec::new();
+    for service in &current.services {
+        let before = previous.services.iter().find(|s| s.name == service.name);
+        rows.push((
+            service.name.clone(),
+            service.packets - before.map_or(service.packets, |b| b.packets.min(service.packets)),
+            service.bytes - before.map_or(service.bytes, |b| b.bytes.min(service.bytes)),
+            service.new_flows
+                - before.map_or(service.new_flows, |b| b.new_flows.min(service.new_flows)),
+        ));
+        for backend in &service.backends {
+            let before = before.and_then(|b| {
+                b.backends
+                    .iter()
+                    .find(|x| x.address == backend.address && x.port == backend.port)
+            });
+            rows.push((
+                format!("  {}:{}", backend.address, backend.port),
+                backend.packets
+                    - before.map_or(backend.packets, |b| b.packets.min(backend.packets)),
+                backend.bytes - before.map_or(backend.bytes, |b| b.bytes.min(backend.bytes)),
+                backend.new_flows
+                    - before.map_or(backend.new_flows, |b| b.new_flows.min(backend.new_flows)),
+            ));
+        }
+    }
+    for (reason, packets) in &current.reasons {
+        let moved = packets
+            - previous
+                .reasons
+                .get(reason)
+                .copied()
+                .unwrap_or(0)
+                .min(*packets);
+        if moved > 0 {
+            rows.push((reason.clone(), moved, 0, 0));
+        }
+    }
+    rows
 }
 
 fn change_backend(

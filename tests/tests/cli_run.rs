@@ -143,6 +143,22 @@ fn run_status_stats_and_stop() {
         "a new connection must count one new flow"
     );
 
+    // The live view, as a script reads it: one line of rates per second.
+    let watch = bed.lb_command(&["stats", "--watch", "--count", "2", "--output", "json"]);
+    assert!(watch.status.success(), "{watch:?}");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&watch.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert!(
+        lines[0]["rates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "web")
+    );
+
     let output = bed.stop_lb();
     assert!(output.status.success(), "{output:?}");
     let text = String::from_utf8_lossy(&output.stdout);
