@@ -143,6 +143,26 @@ fn run_status_stats_and_stop() {
         "a new connection must count one new flow"
     );
 
+    // The control socket is root's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "control socket mode {mode:o}");
+    // A copy nobody can execute, wherever the build tree lives.
+    let copy = lb_tests::TempFile::new("lb-binary", "");
+    std::fs::copy(lb_binary(), copy.path()).unwrap();
+    std::fs::set_permissions(copy.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let as_nobody = std::process::Command::new("runuser")
+        .args(["-u", "nobody", "--"])
+        .arg(copy.path())
+        .args(["status", "--socket", &socket])
+        .output()
+        .unwrap();
+    assert_eq!(as_nobody.status.code(), Some(2), "{as_nobody:?}");
+    assert!(
+        String::from_utf8_lossy(&as_nobody.stderr).contains("permission denied"),
+        "{as_nobody:?}"
+    );
+
     // The live view, as a script reads it: one line of rates per second.
     let watch = bed.lb_command(&["stats", "--watch", "--count", "2", "--output", "json"]);
     assert!(watch.status.success(), "{watch:?}");
