@@ -11,7 +11,7 @@
     reason = "one operator session, told start to end"
 )]
 
-use std::{net::UdpSocket, time::Duration};
+use std::{net::UdpSocket, os::unix::fs::PermissionsExt, time::Duration};
 
 use lb_tests::{bed::Bed, lb_binary};
 
@@ -144,7 +144,6 @@ fn run_status_stats_and_stop() {
     );
 
     // The control socket is root's alone.
-    use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "control socket mode {mode:o}");
     // A copy nobody can execute, wherever the build tree lives.
