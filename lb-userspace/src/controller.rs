@@ -45,6 +45,10 @@ pub struct Controller {
     loads: Arc<Mutex<BTreeMap<BackendKey, f64>>>,
     /// Agents to poll, shared with the poller thread.
     agents: Arc<Mutex<Vec<(BackendKey, SocketAddr)>>>,
+    /// Health-check durations per backend, for metrics.
+    check_latency: BTreeMap<BackendKey, prometheus_client::metrics::histogram::Histogram>,
+    /// Entries the last reconciliation found in the connection table.
+    connections: u64,
     checker: Option<Checker>,
     events: Option<Sender<Event>>,
     pin_dir: PathBuf,
@@ -83,6 +87,8 @@ impl Controller {
             offsets: BTreeMap::new(),
             loads: Arc::new(Mutex::new(BTreeMap::new())),
             agents: Arc::new(Mutex::new(Vec::new())),
+            check_latency: BTreeMap::new(),
+            connections: 0,
             checker: None,
             events: None,
             pin_dir,
@@ -168,6 +174,15 @@ impl Controller {
         let Some(tracker) = self.trackers.get_mut(&event.key) else {
             return Ok(()); // a result from before a reload
         };
+        self.check_latency
+            .entry(event.key.clone())
+            .or_insert_with(|| {
+                // 1 ms to about 4 s.
+                prometheus_client::metrics::histogram::Histogram::new(
+                    prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 13),
+                )
+            })
+            .observe(event.outcome.latency.as_secs_f64());
         let Some(transition) = tracker.observe(&event.outcome, event.at) else {
             return Ok(());
         };
@@ -232,6 +247,38 @@ impl Controller {
         }
     }
 
+    /// Health-check latency histograms, by backend (for metrics).
+    pub fn check_latency(
+        &self,
+    ) -> &BTreeMap<BackendKey, prometheus_client::metrics::histogram::Histogram> {
+        &self.check_latency
+    }
+
+    /// Map fill levels: (map, entries, capacity). The connection table's
+    /// entries are as counted by the last reconciliation.
+    pub fn map_fill(&self) -> Vec<(&'static str, u64, u64)> {
+        let sizes = self.dataplane.sizes();
+        let services = self.planner.planned();
+        let backends: usize = services.iter().map(|s| s.backends.len()).sum();
+        vec![
+            (
+                lb_common::map_names::SERVICES,
+                services.len() as u64,
+                u64::from(sizes.services),
+            ),
+            (
+                lb_common::map_names::BACKENDS,
+                backends as u64,
+                u64::from(sizes.backends),
+            ),
+            (
+                lb_common::map_names::CONNS,
+                self.connections,
+                u64::from(sizes.connections),
+            ),
+        ]
+    }
+
     /// Active flows per backend id: the data plane's open / close counters,
     /// corrected by the last reconciliation with the connection table.
     pub fn active_flows(&self) -> BTreeMap<u32, u64> {
@@ -256,6 +303,7 @@ impl Controller {
         let scanned = self
             .dataplane
             .scan_active(settings.tcp_idle_ns, settings.udp_idle_ns)?;
+        self.connections = scanned.values().sum();
         self.offsets.clear();
         for service in self.planner.planned() {
             for backend in &service.backends {

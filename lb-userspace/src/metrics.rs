@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
-    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -25,6 +25,8 @@ use crate::controller::{Controller, StatsReport, StatusReport};
 struct Scrape {
     status: StatusReport,
     stats: StatsReport,
+    latency: Vec<(Labels, Histogram)>,
+    maps: Vec<(&'static str, u64, u64)>,
 }
 
 type Labels = Vec<(String, String)>;
@@ -218,15 +220,74 @@ impl Scrape {
             "The HA state (the labelled one is 1).",
             &ha,
         )?;
+        self.encode_internals(e)
+    }
+
+    /// Map fill levels and health-check durations.
+    fn encode_internals(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let entries: Vec<(Labels, i64)> = self
+            .maps
+            .iter()
+            .map(|(map, n, _)| {
+                (
+                    labels(&[("map", map)]),
+                    i64::try_from(*n).unwrap_or(i64::MAX),
+                )
+            })
+            .collect();
+        let capacity: Vec<(Labels, i64)> = self
+            .maps
+            .iter()
+            .map(|(map, _, n)| {
+                (
+                    labels(&[("map", map)]),
+                    i64::try_from(*n).unwrap_or(i64::MAX),
+                )
+            })
+            .collect();
+        gauges(
+            e,
+            "lb_map_entries",
+            "Entries in a data-plane map.",
+            &entries,
+        )?;
+        gauges(
+            e,
+            "lb_map_capacity",
+            "Entries a data-plane map can hold.",
+            &capacity,
+        )?;
+        let mut family = e.encode_descriptor(
+            "lb_health_check_duration_seconds",
+            "Duration of health checks.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (labels, histogram) in &self.latency {
+            histogram.encode(family.encode_family(labels)?)?;
+        }
         Ok(())
     }
 }
 
 /// The metrics page for the controller's current state.
 pub fn render(controller: &Controller) -> anyhow::Result<String> {
+    let latency = controller
+        .check_latency()
+        .iter()
+        .map(|(key, histogram)| {
+            let backend = format!("{}:{}", key.address, key.port);
+            (
+                labels(&[("service", &key.service), ("backend", &backend)]),
+                histogram.clone(),
+            )
+        })
+        .collect();
     let scrape = Scrape {
         status: controller.status(),
         stats: controller.stats()?,
+        latency,
+        maps: controller.map_fill(),
     };
     let mut registry = Registry::default();
     registry.register_collector(Box::new(scrape));

@@ -22,12 +22,18 @@ fn run_status_stats_and_stop() {
     // One service with a backend, one whose only backend is drained to 0.
     bed.start_lb(&format!(
         "instance: cli{pid}\ninterfaces: [{{ name: eth0 }}, {{ name: eth1 }}]\nservices:\n\
-         \x20 - {{ name: web, vip: 203.0.113.10, port: 80, protocol: tcp, backends: [{{ address: 192.0.2.11, port: 8080 }}] }}\n\
+         \x20 - {{ name: web, vip: 203.0.113.10, port: 80, protocol: tcp, backends: [{{ address: 192.0.2.11, port: 8080 }}], \
+         health_check: {{ kind: tcp, interval: 100ms, timeout: 100ms, rise: 1, fall: 2 }} }}\n\
          \x20 - {{ name: empty, vip: 203.0.113.10, port: 53, protocol: udp, backends: [{{ address: 192.0.2.11, weight: 0 }}] }}\n\
          control: {{ socket: {socket}, metrics: '127.0.0.1:9477' }}\n",
         pid = std::process::id()
     ));
 
+    let up = lb_tests::netns::wait_until(Duration::from_secs(5), || {
+        let status = bed.lb_command(&["status", "--output", "json"]);
+        String::from_utf8_lossy(&status.stdout).contains("\"health\":\"up\"")
+    });
+    assert!(up, "the checked backend never came up");
     let status = bed.lb_command(&["status", "--output", "json"]);
     assert!(status.status.success(), "{status:?}");
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
@@ -131,6 +137,20 @@ fn run_status_stats_and_stop() {
         0.0
     );
     assert_eq!(value(&first, "lb_ha_state", ("state", "standalone")), 1.0);
+    assert_eq!(value(&first, "lb_map_entries", ("map", "SERVICES")), 2.0);
+    assert_eq!(value(&first, "lb_map_capacity", ("map", "SERVICES")), 64.0);
+    let checks = first
+        .samples
+        .iter()
+        .find(|s| s.metric == "lb_health_check_duration_seconds")
+        .expect("a check latency histogram");
+    let prometheus_parse::Value::Histogram(buckets) = &checks.value else {
+        panic!("not a histogram: {checks:?}");
+    };
+    assert!(
+        buckets.iter().any(|b| b.count >= 1.0),
+        "no check counted: {buckets:?}"
+    );
     let before = value(&first, "lb_service_new_flows_total", ("service", "web"));
     let answered = bed
         .client
