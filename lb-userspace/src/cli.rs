@@ -465,19 +465,31 @@ fn status(socket: &Path, output: Output) -> Result<(), Failure> {
             service.scheduler,
             service.forwarding
         );
+        // Flows in dsr / tunnel modes are counted from one direction only.
+        let flows = if service.forwarding == "nat" {
+            "flows"
+        } else {
+            "flows~"
+        };
         println!(
-            "  {:<40} {:>4} {:>7} {:>9} {:>7} {:>8}",
-            "backend", "tier", "weight", "effective", "health", "drained"
+            "  {:<32} {:>4} {:>6} {:>9} {:>7} {:>7} {:>6}  last check",
+            "backend", "tier", "weight", "effective", "health", "drained", flows
         );
         for b in &service.backends {
+            let last = b.last_check.as_ref().map_or_else(
+                || "-".to_string(),
+                |c| format!("{} ({:.1} ms)", c.detail, c.latency_ms),
+            );
             println!(
-                "  {:<40} {:>4} {:>7} {:>9} {:>7} {:>8}",
+                "  {:<32} {:>4} {:>6} {:>9} {:>7} {:>7} {:>6}  {last}",
                 format!("{}:{}", b.address, b.port),
                 b.tier,
                 b.weight,
                 b.effective_weight,
                 b.health,
-                if b.drained { "yes" } else { "no" }
+                if b.drained { "yes" } else { "no" },
+                b.active_flows
+                    .map_or_else(|| "-".to_string(), |f| f.to_string()),
             );
         }
     }

@@ -71,6 +71,31 @@ fn run_status_stats_and_stop() {
         assert!(status["ha"].get(key).is_some(), "ha has no {key}");
     }
 
+    // The human view, against a snapshot (instance name and check latency
+    // masked: they change from run to run).
+    let human = bed.lb_command(&["status"]);
+    let human = String::from_utf8_lossy(&human.stdout)
+        .replace(&format!("cli{}", std::process::id()), "INSTANCE");
+    let human: String = human
+        .lines()
+        .map(|line| match line.find("ok (") {
+            Some(at) => format!("{}ok (N ms)\n", &line[..at]),
+            None => format!("{line}\n"),
+        })
+        .collect();
+    let snapshot = "\
+instance INSTANCE   ha: standalone (no ha section in the configuration)
+
+web  tcp 203.0.113.10:80  maglev / nat  active tier 0
+  backend                          tier weight effective  health drained  flows  last check
+  192.0.2.11:8080                     0    100       100      up      no      0  ok (N ms)
+
+empty  udp 203.0.113.10:53  maglev / nat  active tier none: no usable backend
+  backend                          tier weight effective  health drained  flows  last check
+  192.0.2.11:53                       0      0         0      up      no      0  -
+";
+    assert_eq!(human, snapshot, "lb status, human");
+
     // Datagrams to the service with no usable backend are dropped, counted.
     bed.client.run(|| {
         let socket = UdpSocket::bind("198.51.100.2:0").unwrap();
