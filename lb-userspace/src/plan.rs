@@ -400,6 +400,17 @@ impl Planner {
             service_writes.push(Write::Service(key, value));
             self.services.insert(key, value);
         }
+        if previous.is_none() {
+            // A new service: give the other half the same table too, after
+            // the flip. Later changes then write only the slots that move
+            // (about 1/N of the ring) instead of a whole fresh row, which
+            // keeps failover fast.
+            let row = id * 2 + u32::from(1 - value.active_half);
+            let slots = self.diff_row(row, &table);
+            if !slots.is_empty() {
+                service_writes.push(Write::MaglevSlots { row, slots });
+            }
+        }
         let vip = desired_vips.entry(key.addr).or_default();
         vip.services += 1;
         if service.scheduler == Scheduler::IpHash {
@@ -757,7 +768,8 @@ mod tests {
         assert_eq!(
             kinds,
             [
-                "backend", "backend", "backend", "slots", "service", "vip", "nat", "nat", "nat"
+                "backend", "backend", "backend", "slots", "service", "slots", "vip", "nat", "nat",
+                "nat"
             ]
         );
         let Write::Service(_, value) = &writes[4] else {

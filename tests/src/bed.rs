@@ -239,6 +239,27 @@ impl Bed {
         }
     }
 
+    /// The backends of the first service in `lb status`, by name (`b11`
+    /// for 192.0.2.11 or 2001:db8::11); empty if the controller does not
+    /// answer.
+    pub fn backend_status(&self) -> std::collections::BTreeMap<String, serde_json::Value> {
+        let output = self.lb_command(&["status", "--output", "json"]);
+        let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        status["services"][0]["backends"]
+            .as_array()
+            .map(|backends| {
+                backends
+                    .iter()
+                    .map(|b| {
+                        let address = b["address"].as_str().unwrap_or("");
+                        let host = address.rsplit(['.', ':']).next().unwrap_or("");
+                        (format!("b{host}"), b.clone())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Stops `lb run` with SIGINT and returns its output.
     pub fn stop_lb(&mut self) -> std::process::Output {
         let child = self.lb_process.take().expect("lb running");

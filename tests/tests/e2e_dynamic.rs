@@ -23,28 +23,10 @@ fn config(tag: &str, scheduler: &str) -> String {
 
 /// Effective weights by backend name (`b11`, ...), from `lb status`.
 fn weights(bed: &Bed) -> BTreeMap<String, u64> {
-    let output = bed.lb_command(&["status", "--output", "json"]);
-    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
-    status["services"][0]["backends"]
-        .as_array()
-        .map(|backends| {
-            backends
-                .iter()
-                .map(|b| {
-                    let host = b["address"]
-                        .as_str()
-                        .unwrap_or("")
-                        .rsplit('.')
-                        .next()
-                        .unwrap_or("");
-                    (
-                        format!("b{host}"),
-                        b["effective_weight"].as_u64().unwrap_or(0),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    bed.backend_status()
+        .into_iter()
+        .map(|(name, b)| (name, b["effective_weight"].as_u64().unwrap_or(0)))
+        .collect()
 }
 
 fn requests(bed: &Bed, n: u32) -> BTreeMap<String, u32> {

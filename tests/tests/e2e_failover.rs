@@ -31,26 +31,12 @@ fn config(tag: &str, backends: &str) -> String {
     )
 }
 
-/// The health of every backend, by last address byte, from `lb status`.
+/// The health of every backend by name (`b11`, ...), from `lb status`.
 fn health(bed: &Bed) -> BTreeMap<String, String> {
-    let output = bed.lb_command(&["status", "--output", "json"]);
-    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
-    status["services"][0]["backends"]
-        .as_array()
-        .map(|backends| {
-            backends
-                .iter()
-                .map(|b| {
-                    let address = b["address"].as_str().unwrap_or("");
-                    let host = address.rsplit('.').next().unwrap_or("");
-                    (
-                        format!("b{host}"),
-                        b["health"].as_str().unwrap_or("").to_string(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    bed.backend_status()
+        .into_iter()
+        .map(|(name, b)| (name, b["health"].as_str().unwrap_or("").to_string()))
+        .collect()
 }
 
 fn wait_health(bed: &Bed, backend: &str, want: &str) -> bool {
