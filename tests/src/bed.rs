@@ -240,7 +240,7 @@ impl Bed {
     }
 
     /// The backends of the first service in `lb status`, by name (`b11`
-    /// for 192.0.2.11 or 2001:db8::11); empty if the controller does not
+    /// for `192.0.2.11` or `2001:db8::11`); empty if the controller does not
     /// answer.
     pub fn backend_status(&self) -> std::collections::BTreeMap<String, serde_json::Value> {
         let output = self.lb_command(&["status", "--output", "json"]);
