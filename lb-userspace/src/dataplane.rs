@@ -224,14 +224,6 @@ impl Dataplane {
         }
     }
 
-    /// Detaches one attachment made by [`Dataplane::attach`].
-    pub fn detach(&mut self, link: XdpLinkId) -> Result<(), DataplaneError> {
-        let name = self.program;
-        xdp_mut(&mut self.ebpf, name)?
-            .detach(link)
-            .map_err(|source| DataplaneError::Program { name, source })
-    }
-
     /// Writes the runtime settings.
     pub fn set_settings(&mut self, settings: &Settings) -> Result<(), DataplaneError> {
         let name = map_names::SETTINGS;
