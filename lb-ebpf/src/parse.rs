@@ -241,6 +241,15 @@ fn parse_ipv4(ctx: &XdpContext, off: usize, scratch: &mut Scratch) -> Result<Ip,
             Ok(Ip::Malformed)
         };
     }
+    // A multicast, reserved or broadcast source (224.0.0.0 and up) is never
+    // a client: refused for a VIP, the stack's business otherwise.
+    if ip.src_addr[0] >= 224 {
+        return if is_vip {
+            Err(Drop(Reason::DropMalformedIpv4))
+        } else {
+            Ok(Ip::Malformed)
+        };
+    }
     let frags = u16::from_be_bytes(ip.frags);
     packet.l3 = offset(off);
     packet.l4 = offset(off + header_len);
@@ -271,13 +280,23 @@ fn parse_ipv6(ctx: &XdpContext, off: usize, scratch: &mut Scratch) -> Result<Ip,
     if !read_into(ctx, off + 24, &mut packet.dst) || !read_into(ctx, off + 8, &mut packet.src) {
         return Err(Drop(Reason::DropMalformedIpv6));
     }
-    // The maps hold IPv4 addresses in IPv4-mapped form: an IPv6 packet from
-    // or to such an address must never be taken for IPv4 VIP or backend
-    // traffic. It is not ours.
-    if is_ipv4_mapped(&packet.dst) || is_ipv4_mapped(&packet.src) {
+    // The maps hold IPv4 addresses in IPv4-mapped form: an IPv6 packet to or
+    // from such an address must never be taken for IPv4 VIP or backend
+    // traffic. To one, it is not ours.
+    if is_ipv4_mapped(&packet.dst) {
         return Ok(Ip::Malformed);
     }
     let is_vip = find_vip(&packet.dst, &mut scratch.vip);
+    // From one (never valid on the wire, RFC 4291 §2.5.5.2), or from a
+    // multicast address (never a source, §2.7): dropped and counted if it is
+    // for a VIP, the stack's business otherwise.
+    if is_ipv4_mapped(&packet.src) || packet.src[0] == 0xff {
+        return if is_vip {
+            Err(Drop(Reason::DropMalformedIpv6))
+        } else {
+            Ok(Ip::Malformed)
+        };
+    }
     let malformed = if is_vip {
         Err(Drop(Reason::DropMalformedIpv6))
     } else {

@@ -316,6 +316,20 @@ impl<'a> Model<'a> {
             Ip::Ok(view) => view,
         };
         let vip = self.is_vip(view.dst);
+        // An IPv4-mapped or multicast source is never valid on the wire (nor
+        // an IPv4 source from 224.0.0.0 up): refused if it is for a VIP, the
+        // stack's business otherwise.
+        let bogus_source = match view.src {
+            IpAddr::V6(src) => src.to_ipv4_mapped().is_some() || src.is_multicast(),
+            IpAddr::V4(src) => src.octets()[0] >= 224,
+        };
+        if bogus_source {
+            return if vip {
+                Prediction::Drop
+            } else {
+                Prediction::Pass
+            };
+        }
         let transport = Self::transport(&view, frame, vip);
         if vip {
             self.to_vip(&view, &transport)

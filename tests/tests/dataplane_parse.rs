@@ -245,6 +245,21 @@ fn malformed_packets_to_a_service_are_dropped_and_counted_once() {
             Reason::DropMalformedIcmp,
         ),
         ("IPv4 fragment", fragment, Reason::DropFragment),
+        (
+            "IPv4 from a multicast source",
+            frames::udp4(Ipv4Addr::new(224, 0, 0, 5), 1, VIP4, 53),
+            Reason::DropMalformedIpv4,
+        ),
+        (
+            "IPv6 from an IPv4-mapped source",
+            frames::tcp6("::ffff:192.0.2.11".parse().unwrap(), 1, VIP6, 80),
+            Reason::DropMalformedIpv6,
+        ),
+        (
+            "IPv6 from a multicast source",
+            frames::udp6("ff02::1".parse().unwrap(), 1, VIP6, 53),
+            Reason::DropMalformedIpv6,
+        ),
     ];
     for (description, frame, reason) in cases {
         let (outcome, moved) = harness.run_counted(&frame);
