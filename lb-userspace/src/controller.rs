@@ -61,6 +61,12 @@ impl Controller {
     /// difference to its maps and attaches it.
     pub fn start(config: Config, config_path: &Path) -> anyhow::Result<Self> {
         enable_forwarding()?;
+        if config.ha.is_some() {
+            tracing::warn!(
+                "the ha section is accepted but not acted on yet: no VRRP, no floating IPs; \
+                 this balancer runs standalone"
+            );
+        }
         let sizes = sizes(&config);
         let pin_dir = pin_dir(&config);
         let (mut dataplane, adopted) = Dataplane::load_pinned(sizes, &pin_dir)
@@ -573,7 +579,12 @@ impl Controller {
                 priority: None,
                 peer: None,
                 since: unix_seconds(self.started),
-                reason: "no ha section in the configuration".into(),
+                reason: if self.config.ha.is_some() {
+                    "the ha section is not acted on yet (no VRRP): running standalone"
+                } else {
+                    "no ha section in the configuration"
+                }
+                .into(),
             },
         }
     }
