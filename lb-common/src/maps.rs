@@ -222,8 +222,17 @@ pub struct Settings {
     pub rate_per_second: u32,
     /// How many new flows a source may open at once before the rate applies.
     pub rate_burst: u32,
+    /// `SETTINGS_*` flags.
+    pub flags: u32,
+    /// Always zero.
+    pub pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Settings>() == 56);
+const _: () = assert!(core::mem::size_of::<Settings>() == 64);
+
+/// `Settings::flags`: some service uses NAT, so packets from backends may be
+/// replies to translate. Without it host traffic skips the reply-path
+/// lookups.
+pub const SETTINGS_NAT: u32 = 1;
 
 /// Value of `RATE`, keyed by source address: a token bucket of new flows.
 #[repr(C)]

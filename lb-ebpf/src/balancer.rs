@@ -14,7 +14,7 @@ use lb_common::{
     hash::{flow_hash, source_hash},
     maps::{
         BACKEND_USABLE, CONN_CLOSED, FWD_DSR, FWD_NAT, FWD_TUNNEL, SCHED_IP_HASH,
-        SCHED_ROUND_ROBIN, VIP_FRAGMENTS_TCP, VIP_FRAGMENTS_UDP,
+        SCHED_ROUND_ROBIN, SETTINGS_NAT, VIP_FRAGMENTS_TCP, VIP_FRAGMENTS_UDP,
     },
     proto,
 };
@@ -44,7 +44,8 @@ pub fn balance(ctx: &XdpContext) -> u32 {
         Ok(Parsed::NotIp) => finish(Ok(Verdict::pass(Reason::PassNonIp))),
         Ok(Parsed::OtherMac) => finish(Ok(Verdict::pass(Reason::PassOtherMac))),
         Ok(Parsed::HostMalformed) => finish(Ok(Verdict::pass(Reason::PassNoService))),
-        Ok(Parsed::Host) => reply(ctx, scratch),
+        Ok(Parsed::Host) if nat_in_use() => reply(ctx, scratch),
+        Ok(Parsed::Host) => finish(Ok(Verdict::pass(Reason::PassNoService))),
         Ok(Parsed::Vip) if denied(scratch) => finish(Err(Drop(Reason::DropDenied))),
         Ok(Parsed::Vip) => match scratch.packet.proto {
             proto::ICMP | proto::ICMPV6 if scratch.packet.has_l4 => icmp::to_vip(ctx, scratch),
@@ -99,6 +100,14 @@ fn admit_new_flow(src: &Addr, settings: &Settings, now: u64) -> bool {
         (*bucket).milli_tokens = tokens - 1000;
     }
     true
+}
+
+/// Whether any service uses NAT (only then can host traffic be a reply).
+#[inline(always)]
+fn nat_in_use() -> bool {
+    SETTINGS
+        .get(0)
+        .is_some_and(|settings| settings.flags & SETTINGS_NAT != 0)
 }
 
 /// TCP / UDP (and fragments) to a VIP.

@@ -864,6 +864,13 @@ pub fn settings(config: &Config) -> Settings {
         ring_size: dataplane.ring_size,
         ..Settings::default()
     };
+    if config
+        .services
+        .iter()
+        .any(|s| s.forwarding == crate::config::Forwarding::Nat)
+    {
+        settings.flags |= lb_common::maps::SETTINGS_NAT;
+    }
     if let Some(limit) = config.guard.rate_limit {
         settings.rate_per_second = limit.new_flows_per_second;
         settings.rate_burst = limit.burst.unwrap_or(limit.new_flows_per_second);
