@@ -43,9 +43,12 @@ pub fn balance(ctx: &XdpContext) -> u32 {
         Err(drop) => finish(Err(drop)),
         Ok(Parsed::NotIp) => finish(Ok(Verdict::pass(Reason::PassNonIp))),
         Ok(Parsed::OtherMac) => finish(Ok(Verdict::pass(Reason::PassOtherMac))),
-        Ok(Parsed::HostMalformed) => finish(Ok(Verdict::pass(Reason::PassNoService))),
         Ok(Parsed::Host) if nat_in_use() => reply(ctx, scratch),
-        Ok(Parsed::Host) => finish(Ok(Verdict::pass(Reason::PassNoService))),
+        // Host traffic (and, with no NAT service, replies cannot be): the
+        // stack's, untouched.
+        Ok(Parsed::HostMalformed | Parsed::Host) => {
+            finish(Ok(Verdict::pass(Reason::PassNoService)))
+        }
         Ok(Parsed::Vip) if denied(scratch) => finish(Err(Drop(Reason::DropDenied))),
         Ok(Parsed::Vip) => match scratch.packet.proto {
             proto::ICMP | proto::ICMPV6 if scratch.packet.has_l4 => icmp::to_vip(ctx, scratch),
