@@ -12,3 +12,4 @@ pub mod health;
 pub mod maglev;
 pub mod metrics;
 pub mod plan;
+pub mod vrrp;
