@@ -35,15 +35,112 @@ use crate::{
 /// and tunnel, and the NAT target port.
 pub const BACKEND_PORTS: [u16; 2] = [80, 8080];
 
-/// A backend: its namespace and servers.
+/// A backend: its namespace and servers. Dropping it stops the servers,
+/// detaches `lb_decap`, then deletes the namespace.
 #[derive(Debug)]
 pub struct Backend {
     /// Last byte of its addresses (`192.0.2.x`, `2001:db8::x`).
     pub host: u8,
+    _decap: DecapGuard,
     /// Its namespace.
     pub ns: Netns,
     servers: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for server in self.servers.drain(..) {
+            let _ = server.join();
+        }
+    }
+}
+
+/// `lb_decap` attached to an interface in a namespace, detached on drop.
+/// Drop it before the namespace (or the veth peer's namespace) goes: a
+/// vanished interface leaves its pin behind.
+#[derive(Debug)]
+pub struct DecapGuard {
+    netns: String,
+    iface: String,
+}
+
+impl DecapGuard {
+    /// `lb decap attach IFACE` inside `netns`. Frames redirected into a veth
+    /// are only delivered when its peer has an XDP program; `lb_decap`
+    /// passes anything that is not a tunnel.
+    pub fn attach(netns: &str, iface: &str) -> Self {
+        let output = std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{netns}"))
+            .arg("--")
+            .arg(lb_binary())
+            .args(["decap", "attach", iface])
+            .output()
+            .expect("run lb decap");
+        assert!(
+            output.status.success(),
+            "lb decap attach {iface}: {output:?}"
+        );
+        Self {
+            netns: netns.to_string(),
+            iface: iface.to_string(),
+        }
+    }
+}
+
+impl Drop for DecapGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .arg("--")
+            .arg(lb_binary())
+            .args(["decap", "detach", &self.iface])
+            .output();
+    }
+}
+
+/// A backend `b<host>` on `switch`'s bridge `br0`: `192.0.2.<host>` and
+/// `2001:db8::<host>`, default routes via `192.0.2.1` / `2001:db8::1`, the
+/// DSR and tunnel VIPs on loopback, `lb_decap` on its `eth0`, and servers
+/// on [`BACKEND_PORTS`] answering with its name.
+pub fn backend(switch: &Netns, host: u8) -> Backend {
+    let ns = Netns::new(&format!("b{host}"));
+    let port = format!("p{host}");
+    veth(&ns, "eth0", switch, &port);
+    enslave(switch, &port, "br0");
+    ns.addr("eth0", &format!("192.0.2.{host}/24"));
+    ns.addr("eth0", &format!("2001:db8::{host}/64"));
+    ns.ip(&["route", "add", "default", "via", "192.0.2.1"]);
+    ns.ip(&["-6", "route", "add", "default", "via", "2001:db8::1"]);
+    // DSR and tunnel VIPs live on loopback; their ARP / ND stays quiet.
+    for vip in [
+        "203.0.113.11/32",
+        "203.0.113.12/32",
+        "2001:db8:ff::11/128",
+        "2001:db8:ff::12/128",
+    ] {
+        ns.addr("lo", vip);
+    }
+    for setting in [
+        "net.ipv4.conf.all.arp_ignore=1",
+        "net.ipv4.conf.all.arp_announce=2",
+        "net.ipv4.conf.all.rp_filter=0",
+        "net.ipv4.conf.default.rp_filter=0",
+        "net.ipv4.conf.eth0.rp_filter=0",
+    ] {
+        ns.sysctl(setting);
+    }
+    let decap = DecapGuard::attach(ns.name(), "eth0");
+    let stop = Arc::new(AtomicBool::new(false));
+    let servers = serve(&ns, host, &stop);
+    Backend {
+        host,
+        _decap: decap,
+        ns,
+        servers,
+        stop,
+    }
 }
 
 /// The whole bed. Drop order: lb, decap pins, namespaces.
@@ -57,7 +154,9 @@ pub struct Bed {
     socket: Option<std::path::PathBuf>,
     /// Its instance, detached on drop (a killed lb leaves it pinned).
     instance: Option<String>,
-    decaps: Vec<(String, String)>,
+    /// On the client's `eth0` and the switch's `plb`; dropped before the
+    /// namespaces.
+    decaps: Vec<DecapGuard>,
     /// Backends.
     pub backends: Vec<Backend>,
     /// The client.
@@ -130,68 +229,13 @@ impl Bed {
             switch,
         };
         for &host in hosts {
-            bed.add_backend(host);
+            bed.backends.push(backend(&bed.switch, host));
         }
-        let (client, switch) = (bed.client.name().to_owned(), bed.switch.name().to_owned());
-        bed.decap(&client, "eth0");
-        bed.decap(&switch, "plb");
+        bed.decaps = vec![
+            DecapGuard::attach(bed.client.name(), "eth0"),
+            DecapGuard::attach(bed.switch.name(), "plb"),
+        ];
         bed
-    }
-
-    fn add_backend(&mut self, host: u8) {
-        let ns = Netns::new(&format!("b{host}"));
-        let port = format!("p{host}");
-        veth(&ns, "eth0", &self.switch, &port);
-        enslave(&self.switch, &port, "br0");
-        ns.addr("eth0", &format!("192.0.2.{host}/24"));
-        ns.addr("eth0", &format!("2001:db8::{host}/64"));
-        ns.ip(&["route", "add", "default", "via", "192.0.2.1"]);
-        ns.ip(&["-6", "route", "add", "default", "via", "2001:db8::1"]);
-        // DSR and tunnel VIPs live on loopback; their ARP / ND stays quiet.
-        for vip in [
-            "203.0.113.11/32",
-            "203.0.113.12/32",
-            "2001:db8:ff::11/128",
-            "2001:db8:ff::12/128",
-        ] {
-            ns.addr("lo", vip);
-        }
-        for setting in [
-            "net.ipv4.conf.all.arp_ignore=1",
-            "net.ipv4.conf.all.arp_announce=2",
-            "net.ipv4.conf.all.rp_filter=0",
-            "net.ipv4.conf.default.rp_filter=0",
-            "net.ipv4.conf.eth0.rp_filter=0",
-        ] {
-            ns.sysctl(setting);
-        }
-        let name = ns.name().to_string();
-        self.decap(&name, "eth0");
-        let stop = Arc::new(AtomicBool::new(false));
-        let servers = serve(&ns, host, &stop);
-        self.backends.push(Backend {
-            host,
-            ns,
-            servers,
-            stop,
-        });
-    }
-
-    /// `lb decap attach IFACE` inside `netns`, remembered for teardown.
-    fn decap(&mut self, netns: &str, iface: &str) {
-        let lb = lb_binary();
-        let output = std::process::Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{netns}"))
-            .arg("--")
-            .arg(&lb)
-            .args(["decap", "attach", iface])
-            .output()
-            .expect("run lb decap");
-        assert!(
-            output.status.success(),
-            "lb decap attach {iface}: {output:?}"
-        );
-        self.decaps.push((netns.to_string(), iface.to_string()));
     }
 
     /// Starts `lb run` with `config` in the balancer namespace and waits
@@ -291,20 +335,6 @@ impl Drop for Bed {
                 lb.to_str().unwrap_or("lb"),
                 &["detach", "--instance", instance],
             );
-        }
-        for (netns, iface) in std::mem::take(&mut self.decaps) {
-            let _ = std::process::Command::new("nsenter")
-                .arg(format!("--net=/run/netns/{netns}"))
-                .arg("--")
-                .arg(&lb)
-                .args(["decap", "detach", &iface])
-                .output();
-        }
-        for backend in &mut self.backends {
-            backend.stop.store(true, Ordering::Relaxed);
-            for server in backend.servers.drain(..) {
-                let _ = server.join();
-            }
         }
     }
 }
