@@ -344,6 +344,7 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
     let (events, results) = std::sync::mpsc::channel();
     controller.start_health(events);
     controller.start_agents();
+    controller.start_ha().map_err(Failure::Runtime)?;
     let controller = Arc::new(Mutex::new(controller));
     let ticking = Arc::clone(&controller);
     // Once a second: dynamic weights; every tenth: reconcile active flows
@@ -407,8 +408,10 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
         tracing::info!(signal, "stopping");
         break;
     }
-    // The API thread keeps its handle; the controller is stopped in place.
+    // The API thread keeps its handle; the controller is stopped in place,
+    // handing over HA first.
     let mut controller = controller.lock().map_err(|_| poisoned())?;
+    controller.stop_ha();
     let counters = controller.reason_counters().map_err(Failure::Runtime)?;
     controller.stop().map_err(Failure::Runtime)?;
     drop(controller);

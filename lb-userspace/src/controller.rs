@@ -49,6 +49,8 @@ pub struct Controller {
     check_latency: BTreeMap<BackendKey, prometheus_client::metrics::histogram::Histogram>,
     /// Entries the last reconciliation found in the connection table.
     connections: u64,
+    /// VRRP, when the configuration has an `ha` section.
+    ha: Option<crate::ha::Ha>,
     checker: Option<Checker>,
     events: Option<Sender<Event>>,
     pin_dir: PathBuf,
@@ -61,12 +63,6 @@ impl Controller {
     /// difference to its maps and attaches it.
     pub fn start(config: Config, config_path: &Path) -> anyhow::Result<Self> {
         enable_forwarding()?;
-        if config.ha.is_some() {
-            tracing::warn!(
-                "the ha section is accepted but not acted on yet: no VRRP, no floating IPs; \
-                 this balancer runs standalone"
-            );
-        }
         let sizes = sizes(&config);
         let pin_dir = pin_dir(&config);
         let (mut dataplane, adopted) = Dataplane::load_pinned(sizes, &pin_dir)
@@ -95,6 +91,7 @@ impl Controller {
             agents: Arc::new(Mutex::new(Vec::new())),
             check_latency: BTreeMap::new(),
             connections: 0,
+            ha: None,
             checker: None,
             events: None,
             pin_dir,
@@ -520,6 +517,23 @@ impl Controller {
         &self.config
     }
 
+    /// Starts VRRP if the configuration asks for it.
+    pub fn start_ha(&mut self) -> anyhow::Result<()> {
+        if let Some(config) = &self.config.ha {
+            self.ha = Some(crate::ha::Ha::start(config)?);
+            tracing::info!(interface = %config.interface, vrid = config.virtual_router_id,
+                priority = config.priority, "ha: VRRP started");
+        }
+        Ok(())
+    }
+
+    /// Hands over (a master sends priority 0 and drops its floating IPs).
+    pub fn stop_ha(&mut self) {
+        if let Some(ha) = self.ha.take() {
+            ha.stop();
+        }
+    }
+
     /// Detaches from every interface and removes the pinned maps.
     pub fn stop(&mut self) -> anyhow::Result<()> {
         for interface in unpin_all(&self.pin_dir)? {
@@ -574,18 +588,29 @@ impl Controller {
         StatusReport {
             instance: self.config.instance.to_string(),
             services,
-            ha: HaStatus {
-                state: "standalone".into(),
-                priority: None,
-                peer: None,
-                since: unix_seconds(self.started),
-                reason: if self.config.ha.is_some() {
-                    "the ha section is not acted on yet (no VRRP): running standalone"
-                } else {
-                    "no ha section in the configuration"
-                }
-                .into(),
-            },
+            ha: self.ha.as_ref().map_or_else(
+                || HaStatus {
+                    state: "standalone".into(),
+                    priority: None,
+                    peer: None,
+                    since: unix_seconds(self.started),
+                    reason: "no ha section in the configuration".into(),
+                    transitions: 0,
+                    invalid_packets: 0,
+                },
+                |ha| {
+                    let view = ha.view();
+                    HaStatus {
+                        state: view.state,
+                        priority: Some(view.priority),
+                        peer: view.peer,
+                        since: view.since,
+                        reason: view.reason,
+                        transitions: view.transitions,
+                        invalid_packets: view.invalid,
+                    }
+                },
+            ),
         }
     }
 
@@ -760,6 +785,12 @@ pub struct HaStatus {
     pub since: u64,
     /// Why it is in this state.
     pub reason: String,
+    /// State changes since the controller started.
+    #[serde(default)]
+    pub transitions: u64,
+    /// Malformed VRRP packets dropped since the controller started.
+    #[serde(default)]
+    pub invalid_packets: u64,
 }
 
 /// `lb stats` as JSON.

@@ -8,6 +8,7 @@ pub mod config;
 pub mod controller;
 pub mod dataplane;
 pub mod dynamic;
+pub mod ha;
 pub mod health;
 pub mod maglev;
 pub mod metrics;

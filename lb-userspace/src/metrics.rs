@@ -149,7 +149,19 @@ impl Scrape {
             .iter()
             .map(|(reason, n)| (labels(&[("reason", reason)]), *n))
             .collect();
-        counters(e, "lb_verdicts", "Packets by verdict reason.", &verdicts)
+        counters(e, "lb_verdicts", "Packets by verdict reason.", &verdicts)?;
+        counters(
+            e,
+            "lb_ha_transitions",
+            "HA state changes since the controller started.",
+            &[(Vec::new(), self.status.ha.transitions)],
+        )?;
+        counters(
+            e,
+            "lb_ha_invalid_packets",
+            "Malformed VRRP packets dropped (bad TTL, checksum, version...).",
+            &[(Vec::new(), self.status.ha.invalid_packets)],
+        )
     }
 
     /// Gauges: backend health and weights, serving backends, HA state.

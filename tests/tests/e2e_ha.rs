@@ -1,0 +1,340 @@
+//! Two balancers, one floating IP, VRRP between them: the master holds the
+//! floating gateway address and forwards; when it hands over (SIGTERM) or
+//! drops off the network, the backup takes the address (gratuitous ARP) and
+//! the traffic, and established DSR flows carry on (both build the same
+//! Maglev table). Handover runs over multicast, the cut-off over unicast
+//! peers. Malformed VRRP is counted and ignored. Takeover times are
+//! printed, not asserted.
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    TempFile,
+    bed::{Backend, DecapGuard, HeldConnection, backend, tcp_request},
+    lb_binary,
+    netns::{ChildGuard, Netns, bridge, enslave, veth, wait_until},
+};
+
+const VIP: &str = "203.0.113.11:80";
+
+/// Client, two balancers and two backends on one switch. The client reaches
+/// the VIP through the floating gateway 192.0.2.254.
+/// Field order is drop order: the switch-side decap pins go while their
+/// veths still exist.
+struct HaBed {
+    _decaps: Vec<DecapGuard>,
+    balancers: Vec<Balancer>,
+    _backends: Vec<Backend>,
+    client: Netns,
+    _switch: Netns,
+}
+
+struct Balancer {
+    process: Option<ChildGuard>,
+    config: TempFile,
+    socket: String,
+    instance: String,
+    ns: Netns,
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        drop(self.process.take());
+        let _ = self.ns.exec(
+            lb_binary().to_str().unwrap(),
+            &["detach", "--instance", &self.instance],
+        );
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+impl HaBed {
+    /// `tag` keeps parallel tests' instances, pins and sockets apart;
+    /// `unicast` has the balancers advertise to each other's address
+    /// instead of 224.0.0.18.
+    fn new(tag: &str, unicast: bool) -> Self {
+        let switch = Netns::new("hsw");
+        bridge(&switch, "br0");
+        let client = Netns::new("hcl");
+        veth(&client, "eth0", &switch, "pc");
+        enslave(&switch, "pc", "br0");
+        client.addr("eth0", "192.0.2.100/24");
+        client.route("203.0.113.0/24", "192.0.2.254");
+        // Declared in this order so an unwinding panic drops decaps first.
+        let mut balancers = Vec::new();
+        let mut decaps = Vec::new();
+        for (i, priority) in [(1u8, 150u8), (2, 100)] {
+            let ns = Netns::new(&format!("hlb{i}"));
+            let port = format!("pl{i}");
+            veth(&ns, "eth0", &switch, &port);
+            enslave(&switch, &port, "br0");
+            ns.addr("eth0", &format!("192.0.2.{i}/24"));
+            // XDP_TX back into the veth needs an XDP program on its peer.
+            decaps.push(DecapGuard::attach(switch.name(), &port));
+            let pid = std::process::id();
+            let socket = format!("/run/lb/ha-{tag}{i}-{pid}.sock");
+            let instance = format!("ha{tag}{i}x{pid}");
+            let peers = if unicast {
+                format!("unicast_peers: [192.0.2.{}], ", 3 - i)
+            } else {
+                String::new()
+            };
+            let config = TempFile::new(
+                &format!("ha{i}.yaml"),
+                &format!(
+                    "instance: {instance}\ninterfaces: [{{ name: eth0 }}]\nservices:\n\
+                     \x20 - {{ name: web, vip: 203.0.113.11, port: 80, protocol: tcp, forwarding: dsr, \
+                     backends: [{{ address: 192.0.2.11 }}, {{ address: 192.0.2.12 }}] }}\n\
+                     ha: {{ interface: eth0, virtual_router_id: 51, priority: {priority}, \
+                     advert_interval: 100ms, preempt: true, {peers}floating_ips: [192.0.2.254/24] }}\n\
+                     control: {{ socket: {socket} }}\n"
+                ),
+            );
+            balancers.push(Balancer {
+                process: None,
+                config,
+                socket,
+                instance,
+                ns,
+            });
+        }
+        let backends = [11, 12]
+            .map(|host| backend(&switch, host))
+            .into_iter()
+            .collect();
+        Self {
+            _decaps: decaps,
+            balancers,
+            _backends: backends,
+            client,
+            _switch: switch,
+        }
+    }
+
+    fn start(&mut self, i: usize) {
+        let balancer = &mut self.balancers[i];
+        let lb = lb_binary();
+        let mut child = balancer.ns.spawn(
+            lb.to_str().unwrap(),
+            &["run", "-c", balancer.config.path().to_str().unwrap()],
+        );
+        let socket = balancer.socket.clone();
+        let up = wait_until(Duration::from_secs(15), || {
+            !child.running() || std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        });
+        if !(up && child.running()) {
+            child.signal(libc::SIGKILL);
+            panic!("lb run did not come up: {:?}", child.wait());
+        }
+        // DSR needs the backends' neighbours resolved.
+        for host in [11, 12] {
+            balancer.ns.run(move || {
+                let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+                let _ = socket.send_to(b"hi", (format!("192.0.2.{host}"), 80));
+            });
+        }
+        balancer.process = Some(child);
+    }
+
+    fn ha(&self, i: usize) -> serde_json::Value {
+        let balancer = &self.balancers[i];
+        let output = balancer.ns.exec(
+            lb_binary().to_str().unwrap(),
+            &["status", "--output", "json", "--socket", &balancer.socket],
+        );
+        let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        status["ha"].clone()
+    }
+
+    fn ha_state(&self, i: usize) -> String {
+        self.ha(i)["state"].as_str().unwrap_or("").to_string()
+    }
+}
+
+/// Sends `payload` as IP protocol 112 (VRRP) with TTL 255 from `ns` to `to`.
+fn send_vrrp(ns: &Netns, to: &'static str, payload: &'static [u8]) {
+    ns.run(move || {
+        // SAFETY: plain socket calls on a descriptor this closure owns.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, 112);
+            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            let ttl: libc::c_int = 255;
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_IP,
+                libc::IP_TTL,
+                std::ptr::from_ref(&ttl).cast(),
+                libc::socklen_t::try_from(std::mem::size_of_val(&ttl)).unwrap(),
+            );
+            let address: std::net::Ipv4Addr = to.parse().unwrap();
+            let sin = libc::sockaddr_in {
+                sin_family: libc::sa_family_t::try_from(libc::AF_INET).unwrap(),
+                sin_port: 0,
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(address).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            let sent = libc::sendto(
+                fd,
+                payload.as_ptr().cast(),
+                payload.len(),
+                0,
+                std::ptr::from_ref(&sin).cast(),
+                libc::socklen_t::try_from(std::mem::size_of_val(&sin)).unwrap(),
+            );
+            libc::close(fd);
+            assert_eq!(
+                usize::try_from(sent).ok(),
+                Some(payload.len()),
+                "garbage VRRP not sent"
+            );
+        }
+    });
+}
+
+#[test]
+fn garbage_vrrp_is_counted_and_changes_nothing() {
+    let mut bed = HaBed::new("g", false);
+    bed.start(0);
+    bed.start(1);
+    assert!(
+        wait_until(Duration::from_secs(10), || bed.ha_state(0) == "master"
+            && bed.ha_state(1) == "backup"),
+        "no master/backup pair"
+    );
+    let before = bed.ha(0)["transitions"].as_u64().unwrap();
+    // Truncated, wrong version, and a priority-0 "advertisement" with a
+    // broken checksum that would otherwise make the master give up.
+    send_vrrp(&bed.client, "192.0.2.1", b"garbage");
+    send_vrrp(
+        &bed.client,
+        "192.0.2.1",
+        &[0x21, 51, 200, 1, 0, 10, 0, 0, 192, 0, 2, 254],
+    );
+    send_vrrp(
+        &bed.client,
+        "192.0.2.1",
+        &[0x31, 51, 0, 1, 0, 10, 0xde, 0xad, 192, 0, 2, 254],
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || bed.ha(0)["invalid_packets"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 3),
+        "invalid VRRP packets not counted: {}",
+        bed.ha(0)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let ha = bed.ha(0);
+    assert_eq!(ha["state"], "master", "{ha}");
+    assert_eq!(ha["transitions"].as_u64().unwrap(), before, "{ha}");
+    assert_eq!(bed.ha_state(1), "backup");
+    let target: SocketAddr = VIP.parse().unwrap();
+    let answer = bed.client.run(move || tcp_request(target, None));
+    assert!(answer.is_some(), "the VIP stopped answering");
+    println!("garbage VRRP: {}", bed.ha(0));
+}
+
+/// Opens connections to the VIP until `stop`; (start time, answer).
+fn steady_client(
+    bed: &HaBed,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<(Instant, Option<String>)>> {
+    let target: SocketAddr = VIP.parse().unwrap();
+    bed.client.spawn_thread(move || {
+        let mut samples = Vec::new();
+        while !stop.load(Ordering::Relaxed) && samples.len() < 50_000 {
+            samples.push((Instant::now(), tcp_request(target, None)));
+        }
+        samples
+    })
+}
+
+fn takeover(tag: &str, unicast: bool, how: &str, fail: impl FnOnce(&mut HaBed)) {
+    let mut bed = HaBed::new(tag, unicast);
+    bed.start(0);
+    bed.start(1);
+    assert!(
+        wait_until(Duration::from_secs(10), || bed.ha_state(0) == "master"
+            && bed.ha_state(1) == "backup"),
+        "no master/backup pair: {} / {}",
+        bed.ha_state(0),
+        bed.ha_state(1)
+    );
+    let target: SocketAddr = VIP.parse().unwrap();
+    let held: Vec<HeldConnection> = bed.client.run(move || {
+        (0..10)
+            .filter_map(|_| HeldConnection::open(target))
+            .collect()
+    });
+    assert_eq!(held.len(), 10, "connections through the master");
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = steady_client(&bed, Arc::clone(&stop));
+    std::thread::sleep(Duration::from_millis(500));
+
+    let failed_at = Instant::now();
+    fail(&mut bed);
+    assert!(
+        wait_until(Duration::from_secs(10), || bed.ha_state(1) == "master"),
+        "the backup never took over"
+    );
+    let took_over = failed_at.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let samples = client.join().unwrap();
+    let failures: Vec<Duration> = samples
+        .iter()
+        .filter(|(_, r)| r.is_none())
+        .map(|(at, _)| at.saturating_duration_since(failed_at))
+        .collect();
+    let last = failures.iter().max().copied().unwrap_or_default();
+    println!(
+        "{how}: backup master {took_over:?} after the failure; {} of {} connections failed, \
+         the last {last:?} after it",
+        failures.len(),
+        samples.len()
+    );
+    // Once the backup has taken over, nothing fails.
+    let settled = failed_at + took_over + Duration::from_millis(200);
+    assert!(
+        samples
+            .iter()
+            .filter(|(at, _)| *at > settled)
+            .all(|(_, r)| r.is_some()),
+        "connections failed after the takeover"
+    );
+    assert!(
+        samples.iter().any(|(at, r)| *at > settled && r.is_some()),
+        "no traffic after the takeover"
+    );
+    // Established DSR flows continue through the new master.
+    let finished = bed
+        .client
+        .run(move || held.into_iter().filter_map(HeldConnection::finish).count());
+    println!("{how}: {finished} of 10 connections held across the takeover completed");
+    assert_eq!(finished, 10, "established flows broke in the takeover");
+}
+
+#[test]
+fn sigterm_hands_over_to_the_backup() {
+    takeover("t", false, "handover (SIGTERM), multicast", |bed| {
+        let process = bed.balancers[0].process.take().unwrap();
+        process.signal(libc::SIGTERM);
+        assert!(process.wait().status.success());
+    });
+}
+
+#[test]
+fn the_backup_takes_over_when_the_master_drops_off_the_network() {
+    takeover("c", true, "master cut off, unicast", |bed| {
+        bed.balancers[0].ns.ip(&["link", "set", "eth0", "down"]);
+    });
+}
