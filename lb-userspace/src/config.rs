@@ -1059,6 +1059,21 @@ services:
     }
 
     #[test]
+    fn shipped_ha_pair_configs_are_valid_twins() {
+        let a = Config::parse(include_str!("../../deploy/lb.ha-a.yaml")).unwrap();
+        let b = Config::parse(include_str!("../../deploy/lb.ha-b.yaml")).unwrap();
+        // Same services, so both balancers build the same tables.
+        assert_eq!(a.services, b.services);
+        let (ha_a, ha_b) = (a.ha.unwrap(), b.ha.unwrap());
+        assert_eq!(ha_a.virtual_router_id, ha_b.virtual_router_id);
+        assert_eq!(ha_a.floating_ips, ha_b.floating_ips);
+        assert!(ha_a.priority > ha_b.priority);
+        assert_ne!(a.instance, b.instance);
+        assert_eq!(ha_a.unicast_peers.len(), 1);
+        assert_ne!(ha_a.unicast_peers, ha_b.unicast_peers);
+    }
+
+    #[test]
     fn semantic_problems_carry_their_line() {
         let text = "\
 instance: edge1
