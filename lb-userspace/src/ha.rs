@@ -422,19 +422,16 @@ impl VrrpSocket {
     /// One packet (with its IPv4 header) and its source, or `None` after
     /// `wait`.
     fn receive(&self, buffer: &mut [u8], wait: Duration) -> Option<(usize, Ipv4Addr)> {
-        let timeout = libc::timeval {
-            tv_sec: i64::try_from(wait.as_secs()).unwrap_or(0),
-            tv_usec: i64::from(wait.subsec_micros().max(1000)),
+        let mut ready = libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
         };
-        // SAFETY: reading the struct's own bytes.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                (&raw const timeout).cast::<u8>(),
-                std::mem::size_of::<libc::timeval>(),
-            )
-        };
-        self.option(libc::SOL_SOCKET, libc::SO_RCVTIMEO, bytes)
-            .ok()?;
+        let wait_ms = i32::try_from(wait.as_millis().max(1)).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&raw mut ready, 1, wait_ms) } <= 0 {
+            return None;
+        }
         // SAFETY: sockaddr_in is plain data; zero is valid.
         let mut from: libc::sockaddr_in = unsafe { std::mem::zeroed() };
         let mut from_len = u32::try_from(std::mem::size_of::<libc::sockaddr_in>()).ok()?;
@@ -444,7 +441,7 @@ impl VrrpSocket {
                 self.0.as_raw_fd(),
                 buffer.as_mut_ptr().cast(),
                 buffer.len(),
-                0,
+                libc::MSG_DONTWAIT,
                 (&raw mut from).cast(),
                 &raw mut from_len,
             )
