@@ -164,6 +164,10 @@ fn run(
             router.on_advertisement(&advertisement, IpAddr::V4(src), Instant::now())
         {
             link.carry_out(socket, router, &actions, view);
+            // The master a backup hears can change without a transition.
+            if let Ok(mut view) = view.lock() {
+                view.peer = router.peer().map(|p| p.to_string());
+            }
         }
     }
 }
