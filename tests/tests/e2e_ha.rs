@@ -338,3 +338,176 @@ fn the_backup_takes_over_when_the_master_drops_off_the_network() {
         bed.balancers[0].ns.ip(&["link", "set", "eth0", "down"]);
     });
 }
+
+/// A real keepalived (VRRP only) in `ns`, the reference peer. Dropping it
+/// sends SIGTERM (it hands over and reaps its VRRP child), then waits.
+struct Keepalived {
+    child: Option<std::process::Child>,
+    _config: TempFile,
+    log: std::path::PathBuf,
+    pid_files: [std::path::PathBuf; 3],
+}
+
+impl Keepalived {
+    fn start(ns: &Netns, tag: &str, priority: u8) -> Self {
+        let config = TempFile::new(
+            &format!("keepalived-{tag}.conf"),
+            &format!(
+                "global_defs {{\n  vrrp_version 3\n}}\n\
+                 vrrp_instance lb {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  \
+                 priority {priority}\n  advert_int 0.1\n  \
+                 virtual_ipaddress {{\n    192.0.2.254/24\n  }}\n}}\n"
+            ),
+        );
+        let run = std::env::temp_dir();
+        let pid = std::process::id();
+        let pid_files = ["main", "vrrp", "checkers"]
+            .map(|what| run.join(format!("lb-keepalived-{tag}-{pid}-{what}.pid")));
+        let log = run.join(format!("lb-keepalived-{tag}-{pid}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = ns
+            .command(
+                "keepalived",
+                &[
+                    "--dont-fork",
+                    "--log-console",
+                    "--vrrp",
+                    "--use-file",
+                    config.path().to_str().unwrap(),
+                    "--pid",
+                    pid_files[0].to_str().unwrap(),
+                    "--vrrp_pid",
+                    pid_files[1].to_str().unwrap(),
+                    "--checkers_pid",
+                    pid_files[2].to_str().unwrap(),
+                ],
+            )
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start keepalived (cargo xtask setup installs it)");
+        Self {
+            child: Some(child),
+            _config: config,
+            log,
+            pid_files,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait; true when it exited within 5 s.
+    fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+        unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGTERM) };
+        let exited = wait_until(Duration::from_secs(5), || {
+            matches!(child.try_wait(), Ok(Some(_)))
+        });
+        if !exited {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        exited
+    }
+}
+
+impl Drop for Keepalived {
+    fn drop(&mut self) {
+        self.stop();
+        for file in self.pid_files.iter().chain([&self.log]) {
+            let _ = std::fs::remove_file(file);
+        }
+    }
+}
+
+fn holds_floating_ip(ns: &Netns) -> bool {
+    String::from_utf8_lossy(&ns.ip(&["-4", "addr", "show", "eth0"]).stdout).contains("192.0.2.254/")
+}
+
+/// lb (priority 100) against keepalived at 200: lb hears keepalived's
+/// advertisements and stays backup; when keepalived stops, lb takes over
+/// and serves the VIP.
+#[test]
+fn keepalived_master_lb_backup() {
+    let mut bed = HaBed::new("k", false);
+    let mut keepalived = Keepalived::start(&bed.balancers[0].ns, "k", 200);
+    assert!(
+        wait_until(Duration::from_secs(10), || holds_floating_ip(
+            &bed.balancers[0].ns
+        )),
+        "keepalived never became master: {}",
+        keepalived.log()
+    );
+    bed.start(1);
+    std::thread::sleep(Duration::from_secs(1));
+    let ha = bed.ha(1);
+    assert_eq!(ha["state"], "backup", "lb ignored keepalived: {ha}");
+    assert_eq!(ha["peer"], "192.0.2.1", "{ha}");
+    assert!(!holds_floating_ip(&bed.balancers[1].ns));
+
+    let stopped_at = Instant::now();
+    assert!(keepalived.stop(), "keepalived did not exit on SIGTERM");
+    let exited = stopped_at.elapsed();
+    assert!(
+        wait_until(Duration::from_secs(5), || bed.ha_state(1) == "master"),
+        "lb did not take over from keepalived"
+    );
+    let took_over = stopped_at.elapsed();
+    assert!(holds_floating_ip(&bed.balancers[1].ns));
+    let target: SocketAddr = VIP.parse().unwrap();
+    let served = bed.client.run(move || {
+        (0..20)
+            .filter(|_| tcp_request(target, None).is_some())
+            .count()
+    });
+    println!(
+        "keepalived → lb: keepalived exited {exited:?} after SIGTERM, lb master \
+         {took_over:?} after it ({}); {served}/20 served",
+        bed.ha(1)["reason"]
+    );
+    assert_eq!(served, 20, "the VIP through lb after the takeover");
+}
+
+/// lb (priority 100) master, keepalived joins at 50: keepalived hears lb's
+/// advertisements and stays backup (never adds the address); when lb
+/// hands over on SIGTERM, keepalived takes the address.
+#[test]
+fn lb_master_keepalived_backup() {
+    let mut bed = HaBed::new("l", false);
+    bed.start(1);
+    assert!(
+        wait_until(Duration::from_secs(10), || bed.ha_state(1) == "master"),
+        "lb never became master"
+    );
+    let mut keepalived = Keepalived::start(&bed.balancers[0].ns, "l", 50);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !holds_floating_ip(&bed.balancers[0].ns),
+        "keepalived ignored lb's advertisements: {}",
+        keepalived.log()
+    );
+    assert_eq!(bed.ha(1)["transitions"].as_u64(), Some(2), "lb flapped");
+
+    let stopped_at = Instant::now();
+    let process = bed.balancers[1].process.take().unwrap();
+    process.signal(libc::SIGTERM);
+    assert!(process.wait().status.success());
+    assert!(
+        wait_until(Duration::from_secs(5), || holds_floating_ip(
+            &bed.balancers[0].ns
+        )),
+        "keepalived did not take over: {}",
+        keepalived.log()
+    );
+    println!(
+        "lb → keepalived: keepalived holds the address {:?} after lb's SIGTERM",
+        stopped_at.elapsed()
+    );
+    assert!(keepalived.stop(), "keepalived did not exit on SIGTERM");
+}

@@ -26,6 +26,7 @@ const PACKAGES: &[&str] = &[
     "ethtool",      // veth TX checksum offload off in test beds
     "util-linux",   // nsenter
     "procps",       // sysctl
+    "keepalived",   // the reference VRRP peer in the HA tests
 ];
 
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
