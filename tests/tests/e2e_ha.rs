@@ -1,10 +1,11 @@
-//! Two balancers, one floating IP, VRRP between them: the master holds the
-//! floating gateway address and forwards; when it hands over (SIGTERM) or
-//! drops off the network, the backup takes the address (gratuitous ARP) and
-//! the traffic, and established DSR flows carry on (both build the same
-//! Maglev table). Handover runs over multicast, the cut-off over unicast
-//! peers. Malformed VRRP is counted and ignored. Takeover times are
-//! printed, not asserted.
+//! Two balancers, floating IPs, VRRP between them: the master holds the
+//! clients' and the backends' gateway addresses and forwards; when it hands
+//! over (SIGTERM) or drops off the network, the backup takes the addresses
+//! (gratuitous ARP) and the traffic, and established flows carry on in every
+//! forwarding mode (both build the same Maglev tables; the NAT reply path is
+//! stateless). Handovers run over multicast, cut-offs over unicast peers.
+//! Malformed VRRP is counted and ignored, and a real keepalived is a peer in
+//! both roles. Takeover times are printed, not asserted.
 
 use std::{
     net::{SocketAddr, UdpSocket},
@@ -22,10 +23,17 @@ use lb_tests::{
     netns::{ChildGuard, Netns, bridge, enslave, veth, wait_until},
 };
 
-const VIP: &str = "203.0.113.11:80";
+/// The VIPs, one service per forwarding mode.
+const NAT: &str = "203.0.113.10:80";
+const DSR: &str = "203.0.113.11:80";
+const TUNNEL: &str = "203.0.113.12:80";
+/// What the master holds: the clients' gateway and the backends' gateway
+/// (NAT replies must come back through the master).
+const FLOATING: &str = "198.51.100.1/24, 192.0.2.254/24";
 
-/// Client, two balancers and two backends on one switch. The client reaches
-/// the VIP through the floating gateway 192.0.2.254.
+/// Client, two balancers and two backends on one switch. The client
+/// (198.51.100.2) reaches the VIPs through the floating gateway
+/// 198.51.100.1; the backends' default route is the floating 192.0.2.254.
 /// Field order is drop order: the switch-side decap pins go while their
 /// veths still exist.
 struct HaBed {
@@ -65,8 +73,8 @@ impl HaBed {
         let client = Netns::new("hcl");
         veth(&client, "eth0", &switch, "pc");
         enslave(&switch, "pc", "br0");
-        client.addr("eth0", "192.0.2.100/24");
-        client.route("203.0.113.0/24", "192.0.2.254");
+        client.addr("eth0", "198.51.100.2/24");
+        client.route("203.0.113.0/24", "198.51.100.1");
         // Declared in this order so an unwinding panic drops decaps first.
         let mut balancers = Vec::new();
         let mut decaps = Vec::new();
@@ -76,6 +84,7 @@ impl HaBed {
             veth(&ns, "eth0", &switch, &port);
             enslave(&switch, &port, "br0");
             ns.addr("eth0", &format!("192.0.2.{i}/24"));
+            ns.sysctl("net.ipv4.conf.all.rp_filter=0");
             // XDP_TX back into the veth needs an XDP program on its peer.
             decaps.push(DecapGuard::attach(switch.name(), &port));
             let pid = std::process::id();
@@ -90,10 +99,15 @@ impl HaBed {
                 &format!("ha{i}.yaml"),
                 &format!(
                     "instance: {instance}\ninterfaces: [{{ name: eth0 }}]\nservices:\n\
-                     \x20 - {{ name: web, vip: 203.0.113.11, port: 80, protocol: tcp, forwarding: dsr, \
+                     \x20 - {{ name: nat, vip: 203.0.113.10, port: 80, protocol: tcp, forwarding: nat, \
+                     backends: [{{ address: 192.0.2.11, port: 8080 }}, {{ address: 192.0.2.12, port: 8080 }}] }}\n\
+                     \x20 - {{ name: dsr, vip: 203.0.113.11, port: 80, protocol: tcp, forwarding: dsr, \
+                     backends: [{{ address: 192.0.2.11 }}, {{ address: 192.0.2.12 }}] }}\n\
+                     \x20 - {{ name: tunnel, vip: 203.0.113.12, port: 80, protocol: tcp, forwarding: tunnel, \
                      backends: [{{ address: 192.0.2.11 }}, {{ address: 192.0.2.12 }}] }}\n\
                      ha: {{ interface: eth0, virtual_router_id: 51, priority: {priority}, \
-                     advert_interval: 100ms, preempt: true, {peers}floating_ips: [192.0.2.254/24] }}\n\
+                     advert_interval: 100ms, preempt: true, {peers}floating_ips: [{FLOATING}] }}\n\
+                     dataplane: {{ tunnel_source_v4: 192.0.2.240/28 }}\n\
                      control: {{ socket: {socket} }}\n"
                 ),
             );
@@ -105,10 +119,15 @@ impl HaBed {
                 ns,
             });
         }
-        let backends = [11, 12]
+        let backends: Vec<Backend> = [11, 12]
             .map(|host| backend(&switch, host))
             .into_iter()
             .collect();
+        for backend in &backends {
+            backend
+                .ns
+                .ip(&["route", "replace", "default", "via", "192.0.2.254"]);
+        }
         Self {
             _decaps: decaps,
             balancers,
@@ -213,15 +232,15 @@ fn garbage_vrrp_is_counted_and_changes_nothing() {
     let before = bed.ha(0)["transitions"].as_u64().unwrap();
     // Truncated, wrong version, and a priority-0 "advertisement" with a
     // broken checksum that would otherwise make the master give up.
-    send_vrrp(&bed.client, "192.0.2.1", b"garbage");
+    send_vrrp(&bed.client, "198.51.100.1", b"garbage");
     send_vrrp(
         &bed.client,
-        "192.0.2.1",
+        "198.51.100.1",
         &[0x21, 51, 200, 1, 0, 10, 0, 0, 192, 0, 2, 254],
     );
     send_vrrp(
         &bed.client,
-        "192.0.2.1",
+        "198.51.100.1",
         &[0x31, 51, 0, 1, 0, 10, 0xde, 0xad, 192, 0, 2, 254],
     );
     assert!(
@@ -237,7 +256,7 @@ fn garbage_vrrp_is_counted_and_changes_nothing() {
     assert_eq!(ha["state"], "master", "{ha}");
     assert_eq!(ha["transitions"].as_u64().unwrap(), before, "{ha}");
     assert_eq!(bed.ha_state(1), "backup");
-    let target: SocketAddr = VIP.parse().unwrap();
+    let target: SocketAddr = DSR.parse().unwrap();
     let answer = bed.client.run(move || tcp_request(target, None));
     assert!(answer.is_some(), "the VIP stopped answering");
     println!("garbage VRRP: {}", bed.ha(0));
@@ -246,9 +265,10 @@ fn garbage_vrrp_is_counted_and_changes_nothing() {
 /// Opens connections to the VIP until `stop`; (start time, answer).
 fn steady_client(
     bed: &HaBed,
+    vip: &str,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<Vec<(Instant, Option<String>)>> {
-    let target: SocketAddr = VIP.parse().unwrap();
+    let target: SocketAddr = vip.parse().unwrap();
     bed.client.spawn_thread(move || {
         let mut samples = Vec::new();
         while !stop.load(Ordering::Relaxed) && samples.len() < 50_000 {
@@ -258,7 +278,9 @@ fn steady_client(
     })
 }
 
-fn takeover(tag: &str, unicast: bool, how: &str, fail: impl FnOnce(&mut HaBed)) {
+/// Fails the master with `fail` while a client connects to `vip` and holds
+/// ten connections open across the takeover.
+fn takeover(tag: &str, unicast: bool, vip: &str, how: &str, fail: impl FnOnce(&mut HaBed)) {
     let mut bed = HaBed::new(tag, unicast);
     bed.start(0);
     bed.start(1);
@@ -269,7 +291,7 @@ fn takeover(tag: &str, unicast: bool, how: &str, fail: impl FnOnce(&mut HaBed)) 
         bed.ha_state(0),
         bed.ha_state(1)
     );
-    let target: SocketAddr = VIP.parse().unwrap();
+    let target: SocketAddr = vip.parse().unwrap();
     let held: Vec<HeldConnection> = bed.client.run(move || {
         (0..10)
             .filter_map(|_| HeldConnection::open(target))
@@ -277,7 +299,7 @@ fn takeover(tag: &str, unicast: bool, how: &str, fail: impl FnOnce(&mut HaBed)) 
     });
     assert_eq!(held.len(), 10, "connections through the master");
     let stop = Arc::new(AtomicBool::new(false));
-    let client = steady_client(&bed, Arc::clone(&stop));
+    let client = steady_client(&bed, vip, Arc::clone(&stop));
     std::thread::sleep(Duration::from_millis(500));
 
     let failed_at = Instant::now();
@@ -323,20 +345,46 @@ fn takeover(tag: &str, unicast: bool, how: &str, fail: impl FnOnce(&mut HaBed)) 
     assert_eq!(finished, 10, "established flows broke in the takeover");
 }
 
-#[test]
-fn sigterm_hands_over_to_the_backup() {
-    takeover("t", false, "handover (SIGTERM), multicast", |bed| {
-        let process = bed.balancers[0].process.take().unwrap();
-        process.signal(libc::SIGTERM);
-        assert!(process.wait().status.success());
-    });
+fn sigterm(bed: &mut HaBed) {
+    let process = bed.balancers[0].process.take().unwrap();
+    process.signal(libc::SIGTERM);
+    assert!(process.wait().status.success());
+}
+
+fn cut_off(bed: &mut HaBed) {
+    bed.balancers[0].ns.ip(&["link", "set", "eth0", "down"]);
 }
 
 #[test]
-fn the_backup_takes_over_when_the_master_drops_off_the_network() {
-    takeover("c", true, "master cut off, unicast", |bed| {
-        bed.balancers[0].ns.ip(&["link", "set", "eth0", "down"]);
-    });
+fn nat_flows_survive_a_sigterm_handover() {
+    takeover(
+        "tn",
+        false,
+        NAT,
+        "nat, SIGTERM handover, multicast",
+        sigterm,
+    );
+}
+
+#[test]
+fn nat_flows_survive_the_master_dropping_off() {
+    takeover("cn", true, NAT, "nat, master cut off, unicast", cut_off);
+}
+
+#[test]
+fn dsr_flows_survive_the_master_dropping_off() {
+    takeover("cd", true, DSR, "dsr, master cut off, unicast", cut_off);
+}
+
+#[test]
+fn tunnel_flows_survive_a_sigterm_handover() {
+    takeover(
+        "tt",
+        false,
+        TUNNEL,
+        "tunnel, SIGTERM handover, multicast",
+        sigterm,
+    );
 }
 
 /// A real keepalived (VRRP only) in `ns`, the reference peer. Dropping it
@@ -356,7 +404,7 @@ impl Keepalived {
                 "global_defs {{\n  vrrp_version 3\n}}\n\
                  vrrp_instance lb {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  \
                  priority {priority}\n  advert_int 0.1\n  \
-                 virtual_ipaddress {{\n    192.0.2.254/24\n  }}\n}}\n"
+                 virtual_ipaddress {{\n    198.51.100.1/24\n    192.0.2.254/24\n  }}\n}}\n"
             ),
         );
         let run = std::env::temp_dir();
@@ -460,7 +508,7 @@ fn keepalived_master_lb_backup() {
     );
     let took_over = stopped_at.elapsed();
     assert!(holds_floating_ip(&bed.balancers[1].ns));
-    let target: SocketAddr = VIP.parse().unwrap();
+    let target: SocketAddr = DSR.parse().unwrap();
     let served = bed.client.run(move || {
         (0..20)
             .filter(|_| tcp_request(target, None).is_some())
