@@ -27,9 +27,10 @@ use lb_tests::{
 const NAT: &str = "203.0.113.10:80";
 const DSR: &str = "203.0.113.11:80";
 const TUNNEL: &str = "203.0.113.12:80";
+const DSR6: &str = "[2001:db8:ff::11]:80";
 /// What the master holds: the clients' gateway and the backends' gateway
-/// (NAT replies must come back through the master).
-const FLOATING: &str = "198.51.100.1/24, 192.0.2.254/24";
+/// (NAT replies must come back through the master), in both families.
+const FLOATING: &str = "198.51.100.1/24, 192.0.2.254/24, '2001:db8:1::1/64', '2001:db8::fe/64'";
 
 /// Client, two balancers and two backends on one switch. The client
 /// (198.51.100.2) reaches the VIPs through the floating gateway
@@ -75,6 +76,8 @@ impl HaBed {
         enslave(&switch, "pc", "br0");
         client.addr("eth0", "198.51.100.2/24");
         client.route("203.0.113.0/24", "198.51.100.1");
+        client.addr("eth0", "2001:db8:1::2/64");
+        client.route("2001:db8:ff::/64", "2001:db8:1::1");
         // Declared in this order so an unwinding panic drops decaps first.
         let mut balancers = Vec::new();
         let mut decaps = Vec::new();
@@ -84,6 +87,7 @@ impl HaBed {
             veth(&ns, "eth0", &switch, &port);
             enslave(&switch, &port, "br0");
             ns.addr("eth0", &format!("192.0.2.{i}/24"));
+            ns.addr("eth0", &format!("2001:db8::{i}/64"));
             ns.sysctl("net.ipv4.conf.all.rp_filter=0");
             // XDP_TX back into the veth needs an XDP program on its peer.
             decaps.push(DecapGuard::attach(switch.name(), &port));
@@ -105,6 +109,8 @@ impl HaBed {
                      backends: [{{ address: 192.0.2.11 }}, {{ address: 192.0.2.12 }}] }}\n\
                      \x20 - {{ name: tunnel, vip: 203.0.113.12, port: 80, protocol: tcp, forwarding: tunnel, \
                      backends: [{{ address: 192.0.2.11 }}, {{ address: 192.0.2.12 }}] }}\n\
+                     \x20 - {{ name: dsr6, vip: '2001:db8:ff::11', port: 80, protocol: tcp, forwarding: dsr, \
+                     backends: [{{ address: '2001:db8::11' }}, {{ address: '2001:db8::12' }}] }}\n\
                      ha: {{ interface: eth0, virtual_router_id: 51, priority: {priority}, \
                      advert_interval: 100ms, preempt: true, {peers}floating_ips: [{FLOATING}] }}\n\
                      dataplane: {{ tunnel_source_v4: 192.0.2.240/28 }}\n\
@@ -127,6 +133,9 @@ impl HaBed {
             backend
                 .ns
                 .ip(&["route", "replace", "default", "via", "192.0.2.254"]);
+            backend
+                .ns
+                .ip(&["-6", "route", "replace", "default", "via", "2001:db8::fe"]);
         }
         Self {
             _decaps: decaps,
@@ -157,6 +166,8 @@ impl HaBed {
             balancer.ns.run(move || {
                 let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
                 let _ = socket.send_to(b"hi", (format!("192.0.2.{host}"), 80));
+                let socket = UdpSocket::bind("[::]:0").unwrap();
+                let _ = socket.send_to(b"hi", (format!("2001:db8::{host}"), 80));
             });
         }
         balancer.process = Some(child);
@@ -376,6 +387,19 @@ fn dsr_flows_survive_the_master_dropping_off() {
     takeover("cd", true, DSR, "dsr, master cut off, unicast", cut_off);
 }
 
+/// The client's neighbour entry for its IPv6 gateway follows the takeover
+/// only through the new master's unsolicited neighbour advertisement.
+#[test]
+fn ipv6_flows_survive_a_sigterm_handover() {
+    takeover(
+        "t6",
+        false,
+        DSR6,
+        "dsr ipv6, SIGTERM handover, multicast",
+        sigterm,
+    );
+}
+
 #[test]
 fn tunnel_flows_survive_a_sigterm_handover() {
     takeover(
@@ -404,7 +428,8 @@ impl Keepalived {
                 "global_defs {{\n  vrrp_version 3\n}}\n\
                  vrrp_instance lb {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  \
                  priority {priority}\n  advert_int 0.1\n  \
-                 virtual_ipaddress {{\n    198.51.100.1/24\n    192.0.2.254/24\n  }}\n}}\n"
+                 virtual_ipaddress {{\n    198.51.100.1/24\n    192.0.2.254/24\n  }}\n  \
+                 virtual_ipaddress_excluded {{\n    2001:db8:1::1/64\n    2001:db8::fe/64\n  }}\n}}\n"
             ),
         );
         let run = std::env::temp_dir();
