@@ -598,18 +598,7 @@ impl Controller {
                     transitions: 0,
                     invalid_packets: 0,
                 },
-                |ha| {
-                    let view = ha.view();
-                    HaStatus {
-                        state: view.state,
-                        priority: Some(view.priority),
-                        peer: view.peer,
-                        since: view.since,
-                        reason: view.reason,
-                        transitions: view.transitions,
-                        invalid_packets: view.invalid,
-                    }
-                },
+                crate::ha::Ha::status,
             ),
         }
     }
@@ -773,9 +762,10 @@ pub struct LastCheck {
 }
 
 /// HA part of [`StatusReport`].
-#[derive(Debug, Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct HaStatus {
-    /// `master`, `backup`, `fault` or `standalone`.
+    /// `master`, `backup`, `initialize` (VRRP starting or stopped) or
+    /// `standalone` (no `ha` section).
     pub state: String,
     /// VRRP priority.
     pub priority: Option<u8>,
@@ -981,7 +971,7 @@ pub fn mac_address(name: &str) -> anyhow::Result<[u8; 6]> {
 impl Controller {
     /// Re-reads the configuration file and applies the difference; returns
     /// the number of map writes. A file that does not validate, or that
-    /// needs a restart (interfaces, map sizes), changes nothing. Operator
+    /// needs a restart (interfaces, map sizes, ha), changes nothing. Operator
     /// overrides (drain, weight) stay unless the reload changes that
     /// backend's configuration.
     pub fn reload(&mut self) -> anyhow::Result<usize> {
@@ -991,6 +981,9 @@ impl Controller {
         }
         if config.interfaces != self.config.interfaces {
             anyhow::bail!("interfaces changed: restart lb run to apply them");
+        }
+        if config.ha != self.config.ha {
+            anyhow::bail!("the ha section changed: restart lb run to apply it");
         }
         self.keep_overrides(&config);
         let writes = self.planner.plan(&config, &self.states)?;

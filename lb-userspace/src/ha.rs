@@ -19,33 +19,14 @@ use anyhow::{Context as _, bail};
 
 use crate::{
     config::Ha as HaConfig,
-    controller::{ifindex, mac_address},
+    controller::{HaStatus, ifindex, mac_address},
     vrrp::{self, Action, Router, State},
 };
-
-/// What `lb status` and the metrics show of HA.
-#[derive(Clone, Debug)]
-pub struct HaView {
-    /// `master`, `backup`, `initialize`.
-    pub state: String,
-    /// Our priority.
-    pub priority: u8,
-    /// The master we last heard, when backup.
-    pub peer: Option<String>,
-    /// Unix time of the last change.
-    pub since: u64,
-    /// Why.
-    pub reason: String,
-    /// Transitions so far.
-    pub transitions: u64,
-    /// VRRP packets dropped as malformed (bad TTL, checksum, version...).
-    pub invalid: u64,
-}
 
 /// A running VRRP instance; stop it with [`Ha::stop`] (hands over first).
 #[derive(Debug)]
 pub struct Ha {
-    view: Arc<Mutex<HaView>>,
+    view: Arc<Mutex<HaStatus>>,
     stop: mpsc::Sender<()>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -76,14 +57,14 @@ impl Ha {
                 .collect(),
             local,
         };
-        let view = Arc::new(Mutex::new(HaView {
+        let view = Arc::new(Mutex::new(HaStatus {
             state: "initialize".into(),
-            priority: config.priority,
+            priority: Some(config.priority),
             peer: None,
             since: unix_now(),
             reason: "starting".into(),
             transitions: 0,
-            invalid: 0,
+            invalid_packets: 0,
         }));
         let (stop, stopped) = mpsc::channel();
         let shared = Arc::clone(&view);
@@ -99,8 +80,8 @@ impl Ha {
         })
     }
 
-    /// The current state, for status and metrics.
-    pub fn view(&self) -> HaView {
+    /// The current state, as `lb status` and the metrics show it.
+    pub fn status(&self) -> HaStatus {
         self.view
             .lock()
             .map_or_else(|p| p.into_inner().clone(), |v| v.clone())
@@ -120,7 +101,7 @@ fn run(
     router: &mut Router,
     socket: &VrrpSocket,
     link: &Link,
-    view: &Arc<Mutex<HaView>>,
+    view: &Arc<Mutex<HaStatus>>,
     stopped: &mpsc::Receiver<()>,
 ) {
     let mut buffer = [0u8; 1500];
@@ -149,8 +130,8 @@ fn run(
             Ok(advertisement) => advertisement,
             Err(error) => {
                 let count = view.lock().map_or(0, |mut v| {
-                    v.invalid += 1;
-                    v.invalid
+                    v.invalid_packets += 1;
+                    v.invalid_packets
                 });
                 // Counted always, logged at most once a second.
                 if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
@@ -205,7 +186,7 @@ impl Link {
         socket: &VrrpSocket,
         router: &Router,
         actions: &[Action],
-        view: &Arc<Mutex<HaView>>,
+        view: &Arc<Mutex<HaStatus>>,
     ) {
         for action in actions {
             match action {

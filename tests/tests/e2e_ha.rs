@@ -231,7 +231,7 @@ fn send_vrrp(ns: &Netns, to: &'static str, payload: &'static [u8]) {
 }
 
 #[test]
-fn garbage_vrrp_is_counted_and_changes_nothing() {
+fn garbage_vrrp_and_an_ha_reload_change_nothing() {
     let mut bed = HaBed::new("g", false);
     bed.start(0);
     bed.start(1);
@@ -262,9 +262,26 @@ fn garbage_vrrp_is_counted_and_changes_nothing() {
         "invalid VRRP packets not counted: {}",
         bed.ha(0)
     );
+    // A reload that changes the ha section is refused and changes nothing.
+    let balancer = &bed.balancers[0];
+    let config = std::fs::read_to_string(balancer.config.path()).unwrap();
+    std::fs::write(
+        balancer.config.path(),
+        config.replace("priority: 150", "priority: 90"),
+    )
+    .unwrap();
+    let reload = balancer.ns.exec(
+        lb_binary().to_str().unwrap(),
+        &["reload", "--socket", &balancer.socket],
+    );
+    std::fs::write(balancer.config.path(), config).unwrap();
+    assert!(!reload.status.success(), "{reload:?}");
+    let said = String::from_utf8_lossy(&reload.stderr);
+    assert!(said.contains("the ha section changed"), "{said}");
     std::thread::sleep(Duration::from_millis(500));
     let ha = bed.ha(0);
     assert_eq!(ha["state"], "master", "{ha}");
+    assert_eq!(ha["priority"], 150, "{ha}");
     assert_eq!(ha["transitions"].as_u64().unwrap(), before, "{ha}");
     assert_eq!(bed.ha_state(1), "backup");
     let target: SocketAddr = DSR.parse().unwrap();
