@@ -12,8 +12,8 @@ pub mod maps;
 pub mod reason;
 
 pub use maps::{
-    Addr, BackendValue, ConnValue, Endpoint, FlowKey, IfaceValue, NO_BACKEND, NatKey, NatValue,
-    RateValue, ServiceKey, ServiceValue, Settings, Traffic, VipValue,
+    Addr, BackendValue, ConnValue, Endpoint, FlowKey, HopValue, IfaceValue, NO_BACKEND, NatKey,
+    NatValue, RateValue, ServiceKey, ServiceValue, Settings, Traffic, VipValue,
 };
 pub use reason::Reason;
 
@@ -65,6 +65,14 @@ pub mod map_names {
     pub const DENY: &str = "DENY";
     /// Per-source new-flow token buckets (LRU).
     pub const RATE: &str = "RATE";
+    /// Attached interfaces' MACs by `ifindex % 256`, without a hash lookup.
+    pub const IFACE_SLOTS: &str = "IFACE_SLOTS";
+    /// Next hop per backend id, resolved by the controller.
+    pub const HOPS: &str = "HOPS";
+    /// Bitset over VIP addresses: a clear bit means "not a VIP".
+    pub const VIP_FILTER: &str = "VIP_FILTER";
+    /// Bitset over NAT backend addresses: a clear bit means "not a reply".
+    pub const NAT_FILTER: &str = "NAT_FILTER";
     /// Benchmarks: the frame to restore before each run.
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
     /// Benchmarks: the program under test (program array).
@@ -81,4 +89,8 @@ pub mod program_names {
     pub const BENCH: &str = "lb_bench";
     /// Benchmarks: restore the frame only.
     pub const BENCH_BASELINE: &str = "lb_bench_baseline";
+    /// Benchmarks: the floor (swap MACs, `XDP_TX`), timed like the balancer.
+    pub const FLOOR: &str = "lb_floor";
+    /// Benchmarks: drops every frame (the receiving end of a veth).
+    pub const DROP: &str = "lb_drop";
 }

@@ -234,6 +234,54 @@ const _: () = assert!(core::mem::size_of::<Settings>() == 64);
 /// lookups.
 pub const SETTINGS_NAT: u32 = 1;
 
+/// `Settings::flags`: the deny list has entries. Without it packets to a
+/// VIP skip the `DENY` lookup, so an empty deny list costs nothing.
+pub const SETTINGS_DENY: u32 = 2;
+
+/// `HopValue::flags`: the entry holds a resolved next hop.
+pub const HOP_RESOLVED: u8 = 1;
+
+/// Value of `HOPS`, indexed by backend id: the next hop of packets to that
+/// backend, resolved by the controller from the kernel's routes and
+/// neighbours, so the data path need not ask the FIB per packet. Valid only
+/// for the backend address it was resolved for (ids are reused).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct HopValue {
+    /// The backend address this hop was resolved for, see [`Addr`].
+    pub addr: Addr,
+    /// Egress interface.
+    pub ifindex: u32,
+    /// Largest IP packet the egress interface (or route) takes; longer ones
+    /// take the FIB path, which refuses them as it always did.
+    pub mtu: u16,
+    /// `HOP_*` flags.
+    pub flags: u8,
+    /// Always zero.
+    pub pad: u8,
+    /// The next hop's MAC (the backend's, or its gateway's).
+    pub dmac: [u8; 6],
+    /// Our MAC on the egress interface.
+    pub smac: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<HopValue>() == 36);
+
+/// Bits in `VIP_FILTER` and `NAT_FILTER`: 1024 words of 64.
+pub const FILTER_WORDS: u32 = 1024;
+
+/// The bit an address sets in an address filter (`VIP_FILTER`,
+/// `NAT_FILTER`): a 16-bit multiplicative hash of the address, word
+/// `bit / 64`, bit `bit % 64`. A clear bit proves the address is not in the
+/// map the filter covers, without a hash-map lookup; a set bit may be a
+/// false positive (the map lookup decides).
+#[allow(clippy::inline_always, reason = "the XDP program needs it inlined")]
+#[inline(always)]
+pub fn filter_bit(addr: &Addr) -> u32 {
+    let word = |i: usize| u32::from_le_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+    let folded = word(0) ^ word(4) ^ word(8).rotate_left(7) ^ word(12);
+    folded.wrapping_mul(0x9e37_79b1) >> 16
+}
+
 /// Value of `RATE`, keyed by source address: a token bucket of new flows.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -257,6 +305,24 @@ pub struct IfaceValue {
     pub pad: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<IfaceValue>() == 8);
+
+/// Slots in `IFACE_SLOTS`.
+pub const IFACE_SLOTS: u32 = 256;
+
+/// Value of `IFACE_SLOTS`, indexed by `ifindex % IFACE_SLOTS`: the
+/// interface's MAC without a hash lookup. A slot holding another ifindex (a
+/// collision) sends the data path to `IFACES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct IfaceSlot {
+    /// The interface in this slot (0: none).
+    pub ifindex: u32,
+    /// Its MAC address.
+    pub mac: [u8; 6],
+    /// Always zero.
+    pub pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<IfaceSlot>() == 12);
 
 /// Per-service and per-backend traffic counters (per CPU, summed in
 /// userspace).
@@ -311,6 +377,8 @@ mod pod {
     unsafe impl aya::Pod for super::IfaceValue {}
     unsafe impl aya::Pod for super::RateValue {}
     unsafe impl aya::Pod for super::BenchFrame {}
+    unsafe impl aya::Pod for super::HopValue {}
+    unsafe impl aya::Pod for super::IfaceSlot {}
 }
 
 #[cfg(test)]

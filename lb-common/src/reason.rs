@@ -91,6 +91,10 @@ reasons! {
     DropDenied = 21, "drop_denied", true;
     /// The source opened new flows faster than the per-source limit.
     DropRateLimited = 22, "drop_rate_limited", true;
+    /// A client packet sent on to its backend through `bpf_fib_lookup`:
+    /// the backend had no resolved next hop cached (or the packet is longer
+    /// than the cached hop's MTU).
+    ForwardUncachedHop = 23, "forward_uncached_hop", false;
 }
 
 #[cfg(test)]

@@ -9,29 +9,35 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key, programs::XdpContext};
 use lb_common::{
-    Addr, BackendValue, ConnValue, Endpoint, FlowKey, NO_BACKEND, RateValue, Reason, ServiceValue,
-    Settings,
+    Addr, ConnValue, Endpoint, FlowKey, NO_BACKEND, RateValue, Reason, ServiceValue, Settings,
     hash::{flow_hash, source_hash},
     maps::{
-        BACKEND_USABLE, CONN_CLOSED, FWD_DSR, FWD_NAT, FWD_TUNNEL, SCHED_IP_HASH,
-        SCHED_ROUND_ROBIN, SETTINGS_NAT, VIP_FRAGMENTS_TCP, VIP_FRAGMENTS_UDP,
+        BACKEND_USABLE, CONN_CLOSED, FWD_DSR, FWD_NAT, FWD_TUNNEL, HOP_RESOLVED, SCHED_IP_HASH,
+        SCHED_ROUND_ROBIN, SETTINGS_DENY, SETTINGS_NAT, VIP_FRAGMENTS_TCP, VIP_FRAGMENTS_UDP,
     },
     proto,
 };
 
 use crate::{
     Drop, Verdict, finish,
-    forward::{End, FibQuery, NextHop, encapsulate, next_hop, rewrite, transmit},
+    forward::{End, FibQuery, Hop, NextHop, encapsulate, next_hop, rewrite, transmit},
     icmp,
     maps::{
-        BACKENDS, CONNS, DENY, MAGLEV, NAT, RATE, RR_POS, SERVICES, SETTINGS, STATS_BACKENDS,
-        STATS_SERVICES, Scratch, count_closed, count_traffic, scratch,
+        BACKENDS, CONNS, DENY, HOPS, MAGLEV, NAT, NAT_FILTER, RATE, RR_POS, SERVICES, SETTINGS,
+        STATS_BACKENDS, STATS_SERVICES, Scratch, VIP_FILTER, VIPS, count_closed, count_traffic,
+        may_contain, scratch,
     },
     packet::frame_len,
     parse::{Parsed, parse},
 };
 
 /// Decides what happens to the frame in `ctx`; returns the counted action.
+///
+/// The common cases are kept to one hash lookup each: a service's TCP / UDP
+/// packet finds its service by (vip, port, proto) directly; host traffic is
+/// told from VIP traffic by `VIP_FILTER`, an inlined array lookup. Only the
+/// rest (all-port services, fragments, ICMP, malformed packets, filter false
+/// positives) asks `VIPS`.
 #[inline(always)]
 pub fn balance(ctx: &XdpContext) -> u32 {
     let Some(scratch) = scratch() else {
@@ -39,21 +45,78 @@ pub fn balance(ctx: &XdpContext) -> u32 {
         // missing, the frame is not ours to judge.
         return finish(Ok(Verdict::pass(Reason::PassNoService)));
     };
+    let flags = SETTINGS.get(0).map_or(0, |settings| settings.flags);
     match parse(ctx, scratch).get() {
         Err(drop) => finish(Err(drop)),
         Ok(Parsed::NotIp) => finish(Ok(Verdict::pass(Reason::PassNonIp))),
         Ok(Parsed::OtherMac) => finish(Ok(Verdict::pass(Reason::PassOtherMac))),
-        Ok(Parsed::Host) if nat_in_use() => reply(ctx, scratch),
-        // Host traffic (and, with no NAT service, replies cannot be): the
-        // stack's, untouched.
-        Ok(Parsed::HostMalformed | Parsed::Host) => {
-            finish(Ok(Verdict::pass(Reason::PassNoService)))
+        Ok(Parsed::NotOurs) => finish(Ok(Verdict::pass(Reason::PassNoService))),
+        Ok(Parsed::Malformed) => {
+            if is_vip(scratch) {
+                let reason =
+                    Reason::from_slot(scratch.malformed).unwrap_or(Reason::DropMalformedEth);
+                finish(Err(Drop(reason)))
+            } else {
+                finish(Ok(Verdict::pass(Reason::PassNoService)))
+            }
         }
-        Ok(Parsed::Vip) if denied(scratch) => finish(Err(Drop(Reason::DropDenied))),
-        Ok(Parsed::Vip) => match scratch.packet.proto {
-            proto::ICMP | proto::ICMPV6 if scratch.packet.has_l4 => icmp::to_vip(ctx, scratch),
-            _ => to_vip(ctx, scratch),
-        },
+        Ok(Parsed::Ip) => {
+            if !may_contain(&VIP_FILTER, &scratch.packet.dst) {
+                return host(ctx, scratch, flags);
+            }
+            let packet = &scratch.packet;
+            if packet.has_l4
+                && !packet.fragment
+                && (packet.proto == proto::TCP || packet.proto == proto::UDP)
+            {
+                scratch.lookup = Endpoint::new(packet.dst, packet.dport, packet.proto);
+                // SAFETY: copied out at once.
+                if let Some(service) = unsafe { SERVICES.get(&scratch.lookup) }.copied() {
+                    if flags & SETTINGS_DENY != 0 && denied(scratch) {
+                        return finish(Err(Drop(Reason::DropDenied)));
+                    }
+                    return to_service(ctx, scratch, &service);
+                }
+            }
+            if !is_vip(scratch) {
+                return host(ctx, scratch, flags);
+            }
+            if flags & SETTINGS_DENY != 0 && denied(scratch) {
+                return finish(Err(Drop(Reason::DropDenied)));
+            }
+            match scratch.packet.proto {
+                proto::ICMP | proto::ICMPV6 if scratch.packet.has_l4 => icmp::to_vip(ctx, scratch),
+                _ => to_vip(ctx, scratch),
+            }
+        }
+    }
+}
+
+/// Whether the packet's destination is a VIP; if so its entry is copied to
+/// `scratch.vip`.
+#[inline(always)]
+fn is_vip(scratch: &mut Scratch) -> bool {
+    if !may_contain(&VIP_FILTER, &scratch.packet.dst) {
+        return false;
+    }
+    // SAFETY: copied out at once.
+    match unsafe { VIPS.get(&scratch.packet.dst) } {
+        Some(value) => {
+            scratch.vip = *value;
+            true
+        }
+        None => false,
+    }
+}
+
+/// A well-formed packet to an address that is not a VIP: a NAT reply to
+/// translate, or the stack's, untouched.
+#[inline(always)]
+fn host(ctx: &XdpContext, scratch: &mut Scratch, flags: u32) -> u32 {
+    if flags & SETTINGS_NAT != 0 && may_contain(&NAT_FILTER, &scratch.packet.src) {
+        reply(ctx, scratch)
+    } else {
+        finish(Ok(Verdict::pass(Reason::PassNoService)))
     }
 }
 
@@ -105,22 +168,16 @@ fn admit_new_flow(src: &Addr, settings: &Settings, now: u64) -> bool {
     true
 }
 
-/// Whether any service uses NAT (only then can host traffic be a reply).
-#[inline(always)]
-fn nat_in_use() -> bool {
-    SETTINGS
-        .get(0)
-        .is_some_and(|settings| settings.flags & SETTINGS_NAT != 0)
-}
-
-/// TCP / UDP (and fragments) to a VIP.
+/// A TCP / UDP packet whose service the fast path found.
 #[inline(never)]
-fn to_vip(ctx: &XdpContext, scratch: &mut Scratch) -> u32 {
-    finish(try_to_vip(ctx, scratch))
+fn to_service(ctx: &XdpContext, scratch: &mut Scratch, service: &ServiceValue) -> u32 {
+    set_flow(scratch);
+    finish(to_backend(ctx, scratch, service))
 }
 
+/// `scratch.flow` from `scratch.packet`: the flow as the client sent it.
 #[inline(always)]
-fn try_to_vip(ctx: &XdpContext, scratch: &mut Scratch) -> Result<Verdict, Drop> {
+fn set_flow(scratch: &mut Scratch) {
     let packet = &scratch.packet;
     scratch.flow = FlowKey {
         src: packet.src,
@@ -130,6 +187,18 @@ fn try_to_vip(ctx: &XdpContext, scratch: &mut Scratch) -> Result<Verdict, Drop> 
         proto: packet.proto,
         pad: [0; 3],
     };
+}
+
+/// TCP / UDP (and fragments) to a VIP, on the slow path.
+#[inline(never)]
+fn to_vip(ctx: &XdpContext, scratch: &mut Scratch) -> u32 {
+    finish(try_to_vip(ctx, scratch))
+}
+
+#[inline(always)]
+fn try_to_vip(ctx: &XdpContext, scratch: &mut Scratch) -> Result<Verdict, Drop> {
+    set_flow(scratch);
+    let packet = &scratch.packet;
     if packet.fragment {
         let vip = &scratch.vip;
         let port = match packet.proto {
@@ -175,27 +244,32 @@ fn to_backend(
     service: &ServiceValue,
 ) -> Result<Verdict, Drop> {
     let bytes = frame_len(ctx) as u64;
-    let flow = &scratch.flow;
-    let hash = flow_hash(&flow.src, &flow.dst, flow.sport, flow.dport, flow.proto);
     let fragment = scratch.packet.fragment;
-    let (backend_id, new_flow) = choose_backend(scratch, service, hash, fragment)?;
-    let verdict = send_to_backend(ctx, scratch, service, hash, Reason::ForwardToBackend)?;
+    let (backend_id, new_flow) = choose_backend(scratch, service, fragment)?;
+    let verdict = send_to_backend(ctx, scratch, service, Reason::ForwardToBackend)?;
     count_traffic(&STATS_SERVICES, service.id, bytes, new_flow);
     count_traffic(&STATS_BACKENDS, backend_id, bytes, new_flow);
     Ok(verdict)
 }
 
-/// The backend for `scratch.flow`, into `scratch.backend`; returns its id
-/// and whether the flow is new. The connection table's, while that
-/// backend is usable, still this service's, and the flow not idle past its
-/// timeout; otherwise the scheduler's, remembered in the table. Fragments are
-/// scheduled by source alone and never tracked: later fragments carry no
-/// ports to find the entry with.
+/// The flow hash of `scratch.flow` (Maglev slot, tunnel source). Computed
+/// only where it is used: an established flow needs none.
+#[inline(always)]
+fn hash_of(scratch: &Scratch) -> u32 {
+    let flow = &scratch.flow;
+    flow_hash(&flow.src, &flow.dst, flow.sport, flow.dport, flow.proto)
+}
+
+/// The backend for `scratch.flow`, into `scratch.backend` (and its id into
+/// `scratch.backend_id`); returns its id and whether the flow is new. The
+/// connection table's, while that backend is usable, still this service's,
+/// and the flow not idle past its timeout; otherwise the scheduler's,
+/// remembered in the table. Fragments are scheduled by source alone and
+/// never tracked: later fragments carry no ports to find the entry with.
 #[inline(always)]
 pub fn choose_backend(
     scratch: &mut Scratch,
     service: &ServiceValue,
-    hash: u32,
     fragment: bool,
 ) -> Result<(u32, bool), Drop> {
     // SAFETY: the kernel helper has no preconditions.
@@ -220,7 +294,7 @@ pub fn choose_backend(
         let closed = conn_flags & CONN_CLOSED != 0;
         if now.wrapping_sub(last_seen) <= idle_limit
             && !(closed && opening)
-            && usable_backend(backend_id, service.id, &mut scratch.backend)
+            && usable_backend(backend_id, service.id, scratch)
         {
             if ending && !closed {
                 // SAFETY: as above.
@@ -243,8 +317,8 @@ pub fn choose_backend(
     if !admit_new_flow(&scratch.flow.src, settings, now) {
         return Err(Drop(Reason::DropRateLimited));
     }
-    let backend_id = schedule(scratch, service, hash, settings.ring_size);
-    if !usable_backend(backend_id, service.id, &mut scratch.backend) {
+    let backend_id = schedule(scratch, service, settings.ring_size);
+    if !usable_backend(backend_id, service.id, scratch) {
         return Err(Drop(Reason::DropNoBackend));
     }
     // Fragments are not tracked: not a flow of their own.
@@ -267,7 +341,7 @@ pub fn choose_backend(
 
 /// The scheduler's pick for a new flow, or `NO_BACKEND`.
 #[inline(always)]
-fn schedule(scratch: &Scratch, service: &ServiceValue, hash: u32, ring_size: u32) -> u32 {
+fn schedule(scratch: &Scratch, service: &ServiceValue, ring_size: u32) -> u32 {
     if ring_size == 0 {
         return NO_BACKEND;
     }
@@ -291,7 +365,7 @@ fn schedule(scratch: &Scratch, service: &ServiceValue, hash: u32, ring_size: u32
             }
         }
         SCHED_IP_HASH => source_hash(&scratch.flow.src) % ring_size,
-        _ => hash % ring_size,
+        _ => hash_of(scratch) % ring_size,
     };
     MAGLEV
         .get(row.wrapping_mul(ring_size).wrapping_add(slot))
@@ -300,27 +374,47 @@ fn schedule(scratch: &Scratch, service: &ServiceValue, hash: u32, ring_size: u32
 }
 
 /// Whether `BACKENDS[id]` is usable and belongs to `service_id`; if so it
-/// is copied to `out`.
+/// is copied to `scratch.backend`, its id to `scratch.backend_id`.
 #[inline(always)]
-fn usable_backend(id: u32, service_id: u32, out: &mut BackendValue) -> bool {
+fn usable_backend(id: u32, service_id: u32, scratch: &mut Scratch) -> bool {
     match BACKENDS.get(id) {
         Some(backend)
             if backend.flags & BACKEND_USABLE != 0 && backend.service_id == service_id =>
         {
-            *out = *backend;
+            scratch.backend = *backend;
+            scratch.backend_id = id;
             true
         }
         _ => false,
     }
 }
 
+/// The cached next hop of `scratch.backend` into `scratch.hop`, if the
+/// controller resolved one for this address and a packet of `ip_len` fits.
+#[inline(always)]
+fn cached_hop(scratch: &mut Scratch, ip_len: u16) -> bool {
+    let Some(hop) = HOPS.get(scratch.backend_id) else {
+        return false;
+    };
+    if hop.flags & HOP_RESOLVED == 0 || ip_len > hop.mtu || hop.addr != scratch.backend.addr {
+        return false;
+    }
+    scratch.hop = Hop {
+        ifindex: hop.ifindex,
+        smac: hop.smac,
+        dmac: hop.dmac,
+    };
+    true
+}
+
 /// Forwards `scratch.packet` to `scratch.backend` the way `service` says.
+/// The next hop is the backend's cached one; without one, the FIB's (and
+/// the packet is counted under `ForwardUncachedHop` if it was a forward).
 #[inline(always)]
 pub fn send_to_backend(
     ctx: &XdpContext,
     scratch: &mut Scratch,
     service: &ServiceValue,
-    hash: u32,
     reason: Reason,
 ) -> Result<Verdict, Drop> {
     let packet = &scratch.packet;
@@ -329,14 +423,24 @@ pub fn send_to_backend(
         (FWD_TUNNEL, false) => 20,
         _ => 0,
     };
-    // Route first: nothing is rewritten unless it can be sent.
-    scratch.query = FibQuery {
-        v6: packet.v6,
-        ip_len: packet.ip_len.wrapping_add(outer_len),
-        src: packet.src,
-        dst: scratch.backend.addr,
+    let ip_len = packet.ip_len.wrapping_add(outer_len);
+    let (next, reason) = if cached_hop(scratch, ip_len) {
+        (NextHop::Out, reason)
+    } else {
+        // Route first: nothing is rewritten unless it can be sent.
+        scratch.query = FibQuery {
+            v6: scratch.packet.v6,
+            ip_len,
+            src: scratch.packet.src,
+            dst: scratch.backend.addr,
+        };
+        let reason = if reason == Reason::ForwardToBackend {
+            Reason::ForwardUncachedHop
+        } else {
+            reason
+        };
+        (next_hop(ctx, scratch), reason)
     };
-    let next = next_hop(ctx, scratch);
     match next {
         NextHop::Local | NextHop::NoRoute => return Err(Drop(Reason::DropNoRoute)),
         // DSR keeps the VIP as destination: the stack would deliver it here.
@@ -345,11 +449,15 @@ pub fn send_to_backend(
         }
         NextHop::NoNeighbour | NextHop::Out => {}
     }
-    let packet = &scratch.packet;
-    let backend = &scratch.backend;
     match service.forwarding {
-        FWD_NAT => rewrite(ctx, packet, End::Destination, &backend.addr, backend.port).get()?,
-        FWD_TUNNEL => encapsulate(ctx, packet, &backend.addr, hash).get()?,
+        FWD_NAT => {
+            let (packet, backend) = (&scratch.packet, &scratch.backend);
+            rewrite(ctx, packet, End::Destination, &backend.addr, backend.port).get()?;
+        }
+        FWD_TUNNEL => {
+            let hash = hash_of(scratch);
+            encapsulate(ctx, &scratch.packet, &scratch.backend.addr, hash).get()?;
+        }
         FWD_DSR => {}
         _ => return Err(Drop(Reason::DropNoBackend)),
     }

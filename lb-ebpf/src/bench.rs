@@ -17,7 +17,7 @@ use aya_ebpf::{
 
 use lb_common::maps::{BENCH_WORDS, BenchFrame};
 
-use crate::packet::write_at;
+use crate::packet::{read_at, write_at};
 
 /// The saved frame (one entry).
 #[map]
@@ -78,4 +78,22 @@ pub fn baseline(ctx: &XdpContext) -> u32 {
     } else {
         xdp_action::XDP_ABORTED
     }
+}
+
+/// The floor: the least any XDP forwarder does to a frame — swap the
+/// Ethernet addresses and send it back out (`XDP_TX`). Timed through the same
+/// wrapper as the balancer, it is what every path is reported above.
+#[inline(always)]
+pub fn floor(ctx: &XdpContext) -> u32 {
+    let Some(macs) = read_at::<[u8; 12]>(ctx, 0) else {
+        return xdp_action::XDP_DROP;
+    };
+    let swapped = [
+        macs[6], macs[7], macs[8], macs[9], macs[10], macs[11], macs[0], macs[1], macs[2], macs[3],
+        macs[4], macs[5],
+    ];
+    if write_at(ctx, 0, swapped).is_none() {
+        return xdp_action::XDP_DROP;
+    }
+    xdp_action::XDP_TX
 }

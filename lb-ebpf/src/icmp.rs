@@ -4,7 +4,7 @@
 //! anything else goes to the stack.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use lb_common::{Addr, FlowKey, Reason, hash::flow_hash, maps::FWD_NAT, maps::ipv4_mapped, proto};
+use lb_common::{Addr, FlowKey, Reason, maps::FWD_NAT, maps::ipv4_mapped, proto};
 
 use crate::{
     Drop, Verdict,
@@ -123,9 +123,7 @@ fn try_too_big(ctx: &XdpContext, scratch: &mut Scratch) -> Result<Verdict, Drop>
     let Some(service) = find_service(scratch, scratch.quoted.vip_port) else {
         return Ok(Verdict::pass(Reason::PassIcmpToVip));
     };
-    let flow = &scratch.flow;
-    let hash = flow_hash(&flow.src, &flow.dst, flow.sport, flow.dport, flow.proto);
-    choose_backend(scratch, &service, hash, false)?;
+    choose_backend(scratch, &service, false)?;
     if service.forwarding == FWD_NAT {
         // The backend knows the flow by its own address and port: rewrite
         // the quoted packet's source to them, and the outer destination.
@@ -133,7 +131,7 @@ fn try_too_big(ctx: &XdpContext, scratch: &mut Scratch) -> Result<Verdict, Drop>
         nat_quoted(ctx, packet, &scratch.quoted, &backend.addr, backend.port)?;
         rewrite(ctx, packet, End::Destination, &backend.addr, 0).get()?;
     }
-    send_to_backend(ctx, scratch, &service, hash, Reason::IcmpToBackend)
+    send_to_backend(ctx, scratch, &service, Reason::IcmpToBackend)
 }
 
 /// Reads the flow quoted after the 8-byte ICMP header into `out`; false

@@ -131,6 +131,21 @@ pub fn lb_bench_baseline(ctx: XdpContext) -> u32 {
     bench::baseline(&ctx)
 }
 
+/// Benchmarks only: the floor program (swap MACs, `XDP_TX`), see
+/// `bench::floor`.
+#[xdp]
+pub fn lb_floor(ctx: XdpContext) -> u32 {
+    bench::floor(&ctx)
+}
+
+/// Benchmarks only: drops every frame. On the receiving end of a veth it
+/// makes frames sent into the veth by XDP delivered (and discarded at once),
+/// so a packets-per-second figure is the sender's, not the receiver's stack.
+#[xdp]
+pub fn lb_drop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}
+
 /// The kernel needs a GPL-compatible licence to allow GPL-only helpers.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "license")]

@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use lb_common::{
-    Addr, BackendValue, ConnValue, Endpoint, FlowKey, IfaceValue, NatKey, NatValue, RateValue,
-    Reason, ServiceKey, ServiceValue, Settings, Traffic, VipValue,
+    Addr, BackendValue, ConnValue, Endpoint, FlowKey, HopValue, IfaceValue, NatKey, NatValue,
+    RateValue, Reason, ServiceKey, ServiceValue, Settings, Traffic, VipValue,
 };
 
 use crate::{
@@ -41,6 +41,31 @@ pub static CONNS: LruHashMap<FlowKey, ConnValue> = LruHashMap::with_max_entries(
 #[map]
 pub static NAT: HashMap<NatKey, NatValue> = HashMap::with_max_entries(1024, 0);
 
+/// Next hop per backend id, resolved by the controller (the FIB is asked
+/// only for backends without one).
+#[map]
+pub static HOPS: Array<HopValue> = Array::with_max_entries(1024, 0);
+
+/// Bitset over VIP addresses (`lb_common::maps::filter_bit`): a clear bit
+/// sends host traffic on without a hash-map lookup. Array lookups are
+/// inlined by the verifier; hash lookups cost a helper call and a hash.
+#[map]
+pub static VIP_FILTER: Array<u64> = Array::with_max_entries(lb_common::maps::FILTER_WORDS, 0);
+
+/// Bitset over the addresses of NAT backends: a clear bit means the packet
+/// cannot be a reply to translate.
+#[map]
+pub static NAT_FILTER: Array<u64> = Array::with_max_entries(lb_common::maps::FILTER_WORDS, 0);
+
+/// Whether `addr` may be in the set `filter` covers (false: surely not).
+#[inline(always)]
+pub fn may_contain(filter: &Array<u64>, addr: &Addr) -> bool {
+    let bit = lb_common::maps::filter_bit(addr);
+    filter
+        .get(bit >> 6)
+        .is_some_and(|word| word & (1u64 << (bit & 63)) != 0)
+}
+
 /// Round-robin position per service, per CPU.
 #[map]
 pub static RR_POS: PerCpuArray<u32> = PerCpuArray::with_max_entries(64, 0);
@@ -56,6 +81,12 @@ pub static DEVMAP: DevMapHash = DevMapHash::with_max_entries(64, 0);
 /// The interfaces the program is attached to, by ifindex.
 #[map]
 pub static IFACES: HashMap<u32, IfaceValue> = HashMap::with_max_entries(64, 0);
+
+/// The interfaces the program is attached to, by `ifindex % IFACE_SLOTS`:
+/// an array lookup (inlined by the verifier) where `IFACES` costs a hash.
+#[map]
+pub static IFACE_SLOTS: Array<lb_common::maps::IfaceSlot> =
+    Array::with_max_entries(lb_common::maps::IFACE_SLOTS, 0);
 
 /// One counter per verdict reason, per CPU; userspace sums them.
 #[map]
@@ -84,8 +115,12 @@ pub static RATE: LruHashMap<Addr, RateValue> = LruHashMap::with_max_entries(6553
 pub struct Scratch {
     /// The parsed packet.
     pub packet: Packet,
-    /// Its VIP entry, when it is addressed to a VIP.
+    /// Its VIP entry, when it is addressed to a VIP (filled on the slow
+    /// path only: the fast path finds the service directly).
     pub vip: VipValue,
+    /// For `Parsed::Malformed`: the reason slot to drop under, if the
+    /// destination is a VIP.
+    pub malformed: u32,
     /// The flow, as the client sent it: the `CONNS` key.
     pub flow: FlowKey,
     /// A `SERVICES` / `NAT` key being looked up.
@@ -98,6 +133,8 @@ pub struct Scratch {
     pub hop: Hop,
     /// The backend chosen for the packet.
     pub backend: BackendValue,
+    /// Its id.
+    pub backend_id: u32,
     /// The flow quoted in an ICMP error.
     pub quoted: Quoted,
     /// A `DENY` lookup key.

@@ -2,12 +2,13 @@
 //! skipped) and the transport header, into a [`Packet`].
 //!
 //! Only traffic for a VIP is ours. A malformed packet to any other address
-//! goes to the stack untouched (`Parsed::Host` with `malformed`); a malformed
-//! packet to a VIP is dropped and counted under the header that was wrong.
+//! goes to the stack untouched; a malformed packet to a VIP is dropped and
+//! counted under the header that was wrong (`Parsed::Malformed`: the caller
+//! decides which, once it knows whether the destination is a VIP).
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    Addr, Reason, VipValue,
+    Addr, Reason,
     maps::{ipv4_mapped, is_ipv4_mapped},
     proto,
 };
@@ -15,7 +16,7 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, tcp::TcpHdr, udp::Udp
 
 use crate::{
     Drop,
-    maps::{IFACES, Scratch, VIPS},
+    maps::{IFACE_SLOTS, IFACES, Scratch},
     packet::{fits, read_at, read_into},
 };
 
@@ -80,6 +81,10 @@ impl Packet {
 }
 
 /// The parser's verdict; the packet itself is in [`Scratch::packet`].
+///
+/// The parser does no map lookup but the interface's MAC: whether the
+/// destination is a VIP is decided after it, by the caller, so the common
+/// cases (a service's packet, host traffic) each cost one lookup at most.
 #[derive(Clone, Copy)]
 #[repr(u32)]
 pub enum Parsed {
@@ -87,15 +92,18 @@ pub enum Parsed {
     NotIp = 0,
     /// Unicast for another MAC address.
     OtherMac = 1,
-    /// IP to an address that is not a VIP, malformed: the stack's business.
-    HostMalformed = 2,
-    /// IP to an address that is not a VIP, well formed.
-    Host = 3,
-    /// IP to a VIP, well formed; its entry is in [`Scratch::vip`].
-    Vip = 4,
+    /// IP that is never a VIP's (IPv6 to an IPv4-mapped address): the
+    /// stack's business, whatever its state.
+    NotOurs = 2,
+    /// IP whose destination was read but which is malformed after it:
+    /// dropped under [`Scratch::malformed`] if it is to a VIP, the stack's
+    /// business otherwise.
+    Malformed = 3,
+    /// IP, well formed.
+    Ip = 4,
 }
 
-/// Parses the frame in `ctx` into `scratch.packet` (and `scratch.vip`).
+/// Parses the frame in `ctx` into `scratch.packet`.
 ///
 /// Out of line, so its header copies do not stay in the caller's stack frame
 /// while the forwarding paths run; the result comes back in one register.
@@ -127,9 +135,9 @@ impl ParseResult {
         match self.0 {
             0 => Ok(Parsed::NotIp),
             1 => Ok(Parsed::OtherMac),
-            2 => Ok(Parsed::HostMalformed),
-            3 => Ok(Parsed::Host),
-            4 => Ok(Parsed::Vip),
+            2 => Ok(Parsed::NotOurs),
+            3 => Ok(Parsed::Malformed),
+            4 => Ok(Parsed::Ip),
             other => Err(Drop(
                 Reason::from_slot(other.wrapping_sub(Self::DROPPED))
                     .unwrap_or(Reason::DropMalformedEth),
@@ -156,32 +164,36 @@ fn try_parse(ctx: &XdpContext, scratch: &mut Scratch) -> Result<Parsed, Drop> {
         return Ok(Parsed::OtherMac);
     }
     let ip = if ether_type == ETH_P_IPV6 {
-        parse_ipv6(ctx, l3_off, scratch)?
+        parse_ipv6(ctx, l3_off, &mut scratch.packet)?
     } else {
-        parse_ipv4(ctx, l3_off, scratch)?
+        parse_ipv4(ctx, l3_off, &mut scratch.packet)?
     };
-    if ip == Ip::Malformed {
-        return Ok(Parsed::HostMalformed);
-    }
-    match (ip, parse_l4(ctx, &mut scratch.packet)) {
-        (Ip::Vip, Ok(())) => Ok(Parsed::Vip),
-        (Ip::Vip, Err(reason)) => Err(Drop(reason)),
-        (_, Ok(())) => Ok(Parsed::Host),
-        (_, Err(_)) => Ok(Parsed::HostMalformed),
-    }
+    let reason = match ip {
+        Ip::NotOurs => return Ok(Parsed::NotOurs),
+        Ip::MalformedIpv4 => Reason::DropMalformedIpv4,
+        Ip::MalformedIpv6 => Reason::DropMalformedIpv6,
+        Ip::Ok => match parse_l4(ctx, &mut scratch.packet) {
+            Ok(()) => return Ok(Parsed::Ip),
+            Err(reason) => reason,
+        },
+    };
+    scratch.malformed = reason as u32;
+    Ok(Parsed::Malformed)
 }
 
-/// What the IP header said. Fieldless on purpose: an `Option<VipValue>`
-/// carries undefined payload bytes when `None`, which LLVM may move through
-/// registers the verifier then refuses to read.
+/// What the IP header said. Fieldless on purpose: enums with payloads may
+/// carry undefined bytes that LLVM moves through registers the verifier
+/// then refuses to read.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Ip {
-    /// Malformed, to an address that is not a VIP.
-    Malformed,
-    /// Well formed, to another address.
-    Host,
-    /// Well formed, to a VIP (its entry is in `Scratch::vip`).
-    Vip,
+    /// Never a VIP's.
+    NotOurs,
+    /// The IPv4 header is inconsistent (its destination is in the packet).
+    MalformedIpv4,
+    /// The IPv6 header is inconsistent (its destination is in the packet).
+    MalformedIpv6,
+    /// Well formed so far.
+    Ok,
 }
 
 /// False for a group-addressed frame, or a unicast one addressed to another
@@ -200,6 +212,11 @@ fn for_this_host(ctx: &XdpContext, dst_mac: &[u8; 6]) -> bool {
         reason = "ifindex is a u32 in xdp_md"
     )]
     let ifindex = ctx.ingress_ifindex() as u32;
+    if let Some(slot) = IFACE_SLOTS.get(ifindex % lb_common::maps::IFACE_SLOTS)
+        && slot.ifindex == ifindex
+    {
+        return slot.mac == *dst_mac;
+    }
     // SAFETY: the value is compared at once, never held across a map update.
     match unsafe { IFACES.get(ifindex) } {
         Some(iface) => iface.mac == *dst_mac,
@@ -207,27 +224,13 @@ fn for_this_host(ctx: &XdpContext, dst_mac: &[u8; 6]) -> bool {
     }
 }
 
-/// Whether `dst` is a VIP; if so its entry is copied to `out`.
+/// Fills `packet` from an IPv4 header. Whether a malformed header matters
+/// (to a VIP) is the caller's decision; a header too short to hold the
+/// destination is refused outright.
 #[inline(always)]
-fn find_vip(dst: &Addr, out: &mut VipValue) -> bool {
-    // SAFETY: copied out at once.
-    match unsafe { VIPS.get(dst) } {
-        Some(value) => {
-            *out = *value;
-            true
-        }
-        None => false,
-    }
-}
-
-/// Fills `scratch.packet` from an IPv4 header. A malformed header to a VIP is
-/// an error; to any other address it is the stack's business.
-#[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, off: usize, scratch: &mut Scratch) -> Result<Ip, Drop> {
+fn parse_ipv4(ctx: &XdpContext, off: usize, packet: &mut Packet) -> Result<Ip, Drop> {
     let ip: Ipv4Hdr = read_at(ctx, off).ok_or(Drop(Reason::DropMalformedIpv4))?;
-    let packet = &mut scratch.packet;
     packet.dst = ipv4_mapped(ip.dst_addr);
-    let is_vip = find_vip(&packet.dst, &mut scratch.vip);
     let header_len = usize::from(ip.vihl & 0x0f) * 4;
     let total_len = u16::from_be_bytes(ip.tot_len);
     if ip.vihl >> 4 != 4
@@ -235,20 +238,12 @@ fn parse_ipv4(ctx: &XdpContext, off: usize, scratch: &mut Scratch) -> Result<Ip,
         || usize::from(total_len) < header_len
         || !fits(ctx, off, usize::from(total_len))
     {
-        return if is_vip {
-            Err(Drop(Reason::DropMalformedIpv4))
-        } else {
-            Ok(Ip::Malformed)
-        };
+        return Ok(Ip::MalformedIpv4);
     }
     // A multicast, reserved or broadcast source (224.0.0.0 and up) is never
-    // a client: refused for a VIP, the stack's business otherwise.
+    // a client.
     if ip.src_addr[0] >= 224 {
-        return if is_vip {
-            Err(Drop(Reason::DropMalformedIpv4))
-        } else {
-            Ok(Ip::Malformed)
-        };
+        return Ok(Ip::MalformedIpv4);
     }
     let frags = u16::from_be_bytes(ip.frags);
     packet.l3 = offset(off);
@@ -267,16 +262,15 @@ fn parse_ipv4(ctx: &XdpContext, off: usize, scratch: &mut Scratch) -> Result<Ip,
     // More-fragments flag or a non-zero offset.
     packet.fragment = frags & 0x3fff != 0;
     packet.ip_len = total_len;
-    Ok(if is_vip { Ip::Vip } else { Ip::Host })
+    Ok(Ip::Ok)
 }
 
 /// As [`parse_ipv4`], for IPv6; skips up to [`IPV6_MAX_EXT_HEADERS`]
 /// extension headers.
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, off: usize, scratch: &mut Scratch) -> Result<Ip, Drop> {
+fn parse_ipv6(ctx: &XdpContext, off: usize, packet: &mut Packet) -> Result<Ip, Drop> {
     // Version, traffic class, flow label, payload length, next header.
     let start: [u8; 8] = read_at(ctx, off).ok_or(Drop(Reason::DropMalformedIpv6))?;
-    let packet = &mut scratch.packet;
     if !read_into(ctx, off + 24, &mut packet.dst) || !read_into(ctx, off + 8, &mut packet.src) {
         return Err(Drop(Reason::DropMalformedIpv6));
     }
@@ -284,32 +278,21 @@ fn parse_ipv6(ctx: &XdpContext, off: usize, scratch: &mut Scratch) -> Result<Ip,
     // from such an address must never be taken for IPv4 VIP or backend
     // traffic. To one, it is not ours.
     if is_ipv4_mapped(&packet.dst) {
-        return Ok(Ip::Malformed);
+        return Ok(Ip::NotOurs);
     }
-    let is_vip = find_vip(&packet.dst, &mut scratch.vip);
     // From one (never valid on the wire, RFC 4291 §2.5.5.2), or from a
-    // multicast address (never a source, §2.7): dropped and counted if it is
-    // for a VIP, the stack's business otherwise.
+    // multicast address (never a source, §2.7).
     if is_ipv4_mapped(&packet.src) || packet.src[0] == 0xff {
-        return if is_vip {
-            Err(Drop(Reason::DropMalformedIpv6))
-        } else {
-            Ok(Ip::Malformed)
-        };
+        return Ok(Ip::MalformedIpv6);
     }
-    let malformed = if is_vip {
-        Err(Drop(Reason::DropMalformedIpv6))
-    } else {
-        Ok(Ip::Malformed)
-    };
     let payload_len = u16::from_be_bytes([start[4], start[5]]);
     if start[0] >> 4 != 6 || payload_len > 0xffff - 40 {
-        return malformed;
+        return Ok(Ip::MalformedIpv6);
     }
     #[allow(clippy::cast_possible_truncation, reason = "40 fits u16")]
     let ip_len = payload_len + Ipv6Hdr::LEN as u16;
     if !fits(ctx, off, usize::from(ip_len)) {
-        return malformed;
+        return Ok(Ip::MalformedIpv6);
     }
     packet.l3 = offset(off);
     let mut l4 = off + Ipv6Hdr::LEN;
@@ -327,20 +310,20 @@ fn parse_ipv6(ctx: &XdpContext, off: usize, scratch: &mut Scratch) -> Result<Ip,
             IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => {
                 // Next header, length in 8-octet units not counting the first.
                 let Some(ext) = read_at::<[u8; 2]>(ctx, l4) else {
-                    return malformed;
+                    return Ok(Ip::MalformedIpv6);
                 };
                 if l4 + (usize::from(ext[1]) + 1) * 8 > ip_end {
-                    return malformed;
+                    return Ok(Ip::MalformedIpv6);
                 }
                 packet.proto = ext[0];
                 l4 += (usize::from(ext[1]) + 1) * 8;
             }
             IPV6_FRAGMENT => {
                 let Some(ext) = read_at::<[u8; 4]>(ctx, l4) else {
-                    return malformed;
+                    return Ok(Ip::MalformedIpv6);
                 };
                 if l4 + 8 > ip_end {
-                    return malformed;
+                    return Ok(Ip::MalformedIpv6);
                 }
                 packet.proto = ext[0];
                 l4 += 8;
@@ -351,11 +334,11 @@ fn parse_ipv6(ctx: &XdpContext, off: usize, scratch: &mut Scratch) -> Result<Ip,
             }
             _ => {
                 packet.l4 = offset(l4);
-                return Ok(if is_vip { Ip::Vip } else { Ip::Host });
+                return Ok(Ip::Ok);
             }
         }
     }
-    malformed
+    Ok(Ip::MalformedIpv6)
 }
 
 /// Reads the transport ports; `Err` names the header that is cut short.

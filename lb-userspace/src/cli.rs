@@ -365,6 +365,7 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
             }
         }
     });
+    spawn_hop_follower(Arc::clone(&controller));
     let health = Arc::clone(&controller);
     // Health results are applied one at a time, under the controller lock,
     // by this thread; the checker threads only probe.
@@ -418,6 +419,36 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
     drop(server_guard);
     print_counters(&counters, output);
     Ok(())
+}
+
+/// Keeps the cached next hops current: re-resolves them whenever the kernel
+/// reports a neighbour, route, address or link change, and every two
+/// seconds regardless (a hop still being resolved, a missed notification).
+fn spawn_hop_follower(controller: Arc<Mutex<crate::controller::Controller>>) {
+    std::thread::spawn(move || {
+        let mut monitor = match crate::netlink::Monitor::open() {
+            Ok(monitor) => Some(monitor),
+            Err(error) => {
+                tracing::warn!(%error, "no netlink notifications: next hops refreshed every 2 s only");
+                None
+            }
+        };
+        loop {
+            let period = std::time::Duration::from_secs(2);
+            match monitor.as_mut().map(|m| m.wait(period)) {
+                Some(Ok(_)) => {}
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "netlink notifications failed; polling instead");
+                    monitor = None;
+                }
+                None => std::thread::sleep(period),
+            }
+            let Ok(mut controller) = controller.lock() else {
+                return;
+            };
+            controller.refresh_hops();
+        }
+    });
 }
 
 fn poisoned() -> Failure {

@@ -23,6 +23,7 @@ use crate::{
     dataplane::{AttachMode, Attachment, Dataplane, Sizes, unpin_all},
     dynamic::{self, Sample},
     health::{Checker, Event, Health, Target, Tracker},
+    hops::HopCache,
     plan::{BackendKey, BackendState, Planner},
 };
 
@@ -53,6 +54,9 @@ pub struct Controller {
     ha: Option<crate::ha::Ha>,
     checker: Option<Checker>,
     events: Option<Sender<Event>>,
+    /// Backends' next hops (none when netlink is unavailable: the data
+    /// path then asks the FIB for every packet).
+    hops: Option<HopCache>,
     pin_dir: PathBuf,
     started: SystemTime,
 }
@@ -76,6 +80,9 @@ impl Controller {
         let states = BTreeMap::new();
         let writes = planner.plan(&config, &states)?;
         dataplane.apply(&writes)?;
+        // A data plane taken over from an older lb has no address filters
+        // yet: derive them from the maps, whatever wrote those.
+        dataplane.rebuild_filters()?;
         tracing::info!(writes = writes.len(), "maps written");
         let mut controller = Self {
             config,
@@ -94,9 +101,17 @@ impl Controller {
             ha: None,
             checker: None,
             events: None,
+            hops: match HopCache::open() {
+                Ok(hops) => Some(hops),
+                Err(error) => {
+                    tracing::warn!(%error, "no netlink: every packet will ask the FIB for its next hop");
+                    None
+                }
+            },
             pin_dir,
             started: SystemTime::now(),
         };
+        controller.refresh_hops();
         controller.attach()?;
         Ok(controller)
     }
@@ -534,8 +549,23 @@ impl Controller {
         }
     }
 
+    /// Resolves every backend's next hop and writes the `HOPS` entries that
+    /// changed (and clears those of backends that are gone); returns how
+    /// many were written. Called at start, after a reload, and whenever the
+    /// kernel's neighbours, routes or links change. A backend whose hop
+    /// cannot be resolved gets an empty entry: its packets ask the FIB.
+    pub fn refresh_hops(&mut self) -> usize {
+        match self.hops.as_mut() {
+            Some(hops) => hops.refresh(self.planner.planned(), &mut self.dataplane),
+            None => 0,
+        }
+    }
+
     /// Detaches from every interface and removes the pinned maps.
     pub fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(hops) = self.hops.as_mut() {
+            hops.forget_managed();
+        }
         for interface in unpin_all(&self.pin_dir)? {
             tracing::info!(%interface, "detached");
         }
@@ -892,6 +922,9 @@ pub fn settings(config: &Config) -> Settings {
     {
         settings.flags |= lb_common::maps::SETTINGS_NAT;
     }
+    if !config.guard.deny.is_empty() {
+        settings.flags |= lb_common::maps::SETTINGS_DENY;
+    }
     if let Some(limit) = config.guard.rate_limit {
         settings.rate_per_second = limit.new_flows_per_second;
         settings.rate_burst = limit.burst.unwrap_or(limit.new_flows_per_second);
@@ -991,6 +1024,7 @@ impl Controller {
         self.dataplane.apply(&writes)?;
         tracing::info!(writes = writes.len(), "reloaded");
         self.config = config;
+        self.refresh_hops();
         self.restart_checker();
         self.update_agents();
         Ok(writes.len())

@@ -15,8 +15,10 @@ use aya::{
     programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use lb_common::{
-    Addr, BackendValue, Endpoint, IfaceValue, NatValue, Reason, ServiceKey, ServiceValue, Settings,
-    Traffic, VipValue, map_names, program_names,
+    Addr, BackendValue, Endpoint, HopValue, IfaceValue, NatValue, Reason, ServiceKey, ServiceValue,
+    Settings, Traffic, VipValue, map_names,
+    maps::{FILTER_WORDS, IfaceSlot, filter_bit},
+    program_names,
 };
 
 /// The XDP object built by `cargo xtask build-ebpf`, embedded at build time.
@@ -149,6 +151,7 @@ impl Dataplane {
         program: &'static str,
     ) -> Result<Self, DataplaneError> {
         let mut ebpf = EbpfLoader::new()
+            .map_max_entries(map_names::HOPS, sizes.backends)
             .map_max_entries(map_names::SERVICES, sizes.services)
             .map_max_entries(map_names::VIPS, sizes.services)
             .map_max_entries(map_names::RR_POS, sizes.services)
@@ -250,8 +253,10 @@ impl Dataplane {
             .map_err(map_error(map_names::SERVICES))
     }
 
-    /// Adds or replaces a VIP entry.
+    /// Adds or replaces a VIP entry (its `VIP_FILTER` bit first, so the
+    /// filter never hides a VIP the map holds).
     pub fn insert_vip(&mut self, vip: &Addr, value: &VipValue) -> Result<(), DataplaneError> {
+        self.set_filter_bit(map_names::VIP_FILTER, vip)?;
         self.hash_map::<Addr, VipValue>(map_names::VIPS)?
             .insert(vip, value, 0)
             .map_err(map_error(map_names::VIPS))
@@ -290,8 +295,9 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Adds or replaces a reply-path entry.
+    /// Adds or replaces a reply-path entry (its `NAT_FILTER` bit first).
     pub fn insert_nat(&mut self, key: &Endpoint, value: &NatValue) -> Result<(), DataplaneError> {
+        self.set_filter_bit(map_names::NAT_FILTER, &key.addr)?;
         self.hash_map::<Endpoint, NatValue>(map_names::NAT)?
             .insert(key, value, 0)
             .map_err(map_error(map_names::NAT))
@@ -302,6 +308,69 @@ impl Dataplane {
         self.hash_map::<Endpoint, NatValue>(map_names::NAT)?
             .remove(key)
             .map_err(map_error(map_names::NAT))
+    }
+
+    /// Sets `addr`'s bit in the address filter `name`.
+    fn set_filter_bit(&mut self, name: &'static str, addr: &Addr) -> Result<(), DataplaneError> {
+        let bit = filter_bit(addr);
+        let mut array: Array<&mut MapData, u64> =
+            Array::try_from(self.map_mut(name)?).map_err(map_error(name))?;
+        let word = array.get(&(bit >> 6), 0).map_err(map_error(name))?;
+        let set = word | (1u64 << (bit & 63));
+        if set != word {
+            array.set(bit >> 6, set, 0).map_err(map_error(name))?;
+        }
+        Ok(())
+    }
+
+    /// Recomputes both address filters from the maps they cover, clearing
+    /// the bits of removed VIPs and NAT backends (a stale bit only costs a
+    /// hash lookup; a missing one would hide an entry, so bits are set
+    /// before entries are added and cleared only here, after removals).
+    pub fn rebuild_filters(&mut self) -> Result<(), DataplaneError> {
+        let vips: Vec<Addr> = self
+            .hash_map::<Addr, VipValue>(map_names::VIPS)?
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_error(map_names::VIPS))?;
+        let nat: Vec<Addr> = self
+            .hash_map::<Endpoint, NatValue>(map_names::NAT)?
+            .keys()
+            .map(|key| key.map(|key| key.addr))
+            .collect::<Result<_, _>>()
+            .map_err(map_error(map_names::NAT))?;
+        for (name, addrs) in [(map_names::VIP_FILTER, vips), (map_names::NAT_FILTER, nat)] {
+            let mut words = vec![0u64; FILTER_WORDS as usize];
+            for addr in &addrs {
+                let bit = filter_bit(addr);
+                words[(bit >> 6) as usize] |= 1u64 << (bit & 63);
+            }
+            let mut array: Array<&mut MapData, u64> =
+                Array::try_from(self.map_mut(name)?).map_err(map_error(name))?;
+            for (index, want) in (0u32..).zip(words) {
+                if array.get(&index, 0).map_err(map_error(name))? != want {
+                    array.set(index, want, 0).map_err(map_error(name))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the cached next hop of backend `id` (`HopValue::default()`
+    /// clears it: the data path then asks the FIB).
+    pub fn set_hop(&mut self, id: u32, hop: &HopValue) -> Result<(), DataplaneError> {
+        let name = map_names::HOPS;
+        let mut array: Array<&mut MapData, HopValue> =
+            Array::try_from(self.map_mut(name)?).map_err(map_error(name))?;
+        array.set(id, hop, 0).map_err(map_error(name))
+    }
+
+    /// The cached next hop of backend `id`.
+    pub fn hop(&self, id: u32) -> Result<HopValue, DataplaneError> {
+        let name = map_names::HOPS;
+        let array: Array<&MapData, HopValue> =
+            Array::try_from(self.map(name)?).map_err(map_error(name))?;
+        array.get(&id, 0).map_err(map_error(name))
     }
 
     /// Adds a deny-list prefix.
@@ -323,11 +392,27 @@ impl Dataplane {
         LpmTrie::try_from(self.map_mut(name)?).map_err(map_error(name))
     }
 
-    /// Records the MAC address of an interface the balancer is attached to.
+    /// Records the MAC address of an interface the balancer is attached to:
+    /// in `IFACES`, and in its `IFACE_SLOTS` slot unless another interface
+    /// holds that one (the data path then asks `IFACES`).
     pub fn insert_iface(&mut self, ifindex: u32, mac: [u8; 6]) -> Result<(), DataplaneError> {
         self.hash_map::<u32, IfaceValue>(map_names::IFACES)?
             .insert(ifindex, IfaceValue { mac, pad: [0; 2] }, 0)
-            .map_err(map_error(map_names::IFACES))
+            .map_err(map_error(map_names::IFACES))?;
+        let name = map_names::IFACE_SLOTS;
+        let mut slots: Array<&mut MapData, IfaceSlot> =
+            Array::try_from(self.map_mut(name)?).map_err(map_error(name))?;
+        let index = ifindex % lb_common::maps::IFACE_SLOTS;
+        let held = slots.get(&index, 0).map_err(map_error(name))?;
+        if held.ifindex == 0 || held.ifindex == ifindex {
+            let slot = IfaceSlot {
+                ifindex,
+                mac,
+                pad: [0; 2],
+            };
+            slots.set(index, slot, 0).map_err(map_error(name))?;
+        }
+        Ok(())
     }
 
     /// Allows redirects to `ifindex`.
@@ -409,7 +494,9 @@ impl Dataplane {
     /// Applies planned writes in order.
     pub fn apply(&mut self, writes: &[crate::plan::Write]) -> Result<(), DataplaneError> {
         use crate::plan::Write;
+        let mut removed_address = false;
         for write in writes {
+            removed_address |= matches!(write, Write::RemoveVip(_) | Write::RemoveNat(_));
             match write {
                 Write::Backend(id, value) => self.set_backend(*id, value)?,
                 Write::MaglevSlots { row, slots } => {
@@ -424,6 +511,9 @@ impl Dataplane {
                 Write::Deny(addr, len) => self.insert_deny(addr, *len)?,
                 Write::RemoveDeny(addr, len) => self.remove_deny(addr, *len)?,
             }
+        }
+        if removed_address {
+            self.rebuild_filters()?;
         }
         Ok(())
     }
@@ -465,6 +555,16 @@ impl Dataplane {
     /// most `BENCH_WORDS * 8` bytes; zero-padded to a multiple of 8) for the
     /// wrapper to restore before every run. Returns the padded frame.
     pub fn prepare_bench(&mut self, frame: &[u8]) -> anyhow::Result<Vec<u8>> {
+        self.prepare_bench_of(self.program, frame)
+    }
+
+    /// As [`Dataplane::prepare_bench`], with the wrapper pointed at the
+    /// program `target` of the same object (the balancer, or `lb_floor`).
+    pub fn prepare_bench_of(
+        &mut self,
+        target: &'static str,
+        frame: &[u8],
+    ) -> anyhow::Result<Vec<u8>> {
         use lb_common::maps::{BENCH_WORDS, BenchFrame};
         let mut padded = frame.to_vec();
         padded.resize(frame.len().div_ceil(8) * 8, 0);
@@ -478,7 +578,11 @@ impl Dataplane {
             pad: 0,
             words,
         };
-        for name in [program_names::BENCH, program_names::BENCH_BASELINE] {
+        for name in [
+            program_names::BENCH,
+            program_names::BENCH_BASELINE,
+            program_names::FLOOR,
+        ] {
             let program = xdp_mut(&mut self.ebpf, name)?;
             if program.fd().is_err() {
                 program
@@ -486,7 +590,7 @@ impl Dataplane {
                     .map_err(|source| DataplaneError::Program { name, source })?;
             }
         }
-        let target = self.program()?.fd()?.try_clone()?;
+        let target = self.bench_program(target)?.fd()?.try_clone()?;
         let mut targets: aya::maps::ProgramArray<&mut MapData> =
             aya::maps::ProgramArray::try_from(self.map_mut(map_names::BENCH_TARGET)?)?;
         targets.set(0, &target, 0)?;
@@ -526,6 +630,10 @@ const PINNED_MAPS: &[&str] = &[
     map_names::STATS_BACKENDS,
     map_names::DENY,
     map_names::RATE,
+    map_names::HOPS,
+    map_names::IFACE_SLOTS,
+    map_names::VIP_FILTER,
+    map_names::NAT_FILTER,
 ];
 
 /// What [`Dataplane::attach_pinned`] did.
@@ -579,6 +687,7 @@ impl Dataplane {
             .collect();
         let mut loader = EbpfLoader::new();
         loader
+            .map_max_entries(map_names::HOPS, sizes.backends)
             .map_max_entries(map_names::SERVICES, sizes.services)
             .map_max_entries(map_names::VIPS, sizes.services)
             .map_max_entries(map_names::RR_POS, sizes.services)

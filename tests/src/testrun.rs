@@ -15,6 +15,7 @@ use lb::{
     config::Config,
     controller::{settings, sizes},
     dataplane::Dataplane,
+    hops::HopCache,
     plan::{BackendKey, BackendState, Planner},
 };
 use lb_common::Reason;
@@ -89,6 +90,8 @@ pub struct Harness {
     pub planner: Planner,
     /// The configuration planned.
     pub config: Config,
+    /// Backends' next hops, resolved from the test bed by the real resolver.
+    pub hops: HopCache,
     ns: Netns,
 }
 
@@ -116,10 +119,13 @@ impl Harness {
         let mut planner = Planner::new(sizes.ring_size, sizes.services, sizes.backends);
         let writes = planner.plan(&config, &BTreeMap::new()).expect("plan");
         dataplane.apply(&writes).expect("apply");
+        let mut hops = HopCache::open().expect("netlink");
+        hops.refresh(planner.planned(), &mut dataplane);
         Self {
             dataplane,
             planner,
             config,
+            hops,
             ns,
         }
     }
@@ -128,6 +134,26 @@ impl Harness {
     pub fn replan(&mut self, states: &BTreeMap<BackendKey, BackendState>) {
         let writes = self.planner.plan(&self.config, states).expect("plan");
         self.dataplane.apply(&writes).expect("apply");
+        self.refresh_hops();
+    }
+
+    /// Resolves the backends' next hops again and writes what changed.
+    pub fn refresh_hops(&mut self) -> usize {
+        self.hops
+            .refresh(self.planner.planned(), &mut self.dataplane)
+    }
+
+    /// Empties every backend's cached next hop, so packets take the FIB
+    /// fallback (until the next [`Harness::refresh_hops`]).
+    pub fn clear_hops(&mut self) {
+        for service in self.planner.planned() {
+            for backend in &service.backends {
+                self.dataplane
+                    .set_hop(backend.id, &lb_common::HopValue::default())
+                    .expect("clear a hop");
+            }
+        }
+        self.hops = HopCache::open().expect("netlink");
     }
 
     /// Plans a new configuration (and its settings) and applies the writes,

@@ -695,6 +695,107 @@ fn an_unresolved_next_hop_goes_to_the_stack_or_is_dropped_for_dsr() {
 }
 
 #[test]
+fn without_a_cached_next_hop_the_fib_fallback_gives_the_same_bytes_and_is_counted() {
+    let mut harness = Harness::new(CONFIG);
+    let inputs = [
+        frames::tcp4(CLIENT4, 40000, v4(10), 80),
+        frames::udp4(CLIENT4, 40000, v4(11), 53),
+        frames::tcp4(CLIENT4, 40000, v4(12), 80),
+        frames::tcp6(CLIENT6, 40000, v6(0x10), 80),
+        frames::udp6(CLIENT6, 40000, v6(0x11), 53),
+        frames::tcp6(CLIENT6, 40000, v6(0x12), 80),
+    ];
+    let cached: Vec<_> = inputs
+        .iter()
+        .map(|input| {
+            let (outcome, moved) = harness.run_counted(input);
+            assert_eq!(moved, [(Reason::ForwardToBackend, 1)].into(), "cached hop");
+            outcome
+        })
+        .collect();
+    harness.clear_hops();
+    for (input, cached) in inputs.iter().zip(&cached) {
+        let (outcome, moved) = harness.run_counted(input);
+        assert_eq!(&outcome, cached, "the FIB path sends the same frame");
+        assert_eq!(moved, [(Reason::ForwardUncachedHop, 1)].into());
+    }
+    assert!(harness.refresh_hops() > 0, "hops resolved again");
+    let (outcome, moved) = harness.run_counted(&inputs[0]);
+    assert_eq!(outcome, cached[0]);
+    assert_eq!(moved, [(Reason::ForwardToBackend, 1)].into());
+}
+
+#[test]
+fn a_cached_hop_serves_only_its_own_address_and_packets_that_fit() {
+    let mut harness = Harness::new(CONFIG);
+    let id = harness
+        .planner
+        .planned()
+        .iter()
+        .find(|service| service.name == "dsr4t")
+        .map(|service| service.backends[0].id)
+        .unwrap();
+    let resolved = harness.dataplane.hop(id).unwrap();
+    assert_eq!(resolved.flags, lb_common::maps::HOP_RESOLVED);
+    assert_eq!(resolved.dmac, backend_mac(12));
+    assert_eq!(resolved.smac, EGRESS_MAC);
+    assert_eq!(resolved.mtu, 1500);
+    let input = frames::tcp4(CLIENT4, 40000, v4(11), 80);
+    let odd_mac = [0x02, 0, 0, 0, 0x0b, 0x77];
+    // A hop left behind by a backend that used this id before.
+    let mut stale = resolved;
+    stale.addr = ipv4_mapped([192, 0, 2, 250]);
+    stale.dmac = odd_mac;
+    harness.dataplane.set_hop(id, &stale).unwrap();
+    let (outcome, moved) = harness.run_counted(&input);
+    assert_eq!(outcome.frame, dsr_expected(&input, 12), "not the stale MAC");
+    assert_eq!(moved, [(Reason::ForwardUncachedHop, 1)].into());
+    // A packet longer than the cached MTU: the FIB decides (as it always did).
+    let mut small = resolved;
+    small.mtu = 40;
+    small.dmac = odd_mac;
+    harness.dataplane.set_hop(id, &small).unwrap();
+    let (outcome, moved) = harness.run_counted(&input);
+    assert_eq!(outcome.frame, dsr_expected(&input, 12));
+    assert_eq!(moved, [(Reason::ForwardUncachedHop, 1)].into());
+    // The cached hop, when it applies, is what the frame is sent with.
+    let mut moved_hop = resolved;
+    moved_hop.dmac = odd_mac;
+    harness.dataplane.set_hop(id, &moved_hop).unwrap();
+    let (outcome, moved) = harness.run_counted(&input);
+    assert_eq!(outcome.frame[..6], odd_mac);
+    assert_eq!(moved, [(Reason::ForwardToBackend, 1)].into());
+}
+
+#[test]
+fn a_changed_backend_mac_is_followed_once_the_hop_is_refreshed() {
+    let mut harness = Harness::new(CONFIG);
+    let input = frames::tcp6(CLIENT6, 40000, v6(0x11), 80);
+    let outcome = harness.run(&input);
+    assert_eq!(outcome.frame[..6], backend_mac(12));
+    let new_mac = [0x02, 0, 0, 0, 0x0b, 0x99];
+    harness.netns().ip(&[
+        "neigh",
+        "replace",
+        "2001:db8::12",
+        "lladdr",
+        &lb_tests::testrun::mac_text(new_mac),
+        "dev",
+        "lb0",
+        "nud",
+        "permanent",
+    ]);
+    assert_eq!(
+        harness.refresh_hops(),
+        2,
+        "the two backends at 2001:db8::12 (dsr6t, dsr6u) changed"
+    );
+    let outcome = harness.run(&input);
+    assert_eq!(outcome.action, Action::Redirect);
+    assert_eq!(outcome.frame[..6], new_mac);
+}
+
+#[test]
 fn the_guard_drops_denied_sources_and_sources_opening_flows_too_fast() {
     let config = format!(
         "{CONFIG}guard:\n  deny: [198.51.100.64/26, '2001:db8:1::bad/128']\n  \

@@ -1,0 +1,236 @@
+//! The rtnetlink edge (`lb::netlink`) against a real kernel: two namespaces
+//! joined by a veth pair, the test thread inside side A.
+//!
+//! ```text
+//!   A: nl0 192.0.2.1/24 2001:db8::1/64  ──veth──  B: nl1 192.0.2.11/24 2001:db8::11/64
+//!      198.51.100.0/24 via 192.0.2.11 mtu 1300        lo 198.51.100.1/32
+//!      unreachable 203.0.113.0/24
+//! ```
+
+use std::{
+    net::IpAddr,
+    thread,
+    time::{Duration, Instant},
+};
+
+use lb::netlink::{Monitor, Neighbour, Netlink, RouteKind, nud};
+use lb_tests::netns::{Netns, veth};
+
+/// The two sides. Dropping it deletes both namespaces.
+struct Bed {
+    a: Netns,
+    b: Netns,
+    /// `nl0`'s index in A.
+    ifindex: u32,
+}
+
+/// Builds the bed and moves the calling (test) thread into A.
+fn bed(ipv6: bool) -> Bed {
+    let a = Netns::new("nla");
+    let b = Netns::new("nlb");
+    if !ipv6 {
+        // New interfaces in A get no IPv6 (no link-local address, no DAD,
+        // no MLD): the monitor test needs a quiet namespace.
+        a.sysctl("net.ipv6.conf.default.disable_ipv6=1");
+    }
+    veth(&a, "nl0", &b, "nl1");
+    a.addr("nl0", "192.0.2.1/24");
+    b.addr("nl1", "192.0.2.11/24");
+    if ipv6 {
+        a.addr("nl0", "2001:db8::1/64");
+        b.addr("nl1", "2001:db8::11/64");
+    }
+    b.addr("lo", "198.51.100.1/32");
+    let output = a.ip(&["-o", "link", "show", "dev", "nl0"]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    let ifindex = text
+        .split(':')
+        .next()
+        .and_then(|index| index.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no ifindex in {text}"));
+    a.enter();
+    Bed { a, b, ifindex }
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().expect("test address")
+}
+
+/// Polls every 10 ms, for at most 3 s, until the entry is usable.
+fn wait_usable(netlink: &mut Netlink, addr: IpAddr, ifindex: u32) -> Neighbour {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let entry = netlink.neighbour_get(addr, ifindex).expect("neighbour get");
+        if let Some(neighbour) = entry.filter(Neighbour::usable) {
+            return neighbour;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{addr} not resolved within 3 s: {entry:?}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn route_get_reports_oif_gateway_mtu_and_kind() {
+    let bed = bed(true);
+    bed.a.ip(&[
+        "route",
+        "add",
+        "198.51.100.0/24",
+        "via",
+        "192.0.2.11",
+        "mtu",
+        "1300",
+    ]);
+    bed.a.ip(&["route", "add", "unreachable", "203.0.113.0/24"]);
+    bed.a.ip(&["route", "add", "blackhole", "203.0.113.128/25"]);
+    bed.a.ip(&["route", "add", "prohibit", "203.0.113.64/26"]);
+    let mut netlink = Netlink::open().expect("open");
+
+    for on_link in ["192.0.2.11", "2001:db8::11"] {
+        let route = netlink.route_get(ip(on_link)).expect("route get");
+        assert_eq!(route.kind, RouteKind::Unicast, "{on_link}: {route:?}");
+        assert_eq!(route.oif, bed.ifindex, "{on_link}: {route:?}");
+        assert_eq!(route.gateway, None, "{on_link}: {route:?}");
+    }
+
+    let route = netlink.route_get(ip("198.51.100.1")).expect("route get");
+    assert_eq!(route.kind, RouteKind::Unicast, "{route:?}");
+    assert_eq!(route.oif, bed.ifindex, "{route:?}");
+    assert_eq!(route.gateway, Some(ip("192.0.2.11")), "{route:?}");
+    assert_eq!(route.source, Some(ip("192.0.2.1")), "{route:?}");
+    assert_eq!(route.mtu, Some(1300), "{route:?}");
+
+    for local in ["192.0.2.1", "2001:db8::1"] {
+        let route = netlink.route_get(ip(local)).expect("route get");
+        assert_eq!(route.kind, RouteKind::Local, "{local}: {route:?}");
+    }
+
+    for (dst, kind) in [
+        ("203.0.113.1", RouteKind::Unreachable),
+        ("203.0.113.129", RouteKind::Blackhole),
+        ("203.0.113.65", RouteKind::Prohibit),
+        // No route at all (A has no default route).
+        ("10.255.0.1", RouteKind::Unreachable),
+    ] {
+        let route = netlink.route_get(ip(dst)).expect("route get");
+        assert_eq!(route.kind, kind, "{dst}: {route:?}");
+        assert_eq!(route.oif, 0, "{dst}: {route:?}");
+    }
+}
+
+#[test]
+fn managed_neighbours_resolve_and_are_forgotten() {
+    let bed = bed(true);
+    let b_mac = bed.b.mac("nl1");
+    let mut netlink = Netlink::open().expect("open");
+
+    for addr in [ip("192.0.2.11"), ip("2001:db8::11")] {
+        let before = netlink.neighbour_get(addr, bed.ifindex).expect("get");
+        assert!(
+            !before.is_some_and(|n| n.usable()),
+            "{addr} resolved before anything asked: {before:?}"
+        );
+
+        assert!(netlink.neighbour_manage(addr, bed.ifindex).expect("manage"));
+        let neighbour = wait_usable(&mut netlink, addr, bed.ifindex);
+        assert_eq!(neighbour.mac, Some(b_mac), "{addr}: {neighbour:?}");
+        assert!(neighbour.managed, "{addr}: {neighbour:?}");
+        // Asking again changes nothing.
+        assert!(!netlink.neighbour_manage(addr, bed.ifindex).expect("manage"));
+
+        netlink.neighbour_forget(addr, bed.ifindex).expect("forget");
+        let after = netlink.neighbour_get(addr, bed.ifindex).expect("get");
+        assert!(after.is_none(), "{addr} still there: {after:?}");
+        // Forgetting what is not there is fine.
+        netlink
+            .neighbour_forget(addr, bed.ifindex)
+            .expect("forget again");
+    }
+}
+
+#[test]
+fn permanent_neighbours_are_left_alone() {
+    let bed = bed(true);
+    bed.a.ip(&[
+        "neigh",
+        "add",
+        "192.0.2.11",
+        "lladdr",
+        "02:00:00:00:00:99",
+        "dev",
+        "nl0",
+        "nud",
+        "permanent",
+    ]);
+    let mut netlink = Netlink::open().expect("open");
+    let addr = ip("192.0.2.11");
+
+    assert!(!netlink.neighbour_manage(addr, bed.ifindex).expect("manage"));
+    let entry = netlink
+        .neighbour_get(addr, bed.ifindex)
+        .expect("get")
+        .expect("still there");
+    assert_eq!(entry.state, nud::PERMANENT, "{entry:?}");
+    assert_eq!(entry.mac, Some([2, 0, 0, 0, 0, 0x99]), "{entry:?}");
+    assert!(!entry.managed, "{entry:?}");
+
+    // Nor does forget remove what it did not make.
+    netlink.neighbour_forget(addr, bed.ifindex).expect("forget");
+    let entry = netlink.neighbour_get(addr, bed.ifindex).expect("get");
+    assert_eq!(entry.map(|n| n.state), Some(nud::PERMANENT));
+}
+
+#[test]
+fn monitor_sees_neighbour_changes_and_is_quiet_otherwise() {
+    let bed = bed(false);
+    let mut monitor = Monitor::open().expect("open monitor");
+    // Let the bed's own set-up events pass (bounded).
+    let settle = Instant::now() + Duration::from_secs(3);
+    while monitor.wait(Duration::from_millis(100)).expect("wait") > 0 {
+        assert!(Instant::now() < settle, "namespace never went quiet");
+    }
+
+    assert_eq!(
+        monitor.wait(Duration::from_millis(100)).expect("wait"),
+        0,
+        "notifications with nothing happening"
+    );
+
+    bed.a.ip(&[
+        "neigh",
+        "replace",
+        "192.0.2.11",
+        "lladdr",
+        "02:00:00:00:00:99",
+        "dev",
+        "nl0",
+        "nud",
+        "permanent",
+    ]);
+    let started = Instant::now();
+    let count = monitor.wait(Duration::from_secs(1)).expect("wait");
+    assert!(count > 0, "no notification within 1 s");
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+#[test]
+fn link_reports_mac_mtu_and_state() {
+    let bed = bed(true);
+    bed.a.ip(&["link", "set", "dev", "nl0", "mtu", "1400"]);
+    let mut netlink = Netlink::open().expect("open");
+
+    let link = netlink.link(bed.ifindex).expect("link");
+    assert_eq!(link.mac, Some(bed.a.mac("nl0")), "{link:?}");
+    assert_eq!(link.mtu, 1400, "{link:?}");
+    assert!(link.up, "{link:?}");
+
+    bed.b.ip(&["link", "set", "dev", "nl1", "down"]);
+    assert!(!netlink.link(bed.ifindex).expect("link").up);
+
+    let error = netlink.link(9999).expect_err("no such link");
+    assert_eq!(error.errno(), Some(libc::ENODEV), "{error}");
+    assert!(error.to_string().contains("#9999"), "{error}");
+}
