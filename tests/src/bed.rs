@@ -239,8 +239,17 @@ impl Bed {
     }
 
     /// Starts `lb run` with `config` in the balancer namespace and waits
-    /// until it has attached and its API answers.
+    /// until it has attached and its API answers; then makes sure the
+    /// balancer has neighbour entries for every backend (see
+    /// [`Bed::start_lb_cold`] for a start that leaves that to lb).
     pub fn start_lb(&mut self, config: &str) {
+        self.start_lb_cold(config);
+        self.prime_neighbours();
+    }
+
+    /// Starts `lb run` with `config` and waits until its API answers,
+    /// leaving the balancer's neighbour table as it is.
+    pub fn start_lb_cold(&mut self, config: &str) {
         let file = TempFile::new("lb.yaml", config);
         let lb = lb_binary();
         let mut child = self.lb.spawn(
@@ -260,8 +269,11 @@ impl Bed {
         self.lb_process = Some(child);
         self.config = Some(file);
         self.socket = Some(socket);
-        // Resolve the backends' neighbours on the balancer, as its health
-        // checks would: DSR cannot hand a packet to the stack to do it.
+    }
+
+    /// Resolves the backends' neighbours on the balancer by sending each a
+    /// datagram, as health checks would.
+    pub fn prime_neighbours(&self) {
         for backend in &self.backends {
             for addr in [
                 format!("192.0.2.{}", backend.host),
