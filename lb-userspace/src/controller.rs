@@ -563,7 +563,8 @@ impl Controller {
 
     /// Detaches from every interface and removes the pinned maps.
     pub fn stop(&mut self) -> anyhow::Result<()> {
-        if let Some(hops) = self.hops.as_mut() {
+        // Taken, so a refresh racing the exit cannot manage them again.
+        if let Some(mut hops) = self.hops.take() {
             hops.forget_managed();
         }
         for interface in unpin_all(&self.pin_dir)? {

@@ -1,21 +1,54 @@
-//! Data-plane cost per packet, measured with `BPF_PROG_TEST_RUN` and a large
-//! `repeat`. The kernel reports the mean time per run in whole nanoseconds.
+//! `cargo xtask bench`: the benchmark report (DESIGN.md §7.4).
 //!
-//! Rewriting paths would see their own output from the second run on, so
-//! every case runs through `lb_bench`, which restores the frame and
-//! tail-calls `lb_balancer`; `lb_bench_baseline` (restore only) is timed too
-//! and subtracted (DESIGN.md §7.4). Forwarding cases measure an established
-//! flow: the first run puts it in the connection table.
-//! Run with `cargo xtask bench`.
+//! 1. Per-packet cost of each data-plane path: `BPF_PROG_TEST_RUN` with a
+//!    large `repeat`; the kernel reports the mean per run in whole
+//!    nanoseconds. Rewriting paths would see their own output from the
+//!    second run on, so every case runs through `lb_bench` (restores the
+//!    saved frame, tail-calls the program under test) and `lb_bench_baseline`
+//!    (the restore alone) is subtracted, round by round. `lb_floor` (swap
+//!    MACs, `XDP_TX`) through the same wrapper is the floor every path is
+//!    reported above.
+//! 2. Packets per second through one core: live-frames `BPF_PROG_TEST_RUN`
+//!    with the frames arriving on a veth, transmitted out of it and dropped by
+//!    `lb_drop` on the peer.
+//! 3. Maglev table builds; 4. control-plane reactions (plan + apply).
+//!
+//! Results go to `results/<UTC date-time>.{json,md,png}`; nothing here
+//! asserts a timing. Needs root.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+    time::Instant,
+};
 
-use aya::programs::{TestRun, TestRunOptions};
-use lb_common::program_names;
-use lb_tests::{frames, testrun::Harness};
+use aya::programs::{TestRun, TestRunAttrs, TestRunOptions};
+use lb::{
+    dataplane::{AttachMode, Dataplane, OBJECT, Sizes},
+    maglev::{self, Weighted},
+    plan::{BackendKey, BackendState, Write},
+};
+use lb_common::{Reason, program_names};
+use lb_tests::{
+    frames,
+    report::{ControlPlaneRow, MaglevRow, PathCost, PpsRow, Report},
+    testrun::{Harness, LB_MAC},
+};
 
+/// Runs per timed round (`BPF_PROG_TEST_RUN` repeat).
 const REPEAT: u32 = 1_000_000;
+/// Timed rounds per case.
 const ROUNDS: usize = 5;
+/// Frames per live-frames round, and rounds.
+const LIVE_FRAMES: u32 = 4_000_000;
+const LIVE_ROUNDS: usize = 3;
+/// Live frames are handed to the program in batches of this many (the
+/// kernel's default, `NAPI_POLL_WEIGHT`), flushed after each batch.
+const LIVE_BATCH: u32 = 64;
+/// The CPU everything runs on: one core, whatever the machine has.
+const BENCH_CPU: usize = 1;
 
 const CONFIG: &str = "\
 instance: bench
@@ -24,117 +57,822 @@ services:
   - { name: nat4, vip: 203.0.113.10, port: 80, protocol: tcp, forwarding: nat, backends: [{ address: 192.0.2.11, port: 8080 }, { address: 192.0.2.12, port: 8080 }] }
   - { name: dsr4, vip: 203.0.113.11, port: 80, protocol: tcp, forwarding: dsr, backends: [{ address: 192.0.2.11 }, { address: 192.0.2.12 }] }
   - { name: tun4, vip: 203.0.113.12, port: 80, protocol: tcp, forwarding: tunnel, backends: [{ address: 192.0.2.11 }, { address: 192.0.2.12 }] }
+  - { name: rr4, vip: 203.0.113.13, port: 80, protocol: tcp, forwarding: nat, scheduler: round-robin, backends: [{ address: 192.0.2.13, port: 8080 }, { address: 192.0.2.14, port: 8080 }] }
+  - { name: natu4, vip: 203.0.113.20, port: 53, protocol: udp, forwarding: nat, backends: [{ address: 192.0.2.13, port: 5353 }, { address: 192.0.2.14, port: 5353 }] }
+  - { name: dsru4, vip: 203.0.113.21, port: 53, protocol: udp, forwarding: dsr, backends: [{ address: 192.0.2.13 }, { address: 192.0.2.14 }] }
   - { name: nat6, vip: '2001:db8:ff::10', port: 80, protocol: tcp, forwarding: nat, backends: [{ address: '2001:db8::11', port: 8080 }] }
   - { name: dsr6, vip: '2001:db8:ff::11', port: 53, protocol: udp, forwarding: dsr, backends: [{ address: '2001:db8::11' }] }
   - { name: tun6, vip: '2001:db8:ff::12', port: 80, protocol: tcp, forwarding: tunnel, backends: [{ address: '2001:db8::11' }] }
-dataplane: { tunnel_source_v4: 198.51.100.128/28, tunnel_source_v6: '2001:db8:ee::/96' }
+  - name: cp4
+    vip: 203.0.113.30
+    port: 80
+    protocol: tcp
+    forwarding: nat
+    backends:
+";
+/// `cp4` (control-plane cases only, no traffic): this many backends,
+/// `192.0.2.101`.. port 8080.
+const CP_BACKENDS: u8 = 10;
+const CONFIG_TAIL: &str =
+    "dataplane: { tunnel_source_v4: 198.51.100.128/28, tunnel_source_v6: '2001:db8:ee::/96' }\n";
+
+/// No NAT service: host traffic skips the reply-path lookups.
+const CONFIG_NO_NAT: &str = "\
+instance: bench-no-nat
+interfaces: [{ name: lb0 }]
+services:
+  - { name: dsr4, vip: 203.0.113.11, port: 80, protocol: tcp, forwarding: dsr, backends: [{ address: 192.0.2.11 }] }
 ";
 
-/// Best and median of `ROUNDS` timed runs of `program` on `frame`.
-fn time(harness: &Harness, program: &'static str, frame: &[u8]) -> (u128, u128, u32) {
-    let program = harness.dataplane.bench_program(program).unwrap();
-    let mut action = 0;
-    let mut samples: Vec<u128> = (0..ROUNDS)
-        .map(|_| {
-            let mut out = vec![0u8; frame.len() + 256];
-            let opts = TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                repeat: REPEAT,
-                ..TestRunOptions::default()
-            };
-            let result = program.test_run(opts).unwrap();
-            action = result.return_value;
-            result.duration.as_nanos()
-        })
-        .collect();
-    samples.sort_unstable();
-    (samples[0], samples[ROUNDS / 2], action)
+/// The guard: a denied prefix and a new-flow rate limit per source.
+const CONFIG_GUARD: &str = "\
+instance: bench-guard
+interfaces: [{ name: lb0 }]
+services:
+  - { name: nat4, vip: 203.0.113.10, port: 80, protocol: tcp, forwarding: nat, backends: [{ address: 192.0.2.11, port: 8080 }] }
+guard: { deny: [198.51.100.0/28], rate_limit: { new_flows_per_second: 1, burst: 1 } }
+";
+
+const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 77);
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 77);
+
+fn vip4(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(203, 0, 113, last)
+}
+
+fn vip6(last: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, last)
+}
+
+/// A TCP SYN+FIN (source port 41000, unlike the established cases' 40000):
+/// every run takes the full new-flow path. The first inserts
+/// the flow already closed (FIN: `ending`); every later one is a bare
+/// opening (SYN without ACK) on a closed entry, which reschedules it
+/// (`choose_backend`: `closed && opening`) — Maglev or round-robin lookup
+/// and a connection-table write, each time.
+fn syn_fin4(src: Ipv4Addr, dst: Ipv4Addr, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let builder = frames::eth()
+        .ipv4(src.octets(), dst.octets(), 64)
+        .tcp(41000, dport, 1000, 64240)
+        .syn()
+        .fin();
+    let mut frame = Vec::with_capacity(builder.size(payload.len()));
+    builder.write(&mut frame, payload).expect("write frame");
+    frame
+}
+
+/// A 64-byte UDP frame (14 + 20 + 8 + 22 bytes of payload; no FCS).
+fn udp4_64(src: Ipv4Addr, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    let builder = frames::eth()
+        .ipv4(src.octets(), dst.octets(), 64)
+        .udp(40000, dport);
+    let mut frame = Vec::new();
+    builder.write(&mut frame, &[0u8; 22]).expect("write frame");
+    assert_eq!(frame.len(), 64);
+    frame
+}
+
+/// One per-packet case.
+struct Case {
+    name: &'static str,
+    description: &'static str,
+    frame: Vec<u8>,
+    /// The service whose new-flow counter must grow by one per run.
+    new_flows_of: Option<&'static str>,
+}
+
+fn case(name: &'static str, description: &'static str, frame: Vec<u8>) -> Case {
+    Case {
+        name,
+        description,
+        frame,
+        new_flows_of: None,
+    }
 }
 
 fn main() {
-    let mut harness = Harness::new(CONFIG);
-    let client4 = Ipv4Addr::new(198, 51, 100, 7);
-    let client6 = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 7);
-    let vip6 = |last: u16| Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, last);
-    let mut echo = Vec::new();
-    frames::eth()
-        .ipv4(client4.octets(), [203, 0, 113, 10], 64)
-        .icmpv4_echo_request(1, 1)
-        .write(&mut echo, b"ping")
-        .unwrap();
-    let cases = [
-        (
-            "ARP (not IP): pass",
-            frames::arp_request(client4, Ipv4Addr::new(203, 0, 113, 10)),
-        ),
-        (
-            "IPv4 TCP, not a VIP: pass",
-            frames::tcp4(client4, 40000, Ipv4Addr::new(192, 0, 2, 9), 80),
-        ),
-        (
-            "IPv4 TCP nat",
-            frames::tcp4(client4, 40000, Ipv4Addr::new(203, 0, 113, 10), 80),
-        ),
-        (
-            "IPv4 TCP dsr",
-            frames::tcp4(client4, 40000, Ipv4Addr::new(203, 0, 113, 11), 80),
-        ),
-        (
-            "IPv4 TCP tunnel (IPIP)",
-            frames::tcp4(client4, 40000, Ipv4Addr::new(203, 0, 113, 12), 80),
-        ),
-        (
-            "IPv4 TCP nat reply",
-            frames::tcp4(Ipv4Addr::new(192, 0, 2, 11), 8080, client4, 40000),
-        ),
-        (
-            "IPv4 TCP nat, VLAN",
-            frames::tcp4_vlan(7, client4, 40000, Ipv4Addr::new(203, 0, 113, 10), 80),
-        ),
-        ("IPv6 TCP nat", frames::tcp6(client6, 40000, vip6(0x10), 80)),
-        ("IPv6 UDP dsr", frames::udp6(client6, 40000, vip6(0x11), 53)),
-        (
-            "IPv6 TCP tunnel (IP6IP6)",
-            frames::tcp6(client6, 40000, vip6(0x12), 80),
-        ),
-        ("ICMP echo to a VIP: reply", echo),
-    ];
+    let total = Instant::now();
+    pin_to_cpu(BENCH_CPU);
+    let mut report = Report::new();
     println!(
-        "lb_balancer via BPF_PROG_TEST_RUN, repeat {REPEAT}, {ROUNDS} rounds; \
-         wrapper cost subtracted; established flows"
+        "lb benchmarks: {} / {} / {} CPUs (running on CPU {BENCH_CPU})",
+        report.machine.kernel, report.machine.cpu, report.machine.nproc
+    );
+
+    println!(
+        "\n== per-packet cost, ns: BPF_PROG_TEST_RUN, {ROUNDS} rounds x {REPEAT} runs, \
+         wrapper subtracted"
     );
     println!(
-        "{:<34} {:>8} {:>8} {:>9} {:>8}",
-        "case", "best ns", "median", "wrapper", "verdict"
+        "{:<13} {:>6} {:>6} {:>6} {:>7} {:>7}  {:<8} reason (share of runs)",
+        "path", "best", "median", "max", "wrapper", "+floor", "verdict"
     );
-    for (name, frame) in cases {
-        measure(&mut harness, name, &frame);
+    let mut config = CONFIG.to_owned();
+    for i in 0..CP_BACKENDS {
+        let _ = writeln!(
+            config,
+            "      - {{ address: 192.0.2.{}, port: 8080 }}",
+            101 + i
+        );
     }
-    // Without any NAT service, host traffic skips the reply-path lookups.
-    let mut dsr_only = Harness::new(
-        "instance: bench2\ninterfaces: [{ name: lb0 }]\nservices:\n\
-         \x20 - { name: dsr4, vip: 203.0.113.11, port: 80, protocol: tcp, forwarding: dsr, backends: [{ address: 192.0.2.11 }] }\n",
+    config.push_str(CONFIG_TAIL);
+    let mut harness = Harness::new(&config);
+    let floor = floor_frame();
+    let floor_cost = measure(&mut harness, program_names::FLOOR, "floor", &floor);
+    let floor_ns = floor_cost.median;
+    print_cost(&floor_cost, floor_ns);
+    report.per_packet.push(floor_cost);
+    for case in main_cases() {
+        let cost = measure_case(&mut harness, &case);
+        print_cost(&cost, floor_ns);
+        report.per_packet.push(cost);
+    }
+    // The same established flows with no cached next hop: what every
+    // packet cost before the controller resolved hops (`bpf_fib_lookup`).
+    harness.clear_hops();
+    for case in [
+        case(
+            "fallback",
+            "IPv4 TCP established, nat, uncached next hop (bpf_fib_lookup)",
+            frames::tcp4(CLIENT4, 40000, vip4(10), 80),
+        ),
+        case(
+            "fallback_dsr",
+            "IPv4 TCP established, dsr, uncached next hop (bpf_fib_lookup)",
+            frames::tcp4(CLIENT4, 40000, vip4(11), 80),
+        ),
+    ] {
+        let cost = measure_case(&mut harness, &case);
+        print_cost(&cost, floor_ns);
+        report.per_packet.push(cost);
+    }
+    harness.refresh_hops();
+
+    println!(
+        "\n== packets per second, one core: live frames ({LIVE_ROUNDS} rounds x \
+         {LIVE_FRAMES} frames, 64 bytes) into lb0 (native XDP), lb_drop on the peer"
     );
-    let host = frames::tcp4(client4, 40000, Ipv4Addr::new(192, 0, 2, 9), 80);
-    measure(&mut dsr_only, "IPv4 TCP, not a VIP, no NAT: pass", &host);
+    report.pps = packets_per_second(&mut harness);
+    control_plane(&mut harness, &mut report);
+    drop(harness);
+
+    println!("\n== per-packet cost, continued: without NAT services; with the guard");
+    let mut no_nat = Harness::new(CONFIG_NO_NAT);
+    let cost = measure_case(
+        &mut no_nat,
+        &case(
+            "pass_no_nat",
+            "IPv4 TCP not to a VIP, no NAT service: pass",
+            frames::tcp4(CLIENT4, 40000, Ipv4Addr::new(192, 0, 2, 9), 80),
+        ),
+    );
+    print_cost(&cost, floor_ns);
+    report.per_packet.push(cost);
+    drop(no_nat);
+
+    let mut guard = Harness::new(CONFIG_GUARD);
+    for case in [
+        case(
+            "denied",
+            "IPv4 TCP from a denied source: drop",
+            frames::tcp4(Ipv4Addr::new(198, 51, 100, 5), 40000, vip4(10), 80),
+        ),
+        case(
+            "rate_limited",
+            "IPv4 TCP new flows from one source over its rate: drop",
+            syn_fin4(CLIENT4, vip4(10), 80, frames::PAYLOAD),
+        ),
+    ] {
+        let cost = measure_case(&mut guard, &case);
+        print_cost(&cost, floor_ns);
+        report.per_packet.push(cost);
+    }
+    drop(guard);
+
+    println!("\n== Maglev table builds");
+    report.maglev = maglev_builds();
+
+    report.notes = notes();
+    let dir = results_dir();
+    let written = report.write(&dir).expect("write the report");
+    println!(
+        "\nbenchmarks took {:.0} s; report:",
+        total.elapsed().as_secs_f64()
+    );
+    for path in written {
+        println!("  {}", path.display());
+    }
 }
 
-/// Times one case through the wrapper and prints it.
-fn measure(harness: &mut Harness, name: &str, frame: &[u8]) {
-    {
-        let padded = harness.dataplane.prepare_bench(frame).unwrap();
-        let (base_best, base_median, _) = time(harness, program_names::BENCH_BASELINE, &padded);
-        let (best, median, action) = time(harness, program_names::BENCH, &padded);
-        let verdict = ["aborted", "drop", "pass", "tx", "redirect"]
-            .get(action as usize)
-            .copied()
-            .unwrap_or("?");
+/// The per-packet cases of the main configuration.
+fn main_cases() -> Vec<Case> {
+    let mut echo = Vec::new();
+    frames::eth()
+        .ipv4(CLIENT4.octets(), vip4(10).octets(), 64)
+        .icmpv4_echo_request(1, 1)
+        .write(&mut echo, b"ping")
+        .expect("echo frame");
+    vec![
+        case(
+            "pass",
+            "IPv4 TCP not to a VIP (NAT services exist): pass",
+            frames::tcp4(CLIENT4, 40000, Ipv4Addr::new(192, 0, 2, 9), 80),
+        ),
+        case(
+            "pass_non_ip",
+            "ARP request: pass",
+            frames::arp_request(CLIENT4, vip4(10)),
+        ),
+        case(
+            "nat",
+            "IPv4 TCP established, nat",
+            frames::tcp4(CLIENT4, 40000, vip4(10), 80),
+        ),
+        case(
+            "dsr",
+            "IPv4 TCP established, dsr",
+            frames::tcp4(CLIENT4, 40000, vip4(11), 80),
+        ),
+        case(
+            "tunnel",
+            "IPv4 TCP established, tunnel (IPIP)",
+            frames::tcp4(CLIENT4, 40000, vip4(12), 80),
+        ),
+        case(
+            "nat_reply",
+            "IPv4 TCP nat reply (backend to client)",
+            frames::tcp4(Ipv4Addr::new(192, 0, 2, 11), 8080, CLIENT4, 40000),
+        ),
+        case(
+            "nat_vlan",
+            "IPv4 TCP established, nat, 802.1Q",
+            frames::tcp4_vlan(7, CLIENT4, 40000, vip4(10), 80),
+        ),
+        case(
+            "nat_v6",
+            "IPv6 TCP established, nat",
+            frames::tcp6(CLIENT6, 40000, vip6(0x10), 80),
+        ),
+        case(
+            "dsr_v6",
+            "IPv6 UDP established, dsr",
+            frames::udp6(CLIENT6, 40000, vip6(0x11), 53),
+        ),
+        case(
+            "tunnel_v6",
+            "IPv6 TCP established, tunnel (IP6IP6)",
+            frames::tcp6(CLIENT6, 40000, vip6(0x12), 80),
+        ),
+        case("icmp_echo", "ICMP echo to a VIP: reply", echo),
+        Case {
+            new_flows_of: Some("nat4"),
+            ..case(
+                "new_flow",
+                "IPv4 TCP new flow, Maglev, nat",
+                syn_fin4(CLIENT4, vip4(10), 80, frames::PAYLOAD),
+            )
+        },
+        Case {
+            new_flows_of: Some("rr4"),
+            ..case(
+                "new_flow_rr",
+                "IPv4 TCP new flow, round-robin, nat",
+                syn_fin4(CLIENT4, vip4(13), 80, frames::PAYLOAD),
+            )
+        },
+    ]
+}
+
+/// Any frame will do for the floor: it only swaps the MACs.
+fn floor_frame() -> Vec<u8> {
+    frames::tcp4(CLIENT4, 40000, vip4(11), 80)
+}
+
+/// Times `case` on the balancer and checks what it did: the reason counter
+/// that moved, and for new-flow cases that every run was a new flow.
+fn measure_case(harness: &mut Harness, case: &Case) -> PathCost {
+    let service = case.new_flows_of.map(|name| service_id(harness, name));
+    let new_before = service.map(|id| new_flows(harness, id));
+    let mut cost = measure(harness, program_names::BALANCER, case.name, &case.frame);
+    case.description.clone_into(&mut cost.description);
+    if let (Some(id), Some(before)) = (service, new_before) {
+        let grown = new_flows(harness, id) - before;
+        // `measure` runs the wrapper once untimed, then ROUNDS x REPEAT.
+        let runs = 1 + ROUNDS as u64 * u64::from(REPEAT);
         println!(
-            "{name:<34} {:>8} {:>8} {:>9} {verdict:>8}",
-            best.saturating_sub(base_best),
-            median.saturating_sub(base_median),
-            base_median
+            "  check {}: the service's new_flows grew by {grown} over {runs} runs{}",
+            case.name,
+            if grown == runs {
+                " (every run a new flow)"
+            } else {
+                " (NOT every run!)"
+            }
         );
+    }
+    cost
+}
+
+/// Times `target` through the wrapper: per round, the baseline (restore
+/// only) then the wrapper with the tail call; the difference is the sample.
+fn measure(harness: &mut Harness, target: &'static str, name: &str, frame: &[u8]) -> PathCost {
+    let padded = harness
+        .dataplane
+        .prepare_bench_of(target, frame)
+        .expect("prepare the wrapper");
+    // Untimed first run: puts established flows in the connection table.
+    run_repeated(harness, program_names::BENCH, &padded, 1);
+    let before = harness.counters();
+    let mut samples = Vec::with_capacity(ROUNDS);
+    let mut wrapper = Vec::with_capacity(ROUNDS);
+    let mut action = 0;
+    for _ in 0..ROUNDS {
+        let (base, _) = run_repeated(harness, program_names::BENCH_BASELINE, &padded, REPEAT);
+        let (with, verdict) = run_repeated(harness, program_names::BENCH, &padded, REPEAT);
+        action = verdict;
+        samples.push(with - base);
+        wrapper.push(base);
+    }
+    let after = harness.counters();
+    samples.sort_unstable();
+    wrapper.sort_unstable();
+    let reason = if target == program_names::BALANCER {
+        top_reason(&before, &after, ROUNDS as u64 * u64::from(REPEAT))
+    } else {
+        "-".to_owned()
+    };
+    PathCost {
+        name: name.to_owned(),
+        description: "floor: swap MACs, XDP_TX".to_owned(),
+        best: samples[0],
+        median: samples[ROUNDS / 2],
+        max: samples[ROUNDS - 1],
+        wrapper: wrapper[ROUNDS / 2],
+        verdict: verdict(action).to_owned(),
+        reason,
+    }
+}
+
+/// One `BPF_PROG_TEST_RUN` of `program` with `repeat`: mean ns per run and
+/// the verdict.
+fn run_repeated(harness: &Harness, program: &'static str, frame: &[u8], repeat: u32) -> (i64, u32) {
+    let program = harness
+        .dataplane
+        .bench_program(program)
+        .expect("bench program");
+    // Room for encapsulation headers the program adds.
+    let mut out = vec![0u8; frame.len() + 256];
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        repeat,
+        ..TestRunOptions::default()
+    };
+    let result = program.test_run(opts).expect("BPF_PROG_TEST_RUN");
+    (
+        i64::try_from(result.duration.as_nanos()).unwrap_or(i64::MAX),
+        result.return_value,
+    )
+}
+
+fn verdict(action: u32) -> &'static str {
+    ["aborted", "drop", "pass", "tx", "redirect"]
+        .get(action as usize)
+        .copied()
+        .unwrap_or("?")
+}
+
+/// The reason counter that moved most between two reads, with its share of
+/// `runs`.
+fn top_reason(before: &BTreeMap<Reason, u64>, after: &BTreeMap<Reason, u64>, runs: u64) -> String {
+    after
+        .iter()
+        .map(|(reason, n)| (*reason, n - before.get(reason).copied().unwrap_or(0)))
+        .max_by_key(|(_, moved)| *moved)
+        .filter(|(_, moved)| *moved > 0)
+        .map_or_else(
+            || "none".to_owned(),
+            |(reason, moved)| {
+                #[allow(clippy::cast_precision_loss, reason = "a percentage")]
+                let share = moved as f64 * 100.0 / runs as f64;
+                format!("{} ({share:.0}%)", reason.name())
+            },
+        )
+}
+
+fn print_cost(cost: &PathCost, floor: i64) {
+    println!(
+        "{:<13} {:>6} {:>6} {:>6} {:>7} {:>7}  {:<8} {}",
+        cost.name,
+        cost.best,
+        cost.median,
+        cost.max,
+        cost.wrapper,
+        cost.median - floor,
+        cost.verdict,
+        cost.reason
+    );
+}
+
+fn service_id(harness: &Harness, name: &str) -> u32 {
+    harness
+        .planner
+        .planned()
+        .iter()
+        .find(|service| service.name == name)
+        .unwrap_or_else(|| panic!("service {name} planned"))
+        .value
+        .id
+}
+
+fn new_flows(harness: &Harness, service: u32) -> u64 {
+    harness
+        .dataplane
+        .service_traffic(service)
+        .expect("service counters")
+        .new_flows
+}
+
+/// Live frames: `lb_bench` (restore, tail call) runs on each frame as if it
+/// arrived on `lb0`, where the balancer is attached in native mode; `XDP_TX`
+/// sends it out of `lb0` to `peer0`, whose `lb_drop` discards it, so the
+/// receiving stack is not measured. The kernel recycles pages that still
+/// hold the previous output, hence the wrapper for the floor too.
+fn packets_per_second(harness: &mut Harness) -> Vec<PpsRow> {
+    let lb0 = lb::controller::ifindex("lb0").expect("lb0");
+    harness
+        .dataplane
+        .insert_iface(lb0, LB_MAC)
+        .expect("register lb0");
+    harness
+        .dataplane
+        .attach("lb0", AttachMode::Native)
+        .expect("attach lb_balancer to lb0 (native)");
+    let mut sink = Dataplane::load_program(OBJECT, Sizes::MINIMAL, program_names::DROP)
+        .expect("load lb_drop (is it in the XDP object?)");
+    sink.attach("peer0", AttachMode::Native)
+        .expect("attach lb_drop to peer0 (native)");
+
+    let cases = pps_cases();
+    println!(
+        "{:<8} {:>8} {:>24} {:>10} {:>7}  reason",
+        "case", "Mpps", "rounds", "delivered", "floor x"
+    );
+    let mut rows: Vec<PpsRow> = Vec::new();
+    for (name, description, target, frame) in cases {
+        let padded = harness
+            .dataplane
+            .prepare_bench_of(target, &frame)
+            .expect("prepare the wrapper");
+        // Warm-up (and the established flow's entry).
+        live_run(harness, lb0, &padded, 10_000);
+        let delivered_before = xdp_drops(harness, "peer0");
+        let before = harness.counters();
+        let mut rounds: Vec<f64> = (0..LIVE_ROUNDS)
+            .map(|_| live_run(harness, lb0, &padded, LIVE_FRAMES))
+            .collect();
+        let after = harness.counters();
+        let delivered = xdp_drops(harness, "peer0")
+            .zip(delivered_before)
+            .map(|(after, before)| after - before);
+        let reason = if target == program_names::BALANCER {
+            top_reason(&before, &after, LIVE_ROUNDS as u64 * u64::from(LIVE_FRAMES))
+        } else {
+            "-".to_owned()
+        };
+        let in_order = rounds.clone();
+        rounds.sort_by(f64::total_cmp);
+        let pps = rounds[LIVE_ROUNDS / 2];
+        let floor = rows.first().map_or(pps, |row| row.pps);
+        println!(
+            "{name:<8} {:>8.2} {:>24} {:>10} {:>7.2}  {reason}",
+            pps / 1e6,
+            in_order
+                .iter()
+                .map(|p| format!("{:.2}", p / 1e6))
+                .collect::<Vec<_>>()
+                .join(" / "),
+            delivered.map_or_else(|| "?".into(), |d| d.to_string()),
+            pps / floor
+        );
+        rows.push(PpsRow {
+            name: name.to_owned(),
+            description: description.to_owned(),
+            frames: u64::from(LIVE_FRAMES),
+            pps,
+            rounds: in_order,
+            delivered,
+        });
+    }
+    drop(sink);
+    rows
+}
+
+/// The live-frames cases: (name, description, program under test, frame).
+fn pps_cases() -> [(&'static str, &'static str, &'static str, Vec<u8>); 5] {
+    let tcp64 = |vip| {
+        // 14 + 20 + 20 + 10 bytes of payload.
+        let frame = syn_fin4(CLIENT4, vip, 80, &[0u8; 10]);
+        assert_eq!(frame.len(), 64);
+        frame
+    };
+    [
+        (
+            "floor",
+            "lb_floor: swap MACs, XDP_TX",
+            program_names::FLOOR,
+            udp4_64(CLIENT4, vip4(21), 53),
+        ),
+        (
+            "dsr",
+            "UDP established, dsr",
+            program_names::BALANCER,
+            udp4_64(CLIENT4, vip4(21), 53),
+        ),
+        (
+            "nat",
+            "UDP established, nat",
+            program_names::BALANCER,
+            udp4_64(CLIENT4, vip4(20), 53),
+        ),
+        (
+            "dsr_new",
+            "TCP SYN+FIN, a new flow per frame, dsr",
+            program_names::BALANCER,
+            tcp64(vip4(11)),
+        ),
+        (
+            "nat_new",
+            "TCP SYN+FIN, a new flow per frame, nat",
+            program_names::BALANCER,
+            tcp64(vip4(10)),
+        ),
+    ]
+}
+
+/// One live-frames run of `frames` frames; forwarded frames per second of
+/// wall time.
+fn live_run(harness: &Harness, ifindex: u32, frame: &[u8], frames: u32) -> f64 {
+    let program = harness
+        .dataplane
+        .bench_program(program_names::BENCH)
+        .expect("lb_bench");
+    // `struct xdp_md`: data, data_end, data_meta, ingress_ifindex,
+    // rx_queue_index, egress_ifindex. Live frames need a real ingress
+    // interface; the kernel takes `data_end` as the frame length.
+    let len = u32::try_from(frame.len()).expect("frame length");
+    let mut ctx = Vec::with_capacity(24);
+    for field in [0, len, 0, ifindex, 0, 0] {
+        ctx.extend_from_slice(&u32::to_ne_bytes(field));
+    }
+    // Live frames: no data_out, and `repeat` is the number of frames.
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        ctx_in: Some(&ctx),
+        repeat: frames,
+        attrs: TestRunAttrs::new().xdp_live_frames(LIVE_BATCH),
+        ..TestRunOptions::default()
+    };
+    let start = Instant::now();
+    program
+        .test_run(opts)
+        .expect("BPF_PROG_TEST_RUN (live frames)");
+    f64::from(frames) / start.elapsed().as_secs_f64()
+}
+
+/// Frames `lb_drop` discarded on `dev`: veth's per-queue `xdp_drops`
+/// (`ethtool -S`), `None` if unreadable.
+fn xdp_drops(harness: &Harness, dev: &str) -> Option<u64> {
+    let output = harness.netns().exec("ethtool", &["-S", dev]);
+    if !output.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let counts: Vec<u64> = text
+        .lines()
+        .filter_map(|line| line.trim().split_once(':'))
+        .filter(|(name, _)| name.ends_with("xdp_drops"))
+        .filter_map(|(_, value)| value.trim().parse().ok())
+        .collect();
+    (!counts.is_empty()).then(|| counts.iter().sum())
+}
+
+/// Maglev: build time, balance and disruption for a few sizes.
+fn maglev_builds() -> Vec<MaglevRow> {
+    println!(
+        "{:>7} {:>5} {:>10} {:>9} {:>10} {:>8}",
+        "M", "N", "build ms", "max/mean", "moved %", "ideal %"
+    );
+    [(65_537_u32, 100_u32), (65_537, 1000), (655_373, 1000)]
+        .into_iter()
+        .map(|(m, n)| {
+            assert!(maglev::is_prime(m), "{m} must be prime");
+            let names: Vec<String> = (0..n)
+                .map(|i| format!("10.{}.{}.{}:8080", i >> 16, (i >> 8) & 0xff, i & 0xff))
+                .collect();
+            let all: Vec<Weighted<'_>> = names
+                .iter()
+                .zip(0u32..)
+                .map(|(name, id)| Weighted {
+                    id,
+                    identity: name.as_bytes(),
+                    weight: 100,
+                })
+                .collect();
+            let mut times = Vec::new();
+            let mut table = Vec::new();
+            for _ in 0..3 {
+                let start = Instant::now();
+                table = maglev::build(&all, m);
+                times.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+            times.sort_by(f64::total_cmp);
+            let mut share = vec![0u64; n as usize];
+            for id in &table {
+                if let Some(count) = share.get_mut(*id as usize) {
+                    *count += 1;
+                }
+            }
+            #[allow(clippy::cast_precision_loss, reason = "ratios")]
+            let max_mean =
+                share.iter().copied().max().unwrap_or(0) as f64 * f64::from(n) / f64::from(m);
+            // One backend leaves (the middle one); the others keep their ids.
+            let mut rest = all.clone();
+            rest.remove(n as usize / 2);
+            let after = maglev::build(&rest, m);
+            let moved = table.iter().zip(&after).filter(|(a, b)| a != b).count();
+            #[allow(clippy::cast_precision_loss, reason = "a percentage")]
+            let moved_pct = moved as f64 * 100.0 / f64::from(m);
+            let row = MaglevRow {
+                m,
+                n,
+                build_ms: times[1],
+                max_mean_share: max_mean,
+                moved_pct,
+            };
+            println!(
+                "{m:>7} {n:>5} {:>10.1} {:>9.3} {:>10.2} {:>8.2}",
+                row.build_ms,
+                row.max_mean_share,
+                row.moved_pct,
+                100.0 / f64::from(n)
+            );
+            row
+        })
+        .collect()
+}
+
+/// Control-plane reactions on `cp4`: a backend's check fails, or its weight
+/// changes; each timed sample is `Planner::plan` + `Dataplane::apply`, from
+/// the event to the new table live in the map. Between samples the service
+/// goes back to its configured state (untimed), and each sample changes the
+/// next backend: a toggle of one backend would find its table already in the
+/// idle Maglev half and write nothing but the flip.
+fn control_plane(harness: &mut Harness, report: &mut Report) {
+    const SAMPLES: usize = 9;
+    println!(
+        "\n== control plane: plan + apply on a nat service with {CP_BACKENDS} backends \
+         (ring {}, {} services planned), {SAMPLES} samples",
+        harness.dataplane.sizes().ring_size,
+        harness.planner.planned().len()
+    );
+    println!(
+        "{:<15} {:>10} {:>9} {:>9} {:>10} {:>7} {:>11}",
+        "case", "median µs", "best", "max", "apply µs", "writes", "map updates"
+    );
+    let cases = [
+        (
+            "backend_down",
+            "one backend of 10 fails its check",
+            BackendState {
+                up: false,
+                weight: None,
+            },
+        ),
+        (
+            "weight_change",
+            "one backend of 10: weight 100 to 50",
+            BackendState {
+                up: true,
+                weight: Some(50),
+            },
+        ),
+    ];
+    for (name, description, state) in cases {
+        let mut total = Vec::with_capacity(SAMPLES);
+        let mut apply = Vec::with_capacity(SAMPLES);
+        let mut writes = Vec::with_capacity(SAMPLES);
+        let mut updates = Vec::with_capacity(SAMPLES);
+        for sample in 0..SAMPLES {
+            let last = 101 + u8::try_from(sample).expect("few samples") % CP_BACKENDS;
+            let key = BackendKey {
+                service: "cp4".to_owned(),
+                address: std::net::IpAddr::V4(Ipv4Addr::new(192, 0, 2, last)),
+                port: 8080,
+            };
+            let changed = BTreeMap::from([(key, state)]);
+            let start = Instant::now();
+            let planned = harness
+                .planner
+                .plan(&harness.config, &changed)
+                .expect("plan");
+            let planned_at = Instant::now();
+            harness.dataplane.apply(&planned).expect("apply");
+            total.push(start.elapsed().as_secs_f64() * 1e6);
+            apply.push(planned_at.elapsed().as_secs_f64() * 1e6);
+            writes.push(planned.len() as u64);
+            updates.push(map_updates(&planned));
+            harness.replan(&BTreeMap::new());
+        }
+        total.sort_by(f64::total_cmp);
+        apply.sort_by(f64::total_cmp);
+        writes.sort_unstable();
+        updates.sort_unstable();
+        let row = ControlPlaneRow {
+            name: name.to_owned(),
+            description: description.to_owned(),
+            median_us: total[SAMPLES / 2],
+            best_us: total[0],
+            max_us: total[SAMPLES - 1],
+            apply_us: apply[SAMPLES / 2],
+            writes: writes[SAMPLES / 2],
+            map_updates: updates[SAMPLES / 2],
+        };
+        println!(
+            "{:<15} {:>10.0} {:>9.0} {:>9.0} {:>10.0} {:>7} {:>11}",
+            row.name,
+            row.median_us,
+            row.best_us,
+            row.max_us,
+            row.apply_us,
+            row.writes,
+            row.map_updates
+        );
+        report.control_plane.push(row);
+    }
+}
+
+/// Map element updates `writes` make: one per Maglev slot, one otherwise.
+fn map_updates(writes: &[Write]) -> u64 {
+    writes
+        .iter()
+        .map(|write| match write {
+            Write::MaglevSlots { slots, .. } => slots.len() as u64,
+            _ => 1,
+        })
+        .sum()
+}
+
+fn notes() -> Vec<String> {
+    vec![
+        format!(
+            "Per-packet: BPF_PROG_TEST_RUN, {ROUNDS} rounds x {REPEAT} runs per path; each round \
+             times lb_bench (restore the frame, tail-call the target) and lb_bench_baseline \
+             (restore only) and keeps the difference; best / median / max over the rounds. \
+             The floor is lb_floor (swap MACs, XDP_TX) through the same wrapper."
+        ),
+        "Forwarding cases use the next hop the controller resolved and cached per backend \
+         (HOPS); the fallback rows are the same flows with that cache emptied, through \
+         bpf_fib_lookup. Test-run frames arrive on lo and leave on lb0 (devmap redirect)."
+            .to_owned(),
+        "Established cases: the first (untimed) run puts the flow in the connection table. \
+         New-flow cases send TCP SYN+FIN: every run reschedules the closed entry (checked \
+         against the service's new_flows counter)."
+            .to_owned(),
+        format!(
+            "Packets per second: BPF_PROG_TEST_RUN live frames (batch {LIVE_BATCH}), {LIVE_ROUNDS} \
+             rounds x {LIVE_FRAMES} frames of 64 bytes arriving on a veth with lb_balancer \
+             attached (native), XDP_TX to the peer, where lb_drop discards them; frames / wall \
+             time of the call, median; one CPU."
+        ),
+        "Control plane: Planner::plan with the change + Dataplane::apply, from the event to the \
+         new table live in the map; each sample changes another backend and the service is \
+         restored in between (untimed); writes and map updates are medians."
+            .to_owned(),
+    ]
+}
+
+/// `results/` at the workspace root, or `$LB_RESULTS_DIR`.
+fn results_dir() -> PathBuf {
+    let dir = std::env::var_os("LB_RESULTS_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../results"),
+        PathBuf::from,
+    );
+    std::fs::create_dir_all(&dir).expect("create the results directory");
+    dir.canonicalize().unwrap_or(dir)
+}
+
+/// Runs this thread (and so every test run and live frame) on one CPU.
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls only read
+    // and write it, and sched_setaffinity(0) affects the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set) != 0 {
+            eprintln!(
+                "could not pin to CPU {cpu}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
     }
 }

@@ -16,6 +16,7 @@ pub mod bed;
 pub mod frames;
 pub mod model;
 pub mod netns;
+pub mod report;
 pub mod testrun;
 
 use std::path::PathBuf;

@@ -213,8 +213,20 @@ fn demo(tools: &setup::Tools) -> anyhow::Result<()> {
     ]))
 }
 
+/// The font the report's chart draws its text with (Debian's
+/// `fonts-dejavu-core`); the benchmark reads it from this path.
+const CHART_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
 fn bench(tools: &setup::Tools) -> anyhow::Result<()> {
     build_ebpf(tools)?;
-    step("benchmarks (BPF_PROG_TEST_RUN, release build)");
+    if !Path::new(CHART_FONT).exists() && Path::new("/usr/bin/apt-get").exists() {
+        step("apt-get install fonts-dejavu-core (the report chart's font)");
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "fonts-dejavu-core"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    step("benchmarks: per-packet cost, packets per second, Maglev, control plane");
+    println!("    report: results/<UTC date-time>.{{json,md,png}}");
     run(cargo().args(["bench", "--package", "lb-tests", "--bench", "dataplane"]))
 }

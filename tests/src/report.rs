@@ -1,0 +1,710 @@
+//! The benchmark report: what `cargo xtask bench` measured, written as
+//! `results/<UTC date-time>.json`, a Markdown page with one table per section
+//! and a PNG bar chart of the per-packet cost above the floor.
+//!
+//! The measuring lives in `benches/dataplane.rs`; this module only holds the
+//! numbers and renders them. End-to-end rows (connections and requests per
+//! second through a running balancer) come from another benchmark: hand them
+//! over with [`Report::add_end_to_end`] before [`Report::write`].
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde_json::{Map, Value, json};
+
+/// The machine the numbers were taken on.
+#[derive(Clone, Debug)]
+pub struct Machine {
+    /// `uname -r`.
+    pub kernel: String,
+    /// `model name` from `/proc/cpuinfo`.
+    pub cpu: String,
+    /// Online CPUs (`nproc`).
+    pub nproc: u64,
+}
+
+impl Machine {
+    /// Reads the running machine's facts (`unknown` where one cannot be read).
+    pub fn detect() -> Self {
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map_or_else(|_| "unknown".into(), |s| s.trim().to_owned());
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|info| {
+                info.lines()
+                    .find(|line| line.starts_with("model name"))
+                    .and_then(|line| line.split_once(':'))
+                    .map(|(_, model)| model.trim().to_owned())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        // SAFETY: sysconf has no preconditions. Not the affinity mask: the
+        // benchmark pins itself to one CPU.
+        let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+        Self {
+            kernel,
+            cpu,
+            nproc: u64::try_from(online).unwrap_or(0),
+        }
+    }
+}
+
+/// The cost of one data-plane path, in nanoseconds per packet, with the
+/// frame-restoring wrapper's own cost subtracted.
+#[derive(Clone, Debug)]
+pub struct PathCost {
+    /// JSON key (`nat`, `new_flow`, ...).
+    pub name: String,
+    /// What the case is, for people.
+    pub description: String,
+    /// Best round.
+    pub best: i64,
+    /// Median round.
+    pub median: i64,
+    /// Worst round.
+    pub max: i64,
+    /// The wrapper's cost (median), already subtracted above.
+    pub wrapper: i64,
+    /// The XDP verdict (`tx`, `pass`, `drop`, ...).
+    pub verdict: String,
+    /// The reason counter that moved on every run (`-` for the floor).
+    pub reason: String,
+}
+
+/// Forwarded packets per second through one core (live frames).
+#[derive(Clone, Debug)]
+pub struct PpsRow {
+    /// JSON key (`floor`, `dsr`, `nat`, ...).
+    pub name: String,
+    /// What the case is.
+    pub description: String,
+    /// Frames sent per round.
+    pub frames: u64,
+    /// Median over the rounds.
+    pub pps: f64,
+    /// Every round's figure.
+    pub rounds: Vec<f64>,
+    /// Frames the receiving end saw, summed over the rounds (`None` when
+    /// the counters could not be read).
+    pub delivered: Option<u64>,
+}
+
+/// One Maglev table build.
+#[derive(Clone, Debug)]
+pub struct MaglevRow {
+    /// Table size (prime).
+    pub m: u32,
+    /// Backends.
+    pub n: u32,
+    /// Median build time, milliseconds.
+    pub build_ms: f64,
+    /// Largest backend share over the mean share.
+    pub max_mean_share: f64,
+    /// Slots that change owner when one backend leaves, percent of `m`.
+    pub moved_pct: f64,
+}
+
+/// One control-plane reaction: plan and apply.
+#[derive(Clone, Debug)]
+pub struct ControlPlaneRow {
+    /// JSON key.
+    pub name: String,
+    /// What changed.
+    pub description: String,
+    /// Median, microseconds.
+    pub median_us: f64,
+    /// Best, microseconds.
+    pub best_us: f64,
+    /// Worst, microseconds.
+    pub max_us: f64,
+    /// The apply part alone (median), microseconds.
+    pub apply_us: f64,
+    /// Planner writes (`Write` values).
+    pub writes: u64,
+    /// Map element updates those writes make (each Maglev slot is one).
+    pub map_updates: u64,
+}
+
+/// One end-to-end measurement through a running balancer (filled by a
+/// separate benchmark).
+#[derive(Clone, Debug)]
+pub struct EndToEndRow {
+    /// Scenario name.
+    pub name: String,
+    /// New connections per second.
+    pub conn_per_s: f64,
+    /// Requests per second.
+    pub req_per_s: f64,
+    /// Median request latency, milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile request latency, milliseconds.
+    pub p99_ms: f64,
+}
+
+/// Everything one `cargo xtask bench` measured.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// When the run started, UTC, `YYYY-MM-DDTHH:MM:SSZ`.
+    pub started: String,
+    /// Where.
+    pub machine: Machine,
+    /// Per-packet cost per path; the one named `floor` is the reference.
+    pub per_packet: Vec<PathCost>,
+    /// Packets per second.
+    pub pps: Vec<PpsRow>,
+    /// Maglev builds.
+    pub maglev: Vec<MaglevRow>,
+    /// Control-plane reactions.
+    pub control_plane: Vec<ControlPlaneRow>,
+    /// End-to-end rows (empty until that benchmark exists).
+    pub end_to_end: Vec<EndToEndRow>,
+    /// Method notes, printed under the tables.
+    pub notes: Vec<String>,
+}
+
+impl Report {
+    /// An empty report for this machine, stamped now.
+    pub fn new() -> Self {
+        Self {
+            started: utc_now(),
+            machine: Machine::detect(),
+            per_packet: Vec::new(),
+            pps: Vec::new(),
+            maglev: Vec::new(),
+            control_plane: Vec::new(),
+            end_to_end: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    /// Adds end-to-end rows.
+    pub fn add_end_to_end(&mut self, rows: impl IntoIterator<Item = EndToEndRow>) {
+        self.end_to_end.extend(rows);
+    }
+
+    /// The floor's median, if measured.
+    pub fn floor_ns(&self) -> Option<i64> {
+        self.per_packet
+            .iter()
+            .find(|cost| cost.name == "floor")
+            .map(|cost| cost.median)
+    }
+
+    fn above_floor(&self, cost: &PathCost) -> Option<i64> {
+        self.floor_ns().map(|floor| cost.median - floor)
+    }
+
+    fn pps_floor(&self) -> Option<f64> {
+        self.pps
+            .iter()
+            .find(|row| row.name == "floor")
+            .map(|row| row.pps)
+    }
+
+    /// The JSON document.
+    pub fn to_json(&self) -> Value {
+        let mut per_packet_ns = Map::new();
+        let mut per_packet = Map::new();
+        for cost in &self.per_packet {
+            per_packet_ns.insert(cost.name.clone(), json!(cost.median));
+            per_packet.insert(
+                cost.name.clone(),
+                json!({
+                    "description": cost.description,
+                    "best": cost.best,
+                    "median": cost.median,
+                    "max": cost.max,
+                    "above_floor": self.above_floor(cost),
+                    "wrapper": cost.wrapper,
+                    "verdict": cost.verdict,
+                    "reason": cost.reason,
+                }),
+            );
+        }
+        let pps_floor = self.pps_floor();
+        let pps: Map<String, Value> = self
+            .pps
+            .iter()
+            .map(|row| {
+                (
+                    row.name.clone(),
+                    json!({
+                        "description": row.description,
+                        "pps": row.pps.round(),
+                        "rounds": row.rounds.iter().map(|p| p.round()).collect::<Vec<_>>(),
+                        "frames": row.frames,
+                        "delivered": row.delivered,
+                        "ratio_to_floor": pps_floor.map(|floor| round3(row.pps / floor)),
+                    }),
+                )
+            })
+            .collect();
+        let maglev: Map<String, Value> = self
+            .maglev
+            .iter()
+            .map(|row| {
+                (
+                    format!("m{}_n{}", row.m, row.n),
+                    json!({
+                        "m": row.m,
+                        "n": row.n,
+                        "build_ms": round3(row.build_ms),
+                        "max_mean_share": round3(row.max_mean_share),
+                        "moved_pct": round3(row.moved_pct),
+                    }),
+                )
+            })
+            .collect();
+        let control_plane: Map<String, Value> = self
+            .control_plane
+            .iter()
+            .map(|row| {
+                (
+                    row.name.clone(),
+                    json!({
+                        "description": row.description,
+                        "median_us": round3(row.median_us),
+                        "best_us": round3(row.best_us),
+                        "max_us": round3(row.max_us),
+                        "apply_us": round3(row.apply_us),
+                        "writes": row.writes,
+                        "map_updates": row.map_updates,
+                    }),
+                )
+            })
+            .collect();
+        let end_to_end: Vec<Value> = self
+            .end_to_end
+            .iter()
+            .map(|row| {
+                json!({
+                    "name": row.name,
+                    "conn_per_s": row.conn_per_s,
+                    "req_per_s": row.req_per_s,
+                    "p50_ms": row.p50_ms,
+                    "p99_ms": row.p99_ms,
+                })
+            })
+            .collect();
+        json!({
+            "started": self.started,
+            "machine": {
+                "kernel": self.machine.kernel,
+                "cpu": self.machine.cpu,
+                "nproc": self.machine.nproc,
+            },
+            "per_packet_ns": per_packet_ns,
+            "per_packet": per_packet,
+            "pps": pps,
+            "maglev": maglev,
+            "control_plane": control_plane,
+            "end_to_end": end_to_end,
+            "notes": self.notes,
+        })
+    }
+
+    /// The Markdown page; `chart` is the PNG's file name, if one was drawn.
+    pub fn to_markdown(&self, chart: Option<&str>) -> String {
+        let mut md = String::new();
+        let m = &self.machine;
+        let _ = writeln!(md, "# lb benchmarks, {}\n", self.started);
+        let _ = writeln!(md, "| kernel | CPU | nproc |\n| --- | --- | --- |");
+        let _ = writeln!(md, "| {} | {} | {} |\n", m.kernel, m.cpu, m.nproc);
+
+        self.per_packet_markdown(&mut md, chart);
+        self.pps_maglev_markdown(&mut md);
+        let _ = writeln!(md, "\n## Control plane: plan + apply\n");
+        let _ = writeln!(
+            md,
+            "| case | description | median (µs) | best | max | of which apply (median) | writes | map updates |\n\
+             | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
+        for row in &self.control_plane {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} |",
+                row.name,
+                row.description,
+                row.median_us,
+                row.best_us,
+                row.max_us,
+                row.apply_us,
+                row.writes,
+                row.map_updates
+            );
+        }
+
+        let _ = writeln!(md, "\n## End to end\n");
+        if self.end_to_end.is_empty() {
+            let _ = writeln!(md, "Not measured yet.");
+        } else {
+            let _ = writeln!(
+                md,
+                "| scenario | conn/s | req/s | p50 (ms) | p99 (ms) |\n\
+                 | --- | ---: | ---: | ---: | ---: |"
+            );
+            for row in &self.end_to_end {
+                let _ = writeln!(
+                    md,
+                    "| {} | {:.0} | {:.0} | {:.2} | {:.2} |",
+                    row.name, row.conn_per_s, row.req_per_s, row.p50_ms, row.p99_ms
+                );
+            }
+        }
+        if !self.notes.is_empty() {
+            let _ = writeln!(md, "\n## Method\n");
+            for note in &self.notes {
+                let _ = writeln!(md, "- {note}");
+            }
+        }
+        md
+    }
+
+    fn per_packet_markdown(&self, md: &mut String, chart: Option<&str>) {
+        let _ = writeln!(md, "## Per-packet cost (ns, BPF_PROG_TEST_RUN)\n");
+        let _ = writeln!(
+            md,
+            "| path | case | best | median | max | above floor | verdict | reason |\n\
+             | --- | --- | ---: | ---: | ---: | ---: | --- | --- |"
+        );
+        for cost in &self.per_packet {
+            let above = self
+                .above_floor(cost)
+                .map_or_else(|| "-".into(), |ns| ns.to_string());
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {above} | {} | {} |",
+                cost.name,
+                cost.description,
+                cost.best,
+                cost.median,
+                cost.max,
+                cost.verdict,
+                cost.reason
+            );
+        }
+        if let Some(chart) = chart {
+            let _ = writeln!(md, "\n![ns above the floor per path]({chart})");
+        }
+    }
+
+    fn pps_maglev_markdown(&self, md: &mut String) {
+        let _ = writeln!(
+            md,
+            "\n## Packets per second, one core (live frames, native XDP on veth)\n"
+        );
+        let _ = writeln!(
+            md,
+            "| case | description | frames/round | Mpps (median) | rounds | ratio to floor |\n\
+             | --- | --- | ---: | ---: | --- | ---: |"
+        );
+        let pps_floor = self.pps_floor();
+        for row in &self.pps {
+            let rounds = row
+                .rounds
+                .iter()
+                .map(|p| format!("{:.2}", p / 1e6))
+                .collect::<Vec<_>>()
+                .join(" / ");
+            let ratio = pps_floor.map_or_else(|| "-".into(), |f| format!("{:.2}", row.pps / f));
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {:.2} | {rounds} | {ratio} |",
+                row.name,
+                row.description,
+                row.frames,
+                row.pps / 1e6
+            );
+        }
+
+        let _ = writeln!(md, "\n## Maglev table builds\n");
+        let _ = writeln!(
+            md,
+            "| M | N | build (ms) | max / mean share | slots moved when one backend leaves |\n\
+             | ---: | ---: | ---: | ---: | ---: |"
+        );
+        for row in &self.maglev {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.1} | {:.3} | {:.2} % (ideal {:.2} %) |",
+                row.m,
+                row.n,
+                row.build_ms,
+                row.max_mean_share,
+                row.moved_pct,
+                100.0 / f64::from(row.n)
+            );
+        }
+    }
+
+    /// Draws the chart: ns above the floor per path, and requests per second
+    /// per end-to-end scenario when there are any.
+    #[allow(clippy::too_many_lines, reason = "one chart, drawn top to bottom")]
+    pub fn draw_chart(&self, path: &Path) -> anyhow::Result<()> {
+        use plotters::prelude::*;
+
+        register_font()?;
+        let floor = self.floor_ns().unwrap_or(0);
+        // Plotters counts segments from the bottom: reversed, the first
+        // path is drawn at the top.
+        let bars: Vec<(String, i64)> = self
+            .per_packet
+            .iter()
+            .rev()
+            .filter(|cost| cost.name != "floor")
+            .map(|cost| (cost.name.clone(), cost.median - floor))
+            .collect();
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let label = |names: &[String], value: &SegmentValue<u32>| match value {
+            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => {
+                names.get(*i as usize).cloned().unwrap_or_default()
+            }
+            SegmentValue::Last => String::new(),
+        };
+        let height = 120
+            + 26 * count(bars.len() + self.end_to_end.len())
+            + if self.end_to_end.is_empty() { 0 } else { 120 };
+        let root = BitMapBackend::new(path, (960, height)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let (top, bottom) = if self.end_to_end.is_empty() {
+            (root.clone(), None)
+        } else {
+            let (top, bottom) = root.split_vertically(80 + 26 * count(bars.len()));
+            (top, Some(bottom))
+        };
+
+        let names: Vec<String> = bars.iter().map(|(name, _)| name.clone()).collect();
+        let low = bars.iter().map(|(_, v)| *v).min().unwrap_or(0).min(0);
+        let high = bars.iter().map(|(_, v)| *v).max().unwrap_or(1).max(1);
+        let mut chart = ChartBuilder::on(&top)
+            .caption(
+                format!("lb: ns per packet above the floor ({floor} ns), median"),
+                ("sans-serif", 20),
+            )
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(110)
+            .build_cartesian_2d(
+                low..high + high / 8 + 1,
+                (0..count(bars.len())).into_segmented(),
+            )?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(bars.len())
+            .y_label_formatter(&|value| label(&names, value))
+            .x_desc("ns above floor")
+            .label_style(("sans-serif", 14))
+            .draw()?;
+        chart.draw_series(bars.iter().zip(0..).map(|((_, value), i)| {
+            let mut bar = Rectangle::new(
+                [
+                    (0, SegmentValue::Exact(i)),
+                    (*value, SegmentValue::Exact(i + 1)),
+                ],
+                BLUE.mix(0.7).filled(),
+            );
+            bar.set_margin(4, 4, 0, 0);
+            bar
+        }))?;
+        chart.draw_series(bars.iter().zip(0..).map(|((_, value), i)| {
+            Text::new(
+                format!(" {value}"),
+                ((*value).max(0), SegmentValue::CenterOf(i)),
+                ("sans-serif", 13),
+            )
+        }))?;
+
+        if let Some(bottom) = bottom {
+            let rows: Vec<&EndToEndRow> = self.end_to_end.iter().rev().collect();
+            let names: Vec<String> = rows.iter().map(|r| r.name.clone()).collect();
+            let high = self
+                .end_to_end
+                .iter()
+                .map(|r| r.req_per_s)
+                .fold(1.0, f64::max);
+            let mut chart = ChartBuilder::on(&bottom)
+                .caption("end to end: requests per second", ("sans-serif", 18))
+                .margin(12)
+                .x_label_area_size(36)
+                .y_label_area_size(110)
+                .build_cartesian_2d(0.0..high * 1.15, (0..count(names.len())).into_segmented())?;
+            chart
+                .configure_mesh()
+                .disable_y_mesh()
+                .y_labels(names.len())
+                .y_label_formatter(&|value| label(&names, value))
+                .label_style(("sans-serif", 14))
+                .draw()?;
+            chart.draw_series(rows.iter().zip(0..).map(|(row, i)| {
+                let mut bar = Rectangle::new(
+                    [
+                        (0.0, SegmentValue::Exact(i)),
+                        (row.req_per_s, SegmentValue::Exact(i + 1)),
+                    ],
+                    GREEN.mix(0.7).filled(),
+                );
+                bar.set_margin(4, 4, 0, 0);
+                bar
+            }))?;
+        }
+        root.present()?;
+        Ok(())
+    }
+
+    /// Writes `<dir>/<started>.json`, `.md` and `.png` (the chart is skipped,
+    /// with a note on stderr, if it cannot be drawn); returns the paths
+    /// written.
+    pub fn write(&self, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(dir)?;
+        let stem = self.started.replace(':', "");
+        let json_path = dir.join(format!("{stem}.json"));
+        let md_path = dir.join(format!("{stem}.md"));
+        let png_path = dir.join(format!("{stem}.png"));
+        let mut text = serde_json::to_string_pretty(&self.to_json())?;
+        text.push('\n');
+        std::fs::write(&json_path, text)?;
+        let chart = match self.draw_chart(&png_path) {
+            Ok(()) => true,
+            Err(error) => {
+                eprintln!("chart not drawn: {error:#}");
+                false
+            }
+        };
+        let chart_name = format!("{stem}.png");
+        std::fs::write(
+            &md_path,
+            self.to_markdown(chart.then_some(chart_name.as_str())),
+        )?;
+        let mut written = vec![json_path, md_path];
+        if chart {
+            written.push(png_path);
+        }
+        Ok(written)
+    }
+}
+
+impl Default for Report {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Where the chart's text font comes from (Debian's `fonts-dejavu-core`,
+/// which `cargo xtask bench` installs).
+const FONT_FILES: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+];
+
+/// Registers a font as `sans-serif` for plotters' `ab_glyph` text (once).
+fn register_font() -> anyhow::Result<()> {
+    static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ok = *REGISTERED.get_or_init(|| {
+        FONT_FILES
+            .iter()
+            .find_map(|file| std::fs::read(file).ok())
+            .is_some_and(|bytes| {
+                // Leaked once: plotters keeps fonts for the process's life.
+                let bytes: &'static [u8] = Vec::leak(bytes);
+                plotters::style::register_font(
+                    "sans-serif",
+                    plotters::style::FontStyle::Normal,
+                    bytes,
+                )
+                .is_ok()
+            })
+    });
+    anyhow::ensure!(
+        ok,
+        "no usable font among {FONT_FILES:?} (apt-get install fonts-dejavu-core)"
+    );
+    Ok(())
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// The current UTC time as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn utc_now() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    let (y, mo, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
+/// (H. Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(20_454), (2026, 1, 1));
+    }
+
+    #[test]
+    fn renders_every_section() {
+        let mut report = Report::new();
+        for (name, median) in [("floor", 20), ("nat", 75)] {
+            report.per_packet.push(PathCost {
+                name: name.into(),
+                description: name.into(),
+                best: median,
+                median,
+                max: median,
+                wrapper: 10,
+                verdict: "tx".into(),
+                reason: "-".into(),
+            });
+        }
+        report.add_end_to_end([EndToEndRow {
+            name: "http".into(),
+            conn_per_s: 1.0,
+            req_per_s: 2.0,
+            p50_ms: 0.5,
+            p99_ms: 1.5,
+        }]);
+        let json = report.to_json();
+        assert_eq!(json["per_packet_ns"]["nat"], 75);
+        assert_eq!(json["per_packet"]["nat"]["above_floor"], 55);
+        assert_eq!(json["end_to_end"][0]["name"], "http");
+        let md = report.to_markdown(Some("chart.png"));
+        assert!(
+            md.contains("| nat | nat | 75 | 75 | 75 | 55 | tx | - |"),
+            "{md}"
+        );
+        let dir = std::env::temp_dir().join(format!("lb-report-{}", std::process::id()));
+        let written = report.write(&dir).expect("write");
+        let has_font = FONT_FILES.iter().any(|f| Path::new(f).exists());
+        assert_eq!(written.len(), if has_font { 3 } else { 2 }, "{written:?}");
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+}
