@@ -187,26 +187,7 @@ fn main() {
         print_cost(&cost, floor_ns);
         report.per_packet.push(cost);
     }
-    // The same established flows with no cached next hop: what every
-    // packet cost before the controller resolved hops (`bpf_fib_lookup`).
-    harness.clear_hops();
-    for case in [
-        case(
-            "fallback",
-            "IPv4 TCP established, nat, uncached next hop (bpf_fib_lookup)",
-            frames::tcp4(CLIENT4, 40000, vip4(10), 80),
-        ),
-        case(
-            "fallback_dsr",
-            "IPv4 TCP established, dsr, uncached next hop (bpf_fib_lookup)",
-            frames::tcp4(CLIENT4, 40000, vip4(11), 80),
-        ),
-    ] {
-        let cost = measure_case(&mut harness, &case);
-        print_cost(&cost, floor_ns);
-        report.per_packet.push(cost);
-    }
-    harness.refresh_hops();
+    fallback_cases(&mut harness, floor_ns, &mut report);
 
     println!(
         "\n== packets per second, one core: live frames ({LIVE_ROUNDS} rounds x \
@@ -262,6 +243,29 @@ fn main() {
     for path in written {
         println!("  {}", path.display());
     }
+}
+
+/// The established flows again with no cached next hop: what every packet
+/// cost before the controller resolved hops (`bpf_fib_lookup`).
+fn fallback_cases(harness: &mut Harness, floor_ns: i64, report: &mut Report) {
+    harness.clear_hops();
+    for case in [
+        case(
+            "fallback",
+            "IPv4 TCP established, nat, uncached next hop (bpf_fib_lookup)",
+            frames::tcp4(CLIENT4, 40000, vip4(10), 80),
+        ),
+        case(
+            "fallback_dsr",
+            "IPv4 TCP established, dsr, uncached next hop (bpf_fib_lookup)",
+            frames::tcp4(CLIENT4, 40000, vip4(11), 80),
+        ),
+    ] {
+        let cost = measure_case(harness, &case);
+        print_cost(&cost, floor_ns);
+        report.per_packet.push(cost);
+    }
+    harness.refresh_hops();
 }
 
 /// The per-packet cases of the main configuration.
