@@ -73,6 +73,8 @@ pub mod map_names {
     pub const VIP_FILTER: &str = "VIP_FILTER";
     /// Bitset over NAT backend addresses: a clear bit means "not a reply".
     pub const NAT_FILTER: &str = "NAT_FILTER";
+    /// Benchmarks: `lb_floor_fwd`'s VIP and MACs (one entry).
+    pub const FLOOR_HOP: &str = "FLOOR_HOP";
     /// Benchmarks: the frame to restore before each run.
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
     /// Benchmarks: the program under test (program array).
@@ -93,4 +95,7 @@ pub mod program_names {
     pub const FLOOR: &str = "lb_floor";
     /// Benchmarks: drops every frame (the receiving end of a veth).
     pub const DROP: &str = "lb_drop";
+    /// Benchmarks: sends IPv4 frames for one VIP to one backend's MAC
+    /// (`XDP_TX`), passes the rest — the floor of any one-arm DSR balancer.
+    pub const FLOOR_FWD: &str = "lb_floor_fwd";
 }

@@ -342,6 +342,20 @@ pub struct Traffic {
 }
 const _: () = assert!(core::mem::size_of::<Traffic>() == 32);
 
+/// Value of `FLOOR_HOP` (benchmarks only): where `lb_floor_fwd` sends
+/// frames for `vip` — the least an XDP DSR balancer with one backend does.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FloorHop {
+    /// The IPv4 VIP (network order bytes).
+    pub vip: [u8; 4],
+    /// The backend's MAC.
+    pub dmac: [u8; 6],
+    /// Our MAC.
+    pub smac: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<FloorHop>() == 16);
+
 /// Longest frame the benchmark wrapper restores, in 8-byte words.
 pub const BENCH_WORDS: usize = 32;
 
@@ -379,6 +393,7 @@ mod pod {
     unsafe impl aya::Pod for super::BenchFrame {}
     unsafe impl aya::Pod for super::HopValue {}
     unsafe impl aya::Pod for super::IfaceSlot {}
+    unsafe impl aya::Pod for super::FloorHop {}
 }
 
 #[cfg(test)]

@@ -15,13 +15,17 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 
-use lb_common::maps::{BENCH_WORDS, BenchFrame};
+use lb_common::maps::{BENCH_WORDS, BenchFrame, FloorHop};
 
 use crate::packet::{read_at, write_at};
 
 /// The saved frame (one entry).
 #[map]
 pub static BENCH_FRAME: Array<BenchFrame> = Array::with_max_entries(1, 0);
+
+/// `lb_floor_fwd`'s VIP and MACs (one entry).
+#[map]
+pub static FLOOR_HOP: Array<FloorHop> = Array::with_max_entries(1, 0);
 
 /// Slot 0: the program under test.
 #[map]
@@ -94,6 +98,28 @@ pub fn floor(ctx: &XdpContext) -> u32 {
     ];
     if write_at(ctx, 0, swapped).is_none() {
         return xdp_action::XDP_DROP;
+    }
+    xdp_action::XDP_TX
+}
+
+/// The forwarding floor: IPv4 frames to `FLOOR_HOP`'s VIP get the backend's
+/// MAC and go back out (`XDP_TX`); everything else passes. No parsing past
+/// the destination address, no tables, no counters.
+#[inline(always)]
+pub fn floor_forward(ctx: &XdpContext) -> u32 {
+    let Some(hop) = FLOOR_HOP.get(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    // EtherType at 12, IPv4 destination at 14 + 16.
+    let (Some(ether_type), Some(dst)) = (read_at::<[u8; 2]>(ctx, 12), read_at::<[u8; 4]>(ctx, 30))
+    else {
+        return xdp_action::XDP_PASS;
+    };
+    if ether_type != [0x08, 0x00] || dst != hop.vip {
+        return xdp_action::XDP_PASS;
+    }
+    if write_at(ctx, 0, hop.dmac).is_none() || write_at(ctx, 6, hop.smac).is_none() {
+        return xdp_action::XDP_PASS;
     }
     xdp_action::XDP_TX
 }

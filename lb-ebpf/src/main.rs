@@ -138,6 +138,13 @@ pub fn lb_floor(ctx: XdpContext) -> u32 {
     bench::floor(&ctx)
 }
 
+/// Benchmarks only: the forwarding floor (one VIP to one backend's MAC,
+/// `XDP_TX`), see `bench::floor_forward`.
+#[xdp]
+pub fn lb_floor_fwd(ctx: XdpContext) -> u32 {
+    bench::floor_forward(&ctx)
+}
+
 /// Benchmarks only: drops every frame. On the receiving end of a veth it
 /// makes frames sent into the veth by XDP delivered (and discarded at once),
 /// so a packets-per-second figure is the sender's, not the receiver's stack.

@@ -600,6 +600,25 @@ impl Dataplane {
         Ok(padded)
     }
 
+    /// Benchmarks: where `lb_floor_fwd` (loaded with
+    /// [`Dataplane::load_program`]) sends frames for `vip`.
+    pub fn set_floor_hop(
+        &mut self,
+        vip: std::net::Ipv4Addr,
+        smac: [u8; 6],
+        dmac: [u8; 6],
+    ) -> Result<(), DataplaneError> {
+        let name = map_names::FLOOR_HOP;
+        let mut array: Array<&mut MapData, lb_common::maps::FloorHop> =
+            Array::try_from(self.map_mut(name)?).map_err(map_error(name))?;
+        let hop = lb_common::maps::FloorHop {
+            vip: vip.octets(),
+            dmac,
+            smac,
+        };
+        array.set(0, hop, 0).map_err(map_error(name))
+    }
+
     /// A benchmark program loaded by [`Dataplane::prepare_bench`].
     pub fn bench_program(&self, name: &'static str) -> Result<&Xdp, DataplaneError> {
         let program = self.ebpf.program(name).ok_or(DataplaneError::Program {
