@@ -65,6 +65,8 @@ pub mod map_names {
     pub const DENY: &str = "DENY";
     /// Per-source new-flow token buckets (LRU).
     pub const RATE: &str = "RATE";
+    /// Services by id, with their keys (established flows skip `SERVICES`).
+    pub const SERVICE_IDS: &str = "SERVICE_IDS";
     /// Attached interfaces' MACs by `ifindex % 256`, without a hash lookup.
     pub const IFACE_SLOTS: &str = "IFACE_SLOTS";
     /// Next hop per backend id, resolved by the controller.

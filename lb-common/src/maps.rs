@@ -35,7 +35,7 @@ pub const NO_BACKEND: u32 = u32::MAX;
 ///
 /// `port` is in host byte order; 0 means "every port".
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Endpoint {
     /// Address, see [`Addr`].
     pub addr: Addr,
@@ -99,6 +99,19 @@ pub struct ServiceValue {
     pub rr_len: u32,
 }
 const _: () = assert!(core::mem::size_of::<ServiceValue>() == 12);
+
+/// Value of `SERVICE_IDS`, indexed by service id: the service and its key,
+/// so an established flow reaches its service from its backend without
+/// hashing the key. A slot whose `key.proto` is 0 is empty.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceSlot {
+    /// The service's `SERVICES` key.
+    pub key: Endpoint,
+    /// Its `SERVICES` value.
+    pub value: ServiceValue,
+}
+const _: () = assert!(core::mem::size_of::<ServiceSlot>() == 32);
 
 /// `BackendValue::flags`: the backend may carry traffic. Flows pinned to a
 /// backend without it are rescheduled on their next packet.
@@ -394,6 +407,7 @@ mod pod {
     unsafe impl aya::Pod for super::HopValue {}
     unsafe impl aya::Pod for super::IfaceSlot {}
     unsafe impl aya::Pod for super::FloorHop {}
+    unsafe impl aya::Pod for super::ServiceSlot {}
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! verifier allows 512 bytes of stack for the deepest chain of calls, and
 //! LLVM's BPF backend reuses stack slots poorly within one big function.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key, programs::XdpContext};
+use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key, programs::XdpContext};
 use lb_common::{
     Addr, ConnValue, Endpoint, FlowKey, NO_BACKEND, RateValue, Reason, ServiceValue, Settings,
     hash::{flow_hash, source_hash},
@@ -23,9 +23,9 @@ use crate::{
     forward::{End, FibQuery, Hop, NextHop, encapsulate, next_hop, rewrite, transmit},
     icmp,
     maps::{
-        BACKENDS, CONNS, DENY, HOPS, MAGLEV, NAT, NAT_FILTER, RATE, RR_POS, SERVICES, SETTINGS,
-        STATS_BACKENDS, STATS_SERVICES, Scratch, VIP_FILTER, VIPS, count_closed, count_traffic,
-        may_contain, scratch,
+        BACKENDS, CONNS, DENY, HOPS, MAGLEV, NAT, NAT_FILTER, RATE, RR_POS, SERVICE_IDS, SERVICES,
+        SETTINGS, STATS_BACKENDS, STATS_SERVICES, Scratch, VIP_FILTER, VIPS, count_closed,
+        count_traffic, may_contain, scratch,
     },
     packet::frame_len,
     parse::{Parsed, parse},
@@ -33,11 +33,12 @@ use crate::{
 
 /// Decides what happens to the frame in `ctx`; returns the counted action.
 ///
-/// The common cases are kept to one hash lookup each: a service's TCP / UDP
-/// packet finds its service by (vip, port, proto) directly; host traffic is
-/// told from VIP traffic by `VIP_FILTER`, an inlined array lookup. Only the
-/// rest (all-port services, fragments, ICMP, malformed packets, filter false
-/// positives) asks `VIPS`.
+/// The common cases are kept to one hash lookup each: an established TCP /
+/// UDP flow is found in the connection table, which leads to its backend and
+/// service through arrays; a new flow finds its service by (vip, port,
+/// proto) directly; host traffic is told from VIP traffic by `VIP_FILTER`,
+/// an inlined array lookup. Only the rest (all-port services, fragments,
+/// ICMP, malformed packets, filter false positives) asks `VIPS`.
 #[inline(always)]
 pub fn balance(ctx: &XdpContext) -> u32 {
     let Some(scratch) = scratch() else {
@@ -64,11 +65,19 @@ pub fn balance(ctx: &XdpContext) -> u32 {
             if !may_contain(&VIP_FILTER, &scratch.packet.dst) {
                 return host(ctx, scratch, flags);
             }
+            scratch.conn_missing = false;
             let packet = &scratch.packet;
             if packet.has_l4
                 && !packet.fragment
                 && (packet.proto == proto::TCP || packet.proto == proto::UDP)
             {
+                set_flow(scratch);
+                match established(ctx, scratch, flags) {
+                    FLOW_MISSING => scratch.conn_missing = true,
+                    FLOW_OTHER => {}
+                    action => return action,
+                }
+                let packet = &scratch.packet;
                 scratch.lookup = Endpoint::new(packet.dst, packet.dport, packet.proto);
                 // SAFETY: copied out at once.
                 if let Some(service) = unsafe { SERVICES.get(&scratch.lookup) }.copied() {
@@ -168,10 +177,10 @@ fn admit_new_flow(src: &Addr, settings: &Settings, now: u64) -> bool {
     true
 }
 
-/// A TCP / UDP packet whose service the fast path found.
+/// A TCP / UDP packet whose service the fast path found (`scratch.flow` is
+/// set).
 #[inline(never)]
 fn to_service(ctx: &XdpContext, scratch: &mut Scratch, service: &ServiceValue) -> u32 {
-    set_flow(scratch);
     finish(to_backend(ctx, scratch, service))
 }
 
@@ -260,61 +269,184 @@ fn hash_of(scratch: &Scratch) -> u32 {
     flow_hash(&flow.src, &flow.dst, flow.sport, flow.dport, flow.proto)
 }
 
+/// A connection-table entry, read once.
+#[derive(Clone, Copy)]
+struct Entry {
+    backend_id: u32,
+    last_seen: u64,
+    closed: bool,
+}
+
+/// What this packet means for its flow, and when it came.
+#[derive(Clone, Copy)]
+struct Moment {
+    now: u64,
+    idle_limit: u64,
+    /// A FIN or RST: the flow ends.
+    ending: bool,
+    /// A bare SYN: a new flow on the tuple.
+    opening: bool,
+}
+
+impl Moment {
+    #[inline(always)]
+    fn of(scratch: &Scratch, settings: &Settings) -> Self {
+        let is_tcp = scratch.flow.proto == proto::TCP;
+        let flags = scratch.packet.tcp_flags;
+        Self {
+            // The coarse clock (CLOCK_MONOTONIC_COARSE, one tick of
+            // resolution) is a memory read where `bpf_ktime_get_ns` reads the
+            // TSC — about 15 ns a packet on a VM. Idle timeouts and rate
+            // buckets need no finer time.
+            // SAFETY: the kernel helper has no preconditions.
+            now: unsafe { bpf_ktime_get_coarse_ns() },
+            idle_limit: if is_tcp {
+                settings.tcp_idle_ns
+            } else {
+                settings.udp_idle_ns
+            },
+            ending: is_tcp && flags & (TCP_FIN | TCP_RST) != 0,
+            opening: is_tcp && flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+        }
+    }
+}
+
+impl Entry {
+    /// Reads the entry `conn` points to.
+    #[inline(always)]
+    fn read(conn: *mut ConnValue) -> Self {
+        // SAFETY: the LRU entry stays valid for this program run; a racing
+        // update from another CPU can only replace it with another valid
+        // value.
+        let (backend_id, last_seen, flags) =
+            unsafe { ((*conn).backend_id, (*conn).last_seen_ns, (*conn).flags) };
+        Self {
+            backend_id,
+            last_seen,
+            closed: flags & CONN_CLOSED != 0,
+        }
+    }
+
+    /// Whether the entry still holds the flow: not idle past its timeout, and
+    /// not a closed tuple that a bare SYN reopens.
+    #[inline(always)]
+    fn live(self, moment: &Moment) -> bool {
+        moment.now.wrapping_sub(self.last_seen) <= moment.idle_limit
+            && !(self.closed && moment.opening)
+    }
+
+    /// The flow stays on its backend: mark it closed on a FIN / RST, and
+    /// refresh its time at most every ~second (one write per packet would
+    /// bounce the cache line between CPUs for busy flows).
+    #[inline(always)]
+    fn keep(self, conn: *mut ConnValue, moment: &Moment) {
+        if moment.ending && !self.closed {
+            // SAFETY: as in `read`.
+            unsafe { (*conn).flags |= CONN_CLOSED };
+            count_closed(self.backend_id);
+        }
+        if moment.now.wrapping_sub(self.last_seen) > 1_000_000_000 {
+            // SAFETY: as in `read`.
+            unsafe { (*conn).last_seen_ns = moment.now };
+        }
+    }
+}
+
+/// `established`'s answer when the flow has no connection-table entry.
+const FLOW_MISSING: u32 = u32::MAX;
+/// `established`'s answer when the entry cannot be kept as it is (idle,
+/// backend gone, another service now, a SYN reopening it): the slow path
+/// decides.
+const FLOW_OTHER: u32 = u32::MAX - 1;
+
+/// The fast path of an established flow: the connection table names the
+/// backend, the backend its service (`SERVICE_IDS`, an array), so the
+/// service key is never hashed. The service must still be the one
+/// `SERVICES` would give the packet: the same (vip, port, proto), or the
+/// all-port service with no exact one beside it. Returns the counted
+/// action, or [`FLOW_MISSING`] / [`FLOW_OTHER`].
+#[inline(never)]
+fn established(ctx: &XdpContext, scratch: &mut Scratch, flags: u32) -> u32 {
+    let Some(conn) = CONNS.get_ptr_mut(&scratch.flow) else {
+        return FLOW_MISSING;
+    };
+    let Some(settings) = SETTINGS.get(0) else {
+        return FLOW_OTHER;
+    };
+    let moment = Moment::of(scratch, settings);
+    let entry = Entry::read(conn);
+    if !entry.live(&moment) {
+        return FLOW_OTHER;
+    }
+    let Some(backend) = BACKENDS.get(entry.backend_id) else {
+        return FLOW_OTHER;
+    };
+    let Some(slot) = SERVICE_IDS.get(backend.service_id) else {
+        return FLOW_OTHER;
+    };
+    let flow = &scratch.flow;
+    if backend.flags & BACKEND_USABLE == 0
+        || slot.key.proto != flow.proto
+        || slot.key.addr != flow.dst
+    {
+        return FLOW_OTHER;
+    }
+    if slot.key.port != flow.dport {
+        if slot.key.port != 0 {
+            return FLOW_OTHER;
+        }
+        scratch.lookup = Endpoint::new(flow.dst, flow.dport, flow.proto);
+        // SAFETY: only tested for presence.
+        if unsafe { SERVICES.get(&scratch.lookup) }.is_some() {
+            return FLOW_OTHER;
+        }
+    }
+    if flags & SETTINGS_DENY != 0 && denied(scratch) {
+        return finish(Err(Drop(Reason::DropDenied)));
+    }
+    entry.keep(conn, &moment);
+    scratch.backend = *backend;
+    scratch.backend_id = entry.backend_id;
+    let service = slot.value;
+    let bytes = frame_len(ctx) as u64;
+    let result = send_to_backend(ctx, scratch, &service, Reason::ForwardToBackend);
+    if result.is_ok() {
+        count_traffic(&STATS_SERVICES, service.id, bytes, false);
+        count_traffic(&STATS_BACKENDS, entry.backend_id, bytes, false);
+    }
+    finish(result)
+}
+
 /// The backend for `scratch.flow`, into `scratch.backend` (and its id into
 /// `scratch.backend_id`); returns its id and whether the flow is new. The
 /// connection table's, while that backend is usable, still this service's,
 /// and the flow not idle past its timeout; otherwise the scheduler's,
 /// remembered in the table. Fragments are scheduled by source alone and
 /// never tracked: later fragments carry no ports to find the entry with.
+/// `scratch.conn_missing` says the fast path already found no entry.
 #[inline(always)]
 pub fn choose_backend(
     scratch: &mut Scratch,
     service: &ServiceValue,
     fragment: bool,
 ) -> Result<(u32, bool), Drop> {
-    // SAFETY: the kernel helper has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
     let settings = SETTINGS.get(0).ok_or(Drop(Reason::DropNoBackend))?;
-    let idle_limit = if scratch.flow.proto == proto::TCP {
-        settings.tcp_idle_ns
-    } else {
-        settings.udp_idle_ns
-    };
-    let flags = scratch.packet.tcp_flags;
-    let is_tcp = scratch.flow.proto == proto::TCP;
-    // A FIN or RST ends the flow; a bare SYN starts a new one on the tuple.
-    let ending = is_tcp && flags & (TCP_FIN | TCP_RST) != 0;
-    let opening = is_tcp && flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    if !fragment && let Some(conn) = CONNS.get_ptr_mut(&scratch.flow) {
-        // SAFETY: the LRU entry stays valid for this program run; a racing
-        // update from another CPU can only replace it with another valid
-        // value.
-        let (backend_id, last_seen, conn_flags) =
-            unsafe { ((*conn).backend_id, (*conn).last_seen_ns, (*conn).flags) };
-        let closed = conn_flags & CONN_CLOSED != 0;
-        if now.wrapping_sub(last_seen) <= idle_limit
-            && !(closed && opening)
-            && usable_backend(backend_id, service.id, scratch)
-        {
-            if ending && !closed {
-                // SAFETY: as above.
-                unsafe { (*conn).flags = conn_flags | CONN_CLOSED };
-                count_closed(backend_id);
-            }
-            // Refresh at most every ~second: one write per packet would
-            // bounce the cache line between CPUs for busy flows.
-            if now.wrapping_sub(last_seen) > 1_000_000_000 {
-                // SAFETY: as above.
-                unsafe { (*conn).last_seen_ns = now };
-            }
-            return Ok((backend_id, false));
+    let moment = Moment::of(scratch, settings);
+    if !fragment
+        && !scratch.conn_missing
+        && let Some(conn) = CONNS.get_ptr_mut(&scratch.flow)
+    {
+        let entry = Entry::read(conn);
+        if entry.live(&moment) && usable_backend(entry.backend_id, service.id, scratch) {
+            entry.keep(conn, &moment);
+            return Ok((entry.backend_id, false));
         }
         // Rescheduled: idle, its backend gone, or a new SYN on the tuple.
-        if !closed {
-            count_closed(backend_id);
+        if !entry.closed {
+            count_closed(entry.backend_id);
         }
     }
-    if !admit_new_flow(&scratch.flow.src, settings, now) {
+    if !admit_new_flow(&scratch.flow.src, settings, moment.now) {
         return Err(Drop(Reason::DropRateLimited));
     }
     let backend_id = schedule(scratch, service, settings.ring_size);
@@ -327,13 +459,13 @@ pub fn choose_backend(
     }
     let conn = ConnValue {
         backend_id,
-        flags: if ending { CONN_CLOSED } else { 0 },
-        last_seen_ns: now,
+        flags: if moment.ending { CONN_CLOSED } else { 0 },
+        last_seen_ns: moment.now,
     };
     // A full table evicts its least recently used entry; a failed insert
     // only costs this flow its stickiness.
     let _ = CONNS.insert(&scratch.flow, &conn, 0);
-    if ending {
+    if moment.ending {
         count_closed(backend_id);
     }
     Ok((backend_id, true))

@@ -21,6 +21,11 @@ use crate::{
 #[map]
 pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(64, 0);
 
+/// Services by id, with their keys: an established flow reaches its
+/// service from its backend through arrays, never hashing the key.
+#[map]
+pub static SERVICE_IDS: Array<lb_common::maps::ServiceSlot> = Array::with_max_entries(64, 0);
+
 /// Every address that carries a service.
 #[map]
 pub static VIPS: HashMap<Addr, VipValue> = HashMap::with_max_entries(64, 0);
@@ -135,6 +140,9 @@ pub struct Scratch {
     pub backend: BackendValue,
     /// Its id.
     pub backend_id: u32,
+    /// The fast path looked the flow up in `CONNS` and found no entry: the
+    /// slow path need not look again.
+    pub conn_missing: bool,
     /// The flow quoted in an ICMP error.
     pub quoted: Quoted,
     /// A `DENY` lookup key.

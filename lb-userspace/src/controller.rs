@@ -81,8 +81,9 @@ impl Controller {
         let writes = planner.plan(&config, &states)?;
         dataplane.apply(&writes)?;
         // A data plane taken over from an older lb has no address filters
-        // yet: derive them from the maps, whatever wrote those.
-        dataplane.rebuild_filters()?;
+        // or service slots yet: derive them from the maps, whatever wrote
+        // those.
+        dataplane.rebuild_indexes()?;
         tracing::info!(writes = writes.len(), "maps written");
         let mut controller = Self {
             config,

@@ -17,7 +17,7 @@ use aya::{
 use lb_common::{
     Addr, BackendValue, Endpoint, HopValue, IfaceValue, NatValue, Reason, ServiceKey, ServiceValue,
     Settings, Traffic, VipValue, map_names,
-    maps::{FILTER_WORDS, IfaceSlot, filter_bit},
+    maps::{FILTER_WORDS, IfaceSlot, ServiceSlot, filter_bit},
     program_names,
 };
 
@@ -152,6 +152,7 @@ impl Dataplane {
     ) -> Result<Self, DataplaneError> {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(map_names::HOPS, sizes.backends)
+            .map_max_entries(map_names::SERVICE_IDS, sizes.services)
             .map_max_entries(map_names::SERVICES, sizes.services)
             .map_max_entries(map_names::VIPS, sizes.services)
             .map_max_entries(map_names::RR_POS, sizes.services)
@@ -235,7 +236,8 @@ impl Dataplane {
         array.set(0, settings, 0).map_err(map_error(name))
     }
 
-    /// Adds or replaces a service.
+    /// Adds or replaces a service (and its `SERVICE_IDS` slot, which the
+    /// data path reads for established flows).
     pub fn insert_service(
         &mut self,
         key: &ServiceKey,
@@ -243,14 +245,34 @@ impl Dataplane {
     ) -> Result<(), DataplaneError> {
         self.hash_map::<ServiceKey, ServiceValue>(map_names::SERVICES)?
             .insert(key, value, 0)
-            .map_err(map_error(map_names::SERVICES))
+            .map_err(map_error(map_names::SERVICES))?;
+        self.set_service_slot(
+            value.id,
+            &ServiceSlot {
+                key: *key,
+                value: *value,
+            },
+        )
     }
 
-    /// Removes a service.
+    /// Removes a service, and empties its `SERVICE_IDS` slot.
     pub fn remove_service(&mut self, key: &ServiceKey) -> Result<(), DataplaneError> {
-        self.hash_map::<ServiceKey, ServiceValue>(map_names::SERVICES)?
+        let mut services = self.hash_map::<ServiceKey, ServiceValue>(map_names::SERVICES)?;
+        let id = services.get(key, 0).ok().map(|value| value.id);
+        services
             .remove(key)
-            .map_err(map_error(map_names::SERVICES))
+            .map_err(map_error(map_names::SERVICES))?;
+        match id {
+            Some(id) => self.set_service_slot(id, &ServiceSlot::default()),
+            None => Ok(()),
+        }
+    }
+
+    fn set_service_slot(&mut self, id: u32, slot: &ServiceSlot) -> Result<(), DataplaneError> {
+        let name = map_names::SERVICE_IDS;
+        let mut slots: Array<&mut MapData, ServiceSlot> =
+            Array::try_from(self.map_mut(name)?).map_err(map_error(name))?;
+        slots.set(id, slot, 0).map_err(map_error(name))
     }
 
     /// Adds or replaces a VIP entry (its `VIP_FILTER` bit first, so the
@@ -323,11 +345,13 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Recomputes both address filters from the maps they cover, clearing
-    /// the bits of removed VIPs and NAT backends (a stale bit only costs a
-    /// hash lookup; a missing one would hide an entry, so bits are set
-    /// before entries are added and cleared only here, after removals).
-    pub fn rebuild_filters(&mut self) -> Result<(), DataplaneError> {
+    /// Recomputes what the data path derives from other maps: the
+    /// `SERVICE_IDS` slots from `SERVICES`, and both address filters from
+    /// the maps they cover, clearing the bits of removed VIPs and NAT
+    /// backends (a stale bit only costs a hash lookup; a missing one would
+    /// hide an entry, so bits are set before entries are added and cleared
+    /// only here, after removals).
+    pub fn rebuild_indexes(&mut self) -> Result<(), DataplaneError> {
         let vips: Vec<Addr> = self
             .hash_map::<Addr, VipValue>(map_names::VIPS)?
             .keys()
@@ -339,6 +363,20 @@ impl Dataplane {
             .map(|key| key.map(|key| key.addr))
             .collect::<Result<_, _>>()
             .map_err(map_error(map_names::NAT))?;
+        let services: Vec<(ServiceKey, ServiceValue)> = self
+            .hash_map::<ServiceKey, ServiceValue>(map_names::SERVICES)?
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_error(map_names::SERVICES))?;
+        let mut slots = vec![ServiceSlot::default(); self.sizes.services as usize];
+        for (key, value) in services {
+            if let Some(slot) = slots.get_mut(value.id as usize) {
+                *slot = ServiceSlot { key, value };
+            }
+        }
+        for (id, slot) in (0u32..).zip(&slots) {
+            self.set_service_slot(id, slot)?;
+        }
         for (name, addrs) in [(map_names::VIP_FILTER, vips), (map_names::NAT_FILTER, nat)] {
             let mut words = vec![0u64; FILTER_WORDS as usize];
             for addr in &addrs {
@@ -513,7 +551,7 @@ impl Dataplane {
             }
         }
         if removed_address {
-            self.rebuild_filters()?;
+            self.rebuild_indexes()?;
         }
         Ok(())
     }
@@ -650,6 +688,7 @@ const PINNED_MAPS: &[&str] = &[
     map_names::DENY,
     map_names::RATE,
     map_names::HOPS,
+    map_names::SERVICE_IDS,
     map_names::IFACE_SLOTS,
     map_names::VIP_FILTER,
     map_names::NAT_FILTER,
@@ -707,6 +746,7 @@ impl Dataplane {
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(map_names::HOPS, sizes.backends)
+            .map_max_entries(map_names::SERVICE_IDS, sizes.services)
             .map_max_entries(map_names::SERVICES, sizes.services)
             .map_max_entries(map_names::VIPS, sizes.services)
             .map_max_entries(map_names::RR_POS, sizes.services)

@@ -416,6 +416,38 @@ fn all_port_service_keeps_the_port() {
 }
 
 #[test]
+fn an_established_flow_moves_when_an_exact_service_appears_beside_its_all_port_one() {
+    let mut harness = Harness::new(CONFIG);
+    let input = frames::tcp4(CLIENT4, 40000, v4(20), 443);
+    let on_any = nat_expected(&input, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 14)), None, 14);
+    assert_eq!(
+        harness.run(&input).frame,
+        on_any,
+        "first packet: all-port service"
+    );
+    assert_eq!(harness.run(&input).frame, on_any, "established");
+    // An exact service for port 443 takes the port over: SERVICES would give
+    // the packet that service now, so the established fast path must not
+    // keep the flow on the all-port one.
+    let config = CONFIG.replace(
+        "dataplane:",
+        "  - { name: exact443, vip: 203.0.113.20, port: 443, protocol: tcp, forwarding: dsr, \
+         backends: [{ address: 192.0.2.21 }] }\ndataplane:",
+    );
+    harness.reconfigure(&config);
+    let outcome = harness.run(&input);
+    assert_eq!(
+        outcome.frame,
+        dsr_expected(&input, 21),
+        "moved to the exact service"
+    );
+    // And back once it is gone.
+    harness.reconfigure(CONFIG);
+    let outcome = harness.run(&input);
+    assert_eq!(outcome.frame, on_any, "back on the all-port service");
+}
+
+#[test]
 fn vlan_tag_is_kept_on_forwarded_frames() {
     let harness = Harness::new(CONFIG);
     let input = frames::tcp4_vlan(42, CLIENT4, 40000, v4(10), 80);
