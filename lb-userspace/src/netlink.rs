@@ -12,9 +12,10 @@
 //! The file has two layers. The codec (netlink headers, `rtattr`
 //! attributes, the route / neighbour / link messages we send and read) is
 //! pure functions over byte slices, tested on literal bytes at the bottom.
-//! [`Netlink`] (request / reply) and [`Monitor`] (change notifications) put
-//! raw `NETLINK_ROUTE` sockets under it, with `libc` only. Sockets belong to
-//! the network namespace of the thread that opens them.
+//! [`Netlink`] (request / reply, and dumps) and [`Monitor`] (change
+//! notifications) put raw `NETLINK_ROUTE` sockets under it, with `libc`
+//! only. Sockets belong to the network namespace of the thread that opens
+//! them.
 //!
 //! Behaviour of the kernel this relies on (checked on 6.18):
 //! - `RTM_NEWNEIGH` with `NLM_F_CREATE | NLM_F_REPLACE`, `ndm_state =
@@ -27,6 +28,15 @@
 //! - `RTM_GETROUTE` answers unreachable / blackhole / prohibit routes (and
 //!   no route at all) with an error, not a route: `EHOSTUNREACH`, `EINVAL`,
 //!   `EACCES`, `ENETUNREACH`.
+//! - A route dump (`RTM_GETROUTE` with `NLM_F_DUMP`) on a socket without
+//!   `NETLINK_GET_STRICT_CHK` lists every table of the family, each message
+//!   naming its table in `RTA_TABLE`. IPv6 local, anycast and multicast
+//!   routes (`::1`, our addresses, `ff00::/8`) are in table local; the main
+//!   table holds the prefix routes, `fe80::/64` included, as `ip -6 route
+//!   show` lists them. IPv6 unreachable routes name `lo` in `RTA_OIF`.
+//! - One dump runs per socket: a dump requested before the last one was
+//!   read to its `NLMSG_DONE` is refused with `EBUSY`. Dump datagrams are
+//!   filled up to the largest buffer `recvmsg` was given, at most ~32 KiB.
 
 use std::{
     fmt, io,
@@ -46,6 +56,11 @@ mod uapi {
     pub const NLMSG_DONE: u16 = 3;
     pub const NLM_F_REQUEST: u16 = 0x01;
     pub const NLM_F_ACK: u16 = 0x04;
+    /// On a dump's messages: the dump was interrupted by a change and may
+    /// be inconsistent.
+    pub const NLM_F_DUMP_INTR: u16 = 0x10;
+    /// `NLM_F_ROOT | NLM_F_MATCH`: every entry.
+    pub const NLM_F_DUMP: u16 = 0x300;
     pub const NLM_F_REPLACE: u16 = 0x100;
     pub const NLM_F_EXCL: u16 = 0x200;
     pub const NLM_F_CREATE: u16 = 0x400;
@@ -70,8 +85,14 @@ mod uapi {
     pub const RTA_GATEWAY: u16 = 5;
     pub const RTA_PREFSRC: u16 = 7;
     pub const RTA_METRICS: u16 = 8;
+    pub const RTA_MULTIPATH: u16 = 9;
+    pub const RTA_TABLE: u16 = 15;
     pub const RTA_VIA: u16 = 18;
     pub const RTAX_MTU: u16 = 2;
+
+    pub const RT_TABLE_MAIN: u32 = 254;
+    /// `rtm_flags`: a cached clone or exception, not a FIB entry.
+    pub const RTM_F_CLONED: u32 = 0x200;
 
     pub const RTN_UNICAST: u8 = 1;
     pub const RTN_LOCAL: u8 = 2;
@@ -148,6 +169,14 @@ pub enum DecodeError {
         /// Its value's size.
         length: usize,
     },
+    /// A header field outside the range its meaning allows.
+    #[error("{what} is {value}, out of range")]
+    OutOfRange {
+        /// Which field.
+        what: &'static str,
+        /// Its value.
+        value: u32,
+    },
     /// A reply of a type the request cannot produce.
     #[error("unexpected message type {0}")]
     UnexpectedMessage(u16),
@@ -195,6 +224,16 @@ pub enum NetlinkError {
         /// What was wrong with it.
         #[source]
         source: DecodeError,
+    },
+    /// A dump held more entries than the operation accepts.
+    #[error("netlink {op} {target}: more than {limit} entries")]
+    TooLarge {
+        /// The operation.
+        op: &'static str,
+        /// What was dumped.
+        target: String,
+        /// The most entries accepted.
+        limit: usize,
     },
 }
 
@@ -248,6 +287,83 @@ pub struct Route {
     /// A route or path MTU (`RTAX_MTU` in `RTA_METRICS`); else the link's
     /// MTU applies.
     pub mtu: Option<u32>,
+}
+
+/// An address family, for requests about a whole table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// IPv4 (`AF_INET`).
+    V4,
+    /// IPv6 (`AF_INET6`).
+    V6,
+}
+
+impl Family {
+    /// The family of `addr`.
+    pub fn of(addr: IpAddr) -> Self {
+        match addr {
+            IpAddr::V4(_) => Self::V4,
+            IpAddr::V6(_) => Self::V6,
+        }
+    }
+
+    fn af(self) -> u8 {
+        match self {
+            Self::V4 => uapi::AF_INET,
+            Self::V6 => uapi::AF_INET6,
+        }
+    }
+
+    fn unspecified(self) -> IpAddr {
+        match self {
+            Self::V4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            Self::V6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        }
+    }
+
+    fn max_prefix_len(self) -> u8 {
+        match self {
+            Self::V4 => 32,
+            Self::V6 => 128,
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::V4 => "IPv4",
+            Self::V6 => "IPv6",
+        })
+    }
+}
+
+/// One route of the main table, as `ip route show` lists it.
+///
+/// `oif`, `gateway` and `mtu` are the route's own attributes, whatever its
+/// kind: IPv6 unreachable / blackhole / prohibit routes name `lo` as their
+/// interface. A multipath route carries its next hops in `RTA_MULTIPATH`,
+/// which is not decoded: `oif` is 0 and `gateway` `None`, and the caller
+/// asks the FIB. So does a route using a nexthop object (`nhid`) when
+/// `net.ipv4.nexthop_compat_mode` is 0 (the kernel then sends only the id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteEntry {
+    /// The network address: host bits clear, `0.0.0.0` / `::` for a
+    /// default route (no `RTA_DST`).
+    pub dst: IpAddr,
+    /// The prefix length (`rtm_dst_len`), at most 32 / 128.
+    pub prefix_len: u8,
+    /// What the route does (`rtm_type`).
+    pub kind: RouteKind,
+    /// Egress interface index (`RTA_OIF`); 0 when it has none.
+    pub oif: u32,
+    /// The next hop (`RTA_GATEWAY`, or `RTA_VIA`); `None` for connected
+    /// routes.
+    pub gateway: Option<IpAddr>,
+    /// A route MTU (`RTAX_MTU` in `RTA_METRICS`).
+    pub mtu: Option<u32>,
+    /// An ECMP route (`RTA_MULTIPATH`): the next hop depends on the flow.
+    pub multipath: bool,
 }
 
 /// A neighbour (ARP / NDP) entry.
@@ -375,6 +491,22 @@ fn encode_route_get(seq: u32, dst: IpAddr) -> Vec<u8> {
     Request::new(uapi::RTM_GETROUTE, uapi::NLM_F_REQUEST, seq, &rtmsg(dst))
         .attr(uapi::RTA_DST, &addr_bytes(&dst))
         .finish()
+}
+
+/// `RTM_GETROUTE` dumping every table of `family` (what `ip route show
+/// table all` sends): one `RTM_NEWROUTE` per route, then `NLMSG_DONE`.
+/// Without `NETLINK_GET_STRICT_CHK` the kernel filters nothing, so the
+/// table is picked when decoding.
+fn encode_route_dump(seq: u32, family: Family) -> Vec<u8> {
+    let mut header = [0u8; 12];
+    header[0] = family.af();
+    Request::new(
+        uapi::RTM_GETROUTE,
+        uapi::NLM_F_REQUEST | uapi::NLM_F_DUMP,
+        seq,
+        &header,
+    )
+    .finish()
 }
 
 /// `RTM_GETNEIGH` for one entry, answered with `RTM_NEWNEIGH` or `ENOENT`.
@@ -570,8 +702,30 @@ fn decode_u32(value: &[u8], what: &'static str) -> Result<u32, DecodeError> {
         })
 }
 
-/// The payload of an `RTM_NEWROUTE` reply.
-fn decode_route(payload: &[u8]) -> Result<Route, DecodeError> {
+/// Everything we read from an `RTM_NEWROUTE` message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RouteMessage {
+    /// `rtm_family`.
+    family: u8,
+    /// `rtm_dst_len`.
+    dst_len: u8,
+    /// `RTA_TABLE`, else `rtm_table` (which says `RT_TABLE_COMPAT` for
+    /// ids above 255).
+    table: u32,
+    /// `rtm_type`.
+    kind: RouteKind,
+    /// `rtm_flags`.
+    flags: u32,
+    dst: Option<IpAddr>,
+    oif: u32,
+    gateway: Option<IpAddr>,
+    source: Option<IpAddr>,
+    mtu: Option<u32>,
+    multipath: bool,
+}
+
+/// The payload of an `RTM_NEWROUTE` message.
+fn parse_route(payload: &[u8]) -> Result<RouteMessage, DecodeError> {
     let (header, attrs) = split_header(payload, 12, "rtmsg")?;
     let kind = match header[7] {
         uapi::RTN_UNICAST => RouteKind::Unicast,
@@ -581,16 +735,25 @@ fn decode_route(payload: &[u8]) -> Result<Route, DecodeError> {
         uapi::RTN_PROHIBIT => RouteKind::Prohibit,
         other => RouteKind::Other(other),
     };
-    let mut route = Route {
+    let mut route = RouteMessage {
+        family: header[0],
+        dst_len: header[1],
+        table: u32::from(header[4]),
         kind,
+        flags: u32_at(header, 8).ok_or(DecodeError::Truncated("rtmsg"))?,
+        dst: None,
         oif: 0,
         gateway: None,
         source: None,
         mtu: None,
+        multipath: false,
     };
     for attr in attributes(attrs) {
         let (kind, value) = attr?;
         match kind {
+            uapi::RTA_DST => route.dst = Some(decode_ip(value, "RTA_DST")?),
+            uapi::RTA_TABLE => route.table = decode_u32(value, "RTA_TABLE")?,
+            uapi::RTA_MULTIPATH => route.multipath = true,
             uapi::RTA_OIF => route.oif = decode_u32(value, "RTA_OIF")?,
             uapi::RTA_GATEWAY => route.gateway = Some(decode_ip(value, "RTA_GATEWAY")?),
             // struct rtvia: a u16 family, then the address.
@@ -614,6 +777,69 @@ fn decode_route(payload: &[u8]) -> Result<Route, DecodeError> {
         }
     }
     Ok(route)
+}
+
+/// The payload of an `RTM_NEWROUTE` reply to a route get.
+fn decode_route(payload: &[u8]) -> Result<Route, DecodeError> {
+    let route = parse_route(payload)?;
+    Ok(Route {
+        kind: route.kind,
+        oif: route.oif,
+        gateway: route.gateway,
+        source: route.source,
+        mtu: route.mtu,
+    })
+}
+
+/// One `RTM_NEWROUTE` of a route dump of `family`: `None` unless it is a
+/// route of the main table that `ip route show` lists. Cached clones are
+/// left out, and so are IPv6 routes that do not forward or refuse —
+/// local, anycast, multicast — which only a kernel without
+/// `CONFIG_IPV6_MULTIPLE_TABLES` puts in the main table.
+fn decode_route_entry(payload: &[u8], family: Family) -> Result<Option<RouteEntry>, DecodeError> {
+    let route = parse_route(payload)?;
+    let listed = match family {
+        Family::V4 => true,
+        Family::V6 => matches!(
+            route.kind,
+            RouteKind::Unicast
+                | RouteKind::Unreachable
+                | RouteKind::Blackhole
+                | RouteKind::Prohibit
+        ),
+    };
+    if route.family != family.af()
+        || route.table != uapi::RT_TABLE_MAIN
+        || route.flags & uapi::RTM_F_CLONED != 0
+        || !listed
+    {
+        return Ok(None);
+    }
+    if route.dst_len > family.max_prefix_len() {
+        return Err(DecodeError::OutOfRange {
+            what: "rtm_dst_len",
+            value: route.dst_len.into(),
+        });
+    }
+    let dst = match route.dst {
+        None => family.unspecified(),
+        Some(dst) if Family::of(dst) == family => dst,
+        Some(other) => {
+            return Err(DecodeError::BadValue {
+                what: "RTA_DST",
+                length: addr_bytes(&other).len(),
+            });
+        }
+    };
+    Ok(Some(RouteEntry {
+        dst,
+        prefix_len: route.dst_len,
+        kind: route.kind,
+        oif: route.oif,
+        gateway: route.gateway,
+        mtu: route.mtu,
+        multipath: route.multipath,
+    }))
 }
 
 /// The payload of an `RTM_NEWNEIGH` reply.
@@ -683,6 +909,28 @@ fn decode_error(flags: u16, payload: &[u8]) -> Result<ErrorReply, DecodeError> {
         usize::try_from(length).unwrap_or(usize::MAX)
     };
     let tlvs = payload.get(4 + align(echoed)..).unwrap_or_default();
+    let message = ext_ack_message(flags, tlvs)?;
+    Ok(ErrorReply { errno, message })
+}
+
+/// The payload of the `NLMSG_DONE` ending a dump, whose header had `flags`:
+/// an errno (0 when the dump is complete), then extended-ack attributes.
+fn decode_done(flags: u16, payload: &[u8]) -> Result<ErrorReply, DecodeError> {
+    if payload.is_empty() {
+        return Ok(ErrorReply {
+            errno: 0,
+            message: None,
+        });
+    }
+    let error = u32_at(payload, 0).ok_or(DecodeError::Truncated("NLMSG_DONE"))?;
+    let errno = i32::from_ne_bytes(error.to_ne_bytes()).wrapping_neg();
+    let message = ext_ack_message(flags, payload.get(4..).unwrap_or_default())?;
+    Ok(ErrorReply { errno, message })
+}
+
+/// The extended-ack message (`NLMSGERR_ATTR_MSG`) among `tlvs`, when the
+/// header's `flags` say there are any.
+fn ext_ack_message(flags: u16, tlvs: &[u8]) -> Result<Option<String>, DecodeError> {
     let mut message = None;
     if flags & uapi::NLM_F_ACK_TLVS != 0 {
         for attr in attributes(tlvs) {
@@ -693,7 +941,147 @@ fn decode_error(flags: u16, payload: &[u8]) -> Result<ErrorReply, DecodeError> {
             }
         }
     }
-    Ok(ErrorReply { errno, message })
+    Ok(message)
+}
+
+/// Why a dump stopped before its end.
+#[derive(Debug, PartialEq, Eq)]
+enum DumpFailure {
+    /// A datagram or message did not parse.
+    Malformed(DecodeError),
+    /// The kernel refused the dump or failed during it.
+    Kernel(ErrorReply),
+    /// More entries than the limit.
+    TooLarge(usize),
+}
+
+impl DumpFailure {
+    fn into_error(self, op: &'static str, target: String) -> NetlinkError {
+        match self {
+            Self::Malformed(source) => malformed(op, target, source),
+            Self::Kernel(reply) => NetlinkError::Kernel {
+                op,
+                target,
+                source: io::Error::from_raw_os_error(reply.errno),
+                message: reply.message,
+            },
+            Self::TooLarge(limit) => NetlinkError::TooLarge { op, target, limit },
+        }
+    }
+}
+
+/// What a dump does with each of its data messages (type, payload).
+type TakeMessage<'a> = dyn FnMut(u16, &[u8]) -> Result<(), DumpFailure> + 'a;
+
+/// Where a dump stands after a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DumpProgress {
+    /// More datagrams follow.
+    More,
+    /// `NLMSG_DONE` arrived: every entry was seen.
+    Done,
+}
+
+/// The replies to one dump request, read datagram by datagram.
+#[derive(Debug)]
+struct DumpReader {
+    seq: u32,
+    /// Some message carried `NLM_F_DUMP_INTR`: the table changed during
+    /// the dump, which may have missed or repeated entries.
+    interrupted: bool,
+}
+
+impl DumpReader {
+    fn new(seq: u32) -> Self {
+        Self {
+            seq,
+            interrupted: false,
+        }
+    }
+
+    /// Hands each data message of `datagram` that answers this dump to
+    /// `take` (type, payload), skipping other sequence numbers (replies to
+    /// abandoned requests) and no-ops. `NLMSG_DONE` ends the dump, or fails
+    /// it when it carries an errno; so does an `NLMSG_ERROR`.
+    fn feed(
+        &mut self,
+        datagram: &[u8],
+        take: &mut TakeMessage<'_>,
+    ) -> Result<DumpProgress, DumpFailure> {
+        for message in messages(datagram) {
+            let message = message.map_err(DumpFailure::Malformed)?;
+            if message.seq != self.seq {
+                continue;
+            }
+            if message.flags & uapi::NLM_F_DUMP_INTR != 0 {
+                self.interrupted = true;
+            }
+            match message.kind {
+                uapi::NLMSG_DONE => {
+                    let reply = decode_done(message.flags, message.payload)
+                        .map_err(DumpFailure::Malformed)?;
+                    return if reply.errno == 0 {
+                        Ok(DumpProgress::Done)
+                    } else {
+                        Err(DumpFailure::Kernel(reply))
+                    };
+                }
+                uapi::NLMSG_ERROR => {
+                    let reply = decode_error(message.flags, message.payload)
+                        .map_err(DumpFailure::Malformed)?;
+                    return Err(if reply.errno == 0 {
+                        DumpFailure::Malformed(DecodeError::UnexpectedMessage(uapi::NLMSG_ERROR))
+                    } else {
+                        DumpFailure::Kernel(reply)
+                    });
+                }
+                uapi::NLMSG_NOOP => {}
+                kind => take(kind, message.payload)?,
+            }
+        }
+        Ok(DumpProgress::More)
+    }
+}
+
+/// Whether `datagram` holds the last message (`NLMSG_DONE` or
+/// `NLMSG_ERROR`) of the dump with sequence `seq`.
+fn ends_dump(datagram: &[u8], seq: u32) -> bool {
+    messages(datagram)
+        .map_while(Result::ok)
+        .any(|m| m.seq == seq && matches!(m.kind, uapi::NLMSG_DONE | uapi::NLMSG_ERROR))
+}
+
+/// The routes a route dump keeps, at most `limit`.
+#[derive(Debug)]
+struct RouteCollector {
+    family: Family,
+    limit: usize,
+    routes: Vec<RouteEntry>,
+}
+
+impl RouteCollector {
+    fn new(family: Family, limit: usize) -> Self {
+        Self {
+            family,
+            limit,
+            routes: Vec::new(),
+        }
+    }
+
+    fn take(&mut self, kind: u16, payload: &[u8]) -> Result<(), DumpFailure> {
+        if kind != uapi::RTM_NEWROUTE {
+            return Err(DumpFailure::Malformed(DecodeError::UnexpectedMessage(kind)));
+        }
+        if let Some(route) =
+            decode_route_entry(payload, self.family).map_err(DumpFailure::Malformed)?
+        {
+            if self.routes.len() >= self.limit {
+                return Err(DumpFailure::TooLarge(self.limit));
+            }
+            self.routes.push(route);
+        }
+        Ok(())
+    }
 }
 
 /// How many change notifications a datagram holds (`NLMSG_DONE` and no-ops
@@ -714,11 +1102,20 @@ fn count_notifications(datagram: &[u8]) -> usize {
 // ---------------------------------------------------------------------------
 // Sockets.
 
-/// Receive buffer size: replies to single gets are a few KiB at most.
+/// Receive buffer size: replies to single gets are a few KiB at most, and
+/// the kernel fills dump datagrams up to the largest buffer `recvmsg` was
+/// given, capped near 32 KiB.
 const BUFFER: usize = 64 * 1024;
 
-/// How long a request waits for the kernel's reply before giving up.
+/// How long a request waits for the kernel's reply (each datagram of a
+/// dump) before giving up.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The most routes [`Netlink::route_dump`] returns.
+const MAX_ROUTES: usize = 1_000_000;
+
+/// How many times a dump runs when the table keeps changing under it.
+const DUMP_ATTEMPTS: usize = 3;
 
 fn set_option(
     fd: &OwnedFd,
@@ -823,6 +1220,10 @@ pub struct Netlink {
     fd: OwnedFd,
     seq: u32,
     buffer: Vec<u8>,
+    /// The sequence number of a dump given up before its end (an error
+    /// mid-way). The kernel runs one dump per socket, refusing another with
+    /// `EBUSY` until that one is read to its end.
+    unfinished_dump: Option<u32>,
 }
 
 impl fmt::Debug for Netlink {
@@ -830,6 +1231,7 @@ impl fmt::Debug for Netlink {
         f.debug_struct("Netlink")
             .field("fd", &self.fd)
             .field("seq", &self.seq)
+            .field("unfinished_dump", &self.unfinished_dump)
             .finish_non_exhaustive()
     }
 }
@@ -859,6 +1261,7 @@ impl Netlink {
             fd,
             seq: 1,
             buffer: vec![0; BUFFER],
+            unfinished_dump: None,
         })
     }
 
@@ -903,6 +1306,49 @@ impl Netlink {
                 _ => Err(error),
             },
         }
+    }
+
+    /// The routes of the main table (`RT_TABLE_MAIN`) for `family`, as
+    /// `ip route show` / `ip -6 route show` lists them: unicast routes and
+    /// also unreachable, blackhole and prohibit ones (and, for IPv4, any
+    /// other kind an administrator put there), without cached clones. See
+    /// [`RouteEntry`] for what each field holds. At most 1,000,000 routes
+    /// (else [`NetlinkError::TooLarge`]); a dump the table's changes keep
+    /// interrupting is tried 3 times, then fails with an
+    /// [`io::ErrorKind::Interrupted`] I/O error.
+    pub fn route_dump(&mut self, family: Family) -> Result<Vec<RouteEntry>, NetlinkError> {
+        self.route_dump_at_most(family, MAX_ROUTES)
+    }
+
+    /// [`Netlink::route_dump`] keeping at most `limit` routes: one more is
+    /// [`NetlinkError::TooLarge`], without collecting the rest (for a
+    /// caller whose own table is smaller).
+    pub fn route_dump_at_most(
+        &mut self,
+        family: Family,
+        limit: usize,
+    ) -> Result<Vec<RouteEntry>, NetlinkError> {
+        const OP: &str = "route dump";
+        let target = || format!("{family} main table");
+        for _ in 0..DUMP_ATTEMPTS {
+            let seq = self.next_seq();
+            let request = encode_route_dump(seq, family);
+            let mut collector = RouteCollector::new(family, limit);
+            let complete = self.dump(&request, seq, OP, &target, &mut |kind, payload| {
+                collector.take(kind, payload)
+            })?;
+            if complete {
+                return Ok(collector.routes);
+            }
+        }
+        Err(NetlinkError::Io {
+            op: OP,
+            target: target(),
+            source: io::Error::new(
+                io::ErrorKind::Interrupted,
+                format!("the table changed during each of {DUMP_ATTEMPTS} dumps"),
+            ),
+        })
     }
 
     /// Like `ip neigh get ADDR dev IFINDEX`; `None` when there is no entry.
@@ -1028,46 +1474,9 @@ impl Netlink {
         op: &'static str,
         target: &dyn Fn() -> String,
     ) -> Result<Reply, NetlinkError> {
-        let io_error = |source| NetlinkError::Io {
-            op,
-            target: target(),
-            source,
-        };
+        self.send(request, op, target)?;
         loop {
-            // SAFETY: `request` is valid for its length; the kernel is the
-            // default destination of an unconnected netlink socket.
-            let n = unsafe {
-                libc::send(
-                    self.fd.as_raw_fd(),
-                    request.as_ptr().cast(),
-                    request.len(),
-                    0,
-                )
-            };
-            if n >= 0 {
-                break;
-            }
-            let error = io::Error::last_os_error();
-            if error.kind() != io::ErrorKind::Interrupted {
-                return Err(io_error(error));
-            }
-        }
-        loop {
-            let (length, from_kernel) = match receive(&self.fd, &mut self.buffer, 0) {
-                Ok(received) => received,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                // SO_RCVTIMEO expired.
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    return Err(io_error(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("no reply within {REPLY_TIMEOUT:?}"),
-                    )));
-                }
-                Err(error) => return Err(io_error(error)),
-            };
-            if !from_kernel {
-                continue;
-            }
+            let length = self.receive_datagram(op, target)?;
             let datagram = self.buffer.get(..length).unwrap_or_default();
             for message in messages(datagram) {
                 let message = message.map_err(|source| malformed(op, target(), source))?;
@@ -1090,6 +1499,135 @@ impl Netlink {
                 });
             }
         }
+    }
+
+    /// Sends the dump `request` (sequence `seq`) and hands every data
+    /// message of its reply to `take`, until `NLMSG_DONE`. Returns whether
+    /// the dump is consistent (no `NLM_F_DUMP_INTR`). A dump given up
+    /// before its end is read to its end before the next one starts.
+    fn dump(
+        &mut self,
+        request: &[u8],
+        seq: u32,
+        op: &'static str,
+        target: &dyn Fn() -> String,
+        take: &mut TakeMessage<'_>,
+    ) -> Result<bool, NetlinkError> {
+        self.finish_unfinished_dump(op, target)?;
+        self.send(request, op, target)?;
+        self.unfinished_dump = Some(seq);
+        let mut reader = DumpReader::new(seq);
+        loop {
+            let length = self.receive_datagram(op, target)?;
+            let datagram = self.buffer.get(..length).unwrap_or_default();
+            match reader.feed(datagram, take) {
+                Ok(DumpProgress::More) => {}
+                Ok(DumpProgress::Done) => {
+                    self.unfinished_dump = None;
+                    return Ok(!reader.interrupted);
+                }
+                Err(failure) => {
+                    // The kernel's error ends the dump; ours do not.
+                    if matches!(failure, DumpFailure::Kernel(_)) {
+                        self.unfinished_dump = None;
+                    }
+                    return Err(failure.into_error(op, target()));
+                }
+            }
+        }
+    }
+
+    /// Reads a dump given up earlier to its end (discarding it), so that the
+    /// kernel accepts a new one. A silent socket (the end was lost) is
+    /// taken as the end.
+    fn finish_unfinished_dump(
+        &mut self,
+        op: &'static str,
+        target: &dyn Fn() -> String,
+    ) -> Result<(), NetlinkError> {
+        while self.unfinished_dump.is_some() {
+            match self.receive_datagram(op, target) {
+                Ok(_) => {}
+                Err(NetlinkError::Io { source, .. })
+                    if source.kind() == io::ErrorKind::TimedOut =>
+                {
+                    self.unfinished_dump = None;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+
+    fn send(
+        &self,
+        request: &[u8],
+        op: &'static str,
+        target: &dyn Fn() -> String,
+    ) -> Result<(), NetlinkError> {
+        loop {
+            // SAFETY: `request` is valid for its length; the kernel is the
+            // default destination of an unconnected netlink socket.
+            let n = unsafe {
+                libc::send(
+                    self.fd.as_raw_fd(),
+                    request.as_ptr().cast(),
+                    request.len(),
+                    0,
+                )
+            };
+            if n >= 0 {
+                return Ok(());
+            }
+            let error = io::Error::last_os_error();
+            if error.kind() != io::ErrorKind::Interrupted {
+                return Err(io_error(op, target, error));
+            }
+        }
+    }
+
+    /// Receives the kernel's next datagram into the buffer and returns its
+    /// length. Notes the end of an unfinished dump on the way.
+    fn receive_datagram(
+        &mut self,
+        op: &'static str,
+        target: &dyn Fn() -> String,
+    ) -> Result<usize, NetlinkError> {
+        loop {
+            let (length, from_kernel) = match receive(&self.fd, &mut self.buffer, 0) {
+                Ok(received) => received,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                // SO_RCVTIMEO expired.
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    return Err(io_error(
+                        op,
+                        target,
+                        io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("no reply within {REPLY_TIMEOUT:?}"),
+                        ),
+                    ));
+                }
+                Err(error) => return Err(io_error(op, target, error)),
+            };
+            if !from_kernel {
+                continue;
+            }
+            if let Some(seq) = self.unfinished_dump
+                && ends_dump(self.buffer.get(..length).unwrap_or_default(), seq)
+            {
+                self.unfinished_dump = None;
+            }
+            return Ok(length);
+        }
+    }
+}
+
+fn io_error(op: &'static str, target: &dyn Fn() -> String, source: io::Error) -> NetlinkError {
+    NetlinkError::Io {
+        op,
+        target: target(),
+        source,
     }
 }
 
@@ -1534,6 +2072,452 @@ mod tests {
         assert_eq!(count_notifications(&two), 2);
     }
 
+    // Route dumps. The messages below are the kernel's (6.18) answer to
+    // `ip route show table all` / `ip -6 route show table all` in a
+    // namespace with `nl0` = #2, captured with `strace -x -e read=3`. Each
+    // is a whole netlink message (flags `NLM_F_MULTI | NLM_F_DUMP_FILTERED`,
+    // sequence `DUMP_SEQ`).
+    const DUMP_SEQ: u32 = 0x6b0d_7e7d;
+
+    /// `default via 192.0.2.254 dev #2`: `RTA_TABLE`, `RTA_GATEWAY`, `RTA_OIF`.
+    #[rustfmt::skip]
+    const DUMP_DEFAULT: [u8; 52] = [
+        0x34, 0, 0, 0,  24, 0,  0x22, 0,  0x7d, 0x7e, 13, 0x6b,  0x50, 18, 0, 0,
+        2, 0, 0, 0, 0xfe, 3, 0, 1,  0, 0, 0, 0,
+        8, 0, 15, 0,  0xfe, 0, 0, 0,
+        8, 0, 5, 0,  0xc0, 0, 2, 0xfe,
+        8, 0, 4, 0,  2, 0, 0, 0,
+    ];
+
+    /// `192.0.2.0/24 dev #2 proto kernel scope link src 192.0.2.1`: no gateway.
+    #[rustfmt::skip]
+    const DUMP_CONNECTED: [u8; 60] = [
+        0x3c, 0, 0, 0,  24, 0,  0x22, 0,  0x7d, 0x7e, 13, 0x6b,  0x50, 18, 0, 0,
+        2, 24, 0, 0, 0xfe, 2, 0xfd, 1,  0, 0, 0, 0,
+        8, 0, 15, 0,  0xfe, 0, 0, 0,
+        8, 0, 1, 0,  0xc0, 0, 2, 0,
+        8, 0, 7, 0,  0xc0, 0, 2, 1,
+        8, 0, 4, 0,  2, 0, 0, 0,
+    ];
+
+    /// `198.51.100.64/26 via 192.0.2.11 dev #2 mtu 1300`: `RTA_METRICS`.
+    #[rustfmt::skip]
+    const DUMP_MTU: [u8; 72] = [
+        0x48, 0, 0, 0,  24, 0,  0x22, 0,  0x7d, 0x7e, 13, 0x6b,  0x50, 18, 0, 0,
+        2, 26, 0, 0, 0xfe, 3, 0, 1,  0, 0, 0, 0,
+        8, 0, 15, 0,  0xfe, 0, 0, 0,
+        8, 0, 1, 0,  0xc6, 0x33, 0x64, 0x40,
+        12, 0, 8, 0,  8, 0, 2, 0, 20, 5, 0, 0,
+        8, 0, 5, 0,  0xc0, 0, 2, 11,
+        8, 0, 4, 0,  2, 0, 0, 0,
+    ];
+
+    /// `unreachable 203.0.113.0/24`: no interface.
+    #[rustfmt::skip]
+    const DUMP_UNREACHABLE: [u8; 44] = [
+        0x2c, 0, 0, 0,  24, 0,  0x22, 0,  0x7d, 0x7e, 13, 0x6b,  0x50, 18, 0, 0,
+        2, 24, 0, 0, 0xfe, 3, 0, 7,  0, 0, 0, 0,
+        8, 0, 15, 0,  0xfe, 0, 0, 0,
+        8, 0, 1, 0,  0xcb, 0, 0x71, 0,
+    ];
+
+    /// `203.0.113.128/25 nexthop via 192.0.2.11 nexthop via 192.0.2.12`:
+    /// `RTA_MULTIPATH` (two `rtnexthop`s), no top-level gateway or interface.
+    #[rustfmt::skip]
+    const DUMP_MULTIPATH: [u8; 80] = [
+        0x50, 0, 0, 0,  24, 0,  0x22, 0,  0x7d, 0x7e, 13, 0x6b,  0x50, 18, 0, 0,
+        2, 25, 0, 0, 0xfe, 3, 0, 1,  0, 0, 0, 0,
+        8, 0, 15, 0,  0xfe, 0, 0, 0,
+        8, 0, 1, 0,  0xcb, 0, 0x71, 0x80,
+        0x24, 0, 9, 0,  16, 0, 0, 0, 2, 0, 0, 0, 8, 0, 5, 0, 0xc0, 0, 2, 11, 16, 0, 0, 0, 2, 0, 0, 0, 8, 0, 5, 0, 0xc0, 0, 2, 12,
+    ];
+
+    /// `198.51.100.128/25 via 192.0.2.12 table 100`.
+    #[rustfmt::skip]
+    const DUMP_TABLE_100: [u8; 60] = [
+        0x3c, 0, 0, 0,  24, 0,  0x22, 0,  0x7d, 0x7e, 13, 0x6b,  0x50, 18, 0, 0,
+        2, 25, 0, 0, 0x64, 3, 0, 1,  0, 0, 0, 0,
+        8, 0, 15, 0,  0x64, 0, 0, 0,
+        8, 0, 1, 0,  0xc6, 0x33, 0x64, 0x80,
+        8, 0, 5, 0,  0xc0, 0, 2, 12,
+        8, 0, 4, 0,  2, 0, 0, 0,
+    ];
+
+    /// `198.51.100.192/26 via 192.0.2.13 table 1000`: `rtm_table` says
+    /// `RT_TABLE_COMPAT` (252), `RTA_TABLE` 1000.
+    #[rustfmt::skip]
+    const DUMP_TABLE_1000: [u8; 60] = [
+        0x3c, 0, 0, 0,  24, 0,  0x22, 0,  0x7d, 0x7e, 13, 0x6b,  0x50, 18, 0, 0,
+        2, 26, 0, 0, 0xfc, 3, 0, 1,  0, 0, 0, 0,
+        8, 0, 15, 0,  0xe8, 3, 0, 0,
+        8, 0, 1, 0,  0xc6, 0x33, 0x64, 0xc0,
+        8, 0, 5, 0,  0xc0, 0, 2, 13,
+        8, 0, 4, 0,  2, 0, 0, 0,
+    ];
+
+    /// `local 192.0.2.1 dev #2 table local`.
+    #[rustfmt::skip]
+    const DUMP_LOCAL: [u8; 60] = [
+        0x3c, 0, 0, 0,  24, 0,  0x22, 0,  0x7d, 0x7e, 13, 0x6b,  0x50, 18, 0, 0,
+        2, 0x20, 0, 0, 0xff, 2, 0xfe, 2,  0, 0, 0, 0,
+        8, 0, 15, 0,  0xff, 0, 0, 0,
+        8, 0, 1, 0,  0xc0, 0, 2, 1,
+        8, 0, 7, 0,  0xc0, 0, 2, 1,
+        8, 0, 4, 0,  2, 0, 0, 0,
+    ];
+
+    /// The end of the IPv4 dump, alone in its datagram.
+    #[rustfmt::skip]
+    const DUMP_DONE: [u8; 20] = [
+        20, 0, 0, 0,  3, 0,  2, 0,  0x7d, 0x7e, 13, 0x6b,  0x50, 18, 0, 0,
+        0, 0, 0, 0,
+    ];
+
+    /// `2001:db8::/64 dev #2 proto kernel metric 256`: `RTA_PRIORITY`,
+    /// `RTA_CACHEINFO`, `RTA_PREF`.
+    #[rustfmt::skip]
+    const DUMP_V6_CONNECTED: [u8; 116] = [
+        0x74, 0, 0, 0,  24, 0,  0x22, 0,  0x7d, 0x7e, 13, 0x6b,  0x54, 18, 0, 0,
+        10, 0x40, 0, 0, 0xfe, 2, 0, 1,  0, 0, 0, 0,
+        8, 0, 15, 0,  0xfe, 0, 0, 0,
+        20, 0, 1, 0,  0x20, 1, 13, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        8, 0, 6, 0,  0, 1, 0, 0,
+        8, 0, 4, 0,  2, 0, 0, 0,
+        0x24, 0, 12, 0,  0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        5, 0, 20, 0,  0, 0, 0, 0,
+    ];
+
+    /// `default via 2001:db8::fe dev #2 metric 1024`.
+    #[rustfmt::skip]
+    const DUMP_V6_DEFAULT: [u8; 116] = [
+        0x74, 0, 0, 0,  24, 0,  0x22, 0,  0x7d, 0x7e, 13, 0x6b,  0x54, 18, 0, 0,
+        10, 0, 0, 0, 0xfe, 3, 0, 1,  0, 0, 0, 0,
+        8, 0, 15, 0,  0xfe, 0, 0, 0,
+        8, 0, 6, 0,  0, 4, 0, 0,
+        20, 0, 5, 0,  0x20, 1, 13, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xfe,
+        8, 0, 4, 0,  2, 0, 0, 0,
+        0x24, 0, 12, 0,  0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        5, 0, 20, 0,  0, 0, 0, 0,
+    ];
+    fn concat(parts: &[&[u8]]) -> Vec<u8> {
+        parts.concat()
+    }
+
+    /// Feeds `datagrams` to a dump of `family`, as `Netlink::dump` does
+    /// with the socket's; returns the routes and whether the dump is
+    /// consistent. Datagrams that end before `NLMSG_DONE` are an error.
+    fn dump_of(
+        datagrams: &[&[u8]],
+        family: Family,
+        limit: usize,
+    ) -> Result<(Vec<RouteEntry>, bool), DumpFailure> {
+        let mut reader = DumpReader::new(DUMP_SEQ);
+        let mut collector = RouteCollector::new(family, limit);
+        for datagram in datagrams {
+            let progress =
+                reader.feed(datagram, &mut |kind, payload| collector.take(kind, payload))?;
+            if progress == DumpProgress::Done {
+                return Ok((collector.routes, !reader.interrupted));
+            }
+        }
+        Err(DumpFailure::Malformed(DecodeError::Truncated(
+            "dump without NLMSG_DONE",
+        )))
+    }
+
+    fn entry(dst: &str, prefix_len: u8, kind: RouteKind) -> RouteEntry {
+        RouteEntry {
+            dst: v4(dst),
+            prefix_len,
+            kind,
+            oif: 0,
+            gateway: None,
+            mtu: None,
+            multipath: false,
+        }
+    }
+
+    #[test]
+    fn route_dump_request_is_what_iproute2_sends() {
+        // `ip route show table all`: RTM_GETROUTE, REQUEST|DUMP, an rtmsg
+        // with only the family set, no attributes.
+        #[rustfmt::skip]
+        let expected = [
+            0x1c, 0, 0, 0,  26, 0,  0x01, 0x03,  0x7d, 0x7e, 0x0d, 0x6b,  0, 0, 0, 0,
+            2, 0, 0, 0, 0, 0, 0, 0,  0, 0, 0, 0,
+        ];
+        assert_eq!(encode_route_dump(DUMP_SEQ, Family::V4), expected);
+        let mut v6 = expected;
+        v6[16] = 10;
+        assert_eq!(encode_route_dump(DUMP_SEQ, Family::V6), v6);
+    }
+
+    #[test]
+    fn decodes_a_multi_part_route_dump() {
+        // Two routes in the first datagram, the rest in the second, and
+        // NLMSG_DONE alone in the third, as the kernel splits a long dump.
+        let first = concat(&[&DUMP_DEFAULT, &DUMP_CONNECTED]);
+        let second = concat(&[
+            &DUMP_TABLE_100,
+            &DUMP_TABLE_1000,
+            &DUMP_MTU,
+            &DUMP_UNREACHABLE,
+            &DUMP_MULTIPATH,
+            &DUMP_LOCAL,
+        ]);
+        let (routes, consistent) =
+            dump_of(&[&first, &second, &DUMP_DONE], Family::V4, 10).expect("dump");
+        assert!(consistent);
+        let expected = [
+            RouteEntry {
+                oif: 2,
+                gateway: Some(v4("192.0.2.254")),
+                ..entry("0.0.0.0", 0, RouteKind::Unicast)
+            },
+            RouteEntry {
+                oif: 2,
+                ..entry("192.0.2.0", 24, RouteKind::Unicast)
+            },
+            RouteEntry {
+                oif: 2,
+                gateway: Some(v4("192.0.2.11")),
+                mtu: Some(1300),
+                ..entry("198.51.100.64", 26, RouteKind::Unicast)
+            },
+            entry("203.0.113.0", 24, RouteKind::Unreachable),
+            RouteEntry {
+                multipath: true,
+                ..entry("203.0.113.128", 25, RouteKind::Unicast)
+            },
+        ];
+        assert_eq!(routes, expected);
+
+        // Two routes and NLMSG_DONE in one datagram.
+        let one = concat(&[&DUMP_DEFAULT, &DUMP_CONNECTED, &DUMP_DONE]);
+        let (routes, _) = dump_of(&[&one], Family::V4, 10).expect("dump");
+        assert_eq!(routes, expected[..2]);
+    }
+
+    #[test]
+    fn decodes_an_ipv6_route_dump() {
+        let datagram = concat(&[&DUMP_V6_CONNECTED, &DUMP_V6_DEFAULT, &DUMP_DONE]);
+        let (routes, _) = dump_of(&[&datagram], Family::V6, 10).expect("dump");
+        let v6 = |text: &str| -> IpAddr { text.parse().expect("test address") };
+        let connected = RouteEntry {
+            dst: v6("2001:db8::"),
+            prefix_len: 64,
+            kind: RouteKind::Unicast,
+            oif: 2,
+            gateway: None,
+            mtu: None,
+            multipath: false,
+        };
+        let default = RouteEntry {
+            dst: v6("::"),
+            prefix_len: 0,
+            gateway: Some(v6("2001:db8::fe")),
+            ..connected
+        };
+        assert_eq!(routes, [connected, default]);
+        // The other family's dump keeps none of them.
+        let (routes, _) = dump_of(&[&datagram], Family::V4, 10).expect("dump");
+        assert_eq!(routes, []);
+    }
+
+    #[test]
+    fn route_dump_keeps_the_main_table_only() {
+        let payload = |message: &[u8]| message[16..].to_vec();
+        let decode = |payload: &[u8], family| decode_route_entry(payload, family).expect("parses");
+        for other in [&DUMP_TABLE_100[..], &DUMP_TABLE_1000, &DUMP_LOCAL] {
+            assert_eq!(decode(&payload(other), Family::V4), None);
+        }
+        // RTA_TABLE, not rtm_table, decides: rtm_table says COMPAT (252)
+        // here, and main (254) in the default route.
+        let mut compat_main = payload(&DUMP_TABLE_1000);
+        compat_main[16..18].copy_from_slice(&[254, 0]);
+        assert_eq!(
+            decode(&compat_main, Family::V4).map(|r| r.dst),
+            Some(v4("198.51.100.192"))
+        );
+        let mut main_100 = payload(&DUMP_DEFAULT);
+        main_100[16] = 100;
+        assert_eq!(decode(&main_100, Family::V4), None);
+        // Without RTA_TABLE, rtm_table.
+        #[rustfmt::skip]
+        let bare = [2, 24, 0, 0, 254, 3, 0, 1,  0, 0, 0, 0,  8, 0, 1, 0,  192, 0, 2, 0];
+        assert!(decode(&bare, Family::V4).is_some());
+        let mut bare_local = bare;
+        bare_local[4] = 255;
+        assert_eq!(decode(&bare_local, Family::V4), None);
+
+        // Cached clones are left out.
+        let mut cloned = payload(&DUMP_DEFAULT);
+        cloned[9] = 0x02; // rtm_flags = RTM_F_CLONED
+        assert_eq!(decode(&cloned, Family::V4), None);
+
+        // IPv6: routes that neither forward nor refuse are left out even in
+        // main; IPv4 keeps any kind, as `ip route show` does.
+        let mut v6_multicast = payload(&DUMP_V6_DEFAULT);
+        v6_multicast[7] = 5; // RTN_MULTICAST
+        assert_eq!(decode(&v6_multicast, Family::V6), None);
+        let mut v6_blackhole = payload(&DUMP_V6_DEFAULT);
+        v6_blackhole[7] = uapi::RTN_BLACKHOLE;
+        assert_eq!(
+            decode(&v6_blackhole, Family::V6).map(|r| r.kind),
+            Some(RouteKind::Blackhole)
+        );
+        let mut v4_local = payload(&DUMP_CONNECTED);
+        v4_local[7] = uapi::RTN_LOCAL;
+        assert_eq!(
+            decode(&v4_local, Family::V4).map(|r| r.kind),
+            Some(RouteKind::Local)
+        );
+    }
+
+    #[test]
+    fn route_dump_errors_interruptions_and_limits() {
+        // Replies to other requests are skipped, their NLMSG_DONE too.
+        let mut stale_done = DUMP_DONE;
+        stale_done[8] = 0x7c;
+        let mut stale_route = DUMP_DEFAULT;
+        stale_route[8] = 0x7c;
+        let datagram = concat(&[&stale_route, &stale_done, &DUMP_CONNECTED, &DUMP_DONE]);
+        let (routes, _) = dump_of(&[&datagram], Family::V4, 10).expect("dump");
+        assert_eq!(routes.len(), 1);
+        assert_eq!(routes[0].dst, v4("192.0.2.0"));
+
+        // NLM_F_DUMP_INTR: complete but inconsistent.
+        let mut interrupted = DUMP_CONNECTED;
+        interrupted[6] |= 0x10;
+        let (routes, consistent) =
+            dump_of(&[&interrupted, &DUMP_DONE], Family::V4, 10).expect("dump");
+        assert_eq!((routes.len(), consistent), (1, false));
+
+        // An errno in NLMSG_DONE, with an extended-ack message.
+        #[rustfmt::skip]
+        let failed_done = [
+            28, 0, 0, 0,  3, 0,  0x02, 0x02,  0x7d, 0x7e, 0x0d, 0x6b,  0, 0, 0, 0,
+            0xf0, 0xff, 0xff, 0xff, // -EBUSY
+            8, 0, 1, 0,  b'n', b'o', b'!', 0,
+        ];
+        assert_eq!(
+            dump_of(&[&DUMP_DEFAULT, &failed_done], Family::V4, 10),
+            Err(DumpFailure::Kernel(ErrorReply {
+                errno: libc::EBUSY,
+                message: Some("no!".into())
+            }))
+        );
+
+        // NLMSG_ERROR instead of the dump (ENOENT_REPLY answers seq 3).
+        let mut refused = ENOENT_REPLY;
+        refused[8..12].copy_from_slice(&DUMP_SEQ.to_ne_bytes());
+        assert_eq!(
+            dump_of(&[&refused], Family::V4, 10),
+            Err(DumpFailure::Kernel(ErrorReply {
+                errno: libc::ENOENT,
+                message: None
+            }))
+        );
+        // An ack is not an answer to a dump.
+        #[rustfmt::skip]
+        let ack = [
+            36, 0, 0, 0,  2, 0,  0x00, 0x01,  0x7d, 0x7e, 0x0d, 0x6b,  0, 0, 0, 0,
+            0, 0, 0, 0,  0x1c, 0, 0, 0,  26, 0, 1, 3,  0x7d, 0x7e, 0x0d, 0x6b,  0, 0, 0, 0,
+        ];
+        assert_eq!(
+            dump_of(&[&ack], Family::V4, 10),
+            Err(DumpFailure::Malformed(DecodeError::UnexpectedMessage(
+                uapi::NLMSG_ERROR
+            )))
+        );
+        // Nor is another kind of message.
+        let mut neighbour = NEIGHBOUR_REPLY;
+        neighbour[8..12].copy_from_slice(&DUMP_SEQ.to_ne_bytes());
+        assert_eq!(
+            dump_of(&[&neighbour], Family::V4, 10),
+            Err(DumpFailure::Malformed(DecodeError::UnexpectedMessage(
+                uapi::RTM_NEWNEIGH
+            )))
+        );
+
+        // The limit counts kept routes only.
+        let datagram = concat(&[&DUMP_LOCAL, &DUMP_DEFAULT, &DUMP_CONNECTED, &DUMP_DONE]);
+        assert!(dump_of(&[&datagram], Family::V4, 2).is_ok());
+        assert_eq!(
+            dump_of(&[&datagram], Family::V4, 1),
+            Err(DumpFailure::TooLarge(1))
+        );
+
+        // Header fields out of range, addresses of the wrong family.
+        let mut long_prefix = DUMP_CONNECTED[16..].to_vec();
+        long_prefix[1] = 33;
+        assert_eq!(
+            decode_route_entry(&long_prefix, Family::V4),
+            Err(DecodeError::OutOfRange {
+                what: "rtm_dst_len",
+                value: 33
+            })
+        );
+        let mut v6_dst_in_v4 = DUMP_V6_CONNECTED[16..].to_vec();
+        v6_dst_in_v4[0] = 2;
+        v6_dst_in_v4[1] = 24;
+        assert_eq!(
+            decode_route_entry(&v6_dst_in_v4, Family::V4),
+            Err(DecodeError::BadValue {
+                what: "RTA_DST",
+                length: 16
+            })
+        );
+    }
+
+    #[test]
+    fn truncated_route_dumps_are_an_error_never_a_panic() {
+        let whole = concat(&[
+            &DUMP_DEFAULT,
+            &DUMP_CONNECTED,
+            &DUMP_MTU,
+            &DUMP_MULTIPATH,
+            &DUMP_V6_DEFAULT,
+            &DUMP_DONE,
+        ]);
+        for cut in 0..whole.len() {
+            // One datagram cut short: a bad length, or no NLMSG_DONE.
+            assert!(
+                dump_of(&[&whole[..cut]], Family::V4, 10).is_err(),
+                "cut at {cut} parsed"
+            );
+            let _ = dump_of(&[&whole[..cut]], Family::V6, 10);
+            // Any payload cut anywhere: may fail, never panics.
+            for start in [16, 68, 136] {
+                let payload = whole.get(start..cut).unwrap_or_default();
+                let _ = decode_route_entry(payload, Family::V4);
+                let _ = decode_route_entry(payload, Family::V6);
+            }
+            let _ = decode_done(
+                uapi::NLM_F_ACK_TLVS,
+                DUMP_DONE.get(16..cut.min(20)).unwrap_or_default(),
+            );
+            let _ = ends_dump(&whole[..cut], DUMP_SEQ);
+        }
+        for garbage in [&[0xffu8; 40][..], &[0u8; 40][..], &[0x10, 0, 0][..]] {
+            let _ = dump_of(&[garbage], Family::V4, 10);
+            let _ = decode_route_entry(garbage, Family::V6);
+            let _ = decode_done(uapi::NLM_F_ACK_TLVS, garbage);
+        }
+        assert_eq!(
+            decode_done(0, &[0, 0]),
+            Err(DecodeError::Truncated("NLMSG_DONE"))
+        );
+        assert_eq!(decode_done(0, &[]).map(|reply| reply.errno), Ok(0));
+        // The end of a dump is found in a datagram, whatever precedes it.
+        let datagram = concat(&[&DUMP_DEFAULT, &DUMP_DONE]);
+        assert!(ends_dump(&datagram, DUMP_SEQ));
+        assert!(!ends_dump(&datagram, DUMP_SEQ + 1));
+        assert!(!ends_dump(&DUMP_DEFAULT, DUMP_SEQ));
+    }
+
     #[test]
     fn errors_name_the_operation_and_address() {
         let error = NetlinkError::Kernel {
@@ -1552,5 +2536,13 @@ mod tests {
             "{text}"
         );
         assert_eq!(error.errno(), Some(libc::EINVAL));
+
+        let error = DumpFailure::TooLarge(MAX_ROUTES)
+            .into_error("route dump", format!("{} main table", Family::V6));
+        assert_eq!(
+            error.to_string(),
+            "netlink route dump IPv6 main table: more than 1000000 entries"
+        );
+        assert_eq!(error.errno(), None);
     }
 }

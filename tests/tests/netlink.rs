@@ -8,12 +8,15 @@
 //! ```
 
 use std::{
+    fmt::Write as _,
+    io::Write,
     net::IpAddr,
+    process::Stdio,
     thread,
     time::{Duration, Instant},
 };
 
-use lb::netlink::{Monitor, Neighbour, Netlink, RouteKind, nud};
+use lb::netlink::{Family, Monitor, Neighbour, Netlink, NetlinkError, RouteEntry, RouteKind, nud};
 use lb_tests::netns::{Netns, veth};
 
 /// The two sides. Dropping it deletes both namespaces.
@@ -233,4 +236,180 @@ fn link_reports_mac_mtu_and_state() {
     let error = netlink.link(9999).expect_err("no such link");
     assert_eq!(error.errno(), Some(libc::ENODEV), "{error}");
     assert!(error.to_string().contains("#9999"), "{error}");
+}
+
+/// Runs `ip -batch -` in `ns` with `commands` on its standard input.
+fn ip_batch(ns: &Netns, commands: &str) {
+    let mut child = ns
+        .command("ip", &["-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ip -batch");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(commands.as_bytes())
+        .expect("write to ip -batch");
+    let output = child.wait_with_output().expect("ip -batch");
+    assert!(output.status.success(), "ip -batch: {output:?}");
+}
+
+/// The prefix as `ip -j route show` spells it: `default`, a bare address
+/// for host routes, else `ADDR/LEN`.
+fn ip_json_dst(route: &RouteEntry) -> String {
+    let host = if route.dst.is_ipv4() { 32 } else { 128 };
+    match route.prefix_len {
+        0 => "default".to_owned(),
+        len if len == host => route.dst.to_string(),
+        len => format!("{}/{len}", route.dst),
+    }
+}
+
+#[test]
+fn route_dump_lists_the_main_table_like_ip_route_show() {
+    let bed = bed(true);
+    ip_batch(
+        &bed.a,
+        "route add default via 192.0.2.254
+         route add 198.51.100.0/24 via 192.0.2.11
+         route add 198.51.100.64/26 via 192.0.2.11 mtu 1300
+         route add unreachable 203.0.113.0/24
+         route add 203.0.113.128/25 nexthop via 192.0.2.11 nexthop via 192.0.2.12
+         route add ::/0 via 2001:db8::fe
+         route add 2001:db8:1::/64 via 2001:db8::11
+         route add unreachable 2001:db8:2::/64
+         route add 198.51.100.128/25 via 192.0.2.12 table 100
+         route add 2001:db8:3::/64 via 2001:db8::12 table 100",
+    );
+    let mut netlink = Netlink::open().expect("open");
+    let unicast = |dst: &str, prefix_len| RouteEntry {
+        dst: ip(dst),
+        prefix_len,
+        kind: RouteKind::Unicast,
+        oif: bed.ifindex,
+        gateway: None,
+        mtu: None,
+        multipath: false,
+    };
+    let via = |dst: &str, prefix_len, gateway: &str| RouteEntry {
+        gateway: Some(ip(gateway)),
+        ..unicast(dst, prefix_len)
+    };
+
+    let mut v4 = netlink.route_dump(Family::V4).expect("route dump");
+    v4.sort_by_key(|route| (route.dst, route.prefix_len));
+    let expected_v4 = [
+        via("0.0.0.0", 0, "192.0.2.254"),
+        unicast("192.0.2.0", 24),
+        via("198.51.100.0", 24, "192.0.2.11"),
+        RouteEntry {
+            mtu: Some(1300),
+            ..via("198.51.100.64", 26, "192.0.2.11")
+        },
+        RouteEntry {
+            kind: RouteKind::Unreachable,
+            oif: 0,
+            ..unicast("203.0.113.0", 24)
+        },
+        // ECMP: no single next hop; the caller asks the FIB.
+        RouteEntry {
+            oif: 0,
+            multipath: true,
+            ..unicast("203.0.113.128", 25)
+        },
+    ];
+    assert_eq!(v4, expected_v4);
+
+    let mut v6 = netlink.route_dump(Family::V6).expect("route dump");
+    v6.sort_by_key(|route| (route.dst, route.prefix_len));
+    let expected_v6 = [
+        via("::", 0, "2001:db8::fe"),
+        unicast("2001:db8::", 64),
+        via("2001:db8:1::", 64, "2001:db8::11"),
+        // IPv6 unreachable routes name `lo` (index 1 in a new namespace).
+        RouteEntry {
+            kind: RouteKind::Unreachable,
+            oif: 1,
+            ..unicast("2001:db8:2::", 64)
+        },
+        unicast("fe80::", 64),
+    ];
+    assert_eq!(v6, expected_v6);
+
+    // The same prefixes `ip route show` lists (table main, no local or
+    // multicast routes), asked of the namespace itself.
+    for (family, routes) in [("-4", &v4), ("-6", &v6)] {
+        let output = bed.a.ip(&["-j", family, "route", "show", "table", "main"]);
+        let listed: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("ip -j route show");
+        let mut listed: Vec<String> = listed
+            .as_array()
+            .expect("a JSON array")
+            .iter()
+            .map(|route| route["dst"].as_str().expect("dst").to_owned())
+            .collect();
+        listed.sort();
+        let mut ours: Vec<String> = routes.iter().map(ip_json_dst).collect();
+        ours.sort();
+        assert_eq!(ours, listed, "ip {family} route show");
+    }
+
+    // A second dump on the same socket, and other requests between dumps,
+    // work as the first.
+    assert!(netlink.link(bed.ifindex).expect("link").up);
+    let mut again = netlink.route_dump(Family::V4).expect("route dump");
+    again.sort_by_key(|route| (route.dst, route.prefix_len));
+    assert_eq!(again, expected_v4);
+}
+
+#[test]
+fn route_dump_spans_datagrams_and_recovers_from_a_dump_given_up() {
+    let bed = bed(true);
+    // 3000 routes of 136 bytes: some 400 KiB, a dozen datagrams.
+    let mut commands = String::new();
+    for n in 0..3000u32 {
+        writeln!(commands, "route add 2001:db8:1:{n:x}::/64 via 2001:db8::11")
+            .expect("to a String");
+    }
+    ip_batch(&bed.a, &commands);
+    let mut netlink = Netlink::open().expect("open");
+
+    let routes = netlink.route_dump(Family::V6).expect("route dump");
+    // Plus 2001:db8::/64 and fe80::/64.
+    assert_eq!(routes.len(), 3002);
+    let via: Vec<_> = routes
+        .iter()
+        .filter(|route| route.gateway == Some(ip("2001:db8::11")))
+        .collect();
+    assert_eq!(via.len(), 3000);
+    assert!(via.iter().all(|route| route.prefix_len == 64
+        && route.oif == bed.ifindex
+        && route.kind == RouteKind::Unicast));
+
+    // A limit stops the dump half-way; the kernel would refuse the next
+    // dump on this socket (EBUSY) unless the rest is read first.
+    let error = netlink
+        .route_dump_at_most(Family::V6, 10)
+        .expect_err("over the limit");
+    assert!(
+        matches!(error, NetlinkError::TooLarge { limit: 10, .. }),
+        "{error}"
+    );
+    assert_eq!(
+        netlink.route_dump(Family::V6).expect("route dump").len(),
+        3002
+    );
+    // Also with a request in between, which reads past the rest.
+    netlink
+        .route_dump_at_most(Family::V6, 10)
+        .expect_err("over the limit");
+    assert!(netlink.link(bed.ifindex).expect("link").up);
+    assert_eq!(
+        netlink.route_dump(Family::V6).expect("route dump").len(),
+        3002
+    );
+    assert_eq!(netlink.route_dump(Family::V4).expect("route dump").len(), 1);
 }
