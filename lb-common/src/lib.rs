@@ -65,6 +65,8 @@ pub mod map_names {
     pub const DENY: &str = "DENY";
     /// Per-source new-flow token buckets (LRU).
     pub const RATE: &str = "RATE";
+    /// The main routing table's prefixes with resolved gateway hops (LPM).
+    pub const ROUTES: &str = "ROUTES";
     /// Services by id, with their keys (established flows skip `SERVICES`).
     pub const SERVICE_IDS: &str = "SERVICE_IDS";
     /// Attached interfaces' MACs by `ifindex % 256`, without a hash lookup.

@@ -279,6 +279,10 @@ pub struct HopValue {
 }
 const _: () = assert!(core::mem::size_of::<HopValue>() == 36);
 
+/// Most prefixes `ROUTES` holds; a larger routing table is not mirrored
+/// (replies then ask the FIB).
+pub const ROUTES_MAX: u32 = 16384;
+
 /// Bits in `VIP_FILTER` and `NAT_FILTER`: 1024 words of 64.
 pub const FILTER_WORDS: u32 = 1024;
 

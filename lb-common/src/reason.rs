@@ -95,6 +95,10 @@ reasons! {
     /// the backend had no resolved next hop cached (or the packet is longer
     /// than the cached hop's MTU).
     ForwardUncachedHop = 23, "forward_uncached_hop", false;
+    /// A backend's reply sent on to the client through `bpf_fib_lookup`:
+    /// no resolved hop is cached for the route that covers the client
+    /// (connected, multipath or unmirrored routes, an unresolved gateway).
+    ReplyUncachedHop = 24, "reply_uncached_hop", false;
 }
 
 #[cfg(test)]

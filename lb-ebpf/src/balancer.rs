@@ -23,9 +23,9 @@ use crate::{
     forward::{End, FibQuery, Hop, NextHop, encapsulate, next_hop, rewrite, transmit},
     icmp,
     maps::{
-        BACKENDS, CONNS, DENY, HOPS, MAGLEV, NAT, NAT_FILTER, RATE, RR_POS, SERVICE_IDS, SERVICES,
-        SETTINGS, STATS_BACKENDS, STATS_SERVICES, Scratch, VIP_FILTER, VIPS, count_closed,
-        count_traffic, may_contain, scratch,
+        BACKENDS, CONNS, DENY, HOPS, MAGLEV, NAT, NAT_FILTER, RATE, ROUTES, RR_POS, SERVICE_IDS,
+        SERVICES, SETTINGS, STATS_BACKENDS, STATS_SERVICES, Scratch, VIP_FILTER, VIPS,
+        count_closed, count_traffic, may_contain, scratch,
     },
     packet::frame_len,
     parse::{Parsed, parse},
@@ -539,6 +539,28 @@ fn cached_hop(scratch: &mut Scratch, ip_len: u16) -> bool {
     true
 }
 
+/// The cached next hop of the route that covers the packet's destination
+/// (a client, on the reply path) into `scratch.hop`: the controller mirrors
+/// the main routing table into `ROUTES`, resolving the gateways of unicast
+/// routes; connected, local, multipath and unreachable prefixes are there
+/// unresolved, so the longest match sends those packets to the FIB.
+#[inline(always)]
+fn cached_route(scratch: &mut Scratch) -> bool {
+    scratch.route_key = Key::new(128, scratch.packet.dst);
+    let Some(hop) = ROUTES.get(&scratch.route_key) else {
+        return false;
+    };
+    if hop.flags & HOP_RESOLVED == 0 || scratch.packet.ip_len > hop.mtu {
+        return false;
+    }
+    scratch.hop = Hop {
+        ifindex: hop.ifindex,
+        smac: hop.smac,
+        dmac: hop.dmac,
+    };
+    true
+}
+
 /// Forwards `scratch.packet` to `scratch.backend` the way `service` says.
 /// The next hop is the backend's cached one; without one, the FIB's (and
 /// the packet is counted under `ForwardUncachedHop` if it was a forward).
@@ -630,13 +652,18 @@ fn try_reply(ctx: &XdpContext, scratch: &mut Scratch) -> Result<Verdict, Drop> {
             None => return Ok(Verdict::pass(Reason::PassNoService)),
         }
     };
-    scratch.query = FibQuery {
-        v6: packet.v6,
-        ip_len: packet.ip_len,
-        src: nat.vip,
-        dst: packet.dst,
+    let (next, reason) = if cached_route(scratch) {
+        (NextHop::Out, Reason::ReplyToClient)
+    } else {
+        let packet = &scratch.packet;
+        scratch.query = FibQuery {
+            v6: packet.v6,
+            ip_len: packet.ip_len,
+            src: nat.vip,
+            dst: packet.dst,
+        };
+        (next_hop(ctx, scratch), Reason::ReplyUncachedHop)
     };
-    let next = next_hop(ctx, scratch);
     if next == NextHop::Local || next == NextHop::NoRoute {
         // To this host (a health check answer), or not routable from here:
         // untouched, the stack's business.
@@ -644,7 +671,7 @@ fn try_reply(ctx: &XdpContext, scratch: &mut Scratch) -> Result<Verdict, Drop> {
     }
     rewrite(ctx, &scratch.packet, End::Source, &nat.vip, nat.port).get()?;
     if next == NextHop::Out {
-        transmit(ctx, &scratch.hop, Reason::ReplyToClient)
+        transmit(ctx, &scratch.hop, reason)
     } else {
         // Translated, the reply is an ordinary routed packet: the stack
         // resolves the client's next hop and forwards it.

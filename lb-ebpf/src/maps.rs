@@ -51,6 +51,13 @@ pub static NAT: HashMap<NatKey, NatValue> = HashMap::with_max_entries(1024, 0);
 #[map]
 pub static HOPS: Array<HopValue> = Array::with_max_entries(1024, 0);
 
+/// The main routing table's prefixes (IPv4 as IPv4-mapped, prefix length
+/// + 96), with the resolved next hop of gateway routes: the reply path's
+/// cached hop. Unresolved entries send packets to the FIB.
+#[map]
+pub static ROUTES: LpmTrie<Addr, HopValue> =
+    LpmTrie::with_max_entries(lb_common::maps::ROUTES_MAX, 0);
+
 /// Bitset over VIP addresses (`lb_common::maps::filter_bit`): a clear bit
 /// sends host traffic on without a hash-map lookup. Array lookups are
 /// inlined by the verifier; hash lookups cost a helper call and a hash.
@@ -147,6 +154,8 @@ pub struct Scratch {
     pub quoted: Quoted,
     /// A `DENY` lookup key.
     pub deny_key: Key<Addr>,
+    /// A `ROUTES` lookup key.
+    pub route_key: Key<Addr>,
 }
 
 /// The per-CPU [`Scratch`] entry.

@@ -403,6 +403,32 @@ impl Dataplane {
         array.set(id, hop, 0).map_err(map_error(name))
     }
 
+    /// Writes a `ROUTES` prefix (map form: IPv4 mapped, length + 96) and its
+    /// hop (`HopValue::default()`: the FIB decides for it).
+    pub fn set_route(
+        &mut self,
+        prefix: &Addr,
+        prefix_len: u32,
+        hop: &HopValue,
+    ) -> Result<(), DataplaneError> {
+        let name = map_names::ROUTES;
+        let mut routes: LpmTrie<&mut MapData, Addr, HopValue> =
+            LpmTrie::try_from(self.map_mut(name)?).map_err(map_error(name))?;
+        routes
+            .insert(&LpmKey::new(prefix_len, *prefix), hop, 0)
+            .map_err(map_error(name))
+    }
+
+    /// Removes a `ROUTES` prefix.
+    pub fn remove_route(&mut self, prefix: &Addr, prefix_len: u32) -> Result<(), DataplaneError> {
+        let name = map_names::ROUTES;
+        let mut routes: LpmTrie<&mut MapData, Addr, HopValue> =
+            LpmTrie::try_from(self.map_mut(name)?).map_err(map_error(name))?;
+        routes
+            .remove(&LpmKey::new(prefix_len, *prefix))
+            .map_err(map_error(name))
+    }
+
     /// The cached next hop of backend `id`.
     pub fn hop(&self, id: u32) -> Result<HopValue, DataplaneError> {
         let name = map_names::HOPS;
@@ -688,6 +714,7 @@ const PINNED_MAPS: &[&str] = &[
     map_names::DENY,
     map_names::RATE,
     map_names::HOPS,
+    map_names::ROUTES,
     map_names::SERVICE_IDS,
     map_names::IFACE_SLOTS,
     map_names::VIP_FILTER,

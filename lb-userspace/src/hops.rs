@@ -14,13 +14,19 @@ use std::{
     net::IpAddr,
 };
 
-use lb_common::{HopValue, maps::HOP_RESOLVED};
+use lb_common::{
+    Addr, HopValue,
+    maps::{HOP_RESOLVED, ROUTES_MAX},
+};
 
 use crate::{
-    dataplane::Dataplane,
-    netlink::{Neighbour, Netlink, NetlinkError, RouteKind},
+    dataplane::{Dataplane, DataplaneError},
+    netlink::{Family, Neighbour, Netlink, NetlinkError, RouteKind},
     plan::{PlannedService, map_addr},
 };
+
+/// `ROUTES` entries by (prefix, length), both in map form.
+pub type Routes = BTreeMap<(Addr, u32), HopValue>;
 
 /// What the kernel says about the way to one backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,33 +77,82 @@ impl Resolver {
             return Ok(Resolution::NoRoute);
         }
         let next = route.gateway.unwrap_or(backend);
-        let neighbour = self.netlink.neighbour_get(next, route.oif)?;
+        self.through(backend, next, route.oif, route.mtu)
+    }
+
+    /// The hop to `target` through the neighbour `next` on `oif`: resolved
+    /// if the neighbour's MAC is known (else handed to the kernel to
+    /// resolve), with the interface's MAC and MTU (or `route_mtu` when
+    /// smaller).
+    fn through(
+        &mut self,
+        target: IpAddr,
+        next: IpAddr,
+        oif: u32,
+        route_mtu: Option<u32>,
+    ) -> Result<Resolution, NetlinkError> {
+        let neighbour = self.netlink.neighbour_get(next, oif)?;
         let Some(mac) = neighbour.filter(Neighbour::usable).and_then(|n| n.mac) else {
-            if !self.managed.contains(&(next, route.oif))
-                && self.netlink.neighbour_manage(next, route.oif)?
-            {
-                tracing::info!(%backend, next_hop = %next, ifindex = route.oif,
+            if !self.managed.contains(&(next, oif)) && self.netlink.neighbour_manage(next, oif)? {
+                tracing::info!(%target, next_hop = %next, ifindex = oif,
                                "asked the kernel to resolve the next hop");
-                self.managed.insert((next, route.oif));
+                self.managed.insert((next, oif));
             }
             return Ok(Resolution::Pending);
         };
-        let link = self.netlink.link(route.oif)?;
+        let link = self.netlink.link(oif)?;
         // An interface without a MAC (a tunnel device) takes no Ethernet
         // header from us: the FIB path decides for it.
         let Some(smac) = link.mac else {
             return Ok(Resolution::NoRoute);
         };
-        let mtu = route.mtu.unwrap_or(link.mtu).min(link.mtu);
+        let mtu = route_mtu.unwrap_or(link.mtu).min(link.mtu);
         Ok(Resolution::Resolved(HopValue {
-            addr: map_addr(backend),
-            ifindex: route.oif,
+            addr: map_addr(target),
+            ifindex: oif,
             mtu: u16::try_from(mtu).unwrap_or(u16::MAX),
             flags: HOP_RESOLVED,
             pad: 0,
             dmac: mac,
             smac,
         }))
+    }
+
+    /// The `ROUTES` content: every prefix of the main routing table (and
+    /// this host's own addresses, as /32 and /128), with a resolved hop for
+    /// single-gateway unicast routes and an empty one (FIB) for the rest —
+    /// connected prefixes (every host its own MAC), multipath, unreachable
+    /// and local ones. `None` when the table is larger than `ROUTES` holds.
+    pub fn routes(&mut self) -> Result<Option<Routes>, NetlinkError> {
+        let mut routes = BTreeMap::new();
+        for family in [Family::V4, Family::V6] {
+            let limit = ROUTES_MAX as usize + 1;
+            let dump = match self.netlink.route_dump_at_most(family, limit) {
+                Err(NetlinkError::TooLarge { .. }) => return Ok(None),
+                dump => dump?,
+            };
+            for route in dump {
+                let hop = match route.gateway {
+                    Some(gateway)
+                        if route.kind == RouteKind::Unicast
+                            && !route.multipath
+                            && route.oif != 0 =>
+                    {
+                        self.through(route.dst, gateway, route.oif, route.mtu)?
+                            .entry()
+                    }
+                    _ => HopValue::default(),
+                };
+                routes.insert(map_prefix(route.dst, route.prefix_len), hop);
+            }
+        }
+        for address in local_addresses() {
+            routes.insert(map_prefix(address, 128), HopValue::default());
+        }
+        if routes.len() > ROUTES_MAX as usize {
+            return Ok(None);
+        }
+        Ok(Some(routes))
     }
 
     /// Removes the managed neighbour entries this resolver created (on a
@@ -116,6 +171,10 @@ impl Resolver {
 pub struct HopCache {
     resolver: Resolver,
     written: BTreeMap<u32, HopValue>,
+    /// The `ROUTES` entries written.
+    routes: Routes,
+    /// Whether the last refresh found a routing table too large to mirror.
+    routes_too_many: bool,
 }
 
 impl HopCache {
@@ -124,6 +183,8 @@ impl HopCache {
         Ok(Self {
             resolver: Resolver::open()?,
             written: BTreeMap::new(),
+            routes: BTreeMap::new(),
+            routes_too_many: false,
         })
     }
 
@@ -179,11 +240,126 @@ impl HopCache {
             }
         }
         self.written = desired;
-        written
+        let nat = planned
+            .iter()
+            .any(|service| service.value.forwarding == lb_common::maps::FWD_NAT);
+        written + self.refresh_routes(nat, dataplane)
+    }
+
+    /// Mirrors the routing table into `ROUTES` for the reply path (only
+    /// while a NAT service exists: nothing else reads it); returns how many
+    /// prefixes were written or removed.
+    fn refresh_routes(&mut self, nat: bool, dataplane: &mut Dataplane) -> usize {
+        let desired = if nat {
+            match self.resolver.routes() {
+                Ok(Some(routes)) => {
+                    self.routes_too_many = false;
+                    routes
+                }
+                Ok(None) => {
+                    if !self.routes_too_many {
+                        tracing::warn!(
+                            max = ROUTES_MAX,
+                            "routing table too large to mirror: NAT replies ask the FIB"
+                        );
+                    }
+                    self.routes_too_many = true;
+                    BTreeMap::new()
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "reading the routing table; keeping the last copy");
+                    return 0;
+                }
+            }
+        } else {
+            BTreeMap::new()
+        };
+        let mut changed = 0;
+        let gone: Vec<(Addr, u32)> = self
+            .routes
+            .keys()
+            .filter(|key| !desired.contains_key(key))
+            .copied()
+            .collect();
+        // Removals first would briefly expose a shorter, cached prefix for a
+        // longer one that is going; additions first are harmless.
+        for (key, hop) in &desired {
+            if self.routes.get(key) != Some(hop) {
+                match dataplane.set_route(&key.0, key.1, hop) {
+                    Ok(()) => changed += 1,
+                    Err(error) => {
+                        tracing::warn!(error = %format!("{error:#}"), "writing a route");
+                    }
+                }
+            }
+        }
+        for key in gone {
+            match dataplane.remove_route(&key.0, key.1) {
+                Ok(()) => changed += 1,
+                Err(error) => tracing::warn!(error = %format!("{error:#}"), "removing a route"),
+            }
+        }
+        self.routes = desired;
+        changed
+    }
+
+    /// Empties every `HOPS` entry and `ROUTES` prefix this cache wrote, so
+    /// packets ask the FIB until the next refresh (tests and benchmarks of
+    /// the fallback).
+    pub fn clear(&mut self, dataplane: &mut Dataplane) -> Result<(), DataplaneError> {
+        for id in std::mem::take(&mut self.written).into_keys() {
+            dataplane.set_hop(id, &HopValue::default())?;
+        }
+        for (prefix, len) in std::mem::take(&mut self.routes).into_keys() {
+            dataplane.remove_route(&prefix, len)?;
+        }
+        Ok(())
     }
 
     /// See [`Resolver::forget_managed`].
     pub fn forget_managed(&mut self) {
         self.resolver.forget_managed();
     }
+}
+
+/// A prefix in map form: IPv4 as IPv4-mapped with its length + 96.
+fn map_prefix(address: IpAddr, prefix_len: u8) -> (Addr, u32) {
+    let len = u32::from(prefix_len);
+    match address {
+        IpAddr::V4(_) => (map_addr(address), (len + 96).min(128)),
+        IpAddr::V6(_) => (map_addr(address), len.min(128)),
+    }
+}
+
+/// This host's own addresses (in the calling thread's network namespace).
+fn local_addresses() -> Vec<IpAddr> {
+    let mut addresses = Vec::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a linked list we free below.
+    if unsafe { libc::getifaddrs(&raw mut list) } != 0 {
+        return addresses;
+    }
+    let mut cursor = list;
+    while !cursor.is_null() {
+        // SAFETY: `cursor` is a node of the list getifaddrs returned.
+        let entry = unsafe { &*cursor };
+        if !entry.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points to a sockaddr of the family it states.
+            let family = i32::from(unsafe { (*entry.ifa_addr).sa_family });
+            if family == libc::AF_INET {
+                // SAFETY: an AF_INET address is a sockaddr_in (read
+                // unaligned: a sockaddr is only 2-byte aligned).
+                let sin = unsafe { entry.ifa_addr.cast::<libc::sockaddr_in>().read_unaligned() };
+                addresses.push(IpAddr::from(sin.sin_addr.s_addr.to_ne_bytes()));
+            } else if family == libc::AF_INET6 {
+                // SAFETY: an AF_INET6 address is a sockaddr_in6 (as above).
+                let sin6 = unsafe { entry.ifa_addr.cast::<libc::sockaddr_in6>().read_unaligned() };
+                addresses.push(IpAddr::from(sin6.sin6_addr.s6_addr));
+            }
+        }
+        cursor = entry.ifa_next;
+    }
+    // SAFETY: `list` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(list) };
+    addresses
 }

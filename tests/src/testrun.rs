@@ -143,17 +143,13 @@ impl Harness {
             .refresh(self.planner.planned(), &mut self.dataplane)
     }
 
-    /// Empties every backend's cached next hop, so packets take the FIB
-    /// fallback (until the next [`Harness::refresh_hops`]).
+    /// Empties every backend's cached next hop and the mirrored routes, so
+    /// packets take the FIB fallback (until the next
+    /// [`Harness::refresh_hops`]).
     pub fn clear_hops(&mut self) {
-        for service in self.planner.planned() {
-            for backend in &service.backends {
-                self.dataplane
-                    .set_hop(backend.id, &lb_common::HopValue::default())
-                    .expect("clear a hop");
-            }
-        }
-        self.hops = HopCache::open().expect("netlink");
+        self.hops
+            .clear(&mut self.dataplane)
+            .expect("clear the next-hop cache");
     }
 
     /// Plans a new configuration (and its settings) and applies the writes,

@@ -758,6 +758,70 @@ fn without_a_cached_next_hop_the_fib_fallback_gives_the_same_bytes_and_is_counte
 }
 
 #[test]
+fn replies_use_the_cached_route_hop_and_the_fib_gives_the_same_bytes() {
+    let mut harness = Harness::new(CONFIG);
+    let replies = [
+        frames::tcp4(Ipv4Addr::new(192, 0, 2, 11), 8080, CLIENT4, 40000),
+        frames::udp6("2001:db8::11".parse().unwrap(), 5353, CLIENT6, 40000),
+    ];
+    let cached: Vec<_> = replies
+        .iter()
+        .map(|input| {
+            let (outcome, moved) = harness.run_counted(input);
+            assert_eq!(outcome.action, Action::Redirect);
+            assert_eq!(
+                outcome.frame[..6],
+                ROUTER_MAC,
+                "the gateway of the client route"
+            );
+            assert_eq!(
+                moved,
+                [(Reason::ReplyToClient, 1)].into(),
+                "cached route hop"
+            );
+            outcome
+        })
+        .collect();
+    harness.clear_hops();
+    for (input, cached) in replies.iter().zip(&cached) {
+        let (outcome, moved) = harness.run_counted(input);
+        assert_eq!(&outcome, cached, "the FIB path sends the same frame");
+        assert_eq!(moved, [(Reason::ReplyUncachedHop, 1)].into());
+    }
+    // An address of this host inside a cached gateway route (a /32 on lo):
+    // a reply to it is the stack's, as the FIB says, not the gateway's.
+    harness.netns().addr("lo", "198.51.100.99/32");
+    harness.refresh_hops();
+    let to_self = frames::tcp4(
+        Ipv4Addr::new(192, 0, 2, 11),
+        8080,
+        Ipv4Addr::new(198, 51, 100, 99),
+        40000,
+    );
+    let (outcome, moved) = harness.run_counted(&to_self);
+    assert_eq!(outcome.action, Action::Pass);
+    assert_eq!(outcome.frame, to_self);
+    assert_eq!(moved, [(Reason::PassNoService, 1)].into());
+    // A more specific connected prefix inside the cached route: each host
+    // there has its own MAC, so the FIB decides (no neighbour: the stack).
+    harness.netns().addr("lb0", "198.51.100.200/28");
+    harness.refresh_hops();
+    let to_onlink = frames::tcp4(
+        Ipv4Addr::new(192, 0, 2, 11),
+        8080,
+        Ipv4Addr::new(198, 51, 100, 201),
+        40000,
+    );
+    let (outcome, moved) = harness.run_counted(&to_onlink);
+    assert_eq!(
+        outcome.action,
+        Action::Pass,
+        "handed to the stack to resolve"
+    );
+    assert_eq!(moved, [(Reason::PassNoNeighbour, 1)].into());
+}
+
+#[test]
 fn a_cached_hop_serves_only_its_own_address_and_packets_that_fit() {
     let mut harness = Harness::new(CONFIG);
     let id = harness
