@@ -12,6 +12,12 @@
 //!    with the frames arriving on a veth, transmitted out of it and dropped by
 //!    `lb_drop` on the peer.
 //! 3. Maglev table builds; 4. control-plane reactions (plan + apply).
+//! 5. End to end (`lb_tests::endtoend`): HTTP through `lb run` (nat, dsr),
+//!    `haproxy`, an nftables DNAT, an XDP forwarding floor and no balancer,
+//!    driven by `wrk` in network namespaces.
+//!
+//! `LB_BENCH_ONLY=dataplane` (1 to 4) or `LB_BENCH_ONLY=e2e` (5) runs one
+//! part.
 //!
 //! Results go to `results/<UTC date-time>.{json,md,png}`; nothing here
 //! asserts a timing. Needs root.
@@ -32,7 +38,7 @@ use lb::{
 };
 use lb_common::{Reason, program_names};
 use lb_tests::{
-    frames,
+    endtoend, frames,
     report::{ControlPlaneRow, MaglevRow, PathCost, PpsRow, Report},
     testrun::{Harness, LB_MAC},
 };
@@ -158,7 +164,30 @@ fn main() {
         "lb benchmarks: {} / {} / {} CPUs (running on CPU {BENCH_CPU})",
         report.machine.kernel, report.machine.cpu, report.machine.nproc
     );
+    let only = std::env::var("LB_BENCH_ONLY").unwrap_or_default();
+    if only.is_empty() || only == "dataplane" {
+        data_plane(&mut report);
+        report.notes = notes();
+    }
+    if only.is_empty() || only == "e2e" {
+        let (rows, notes) = endtoend::run();
+        report.add_end_to_end(rows);
+        report.notes.extend(notes);
+    }
+    let dir = results_dir();
+    let written = report.write(&dir).expect("write the report");
+    println!(
+        "\nbenchmarks took {:.0} s; report:",
+        total.elapsed().as_secs_f64()
+    );
+    for path in written {
+        println!("  {}", path.display());
+    }
+}
 
+/// Sections 1 to 4: per-packet cost, packets per second, control plane,
+/// Maglev builds.
+fn data_plane(report: &mut Report) {
     println!(
         "\n== per-packet cost, ns: BPF_PROG_TEST_RUN, {ROUNDS} rounds x {REPEAT} runs, \
          wrapper subtracted"
@@ -187,14 +216,14 @@ fn main() {
         print_cost(&cost, floor_ns);
         report.per_packet.push(cost);
     }
-    fallback_cases(&mut harness, floor_ns, &mut report);
+    fallback_cases(&mut harness, floor_ns, report);
 
     println!(
         "\n== packets per second, one core: live frames ({LIVE_ROUNDS} rounds x \
          {LIVE_FRAMES} frames, 64 bytes) into lb0 (native XDP), lb_drop on the peer"
     );
     report.pps = packets_per_second(&mut harness);
-    control_plane(&mut harness, &mut report);
+    control_plane(&mut harness, report);
     drop(harness);
 
     println!("\n== per-packet cost, continued: without NAT services; with the guard");
@@ -232,17 +261,6 @@ fn main() {
 
     println!("\n== Maglev table builds");
     report.maglev = maglev_builds();
-
-    report.notes = notes();
-    let dir = results_dir();
-    let written = report.write(&dir).expect("write the report");
-    println!(
-        "\nbenchmarks took {:.0} s; report:",
-        total.elapsed().as_secs_f64()
-    );
-    for path in written {
-        println!("  {}", path.display());
-    }
 }
 
 /// The established flows again with no cached next hop: what every packet

@@ -4,7 +4,9 @@
 //!   through the userspace API, frames run through `BPF_PROG_TEST_RUN`;
 //! - [`netns`]: network namespaces, veth pairs, bridges, addresses, routes and
 //!   processes inside them, all torn down on drop — also when a test panics;
-//! - [`frames`]: typed builders for the frames the tests send.
+//! - [`frames`]: typed builders for the frames the tests send;
+//! - [`endtoend`]: the end-to-end benchmark (lb beside `haproxy`, `nftables`
+//!   and no balancer, driven by `wrk`).
 //!
 //! Everything here needs root (`CAP_BPF`, `CAP_NET_ADMIN`, `CAP_SYS_ADMIN`).
 #![allow(
@@ -13,6 +15,7 @@
 )]
 
 pub mod bed;
+pub mod endtoend;
 pub mod frames;
 pub mod model;
 pub mod netns;

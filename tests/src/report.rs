@@ -4,8 +4,9 @@
 //!
 //! The measuring lives in `benches/dataplane.rs`; this module only holds the
 //! numbers and renders them. End-to-end rows (connections and requests per
-//! second through a running balancer) come from another benchmark: hand them
-//! over with [`Report::add_end_to_end`] before [`Report::write`].
+//! second through a running balancer, and through `haproxy`, `nftables` and no
+//! balancer beside it) come from [`crate::endtoend`]: hand them over with
+//! [`Report::add_end_to_end`] before [`Report::write`].
 
 use std::{
     fmt::Write as _,
@@ -127,9 +128,9 @@ pub struct ControlPlaneRow {
     pub map_updates: u64,
 }
 
-/// One end-to-end measurement through a running balancer (filled by a
-/// separate benchmark).
-#[derive(Clone, Debug)]
+/// One end-to-end measurement through a running balancer (filled by
+/// [`crate::endtoend`]): medians over the repetitions, with their spread.
+#[derive(Clone, Debug, Default)]
 pub struct EndToEndRow {
     /// Scenario name.
     pub name: String,
@@ -141,6 +142,19 @@ pub struct EndToEndRow {
     pub p50_ms: f64,
     /// 99th percentile request latency, milliseconds.
     pub p99_ms: f64,
+    /// What the scenario is, for people.
+    pub description: String,
+    /// Lowest and highest `conn_per_s` over the repetitions.
+    pub conn_range: (f64, f64),
+    /// Lowest and highest `req_per_s` over the repetitions.
+    pub req_range: (f64, f64),
+    /// Lowest and highest `p99_ms` over the repetitions.
+    pub p99_range: (f64, f64),
+    /// Repetitions that produced figures.
+    pub runs: usize,
+    /// Socket errors and non-2xx answers the load generator counted, summed
+    /// over the runs.
+    pub errors: u64,
 }
 
 /// Everything one `cargo xtask bench` measured.
@@ -158,7 +172,7 @@ pub struct Report {
     pub maglev: Vec<MaglevRow>,
     /// Control-plane reactions.
     pub control_plane: Vec<ControlPlaneRow>,
-    /// End-to-end rows (empty until that benchmark exists).
+    /// End-to-end rows (empty when not measured).
     pub end_to_end: Vec<EndToEndRow>,
     /// Method notes, printed under the tables.
     pub notes: Vec<String>,
@@ -196,11 +210,55 @@ impl Report {
         self.floor_ns().map(|floor| cost.median - floor)
     }
 
+    /// `row`'s connection and request rates over those of the end-to-end
+    /// row named `reference` (`haproxy`, `direct`), if both were measured.
+    pub fn end_to_end_ratios(&self, row: &EndToEndRow, reference: &str) -> Option<(f64, f64)> {
+        let base = self.end_to_end.iter().find(|r| r.name == reference)?;
+        (base.conn_per_s > 0.0 && base.req_per_s > 0.0).then(|| {
+            (
+                row.conn_per_s / base.conn_per_s,
+                row.req_per_s / base.req_per_s,
+            )
+        })
+    }
+
     fn pps_floor(&self) -> Option<f64> {
         self.pps
             .iter()
             .find(|row| row.name == "floor")
             .map(|row| row.pps)
+    }
+
+    /// The `end_to_end` list: each row's medians (the stable keys `name`,
+    /// `conn_per_s`, `req_per_s`, `p50_ms`, `p99_ms`), spread and ratios.
+    fn end_to_end_json(&self) -> Vec<Value> {
+        self.end_to_end
+            .iter()
+            .map(|row| {
+                let ratio = |reference: &str| {
+                    self.end_to_end_ratios(row, reference)
+                        .map(|(conn, req)| json!({ "conn": round3(conn), "req": round3(req) }))
+                };
+                json!({
+                    "name": row.name,
+                    "conn_per_s": row.conn_per_s.round(),
+                    "req_per_s": row.req_per_s.round(),
+                    "p50_ms": round3(row.p50_ms),
+                    "p99_ms": round3(row.p99_ms),
+                    "description": row.description,
+                    "conn_min": row.conn_range.0.round(),
+                    "conn_max": row.conn_range.1.round(),
+                    "req_min": row.req_range.0.round(),
+                    "req_max": row.req_range.1.round(),
+                    "p99_min_ms": round3(row.p99_range.0),
+                    "p99_max_ms": round3(row.p99_range.1),
+                    "runs": row.runs,
+                    "errors": row.errors,
+                    "ratio_to_haproxy": ratio("haproxy"),
+                    "ratio_to_direct": ratio("direct"),
+                })
+            })
+            .collect()
     }
 
     /// The JSON document.
@@ -275,19 +333,7 @@ impl Report {
                 )
             })
             .collect();
-        let end_to_end: Vec<Value> = self
-            .end_to_end
-            .iter()
-            .map(|row| {
-                json!({
-                    "name": row.name,
-                    "conn_per_s": row.conn_per_s,
-                    "req_per_s": row.req_per_s,
-                    "p50_ms": row.p50_ms,
-                    "p99_ms": row.p99_ms,
-                })
-            })
-            .collect();
+        let end_to_end = self.end_to_end_json();
         json!({
             "started": self.started,
             "machine": {
@@ -336,23 +382,7 @@ impl Report {
             );
         }
 
-        let _ = writeln!(md, "\n## End to end\n");
-        if self.end_to_end.is_empty() {
-            let _ = writeln!(md, "Not measured yet.");
-        } else {
-            let _ = writeln!(
-                md,
-                "| scenario | conn/s | req/s | p50 (ms) | p99 (ms) |\n\
-                 | --- | ---: | ---: | ---: | ---: |"
-            );
-            for row in &self.end_to_end {
-                let _ = writeln!(
-                    md,
-                    "| {} | {:.0} | {:.0} | {:.2} | {:.2} |",
-                    row.name, row.conn_per_s, row.req_per_s, row.p50_ms, row.p99_ms
-                );
-            }
-        }
+        self.end_to_end_markdown(&mut md);
         if !self.notes.is_empty() {
             let _ = writeln!(md, "\n## Method\n");
             for note in &self.notes {
@@ -360,6 +390,53 @@ impl Report {
             }
         }
         md
+    }
+
+    fn end_to_end_markdown(&self, md: &mut String) {
+        let _ = writeln!(md, "\n## End to end\n");
+        if self.end_to_end.is_empty() {
+            let _ = writeln!(md, "Not measured.");
+            return;
+        }
+        let _ = writeln!(
+            md,
+            "Medians over the repetitions, min–max in brackets; × haproxy and × direct \
+             are the ratios of the medians.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| scenario | description | conn/s | × haproxy | × direct | keep-alive req/s | \
+             × haproxy | × direct | p50 (ms) | p99 (ms) | errors |\n\
+             | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
+        let ratio = |row: &EndToEndRow, reference: &str| {
+            self.end_to_end_ratios(row, reference).map_or_else(
+                || ("-".to_owned(), "-".to_owned()),
+                |(conn, req)| (format!("{conn:.2}"), format!("{req:.2}")),
+            )
+        };
+        for row in &self.end_to_end {
+            let (conn_h, req_h) = ratio(row, "haproxy");
+            let (conn_d, req_d) = ratio(row, "direct");
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.0} ({:.0}–{:.0}) | {conn_h} | {conn_d} | {:.0} ({:.0}–{:.0}) | \
+                 {req_h} | {req_d} | {:.2} | {:.2} ({:.2}–{:.2}) | {} |",
+                row.name,
+                row.description,
+                row.conn_per_s,
+                row.conn_range.0,
+                row.conn_range.1,
+                row.req_per_s,
+                row.req_range.0,
+                row.req_range.1,
+                row.p50_ms,
+                row.p99_ms,
+                row.p99_range.0,
+                row.p99_range.1,
+                row.errors
+            );
+        }
     }
 
     fn per_packet_markdown(&self, md: &mut String, chart: Option<&str>) {
@@ -691,6 +768,7 @@ mod tests {
             req_per_s: 2.0,
             p50_ms: 0.5,
             p99_ms: 1.5,
+            ..EndToEndRow::default()
         }]);
         let json = report.to_json();
         assert_eq!(json["per_packet_ns"]["nat"], 75);

@@ -213,20 +213,71 @@ fn demo(tools: &setup::Tools) -> anyhow::Result<()> {
     ]))
 }
 
-/// The font the report's chart draws its text with (Debian's
-/// `fonts-dejavu-core`); the benchmark reads it from this path.
-const CHART_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+/// Debian packages only the benchmarks use (not the tests): the report
+/// chart's font, and for the end-to-end section the load generator, the
+/// backends' web server and the balancers lb is compared with. Each entry
+/// lists alternatives, the first one apt knows is installed.
+const BENCH_PACKAGES: &[&[&str]] = &[
+    &["fonts-dejavu-core"],
+    &["wrk"],
+    &["nginx-light", "nginx"],
+    &["haproxy"],
+    &["nftables"],
+];
+
+/// Installs what [`BENCH_PACKAGES`] lists and is missing (with apt-get, where
+/// there is one; without, the end-to-end rows whose tools are missing are
+/// left out and say so).
+fn bench_packages() -> anyhow::Result<()> {
+    if !Path::new("/usr/bin/apt-get").exists() {
+        println!("    no apt-get: install wrk, nginx, haproxy and nft for the end-to-end rows");
+        return Ok(());
+    }
+    let missing: Vec<&[&str]> = BENCH_PACKAGES
+        .iter()
+        .copied()
+        .filter(|names| !names.iter().any(|name| setup::installed(name)))
+        .collect();
+    if missing.is_empty() {
+        println!("    benchmark packages: all present");
+        return Ok(());
+    }
+    step("apt-get update");
+    setup::sudo_free_run(Command::new("apt-get").args(["update", "-q"]))?;
+    let known = |name: &&&str| {
+        Command::new("apt-cache")
+            .args(["show", "-q", name])
+            .output()
+            .is_ok_and(|o| o.status.success() && !o.stdout.is_empty())
+    };
+    let chosen: Vec<&str> = missing
+        .iter()
+        .map(|names| names.iter().find(known).unwrap_or(&names[0]))
+        .copied()
+        .collect();
+    step(&format!(
+        "apt-get install {} (benchmarks only)",
+        chosen.join(" ")
+    ));
+    setup::sudo_free_run(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&chosen),
+    )
+}
 
 fn bench(tools: &setup::Tools) -> anyhow::Result<()> {
     build_ebpf(tools)?;
-    if !Path::new(CHART_FONT).exists() && Path::new("/usr/bin/apt-get").exists() {
-        step("apt-get install fonts-dejavu-core (the report chart's font)");
-        run(Command::new("apt-get").args(["update", "-q"]))?;
-        run(Command::new("apt-get")
-            .args(["install", "-y", "-q", "fonts-dejavu-core"])
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    }
-    step("benchmarks: per-packet cost, packets per second, Maglev, control plane");
+    bench_packages()?;
+    // The end-to-end section runs `lb run`: the benchmark finds the binary
+    // next to its own profile directory (target/release/lb).
+    step("building lb (release) for the end-to-end section");
+    run(cargo().args(["build", "--release", "--package", "lb-userspace"]))?;
+    step(
+        "benchmarks: per-packet cost, packets per second, Maglev, control plane, end to end \
+         (lb, HAProxy, nftables, no balancer)",
+    );
     println!("    report: results/<UTC date-time>.{{json,md,png}}");
     run(cargo().args(["bench", "--package", "lb-tests", "--bench", "dataplane"]))
 }

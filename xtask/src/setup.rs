@@ -108,7 +108,8 @@ fn command_ok(program: &str, args: &[&str]) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-fn installed(package: &str) -> bool {
+/// Whether dpkg has `package` installed.
+pub(crate) fn installed(package: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", package])
         .output()
@@ -133,7 +134,8 @@ fn apt_packages() -> anyhow::Result<()> {
     )
 }
 
-fn sudo_free_run(command: &mut Command) -> anyhow::Result<()> {
+/// Runs a command (as the current user, which setup expects to be root).
+pub(crate) fn sudo_free_run(command: &mut Command) -> anyhow::Result<()> {
     let status = command
         .status()
         .with_context(|| format!("starting {command:?}"))?;
