@@ -23,9 +23,10 @@ use crate::{
     forward::{End, FibQuery, Hop, NextHop, encapsulate, next_hop, rewrite, transmit},
     icmp,
     maps::{
-        BACKENDS, CONNS, DENY, HOPS, MAGLEV, NAT, NAT_FILTER, RATE, ROUTES, RR_POS, SERVICE_IDS,
-        SERVICES, SETTINGS, STATS_BACKENDS, STATS_SERVICES, Scratch, VIP_FILTER, VIPS,
-        count_closed, count_traffic, may_contain, scratch,
+        BACKENDS, CONN_MISSING, CONN_STALE, CONN_UNKNOWN, CONNS, DENY, HOPS, MAGLEV, NAT,
+        NAT_FILTER, RATE, ROUTES, RR_POS, SERVICE_IDS, SERVICES, SETTINGS, STATS_BACKENDS,
+        STATS_SERVICES, Scratch, VIP_FILTER, VIPS, count_closed, count_traffic, may_contain,
+        scratch,
     },
     packet::frame_len,
     parse::{Parsed, parse},
@@ -65,33 +66,35 @@ pub fn balance(ctx: &XdpContext) -> u32 {
             if !may_contain(&VIP_FILTER, &scratch.packet.dst) {
                 return host(ctx, scratch, flags);
             }
-            scratch.conn_missing = false;
+            // The guard first, and cheaply for the denied: one trie lookup,
+            // and the VIP check only for a source it names.
+            if flags & SETTINGS_DENY != 0 && denied(scratch) {
+                return if is_vip(scratch) {
+                    finish(Err(Drop(Reason::DropDenied)))
+                } else {
+                    host(ctx, scratch, flags)
+                };
+            }
+            scratch.conn_state = CONN_UNKNOWN;
             let packet = &scratch.packet;
             if packet.has_l4
                 && !packet.fragment
                 && (packet.proto == proto::TCP || packet.proto == proto::UDP)
             {
                 set_flow(scratch);
-                match established(ctx, scratch, flags) {
-                    FLOW_MISSING => scratch.conn_missing = true,
-                    FLOW_OTHER => {}
-                    action => return action,
+                let action = established(ctx, scratch);
+                if action != FLOW_UNDECIDED {
+                    return action;
                 }
                 let packet = &scratch.packet;
                 scratch.lookup = Endpoint::new(packet.dst, packet.dport, packet.proto);
                 // SAFETY: copied out at once.
                 if let Some(service) = unsafe { SERVICES.get(&scratch.lookup) }.copied() {
-                    if flags & SETTINGS_DENY != 0 && denied(scratch) {
-                        return finish(Err(Drop(Reason::DropDenied)));
-                    }
                     return to_service(ctx, scratch, &service);
                 }
             }
             if !is_vip(scratch) {
                 return host(ctx, scratch, flags);
-            }
-            if flags & SETTINGS_DENY != 0 && denied(scratch) {
-                return finish(Err(Drop(Reason::DropDenied)));
             }
             match scratch.packet.proto {
                 proto::ICMP | proto::ICMPV6 if scratch.packet.has_l4 => icmp::to_vip(ctx, scratch),
@@ -352,58 +355,41 @@ impl Entry {
     }
 }
 
-/// `established`'s answer when the flow has no connection-table entry.
-const FLOW_MISSING: u32 = u32::MAX;
-/// `established`'s answer when the entry cannot be kept as it is (idle,
-/// backend gone, another service now, a SYN reopening it): the slow path
-/// decides.
-const FLOW_OTHER: u32 = u32::MAX - 1;
+/// `established`'s answer when the slow path must decide (recorded in
+/// `scratch.conn_state`).
+const FLOW_UNDECIDED: u32 = u32::MAX;
 
 /// The fast path of an established flow: the connection table names the
 /// backend, the backend its service (`SERVICE_IDS`, an array), so the
 /// service key is never hashed. The service must still be the one
 /// `SERVICES` would give the packet: the same (vip, port, proto), or the
 /// all-port service with no exact one beside it. Returns the counted
-/// action, or [`FLOW_MISSING`] / [`FLOW_OTHER`].
+/// action, or [`FLOW_UNDECIDED`] with `scratch.conn_state` saying why: no
+/// entry, or one the slow path would reschedule in any case (idle, a SYN
+/// reopening it, its backend unusable or of another service now) — so it
+/// need not look the entry up again.
 #[inline(never)]
-fn established(ctx: &XdpContext, scratch: &mut Scratch, flags: u32) -> u32 {
+fn established(ctx: &XdpContext, scratch: &mut Scratch) -> u32 {
     let Some(conn) = CONNS.get_ptr_mut(&scratch.flow) else {
-        return FLOW_MISSING;
+        scratch.conn_state = CONN_MISSING;
+        return FLOW_UNDECIDED;
     };
     let Some(settings) = SETTINGS.get(0) else {
-        return FLOW_OTHER;
+        return FLOW_UNDECIDED;
     };
     let moment = Moment::of(scratch, settings);
     let entry = Entry::read(conn);
-    if !entry.live(&moment) {
-        return FLOW_OTHER;
+    if !entry.live(&moment) || !service_of_flow(scratch, entry.backend_id) {
+        scratch.conn_state = CONN_STALE;
+        scratch.stale = (entry.backend_id, entry.closed);
+        return FLOW_UNDECIDED;
     }
     let Some(backend) = BACKENDS.get(entry.backend_id) else {
-        return FLOW_OTHER;
+        return FLOW_UNDECIDED;
     };
     let Some(slot) = SERVICE_IDS.get(backend.service_id) else {
-        return FLOW_OTHER;
+        return FLOW_UNDECIDED;
     };
-    let flow = &scratch.flow;
-    if backend.flags & BACKEND_USABLE == 0
-        || slot.key.proto != flow.proto
-        || slot.key.addr != flow.dst
-    {
-        return FLOW_OTHER;
-    }
-    if slot.key.port != flow.dport {
-        if slot.key.port != 0 {
-            return FLOW_OTHER;
-        }
-        scratch.lookup = Endpoint::new(flow.dst, flow.dport, flow.proto);
-        // SAFETY: only tested for presence.
-        if unsafe { SERVICES.get(&scratch.lookup) }.is_some() {
-            return FLOW_OTHER;
-        }
-    }
-    if flags & SETTINGS_DENY != 0 && denied(scratch) {
-        return finish(Err(Drop(Reason::DropDenied)));
-    }
     entry.keep(conn, &moment);
     scratch.backend = *backend;
     scratch.backend_id = entry.backend_id;
@@ -417,13 +403,43 @@ fn established(ctx: &XdpContext, scratch: &mut Scratch, flags: u32) -> u32 {
     finish(result)
 }
 
+/// Whether backend `id` is usable and its service is the one `SERVICES`
+/// gives `scratch.flow`: the same (vip, port, proto), or the all-port
+/// service with no exact one beside it.
+#[inline(always)]
+fn service_of_flow(scratch: &mut Scratch, id: u32) -> bool {
+    let Some(backend) = BACKENDS.get(id) else {
+        return false;
+    };
+    let Some(slot) = SERVICE_IDS.get(backend.service_id) else {
+        return false;
+    };
+    let flow = &scratch.flow;
+    if backend.flags & BACKEND_USABLE == 0
+        || slot.key.proto != flow.proto
+        || slot.key.addr != flow.dst
+    {
+        return false;
+    }
+    if slot.key.port == flow.dport {
+        return true;
+    }
+    if slot.key.port != 0 {
+        return false;
+    }
+    scratch.lookup = Endpoint::new(flow.dst, flow.dport, flow.proto);
+    // SAFETY: only tested for presence.
+    unsafe { SERVICES.get(&scratch.lookup) }.is_none()
+}
+
 /// The backend for `scratch.flow`, into `scratch.backend` (and its id into
 /// `scratch.backend_id`); returns its id and whether the flow is new. The
 /// connection table's, while that backend is usable, still this service's,
 /// and the flow not idle past its timeout; otherwise the scheduler's,
 /// remembered in the table. Fragments are scheduled by source alone and
 /// never tracked: later fragments carry no ports to find the entry with.
-/// `scratch.conn_missing` says the fast path already found no entry.
+/// `scratch.conn_state` carries what the fast path already learnt of the
+/// entry.
 #[inline(always)]
 pub fn choose_backend(
     scratch: &mut Scratch,
@@ -432,8 +448,14 @@ pub fn choose_backend(
 ) -> Result<(u32, bool), Drop> {
     let settings = SETTINGS.get(0).ok_or(Drop(Reason::DropNoBackend))?;
     let moment = Moment::of(scratch, settings);
-    if !fragment
-        && !scratch.conn_missing
+    if !fragment && scratch.conn_state == CONN_STALE {
+        // Rescheduled (see `established`).
+        let (backend_id, closed) = scratch.stale;
+        if !closed {
+            count_closed(backend_id);
+        }
+    } else if !fragment
+        && scratch.conn_state == CONN_UNKNOWN
         && let Some(conn) = CONNS.get_ptr_mut(&scratch.flow)
     {
         let entry = Entry::read(conn);

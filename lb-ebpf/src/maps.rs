@@ -147,9 +147,12 @@ pub struct Scratch {
     pub backend: BackendValue,
     /// Its id.
     pub backend_id: u32,
-    /// The fast path looked the flow up in `CONNS` and found no entry: the
-    /// slow path need not look again.
-    pub conn_missing: bool,
+    /// What the fast path learnt of the flow's `CONNS` entry, so the slow
+    /// path need not look again: `CONN_UNKNOWN`, `CONN_MISSING`, or
+    /// `CONN_STALE` (an entry that cannot be kept: `stale` holds it).
+    pub conn_state: u8,
+    /// For `CONN_STALE`: the entry's backend id and whether it was closed.
+    pub stale: (u32, bool),
     /// The flow quoted in an ICMP error.
     pub quoted: Quoted,
     /// A `DENY` lookup key.
@@ -157,6 +160,13 @@ pub struct Scratch {
     /// A `ROUTES` lookup key.
     pub route_key: Key<Addr>,
 }
+
+/// `Scratch::conn_state`: not looked up yet.
+pub const CONN_UNKNOWN: u8 = 0;
+/// `Scratch::conn_state`: the flow has no `CONNS` entry.
+pub const CONN_MISSING: u8 = 1;
+/// `Scratch::conn_state`: the flow's entry must be rescheduled.
+pub const CONN_STALE: u8 = 2;
 
 /// The per-CPU [`Scratch`] entry.
 #[map]
