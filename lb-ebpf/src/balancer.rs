@@ -9,7 +9,8 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key, programs::XdpContext};
 use lb_common::{
-    Addr, ConnValue, Endpoint, FlowKey, NO_BACKEND, RateValue, Reason, ServiceValue, Settings,
+    Addr, ConnValue, Endpoint, FlowKey, HopValue, NO_BACKEND, RateValue, Reason, ServiceValue,
+    Settings,
     hash::{flow_hash, source_hash},
     maps::{
         BACKEND_USABLE, CONN_CLOSED, FWD_DSR, FWD_NAT, FWD_TUNNEL, HOP_RESOLVED, SCHED_IP_HASH,
@@ -547,18 +548,10 @@ fn usable_backend(id: u32, service_id: u32, scratch: &mut Scratch) -> bool {
 /// controller resolved one for this address and a packet of `ip_len` fits.
 #[inline(always)]
 fn cached_hop(scratch: &mut Scratch, ip_len: u16) -> bool {
-    let Some(hop) = HOPS.get(scratch.backend_id) else {
-        return false;
-    };
-    if hop.flags & HOP_RESOLVED == 0 || ip_len > hop.mtu || hop.addr != scratch.backend.addr {
-        return false;
+    match HOPS.get(scratch.backend_id) {
+        Some(hop) if hop.addr == scratch.backend.addr => take_hop(scratch, hop, ip_len),
+        _ => false,
     }
-    scratch.hop = Hop {
-        ifindex: hop.ifindex,
-        smac: hop.smac,
-        dmac: hop.dmac,
-    };
-    true
 }
 
 /// The cached next hop of the route that covers the packet's destination
@@ -569,10 +562,18 @@ fn cached_hop(scratch: &mut Scratch, ip_len: u16) -> bool {
 #[inline(always)]
 fn cached_route(scratch: &mut Scratch) -> bool {
     scratch.route_key = Key::new(128, scratch.packet.dst);
-    let Some(hop) = ROUTES.get(&scratch.route_key) else {
-        return false;
-    };
-    if hop.flags & HOP_RESOLVED == 0 || scratch.packet.ip_len > hop.mtu {
+    let ip_len = scratch.packet.ip_len;
+    match ROUTES.get(&scratch.route_key) {
+        Some(hop) => take_hop(scratch, hop, ip_len),
+        None => false,
+    }
+}
+
+/// `hop` into `scratch.hop` if it is resolved and a packet of `ip_len`
+/// fits its MTU.
+#[inline(always)]
+fn take_hop(scratch: &mut Scratch, hop: &HopValue, ip_len: u16) -> bool {
+    if hop.flags & HOP_RESOLVED == 0 || ip_len > hop.mtu {
         return false;
     }
     scratch.hop = Hop {
