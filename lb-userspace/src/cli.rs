@@ -216,7 +216,19 @@ impl From<api::ClientError> for Failure {
 
 /// Entry point of the `lb` binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            // Help and version go to stdout with exit 0; a command line that
+            // does not parse is a user error: exit 1, as every other one.
+            let _ = error.print();
+            return if error.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     init_logging(cli.log_format);
     let output = cli.output;
     let result = match &cli.command {

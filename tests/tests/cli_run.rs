@@ -255,6 +255,33 @@ fn client_commands_say_when_the_controller_is_not_running() {
 }
 
 #[test]
+fn a_command_line_that_does_not_parse_exits_1_and_help_exits_0() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(lb_binary())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for args in [
+        &["drain"][..],
+        &["weight", "web", "192.0.2.11"],
+        &["no-such-command"],
+        &["status", "--output", "yaml"],
+    ] {
+        let output = run(args);
+        assert_eq!(output.status.code(), Some(1), "lb {args:?}: {output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.starts_with("error:") && stderr.contains("--help"),
+            "lb {args:?} says what is wrong and where help is: {stderr}"
+        );
+    }
+    let help = run(&["--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&help.stdout).contains("drain"));
+}
+
+#[test]
 fn check_lists_every_problem_and_exits_1() {
     let config = lb_tests::TempFile::new(
         "bad.yaml",
