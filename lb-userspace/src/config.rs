@@ -790,21 +790,63 @@ fn check_backend<'a>(
             ),
         );
     }
-    if service.forwarding == Forwarding::Nat
-        && let Some(other) = nat_endpoints.insert(
-            (backend.address, port, service.protocol),
-            service.name.as_str(),
-        )
-        && other != service.name
-    {
-        problems.push(
-            at,
-            format!(
-                "{}:{port} is also a NAT backend of {other:?}: replies could not be told apart",
-                backend.address
-            ),
-        );
+    if service.forwarding == Forwarding::Nat {
+        check_nat_endpoint(at, service, backend.address, port, nat_endpoints, problems);
     }
+}
+
+/// The reply path finds a NAT reply's service by (backend address, port,
+/// protocol), then by (address, 0, protocol) for all-port services
+/// (DESIGN §2.2): each such key must name one service. An all-port NAT
+/// backend collides with every port of the same address and protocol that
+/// another NAT service uses — a reply from that port would get the other
+/// service's VIP.
+fn check_nat_endpoint<'a>(
+    at: &str,
+    service: &'a Service,
+    address: IpAddr,
+    port: u16,
+    nat_endpoints: &mut BTreeMap<(IpAddr, u16, Protocol), &'a str>,
+    problems: &mut Problems,
+) {
+    let protocol = service.protocol;
+    let name = service.name.as_str();
+    let collision = if port == 0 {
+        nat_endpoints
+            .iter()
+            .find(|((a, _, p), other)| *a == address && *p == protocol && **other != name)
+            .map(|((_, other_port, _), other)| (*other_port, *other))
+    } else {
+        [port, 0].iter().find_map(|key_port| {
+            nat_endpoints
+                .get(&(address, *key_port, protocol))
+                .filter(|other| **other != name)
+                .map(|other| (*key_port, *other))
+        })
+    };
+    if let Some((other_port, other)) = collision {
+        let message = if port == other_port {
+            format!(
+                "{address}:{port} is also a NAT backend of {other:?}: replies could not be \
+                 told apart"
+            )
+        } else {
+            let (all, specific, specific_port) = if port == 0 {
+                (name, other, other_port)
+            } else {
+                (other, name, port)
+            };
+            format!(
+                "{address} is a NAT backend of the all-port service {all:?} and, on port \
+                 {specific_port}, of {specific:?}: replies from that port could not be told \
+                 apart; give the services different backend addresses"
+            )
+        };
+        problems.push(at, message);
+    }
+    nat_endpoints
+        .entry((address, port, protocol))
+        .or_insert(name);
 }
 
 /// Type errors of each top-level section and each service, separately; a
@@ -1037,6 +1079,57 @@ services:
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert_eq!(problems[0].path, "services[1].name");
         assert_eq!(problems[1].path, "services[1]");
+    }
+
+    /// The problems `Config::parse` finds in `services` (YAML list items).
+    fn service_problems(services: &str) -> Vec<ConfigProblem> {
+        let text = format!("instance: t\ninterfaces: [{{ name: eth0 }}]\nservices:\n{services}");
+        match Config::parse(&text) {
+            Ok(_) => Vec::new(),
+            Err(ConfigError::Invalid(problems)) => problems,
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+    }
+
+    #[test]
+    fn nat_backends_must_name_one_service_each_for_the_reply_path() {
+        let all_port = "  - { name: any, vip: 203.0.113.20, port: 0, protocol: tcp, backends: [{ address: 192.0.2.11 }] }\n";
+        let web = "  - { name: web, vip: 203.0.113.10, port: 80, protocol: tcp, backends: [{ address: 192.0.2.11, port: 8080 }] }\n";
+        // Either order: an all-port NAT service and a port-specific one on
+        // the same backend address and protocol collide.
+        for services in [format!("{all_port}{web}"), format!("{web}{all_port}")] {
+            let problems = service_problems(&services);
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            let message = &problems[0].message;
+            assert!(
+                message.contains("\"any\"")
+                    && message.contains("\"web\"")
+                    && message.contains("8080"),
+                "names both services and the port: {message}"
+            );
+            assert_eq!(problems[0].path, "services[1].backends[0]");
+        }
+        // The same (address, port, protocol) in two NAT services.
+        let twice = web.replace(
+            "name: web, vip: 203.0.113.10",
+            "name: web2, vip: 203.0.113.11",
+        );
+        let problems = service_problems(&format!("{web}{twice}"));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0]
+                .message
+                .contains("also a NAT backend of \"web\"")
+        );
+        // No collision: another protocol, another address, or not NAT.
+        for other in [
+            all_port.replace("protocol: tcp", "protocol: udp"),
+            all_port.replace("192.0.2.11", "192.0.2.12"),
+            all_port.replace("backends:", "forwarding: dsr, backends:"),
+        ] {
+            let problems = service_problems(&format!("{web}{other}"));
+            assert!(problems.is_empty(), "{other}: {problems:?}");
+        }
     }
 
     #[test]

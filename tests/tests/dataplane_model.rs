@@ -156,7 +156,7 @@ services:
     backends:
       - { address: '2001:db8::13' }
       - { address: '2001:db8::14', weight: 40 }
-      - { address: '2001:db8::21', weight: 60 }
+      - { address: '2001:db8::12', weight: 60 }
   - name: tcp6-ip-hash
     vip: '2001:db8:f::30'
     port: 25
