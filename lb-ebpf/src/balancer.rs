@@ -9,12 +9,13 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key, programs::XdpContext};
 use lb_common::{
-    Addr, ConnValue, Endpoint, FlowKey, HopValue, NO_BACKEND, RateValue, Reason, ServiceValue,
-    Settings,
+    Addr, BackendValue, ConnValue, Endpoint, FlowKey, HopValue, NO_BACKEND, RateValue, Reason,
+    ServiceValue, Settings,
     hash::{flow_hash, source_hash},
     maps::{
         BACKEND_USABLE, CONN_CLOSED, FWD_DSR, FWD_NAT, FWD_TUNNEL, HOP_RESOLVED, SCHED_IP_HASH,
-        SCHED_ROUND_ROBIN, SETTINGS_DENY, SETTINGS_NAT, VIP_FRAGMENTS_TCP, VIP_FRAGMENTS_UDP,
+        SCHED_ROUND_ROBIN, SETTINGS_DENY, SETTINGS_NAT, ServiceSlot, VIP_FRAGMENTS_TCP,
+        VIP_FRAGMENTS_UDP,
     },
     proto,
 };
@@ -380,15 +381,14 @@ fn established(ctx: &XdpContext, scratch: &mut Scratch) -> u32 {
     };
     let moment = Moment::of(scratch, settings);
     let entry = Entry::read(conn);
-    if !entry.live(&moment) || !service_of_flow(scratch, entry.backend_id) {
+    let found = if entry.live(&moment) {
+        service_of_flow(scratch, entry.backend_id)
+    } else {
+        None
+    };
+    let Some((backend, slot)) = found else {
         scratch.conn_state = CONN_STALE;
         scratch.stale = (entry.backend_id, entry.closed);
-        return FLOW_UNDECIDED;
-    }
-    let Some(backend) = BACKENDS.get(entry.backend_id) else {
-        return FLOW_UNDECIDED;
-    };
-    let Some(slot) = SERVICE_IDS.get(backend.service_id) else {
         return FLOW_UNDECIDED;
     };
     entry.keep(conn, &moment);
@@ -404,33 +404,34 @@ fn established(ctx: &XdpContext, scratch: &mut Scratch) -> u32 {
     finish(result)
 }
 
-/// Whether backend `id` is usable and its service is the one `SERVICES`
-/// gives `scratch.flow`: the same (vip, port, proto), or the all-port
-/// service with no exact one beside it.
+/// Backend `id` and its service's slot, if the backend is usable and its
+/// service is the one `SERVICES` gives `scratch.flow`: the same (vip, port,
+/// proto), or the all-port service with no exact one beside it.
 #[inline(always)]
-fn service_of_flow(scratch: &mut Scratch, id: u32) -> bool {
-    let Some(backend) = BACKENDS.get(id) else {
-        return false;
-    };
-    let Some(slot) = SERVICE_IDS.get(backend.service_id) else {
-        return false;
-    };
+fn service_of_flow(
+    scratch: &mut Scratch,
+    id: u32,
+) -> Option<(&'static BackendValue, &'static ServiceSlot)> {
+    let backend = BACKENDS.get(id)?;
+    let slot = SERVICE_IDS.get(backend.service_id)?;
     let flow = &scratch.flow;
     if backend.flags & BACKEND_USABLE == 0
         || slot.key.proto != flow.proto
         || slot.key.addr != flow.dst
     {
-        return false;
+        return None;
     }
-    if slot.key.port == flow.dport {
-        return true;
+    if slot.key.port != flow.dport {
+        if slot.key.port != 0 {
+            return None;
+        }
+        scratch.lookup = Endpoint::new(flow.dst, flow.dport, flow.proto);
+        // SAFETY: only tested for presence.
+        if unsafe { SERVICES.get(&scratch.lookup) }.is_some() {
+            return None;
+        }
     }
-    if slot.key.port != 0 {
-        return false;
-    }
-    scratch.lookup = Endpoint::new(flow.dst, flow.dport, flow.proto);
-    // SAFETY: only tested for presence.
-    unsafe { SERVICES.get(&scratch.lookup) }.is_none()
+    Some((backend, slot))
 }
 
 /// The backend for `scratch.flow`, into `scratch.backend` (and its id into
