@@ -346,23 +346,11 @@ impl Dataplane {
     }
 
     /// Recomputes what the data path derives from other maps: the
-    /// `SERVICE_IDS` slots from `SERVICES`, and both address filters from
-    /// the maps they cover, clearing the bits of removed VIPs and NAT
-    /// backends (a stale bit only costs a hash lookup; a missing one would
-    /// hide an entry, so bits are set before entries are added and cleared
-    /// only here, after removals).
+    /// `SERVICE_IDS` slots from `SERVICES` (for a data plane taken over from
+    /// an lb that had none; `insert_service` / `remove_service` keep them
+    /// after that), and the address filters (see
+    /// `rebuild_filters`).
     pub fn rebuild_indexes(&mut self) -> Result<(), DataplaneError> {
-        let vips: Vec<Addr> = self
-            .hash_map::<Addr, VipValue>(map_names::VIPS)?
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(map_error(map_names::VIPS))?;
-        let nat: Vec<Addr> = self
-            .hash_map::<Endpoint, NatValue>(map_names::NAT)?
-            .keys()
-            .map(|key| key.map(|key| key.addr))
-            .collect::<Result<_, _>>()
-            .map_err(map_error(map_names::NAT))?;
         let services: Vec<(ServiceKey, ServiceValue)> = self
             .hash_map::<ServiceKey, ServiceValue>(map_names::SERVICES)?
             .iter()
@@ -377,6 +365,25 @@ impl Dataplane {
         for (id, slot) in (0u32..).zip(&slots) {
             self.set_service_slot(id, slot)?;
         }
+        self.rebuild_filters()
+    }
+
+    /// Recomputes both address filters from the maps they cover, clearing
+    /// the bits of removed VIPs and NAT backends (a stale bit only costs a
+    /// hash lookup; a missing one would hide an entry, so bits are set
+    /// before entries are added and cleared only here, after removals).
+    fn rebuild_filters(&mut self) -> Result<(), DataplaneError> {
+        let vips: Vec<Addr> = self
+            .hash_map::<Addr, VipValue>(map_names::VIPS)?
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_error(map_names::VIPS))?;
+        let nat: Vec<Addr> = self
+            .hash_map::<Endpoint, NatValue>(map_names::NAT)?
+            .keys()
+            .map(|key| key.map(|key| key.addr))
+            .collect::<Result<_, _>>()
+            .map_err(map_error(map_names::NAT))?;
         for (name, addrs) in [(map_names::VIP_FILTER, vips), (map_names::NAT_FILTER, nat)] {
             let mut words = vec![0u64; FILTER_WORDS as usize];
             for addr in &addrs {
@@ -577,7 +584,7 @@ impl Dataplane {
             }
         }
         if removed_address {
-            self.rebuild_indexes()?;
+            self.rebuild_filters()?;
         }
         Ok(())
     }
