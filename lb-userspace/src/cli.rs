@@ -413,7 +413,12 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
         }
         if signal == libc::SIGQUIT {
             // Leave the data plane attached and pinned, forwarding with the
-            // last tables: the next `lb run` takes it over.
+            // last tables: the next `lb run` takes it over. The floating IPs
+            // go first, as on SIGTERM: the peer takes them over, and two
+            // hosts must never answer ARP for one address.
+            let mut controller = controller.lock().map_err(|_| poisoned())?;
+            controller.stop_ha();
+            drop(controller);
             tracing::info!("SIGQUIT: exiting, data plane left attached and pinned");
             drop(server_guard);
             return Ok(());
