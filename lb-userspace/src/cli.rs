@@ -330,25 +330,43 @@ fn socket(flag: Option<&Path>, config: Option<&Path>) -> Result<PathBuf, Failure
 }
 
 fn check(path: &Path, output: Output) -> Result<(), Failure> {
-    let config = Config::load(path)?;
+    let (config, warnings) = Config::load_with_warnings(path)?;
     match output {
-        Output::Human => println!(
-            "{}: ok ({} service(s), {} interface(s))",
-            path.display(),
-            config.services.len(),
-            config.interfaces.len()
-        ),
-        Output::Json => println!(
-            "{}",
-            serde_json::json!({"ok": true, "services": config.services.len(),
-                               "interfaces": config.interfaces.len()})
-        ),
+        Output::Human => {
+            for warning in &warnings {
+                eprintln!("warning: {warning}");
+            }
+            println!(
+                "{}: ok ({} service(s), {} interface(s){})",
+                path.display(),
+                config.services.len(),
+                config.interfaces.len(),
+                match warnings.len() {
+                    0 => String::new(),
+                    n => format!(", {n} warning(s)"),
+                }
+            );
+        }
+        Output::Json => {
+            let warnings: Vec<serde_json::Value> = warnings
+                .iter()
+                .map(|w| serde_json::json!({"path": w.path, "line": w.line, "message": w.message}))
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({"ok": true, "services": config.services.len(),
+                                   "interfaces": config.interfaces.len(), "warnings": warnings})
+            );
+        }
     }
     Ok(())
 }
 
 fn run(path: &Path, output: Output) -> Result<(), Failure> {
-    let config = Config::load(path)?;
+    let (config, warnings) = Config::load_with_warnings(path)?;
+    for warning in &warnings {
+        tracing::warn!(path = %warning.path, line = ?warning.line, "{}", warning.message);
+    }
     let signals = block_signals();
     let socket = config.control.socket.clone();
     let metrics_address = config.control.metrics;
@@ -516,6 +534,12 @@ fn status(socket: &Path, output: Output) -> Result<(), Failure> {
             service.scheduler,
             service.forwarding
         );
+        for warning in &service.warnings {
+            println!("  warning: {warning}");
+        }
+        if service.backends.is_empty() {
+            continue;
+        }
         // Flows in dsr / tunnel modes are counted from one direction only.
         let flows = if service.forwarding == "nat" {
             "flows"

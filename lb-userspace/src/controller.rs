@@ -590,6 +590,11 @@ impl Controller {
                 scheduler: scheduler_name(service.scheduler),
                 forwarding: forwarding_name(service.forwarding),
                 active_tier: planned.active_tier,
+                warnings: if service.backends.is_empty() {
+                    vec!["no backends configured: packets are dropped (drop_no_backend)".into()]
+                } else {
+                    Vec::new()
+                },
                 backends: planned
                     .backends
                     .iter()
@@ -754,6 +759,10 @@ pub struct ServiceStatus {
     pub forwarding: String,
     /// The tier serving new flows; `null` when no backend can.
     pub active_tier: Option<u8>,
+    /// What the operator should know (a service with no backends); an
+    /// addition to the DESIGN.md shape, empty when all is well.
+    #[serde(default)]
+    pub warnings: Vec<String>,
     /// Backends.
     pub backends: Vec<BackendStatus>,
 }
@@ -1010,7 +1019,7 @@ impl Controller {
     /// overrides (drain, weight) stay unless the reload changes that
     /// backend's configuration.
     pub fn reload(&mut self) -> anyhow::Result<usize> {
-        let config = Config::load(&self.config_path)?;
+        let (config, warnings) = Config::load_with_warnings(&self.config_path)?;
         if sizes(&config) != self.dataplane.sizes() {
             anyhow::bail!("dataplane sizes changed: restart lb run to apply them");
         }
@@ -1025,6 +1034,9 @@ impl Controller {
         self.dataplane.set_settings(&settings(&config))?;
         self.dataplane.apply(&writes)?;
         tracing::info!(writes = writes.len(), "reloaded");
+        for warning in &warnings {
+            tracing::warn!(path = %warning.path, line = ?warning.line, "{}", warning.message);
+        }
         self.config = config;
         self.refresh_hops();
         self.restart_checker();
