@@ -25,6 +25,7 @@ use crate::{
     health::{Checker, Event, Health, Target, Tracker},
     hops::HopCache,
     plan::{BackendKey, BackendState, Planner},
+    sysctl::ForwardingSysctls,
 };
 
 /// The running balancer.
@@ -59,6 +60,8 @@ pub struct Controller {
     hops: Option<HopCache>,
     pin_dir: PathBuf,
     started: SystemTime,
+    /// The forwarding sysctls `lb run` turned on, put back by a clean stop.
+    forwarding: ForwardingSysctls,
 }
 
 impl Controller {
@@ -66,7 +69,22 @@ impl Controller {
     /// its instance if a previous controller left it running — writes the
     /// difference to its maps and attaches it.
     pub fn start(config: Config, config_path: &Path) -> anyhow::Result<Self> {
-        enable_forwarding()?;
+        let interfaces: Vec<&str> = config.interfaces.iter().map(|i| i.name.as_str()).collect();
+        let mut forwarding = ForwardingSysctls::enable(&interfaces)?;
+        match Self::load(config, config_path) {
+            Ok(mut controller) => {
+                controller.forwarding = forwarding;
+                Ok(controller)
+            }
+            Err(error) => {
+                forwarding.restore();
+                Err(error)
+            }
+        }
+    }
+
+    /// [`Controller::start`] once forwarding is on.
+    fn load(config: Config, config_path: &Path) -> anyhow::Result<Self> {
         let sizes = sizes(&config);
         let pin_dir = pin_dir(&config);
         let (mut dataplane, adopted) = Dataplane::load_pinned(sizes, &pin_dir)
@@ -111,6 +129,7 @@ impl Controller {
             },
             pin_dir,
             started: SystemTime::now(),
+            forwarding: ForwardingSysctls::default(),
         };
         controller.refresh_hops();
         controller.attach()?;
@@ -562,13 +581,16 @@ impl Controller {
         }
     }
 
-    /// Detaches from every interface and removes the pinned maps.
+    /// Detaches from every interface, removes the pinned maps and puts back
+    /// the forwarding sysctls `lb run` turned on.
     pub fn stop(&mut self) -> anyhow::Result<()> {
         // Taken, so a refresh racing the exit cannot manage them again.
         if let Some(mut hops) = self.hops.take() {
             hops.forget_managed();
         }
-        for interface in unpin_all(&self.pin_dir)? {
+        let detached = unpin_all(&self.pin_dir);
+        self.forwarding.restore();
+        for interface in detached? {
             tracing::info!(%interface, "detached");
         }
         Ok(())
@@ -949,21 +971,6 @@ pub fn settings(config: &Config) -> Settings {
         settings.tunnel_v6_host_bits = u32::from(128 - net.prefix_len()).min(32);
     }
     settings
-}
-
-/// `bpf_fib_lookup` answers only where forwarding is on; a balancer forwards.
-fn enable_forwarding() -> anyhow::Result<()> {
-    for path in [
-        "/proc/sys/net/ipv4/ip_forward",
-        "/proc/sys/net/ipv6/conf/all/forwarding",
-    ] {
-        let current = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
-        if current.trim() != "1" {
-            std::fs::write(path, "1").with_context(|| format!("enabling forwarding: {path}"))?;
-            tracing::info!(path, "enabled forwarding (bpf_fib_lookup needs it)");
-        }
-    }
-    Ok(())
 }
 
 /// The ifindex of `name` in this network namespace.
