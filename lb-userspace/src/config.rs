@@ -87,9 +87,11 @@ pub struct DataplaneSettings {
     #[serde(default = "default_udp_idle", with = "duration")]
     pub udp_idle_timeout: Duration,
     /// Outer source prefix of IPv4 tunnels; host bits vary per flow (RSS).
+    /// Unset: this host's own address towards the tunnel backends.
     #[serde(default)]
     pub tunnel_source_v4: Option<ipnet::Ipv4Net>,
     /// Outer source prefix of IPv6 tunnels; up to 32 host bits vary per flow.
+    /// Unset: this host's own address towards the tunnel backends.
     #[serde(default)]
     pub tunnel_source_v6: Option<ipnet::Ipv6Net>,
 }
@@ -650,7 +652,6 @@ impl Config {
                     ),
                 );
             }
-            self.check_tunnel_source(&at, service, &mut problems);
             if let Some(check) = &service.health_check {
                 check_health(&format!("{at}.health_check"), check, &mut problems);
             }
@@ -705,30 +706,6 @@ impl Config {
                     "{backends} backends exceed dataplane.max_backends {}",
                     dataplane.max_backends
                 ),
-            );
-        }
-    }
-
-    fn check_tunnel_source(&self, at: &str, service: &Service, problems: &mut Problems) {
-        if service.forwarding != Forwarding::Tunnel {
-            return;
-        }
-        let missing = match service.vip {
-            IpAddr::V4(_) => self
-                .dataplane
-                .tunnel_source_v4
-                .is_none()
-                .then_some("tunnel_source_v4"),
-            IpAddr::V6(_) => self
-                .dataplane
-                .tunnel_source_v6
-                .is_none()
-                .then_some("tunnel_source_v6"),
-        };
-        if let Some(key) = missing {
-            problems.push(
-                format!("{at}.forwarding"),
-                format!("tunnel services need dataplane.{key} (the outer source prefix)"),
             );
         }
     }
