@@ -757,6 +757,8 @@ fn detach(config: Option<&Path>, instance: Option<&str>, output: Output) -> Resu
         )));
     }
     let detached = crate::dataplane::unpin_all(&pin_dir).map_err(Failure::Runtime)?;
+    // The forwarding the data plane needed goes with it.
+    crate::sysctl::restore_recorded(&name);
     match output {
         Output::Human => println!(
             "instance {name}: detached from {} and removed {}",

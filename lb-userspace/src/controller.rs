@@ -73,14 +73,15 @@ impl Controller {
     /// difference to its maps and attaches it.
     pub fn start(config: Config, config_path: &Path) -> anyhow::Result<Self> {
         let interfaces: Vec<&str> = config.interfaces.iter().map(|i| i.name.as_str()).collect();
-        let mut forwarding = ForwardingSysctls::enable(&interfaces)?;
+        let record = crate::sysctl::record_path(config.instance.as_str());
+        let mut forwarding = ForwardingSysctls::enable(&interfaces, record)?;
         match Self::load(config, config_path) {
             Ok(mut controller) => {
                 controller.forwarding = forwarding;
                 Ok(controller)
             }
             Err(error) => {
-                forwarding.restore();
+                forwarding.abandon();
                 Err(error)
             }
         }

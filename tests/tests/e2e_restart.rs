@@ -170,12 +170,35 @@ fn forwarding_is_enabled_per_interface_and_restored_on_stop() {
         "{log}"
     );
 
-    // SIGQUIT leaves the data plane forwarding, so the settings stay.
+    // SIGQUIT leaves the data plane forwarding, so the settings stay; the
+    // lb run that takes it over puts them back on its clean stop, though it
+    // found them on.
+    let quit = |bed: &mut Bed| {
+        bed.start_lb(&config);
+        let process = bed.lb_process.take().unwrap();
+        process.signal(libc::SIGQUIT);
+        assert!(process.wait().status.success());
+        assert_eq!(forwarding(bed), running, "SIGQUIT changed forwarding");
+        let target: SocketAddr = "203.0.113.11:80".parse().unwrap();
+        assert!(bed.client.run(move || tcp_request(target, None)).is_some());
+    };
+    quit(&mut bed);
     bed.start_lb(&config);
-    let process = bed.lb_process.take().unwrap();
-    process.signal(libc::SIGQUIT);
-    assert!(process.wait().status.success());
-    assert_eq!(forwarding(&bed), running, "SIGQUIT changed forwarding");
-    let target: SocketAddr = "203.0.113.11:80".parse().unwrap();
-    assert!(bed.client.run(move || tcp_request(target, None)).is_some());
+    assert_eq!(forwarding(&bed), running, "the takeover changed forwarding");
+    assert!(bed.stop_lb().status.success());
+    assert_eq!(
+        forwarding(&bed),
+        before,
+        "not restored by the lb run that took over"
+    );
+    // So does `lb detach` of a data plane SIGQUIT left.
+    quit(&mut bed);
+    let instance = format!("restartfwd{}", std::process::id());
+    let detach = bed.lb.exec(
+        lb_tests::lb_binary().to_str().unwrap(),
+        &["detach", "--instance", &instance],
+    );
+    assert!(detach.status.success(), "{detach:?}");
+    assert_eq!(forwarding(&bed), before, "not restored by lb detach");
+    assert!(!lb::sysctl::record_path(&instance).exists(), "record left");
 }
