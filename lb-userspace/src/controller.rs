@@ -68,9 +68,10 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// Loads the data plane for `config` — taking over the one pinned for
-    /// its instance if a previous controller left it running — writes the
-    /// difference to its maps and attaches it.
+    /// Turns forwarding on for the attached interfaces (put back if the
+    /// start fails), loads the data plane for `config` — taking over the one
+    /// pinned for its instance if a previous controller left it running —
+    /// writes the difference to its maps and attaches it.
     pub fn start(config: Config, config_path: &Path) -> anyhow::Result<Self> {
         let interfaces: Vec<&str> = config.interfaces.iter().map(|i| i.name.as_str()).collect();
         let record = crate::sysctl::record_path(config.instance.as_str());
