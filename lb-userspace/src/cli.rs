@@ -330,25 +330,43 @@ fn socket(flag: Option<&Path>, config: Option<&Path>) -> Result<PathBuf, Failure
 }
 
 fn check(path: &Path, output: Output) -> Result<(), Failure> {
-    let config = Config::load(path)?;
+    let (config, warnings) = Config::load_with_warnings(path)?;
     match output {
-        Output::Human => println!(
-            "{}: ok ({} service(s), {} interface(s))",
-            path.display(),
-            config.services.len(),
-            config.interfaces.len()
-        ),
-        Output::Json => println!(
-            "{}",
-            serde_json::json!({"ok": true, "services": config.services.len(),
-                               "interfaces": config.interfaces.len()})
-        ),
+        Output::Human => {
+            for warning in &warnings {
+                eprintln!("warning: {warning}");
+            }
+            println!(
+                "{}: ok ({} service(s), {} interface(s){})",
+                path.display(),
+                config.services.len(),
+                config.interfaces.len(),
+                match warnings.len() {
+                    0 => String::new(),
+                    n => format!(", {n} warning(s)"),
+                }
+            );
+        }
+        Output::Json => {
+            let warnings: Vec<serde_json::Value> = warnings
+                .iter()
+                .map(|w| serde_json::json!({"path": w.path, "line": w.line, "message": w.message}))
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({"ok": true, "services": config.services.len(),
+                                   "interfaces": config.interfaces.len(), "warnings": warnings})
+            );
+        }
     }
     Ok(())
 }
 
 fn run(path: &Path, output: Output) -> Result<(), Failure> {
-    let config = Config::load(path)?;
+    let (config, warnings) = Config::load_with_warnings(path)?;
+    for warning in &warnings {
+        tracing::warn!(path = %warning.path, line = ?warning.line, "{}", warning.message);
+    }
     let signals = block_signals();
     let socket = config.control.socket.clone();
     let metrics_address = config.control.metrics;
@@ -413,7 +431,12 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
         }
         if signal == libc::SIGQUIT {
             // Leave the data plane attached and pinned, forwarding with the
-            // last tables: the next `lb run` takes it over.
+            // last tables: the next `lb run` takes it over. The floating IPs
+            // go first, as on SIGTERM: the peer takes them over, and two
+            // hosts must never answer ARP for one address.
+            let mut controller = controller.lock().map_err(|_| poisoned())?;
+            controller.stop_ha();
+            drop(controller);
             tracing::info!("SIGQUIT: exiting, data plane left attached and pinned");
             drop(server_guard);
             return Ok(());
@@ -511,6 +534,12 @@ fn status(socket: &Path, output: Output) -> Result<(), Failure> {
             service.scheduler,
             service.forwarding
         );
+        for warning in &service.warnings {
+            println!("  warning: {warning}");
+        }
+        if service.backends.is_empty() {
+            continue;
+        }
         // Flows in dsr / tunnel modes are counted from one direction only.
         let flows = if service.forwarding == "nat" {
             "flows"
@@ -728,6 +757,8 @@ fn detach(config: Option<&Path>, instance: Option<&str>, output: Output) -> Resu
         )));
     }
     let detached = crate::dataplane::unpin_all(&pin_dir).map_err(Failure::Runtime)?;
+    // The forwarding the data plane needed goes with it.
+    crate::sysctl::restore_recorded(&name);
     match output {
         Output::Human => println!(
             "instance {name}: detached from {} and removed {}",

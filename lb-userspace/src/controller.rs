@@ -13,18 +13,19 @@ use lb_common::{Reason, Settings};
 use serde::Serialize;
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{Arc, Mutex, mpsc::Sender},
 };
 
 use crate::{
     config::Scheduler,
-    config::{Config, XdpModeSetting},
+    config::{Config, Forwarding, XdpModeSetting},
     dataplane::{AttachMode, Attachment, Dataplane, Sizes, unpin_all},
     dynamic::{self, Sample},
     health::{Checker, Event, Health, Target, Tracker},
     hops::HopCache,
     plan::{BackendKey, BackendState, Planner},
+    sysctl::ForwardingSysctls,
 };
 
 /// The running balancer.
@@ -57,16 +58,38 @@ pub struct Controller {
     /// Backends' next hops (none when netlink is unavailable: the data
     /// path then asks the FIB for every packet).
     hops: Option<HopCache>,
+    /// The outer sources of tunnels whose `dataplane.tunnel_source_*` is
+    /// unset, as last resolved and written.
+    tunnel_sources: TunnelSources,
     pin_dir: PathBuf,
     started: SystemTime,
+    /// The forwarding sysctls `lb run` turned on, put back by a clean stop.
+    forwarding: ForwardingSysctls,
 }
 
 impl Controller {
-    /// Loads the data plane for `config` — taking over the one pinned for
-    /// its instance if a previous controller left it running — writes the
-    /// difference to its maps and attaches it.
+    /// Turns forwarding on for the attached interfaces (put back if the
+    /// start fails), loads the data plane for `config` — taking over the one
+    /// pinned for its instance if a previous controller left it running —
+    /// writes the difference to its maps and attaches it.
     pub fn start(config: Config, config_path: &Path) -> anyhow::Result<Self> {
-        enable_forwarding()?;
+        let interfaces: Vec<&str> = config.interfaces.iter().map(|i| i.name.as_str()).collect();
+        let record = crate::sysctl::record_path(config.instance.as_str());
+        let mut forwarding = ForwardingSysctls::enable(&interfaces, record)?;
+        match Self::load(config, config_path) {
+            Ok(mut controller) => {
+                controller.forwarding = forwarding;
+                Ok(controller)
+            }
+            Err(error) => {
+                forwarding.abandon();
+                Err(error)
+            }
+        }
+    }
+
+    /// [`Controller::start`] once forwarding is on.
+    fn load(config: Config, config_path: &Path) -> anyhow::Result<Self> {
         let sizes = sizes(&config);
         let pin_dir = pin_dir(&config);
         let (mut dataplane, adopted) = Dataplane::load_pinned(sizes, &pin_dir)
@@ -76,7 +99,18 @@ impl Controller {
             planner.adopt(&config, dataplane.snapshot()?);
             tracing::info!(pins = %pin_dir.display(), "took over the pinned data plane");
         }
-        dataplane.set_settings(&settings(&config))?;
+        let mut hops = match HopCache::open() {
+            Ok(hops) => Some(hops),
+            Err(error) => {
+                tracing::warn!(%error, "no netlink: every packet will ask the FIB for its next hop");
+                None
+            }
+        };
+        // Before the settings are written: a taken-over data plane is live,
+        // and tunnels must not leave with no outer source meanwhile.
+        let (tunnel_sources, others) = resolve_tunnel_sources(hops.as_mut(), &config);
+        log_tunnel_sources(None, tunnel_sources, &others, &config);
+        dataplane.set_settings(&settings_with(&config, tunnel_sources))?;
         let states = BTreeMap::new();
         let writes = planner.plan(&config, &states)?;
         dataplane.apply(&writes)?;
@@ -102,15 +136,11 @@ impl Controller {
             ha: None,
             checker: None,
             events: None,
-            hops: match HopCache::open() {
-                Ok(hops) => Some(hops),
-                Err(error) => {
-                    tracing::warn!(%error, "no netlink: every packet will ask the FIB for its next hop");
-                    None
-                }
-            },
+            hops,
+            tunnel_sources,
             pin_dir,
             started: SystemTime::now(),
+            forwarding: ForwardingSysctls::default(),
         };
         controller.refresh_hops();
         controller.attach()?;
@@ -555,20 +585,42 @@ impl Controller {
     /// many were written. Called at start, after a reload, and whenever the
     /// kernel's neighbours, routes or links change. A backend whose hop
     /// cannot be resolved gets an empty entry: its packets ask the FIB.
+    /// The default tunnel sources follow the routes too.
     pub fn refresh_hops(&mut self) -> usize {
-        match self.hops.as_mut() {
-            Some(hops) => hops.refresh(self.planner.planned(), &mut self.dataplane),
-            None => 0,
+        let Some(hops) = self.hops.as_mut() else {
+            return 0;
+        };
+        let written = hops.refresh(self.planner.planned(), &mut self.dataplane);
+        let (sources, others) = resolve_tunnel_sources(Some(hops), &self.config);
+        if sources == self.tunnel_sources {
+            return written;
+        }
+        match self
+            .dataplane
+            .set_settings(&settings_with(&self.config, sources))
+        {
+            Ok(()) => {
+                log_tunnel_sources(Some(self.tunnel_sources), sources, &others, &self.config);
+                self.tunnel_sources = sources;
+                written + 1
+            }
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), "writing the tunnel source");
+                written
+            }
         }
     }
 
-    /// Detaches from every interface and removes the pinned maps.
+    /// Detaches from every interface, removes the pinned maps and puts back
+    /// the forwarding sysctls `lb run` turned on.
     pub fn stop(&mut self) -> anyhow::Result<()> {
         // Taken, so a refresh racing the exit cannot manage them again.
         if let Some(mut hops) = self.hops.take() {
             hops.forget_managed();
         }
-        for interface in unpin_all(&self.pin_dir)? {
+        let detached = unpin_all(&self.pin_dir);
+        self.forwarding.restore();
+        for interface in detached? {
             tracing::info!(%interface, "detached");
         }
         Ok(())
@@ -590,6 +642,11 @@ impl Controller {
                 scheduler: scheduler_name(service.scheduler),
                 forwarding: forwarding_name(service.forwarding),
                 active_tier: planned.active_tier,
+                warnings: if service.backends.is_empty() {
+                    vec!["no backends configured: packets are dropped (drop_no_backend)".into()]
+                } else {
+                    Vec::new()
+                },
                 backends: planned
                     .backends
                     .iter()
@@ -754,6 +811,10 @@ pub struct ServiceStatus {
     pub forwarding: String,
     /// The tier serving new flows; `null` when no backend can.
     pub active_tier: Option<u8>,
+    /// What the operator should know (a service with no backends); an
+    /// addition to the DESIGN.md shape, empty when all is well.
+    #[serde(default)]
+    pub warnings: Vec<String>,
     /// Backends.
     pub backends: Vec<BackendStatus>,
 }
@@ -942,19 +1003,169 @@ pub fn settings(config: &Config) -> Settings {
     settings
 }
 
-/// `bpf_fib_lookup` answers only where forwarding is on; a balancer forwards.
-fn enable_forwarding() -> anyhow::Result<()> {
-    for path in [
-        "/proc/sys/net/ipv4/ip_forward",
-        "/proc/sys/net/ipv6/conf/all/forwarding",
-    ] {
-        let current = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
-        if current.trim() != "1" {
-            std::fs::write(path, "1").with_context(|| format!("enabling forwarding: {path}"))?;
-            tracing::info!(path, "enabled forwarding (bpf_fib_lookup needs it)");
+/// The outer source addresses of tunnels for the families whose
+/// `dataplane.tunnel_source_*` prefix is unset: this host's own address
+/// towards the backends (`ip route get BACKEND` → `src`).
+///
+/// One address per family, in `SETTINGS`: correct when the tunnel backends
+/// of a family leave by one interface. Backends reached from different
+/// addresses all get the first one (see [`default_tunnel_sources`]); a
+/// configured prefix chooses instead.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TunnelSources {
+    /// For IPv4 (IPIP) tunnels.
+    pub v4: Option<Ipv4Addr>,
+    /// For IPv6 (IP6IP6) tunnels.
+    pub v6: Option<Ipv6Addr>,
+}
+
+/// Whether tunnels of one family (`v6` or not) need a default source: a
+/// tunnel service of that family and no configured prefix.
+fn needs_default_source(config: &Config, v6: bool) -> bool {
+    let configured = if v6 {
+        config.dataplane.tunnel_source_v6.is_some()
+    } else {
+        config.dataplane.tunnel_source_v4.is_some()
+    };
+    !configured
+        && config
+            .services
+            .iter()
+            .any(|s| s.forwarding == Forwarding::Tunnel && s.vip.is_ipv6() == v6)
+}
+
+/// Picks the default tunnel sources for `config` (pure: `source_towards`
+/// answers `ip route get`'s `src` for a backend). Per family that needs
+/// one, the source towards the first tunnel backend, in configuration
+/// order, that has a route; also returns every other (backend, source)
+/// that differs from the one picked, for a warning.
+pub fn default_tunnel_sources(
+    config: &Config,
+    mut source_towards: impl FnMut(IpAddr) -> Option<IpAddr>,
+) -> (TunnelSources, Vec<(IpAddr, IpAddr)>) {
+    let mut sources = TunnelSources::default();
+    let mut others = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let backends = config
+        .services
+        .iter()
+        .filter(|s| s.forwarding == Forwarding::Tunnel)
+        .flat_map(|s| s.backends.iter().map(|b| b.address));
+    for backend in backends {
+        if !needs_default_source(config, backend.is_ipv6()) || !seen.insert(backend) {
+            continue;
+        }
+        match (backend, source_towards(backend)) {
+            (IpAddr::V4(_), Some(IpAddr::V4(source))) => match sources.v4 {
+                None => sources.v4 = Some(source),
+                Some(picked) if picked != source => others.push((backend, IpAddr::V4(source))),
+                Some(_) => {}
+            },
+            (IpAddr::V6(_), Some(IpAddr::V6(source))) => match sources.v6 {
+                None => sources.v6 = Some(source),
+                Some(picked) if picked != source => others.push((backend, IpAddr::V6(source))),
+                Some(_) => {}
+            },
+            _ => {}
         }
     }
-    Ok(())
+    (sources, others)
+}
+
+/// [`default_tunnel_sources`] asked of the kernel's routes; none without
+/// netlink.
+fn resolve_tunnel_sources(
+    hops: Option<&mut HopCache>,
+    config: &Config,
+) -> (TunnelSources, Vec<(IpAddr, IpAddr)>) {
+    let Some(hops) = hops else {
+        return (TunnelSources::default(), Vec::new());
+    };
+    default_tunnel_sources(config, |backend| match hops.source_towards(backend) {
+        Ok(source) => source,
+        Err(error) => {
+            tracing::debug!(%backend, %error, "no route to a tunnel backend");
+            None
+        }
+    })
+}
+
+/// Logs the default tunnel sources when they change (`before` is `None` at
+/// start): the address picked, backends that would want another, or that
+/// there is none yet.
+fn log_tunnel_sources(
+    before: Option<TunnelSources>,
+    now: TunnelSources,
+    others: &[(IpAddr, IpAddr)],
+    config: &Config,
+) {
+    let families = [
+        (
+            false,
+            before.map(|b| b.v4.map(IpAddr::V4)),
+            now.v4.map(IpAddr::V4),
+        ),
+        (
+            true,
+            before.map(|b| b.v6.map(IpAddr::V6)),
+            now.v6.map(IpAddr::V6),
+        ),
+    ];
+    for (v6, before, now) in families {
+        if !needs_default_source(config, v6) || before == Some(now) {
+            continue;
+        }
+        let key = if v6 {
+            "tunnel_source_v6"
+        } else {
+            "tunnel_source_v4"
+        };
+        let Some(source) = now else {
+            tracing::warn!(
+                "no route to any {} tunnel backend: no outer source for those tunnels \
+                 until one appears (or set dataplane.{key})",
+                if v6 { "IPv6" } else { "IPv4" }
+            );
+            continue;
+        };
+        tracing::info!(
+            %source,
+            "tunnel outer source: this host's address towards the backends (dataplane.{key} unset)"
+        );
+        let differ: Vec<String> = others
+            .iter()
+            .filter(|(backend, _)| backend.is_ipv6() == v6)
+            .map(|(backend, own)| format!("{backend} (from {own})"))
+            .collect();
+        if !differ.is_empty() {
+            tracing::warn!(
+                %source,
+                backends = %differ.join(", "),
+                "these tunnel backends are reached from other addresses, yet every tunnel \
+                 leaves from {source}; set dataplane.{key} to choose"
+            );
+        }
+    }
+}
+
+/// Runtime settings from the configuration, with `defaults` as the tunnel
+/// source of each family whose prefix the configuration leaves unset (all
+/// host bits fixed: one address).
+pub fn settings_with(config: &Config, defaults: TunnelSources) -> Settings {
+    let mut settings = settings(config);
+    if config.dataplane.tunnel_source_v4.is_none()
+        && let Some(source) = defaults.v4
+    {
+        settings.tunnel_v4_source = source.octets();
+        settings.tunnel_v4_host_bits = 0;
+    }
+    if config.dataplane.tunnel_source_v6.is_none()
+        && let Some(source) = defaults.v6
+    {
+        settings.tunnel_v6_source = source.octets();
+        settings.tunnel_v6_host_bits = 0;
+    }
+    settings
 }
 
 /// The ifindex of `name` in this network namespace.
@@ -1010,7 +1221,7 @@ impl Controller {
     /// overrides (drain, weight) stay unless the reload changes that
     /// backend's configuration.
     pub fn reload(&mut self) -> anyhow::Result<usize> {
-        let config = Config::load(&self.config_path)?;
+        let (config, warnings) = Config::load_with_warnings(&self.config_path)?;
         if sizes(&config) != self.dataplane.sizes() {
             anyhow::bail!("dataplane sizes changed: restart lb run to apply them");
         }
@@ -1022,13 +1233,98 @@ impl Controller {
         }
         self.keep_overrides(&config);
         let writes = self.planner.plan(&config, &self.states)?;
-        self.dataplane.set_settings(&settings(&config))?;
+        let (tunnel_sources, others) = resolve_tunnel_sources(self.hops.as_mut(), &config);
+        self.dataplane
+            .set_settings(&settings_with(&config, tunnel_sources))?;
         self.dataplane.apply(&writes)?;
         tracing::info!(writes = writes.len(), "reloaded");
+        log_tunnel_sources(Some(self.tunnel_sources), tunnel_sources, &others, &config);
+        self.tunnel_sources = tunnel_sources;
+        for warning in &warnings {
+            tracing::warn!(path = %warning.path, line = ?warning.line, "{}", warning.message);
+        }
         self.config = config;
         self.refresh_hops();
         self.restart_checker();
         self.update_agents();
         Ok(writes.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TUNNELS: &str = "\
+instance: t
+interfaces: [{ name: eth0 }]
+services:
+  - { name: nat, vip: 203.0.113.10, port: 80, protocol: tcp, backends: [{ address: 192.0.2.9 }] }
+  - { name: t4, vip: 203.0.113.12, port: 80, protocol: tcp, forwarding: tunnel,
+      backends: [{ address: 192.0.2.11 }, { address: 198.51.100.11 }, { address: 192.0.2.12 }] }
+  - { name: t6, vip: '2001:db8:ff::12', port: 80, protocol: tcp, forwarding: tunnel,
+      backends: [{ address: '2001:db8::11' }] }
+";
+
+    /// `ip route get` of a balancer with 192.0.2.1 on one interface and
+    /// 198.51.100.1 on another.
+    fn routes(backend: IpAddr) -> Option<IpAddr> {
+        match backend.to_string().as_str() {
+            "192.0.2.11" | "192.0.2.12" => Some("192.0.2.1".parse().unwrap()),
+            "198.51.100.11" => Some("198.51.100.1".parse().unwrap()),
+            "2001:db8::11" => Some("2001:db8::1".parse().unwrap()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn tunnels_default_to_the_address_towards_their_first_backend() {
+        let config = Config::parse(TUNNELS).unwrap();
+        let mut asked = Vec::new();
+        let (sources, others) = default_tunnel_sources(&config, |backend| {
+            asked.push(backend);
+            routes(backend)
+        });
+        assert_eq!(sources.v4, Some(Ipv4Addr::new(192, 0, 2, 1)));
+        assert_eq!(sources.v6, Some("2001:db8::1".parse().unwrap()));
+        // The backend reached from another address is reported; NAT
+        // backends are never asked.
+        assert_eq!(
+            others,
+            [(
+                "198.51.100.11".parse().unwrap(),
+                "198.51.100.1".parse().unwrap()
+            )]
+        );
+        assert!(!asked.contains(&"192.0.2.9".parse().unwrap()), "{asked:?}");
+
+        let settings = settings_with(&config, sources);
+        assert_eq!(settings.tunnel_v4_source, [192, 0, 2, 1]);
+        assert_eq!(settings.tunnel_v4_host_bits, 0);
+        assert_eq!(
+            settings.tunnel_v6_source,
+            "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets()
+        );
+    }
+
+    #[test]
+    fn a_configured_prefix_wins_and_no_route_means_no_default() {
+        let text = format!("{TUNNELS}dataplane: {{ tunnel_source_v4: 192.0.2.240/28 }}\n");
+        let config = Config::parse(&text).unwrap();
+        let (sources, _) = default_tunnel_sources(&config, |backend| {
+            assert!(backend.is_ipv6(), "asked for {backend} despite the prefix");
+            None
+        });
+        assert_eq!(sources, TunnelSources::default());
+        let settings = settings_with(
+            &config,
+            TunnelSources {
+                v4: Some(Ipv4Addr::new(192, 0, 2, 1)),
+                v6: None,
+            },
+        );
+        assert_eq!(settings.tunnel_v4_source, [192, 0, 2, 240]);
+        assert_eq!(settings.tunnel_v4_host_bits, 4);
+        assert_eq!(settings.tunnel_v6_source, [0; 16]);
     }
 }

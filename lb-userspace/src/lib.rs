@@ -15,4 +15,5 @@ pub mod maglev;
 pub mod metrics;
 pub mod netlink;
 pub mod plan;
+pub mod sysctl;
 pub mod vrrp;
