@@ -266,8 +266,8 @@ fn to_backend(
     Ok(verdict)
 }
 
-/// The flow hash of `scratch.flow` (Maglev slot, tunnel source). Computed
-/// only where it is used: an established flow needs none.
+/// The flow hash of `scratch.flow` (the Maglev slot). Computed only where
+/// it is used: an established flow needs none.
 #[inline(always)]
 fn hash_of(scratch: &Scratch) -> u32 {
     let flow = &scratch.flow;
@@ -633,8 +633,7 @@ pub fn send_to_backend(
             rewrite(ctx, packet, End::Destination, &backend.addr, backend.port).get()?;
         }
         FWD_TUNNEL => {
-            let hash = hash_of(scratch);
-            encapsulate(ctx, &scratch.packet, &scratch.backend.addr, hash).get()?;
+            encapsulate(ctx, &scratch.packet, &scratch.backend.addr).get()?;
         }
         FWD_DSR => {}
         _ => return Err(Drop(Reason::DropNoBackend)),

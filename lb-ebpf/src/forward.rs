@@ -10,7 +10,7 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
-use lb_common::{Addr, Reason, proto};
+use lb_common::{Addr, Reason, hash::tunnel_hash, proto};
 
 use crate::{
     Drop, Status, Verdict, csum,
@@ -215,19 +215,15 @@ fn try_rewrite(
 /// Encapsulates the IP packet in an outer IPv4 (IPIP) or IPv6 (IP6IP6)
 /// header to `backend`, keeping the Ethernet header (and VLAN tag) in front.
 /// The outer source is taken from the configured tunnel prefix, its host bits
-/// varied by `hash` so the backend's NIC spreads flows over its queues (RSS).
+/// varied by the packet's `tunnel_hash` so the backend's NIC spreads flows
+/// over its queues (RSS); with no host bits the hash is not computed.
 #[inline(never)]
-pub fn encapsulate(ctx: &XdpContext, packet: &Packet, backend: &Addr, hash: u32) -> Status {
-    Status::from(try_encapsulate(ctx, packet, backend, hash))
+pub fn encapsulate(ctx: &XdpContext, packet: &Packet, backend: &Addr) -> Status {
+    Status::from(try_encapsulate(ctx, packet, backend))
 }
 
 #[inline(always)]
-fn try_encapsulate(
-    ctx: &XdpContext,
-    packet: &Packet,
-    backend: &Addr,
-    hash: u32,
-) -> Result<(), Drop> {
+fn try_encapsulate(ctx: &XdpContext, packet: &Packet, backend: &Addr) -> Result<(), Drop> {
     let outer_len: usize = if packet.v6 { 40 } else { 20 };
     let eth: [u8; 14] = read_at(ctx, 0).ok_or(Drop(Reason::DropMalformedEth))?;
     let vlan_tag: Option<[u8; 4]> = if packet.l3_off() == 18 {
@@ -260,7 +256,7 @@ fn try_encapsulate(
         let varied = vary(
             u32::from_be_bytes([source[12], source[13], source[14], source[15]]),
             settings.tunnel_v6_host_bits,
-            hash,
+            packet,
         )
         .to_be_bytes();
         source[12] = varied[0];
@@ -278,7 +274,7 @@ fn try_encapsulate(
         let source = vary(
             u32::from_be_bytes(settings.tunnel_v4_source),
             settings.tunnel_v4_host_bits,
-            hash,
+            packet,
         )
         .to_be_bytes();
         let dst = v4_bytes(backend);
@@ -318,12 +314,14 @@ fn try_encapsulate(
     Ok(())
 }
 
-/// `base` with its low `host_bits` replaced by those of `hash`.
+/// `base` with its low `host_bits` replaced by those of `packet`'s
+/// `tunnel_hash`.
 #[inline(always)]
-fn vary(base: u32, host_bits: u32, hash: u32) -> u32 {
+fn vary(base: u32, host_bits: u32, packet: &Packet) -> u32 {
     if host_bits == 0 {
         return base;
     }
+    let hash = tunnel_hash(&packet.src, packet.sport, packet.dport);
     let mask = if host_bits >= 32 {
         u32::MAX
     } else {

@@ -11,7 +11,7 @@ use std::{
 
 use etherparse::{IpNumber, NetHeaders, TransportHeader};
 use lb::plan::{BackendKey, BackendState};
-use lb_common::{Reason, hash::flow_hash, maps::ipv4_mapped};
+use lb_common::{Reason, hash::tunnel_hash, maps::ipv4_mapped};
 use lb_tests::{
     frames::{self, Headers, eth, ip_packet},
     testrun::{Action, EGRESS_MAC, Harness, LB_MAC, ROUTER_MAC, backend_mac},
@@ -83,24 +83,25 @@ fn dsr_expected(input: &[u8], last: u8) -> Vec<u8> {
     out
 }
 
-/// The flow hash of a frame's 5-tuple, as the kernel computes it.
+/// The tunnel hash of a frame (client address and ports), as the kernel
+/// computes it.
 fn hash_of(input: &[u8]) -> u32 {
     let h = Headers::parse(input);
-    let (src, dst) = match &h.net {
-        NetHeaders::Ipv4(ip, _) => (ipv4_mapped(ip.source), ipv4_mapped(ip.destination)),
-        NetHeaders::Ipv6(ip, _) => (ip.source, ip.destination),
+    let src = match &h.net {
+        NetHeaders::Ipv4(ip, _) => ipv4_mapped(ip.source),
+        NetHeaders::Ipv6(ip, _) => ip.source,
         NetHeaders::Arp(_) => panic!("not IP"),
     };
-    let (sport, dport, proto) = match &h.transport {
-        Some(TransportHeader::Tcp(t)) => (t.source_port, t.destination_port, 6),
-        Some(TransportHeader::Udp(u)) => (u.source_port, u.destination_port, 17),
+    let (sport, dport) = match &h.transport {
+        Some(TransportHeader::Tcp(t)) => (t.source_port, t.destination_port),
+        Some(TransportHeader::Udp(u)) => (u.source_port, u.destination_port),
         _ => panic!("no ports"),
     };
-    flow_hash(&src, &dst, sport, dport, proto)
+    tunnel_hash(&src, sport, dport)
 }
 
 /// The expected tunnel output: an outer header from the tunnel prefix (host
-/// bits from the flow hash) to the backend, the inner packet untouched.
+/// bits from the tunnel hash) to the backend, the inner packet untouched.
 fn tunnel_expected(input: &[u8], backend: IpAddr, last: u8) -> Vec<u8> {
     let inner = ip_packet(input);
     let hash = hash_of(input);
