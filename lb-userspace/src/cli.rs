@@ -137,8 +137,11 @@ pub enum Command {
         config: Option<PathBuf>,
     },
     /// On a backend: report its load for the `resource` scheduler.
-    #[command(after_help = "Example:\n  lb agent --listen 0.0.0.0:9478\n  \
-                            lb agent --listen [::]:9478 --load-file /run/myapp/load")]
+    #[command(
+        after_help = "Example:\n  lb agent --listen 0.0.0.0:9478 --allow 192.0.2.1 --allow 192.0.2.2\n  \
+                            lb agent --listen [::]:9478 --secret-file /etc/lb/agent.secret \\\n    \
+                            --load-file /run/myapp/load"
+    )]
     Agent {
         /// Address to serve `GET /load` on.
         #[arg(long)]
@@ -146,6 +149,14 @@ pub enum Command {
         /// Report the number in this file instead of load average / CPUs.
         #[arg(long)]
         load_file: Option<PathBuf>,
+        /// Answer only this balancer (an address or a prefix); repeatable.
+        /// Default: any peer.
+        #[arg(long, value_name = "ADDR", value_parser = parse_allow)]
+        allow: Vec<ipnet::IpNet>,
+        /// Require this file's secret (`Authorization: Bearer SECRET`); the
+        /// balancer sends it from the service's `agent_secret_file`.
+        #[arg(long, value_name = "FILE")]
+        secret_file: Option<PathBuf>,
     },
     /// Print a shell completion script.
     #[command(after_help = "Example:\n  lb completions bash > /etc/bash_completion.d/lb")]
@@ -272,9 +283,17 @@ pub fn main() -> ExitCode {
         Command::Reload { config } => {
             socket(cli.socket.as_deref(), config.as_deref()).and_then(|s| reload(&s, output))
         }
-        Command::Agent { listen, load_file } => {
-            crate::agent::serve(*listen, load_file.as_ref()).map_err(Failure::Runtime)
-        }
+        Command::Agent {
+            listen,
+            load_file,
+            allow,
+            secret_file,
+        } => agent(
+            *listen,
+            load_file.clone(),
+            allow.clone(),
+            secret_file.as_deref(),
+        ),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut command, "lb", &mut std::io::stdout());
@@ -295,6 +314,30 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `--allow`: an address (a one-address prefix) or a prefix.
+fn parse_allow(text: &str) -> Result<ipnet::IpNet, String> {
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{text:?} is not an address or a prefix"))
+}
+
+/// `lb agent`: an unreadable secret is the operator's to fix (exit 1); an
+/// address that cannot be bound is a runtime error (exit 2), as before.
+fn agent(
+    listen: std::net::SocketAddr,
+    load_file: Option<PathBuf>,
+    allow: Vec<ipnet::IpNet>,
+    secret_file: Option<&Path>,
+) -> Result<(), Failure> {
+    let secret = secret_file
+        .map(crate::agent::read_secret)
+        .transpose()
+        .map_err(Failure::User)?;
+    let listener = crate::agent::bind(listen).map_err(Failure::Runtime)?;
+    let access = crate::agent::Access { allow, secret };
+    crate::agent::serve(listener, load_file, access).map_err(Failure::Runtime)
 }
 
 fn report_error(error: &anyhow::Error, output: Output) {
@@ -396,7 +439,9 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
         tracing::info!(%address, "metrics at /metrics");
     }
     let server = api::Server::bind(&socket).map_err(Failure::Runtime)?;
-    let server_guard = server.spawn(Arc::clone(&controller));
+    let server_guard = server
+        .spawn(Arc::clone(&controller))
+        .map_err(Failure::Runtime)?;
     tracing::info!(
         socket = %socket.display(),
         "running; SIGINT or SIGTERM stops, SIGHUP reloads, SIGQUIT exits leaving the data plane"

@@ -44,8 +44,9 @@ pub struct Controller {
     offsets: BTreeMap<u32, i64>,
     /// Loads reported by `lb agent`, by backend.
     loads: Arc<Mutex<BTreeMap<BackendKey, f64>>>,
-    /// Agents to poll, shared with the poller thread.
-    agents: Arc<Mutex<Vec<(BackendKey, SocketAddr)>>>,
+    /// Agents to poll (with their shared secret), shared with the poller
+    /// thread.
+    agents: Arc<Mutex<Vec<AgentTarget>>>,
     /// Health-check durations per backend, for metrics.
     check_latency: BTreeMap<BackendKey, prometheus_client::metrics::histogram::Histogram>,
     /// Entries the last reconciliation found in the connection table.
@@ -397,8 +398,8 @@ impl Controller {
         std::thread::spawn(move || {
             loop {
                 let targets = agents.lock().map(|a| a.clone()).unwrap_or_default();
-                for (key, address) in targets {
-                    let load = crate::agent::query(address);
+                for (key, address, secret) in targets {
+                    let load = crate::agent::query(address, secret.as_deref().map(String::as_str));
                     let Ok(mut loads) = loads.lock() else { return };
                     match load {
                         Ok(load) => {
@@ -417,24 +418,8 @@ impl Controller {
 
     /// The agents of the current configuration's `resource` backends.
     fn update_agents(&mut self) {
-        let targets: Vec<(BackendKey, SocketAddr)> = self
-            .config
-            .services
-            .iter()
-            .filter(|s| s.scheduler == Scheduler::Resource)
-            .flat_map(|s| {
-                s.backends.iter().map(move |b| {
-                    let key = BackendKey {
-                        service: s.name.clone(),
-                        address: b.address,
-                        port: b.port_for(s),
-                    };
-                    (key, SocketAddr::new(b.address, s.agent_port))
-                })
-            })
-            .collect();
         if let Ok(mut agents) = self.agents.lock() {
-            *agents = targets;
+            *agents = agent_targets(&self.config);
         }
     }
 
@@ -680,6 +665,41 @@ impl Controller {
     pub fn reason_counters(&self) -> anyhow::Result<BTreeMap<Reason, u64>> {
         Ok(self.dataplane.reason_counters()?)
     }
+}
+
+/// A backend's agent: whom it reports for, where, and the secret to show.
+type AgentTarget = (BackendKey, SocketAddr, Option<Arc<String>>);
+
+/// The agents of `config`'s `resource` backends. A secret file that cannot
+/// be read is logged and left out: its agents then refuse the polls, and
+/// their backends keep their configured weights.
+fn agent_targets(config: &Config) -> Vec<AgentTarget> {
+    let mut targets = Vec::new();
+    for service in config
+        .services
+        .iter()
+        .filter(|s| s.scheduler == Scheduler::Resource)
+    {
+        let secret = service.agent_secret_file.as_ref().and_then(|path| {
+            crate::agent::read_secret(path)
+                .map_err(|error| {
+                    tracing::warn!(service = %service.name, error = %format!("{error:#}"),
+                        "agent secret unreadable: polling without it");
+                })
+                .ok()
+                .map(Arc::new)
+        });
+        for backend in &service.backends {
+            let key = BackendKey {
+                service: service.name.clone(),
+                address: backend.address,
+                port: backend.port_for(service),
+            };
+            let address = SocketAddr::new(backend.address, service.agent_port);
+            targets.push((key, address, secret.clone()));
+        }
+    }
+    targets
 }
 
 /// An operator's change to one backend.

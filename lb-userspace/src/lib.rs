@@ -11,6 +11,7 @@ pub mod dynamic;
 pub mod ha;
 pub mod health;
 pub mod hops;
+pub mod http;
 pub mod maglev;
 pub mod metrics;
 pub mod netlink;
