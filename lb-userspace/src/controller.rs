@@ -228,9 +228,10 @@ impl Controller {
         Ok(())
     }
 
-    /// Drops the overrides of backends whose configuration `next` changes
-    /// (or removes): an operator's drain or weight was about the old one.
-    fn keep_overrides(&mut self, next: &Config) {
+    /// The overrides that survive a change to `next`: those of backends
+    /// whose configuration `next` changes (or removes) go, since an
+    /// operator's drain or weight was about the old one.
+    fn kept_overrides(&self, next: &Config) -> BTreeMap<BackendKey, BackendOverride> {
         let configured = |config: &Config, key: &BackendKey| {
             config
                 .services
@@ -240,31 +241,20 @@ impl Controller {
                 .find(|(s, b)| b.address == key.address && b.port_for(s) == key.port)
                 .map(|(_, b)| b.clone())
         };
-        let current = self.config.clone();
-        self.overrides.retain(|key, _| {
-            let before = configured(&current, key);
-            before.is_some() && before == configured(next, key)
-        });
-        self.sync_weights();
+        self.overrides
+            .iter()
+            .filter(|(key, _)| {
+                let before = configured(&self.config, key);
+                before.is_some() && before == configured(next, key)
+            })
+            .map(|(key, change)| (key.clone(), *change))
+            .collect()
     }
 
     /// Folds the dynamic weights and, over them, the operator's overrides
     /// into the planner's backend states.
     fn sync_weights(&mut self) {
-        for state in self.states.values_mut() {
-            state.weight = None;
-        }
-        for (key, weight) in &self.dynamic {
-            self.states.entry(key.clone()).or_default().weight = Some(*weight);
-        }
-        for (key, change) in &self.overrides {
-            let state = self.states.entry(key.clone()).or_default();
-            if change.drained {
-                state.weight = Some(0);
-            } else if let Some(weight) = change.weight {
-                state.weight = Some(weight);
-            }
-        }
+        self.states = folded_weights(&self.states, &self.dynamic, &self.overrides);
     }
 
     /// Health-check latency histograms, by backend (for metrics).
@@ -1025,30 +1015,175 @@ pub fn mac_address(name: &str) -> anyhow::Result<[u8; 6]> {
 
 impl Controller {
     /// Re-reads the configuration file and applies the difference; returns
-    /// the number of map writes. A file that does not validate, or that
-    /// needs a restart (interfaces, map sizes, ha), changes nothing. Operator
-    /// overrides (drain, weight) stay unless the reload changes that
-    /// backend's configuration.
+    /// the number of map writes. A reload applies whole or changes nothing:
+    /// a file that does not validate, or that changes what only a restart
+    /// applies (interfaces, map sizes, ha, control), is refused before
+    /// anything moves; the new tables are planned on a copy of the planner;
+    /// and if a map write fails, the writes already made are undone, so
+    /// maps, planner, overrides and health state stay as they were.
+    /// Operator overrides (drain, weight) stay unless the reload changes
+    /// that backend's configuration.
     pub fn reload(&mut self) -> anyhow::Result<usize> {
         let config = Config::load(&self.config_path)?;
         if sizes(&config) != self.dataplane.sizes() {
             anyhow::bail!("dataplane sizes changed: restart lb run to apply them");
         }
-        if config.interfaces != self.config.interfaces {
-            anyhow::bail!("interfaces changed: restart lb run to apply them");
+        if let Some(what) = restart_needed(&self.config, &config) {
+            anyhow::bail!("{what} changed: restart lb run to apply it");
         }
-        if config.ha != self.config.ha {
-            anyhow::bail!("the ha section changed: restart lb run to apply it");
-        }
-        self.keep_overrides(&config);
-        let writes = self.planner.plan(&config, &self.states)?;
+        let overrides = self.kept_overrides(&config);
+        let states = folded_weights(&self.states, &self.dynamic, &overrides);
+        let mut planner = self.planner.clone();
+        let writes = planner.plan(&config, &states)?;
         self.dataplane.set_settings(&settings(&config))?;
-        self.dataplane.apply(&writes)?;
+        if let Err(error) = self.dataplane.apply(&writes) {
+            self.undo(&planner);
+            return Err(error).context("writing the new tables failed; the old ones are back");
+        }
         tracing::info!(writes = writes.len(), "reloaded");
+        self.planner = planner;
+        self.overrides = overrides;
+        self.states = states;
         self.config = config;
         self.refresh_hops();
         self.restart_checker();
         self.update_agents();
         Ok(writes.len())
+    }
+
+    /// Takes maps that `applied` was being written into back to what
+    /// `self.planner` shadows, and the settings back to the configuration's.
+    fn undo(&mut self, applied: &Planner) {
+        let undo = self.planner.undo(applied);
+        let restored = self
+            .dataplane
+            .apply(&undo)
+            .and_then(|()| self.dataplane.set_settings(&settings(&self.config)));
+        match restored {
+            Ok(()) => tracing::warn!(writes = undo.len(), "a failed change was undone"),
+            Err(error) => tracing::error!(
+                error = %format!("{error:#}"),
+                "undoing a failed change failed too: some map entries may be new; \
+                 restart lb run to take the maps over and rewrite them"
+            ),
+        }
+    }
+}
+
+/// What `next` changes that only a restart applies (the sizes aside, which
+/// the data plane knows); `None` if a reload can apply all of it.
+fn restart_needed(current: &Config, next: &Config) -> Option<&'static str> {
+    if next.interfaces != current.interfaces {
+        Some("interfaces")
+    } else if next.ha != current.ha {
+        Some("the ha section")
+    } else if next.control.socket != current.control.socket {
+        Some("control.socket")
+    } else if next.control.metrics != current.control.metrics {
+        Some("control.metrics")
+    } else {
+        None
+    }
+}
+
+/// `states` with their weights set from the dynamic weights and, over
+/// them, the operator's overrides.
+fn folded_weights(
+    states: &BTreeMap<BackendKey, BackendState>,
+    dynamic: &BTreeMap<BackendKey, u32>,
+    overrides: &BTreeMap<BackendKey, BackendOverride>,
+) -> BTreeMap<BackendKey, BackendState> {
+    let mut states = states.clone();
+    for state in states.values_mut() {
+        state.weight = None;
+    }
+    for (key, weight) in dynamic {
+        states.entry(key.clone()).or_default().weight = Some(*weight);
+    }
+    for (key, change) in overrides {
+        let state = states.entry(key.clone()).or_default();
+        if change.drained {
+            state.weight = Some(0);
+        } else if let Some(weight) = change.weight {
+            state.weight = Some(weight);
+        }
+    }
+    states
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        Config::parse(&format!(
+            "instance: t\ninterfaces: [{{ name: eth0 }}]\nservices:\n\
+             \x20 - {{ name: web, vip: 203.0.113.10, port: 80, protocol: tcp, \
+             backends: [{{ address: 192.0.2.11 }}] }}\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_reload_refuses_what_only_a_restart_applies() {
+        let running = config("control: { metrics: '127.0.0.1:9477' }\n");
+        assert_eq!(restart_needed(&running, &running), None);
+        let cases = [
+            (
+                "control: { metrics: '127.0.0.1:9478' }\n",
+                "control.metrics",
+            ),
+            ("", "control.metrics"),
+            (
+                "control: { socket: /run/lb/other.sock, metrics: '127.0.0.1:9477' }\n",
+                "control.socket",
+            ),
+        ];
+        for (extra, what) in cases {
+            assert_eq!(
+                restart_needed(&running, &config(extra)),
+                Some(what),
+                "{extra}"
+            );
+        }
+        let moved = Config::parse(
+            "instance: t\ninterfaces: [{ name: eth1 }]\nservices: []\n\
+             control: { metrics: '127.0.0.1:9477' }\n",
+        )
+        .unwrap();
+        assert_eq!(restart_needed(&running, &moved), Some("interfaces"));
+    }
+
+    #[test]
+    fn overrides_fold_over_dynamic_weights() {
+        let key = |a: &str| BackendKey {
+            service: "web".into(),
+            address: a.parse().unwrap(),
+            port: 80,
+        };
+        let states = BTreeMap::from([(
+            key("192.0.2.11"),
+            BackendState {
+                up: false,
+                weight: Some(9),
+            },
+        )]);
+        let dynamic = BTreeMap::from([(key("192.0.2.11"), 40), (key("192.0.2.12"), 60)]);
+        let overrides = BTreeMap::from([(
+            key("192.0.2.12"),
+            BackendOverride {
+                drained: true,
+                weight: None,
+            },
+        )]);
+        let folded = folded_weights(&states, &dynamic, &overrides);
+        assert_eq!(folded[&key("192.0.2.11")].weight, Some(40));
+        assert!(!folded[&key("192.0.2.11")].up, "health is kept");
+        assert_eq!(folded[&key("192.0.2.12")].weight, Some(0));
+        assert_eq!(
+            states[&key("192.0.2.11")].weight,
+            Some(9),
+            "input untouched"
+        );
     }
 }
