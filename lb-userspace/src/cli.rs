@@ -403,18 +403,18 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
     let controller = Arc::new(Mutex::new(controller));
     let ticking = Arc::clone(&controller);
     // Once a second: dynamic weights; every tenth: reconcile active flows
-    // with the connection table.
+    // with the connection table (walked without the lock).
     std::thread::spawn(move || {
         for second in 0u64.. {
             std::thread::sleep(std::time::Duration::from_secs(1));
-            let Ok(mut controller) = ticking.lock() else {
-                return;
-            };
             if second % 10 == 9
-                && let Err(error) = controller.reconcile()
+                && let Err(error) = Controller::reconcile(&ticking)
             {
                 tracing::warn!(error = %format!("{error:#}"), "reconciling active flows failed");
             }
+            let Ok(mut controller) = ticking.lock() else {
+                return;
+            };
             if let Err(error) = controller.tick() {
                 tracing::warn!(error = %format!("{error:#}"), "dynamic weights failed");
             }

@@ -308,11 +308,38 @@ impl Controller {
 
     /// Re-counts active flows in the connection table, which also sees what
     /// the counters cannot (LRU evictions, UDP flows that just went quiet).
-    pub fn reconcile(&mut self) -> anyhow::Result<()> {
-        let settings = settings(&self.config);
-        let scanned = self
-            .dataplane
-            .scan_active(settings.tcp_idle_ns, settings.udp_idle_ns)?;
+    /// The walk — a million entries by default — runs without the lock:
+    /// only taking a descriptor before it and folding the counts in after
+    /// it hold `controller`, so health results, the API and signals never
+    /// wait for it.
+    pub fn reconcile(controller: &Mutex<Controller>) -> anyhow::Result<()> {
+        let poisoned = || anyhow::anyhow!("controller state is poisoned");
+        let (table, settings) = {
+            let controller = controller.lock().map_err(|_| poisoned())?;
+            (
+                controller.dataplane.conn_table()?,
+                settings(&controller.config),
+            )
+        };
+        let started = std::time::Instant::now();
+        let scanned = table
+            .count_active(
+                crate::dataplane::monotonic_ns(),
+                settings.tcp_idle_ns,
+                settings.udp_idle_ns,
+            )
+            .context("reading the connection table")?;
+        tracing::debug!(elapsed = ?started.elapsed(), flows = scanned.values().sum::<u64>(),
+            "connection table walked");
+        controller
+            .lock()
+            .map_err(|_| poisoned())?
+            .fold_in_scan(&scanned)
+    }
+
+    /// Takes a walk's live flows per backend id as the truth: the offsets
+    /// correct the open / close counters until the next walk.
+    fn fold_in_scan(&mut self, scanned: &BTreeMap<u32, u64>) -> anyhow::Result<()> {
         self.connections = scanned.values().sum();
         self.offsets.clear();
         for service in self.planner.planned() {

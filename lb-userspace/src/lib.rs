@@ -5,6 +5,7 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod conns;
 pub mod controller;
 pub mod dataplane;
 pub mod dynamic;
