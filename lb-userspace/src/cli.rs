@@ -481,6 +481,9 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
 /// Keeps the cached next hops current: re-resolves them whenever the kernel
 /// reports a neighbour, route, address or link change, and every two
 /// seconds regardless (a hop still being resolved, a missed notification).
+/// The netlink lookups run on this thread's own resolver without the
+/// controller lock; only reading the backends and writing the answers
+/// take it.
 fn spawn_hop_follower(controller: Arc<Mutex<crate::controller::Controller>>) {
     std::thread::spawn(move || {
         let mut monitor = match crate::netlink::Monitor::open() {
@@ -488,6 +491,13 @@ fn spawn_hop_follower(controller: Arc<Mutex<crate::controller::Controller>>) {
             Err(error) => {
                 tracing::warn!(%error, "no netlink notifications: next hops refreshed every 2 s only");
                 None
+            }
+        };
+        let mut resolver = match crate::hops::Resolver::open() {
+            Ok(resolver) => resolver,
+            Err(error) => {
+                tracing::warn!(%error, "no netlink: next hops not followed");
+                return;
             }
         };
         loop {
@@ -500,10 +510,18 @@ fn spawn_hop_follower(controller: Arc<Mutex<crate::controller::Controller>>) {
                 }
                 None => std::thread::sleep(period),
             }
+            let targets = match controller.lock() {
+                Ok(controller) => controller.hop_targets(),
+                Err(_) => return,
+            };
+            let Some((backends, nat)) = targets else {
+                continue;
+            };
+            let lookup = resolver.lookup(&backends, nat);
             let Ok(mut controller) = controller.lock() else {
                 return;
             };
-            controller.refresh_hops();
+            controller.write_hops(lookup);
         }
     });
 }

@@ -564,6 +564,32 @@ impl Controller {
         }
     }
 
+    /// The backends whose next hops the hop follower looks up (without the
+    /// lock), and whether a NAT service needs the routing table; `None`
+    /// when netlink is unavailable (every packet asks the FIB).
+    pub fn hop_targets(&self) -> Option<(Vec<(u32, std::net::IpAddr)>, bool)> {
+        self.hops
+            .as_ref()
+            .map(|_| crate::hops::targets(self.planner.planned()))
+    }
+
+    /// Writes the next hops a [`crate::hops::Resolver::lookup`] found
+    /// outside the lock; returns how many entries were written. A lookup
+    /// made for other backends than the planned ones (a reload came
+    /// between) is dropped: the reload refreshed the hops itself.
+    pub fn write_hops(&mut self, lookup: crate::hops::Lookup) -> usize {
+        if self
+            .hop_targets()
+            .is_none_or(|(backends, _)| backends != lookup.backends)
+        {
+            return 0;
+        }
+        match self.hops.as_mut() {
+            Some(hops) => hops.write(lookup, &mut self.dataplane),
+            None => 0,
+        }
+    }
+
     /// Detaches from every interface and removes the pinned maps.
     pub fn stop(&mut self) -> anyhow::Result<()> {
         // Taken, so a refresh racing the exit cannot manage them again.
@@ -1179,6 +1205,40 @@ mod tests {
         )
         .unwrap();
         assert_eq!(restart_needed(&running, &moved), Some("interfaces"));
+    }
+
+    #[test]
+    fn resource_agents_are_polled_with_the_services_secret() {
+        let secret = std::env::temp_dir().join(format!("lb-agent-secret-{}", std::process::id()));
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let config = Config::parse(&format!(
+            "instance: t\ninterfaces: [{{ name: eth0 }}]\nservices:\n\
+             \x20 - {{ name: web, vip: 203.0.113.10, port: 80, protocol: tcp, scheduler: resource, \
+             agent_port: 9999, agent_secret_file: {}, \
+             backends: [{{ address: 192.0.2.11 }}, {{ address: 192.0.2.12 }}] }}\n\
+             \x20 - {{ name: plain, vip: 203.0.113.10, port: 81, protocol: tcp, scheduler: resource, \
+             backends: [{{ address: 192.0.2.13 }}] }}\n\
+             \x20 - {{ name: other, vip: 203.0.113.10, port: 82, protocol: tcp, \
+             backends: [{{ address: 192.0.2.14 }}] }}\n",
+            secret.display()
+        ))
+        .unwrap();
+        let targets = agent_targets(&config);
+        let _ = std::fs::remove_file(&secret);
+        let shown: Vec<(String, Option<&str>)> = targets
+            .iter()
+            .map(|(_, address, secret)| {
+                (address.to_string(), secret.as_deref().map(String::as_str))
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("192.0.2.11:9999".to_string(), Some("s3cret")),
+                ("192.0.2.12:9999".to_string(), Some("s3cret")),
+                ("192.0.2.13:9478".to_string(), None),
+            ]
+        );
     }
 
     #[test]
