@@ -449,6 +449,9 @@ impl Controller {
         change: Override,
     ) -> Result<BackendStatus, OverrideError> {
         let key = self.find_backend(service, backend)?;
+        // Restored if the change cannot be applied: an override the maps
+        // do not carry must not show in `lb status`.
+        let before = (self.overrides.clone(), self.states.clone());
         let entry = self.overrides.entry(key.clone()).or_default();
         match change {
             Override::Drain => entry.drained = true,
@@ -460,7 +463,10 @@ impl Controller {
         }
         tracing::info!(service, backend = %key.address, port = key.port, ?change, "operator override");
         self.sync_weights();
-        self.replan().map_err(OverrideError::Failed)?;
+        if let Err(error) = self.replan() {
+            (self.overrides, self.states) = before;
+            return Err(OverrideError::Failed(error));
+        }
         let status = self.status();
         status
             .services
@@ -517,11 +523,16 @@ impl Controller {
         )))
     }
 
-    /// Plans the current configuration and states and applies the writes.
+    /// Plans the current configuration and states and applies the writes,
+    /// whole or not at all ([`apply_whole`]).
     fn replan(&mut self) -> anyhow::Result<()> {
-        let writes = self.planner.plan(&self.config, &self.states)?;
-        self.dataplane.apply(&writes)?;
-        tracing::debug!(writes = writes.len(), "re-planned");
+        let writes = apply_whole(
+            &mut self.planner,
+            &mut self.dataplane,
+            &self.config,
+            &self.states,
+        )?;
+        tracing::debug!(writes, "re-planned");
         Ok(())
     }
 
@@ -1086,33 +1097,45 @@ impl Controller {
         }
         let overrides = self.kept_overrides(&config);
         let states = folded_weights(&self.states, &self.dynamic, &overrides);
-        let mut planner = self.planner.clone();
-        let writes = planner.plan(&config, &states)?;
         self.dataplane.set_settings(&settings(&config))?;
-        if let Err(error) = self.dataplane.apply(&writes) {
-            self.undo(&planner);
-            return Err(error).context("writing the new tables failed; the old ones are back");
-        }
-        tracing::info!(writes = writes.len(), "reloaded");
-        self.planner = planner;
+        let writes = match apply_whole(&mut self.planner, &mut self.dataplane, &config, &states) {
+            Ok(writes) => writes,
+            Err(error) => {
+                if let Err(error) = self.dataplane.set_settings(&settings(&self.config)) {
+                    tracing::error!(error = %format!("{error:#}"), "restoring the settings");
+                }
+                return Err(error);
+            }
+        };
+        tracing::info!(writes, "reloaded");
         self.overrides = overrides;
         self.states = states;
         self.config = config;
         self.refresh_hops();
         self.restart_checker();
         self.update_agents();
-        Ok(writes.len())
+        Ok(writes)
     }
+}
 
-    /// Takes maps that `applied` was being written into back to what
-    /// `self.planner` shadows, and the settings back to the configuration's.
-    fn undo(&mut self, applied: &Planner) {
-        let undo = self.planner.undo(applied);
-        let restored = self
-            .dataplane
-            .apply(&undo)
-            .and_then(|()| self.dataplane.set_settings(&settings(&self.config)));
-        match restored {
+/// Plans `config` with `states` on a clone of `planner` and writes the
+/// difference; the clone replaces `planner` only once every write is in.
+/// A write that fails is undone — the writes made so far are reverted from
+/// the two shadows (`Planner::undo`) — so maps and planner stay as they
+/// were, and a later plan of the same states tries again. Returns the
+/// number of writes.
+fn apply_whole(
+    planner: &mut Planner,
+    dataplane: &mut Dataplane,
+    config: &Config,
+    states: &BTreeMap<BackendKey, BackendState>,
+) -> anyhow::Result<usize> {
+    // Cheap: the tables are shared with the clone until it writes them.
+    let mut next = planner.clone();
+    let writes = next.plan(config, states)?;
+    if let Err(error) = dataplane.apply(&writes) {
+        let undo = planner.undo(&next);
+        match dataplane.apply(&undo) {
             Ok(()) => tracing::warn!(writes = undo.len(), "a failed change was undone"),
             Err(error) => tracing::error!(
                 error = %format!("{error:#}"),
@@ -1120,7 +1143,10 @@ impl Controller {
                  restart lb run to take the maps over and rewrite them"
             ),
         }
+        return Err(error).context("writing the new tables failed; the old ones are back");
     }
+    *planner = next;
+    Ok(writes.len())
 }
 
 /// What `next` changes that only a restart applies (the sizes aside, which

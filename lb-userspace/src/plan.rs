@@ -10,6 +10,7 @@
 use std::{
     collections::{BTreeMap, VecDeque},
     net::IpAddr,
+    sync::Arc,
 };
 
 use lb_common::{
@@ -162,7 +163,9 @@ pub struct Planner {
     next_backend_id: u32,
     /// What the maps hold, as far as this planner wrote them.
     services: BTreeMap<ServiceKey, ServiceValue>,
-    rows: BTreeMap<u32, Vec<u32>>,
+    /// Shared between clones until one writes a row: cloning a planner
+    /// (to plan a change that must apply whole) copies no table.
+    rows: BTreeMap<u32, Arc<Vec<u32>>>,
     backends: BTreeMap<u32, BackendValue>,
     vips: BTreeMap<Addr, VipValue>,
     nat: BTreeMap<Endpoint, NatValue>,
@@ -238,7 +241,11 @@ impl Planner {
         self.vips = snapshot.vips.into_iter().collect();
         self.nat = snapshot.nat.into_iter().collect();
         self.deny = snapshot.deny.into_iter().collect();
-        self.rows = snapshot.rows.into_iter().collect();
+        self.rows = snapshot
+            .rows
+            .into_iter()
+            .map(|(row, slots)| (row, Arc::new(slots)))
+            .collect();
     }
 
     /// The services as last planned.
@@ -474,10 +481,10 @@ impl Planner {
         }
         let zeros = vec![0; self.ring_size as usize];
         for (row, now) in &applied.rows {
-            let was = self.rows.get(row).unwrap_or(&zeros);
+            let was = self.rows.get(row).map_or(&zeros[..], |row| &row[..]);
             let slots: Vec<(u32, u32)> = was
                 .iter()
-                .zip(now)
+                .zip(now.iter())
                 .enumerate()
                 .filter(|(_, (was, now))| was != now)
                 .map(|(slot, (was, _))| (u32::try_from(slot).unwrap_or(u32::MAX), *was))
@@ -691,12 +698,29 @@ impl Planner {
     fn diff_row(&mut self, row: u32, table: &[u32]) -> Vec<(u32, u32)> {
         let ring_size = self.ring_size as usize;
         // A fresh map is zero-filled.
-        let shadow = self.rows.entry(row).or_insert_with(|| vec![0; ring_size]);
-        let mut slots = Vec::new();
-        for (slot, (current, wanted)) in shadow.iter_mut().zip(table).enumerate() {
-            if current != wanted {
-                *current = *wanted;
-                slots.push((u32::try_from(slot).unwrap_or(u32::MAX), *wanted));
+        let zeros;
+        let current: &[u32] = if let Some(shadow) = self.rows.get(&row) {
+            shadow
+        } else {
+            zeros = vec![0; ring_size];
+            &zeros
+        };
+        let slots: Vec<(u32, u32)> = current
+            .iter()
+            .zip(table)
+            .enumerate()
+            .filter(|(_, (current, wanted))| current != wanted)
+            .map(|(slot, (_, wanted))| (u32::try_from(slot).unwrap_or(u32::MAX), *wanted))
+            .collect();
+        if !slots.is_empty() || !self.rows.contains_key(&row) {
+            // Copied here if a clone still shares it.
+            let shadow = Arc::make_mut(
+                self.rows
+                    .entry(row)
+                    .or_insert_with(|| Arc::new(vec![0; ring_size])),
+            );
+            for &(slot, id) in &slots {
+                shadow[slot as usize] = id;
             }
         }
         slots
@@ -1071,7 +1095,7 @@ mod tests {
             vips: first.vips.iter().map(|(k, v)| (*k, *v)).collect(),
             nat: first.nat.iter().map(|(k, v)| (*k, *v)).collect(),
             deny: first.deny.iter().copied().collect(),
-            rows: first.rows.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            rows: first.rows.iter().map(|(k, v)| (*k, v.to_vec())).collect(),
         };
         let mut second = planner();
         second.adopt(&config, snapshot);
