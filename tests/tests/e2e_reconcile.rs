@@ -1,7 +1,7 @@
 //! The periodic walk of the connection table (every 10 s, to reconcile the
 //! active-flow counts) runs without the controller lock: with the table
-//! full — a million entries — the API, and so health results and signals,
-//! which take the same lock, never wait for it.
+//! full — a million entries — the API and health-driven failover, which
+//! take the same lock, never wait for it.
 
 use std::{
     io::{Read, Write},
@@ -102,12 +102,39 @@ fn the_api_never_waits_for_the_connection_table_walk() {
         slowest < Duration::from_secs(1),
         "a status call waited {slowest:?} for the walk"
     );
-    assert!(
-        wait_until(Duration::from_secs(2), || bed
-            .lb_process
-            .as_mut()
-            .unwrap()
-            .running()),
-        "lb run died"
+
+    // Health-driven failover across a whole walk period: stop the backend,
+    // time until it is seen down, start it, wait until it is up; again and
+    // again for 11 s, so some rounds overlap a walk.
+    let health = |socket: &str| -> String {
+        lb::api::get(std::path::Path::new(socket), "/v1/status")
+            .map(|s| s["services"][0]["backends"][0]["health"].to_string())
+            .unwrap_or_default()
+    };
+    let mut failovers = Vec::new();
+    let until = Instant::now() + Duration::from_secs(11);
+    while Instant::now() < until {
+        bed.stop_backend(11);
+        let stopped = Instant::now();
+        assert!(
+            wait_until(Duration::from_secs(10), || health(&socket) == "\"down\""),
+            "the stopped backend was never seen down"
+        );
+        failovers.push(stopped.elapsed());
+        bed.start_backend(11);
+        assert!(
+            wait_until(Duration::from_secs(10), || health(&socket) == "\"up\""),
+            "the backend never came back"
+        );
+    }
+    let slowest = failovers.iter().max().copied().unwrap_or_default();
+    println!(
+        "{} failovers (checks every 100 ms, fall 2) with a full table: slowest {slowest:?}, all {failovers:?}",
+        failovers.len()
     );
+    assert!(
+        slowest < Duration::from_secs(2),
+        "a failover waited {slowest:?}"
+    );
+    assert!(bed.lb_process.as_mut().unwrap().running(), "lb run died");
 }
