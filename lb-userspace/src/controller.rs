@@ -161,7 +161,11 @@ impl Controller {
     /// trackers of backends whose check did not change.
     fn restart_checker(&mut self) {
         if let Some(checker) = self.checker.take() {
-            checker.stop();
+            // Stopping waits for the probes in flight (an exec check can
+            // take seconds): not under the controller lock. A result they
+            // still send for a backend that is checked on is a real probe
+            // of it, and is counted.
+            std::thread::spawn(move || checker.stop());
         }
         let Some(events) = self.events.clone() else {
             return;
