@@ -12,15 +12,24 @@
 //! backend's agent once a second on `agent_port` and moves weight away from
 //! loaded backends smoothly; an agent that does not answer leaves the
 //! backend at its configured weight.
+//!
+//! An agent listening beyond loopback should answer only its balancers:
+//! `--allow ADDR` (repeatable; an address or a prefix) admits only those
+//! peers, and `--secret-file FILE` requires `Authorization: Bearer SECRET`,
+//! which the balancer sends from the service's `agent_secret_file`.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
-    path::PathBuf,
+    path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
 use anyhow::Context as _;
+use ipnet::IpNet;
+
+use crate::http::{Limits, Request, Response};
 
 /// The load to report, read afresh for each request.
 pub fn current_load(load_file: Option<&PathBuf>) -> anyhow::Result<f64> {
@@ -44,63 +53,111 @@ pub fn current_load(load_file: Option<&PathBuf>) -> anyhow::Result<f64> {
     Ok(one_minute / cpus as f64)
 }
 
-/// Serves `GET /load` on `listen` until the process ends.
-pub fn serve(listen: SocketAddr, load_file: Option<&PathBuf>) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
-    tracing::info!(%listen, "lb agent serving GET /load");
-    for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
-        if let Err(error) = answer(stream, load_file) {
-            tracing::debug!(error = %format!("{error:#}"), "agent request failed");
-        }
-    }
-    Ok(())
+/// Who may ask an agent for its load.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    /// Balancer addresses admitted (`--allow`); empty: any.
+    pub allow: Vec<IpNet>,
+    /// The shared secret (`--secret-file`): requests must carry
+    /// `Authorization: Bearer SECRET`.
+    pub secret: Option<String>,
 }
 
-fn answer(stream: TcpStream, load_file: Option<&PathBuf>) -> anyhow::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut request = String::new();
-    reader.read_line(&mut request)?;
-    for _ in 0..100 {
-        let mut header = String::new();
-        if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
-            break;
-        }
+/// Reads a shared secret: the file's text, trimmed; empty is refused.
+pub fn read_secret(path: &Path) -> anyhow::Result<String> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let secret = text.trim();
+    anyhow::ensure!(!secret.is_empty(), "{} holds no secret", path.display());
+    anyhow::ensure!(
+        secret.bytes().all(|b| b.is_ascii_graphic()),
+        "{}: the secret must be printable ASCII without spaces",
+        path.display()
+    );
+    Ok(secret.to_string())
+}
+
+/// Binds `listen`; [`serve`] then answers on it.
+pub fn bind(listen: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(listen).with_context(|| format!("binding {listen}"))
+}
+
+/// Serves `GET /load` on `listener` until the process ends: clients
+/// concurrently, heads bounded to 8 KiB, no body, 2 s to send a request and
+/// 5 s for a whole exchange; only `access` is answered.
+pub fn serve(
+    listener: TcpListener,
+    load_file: Option<PathBuf>,
+    access: Access,
+) -> anyhow::Result<()> {
+    let listen = listener.local_addr().context("the agent's address")?;
+    if access.allow.is_empty() && access.secret.is_none() {
+        tracing::warn!(
+            %listen,
+            "anyone who reaches this address may read the load: \
+             restrict it with --allow ADDR or --secret-file FILE"
+        );
     }
-    let mut stream = stream;
-    let (status, body) = if request.starts_with("GET /load ") {
-        match current_load(load_file) {
-            Ok(load) => ("200 OK", serde_json::json!({ "load": load }).to_string()),
-            Err(error) => (
-                "500 Internal Server Error",
-                serde_json::json!({ "error": format!("{error:#}") }).to_string(),
-            ),
-        }
-    } else {
-        (
-            "404 Not Found",
-            serde_json::json!({ "error": "GET /load" }).to_string(),
-        )
+    tracing::info!(%listen, allow = ?access.allow, secret = access.secret.is_some(), "lb agent serving GET /load");
+    let limits = Limits {
+        head: 8 * 1024,
+        body: 0,
+        read: Duration::from_secs(2),
+        connection: Duration::from_secs(5),
+        clients: 16,
+        allow: access.allow.clone(),
     };
-    write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    Ok(())
+    let secret = access.secret;
+    crate::http::block_on_tcp(
+        listener,
+        limits,
+        Arc::new(move |request: Request| answer(&request, load_file.as_ref(), secret.as_deref())),
+    )
 }
 
-/// Asks the agent at `address` for its load (500 ms at most).
-pub fn query(address: SocketAddr) -> anyhow::Result<f64> {
+fn answer(request: &Request, load_file: Option<&PathBuf>, secret: Option<&str>) -> Response {
+    if let Some(secret) = secret {
+        let offered = request
+            .authorization
+            .as_deref()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !same_secret(offered, secret) {
+            return Response::error(401, "a shared secret is needed (agent_secret_file)");
+        }
+    }
+    if request.method != "GET" || request.path != "/load" {
+        return Response::error(404, "GET /load");
+    }
+    match current_load(load_file) {
+        Ok(load) => Response::json(200, serde_json::json!({ "load": load }).to_string()),
+        Err(error) => Response::error(500, &format!("{error:#}")),
+    }
+}
+
+/// Compares secrets in time independent of where they differ.
+fn same_secret(offered: &str, secret: &str) -> bool {
+    offered.len() == secret.len()
+        && offered
+            .bytes()
+            .zip(secret.bytes())
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
+}
+
+/// Asks the agent at `address` for its load (500 ms at most), with the
+/// shared secret if there is one.
+pub fn query(address: SocketAddr, secret: Option<&str>) -> anyhow::Result<f64> {
     let timeout = Duration::from_millis(500);
     let mut stream = TcpStream::connect_timeout(&address, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
+    let authorization = secret
+        .map(|s| format!("Authorization: Bearer {s}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
-        "GET /load HTTP/1.1\r\nHost: lb-agent\r\nConnection: close\r\n\r\n"
+        "GET /load HTTP/1.1\r\nHost: lb-agent\r\n{authorization}Connection: close\r\n\r\n"
     )?;
     let mut response = String::new();
     stream.take(64 * 1024).read_to_string(&mut response)?;
@@ -110,4 +167,125 @@ pub fn query(address: SocketAddr) -> anyhow::Result<f64> {
     anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "agent answered {head:?}");
     let value: serde_json::Value = serde_json::from_str(body).context("answer is not JSON")?;
     value["load"].as_f64().context("no load in the answer")
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::float_cmp,
+    reason = "0.25 is exact in f64 and in its decimal text"
+)]
+mod tests {
+    use std::{
+        io::{Read as _, Write as _},
+        time::Instant,
+    };
+
+    use super::*;
+
+    /// A load file, removed on drop.
+    struct LoadFile(PathBuf);
+
+    impl Drop for LoadFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn agent(access: Access) -> (SocketAddr, LoadFile) {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let address = listener.local_addr().unwrap();
+        let file = LoadFile(std::env::temp_dir().join(format!(
+            "lb-agent-load-{}-{}",
+            std::process::id(),
+            address.port()
+        )));
+        std::fs::write(&file.0, "0.25").unwrap();
+        let load = Some(file.0.clone());
+        std::thread::spawn(move || serve(listener, load, access));
+        (address, file)
+    }
+
+    fn raw(address: SocketAddr, request: &[u8]) -> String {
+        let mut stream = TcpStream::connect(address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let _ = stream.write_all(request);
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    /// Polls `query` until the agent thread is up (bounded).
+    fn first_query(address: SocketAddr, secret: Option<&str>) -> anyhow::Result<f64> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match query(address, secret) {
+                Err(error)
+                    if Instant::now() < deadline && error.to_string().contains("refused") =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    #[test]
+    fn answers_while_a_client_stalls_and_refuses_oversize_heads() {
+        let (address, _file) = agent(Access::default());
+        assert_eq!(first_query(address, None).unwrap(), 0.25);
+        let mut stalled = TcpStream::connect(address).unwrap();
+        stalled.write_all(b"GET /load HTTP/1.1\r\nHo").unwrap();
+        let started = Instant::now();
+        assert_eq!(query(address, None).unwrap(), 0.25);
+        println!(
+            "agent answered in {:?} beside a stalled client",
+            started.elapsed()
+        );
+        let mut head = b"GET /load HTTP/1.1\r\nX-Junk: ".to_vec();
+        head.extend(std::iter::repeat_n(b'a', 64 * 1024));
+        let answer = raw(address, &head);
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+            "{answer}"
+        );
+        assert_eq!(query(address, None).unwrap(), 0.25);
+        drop(stalled);
+    }
+
+    #[test]
+    fn the_secret_is_required_when_set() {
+        let (address, _file) = agent(Access {
+            allow: Vec::new(),
+            secret: Some("s3cret".into()),
+        });
+        assert_eq!(first_query(address, Some("s3cret")).unwrap(), 0.25);
+        let refused = query(address, None).unwrap_err();
+        assert!(refused.to_string().contains("401"), "{refused:#}");
+        let refused = query(address, Some("s3creT")).unwrap_err();
+        assert!(refused.to_string().contains("401"), "{refused:#}");
+    }
+
+    #[test]
+    fn peers_outside_the_allow_list_get_nothing() {
+        let (address, _file) = agent(Access {
+            allow: vec!["192.0.2.0/24".parse().unwrap()],
+            secret: None,
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect(address).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(raw(address, b"GET /load HTTP/1.1\r\nHost: x\r\n\r\n").is_empty());
+        assert!(query(address, None).is_err());
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret("abc", "abc"));
+        assert!(!same_secret("abd", "abc"));
+        assert!(!same_secret("ab", "abc"));
+        assert!(!same_secret("", "abc"));
+    }
 }

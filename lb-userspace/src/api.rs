@@ -9,11 +9,13 @@
 //! | POST   | `/v1/drain`, `/v1/undrain` | body [`BackendChange`]; answers the backend's status |
 //! | POST   | `/v1/weight` | body [`BackendChange`] with `weight` |
 //!
-//! Errors come back as `{"error": "..."}` with a 4xx / 5xx status. Request
-//! heads are limited to 8 KiB and bodies to 64 KiB.
+//! Errors come back as `{"error": "..."}` with a 4xx / 5xx status. The
+//! socket is served by [`crate::http`]: clients concurrently, request heads
+//! limited to 8 KiB (431) and bodies to 64 KiB (413), each read bounded by
+//! 5 s and each connection by 60 s.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     os::unix::{
         fs::PermissionsExt,
         net::{UnixListener, UnixStream},
@@ -25,12 +27,28 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::controller::{Controller, Override, OverrideError};
+use crate::{
+    controller::{Controller, Override, OverrideError},
+    http::{Limits, Request, Response},
+};
 
 /// Longest request head accepted.
 const MAX_HEAD: usize = 8 * 1024;
 /// Longest request body accepted.
 const MAX_BODY: usize = 64 * 1024;
+
+/// What the control socket accepts.
+fn limits() -> Limits {
+    Limits {
+        head: MAX_HEAD,
+        body: MAX_BODY,
+        read: Duration::from_secs(5),
+        // A reload re-reads the file and rewrites tables under the lock.
+        connection: Duration::from_mins(1),
+        clients: 32,
+        allow: Vec::new(),
+    }
+}
 
 /// A bound control socket.
 #[derive(Debug)]
@@ -62,20 +80,16 @@ impl Server {
         })
     }
 
-    /// Serves requests on a background thread until the process ends; the
+    /// Serves requests in the background until the process ends; the
     /// returned guard removes the socket file when dropped.
-    pub fn spawn(self, controller: Arc<Mutex<Controller>>) -> SocketGuard {
+    pub fn spawn(self, controller: Arc<Mutex<Controller>>) -> anyhow::Result<SocketGuard> {
         let guard = SocketGuard(self.path.clone());
-        let listener = self.listener;
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                if let Err(error) = serve(stream, &controller) {
-                    tracing::debug!(error = %format!("{error:#}"), "control request failed");
-                }
-            }
-        });
-        guard
+        crate::http::spawn_unix(
+            self.listener,
+            limits(),
+            Arc::new(move |request: Request| route(&request, &controller)),
+        )?;
+        Ok(guard)
     }
 }
 
@@ -89,66 +103,48 @@ impl Drop for SocketGuard {
     }
 }
 
-/// A parsed request.
-struct Request {
-    method: String,
-    path: String,
-    body: Vec<u8>,
-}
-
-fn serve(stream: UnixStream, controller: &Mutex<Controller>) -> anyhow::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let request = match read_request(&mut reader) {
-        Ok(request) => request,
-        Err(error) => return respond(stream, 400, &error_body(&format!("{error:#}"))),
-    };
-    let (status, body) = route(&request, controller);
-    respond(stream, status, &body)
-}
-
-fn route(request: &Request, controller: &Mutex<Controller>) -> (u16, String) {
+fn route(request: &Request, controller: &Mutex<Controller>) -> Response {
     let Ok(mut controller) = controller.lock() else {
-        return (500, error_body("controller state is poisoned"));
+        return Response::error(500, "controller state is poisoned");
     };
     match (request.method.as_str(), request.path.as_str()) {
         ("GET", "/v1/status") => json(&controller.status()),
         ("GET", "/v1/stats") => match controller.stats() {
             Ok(stats) => json(&stats),
-            Err(error) => (500, error_body(&format!("{error:#}"))),
+            Err(error) => Response::error(500, &format!("{error:#}")),
         },
         ("POST", "/v1/reload") => match controller.reload() {
             Ok(writes) => json(&serde_json::json!({ "reloaded": true, "writes": writes })),
             // The file is the operator's to fix: a client error.
-            Err(error) => (
-                400,
-                error_body(&format!("reload refused, nothing changed: {error:#}")),
-            ),
+            Err(error) => {
+                tracing::error!(error = %format!("{error:#}"), "reload refused; nothing changed");
+                Response::error(400, &format!("reload refused, nothing changed: {error:#}"))
+            }
         },
         ("POST", "/v1/drain" | "/v1/undrain" | "/v1/weight") => {
             let change: BackendChange = match serde_json::from_slice(&request.body) {
                 Ok(change) => change,
-                Err(error) => return (400, error_body(&format!("bad request body: {error}"))),
+                Err(error) => return Response::error(400, &format!("bad request body: {error}")),
             };
             let weight = match request.path.as_str() {
                 "/v1/drain" => Override::Drain,
                 "/v1/undrain" => Override::Undrain,
                 _ => match change.weight {
                     Some(weight) => Override::Weight(weight),
-                    None => return (400, error_body("a weight is needed")),
+                    None => return Response::error(400, "a weight is needed"),
                 },
             };
             match controller.override_backend(&change.service, &change.backend, weight) {
                 Ok(status) => json(&status),
-                Err(OverrideError::Unknown(message)) => (404, error_body(&message)),
-                Err(OverrideError::Failed(error)) => (500, error_body(&format!("{error:#}"))),
+                Err(OverrideError::Unknown(message)) => Response::error(404, &message),
+                Err(OverrideError::Failed(error)) => Response::error(500, &format!("{error:#}")),
             }
         }
         (
             _,
             "/v1/status" | "/v1/stats" | "/v1/reload" | "/v1/drain" | "/v1/undrain" | "/v1/weight",
-        ) => (405, error_body("method not allowed")),
-        (_, path) => (404, error_body(&format!("no endpoint {path}"))),
+        ) => Response::error(405, "method not allowed"),
+        (_, path) => Response::error(404, &format!("no endpoint {path}")),
     }
 }
 
@@ -164,74 +160,11 @@ pub struct BackendChange {
     pub weight: Option<u32>,
 }
 
-fn json<T: serde::Serialize>(value: &T) -> (u16, String) {
+fn json<T: serde::Serialize>(value: &T) -> Response {
     match serde_json::to_string(value) {
-        Ok(body) => (200, body),
-        Err(error) => (500, error_body(&error.to_string())),
+        Ok(body) => Response::json(200, body),
+        Err(error) => Response::error(500, &error.to_string()),
     }
-}
-
-fn error_body(message: &str) -> String {
-    serde_json::json!({ "error": message }).to_string()
-}
-
-fn read_request(reader: &mut impl BufRead) -> anyhow::Result<Request> {
-    let mut head_len = 0;
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    head_len += line.len();
-    let mut parts = line.split_whitespace();
-    let (Some(method), Some(path)) = (parts.next(), parts.next()) else {
-        bail!("malformed request line");
-    };
-    let mut request = Request {
-        method: method.to_string(),
-        path: path.to_string(),
-        body: Vec::new(),
-    };
-    let mut content_length = 0usize;
-    loop {
-        let mut header = String::new();
-        if reader.read_line(&mut header)? == 0 {
-            break;
-        }
-        head_len += header.len();
-        if head_len > MAX_HEAD {
-            bail!("request head longer than {MAX_HEAD} bytes");
-        }
-        let header = header.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = header.split_once(':')
-            && name.eq_ignore_ascii_case("content-length")
-        {
-            content_length = value.trim().parse().context("bad Content-Length")?;
-        }
-    }
-    if content_length > MAX_BODY {
-        bail!("request body longer than {MAX_BODY} bytes");
-    }
-    request.body = vec![0; content_length];
-    reader.read_exact(&mut request.body)?;
-    Ok(request)
-}
-
-fn respond(mut stream: UnixStream, status: u16, body: &str) -> anyhow::Result<()> {
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        _ => "Internal Server Error",
-    };
-    write!(
-        stream,
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    Ok(())
 }
 
 /// Why a client call failed.
@@ -286,6 +219,9 @@ fn request(
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .context("socket timeout")?;
+    stream
+        .set_write_timeout(Some(Duration::from_secs(30)))
+        .context("socket timeout")?;
     let body = body.map(ToString::to_string).unwrap_or_default();
     write!(
         stream,
@@ -295,7 +231,9 @@ fn request(
     )
     .context("sending the request")?;
     let mut response = String::new();
+    // Status and stats of a large configuration fit well within this.
     stream
+        .take(64 * 1024 * 1024)
         .read_to_string(&mut response)
         .context("reading the answer")?;
     let (head, body) = response

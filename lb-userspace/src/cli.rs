@@ -137,8 +137,11 @@ pub enum Command {
         config: Option<PathBuf>,
     },
     /// On a backend: report its load for the `resource` scheduler.
-    #[command(after_help = "Example:\n  lb agent --listen 0.0.0.0:9478\n  \
-                            lb agent --listen [::]:9478 --load-file /run/myapp/load")]
+    #[command(
+        after_help = "Example:\n  lb agent --listen 0.0.0.0:9478 --allow 192.0.2.1 --allow 192.0.2.2\n  \
+                            lb agent --listen [::]:9478 --secret-file /etc/lb/agent.secret \\\n    \
+                            --load-file /run/myapp/load"
+    )]
     Agent {
         /// Address to serve `GET /load` on.
         #[arg(long)]
@@ -146,6 +149,14 @@ pub enum Command {
         /// Report the number in this file instead of load average / CPUs.
         #[arg(long)]
         load_file: Option<PathBuf>,
+        /// Answer only this balancer (an address or a prefix); repeatable.
+        /// Default: any peer.
+        #[arg(long, value_name = "ADDR", value_parser = parse_allow)]
+        allow: Vec<ipnet::IpNet>,
+        /// Require this file's secret (`Authorization: Bearer SECRET`); the
+        /// balancer sends it from the service's `agent_secret_file`.
+        #[arg(long, value_name = "FILE")]
+        secret_file: Option<PathBuf>,
     },
     /// Print a shell completion script.
     #[command(after_help = "Example:\n  lb completions bash > /etc/bash_completion.d/lb")]
@@ -272,9 +283,17 @@ pub fn main() -> ExitCode {
         Command::Reload { config } => {
             socket(cli.socket.as_deref(), config.as_deref()).and_then(|s| reload(&s, output))
         }
-        Command::Agent { listen, load_file } => {
-            crate::agent::serve(*listen, load_file.as_ref()).map_err(Failure::Runtime)
-        }
+        Command::Agent {
+            listen,
+            load_file,
+            allow,
+            secret_file,
+        } => agent(
+            *listen,
+            load_file.clone(),
+            allow.clone(),
+            secret_file.as_deref(),
+        ),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut command, "lb", &mut std::io::stdout());
@@ -295,6 +314,30 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `--allow`: an address (a one-address prefix) or a prefix.
+fn parse_allow(text: &str) -> Result<ipnet::IpNet, String> {
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{text:?} is not an address or a prefix"))
+}
+
+/// `lb agent`: an unreadable secret is the operator's to fix (exit 1); an
+/// address that cannot be bound is a runtime error (exit 2), as before.
+fn agent(
+    listen: std::net::SocketAddr,
+    load_file: Option<PathBuf>,
+    allow: Vec<ipnet::IpNet>,
+    secret_file: Option<&Path>,
+) -> Result<(), Failure> {
+    let secret = secret_file
+        .map(crate::agent::read_secret)
+        .transpose()
+        .map_err(Failure::User)?;
+    let listener = crate::agent::bind(listen).map_err(Failure::Runtime)?;
+    let access = crate::agent::Access { allow, secret };
+    crate::agent::serve(listener, load_file, access).map_err(Failure::Runtime)
 }
 
 fn report_error(error: &anyhow::Error, output: Output) {
@@ -378,18 +421,18 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
     let controller = Arc::new(Mutex::new(controller));
     let ticking = Arc::clone(&controller);
     // Once a second: dynamic weights; every tenth: reconcile active flows
-    // with the connection table.
+    // with the connection table (walked without the lock).
     std::thread::spawn(move || {
         for second in 0u64.. {
             std::thread::sleep(std::time::Duration::from_secs(1));
-            let Ok(mut controller) = ticking.lock() else {
-                return;
-            };
             if second % 10 == 9
-                && let Err(error) = controller.reconcile()
+                && let Err(error) = Controller::reconcile(&ticking)
             {
                 tracing::warn!(error = %format!("{error:#}"), "reconciling active flows failed");
             }
+            let Ok(mut controller) = ticking.lock() else {
+                return;
+            };
             if let Err(error) = controller.tick() {
                 tracing::warn!(error = %format!("{error:#}"), "dynamic weights failed");
             }
@@ -414,7 +457,9 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
         tracing::info!(%address, "metrics at /metrics");
     }
     let server = api::Server::bind(&socket).map_err(Failure::Runtime)?;
-    let server_guard = server.spawn(Arc::clone(&controller));
+    let server_guard = server
+        .spawn(Arc::clone(&controller))
+        .map_err(Failure::Runtime)?;
     tracing::info!(
         socket = %socket.display(),
         "running; SIGINT or SIGTERM stops, SIGHUP reloads, SIGQUIT exits leaving the data plane"
@@ -459,6 +504,9 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
 /// Keeps the cached next hops current: re-resolves them whenever the kernel
 /// reports a neighbour, route, address or link change, and every two
 /// seconds regardless (a hop still being resolved, a missed notification).
+/// The netlink lookups run on this thread's own resolver without the
+/// controller lock; only reading the backends and writing the answers
+/// take it.
 fn spawn_hop_follower(controller: Arc<Mutex<crate::controller::Controller>>) {
     std::thread::spawn(move || {
         let mut monitor = match crate::netlink::Monitor::open() {
@@ -466,6 +514,13 @@ fn spawn_hop_follower(controller: Arc<Mutex<crate::controller::Controller>>) {
             Err(error) => {
                 tracing::warn!(%error, "no netlink notifications: next hops refreshed every 2 s only");
                 None
+            }
+        };
+        let mut resolver = match crate::hops::Resolver::open() {
+            Ok(resolver) => resolver,
+            Err(error) => {
+                tracing::warn!(%error, "no netlink: next hops not followed");
+                return;
             }
         };
         loop {
@@ -478,10 +533,18 @@ fn spawn_hop_follower(controller: Arc<Mutex<crate::controller::Controller>>) {
                 }
                 None => std::thread::sleep(period),
             }
+            let targets = match controller.lock() {
+                Ok(controller) => controller.hop_targets(),
+                Err(_) => return,
+            };
+            let Some((backends, nat)) = targets else {
+                continue;
+            };
+            let lookup = resolver.lookup(&backends, nat);
             let Ok(mut controller) = controller.lock() else {
                 return;
             };
-            controller.refresh_hops();
+            controller.write_hops(lookup);
         }
     });
 }

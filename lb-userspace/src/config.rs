@@ -279,6 +279,10 @@ pub struct Service {
     /// `resource` scheduler: the port of each backend's `lb agent`.
     #[serde(default = "default_agent_port")]
     pub agent_port: u16,
+    /// `resource` scheduler: a file holding the secret the agents were
+    /// started with (`lb agent --secret-file`); sent with every poll.
+    #[serde(default)]
+    pub agent_secret_file: Option<PathBuf>,
 }
 
 const fn default_agent_port() -> u16 {

@@ -45,8 +45,9 @@ pub struct Controller {
     offsets: BTreeMap<u32, i64>,
     /// Loads reported by `lb agent`, by backend.
     loads: Arc<Mutex<BTreeMap<BackendKey, f64>>>,
-    /// Agents to poll, shared with the poller thread.
-    agents: Arc<Mutex<Vec<(BackendKey, SocketAddr)>>>,
+    /// Agents to poll (with their shared secret), shared with the poller
+    /// thread.
+    agents: Arc<Mutex<Vec<AgentTarget>>>,
     /// Health-check durations per backend, for metrics.
     check_latency: BTreeMap<BackendKey, prometheus_client::metrics::histogram::Histogram>,
     /// Entries the last reconciliation found in the connection table.
@@ -190,7 +191,11 @@ impl Controller {
     /// trackers of backends whose check did not change.
     fn restart_checker(&mut self) {
         if let Some(checker) = self.checker.take() {
-            checker.stop();
+            // Stopping waits for the probes in flight (an exec check can
+            // take seconds): not under the controller lock. A result they
+            // still send for a backend that is checked on is a real probe
+            // of it, and is counted.
+            std::thread::spawn(move || checker.stop());
         }
         let Some(events) = self.events.clone() else {
             return;
@@ -257,9 +262,10 @@ impl Controller {
         Ok(())
     }
 
-    /// Drops the overrides of backends whose configuration `next` changes
-    /// (or removes): an operator's drain or weight was about the old one.
-    fn keep_overrides(&mut self, next: &Config) {
+    /// The overrides that survive a change to `next`: those of backends
+    /// whose configuration `next` changes (or removes) go, since an
+    /// operator's drain or weight was about the old one.
+    fn kept_overrides(&self, next: &Config) -> BTreeMap<BackendKey, BackendOverride> {
         let configured = |config: &Config, key: &BackendKey| {
             config
                 .services
@@ -269,31 +275,20 @@ impl Controller {
                 .find(|(s, b)| b.address == key.address && b.port_for(s) == key.port)
                 .map(|(_, b)| b.clone())
         };
-        let current = self.config.clone();
-        self.overrides.retain(|key, _| {
-            let before = configured(&current, key);
-            before.is_some() && before == configured(next, key)
-        });
-        self.sync_weights();
+        self.overrides
+            .iter()
+            .filter(|(key, _)| {
+                let before = configured(&self.config, key);
+                before.is_some() && before == configured(next, key)
+            })
+            .map(|(key, change)| (key.clone(), *change))
+            .collect()
     }
 
     /// Folds the dynamic weights and, over them, the operator's overrides
     /// into the planner's backend states.
     fn sync_weights(&mut self) {
-        for state in self.states.values_mut() {
-            state.weight = None;
-        }
-        for (key, weight) in &self.dynamic {
-            self.states.entry(key.clone()).or_default().weight = Some(*weight);
-        }
-        for (key, change) in &self.overrides {
-            let state = self.states.entry(key.clone()).or_default();
-            if change.drained {
-                state.weight = Some(0);
-            } else if let Some(weight) = change.weight {
-                state.weight = Some(weight);
-            }
-        }
+        self.states = folded_weights(&self.states, &self.dynamic, &self.overrides);
     }
 
     /// Health-check latency histograms, by backend (for metrics).
@@ -347,11 +342,38 @@ impl Controller {
 
     /// Re-counts active flows in the connection table, which also sees what
     /// the counters cannot (LRU evictions, UDP flows that just went quiet).
-    pub fn reconcile(&mut self) -> anyhow::Result<()> {
-        let settings = settings(&self.config);
-        let scanned = self
-            .dataplane
-            .scan_active(settings.tcp_idle_ns, settings.udp_idle_ns)?;
+    /// The walk — a million entries by default — runs without the lock:
+    /// only taking a descriptor before it and folding the counts in after
+    /// it hold `controller`, so health results, the API and signals never
+    /// wait for it.
+    pub fn reconcile(controller: &Mutex<Controller>) -> anyhow::Result<()> {
+        let poisoned = || anyhow::anyhow!("controller state is poisoned");
+        let (table, settings) = {
+            let controller = controller.lock().map_err(|_| poisoned())?;
+            (
+                controller.dataplane.conn_table()?,
+                settings(&controller.config),
+            )
+        };
+        let started = std::time::Instant::now();
+        let scanned = table
+            .count_active(
+                crate::dataplane::monotonic_ns(),
+                settings.tcp_idle_ns,
+                settings.udp_idle_ns,
+            )
+            .context("reading the connection table")?;
+        tracing::debug!(elapsed = ?started.elapsed(), flows = scanned.values().sum::<u64>(),
+            "connection table walked");
+        controller
+            .lock()
+            .map_err(|_| poisoned())?
+            .fold_in_scan(&scanned)
+    }
+
+    /// Takes a walk's live flows per backend id as the truth: the offsets
+    /// correct the open / close counters until the next walk.
+    fn fold_in_scan(&mut self, scanned: &BTreeMap<u32, u64>) -> anyhow::Result<()> {
         self.connections = scanned.values().sum();
         self.offsets.clear();
         for service in self.planner.planned() {
@@ -427,8 +449,8 @@ impl Controller {
         std::thread::spawn(move || {
             loop {
                 let targets = agents.lock().map(|a| a.clone()).unwrap_or_default();
-                for (key, address) in targets {
-                    let load = crate::agent::query(address);
+                for (key, address, secret) in targets {
+                    let load = crate::agent::query(address, secret.as_deref().map(String::as_str));
                     let Ok(mut loads) = loads.lock() else { return };
                     match load {
                         Ok(load) => {
@@ -447,24 +469,8 @@ impl Controller {
 
     /// The agents of the current configuration's `resource` backends.
     fn update_agents(&mut self) {
-        let targets: Vec<(BackendKey, SocketAddr)> = self
-            .config
-            .services
-            .iter()
-            .filter(|s| s.scheduler == Scheduler::Resource)
-            .flat_map(|s| {
-                s.backends.iter().map(move |b| {
-                    let key = BackendKey {
-                        service: s.name.clone(),
-                        address: b.address,
-                        port: b.port_for(s),
-                    };
-                    (key, SocketAddr::new(b.address, s.agent_port))
-                })
-            })
-            .collect();
         if let Ok(mut agents) = self.agents.lock() {
-            *agents = targets;
+            *agents = agent_targets(&self.config);
         }
     }
 
@@ -477,6 +483,9 @@ impl Controller {
         change: Override,
     ) -> Result<BackendStatus, OverrideError> {
         let key = self.find_backend(service, backend)?;
+        // Restored if the change cannot be applied: an override the maps
+        // do not carry must not show in `lb status`.
+        let before = (self.overrides.clone(), self.states.clone());
         let entry = self.overrides.entry(key.clone()).or_default();
         match change {
             Override::Drain => entry.drained = true,
@@ -488,7 +497,10 @@ impl Controller {
         }
         tracing::info!(service, backend = %key.address, port = key.port, ?change, "operator override");
         self.sync_weights();
-        self.replan().map_err(OverrideError::Failed)?;
+        if let Err(error) = self.replan() {
+            (self.overrides, self.states) = before;
+            return Err(OverrideError::Failed(error));
+        }
         let status = self.status();
         status
             .services
@@ -545,11 +557,16 @@ impl Controller {
         )))
     }
 
-    /// Plans the current configuration and states and applies the writes.
+    /// Plans the current configuration and states and applies the writes,
+    /// whole or not at all ([`apply_whole`]).
     fn replan(&mut self) -> anyhow::Result<()> {
-        let writes = self.planner.plan(&self.config, &self.states)?;
-        self.dataplane.apply(&writes)?;
-        tracing::debug!(writes = writes.len(), "re-planned");
+        let writes = apply_whole(
+            &mut self.planner,
+            &mut self.dataplane,
+            &self.config,
+            &self.states,
+        )?;
+        tracing::debug!(writes, "re-planned");
         Ok(())
     }
 
@@ -591,9 +608,15 @@ impl Controller {
             return 0;
         };
         let written = hops.refresh(self.planner.planned(), &mut self.dataplane);
-        let (sources, others) = resolve_tunnel_sources(Some(hops), &self.config);
+        written + self.refresh_tunnel_sources()
+    }
+
+    /// Re-resolves the tunnels' default outer sources and writes them if
+    /// they changed; returns the writes (0 or 1).
+    fn refresh_tunnel_sources(&mut self) -> usize {
+        let (sources, others) = resolve_tunnel_sources(self.hops.as_mut(), &self.config);
         if sources == self.tunnel_sources {
-            return written;
+            return 0;
         }
         match self
             .dataplane
@@ -602,13 +625,42 @@ impl Controller {
             Ok(()) => {
                 log_tunnel_sources(Some(self.tunnel_sources), sources, &others, &self.config);
                 self.tunnel_sources = sources;
-                written + 1
+                1
             }
             Err(error) => {
                 tracing::warn!(error = %format!("{error:#}"), "writing the tunnel source");
-                written
+                0
             }
         }
+    }
+
+    /// The backends whose next hops the hop follower looks up (without the
+    /// lock), and whether a NAT service needs the routing table; `None`
+    /// when netlink is unavailable (every packet asks the FIB).
+    pub fn hop_targets(&self) -> Option<(Vec<(u32, std::net::IpAddr)>, bool)> {
+        self.hops
+            .as_ref()
+            .map(|_| crate::hops::targets(self.planner.planned()))
+    }
+
+    /// Writes the next hops a [`crate::hops::Resolver::lookup`] found
+    /// outside the lock; returns how many entries were written. A lookup
+    /// made for other backends than the planned ones (a reload came
+    /// between) is dropped: the reload refreshed the hops itself.
+    pub fn write_hops(&mut self, lookup: crate::hops::Lookup) -> usize {
+        if self
+            .hop_targets()
+            .is_none_or(|(backends, _)| backends != lookup.backends)
+        {
+            return 0;
+        }
+        let written = match self.hops.as_mut() {
+            Some(hops) => hops.write(lookup, &mut self.dataplane),
+            None => 0,
+        };
+        // A route change that moved the hops may move the tunnels' default
+        // outer source too (a route lookup per family, when one is needed).
+        written + self.refresh_tunnel_sources()
     }
 
     /// Detaches from every interface, removes the pinned maps and puts back
@@ -737,6 +789,41 @@ impl Controller {
     pub fn reason_counters(&self) -> anyhow::Result<BTreeMap<Reason, u64>> {
         Ok(self.dataplane.reason_counters()?)
     }
+}
+
+/// A backend's agent: whom it reports for, where, and the secret to show.
+type AgentTarget = (BackendKey, SocketAddr, Option<Arc<String>>);
+
+/// The agents of `config`'s `resource` backends. A secret file that cannot
+/// be read is logged and left out: its agents then refuse the polls, and
+/// their backends keep their configured weights.
+fn agent_targets(config: &Config) -> Vec<AgentTarget> {
+    let mut targets = Vec::new();
+    for service in config
+        .services
+        .iter()
+        .filter(|s| s.scheduler == Scheduler::Resource)
+    {
+        let secret = service.agent_secret_file.as_ref().and_then(|path| {
+            crate::agent::read_secret(path)
+                .map_err(|error| {
+                    tracing::warn!(service = %service.name, error = %format!("{error:#}"),
+                        "agent secret unreadable: polling without it");
+                })
+                .ok()
+                .map(Arc::new)
+        });
+        for backend in &service.backends {
+            let key = BackendKey {
+                service: service.name.clone(),
+                address: backend.address,
+                port: backend.port_for(service),
+            };
+            let address = SocketAddr::new(backend.address, service.agent_port);
+            targets.push((key, address, secret.clone()));
+        }
+    }
+    targets
 }
 
 /// An operator's change to one backend.
@@ -1216,43 +1303,238 @@ pub fn mac_address(name: &str) -> anyhow::Result<[u8; 6]> {
 
 impl Controller {
     /// Re-reads the configuration file and applies the difference; returns
-    /// the number of map writes. A file that does not validate, or that
-    /// needs a restart (interfaces, map sizes, ha), changes nothing. Operator
-    /// overrides (drain, weight) stay unless the reload changes that
-    /// backend's configuration.
+    /// the number of map writes. A reload applies whole or changes nothing:
+    /// a file that does not validate, or that changes what only a restart
+    /// applies (interfaces, map sizes, ha, control), is refused before
+    /// anything moves; the new tables are planned on a copy of the planner;
+    /// and if a map write fails, the writes already made are undone, so
+    /// maps, planner, overrides and health state stay as they were.
+    /// Operator overrides (drain, weight) stay unless the reload changes
+    /// that backend's configuration.
     pub fn reload(&mut self) -> anyhow::Result<usize> {
         let (config, warnings) = Config::load_with_warnings(&self.config_path)?;
         if sizes(&config) != self.dataplane.sizes() {
             anyhow::bail!("dataplane sizes changed: restart lb run to apply them");
         }
-        if config.interfaces != self.config.interfaces {
-            anyhow::bail!("interfaces changed: restart lb run to apply them");
+        if let Some(what) = restart_needed(&self.config, &config) {
+            anyhow::bail!("{what} changed: restart lb run to apply it");
         }
-        if config.ha != self.config.ha {
-            anyhow::bail!("the ha section changed: restart lb run to apply it");
-        }
-        self.keep_overrides(&config);
-        let writes = self.planner.plan(&config, &self.states)?;
+        let overrides = self.kept_overrides(&config);
+        let states = folded_weights(&self.states, &self.dynamic, &overrides);
         let (tunnel_sources, others) = resolve_tunnel_sources(self.hops.as_mut(), &config);
         self.dataplane
             .set_settings(&settings_with(&config, tunnel_sources))?;
-        self.dataplane.apply(&writes)?;
-        tracing::info!(writes = writes.len(), "reloaded");
+        let writes = match apply_whole(&mut self.planner, &mut self.dataplane, &config, &states) {
+            Ok(writes) => writes,
+            Err(error) => {
+                let before = settings_with(&self.config, self.tunnel_sources);
+                if let Err(error) = self.dataplane.set_settings(&before) {
+                    tracing::error!(error = %format!("{error:#}"), "restoring the settings");
+                }
+                return Err(error);
+            }
+        };
+        tracing::info!(writes, "reloaded");
         log_tunnel_sources(Some(self.tunnel_sources), tunnel_sources, &others, &config);
         self.tunnel_sources = tunnel_sources;
         for warning in &warnings {
             tracing::warn!(path = %warning.path, line = ?warning.line, "{}", warning.message);
         }
+        self.overrides = overrides;
+        self.states = states;
         self.config = config;
         self.refresh_hops();
         self.restart_checker();
         self.update_agents();
-        Ok(writes.len())
+        Ok(writes)
     }
+}
+
+/// Plans `config` with `states` on a clone of `planner` and writes the
+/// difference; the clone replaces `planner` only once every write is in.
+/// A write that fails is undone — the writes made so far are reverted from
+/// the two shadows (`Planner::undo`) — so maps and planner stay as they
+/// were, and a later plan of the same states tries again. Returns the
+/// number of writes.
+fn apply_whole(
+    planner: &mut Planner,
+    dataplane: &mut Dataplane,
+    config: &Config,
+    states: &BTreeMap<BackendKey, BackendState>,
+) -> anyhow::Result<usize> {
+    // Cheap: the tables are shared with the clone until it writes them.
+    let mut next = planner.clone();
+    let writes = next.plan(config, states)?;
+    if let Err(error) = dataplane.apply(&writes) {
+        let undo = planner.undo(&next);
+        match dataplane.apply(&undo) {
+            Ok(()) => tracing::warn!(writes = undo.len(), "a failed change was undone"),
+            Err(error) => tracing::error!(
+                error = %format!("{error:#}"),
+                "undoing a failed change failed too: some map entries may be new; \
+                 restart lb run to take the maps over and rewrite them"
+            ),
+        }
+        return Err(error).context("writing the new tables failed; the old ones are back");
+    }
+    *planner = next;
+    Ok(writes.len())
+}
+
+/// What `next` changes that only a restart applies (the sizes aside, which
+/// the data plane knows); `None` if a reload can apply all of it.
+fn restart_needed(current: &Config, next: &Config) -> Option<&'static str> {
+    if next.interfaces != current.interfaces {
+        Some("interfaces")
+    } else if next.ha != current.ha {
+        Some("the ha section")
+    } else if next.control.socket != current.control.socket {
+        Some("control.socket")
+    } else if next.control.metrics != current.control.metrics {
+        Some("control.metrics")
+    } else {
+        None
+    }
+}
+
+/// `states` with their weights set from the dynamic weights and, over
+/// them, the operator's overrides.
+fn folded_weights(
+    states: &BTreeMap<BackendKey, BackendState>,
+    dynamic: &BTreeMap<BackendKey, u32>,
+    overrides: &BTreeMap<BackendKey, BackendOverride>,
+) -> BTreeMap<BackendKey, BackendState> {
+    let mut states = states.clone();
+    for state in states.values_mut() {
+        state.weight = None;
+    }
+    for (key, weight) in dynamic {
+        states.entry(key.clone()).or_default().weight = Some(*weight);
+    }
+    for (key, change) in overrides {
+        let state = states.entry(key.clone()).or_default();
+        if change.drained {
+            state.weight = Some(0);
+        } else if let Some(weight) = change.weight {
+            state.weight = Some(weight);
+        }
+    }
+    states
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        Config::parse(&format!(
+            "instance: t\ninterfaces: [{{ name: eth0 }}]\nservices:\n\
+             \x20 - {{ name: web, vip: 203.0.113.10, port: 80, protocol: tcp, \
+             backends: [{{ address: 192.0.2.11 }}] }}\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_reload_refuses_what_only_a_restart_applies() {
+        let running = config("control: { metrics: '127.0.0.1:9477' }\n");
+        assert_eq!(restart_needed(&running, &running), None);
+        let cases = [
+            (
+                "control: { metrics: '127.0.0.1:9478' }\n",
+                "control.metrics",
+            ),
+            ("", "control.metrics"),
+            (
+                "control: { socket: /run/lb/other.sock, metrics: '127.0.0.1:9477' }\n",
+                "control.socket",
+            ),
+        ];
+        for (extra, what) in cases {
+            assert_eq!(
+                restart_needed(&running, &config(extra)),
+                Some(what),
+                "{extra}"
+            );
+        }
+        let moved = Config::parse(
+            "instance: t\ninterfaces: [{ name: eth1 }]\nservices: []\n\
+             control: { metrics: '127.0.0.1:9477' }\n",
+        )
+        .unwrap();
+        assert_eq!(restart_needed(&running, &moved), Some("interfaces"));
+    }
+
+    #[test]
+    fn resource_agents_are_polled_with_the_services_secret() {
+        let secret = std::env::temp_dir().join(format!("lb-agent-secret-{}", std::process::id()));
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let config = Config::parse(&format!(
+            "instance: t\ninterfaces: [{{ name: eth0 }}]\nservices:\n\
+             \x20 - {{ name: web, vip: 203.0.113.10, port: 80, protocol: tcp, scheduler: resource, \
+             agent_port: 9999, agent_secret_file: {}, \
+             backends: [{{ address: 192.0.2.11 }}, {{ address: 192.0.2.12 }}] }}\n\
+             \x20 - {{ name: plain, vip: 203.0.113.10, port: 81, protocol: tcp, scheduler: resource, \
+             backends: [{{ address: 192.0.2.13 }}] }}\n\
+             \x20 - {{ name: other, vip: 203.0.113.10, port: 82, protocol: tcp, \
+             backends: [{{ address: 192.0.2.14 }}] }}\n",
+            secret.display()
+        ))
+        .unwrap();
+        let targets = agent_targets(&config);
+        let _ = std::fs::remove_file(&secret);
+        let shown: Vec<(String, Option<&str>)> = targets
+            .iter()
+            .map(|(_, address, secret)| {
+                (address.to_string(), secret.as_deref().map(String::as_str))
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("192.0.2.11:9999".to_string(), Some("s3cret")),
+                ("192.0.2.12:9999".to_string(), Some("s3cret")),
+                ("192.0.2.13:9478".to_string(), None),
+            ]
+        );
+    }
+
+    #[test]
+    fn overrides_fold_over_dynamic_weights() {
+        let key = |a: &str| BackendKey {
+            service: "web".into(),
+            address: a.parse().unwrap(),
+            port: 80,
+        };
+        let states = BTreeMap::from([(
+            key("192.0.2.11"),
+            BackendState {
+                up: false,
+                weight: Some(9),
+            },
+        )]);
+        let dynamic = BTreeMap::from([(key("192.0.2.11"), 40), (key("192.0.2.12"), 60)]);
+        let overrides = BTreeMap::from([(
+            key("192.0.2.12"),
+            BackendOverride {
+                drained: true,
+                weight: None,
+            },
+        )]);
+        let folded = folded_weights(&states, &dynamic, &overrides);
+        assert_eq!(folded[&key("192.0.2.11")].weight, Some(40));
+        assert!(!folded[&key("192.0.2.11")].up, "health is kept");
+        assert_eq!(folded[&key("192.0.2.12")].weight, Some(0));
+        assert_eq!(
+            states[&key("192.0.2.11")].weight,
+            Some(9),
+            "input untouched"
+        );
+    }
+}
+
+#[cfg(test)]
+mod reload_tests {
     use super::*;
 
     const TUNNELS: &str = "\

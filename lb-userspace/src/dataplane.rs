@@ -56,6 +56,15 @@ pub enum DataplaneError {
         #[source]
         source: MapError,
     },
+    /// A map's descriptor could not be duplicated.
+    #[error("duplicating the descriptor of map {name}")]
+    Descriptor {
+        /// Which map.
+        name: &'static str,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Map sizes, set at load time rather than compiled in.
@@ -926,39 +935,22 @@ pub fn unpin_all(pin_dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
 }
 
 impl Dataplane {
-    /// Counts the connection table's live flows per backend: entries not
-    /// closed (FIN / RST) and seen within their protocol's idle timeout.
-    /// Walks the whole table, one lookup per entry: for reconciling the
-    /// running open / close counters now and then, not for every status.
-    pub fn scan_active(
-        &self,
-        tcp_idle_ns: u64,
-        udp_idle_ns: u64,
-    ) -> Result<BTreeMap<u32, u64>, DataplaneError> {
-        use lb_common::{ConnValue, FlowKey, maps::CONN_CLOSED};
+    /// A descriptor of the connection table of its own, so the table can be
+    /// walked (`ConnTable::count_active`) without holding the controller.
+    pub fn conn_table(&self) -> Result<crate::conns::ConnTable, DataplaneError> {
         let name = map_names::CONNS;
-        let conns: HashMap<&MapData, FlowKey, ConnValue> =
-            HashMap::try_from(self.map(name)?).map_err(map_error(name))?;
-        let now = monotonic_ns();
-        let mut active = BTreeMap::new();
-        for entry in &conns {
-            // Entries can vanish while the table is walked (LRU): skip them.
-            let Ok((key, conn)) = entry else { continue };
-            let idle = if key.proto == lb_common::proto::TCP {
-                tcp_idle_ns
-            } else {
-                udp_idle_ns
-            };
-            if conn.flags & CONN_CLOSED == 0 && now.saturating_sub(conn.last_seen_ns) <= idle {
-                *active.entry(conn.backend_id).or_default() += 1;
-            }
-        }
-        Ok(active)
+        let aya::maps::Map::LruHashMap(data) = self.map(name)? else {
+            return Err(DataplaneError::MissingMap(name));
+        };
+        let fd = std::os::fd::AsFd::as_fd(data.fd())
+            .try_clone_to_owned()
+            .map_err(|source| DataplaneError::Descriptor { name, source })?;
+        Ok(crate::conns::ConnTable::new(fd))
     }
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
+pub fn monotonic_ns() -> u64 {
     // SAFETY: clock_gettime fills the timespec it is given.
     let mut now: libc::timespec = unsafe { std::mem::zeroed() };
     // SAFETY: `now` is a valid out-pointer.

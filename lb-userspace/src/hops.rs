@@ -56,6 +56,8 @@ impl Resolution {
 pub struct Resolver {
     netlink: Netlink,
     managed: BTreeSet<(IpAddr, u32)>,
+    /// Whether the last lookup found a routing table too large to mirror.
+    routes_too_many: bool,
 }
 
 impl Resolver {
@@ -64,7 +66,58 @@ impl Resolver {
         Ok(Self {
             netlink: Netlink::open()?,
             managed: BTreeSet::new(),
+            routes_too_many: false,
         })
+    }
+
+    /// Looks up the next hop of every backend, and the routing table when
+    /// `nat` (only the NAT reply path reads `ROUTES`): netlink I/O only,
+    /// nothing written, so it runs without the controller.
+    pub fn lookup(&mut self, backends: &[(u32, IpAddr)], nat: bool) -> Lookup {
+        let mut by_address: BTreeMap<IpAddr, HopValue> = BTreeMap::new();
+        let mut hops = BTreeMap::new();
+        for &(id, address) in backends {
+            let hop = *by_address
+                .entry(address)
+                .or_insert_with(|| match self.resolve(address) {
+                    Ok(resolution) => resolution.entry(),
+                    Err(error) => {
+                        tracing::warn!(%address, %error, "resolving the next hop");
+                        HopValue::default()
+                    }
+                });
+            hops.insert(id, hop);
+        }
+        let routes = if nat {
+            match self.routes() {
+                Ok(Some(routes)) => {
+                    self.routes_too_many = false;
+                    Some(routes)
+                }
+                Ok(None) => {
+                    if !self.routes_too_many {
+                        tracing::warn!(
+                            max = ROUTES_MAX,
+                            "routing table too large to mirror: NAT replies ask the FIB"
+                        );
+                    }
+                    self.routes_too_many = true;
+                    Some(BTreeMap::new())
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "reading the routing table; keeping the last copy");
+                    None
+                }
+            }
+        } else {
+            Some(BTreeMap::new())
+        };
+        Lookup {
+            backends: backends.to_vec(),
+            hops,
+            routes,
+            managed: self.managed.clone(),
+        }
     }
 
     /// The next hop of packets to `backend`: the route's egress interface
@@ -177,6 +230,33 @@ impl Resolver {
     }
 }
 
+/// What a [`Resolver::lookup`] found, to be written by [`HopCache::write`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lookup {
+    /// The (backend id, address) pairs looked up.
+    pub backends: Vec<(u32, IpAddr)>,
+    /// `HOPS` entries by backend id.
+    hops: BTreeMap<u32, HopValue>,
+    /// `ROUTES` content; `None`: keep the last copy (the dump failed).
+    routes: Option<Routes>,
+    /// Neighbour entries the resolver asked the kernel to manage.
+    managed: BTreeSet<(IpAddr, u32)>,
+}
+
+/// The (backend id, address) pairs of `planned`, and whether a NAT
+/// service exists: what a lookup needs.
+pub fn targets(planned: &[PlannedService]) -> (Vec<(u32, IpAddr)>, bool) {
+    let backends = planned
+        .iter()
+        .flat_map(|service| &service.backends)
+        .map(|backend| (backend.id, backend.key.address))
+        .collect();
+    let nat = planned
+        .iter()
+        .any(|service| service.value.forwarding == lb_common::maps::FWD_NAT);
+    (backends, nat)
+}
+
 /// A [`Resolver`] and the `HOPS` entries it last wrote.
 #[derive(Debug)]
 pub struct HopCache {
@@ -184,8 +264,6 @@ pub struct HopCache {
     written: BTreeMap<u32, HopValue>,
     /// The `ROUTES` entries written.
     routes: Routes,
-    /// Whether the last refresh found a routing table too large to mirror.
-    routes_too_many: bool,
 }
 
 impl HopCache {
@@ -195,7 +273,6 @@ impl HopCache {
             resolver: Resolver::open()?,
             written: BTreeMap::new(),
             routes: BTreeMap::new(),
-            routes_too_many: false,
         })
     }
 
@@ -204,23 +281,19 @@ impl HopCache {
     /// gone); returns how many were written. A backend whose hop cannot be
     /// resolved gets an empty entry: its packets ask the FIB.
     pub fn refresh(&mut self, planned: &[PlannedService], dataplane: &mut Dataplane) -> usize {
-        let mut by_address: BTreeMap<IpAddr, HopValue> = BTreeMap::new();
-        let mut desired: BTreeMap<u32, HopValue> = BTreeMap::new();
-        for backend in planned.iter().flat_map(|service| &service.backends) {
-            let address = backend.key.address;
-            let resolver = &mut self.resolver;
-            let hop =
-                *by_address
-                    .entry(address)
-                    .or_insert_with(|| match resolver.resolve(address) {
-                        Ok(resolution) => resolution.entry(),
-                        Err(error) => {
-                            tracing::warn!(%address, %error, "resolving the next hop");
-                            HopValue::default()
-                        }
-                    });
-            desired.insert(backend.id, hop);
-        }
+        let (backends, nat) = targets(planned);
+        let lookup = self.resolver.lookup(&backends, nat);
+        self.write(lookup, dataplane)
+    }
+
+    /// Writes what `lookup` found and this cache has not written yet (and
+    /// clears the entries of backends it no longer names); returns how
+    /// many entries were written or removed.
+    pub fn write(&mut self, lookup: Lookup, dataplane: &mut Dataplane) -> usize {
+        // Neighbour entries another resolver asked for are removed on a
+        // clean stop too.
+        self.resolver.managed.extend(lookup.managed);
+        let mut desired = lookup.hops;
         let gone = self
             .written
             .keys()
@@ -251,40 +324,15 @@ impl HopCache {
             }
         }
         self.written = desired;
-        let nat = planned
-            .iter()
-            .any(|service| service.value.forwarding == lb_common::maps::FWD_NAT);
-        written + self.refresh_routes(nat, dataplane)
+        match lookup.routes {
+            Some(routes) => written + self.write_routes(routes, dataplane),
+            None => written,
+        }
     }
 
-    /// Mirrors the routing table into `ROUTES` for the reply path (only
-    /// while a NAT service exists: nothing else reads it); returns how many
-    /// prefixes were written or removed.
-    fn refresh_routes(&mut self, nat: bool, dataplane: &mut Dataplane) -> usize {
-        let desired = if nat {
-            match self.resolver.routes() {
-                Ok(Some(routes)) => {
-                    self.routes_too_many = false;
-                    routes
-                }
-                Ok(None) => {
-                    if !self.routes_too_many {
-                        tracing::warn!(
-                            max = ROUTES_MAX,
-                            "routing table too large to mirror: NAT replies ask the FIB"
-                        );
-                    }
-                    self.routes_too_many = true;
-                    BTreeMap::new()
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "reading the routing table; keeping the last copy");
-                    return 0;
-                }
-            }
-        } else {
-            BTreeMap::new()
-        };
+    /// Mirrors the routing table into `ROUTES` for the reply path; returns
+    /// how many prefixes were written or removed.
+    fn write_routes(&mut self, desired: Routes, dataplane: &mut Dataplane) -> usize {
         let mut changed = 0;
         let gone: Vec<(Addr, u32)> = self
             .routes

@@ -4,8 +4,7 @@
 //! nothing to keep in step between scrapes.
 
 use std::{
-    io::{BufRead, BufReader, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -18,7 +17,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::controller::{Controller, StatsReport, StatusReport};
+use crate::{
+    controller::{Controller, StatsReport, StatusReport},
+    http::{Limits, Request, Response},
+};
 
 /// One scrape's worth of numbers.
 #[derive(Debug)]
@@ -309,59 +311,44 @@ pub fn render(controller: &Controller) -> anyhow::Result<String> {
     Ok(text)
 }
 
-/// Serves `GET /metrics` on `address` on a background thread.
+/// Serves `GET /metrics` on `address` in the background, through
+/// [`crate::http`]: clients concurrently, heads bounded to 8 KiB, no body,
+/// each read bounded by 5 s and each connection by 30 s.
 pub fn serve(address: SocketAddr, controller: Arc<Mutex<Controller>>) -> anyhow::Result<()> {
     let listener = TcpListener::bind(address)
         .with_context(|| format!("binding the metrics address {address}"))?;
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
-            if let Err(error) = answer(stream, &controller) {
-                tracing::debug!(error = %format!("{error:#}"), "metrics request failed");
-            }
-        }
-    });
-    Ok(())
+    let limits = Limits {
+        head: 8 * 1024,
+        body: 0,
+        read: Duration::from_secs(5),
+        connection: Duration::from_secs(30),
+        clients: 16,
+        allow: Vec::new(),
+    };
+    crate::http::spawn_tcp(
+        listener,
+        limits,
+        Arc::new(move |request: Request| answer(&request, &controller)),
+    )
 }
 
-fn answer(stream: TcpStream, controller: &Mutex<Controller>) -> anyhow::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut request = String::new();
-    reader.read_line(&mut request)?;
-    // Drain the headers (bounded: 100 lines of 8 KiB at most).
-    for _ in 0..100 {
-        let mut header = String::new();
-        if reader.read_line(&mut header)? == 0 || header.trim().is_empty() || header.len() > 8192 {
-            break;
-        }
-    }
-    let mut stream = stream;
-    let path = request.split_whitespace().nth(1).unwrap_or("");
-    let (status, content_type, body) = if request.starts_with("GET ") && path == "/metrics" {
-        let text = {
-            let controller = controller
-                .lock()
-                .map_err(|_| anyhow::anyhow!("controller state is poisoned"))?;
-            render(&controller)?
+fn answer(request: &Request, controller: &Mutex<Controller>) -> Response {
+    if request.method != "GET" || request.path != "/metrics" {
+        return Response {
+            status: 404,
+            content_type: "text/plain",
+            body: "metrics are at /metrics\n".to_string(),
         };
-        (
-            "200 OK",
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            text,
-        )
-    } else {
-        (
-            "404 Not Found",
-            "text/plain",
-            "metrics are at /metrics\n".to_string(),
-        )
+    }
+    let Ok(controller) = controller.lock() else {
+        return Response::error(500, "controller state is poisoned");
     };
-    write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    Ok(())
+    match render(&controller) {
+        Ok(text) => Response {
+            status: 200,
+            content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            body: text,
+        },
+        Err(error) => Response::error(500, &format!("{error:#}")),
+    }
 }

@@ -10,6 +10,7 @@
 use std::{
     collections::{BTreeMap, VecDeque},
     net::IpAddr,
+    sync::Arc,
 };
 
 use lb_common::{
@@ -146,8 +147,10 @@ pub struct Snapshot {
     pub rows: Vec<(u32, Vec<u32>)>,
 }
 
-/// Stable ids and the shadow of the maps.
-#[derive(Debug)]
+/// Stable ids and the shadow of the maps. Cloned to plan a change that
+/// must apply whole or not at all (a reload): the clone plans, and is kept
+/// only once its writes are in the maps.
+#[derive(Clone, Debug)]
 pub struct Planner {
     ring_size: u32,
     max_services: u32,
@@ -160,7 +163,9 @@ pub struct Planner {
     next_backend_id: u32,
     /// What the maps hold, as far as this planner wrote them.
     services: BTreeMap<ServiceKey, ServiceValue>,
-    rows: BTreeMap<u32, Vec<u32>>,
+    /// Shared between clones until one writes a row: cloning a planner
+    /// (to plan a change that must apply whole) copies no table.
+    rows: BTreeMap<u32, Arc<Vec<u32>>>,
     backends: BTreeMap<u32, BackendValue>,
     vips: BTreeMap<Addr, VipValue>,
     nat: BTreeMap<Endpoint, NatValue>,
@@ -236,7 +241,11 @@ impl Planner {
         self.vips = snapshot.vips.into_iter().collect();
         self.nat = snapshot.nat.into_iter().collect();
         self.deny = snapshot.deny.into_iter().collect();
-        self.rows = snapshot.rows.into_iter().collect();
+        self.rows = snapshot
+            .rows
+            .into_iter()
+            .map(|(row, slots)| (row, Arc::new(slots)))
+            .collect();
     }
 
     /// The services as last planned.
@@ -458,6 +467,77 @@ impl Planner {
         self.deny = desired;
     }
 
+    /// The writes that take maps holding `applied`'s shadow (or any part of
+    /// the way there from this planner's) back to this planner's shadow:
+    /// how a change that failed half-way is undone. Backends this shadow
+    /// names come first and backends only `applied` knows are cleared last,
+    /// so no table names a backend that is not written.
+    pub fn undo(&self, applied: &Planner) -> Vec<Write> {
+        let mut writes = Vec::new();
+        for (id, value) in &self.backends {
+            if applied.backends.get(id) != Some(value) {
+                writes.push(Write::Backend(*id, *value));
+            }
+        }
+        let zeros = vec![0; self.ring_size as usize];
+        for (row, now) in &applied.rows {
+            let was = self.rows.get(row).map_or(&zeros[..], |row| &row[..]);
+            let slots: Vec<(u32, u32)> = was
+                .iter()
+                .zip(now.iter())
+                .enumerate()
+                .filter(|(_, (was, now))| was != now)
+                .map(|(slot, (was, _))| (u32::try_from(slot).unwrap_or(u32::MAX), *was))
+                .collect();
+            if !slots.is_empty() {
+                writes.push(Write::MaglevSlots { row: *row, slots });
+            }
+        }
+        for (key, value) in &self.vips {
+            if applied.vips.get(key) != Some(value) {
+                writes.push(Write::Vip(*key, *value));
+            }
+        }
+        for key in applied.vips.keys().filter(|k| !self.vips.contains_key(*k)) {
+            writes.push(Write::RemoveVip(*key));
+        }
+        for (key, value) in &self.services {
+            if applied.services.get(key) != Some(value) {
+                writes.push(Write::Service(*key, *value));
+            }
+        }
+        for key in applied
+            .services
+            .keys()
+            .filter(|k| !self.services.contains_key(*k))
+        {
+            writes.push(Write::RemoveService(*key));
+        }
+        for (key, value) in &self.nat {
+            if applied.nat.get(key) != Some(value) {
+                writes.push(Write::Nat(*key, *value));
+            }
+        }
+        for key in applied.nat.keys().filter(|k| !self.nat.contains_key(*k)) {
+            writes.push(Write::RemoveNat(*key));
+        }
+        for &(addr, len) in self.deny.difference(&applied.deny) {
+            writes.push(Write::Deny(addr, len));
+        }
+        for &(addr, len) in applied.deny.difference(&self.deny) {
+            writes.push(Write::RemoveDeny(addr, len));
+        }
+        for id in applied
+            .backends
+            .keys()
+            .filter(|id| !self.backends.contains_key(*id))
+        {
+            // Never written before: back to the zeroed slot of a fresh map.
+            writes.push(Write::Backend(*id, BackendValue::default()));
+        }
+        writes
+    }
+
     /// Keeps ids of services and backends that remain; frees the others
     /// (oldest freed reused first); gives new ones fresh ids.
     fn assign_ids(&mut self, config: &Config) -> Result<(), PlanError> {
@@ -618,12 +698,29 @@ impl Planner {
     fn diff_row(&mut self, row: u32, table: &[u32]) -> Vec<(u32, u32)> {
         let ring_size = self.ring_size as usize;
         // A fresh map is zero-filled.
-        let shadow = self.rows.entry(row).or_insert_with(|| vec![0; ring_size]);
-        let mut slots = Vec::new();
-        for (slot, (current, wanted)) in shadow.iter_mut().zip(table).enumerate() {
-            if current != wanted {
-                *current = *wanted;
-                slots.push((u32::try_from(slot).unwrap_or(u32::MAX), *wanted));
+        let zeros;
+        let current: &[u32] = if let Some(shadow) = self.rows.get(&row) {
+            shadow
+        } else {
+            zeros = vec![0; ring_size];
+            &zeros
+        };
+        let slots: Vec<(u32, u32)> = current
+            .iter()
+            .zip(table)
+            .enumerate()
+            .filter(|(_, (current, wanted))| current != wanted)
+            .map(|(slot, (_, wanted))| (u32::try_from(slot).unwrap_or(u32::MAX), *wanted))
+            .collect();
+        if !slots.is_empty() || !self.rows.contains_key(&row) {
+            // Copied here if a clone still shares it.
+            let shadow = Arc::make_mut(
+                self.rows
+                    .entry(row)
+                    .or_insert_with(|| Arc::new(vec![0; ring_size])),
+            );
+            for &(slot, id) in &slots {
+                shadow[slot as usize] = id;
             }
         }
         slots
@@ -998,7 +1095,7 @@ mod tests {
             vips: first.vips.iter().map(|(k, v)| (*k, *v)).collect(),
             nat: first.nat.iter().map(|(k, v)| (*k, *v)).collect(),
             deny: first.deny.iter().copied().collect(),
-            rows: first.rows.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            rows: first.rows.iter().map(|(k, v)| (*k, v.to_vec())).collect(),
         };
         let mut second = planner();
         second.adopt(&config, snapshot);
@@ -1042,5 +1139,96 @@ mod tests {
                 .count(),
             3
         );
+    }
+
+    /// Maps as a sequence of writes leaves them (absent = a fresh map).
+    #[derive(Clone, Debug, Default, PartialEq)]
+    struct Maps {
+        backends: BTreeMap<u32, BackendValue>,
+        rows: BTreeMap<u32, BTreeMap<u32, u32>>,
+        services: BTreeMap<ServiceKey, ServiceValue>,
+        vips: BTreeMap<Addr, VipValue>,
+        nat: BTreeMap<Endpoint, NatValue>,
+        deny: std::collections::BTreeSet<(Addr, u32)>,
+    }
+
+    impl Maps {
+        fn apply(&mut self, writes: &[Write]) {
+            for write in writes {
+                match write {
+                    Write::Backend(id, value) if *value == BackendValue::default() => {
+                        self.backends.remove(id);
+                    }
+                    Write::Backend(id, value) => {
+                        self.backends.insert(*id, *value);
+                    }
+                    Write::MaglevSlots { row, slots } => {
+                        let row = self.rows.entry(*row).or_default();
+                        for (slot, id) in slots {
+                            if *id == 0 {
+                                row.remove(slot);
+                            } else {
+                                row.insert(*slot, *id);
+                            }
+                        }
+                    }
+                    Write::Service(key, value) => {
+                        self.services.insert(*key, *value);
+                    }
+                    Write::RemoveService(key) => {
+                        self.services.remove(key);
+                    }
+                    Write::Vip(key, value) => {
+                        self.vips.insert(*key, *value);
+                    }
+                    Write::RemoveVip(key) => {
+                        self.vips.remove(key);
+                    }
+                    Write::Nat(key, value) => {
+                        self.nat.insert(*key, *value);
+                    }
+                    Write::RemoveNat(key) => {
+                        self.nat.remove(key);
+                    }
+                    Write::Deny(addr, len) => {
+                        self.deny.insert((*addr, *len));
+                    }
+                    Write::RemoveDeny(addr, len) => {
+                        self.deny.remove(&(*addr, *len));
+                    }
+                }
+            }
+            self.rows.retain(|_, row| !row.is_empty());
+        }
+    }
+
+    #[test]
+    fn undo_takes_half_written_maps_back_to_the_old_plan() {
+        let before = config(false, "maglev");
+        let text = String::from(
+            "instance: t\ninterfaces: [{ name: eth0 }]\nservices:\n\
+             \x20 - { name: web, vip: 203.0.113.10, port: 80, protocol: tcp, scheduler: round-robin, \
+             backends: [{ address: 192.0.2.11, port: 8080, weight: 7 }, { address: 192.0.2.14, port: 8080 }] }\n\
+             \x20 - { name: dns, vip: 203.0.113.53, port: 53, protocol: udp, \
+             backends: [{ address: 192.0.2.31 }] }\n\
+             guard: { deny: [198.51.100.0/24] }\ndataplane: { ring_size: 251 }\n",
+        );
+        let after = Config::parse(&text).unwrap();
+        let mut old = planner();
+        let mut maps = Maps::default();
+        maps.apply(&old.plan(&before, &BTreeMap::new()).unwrap());
+        let settled = std::mem::take(&mut maps);
+        let mut next = old.clone();
+        let writes = next.plan(&after, &BTreeMap::new()).unwrap();
+        assert!(writes.len() > 4, "{writes:?}");
+        let undo = old.undo(&next);
+        // Fail after every possible number of writes: undoing always lands
+        // on the maps of the old plan.
+        for done in 0..=writes.len() {
+            let mut half = settled.clone();
+            half.apply(&writes[..done]);
+            half.apply(&undo);
+            assert_eq!(half, settled, "after {done} of {} writes", writes.len());
+        }
     }
 }

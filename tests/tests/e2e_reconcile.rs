@@ -1,0 +1,140 @@
+//! The periodic walk of the connection table (every 10 s, to reconcile the
+//! active-flow counts) runs without the controller lock: with the table
+//! full — a million entries — the API and health-driven failover, which
+//! take the same lock, never wait for it.
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, TcpStream},
+    time::{Duration, Instant},
+};
+
+use aya::maps::{HashMap, Map, MapData};
+use lb_common::{ConnValue, FlowKey, maps::ipv4_mapped};
+use lb_tests::{bed::Bed, netns::wait_until};
+
+const ENTRIES: u32 = 1 << 20;
+
+/// `lb_map_entries{map="CONNS"}`: the count of the last walk.
+fn walked(bed: &Bed) -> u64 {
+    let page = bed.lb.run(|| {
+        let Ok(mut stream) = TcpStream::connect("127.0.0.1:9477") else {
+            return String::new();
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: lb\r\n\r\n");
+        let mut page = String::new();
+        let _ = stream.read_to_string(&mut page);
+        page
+    });
+    page.lines()
+        .find(|l| l.starts_with("lb_map_entries{map=\"CONNS\"}"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_api_never_waits_for_the_connection_table_walk() {
+    let pid = std::process::id();
+    let socket = format!("/run/lb/reconcile-{pid}.sock");
+    let instance = format!("rc{pid}");
+    let mut bed = Bed::new(&[11]);
+    bed.start_lb(&format!(
+        "instance: {instance}\ninterfaces: [{{ name: eth0 }}, {{ name: eth1 }}]\nservices:\n\
+         \x20 - {{ name: web, vip: 203.0.113.10, port: 80, protocol: tcp, \
+         backends: [{{ address: 192.0.2.11, port: 8080 }}], \
+         health_check: {{ kind: tcp, interval: 100ms, timeout: 100ms, rise: 1, fall: 2 }} }}\n\
+         dataplane: {{ connection_table_size: {ENTRIES} }}\n\
+         control: {{ socket: {socket}, metrics: '127.0.0.1:9477' }}\n"
+    ));
+
+    // Fill the table through its pin, as if a million clients were served.
+    let started = Instant::now();
+    let pin = format!("/sys/fs/bpf/lb/{instance}/CONNS");
+    let data = MapData::from_pin(&pin).expect("the pinned CONNS");
+    let mut conns: HashMap<MapData, FlowKey, ConnValue> =
+        HashMap::try_from(Map::LruHashMap(data)).expect("CONNS is an LRU hash");
+    let now = lb::dataplane::monotonic_ns();
+    for n in 0..ENTRIES {
+        let key = FlowKey {
+            src: ipv4_mapped(Ipv4Addr::from(0xc633_6400 | (n >> 16)).octets()),
+            dst: ipv4_mapped([203, 0, 113, 10]),
+            sport: u16::try_from(n & 0xffff).unwrap(),
+            dport: 80,
+            proto: 6,
+            pad: [0; 3],
+        };
+        let value = ConnValue {
+            backend_id: 0,
+            flags: 0,
+            last_seen_ns: now,
+        };
+        conns.insert(key, value, 0).expect("a CONNS entry");
+    }
+    drop(conns);
+    println!("{ENTRIES} entries written in {:?}", started.elapsed());
+
+    // Ask for the status without pause until a walk has counted them
+    // (the walk runs every 10 s), and a little after.
+    let mut slowest = Duration::ZERO;
+    let mut calls = 0;
+    let mut seen_at = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let asked = Instant::now();
+        lb::api::get(std::path::Path::new(&socket), "/v1/status").expect("lb status");
+        slowest = slowest.max(asked.elapsed());
+        calls += 1;
+        if seen_at.is_none() && calls % 20 == 0 && walked(&bed) > u64::from(ENTRIES / 2) {
+            seen_at = Some(Instant::now());
+        }
+        if seen_at.is_some_and(|at| at.elapsed() > Duration::from_secs(1)) {
+            break;
+        }
+    }
+    println!(
+        "slowest of {calls} status calls across a walk of {} entries: {slowest:?}",
+        walked(&bed)
+    );
+    assert!(seen_at.is_some(), "no walk counted the table within 30 s");
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a status call waited {slowest:?} for the walk"
+    );
+
+    // Health-driven failover across a whole walk period: stop the backend,
+    // time until it is seen down, start it, wait until it is up; again and
+    // again for 11 s, so some rounds overlap a walk.
+    let health = |socket: &str| -> String {
+        lb::api::get(std::path::Path::new(socket), "/v1/status")
+            .map(|s| s["services"][0]["backends"][0]["health"].to_string())
+            .unwrap_or_default()
+    };
+    let mut failovers = Vec::new();
+    let until = Instant::now() + Duration::from_secs(11);
+    while Instant::now() < until {
+        bed.stop_backend(11);
+        let stopped = Instant::now();
+        assert!(
+            wait_until(Duration::from_secs(10), || health(&socket) == "\"down\""),
+            "the stopped backend was never seen down"
+        );
+        failovers.push(stopped.elapsed());
+        bed.start_backend(11);
+        assert!(
+            wait_until(Duration::from_secs(10), || health(&socket) == "\"up\""),
+            "the backend never came back"
+        );
+    }
+    let slowest = failovers.iter().max().copied().unwrap_or_default();
+    println!(
+        "{} failovers (checks every 100 ms, fall 2) with a full table: slowest {slowest:?}, all {failovers:?}",
+        failovers.len()
+    );
+    assert!(
+        slowest < Duration::from_secs(2),
+        "a failover waited {slowest:?}"
+    );
+    assert!(bed.lb_process.as_mut().unwrap().running(), "lb run died");
+}
