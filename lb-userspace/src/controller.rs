@@ -19,8 +19,10 @@ use std::{
 
 use crate::{
     config::Scheduler,
-    config::{Config, XdpModeSetting},
-    dataplane::{AttachMode, Attachment, Dataplane, Sizes, unpin_all},
+    config::{Config, Interface, XdpModeSetting},
+    dataplane::{
+        AttachMode, Attachment, Dataplane, Sizes, is_pinned, link_pin, unpin_all, unpin_link,
+    },
     dynamic::{self, Sample},
     health::{Checker, Event, Health, Target, Tracker},
     hops::HopCache,
@@ -59,30 +61,68 @@ pub struct Controller {
     hops: Option<HopCache>,
     pin_dir: PathBuf,
     started: SystemTime,
+    /// What the start changed, for [`Controller::abandon`].
+    started_with: Started,
 }
 
 impl Controller {
     /// Loads the data plane for `config` — taking over the one pinned for
-    /// its instance if a previous controller left it running — writes the
-    /// difference to its maps and attaches it.
+    /// its instance if a previous controller left it running — attaches it
+    /// and writes the difference to its maps.
+    ///
+    /// Transactional: a start that fails undoes what it did (attachments,
+    /// pins, forwarding settings) before returning the error — except that
+    /// a data plane taken over from an earlier lb stays attached and pinned,
+    /// forwarding (it carries traffic; only what this start added to it is
+    /// removed). The caller must hold the instance lock
+    /// ([`crate::lock::InstanceLock`]), so no other lb uses these pins.
     pub fn start(config: Config, config_path: &Path) -> anyhow::Result<Self> {
-        enable_forwarding()?;
+        let pin_dir = pin_dir(&config);
+        let mut started = Started::default();
+        match Self::try_start(config, config_path, &mut started) {
+            Ok(mut controller) => {
+                controller.started_with = started;
+                Ok(controller)
+            }
+            // The data plane handle (and any attachment not yet pinned) is
+            // gone by now.
+            Err(error) => Err(error.context(undo_start(&started, &pin_dir))),
+        }
+    }
+
+    /// The steps of [`Controller::start`], recording each change in
+    /// `started` as it is made. Fallible steps come before the map writes
+    /// where they can: interfaces new to a taken-over data plane are
+    /// attached before the ones it had, and before its tables change.
+    fn try_start(
+        config: Config,
+        config_path: &Path,
+        started: &mut Started,
+    ) -> anyhow::Result<Self> {
+        enable_forwarding(&mut started.forwarding)?;
         let sizes = sizes(&config);
         let pin_dir = pin_dir(&config);
+        started.origin = Some(if is_pinned(&pin_dir) {
+            Origin::TakenOver
+        } else {
+            Origin::Created
+        });
         let (mut dataplane, adopted) = Dataplane::load_pinned(sizes, &pin_dir)
             .context("loading the XDP program (root and a kernel with BTF are needed)")?;
         let mut planner = Planner::new(sizes.ring_size, sizes.services, sizes.backends);
         if adopted {
             planner.adopt(&config, dataplane.snapshot()?);
             tracing::info!(pins = %pin_dir.display(), "took over the pinned data plane");
+            // A data plane taken over from an older lb has no address
+            // filters or service slots yet: derive them from the maps,
+            // whatever wrote those, before this program runs on them.
+            dataplane.rebuild_indexes()?;
         }
-        dataplane.set_settings(&settings(&config))?;
         let states = BTreeMap::new();
         let writes = planner.plan(&config, &states)?;
+        attach(&mut dataplane, &config.interfaces, &pin_dir, started)?;
+        dataplane.set_settings(&settings(&config))?;
         dataplane.apply(&writes)?;
-        // A data plane taken over from an older lb has no address filters
-        // or service slots yet: derive them from the maps, whatever wrote
-        // those.
         dataplane.rebuild_indexes()?;
         tracing::info!(writes = writes.len(), "maps written");
         let mut controller = Self {
@@ -111,40 +151,30 @@ impl Controller {
             },
             pin_dir,
             started: SystemTime::now(),
+            started_with: Started::default(),
         };
         controller.refresh_hops();
-        controller.attach()?;
         Ok(controller)
     }
 
-    fn attach(&mut self) -> anyhow::Result<()> {
-        let interfaces = self.config.interfaces.clone();
-        for iface in &interfaces {
-            let ifindex = ifindex(&iface.name)?;
-            let mac = mac_address(&iface.name)?;
-            self.dataplane.insert_iface(ifindex, mac)?;
-            self.dataplane.insert_devmap(ifindex)?;
+    /// Undoes a start whose later steps failed (VRRP, a listener), as
+    /// [`Controller::start`] undoes its own: everything this start added
+    /// goes; a taken-over data plane stays, forwarding. Returns what became
+    /// of the data plane, for the error message. The controller is of no
+    /// further use (its maps are closed when it is dropped).
+    pub fn abandon(&mut self) -> String {
+        self.stop_ha();
+        if let Some(checker) = self.checker.take() {
+            checker.stop();
         }
-        for iface in &interfaces {
-            let mode = match iface.xdp_mode {
-                XdpModeSetting::Auto => AttachMode::Auto,
-                XdpModeSetting::Native => AttachMode::Native,
-                XdpModeSetting::Generic => AttachMode::Generic,
-            };
-            let attachment = self
-                .dataplane
-                .attach_pinned(&iface.name, mode, &self.pin_dir)
-                .with_context(|| format!("attaching to {}", iface.name))?;
-            match attachment {
-                Attachment::Adopted => {
-                    tracing::info!(interface = %iface.name, "took over the attachment (no gap)");
-                }
-                Attachment::Attached(mode) => {
-                    tracing::info!(interface = %iface.name, ?mode, "attached");
-                }
-            }
+        if self.started_with.origin == Some(Origin::Created)
+            && let Some(mut hops) = self.hops.take()
+        {
+            hops.forget_managed();
         }
-        Ok(())
+        // Every attachment of a finished start is pinned (none is held only
+        // by this process's handle), so undoing the pins undoes them.
+        undo_start(&std::mem::take(&mut self.started_with), &self.pin_dir)
     }
 
     /// Starts health checking; results arrive as [`Event`]s on `events`,
@@ -682,6 +712,114 @@ impl Controller {
     }
 }
 
+/// What a start changed so far, so that a failed one can be undone.
+#[derive(Debug, Default)]
+struct Started {
+    /// Forwarding sysctls this start turned on.
+    forwarding: Vec<&'static str>,
+    /// Where the data plane came from, once loaded.
+    origin: Option<Origin>,
+    /// Attachments this start pinned (on a taken-over data plane: the
+    /// interfaces it did not have).
+    links: Vec<PathBuf>,
+}
+
+/// Where a started controller's data plane came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    /// Created and pinned by this start: undoing removes all of it.
+    Created,
+    /// Pinned by an earlier lb and taken over: it carries traffic, and
+    /// undoing leaves it attached and pinned.
+    TakenOver,
+}
+
+/// Undoes `started` (the data plane handle must be closed already, so that
+/// attachments not yet pinned are gone with it); returns a sentence saying
+/// what became of the data plane. Failures to undo are logged: the start's
+/// own error is the one to report.
+fn undo_start(started: &Started, pin_dir: &Path) -> String {
+    let outcome = match started.origin {
+        None => "lb run did not start; nothing was attached or pinned".to_string(),
+        Some(Origin::Created) => match unpin_all(pin_dir) {
+            Ok(detached) => {
+                for interface in detached {
+                    tracing::info!(%interface, "start failed: detached");
+                }
+                "lb run did not start; nothing was left attached or pinned".to_string()
+            }
+            Err(error) => {
+                tracing::error!(error = %format!("{error:#}"), pins = %pin_dir.display(),
+                    "start failed, and removing its pins failed too");
+                format!(
+                    "lb run did not start, and could not remove its pins in {}: `lb detach` them",
+                    pin_dir.display()
+                )
+            }
+        },
+        Some(Origin::TakenOver) => {
+            for link in &started.links {
+                if let Err(error) = unpin_link(link) {
+                    tracing::error!(error = %format!("{error:#}"),
+                    "start failed: removing an attachment it added");
+                }
+            }
+            format!(
+                "lb run did not start; the data plane it found pinned in {} is left attached \
+                 and forwarding",
+                pin_dir.display()
+            )
+        }
+    };
+    for path in &started.forwarding {
+        if let Err(error) = std::fs::write(path, "0") {
+            tracing::warn!(path, %error, "start failed: restoring forwarding");
+        }
+    }
+    outcome
+}
+
+/// Records each interface's MAC in the data plane and attaches to it (see
+/// [`Dataplane::attach_pinned`]). Interfaces new to a taken-over data plane
+/// come first: if one of them cannot be attached, the interfaces it
+/// forwards on have not changed program yet.
+fn attach(
+    dataplane: &mut Dataplane,
+    interfaces: &[Interface],
+    pin_dir: &Path,
+    started: &mut Started,
+) -> anyhow::Result<()> {
+    for iface in interfaces {
+        let ifindex = ifindex(&iface.name)?;
+        let mac = mac_address(&iface.name)?;
+        dataplane.insert_iface(ifindex, mac)?;
+        dataplane.insert_devmap(ifindex)?;
+    }
+    let (taken_over, new): (Vec<&Interface>, Vec<&Interface>) = interfaces
+        .iter()
+        .partition(|iface| link_pin(pin_dir, &iface.name).exists());
+    for iface in new.into_iter().chain(taken_over) {
+        let mode = match iface.xdp_mode {
+            XdpModeSetting::Auto => AttachMode::Auto,
+            XdpModeSetting::Native => AttachMode::Native,
+            XdpModeSetting::Generic => AttachMode::Generic,
+        };
+        let attachment = dataplane
+            .attach_pinned(&iface.name, mode, pin_dir)
+            .with_context(|| format!("attaching to {}", iface.name))?;
+        match attachment {
+            Attachment::Adopted => {
+                tracing::info!(interface = %iface.name, "took over the attachment (no gap)");
+            }
+            Attachment::Attached(mode) => {
+                started.links.push(link_pin(pin_dir, &iface.name));
+                tracing::info!(interface = %iface.name, ?mode, "attached");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// An operator's change to one backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Override {
@@ -942,8 +1080,9 @@ pub fn settings(config: &Config) -> Settings {
     settings
 }
 
-/// `bpf_fib_lookup` answers only where forwarding is on; a balancer forwards.
-fn enable_forwarding() -> anyhow::Result<()> {
+/// `bpf_fib_lookup` answers only where forwarding is on; a balancer
+/// forwards. The settings it turned on are added to `changed`.
+fn enable_forwarding(changed: &mut Vec<&'static str>) -> anyhow::Result<()> {
     for path in [
         "/proc/sys/net/ipv4/ip_forward",
         "/proc/sys/net/ipv6/conf/all/forwarding",
@@ -951,6 +1090,7 @@ fn enable_forwarding() -> anyhow::Result<()> {
         let current = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
         if current.trim() != "1" {
             std::fs::write(path, "1").with_context(|| format!("enabling forwarding: {path}"))?;
+            changed.push(path);
             tracing::info!(path, "enabled forwarding (bpf_fib_lookup needs it)");
         }
     }

@@ -11,6 +11,8 @@ pub mod dynamic;
 pub mod ha;
 pub mod health;
 pub mod hops;
+pub mod host;
+pub mod lock;
 pub mod maglev;
 pub mod metrics;
 pub mod netlink;
