@@ -797,6 +797,21 @@ fn detach(config: Option<&Path>, instance: Option<&str>, output: Output) -> Resu
             )));
         }
     };
+    // A running instance is stopped with SIGTERM (which detaches), not
+    // pulled from under its controller. Taking its lock also clears the
+    // lock file a killed lb left (when this lock is dropped).
+    let _lock = crate::lock::InstanceLock::acquire(
+        Path::new(crate::lock::LOCK_ROOT),
+        &name,
+        Path::new(""),
+    )
+    .map_err(|error| match error {
+        crate::lock::LockError::Held { holder, .. } => Failure::User(anyhow::anyhow!(
+            "instance {name:?} is running ({holder}): `lb detach` would pull its data plane \
+             from under it; stop it with SIGTERM instead, which detaches"
+        )),
+        other => Failure::Runtime(other.into()),
+    })?;
     let pin_dir = Path::new(crate::controller::PIN_ROOT).join(&name);
     if !pin_dir.exists() {
         return Err(Failure::User(anyhow::anyhow!(

@@ -84,7 +84,9 @@ impl Holder {
         for line in text.lines() {
             if let Some(pid) = line.strip_prefix("pid=") {
                 holder.pid = pid.trim().parse().ok();
-            } else if let Some(socket) = line.strip_prefix("socket=") {
+            } else if let Some(socket) = line.strip_prefix("socket=")
+                && !socket.is_empty()
+            {
                 holder.socket = Some(socket.to_string());
             }
         }

@@ -103,6 +103,20 @@ fn a_second_start_of_a_running_instance_changes_nothing() {
         "the second start added a floating address"
     );
     assert!(bed.lb_process.as_mut().unwrap().running());
+    // Nor does `lb detach` pull the data plane from under it.
+    let output = bed.lb.exec(
+        lb_binary().to_str().unwrap(),
+        &["detach", "--instance", &instance],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "instance \"{instance}\" is running (PID {first_pid}"
+        )),
+        "{stderr}"
+    );
+    assert!(bed.lb.has_xdp("eth0") && pins(&instance).join("SERVICES").exists());
 
     // Another instance on another interface, but with the same control
     // socket: it fails last, at the socket, and undoes its start.
@@ -280,11 +294,24 @@ fn a_failed_start_keeps_a_taken_over_data_plane_forwarding() {
 
     // And the next start takes it over as usual.
     bed.start_lb(&text);
-    let output = bed.stop_lb();
-    assert!(output.status.success(), "{output:?}");
+    let served = bed.client.run(move || tcp_request(target, None));
+    assert_eq!(served.as_deref(), Some("b11"));
+    // Killed, it leaves its lock file (which blocks nothing) and its data
+    // plane; `lb detach` removes both.
+    let process = bed.lb_process.take().unwrap();
+    process.signal(libc::SIGKILL);
+    let output = process.wait();
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("took over the pinned data plane"),
         "{output:?}"
     );
-    assert!(!pins(&instance).exists());
+    let lock = format!("/run/lb/{instance}.lock");
+    assert!(Path::new(&lock).exists());
+    let output = bed.lb.exec(
+        lb_binary().to_str().unwrap(),
+        &["detach", "--instance", &instance],
+    );
+    assert!(output.status.success(), "{output:?}");
+    assert!(!pins(&instance).exists() && !Path::new(&lock).exists());
+    assert!(!bed.lb.has_xdp("eth0") && !bed.lb.has_xdp("eth1"));
 }
