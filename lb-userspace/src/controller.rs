@@ -91,9 +91,11 @@ impl Controller {
     }
 
     /// The steps of [`Controller::start`], recording each change in
-    /// `started` as it is made. Fallible steps come before the map writes
-    /// where they can: interfaces new to a taken-over data plane are
-    /// attached before the ones it had, and before its tables change.
+    /// `started` as it is made. Interfaces new to the data plane are
+    /// attached before its tables change (attaching is what fails, when
+    /// something does: no native XDP, an interface held by another
+    /// program); the interfaces of a taken-over data plane get the new
+    /// program after its tables are written, as at any upgrade.
     fn try_start(
         config: Config,
         config_path: &Path,
@@ -120,11 +122,20 @@ impl Controller {
         }
         let states = BTreeMap::new();
         let writes = planner.plan(&config, &states)?;
-        attach(&mut dataplane, &config.interfaces, &pin_dir, started)?;
+        let (taken_over, new): (Vec<&Interface>, Vec<&Interface>) = config
+            .interfaces
+            .iter()
+            .partition(|iface| link_pin(&pin_dir, &iface.name).exists());
+        for iface in &config.interfaces {
+            dataplane.insert_iface(ifindex(&iface.name)?, mac_address(&iface.name)?)?;
+            dataplane.insert_devmap(ifindex(&iface.name)?)?;
+        }
+        attach(&mut dataplane, &new, &pin_dir, started)?;
         dataplane.set_settings(&settings(&config))?;
         dataplane.apply(&writes)?;
         dataplane.rebuild_indexes()?;
         tracing::info!(writes = writes.len(), "maps written");
+        attach(&mut dataplane, &taken_over, &pin_dir, started)?;
         let mut controller = Self {
             config,
             config_path: config_path.to_path_buf(),
@@ -779,26 +790,15 @@ fn undo_start(started: &Started, pin_dir: &Path) -> String {
     outcome
 }
 
-/// Records each interface's MAC in the data plane and attaches to it (see
-/// [`Dataplane::attach_pinned`]). Interfaces new to a taken-over data plane
-/// come first: if one of them cannot be attached, the interfaces it
-/// forwards on have not changed program yet.
+/// Attaches to `interfaces` (see [`Dataplane::attach_pinned`]), recording
+/// the attachments it pins in `started`.
 fn attach(
     dataplane: &mut Dataplane,
-    interfaces: &[Interface],
+    interfaces: &[&Interface],
     pin_dir: &Path,
     started: &mut Started,
 ) -> anyhow::Result<()> {
     for iface in interfaces {
-        let ifindex = ifindex(&iface.name)?;
-        let mac = mac_address(&iface.name)?;
-        dataplane.insert_iface(ifindex, mac)?;
-        dataplane.insert_devmap(ifindex)?;
-    }
-    let (taken_over, new): (Vec<&Interface>, Vec<&Interface>) = interfaces
-        .iter()
-        .partition(|iface| link_pin(pin_dir, &iface.name).exists());
-    for iface in new.into_iter().chain(taken_over) {
         let mode = match iface.xdp_mode {
             XdpModeSetting::Auto => AttachMode::Auto,
             XdpModeSetting::Native => AttachMode::Native,
