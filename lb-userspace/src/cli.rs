@@ -336,16 +336,22 @@ fn socket(flag: Option<&Path>, config: Option<&Path>) -> Result<PathBuf, Failure
 }
 
 /// `lb check`: every problem of the file (exit 1), as `lb run` would find
-/// them; then what this host lacks for it, as warnings (exit 0: the file
-/// may be meant for another machine).
+/// them; then, as warnings (exit 0), what is valid but probably not meant
+/// ([`Config::warnings`]: a service with no backends) and what this host
+/// lacks for it (the file may be meant for another machine).
 fn check(path: &Path, output: Output) -> Result<(), Failure> {
     let text = crate::config::read(path)?;
     let config = Config::parse(&text)?;
-    let mut warnings = crate::host::problems(&config);
+    let mut warnings = config.warnings();
+    let mut host = crate::host::problems(&config);
     crate::config::locate(&text, &mut warnings);
+    crate::config::locate(&text, &mut host);
     match output {
         Output::Human => {
             for warning in &warnings {
+                eprintln!("warning: {warning}");
+            }
+            for warning in &host {
                 eprintln!("warning: {warning} (lb run would refuse to start on this host)");
             }
             println!(
@@ -353,18 +359,21 @@ fn check(path: &Path, output: Output) -> Result<(), Failure> {
                 path.display(),
                 config.services.len(),
                 config.interfaces.len(),
-                match warnings.len() {
+                match warnings.len() + host.len() {
                     0 => String::new(),
-                    n => format!(", {n} warning(s) about this host"),
+                    n => format!(", {n} warning(s)"),
                 }
             );
         }
-        Output::Json => println!(
-            "{}",
-            serde_json::json!({"ok": true, "services": config.services.len(),
-                               "interfaces": config.interfaces.len(),
-                               "warnings": problems_json(&warnings)})
-        ),
+        Output::Json => {
+            warnings.extend(host);
+            println!(
+                "{}",
+                serde_json::json!({"ok": true, "services": config.services.len(),
+                                   "interfaces": config.interfaces.len(),
+                                   "warnings": problems_json(&warnings)})
+            );
+        }
     }
     Ok(())
 }
@@ -378,9 +387,9 @@ fn problems_json(problems: &[crate::config::ConfigProblem]) -> serde_json::Value
 }
 
 /// What `lb run` does before it changes anything, in order: the
-/// configuration (a bad file: exit 1); the instance lock, held from here
-/// until the process ends (a running instance: exit 1); what the host must
-/// provide (exit 2).
+/// configuration (a bad file: exit 1; its warnings are logged); the
+/// instance lock, held from here until the process ends (a running
+/// instance: exit 1); what the host must provide (exit 2).
 fn prepare_run(path: &Path) -> Result<(Config, crate::lock::InstanceLock), Failure> {
     let text = crate::config::read(path)?;
     let config = Config::parse(&text)?;
@@ -393,6 +402,11 @@ fn prepare_run(path: &Path) -> Result<(Config, crate::lock::InstanceLock), Failu
         crate::lock::LockError::Held { .. } => Failure::User(error.into()),
         _ => Failure::Runtime(error.into()),
     })?;
+    let mut warnings = config.warnings();
+    crate::config::locate(&text, &mut warnings);
+    for warning in &warnings {
+        tracing::warn!(path = %warning.path, line = ?warning.line, "{}", warning.message);
+    }
     let mut missing = crate::host::problems(&config);
     if !missing.is_empty() {
         crate::config::locate(&text, &mut missing);
@@ -490,7 +504,12 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
         }
         if signal == libc::SIGQUIT {
             // Leave the data plane attached and pinned, forwarding with the
-            // last tables: the next `lb run` takes it over.
+            // last tables: the next `lb run` takes it over. The floating IPs
+            // go first, as on SIGTERM: the peer takes them over, and two
+            // hosts must never answer ARP for one address.
+            let mut controller = controller.lock().map_err(|_| poisoned())?;
+            controller.stop_ha();
+            drop(controller);
             tracing::info!("SIGQUIT: exiting, data plane left attached and pinned");
             drop(server_guard);
             return Ok(());
@@ -588,6 +607,12 @@ fn status(socket: &Path, output: Output) -> Result<(), Failure> {
             service.scheduler,
             service.forwarding
         );
+        for warning in &service.warnings {
+            println!("  warning: {warning}");
+        }
+        if service.backends.is_empty() {
+            continue;
+        }
         // Flows in dsr / tunnel modes are counted from one direction only.
         let flows = if service.forwarding == "nat" {
             "flows"
@@ -820,6 +845,8 @@ fn detach(config: Option<&Path>, instance: Option<&str>, output: Output) -> Resu
         )));
     }
     let detached = crate::dataplane::unpin_all(&pin_dir).map_err(Failure::Runtime)?;
+    // The forwarding the data plane needed goes with it.
+    crate::sysctl::restore_recorded(&name);
     match output {
         Output::Human => println!(
             "instance {name}: detached from {} and removed {}",

@@ -87,9 +87,11 @@ pub struct DataplaneSettings {
     #[serde(default = "default_udp_idle", with = "duration")]
     pub udp_idle_timeout: Duration,
     /// Outer source prefix of IPv4 tunnels; host bits vary per flow (RSS).
+    /// Unset: this host's own address towards the tunnel backends.
     #[serde(default)]
     pub tunnel_source_v4: Option<ipnet::Ipv4Net>,
     /// Outer source prefix of IPv6 tunnels; up to 32 host bits vary per flow.
+    /// Unset: this host's own address towards the tunnel backends.
     #[serde(default)]
     pub tunnel_source_v6: Option<ipnet::Ipv6Net>,
 }
@@ -539,6 +541,45 @@ impl Config {
         Self::parse(&read(path)?)
     }
 
+    /// Reads and validates `path`, and lists what is valid but probably
+    /// not meant ([`Config::warnings`], with lines): `lb check` prints
+    /// them, `lb run` logs them.
+    pub fn load_with_warnings(path: &Path) -> Result<(Self, Vec<ConfigProblem>), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config = Self::parse(&text)?;
+        let mut warnings = config.warnings();
+        for warning in &mut warnings {
+            warning.line = line_of(&text, &warning.path);
+        }
+        Ok((config, warnings))
+    }
+
+    /// What is accepted but probably not meant. A service with no backends
+    /// is valid (a placeholder, or one being emptied for maintenance), but
+    /// every packet to it is dropped (`drop_no_backend`), so say so.
+    pub fn warnings(&self) -> Vec<ConfigProblem> {
+        self.services
+            .iter()
+            .enumerate()
+            .filter(|(_, service)| service.backends.is_empty())
+            .map(|(i, service)| ConfigProblem {
+                path: format!("services[{i}].backends"),
+                line: None,
+                message: format!(
+                    "service {:?} has no backends: packets to {} {}:{} are dropped \
+                     (drop_no_backend)",
+                    service.name,
+                    service.protocol.name(),
+                    service.vip,
+                    service.port
+                ),
+            })
+            .collect()
+    }
+
     /// Parses and validates YAML text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         // Section by section first (each service on its own), so one run
@@ -628,7 +669,6 @@ impl Config {
                     ),
                 );
             }
-            self.check_tunnel_source(&at, service, &mut problems);
             if let Some(check) = &service.health_check {
                 check_health(&format!("{at}.health_check"), check, &mut problems);
             }
@@ -683,30 +723,6 @@ impl Config {
                     "{backends} backends exceed dataplane.max_backends {}",
                     dataplane.max_backends
                 ),
-            );
-        }
-    }
-
-    fn check_tunnel_source(&self, at: &str, service: &Service, problems: &mut Problems) {
-        if service.forwarding != Forwarding::Tunnel {
-            return;
-        }
-        let missing = match service.vip {
-            IpAddr::V4(_) => self
-                .dataplane
-                .tunnel_source_v4
-                .is_none()
-                .then_some("tunnel_source_v4"),
-            IpAddr::V6(_) => self
-                .dataplane
-                .tunnel_source_v6
-                .is_none()
-                .then_some("tunnel_source_v6"),
-        };
-        if let Some(key) = missing {
-            problems.push(
-                format!("{at}.forwarding"),
-                format!("tunnel services need dataplane.{key} (the outer source prefix)"),
             );
         }
     }
@@ -1198,6 +1214,29 @@ services:
         assert_eq!(web.forwarding, Forwarding::Nat);
         assert_eq!(web.backends[0].weight, 100);
         assert_eq!(config.control.socket, PathBuf::from("/run/lb/lb.sock"));
+    }
+
+    #[test]
+    fn a_service_without_backends_is_accepted_with_a_warning() {
+        let text = format!(
+            "{MINIMAL}  - name: spare\n    vip: 203.0.113.11\n    port: 80\n    protocol: tcp\n    backends: []\n  - {{ name: bare, vip: 203.0.113.12, port: 80, protocol: udp }}\n"
+        );
+        let config = Config::parse(&text).unwrap();
+        let warnings = config.warnings();
+        let paths: Vec<&str> = warnings.iter().map(|w| w.path.as_str()).collect();
+        assert_eq!(paths, ["services[1].backends", "services[2].backends"]);
+        assert!(
+            warnings[0].message.contains("\"spare\" has no backends")
+                && warnings[1].message.contains("udp 203.0.113.12:80"),
+            "{warnings:?}"
+        );
+        assert!(Config::parse(MINIMAL).unwrap().warnings().is_empty());
+        let file = std::env::temp_dir().join(format!("lb-warn-{}.yaml", std::process::id()));
+        std::fs::write(&file, &text).unwrap();
+        let loaded = Config::load_with_warnings(&file);
+        std::fs::remove_file(&file).unwrap();
+        let (_, warnings) = loaded.unwrap();
+        assert_eq!(warnings[0].line, Some(15), "{warnings:?}");
     }
 
     #[test]

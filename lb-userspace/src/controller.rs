@@ -13,13 +13,13 @@ use lb_common::{Reason, Settings};
 use serde::Serialize;
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{Arc, Mutex, mpsc::Sender},
 };
 
 use crate::{
     config::Scheduler,
-    config::{Config, Interface, XdpModeSetting},
+    config::{Config, Forwarding, Interface, XdpModeSetting},
     dataplane::{
         AttachMode, Attachment, Dataplane, Sizes, is_pinned, link_pin, unpin_all, unpin_link,
     },
@@ -27,6 +27,7 @@ use crate::{
     health::{Checker, Event, Health, Target, Tracker},
     hops::HopCache,
     plan::{BackendKey, BackendState, Planner},
+    sysctl::ForwardingSysctls,
 };
 
 /// The running balancer.
@@ -59,6 +60,9 @@ pub struct Controller {
     /// Backends' next hops (none when netlink is unavailable: the data
     /// path then asks the FIB for every packet).
     hops: Option<HopCache>,
+    /// The outer sources of tunnels whose `dataplane.tunnel_source_*` is
+    /// unset, as last resolved and written.
+    tunnel_sources: TunnelSources,
     pin_dir: PathBuf,
     started: SystemTime,
     /// What the start changed, for [`Controller::abandon`].
@@ -70,11 +74,14 @@ impl Controller {
     /// its instance if a previous controller left it running — attaches it
     /// and writes the difference to its maps.
     ///
+    /// Forwarding is turned on for the attached interfaces first
+    /// ([`ForwardingSysctls`]), put back by a clean [`Controller::stop`].
+    ///
     /// Transactional: a start that fails undoes what it did (attachments,
-    /// pins, forwarding settings) before returning the error — except that
-    /// a data plane taken over from an earlier lb stays attached and pinned,
-    /// forwarding (it carries traffic; only what this start added to it is
-    /// removed). The caller must hold the instance lock
+    /// pins, the forwarding sysctls it changed) before returning the error
+    /// — except that a data plane taken over from an earlier lb stays
+    /// attached and pinned, forwarding (it carries traffic; only what this
+    /// start added to it is removed). The caller must hold the instance lock
     /// ([`crate::lock::InstanceLock`]), so no other lb uses these pins.
     pub fn start(config: Config, config_path: &Path) -> anyhow::Result<Self> {
         let pin_dir = pin_dir(&config);
@@ -86,7 +93,7 @@ impl Controller {
             }
             // The data plane handle (and any attachment not yet pinned) is
             // gone by now.
-            Err(error) => Err(error.context(undo_start(&started, &pin_dir))),
+            Err(error) => Err(error.context(undo_start(&mut started, &pin_dir))),
         }
     }
 
@@ -101,7 +108,9 @@ impl Controller {
         config_path: &Path,
         started: &mut Started,
     ) -> anyhow::Result<Self> {
-        enable_forwarding(&mut started.forwarding)?;
+        let interfaces: Vec<&str> = config.interfaces.iter().map(|i| i.name.as_str()).collect();
+        let record = crate::sysctl::record_path(config.instance.as_str());
+        started.forwarding = ForwardingSysctls::enable(&interfaces, record)?;
         let sizes = sizes(&config);
         let pin_dir = pin_dir(&config);
         started.origin = Some(if is_pinned(&pin_dir) {
@@ -120,6 +129,17 @@ impl Controller {
             // whatever wrote those, before this program runs on them.
             dataplane.rebuild_indexes()?;
         }
+        let mut hops = match HopCache::open() {
+            Ok(hops) => Some(hops),
+            Err(error) => {
+                tracing::warn!(%error, "no netlink: every packet will ask the FIB for its next hop");
+                None
+            }
+        };
+        // Resolved before the settings are written: a taken-over data plane
+        // is live, and tunnels must not leave with no outer source meanwhile.
+        let (tunnel_sources, others) = resolve_tunnel_sources(hops.as_mut(), &config);
+        log_tunnel_sources(None, tunnel_sources, &others, &config);
         let states = BTreeMap::new();
         let writes = planner.plan(&config, &states)?;
         let (taken_over, new): (Vec<&Interface>, Vec<&Interface>) = config
@@ -131,7 +151,7 @@ impl Controller {
             dataplane.insert_devmap(ifindex(&iface.name)?)?;
         }
         attach(&mut dataplane, &new, &pin_dir, started)?;
-        dataplane.set_settings(&settings(&config))?;
+        dataplane.set_settings(&settings_with(&config, tunnel_sources))?;
         dataplane.apply(&writes)?;
         dataplane.rebuild_indexes()?;
         tracing::info!(writes = writes.len(), "maps written");
@@ -153,13 +173,8 @@ impl Controller {
             ha: None,
             checker: None,
             events: None,
-            hops: match HopCache::open() {
-                Ok(hops) => Some(hops),
-                Err(error) => {
-                    tracing::warn!(%error, "no netlink: every packet will ask the FIB for its next hop");
-                    None
-                }
-            },
+            hops,
+            tunnel_sources,
             pin_dir,
             started: SystemTime::now(),
             started_with: Started::default(),
@@ -185,7 +200,7 @@ impl Controller {
         }
         // Every attachment of a finished start is pinned (none is held only
         // by this process's handle), so undoing the pins undoes them.
-        undo_start(&std::mem::take(&mut self.started_with), &self.pin_dir)
+        undo_start(&mut std::mem::take(&mut self.started_with), &self.pin_dir)
     }
 
     /// Starts health checking; results arrive as [`Event`]s on `events`,
@@ -596,20 +611,42 @@ impl Controller {
     /// many were written. Called at start, after a reload, and whenever the
     /// kernel's neighbours, routes or links change. A backend whose hop
     /// cannot be resolved gets an empty entry: its packets ask the FIB.
+    /// The default tunnel sources follow the routes too.
     pub fn refresh_hops(&mut self) -> usize {
-        match self.hops.as_mut() {
-            Some(hops) => hops.refresh(self.planner.planned(), &mut self.dataplane),
-            None => 0,
+        let Some(hops) = self.hops.as_mut() else {
+            return 0;
+        };
+        let written = hops.refresh(self.planner.planned(), &mut self.dataplane);
+        let (sources, others) = resolve_tunnel_sources(Some(hops), &self.config);
+        if sources == self.tunnel_sources {
+            return written;
+        }
+        match self
+            .dataplane
+            .set_settings(&settings_with(&self.config, sources))
+        {
+            Ok(()) => {
+                log_tunnel_sources(Some(self.tunnel_sources), sources, &others, &self.config);
+                self.tunnel_sources = sources;
+                written + 1
+            }
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), "writing the tunnel source");
+                written
+            }
         }
     }
 
-    /// Detaches from every interface and removes the pinned maps.
+    /// Detaches from every interface, removes the pinned maps and puts back
+    /// the forwarding sysctls `lb run` turned on.
     pub fn stop(&mut self) -> anyhow::Result<()> {
         // Taken, so a refresh racing the exit cannot manage them again.
         if let Some(mut hops) = self.hops.take() {
             hops.forget_managed();
         }
-        for interface in unpin_all(&self.pin_dir)? {
+        let detached = unpin_all(&self.pin_dir);
+        self.started_with.forwarding.restore();
+        for interface in detached? {
             tracing::info!(%interface, "detached");
         }
         Ok(())
@@ -631,6 +668,11 @@ impl Controller {
                 scheduler: scheduler_name(service.scheduler),
                 forwarding: forwarding_name(service.forwarding),
                 active_tier: planned.active_tier,
+                warnings: if service.backends.is_empty() {
+                    vec!["no backends configured: packets are dropped (drop_no_backend)".into()]
+                } else {
+                    Vec::new()
+                },
                 backends: planned
                     .backends
                     .iter()
@@ -726,8 +768,11 @@ impl Controller {
 /// What a start changed so far, so that a failed one can be undone.
 #[derive(Debug, Default)]
 struct Started {
-    /// Forwarding sysctls this start turned on.
-    forwarding: Vec<&'static str>,
+    /// The forwarding sysctls this start turned on (and those an earlier
+    /// `lb run` left on, from its record): on failure only this start's own
+    /// are put back ([`ForwardingSysctls::abandon`]); once started, all of
+    /// them on a clean stop.
+    forwarding: ForwardingSysctls,
     /// Where the data plane came from, once loaded.
     origin: Option<Origin>,
     /// Attachments this start pinned (on a taken-over data plane: the
@@ -749,7 +794,7 @@ enum Origin {
 /// attachments not yet pinned are gone with it); returns a sentence saying
 /// what became of the data plane. Failures to undo are logged: the start's
 /// own error is the one to report.
-fn undo_start(started: &Started, pin_dir: &Path) -> String {
+fn undo_start(started: &mut Started, pin_dir: &Path) -> String {
     let outcome = match started.origin {
         None => "lb run did not start; nothing was attached or pinned".to_string(),
         Some(Origin::Created) => match unpin_all(pin_dir) {
@@ -782,11 +827,9 @@ fn undo_start(started: &Started, pin_dir: &Path) -> String {
             )
         }
     };
-    for path in &started.forwarding {
-        if let Err(error) = std::fs::write(path, "0") {
-            tracing::warn!(path, %error, "start failed: restoring forwarding");
-        }
-    }
+    // A taken-over data plane keeps the forwarding an earlier lb run turned
+    // on (it is still recorded); only this start's changes are put back.
+    started.forwarding.abandon();
     outcome
 }
 
@@ -892,6 +935,10 @@ pub struct ServiceStatus {
     pub forwarding: String,
     /// The tier serving new flows; `null` when no backend can.
     pub active_tier: Option<u8>,
+    /// What the operator should know (a service with no backends); an
+    /// addition to the DESIGN.md shape, empty when all is well.
+    #[serde(default)]
+    pub warnings: Vec<String>,
     /// Backends.
     pub backends: Vec<BackendStatus>,
 }
@@ -1080,21 +1127,169 @@ pub fn settings(config: &Config) -> Settings {
     settings
 }
 
-/// `bpf_fib_lookup` answers only where forwarding is on; a balancer
-/// forwards. The settings it turned on are added to `changed`.
-fn enable_forwarding(changed: &mut Vec<&'static str>) -> anyhow::Result<()> {
-    for path in [
-        "/proc/sys/net/ipv4/ip_forward",
-        "/proc/sys/net/ipv6/conf/all/forwarding",
-    ] {
-        let current = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
-        if current.trim() != "1" {
-            std::fs::write(path, "1").with_context(|| format!("enabling forwarding: {path}"))?;
-            changed.push(path);
-            tracing::info!(path, "enabled forwarding (bpf_fib_lookup needs it)");
+/// The outer source addresses of tunnels for the families whose
+/// `dataplane.tunnel_source_*` prefix is unset: this host's own address
+/// towards the backends (`ip route get BACKEND` → `src`).
+///
+/// One address per family, in `SETTINGS`: correct when the tunnel backends
+/// of a family leave by one interface. Backends reached from different
+/// addresses all get the first one (see [`default_tunnel_sources`]); a
+/// configured prefix chooses instead.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TunnelSources {
+    /// For IPv4 (IPIP) tunnels.
+    pub v4: Option<Ipv4Addr>,
+    /// For IPv6 (IP6IP6) tunnels.
+    pub v6: Option<Ipv6Addr>,
+}
+
+/// Whether tunnels of one family (`v6` or not) need a default source: a
+/// tunnel service of that family and no configured prefix.
+fn needs_default_source(config: &Config, v6: bool) -> bool {
+    let configured = if v6 {
+        config.dataplane.tunnel_source_v6.is_some()
+    } else {
+        config.dataplane.tunnel_source_v4.is_some()
+    };
+    !configured
+        && config
+            .services
+            .iter()
+            .any(|s| s.forwarding == Forwarding::Tunnel && s.vip.is_ipv6() == v6)
+}
+
+/// Picks the default tunnel sources for `config` (pure: `source_towards`
+/// answers `ip route get`'s `src` for a backend). Per family that needs
+/// one, the source towards the first tunnel backend, in configuration
+/// order, that has a route; also returns every other (backend, source)
+/// that differs from the one picked, for a warning.
+pub fn default_tunnel_sources(
+    config: &Config,
+    mut source_towards: impl FnMut(IpAddr) -> Option<IpAddr>,
+) -> (TunnelSources, Vec<(IpAddr, IpAddr)>) {
+    let mut sources = TunnelSources::default();
+    let mut others = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let backends = config
+        .services
+        .iter()
+        .filter(|s| s.forwarding == Forwarding::Tunnel)
+        .flat_map(|s| s.backends.iter().map(|b| b.address));
+    for backend in backends {
+        if !needs_default_source(config, backend.is_ipv6()) || !seen.insert(backend) {
+            continue;
+        }
+        match (backend, source_towards(backend)) {
+            (IpAddr::V4(_), Some(IpAddr::V4(source))) => match sources.v4 {
+                None => sources.v4 = Some(source),
+                Some(picked) if picked != source => others.push((backend, IpAddr::V4(source))),
+                Some(_) => {}
+            },
+            (IpAddr::V6(_), Some(IpAddr::V6(source))) => match sources.v6 {
+                None => sources.v6 = Some(source),
+                Some(picked) if picked != source => others.push((backend, IpAddr::V6(source))),
+                Some(_) => {}
+            },
+            _ => {}
         }
     }
-    Ok(())
+    (sources, others)
+}
+
+/// [`default_tunnel_sources`] asked of the kernel's routes; none without
+/// netlink.
+fn resolve_tunnel_sources(
+    hops: Option<&mut HopCache>,
+    config: &Config,
+) -> (TunnelSources, Vec<(IpAddr, IpAddr)>) {
+    let Some(hops) = hops else {
+        return (TunnelSources::default(), Vec::new());
+    };
+    default_tunnel_sources(config, |backend| match hops.source_towards(backend) {
+        Ok(source) => source,
+        Err(error) => {
+            tracing::debug!(%backend, %error, "no route to a tunnel backend");
+            None
+        }
+    })
+}
+
+/// Logs the default tunnel sources when they change (`before` is `None` at
+/// start): the address picked, backends that would want another, or that
+/// there is none yet.
+fn log_tunnel_sources(
+    before: Option<TunnelSources>,
+    now: TunnelSources,
+    others: &[(IpAddr, IpAddr)],
+    config: &Config,
+) {
+    let families = [
+        (
+            false,
+            before.map(|b| b.v4.map(IpAddr::V4)),
+            now.v4.map(IpAddr::V4),
+        ),
+        (
+            true,
+            before.map(|b| b.v6.map(IpAddr::V6)),
+            now.v6.map(IpAddr::V6),
+        ),
+    ];
+    for (v6, before, now) in families {
+        if !needs_default_source(config, v6) || before == Some(now) {
+            continue;
+        }
+        let key = if v6 {
+            "tunnel_source_v6"
+        } else {
+            "tunnel_source_v4"
+        };
+        let Some(source) = now else {
+            tracing::warn!(
+                "no route to any {} tunnel backend: no outer source for those tunnels \
+                 until one appears (or set dataplane.{key})",
+                if v6 { "IPv6" } else { "IPv4" }
+            );
+            continue;
+        };
+        tracing::info!(
+            %source,
+            "tunnel outer source: this host's address towards the backends (dataplane.{key} unset)"
+        );
+        let differ: Vec<String> = others
+            .iter()
+            .filter(|(backend, _)| backend.is_ipv6() == v6)
+            .map(|(backend, own)| format!("{backend} (from {own})"))
+            .collect();
+        if !differ.is_empty() {
+            tracing::warn!(
+                %source,
+                backends = %differ.join(", "),
+                "these tunnel backends are reached from other addresses, yet every tunnel \
+                 leaves from {source}; set dataplane.{key} to choose"
+            );
+        }
+    }
+}
+
+/// Runtime settings from the configuration, with `defaults` as the tunnel
+/// source of each family whose prefix the configuration leaves unset (all
+/// host bits fixed: one address).
+pub fn settings_with(config: &Config, defaults: TunnelSources) -> Settings {
+    let mut settings = settings(config);
+    if config.dataplane.tunnel_source_v4.is_none()
+        && let Some(source) = defaults.v4
+    {
+        settings.tunnel_v4_source = source.octets();
+        settings.tunnel_v4_host_bits = 0;
+    }
+    if config.dataplane.tunnel_source_v6.is_none()
+        && let Some(source) = defaults.v6
+    {
+        settings.tunnel_v6_source = source.octets();
+        settings.tunnel_v6_host_bits = 0;
+    }
+    settings
 }
 
 /// The ifindex of `name` in this network namespace.
@@ -1150,7 +1345,7 @@ impl Controller {
     /// overrides (drain, weight) stay unless the reload changes that
     /// backend's configuration.
     pub fn reload(&mut self) -> anyhow::Result<usize> {
-        let config = Config::load(&self.config_path)?;
+        let (config, warnings) = Config::load_with_warnings(&self.config_path)?;
         if sizes(&config) != self.dataplane.sizes() {
             anyhow::bail!("dataplane sizes changed: restart lb run to apply them");
         }
@@ -1162,13 +1357,98 @@ impl Controller {
         }
         self.keep_overrides(&config);
         let writes = self.planner.plan(&config, &self.states)?;
-        self.dataplane.set_settings(&settings(&config))?;
+        let (tunnel_sources, others) = resolve_tunnel_sources(self.hops.as_mut(), &config);
+        self.dataplane
+            .set_settings(&settings_with(&config, tunnel_sources))?;
         self.dataplane.apply(&writes)?;
         tracing::info!(writes = writes.len(), "reloaded");
+        log_tunnel_sources(Some(self.tunnel_sources), tunnel_sources, &others, &config);
+        self.tunnel_sources = tunnel_sources;
+        for warning in &warnings {
+            tracing::warn!(path = %warning.path, line = ?warning.line, "{}", warning.message);
+        }
         self.config = config;
         self.refresh_hops();
         self.restart_checker();
         self.update_agents();
         Ok(writes.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TUNNELS: &str = "\
+instance: t
+interfaces: [{ name: eth0 }]
+services:
+  - { name: nat, vip: 203.0.113.10, port: 80, protocol: tcp, backends: [{ address: 192.0.2.9 }] }
+  - { name: t4, vip: 203.0.113.12, port: 80, protocol: tcp, forwarding: tunnel,
+      backends: [{ address: 192.0.2.11 }, { address: 198.51.100.11 }, { address: 192.0.2.12 }] }
+  - { name: t6, vip: '2001:db8:ff::12', port: 80, protocol: tcp, forwarding: tunnel,
+      backends: [{ address: '2001:db8::11' }] }
+";
+
+    /// `ip route get` of a balancer with 192.0.2.1 on one interface and
+    /// 198.51.100.1 on another.
+    fn routes(backend: IpAddr) -> Option<IpAddr> {
+        match backend.to_string().as_str() {
+            "192.0.2.11" | "192.0.2.12" => Some("192.0.2.1".parse().unwrap()),
+            "198.51.100.11" => Some("198.51.100.1".parse().unwrap()),
+            "2001:db8::11" => Some("2001:db8::1".parse().unwrap()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn tunnels_default_to_the_address_towards_their_first_backend() {
+        let config = Config::parse(TUNNELS).unwrap();
+        let mut asked = Vec::new();
+        let (sources, others) = default_tunnel_sources(&config, |backend| {
+            asked.push(backend);
+            routes(backend)
+        });
+        assert_eq!(sources.v4, Some(Ipv4Addr::new(192, 0, 2, 1)));
+        assert_eq!(sources.v6, Some("2001:db8::1".parse().unwrap()));
+        // The backend reached from another address is reported; NAT
+        // backends are never asked.
+        assert_eq!(
+            others,
+            [(
+                "198.51.100.11".parse().unwrap(),
+                "198.51.100.1".parse().unwrap()
+            )]
+        );
+        assert!(!asked.contains(&"192.0.2.9".parse().unwrap()), "{asked:?}");
+
+        let settings = settings_with(&config, sources);
+        assert_eq!(settings.tunnel_v4_source, [192, 0, 2, 1]);
+        assert_eq!(settings.tunnel_v4_host_bits, 0);
+        assert_eq!(
+            settings.tunnel_v6_source,
+            "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets()
+        );
+    }
+
+    #[test]
+    fn a_configured_prefix_wins_and_no_route_means_no_default() {
+        let text = format!("{TUNNELS}dataplane: {{ tunnel_source_v4: 192.0.2.240/28 }}\n");
+        let config = Config::parse(&text).unwrap();
+        let (sources, _) = default_tunnel_sources(&config, |backend| {
+            assert!(backend.is_ipv6(), "asked for {backend} despite the prefix");
+            None
+        });
+        assert_eq!(sources, TunnelSources::default());
+        let settings = settings_with(
+            &config,
+            TunnelSources {
+                v4: Some(Ipv4Addr::new(192, 0, 2, 1)),
+                v6: None,
+            },
+        );
+        assert_eq!(settings.tunnel_v4_source, [192, 0, 2, 240]);
+        assert_eq!(settings.tunnel_v4_host_bits, 4);
+        assert_eq!(settings.tunnel_v6_source, [0; 16]);
     }
 }

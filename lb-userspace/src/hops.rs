@@ -118,6 +118,17 @@ impl Resolver {
         }))
     }
 
+    /// This host's preferred source address for packets to `target` (the
+    /// `src` of `ip route get TARGET`): its own address on the egress
+    /// interface. `None` without a unicast route.
+    pub fn source_towards(&mut self, target: IpAddr) -> Result<Option<IpAddr>, NetlinkError> {
+        let route = self.netlink.route_get(target)?;
+        if route.kind != RouteKind::Unicast {
+            return Ok(None);
+        }
+        Ok(route.source)
+    }
+
     /// The `ROUTES` content: every prefix of the main routing table (and
     /// this host's own addresses, as /32 and /128), with a resolved hop for
     /// single-gateway unicast routes and an empty one (FIB) for the rest —
@@ -314,6 +325,11 @@ impl HopCache {
             dataplane.remove_route(&prefix, len)?;
         }
         Ok(())
+    }
+
+    /// See [`Resolver::source_towards`].
+    pub fn source_towards(&mut self, target: IpAddr) -> Result<Option<IpAddr>, NetlinkError> {
+        self.resolver.source_towards(target)
     }
 
     /// See [`Resolver::forget_managed`].

@@ -17,4 +17,5 @@ pub mod maglev;
 pub mod metrics;
 pub mod netlink;
 pub mod plan;
+pub mod sysctl;
 pub mod vrrp;

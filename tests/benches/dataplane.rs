@@ -17,7 +17,8 @@
 //!    driven by `wrk` in network namespaces.
 //!
 //! `LB_BENCH_ONLY=dataplane` (1 to 4) or `LB_BENCH_ONLY=e2e` (5) runs one
-//! part.
+//! part. `LB_BENCH_PATHS=nat,dsr` times only those paths of section 1 (and
+//! the floor), for a quick A/B of a data-path change; nothing else runs.
 //!
 //! Results go to `results/<UTC date-time>.{json,md,png}`; nothing here
 //! asserts a timing. Needs root.
@@ -211,10 +212,22 @@ fn data_plane(report: &mut Report) {
     let floor_ns = floor_cost.median;
     print_cost(&floor_cost, floor_ns);
     report.per_packet.push(floor_cost);
+    let paths = std::env::var("LB_BENCH_PATHS").ok();
+    let wanted = |name: &str| {
+        paths
+            .as_deref()
+            .is_none_or(|list| list.split(',').any(|path| path.trim() == name))
+    };
     for case in main_cases() {
+        if !wanted(case.name) {
+            continue;
+        }
         let cost = measure_case(&mut harness, &case);
         print_cost(&cost, floor_ns);
         report.per_packet.push(cost);
+    }
+    if paths.is_some() {
+        return;
     }
     fallback_cases(&mut harness, floor_ns, report);
 

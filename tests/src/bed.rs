@@ -238,6 +238,18 @@ impl Bed {
         bed
     }
 
+    /// Takes `lb_decap` off the switch's `plb`, so tunnelled frames cross
+    /// the switch as the balancer sent them (a capture there sees the outer
+    /// header) and the backends' own `lb_decap` strips them. GRO on `plb`
+    /// gives its receive side the NAPI instance an XDP program would, which
+    /// is what frames redirected into a veth need to be delivered.
+    pub fn keep_tunnels_on_the_switch(&mut self) {
+        self.decaps
+            .retain(|decap| !(decap.netns == self.switch.name() && decap.iface == "plb"));
+        let output = self.switch.exec("ethtool", &["-K", "plb", "gro", "on"]);
+        assert!(output.status.success(), "ethtool -K plb gro on: {output:?}");
+    }
+
     /// Starts `lb run` with `config` in the balancer namespace and waits
     /// until it has attached and its API answers; then makes sure the
     /// balancer has neighbour entries for every backend (see

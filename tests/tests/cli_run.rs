@@ -481,4 +481,124 @@ fn check_lists_every_ha_and_type_problem_at_once_and_warns_about_the_host() {
         Some(2),
         "{value}"
     );
+
+    // Both kinds of warning at once: the file's own (a service with no
+    // backends) and this host's, in one list.
+    let text = base.replace("{ name: lo }", "{ name: lo }, { name: lbt-nosuch0 }")
+        + "  - { name: spare, vip: 203.0.113.10, port: 53, protocol: udp, backends: [] }\n";
+    let output = check(&text, false);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("warning: line 5: services[1].backends: service \"spare\" has no backends")
+            && stderr.contains("warning: line 2: interfaces[1].name: no interface \"lbt-nosuch0\""),
+        "{stderr}"
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("2 warning(s)"),
+        "{output:?}"
+    );
+    let output = check(&text, true);
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let paths: Vec<&str> = value["warnings"]
+        .as_array()
+        .expect("a warnings array")
+        .iter()
+        .map(|w| w["path"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        paths,
+        ["services[1].backends", "interfaces[1].name"],
+        "{value}"
+    );
+    assert_eq!(value["warnings"][0]["line"], 5, "{value}");
+    assert_eq!(value["warnings"][1]["line"], 2, "{value}");
+}
+
+/// A service with no backends is accepted, but never silently: `lb check`
+/// warns (exit 0), `lb run` logs it, and `lb status` shows it in both forms;
+/// its packets are dropped and counted.
+#[test]
+fn a_service_without_backends_is_accepted_with_a_warning() {
+    let socket = format!("/run/lb/cli-empty-{}.sock", std::process::id());
+    let config = format!(
+        "instance: clie{pid}\ninterfaces: [{{ name: eth0 }}, {{ name: eth1 }}]\nservices:\n\
+         \x20 - {{ name: web, vip: 203.0.113.10, port: 80, protocol: tcp, backends: [{{ address: 192.0.2.11, port: 8080 }}] }}\n\
+         \x20 - {{ name: spare, vip: 203.0.113.10, port: 53, protocol: udp, backends: [] }}\n\
+         control: {{ socket: {socket} }}\n",
+        pid = std::process::id()
+    );
+    let file = lb_tests::TempFile::new("empty.yaml", &config);
+    // In the balancer's namespace, which has eth0 and eth1: no warning
+    // about the host.
+    let mut bed = Bed::new(&[11]);
+    let check = |bed: &Bed, json: bool| {
+        let mut args = vec!["check", "-c", file.path().to_str().unwrap()];
+        if json {
+            args.extend(["--output", "json"]);
+        }
+        bed.lb.exec(lb_binary().to_str().unwrap(), &args)
+    };
+    let output = check(&bed, false);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("warning: line 5: services[1].backends: service \"spare\" has no backends"),
+        "{stderr}"
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("1 warning(s)"),
+        "{output:?}"
+    );
+    let output = check(&bed, true);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["ok"], true, "{json}");
+    assert_eq!(
+        json["warnings"][0]["path"], "services[1].backends",
+        "{json}"
+    );
+
+    bed.start_lb(&config);
+    let status = bed.lb_command(&["status", "--output", "json"]);
+    assert!(status.status.success(), "{status:?}");
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let spare = &status["services"][1];
+    assert_eq!(spare["name"], "spare", "{status}");
+    assert_eq!(spare["backends"], serde_json::json!([]), "{status}");
+    assert_eq!(spare["active_tier"], serde_json::Value::Null, "{status}");
+    assert!(
+        spare["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.starts_with("no backends")),
+        "{status}"
+    );
+    assert_eq!(status["services"][0]["warnings"], serde_json::json!([]));
+    let human = bed.lb_command(&["status"]);
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        human.contains("spare  udp 203.0.113.10:53")
+            && human.contains("  warning: no backends configured"),
+        "{human}"
+    );
+    bed.client.run(|| {
+        let socket = UdpSocket::bind("198.51.100.2:0").unwrap();
+        for _ in 0..3 {
+            socket.send_to(b"q", "203.0.113.10:53").unwrap();
+        }
+    });
+    let dropped = lb_tests::netns::wait_until(Duration::from_secs(5), || {
+        let output = bed.lb_command(&["stats", "--output", "json"]);
+        let counters: serde_json::Value =
+            serde_json::from_slice(&output.stdout).unwrap_or_default();
+        counters["drops"]["drop_no_backend"] == 3
+    });
+    assert!(
+        dropped,
+        "packets to the empty service not counted as drop_no_backend"
+    );
+    let output = bed.stop_lb();
+    assert!(output.status.success(), "{output:?}");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("\"spare\" has no backends"), "{log}");
 }

@@ -225,3 +225,147 @@ fn ipv4_every_mode_balances_real_traffic() {
 fn ipv6_every_mode_balances_real_traffic() {
     run(Family::V6);
 }
+
+/// The outer source addresses of the IPIP / IP6IP6 frames seen on `iface`
+/// in `ns` until `stop` (at most 10,000 frames).
+fn capture_tunnel_sources(
+    ns: &lb_tests::netns::Netns,
+    iface: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<std::collections::BTreeSet<IpAddr>> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let ready = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let started = std::sync::Arc::clone(&ready);
+    let handle = ns.spawn_thread(move || {
+        let all = u16::try_from(libc::ETH_P_ALL).unwrap().to_be();
+        // SAFETY: plain socket(2); the descriptor is owned below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(all)) };
+        assert!(
+            fd >= 0,
+            "packet socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: a fresh descriptor we own from here on.
+        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+        let name = std::ffi::CString::new(iface).unwrap();
+        // SAFETY: sockaddr_ll is plain data; zero is valid.
+        let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        address.sll_family = u16::try_from(libc::AF_PACKET).unwrap();
+        address.sll_protocol = all;
+        // SAFETY: a NUL-terminated name.
+        address.sll_ifindex =
+            i32::try_from(unsafe { libc::if_nametoindex(name.as_ptr()) }).unwrap();
+        let timeout = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        // SAFETY: valid pointers and lengths for the calls.
+        unsafe {
+            assert_eq!(
+                libc::bind(
+                    socket.as_raw_fd(),
+                    (&raw const address).cast(),
+                    u32::try_from(std::mem::size_of_val(&address)).unwrap(),
+                ),
+                0
+            );
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const timeout).cast(),
+                u32::try_from(std::mem::size_of_val(&timeout)).unwrap(),
+            );
+        }
+        started.wait();
+        let mut sources = std::collections::BTreeSet::new();
+        let mut frame = [0u8; 2048];
+        for _ in 0..10_000 {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            // SAFETY: `frame` is valid for its length.
+            let len = unsafe {
+                libc::recv(
+                    socket.as_raw_fd(),
+                    frame.as_mut_ptr().cast(),
+                    frame.len(),
+                    0,
+                )
+            };
+            let Ok(len) = usize::try_from(len) else {
+                continue;
+            };
+            let frame = &frame[..len];
+            match (frame.get(12..14), frame.get(14..54)) {
+                (Some([0x08, 0x00]), Some(ip)) if ip[9] == 4 => {
+                    sources.insert(IpAddr::from([ip[12], ip[13], ip[14], ip[15]]));
+                }
+                (Some([0x86, 0xdd]), Some(ip)) if ip[6] == 41 => {
+                    let source: [u8; 16] = ip[8..24].try_into().unwrap();
+                    sources.insert(IpAddr::from(source));
+                }
+                _ => {}
+            }
+        }
+        sources
+    });
+    ready.wait();
+    handle
+}
+
+/// A newcomer's first tunnel configuration names no `tunnel_source`: it
+/// passes `lb check`, serves both families end to end, and the tunnels
+/// leave from the balancer's own address on the backends' side.
+#[test]
+fn tunnels_without_a_source_prefix_use_the_balancers_address() {
+    let socket = format!("/run/lb/e2e-tsrc-{}.sock", std::process::id());
+    let config = format!(
+        "instance: tsrc{pid}\ninterfaces: [{{ name: eth0 }}, {{ name: eth1 }}]\nservices:\n\
+         \x20 - {{ name: t4, vip: 203.0.113.12, port: 80, protocol: tcp, forwarding: tunnel, \
+         backends: [{{ address: 192.0.2.11 }}, {{ address: 192.0.2.12 }}] }}\n\
+         \x20 - {{ name: t6, vip: '2001:db8:ff::12', port: 80, protocol: tcp, forwarding: tunnel, \
+         backends: [{{ address: '2001:db8::11' }}, {{ address: '2001:db8::12' }}] }}\n\
+         control: {{ socket: {socket} }}\n",
+        pid = std::process::id()
+    );
+    let file = lb_tests::TempFile::new("tunnel.yaml", &config);
+    let check = std::process::Command::new(lb_tests::lb_binary())
+        .args(["check", "-c", file.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "lb check: {check:?}");
+
+    let mut bed = Bed::new(&[11, 12]);
+    bed.keep_tunnels_on_the_switch();
+    bed.start_lb(&config);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let capture = capture_tunnel_sources(&bed.switch, "plb", std::sync::Arc::clone(&stop));
+    let served = bed.client.run(|| {
+        let mut served = BTreeMap::new();
+        for vip in ["203.0.113.12:80", "[2001:db8:ff::12]:80"] {
+            let vip: SocketAddr = vip.parse().unwrap();
+            let answers: Vec<Option<String>> = (0..50).map(|_| tcp_request(vip, None)).collect();
+            served.insert(vip, answers);
+        }
+        served
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sources = capture.join().unwrap();
+    for (vip, answers) in &served {
+        assert!(
+            answers.iter().all(Option::is_some),
+            "{vip}: {} of 50 failed",
+            answers.iter().filter(|a| a.is_none()).count()
+        );
+    }
+    let expected: std::collections::BTreeSet<IpAddr> = ["192.0.2.1", "2001:db8::1"]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+    assert_eq!(sources, expected, "outer sources of the tunnels");
+    let output = bed.stop_lb();
+    assert!(output.status.success(), "{output:?}");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("tunnel outer source"), "{log}");
+}

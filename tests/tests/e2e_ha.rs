@@ -1,6 +1,7 @@
 //! Two balancers, floating IPs, VRRP between them: the master holds the
 //! clients' and the backends' gateway addresses and forwards; when it hands
-//! over (SIGTERM) or drops off the network, the backup takes the addresses
+//! over (SIGTERM, or SIGQUIT, which leaves its data plane attached) or drops
+//! off the network, the backup takes the addresses
 //! (gratuitous ARP) and the traffic, and established flows carry on in every
 //! forwarding mode (both build the same Maglev tables; the NAT reply path is
 //! stateless). Handovers run over multicast, cut-offs over unicast peers.
@@ -600,4 +601,71 @@ fn lb_master_keepalived_backup() {
         stopped_at.elapsed()
     );
     assert!(keepalived.stop(), "keepalived did not exit on SIGTERM");
+}
+
+/// SIGQUIT on the master (the lossless-upgrade exit) hands the floating IPs
+/// over first — a priority-0 advertisement, the addresses removed — so two
+/// hosts never answer ARP for one address; the data plane stays attached
+/// and pinned for the next `lb run`.
+#[test]
+fn sigquit_on_the_master_hands_over_and_leaves_the_data_plane() {
+    let mut bed = HaBed::new("q", false);
+    bed.start(0);
+    bed.start(1);
+    assert!(
+        wait_until(Duration::from_secs(10), || bed.ha_state(0) == "master"
+            && bed.ha_state(1) == "backup"),
+        "no master/backup pair: {} / {}",
+        bed.ha_state(0),
+        bed.ha_state(1)
+    );
+    assert!(holds_floating_ip(&bed.balancers[0].ns));
+    let quit_at = Instant::now();
+    let process = bed.balancers[0].process.take().unwrap();
+    process.signal(libc::SIGQUIT);
+    let output = process.wait();
+    assert!(output.status.success(), "SIGQUIT exit: {output:?}");
+    // Removed before the process exited: no waiting for it.
+    let old = &bed.balancers[0];
+    let addresses =
+        String::from_utf8_lossy(&old.ns.ip(&["addr", "show", "eth0"]).stdout).into_owned();
+    for floating in [
+        "198.51.100.1/",
+        "192.0.2.254/",
+        "2001:db8:1::1/",
+        "2001:db8::fe/",
+    ] {
+        assert!(
+            !addresses.contains(floating),
+            "{floating} left on the old master:\n{addresses}"
+        );
+    }
+    assert!(old.ns.has_xdp("eth0"), "SIGQUIT detached the data plane");
+    let pins = std::path::Path::new("/sys/fs/bpf/lb").join(&old.instance);
+    assert!(
+        pins.is_dir(),
+        "SIGQUIT removed the pins at {}",
+        pins.display()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || bed.ha_state(1) == "master"),
+        "the backup never took over: {}",
+        bed.ha(1)
+    );
+    println!(
+        "SIGQUIT: backup master {:?} after the signal ({})",
+        quit_at.elapsed(),
+        bed.ha(1)["reason"]
+    );
+    // Taken over on the priority-0 advertisement, not by timing out.
+    let reason = bed.ha(1)["reason"].as_str().unwrap_or("").to_string();
+    assert!(reason.starts_with("priority 0"), "{reason}");
+    assert!(holds_floating_ip(&bed.balancers[1].ns));
+    let target: SocketAddr = DSR.parse().unwrap();
+    let served = bed.client.run(move || {
+        (0..20)
+            .filter(|_| tcp_request(target, None).is_some())
+            .count()
+    });
+    assert_eq!(served, 20, "the VIP through the new master");
 }

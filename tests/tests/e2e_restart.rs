@@ -107,3 +107,98 @@ fn sigkill_and_restart_lose_no_request() {
 fn sigquit_leaves_the_data_plane_for_the_next_controller() {
     restart_keeps_forwarding(libc::SIGQUIT, "quit");
 }
+
+/// The forwarding sysctls of the balancer's namespace, as `name=value`.
+fn forwarding(bed: &Bed) -> Vec<String> {
+    [
+        "net.ipv4.ip_forward",
+        "net.ipv4.conf.all.forwarding",
+        "net.ipv6.conf.all.forwarding",
+        "net.ipv4.conf.eth0.forwarding",
+        "net.ipv4.conf.eth1.forwarding",
+        "net.ipv6.conf.eth0.forwarding",
+        "net.ipv6.conf.eth1.forwarding",
+        "net.ipv6.conf.eth0.force_forwarding",
+        "net.ipv6.conf.eth1.force_forwarding",
+    ]
+    .iter()
+    .map(|name| {
+        let output = bed.lb.exec("sysctl", &["-n", name]);
+        assert!(output.status.success(), "sysctl {name}: {output:?}");
+        format!("{name}={}", String::from_utf8_lossy(&output.stdout).trim())
+    })
+    .collect()
+}
+
+/// `lb run` turns forwarding on only for the interfaces it attaches to
+/// (never `all`: that would stop the host accepting router advertisements
+/// everywhere), serves IPv4 and IPv6 with it, and puts the values back on a
+/// clean stop; SIGQUIT leaves them for the data plane it leaves running.
+#[test]
+fn forwarding_is_enabled_per_interface_and_restored_on_stop() {
+    let mut bed = Bed::new(&[11, 12]);
+    let before = forwarding(&bed);
+    assert!(
+        before.iter().all(|setting| setting.ends_with("=0")),
+        "a fresh namespace forwards already: {before:?}"
+    );
+    let nat6 = "\x20 - { name: nat6, vip: '2001:db8:ff::10', port: 80, protocol: tcp, backends: \
+                [{ address: '2001:db8::11', port: 8080 }, { address: '2001:db8::12', port: 8080 }] }\n";
+    let config = config("fwd").replace("control:", &format!("{nat6}control:"));
+    bed.start_lb(&config);
+    let running = forwarding(&bed);
+    for setting in &running {
+        let on = !setting.contains(".all.") && !setting.contains("ip_forward");
+        assert!(
+            setting.ends_with(if on { "=1" } else { "=0" }),
+            "while running: {setting} ({running:?})"
+        );
+    }
+    for target in ["203.0.113.10:80", "203.0.113.11:80", "[2001:db8:ff::10]:80"] {
+        let target: SocketAddr = target.parse().unwrap();
+        assert!(
+            bed.client.run(move || tcp_request(target, None)).is_some(),
+            "{target} not served with per-interface forwarding"
+        );
+    }
+    let output = bed.stop_lb();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(forwarding(&bed), before, "not restored on SIGINT");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        log.contains("net.ipv6.conf.eth1.forwarding") && log.contains("restored"),
+        "{log}"
+    );
+
+    // SIGQUIT leaves the data plane forwarding, so the settings stay; the
+    // lb run that takes it over puts them back on its clean stop, though it
+    // found them on.
+    let quit = |bed: &mut Bed| {
+        bed.start_lb(&config);
+        let process = bed.lb_process.take().unwrap();
+        process.signal(libc::SIGQUIT);
+        assert!(process.wait().status.success());
+        assert_eq!(forwarding(bed), running, "SIGQUIT changed forwarding");
+        let target: SocketAddr = "203.0.113.11:80".parse().unwrap();
+        assert!(bed.client.run(move || tcp_request(target, None)).is_some());
+    };
+    quit(&mut bed);
+    bed.start_lb(&config);
+    assert_eq!(forwarding(&bed), running, "the takeover changed forwarding");
+    assert!(bed.stop_lb().status.success());
+    assert_eq!(
+        forwarding(&bed),
+        before,
+        "not restored by the lb run that took over"
+    );
+    // So does `lb detach` of a data plane SIGQUIT left.
+    quit(&mut bed);
+    let instance = format!("restartfwd{}", std::process::id());
+    let detach = bed.lb.exec(
+        lb_tests::lb_binary().to_str().unwrap(),
+        &["detach", "--instance", &instance],
+    );
+    assert!(detach.status.success(), "{detach:?}");
+    assert_eq!(forwarding(&bed), before, "not restored by lb detach");
+    assert!(!lb::sysctl::record_path(&instance).exists(), "record left");
+}

@@ -2,7 +2,8 @@
 //! running changes nothing and exits 1 naming it; a start that fails undoes
 //! what it did (nothing left attached or pinned, forwarding as it was) —
 //! except that a data plane taken over from an earlier lb stays attached,
-//! pinned and forwarding.
+//! pinned and forwarding (its interfaces' forwarding sysctls on, and
+//! recorded for `lb detach` or the next clean stop).
 
 use std::{path::Path, process::Output, time::Duration};
 
@@ -50,6 +51,37 @@ impl Drop for Detach {
             .args(["detach", "--instance", &self.0])
             .output();
     }
+}
+
+/// The forwarding sysctls of the balancer's namespace — host-wide, and of
+/// each of `interfaces` — as `name=value` (`name=-` where the interface
+/// lacks it).
+fn forwarding(bed: &Bed, interfaces: &[&str]) -> Vec<String> {
+    let mut names: Vec<String> = [
+        "net.ipv4.ip_forward",
+        "net.ipv4.conf.all.forwarding",
+        "net.ipv6.conf.all.forwarding",
+    ]
+    .map(String::from)
+    .to_vec();
+    for interface in interfaces {
+        names.push(format!("net.ipv4.conf.{interface}.forwarding"));
+        names.push(format!("net.ipv6.conf.{interface}.forwarding"));
+        names.push(format!("net.ipv6.conf.{interface}.force_forwarding"));
+    }
+    names
+        .iter()
+        .map(|name| {
+            let output = bed.lb.exec("sysctl", &["-n", name]);
+            let value = String::from_utf8_lossy(&output.stdout).trim().to_string();
+            format!("{name}={}", if value.is_empty() { "-" } else { &value })
+        })
+        .collect()
+}
+
+/// The record of the forwarding sysctls `lb run` changed for `instance`.
+fn forwarding_record(instance: &str) -> std::path::PathBuf {
+    Path::new("/run/lb").join(format!("{instance}.forwarding"))
 }
 
 fn status(bed: &Bed) -> serde_json::Value {
@@ -122,6 +154,7 @@ fn a_second_start_of_a_running_instance_changes_nothing() {
     // socket: it fails last, at the socket, and undoes its start.
     bed.lb.ip(&["link", "add", "d0", "type", "bridge"]);
     bed.lb.ip(&["link", "set", "d0", "up"]);
+    let d0_forwarding = forwarding(&bed, &["d0"]);
     let other = format!("other{pid}");
     let _detach = Detach(other.clone());
     let text = config(&other, &socket, "192.0.2.12").replace(
@@ -141,6 +174,15 @@ fn a_second_start_of_a_running_instance_changes_nothing() {
     );
     assert!(!pins(&other).exists(), "pins left");
     assert!(!bed.lb.has_xdp("d0"), "XDP left on d0");
+    assert_eq!(
+        forwarding(&bed, &["d0"]),
+        d0_forwarding,
+        "forwarding left on d0"
+    );
+    assert!(
+        !forwarding_record(&other).exists(),
+        "forwarding record left"
+    );
     assert_eq!(status(&bed), before, "lb status changed");
 
     let output = bed.stop_lb();
@@ -155,14 +197,17 @@ fn a_second_start_of_a_running_instance_changes_nothing() {
 fn a_failed_start_leaves_nothing_attached_pinned_or_changed() {
     let pid = std::process::id();
     let bed = Bed::new(&[]);
-    let forwarding = |bed: &Bed| {
-        let output = bed.lb.exec(
-            "sysctl",
-            &["-n", "net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"],
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    };
-    let forwarding_before = forwarding(&bed);
+    // A bridge: it exists, has no IPv4 address and no native XDP.
+    bed.lb.ip(&["link", "add", "d0", "type", "bridge"]);
+    bed.lb.ip(&["link", "set", "d0", "up"]);
+    let interfaces = ["eth0", "eth1", "d0"];
+    let forwarding_before = forwarding(&bed, &interfaces);
+    assert!(
+        forwarding_before
+            .iter()
+            .all(|setting| setting.ends_with("=0")),
+        "a fresh namespace forwards already: {forwarding_before:?}"
+    );
     let clean = |bed: &Bed, instance: &str, socket: &str| {
         assert!(!pins(instance).exists(), "{instance}: pins left");
         for dev in ["eth0", "eth1", "d0"] {
@@ -174,14 +219,15 @@ fn a_failed_start_leaves_nothing_attached_pinned_or_changed() {
             "{instance}: lock file left"
         );
         assert_eq!(
-            forwarding(bed),
+            forwarding(bed, &interfaces),
             forwarding_before,
             "{instance}: forwarding changed"
         );
+        assert!(
+            !forwarding_record(instance).exists(),
+            "{instance}: forwarding record left"
+        );
     };
-    // A bridge: it exists, has no IPv4 address and no native XDP.
-    bed.lb.ip(&["link", "add", "d0", "type", "bridge"]);
-    bed.lb.ip(&["link", "set", "d0", "up"]);
 
     // An interface the host lacks: refused before anything is touched.
     let instance = format!("missing{pid}");
@@ -245,6 +291,11 @@ fn a_failed_start_leaves_nothing_attached_pinned_or_changed() {
         stderr.contains("interface=eth0") && stderr.contains("attached"),
         "eth0 was attached first: {stderr}"
     );
+    // Forwarding was turned on for all three first, and put back.
+    assert!(
+        stderr.contains("sysctl=net.ipv4.conf.d0.forwarding") && stderr.contains("restored"),
+        "{stderr}"
+    );
     clean(&bed, &instance, &socket);
 }
 
@@ -254,6 +305,11 @@ fn a_failed_start_keeps_a_taken_over_data_plane_forwarding() {
     let instance = format!("keep{pid}");
     let socket = format!("/run/lb/start-keep-{pid}.sock");
     let mut bed = Bed::new(&[11]);
+    // A bridge: it exists, has no native XDP.
+    bed.lb.ip(&["link", "add", "d0", "type", "bridge"]);
+    bed.lb.ip(&["link", "set", "d0", "up"]);
+    let interfaces = ["eth0", "eth1", "d0"];
+    let forwarding_before = forwarding(&bed, &interfaces);
     let text = config(&instance, &socket, "192.0.2.11");
     bed.start_lb(&text);
     // SIGQUIT: the data plane stays, forwarding, for the next start.
@@ -265,10 +321,13 @@ fn a_failed_start_keeps_a_taken_over_data_plane_forwarding() {
         bed.client.run(move || tcp_request(target, None)).as_deref(),
         Some("b11")
     );
+    let forwarding_left = forwarding(&bed, &interfaces);
+    assert_ne!(
+        forwarding_left, forwarding_before,
+        "SIGQUIT put forwarding back"
+    );
 
     // A start that takes it over and then fails on a new interface.
-    bed.lb.ip(&["link", "add", "d0", "type", "bridge"]);
-    bed.lb.ip(&["link", "set", "d0", "up"]);
     let edited = text.replace(
         "{ name: eth1 }]",
         "{ name: eth1 }, { name: d0, xdp_mode: native }]",
@@ -286,6 +345,19 @@ fn a_failed_start_keeps_a_taken_over_data_plane_forwarding() {
     assert!(!pins(&instance).join("link-d0").exists());
     assert!(bed.lb.has_xdp("eth0") && bed.lb.has_xdp("eth1"));
     assert!(!bed.lb.has_xdp("d0"));
+    // The forwarding the taken-over data plane needs stays on (and
+    // recorded, for whoever stops it); what this start turned on for d0
+    // is put back.
+    assert_eq!(
+        forwarding(&bed, &interfaces),
+        forwarding_left,
+        "the failed start changed the taken-over data plane's forwarding"
+    );
+    let record = std::fs::read_to_string(forwarding_record(&instance)).unwrap_or_default();
+    assert!(
+        record.contains("/eth0/") && !record.contains("/d0/"),
+        "forwarding record: {record:?}"
+    );
     assert_eq!(
         bed.client.run(move || tcp_request(target, None)).as_deref(),
         Some("b11"),
@@ -314,4 +386,10 @@ fn a_failed_start_keeps_a_taken_over_data_plane_forwarding() {
     assert!(output.status.success(), "{output:?}");
     assert!(!pins(&instance).exists() && !Path::new(&lock).exists());
     assert!(!bed.lb.has_xdp("eth0") && !bed.lb.has_xdp("eth1"));
+    assert_eq!(
+        forwarding(&bed, &interfaces),
+        forwarding_before,
+        "lb detach did not put forwarding back"
+    );
+    assert!(!forwarding_record(&instance).exists());
 }

@@ -140,12 +140,33 @@ fn cargo() -> Command {
     command
 }
 
+/// Code generation flags for the eBPF crate. `allows-misaligned-mem-access`
+/// (LLVM 22's BPF backend, through bpf-linker) lets LLVM load and store a
+/// `[u8; N]` field (addresses, MACs) a word at a time where it would
+/// otherwise go byte by byte: a tenth fewer instructions in the object and
+/// 10 to 20 ns less per packet on every path here (`cargo xtask bench`).
+/// The verifier accepts misaligned packet and map-value accesses on
+/// machines with efficient unaligned access (x86-64, arm64); stack accesses
+/// stay aligned. `LB_EBPF_RUSTFLAGS` adds flags, for experiments.
+fn ebpf_rustflags() -> String {
+    let mut flags = "-C link-arg=--cpu-features=+allows-misaligned-mem-access".to_owned();
+    if let Ok(extra) = std::env::var("LB_EBPF_RUSTFLAGS") {
+        flags.push(' ');
+        flags.push_str(&extra);
+    }
+    flags
+}
+
 fn build_ebpf(tools: &setup::Tools) -> anyhow::Result<()> {
     step("building lb-ebpf for bpfel-unknown-none");
     let mut command = tools.ebpf_cargo();
     command
         .args(["build", "--release", "--package", "lb-ebpf"])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .env(
+            "CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS",
+            ebpf_rustflags(),
+        )
         .arg("--target-dir")
         .arg(ebpf_target_dir());
     run(&mut command)?;
