@@ -343,7 +343,13 @@ fn agent(
 fn report_error(error: &anyhow::Error, output: Output) {
     match output {
         Output::Human => eprintln!("error: {error:#}"),
-        Output::Json => println!("{}", serde_json::json!({ "error": format!("{error:#}") })),
+        Output::Json => {
+            let mut value = serde_json::json!({ "error": format!("{error:#}") });
+            if let Some(ConfigError::Invalid(problems)) = error.downcast_ref::<ConfigError>() {
+                value["problems"] = problems_json(problems);
+            }
+            println!("{value}");
+        }
     }
 }
 
@@ -372,53 +378,125 @@ fn socket(flag: Option<&Path>, config: Option<&Path>) -> Result<PathBuf, Failure
     }
 }
 
+/// `lb check`: every problem of the file (exit 1), as `lb run` would find
+/// them; then, as warnings (exit 0), what is valid but probably not meant
+/// ([`Config::warnings`]: a service with no backends) and what this host
+/// lacks for it (the file may be meant for another machine).
 fn check(path: &Path, output: Output) -> Result<(), Failure> {
-    let (config, warnings) = Config::load_with_warnings(path)?;
+    let text = crate::config::read(path)?;
+    let config = Config::parse(&text)?;
+    let mut warnings = config.warnings();
+    let mut host = crate::host::problems(&config);
+    crate::config::locate(&text, &mut warnings);
+    crate::config::locate(&text, &mut host);
     match output {
         Output::Human => {
             for warning in &warnings {
                 eprintln!("warning: {warning}");
+            }
+            for warning in &host {
+                eprintln!("warning: {warning} (lb run would refuse to start on this host)");
             }
             println!(
                 "{}: ok ({} service(s), {} interface(s){})",
                 path.display(),
                 config.services.len(),
                 config.interfaces.len(),
-                match warnings.len() {
+                match warnings.len() + host.len() {
                     0 => String::new(),
                     n => format!(", {n} warning(s)"),
                 }
             );
         }
         Output::Json => {
-            let warnings: Vec<serde_json::Value> = warnings
-                .iter()
-                .map(|w| serde_json::json!({"path": w.path, "line": w.line, "message": w.message}))
-                .collect();
+            warnings.extend(host);
             println!(
                 "{}",
                 serde_json::json!({"ok": true, "services": config.services.len(),
-                                   "interfaces": config.interfaces.len(), "warnings": warnings})
+                                   "interfaces": config.interfaces.len(),
+                                   "warnings": problems_json(&warnings)})
             );
         }
     }
     Ok(())
 }
 
-fn run(path: &Path, output: Output) -> Result<(), Failure> {
-    let (config, warnings) = Config::load_with_warnings(path)?;
+/// Problems as JSON: `[{"path", "line", "message"}]`.
+fn problems_json(problems: &[crate::config::ConfigProblem]) -> serde_json::Value {
+    problems
+        .iter()
+        .map(|p| serde_json::json!({"path": p.path, "line": p.line, "message": p.message}))
+        .collect()
+}
+
+/// What `lb run` does before it changes anything, in order: the
+/// configuration (a bad file: exit 1; its warnings are logged); the
+/// instance lock, held from here until the process ends (a running
+/// instance: exit 1); what the host must provide (exit 2).
+fn prepare_run(path: &Path) -> Result<(Config, crate::lock::InstanceLock), Failure> {
+    let text = crate::config::read(path)?;
+    let config = Config::parse(&text)?;
+    let lock = crate::lock::InstanceLock::acquire(
+        Path::new(crate::lock::LOCK_ROOT),
+        config.instance.as_str(),
+        &config.control.socket,
+    )
+    .map_err(|error| match error {
+        crate::lock::LockError::Held { .. } => Failure::User(error.into()),
+        _ => Failure::Runtime(error.into()),
+    })?;
+    let mut warnings = config.warnings();
+    crate::config::locate(&text, &mut warnings);
     for warning in &warnings {
         tracing::warn!(path = %warning.path, line = ?warning.line, "{}", warning.message);
     }
-    let signals = block_signals();
+    let mut missing = crate::host::problems(&config);
+    if !missing.is_empty() {
+        crate::config::locate(&text, &mut missing);
+        let list: Vec<String> = missing.iter().map(|p| format!("  {p}")).collect();
+        return Err(Failure::Runtime(anyhow::anyhow!(
+            "this host lacks what {} names; nothing was changed:\n{}",
+            path.display(),
+            list.join("\n")
+        )));
+    }
+    Ok((config, lock))
+}
+
+/// `lb run`: [`prepare_run`], then the data plane, VRRP, the metrics
+/// listener and last the control socket — a failure there is undone before
+/// exit 2 (see [`Controller::start`]).
+fn run(path: &Path, output: Output) -> Result<(), Failure> {
+    let (config, _lock) = prepare_run(path)?;
     let socket = config.control.socket.clone();
+    let signals = block_signals();
     let metrics_address = config.control.metrics;
     let mut controller = Controller::start(config, path).map_err(Failure::Runtime)?;
+    if let Err(error) = controller.start_ha() {
+        let outcome = controller.abandon();
+        return Err(Failure::Runtime(error.context(outcome)));
+    }
     let (events, results) = std::sync::mpsc::channel();
     controller.start_health(events);
     controller.start_agents();
-    controller.start_ha().map_err(Failure::Runtime)?;
     let controller = Arc::new(Mutex::new(controller));
+    // The control socket last: once it answers, the data plane is ready.
+    let listening = metrics_address
+        .map_or(Ok(()), |address| {
+            crate::metrics::serve(address, Arc::clone(&controller))?;
+            tracing::info!(%address, "metrics at /metrics");
+            Ok(())
+        })
+        .and_then(|()| api::Server::bind(&socket));
+    let server = match listening {
+        Ok(server) => server,
+        Err(error) => {
+            let outcome = controller
+                .lock()
+                .map_or_else(|_| "lb run did not start".into(), |mut c| c.abandon());
+            return Err(Failure::Runtime(error.context(outcome)));
+        }
+    };
     let ticking = Arc::clone(&controller);
     // Once a second: dynamic weights; every tenth: reconcile active flows
     // with the connection table (walked without the lock).
@@ -452,11 +530,6 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
             }
         }
     });
-    if let Some(address) = metrics_address {
-        crate::metrics::serve(address, Arc::clone(&controller)).map_err(Failure::Runtime)?;
-        tracing::info!(%address, "metrics at /metrics");
-    }
-    let server = api::Server::bind(&socket).map_err(Failure::Runtime)?;
     let server_guard = server
         .spawn(Arc::clone(&controller))
         .map_err(Failure::Runtime)?;
@@ -812,6 +885,21 @@ fn detach(config: Option<&Path>, instance: Option<&str>, output: Output) -> Resu
             )));
         }
     };
+    // A running instance is stopped with SIGTERM (which detaches), not
+    // pulled from under its controller. Taking its lock also clears the
+    // lock file a killed lb left (when this lock is dropped).
+    let _lock = crate::lock::InstanceLock::acquire(
+        Path::new(crate::lock::LOCK_ROOT),
+        &name,
+        Path::new(""),
+    )
+    .map_err(|error| match error {
+        crate::lock::LockError::Held { holder, .. } => Failure::User(anyhow::anyhow!(
+            "instance {name:?} is running ({holder}): `lb detach` would pull its data plane \
+             from under it; stop it with SIGTERM instead, which detaches"
+        )),
+        other => Failure::Runtime(other.into()),
+    })?;
     let pin_dir = Path::new(crate::controller::PIN_ROOT).join(&name);
     if !pin_dir.exists() {
         return Err(Failure::User(anyhow::anyhow!(

@@ -521,14 +521,28 @@ impl fmt::Display for ProblemList<'_> {
     }
 }
 
+/// The text of the configuration file `path`.
+pub fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Fills in the line of each problem whose field path is found in `text`
+/// (for problems found outside the parser, such as the host's).
+pub fn locate(text: &str, problems: &mut [ConfigProblem]) {
+    for problem in problems {
+        if problem.line.is_none() {
+            problem.line = line_of(text, &problem.path);
+        }
+    }
+}
+
 impl Config {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&text)
+        Self::parse(&read(path)?)
     }
 
     /// Reads and validates `path`, and lists what is valid but probably
@@ -630,6 +644,9 @@ impl Config {
             if limit.burst == Some(0) {
                 problems.push("guard.rate_limit.burst", "must be at least 1".into());
             }
+        }
+        if let Some(ha) = &self.ha {
+            check_ha(ha, &mut problems);
         }
         let mut names = BTreeSet::new();
         let mut keys = BTreeSet::new();
@@ -756,6 +773,78 @@ fn check_health(at: &str, check: &HealthCheck, problems: &mut Problems) {
             }
         }
         _ => {}
+    }
+}
+
+/// Checks the `ha` section as `lb run` would use it: `VRRPv3` (RFC 5798)
+/// field ranges, and what this implementation carries (advertisements over
+/// IPv4 only).
+fn check_ha(ha: &Ha, problems: &mut Problems) {
+    if ha.interface.is_empty() {
+        problems.push(
+            "ha.interface",
+            "must name the interface VRRP runs on".into(),
+        );
+    }
+    if ha.virtual_router_id == 0 {
+        problems.push(
+            "ha.virtual_router_id",
+            "0 is reserved: use 1 to 255 (the same on both balancers, unique on the segment)"
+                .into(),
+        );
+    }
+    if ha.priority == 0 || ha.priority == 255 {
+        problems.push(
+            "ha.priority",
+            format!(
+                "{} is reserved (0: a master stepping down, 255: the owner of the addresses, \
+                 which lb never is): use 1 to 254",
+                ha.priority
+            ),
+        );
+    }
+    if let Err(error) = crate::vrrp::AdvertInterval::from_duration(ha.advert_interval) {
+        let why = match error {
+            crate::vrrp::ConfigError::IntervalNotCentiseconds(_) => "is not a multiple of 10ms",
+            _ => "is outside 10ms to 40.95s",
+        };
+        problems.push(
+            "ha.advert_interval",
+            format!(
+                "{} {why}: VRRPv3 carries the interval in centiseconds, 10ms to 40.95s",
+                humantime::format_duration(ha.advert_interval)
+            ),
+        );
+    }
+    for (i, peer) in ha.unicast_peers.iter().enumerate() {
+        let at = format!("ha.unicast_peers[{i}]");
+        if peer.is_ipv6() {
+            problems.push(
+                at,
+                format!(
+                    "{peer}: IPv6 peers are not supported, lb sends VRRP advertisements over \
+                     IPv4 only; give the peer's IPv4 address on ha.interface"
+                ),
+            );
+        } else if peer.is_unspecified() || peer.is_multicast() || peer.is_loopback() {
+            problems.push(
+                at,
+                format!(
+                    "{peer} is not a peer's unicast address (omit unicast_peers for multicast)"
+                ),
+            );
+        }
+    }
+    let v4 = ha
+        .floating_ips
+        .iter()
+        .filter(|ip| ip.addr().is_ipv4())
+        .count();
+    if v4 > 255 {
+        problems.push(
+            "ha.floating_ips",
+            format!("{v4} IPv4 addresses: one VRRP advertisement holds at most 255"),
+        );
     }
 }
 
@@ -918,6 +1007,18 @@ fn section_problems(text: &str) -> Vec<ConfigProblem> {
             }),
         }
     }
+    // The whole file is checked only once every part parses; a section
+    // whose checks need nothing else is checked now, so its problems come
+    // with the type errors rather than after they are fixed.
+    if !problems.is_empty()
+        && let Some(Ok(Some(ha))) = map
+            .get("ha")
+            .map(|section| serde_yaml::from_value::<Option<Ha>>(section.clone()))
+    {
+        let mut more = Problems::default();
+        check_ha(&ha, &mut more);
+        problems.extend(more.0);
+    }
     for required in ["instance", "interfaces"] {
         if !map.contains_key(required) {
             problems.push(ConfigProblem {
@@ -936,14 +1037,31 @@ fn section_problems(text: &str) -> Vec<ConfigProblem> {
 }
 
 /// Deserializes one part of the configuration as `T`, recording a problem
-/// (with its full field path) if it does not fit.
+/// (with its full field path) for each part of it that does not fit. serde
+/// stops at the first error, so each offending key is taken out and the
+/// part tried again: entries are visited in order and missing fields are
+/// noticed only at the end of their mapping, so this finds every bad entry
+/// (a "missing field" for a key taken out here is not reported).
 fn check_part<T: serde::de::DeserializeOwned>(
     value: &serde_yaml::Value,
     prefix: &str,
     problems: &mut Vec<ConfigProblem>,
 ) {
-    if let Err(error) = serde_path_to_error::deserialize::<_, T>(value.clone()) {
+    /// Passes per part at most: a bound on the work, not on what is useful.
+    const PASSES: usize = 32;
+    let mut value = value.clone();
+    let mut taken_out: Vec<(String, String)> = Vec::new();
+    for _ in 0..PASSES {
+        let Err(error) = serde_path_to_error::deserialize::<_, T>(value.clone()) else {
+            return;
+        };
         let inner = error.path().to_string();
+        let message = strip_location(&error.inner().to_string());
+        if let Some(field) = missing_field(&message)
+            && taken_out.contains(&(inner.clone(), field.to_string()))
+        {
+            return;
+        }
         let path = match inner.as_str() {
             "." | "" => prefix.to_string(),
             rest if rest.starts_with('[') => format!("{prefix}{rest}"),
@@ -952,9 +1070,46 @@ fn check_part<T: serde::de::DeserializeOwned>(
         problems.push(ConfigProblem {
             path,
             line: None,
-            message: strip_location(&error.into_inner().to_string()),
+            message,
         });
+        match take_out(&mut value, error.path()) {
+            Some(key) => {
+                let parent = match inner.rsplit_once('.') {
+                    Some((parent, _)) => parent.to_string(),
+                    None => ".".to_string(),
+                };
+                taken_out.push((parent, key));
+            }
+            None => return,
+        }
     }
+}
+
+/// The field named by serde's "missing field `x`" message.
+fn missing_field(message: &str) -> Option<&str> {
+    message.strip_prefix("missing field `")?.split('`').next()
+}
+
+/// Removes the mapping entry at `path` from `value`; returns its key, or
+/// `None` if the path does not end in a mapping key that is there.
+fn take_out(value: &mut serde_yaml::Value, path: &serde_path_to_error::Path) -> Option<String> {
+    use serde_path_to_error::Segment;
+    let segments: Vec<&Segment> = path.iter().collect();
+    let (last, parents) = segments.split_last()?;
+    let mut at = value;
+    for segment in parents {
+        at = match segment {
+            Segment::Seq { index } => at.as_sequence_mut()?.get_mut(*index)?,
+            Segment::Map { key } => at.as_mapping_mut()?.get_mut(key.as_str())?,
+            _ => return None,
+        };
+    }
+    let Segment::Map { key } = last else {
+        return None;
+    };
+    // In place: the entries after it keep their order.
+    at.as_mapping_mut()?.shift_remove(key.as_str())?;
+    Some(key.clone())
 }
 
 /// The 1-based line where the field at `path` (`services[1].backends[0].port`)
@@ -1261,6 +1416,186 @@ services:
             "{found:?}"
         );
         assert!(found.contains(&("colour".into(), Some(15))), "{found:?}");
+    }
+
+    /// MINIMAL with an `ha` section (block style, lines 11 to 18).
+    const HA: &str = "\
+ha:
+  interface: eth0
+  virtual_router_id: 51
+  priority: 150
+  advert_interval: 100ms
+  preempt: true
+  unicast_peers: [192.0.2.2]
+  floating_ips: [203.0.113.10/24]
+";
+
+    /// The problems of MINIMAL plus [`HA`] with `edit` applied: (path, line,
+    /// message).
+    fn ha_problems(edit: impl Fn(&str) -> String) -> Vec<(String, Option<usize>, String)> {
+        let text = format!("{MINIMAL}{}", edit(HA));
+        match Config::parse(&text) {
+            Ok(_) => Vec::new(),
+            Err(ConfigError::Invalid(problems)) => problems
+                .into_iter()
+                .map(|p| (p.path, p.line, p.message))
+                .collect(),
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+    }
+
+    #[test]
+    fn a_valid_ha_section_passes() {
+        assert_eq!(ha_problems(str::to_string), []);
+        for interval in ["10ms", "40950ms", "1s"] {
+            let problems = ha_problems(|ha| ha.replace("100ms", interval));
+            assert_eq!(problems, [], "{interval}");
+        }
+        for priority in ["1", "254"] {
+            let problems =
+                ha_problems(|ha| ha.replace("priority: 150", &format!("priority: {priority}")));
+            assert_eq!(problems, [], "priority {priority}");
+        }
+    }
+
+    #[test]
+    fn ha_virtual_router_id_0_is_refused() {
+        let problems =
+            ha_problems(|ha| ha.replace("virtual_router_id: 51", "virtual_router_id: 0"));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "ha.virtual_router_id");
+        assert_eq!(problems[0].1, Some(13));
+        assert!(problems[0].2.contains("1 to 255"), "{}", problems[0].2);
+        // Over 255 does not fit the field at all.
+        let problems =
+            ha_problems(|ha| ha.replace("virtual_router_id: 51", "virtual_router_id: 256"));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "ha.virtual_router_id");
+        assert_eq!(problems[0].1, Some(13));
+    }
+
+    #[test]
+    fn ha_priority_0_and_255_are_refused() {
+        for priority in ["0", "255"] {
+            let problems =
+                ha_problems(|ha| ha.replace("priority: 150", &format!("priority: {priority}")));
+            assert_eq!(problems.len(), 1, "{priority}: {problems:?}");
+            assert_eq!(problems[0].0, "ha.priority");
+            assert_eq!(problems[0].1, Some(14));
+            assert!(problems[0].2.contains("1 to 254"), "{}", problems[0].2);
+        }
+    }
+
+    #[test]
+    fn ha_advert_interval_must_be_whole_centiseconds_in_range() {
+        for (interval, why) in [
+            ("15ms", "not a multiple of 10ms"),
+            ("5ms", "not a multiple of 10ms"),
+            ("0s", "outside 10ms to 40.95s"),
+            ("41s", "outside 10ms to 40.95s"),
+        ] {
+            let problems = ha_problems(|ha| ha.replace("100ms", interval));
+            assert_eq!(problems.len(), 1, "{interval}: {problems:?}");
+            assert_eq!(problems[0].0, "ha.advert_interval");
+            assert_eq!(problems[0].1, Some(15));
+            assert!(problems[0].2.contains(why), "{interval}: {}", problems[0].2);
+        }
+    }
+
+    #[test]
+    fn ha_ipv6_unicast_peers_are_refused_not_dropped() {
+        let problems = ha_problems(|ha| ha.replace("[192.0.2.2]", "[192.0.2.2, '2001:db8::2']"));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "ha.unicast_peers[1]");
+        assert_eq!(problems[0].1, Some(17));
+        assert!(
+            problems[0].2.contains("IPv6 peers are not supported"),
+            "{}",
+            problems[0].2
+        );
+        let problems = ha_problems(|ha| ha.replace("[192.0.2.2]", "[224.0.0.18]"));
+        assert_eq!(problems[0].0, "ha.unicast_peers[0]", "{problems:?}");
+    }
+
+    #[test]
+    fn ha_interface_must_be_named_and_addresses_fit_an_advertisement() {
+        let problems = ha_problems(|ha| ha.replace("interface: eth0", "interface: ''"));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "ha.interface");
+        let many: Vec<String> = (0..256)
+            .map(|i| format!("10.0.{}.{}/32", i / 250, i % 250 + 1))
+            .collect();
+        let problems =
+            ha_problems(|ha| ha.replace("[203.0.113.10/24]", &format!("[{}]", many.join(", "))));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "ha.floating_ips");
+        assert!(problems[0].2.contains("at most 255"), "{}", problems[0].2);
+    }
+
+    #[test]
+    fn every_ha_problem_is_listed_at_once() {
+        let problems = ha_problems(|ha| {
+            ha.replace("virtual_router_id: 51", "virtual_router_id: 0")
+                .replace("priority: 150", "priority: 255")
+                .replace("100ms", "5ms")
+                .replace("[192.0.2.2]", "['2001:db8::2']")
+        });
+        let paths: Vec<&str> = problems.iter().map(|p| p.0.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "ha.virtual_router_id",
+                "ha.priority",
+                "ha.advert_interval",
+                "ha.unicast_peers[0]"
+            ],
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn every_type_error_of_one_entry_is_listed() {
+        let text = MINIMAL
+            .replace("port: 80\n", "port: eighty\n")
+            .replace("protocol: tcp", "protocol: sctp")
+            .replace("port: 8080 }", "port: 8080, weight: heavy, colour: red }");
+        let ConfigError::Invalid(problems) = Config::parse(&text).unwrap_err() else {
+            panic!("expected Invalid");
+        };
+        let found: Vec<(String, Option<usize>)> =
+            problems.iter().map(|p| (p.path.clone(), p.line)).collect();
+        assert_eq!(
+            found,
+            [
+                ("services[0].port".into(), Some(7)),
+                ("services[0].protocol".into(), Some(8)),
+                ("services[0].backends[0].weight".into(), Some(10)),
+                ("services[0].backends[0].colour".into(), Some(10)),
+            ],
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn ha_problems_come_with_type_errors_elsewhere() {
+        let problems = ha_problems(|ha| {
+            ha.replace("priority: 150", "priority: 0")
+                .replace("preempt: true", "preempt: maybe")
+        });
+        let paths: Vec<&str> = problems.iter().map(|p| p.0.as_str()).collect();
+        assert_eq!(paths, ["ha.preempt"], "{problems:?}");
+        let text = format!("{}{HA}", MINIMAL.replace("port: 80\n", "port: eighty\n"))
+            .replace("priority: 150", "priority: 0");
+        let ConfigError::Invalid(problems) = Config::parse(&text).unwrap_err() else {
+            panic!("expected Invalid");
+        };
+        let found: Vec<(&str, Option<usize>)> =
+            problems.iter().map(|p| (p.path.as_str(), p.line)).collect();
+        assert_eq!(
+            found,
+            [("services[0].port", Some(7)), ("ha.priority", Some(14))],
+            "{problems:?}"
+        );
     }
 
     #[test]

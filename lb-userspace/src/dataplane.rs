@@ -752,6 +752,11 @@ pub fn link_pin(pin_dir: &std::path::Path, interface: &str) -> std::path::PathBu
     pin_dir.join(format!("link-{interface}"))
 }
 
+/// Whether `pin_dir` holds a pinned data plane (its maps) to take over.
+pub fn is_pinned(pin_dir: &std::path::Path) -> bool {
+    pin_dir.join(map_names::SERVICES).exists()
+}
+
 impl Dataplane {
     /// Loads the balancer with its maps pinned under `pin_dir`. Maps already
     /// pinned there (a previous controller's, still forwarding) are reused
@@ -759,7 +764,7 @@ impl Dataplane {
     /// of other sizes are refused: resizing needs `lb detach` first.
     pub fn load_pinned(sizes: Sizes, pin_dir: &std::path::Path) -> anyhow::Result<(Self, bool)> {
         use anyhow::Context as _;
-        let adopted = pin_dir.join(map_names::SERVICES).exists();
+        let adopted = is_pinned(pin_dir);
         if adopted {
             for (name, want) in [
                 (map_names::SERVICES, sizes.services),

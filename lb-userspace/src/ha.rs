@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 
 use crate::{
     config::Ha as HaConfig,
@@ -34,7 +34,12 @@ pub struct Ha {
 impl Ha {
     /// Starts VRRP on `config.interface`.
     pub fn start(config: &HaConfig) -> anyhow::Result<Self> {
-        let local = primary_ipv4(&config.interface)?;
+        let local = primary_ipv4(&config.interface)?.with_context(|| {
+            format!(
+                "ha: interface {} has no IPv4 address to send VRRP from",
+                config.interface
+            )
+        })?;
         let mut router =
             Router::from_ha(config, IpAddr::V4(local)).map_err(|e| anyhow::anyhow!("ha: {e}"))?;
         let socket = VrrpSocket::open(&config.interface, local)?;
@@ -503,8 +508,9 @@ impl VrrpSocket {
     }
 }
 
-/// The interface's first IPv4 address (`ip -4 -o addr show dev IFACE`).
-fn primary_ipv4(interface: &str) -> anyhow::Result<Ipv4Addr> {
+/// The interface's first IPv4 address (`ip -4 -o addr show dev IFACE`),
+/// `None` if it has none.
+pub fn primary_ipv4(interface: &str) -> anyhow::Result<Option<Ipv4Addr>> {
     let output = std::process::Command::new("ip")
         .args(["-4", "-o", "addr", "show", "dev", interface])
         .output()
@@ -517,11 +523,11 @@ fn primary_ipv4(interface: &str) -> anyhow::Result<Ipv4Addr> {
                 && let Some(address) = words.next().and_then(|a| a.split('/').next())
                 && let Ok(address) = address.parse()
             {
-                return Ok(address);
+                return Ok(Some(address));
             }
         }
     }
-    bail!("ha: interface {interface} has no IPv4 address to send VRRP from")
+    Ok(None)
 }
 
 fn unix_now() -> u64 {

@@ -405,6 +405,116 @@ fn drain_weight_and_reload_from_the_command_line() {
     assert!(bed.client.run(move || tcp_request(target, None)).is_some());
 }
 
+#[test]
+fn check_lists_every_ha_and_type_problem_at_once_and_warns_about_the_host() {
+    let check = |text: &str, json: bool| {
+        let config = lb_tests::TempFile::new("check.yaml", text);
+        let mut args = vec!["check", "-c", config.path().to_str().unwrap()];
+        if json {
+            args.extend(["--output", "json"]);
+        }
+        std::process::Command::new(lb_binary())
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    let base = "instance: check\ninterfaces: [{ name: lo }]\nservices:\n\
+                \x20 - { name: web, vip: 203.0.113.10, port: 80, protocol: tcp, backends: [{ address: 192.0.2.11 }] }\n";
+    // Everything `lb run` would refuse in the ha section, at once.
+    let text = format!(
+        "{base}ha:\n  interface: lo\n  virtual_router_id: 0\n  priority: 255\n  \
+         advert_interval: 15ms\n  unicast_peers: ['2001:db8::2']\n"
+    );
+    let output = check(&text, false);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for expected in [
+        "4 problem(s)",
+        "line 7: ha.virtual_router_id",
+        "line 8: ha.priority",
+        "line 9: ha.advert_interval",
+        "line 10: ha.unicast_peers[0]: 2001:db8::2: IPv6 peers are not supported",
+    ] {
+        assert!(stderr.contains(expected), "no {expected:?} in:\n{stderr}");
+    }
+    let output = check(&text, true);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let problems = value["problems"].as_array().expect("a problems array");
+    assert_eq!(problems.len(), 4, "{value}");
+    assert_eq!(problems[0]["path"], "ha.virtual_router_id");
+    assert_eq!(problems[0]["line"], 7);
+
+    // Two type errors in one service, and one in another section.
+    let text = base
+        .replace("port: 80", "port: eighty")
+        .replace("protocol: tcp", "protocol: sctp")
+        + "control: { metrics: nowhere }\n";
+    let output = check(&text, false);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for expected in [
+        "services[0].port",
+        "services[0].protocol",
+        "line 5: control.metrics",
+    ] {
+        assert!(stderr.contains(expected), "no {expected:?} in:\n{stderr}");
+    }
+
+    // A file for another host: valid, with a warning per missing interface.
+    let text = base.replace("{ name: lo }", "{ name: lo }, { name: lbt-nosuch0 }")
+        + "ha: { interface: lbt-nosuch1, virtual_router_id: 51, priority: 100 }\n";
+    let output = check(&text, false);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "warning: line 2: interfaces[1].name: no interface \"lbt-nosuch0\" on this host"
+        ) && stderr.contains("warning: line 5: ha.interface: no interface \"lbt-nosuch1\""),
+        "{stderr}"
+    );
+    let output = check(&text, true);
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(value["ok"], true);
+    assert_eq!(
+        value["warnings"].as_array().map(Vec::len),
+        Some(2),
+        "{value}"
+    );
+
+    // Both kinds of warning at once: the file's own (a service with no
+    // backends) and this host's, in one list.
+    let text = base.replace("{ name: lo }", "{ name: lo }, { name: lbt-nosuch0 }")
+        + "  - { name: spare, vip: 203.0.113.10, port: 53, protocol: udp, backends: [] }\n";
+    let output = check(&text, false);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("warning: line 5: services[1].backends: service \"spare\" has no backends")
+            && stderr.contains("warning: line 2: interfaces[1].name: no interface \"lbt-nosuch0\""),
+        "{stderr}"
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("2 warning(s)"),
+        "{output:?}"
+    );
+    let output = check(&text, true);
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let paths: Vec<&str> = value["warnings"]
+        .as_array()
+        .expect("a warnings array")
+        .iter()
+        .map(|w| w["path"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        paths,
+        ["services[1].backends", "interfaces[1].name"],
+        "{value}"
+    );
+    assert_eq!(value["warnings"][0]["line"], 5, "{value}");
+    assert_eq!(value["warnings"][1]["line"], 2, "{value}");
+}
+
 /// A service with no backends is accepted, but never silently: `lb check`
 /// warns (exit 0), `lb run` logs it, and `lb status` shows it in both forms;
 /// its packets are dropped and counted.
@@ -419,17 +529,17 @@ fn a_service_without_backends_is_accepted_with_a_warning() {
         pid = std::process::id()
     );
     let file = lb_tests::TempFile::new("empty.yaml", &config);
-    let check = |json: bool| {
+    // In the balancer's namespace, which has eth0 and eth1: no warning
+    // about the host.
+    let mut bed = Bed::new(&[11]);
+    let check = |bed: &Bed, json: bool| {
         let mut args = vec!["check", "-c", file.path().to_str().unwrap()];
         if json {
             args.extend(["--output", "json"]);
         }
-        std::process::Command::new(lb_binary())
-            .args(&args)
-            .output()
-            .unwrap()
+        bed.lb.exec(lb_binary().to_str().unwrap(), &args)
     };
-    let output = check(false);
+    let output = check(&bed, false);
     assert_eq!(output.status.code(), Some(0), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -440,7 +550,7 @@ fn a_service_without_backends_is_accepted_with_a_warning() {
         String::from_utf8_lossy(&output.stdout).contains("1 warning(s)"),
         "{output:?}"
     );
-    let output = check(true);
+    let output = check(&bed, true);
     assert_eq!(output.status.code(), Some(0), "{output:?}");
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(json["ok"], true, "{json}");
@@ -449,7 +559,6 @@ fn a_service_without_backends_is_accepted_with_a_warning() {
         "{json}"
     );
 
-    let mut bed = Bed::new(&[11]);
     bed.start_lb(&config);
     let status = bed.lb_command(&["status", "--output", "json"]);
     assert!(status.status.success(), "{status:?}");
