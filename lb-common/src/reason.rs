@@ -99,6 +99,11 @@ reasons! {
     /// no resolved hop is cached for the route that covers the client
     /// (connected, multipath or unmirrored routes, an unresolved gateway).
     ReplyUncachedHop = 24, "reply_uncached_hop", false;
+    /// A client packet too big for the egress towards its backend (a
+    /// tunnel's header added): not forwarded; the client is sent ICMP
+    /// "fragmentation needed" / `ICMPv6` "packet too big" with the MTU that
+    /// fits, for path-MTU discovery.
+    IcmpTooBig = 25, "icmp_too_big", false;
 }
 
 #[cfg(test)]

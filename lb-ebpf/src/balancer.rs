@@ -261,8 +261,10 @@ fn to_backend(
     let fragment = scratch.packet.fragment;
     let (backend_id, new_flow) = choose_backend(scratch, service, fragment)?;
     let verdict = send_to_backend(ctx, scratch, service, Reason::ForwardToBackend)?;
-    count_traffic(&STATS_SERVICES, service.id, bytes, new_flow);
-    count_traffic(&STATS_BACKENDS, backend_id, bytes, new_flow);
+    if verdict.reason != Reason::IcmpTooBig {
+        count_traffic(&STATS_SERVICES, service.id, bytes, new_flow);
+        count_traffic(&STATS_BACKENDS, backend_id, bytes, new_flow);
+    }
     Ok(verdict)
 }
 
@@ -397,7 +399,7 @@ fn established(ctx: &XdpContext, scratch: &mut Scratch) -> u32 {
     let service = slot.value;
     let bytes = frame_len(ctx) as u64;
     let result = send_to_backend(ctx, scratch, &service, Reason::ForwardToBackend);
-    if result.is_ok() {
+    if result.is_ok_and(|verdict| verdict.reason != Reason::IcmpTooBig) {
         count_traffic(&STATS_SERVICES, service.id, bytes, false);
         count_traffic(&STATS_BACKENDS, entry.backend_id, bytes, false);
     }
@@ -621,6 +623,7 @@ pub fn send_to_backend(
     };
     match next {
         NextHop::Local | NextHop::NoRoute => return Err(Drop(Reason::DropNoRoute)),
+        NextHop::TooBig => return icmp::too_big_to_client(ctx, scratch, outer_len),
         // DSR keeps the VIP as destination: the stack would deliver it here.
         NextHop::NoNeighbour if service.forwarding == FWD_DSR => {
             return Err(Drop(Reason::DropNoNeighbour));
@@ -687,9 +690,10 @@ fn try_reply(ctx: &XdpContext, scratch: &mut Scratch) -> Result<Verdict, Drop> {
         };
         (next_hop(ctx, scratch), Reason::ReplyUncachedHop)
     };
-    if next == NextHop::Local || next == NextHop::NoRoute {
-        // To this host (a health check answer), or not routable from here:
-        // untouched, the stack's business.
+    if next == NextHop::Local || next == NextHop::NoRoute || next == NextHop::TooBig {
+        // To this host (a health check answer), not routable from here, or
+        // too big for the client's route (the stack answers the backend's
+        // path-MTU discovery): untouched, the stack's business.
         return Ok(Verdict::pass(Reason::PassNoService));
     }
     rewrite(ctx, &scratch.packet, End::Source, &nat.vip, nat.port).get()?;

@@ -39,3 +39,14 @@ pub fn ipv4_header(header: &[u8; 20]) -> u16 {
     }
     !fold(sum)
 }
+
+/// `sum` plus the big-endian 16-bit words of `bytes` (`N` even), unfolded.
+#[inline(always)]
+pub fn add<const N: usize>(mut sum: u32, bytes: &[u8; N]) -> u32 {
+    let mut i = 0;
+    while i + 1 < N {
+        sum += u32::from(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
+        i += 2;
+    }
+    sum
+}

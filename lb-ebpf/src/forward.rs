@@ -4,8 +4,8 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS,
-        bpf_fib_lookup as FibParams, xdp_action,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED,
+        BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action,
     },
     helpers::{bpf_fib_lookup, bpf_xdp_adjust_head},
     programs::XdpContext,
@@ -33,6 +33,8 @@ pub enum NextHop {
     Local,
     /// Unreachable, blackhole, prohibited, forwarding disabled, ...
     NoRoute,
+    /// Longer than the egress MTU (`scratch.fib`'s `mtu_result`).
+    TooBig,
 }
 
 /// The egress interface and MACs of a [`NextHop::Out`].
@@ -110,6 +112,7 @@ pub fn next_hop(ctx: &XdpContext, scratch: &mut Scratch) -> NextHop {
         }
         BPF_FIB_LKUP_RET_NO_NEIGH => NextHop::NoNeighbour,
         BPF_FIB_LKUP_RET_NOT_FWDED => NextHop::Local,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => NextHop::TooBig,
         _ => NextHop::NoRoute,
     }
 }

@@ -3,11 +3,15 @@
 //! backend that owns the flow (so path MTU discovery works through lb);
 //! anything else goes to the stack.
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::{bpf_xdp_adjust_tail, bpf_xdp_get_buff_len},
+    programs::XdpContext,
+};
 use lb_common::{Addr, FlowKey, Reason, maps::FWD_NAT, maps::ipv4_mapped, proto};
 
 use crate::{
-    Drop, Verdict,
+    Drop, Status, Verdict,
     balancer::{choose_backend, find_service, send_to_backend},
     csum, finish,
     forward::{End, rewrite, v4_bytes},
@@ -215,5 +219,182 @@ fn nat_quoted(
         checksum = csum::replace(checksum, &old, &new);
     }
     write_at(ctx, checksum_off, checksum.to_be_bytes()).ok_or(malformed)?;
+    Ok(())
+}
+
+/// An ICMP "fragmentation needed" / `ICMPv6` "packet too big" being built.
+#[derive(Clone, Copy)]
+pub struct TooBig {
+    /// Type, code, checksum, and the MTU field.
+    header: [u8; 8],
+    /// IPv4: the quoted IP header (no options) and the first 8 bytes after.
+    quote4: [u8; 28],
+    /// IPv6: the quoted IP header and the first 8 bytes after.
+    quote6: [u8; 48],
+}
+
+/// The egress towards the backend takes less than this packet plus
+/// `overhead` (the tunnel header): the packet is not sent on, and the client
+/// gets ICMP "fragmentation needed" (`ICMPv6` "packet too big") from the VIP
+/// with the MTU that fits, quoting the packet's IP header and first 8 bytes
+/// (what path-MTU discovery reads), back out of the interface it came in on.
+/// The egress MTU is the FIB's answer in `scratch.fib`. An IPv4 packet with
+/// IP options is dropped as unroutable instead (quoted, it would be cut).
+#[inline(always)]
+pub fn too_big_to_client(
+    ctx: &XdpContext,
+    scratch: &mut Scratch,
+    overhead: u16,
+) -> Result<Verdict, Drop> {
+    build_too_big(ctx, scratch, overhead).get()?;
+    Ok(Verdict {
+        action: xdp_action::XDP_TX,
+        reason: Reason::IcmpTooBig,
+    })
+}
+
+/// Out of line: a stack frame of its own.
+#[inline(never)]
+fn build_too_big(ctx: &XdpContext, scratch: &mut Scratch, overhead: u16) -> Status {
+    Status::from(try_build_too_big(ctx, scratch, overhead))
+}
+
+#[inline(always)]
+fn try_build_too_big(ctx: &XdpContext, scratch: &mut Scratch, overhead: u16) -> Result<(), Drop> {
+    let unroutable = Drop(Reason::DropNoRoute);
+    let l3 = scratch.packet.l3_off();
+    let v6 = scratch.packet.v6;
+    // SAFETY: a union of two u16s; the FIB wrote `mtu_result`.
+    let egress = unsafe { scratch.fib.__bindgen_anon_1.mtu_result };
+    let mtu = egress.saturating_sub(overhead);
+    let mac: [u8; 12] = read_at(ctx, 0).ok_or(unroutable)?;
+    let message = &mut scratch.too_big;
+    let (ip_len, quote_len) = if v6 {
+        if !read_into(ctx, l3, &mut message.quote6) {
+            return Err(unroutable);
+        }
+        let mtu = u32::from(mtu.max(1280)).to_be_bytes();
+        message.header = [ICMPV6_PKT_TOOBIG, 0, 0, 0, mtu[0], mtu[1], mtu[2], mtu[3]];
+        (40, 48)
+    } else {
+        if !read_into(ctx, l3, &mut message.quote4) || message.quote4[0] != 0x45 {
+            return Err(unroutable);
+        }
+        let mtu = mtu.max(68).to_be_bytes();
+        message.header = [
+            ICMP_DEST_UNREACH,
+            ICMP_FRAG_NEEDED,
+            0,
+            0,
+            0,
+            0,
+            mtu[0],
+            mtu[1],
+        ];
+        (20, 28)
+    };
+    let total = l3 + ip_len + 8 + quote_len;
+    // The length from the helper, not `data_end - data`: LLVM folds that
+    // into `total + data - data_end`, arithmetic on the end pointer the
+    // verifier refuses.
+    // SAFETY: plain helper calls on the live context; every access after
+    // them re-derives (and re-checks) its pointer.
+    let length = unsafe { bpf_xdp_get_buff_len(ctx.ctx) };
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_possible_wrap,
+        reason = "frames are far below 2 GiB"
+    )]
+    let delta = total as i32 - length as i32;
+    // SAFETY: as above.
+    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
+        return Err(unroutable);
+    }
+    let swapped = [
+        mac[6], mac[7], mac[8], mac[9], mac[10], mac[11], mac[0], mac[1], mac[2], mac[3], mac[4],
+        mac[5],
+    ];
+    write_at(ctx, 0, swapped).ok_or(unroutable)?;
+    // From the VIP (the packet's destination) to the client (its source).
+    let (vip, client) = (&scratch.packet.dst, &scratch.packet.src);
+    if v6 {
+        write_ipv6_error(ctx, l3, vip, client, &mut scratch.too_big)
+    } else {
+        write_ipv4_error(ctx, l3, vip, client, &mut scratch.too_big)
+    }
+}
+
+/// Writes the IPv6 header and the `ICMPv6` message at `l3` (checksummed).
+#[inline(always)]
+fn write_ipv6_error(
+    ctx: &XdpContext,
+    l3: usize,
+    vip: &Addr,
+    client: &Addr,
+    message: &mut TooBig,
+) -> Result<(), Drop> {
+    let unroutable = Drop(Reason::DropNoRoute);
+    let length: u16 = 8 + 48;
+    // Pseudo-header: addresses, upper-layer length, next header.
+    let mut sum = csum::add(csum::add(0, vip), client);
+    sum += u32::from(length) + u32::from(proto::ICMPV6);
+    sum = csum::add(csum::add(sum, &message.header), &message.quote6);
+    let checksum = (!csum::fold(sum)).to_be_bytes();
+    message.header[2] = checksum[0];
+    message.header[3] = checksum[1];
+    let length = length.to_be_bytes();
+    let start = [0x60, 0, 0, 0, length[0], length[1], proto::ICMPV6, 64];
+    write_at(ctx, l3, start).ok_or(unroutable)?;
+    write_at(ctx, l3 + 8, *vip).ok_or(unroutable)?;
+    write_at(ctx, l3 + 24, *client).ok_or(unroutable)?;
+    write_at(ctx, l3 + 40, message.header).ok_or(unroutable)?;
+    write_at(ctx, l3 + 48, message.quote6).ok_or(unroutable)?;
+    Ok(())
+}
+
+/// Writes the IPv4 header and the ICMP message at `l3` (checksummed).
+#[inline(always)]
+fn write_ipv4_error(
+    ctx: &XdpContext,
+    l3: usize,
+    vip: &Addr,
+    client: &Addr,
+    message: &mut TooBig,
+) -> Result<(), Drop> {
+    let unroutable = Drop(Reason::DropNoRoute);
+    let sum = csum::add(csum::add(0, &message.header), &message.quote4);
+    let checksum = (!csum::fold(sum)).to_be_bytes();
+    message.header[2] = checksum[0];
+    message.header[3] = checksum[1];
+    let (src, dst) = (v4_bytes(vip), v4_bytes(client));
+    let total = (20u16 + 8 + 28).to_be_bytes();
+    let mut header = [
+        0x45,
+        0,
+        total[0],
+        total[1],
+        0,
+        0,
+        0,
+        0,
+        64,
+        proto::ICMP,
+        0,
+        0,
+        src[0],
+        src[1],
+        src[2],
+        src[3],
+        dst[0],
+        dst[1],
+        dst[2],
+        dst[3],
+    ];
+    let checksum = csum::ipv4_header(&header).to_be_bytes();
+    header[10] = checksum[0];
+    header[11] = checksum[1];
+    write_at(ctx, l3, header).ok_or(unroutable)?;
+    write_at(ctx, l3 + 20, message.header).ok_or(unroutable)?;
+    write_at(ctx, l3 + 28, message.quote4).ok_or(unroutable)?;
     Ok(())
 }

@@ -155,6 +155,8 @@ pub struct Scratch {
     pub stale: (u32, bool),
     /// The flow quoted in an ICMP error.
     pub quoted: Quoted,
+    /// An ICMP error being built (`icmp::too_big_to_client`).
+    pub too_big: crate::icmp::TooBig,
     /// A `DENY` lookup key.
     pub deny_key: Key<Addr>,
     /// A `ROUTES` lookup key.

@@ -9,7 +9,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use etherparse::{IpNumber, NetHeaders, TransportHeader};
+use etherparse::{IpNumber, NetHeaders, PacketBuilder, TransportHeader};
 use lb::plan::{BackendKey, BackendState};
 use lb_common::{Reason, hash::tunnel_hash, maps::ipv4_mapped};
 use lb_tests::{
@@ -1075,4 +1075,116 @@ fn the_data_plane_counts_flows_opening_and_closing() {
     // A new SYN on the same tuple (after TIME_WAIT) is a new flow.
     harness.run(&syn);
     assert_eq!((traffic().new_flows, traffic().closed_flows), (2, 1));
+}
+
+/// A UDP datagram from `src` to `dst`:53 whose IP packet is `ip_len` bytes.
+fn udp_of_ip_len(src: IpAddr, dst: IpAddr, ip_len: usize) -> Vec<u8> {
+    let mut frame = Vec::new();
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let payload = vec![0x5a; ip_len - 28];
+            eth()
+                .ipv4(s.octets(), d.octets(), 64)
+                .udp(40000, 53)
+                .write(&mut frame, &payload)
+                .unwrap();
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let payload = vec![0x5a; ip_len - 48];
+            eth()
+                .ipv6(s.octets(), d.octets(), 64)
+                .udp(40000, 53)
+                .write(&mut frame, &payload)
+                .unwrap();
+        }
+        _ => panic!("one family"),
+    }
+    frame
+}
+
+/// The ICMP error the balancer should send back for `input`: from the VIP
+/// to the client, MACs swapped, quoting the IP header and 8 bytes.
+fn too_big_expected(input: &[u8], mtu: u16) -> Vec<u8> {
+    let packet = ip_packet(input);
+    let mut out = Vec::new();
+    let Headers { net, .. } = Headers::parse(input);
+    match net {
+        NetHeaders::Ipv4(ip, _) => {
+            let quote = &packet[..28];
+            let icmp = etherparse::Icmpv4Header::with_checksum(
+                etherparse::Icmpv4Type::DestinationUnreachable(
+                    etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
+                        next_hop_mtu: mtu,
+                    },
+                ),
+                quote,
+            );
+            let mut header = etherparse::Ipv4Header::new(
+                u16::try_from(icmp.header_len() + quote.len()).unwrap(),
+                64,
+                IpNumber::ICMP,
+                ip.destination,
+                ip.source,
+            )
+            .unwrap();
+            header.dont_fragment = false;
+            header.header_checksum = header.calc_header_checksum();
+            etherparse::Ethernet2Header {
+                source: LB_MAC,
+                destination: lb_tests::testrun::CLIENT_MAC,
+                ether_type: etherparse::EtherType::IPV4,
+            }
+            .write(&mut out)
+            .unwrap();
+            header.write(&mut out).unwrap();
+            icmp.write(&mut out).unwrap();
+            out.extend_from_slice(quote);
+        }
+        NetHeaders::Ipv6(ip, _) => {
+            let quote = &packet[..48];
+            PacketBuilder::ethernet2(LB_MAC, lb_tests::testrun::CLIENT_MAC)
+                .ipv6(ip.destination, ip.source, 64)
+                .icmpv6(etherparse::Icmpv6Type::PacketTooBig {
+                    mtu: u32::from(mtu),
+                })
+                .write(&mut out, quote)
+                .unwrap();
+        }
+        NetHeaders::Arp(_) => panic!("not IP"),
+    }
+    out
+}
+
+#[test]
+fn a_packet_too_big_for_the_tunnel_gets_the_client_an_icmp_error_with_the_mtu_that_fits() {
+    let harness = Harness::new(CONFIG);
+    let b4 = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 13));
+    let b6 = IpAddr::V6("2001:db8::13".parse().unwrap());
+    let cases = [
+        (IpAddr::V4(CLIENT4), IpAddr::V4(v4(12)), b4, 1480),
+        (IpAddr::V6(CLIENT6), IpAddr::V6(v6(0x12)), b6, 1460),
+    ];
+    for (client, vip, backend, fits) in cases {
+        // The egress (lb0) has an MTU of 1500: the tunnel header makes a
+        // 1500-byte packet too big; the largest that fits is forwarded.
+        let input = udp_of_ip_len(client, vip, 1500);
+        let (outcome, moved) = harness.run_counted(&input);
+        assert_eq!(outcome.action, Action::Tx, "{vip}: back to the client");
+        assert_eq!(
+            outcome.frame,
+            too_big_expected(&input, fits),
+            "{vip}: ICMP error"
+        );
+        assert_eq!(moved, [(Reason::IcmpTooBig, 1)].into(), "{vip}");
+        let input = udp_of_ip_len(client, vip, usize::from(fits));
+        let (outcome, moved) = harness.run_counted(&input);
+        assert_eq!(outcome.action, Action::Redirect, "{vip}: {fits} bytes fit");
+        assert_eq!(outcome.frame, tunnel_expected(&input, backend, 13));
+        assert_eq!(moved, [(Reason::ForwardToBackend, 1)].into(), "{vip}");
+    }
+    // NAT and DSR add nothing: a full-size packet goes on.
+    let input = udp_of_ip_len(IpAddr::V4(CLIENT4), IpAddr::V4(v4(11)), 1500);
+    let outcome = harness.run(&input);
+    assert_eq!(outcome.action, Action::Redirect);
+    assert_eq!(outcome.frame, dsr_expected(&input, 12));
 }
