@@ -18,7 +18,8 @@
 //!
 //! `LB_BENCH_ONLY=dataplane` (1 to 4) or `LB_BENCH_ONLY=e2e` (5) runs one
 //! part. `LB_BENCH_PATHS=nat,dsr` times only those paths of section 1 (and
-//! the floor), for a quick A/B of a data-path change; nothing else runs.
+//! the floor), for a quick A/B of a data-path change, and `pps` among them
+//! adds section 2; nothing else runs.
 //!
 //! Results go to `results/<UTC date-time>.{json,md,png}`; nothing here
 //! asserts a timing. Needs root.
@@ -227,6 +228,9 @@ fn data_plane(report: &mut Report) {
         report.per_packet.push(cost);
     }
     if paths.is_some() {
+        if wanted("pps") {
+            report.pps = packets_per_second(&mut harness);
+        }
         return;
     }
     fallback_cases(&mut harness, floor_ns, report);
