@@ -739,6 +739,19 @@ fn stats(socket: &Path, output: Output) -> Result<(), Failure> {
     for (reason, packets) in &report.reasons {
         println!("{reason:<44} {packets:>12}");
     }
+    let table = &report.connection_table;
+    match table.entries {
+        Some(entries) => println!(
+            "\nconnection table: {entries} of {} entries at the last walk; LRU evictions \
+             since start (estimated from {} walks): {} to {}",
+            table.capacity, table.walks, table.evictions_at_least, table.evictions_at_most
+        ),
+        None => println!(
+            "\nconnection table: {} entries at most; not walked yet (every 10 s), \
+             no eviction estimate",
+            table.capacity
+        ),
+    }
     Ok(())
 }
 

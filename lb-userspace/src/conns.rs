@@ -5,9 +5,14 @@
 //! A [`ConnTable`] holds its own descriptor of the map, so the controller
 //! hands one out and the walk — a million entries by default — runs
 //! without the controller lock.
+//!
+//! The same walk estimates the table's silent LRU evictions
+//! ([`Evictions`]): the data plane never deletes an entry and userspace
+//! never writes one, so an entry gone between two walks was evicted.
 
 use std::{
     collections::BTreeMap,
+    hash::{Hash as _, Hasher as _},
     os::fd::{AsRawFd as _, OwnedFd},
 };
 
@@ -55,8 +60,21 @@ impl ConnTable {
         tcp_idle_ns: u64,
         udp_idle_ns: u64,
     ) -> std::io::Result<BTreeMap<u32, u64>> {
+        Ok(self.walk(now_ns, tcp_idle_ns, udp_idle_ns)?.0)
+    }
+
+    /// [`ConnTable::count_active`], and the fingerprints of every key
+    /// (sorted, deduplicated) for a [`Census`].
+    pub fn walk(
+        &self,
+        now_ns: u64,
+        tcp_idle_ns: u64,
+        udp_idle_ns: u64,
+    ) -> std::io::Result<(BTreeMap<u32, u64>, Vec<u64>)> {
         let mut active = BTreeMap::new();
+        let mut keys = Vec::new();
         self.for_each(|key, conn| {
+            keys.push(fingerprint(key));
             let idle = if key.proto == lb_common::proto::TCP {
                 tcp_idle_ns
             } else {
@@ -66,7 +84,11 @@ impl ConnTable {
                 *active.entry(conn.backend_id).or_default() += 1;
             }
         })?;
-        Ok(active)
+        // Sorted here, outside the controller lock ([`Census::new`] then
+        // finds them in order).
+        keys.sort_unstable();
+        keys.dedup();
+        Ok((active, keys))
     }
 
     /// Calls `visit` for every entry; returns how many there were. Entries
@@ -163,5 +185,190 @@ impl ConnTable {
             seen += 1;
         }
         Ok(seen)
+    }
+}
+
+/// A 64-bit fingerprint of a flow key: a walk keeps 8 bytes an entry, not
+/// the key's 40 (collisions among a million keys: about one in 30 million).
+fn fingerprint(key: &FlowKey) -> u64 {
+    // SipHash with fixed keys: the same key gives the same fingerprint
+    // across walks of one process, which is all that is compared.
+    let mut hasher = std::hash::DefaultHasher::new();
+    key.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// What one walk saw: the key fingerprints (sorted, deduplicated), and the
+/// data plane's count of flows scheduled, summed over services, read after
+/// the walk.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Census {
+    keys: Vec<u64>,
+    scheduled: u64,
+}
+
+impl Census {
+    /// A census of `keys` (fingerprints from [`ConnTable::walk`]) and
+    /// `scheduled`, the services' `new_flows` summed.
+    pub fn new(mut keys: Vec<u64>, scheduled: u64) -> Self {
+        keys.sort_unstable();
+        keys.dedup();
+        Self { keys, scheduled }
+    }
+
+    /// Entries in the table.
+    pub fn entries(&self) -> u64 {
+        self.keys.len() as u64
+    }
+}
+
+/// LRU evictions between two walks, bounded from both sides, or `None`
+/// when the counters went back (the maps were replaced: nothing to compare).
+///
+/// - At least: entries of the first walk missing from the second. Nothing
+///   but an eviction removes an entry, so each is one; flows that came and
+///   were evicted between the walks are missed.
+/// - At most: flows scheduled minus the table's growth. Every scheduled
+///   flow inserts its key; a key that was not there grows the table unless
+///   an eviction makes room. A flow rescheduled on a tuple still in the
+///   table (idle past its timeout, a SYN reusing a closed tuple, its
+///   backend gone) overwrites its entry and is counted here as well.
+pub fn evictions_between(before: &Census, after: &Census) -> Option<(u64, u64)> {
+    let scheduled = after.scheduled.checked_sub(before.scheduled)?;
+    let gone = missing(&before.keys, &after.keys);
+    let growth = i128::from(after.entries()) - i128::from(before.entries());
+    let room = u64::try_from(i128::from(scheduled) - growth).unwrap_or(0);
+    Some((gone, room.max(gone)))
+}
+
+/// How many of `before` (sorted) are not in `after` (sorted).
+fn missing(before: &[u64], after: &[u64]) -> u64 {
+    let mut after = after.iter().peekable();
+    let mut gone = 0;
+    for key in before {
+        while after.next_if(|k| *k < key).is_some() {}
+        if after.next_if_eq(&key).is_none() {
+            gone += 1;
+        }
+    }
+    gone
+}
+
+/// The connection table's LRU evictions since the controller started, as
+/// estimated from its walks (every reconciliation): the sums of
+/// [`evictions_between`]'s bounds. It keeps the last [`Census`], 8 bytes a
+/// table entry.
+#[derive(Debug, Default)]
+pub struct Evictions {
+    last: Option<Census>,
+    at_least: u64,
+    at_most: u64,
+    walks: u64,
+}
+
+impl Evictions {
+    /// Folds in a new walk.
+    pub fn record(&mut self, census: Census) {
+        if let Some((at_least, at_most)) = self
+            .last
+            .as_ref()
+            .and_then(|last| evictions_between(last, &census))
+        {
+            self.at_least += at_least;
+            self.at_most += at_most;
+        }
+        self.walks += 1;
+        self.last = Some(census);
+    }
+
+    /// The report for a table of `capacity` entries.
+    pub fn report(&self, capacity: u64) -> ConnTableStats {
+        ConnTableStats {
+            capacity,
+            entries: self.last.as_ref().map(Census::entries),
+            walks: self.walks,
+            evictions_at_least: self.at_least,
+            evictions_at_most: self.at_most,
+        }
+    }
+}
+
+/// The connection table in `lb stats`: its fill at the last walk and its
+/// estimated LRU evictions (see [`evictions_between`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConnTableStats {
+    /// Entries it holds at most (`dataplane.connection_table_size`).
+    pub capacity: u64,
+    /// Entries at the last walk (none before the first).
+    pub entries: Option<u64>,
+    /// Walks since the controller started (every 10 s).
+    pub walks: u64,
+    /// Evictions since the controller started: at least this many (an
+    /// estimate: flows evicted between two walks are not seen).
+    pub evictions_at_least: u64,
+    /// Evictions since the controller started: at most this many (an
+    /// estimate: rescheduled flows whose tuple was still in the table are
+    /// counted too).
+    pub evictions_at_most: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn census(keys: &[u64], scheduled: u64) -> Census {
+        Census::new(keys.to_vec(), scheduled)
+    }
+
+    #[test]
+    fn a_table_that_only_grew_evicted_nothing() {
+        let before = census(&[1, 2, 3], 3);
+        let after = census(&[1, 2, 3, 4, 5], 5);
+        assert_eq!(evictions_between(&before, &after), Some((0, 0)));
+    }
+
+    #[test]
+    fn a_full_table_flooded_evicts_at_least_what_vanished() {
+        // Four entries; ten new flows later, two of the old four remain
+        // beside two new ones: two seen gone, and eight new keys could have
+        // gone too (ten scheduled, the table did not grow).
+        let before = census(&[10, 20, 30, 40], 100);
+        let after = census(&[10, 30, 50, 60], 110);
+        assert_eq!(evictions_between(&before, &after), Some((2, 10)));
+    }
+
+    #[test]
+    fn reschedules_in_place_only_raise_the_upper_bound() {
+        // Same keys, three flows rescheduled on their own tuples.
+        let before = census(&[1, 2, 3], 7);
+        let after = census(&[3, 2, 1], 10);
+        assert_eq!(evictions_between(&before, &after), Some((0, 3)));
+    }
+
+    #[test]
+    fn counters_going_back_compare_nothing() {
+        let before = census(&[1, 2], 50);
+        let after = census(&[3], 2);
+        assert_eq!(evictions_between(&before, &after), None);
+        let mut evictions = Evictions::default();
+        evictions.record(before);
+        evictions.record(after);
+        let report = evictions.report(64);
+        assert_eq!(
+            (report.walks, report.entries, report.evictions_at_least),
+            (2, Some(1), 0)
+        );
+    }
+
+    #[test]
+    fn evictions_add_up_over_walks() {
+        let mut evictions = Evictions::default();
+        evictions.record(census(&[1, 2], 2));
+        evictions.record(census(&[2, 3], 3));
+        evictions.record(census(&[4, 5], 5));
+        let report = evictions.report(2);
+        assert_eq!(report.evictions_at_least, 1 + 2);
+        assert_eq!(report.evictions_at_most, 1 + 2);
+        assert_eq!(report.entries, Some(2));
     }
 }

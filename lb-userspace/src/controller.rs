@@ -52,8 +52,10 @@ pub struct Controller {
     agents: Arc<Mutex<Vec<AgentTarget>>>,
     /// Health-check durations per backend, for metrics.
     check_latency: BTreeMap<BackendKey, prometheus_client::metrics::histogram::Histogram>,
-    /// Entries the last reconciliation found in the connection table.
+    /// Active flows the last reconciliation found in the connection table.
     connections: u64,
+    /// The connection table's LRU evictions, estimated from its walks.
+    evictions: crate::conns::Evictions,
     /// VRRP, when the configuration has an `ha` section.
     ha: Option<crate::ha::Ha>,
     checker: Option<Checker>,
@@ -171,6 +173,7 @@ impl Controller {
             agents: Arc::new(Mutex::new(Vec::new())),
             check_latency: BTreeMap::new(),
             connections: 0,
+            evictions: crate::conns::Evictions::default(),
             ha: None,
             checker: None,
             events: None,
@@ -325,7 +328,7 @@ impl Controller {
     }
 
     /// Map fill levels: (map, entries, capacity). The connection table's
-    /// entries are as counted by the last reconciliation.
+    /// entries (live or not) are as counted by the last reconciliation.
     pub fn map_fill(&self) -> Vec<(&'static str, u64, u64)> {
         let sizes = self.dataplane.sizes();
         let services = self.planner.planned();
@@ -343,7 +346,7 @@ impl Controller {
             ),
             (
                 lb_common::map_names::CONNS,
-                self.connections,
+                self.conn_table_stats().entries.unwrap_or(0),
                 u64::from(sizes.connections),
             ),
         ]
@@ -382,24 +385,29 @@ impl Controller {
             )
         };
         let started = std::time::Instant::now();
-        let scanned = table
-            .count_active(
+        let (scanned, keys) = table
+            .walk(
                 crate::dataplane::monotonic_ns(),
                 settings.tcp_idle_ns,
                 settings.udp_idle_ns,
             )
             .context("reading the connection table")?;
         tracing::debug!(elapsed = ?started.elapsed(), flows = scanned.values().sum::<u64>(),
-            "connection table walked");
+            entries = keys.len(), "connection table walked");
         controller
             .lock()
             .map_err(|_| poisoned())?
-            .fold_in_scan(&scanned)
+            .fold_in_scan(&scanned, keys)
     }
 
     /// Takes a walk's live flows per backend id as the truth: the offsets
-    /// correct the open / close counters until the next walk.
-    fn fold_in_scan(&mut self, scanned: &BTreeMap<u32, u64>) -> anyhow::Result<()> {
+    /// correct the open / close counters until the next walk. The walk's
+    /// keys, with the flows scheduled by then, update the eviction
+    /// estimate.
+    fn fold_in_scan(&mut self, scanned: &BTreeMap<u32, u64>, keys: Vec<u64>) -> anyhow::Result<()> {
+        let scheduled = self.dataplane.scheduled_flows()?;
+        self.evictions
+            .record(crate::conns::Census::new(keys, scheduled));
         self.connections = scanned.values().sum();
         self.offsets.clear();
         for service in self.planner.planned() {
@@ -770,6 +778,13 @@ impl Controller {
         }
     }
 
+    /// The connection table's fill and estimated evictions, as of the last
+    /// reconciliation.
+    pub fn conn_table_stats(&self) -> crate::conns::ConnTableStats {
+        self.evictions
+            .report(u64::from(self.dataplane.sizes().connections))
+    }
+
     /// The counters (`lb stats`).
     pub fn stats(&self) -> anyhow::Result<StatsReport> {
         let mut services = Vec::new();
@@ -808,6 +823,7 @@ impl Controller {
             services,
             drops,
             reasons: verdicts,
+            connection_table: self.conn_table_stats(),
         })
     }
 
@@ -1096,6 +1112,9 @@ pub struct StatsReport {
     pub drops: BTreeMap<String, u64>,
     /// Every verdict reason.
     pub reasons: BTreeMap<String, u64>,
+    /// The connection table: fill and estimated LRU evictions.
+    #[serde(default)]
+    pub connection_table: crate::conns::ConnTableStats,
 }
 
 /// One service in [`StatsReport`].

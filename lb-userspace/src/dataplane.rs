@@ -526,6 +526,23 @@ impl Dataplane {
         self.traffic(map_names::STATS_BACKENDS, id)
     }
 
+    /// Flows scheduled over every service slot (`new_flows` of
+    /// `STATS_SERVICES`, summed over CPUs and ids, whether planned now or
+    /// not): each inserted a key into the connection table.
+    pub fn scheduled_flows(&self) -> Result<u64, DataplaneError> {
+        let name = map_names::STATS_SERVICES;
+        let array: PerCpuArray<&MapData, Traffic> =
+            PerCpuArray::try_from(self.map(name)?).map_err(map_error(name))?;
+        let mut sum = 0u64;
+        for id in 0..array.len() {
+            let per_cpu = array.get(&id, 0).map_err(map_error(name))?;
+            sum = per_cpu
+                .iter()
+                .fold(sum, |sum, cpu| sum.wrapping_add(cpu.new_flows));
+        }
+        Ok(sum)
+    }
+
     fn traffic(&self, name: &'static str, id: u32) -> Result<Traffic, DataplaneError> {
         let array: PerCpuArray<&MapData, Traffic> =
             PerCpuArray::try_from(self.map(name)?).map_err(map_error(name))?;

@@ -844,8 +844,11 @@ mod tests {
     use super::*;
 
     const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    /// Slack allowed beyond a probe's timeout: scheduling, not work.
-    const SLACK: Duration = Duration::from_millis(300);
+    /// Slack allowed beyond a probe's timeout: scheduling on a busy
+    /// machine, not work. Generous, yet far below what an unbounded probe
+    /// takes (a silent peer: for ever; `sleep 5`: 5 s; a SYN never
+    /// answered: about two minutes).
+    const SLACK: Duration = Duration::from_secs(2);
 
     fn ok(detail: &str) -> Outcome {
         Outcome::success(detail, Duration::from_millis(1))
@@ -1033,12 +1036,16 @@ mod tests {
             .port()
     }
 
-    /// Probes and also measures the wall-clock time, asserting the probe
-    /// stayed within its timeout plus [`SLACK`].
+    /// Probes and also measures the wall-clock time (printed), asserting
+    /// the probe was bounded: within its timeout plus [`SLACK`].
     fn timed_probe(check: &HealthCheck, port: u16) -> Outcome {
         let start = Instant::now();
         let outcome = probe(check, LOCALHOST, port);
         let took = start.elapsed();
+        println!(
+            "probe took {took:?} (timeout {:?}): {outcome:?}",
+            check.timeout
+        );
         assert!(
             took <= check.timeout + SLACK,
             "probe took {took:?}: {outcome:?}"
@@ -1165,17 +1172,16 @@ mod tests {
     #[test]
     fn http_body_substring_absent_is_judged_by_content_length() {
         // The server keeps the connection open: the verdict must come from
-        // Content-Length, well before the 1 s timeout.
+        // Content-Length, not from the timeout (which would say so).
         let (port, _request, _done) =
             http_server("HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\ndegraded");
-        let mut http = check(CheckKind::Http, 1000);
+        let mut http = check(CheckKind::Http, 10_000);
         http.expect_body = Some("ok".into());
         let outcome = timed_probe(&http, port);
         assert_eq!(
             (outcome.ok, outcome.detail.as_str()),
             (false, "body lacks \"ok\"")
         );
-        assert!(outcome.latency < Duration::from_millis(900), "{outcome:?}");
     }
 
     #[test]
@@ -1460,18 +1466,29 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         let checker = Checker::start(vec![up.clone(), down.clone()], tx);
 
+        // Three results of each, 10 s at most (50 ms apart when idle).
         let mut seen: BTreeMap<BackendKey, Vec<bool>> = BTreeMap::new();
-        let until = Instant::now() + Duration::from_millis(300);
-        while let Some(left) = until.checked_duration_since(Instant::now()) {
+        let until = Instant::now() + Duration::from_secs(10);
+        let enough = |seen: &BTreeMap<BackendKey, Vec<bool>>| {
+            [&up.key, &down.key]
+                .iter()
+                .all(|key| seen.get(*key).is_some_and(|r| r.len() >= 3))
+        };
+        while !enough(&seen)
+            && let Some(left) = until.checked_duration_since(Instant::now())
+        {
             match rx.recv_timeout(left) {
                 Ok(event) => seen.entry(event.key).or_default().push(event.outcome.ok),
                 Err(_) => break,
             }
         }
+        // Stopping waits for probes in flight (50 ms timeouts), not for a
+        // whole number of intervals.
         let start = Instant::now();
         checker.stop();
+        println!("stopped in {:?}", start.elapsed());
         assert!(
-            start.elapsed() < Duration::from_secs(1),
+            start.elapsed() < Duration::from_secs(5),
             "{:?}",
             start.elapsed()
         );
@@ -1495,16 +1512,18 @@ mod tests {
         let listener = TcpListener::bind((LOCALHOST, 0)).unwrap();
         let (tx, rx) = mpsc::channel();
         let checker = Checker::start(
-            vec![target(listener.local_addr().unwrap().port(), 5000)],
+            vec![target(listener.local_addr().unwrap().port(), 30_000)],
             tx,
         );
         // The first check comes within a tenth of the interval.
-        let first = rx.recv_timeout(Duration::from_secs(2)).unwrap();
+        let first = rx.recv_timeout(Duration::from_secs(10)).unwrap();
         assert!(first.outcome.ok, "{first:?}");
+        // The next is half a minute away: stopping must not wait for it.
         let start = Instant::now();
         drop(checker);
+        println!("stopped in {:?}", start.elapsed());
         assert!(
-            start.elapsed() < Duration::from_secs(1),
+            start.elapsed() < Duration::from_secs(10),
             "{:?}",
             start.elapsed()
         );

@@ -152,6 +152,18 @@ impl Scrape {
             .map(|(reason, n)| (labels(&[("reason", reason)]), *n))
             .collect();
         counters(e, "lb_verdicts", "Packets by verdict reason.", &verdicts)?;
+        let table = &self.stats.connection_table;
+        counters(
+            e,
+            "lb_connection_table_evictions_estimated",
+            "Connection-table LRU evictions since the controller started, an estimate from \
+             its walks every 10 s: bound=lower counts entries seen gone, bound=upper flows \
+             scheduled minus the table's growth.",
+            &[
+                (labels(&[("bound", "lower")]), table.evictions_at_least),
+                (labels(&[("bound", "upper")]), table.evictions_at_most),
+            ],
+        )?;
         counters(
             e,
             "lb_ha_transitions",

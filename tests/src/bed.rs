@@ -478,7 +478,8 @@ pub fn tcp_request(target: SocketAddr, source: Option<SocketAddr>) -> Option<Str
     HeldConnection::start(stream)?.finish()
 }
 
-/// A TCP connection from a chosen source address and port.
+/// A TCP connection from a chosen source address and port, given up after
+/// 3 s like the others.
 fn connect_from(source: SocketAddr, target: SocketAddr) -> Option<TcpStream> {
     use std::os::fd::FromRawFd;
     let (domain, addr) = sockaddr(source);
@@ -500,6 +501,11 @@ fn connect_from(source: SocketAddr, target: SocketAddr) -> Option<TcpStream> {
             4,
         );
     }
+    // A blocking connect(2) waits as long as SO_SNDTIMEO (Linux), else for
+    // every SYN retry (about two minutes): bound it like `connect_timeout`.
+    stream
+        .set_write_timeout(Some(Duration::from_secs(3)))
+        .ok()?;
     // SAFETY: `addr` is a valid sockaddr of the length given.
     let rc = unsafe { libc::bind(fd, addr.as_ptr().cast(), u32::try_from(addr.len()).ok()?) };
     if rc != 0 {

@@ -978,9 +978,15 @@ impl<'a> Haproxy<'a> {
         std::fs::write(&file, config).expect("write haproxy.cfg");
         let log = topology.dir.file("haproxy.log");
         let mut process = spawn_logged(balancer, &log, "haproxy", &["-db", "-f", &file]);
-        std::thread::sleep(Duration::from_millis(200));
+        // Up once it accepts on the VIP (not after a guessed pause).
+        let vip = std::net::SocketAddr::from(SocketAddrV4::new(VIP_NAT, 80));
+        let up = wait_until(Duration::from_secs(10), || {
+            !process.running()
+                || balancer
+                    .run(move || TcpStream::connect_timeout(&vip, Duration::from_secs(1)).is_ok())
+        });
         assert!(
-            process.running(),
+            up && process.running(),
             "haproxy did not start: {}",
             std::fs::read_to_string(&log).unwrap_or_default()
         );

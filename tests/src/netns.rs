@@ -5,10 +5,15 @@
 
 use std::{
     fs::File,
+    io::Read,
     os::fd::AsRawFd,
     process::{Child, Command, Output, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU32, Ordering},
+    },
     thread,
+    time::Duration,
 };
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
@@ -98,7 +103,7 @@ impl Netns {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {program} in {}: {e}", self.name));
-        ChildGuard(Some(child))
+        ChildGuard::new(child)
     }
 
     /// Runs `f` on a thread that has joined this namespace, so std sockets
@@ -239,34 +244,129 @@ pub fn enslave(ns: &Netns, dev: &str, bridge: &str) {
     ns.ip(&["link", "set", dev, "master", bridge]);
 }
 
-/// A child process, killed and reaped on drop.
+/// A child process, killed and reaped on drop. Its stdout and stderr are
+/// read as it writes them (a pipe nobody reads fills at 64 KiB and blocks
+/// the writer: a chatty lb would stall on its own log).
 #[derive(Debug)]
-pub struct ChildGuard(Option<Child>);
+pub struct ChildGuard {
+    child: Option<Child>,
+    stdout: Drained,
+    stderr: Drained,
+}
+
+/// A pipe read to its end on a thread of its own, into a buffer.
+#[derive(Debug)]
+struct Drained {
+    text: Arc<Mutex<Vec<u8>>>,
+    reader: Option<thread::JoinHandle<()>>,
+}
+
+impl Drained {
+    fn new(pipe: Option<impl Read + Send + 'static>) -> Self {
+        let text = Arc::new(Mutex::new(Vec::new()));
+        let reader = pipe.map(|mut pipe| {
+            let text = Arc::clone(&text);
+            thread::spawn(move || {
+                let mut chunk = [0u8; 8192];
+                while let Ok(n) = pipe.read(&mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    text.lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .extend_from_slice(&chunk[..n]);
+                }
+            })
+        });
+        Self { text, reader }
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        self.text
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Everything, once the writer closed the pipe (waiting at most
+    /// `timeout`: a grandchild may hold it open).
+    fn finish(&mut self, timeout: Duration) -> Vec<u8> {
+        if let Some(reader) = self.reader.take()
+            && wait_until(timeout, || reader.is_finished())
+        {
+            let _ = reader.join();
+        }
+        self.snapshot()
+    }
+}
+
+/// How long [`ChildGuard::wait`] waits for the process to exit.
+pub const EXIT_TIMEOUT: Duration = Duration::from_mins(1);
 
 impl ChildGuard {
+    fn new(mut child: Child) -> Self {
+        let stdout = Drained::new(child.stdout.take());
+        let stderr = Drained::new(child.stderr.take());
+        Self {
+            child: Some(child),
+            stdout,
+            stderr,
+        }
+    }
+
     /// The process id.
     pub fn id(&self) -> u32 {
-        self.0.as_ref().map_or(0, Child::id)
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// Sends `signal` to the process (by its own pid only).
     pub fn signal(&self, signal: i32) {
-        if let Some(child) = &self.0 {
+        if let Some(child) = &self.child {
             let pid = i32::try_from(child.id()).expect("pid fits i32");
             // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
             unsafe { libc::kill(pid, signal) };
         }
     }
 
-    /// Waits for the process to end and returns its output.
+    /// What it has written to stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.snapshot()).into_owned()
+    }
+
+    /// What it has written to stdout so far.
+    pub fn stdout_so_far(&self) -> String {
+        String::from_utf8_lossy(&self.stdout.snapshot()).into_owned()
+    }
+
+    /// Waits for the process to end and returns its output. Panics (having
+    /// killed it) if it is still running after [`EXIT_TIMEOUT`].
     pub fn wait(mut self) -> Output {
-        let child = self.0.take().expect("child present until waited");
-        child.wait_with_output().expect("wait for child")
+        let mut child = self.child.take().expect("child present until waited");
+        let mut status = None;
+        let exited = wait_until(EXIT_TIMEOUT, || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        if !exited {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "process {} still running {EXIT_TIMEOUT:?} after it was waited for; \
+                 killed. Its stderr:\n{}",
+                child.id(),
+                self.stderr_so_far()
+            );
+        }
+        Output {
+            status: status.expect("exited"),
+            stdout: self.stdout.finish(Duration::from_secs(5)),
+            stderr: self.stderr.finish(Duration::from_secs(5)),
+        }
     }
 
     /// Whether it is still running.
     pub fn running(&mut self) -> bool {
-        self.0
+        self.child
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
@@ -274,7 +374,7 @@ impl ChildGuard {
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
+        if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }

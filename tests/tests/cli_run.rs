@@ -103,14 +103,31 @@ empty  udp 203.0.113.10:53  maglev / nat  active tier none: no usable backend
             socket.send_to(b"q", "203.0.113.10:53").unwrap();
         }
     });
-    std::thread::sleep(Duration::from_millis(200));
+    // Counted once the frames crossed the veth: poll, then check the count
+    // is exact.
+    let read_stats = || {
+        let output = bed.lb_command(&["stats", "--output", "json"]);
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap_or_default()
+    };
+    let counted = lb_tests::netns::wait_until(Duration::from_secs(5), || {
+        read_stats()["drops"]["drop_no_backend"].as_u64() >= Some(5)
+    });
+    assert!(counted, "5 datagrams not counted in 5 s: {}", read_stats());
     let counters = bed.lb_command(&["stats", "--output", "json"]);
     let counters: serde_json::Value = serde_json::from_slice(&counters.stdout).unwrap();
     assert_eq!(counters["drops"]["drop_no_backend"], 5, "{counters}");
+    // The connection table's fill and eviction estimate (no walk yet: the
+    // first is 10 s after the start).
+    let table = &counters["connection_table"];
+    assert_eq!(table["capacity"], 1_048_576, "{counters}");
+    assert!(table["evictions_at_least"].is_u64(), "{counters}");
+    assert!(table["evictions_at_most"].is_u64(), "{counters}");
     let human = bed.lb_command(&["stats"]);
     let human = String::from_utf8_lossy(&human.stdout);
     assert!(
-        human.contains("drop_no_backend") && human.contains("192.0.2.11:8080"),
+        human.contains("drop_no_backend")
+            && human.contains("192.0.2.11:8080")
+            && human.contains("connection table:"),
         "{human}"
     );
 
@@ -164,6 +181,14 @@ empty  udp 203.0.113.10:53  maglev / nat  active tier none: no usable backend
     assert_eq!(value(&first, "lb_ha_state", ("state", "standalone")), 1.0);
     assert_eq!(value(&first, "lb_map_entries", ("map", "SERVICES")), 2.0);
     assert_eq!(value(&first, "lb_map_capacity", ("map", "SERVICES")), 64.0);
+    assert_eq!(
+        value(
+            &first,
+            "lb_connection_table_evictions_estimated_total",
+            ("bound", "upper")
+        ),
+        0.0
+    );
     let checks = first
         .samples
         .iter()

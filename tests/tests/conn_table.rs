@@ -5,7 +5,11 @@
 
 use std::{net::Ipv4Addr, time::Instant};
 
-use lb_tests::{frames, testrun::Harness};
+use lb::conns::{Census, Evictions};
+use lb_tests::{
+    frames,
+    testrun::{Action, Harness, backend_mac},
+};
 
 const CONFIG: &str = "\
 instance: test
@@ -65,4 +69,115 @@ fn a_walk_counts_every_flow_per_backend() {
     let mut seen = 0;
     assert_eq!(table.for_each(|_, _| seen += 1).unwrap(), u64::from(flows));
     assert_eq!(seen, flows);
+}
+
+const TINY: &str = "\
+instance: test
+interfaces: [{ name: lb0 }]
+services:
+  - { name: pair4, vip: 203.0.113.40, port: 80, protocol: tcp, forwarding: dsr, backends: [{ address: 192.0.2.21 }, { address: 192.0.2.22 }] }
+dataplane: { ring_size: 1009, connection_table_size: 64 }
+";
+
+/// A walk of the table as the controller's reconciliation makes one: its
+/// key fingerprints and the flows scheduled by then.
+fn census(harness: &Harness) -> Census {
+    let table = harness.dataplane.conn_table().expect("CONNS");
+    let (_, keys) = table
+        .walk(lb::dataplane::monotonic_ns(), u64::MAX, u64::MAX)
+        .expect("reading CONNS");
+    Census::new(keys, harness.dataplane.scheduled_flows().expect("counters"))
+}
+
+/// A table of 64 entries flooded with 1,000 flows: every new flow is still
+/// forwarded, an established flow used all along keeps its entry (and
+/// backend), evicted flows are rescheduled, and the controller's estimate
+/// brackets the evictions the flood caused.
+#[test]
+fn a_flooded_table_serves_new_flows_and_estimates_its_evictions() {
+    let harness = Harness::new(TINY);
+    let vip = Ipv4Addr::new(203, 0, 113, 40);
+    let backends = [backend_mac(21), backend_mac(22)];
+    let scheduled = || {
+        harness
+            .dataplane
+            .service_traffic(harness.planner.planned()[0].value.id)
+            .expect("counters")
+    };
+    let forward = |frame: &[u8]| {
+        let outcome = harness.run(frame);
+        assert_eq!(outcome.action, Action::Redirect, "{frame:02x?}");
+        assert_eq!(
+            outcome.frame.len(),
+            frame.len(),
+            "dsr keeps the frame's size"
+        );
+        assert_eq!(outcome.frame[12..], frame[12..], "dsr keeps the packet");
+        let mac: [u8; 6] = outcome.frame[..6].try_into().unwrap();
+        assert!(backends.contains(&mac), "to a backend: {mac:02x?}");
+        mac
+    };
+
+    let kept = frames::tcp4(Ipv4Addr::new(198, 51, 100, 250), 5000, vip, 80);
+    let kept_backend = forward(&kept);
+    let mut evictions = Evictions::default();
+    let first = census(&harness);
+    let entries_first = first.entries();
+    evictions.record(first);
+    let flood = |n: u16| {
+        let client = Ipv4Addr::new(198, 51, 100, u8::try_from(n % 200).unwrap() + 1);
+        frames::tcp4(client, 1024 + n, vip, 80)
+    };
+    let flows: u16 = 1000;
+    let before = scheduled();
+    let mut bytes = 0;
+    for n in 0..flows {
+        let frame = flood(n);
+        forward(&frame);
+        bytes += frame.len() as u64;
+        if n % 10 == 9 {
+            let opened = scheduled().new_flows;
+            assert_eq!(forward(&kept), kept_backend, "after {n} flows");
+            bytes += kept.len() as u64;
+            assert_eq!(
+                scheduled().new_flows,
+                opened,
+                "the established flow was rescheduled after {n} new flows"
+            );
+        }
+        if n % 100 == 99 {
+            evictions.record(census(&harness));
+        }
+    }
+    let after = scheduled();
+    assert_eq!(after.new_flows - before.new_flows, u64::from(flows));
+    assert_eq!(after.bytes - before.bytes, bytes, "every byte forwarded");
+
+    let report = evictions.report(64);
+    let entries = report.entries.expect("walked");
+    println!("{report:?}");
+    assert!(entries <= 64, "{report:?}");
+    // Nothing was rescheduled in place, so the upper bound is exact: the
+    // flood's inserts minus what the table grew by.
+    assert_eq!(
+        report.evictions_at_most,
+        u64::from(flows) + entries_first - entries,
+        "{report:?}"
+    );
+    // Ten walks 100 flows apart, each after the table had turned over:
+    // most of the previous walk's entries were seen gone.
+    assert!(
+        report.evictions_at_least >= 9 * 32
+            && report.evictions_at_least <= report.evictions_at_most,
+        "{report:?}"
+    );
+
+    // The first flood flow was evicted long ago: it is scheduled afresh.
+    let opened = scheduled().new_flows;
+    forward(&flood(0));
+    assert_eq!(
+        scheduled().new_flows,
+        opened + 1,
+        "an evicted flow is rescheduled"
+    );
 }

@@ -8,7 +8,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -61,16 +61,34 @@ fn requests(bed: &Bed, n: u32) -> BTreeMap<String, u32> {
 /// One result of the steady client: when it started, who answered.
 type Sample = (Instant, Option<String>);
 
-fn steady_client(bed: &Bed, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<Sample>> {
+/// Requests until `stop`, counting them in `made` as they finish.
+fn steady_client(
+    bed: &Bed,
+    stop: Arc<AtomicBool>,
+    made: Arc<AtomicUsize>,
+) -> std::thread::JoinHandle<Vec<Sample>> {
     let target: SocketAddr = VIP.parse().unwrap();
     bed.client.spawn_thread(move || {
         let mut samples = Vec::new();
         while !stop.load(Ordering::Relaxed) && samples.len() < 50_000 {
             let at = Instant::now();
             samples.push((at, tcp_request(target, None)));
+            made.fetch_add(1, Ordering::Relaxed);
         }
         samples
     })
+}
+
+/// Waits until the steady client has made `more` requests beyond those
+/// counted now (each bounded by its connect timeout).
+fn wait_requests(made: &AtomicUsize, more: usize) {
+    let from = made.load(Ordering::Relaxed);
+    assert!(
+        wait_until(Duration::from_secs(30), || made.load(Ordering::Relaxed)
+            >= from + more),
+        "the steady client made {} of {more} requests in 30 s",
+        made.load(Ordering::Relaxed) - from
+    );
 }
 
 #[test]
@@ -96,14 +114,18 @@ fn a_failed_backend_leaves_and_returns_after_rise() {
     });
     assert_eq!(held.len(), 30);
     let stop = Arc::new(AtomicBool::new(false));
-    let client = steady_client(&bed, Arc::clone(&stop));
-    std::thread::sleep(Duration::from_millis(300));
+    let made = Arc::new(AtomicUsize::new(0));
+    let client = steady_client(&bed, Arc::clone(&stop), Arc::clone(&made));
+    wait_requests(&made, 20);
 
     let stopped = Instant::now();
     bed.stop_backend(12);
     assert!(wait_health(&bed, "b12", "down"), "b12 never marked down");
-    let detected = stopped.elapsed();
-    std::thread::sleep(Duration::from_secs(1));
+    // `lb status` showed it down: the tables were rewritten by then (under
+    // the same lock), so every request started from now on avoids it.
+    let seen_down = Instant::now();
+    let detected = seen_down - stopped;
+    wait_requests(&made, 100);
     stop.store(true, Ordering::Relaxed);
     let samples = client.join().unwrap();
 
@@ -120,8 +142,13 @@ fn a_failed_backend_leaves_and_returns_after_rise() {
         samples.len()
     );
     // After detection no new connection goes to b12, and none fails.
-    let settled = stopped + detected + Duration::from_millis(100);
-    for (at, result) in samples.iter().filter(|(at, _)| *at > settled) {
+    let after: Vec<&Sample> = samples.iter().filter(|(at, _)| *at > seen_down).collect();
+    assert!(
+        after.len() >= 100,
+        "{} requests after detection",
+        after.len()
+    );
+    for (at, result) in after {
         assert!(
             result.as_deref().is_some_and(|b| b != "b12"),
             "{result:?} at {:?}",
@@ -230,8 +257,15 @@ fn a_broken_reload_changes_nothing() {
     let path = bed.config.as_ref().unwrap().path().to_path_buf();
     let good = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, good.replace("port: 80\n", "port: eighty\n")).unwrap();
-    bed.lb_process.as_ref().unwrap().signal(libc::SIGHUP);
-    std::thread::sleep(Duration::from_millis(300));
+    let lb = bed.lb_process.as_ref().unwrap();
+    lb.signal(libc::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(10), || lb
+            .stderr_so_far()
+            .contains("reload refused")),
+        "no refused reload logged in 10 s: {}",
+        lb.stderr_so_far()
+    );
     let after = bed.lb_command(&["status", "--output", "json"]).stdout;
     let strip = |json: &[u8]| -> serde_json::Value {
         let mut value: serde_json::Value = serde_json::from_slice(json)

@@ -12,7 +12,7 @@ use std::{
     net::{SocketAddr, UdpSocket},
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -291,20 +291,35 @@ fn garbage_vrrp_and_an_ha_reload_change_nothing() {
     println!("garbage VRRP: {}", bed.ha(0));
 }
 
-/// Opens connections to the VIP until `stop`; (start time, answer).
+/// Opens connections to the VIP until `stop`, counting them in `made`;
+/// (start time, answer).
 fn steady_client(
     bed: &HaBed,
     vip: &str,
     stop: Arc<AtomicBool>,
+    made: Arc<AtomicUsize>,
 ) -> std::thread::JoinHandle<Vec<(Instant, Option<String>)>> {
     let target: SocketAddr = vip.parse().unwrap();
     bed.client.spawn_thread(move || {
         let mut samples = Vec::new();
         while !stop.load(Ordering::Relaxed) && samples.len() < 50_000 {
             samples.push((Instant::now(), tcp_request(target, None)));
+            made.fetch_add(1, Ordering::Relaxed);
         }
         samples
     })
+}
+
+/// Waits until the steady client has made `more` requests beyond those
+/// counted now (each bounded by its 3 s connect timeout).
+fn wait_requests(made: &AtomicUsize, more: usize) {
+    let from = made.load(Ordering::Relaxed);
+    assert!(
+        wait_until(Duration::from_mins(1), || made.load(Ordering::Relaxed)
+            >= from + more),
+        "the steady client made {} of {more} requests in 60 s",
+        made.load(Ordering::Relaxed) - from
+    );
 }
 
 /// Fails the master with `fail` while a client connects to `vip` and holds
@@ -328,8 +343,9 @@ fn takeover(tag: &str, unicast: bool, vip: &str, how: &str, fail: impl FnOnce(&m
     });
     assert_eq!(held.len(), 10, "connections through the master");
     let stop = Arc::new(AtomicBool::new(false));
-    let client = steady_client(&bed, vip, Arc::clone(&stop));
-    std::thread::sleep(Duration::from_millis(500));
+    let made = Arc::new(AtomicUsize::new(0));
+    let client = steady_client(&bed, vip, Arc::clone(&stop), Arc::clone(&made));
+    wait_requests(&made, 20);
 
     let failed_at = Instant::now();
     fail(&mut bed);
@@ -337,8 +353,9 @@ fn takeover(tag: &str, unicast: bool, vip: &str, how: &str, fail: impl FnOnce(&m
         wait_until(Duration::from_secs(10), || bed.ha_state(1) == "master"),
         "the backup never took over"
     );
-    let took_over = failed_at.elapsed();
-    std::thread::sleep(Duration::from_secs(1));
+    let seen_master = Instant::now();
+    let took_over = seen_master - failed_at;
+    wait_requests(&made, 100);
     stop.store(true, Ordering::Relaxed);
     let samples = client.join().unwrap();
     let failures: Vec<Duration> = samples
@@ -353,18 +370,28 @@ fn takeover(tag: &str, unicast: bool, vip: &str, how: &str, fail: impl FnOnce(&m
         failures.len(),
         samples.len()
     );
-    // Once the backup has taken over, nothing fails.
-    let settled = failed_at + took_over + Duration::from_millis(200);
+    // Once the backup has taken over and served its first connection (its
+    // neighbour announcements reached the client), nothing fails.
+    let settled = samples
+        .iter()
+        .find(|(at, r)| *at > seen_master && r.is_some())
+        .map(|(at, _)| *at)
+        .expect("no connection served after the takeover");
+    println!(
+        "{how}: first connection through the new master {:?} after it reported master",
+        settled - seen_master
+    );
+    let after: Vec<_> = samples.iter().filter(|(at, _)| *at > settled).collect();
     assert!(
-        samples
-            .iter()
-            .filter(|(at, _)| *at > settled)
-            .all(|(_, r)| r.is_some()),
-        "connections failed after the takeover"
+        after.len() >= 50,
+        "{} connections after the takeover",
+        after.len()
     );
     assert!(
-        samples.iter().any(|(at, r)| *at > settled && r.is_some()),
-        "no traffic after the takeover"
+        after.iter().all(|(_, r)| r.is_some()),
+        "connections failed after the takeover: {} of {}",
+        after.iter().filter(|(_, r)| r.is_none()).count(),
+        after.len()
     );
     // Established DSR flows continue through the new master.
     let finished = bed
@@ -536,10 +563,13 @@ fn keepalived_master_lb_backup() {
         keepalived.log()
     );
     bed.start(1);
-    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        wait_until(Duration::from_secs(10), || bed.ha(1)["peer"] == "192.0.2.1"),
+        "lb never heard keepalived: {}",
+        bed.ha(1)
+    );
     let ha = bed.ha(1);
     assert_eq!(ha["state"], "backup", "lb ignored keepalived: {ha}");
-    assert_eq!(ha["peer"], "192.0.2.1", "{ha}");
     assert!(!holds_floating_ip(&bed.balancers[1].ns));
 
     let stopped_at = Instant::now();

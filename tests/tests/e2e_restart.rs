@@ -7,12 +7,15 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
 
-use lb_tests::bed::{Bed, tcp_request};
+use lb_tests::{
+    bed::{Bed, tcp_request},
+    netns::wait_until,
+};
 
 fn config(tag: &str) -> String {
     format!(
@@ -28,7 +31,11 @@ fn config(tag: &str) -> String {
 
 /// Keeps opening connections to both VIPs until `stop`; returns (requests,
 /// failures). Bounded: at most 20,000 requests.
-fn steady_traffic(bed: &Bed, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u32, u32)> {
+fn steady_traffic(
+    bed: &Bed,
+    stop: Arc<AtomicBool>,
+    made: Arc<AtomicUsize>,
+) -> std::thread::JoinHandle<(u32, u32)> {
     bed.client.spawn_thread(move || {
         let targets: [SocketAddr; 2] = [
             "203.0.113.10:80".parse().unwrap(),
@@ -41,10 +48,23 @@ fn steady_traffic(bed: &Bed, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(
                 if tcp_request(target, None).is_none() {
                     failures += 1;
                 }
+                made.fetch_add(1, Ordering::Relaxed);
             }
         }
         (requests, failures)
     })
+}
+
+/// Waits until the traffic has made `more` requests beyond those counted
+/// now (each bounded by its 3 s connect timeout).
+fn wait_requests(made: &AtomicUsize, more: usize) {
+    let from = made.load(Ordering::Relaxed);
+    assert!(
+        wait_until(Duration::from_mins(1), || made.load(Ordering::Relaxed)
+            >= from + more),
+        "the traffic made {} of {more} requests in 60 s",
+        made.load(Ordering::Relaxed) - from
+    );
 }
 
 fn restart_keeps_forwarding(signal: i32, tag: &str) {
@@ -52,8 +72,9 @@ fn restart_keeps_forwarding(signal: i32, tag: &str) {
     let config = config(tag);
     bed.start_lb(&config);
     let stop = Arc::new(AtomicBool::new(false));
-    let traffic = steady_traffic(&bed, Arc::clone(&stop));
-    std::thread::sleep(Duration::from_millis(500));
+    let made = Arc::new(AtomicUsize::new(0));
+    let traffic = steady_traffic(&bed, Arc::clone(&stop), Arc::clone(&made));
+    wait_requests(&made, 50);
 
     let killed = Instant::now();
     let process = bed.lb_process.take().unwrap();
@@ -67,15 +88,15 @@ fn restart_keeps_forwarding(signal: i32, tag: &str) {
         "the data plane went with the controller"
     );
     // Traffic flows with no controller at all for a while...
-    std::thread::sleep(Duration::from_millis(700));
+    wait_requests(&made, 100);
     // ...and the next controller takes it over.
     bed.start_lb(&config);
     println!("{tag}: controller gone for {:?}", killed.elapsed());
-    std::thread::sleep(Duration::from_millis(700));
+    wait_requests(&made, 100);
     stop.store(true, Ordering::Relaxed);
     let (requests, failures) = traffic.join().unwrap();
     println!("{tag}: {requests} requests, {failures} failed");
-    assert!(requests > 100, "too little traffic to tell: {requests}");
+    assert!(requests >= 250, "too little traffic to tell: {requests}");
     assert_eq!(
         failures, 0,
         "{failures} of {requests} requests failed across the restart"
