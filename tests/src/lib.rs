@@ -20,6 +20,7 @@ pub mod frames;
 pub mod model;
 pub mod netns;
 pub mod report;
+pub mod tables;
 pub mod testrun;
 
 use std::path::PathBuf;
