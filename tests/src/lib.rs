@@ -17,6 +17,7 @@
 pub mod bed;
 pub mod endtoend;
 pub mod frames;
+pub mod fuzz;
 pub mod model;
 pub mod netns;
 pub mod report;
