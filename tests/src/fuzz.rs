@@ -155,6 +155,9 @@ pub fn hex(bytes: &[u8]) -> String {
     })
 }
 
+/// How often a timed run prints its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
 /// How long each target runs.
 #[derive(Clone, Copy, Debug)]
 enum Budget {
@@ -197,6 +200,7 @@ pub fn fuzz(
     // The slowest case and its length: what to look at when a target slows
     // down (a parser that is quadratic somewhere).
     let slowest = std::cell::Cell::new((Duration::ZERO, 0));
+    let mut last_report = Instant::now();
     loop {
         let batch = match budget {
             Budget::Cases(total) => {
@@ -239,7 +243,8 @@ pub fn fuzz(
             Err(TestError::Abort(reason)) => panic!("fuzz {target}: aborted: {reason}"),
         }
         done += u64::from(batch);
-        if matches!(budget, Budget::Time(_)) {
+        if matches!(budget, Budget::Time(_)) && last_report.elapsed() >= PROGRESS_EVERY {
+            last_report = Instant::now();
             println!("fuzz {target}: {done} cases, {:.0?}", started.elapsed());
         }
     }
