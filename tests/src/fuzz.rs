@@ -190,8 +190,17 @@ pub fn fuzz(
     let started = Instant::now();
     let seeds = corpus(target);
     for (name, seed) in &seeds {
-        if let Err(problem) = check(seed) {
-            panic!("fuzz {target}: seed {name}: {problem}");
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(seed))) {
+            Ok(Ok(())) => {}
+            Ok(Err(problem)) => panic!("fuzz {target}: seed {name}: {problem}"),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("(no message)");
+                panic!("fuzz {target}: seed {name} panicked: {message}");
+            }
         }
     }
     let strategy = inputs(seeds.iter().map(|(_, s)| s.clone()).collect(), dictionary);
@@ -255,4 +264,29 @@ pub fn fuzz(
         seeds.len(),
         started.elapsed()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[should_panic(expected = "keep it as a regression seed")]
+    fn a_panicking_parser_is_caught_and_its_input_printed() {
+        // The seeds are shorter; mutations soon make longer inputs.
+        fuzz("health_udp", &[], 2_000, |bytes| {
+            assert!(bytes.len() <= 60, "a parser that cannot take 61 bytes");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn mutations_stay_within_the_input_limit() {
+        let seeds = vec![b"abc".to_vec()];
+        let mut input = seeds[0].clone();
+        for _ in 0..100 {
+            apply(&mut input, &Mutation::Repeat(0, 64, 4095), &seeds, &[]);
+        }
+        assert_eq!(input.len(), MAX_INPUT);
+    }
 }
