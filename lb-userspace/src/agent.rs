@@ -159,14 +159,36 @@ pub fn query(address: SocketAddr, secret: Option<&str>) -> anyhow::Result<f64> {
         stream,
         "GET /load HTTP/1.1\r\nHost: lb-agent\r\n{authorization}Connection: close\r\n\r\n"
     )?;
-    let mut response = String::new();
-    stream.take(64 * 1024).read_to_string(&mut response)?;
+    let mut response = Vec::new();
+    stream
+        .take(ANSWER_LIMIT as u64)
+        .read_to_end(&mut response)?;
+    parse_answer(&response)
+}
+
+/// The longest answer [`query`] reads.
+pub const ANSWER_LIMIT: usize = 64 * 1024;
+
+/// The load in an agent's answer (status line, headers, blank line, JSON
+/// body `{"load": L}`): a finite number, 0 or more. Anything else is an
+/// error saying what was wrong.
+pub fn parse_answer(response: &[u8]) -> anyhow::Result<f64> {
+    let response = std::str::from_utf8(response).context("answer is not UTF-8")?;
     let (head, body) = response
         .split_once("\r\n\r\n")
         .context("malformed answer")?;
-    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "agent answered {head:?}");
+    anyhow::ensure!(
+        head.starts_with("HTTP/1.1 200"),
+        "agent answered {:?}",
+        head.lines().next().unwrap_or_default()
+    );
     let value: serde_json::Value = serde_json::from_str(body).context("answer is not JSON")?;
-    value["load"].as_f64().context("no load in the answer")
+    let load = value["load"].as_f64().context("no load in the answer")?;
+    anyhow::ensure!(
+        load.is_finite() && load >= 0.0,
+        "load {load} is not a number of 0 or more"
+    );
+    Ok(load)
 }
 
 #[cfg(test)]
@@ -228,6 +250,23 @@ mod tests {
                 }
                 other => return other,
             }
+        }
+    }
+
+    #[test]
+    fn answers_parse_to_their_load_and_garbage_to_an_error() {
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\n{\"load\": 0.5}";
+        assert!((parse_answer(ok).unwrap() - 0.5).abs() < f64::EPSILON);
+        for (answer, error) in [
+            (&b"HTTP/1.1 200 OK\r\n\r\n{\"load\": -1}"[..], "0 or more"),
+            (b"HTTP/1.1 404 Not Found\r\n\r\n{}", "agent answered"),
+            (b"HTTP/1.1 200 OK\r\n\r\n{\"load\": \"x\"}", "no load"),
+            (b"HTTP/1.1 200 OK\r\n\r\nload", "not JSON"),
+            (b"\xff\xfe", "not UTF-8"),
+            (b"HTTP/1.1 200 OK", "malformed"),
+        ] {
+            let message = format!("{:#}", parse_answer(answer).unwrap_err());
+            assert!(message.contains(error), "{message}");
         }
     }
 

@@ -506,6 +506,21 @@ impl HttpExpectation<'_> {
     }
 }
 
+/// The verdict of an HTTP check that wants `status` (and `body` somewhere in
+/// the body, if set) on the response bytes read so far, or `None` while more
+/// are needed; `complete` once the server closed the connection. Fed a read
+/// at a time, it decides before the response passes 16 KiB of status line
+/// and headers, one read, and 64 KiB of body, so a probe's buffer stays
+/// bounded. The probe's own parser, public for the fuzz tests.
+pub fn judge_http_response(
+    response: &[u8],
+    complete: bool,
+    status: u16,
+    body: Option<&str>,
+) -> Option<Result<(), String>> {
+    HttpExpectation { status, body }.judge(response, complete)
+}
+
 /// The `Content-Length` among raw header lines, if present and valid.
 fn content_length(headers: &[u8]) -> Option<usize> {
     String::from_utf8_lossy(headers)
@@ -555,17 +570,20 @@ fn probe_udp(
             .set_read_timeout(Some(budget.remaining()?))
             .map_err(|e| budget.describe(&e))?;
         match socket.recv(&mut reply) {
-            Ok(n) => {
-                return match check.expect.as_deref() {
-                    Some(expected) if find(&reply[..n], expected.as_bytes()).is_none() => {
-                        Err(format!("reply lacks {expected:?}"))
-                    }
-                    _ => Ok("ok"),
-                };
-            }
+            Ok(n) => return judge_udp_reply(&reply[..n], check.expect.as_deref()).map(|()| "ok"),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(budget.describe(&e)),
         }
+    }
+}
+
+/// The verdict on a UDP check's reply: it must contain `expect`, if set.
+pub fn judge_udp_reply(reply: &[u8], expect: Option<&str>) -> Result<(), String> {
+    match expect {
+        Some(expected) if find(reply, expected.as_bytes()).is_none() => {
+            Err(format!("reply lacks {expected:?}"))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -17,9 +17,11 @@
 pub mod bed;
 pub mod endtoend;
 pub mod frames;
+pub mod fuzz;
 pub mod model;
 pub mod netns;
 pub mod report;
+pub mod tables;
 pub mod testrun;
 
 use std::path::PathBuf;

@@ -1,12 +1,14 @@
 //! A userspace reference model of `lb_balancer`: what the program should do
 //! with one frame of a *fresh* flow (no connection-table entry), derived from
-//! the configuration and the planner's tables — never from the program's code.
+//! the configuration alone — never from the program's code nor from the
+//! planner's tables.
 //!
 //! Frames are read with etherparse, an implementation of the wire formats
-//! independent of the program's parser. The flow hash is the shared one from
-//! `lb_common::hash`, so model and program agree on Maglev slots by
-//! construction; everything else (what is well formed, what is ours, which
-//! service, which backend) is decided here from DESIGN.md §2:
+//! independent of the program's parser. The flow hash, the serving tier and
+//! the Maglev table are computed here ([`crate::tables`]) from their
+//! specifications, so a planner or hash that drifts from the contract shows
+//! up as a disagreement; everything else (what is well formed, what is ours,
+//! which service, which backend) is decided here from DESIGN.md §2:
 //!
 //! - non-IP frames, unicast frames for another MAC and packets not addressed
 //!   to a service pass untouched;
@@ -40,17 +42,12 @@ use etherparse::{
     EtherType, Ethernet2HeaderSlice, IpNumber, Ipv4HeaderSlice, Ipv6HeaderSlice,
     SingleVlanHeaderSlice, TcpHeaderSlice, UdpHeaderSlice,
 };
-use lb::{
-    config::{Config, Forwarding, Scheduler, Service},
-    plan::{Planner, map_addr},
-};
-use lb_common::{
-    Endpoint, NO_BACKEND,
-    hash::{flow_hash, source_hash},
-    maps::BACKEND_USABLE,
-};
+use lb::config::{Config, Forwarding, Scheduler, Service};
 
-use crate::testrun::{Harness, LB_MAC};
+use crate::{
+    tables::{self, MaglevBackend},
+    testrun::{Harness, LB_MAC},
+};
 
 /// The IPv4 clients of the test bed (routed via its router).
 pub const CLIENT_NET_V4: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 51, 100, 0), 24);
@@ -264,28 +261,52 @@ enum Transport {
     Unknown(&'static str),
 }
 
-/// The reference model for one planned configuration.
+/// The reference model for one configuration, all backends up.
 #[derive(Debug)]
 pub struct Model<'a> {
-    planner: &'a Planner,
     config: &'a Config,
     own_mac: [u8; 6],
+    /// Per service (in configuration order), the model's own Maglev table
+    /// of backend indices; empty for round robin.
+    tables: Vec<Vec<Option<usize>>>,
 }
 
 impl<'a> Model<'a> {
-    /// A model of the program as `planner` filled its maps from `config`,
+    /// A model of the program as it runs `config` with every backend up,
     /// on an interface whose MAC is `own_mac`.
-    pub fn new(planner: &'a Planner, config: &'a Config, own_mac: [u8; 6]) -> Self {
+    pub fn new(config: &'a Config, own_mac: [u8; 6]) -> Self {
+        let ring_size = config.dataplane.ring_size as usize;
+        let tables = config
+            .services
+            .iter()
+            .map(|service| {
+                if service.scheduler == Scheduler::RoundRobin {
+                    return Vec::new();
+                }
+                let backends: Vec<MaglevBackend> = service
+                    .backends
+                    .iter()
+                    .zip(serving_weights(service))
+                    .enumerate()
+                    .map(|(index, (backend, weight))| MaglevBackend {
+                        index,
+                        identity: format!("{}:{}", backend.address, backend.port_for(service)),
+                        weight,
+                    })
+                    .collect();
+                tables::maglev(&backends, ring_size)
+            })
+            .collect();
         Self {
-            planner,
             config,
             own_mac,
+            tables,
         }
     }
 
     /// The model of a harness's balancer.
     pub fn of(harness: &'a Harness) -> Self {
-        Self::new(&harness.planner, &harness.config, LB_MAC)
+        Self::new(&harness.config, LB_MAC)
     }
 
     /// What the program should do with `frame`, for a flow it has not seen.
@@ -471,55 +492,51 @@ impl<'a> Model<'a> {
 
     /// The backend `service`'s scheduler picks for a new flow.
     fn schedule(&self, service: &Service, view: &IpView, sport: u16, dport: u16) -> Prediction {
-        let src = map_addr(view.src);
         let hash = match service.scheduler {
             Scheduler::Maglev | Scheduler::LeastConn | Scheduler::Resource => {
-                flow_hash(&src, &map_addr(view.dst), sport, dport, view.proto.0)
+                tables::flow_hash(view.src, view.dst, sport, dport, view.proto.0)
             }
-            Scheduler::IpHash => source_hash(&src),
+            Scheduler::IpHash => tables::source_hash(view.src),
             Scheduler::RoundRobin => return Prediction::Unknown("round robin"),
         };
-        let key = Endpoint::new(
-            map_addr(service.vip),
-            service.port,
-            service.protocol.number(),
-        );
-        let table = self
-            .planner
-            .live_table(&key)
-            .expect("every configured service has a planned table");
-        let ring_size = self.config.dataplane.ring_size;
-        assert_eq!(
-            table.len(),
-            ring_size as usize,
-            "a hashing table fills the ring"
-        );
-        let id = table[(hash % ring_size) as usize];
-        if id == NO_BACKEND {
+        let position = self
+            .config
+            .services
+            .iter()
+            .position(|s| std::ptr::eq(s, service))
+            .expect("services come from the model's configuration");
+        let table = &self.tables[position];
+        let Some(index) = table[hash as usize % table.len()] else {
             return Prediction::Drop;
-        }
-        let backend = self
-            .planner
-            .backend(id)
-            .expect("tables name planned backends");
-        if backend.flags & BACKEND_USABLE == 0 {
-            return Prediction::Drop;
-        }
+        };
+        let backend = &service.backends[index];
         Prediction::Forward {
-            backend_addr: ip_of_map_addr(backend.addr, service.vip.is_ipv4()),
-            backend_port: backend.port,
+            backend_addr: backend.address,
+            backend_port: backend.port_for(service),
             forwarding: service.forwarding,
         }
     }
 }
 
-/// The address of a map-form address, of the family given.
-fn ip_of_map_addr(addr: lb_common::Addr, v4: bool) -> IpAddr {
-    if v4 {
-        IpAddr::from([addr[12], addr[13], addr[14], addr[15]])
-    } else {
-        IpAddr::from(addr)
+/// Each backend's weight in the table with every backend up: its configured
+/// weight if it is in the serving tier, else 0. The serving tier is the
+/// lowest with at least `min_healthy` weighted backends, else the lowest
+/// with any (DESIGN.md §5, `tier` and `min_healthy`).
+fn serving_weights(service: &Service) -> Vec<u32> {
+    let mut weighted_per_tier = std::collections::BTreeMap::<u8, u32>::new();
+    for backend in service.backends.iter().filter(|b| b.weight > 0) {
+        *weighted_per_tier.entry(backend.tier).or_default() += 1;
     }
+    let serving = weighted_per_tier
+        .iter()
+        .find(|&(_, &count)| count >= service.min_healthy)
+        .or_else(|| weighted_per_tier.iter().next())
+        .map(|(&tier, _)| tier);
+    service
+        .backends
+        .iter()
+        .map(|b| if Some(b.tier) == serving { b.weight } else { 0 })
+        .collect()
 }
 
 /// Whether `addr` is in the test bed's client prefixes.

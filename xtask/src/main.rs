@@ -1,5 +1,5 @@
 //! `cargo xtask`: everything a newcomer needs, from a fresh Debian/Ubuntu
-//! machine to a tested build. `build`, `test`, `demo` and `bench` run `setup`
+//! machine to a tested build. `build`, `test`, `demo`, `bench` and `fuzz` run `setup`
 //! first, so nobody has to remember it.
 
 mod setup;
@@ -40,6 +40,16 @@ enum Task {
     Demo,
     /// Run the benchmarks.
     Bench,
+    /// Fuzz every parser of untrusted input (configuration, VRRP, health
+    /// replies, agent protocol) for longer than `cargo test` does, from the
+    /// seeds in fuzz/corpus/.
+    Fuzz {
+        /// Seconds per target (six targets).
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only the targets whose test name contains this (e.g. `config`).
+        filter: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -52,6 +62,9 @@ fn main() -> ExitCode {
         Task::Lint => setup::run().and_then(|tools| lint(&tools)),
         Task::Demo => setup::run().and_then(|tools| demo(&tools)),
         Task::Bench => setup::run().and_then(|tools| bench(&tools)),
+        Task::Fuzz { seconds, filter } => {
+            setup::run().and_then(|tools| fuzz(&tools, seconds, filter.as_deref()))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -301,4 +314,33 @@ fn bench(tools: &setup::Tools) -> anyhow::Result<()> {
     );
     println!("    report: results/<UTC date-time>.{{json,md,png}}");
     run(cargo().args(["bench", "--package", "lb-tests", "--bench", "dataplane"]))
+}
+
+/// Runs the fuzz tests (tests/tests/fuzz.rs) with a time budget per target,
+/// in a release build (many more cases per second). They print their
+/// progress and the number of cases run.
+fn fuzz(tools: &setup::Tools, seconds: u64, filter: Option<&str>) -> anyhow::Result<()> {
+    if seconds == 0 {
+        bail!("--seconds must be at least 1");
+    }
+    build_ebpf(tools)?;
+    step(&format!(
+        "fuzzing for {seconds} s per target (corpus: fuzz/corpus/<target>/)"
+    ));
+    let mut command = cargo();
+    command
+        .env("LB_FUZZ_SECONDS", seconds.to_string())
+        .args([
+            "test",
+            "--release",
+            "--package",
+            "lb-tests",
+            "--test",
+            "fuzz",
+        ])
+        .args(["--", "--nocapture", "--test-threads", "1"]);
+    if let Some(filter) = filter {
+        command.arg(filter);
+    }
+    run(&mut command)
 }

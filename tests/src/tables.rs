@@ -1,0 +1,206 @@
+//! The reference model's own scheduling tables and flow hash, written from
+//! their specifications and never calling the code under test
+//! (`lb::maglev`, `lb::plan`, `lb_common::hash`): if either side drifts from
+//! the contract, the model and the kernel disagree and the model test fails.
+//!
+//! The contract these follow (DESIGN.md §2, and the doc comments of
+//! `lb::maglev` that pin it):
+//!
+//! - Maglev (Eisenbud et al., NSDI 2016, §3.4, "Algorithm 1"): table size
+//!   `M` prime; a backend's identity is the text `"address:port"`; its
+//!   preference list is `(offset + j * skip) mod M` with
+//!   `offset = h(SEED_OFFSET, identity) mod M` and
+//!   `skip = h(SEED_SKIP, identity) mod (M - 1) + 1`, where
+//!   `h(seed, bytes) = fmix64(FNV-1a-64(seed as 8 little-endian bytes ++ bytes))`.
+//!   Backends, sorted by identity bytes, take turns; weights are Katran's:
+//!   each turn a backend adds its weight to a credit and claims its next
+//!   free preferred slot when the credit reaches the largest weight (paying
+//!   that weight back).
+//! - Round robin is not modelled: which backend a new flow gets depends on
+//!   the program's per-CPU position, not on the configuration alone.
+//! - Flow hash: `MurmurHash3`'s 32-bit block mixing over the little-endian
+//!   words of source, destination, `sport << 16 | dport` and protocol, seed
+//!   "lblb", finalised with length 37; the source hash mixes the source
+//!   only and finalises with length 16.
+
+/// Slot value of the reference table for "no backend".
+pub const EMPTY: Option<usize> = None;
+
+/// FNV-1a 64-bit (Fowler, Noll, Vo), byte by byte.
+fn fnv1a_64(mut state: u64, bytes: &[u8]) -> u64 {
+    for byte in bytes {
+        state ^= u64::from(*byte);
+        state = state.wrapping_mul(0x0100_0000_01b3);
+    }
+    state
+}
+
+/// `MurmurHash3`'s 64-bit finaliser (`fmix64`).
+fn fmix64(mut k: u64) -> u64 {
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    k ^ (k >> 33)
+}
+
+/// The seeded identity hash of the Maglev contract.
+fn identity_hash(seed: [u8; 8], identity: &[u8]) -> u64 {
+    let basis = 0xcbf2_9ce4_8422_2325;
+    // The seeds are the ASCII texts themselves, read as little-endian u64s
+    // by lb: the bytes fed to FNV are the text reversed.
+    let mut seed_bytes = seed;
+    seed_bytes.reverse();
+    fmix64(fnv1a_64(fnv1a_64(basis, &seed_bytes), identity))
+}
+
+/// One backend as the Maglev table sees it.
+#[derive(Clone, Debug)]
+pub struct MaglevBackend {
+    /// What the table holds for it (an index chosen by the caller).
+    pub index: usize,
+    /// `"address:port"`.
+    pub identity: String,
+    /// Weight; 0 gets no slot.
+    pub weight: u32,
+}
+
+/// The Maglev lookup table of prime size `m`: per slot, the `index` of the
+/// backend that owns it, or [`EMPTY`] when no backend has a weight.
+pub fn maglev(backends: &[MaglevBackend], m: usize) -> Vec<Option<usize>> {
+    let mut backends: Vec<&MaglevBackend> = backends.iter().filter(|b| b.weight > 0).collect();
+    backends.sort_by(|a, b| a.identity.as_bytes().cmp(b.identity.as_bytes()));
+    let mut table = vec![EMPTY; m];
+    if backends.is_empty() {
+        return table;
+    }
+    let m64 = m as u64;
+    // The permutation of the paper, one row per backend.
+    let permutation: Vec<Vec<usize>> = backends
+        .iter()
+        .map(|b| {
+            let offset = identity_hash(*b"maglev-o", b.identity.as_bytes()) % m64;
+            let skip = identity_hash(*b"maglev-s", b.identity.as_bytes()) % (m64 - 1) + 1;
+            (0..m64)
+                .map(|j| usize::try_from((offset + j * skip) % m64).expect("slot < m"))
+                .collect()
+        })
+        .collect();
+    let max_weight = backends.iter().map(|b| b.weight).max().expect("non-empty");
+    let mut next = vec![0; backends.len()];
+    let mut credit = vec![0u32; backends.len()];
+    let mut filled = 0;
+    'rounds: loop {
+        for i in 0..backends.len() {
+            credit[i] += backends[i].weight;
+            if credit[i] < max_weight {
+                continue;
+            }
+            credit[i] -= max_weight;
+            let mut slot = permutation[i][next[i]];
+            while table[slot].is_some() {
+                next[i] += 1;
+                slot = permutation[i][next[i]];
+            }
+            table[slot] = Some(backends[i].index);
+            next[i] += 1;
+            filled += 1;
+            if filled == m {
+                break 'rounds;
+            }
+        }
+    }
+    table
+}
+
+/// `MurmurHash3` x86-32 block step.
+fn murmur_block(hash: u32, word: u32) -> u32 {
+    let k = word
+        .wrapping_mul(0xcc9e_2d51)
+        .rotate_left(15)
+        .wrapping_mul(0x1b87_3593);
+    (hash ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
+}
+
+/// `MurmurHash3` x86-32 finalisation.
+fn murmur_final(hash: u32, len: u32) -> u32 {
+    let mut h = hash ^ len;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// The flow hash's seed, "lblb".
+const HASH_SEED: u32 = u32::from_be_bytes(*b"lblb");
+
+/// The 16-byte map form of an address (IPv4 as `::ffff:a.b.c.d`).
+fn sixteen(addr: std::net::IpAddr) -> [u8; 16] {
+    match addr {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        std::net::IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+fn mix_address(mut hash: u32, addr: std::net::IpAddr) -> u32 {
+    for word in sixteen(addr).chunks_exact(4) {
+        hash = murmur_block(hash, u32::from_le_bytes(word.try_into().expect("4 bytes")));
+    }
+    hash
+}
+
+/// The flow hash of a 5-tuple (`maglev`, `least-conn`, `resource`).
+pub fn flow_hash(
+    src: std::net::IpAddr,
+    dst: std::net::IpAddr,
+    sport: u16,
+    dport: u16,
+    proto: u8,
+) -> u32 {
+    let mut hash = mix_address(mix_address(HASH_SEED, src), dst);
+    hash = murmur_block(hash, (u32::from(sport) << 16) | u32::from(dport));
+    hash = murmur_block(hash, u32::from(proto));
+    murmur_final(hash, 37)
+}
+
+/// The source-address hash (`ip-hash`).
+pub fn source_hash(src: std::net::IpAddr) -> u32 {
+    murmur_final(mix_address(HASH_SEED, src), 16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv1a_64_matches_the_published_vectors() {
+        let basis = 0xcbf2_9ce4_8422_2325;
+        assert_eq!(fnv1a_64(basis, b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a_64(basis, b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a_64(basis, b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn maglev_fills_every_slot_in_proportion() {
+        let backends = [
+            MaglevBackend {
+                index: 0,
+                identity: "192.0.2.11:80".into(),
+                weight: 100,
+            },
+            MaglevBackend {
+                index: 1,
+                identity: "192.0.2.12:80".into(),
+                weight: 300,
+            },
+        ];
+        let table = maglev(&backends, 1009);
+        let ones = table.iter().filter(|s| **s == Some(1)).count();
+        assert!(table.iter().all(Option::is_some));
+        assert!((750..765).contains(&ones), "{ones}");
+    }
+}

@@ -1,0 +1,328 @@
+//! Fuzz targets for every parser of untrusted bytes (`lb_tests::fuzz`): the
+//! configuration, VRRP advertisements, health-check replies (HTTP and UDP)
+//! and both sides of the agent protocol. On any input: no panic, no
+//! unbounded buffering, and garbage gets an error that says something.
+//!
+//! `cargo test` runs a bounded number of cases per target (about 30 s in
+//! all in a debug build); `cargo xtask fuzz --seconds N` runs each for N
+//! seconds. Seeds live in `fuzz/corpus/<target>/`; a failure prints the
+//! input to add there.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use lb::{agent, config::Config, dynamic, health, plan::Planner, vrrp};
+use lb_tests::fuzz::fuzz;
+
+/// An error message an operator can act on: not empty.
+fn says_something(message: &str) -> Result<(), String> {
+    if message.trim().is_empty() {
+        Err("an empty error message".into())
+    } else {
+        Ok(())
+    }
+}
+
+const YAML_TOKENS: &[&[u8]] = &[
+    b"\n",
+    b"\n  ",
+    b"\n    - ",
+    b": ",
+    b"- ",
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b", ",
+    b"'",
+    b"\"",
+    b"&a ",
+    b"*a",
+    b"<<: *a",
+    b"!!str ",
+    b"!!binary ",
+    b"~",
+    b"null",
+    b"true",
+    b"0x10",
+    b"-1",
+    b"4294967296",
+    b"99999999999999999999",
+    b"1e400",
+    b".nan",
+    b"0.0.0.0",
+    b"::",
+    b"2001:db8::1",
+    b"203.0.113.1",
+    b"services:",
+    b"backends:",
+    b"vip: ",
+    b"port: ",
+    b"weight: ",
+    b"tier: ",
+    b"protocol: ",
+    b"scheduler: ",
+    b"forwarding: ",
+    b"ha:",
+    b"health_check:",
+    b"dataplane:",
+    b"interfaces:",
+    b"ring_size: ",
+    b"interval: ",
+    b"timeout: ",
+    b"kind: ",
+    b"expect_status: ",
+    b"vrid: ",
+    b"priority: ",
+    b"advert_interval: ",
+    b"unicast_peers: ",
+    b"control:",
+    b"guard:",
+    b"instance: ",
+    b"1ms",
+    b"0s",
+    b"9999999h",
+];
+
+/// Configuration text: parsed and validated, and a configuration that passes
+/// is planned (when its ring is small enough to plan quickly).
+#[test]
+fn fuzz_config() {
+    fuzz("config", YAML_TOKENS, 1_000, |bytes| {
+        let text = String::from_utf8_lossy(bytes);
+        match Config::parse(&text) {
+            Err(error) => says_something(&error.to_string()),
+            Ok(config) => {
+                let sizes = &config.dataplane;
+                if sizes.ring_size <= 65_537 && sizes.max_backends <= 4096 {
+                    let mut planner =
+                        Planner::new(sizes.ring_size, sizes.max_services, sizes.max_backends);
+                    if let Err(error) = planner.plan(&config, &BTreeMap::new()) {
+                        says_something(&error.to_string())?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    });
+}
+
+/// The checksum a VRRP payload needs from `src` to `dst` (RFC 5798 §5.2.8;
+/// the IPv4 pseudo-header for IPv4), computed here, not by lb.
+fn vrrp_checksummed(payload: &[u8], src: IpAddr, dst: IpAddr) -> Vec<u8> {
+    let mut out = payload.to_vec();
+    if out.len() < 8 {
+        return out;
+    }
+    out[6] = 0;
+    out[7] = 0;
+    let mut pseudo = Vec::new();
+    let len = u32::try_from(out.len()).expect("small");
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            pseudo.extend_from_slice(&s.octets());
+            pseudo.extend_from_slice(&d.octets());
+            pseudo.extend_from_slice(&[0, 112]);
+            pseudo.extend_from_slice(&u16::try_from(len).unwrap_or(u16::MAX).to_be_bytes());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            pseudo.extend_from_slice(&s.octets());
+            pseudo.extend_from_slice(&d.octets());
+            pseudo.extend_from_slice(&len.to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, 112]);
+        }
+        _ => return out,
+    }
+    pseudo.extend_from_slice(&out);
+    let mut sum: u64 = pseudo
+        .chunks(2)
+        .map(|pair| u64::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let sum = !u16::try_from(sum).expect("folded");
+    out[6..8].copy_from_slice(&sum.to_be_bytes());
+    out
+}
+
+/// A VRRP payload: rejected with a reason, or decoded into an advertisement
+/// that encodes back to one that decodes the same.
+fn vrrp_round_trip(payload: &[u8], src: IpAddr, dst: IpAddr) -> Result<(), String> {
+    let advert = match vrrp::parse(payload, src, dst) {
+        Err(error) => return says_something(&error.to_string()),
+        Ok(advert) => advert,
+    };
+    let bytes = vrrp::emit(&advert, src, dst)
+        .map_err(|e| format!("parsed {advert:?} but cannot emit it: {e}"))?;
+    let again = vrrp::parse(&bytes, src, dst)
+        .map_err(|e| format!("emitted {advert:?} does not parse: {e}"))?;
+    if again == advert {
+        Ok(())
+    } else {
+        Err(format!("{advert:?} came back as {again:?}"))
+    }
+}
+
+/// VRRP advertisements, as received (bad checksums mostly) and with the
+/// checksum made right so the fields past it are reached.
+#[test]
+fn fuzz_vrrp() {
+    let v4 = (
+        IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)),
+        IpAddr::V4(vrrp::MULTICAST_V4),
+    );
+    let v6 = (
+        IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2)),
+        IpAddr::V6(vrrp::MULTICAST_V6),
+    );
+    fuzz("vrrp", &[], 5_000, |bytes| {
+        for (src, dst) in [v4, v6] {
+            vrrp_round_trip(bytes, src, dst)?;
+            vrrp_round_trip(&vrrp_checksummed(bytes, src, dst), src, dst)?;
+        }
+        vrrp_round_trip(bytes, v4.0, v6.1)?;
+        for family in [vrrp::Family::V4, vrrp::Family::V6] {
+            if let Ok(packet) = vrrp::Packet::new_checked(bytes, family) {
+                let _ = (packet.vrid(), packet.priority(), packet.checksum());
+                let _ = (
+                    packet.max_advert_interval(),
+                    packet.version(),
+                    packet.kind(),
+                );
+                let count = packet.addresses().count();
+                if count != usize::from(packet.count()) {
+                    return Err(format!(
+                        "{count} addresses for a count of {}",
+                        packet.count()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    });
+}
+
+const HTTP_TOKENS: &[&[u8]] = &[
+    b"\r\n",
+    b"\r\n\r\n",
+    b"HTTP/1.1 ",
+    b"HTTP/1.0 ",
+    b"200",
+    b"500",
+    b"Content-Length: ",
+    b"content-length:",
+    b"Transfer-Encoding: chunked",
+    b"0",
+    b"18446744073709551616",
+    b"healthy",
+    b" ",
+    b"\n",
+    b":",
+];
+
+/// Reads at most this much per call, as the prober does.
+const READ_SIZE: usize = 4096;
+/// The prober's limits: status line and headers, then body.
+const HEAD_LIMIT: usize = 16 * 1024;
+const BODY_LIMIT: usize = 64 * 1024;
+
+/// An HTTP check's reply, fed to the prober's judge the way reads deliver
+/// it (in pieces of varying size, never more than one read at a time): a
+/// verdict must come before the buffer outgrows the prober's limits, and a
+/// complete reply always gets one.
+#[test]
+fn fuzz_health_http() {
+    fuzz("health_http", HTTP_TOKENS, 2_000, |bytes| {
+        let sizes = [1, 7, READ_SIZE, 100, 2, READ_SIZE, 13];
+        for (status, body) in [(200, None), (200, Some("healthy")), (204, Some(""))] {
+            let mut end = 0;
+            for size in sizes.iter().cycle() {
+                end = (end + size).min(bytes.len());
+                let complete = end == bytes.len();
+                match health::judge_http_response(&bytes[..end], complete, status, body) {
+                    Some(Ok(())) => break,
+                    Some(Err(reason)) => {
+                        says_something(&reason)?;
+                        break;
+                    }
+                    None if complete => {
+                        return Err("no verdict on a complete reply".into());
+                    }
+                    None if end > HEAD_LIMIT + READ_SIZE + 4 + BODY_LIMIT => {
+                        return Err(format!("still undecided after {end} bytes"));
+                    }
+                    None => {}
+                }
+            }
+        }
+        Ok(())
+    });
+}
+
+/// A UDP check's reply.
+#[test]
+fn fuzz_health_udp() {
+    fuzz("health_udp", &[b"pong", b"\0"], 1_000, |bytes| {
+        for expect in [None, Some("pong"), Some("")] {
+            if let Err(reason) = health::judge_udp_reply(bytes, expect) {
+                says_something(&reason)?;
+            }
+        }
+        Ok(())
+    });
+}
+
+const AGENT_TOKENS: &[&[u8]] = &[
+    b"\r\n",
+    b"\r\n\r\n",
+    b"HTTP/1.1 200 OK",
+    b"{\"load\": ",
+    b"}",
+    b"1e308",
+    b"-0",
+    b"1e999",
+    b"null",
+    b"[",
+    b"\"load\"",
+    b"GET /load HTTP/1.1",
+    b"Host: lb-agent",
+];
+
+/// An agent's answer as the balancer reads it, and the weights the
+/// `resource` scheduler derives from the load: within their bounds.
+#[test]
+fn fuzz_agent_answer() {
+    fuzz("agent_answer", AGENT_TOKENS, 2_000, |bytes| {
+        let bytes = &bytes[..bytes.len().min(agent::ANSWER_LIMIT)];
+        let load = match agent::parse_answer(bytes) {
+            Err(error) => return says_something(&format!("{error:#}")),
+            Ok(load) => load,
+        };
+        if !(load.is_finite() && load >= 0.0) {
+            return Err(format!("accepted load {load}"));
+        }
+        let samples = [
+            dynamic::Sample {
+                configured: 100,
+                current: 100,
+                measure: load,
+            },
+            dynamic::Sample {
+                configured: u32::MAX,
+                current: 1,
+                measure: load,
+            },
+        ];
+        if let Some(weights) = dynamic::resource(&samples) {
+            for (weight, sample) in weights.iter().zip(&samples) {
+                if *weight == 0 || u64::from(*weight) > u64::from(sample.configured) * 10 {
+                    return Err(format!("weight {weight} for load {load}"));
+                }
+            }
+        }
+        Ok(())
+    });
+}
