@@ -99,6 +99,9 @@ reasons! {
     /// no resolved hop is cached for the route that covers the client
     /// (connected, multipath or unmirrored routes, an unresolved gateway).
     ReplyUncachedHop = 24, "reply_uncached_hop", false;
+    /// The automatic guard (`guard.auto`): the source crossed a threshold
+    /// with this packet, or was denied for crossing one earlier.
+    DropGuardAuto = 25, "drop_guard_auto", true;
 }
 
 #[cfg(test)]
