@@ -225,7 +225,7 @@ fn guard_packet(scratch: &mut Scratch) -> bool {
     if !is_vip(scratch) {
         return false;
     }
-    guard_deny(scratch, limits, cause, now);
+    guard_deny(scratch, limits, cause, now, counts);
     true
 }
 
@@ -256,13 +256,28 @@ fn guard_new_flow(scratch: &mut Scratch, now: u64) -> bool {
     if new_flows <= limits.new_flows {
         return false;
     }
-    guard_deny(scratch, limits, GUARD_CAUSE_NEW_FLOWS, now);
+    guard_deny(scratch, limits, GUARD_CAUSE_NEW_FLOWS, now, counts);
     true
 }
 
-/// Denies `scratch.guard_key`'s source for `limits.deny_ns`, for `cause`.
+/// Denies `scratch.guard_key`'s source for `limits.deny_ns`, for `cause`,
+/// and starts its `counts` afresh: a source let in early (`lb guard allow`)
+/// is not denied again for what it sent before.
 #[inline(always)]
-fn guard_deny(scratch: &mut Scratch, limits: &GuardSettings, cause: u32, now: u64) {
+fn guard_deny(
+    scratch: &mut Scratch,
+    limits: &GuardSettings,
+    cause: u32,
+    now: u64,
+    counts: *mut GuardCounts,
+) {
+    // SAFETY: the caller's LRU entry, valid for this program run.
+    unsafe {
+        *counts = GuardCounts {
+            window_ns: now,
+            ..GuardCounts::default()
+        };
+    }
     scratch.denial = GuardDenial {
         until_ns: now.wrapping_add(limits.deny_ns),
         since_ns: now,

@@ -132,6 +132,15 @@ fn the_flow_over_the_new_flow_threshold_is_dropped_and_the_source_denied() {
     let (outcome, moved) = harness.run_counted(&frames::udp4(FLOODER, 40_000, VIP, 53));
     assert_eq!(outcome.action, Action::Drop, "established flows too");
     assert_eq!(moved, [(Reason::DropGuardAuto, 1)].into());
+    // The controller lets it in (`lb guard allow`): a denial started its
+    // counts afresh, so even a new flow in the same second passes.
+    let mut harness = harness;
+    let source = lb_common::maps::ipv4_mapped(FLOODER.octets());
+    harness.dataplane.remove_guard_denial(&source).unwrap();
+    assert!(denied(&harness).is_empty());
+    let (outcome, moved) = harness.run_counted(&frames::udp4(FLOODER, 40_005, VIP, 53));
+    assert_eq!(outcome.action, Action::Redirect);
+    assert_eq!(moved, [(Reason::ForwardToBackend, 1)].into());
 }
 
 #[test]
