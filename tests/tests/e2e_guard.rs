@@ -48,7 +48,7 @@ fn config(socket: &str, guard: &str) -> String {
          backends: [{{ address: 192.0.2.11, port: 8080 }}] }}\n\
          \x20 - {{ name: sink, vip: {VIP}, port: {SINK_PORT}, protocol: udp, forwarding: nat, \
          backends: [{{ address: 192.0.2.11, port: {SINK_PORT} }}] }}\n\
-         control: {{ socket: {socket} }}\n{guard}",
+         control: {{ socket: {socket}, metrics: '127.0.0.1:9477' }}\n{guard}",
         std::process::id()
     )
 }
@@ -233,6 +233,33 @@ fn reports_show_the_denial(bed: &Bed) {
     assert_eq!(denial["vip"], VIP);
     assert_eq!(denial["cause"], "packets");
     assert_eq!(status["guard"]["denials_total"]["packets"], 1);
+    let output = bed.lb_command(&["guard", "list"]);
+    let human = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        human.contains("automatic:      on (1 denied now")
+            && human
+                .lines()
+                .any(|l| l.contains(FLOODER) && l.contains("packets")),
+        "lb guard list:\n{human}"
+    );
+    println!("lb guard list:\n{human}");
+    let metrics = bed.lb.run(|| {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect("127.0.0.1:9477").unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: lb\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    });
+    for line in [
+        "lb_guard_denials_total{cause=\"packets\"} 1",
+        "lb_guard_denied_sources 1",
+        "lb_dropped_packets_total{reason=\"drop_guard_auto\"}",
+    ] {
+        assert!(metrics.contains(line), "no {line} in /metrics:\n{metrics}");
+    }
     let output = bed.lb_command(&["stats", "--output", "json"]);
     let counters: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert!(counters["reasons"]["drop_guard_auto"].as_u64().unwrap_or(0) > 0);
