@@ -4,7 +4,7 @@
 //! until the denial expires; other sources, and traffic that is not to a
 //! VIP, are untouched.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use lb::guard::addr_ip;
 use lb_common::{
@@ -29,6 +29,7 @@ services:
   - {{ name: web, vip: 203.0.113.10, port: 80, protocol: tcp, forwarding: dsr, backends: [{{ address: 192.0.2.12 }}] }}
   - {{ name: dns, vip: 203.0.113.10, port: 53, protocol: udp, forwarding: dsr, backends: [{{ address: 192.0.2.12 }}] }}
   - {{ name: web2, vip: 203.0.113.11, port: 80, protocol: tcp, forwarding: dsr, backends: [{{ address: 192.0.2.12 }}] }}
+  - {{ name: web6, vip: '2001:db8:ff::10', port: 80, protocol: tcp, forwarding: dsr, backends: [{{ address: '2001:db8::12' }}] }}
 dataplane: {{ ring_size: 251 }}
 guard:
   auto: {auto}
@@ -174,4 +175,25 @@ fn without_guard_auto_nothing_is_counted_or_denied() {
         assert_eq!(outcome.action, Action::Redirect, "SYN {port}");
     }
     assert!(denied(&harness).is_empty());
+}
+
+#[test]
+fn ipv6_sources_are_counted_and_denied_alike() {
+    let harness = Harness::new(&config("{ syn_only_per_second: 2 }"));
+    let flooder: Ipv6Addr = "2001:db8:1::66".parse().unwrap();
+    let vip: Ipv6Addr = "2001:db8:ff::10".parse().unwrap();
+    for port in 0..2 {
+        let outcome = harness.run(&frames::tcp6(flooder, 30_000 + port, vip, 80));
+        assert_eq!(outcome.action, Action::Redirect, "SYN {port}");
+    }
+    let (outcome, moved) = harness.run_counted(&frames::tcp6(flooder, 30_002, vip, 80));
+    assert_eq!(outcome.action, Action::Drop);
+    assert_eq!(moved, [(Reason::DropGuardAuto, 1)].into());
+    assert_eq!(
+        denied(&harness),
+        [(flooder.to_string(), GUARD_CAUSE_SYN_ONLY)]
+    );
+    // An IPv4 source is another source.
+    let outcome = harness.run(&frames::tcp4(CLIENT, 30_000, VIP, 80));
+    assert_eq!(outcome.action, Action::Redirect);
 }
