@@ -65,6 +65,12 @@ pub mod map_names {
     pub const DENY: &str = "DENY";
     /// Per-source new-flow token buckets (LRU).
     pub const RATE: &str = "RATE";
+    /// The automatic guard's thresholds, one entry.
+    pub const GUARD_SETTINGS: &str = "GUARD_SETTINGS";
+    /// The automatic guard's per-(source, VIP) counts (LRU).
+    pub const GUARD_COUNTS: &str = "GUARD_COUNTS";
+    /// Sources the automatic guard denied, with their expiry (LRU).
+    pub const GUARD_DENIED: &str = "GUARD_DENIED";
     /// The main routing table's prefixes with resolved gateway hops (LPM).
     pub const ROUTES: &str = "ROUTES";
     /// Services by id, with their keys (established flows skip `SERVICES`).

@@ -251,6 +251,90 @@ pub const SETTINGS_NAT: u32 = 1;
 /// VIP skip the `DENY` lookup, so an empty deny list costs nothing.
 pub const SETTINGS_DENY: u32 = 2;
 
+/// `Settings::flags`: the automatic guard is on (`guard.auto`). Without it
+/// packets to a VIP skip the guard's per-source accounting and its
+/// `GUARD_DENIED` lookup, so an unconfigured guard costs nothing.
+pub const SETTINGS_GUARD: u32 = 4;
+
+/// Value of the one-entry `GUARD_SETTINGS` array: the automatic guard's
+/// thresholds, each counted per source and VIP over a one-second window
+/// that starts with the source's first packet to that VIP. 0 turns a
+/// threshold off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct GuardSettings {
+    /// New flows a source may open to one VIP per second.
+    pub new_flows: u32,
+    /// TCP SYNs without an ACK to match (bare SYNs minus ACK-carrying
+    /// packets) a source may send to one VIP per second.
+    pub syn_only: u32,
+    /// Packets a source may send to one VIP per second.
+    pub packets: u32,
+    /// Always zero.
+    pub pad: u32,
+    /// How long a source that crossed a threshold stays denied.
+    pub deny_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<GuardSettings>() == 24);
+
+/// Key of `GUARD_COUNTS`: a source and the VIP it sends to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct GuardKey {
+    /// The client address, see [`Addr`].
+    pub src: Addr,
+    /// The destination (a VIP, or a `VIP_FILTER` false positive, which is
+    /// counted but never denied).
+    pub vip: Addr,
+}
+const _: () = assert!(core::mem::size_of::<GuardKey>() == 32);
+
+/// Value of `GUARD_COUNTS`: what a source sent to a VIP in the current
+/// one-second window. Updated without atomics from every CPU: the counts
+/// are approximate under races, which only delays a denial.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct GuardCounts {
+    /// `bpf_ktime_get_coarse_ns` when the window began.
+    pub window_ns: u64,
+    /// Packets.
+    pub packets: u32,
+    /// New flows scheduled.
+    pub new_flows: u32,
+    /// TCP packets with SYN and without ACK.
+    pub syns: u32,
+    /// TCP packets with ACK and without SYN.
+    pub acks: u32,
+}
+const _: () = assert!(core::mem::size_of::<GuardCounts>() == 24);
+
+/// `GuardDenial::cause`: too many new flows.
+pub const GUARD_CAUSE_NEW_FLOWS: u32 = 1;
+/// `GuardDenial::cause`: too many SYNs left without an ACK.
+pub const GUARD_CAUSE_SYN_ONLY: u32 = 2;
+/// `GuardDenial::cause`: too many packets.
+pub const GUARD_CAUSE_PACKETS: u32 = 3;
+
+/// Value of `GUARD_DENIED`, keyed by source address: a source the
+/// automatic guard denied, until `until_ns`. The data path drops its
+/// packets to every VIP until then, and deletes the entry when it finds it
+/// expired (so does the controller).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct GuardDenial {
+    /// `bpf_ktime_get_coarse_ns` when the denial ends.
+    pub until_ns: u64,
+    /// When it began.
+    pub since_ns: u64,
+    /// The VIP whose threshold the source crossed.
+    pub vip: Addr,
+    /// `GUARD_CAUSE_*`.
+    pub cause: u32,
+    /// Always zero.
+    pub pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<GuardDenial>() == 40);
+
 /// `HopValue::flags`: the entry holds a resolved next hop.
 pub const HOP_RESOLVED: u8 = 1;
 
@@ -412,6 +496,10 @@ mod pod {
     unsafe impl aya::Pod for super::IfaceSlot {}
     unsafe impl aya::Pod for super::FloorHop {}
     unsafe impl aya::Pod for super::ServiceSlot {}
+    unsafe impl aya::Pod for super::GuardSettings {}
+    unsafe impl aya::Pod for super::GuardKey {}
+    unsafe impl aya::Pod for super::GuardCounts {}
+    unsafe impl aya::Pod for super::GuardDenial {}
 }
 
 #[cfg(test)]

@@ -104,6 +104,9 @@ reasons! {
     /// "fragmentation needed" / `ICMPv6` "packet too big" with the MTU that
     /// fits, for path-MTU discovery.
     IcmpTooBig = 25, "icmp_too_big", false;
+    /// The automatic guard (`guard.auto`): the source crossed a threshold
+    /// with this packet, or was denied for crossing one earlier.
+    DropGuardAuto = 26, "drop_guard_auto", true;
 }
 
 #[cfg(test)]

@@ -13,9 +13,10 @@ use lb_common::{
     ServiceValue, Settings,
     hash::{flow_hash, source_hash},
     maps::{
-        BACKEND_USABLE, CONN_CLOSED, FWD_DSR, FWD_NAT, FWD_TUNNEL, HOP_RESOLVED, SCHED_IP_HASH,
-        SCHED_ROUND_ROBIN, SETTINGS_DENY, SETTINGS_NAT, ServiceSlot, VIP_FRAGMENTS_TCP,
-        VIP_FRAGMENTS_UDP,
+        BACKEND_USABLE, CONN_CLOSED, FWD_DSR, FWD_NAT, FWD_TUNNEL, GUARD_CAUSE_NEW_FLOWS,
+        GUARD_CAUSE_PACKETS, GUARD_CAUSE_SYN_ONLY, GuardCounts, GuardDenial, GuardKey,
+        GuardSettings, HOP_RESOLVED, SCHED_IP_HASH, SCHED_ROUND_ROBIN, SETTINGS_DENY,
+        SETTINGS_GUARD, SETTINGS_NAT, ServiceSlot, VIP_FRAGMENTS_TCP, VIP_FRAGMENTS_UDP,
     },
     proto,
 };
@@ -25,10 +26,10 @@ use crate::{
     forward::{End, FibQuery, Hop, NextHop, encapsulate, next_hop, rewrite, transmit},
     icmp,
     maps::{
-        BACKENDS, CONN_MISSING, CONN_STALE, CONN_UNKNOWN, CONNS, DENY, HOPS, MAGLEV, NAT,
-        NAT_FILTER, RATE, ROUTES, RR_POS, SERVICE_IDS, SERVICES, SETTINGS, STATS_BACKENDS,
-        STATS_SERVICES, Scratch, VIP_FILTER, VIPS, count_closed, count_traffic, may_contain,
-        scratch,
+        BACKENDS, CONN_MISSING, CONN_STALE, CONN_UNKNOWN, CONNS, DENY, GUARD_COUNTS, GUARD_DENIED,
+        GUARD_SETTINGS, HOPS, MAGLEV, NAT, NAT_FILTER, RATE, ROUTES, RR_POS, SERVICE_IDS, SERVICES,
+        SETTINGS, STATS_BACKENDS, STATS_SERVICES, Scratch, VIP_FILTER, VIPS, count_closed,
+        count_traffic, may_contain, scratch,
     },
     packet::frame_len,
     parse::{Parsed, parse},
@@ -76,6 +77,11 @@ pub fn balance(ctx: &XdpContext) -> u32 {
                 } else {
                     host(ctx, scratch, flags)
                 };
+            }
+            // The automatic guard: one lookup for a denied source, one for
+            // its counts; only when `guard.auto` is configured.
+            if flags & SETTINGS_GUARD != 0 && guard_packet(scratch) {
+                return finish(Err(Drop(Reason::DropGuardAuto)));
             }
             scratch.conn_state = CONN_UNKNOWN;
             let packet = &scratch.packet;
@@ -145,6 +151,142 @@ const TCP_ACK: u8 = 0x10;
 fn denied(scratch: &mut Scratch) -> bool {
     scratch.deny_key = Key::new(128, scratch.packet.src);
     DENY.get(&scratch.deny_key).is_some()
+}
+
+/// One second, the automatic guard's counting window.
+const GUARD_WINDOW_NS: u64 = 1_000_000_000;
+
+/// The automatic guard, per packet to a (possible) VIP: is the source
+/// denied, or does this packet take it over the packet or SYN-only
+/// threshold of its VIP? Either way the packet is to be dropped. A
+/// destination that turns out not to be a VIP (a `VIP_FILTER` false
+/// positive) is counted but never denied or dropped.
+#[inline(never)]
+fn guard_packet(scratch: &mut Scratch) -> bool {
+    let Some(limits) = GUARD_SETTINGS.get(0) else {
+        return false;
+    };
+    // SAFETY: the kernel helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if let Some(denial) = GUARD_DENIED.get_ptr(&scratch.packet.src) {
+        // SAFETY: the LRU entry stays valid for this program run.
+        if now < unsafe { (*denial).until_ns } {
+            return is_vip(scratch);
+        }
+        // Expired: the source is welcome again.
+        let _ = GUARD_DENIED.remove(&scratch.packet.src);
+    }
+    let packet = &scratch.packet;
+    let (syn, ack) = if packet.proto == proto::TCP && packet.has_l4 {
+        let flags = packet.tcp_flags & (TCP_SYN | TCP_ACK);
+        (u32::from(flags == TCP_SYN), u32::from(flags == TCP_ACK))
+    } else {
+        (0, 0)
+    };
+    scratch.guard_key = GuardKey {
+        src: packet.src,
+        vip: packet.dst,
+    };
+    let Some(counts) = GUARD_COUNTS.get_ptr_mut(&scratch.guard_key) else {
+        // The first packet of a window never crosses a threshold (each is
+        // at least 1). A full table forgets its least recent pair.
+        let fresh = GuardCounts {
+            window_ns: now,
+            packets: 1,
+            new_flows: 0,
+            syns: syn,
+            acks: ack,
+        };
+        let _ = GUARD_COUNTS.insert(&scratch.guard_key, &fresh, 0);
+        return false;
+    };
+    // SAFETY: as above; racing CPUs may lose an increment (see
+    // `GuardCounts`).
+    let cause = unsafe {
+        if now.wrapping_sub((*counts).window_ns) >= GUARD_WINDOW_NS {
+            *counts = GuardCounts {
+                window_ns: now,
+                ..GuardCounts::default()
+            };
+        }
+        (*counts).packets = (*counts).packets.wrapping_add(1);
+        (*counts).syns = (*counts).syns.wrapping_add(syn);
+        (*counts).acks = (*counts).acks.wrapping_add(ack);
+        if limits.packets != 0 && (*counts).packets > limits.packets {
+            GUARD_CAUSE_PACKETS
+        } else if limits.syn_only != 0
+            && (*counts).syns.saturating_sub((*counts).acks) > limits.syn_only
+        {
+            GUARD_CAUSE_SYN_ONLY
+        } else {
+            return false;
+        }
+    };
+    if !is_vip(scratch) {
+        return false;
+    }
+    guard_deny(scratch, limits, cause, now, counts);
+    true
+}
+
+/// The automatic guard, per new flow: does this flow take its source over
+/// its VIP's new-flow threshold? If so the source is denied.
+#[inline(never)]
+fn guard_new_flow(scratch: &mut Scratch, now: u64) -> bool {
+    let Some(limits) = GUARD_SETTINGS.get(0) else {
+        return false;
+    };
+    if limits.new_flows == 0 {
+        return false;
+    }
+    scratch.guard_key = GuardKey {
+        src: scratch.flow.src,
+        vip: scratch.flow.dst,
+    };
+    // `guard_packet` made the entry for this packet; if it was evicted
+    // since, the flow goes uncounted.
+    let Some(counts) = GUARD_COUNTS.get_ptr_mut(&scratch.guard_key) else {
+        return false;
+    };
+    // SAFETY: as in `guard_packet`.
+    let new_flows = unsafe {
+        (*counts).new_flows = (*counts).new_flows.wrapping_add(1);
+        (*counts).new_flows
+    };
+    if new_flows <= limits.new_flows {
+        return false;
+    }
+    guard_deny(scratch, limits, GUARD_CAUSE_NEW_FLOWS, now, counts);
+    true
+}
+
+/// Denies `scratch.guard_key`'s source for `limits.deny_ns`, for `cause`,
+/// and starts its `counts` afresh: a source let in early (`lb guard allow`)
+/// is not denied again for what it sent before.
+#[inline(always)]
+fn guard_deny(
+    scratch: &mut Scratch,
+    limits: &GuardSettings,
+    cause: u32,
+    now: u64,
+    counts: *mut GuardCounts,
+) {
+    // SAFETY: the caller's LRU entry, valid for this program run.
+    unsafe {
+        *counts = GuardCounts {
+            window_ns: now,
+            ..GuardCounts::default()
+        };
+    }
+    scratch.denial = GuardDenial {
+        until_ns: now.wrapping_add(limits.deny_ns),
+        since_ns: now,
+        vip: scratch.guard_key.vip,
+        cause,
+        pad: 0,
+    };
+    // A full table forgets its least recently denied source.
+    let _ = GUARD_DENIED.insert(&scratch.guard_key.src, &scratch.denial, 0);
 }
 
 /// The guard's rate limit: may `src` open one more flow now? A token bucket
@@ -474,6 +616,9 @@ pub fn choose_backend(
     }
     if !admit_new_flow(&scratch.flow.src, settings, moment.now) {
         return Err(Drop(Reason::DropRateLimited));
+    }
+    if settings.flags & SETTINGS_GUARD != 0 && guard_new_flow(scratch, moment.now) {
+        return Err(Drop(Reason::DropGuardAuto));
     }
     let backend_id = schedule(scratch, service, settings.ring_size);
     if !usable_backend(backend_id, service.id, scratch) {

@@ -9,6 +9,7 @@ use aya_ebpf::{
 use lb_common::{
     Addr, BackendValue, ConnValue, Endpoint, FlowKey, HopValue, IfaceValue, NatKey, NatValue,
     RateValue, Reason, ServiceKey, ServiceValue, Settings, Traffic, VipValue,
+    maps::{GuardCounts, GuardDenial, GuardKey, GuardSettings},
 };
 
 use crate::{
@@ -121,6 +122,20 @@ pub static DENY: LpmTrie<Addr, u8> = LpmTrie::with_max_entries(1024, 0);
 #[map]
 pub static RATE: LruHashMap<Addr, RateValue> = LruHashMap::with_max_entries(65536, 0);
 
+/// The automatic guard's thresholds, one entry (read only when
+/// `SETTINGS_GUARD` is set).
+#[map]
+pub static GUARD_SETTINGS: Array<GuardSettings> = Array::with_max_entries(1, 0);
+
+/// What each source sent each VIP in its current one-second window; the
+/// least recently seen pairs are forgotten first.
+#[map]
+pub static GUARD_COUNTS: LruHashMap<GuardKey, GuardCounts> = LruHashMap::with_max_entries(65536, 0);
+
+/// Sources the automatic guard denied, with the time the denial ends.
+#[map]
+pub static GUARD_DENIED: LruHashMap<Addr, GuardDenial> = LruHashMap::with_max_entries(16384, 0);
+
 /// Working memory of one program run, per CPU: everything too large for the
 /// verifier's 512-byte stack. XDP runs with preemption off, so nothing else
 /// uses this CPU's entry while a run is in progress.
@@ -161,6 +176,10 @@ pub struct Scratch {
     pub deny_key: Key<Addr>,
     /// A `ROUTES` lookup key.
     pub route_key: Key<Addr>,
+    /// A `GUARD_COUNTS` lookup key.
+    pub guard_key: GuardKey,
+    /// A `GUARD_DENIED` value being written.
+    pub denial: GuardDenial,
 }
 
 /// `Scratch::conn_state`: not looked up yet.

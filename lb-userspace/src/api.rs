@@ -8,6 +8,8 @@
 //! | POST   | `/v1/reload` | `{"reloaded": true, "writes": N}`; 400 with the problems, nothing changed |
 //! | POST   | `/v1/drain`, `/v1/undrain` | body [`BackendChange`]; answers the backend's status |
 //! | POST   | `/v1/weight` | body [`BackendChange`] with `weight` |
+//! | GET    | `/v1/guard`  | [`crate::guard::GuardReport`]            |
+//! | POST   | `/v1/guard/deny`, `/v1/guard/allow` | body [`GuardChange`]; answers the guard report |
 //!
 //! Errors come back as `{"error": "..."}` with a 4xx / 5xx status. The
 //! socket is served by [`crate::http`]: clients concurrently, request heads
@@ -140,9 +142,36 @@ fn route(request: &Request, controller: &Mutex<Controller>) -> Response {
                 Err(OverrideError::Failed(error)) => Response::error(500, &format!("{error:#}")),
             }
         }
+        ("GET", "/v1/guard") => json(&controller.guard_report()),
+        ("POST", "/v1/guard/deny" | "/v1/guard/allow") => {
+            let change: GuardChange = match serde_json::from_slice(&request.body) {
+                Ok(change) => change,
+                Err(error) => return Response::error(400, &format!("bad request body: {error}")),
+            };
+            let Some(prefix) = parse_prefix(&change.prefix) else {
+                return Response::error(
+                    400,
+                    &format!(
+                        "{:?} is not an address or a prefix (like 198.51.100.0/24)",
+                        change.prefix
+                    ),
+                );
+            };
+            let result = if request.path == "/v1/guard/deny" {
+                controller.guard_deny(prefix)
+            } else {
+                controller.guard_allow(prefix)
+            };
+            match result {
+                Ok(report) => json(&report),
+                Err(OverrideError::Unknown(message)) => Response::error(404, &message),
+                Err(OverrideError::Failed(error)) => Response::error(500, &format!("{error:#}")),
+            }
+        }
         (
             _,
-            "/v1/status" | "/v1/stats" | "/v1/reload" | "/v1/drain" | "/v1/undrain" | "/v1/weight",
+            "/v1/status" | "/v1/stats" | "/v1/reload" | "/v1/drain" | "/v1/undrain" | "/v1/weight"
+            | "/v1/guard" | "/v1/guard/deny" | "/v1/guard/allow",
         ) => Response::error(405, "method not allowed"),
         (_, path) => Response::error(404, &format!("no endpoint {path}")),
     }
@@ -158,6 +187,22 @@ pub struct BackendChange {
     /// New weight (`/v1/weight` only).
     #[serde(default)]
     pub weight: Option<u32>,
+}
+
+/// Body of `/v1/guard/deny` and `/v1/guard/allow`.
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+pub struct GuardChange {
+    /// A prefix (`198.51.100.0/24`, `2001:db8::/48`) or one address.
+    pub prefix: String,
+}
+
+/// A prefix, or one address as a full-length prefix.
+pub fn parse_prefix(text: &str) -> Option<ipnet::IpNet> {
+    text.parse::<ipnet::IpNet>().ok().or_else(|| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
+    })
 }
 
 fn json<T: serde::Serialize>(value: &T) -> Response {

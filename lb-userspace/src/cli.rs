@@ -129,6 +129,20 @@ pub enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// The junk-traffic guard at runtime: list what is denied, deny or
+    /// allow a source prefix (runtime denials last until a restart).
+    #[command(
+        after_help = "Example:\n  lb guard list\n  lb guard deny 198.51.100.0/24\n  \
+                      lb guard allow 198.51.100.0/24"
+    )]
+    Guard {
+        /// What to do.
+        #[command(subcommand)]
+        action: GuardAction,
+        /// Take the control socket from this configuration.
+        #[arg(short, long, global = true)]
+        config: Option<PathBuf>,
+    },
     /// Re-read the configuration (as SIGHUP does); a bad file changes nothing.
     #[command(after_help = "Example:\n  lb reload")]
     Reload {
@@ -187,6 +201,30 @@ pub enum Command {
         /// The backend's interface.
         interface: String,
     },
+}
+
+/// `lb guard list|deny|allow`.
+#[derive(Debug, Subcommand)]
+pub enum GuardAction {
+    /// Denied prefixes (file and runtime) and automatically denied sources.
+    List,
+    /// Drop packets from PREFIX to every VIP (`drop_denied`).
+    Deny {
+        /// A prefix or an address.
+        #[arg(value_parser = parse_prefix_arg)]
+        prefix: ipnet::IpNet,
+    },
+    /// Undo `lb guard deny`, and let in sources in PREFIX that the
+    /// automatic guard denied.
+    Allow {
+        /// A prefix or an address.
+        #[arg(value_parser = parse_prefix_arg)]
+        prefix: ipnet::IpNet,
+    },
+}
+
+fn parse_prefix_arg(text: &str) -> Result<ipnet::IpNet, String> {
+    api::parse_prefix(text).ok_or_else(|| format!("{text:?} is not an address or a prefix"))
 }
 
 /// `lb decap attach|detach`.
@@ -280,6 +318,9 @@ pub fn main() -> ExitCode {
         } => socket(cli.socket.as_deref(), config.as_deref()).and_then(|s| {
             change_backend(&s, "/v1/weight", service, backend, Some(*weight), output)
         }),
+        Command::Guard { action, config } => {
+            socket(cli.socket.as_deref(), config.as_deref()).and_then(|s| guard(&s, action, output))
+        }
         Command::Reload { config } => {
             socket(cli.socket.as_deref(), config.as_deref()).and_then(|s| reload(&s, output))
         }
@@ -514,6 +555,9 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
             if let Err(error) = controller.tick() {
                 tracing::warn!(error = %format!("{error:#}"), "dynamic weights failed");
             }
+            if let Err(error) = controller.poll_guard() {
+                tracing::warn!(error = %format!("{error:#}"), "reading the guard's denials failed");
+            }
         }
     });
     spawn_hop_follower(Arc::clone(&controller));
@@ -657,6 +701,11 @@ fn status(socket: &Path, output: Output) -> Result<(), Failure> {
         "instance {}   ha: {} ({})",
         report.instance, report.ha.state, report.ha.reason
     );
+    if report.guard.auto || !report.guard.configured.is_empty() || !report.guard.runtime.is_empty()
+    {
+        println!();
+        print_guard(&report.guard);
+    }
     for service in &report.services {
         let tier = service
             .active_tier
@@ -875,6 +924,65 @@ fn change_backend(
         ),
     }
     Ok(())
+}
+
+/// `lb guard list|deny|allow`: each prints the guard report after it.
+fn guard(socket: &Path, action: &GuardAction, output: Output) -> Result<(), Failure> {
+    let value = match action {
+        GuardAction::List => api::get(socket, "/v1/guard")?,
+        GuardAction::Deny { prefix } => api::post(
+            socket,
+            "/v1/guard/deny",
+            &serde_json::json!({ "prefix": prefix.to_string() }),
+        )?,
+        GuardAction::Allow { prefix } => api::post(
+            socket,
+            "/v1/guard/allow",
+            &serde_json::json!({ "prefix": prefix.to_string() }),
+        )?,
+    };
+    if output == Output::Json {
+        println!("{value}");
+        return Ok(());
+    }
+    let report: crate::guard::GuardReport = serde_json::from_value(value)
+        .context("the controller's guard report has an unexpected shape")
+        .map_err(Failure::Runtime)?;
+    print_guard(&report);
+    Ok(())
+}
+
+/// The guard report for people (`lb guard list`, `lb status`).
+fn print_guard(report: &crate::guard::GuardReport) {
+    let list = |prefixes: &[String]| {
+        if prefixes.is_empty() {
+            "none".to_string()
+        } else {
+            prefixes.join(", ")
+        }
+    };
+    println!("deny (file):    {}", list(&report.configured));
+    println!("deny (runtime): {}", list(&report.runtime));
+    let totals: Vec<String> = report
+        .denials_total
+        .iter()
+        .map(|(cause, n)| format!("{cause} {n}"))
+        .collect();
+    println!(
+        "automatic:      {} ({} denied now; since start: {})",
+        if report.auto { "on" } else { "off" },
+        report.denied.len(),
+        totals.join(", ")
+    );
+    for denial in &report.denied {
+        println!(
+            "  {:<40} {:<10} vip {:<40} {:>6}s left",
+            denial.source,
+            denial.cause.name(),
+            denial.vip,
+            denial.expires_in_seconds
+        );
+    }
 }
 
 fn reload(socket: &Path, output: Output) -> Result<(), Failure> {

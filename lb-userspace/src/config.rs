@@ -50,6 +50,35 @@ pub struct Guard {
     /// Per-source limit on new flows (established flows are never limited).
     #[serde(default)]
     pub rate_limit: Option<RateLimit>,
+    /// Automatic detection: sources over a threshold are denied for a while.
+    #[serde(default)]
+    pub auto: Option<GuardAuto>,
+}
+
+/// `guard.auto`: thresholds the data path watches per source and VIP, over
+/// one-second windows; a source that crosses one is denied (every VIP,
+/// every packet, established flows too) for `deny_for`, then let in again.
+/// Counted as `drop_guard_auto`. At least one threshold is needed.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GuardAuto {
+    /// New flows one source may open to one VIP per second.
+    #[serde(default)]
+    pub new_flows_per_second: Option<u32>,
+    /// TCP SYNs not followed by an ACK (bare SYNs minus ACK-carrying
+    /// packets) one source may send to one VIP per second.
+    #[serde(default)]
+    pub syn_only_per_second: Option<u32>,
+    /// Packets one source may send to one VIP per second.
+    #[serde(default)]
+    pub packets_per_second: Option<u32>,
+    /// How long a source that crossed a threshold stays denied.
+    #[serde(default = "default_deny_for", with = "duration")]
+    pub deny_for: Duration,
+}
+
+const fn default_deny_for() -> Duration {
+    Duration::from_mins(1)
 }
 
 /// `guard.rate_limit`.
@@ -452,6 +481,41 @@ impl Default for Control {
     }
 }
 
+/// `guard.auto`: some threshold, none of them 0, and a denial of at least
+/// a second (the data path's window) and at most a day.
+fn check_guard_auto(auto: &GuardAuto, problems: &mut Problems) {
+    let thresholds = [
+        ("new_flows_per_second", auto.new_flows_per_second),
+        ("syn_only_per_second", auto.syn_only_per_second),
+        ("packets_per_second", auto.packets_per_second),
+    ];
+    if thresholds.iter().all(|(_, value)| value.is_none()) {
+        problems.push(
+            "guard.auto",
+            "set at least one of new_flows_per_second, syn_only_per_second, \
+             packets_per_second (or omit auto to turn it off)"
+                .into(),
+        );
+    }
+    for (name, value) in thresholds {
+        if value == Some(0) {
+            problems.push(
+                format!("guard.auto.{name}"),
+                "must be at least 1 (omit it to turn it off)".into(),
+            );
+        }
+    }
+    if auto.deny_for < Duration::from_secs(1) || auto.deny_for > Duration::from_hours(24) {
+        problems.push(
+            "guard.auto.deny_for",
+            format!(
+                "{} is outside 1s..24h",
+                humantime::format_duration(auto.deny_for)
+            ),
+        );
+    }
+}
+
 /// The default control socket.
 pub fn default_socket() -> PathBuf {
     PathBuf::from("/run/lb/lb.sock")
@@ -648,6 +712,9 @@ impl Config {
             if limit.burst == Some(0) {
                 problems.push("guard.rate_limit.burst", "must be at least 1".into());
             }
+        }
+        if let Some(auto) = self.guard.auto {
+            check_guard_auto(&auto, &mut problems);
         }
         if let Some(ha) = &self.ha {
             check_ha(ha, &mut problems);
@@ -1551,6 +1618,40 @@ services:
         ] {
             let problems = service_problems(&format!("{web}{other}"));
             assert!(problems.is_empty(), "{other}: {problems:?}");
+        }
+    }
+
+    #[test]
+    fn guard_auto_parses_with_a_default_denial_and_refuses_bad_thresholds() {
+        let text = format!(
+            "{MINIMAL}guard:\n  auto: {{ syn_only_per_second: 200, packets_per_second: 20000 }}\n"
+        );
+        let auto = Config::parse(&text).unwrap().guard.auto.unwrap();
+        assert_eq!(auto.syn_only_per_second, Some(200));
+        assert_eq!(auto.packets_per_second, Some(20_000));
+        assert_eq!(auto.new_flows_per_second, None);
+        assert_eq!(auto.deny_for, Duration::from_mins(1));
+        for (auto, path) in [
+            ("{ deny_for: 30s }", "guard.auto"),
+            (
+                "{ new_flows_per_second: 0 }",
+                "guard.auto.new_flows_per_second",
+            ),
+            (
+                "{ packets_per_second: 10, deny_for: 500ms }",
+                "guard.auto.deny_for",
+            ),
+            (
+                "{ packets_per_second: 10, deny_for: 2d }",
+                "guard.auto.deny_for",
+            ),
+        ] {
+            let text = format!("{MINIMAL}guard:\n  auto: {auto}\n");
+            let ConfigError::Invalid(problems) = Config::parse(&text).unwrap_err() else {
+                panic!("expected Invalid for {auto}");
+            };
+            assert_eq!(problems.len(), 1, "{auto}: {problems:?}");
+            assert_eq!(problems[0].path, path, "{auto}");
         }
     }
 

@@ -70,6 +70,8 @@ pub struct Controller {
     started: SystemTime,
     /// What the start changed, for [`Controller::abandon`].
     started_with: Started,
+    /// The operator's runtime deny list and the automatic guard's events.
+    guard: crate::guard::Guard,
 }
 
 impl Controller {
@@ -154,6 +156,7 @@ impl Controller {
             dataplane.insert_devmap(ifindex(&iface.name)?)?;
         }
         attach(&mut dataplane, &new, &pin_dir, started)?;
+        dataplane.set_guard_settings(&guard_settings(&config))?;
         dataplane.set_settings(&settings_with(&config, tunnel_sources))?;
         dataplane.apply(&writes)?;
         dataplane.rebuild_indexes()?;
@@ -182,6 +185,7 @@ impl Controller {
             pin_dir,
             started: SystemTime::now(),
             started_with: Started::default(),
+            guard: crate::guard::Guard::default(),
         };
         controller.refresh_hops();
         Ok(controller)
@@ -652,10 +656,8 @@ impl Controller {
         if sources == self.tunnel_sources {
             return 0;
         }
-        match self
-            .dataplane
-            .set_settings(&settings_with(&self.config, sources))
-        {
+        let settings = self.settings_for(&self.config, sources);
+        match self.dataplane.set_settings(&settings) {
             Ok(()) => {
                 log_tunnel_sources(Some(self.tunnel_sources), sources, &others, &self.config);
                 self.tunnel_sources = sources;
@@ -775,6 +777,7 @@ impl Controller {
                 },
                 crate::ha::Ha::status,
             ),
+            guard: self.guard_report(),
         }
     }
 
@@ -783,6 +786,148 @@ impl Controller {
     pub fn conn_table_stats(&self) -> crate::conns::ConnTableStats {
         self.evictions
             .report(u64::from(self.dataplane.sizes().connections))
+    }
+
+    /// The runtime settings for `config`: [`settings_with`], and the deny
+    /// list's flag while the operator's runtime list has prefixes.
+    fn settings_for(&self, config: &Config, sources: TunnelSources) -> Settings {
+        let mut settings = settings_with(config, sources);
+        if !self.guard.runtime().is_empty() {
+            settings.flags |= lb_common::maps::SETTINGS_DENY;
+        }
+        settings
+    }
+
+    /// Reads the automatic guard's denials from the data path: logs and
+    /// counts the new ones, removes the expired ones. Called once a second.
+    pub fn poll_guard(&mut self) -> anyhow::Result<()> {
+        let entries = if self.config.guard.auto.is_some() {
+            self.dataplane.guard_denials()?
+        } else {
+            Vec::new()
+        };
+        let now = crate::dataplane::monotonic_ns();
+        for event in self.guard.observe(&entries, now) {
+            let denial = &event.denial;
+            tracing::warn!(
+                source = %denial.source,
+                vip = %denial.vip,
+                cause = denial.cause.name(),
+                deny_for_seconds = denial.expires_in_seconds,
+                "guard: source denied automatically (drop_guard_auto)"
+            );
+        }
+        for (source, denial) in &entries {
+            if denial.until_ns <= now {
+                self.dataplane.remove_guard_denial(source)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `lb guard list`.
+    pub fn guard_report(&self) -> crate::guard::GuardReport {
+        self.guard.report(
+            &self.config.guard.deny,
+            self.config.guard.auto.is_some(),
+            crate::dataplane::monotonic_ns(),
+        )
+    }
+
+    /// Denials since start for `cause`, and sources denied now (metrics).
+    pub fn guard_counts(&self) -> (Vec<(crate::guard::Cause, u64)>, usize) {
+        let totals = crate::guard::Cause::ALL
+            .iter()
+            .map(|cause| (*cause, self.guard.total(*cause)))
+            .collect();
+        (
+            totals,
+            self.guard.denied_now(crate::dataplane::monotonic_ns()),
+        )
+    }
+
+    /// `lb guard deny PREFIX`: packets from `prefix` to every VIP are
+    /// dropped (`drop_denied`) until `lb guard allow` or a restart.
+    pub fn guard_deny(
+        &mut self,
+        prefix: ipnet::IpNet,
+    ) -> Result<crate::guard::GuardReport, OverrideError> {
+        let prefix = prefix.trunc();
+        if self.guard.runtime().contains(&prefix) {
+            return Ok(self.guard_report());
+        }
+        if self.guard.runtime().len() + self.config.guard.deny.len() >= 1024 {
+            return Err(OverrideError::Unknown(
+                "the deny list is full (1024 prefixes)".into(),
+            ));
+        }
+        self.guard.deny(prefix);
+        let (addr, len) = crate::plan::deny_key(&prefix);
+        let settings = self.settings_for(&self.config, self.tunnel_sources);
+        let written = self
+            .dataplane
+            .insert_deny(&addr, len)
+            .and_then(|()| self.dataplane.set_settings(&settings));
+        if let Err(error) = written {
+            self.guard.allow(prefix);
+            if !self.config.guard.deny.contains(&prefix) {
+                let _ = self.dataplane.remove_deny(&addr, len);
+            }
+            return Err(OverrideError::Failed(error.into()));
+        }
+        tracing::info!(%prefix, "guard: denied by the operator");
+        Ok(self.guard_report())
+    }
+
+    /// `lb guard allow PREFIX`: undoes `lb guard deny PREFIX`, and lets in
+    /// the sources in `prefix` the automatic guard denied. Prefixes of the
+    /// configuration file stay (the file is edited and reloaded for them).
+    pub fn guard_allow(
+        &mut self,
+        prefix: ipnet::IpNet,
+    ) -> Result<crate::guard::GuardReport, OverrideError> {
+        let prefix = prefix.trunc();
+        if self.config.guard.deny.iter().any(|p| p.trunc() == prefix) {
+            return Err(OverrideError::Unknown(format!(
+                "{prefix} is in guard.deny of {}: remove it there and reload",
+                self.config_path.display()
+            )));
+        }
+        let runtime = self.guard.allow(prefix);
+        if runtime {
+            let (addr, len) = crate::plan::deny_key(&prefix);
+            let settings = self.settings_for(&self.config, self.tunnel_sources);
+            if let Err(error) = self
+                .dataplane
+                .remove_deny(&addr, len)
+                .and_then(|()| self.dataplane.set_settings(&settings))
+            {
+                self.guard.deny(prefix);
+                return Err(OverrideError::Failed(error.into()));
+            }
+        }
+        let entries = self
+            .dataplane
+            .guard_denials()
+            .map_err(|error| OverrideError::Failed(error.into()))?;
+        let mut automatic = 0;
+        for (source, _) in &entries {
+            if prefix.contains(&crate::guard::addr_ip(source)) {
+                self.dataplane
+                    .remove_guard_denial(source)
+                    .map_err(|error| OverrideError::Failed(error.into()))?;
+                automatic += 1;
+            }
+        }
+        self.guard.forget_within(&prefix);
+        if !runtime && automatic == 0 {
+            return Err(OverrideError::Unknown(format!(
+                "nothing denies {prefix}: it is not on the runtime deny list and no source in \
+                 it is denied automatically (see lb guard list)"
+            )));
+        }
+        tracing::info!(%prefix, runtime, automatic, "guard: allowed by the operator");
+        Ok(self.guard_report())
     }
 
     /// The counters (`lb stats`).
@@ -1019,6 +1164,10 @@ pub struct StatusReport {
     pub services: Vec<ServiceStatus>,
     /// High availability.
     pub ha: HaStatus,
+    /// The junk-traffic guard: deny lists and automatic denials (an
+    /// addition to the DESIGN.md shape).
+    #[serde(default)]
+    pub guard: crate::guard::GuardReport,
 }
 
 /// One service in [`StatusReport`].
@@ -1198,6 +1347,21 @@ pub fn sizes(config: &Config) -> Sizes {
     }
 }
 
+/// The automatic guard's thresholds from the configuration (all zero
+/// without `guard.auto`).
+pub fn guard_settings(config: &Config) -> lb_common::maps::GuardSettings {
+    let Some(auto) = config.guard.auto else {
+        return lb_common::maps::GuardSettings::default();
+    };
+    lb_common::maps::GuardSettings {
+        new_flows: auto.new_flows_per_second.unwrap_or(0),
+        syn_only: auto.syn_only_per_second.unwrap_or(0),
+        packets: auto.packets_per_second.unwrap_or(0),
+        pad: 0,
+        deny_ns: u64::try_from(auto.deny_for.as_nanos()).unwrap_or(u64::MAX),
+    }
+}
+
 /// Runtime settings from the configuration.
 pub fn settings(config: &Config) -> Settings {
     let dataplane = &config.dataplane;
@@ -1217,6 +1381,9 @@ pub fn settings(config: &Config) -> Settings {
     }
     if !config.guard.deny.is_empty() {
         settings.flags |= lb_common::maps::SETTINGS_DENY;
+    }
+    if config.guard.auto.is_some() {
+        settings.flags |= lb_common::maps::SETTINGS_GUARD;
     }
     if let Some(limit) = config.guard.rate_limit {
         settings.rate_per_second = limit.new_flows_per_second;
@@ -1466,17 +1633,30 @@ impl Controller {
         let states = folded_weights(&self.states, &self.dynamic, &overrides);
         let (tunnel_sources, others) = resolve_tunnel_sources(self.hops.as_mut(), &config);
         self.dataplane
-            .set_settings(&settings_with(&config, tunnel_sources))?;
+            .set_guard_settings(&guard_settings(&config))?;
+        self.dataplane
+            .set_settings(&self.settings_for(&config, tunnel_sources))?;
         let writes = match apply_whole(&mut self.planner, &mut self.dataplane, &config, &states) {
             Ok(writes) => writes,
             Err(error) => {
-                let before = settings_with(&self.config, self.tunnel_sources);
-                if let Err(error) = self.dataplane.set_settings(&before) {
+                let before = self.settings_for(&self.config, self.tunnel_sources);
+                if let Err(error) = self
+                    .dataplane
+                    .set_guard_settings(&guard_settings(&self.config))
+                    .and_then(|()| self.dataplane.set_settings(&before))
+                {
                     tracing::error!(error = %format!("{error:#}"), "restoring the settings");
                 }
                 return Err(error);
             }
         };
+        // A prefix the file no longer names may still be the operator's.
+        for prefix in self.guard.runtime() {
+            let (addr, len) = crate::plan::deny_key(prefix);
+            if let Err(error) = self.dataplane.insert_deny(&addr, len) {
+                tracing::error!(error = %format!("{error:#}"), %prefix, "keeping a runtime deny");
+            }
+        }
         tracing::info!(writes, "reloaded");
         log_tunnel_sources(Some(self.tunnel_sources), tunnel_sources, &others, &config);
         self.tunnel_sources = tunnel_sources;

@@ -17,7 +17,7 @@ use aya::{
 use lb_common::{
     Addr, BackendValue, Endpoint, HopValue, IfaceValue, NatValue, Reason, ServiceKey, ServiceValue,
     Settings, Traffic, VipValue, map_names,
-    maps::{FILTER_WORDS, IfaceSlot, ServiceSlot, filter_bit},
+    maps::{FILTER_WORDS, GuardDenial, GuardSettings, IfaceSlot, ServiceSlot, filter_bit},
     program_names,
 };
 
@@ -467,6 +467,34 @@ impl Dataplane {
             .map_err(map_error(map_names::DENY))
     }
 
+    /// Writes the automatic guard's thresholds (read by the data path only
+    /// while `SETTINGS_GUARD` is set).
+    pub fn set_guard_settings(&mut self, guard: &GuardSettings) -> Result<(), DataplaneError> {
+        let name = map_names::GUARD_SETTINGS;
+        let mut array: Array<&mut MapData, GuardSettings> =
+            Array::try_from(self.map_mut(name)?).map_err(map_error(name))?;
+        array.set(0, guard, 0).map_err(map_error(name))
+    }
+
+    /// The automatic guard's current denials (`GUARD_DENIED`), expired
+    /// ones included. An entry evicted during the walk is skipped.
+    pub fn guard_denials(&self) -> Result<Vec<(Addr, GuardDenial)>, DataplaneError> {
+        let name = map_names::GUARD_DENIED;
+        let map: HashMap<&MapData, Addr, GuardDenial> =
+            HashMap::try_from(self.map(name)?).map_err(map_error(name))?;
+        Ok(map.iter().filter_map(Result::ok).collect())
+    }
+
+    /// Lets `source` in again before its denial expires.
+    pub fn remove_guard_denial(&mut self, source: &Addr) -> Result<(), DataplaneError> {
+        let name = map_names::GUARD_DENIED;
+        match self.hash_map::<Addr, GuardDenial>(name)?.remove(source) {
+            // Gone already (expired and removed by the data path).
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(DataplaneError::Map { name, source }),
+        }
+    }
+
     fn deny_trie(&mut self) -> Result<LpmTrie<&mut MapData, Addr, u8>, DataplaneError> {
         let name = map_names::DENY;
         LpmTrie::try_from(self.map_mut(name)?).map_err(map_error(name))
@@ -746,6 +774,9 @@ const PINNED_MAPS: &[&str] = &[
     map_names::STATS_BACKENDS,
     map_names::DENY,
     map_names::RATE,
+    map_names::GUARD_SETTINGS,
+    map_names::GUARD_COUNTS,
+    map_names::GUARD_DENIED,
     map_names::HOPS,
     map_names::ROUTES,
     map_names::SERVICE_IDS,

@@ -9,6 +9,7 @@ pub mod conns;
 pub mod controller;
 pub mod dataplane;
 pub mod dynamic;
+pub mod guard;
 pub mod ha;
 pub mod health;
 pub mod hops;

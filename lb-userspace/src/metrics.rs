@@ -170,6 +170,7 @@ impl Scrape {
             "HA state changes since the controller started.",
             &[(Vec::new(), self.status.ha.transitions)],
         )?;
+        self.encode_guard(e)?;
         counters(
             e,
             "lb_ha_invalid_packets",
@@ -247,6 +248,33 @@ impl Scrape {
             &ha,
         )?;
         self.encode_internals(e)
+    }
+
+    /// The automatic guard's denials.
+    fn encode_guard(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let denials: Vec<(Labels, u64)> = self
+            .status
+            .guard
+            .denials_total
+            .iter()
+            .map(|(cause, n)| (labels(&[("cause", cause)]), *n))
+            .collect();
+        counters(
+            e,
+            "lb_guard_denials",
+            "Sources the automatic guard denied, by the threshold crossed.",
+            &denials,
+        )?;
+        gauges(
+            e,
+            "lb_guard_denied_sources",
+            "Sources the automatic guard denies now.",
+            &[(
+                Vec::new(),
+                i64::try_from(self.status.guard.denied.len()).unwrap_or(i64::MAX),
+            )],
+        )?;
+        Ok(())
     }
 
     /// Map fill levels and health-check durations.

@@ -446,18 +446,8 @@ impl Planner {
 
     /// The deny list, IPv4 prefixes in IPv4-mapped form (96 more bits).
     fn plan_deny(&mut self, config: &Config, writes: &mut Vec<Write>) {
-        let desired: std::collections::BTreeSet<(Addr, u32)> = config
-            .guard
-            .deny
-            .iter()
-            .map(|net| match net {
-                ipnet::IpNet::V4(v4) => (
-                    ipv4_mapped(v4.network().octets()),
-                    96 + u32::from(v4.prefix_len()),
-                ),
-                ipnet::IpNet::V6(v6) => (v6.network().octets(), u32::from(v6.prefix_len())),
-            })
-            .collect();
+        let desired: std::collections::BTreeSet<(Addr, u32)> =
+            config.guard.deny.iter().map(deny_key).collect();
         for &(addr, len) in desired.difference(&self.deny) {
             writes.push(Write::Deny(addr, len));
         }
@@ -816,6 +806,18 @@ pub fn forwarding_code(forwarding: Forwarding) -> u8 {
         Forwarding::Nat => FWD_NAT,
         Forwarding::Dsr => FWD_DSR,
         Forwarding::Tunnel => FWD_TUNNEL,
+    }
+}
+
+/// A deny-list prefix as its `DENY` key: IPv4 in IPv4-mapped form, the
+/// prefix length 96 more.
+pub fn deny_key(net: &ipnet::IpNet) -> (Addr, u32) {
+    match net {
+        ipnet::IpNet::V4(v4) => (
+            ipv4_mapped(v4.network().octets()),
+            96 + u32::from(v4.prefix_len()),
+        ),
+        ipnet::IpNet::V6(v6) => (v6.network().octets(), u32::from(v6.prefix_len())),
     }
 }
 

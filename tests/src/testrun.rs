@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use aya::programs::{TestRun, TestRunOptions};
 use lb::{
     config::Config,
-    controller::{settings, sizes},
+    controller::{guard_settings, settings, sizes},
     dataplane::Dataplane,
     hops::HopCache,
     plan::{BackendKey, BackendState, Planner},
@@ -108,6 +108,9 @@ impl Harness {
         build_test_bed(&ns);
         let mut dataplane = Dataplane::load(sizes(&config)).expect("load the XDP object");
         dataplane
+            .set_guard_settings(&guard_settings(&config))
+            .expect("guard settings");
+        dataplane
             .set_settings(&settings(&config))
             .expect("settings");
         dataplane
@@ -156,6 +159,9 @@ impl Harness {
     /// as a reload does.
     pub fn reconfigure(&mut self, config: &str) {
         self.config = Config::parse(config).expect("test configuration");
+        self.dataplane
+            .set_guard_settings(&guard_settings(&self.config))
+            .expect("guard settings");
         self.dataplane
             .set_settings(&settings(&self.config))
             .expect("settings");
