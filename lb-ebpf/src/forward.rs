@@ -280,34 +280,9 @@ fn try_encapsulate(ctx: &XdpContext, packet: &Packet, backend: &Addr) -> Result<
             packet,
         )
         .to_be_bytes();
-        let dst = v4_bytes(backend);
         #[allow(clippy::cast_possible_truncation, reason = "20")]
-        let total = inner_len.wrapping_add(outer_len as u16).to_be_bytes();
-        let mut header = [
-            0x45,
-            first[1],
-            total[0],
-            total[1],
-            0,
-            0,
-            0,
-            0,
-            64,
-            proto::IPIP,
-            0,
-            0,
-            source[0],
-            source[1],
-            source[2],
-            source[3],
-            dst[0],
-            dst[1],
-            dst[2],
-            dst[3],
-        ];
-        let checksum = csum::ipv4_header(&header).to_be_bytes();
-        header[10] = checksum[0];
-        header[11] = checksum[1];
+        let total = inner_len.wrapping_add(outer_len as u16);
+        let header = ipv4_header(first[1], total, proto::IPIP, source, v4_bytes(backend));
         write_at(ctx, off, header).ok_or(short)?;
     }
     // The frame must still hold the whole inner packet.
@@ -315,6 +290,21 @@ fn try_encapsulate(ctx: &XdpContext, packet: &Packet, backend: &Addr) -> Result<
         return Err(short);
     }
     Ok(())
+}
+
+/// A 20-byte IPv4 header (no options, no fragmentation, TTL 64) with its
+/// checksum.
+#[inline(always)]
+pub fn ipv4_header(tos: u8, total: u16, proto: u8, src: [u8; 4], dst: [u8; 4]) -> [u8; 20] {
+    let total = total.to_be_bytes();
+    let mut header = [
+        0x45, tos, total[0], total[1], 0, 0, 0, 0, 64, proto, 0, 0, src[0], src[1], src[2], src[3],
+        dst[0], dst[1], dst[2], dst[3],
+    ];
+    let checksum = csum::ipv4_header(&header).to_be_bytes();
+    header[10] = checksum[0];
+    header[11] = checksum[1];
+    header
 }
 
 /// `base` with its low `host_bits` replaced by those of `packet`'s

@@ -14,7 +14,7 @@ use crate::{
     Drop, Status, Verdict,
     balancer::{choose_backend, find_service, send_to_backend},
     csum, finish,
-    forward::{End, rewrite, v4_bytes},
+    forward::{End, ipv4_header, rewrite, v4_bytes},
     maps::Scratch,
     packet::{read_at, read_into, write_at},
     parse::Packet,
@@ -366,33 +366,7 @@ fn write_ipv4_error(
     let checksum = (!csum::fold(sum)).to_be_bytes();
     message.header[2] = checksum[0];
     message.header[3] = checksum[1];
-    let (src, dst) = (v4_bytes(vip), v4_bytes(client));
-    let total = (20u16 + 8 + 28).to_be_bytes();
-    let mut header = [
-        0x45,
-        0,
-        total[0],
-        total[1],
-        0,
-        0,
-        0,
-        0,
-        64,
-        proto::ICMP,
-        0,
-        0,
-        src[0],
-        src[1],
-        src[2],
-        src[3],
-        dst[0],
-        dst[1],
-        dst[2],
-        dst[3],
-    ];
-    let checksum = csum::ipv4_header(&header).to_be_bytes();
-    header[10] = checksum[0];
-    header[11] = checksum[1];
+    let header = ipv4_header(0, 20 + 8 + 28, proto::ICMP, v4_bytes(vip), v4_bytes(client));
     write_at(ctx, l3, header).ok_or(unroutable)?;
     write_at(ctx, l3 + 20, message.header).ok_or(unroutable)?;
     write_at(ctx, l3 + 28, message.quote4).ok_or(unroutable)?;
