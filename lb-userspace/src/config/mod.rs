@@ -1,0 +1,715 @@
+//! The YAML configuration (DESIGN.md §5), parsed into types that cannot hold
+//! a bad value. Unknown keys are rejected; every error names its field path
+//! and, where the YAML parser knows it, the line.
+//!
+//! This file holds the schema (the types serde builds) and the entry points
+//! ([`Config::parse`], [`Config::load`]); only [`read`] and the `load`
+//! functions touch the file system. The checks sit beside it, all pure, in
+//! the order a parse runs them:
+//! - `limits`: YAML that would keep the parser busy for minutes (deep
+//!   nesting, aliases that multiply) is refused before it runs;
+//! - `sections`: type errors, section by section and service by service,
+//!   so that one run lists them all;
+//! - `validate`: the cross-field checks the types alone cannot express.
+//!
+//! `problems` says what a problem is, how many are listed, and on which
+//! line each one is written.
+
+mod limits;
+mod problems;
+mod sections;
+mod validate;
+
+pub use problems::{ConfigError, ConfigProblem, locate};
+
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use limits::{alias_problem, nesting_problem};
+use problems::{cap, line_of, strip_location};
+use sections::section_problems;
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Name of this balancer instance: the pin directory under
+    /// `/sys/fs/bpf/lb/`.
+    pub instance: InstanceName,
+    /// Interfaces the balancer attaches to.
+    pub interfaces: Vec<Interface>,
+    /// The services.
+    #[serde(default)]
+    pub services: Vec<Service>,
+    /// High availability (VRRP), optional.
+    #[serde(default)]
+    pub ha: Option<Ha>,
+    /// Where the control API and metrics listen.
+    #[serde(default)]
+    pub control: Control,
+    /// Data-plane sizes and timeouts.
+    #[serde(default)]
+    pub dataplane: DataplaneSettings,
+    /// Deny list and per-source rate limit for traffic to the VIPs.
+    #[serde(default)]
+    pub guard: Guard,
+}
+
+/// `guard:`: what is refused before any service sees it. Both count what
+/// they drop (`drop_denied`, `drop_rate_limited`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Guard {
+    /// Source prefixes whose packets to any VIP are dropped.
+    #[serde(default)]
+    pub deny: Vec<IpNet>,
+    /// Per-source limit on new flows (established flows are never limited).
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+    /// Automatic detection: sources over a threshold are denied for a while.
+    #[serde(default)]
+    pub auto: Option<GuardAuto>,
+}
+
+/// `guard.auto`: thresholds the data path watches per source and VIP, over
+/// one-second windows; a source that crosses one is denied (every VIP,
+/// every packet, established flows too) for `deny_for`, then let in again.
+/// Counted as `drop_guard_auto`. At least one threshold is needed.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GuardAuto {
+    /// New flows one source may open to one VIP per second.
+    #[serde(default)]
+    pub new_flows_per_second: Option<u32>,
+    /// TCP SYNs not followed by an ACK (bare SYNs minus ACK-carrying
+    /// packets) one source may send to one VIP per second.
+    #[serde(default)]
+    pub syn_only_per_second: Option<u32>,
+    /// Packets one source may send to one VIP per second.
+    #[serde(default)]
+    pub packets_per_second: Option<u32>,
+    /// How long a source that crossed a threshold stays denied.
+    #[serde(default = "default_deny_for", with = "duration")]
+    pub deny_for: Duration,
+}
+
+const fn default_deny_for() -> Duration {
+    Duration::from_mins(1)
+}
+
+/// `guard.rate_limit`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// New flows per second each source address may open.
+    pub new_flows_per_second: u32,
+    /// New flows a source may open at once; defaults to one second's worth.
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+/// `dataplane:`: map sizes (fixed when the program is loaded), idle timeouts
+/// and the tunnel source prefixes.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DataplaneSettings {
+    /// Services at most.
+    #[serde(default = "default_max_services")]
+    pub max_services: u32,
+    /// Backends at most, over all services.
+    #[serde(default = "default_max_backends")]
+    pub max_backends: u32,
+    /// Maglev ring size M, a prime; keep it above 100 × backends per service.
+    #[serde(default = "default_ring_size")]
+    pub ring_size: u32,
+    /// Connection-table entries (LRU).
+    #[serde(default = "default_connection_table_size")]
+    pub connection_table_size: u32,
+    /// Idle TCP flows older than this are rescheduled.
+    #[serde(default = "default_tcp_idle", with = "duration")]
+    pub tcp_idle_timeout: Duration,
+    /// Idle UDP flows older than this are rescheduled.
+    #[serde(default = "default_udp_idle", with = "duration")]
+    pub udp_idle_timeout: Duration,
+    /// Outer source prefix of IPv4 tunnels; host bits vary per flow (RSS).
+    /// Unset: this host's own address towards the tunnel backends.
+    #[serde(default)]
+    pub tunnel_source_v4: Option<ipnet::Ipv4Net>,
+    /// Outer source prefix of IPv6 tunnels; up to 32 host bits vary per flow.
+    /// Unset: this host's own address towards the tunnel backends.
+    #[serde(default)]
+    pub tunnel_source_v6: Option<ipnet::Ipv6Net>,
+}
+
+impl Default for DataplaneSettings {
+    fn default() -> Self {
+        Self {
+            max_services: default_max_services(),
+            max_backends: default_max_backends(),
+            ring_size: default_ring_size(),
+            connection_table_size: default_connection_table_size(),
+            tcp_idle_timeout: default_tcp_idle(),
+            udp_idle_timeout: default_udp_idle(),
+            tunnel_source_v4: None,
+            tunnel_source_v6: None,
+        }
+    }
+}
+
+const fn default_max_services() -> u32 {
+    64
+}
+const fn default_max_backends() -> u32 {
+    1024
+}
+const fn default_ring_size() -> u32 {
+    65_537
+}
+const fn default_connection_table_size() -> u32 {
+    1 << 20
+}
+const fn default_tcp_idle() -> Duration {
+    Duration::from_mins(15)
+}
+const fn default_udp_idle() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// A pin-directory-safe instance name: `[A-Za-z0-9_-]{1,64}`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct InstanceName(String);
+
+impl InstanceName {
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for InstanceName {
+    type Error = String;
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if valid {
+            Ok(Self(name))
+        } else {
+            Err(format!(
+                "instance name {name:?} must be 1 to 64 characters of A-Z, a-z, 0-9, '-' or '_'"
+            ))
+        }
+    }
+}
+
+impl fmt::Display for InstanceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An interface to attach to.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Interface {
+    /// Interface name, e.g. `eth0`.
+    pub name: String,
+    /// How to attach.
+    #[serde(default)]
+    pub xdp_mode: XdpModeSetting,
+}
+
+/// `interfaces[].xdp_mode`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeSetting {
+    /// Native, falling back to generic with a log line.
+    #[default]
+    Auto,
+    /// Native only.
+    Native,
+    /// Generic only.
+    Generic,
+}
+
+/// Transport protocol of a service.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Protocol {
+    /// The IP protocol number.
+    pub const fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => lb_common::proto::TCP,
+            Protocol::Udp => lb_common::proto::UDP,
+        }
+    }
+
+    /// Lower-case name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// How new flows pick a backend.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scheduler {
+    /// Consistent hash of the 5-tuple, weighted.
+    #[default]
+    Maglev,
+    /// Consistent hash of the source address, weighted.
+    IpHash,
+    /// Weighted round robin per new flow.
+    RoundRobin,
+    /// Maglev with weights following active flow counts.
+    LeastConn,
+    /// Maglev with weights following agent-reported load.
+    Resource,
+}
+
+/// How packets reach the backend.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Forwarding {
+    /// Destination rewrite; replies come back through the balancer.
+    #[default]
+    Nat,
+    /// MAC rewrite; backends answer clients directly.
+    Dsr,
+    /// IPIP / IP6IP6 encapsulation.
+    Tunnel,
+}
+
+/// One service.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// Unique name.
+    pub name: String,
+    /// Virtual IP.
+    pub vip: IpAddr,
+    /// Port, 0 for all ports.
+    pub port: u16,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Scheduler.
+    #[serde(default)]
+    pub scheduler: Scheduler,
+    /// Forwarding mode.
+    #[serde(default)]
+    pub forwarding: Forwarding,
+    /// Backends.
+    #[serde(default)]
+    pub backends: Vec<Backend>,
+    /// Health check; none means backends are always up.
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+    /// Traffic goes to the lowest tier with at least this many healthy,
+    /// weighted backends.
+    #[serde(default = "default_min_healthy")]
+    pub min_healthy: u32,
+    /// `resource` scheduler: the port of each backend's `lb agent`.
+    #[serde(default = "default_agent_port")]
+    pub agent_port: u16,
+    /// `resource` scheduler: a file holding the secret the agents were
+    /// started with (`lb agent --secret-file`); sent with every poll.
+    #[serde(default)]
+    pub agent_secret_file: Option<PathBuf>,
+}
+
+const fn default_agent_port() -> u16 {
+    9478
+}
+
+const fn default_min_healthy() -> u32 {
+    1
+}
+
+/// One backend of a service.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Backend {
+    /// Address.
+    pub address: IpAddr,
+    /// Port; defaults to the service port.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Relative weight; 0 drains.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Tier, 0 = primary.
+    #[serde(default)]
+    pub tier: u8,
+}
+
+const fn default_weight() -> u32 {
+    100
+}
+
+impl Backend {
+    /// The port traffic is sent to: the backend's own, else the service's
+    /// (0 for all-port services: the client's destination port is kept).
+    pub fn port_for(&self, service: &Service) -> u16 {
+        self.port.unwrap_or(service.port)
+    }
+}
+
+/// `health_check.kind`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    /// TCP connect.
+    #[default]
+    Tcp,
+    /// HTTP GET.
+    Http,
+    /// HTTPS GET (certificate not verified).
+    Https,
+    /// UDP send / expect.
+    Udp,
+    /// Command exit status.
+    Exec,
+    /// No checks: always up.
+    None,
+}
+
+/// A health check.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// Which check.
+    #[serde(default)]
+    pub kind: CheckKind,
+    /// HTTP path.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Expected HTTP status (default 200).
+    #[serde(default)]
+    pub expect_status: Option<u16>,
+    /// HTTP: a substring the response body must contain.
+    #[serde(default)]
+    pub expect_body: Option<String>,
+    /// HTTP: the `Host` header (default: the backend's address).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Port to check, when not the backend's traffic port.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// UDP: the payload to send.
+    #[serde(default)]
+    pub send: Option<String>,
+    /// UDP: a substring the reply must contain (any reply, if absent).
+    #[serde(default)]
+    pub expect: Option<String>,
+    /// Exec: the command and its arguments. `LB_BACKEND_ADDRESS` and
+    /// `LB_BACKEND_PORT` are set in its environment; exit status 0 is up.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// Time between checks.
+    #[serde(default = "default_interval", with = "duration")]
+    pub interval: Duration,
+    /// Time a check may take.
+    #[serde(default = "default_timeout", with = "duration")]
+    pub timeout: Duration,
+    /// Successes before up.
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    /// Failures before down.
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+}
+
+const fn default_interval() -> Duration {
+    Duration::from_secs(1)
+}
+const fn default_timeout() -> Duration {
+    Duration::from_millis(500)
+}
+const fn default_rise() -> u32 {
+    2
+}
+const fn default_fall() -> u32 {
+    2
+}
+
+/// VRRP settings.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Ha {
+    /// Interface VRRP runs on.
+    pub interface: String,
+    /// VRID, 1..=255.
+    pub virtual_router_id: u8,
+    /// Priority, 1..=254.
+    pub priority: u8,
+    /// Advertisement interval.
+    #[serde(default = "default_advert", with = "duration")]
+    pub advert_interval: Duration,
+    /// Whether a higher-priority backup takes over from a lower master.
+    #[serde(default = "default_true")]
+    pub preempt: bool,
+    /// Unicast peers; empty means multicast.
+    #[serde(default)]
+    pub unicast_peers: Vec<IpAddr>,
+    /// Floating addresses the master holds.
+    #[serde(default)]
+    pub floating_ips: Vec<IpNet>,
+}
+
+const fn default_advert() -> Duration {
+    Duration::from_secs(1)
+}
+const fn default_true() -> bool {
+    true
+}
+
+/// Control API and metrics.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Control {
+    /// Unix socket of the control API.
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// Prometheus listen address.
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Self {
+            socket: default_socket(),
+            metrics: None,
+        }
+    }
+}
+
+/// The default control socket.
+pub fn default_socket() -> PathBuf {
+    PathBuf::from("/run/lb/lb.sock")
+}
+
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map_err(|e| D::Error::custom(format!("{text:?} is not a duration like 500ms: {e}")))
+    }
+}
+
+/// The text of the configuration file `path`.
+pub fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::parse(&read(path)?)
+    }
+
+    /// Reads and validates `path`, and lists what is valid but probably
+    /// not meant ([`Config::warnings`], with lines): `lb check` prints
+    /// them, `lb run` logs them.
+    pub fn load_with_warnings(path: &Path) -> Result<(Self, Vec<ConfigProblem>), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config = Self::parse(&text)?;
+        let mut warnings = config.warnings();
+        for warning in &mut warnings {
+            warning.line = line_of(&text, &warning.path);
+        }
+        Ok((config, warnings))
+    }
+
+    /// What is accepted but probably not meant. A service with no backends
+    /// is valid (a placeholder, or one being emptied for maintenance), but
+    /// every packet to it is dropped (`drop_no_backend`), so say so.
+    pub fn warnings(&self) -> Vec<ConfigProblem> {
+        self.services
+            .iter()
+            .enumerate()
+            .filter(|(_, service)| service.backends.is_empty())
+            .map(|(i, service)| ConfigProblem {
+                path: format!("services[{i}].backends"),
+                line: None,
+                message: format!(
+                    "service {:?} has no backends: packets to {} {}:{} are dropped \
+                     (drop_no_backend)",
+                    service.name,
+                    service.protocol.name(),
+                    service.vip,
+                    service.port
+                ),
+            })
+            .collect()
+    }
+
+    /// Parses and validates YAML text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        if let Some(problem) = nesting_problem(text).or_else(|| alias_problem(text)) {
+            return Err(ConfigError::Invalid(vec![problem]));
+        }
+        // Section by section first (each service on its own), so one run
+        // reports every type error, not just the first.
+        let sections = section_problems(text);
+        if !sections.is_empty() {
+            return Err(ConfigError::Invalid(sections));
+        }
+        let deserializer = serde_yaml::Deserializer::from_str(text);
+        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let message = strip_location(&inner.to_string());
+            // serde_yaml may lead with the path too; it is reported apart.
+            let message = message
+                .strip_prefix(&format!("{path}: "))
+                .map_or(message.clone(), str::to_string);
+            ConfigError::Invalid(vec![ConfigProblem {
+                path,
+                line: inner.location().map(|l| l.line()),
+                message,
+            }])
+        })?;
+        let mut problems = config.problems();
+        cap(&mut problems);
+        for problem in &mut problems {
+            problem.line = line_of(text, &problem.path);
+        }
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(super) const MINIMAL: &str = "\
+instance: edge1
+interfaces:
+  - name: eth0
+services:
+  - name: web
+    vip: 203.0.113.10
+    port: 80
+    protocol: tcp
+    backends:
+      - { address: 192.0.2.11, port: 8080 }
+";
+
+    #[test]
+    fn minimal_config_parses_with_defaults() {
+        let config = Config::parse(MINIMAL).unwrap();
+        assert_eq!(config.instance.as_str(), "edge1");
+        assert_eq!(config.interfaces[0].xdp_mode, XdpModeSetting::Auto);
+        let web = &config.services[0];
+        assert_eq!(web.scheduler, Scheduler::Maglev);
+        assert_eq!(web.forwarding, Forwarding::Nat);
+        assert_eq!(web.backends[0].weight, 100);
+        assert_eq!(config.control.socket, PathBuf::from("/run/lb/lb.sock"));
+    }
+
+    #[test]
+    fn a_service_without_backends_is_accepted_with_a_warning() {
+        let text = format!(
+            "{MINIMAL}  - name: spare\n    vip: 203.0.113.11\n    port: 80\n    protocol: tcp\n    backends: []\n  - {{ name: bare, vip: 203.0.113.12, port: 80, protocol: udp }}\n"
+        );
+        let config = Config::parse(&text).unwrap();
+        let warnings = config.warnings();
+        let paths: Vec<&str> = warnings.iter().map(|w| w.path.as_str()).collect();
+        assert_eq!(paths, ["services[1].backends", "services[2].backends"]);
+        assert!(
+            warnings[0].message.contains("\"spare\" has no backends")
+                && warnings[1].message.contains("udp 203.0.113.12:80"),
+            "{warnings:?}"
+        );
+        assert!(Config::parse(MINIMAL).unwrap().warnings().is_empty());
+        let file = std::env::temp_dir().join(format!("lb-warn-{}.yaml", std::process::id()));
+        std::fs::write(&file, &text).unwrap();
+        let loaded = Config::load_with_warnings(&file);
+        std::fs::remove_file(&file).unwrap();
+        let (_, warnings) = loaded.unwrap();
+        assert_eq!(warnings[0].line, Some(15), "{warnings:?}");
+    }
+
+    #[test]
+    fn bad_enum_value_is_refused() {
+        let text = MINIMAL.replace("protocol: tcp", "protocol: sctp");
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("services[0].protocol"), "{err}");
+    }
+
+    #[test]
+    fn shipped_example_config_is_valid() {
+        let config = Config::parse(include_str!("../../../deploy/lb.example.yaml")).unwrap();
+        assert_eq!(config.services.len(), 2);
+        assert_eq!(config.services[0].backends[2].tier, 1);
+        let interval = config.services[0].health_check.as_ref().unwrap().interval;
+        assert_eq!(interval, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn shipped_modes_config_is_valid() {
+        let config = Config::parse(include_str!("../../../deploy/lb.modes.yaml")).unwrap();
+        let modes: Vec<Forwarding> = config.services.iter().map(|s| s.forwarding).collect();
+        assert_eq!(
+            modes,
+            [Forwarding::Nat, Forwarding::Dsr, Forwarding::Tunnel]
+        );
+    }
+
+    #[test]
+    fn shipped_ha_pair_configs_are_valid_twins() {
+        let a = Config::parse(include_str!("../../../deploy/lb.ha-a.yaml")).unwrap();
+        let b = Config::parse(include_str!("../../../deploy/lb.ha-b.yaml")).unwrap();
+        // Same services, so both balancers build the same tables.
+        assert_eq!(a.services, b.services);
+        let (ha_a, ha_b) = (a.ha.unwrap(), b.ha.unwrap());
+        assert_eq!(ha_a.virtual_router_id, ha_b.virtual_router_id);
+        assert_eq!(ha_a.floating_ips, ha_b.floating_ips);
+        assert!(ha_a.priority > ha_b.priority);
+        assert_ne!(a.instance, b.instance);
+        assert_eq!(ha_a.unicast_peers.len(), 1);
+        assert_ne!(ha_a.unicast_peers, ha_b.unicast_peers);
+    }
+
+    #[test]
+    fn bad_instance_name_is_refused() {
+        let text = MINIMAL.replace("edge1", "../etc");
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("instance"), "{err}");
+    }
+}

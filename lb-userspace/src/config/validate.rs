@@ -1,0 +1,643 @@
+//! The cross-field checks the types alone cannot express: unique service
+//! names and addresses, backends that fit their service's family and
+//! forwarding, NAT reply keys that name one service each, and the ranges
+//! of `guard`, `ha` and `dataplane`.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    time::Duration,
+};
+
+use super::problems::Problems;
+use super::{
+    Backend, CheckKind, Config, ConfigProblem, Forwarding, GuardAuto, Ha, HealthCheck, Protocol,
+    Service,
+};
+
+/// `guard.auto`: some threshold, none of them 0, and a denial of at least
+/// a second (the data path's window) and at most a day.
+fn check_guard_auto(auto: &GuardAuto, problems: &mut Problems) {
+    let thresholds = [
+        ("new_flows_per_second", auto.new_flows_per_second),
+        ("syn_only_per_second", auto.syn_only_per_second),
+        ("packets_per_second", auto.packets_per_second),
+    ];
+    if thresholds.iter().all(|(_, value)| value.is_none()) {
+        problems.push(
+            "guard.auto",
+            "set at least one of new_flows_per_second, syn_only_per_second, \
+             packets_per_second (or omit auto to turn it off)"
+                .into(),
+        );
+    }
+    for (name, value) in thresholds {
+        if value == Some(0) {
+            problems.push(
+                format!("guard.auto.{name}"),
+                "must be at least 1 (omit it to turn it off)".into(),
+            );
+        }
+    }
+    if auto.deny_for < Duration::from_secs(1) || auto.deny_for > Duration::from_hours(24) {
+        problems.push(
+            "guard.auto.deny_for",
+            format!(
+                "{} is outside 1s..24h",
+                humantime::format_duration(auto.deny_for)
+            ),
+        );
+    }
+}
+
+impl Config {
+    /// Cross-field checks the types alone cannot express.
+    pub(super) fn problems(&self) -> Vec<ConfigProblem> {
+        let mut problems = Problems::default();
+        if self.interfaces.is_empty() {
+            problems.push("interfaces", "at least one interface is needed".into());
+        }
+        self.check_dataplane(&mut problems);
+        if self.guard.deny.len() > 1024 {
+            problems.push(
+                "guard.deny",
+                format!(
+                    "{} prefixes exceed the deny list's 1024",
+                    self.guard.deny.len()
+                ),
+            );
+        }
+        if let Some(limit) = self.guard.rate_limit {
+            if limit.new_flows_per_second == 0 {
+                problems.push(
+                    "guard.rate_limit.new_flows_per_second",
+                    "must be at least 1 (omit rate_limit to turn it off)".into(),
+                );
+            }
+            if limit.burst == Some(0) {
+                problems.push("guard.rate_limit.burst", "must be at least 1".into());
+            }
+        }
+        if let Some(auto) = self.guard.auto {
+            check_guard_auto(&auto, &mut problems);
+        }
+        if let Some(ha) = &self.ha {
+            check_ha(ha, &mut problems);
+        }
+        let mut names = BTreeSet::new();
+        let mut keys = BTreeSet::new();
+        let mut nat_endpoints = BTreeMap::new();
+        for (i, service) in self.services.iter().enumerate() {
+            let at = format!("services[{i}]");
+            if service.name.is_empty() {
+                problems.push(format!("{at}.name"), "must not be empty".into());
+            }
+            if !names.insert(service.name.as_str()) {
+                problems.push(
+                    format!("{at}.name"),
+                    format!("{:?} is used by an earlier service", service.name),
+                );
+            }
+            if !keys.insert((service.vip, service.port, service.protocol)) {
+                problems.push(
+                    at.clone(),
+                    format!(
+                        "{} {}:{} is already used by an earlier service",
+                        service.protocol.name(),
+                        service.vip,
+                        service.port
+                    ),
+                );
+            }
+            if let Some(check) = &service.health_check {
+                check_health(&format!("{at}.health_check"), check, &mut problems);
+            }
+            if service.min_healthy == 0 {
+                problems.push(format!("{at}.min_healthy"), "must be at least 1".into());
+            }
+            let mut seen = BTreeSet::new();
+            for (j, backend) in service.backends.iter().enumerate() {
+                let at = format!("{at}.backends[{j}]");
+                if !seen.insert((backend.address, backend.port_for(service))) {
+                    problems.push(
+                        at.clone(),
+                        format!(
+                            "{}:{} is listed twice",
+                            backend.address,
+                            backend.port_for(service)
+                        ),
+                    );
+                }
+                check_backend(&at, service, backend, &mut nat_endpoints, &mut problems);
+            }
+        }
+        problems.0
+    }
+
+    fn check_dataplane(&self, problems: &mut Problems) {
+        let dataplane = &self.dataplane;
+        if !crate::maglev::is_prime(dataplane.ring_size) || dataplane.ring_size > 1 << 20 {
+            problems.push(
+                "dataplane.ring_size",
+                format!(
+                    "{} must be a prime of at most 1048576 (e.g. 65537)",
+                    dataplane.ring_size
+                ),
+            );
+        }
+        if self.services.len() > dataplane.max_services as usize {
+            problems.push(
+                "services",
+                format!(
+                    "{} services exceed dataplane.max_services {}",
+                    self.services.len(),
+                    dataplane.max_services
+                ),
+            );
+        }
+        let backends: usize = self.services.iter().map(|s| s.backends.len()).sum();
+        if backends > dataplane.max_backends as usize {
+            problems.push(
+                "services",
+                format!(
+                    "{backends} backends exceed dataplane.max_backends {}",
+                    dataplane.max_backends
+                ),
+            );
+        }
+    }
+}
+
+/// Checks a health check's settings against its kind.
+fn check_health(at: &str, check: &HealthCheck, problems: &mut Problems) {
+    if check.rise == 0 {
+        problems.push(format!("{at}.rise"), "must be at least 1".into());
+    }
+    if check.fall == 0 {
+        problems.push(format!("{at}.fall"), "must be at least 1".into());
+    }
+    if check.interval.is_zero() {
+        problems.push(format!("{at}.interval"), "must be more than 0".into());
+    }
+    if check.timeout.is_zero() || check.timeout > check.interval {
+        problems.push(
+            format!("{at}.timeout"),
+            format!(
+                "must be more than 0 and at most the interval ({})",
+                humantime::format_duration(check.interval)
+            ),
+        );
+    }
+    match check.kind {
+        CheckKind::Exec if check.command.as_ref().is_none_or(Vec::is_empty) => {
+            problems.push(format!("{at}.command"), "exec checks need a command".into());
+        }
+        CheckKind::Udp if check.send.is_none() => {
+            problems.push(
+                format!("{at}.send"),
+                "udp checks need a payload to send".into(),
+            );
+        }
+        CheckKind::Http | CheckKind::Https => {
+            if let Some(path) = &check.path
+                && !path.starts_with('/')
+            {
+                problems.push(
+                    format!("{at}.path"),
+                    format!("{path:?} must start with '/'"),
+                );
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Checks the `ha` section as `lb run` would use it: `VRRPv3` (RFC 5798)
+/// field ranges, and what this implementation carries (advertisements over
+/// IPv4 only).
+pub(super) fn check_ha(ha: &Ha, problems: &mut Problems) {
+    if ha.interface.is_empty() {
+        problems.push(
+            "ha.interface",
+            "must name the interface VRRP runs on".into(),
+        );
+    }
+    if ha.virtual_router_id == 0 {
+        problems.push(
+            "ha.virtual_router_id",
+            "0 is reserved: use 1 to 255 (the same on both balancers, unique on the segment)"
+                .into(),
+        );
+    }
+    if ha.priority == 0 || ha.priority == 255 {
+        problems.push(
+            "ha.priority",
+            format!(
+                "{} is reserved (0: a master stepping down, 255: the owner of the addresses, \
+                 which lb never is): use 1 to 254",
+                ha.priority
+            ),
+        );
+    }
+    if let Err(error) = crate::vrrp::AdvertInterval::from_duration(ha.advert_interval) {
+        let why = match error {
+            crate::vrrp::ConfigError::IntervalNotCentiseconds(_) => "is not a multiple of 10ms",
+            _ => "is outside 10ms to 40.95s",
+        };
+        problems.push(
+            "ha.advert_interval",
+            format!(
+                "{} {why}: VRRPv3 carries the interval in centiseconds, 10ms to 40.95s",
+                humantime::format_duration(ha.advert_interval)
+            ),
+        );
+    }
+    for (i, peer) in ha.unicast_peers.iter().enumerate() {
+        let at = format!("ha.unicast_peers[{i}]");
+        if peer.is_ipv6() {
+            problems.push(
+                at,
+                format!(
+                    "{peer}: IPv6 peers are not supported, lb sends VRRP advertisements over \
+                     IPv4 only; give the peer's IPv4 address on ha.interface"
+                ),
+            );
+        } else if peer.is_unspecified() || peer.is_multicast() || peer.is_loopback() {
+            problems.push(
+                at,
+                format!(
+                    "{peer} is not a peer's unicast address (omit unicast_peers for multicast)"
+                ),
+            );
+        }
+    }
+    let v4 = ha
+        .floating_ips
+        .iter()
+        .filter(|ip| ip.addr().is_ipv4())
+        .count();
+    if v4 > 255 {
+        problems.push(
+            "ha.floating_ips",
+            format!("{v4} IPv4 addresses: one VRRP advertisement holds at most 255"),
+        );
+    }
+}
+
+/// Checks one backend of `service`; `nat_endpoints` remembers which service
+/// each NAT backend (address, port, protocol) belongs to, since the reply
+/// path tells services apart by it.
+fn check_backend<'a>(
+    at: &str,
+    service: &'a Service,
+    backend: &Backend,
+    nat_endpoints: &mut BTreeMap<(IpAddr, u16, Protocol), &'a str>,
+    problems: &mut Problems,
+) {
+    let port = backend.port_for(service);
+    if backend.address.is_ipv4() != service.vip.is_ipv4() {
+        problems.push(
+            format!("{at}.address"),
+            format!("{} is not of the VIP's address family", backend.address),
+        );
+    }
+    if service.port == 0 && port != 0 {
+        problems.push(
+            format!("{at}.port"),
+            "an all-port service (port 0) keeps the client's port: omit the backend port".into(),
+        );
+    }
+    if service.forwarding != Forwarding::Nat && port != service.port {
+        let mode = if service.forwarding == Forwarding::Dsr {
+            "dsr"
+        } else {
+            "tunnel"
+        };
+        problems.push(
+            format!("{at}.port"),
+            format!(
+                "{mode} forwarding cannot change the port: omit it or use {}",
+                service.port
+            ),
+        );
+    }
+    if service.forwarding == Forwarding::Nat {
+        check_nat_endpoint(at, service, backend.address, port, nat_endpoints, problems);
+    }
+}
+
+/// The reply path finds a NAT reply's service by (backend address, port,
+/// protocol), then by (address, 0, protocol) for all-port services
+/// (DESIGN §2.2): each such key must name one service. An all-port NAT
+/// backend collides with every port of the same address and protocol that
+/// another NAT service uses — a reply from that port would get the other
+/// service's VIP.
+fn check_nat_endpoint<'a>(
+    at: &str,
+    service: &'a Service,
+    address: IpAddr,
+    port: u16,
+    nat_endpoints: &mut BTreeMap<(IpAddr, u16, Protocol), &'a str>,
+    problems: &mut Problems,
+) {
+    let protocol = service.protocol;
+    let name = service.name.as_str();
+    let collision = if port == 0 {
+        nat_endpoints
+            .iter()
+            .find(|((a, _, p), other)| *a == address && *p == protocol && **other != name)
+            .map(|((_, other_port, _), other)| (*other_port, *other))
+    } else {
+        [port, 0].iter().find_map(|key_port| {
+            nat_endpoints
+                .get(&(address, *key_port, protocol))
+                .filter(|other| **other != name)
+                .map(|other| (*key_port, *other))
+        })
+    };
+    if let Some((other_port, other)) = collision {
+        let message = if port == other_port {
+            format!(
+                "{address}:{port} is also a NAT backend of {other:?}: replies could not be \
+                 told apart"
+            )
+        } else {
+            let (all, specific, specific_port) = if port == 0 {
+                (name, other, other_port)
+            } else {
+                (other, name, port)
+            };
+            format!(
+                "{address} is a NAT backend of the all-port service {all:?} and, on port \
+                 {specific_port}, of {specific:?}: replies from that port could not be told \
+                 apart; give the services different backend addresses"
+            )
+        };
+        problems.push(at, message);
+    }
+    nat_endpoints
+        .entry((address, port, protocol))
+        .or_insert(name);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigError;
+    use crate::config::tests::MINIMAL;
+
+    #[test]
+    fn duplicate_service_is_refused() {
+        let text = format!(
+            "{MINIMAL}  - name: web\n    vip: 203.0.113.10\n    port: 80\n    protocol: tcp\n"
+        );
+        let ConfigError::Invalid(problems) = Config::parse(&text).unwrap_err() else {
+            panic!("expected Invalid");
+        };
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(problems[0].path, "services[1].name");
+        assert_eq!(problems[1].path, "services[1]");
+    }
+
+    /// The problems `Config::parse` finds in `services` (YAML list items).
+    fn service_problems(services: &str) -> Vec<ConfigProblem> {
+        let text = format!("instance: t\ninterfaces: [{{ name: eth0 }}]\nservices:\n{services}");
+        match Config::parse(&text) {
+            Ok(_) => Vec::new(),
+            Err(ConfigError::Invalid(problems)) => problems,
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+    }
+
+    #[test]
+    fn nat_backends_must_name_one_service_each_for_the_reply_path() {
+        let all_port = "  - { name: any, vip: 203.0.113.20, port: 0, protocol: tcp, backends: [{ address: 192.0.2.11 }] }\n";
+        let web = "  - { name: web, vip: 203.0.113.10, port: 80, protocol: tcp, backends: [{ address: 192.0.2.11, port: 8080 }] }\n";
+        // Either order: an all-port NAT service and a port-specific one on
+        // the same backend address and protocol collide.
+        for services in [format!("{all_port}{web}"), format!("{web}{all_port}")] {
+            let problems = service_problems(&services);
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            let message = &problems[0].message;
+            assert!(
+                message.contains("\"any\"")
+                    && message.contains("\"web\"")
+                    && message.contains("8080"),
+                "names both services and the port: {message}"
+            );
+            assert_eq!(problems[0].path, "services[1].backends[0]");
+        }
+        // The same (address, port, protocol) in two NAT services.
+        let twice = web.replace(
+            "name: web, vip: 203.0.113.10",
+            "name: web2, vip: 203.0.113.11",
+        );
+        let problems = service_problems(&format!("{web}{twice}"));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0]
+                .message
+                .contains("also a NAT backend of \"web\"")
+        );
+        // No collision: another protocol, another address, or not NAT.
+        for other in [
+            all_port.replace("protocol: tcp", "protocol: udp"),
+            all_port.replace("192.0.2.11", "192.0.2.12"),
+            all_port.replace("backends:", "forwarding: dsr, backends:"),
+        ] {
+            let problems = service_problems(&format!("{web}{other}"));
+            assert!(problems.is_empty(), "{other}: {problems:?}");
+        }
+    }
+
+    #[test]
+    fn guard_auto_parses_with_a_default_denial_and_refuses_bad_thresholds() {
+        let text = format!(
+            "{MINIMAL}guard:\n  auto: {{ syn_only_per_second: 200, packets_per_second: 20000 }}\n"
+        );
+        let auto = Config::parse(&text).unwrap().guard.auto.unwrap();
+        assert_eq!(auto.syn_only_per_second, Some(200));
+        assert_eq!(auto.packets_per_second, Some(20_000));
+        assert_eq!(auto.new_flows_per_second, None);
+        assert_eq!(auto.deny_for, Duration::from_mins(1));
+        for (auto, path) in [
+            ("{ deny_for: 30s }", "guard.auto"),
+            (
+                "{ new_flows_per_second: 0 }",
+                "guard.auto.new_flows_per_second",
+            ),
+            (
+                "{ packets_per_second: 10, deny_for: 500ms }",
+                "guard.auto.deny_for",
+            ),
+            (
+                "{ packets_per_second: 10, deny_for: 2d }",
+                "guard.auto.deny_for",
+            ),
+        ] {
+            let text = format!("{MINIMAL}guard:\n  auto: {auto}\n");
+            let ConfigError::Invalid(problems) = Config::parse(&text).unwrap_err() else {
+                panic!("expected Invalid for {auto}");
+            };
+            assert_eq!(problems.len(), 1, "{auto}: {problems:?}");
+            assert_eq!(problems[0].path, path, "{auto}");
+        }
+    }
+
+    /// MINIMAL with an `ha` section (block style, lines 11 to 18).
+    const HA: &str = "\
+ha:
+  interface: eth0
+  virtual_router_id: 51
+  priority: 150
+  advert_interval: 100ms
+  preempt: true
+  unicast_peers: [192.0.2.2]
+  floating_ips: [203.0.113.10/24]
+";
+
+    /// The problems of MINIMAL plus [`HA`] with `edit` applied: (path, line,
+    /// message).
+    fn ha_problems(edit: impl Fn(&str) -> String) -> Vec<(String, Option<usize>, String)> {
+        let text = format!("{MINIMAL}{}", edit(HA));
+        match Config::parse(&text) {
+            Ok(_) => Vec::new(),
+            Err(ConfigError::Invalid(problems)) => problems
+                .into_iter()
+                .map(|p| (p.path, p.line, p.message))
+                .collect(),
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+    }
+
+    #[test]
+    fn a_valid_ha_section_passes() {
+        assert_eq!(ha_problems(str::to_string), []);
+        for interval in ["10ms", "40950ms", "1s"] {
+            let problems = ha_problems(|ha| ha.replace("100ms", interval));
+            assert_eq!(problems, [], "{interval}");
+        }
+        for priority in ["1", "254"] {
+            let problems =
+                ha_problems(|ha| ha.replace("priority: 150", &format!("priority: {priority}")));
+            assert_eq!(problems, [], "priority {priority}");
+        }
+    }
+
+    #[test]
+    fn ha_virtual_router_id_0_is_refused() {
+        let problems =
+            ha_problems(|ha| ha.replace("virtual_router_id: 51", "virtual_router_id: 0"));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "ha.virtual_router_id");
+        assert_eq!(problems[0].1, Some(13));
+        assert!(problems[0].2.contains("1 to 255"), "{}", problems[0].2);
+        // Over 255 does not fit the field at all.
+        let problems =
+            ha_problems(|ha| ha.replace("virtual_router_id: 51", "virtual_router_id: 256"));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "ha.virtual_router_id");
+        assert_eq!(problems[0].1, Some(13));
+    }
+
+    #[test]
+    fn ha_priority_0_and_255_are_refused() {
+        for priority in ["0", "255"] {
+            let problems =
+                ha_problems(|ha| ha.replace("priority: 150", &format!("priority: {priority}")));
+            assert_eq!(problems.len(), 1, "{priority}: {problems:?}");
+            assert_eq!(problems[0].0, "ha.priority");
+            assert_eq!(problems[0].1, Some(14));
+            assert!(problems[0].2.contains("1 to 254"), "{}", problems[0].2);
+        }
+    }
+
+    #[test]
+    fn ha_advert_interval_must_be_whole_centiseconds_in_range() {
+        for (interval, why) in [
+            ("15ms", "not a multiple of 10ms"),
+            ("5ms", "not a multiple of 10ms"),
+            ("0s", "outside 10ms to 40.95s"),
+            ("41s", "outside 10ms to 40.95s"),
+        ] {
+            let problems = ha_problems(|ha| ha.replace("100ms", interval));
+            assert_eq!(problems.len(), 1, "{interval}: {problems:?}");
+            assert_eq!(problems[0].0, "ha.advert_interval");
+            assert_eq!(problems[0].1, Some(15));
+            assert!(problems[0].2.contains(why), "{interval}: {}", problems[0].2);
+        }
+    }
+
+    #[test]
+    fn ha_ipv6_unicast_peers_are_refused_not_dropped() {
+        let problems = ha_problems(|ha| ha.replace("[192.0.2.2]", "[192.0.2.2, '2001:db8::2']"));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "ha.unicast_peers[1]");
+        assert_eq!(problems[0].1, Some(17));
+        assert!(
+            problems[0].2.contains("IPv6 peers are not supported"),
+            "{}",
+            problems[0].2
+        );
+        let problems = ha_problems(|ha| ha.replace("[192.0.2.2]", "[224.0.0.18]"));
+        assert_eq!(problems[0].0, "ha.unicast_peers[0]", "{problems:?}");
+    }
+
+    #[test]
+    fn ha_interface_must_be_named_and_addresses_fit_an_advertisement() {
+        let problems = ha_problems(|ha| ha.replace("interface: eth0", "interface: ''"));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "ha.interface");
+        let many: Vec<String> = (0..256)
+            .map(|i| format!("10.0.{}.{}/32", i / 250, i % 250 + 1))
+            .collect();
+        let problems =
+            ha_problems(|ha| ha.replace("[203.0.113.10/24]", &format!("[{}]", many.join(", "))));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "ha.floating_ips");
+        assert!(problems[0].2.contains("at most 255"), "{}", problems[0].2);
+    }
+
+    #[test]
+    fn every_ha_problem_is_listed_at_once() {
+        let problems = ha_problems(|ha| {
+            ha.replace("virtual_router_id: 51", "virtual_router_id: 0")
+                .replace("priority: 150", "priority: 255")
+                .replace("100ms", "5ms")
+                .replace("[192.0.2.2]", "['2001:db8::2']")
+        });
+        let paths: Vec<&str> = problems.iter().map(|p| p.0.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "ha.virtual_router_id",
+                "ha.priority",
+                "ha.advert_interval",
+                "ha.unicast_peers[0]"
+            ],
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn ha_problems_come_with_type_errors_elsewhere() {
+        let problems = ha_problems(|ha| {
+            ha.replace("priority: 150", "priority: 0")
+                .replace("preempt: true", "preempt: maybe")
+        });
+        let paths: Vec<&str> = problems.iter().map(|p| p.0.as_str()).collect();
+        assert_eq!(paths, ["ha.preempt"], "{problems:?}");
+        let text = format!("{}{HA}", MINIMAL.replace("port: 80\n", "port: eighty\n"))
+            .replace("priority: 150", "priority: 0");
+        let ConfigError::Invalid(problems) = Config::parse(&text).unwrap_err() else {
+            panic!("expected Invalid");
+        };
+        let found: Vec<(&str, Option<usize>)> =
+            problems.iter().map(|p| (p.path.as_str(), p.line)).collect();
+        assert_eq!(
+            found,
+            [("services[0].port", Some(7)), ("ha.priority", Some(14))],
+            "{problems:?}"
+        );
+    }
+}

@@ -1,0 +1,203 @@
+//! VRRP version 3 (RFC 5798) for the HA pair: the advertisement wire format
+//! and the §6.4 state machine that decides which balancer holds the floating
+//! IPs.
+//!
+//! This room is sans-IO (STYLE.md §5): nothing here opens a socket, reads a
+//! clock or touches netlink. The I/O layer receives a packet, hands the VRRP
+//! payload to [`parse`] together with the IP source and destination (the
+//! checksum covers a pseudo-header), feeds the result to
+//! [`Router::on_advertisement`], calls [`Router::on_timer`] when
+//! [`Router::next_timer`] is due, and carries out the returned [`Action`]s
+//! (send an advertisement built by [`Router::advertisement`] and [`emit`],
+//! add or remove the floating IPs). Time is always an argument, so the
+//! timing rules are tested to the nanosecond without sleeping.
+//!
+//! The wire format is the one keepalived speaks with `version 3`: IPv4
+//! advertisements checksummed over the IPv4 pseudo-header (as for UDP, with
+//! protocol 112), IPv6 ones over the RFC 8200 pseudo-header.
+//!
+//! `wire` is the advertisement codec ([`Packet`], [`parse`], [`emit`]) and
+//! `router` the state machine ([`Router`]). This file holds what the router
+//! is given and what it answers: its settings, states, reasons, actions and
+//! refusals.
+
+mod router;
+mod wire;
+
+pub use router::Router;
+pub use wire::{
+    AdvertInterval, Advertisement, EmitError, Family, HEADER_LEN, MULTICAST_V4, MULTICAST_V6,
+    PRIORITY_OWNER, PRIORITY_STOP, PROTOCOL, Packet, TYPE_ADVERTISEMENT, VERSION, VrrpError, emit,
+    parse,
+};
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// Why the router settings are unusable.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// VRID 0 is reserved.
+    #[error("virtual router id 0 is reserved")]
+    ZeroVrid,
+    /// Priority 0 is reserved for "master stopping".
+    #[error("priority 0 is reserved for a stopping master")]
+    ZeroPriority,
+    /// The interval is not a whole number of centiseconds.
+    #[error("advertisement interval {0:?} is not a whole number of centiseconds")]
+    IntervalNotCentiseconds(Duration),
+    /// The interval is outside 10 ms..=40.95 s.
+    #[error("advertisement interval {0:?} is outside 10ms..=40.95s")]
+    IntervalOutOfRange(Duration),
+    /// A virtual address is not of the local address's family.
+    #[error("virtual address {address} is not of the family of {local}")]
+    MixedFamilies {
+        /// The offending virtual address.
+        address: IpAddr,
+        /// The local primary address.
+        local: IpAddr,
+    },
+    /// More virtual addresses than one advertisement holds.
+    #[error("{count} virtual addresses, at most 255 fit")]
+    TooManyAddresses {
+        /// Number of addresses.
+        count: usize,
+    },
+}
+
+/// Settings of one virtual router.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouterConfig {
+    /// Virtual router id, 1..=255.
+    pub vrid: u8,
+    /// Local priority, 1..=255; 255 means this router owns the addresses.
+    pub priority: u8,
+    /// How often a master advertises.
+    pub advert_interval: AdvertInterval,
+    /// Whether a backup takes over from a live lower-priority master.
+    pub preempt: bool,
+    /// This router's primary address on the VRRP interface: the source of
+    /// its advertisements and its tie-breaker on equal priority.
+    pub local_addr: IpAddr,
+    /// The virtual (floating) addresses, listed in advertisements.
+    pub addresses: Vec<IpAddr>,
+}
+
+/// State of the RFC 5798 §6.4 state machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Not started, or shut down.
+    Initialize,
+    /// Watching the master; takes over when it falls silent.
+    Backup,
+    /// Holding the floating IPs and advertising.
+    Master,
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Initialize => "initialize",
+            Self::Backup => "backup",
+            Self::Master => "master",
+        })
+    }
+}
+
+/// Why the router is in its current state, for `lb status` and logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Reason {
+    /// Never started.
+    NotStarted,
+    /// Started below priority 255: backups first, masters by election.
+    Started,
+    /// Started with priority 255, the address owner.
+    AddressOwner,
+    /// No advertisement within `Master_Down_Interval`.
+    MasterDown,
+    /// The master sent priority 0 and `Skew_Time` passed.
+    PriorityZero {
+        /// The stopping master.
+        from: IpAddr,
+    },
+    /// Stepped down for a higher-priority master.
+    HigherPriority {
+        /// Its priority.
+        priority: u8,
+        /// Its address.
+        from: IpAddr,
+    },
+    /// Stepped down for an equal-priority master with a higher address.
+    HigherAddress {
+        /// The shared priority.
+        priority: u8,
+        /// Its address.
+        from: IpAddr,
+    },
+    /// [`Router::shutdown`] was called.
+    Shutdown,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotStarted => f.write_str("not started"),
+            Self::Started => f.write_str("started"),
+            Self::AddressOwner => f.write_str("address owner (priority 255)"),
+            Self::MasterDown => f.write_str("master down interval expired"),
+            Self::PriorityZero { from } => write!(f, "priority 0 from master {from}"),
+            Self::HigherPriority { priority, from } => {
+                write!(f, "higher priority {priority} from {from}")
+            }
+            Self::HigherAddress { priority, from } => {
+                write!(f, "equal priority {priority} from higher address {from}")
+            }
+            Self::Shutdown => f.write_str("shut down"),
+        }
+    }
+}
+
+/// What the I/O layer must do, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// Send [`Router::advertisement`]`(priority)` to the group or peers.
+    SendAdvertisement {
+        /// Priority to advertise: the local one, or 0 when stopping.
+        priority: u8,
+    },
+    /// Add the floating IPs and send gratuitous ARP / unsolicited NA.
+    BecomeMaster,
+    /// Remove the floating IPs (if held); keep the data plane loaded.
+    BecomeBackup,
+    /// The router stopped: remove the floating IPs if held, send nothing.
+    Stop,
+}
+
+/// Why a received advertisement was not applied; worth a counter, not a
+/// log line per packet.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Ignored {
+    /// The router is not running.
+    #[error("router not running")]
+    NotRunning,
+    /// Another virtual router's advertisement (RFC 5798 §7.1 discard).
+    #[error("advertisement for virtual router {vrid}")]
+    OtherVrid {
+        /// Its VRID.
+        vrid: u8,
+    },
+    /// Sent from the other address family (VRRP version 3 runs one instance
+    /// per family).
+    #[error("advertisement from {from}, another address family")]
+    OtherFamily {
+        /// Its sender.
+        from: IpAddr,
+    },
+    /// Our own advertisement, looped back by multicast.
+    #[error("own advertisement looped back")]
+    Own,
+}
