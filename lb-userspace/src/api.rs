@@ -46,8 +46,8 @@ fn limits() -> Limits {
         head: MAX_HEAD,
         body: MAX_BODY,
         read: Duration::from_secs(5),
-        // A reload re-reads the file and rewrites tables (the owner's
-        // answer is awaited as long: `crate::owner::CALL_TIMEOUT`).
+        // A reload re-reads the file and rewrites tables; the owner's
+        // answer is awaited a little less (`crate::owner::CALL_TIMEOUT`).
         connection: Duration::from_mins(1),
         clients: 32,
         allow: Vec::new(),

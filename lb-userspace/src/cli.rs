@@ -568,9 +568,15 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
         let signal = wait_for(&signals);
         if signal == libc::SIGHUP {
             tracing::info!("SIGHUP: reloading");
-            if let Err(error) = controller.call(Controller::reload).map_err(gone)? {
-                tracing::error!(error = %format!("{error:#}"), "reload refused; nothing changed");
-            }
+            // An event like any other: applied in its turn, its outcome
+            // logged by the owner.
+            controller
+                .send(|c| {
+                    if let Err(error) = c.reload() {
+                        tracing::error!(error = %format!("{error:#}"), "reload refused; nothing changed");
+                    }
+                })
+                .map_err(gone)?;
             continue;
         }
         if signal == libc::SIGQUIT {

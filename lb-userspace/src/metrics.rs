@@ -378,6 +378,10 @@ pub fn serve(address: SocketAddr, controller: ControllerHandle) -> anyhow::Resul
         clients: 16,
         allow: Vec::new(),
     };
+    // A scrape kept waiting by a busy owner gets a 503 before the
+    // connection's bound cuts it off.
+    let controller =
+        controller.with_timeout(limits.connection.saturating_sub(Duration::from_secs(5)));
     crate::http::spawn_tcp(
         listener,
         limits,

@@ -22,9 +22,10 @@ use std::{
 use crate::controller::Controller;
 
 /// How long [`Handle::call`] waits for an answer. The longest job is a
-/// reload (re-reads the file, rewrites every table); the control socket
-/// gives a whole exchange as long.
-pub const CALL_TIMEOUT: Duration = Duration::from_mins(1);
+/// reload (re-reads the file, rewrites every table). A little under the
+/// control socket's minute per exchange, so that a client kept waiting by
+/// a busy owner is told so (503) rather than cut off.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(50);
 
 /// The handle the edges of `lb run` hold.
 pub type ControllerHandle = Handle<Controller>;
