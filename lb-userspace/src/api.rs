@@ -23,7 +23,7 @@ use std::{
         net::{UnixListener, UnixStream},
     },
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Duration,
 };
 
@@ -32,6 +32,7 @@ use anyhow::{Context as _, bail};
 use crate::{
     controller::{Controller, Override, OverrideError},
     http::{Limits, Request, Response},
+    owner::ControllerHandle,
 };
 
 /// Longest request head accepted.
@@ -45,7 +46,8 @@ fn limits() -> Limits {
         head: MAX_HEAD,
         body: MAX_BODY,
         read: Duration::from_secs(5),
-        // A reload re-reads the file and rewrites tables under the lock.
+        // A reload re-reads the file and rewrites tables; the owner's
+        // answer is awaited a little less (`crate::owner::CALL_TIMEOUT`).
         connection: Duration::from_mins(1),
         clients: 32,
         allow: Vec::new(),
@@ -84,7 +86,7 @@ impl Server {
 
     /// Serves requests in the background until the process ends; the
     /// returned guard removes the socket file when dropped.
-    pub fn spawn(self, controller: Arc<Mutex<Controller>>) -> anyhow::Result<SocketGuard> {
+    pub fn spawn(self, controller: ControllerHandle) -> anyhow::Result<SocketGuard> {
         let guard = SocketGuard(self.path.clone());
         crate::http::spawn_unix(
             self.listener,
@@ -105,24 +107,25 @@ impl Drop for SocketGuard {
     }
 }
 
-fn route(request: &Request, controller: &Mutex<Controller>) -> Response {
-    let Ok(mut controller) = controller.lock() else {
-        return Response::error(500, "controller state is poisoned");
-    };
+/// Answers one request. Bodies are parsed here, on the client's thread;
+/// only the controller's part of the work is a job for its owner.
+fn route(request: &Request, controller: &ControllerHandle) -> Response {
     match (request.method.as_str(), request.path.as_str()) {
-        ("GET", "/v1/status") => json(&controller.status()),
-        ("GET", "/v1/stats") => match controller.stats() {
+        ("GET", "/v1/status") => answer(controller.call(|c| c.status()), |status| json(&status)),
+        ("GET", "/v1/stats") => answer(controller.call(|c| c.stats()), |stats| match stats {
             Ok(stats) => json(&stats),
             Err(error) => Response::error(500, &format!("{error:#}")),
-        },
-        ("POST", "/v1/reload") => match controller.reload() {
-            Ok(writes) => json(&serde_json::json!({ "reloaded": true, "writes": writes })),
-            // The file is the operator's to fix: a client error.
-            Err(error) => {
-                tracing::error!(error = %format!("{error:#}"), "reload refused; nothing changed");
-                Response::error(400, &format!("reload refused, nothing changed: {error:#}"))
-            }
-        },
+        }),
+        ("POST", "/v1/reload") => {
+            answer(controller.call(Controller::reload), |reload| match reload {
+                Ok(writes) => json(&serde_json::json!({ "reloaded": true, "writes": writes })),
+                // The file is the operator's to fix: a client error.
+                Err(error) => {
+                    tracing::error!(error = %format!("{error:#}"), "reload refused; nothing changed");
+                    Response::error(400, &format!("reload refused, nothing changed: {error:#}"))
+                }
+            })
+        }
         ("POST", "/v1/drain" | "/v1/undrain" | "/v1/weight") => {
             let change: BackendChange = match serde_json::from_slice(&request.body) {
                 Ok(change) => change,
@@ -136,13 +139,13 @@ fn route(request: &Request, controller: &Mutex<Controller>) -> Response {
                     None => return Response::error(400, "a weight is needed"),
                 },
             };
-            match controller.override_backend(&change.service, &change.backend, weight) {
-                Ok(status) => json(&status),
-                Err(OverrideError::Unknown(message)) => Response::error(404, &message),
-                Err(OverrideError::Failed(error)) => Response::error(500, &format!("{error:#}")),
-            }
+            let done = controller
+                .call(move |c| c.override_backend(&change.service, &change.backend, weight));
+            answer(done, overridden)
         }
-        ("GET", "/v1/guard") => json(&controller.guard_report()),
+        ("GET", "/v1/guard") => answer(controller.call(|c| c.guard_report()), |report| {
+            json(&report)
+        }),
         ("POST", "/v1/guard/deny" | "/v1/guard/allow") => {
             let change: GuardChange = match serde_json::from_slice(&request.body) {
                 Ok(change) => change,
@@ -157,16 +160,15 @@ fn route(request: &Request, controller: &Mutex<Controller>) -> Response {
                     ),
                 );
             };
-            let result = if request.path == "/v1/guard/deny" {
-                controller.guard_deny(prefix)
-            } else {
-                controller.guard_allow(prefix)
-            };
-            match result {
-                Ok(report) => json(&report),
-                Err(OverrideError::Unknown(message)) => Response::error(404, &message),
-                Err(OverrideError::Failed(error)) => Response::error(500, &format!("{error:#}")),
-            }
+            let deny = request.path == "/v1/guard/deny";
+            let done = controller.call(move |c| {
+                if deny {
+                    c.guard_deny(prefix)
+                } else {
+                    c.guard_allow(prefix)
+                }
+            });
+            answer(done, overridden)
         }
         (
             _,
@@ -174,6 +176,26 @@ fn route(request: &Request, controller: &Mutex<Controller>) -> Response {
             | "/v1/guard" | "/v1/guard/deny" | "/v1/guard/allow",
         ) => Response::error(405, "method not allowed"),
         (_, path) => Response::error(404, &format!("no endpoint {path}")),
+    }
+}
+
+/// The owner's answer made a response; 503 if it gave none.
+fn answer<R>(
+    result: Result<R, crate::owner::OwnerError>,
+    respond: impl FnOnce(R) -> Response,
+) -> Response {
+    match result {
+        Ok(value) => respond(value),
+        Err(error) => Response::error(503, &error.to_string()),
+    }
+}
+
+/// An override's or a guard change's outcome as a response.
+fn overridden<T: serde::Serialize>(result: Result<T, OverrideError>) -> Response {
+    match result {
+        Ok(value) => json(&value),
+        Err(OverrideError::Unknown(message)) => Response::error(404, &message),
+        Err(OverrideError::Failed(error)) => Response::error(500, &format!("{error:#}")),
     }
 }
 

@@ -6,7 +6,6 @@ use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
     process::ExitCode,
-    sync::{Arc, Mutex},
 };
 
 use anyhow::Context as _;
@@ -18,6 +17,7 @@ use crate::{
     config::{Config, ConfigError, default_socket},
     controller::{Controller, StatsReport, StatusReport, ifindex},
     dataplane::{AttachMode, Dataplane, unpin_link},
+    owner::{ControllerHandle, OwnerError},
 };
 
 /// lb: an XDP layer-4 load balancer.
@@ -519,12 +519,15 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
     }
     let (events, results) = std::sync::mpsc::channel();
     controller.start_health(events);
-    controller.start_agents();
-    let controller = Arc::new(Mutex::new(controller));
+    // From here on one thread owns the controller; every other thread
+    // reaches it through a handle (see `crate::owner`).
+    let (controller, _owner) = crate::owner::spawn(controller)
+        .context("starting the controller thread")
+        .map_err(Failure::Runtime)?;
     // The control socket last: once it answers, the data plane is ready.
     let listening = metrics_address
         .map_or(Ok(()), |address| {
-            crate::metrics::serve(address, Arc::clone(&controller))?;
+            crate::metrics::serve(address, controller.clone())?;
             tracing::info!(%address, "metrics at /metrics");
             Ok(())
         })
@@ -533,50 +536,30 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
         Ok(server) => server,
         Err(error) => {
             let outcome = controller
-                .lock()
-                .map_or_else(|_| "lb run did not start".into(), |mut c| c.abandon());
+                .stop(|mut c| c.abandon())
+                .unwrap_or_else(|gone| format!("lb run did not start ({gone})"));
             return Err(Failure::Runtime(error.context(outcome)));
         }
     };
-    let ticking = Arc::clone(&controller);
-    // Once a second: dynamic weights; every tenth: reconcile active flows
-    // with the connection table (walked without the lock).
-    std::thread::spawn(move || {
-        for second in 0u64.. {
-            std::thread::sleep(std::time::Duration::from_secs(1));
-            if second % 10 == 9
-                && let Err(error) = Controller::reconcile(&ticking)
-            {
-                tracing::warn!(error = %format!("{error:#}"), "reconciling active flows failed");
-            }
-            let Ok(mut controller) = ticking.lock() else {
-                return;
-            };
-            if let Err(error) = controller.tick() {
-                tracing::warn!(error = %format!("{error:#}"), "dynamic weights failed");
-            }
-            if let Err(error) = controller.poll_guard() {
-                tracing::warn!(error = %format!("{error:#}"), "reading the guard's denials failed");
-            }
-        }
-    });
-    spawn_hop_follower(Arc::clone(&controller));
-    let health = Arc::clone(&controller);
-    // Health results are applied one at a time, under the controller lock,
-    // by this thread; the checker threads only probe.
+    spawn_ticker(controller.clone());
+    spawn_hop_follower(controller.clone());
+    spawn_agent_poller(controller.clone());
+    // Health results are applied one at a time, in order, by the owner;
+    // the checker threads only probe.
+    let health = controller.clone();
     std::thread::spawn(move || {
         for event in results {
-            let Ok(mut controller) = health.lock() else {
+            let applied = health.send(move |controller| {
+                if let Err(error) = controller.on_health(&event) {
+                    tracing::error!(error = %format!("{error:#}"), "applying a health change failed");
+                }
+            });
+            if applied.is_err() {
                 return;
-            };
-            if let Err(error) = controller.on_health(&event) {
-                tracing::error!(error = %format!("{error:#}"), "applying a health change failed");
             }
         }
     });
-    let server_guard = server
-        .spawn(Arc::clone(&controller))
-        .map_err(Failure::Runtime)?;
+    let server_guard = server.spawn(controller.clone()).map_err(Failure::Runtime)?;
     tracing::info!(
         socket = %socket.display(),
         "running; SIGINT or SIGTERM stops, SIGHUP reloads, SIGQUIT exits leaving the data plane"
@@ -585,10 +568,15 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
         let signal = wait_for(&signals);
         if signal == libc::SIGHUP {
             tracing::info!("SIGHUP: reloading");
-            let mut controller = controller.lock().map_err(|_| poisoned())?;
-            if let Err(error) = controller.reload() {
-                tracing::error!(error = %format!("{error:#}"), "reload refused; nothing changed");
-            }
+            // An event like any other: applied in its turn, its outcome
+            // logged by the owner.
+            controller
+                .send(|c| {
+                    if let Err(error) = c.reload() {
+                        tracing::error!(error = %format!("{error:#}"), "reload refused; nothing changed");
+                    }
+                })
+                .map_err(gone)?;
             continue;
         }
         if signal == libc::SIGQUIT {
@@ -596,9 +584,14 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
             // last tables: the next `lb run` takes it over. The floating IPs
             // go first, as on SIGTERM: the peer takes them over, and two
             // hosts must never answer ARP for one address.
-            let mut controller = controller.lock().map_err(|_| poisoned())?;
-            controller.stop_ha();
-            drop(controller);
+            controller
+                .stop(|mut c| {
+                    c.stop_ha();
+                    // Kept to the end: the process exits next, and dropping
+                    // would wait for the health probes in flight.
+                    std::mem::forget(c);
+                })
+                .map_err(gone)?;
             tracing::info!("SIGQUIT: exiting, data plane left attached and pinned");
             drop(server_guard);
             return Ok(());
@@ -606,25 +599,59 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
         tracing::info!(signal, "stopping");
         break;
     }
-    // The API thread keeps its handle; the controller is stopped in place,
-    // handing over HA first.
-    let mut controller = controller.lock().map_err(|_| poisoned())?;
-    controller.stop_ha();
-    let counters = controller.reason_counters().map_err(Failure::Runtime)?;
-    controller.stop().map_err(Failure::Runtime)?;
-    drop(controller);
+    // The owner's last job: hand over HA first, then the clean stop.
+    let counters = controller
+        .stop(|mut c| {
+            c.stop_ha();
+            let stopped = c
+                .reason_counters()
+                .and_then(|counters| c.stop().map(|()| counters));
+            // As on SIGQUIT: the process exits next.
+            std::mem::forget(c);
+            stopped
+        })
+        .map_err(gone)?
+        .map_err(Failure::Runtime)?;
     drop(server_guard);
     print_counters(&counters, output);
     Ok(())
 }
 
+/// Once a second: dynamic weights and the guard's denials; every tenth:
+/// reconcile active flows with the connection table (walked on this
+/// thread, not the owner's).
+fn spawn_ticker(controller: ControllerHandle) {
+    std::thread::spawn(move || {
+        for second in 0u64.. {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            if second % 10 == 9
+                && let Err(error) = Controller::reconcile(&controller)
+            {
+                tracing::warn!(error = %format!("{error:#}"), "reconciling active flows failed");
+            }
+            let ticked = controller.call(|controller| {
+                if let Err(error) = controller.tick() {
+                    tracing::warn!(error = %format!("{error:#}"), "dynamic weights failed");
+                }
+                if let Err(error) = controller.poll_guard() {
+                    tracing::warn!(error = %format!("{error:#}"), "reading the guard's denials failed");
+                }
+            });
+            match ticked {
+                Ok(()) => {}
+                Err(OwnerError::Gone) => return,
+                Err(error) => tracing::warn!(%error, "dynamic weights skipped"),
+            }
+        }
+    });
+}
+
 /// Keeps the cached next hops current: re-resolves them whenever the kernel
 /// reports a neighbour, route, address or link change, and every two
 /// seconds regardless (a hop still being resolved, a missed notification).
-/// The netlink lookups run on this thread's own resolver without the
-/// controller lock; only reading the backends and writing the answers
-/// take it.
-fn spawn_hop_follower(controller: Arc<Mutex<crate::controller::Controller>>) {
+/// The netlink lookups run on this thread's own resolver; only reading the
+/// backends and writing the answers are the owner's jobs.
+fn spawn_hop_follower(controller: ControllerHandle) {
     std::thread::spawn(move || {
         let mut monitor = match crate::netlink::Monitor::open() {
             Ok(monitor) => Some(monitor),
@@ -650,24 +677,60 @@ fn spawn_hop_follower(controller: Arc<Mutex<crate::controller::Controller>>) {
                 }
                 None => std::thread::sleep(period),
             }
-            let targets = match controller.lock() {
-                Ok(controller) => controller.hop_targets(),
-                Err(_) => return,
+            let targets = match controller.call(|c| c.hop_targets()) {
+                Ok(targets) => targets,
+                Err(OwnerError::Gone) => return,
+                Err(error) => {
+                    tracing::warn!(%error, "next hops not refreshed");
+                    continue;
+                }
             };
             let Some((backends, nat)) = targets else {
                 continue;
             };
             let lookup = resolver.lookup(&backends, nat);
-            let Ok(mut controller) = controller.lock() else {
+            if controller
+                .send(move |c| {
+                    c.write_hops(lookup);
+                })
+                .is_err()
+            {
                 return;
-            };
-            controller.write_hops(lookup);
+            }
         }
     });
 }
 
-fn poisoned() -> Failure {
-    Failure::Runtime(anyhow::anyhow!("controller state is poisoned"))
+/// Asks the `lb agent` of every `resource` backend for its load once a
+/// second, on this thread; each answer is an event for the owner, read by
+/// [`Controller::tick`].
+fn spawn_agent_poller(controller: ControllerHandle) {
+    std::thread::spawn(move || {
+        loop {
+            let targets = match controller.call(|c| c.agents()) {
+                Ok(targets) => targets,
+                Err(OwnerError::Gone) => return,
+                Err(_) => Vec::new(),
+            };
+            for (key, address, secret) in targets {
+                let load = crate::agent::query(address, secret.as_deref().map(String::as_str))
+                    .map_err(|error| {
+                        tracing::debug!(%address, error = %format!("{error:#}"), "agent unreachable");
+                    })
+                    .ok();
+                if controller.send(move |c| c.set_load(key, load)).is_err() {
+                    return;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    });
+}
+
+/// The controller's owner gave no answer: it is gone (it stopped, or a job
+/// panicked) or busy past [`crate::owner::CALL_TIMEOUT`].
+fn gone(error: OwnerError) -> Failure {
+    Failure::Runtime(anyhow::anyhow!("{error}"))
 }
 
 fn print_counters(counters: &BTreeMap<Reason, u64>, output: Output) {

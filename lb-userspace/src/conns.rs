@@ -3,8 +3,8 @@
 //! (aya 0.14 has no batched reads, so the one syscall is made here), with
 //! aya's key-by-key walk as the fallback on kernels without it (before 5.6).
 //! A [`ConnTable`] holds its own descriptor of the map, so the controller
-//! hands one out and the walk — a million entries by default — runs
-//! without the controller lock.
+//! hands one out and the walk — a million entries by default — runs on
+//! another thread than the controller's owner ([`crate::owner`]).
 //!
 //! The same walk estimates the table's silent LRU evictions
 //! ([`Evictions`]): the data plane never deletes an entry and userspace
@@ -84,7 +84,7 @@ impl ConnTable {
                 *active.entry(conn.backend_id).or_default() += 1;
             }
         })?;
-        // Sorted here, outside the controller lock ([`Census::new`] then
+        // Sorted here, off the owner's thread ([`Census::new`] then
         // finds them in order).
         keys.sort_unstable();
         keys.dedup();

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::{Arc, Mutex, mpsc::Sender},
+    sync::{Arc, mpsc::Sender},
 };
 
 use crate::{
@@ -46,10 +46,10 @@ pub struct Controller {
     /// reconciliation.
     offsets: BTreeMap<u32, i64>,
     /// Loads reported by `lb agent`, by backend.
-    loads: Arc<Mutex<BTreeMap<BackendKey, f64>>>,
-    /// Agents to poll (with their shared secret), shared with the poller
-    /// thread.
-    agents: Arc<Mutex<Vec<AgentTarget>>>,
+    loads: BTreeMap<BackendKey, f64>,
+    /// Agents to poll (with their shared secret), handed to the poller
+    /// ([`Controller::agents`]).
+    agents: Vec<AgentTarget>,
     /// Health-check durations per backend, for metrics.
     check_latency: BTreeMap<BackendKey, prometheus_client::metrics::histogram::Histogram>,
     /// Active flows the last reconciliation found in the connection table.
@@ -162,6 +162,7 @@ impl Controller {
         dataplane.rebuild_indexes()?;
         tracing::info!(writes = writes.len(), "maps written");
         attach(&mut dataplane, &taken_over, &pin_dir, started)?;
+        let agents = agent_targets(&config);
         let mut controller = Self {
             config,
             config_path: config_path.to_path_buf(),
@@ -172,8 +173,8 @@ impl Controller {
             overrides: BTreeMap::new(),
             dynamic: BTreeMap::new(),
             offsets: BTreeMap::new(),
-            loads: Arc::new(Mutex::new(BTreeMap::new())),
-            agents: Arc::new(Mutex::new(Vec::new())),
+            loads: BTreeMap::new(),
+            agents,
             check_latency: BTreeMap::new(),
             connections: 0,
             evictions: crate::conns::Evictions::default(),
@@ -225,7 +226,7 @@ impl Controller {
     fn restart_checker(&mut self) {
         if let Some(checker) = self.checker.take() {
             // Stopping waits for the probes in flight (an exec check can
-            // take seconds): not under the controller lock. A result they
+            // take seconds): not on the owner's thread. A result they
             // still send for a backend that is checked on is a real probe
             // of it, and is counted.
             std::thread::spawn(move || checker.stop());
@@ -375,19 +376,17 @@ impl Controller {
 
     /// Re-counts active flows in the connection table, which also sees what
     /// the counters cannot (LRU evictions, UDP flows that just went quiet).
-    /// The walk — a million entries by default — runs without the lock:
-    /// only taking a descriptor before it and folding the counts in after
-    /// it hold `controller`, so health results, the API and signals never
+    /// The walk — a million entries by default — runs on the caller's
+    /// thread: the owner only hands out a descriptor before it and folds
+    /// the counts in after it, so health results, the API and signals never
     /// wait for it.
-    pub fn reconcile(controller: &Mutex<Controller>) -> anyhow::Result<()> {
-        let poisoned = || anyhow::anyhow!("controller state is poisoned");
-        let (table, settings) = {
-            let controller = controller.lock().map_err(|_| poisoned())?;
-            (
+    pub fn reconcile(controller: &crate::owner::ControllerHandle) -> anyhow::Result<()> {
+        let (table, settings) = controller.call(|controller| {
+            anyhow::Ok((
                 controller.dataplane.conn_table()?,
                 settings(&controller.config),
-            )
-        };
+            ))
+        })??;
         let started = std::time::Instant::now();
         let (scanned, keys) = table
             .walk(
@@ -398,10 +397,7 @@ impl Controller {
             .context("reading the connection table")?;
         tracing::debug!(elapsed = ?started.elapsed(), flows = scanned.values().sum::<u64>(),
             entries = keys.len(), "connection table walked");
-        controller
-            .lock()
-            .map_err(|_| poisoned())?
-            .fold_in_scan(&scanned, keys)
+        controller.call(move |controller| controller.fold_in_scan(&scanned, keys))?
     }
 
     /// Takes a walk's live flows per backend id as the truth: the offsets
@@ -430,7 +426,7 @@ impl Controller {
     /// weight moved.
     pub fn tick(&mut self) -> anyhow::Result<()> {
         let active = self.active_flows();
-        let loads = self.loads.lock().map(|l| l.clone()).unwrap_or_default();
+        let loads = &self.loads;
         let mut changed = false;
         for (service, planned) in self.config.services.iter().zip(self.planner.planned()) {
             if !matches!(
@@ -478,38 +474,25 @@ impl Controller {
         Ok(())
     }
 
-    /// Starts polling the `lb agent` of every `resource` backend once a
-    /// second; loads feed [`Controller::tick`].
-    pub fn start_agents(&mut self) {
-        self.update_agents();
-        let agents = Arc::clone(&self.agents);
-        let loads = Arc::clone(&self.loads);
-        std::thread::spawn(move || {
-            loop {
-                let targets = agents.lock().map(|a| a.clone()).unwrap_or_default();
-                for (key, address, secret) in targets {
-                    let load = crate::agent::query(address, secret.as_deref().map(String::as_str));
-                    let Ok(mut loads) = loads.lock() else { return };
-                    match load {
-                        Ok(load) => {
-                            loads.insert(key, load);
-                        }
-                        Err(error) => {
-                            tracing::debug!(%address, error = %format!("{error:#}"), "agent unreachable");
-                            loads.remove(&key);
-                        }
-                    }
-                }
-                std::thread::sleep(std::time::Duration::from_secs(1));
-            }
-        });
+    /// The agents of the `resource` backends, for the poller that asks
+    /// them for their loads once a second ([`Controller::set_load`]).
+    pub fn agents(&self) -> Vec<AgentTarget> {
+        self.agents.clone()
+    }
+
+    /// A backend's load as its agent reported it; `None`: the agent did
+    /// not answer (the backend keeps its configured weight). Feeds
+    /// [`Controller::tick`].
+    pub fn set_load(&mut self, key: BackendKey, load: Option<f64>) {
+        match load {
+            Some(load) => self.loads.insert(key, load),
+            None => self.loads.remove(&key),
+        };
     }
 
     /// The agents of the current configuration's `resource` backends.
     fn update_agents(&mut self) {
-        if let Ok(mut agents) = self.agents.lock() {
-            *agents = agent_targets(&self.config);
-        }
+        self.agents = agent_targets(&self.config);
     }
 
     /// Drains, undrains or re-weights one backend (`lb drain` and friends)
@@ -670,8 +653,8 @@ impl Controller {
         }
     }
 
-    /// The backends whose next hops the hop follower looks up (without the
-    /// lock), and whether a NAT service needs the routing table; `None`
+    /// The backends whose next hops the hop follower looks up (on its own
+    /// thread), and whether a NAT service needs the routing table; `None`
     /// when netlink is unavailable (every packet asks the FIB).
     pub fn hop_targets(&self) -> Option<(Vec<(u32, std::net::IpAddr)>, bool)> {
         self.hops
@@ -680,7 +663,7 @@ impl Controller {
     }
 
     /// Writes the next hops a [`crate::hops::Resolver::lookup`] found
-    /// outside the lock; returns how many entries were written. A lookup
+    /// on the follower's thread; returns how many entries were written. A lookup
     /// made for other backends than the planned ones (a reload came
     /// between) is dropped: the reload refreshed the hops itself.
     pub fn write_hops(&mut self, lookup: crate::hops::Lookup) -> usize {
@@ -979,7 +962,7 @@ impl Controller {
 }
 
 /// A backend's agent: whom it reports for, where, and the secret to show.
-type AgentTarget = (BackendKey, SocketAddr, Option<Arc<String>>);
+pub type AgentTarget = (BackendKey, SocketAddr, Option<Arc<String>>);
 
 /// The agents of `config`'s `resource` backends. A secret file that cannot
 /// be read is logged and left out: its agents then refuse the polls, and

@@ -13,8 +13,9 @@
 //! - one request per connection (`Connection: close`), as the clients expect;
 //! - TCP listeners may admit only some peers ([`Limits::allow`]).
 //!
-//! Handlers are plain blocking functions (they take the controller lock, read
-//! maps): they run on tokio's blocking pool, never on the I/O threads.
+//! Handlers are plain blocking functions (they wait for the controller's
+//! owner to answer): they run on tokio's blocking pool, never on the I/O
+//! threads.
 
 use std::{
     convert::Infallible,

@@ -19,6 +19,7 @@ pub mod lock;
 pub mod maglev;
 pub mod metrics;
 pub mod netlink;
+pub mod owner;
 pub mod plan;
 pub mod sysctl;
 pub mod vrrp;

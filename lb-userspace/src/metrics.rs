@@ -5,7 +5,7 @@
 
 use std::{
     net::{SocketAddr, TcpListener},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Duration,
 };
 
@@ -20,6 +20,7 @@ use prometheus_client::{
 use crate::{
     controller::{Controller, StatsReport, StatusReport},
     http::{Limits, Request, Response},
+    owner::ControllerHandle,
 };
 
 /// One scrape's worth of numbers.
@@ -324,37 +325,49 @@ impl Scrape {
     }
 }
 
+impl Scrape {
+    /// The numbers of the controller's current state; taken by its owner,
+    /// encoded after on the client's thread.
+    fn take(controller: &Controller) -> anyhow::Result<Self> {
+        let latency = controller
+            .check_latency()
+            .iter()
+            .map(|(key, histogram)| {
+                let backend = format!("{}:{}", key.address, key.port);
+                (
+                    labels(&[("service", &key.service), ("backend", &backend)]),
+                    histogram.clone(),
+                )
+            })
+            .collect();
+        Ok(Self {
+            status: controller.status(),
+            stats: controller.stats()?,
+            latency,
+            maps: controller.map_fill(),
+        })
+    }
+
+    /// The page in the `OpenMetrics` text format.
+    fn render(self) -> anyhow::Result<String> {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry)
+            .map_err(|_| anyhow::anyhow!("encoding metrics"))?;
+        Ok(text)
+    }
+}
+
 /// The metrics page for the controller's current state.
 pub fn render(controller: &Controller) -> anyhow::Result<String> {
-    let latency = controller
-        .check_latency()
-        .iter()
-        .map(|(key, histogram)| {
-            let backend = format!("{}:{}", key.address, key.port);
-            (
-                labels(&[("service", &key.service), ("backend", &backend)]),
-                histogram.clone(),
-            )
-        })
-        .collect();
-    let scrape = Scrape {
-        status: controller.status(),
-        stats: controller.stats()?,
-        latency,
-        maps: controller.map_fill(),
-    };
-    let mut registry = Registry::default();
-    registry.register_collector(Box::new(scrape));
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &registry)
-        .map_err(|_| anyhow::anyhow!("encoding metrics"))?;
-    Ok(text)
+    Scrape::take(controller)?.render()
 }
 
 /// Serves `GET /metrics` on `address` in the background, through
 /// [`crate::http`]: clients concurrently, heads bounded to 8 KiB, no body,
 /// each read bounded by 5 s and each connection by 30 s.
-pub fn serve(address: SocketAddr, controller: Arc<Mutex<Controller>>) -> anyhow::Result<()> {
+pub fn serve(address: SocketAddr, controller: ControllerHandle) -> anyhow::Result<()> {
     let listener = TcpListener::bind(address)
         .with_context(|| format!("binding the metrics address {address}"))?;
     let limits = Limits {
@@ -365,6 +378,10 @@ pub fn serve(address: SocketAddr, controller: Arc<Mutex<Controller>>) -> anyhow:
         clients: 16,
         allow: Vec::new(),
     };
+    // A scrape kept waiting by a busy owner gets a 503 before the
+    // connection's bound cuts it off.
+    let controller =
+        controller.with_timeout(limits.connection.saturating_sub(Duration::from_secs(5)));
     crate::http::spawn_tcp(
         listener,
         limits,
@@ -372,7 +389,7 @@ pub fn serve(address: SocketAddr, controller: Arc<Mutex<Controller>>) -> anyhow:
     )
 }
 
-fn answer(request: &Request, controller: &Mutex<Controller>) -> Response {
+fn answer(request: &Request, controller: &ControllerHandle) -> Response {
     if request.method != "GET" || request.path != "/metrics" {
         return Response {
             status: 404,
@@ -380,10 +397,11 @@ fn answer(request: &Request, controller: &Mutex<Controller>) -> Response {
             body: "metrics are at /metrics\n".to_string(),
         };
     }
-    let Ok(controller) = controller.lock() else {
-        return Response::error(500, "controller state is poisoned");
+    let scrape = match controller.call(|c| Scrape::take(c)) {
+        Ok(scrape) => scrape,
+        Err(error) => return Response::error(503, &error.to_string()),
     };
-    match render(&controller) {
+    match scrape.and_then(Scrape::render) {
         Ok(text) => Response {
             status: 200,
             content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",

@@ -1,7 +1,7 @@
 //! The periodic walk of the connection table (every 10 s, to reconcile the
-//! active-flow counts) runs without the controller lock: with the table
-//! full — a million entries — the API and health-driven failover, which
-//! take the same lock, never wait for it.
+//! active-flow counts) runs off the controller's owner thread: with the
+//! table full — a million entries — the API and health-driven failover,
+//! which are jobs for the same owner, never wait for it.
 
 use std::{
     io::{Read, Write},
