@@ -3,8 +3,9 @@
 //! `Master_Down_Interval`, but the addresses stay on the dead controller's
 //! interface (its kernel keeps answering ARP for them). `lb release` (the
 //! unit's `ExecStopPost=`) removes them, refusing while the instance runs;
-//! a restarted `lb run` removes them before VRRP starts. Two balancers on
-//! one veth, VRRP over multicast.
+//! a restarted `lb run` removes them before VRRP starts, then stays backup
+//! (`preempt: false`) or takes them back after its `preempt_delay`. Two
+//! balancers on one veth, VRRP over multicast.
 
 use std::time::Duration;
 
@@ -242,4 +243,50 @@ fn a_restarted_lb_run_removes_what_a_killed_master_left() {
     );
     assert!(wait_until(Duration::from_secs(5), || pair[0].holds() == FLOATING));
     assert_eq!(pair[1].holds(), [] as [&str; 0]);
+}
+
+#[test]
+fn a_restarted_master_follows_for_its_preempt_delay_then_takes_back() {
+    let mut pair = pair("d");
+    start_pair(&mut pair);
+    kill_master(&mut pair);
+
+    let config = std::fs::read_to_string(pair[0].config.path()).unwrap();
+    std::fs::write(
+        pair[0].config.path(),
+        config.replace("preempt: true", "preempt: true, preempt_delay: 5s"),
+    )
+    .unwrap();
+    pair[0].start();
+    // Backup first, without the addresses, following the lower master...
+    let status = |b: &Balancer| {
+        let output = b.lb(&["status", "--output", "json", "--socket", &b.socket]);
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap_or_default()["ha"]
+            .clone()
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let ha = status(&pair[0]);
+            ha["state"] == "backup" && ha["peer"] == "192.0.2.2"
+        }),
+        "the restarted balancer is not a backup following the master: {}",
+        status(&pair[0])
+    );
+    assert_eq!(pair[0].holds(), [] as [&str; 0]);
+    // ...then preempts it (priority 150 over 100), and the floating IPs
+    // move whole: one host holds them.
+    assert!(
+        wait_until(Duration::from_secs(15), || pair[0].state() == "master"),
+        "no preemption after the delay: {}",
+        status(&pair[0])
+    );
+    let ha = status(&pair[0]);
+    assert_eq!(
+        ha["reason"], "preempted lower priority 100 master 192.0.2.2",
+        "{ha}"
+    );
+    assert!(wait_until(Duration::from_secs(5), || pair[1].state()
+        == "backup"
+        && pair[1].holds().is_empty()
+        && pair[0].holds() == FLOATING));
 }
