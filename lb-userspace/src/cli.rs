@@ -192,6 +192,15 @@ pub enum Command {
         #[arg(long)]
         instance: Option<String>,
     },
+    /// Remove the configured floating IPs from the HA interface, where a
+    /// killed or crashed `lb run` left them (the unit's `ExecStopPost=`).
+    /// Refused while the instance runs.
+    #[command(after_help = "Example:\n  lb release -c /etc/lb/lb.yaml")]
+    Release {
+        /// Configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
     /// On a backend: strip IPIP / IP6IP6 in XDP (tunnel mode).
     #[command(after_help = "Example:\n  lb decap attach eth0\n  lb decap detach eth0")]
     Decap {
@@ -343,6 +352,7 @@ pub fn main() -> ExitCode {
         Command::Detach { config, instance } => {
             detach(config.as_deref(), instance.as_deref(), output)
         }
+        Command::Release { config } => release(config, output),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -509,6 +519,7 @@ fn prepare_run(path: &Path) -> Result<(Config, crate::lock::InstanceLock), Failu
 /// exit 2 (see [`Controller::start`]).
 fn run(path: &Path, output: Output) -> Result<(), Failure> {
     let (config, _lock) = prepare_run(path)?;
+    release_stale(&config)?;
     let socket = config.control.socket.clone();
     let signals = block_signals();
     let metrics_address = config.control.metrics;
@@ -1107,6 +1118,78 @@ fn detach(config: Option<&Path>, instance: Option<&str>, output: Output) -> Resu
         Output::Json => println!(
             "{}",
             serde_json::json!({"instance": name, "detached": detached, "pins": pin_dir.display().to_string()})
+        ),
+    }
+    Ok(())
+}
+
+/// Before VRRP runs: floating IPs on the HA interface were left by a run
+/// that never handed over (SIGKILL, a crash); this one starts as backup
+/// and must not answer for them. Each removal is logged.
+fn release_stale(config: &Config) -> Result<(), Failure> {
+    let Some(ha) = &config.ha else {
+        return Ok(());
+    };
+    let removed = crate::release::release(ha).map_err(|error| {
+        Failure::Runtime(anyhow::Error::new(error).context(
+            "ha: a floating IP a previous run left could not be removed; nothing was started",
+        ))
+    })?;
+    for address in removed {
+        tracing::warn!(%address, interface = %ha.interface,
+            "ha: removed a floating IP left by a previous run (killed without handing over)");
+    }
+    Ok(())
+}
+
+/// `lb release -c FILE`: what `lb run` does first, for the service manager
+/// to run however the process ended. Exit 0 when nothing is held; 1 while
+/// the instance runs (its floating IPs are its own to hand over).
+fn release(path: &Path, output: Output) -> Result<(), Failure> {
+    let config = Config::load(path)?;
+    let name = config.instance.to_string();
+    // Held: the instance runs. Taking it also clears the lock file a
+    // killed lb left (when this lock is dropped).
+    let _lock = crate::lock::InstanceLock::acquire(
+        Path::new(crate::lock::LOCK_ROOT),
+        &name,
+        Path::new(""),
+    )
+    .map_err(|error| match error {
+        crate::lock::LockError::Held { holder, .. } => Failure::User(anyhow::anyhow!(
+            "instance {name:?} is running ({holder}): its floating IPs are its own; stop it \
+             with SIGTERM, which hands them over"
+        )),
+        other => Failure::Runtime(other.into()),
+    })?;
+    let (interface, removed, nothing) = match &config.ha {
+        None => (
+            None,
+            Vec::new(),
+            "nothing to do (no ha section)".to_string(),
+        ),
+        Some(ha) if ifindex(&ha.interface).is_err() => (
+            Some(ha.interface.as_str()),
+            Vec::new(),
+            format!("nothing to do (no interface {})", ha.interface),
+        ),
+        Some(ha) => (
+            Some(ha.interface.as_str()),
+            crate::release::release(ha).map_err(|e| Failure::Runtime(e.into()))?,
+            format!("no floating IP on {}; nothing to do", ha.interface),
+        ),
+    };
+    let removed: Vec<String> = removed.iter().map(ToString::to_string).collect();
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({"instance": name, "interface": interface, "removed": removed})
+        ),
+        Output::Human if removed.is_empty() => println!("instance {name}: {nothing}"),
+        Output::Human => println!(
+            "instance {name}: removed {} from {}",
+            removed.join(", "),
+            interface.unwrap_or_default()
         ),
     }
     Ok(())

@@ -21,5 +21,6 @@ pub mod metrics;
 pub mod netlink;
 pub mod owner;
 pub mod plan;
+pub mod release;
 pub mod sysctl;
 pub mod vrrp;

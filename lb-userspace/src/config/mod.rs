@@ -465,9 +465,17 @@ pub struct Ha {
     /// Advertisement interval.
     #[serde(default = "default_advert", with = "duration")]
     pub advert_interval: Duration,
-    /// Whether a higher-priority backup takes over from a lower master.
+    /// Whether a higher-priority backup takes over from a lower master
+    /// (`false` is keepalived's `nopreempt`: it takes over only when the
+    /// master is gone).
     #[serde(default = "default_true")]
     pub preempt: bool,
+    /// keepalived's `preempt_delay`: how long a higher-priority backup
+    /// follows a lower-priority master, from the first advertisement of it
+    /// heard as backup (at start-up, the first one), before preempting it.
+    /// 0 (the default) preempts at once; ignored with `preempt: false`.
+    #[serde(default, with = "duration")]
+    pub preempt_delay: Duration,
     /// Unicast peers; empty means multicast.
     #[serde(default)]
     pub unicast_peers: Vec<IpAddr>,
@@ -553,8 +561,21 @@ impl Config {
 
     /// What is accepted but probably not meant. A service with no backends
     /// is valid (a placeholder, or one being emptied for maintenance), but
-    /// every packet to it is dropped (`drop_no_backend`), so say so.
+    /// every packet to it is dropped (`drop_no_backend`), so say so. A
+    /// `preempt_delay` with `preempt: false` does nothing (as in keepalived).
     pub fn warnings(&self) -> Vec<ConfigProblem> {
+        let ha = self
+            .ha
+            .iter()
+            .filter(|ha| !ha.preempt && !ha.preempt_delay.is_zero())
+            .map(|ha| ConfigProblem {
+                path: "ha.preempt_delay".into(),
+                line: None,
+                message: format!(
+                    "{} has no effect with preempt: false (a backup never preempts)",
+                    humantime::format_duration(ha.preempt_delay)
+                ),
+            });
         self.services
             .iter()
             .enumerate()
@@ -571,6 +592,7 @@ impl Config {
                     service.port
                 ),
             })
+            .chain(ha)
             .collect()
     }
 
@@ -657,6 +679,24 @@ services:
             "{warnings:?}"
         );
         assert!(Config::parse(MINIMAL).unwrap().warnings().is_empty());
+        let ha = "ha: { interface: eth0, virtual_router_id: 51, priority: 100, \
+                  preempt: false, preempt_delay: 30s }\n";
+        let warnings = Config::parse(&format!("{MINIMAL}{ha}")).unwrap().warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!(warnings[0].path, "ha.preempt_delay");
+        assert!(
+            warnings[0]
+                .message
+                .contains("no effect with preempt: false"),
+            "{warnings:?}"
+        );
+        let ha = ha.replace("preempt: false", "preempt: true");
+        assert!(
+            Config::parse(&format!("{MINIMAL}{ha}"))
+                .unwrap()
+                .warnings()
+                .is_empty()
+        );
         let file = std::env::temp_dir().join(format!("lb-warn-{}.yaml", std::process::id()));
         std::fs::write(&file, &text).unwrap();
         let loaded = Config::load_with_warnings(&file);
@@ -700,6 +740,8 @@ services:
         let (ha_a, ha_b) = (a.ha.unwrap(), b.ha.unwrap());
         assert_eq!(ha_a.virtual_router_id, ha_b.virtual_router_id);
         assert_eq!(ha_a.floating_ips, ha_b.floating_ips);
+        assert_eq!(ha_a.preempt_delay, Duration::from_secs(5));
+        assert_eq!(ha_a.preempt_delay, ha_b.preempt_delay);
         assert!(ha_a.priority > ha_b.priority);
         assert_ne!(a.instance, b.instance);
         assert_eq!(ha_a.unicast_peers.len(), 1);

@@ -15,6 +15,9 @@ use super::{
     Service,
 };
 
+/// The longest `ha.preempt_delay`, keepalived's (1,000 s).
+pub const MAX_PREEMPT_DELAY: Duration = Duration::from_secs(1000);
+
 /// `guard.auto`: some threshold, none of them 0, and a denial of at least
 /// a second (the data path's window) and at most a day.
 fn check_guard_auto(auto: &GuardAuto, problems: &mut Problems) {
@@ -249,6 +252,17 @@ pub(super) fn check_ha(ha: &Ha, problems: &mut Problems) {
             format!(
                 "{} {why}: VRRPv3 carries the interval in centiseconds, 10ms to 40.95s",
                 humantime::format_duration(ha.advert_interval)
+            ),
+        );
+    }
+    if ha.preempt_delay > MAX_PREEMPT_DELAY {
+        problems.push(
+            "ha.preempt_delay",
+            format!(
+                "{} is over {} (keepalived's limit too): a backup that waits longer \
+                 is better left with preempt: false",
+                humantime::format_duration(ha.preempt_delay),
+                humantime::format_duration(MAX_PREEMPT_DELAY)
             ),
         );
     }
@@ -522,6 +536,33 @@ ha:
                 ha_problems(|ha| ha.replace("priority: 150", &format!("priority: {priority}")));
             assert_eq!(problems, [], "priority {priority}");
         }
+    }
+
+    #[test]
+    fn ha_preempt_delay_defaults_to_0_and_is_at_most_1000s() {
+        let config = Config::parse(&format!("{MINIMAL}{HA}")).unwrap();
+        assert_eq!(config.ha.unwrap().preempt_delay, Duration::ZERO);
+        for delay in ["0s", "300ms", "5m", "1000s"] {
+            let problems = ha_problems(|ha| format!("{ha}  preempt_delay: {delay}\n"));
+            assert_eq!(problems, [], "{delay}");
+        }
+        let text = format!("{MINIMAL}{HA}  preempt_delay: 2s\n");
+        let ha = Config::parse(&text).unwrap().ha.unwrap();
+        assert_eq!(ha.preempt_delay, Duration::from_secs(2));
+        let problems = ha_problems(|ha| format!("{ha}  preempt_delay: 1001s\n"));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "ha.preempt_delay");
+        assert_eq!(problems[0].1, Some(19));
+        assert!(problems[0].2.contains("over 16m 40s"), "{}", problems[0].2);
+        // Not a duration at all.
+        let problems = ha_problems(|ha| format!("{ha}  preempt_delay: thirty\n"));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "ha.preempt_delay");
+        assert!(
+            problems[0].2.contains("not a duration"),
+            "{}",
+            problems[0].2
+        );
     }
 
     #[test]

@@ -76,8 +76,14 @@ pub struct RouterConfig {
     pub priority: u8,
     /// How often a master advertises.
     pub advert_interval: AdvertInterval,
-    /// Whether a backup takes over from a live lower-priority master.
+    /// Whether a backup takes over from a live lower-priority master
+    /// (`false` is keepalived's `nopreempt`).
     pub preempt: bool,
+    /// keepalived's `preempt_delay`: how long a preempting backup follows a
+    /// lower-priority master, counted from the first of its advertisements
+    /// heard since the router became backup, before it preempts. Zero
+    /// preempts at once.
+    pub preempt_delay: Duration,
     /// This router's primary address on the VRRP interface: the source of
     /// its advertisements and its tie-breaker on equal priority.
     pub local_addr: IpAddr,
@@ -130,6 +136,14 @@ pub enum Reason {
         /// Its address.
         from: IpAddr,
     },
+    /// Took over from a live master of lower priority (preemption), its
+    /// advertisements ignored for `Master_Down_Interval`.
+    Preempted {
+        /// Its priority.
+        priority: u8,
+        /// Its address.
+        from: IpAddr,
+    },
     /// Stepped down for an equal-priority master with a higher address.
     HigherAddress {
         /// The shared priority.
@@ -151,6 +165,9 @@ impl fmt::Display for Reason {
             Self::PriorityZero { from } => write!(f, "priority 0 from master {from}"),
             Self::HigherPriority { priority, from } => {
                 write!(f, "higher priority {priority} from {from}")
+            }
+            Self::Preempted { priority, from } => {
+                write!(f, "preempted lower priority {priority} master {from}")
             }
             Self::HigherAddress { priority, from } => {
                 write!(f, "equal priority {priority} from higher address {from}")

@@ -28,6 +28,14 @@ pub struct Router {
     /// Set when a priority-0 advertisement shortened the down timer, so the
     /// takeover names the real cause.
     stopping_master: Option<IpAddr>,
+    /// The lower-priority master whose advertisements a preempting backup
+    /// ignores (priority, address), so the takeover names it.
+    preempting: Option<(u8, IpAddr)>,
+    /// keepalived's `preempt_time`: with a `preempt_delay`, when a backup
+    /// may start to preempt. Set by the first lower-priority advertisement
+    /// heard as backup, cleared by an equal or higher one and by every
+    /// transition.
+    preempt_after: Option<Instant>,
 }
 
 impl Router {
@@ -63,6 +71,8 @@ impl Router {
             timer: None,
             peer: None,
             stopping_master: None,
+            preempting: None,
+            preempt_after: None,
         })
     }
 
@@ -77,6 +87,7 @@ impl Router {
             priority: ha.priority,
             advert_interval: AdvertInterval::from_duration(ha.advert_interval)?,
             preempt: ha.preempt,
+            preempt_delay: ha.preempt_delay,
             local_addr,
             addresses: ha
                 .floating_ips
@@ -116,6 +127,12 @@ impl Router {
     /// `Initialize`.
     pub fn next_timer(&self) -> Option<Instant> {
         self.timer
+    }
+
+    /// With a `preempt_delay`: when this backup may start to preempt the
+    /// lower-priority master it follows; `None` when no delay runs.
+    pub fn preempt_after(&self) -> Option<Instant> {
+        self.preempt_after
     }
 
     /// `Master_Adver_Interval`: the master's interval as last learnt.
@@ -175,9 +192,10 @@ impl Router {
         match self.state {
             State::Initialize => Vec::new(),
             State::Backup => {
-                let reason = match self.stopping_master {
-                    Some(from) => Reason::PriorityZero { from },
-                    None => Reason::MasterDown,
+                let reason = match (self.stopping_master, self.preempting) {
+                    (Some(from), _) => Reason::PriorityZero { from },
+                    (None, Some((priority, from))) => Reason::Preempted { priority, from },
+                    (None, None) => Reason::MasterDown,
                 };
                 self.become_master(now, reason)
             }
@@ -222,10 +240,13 @@ impl Router {
                     // highest-priority backup still goes first.
                     self.timer = Some(now + self.skew_time());
                     self.stopping_master = Some(from);
-                } else if !self.config.preempt || advert.priority >= priority {
+                } else if self.holds_back(advert.priority, now) {
                     self.follow(advert, from, now);
+                } else {
+                    // Preempting a lower master: ignore it and let the
+                    // timer run out (keepalived: "discarding").
+                    self.preempting = Some((advert.priority, from));
                 }
-                // Otherwise preempting a lower master: let the timer run out.
                 Ok(Vec::new())
             }
             State::Master => {
@@ -272,12 +293,37 @@ impl Router {
         actions
     }
 
+    /// Whether a backup hearing a master of priority `heard` follows it
+    /// rather than preempting: keepalived's `vrrp_state_backup`. It
+    /// follows an equal or higher priority; with `preempt: false`
+    /// (`nopreempt`) any priority; with a `preempt_delay`, a lower one too
+    /// until the delay, started by the first such advertisement, has
+    /// passed.
+    fn holds_back(&mut self, heard: u8, now: Instant) -> bool {
+        if !self.config.preempt {
+            return true;
+        }
+        if heard >= self.config.priority {
+            self.preempt_after = None;
+            return true;
+        }
+        if self.config.preempt_delay.is_zero() {
+            return false;
+        }
+        if let Some(after) = self.preempt_after {
+            return now < after;
+        }
+        self.preempt_after = Some(now + self.config.preempt_delay);
+        true
+    }
+
     /// Accepts `from` as master: learn its interval, rearm the down timer.
     fn follow(&mut self, advert: &Advertisement, from: IpAddr, now: Instant) {
         self.master_advert_interval = advert.max_advert_interval;
         self.timer = Some(now + self.master_down_interval());
         self.peer = Some(from);
         self.stopping_master = None;
+        self.preempting = None;
     }
 
     fn become_master(&mut self, now: Instant, reason: Reason) -> Vec<Action> {
@@ -295,6 +341,10 @@ impl Router {
     }
 
     fn transition(&mut self, state: State, now: Instant, reason: Reason) {
+        // A preempt delay counts from the first lower advertisement heard in
+        // this spell as backup (keepalived clears it on entering backup).
+        self.preempt_after = None;
+        self.preempting = None;
         self.state = state;
         self.since = Some(now);
         self.reason = reason;
@@ -311,11 +361,22 @@ mod tests {
     }
 
     fn router(addr: &str, priority: u8, centis: u16, preempt: bool) -> Router {
+        delayed(addr, priority, centis, preempt, Duration::ZERO)
+    }
+
+    fn delayed(
+        addr: &str,
+        priority: u8,
+        centis: u16,
+        preempt: bool,
+        preempt_delay: Duration,
+    ) -> Router {
         Router::new(RouterConfig {
             vrid: 51,
             priority,
             advert_interval: AdvertInterval::from_centis(centis).unwrap(),
             preempt,
+            preempt_delay,
             local_addr: ip(addr),
             addresses: vec![ip("203.0.113.10")],
         })
@@ -511,14 +572,124 @@ mod tests {
             wire.nodes[1].reason().to_string(),
             "higher priority 200 from 192.0.2.1"
         );
+        assert_eq!(
+            wire.nodes[0].reason(),
+            &Reason::Preempted {
+                priority: 100,
+                from: ip("192.0.2.2")
+            }
+        );
         assert_eq!(wire.nodes[1].since(), wire.nodes[0].since());
+    }
+
+    #[test]
+    fn preempt_delay_holds_a_higher_backup_back_then_it_preempts() {
+        let t0 = Instant::now();
+        let delay = Duration::from_secs(5);
+        let mut wire = Wire::new(
+            delayed("192.0.2.1", 200, 100, true, delay),
+            router("192.0.2.2", 100, 100, true),
+        );
+        wire.start(1, t0);
+        wire.run_until(t0 + Duration::from_secs(10));
+        assert_eq!(wire.nodes[1].state(), State::Master);
+        let joined = t0 + Duration::from_secs(10);
+        wire.start(0, joined);
+        // The lower master's next advertisement is the first the new
+        // backup hears: the delay starts there.
+        let first = wire.nodes[1].next_timer().unwrap();
+        wire.run_until(first);
+        assert_eq!(wire.nodes[0].preempt_after(), Some(first + delay));
+        assert_eq!(wire.nodes[0].peer(), Some(ip("192.0.2.2")));
+        // Without the delay it would have taken over 3.21875 s after
+        // joining (the test above); it follows until the delay is over.
+        wire.run_until(
+            (first + delay)
+                .checked_sub(Duration::from_nanos(1))
+                .unwrap(),
+        );
+        assert_eq!(wire.states(), [State::Backup, State::Master]);
+        assert!(wire.log.iter().all(|e| e.2 != State::Master || e.1 != 0));
+        // The advertisement at `first + delay` is ignored: the down timer
+        // the one before it set runs out (3 s + 56/256 s later).
+        wire.run_until(joined + Duration::from_secs(30));
+        assert_eq!(wire.states(), [State::Master, State::Backup]);
+        let takeover = first + Duration::from_secs(4) + Duration::from_micros(3_218_750);
+        assert_eq!(wire.nodes[0].since(), Some(takeover));
+        assert_eq!(
+            wire.nodes[0].reason().to_string(),
+            "preempted lower priority 100 master 192.0.2.2"
+        );
+        assert_eq!(wire.nodes[1].since(), Some(takeover));
+        assert_eq!(
+            wire.nodes[1].reason().to_string(),
+            "higher priority 200 from 192.0.2.1"
+        );
+        assert_eq!(wire.nodes[0].preempt_after(), None);
+    }
+
+    #[test]
+    fn preempt_delay_starts_at_a_lower_master_and_a_higher_one_clears_it() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut r = delayed("192.0.2.1", 200, 100, true, Duration::from_secs(5));
+        let low = advert_from(&router("192.0.2.2", 100, 100, true), 100);
+        let high = advert_from(&router("192.0.2.3", 250, 100, true), 250);
+        r.start(t0);
+        assert_eq!(r.preempt_after(), None);
+        assert_eq!(r.on_advertisement(&low, ip("192.0.2.2"), at(1)), Ok(vec![]));
+        assert_eq!(r.preempt_after(), Some(at(6)));
+        assert_eq!(r.peer(), Some(ip("192.0.2.2")));
+        // A higher master clears it (keepalived: "stop preempt delay")...
+        assert_eq!(
+            r.on_advertisement(&high, ip("192.0.2.3"), at(2)),
+            Ok(vec![])
+        );
+        assert_eq!(r.preempt_after(), None);
+        assert_eq!(r.peer(), Some(ip("192.0.2.3")));
+        // ...and the next lower one starts it afresh.
+        r.on_advertisement(&low, ip("192.0.2.2"), at(3)).unwrap();
+        assert_eq!(r.preempt_after(), Some(at(8)));
+        r.on_advertisement(&low, ip("192.0.2.2"), at(7)).unwrap();
+        let down = at(7) + r.master_down_interval();
+        assert_eq!(r.next_timer(), Some(down));
+        // From then on the lower master is ignored: the timer runs on.
+        r.on_advertisement(&low, ip("192.0.2.2"), at(8)).unwrap();
+        r.on_advertisement(&low, ip("192.0.2.2"), at(9)).unwrap();
+        assert_eq!(r.next_timer(), Some(down));
+        assert_eq!(r.state(), State::Backup);
+        assert_eq!(
+            r.on_timer(down),
+            [
+                Action::SendAdvertisement { priority: 200 },
+                Action::BecomeMaster
+            ]
+        );
+        assert_eq!(
+            r.reason(),
+            &Reason::Preempted {
+                priority: 100,
+                from: ip("192.0.2.2")
+            }
+        );
+        assert_eq!(r.preempt_after(), None);
+        // Back to backup (a higher master), a new spell, a new delay.
+        let back = down + Duration::from_secs(1);
+        assert_eq!(
+            r.on_advertisement(&high, ip("192.0.2.3"), back),
+            Ok(vec![Action::BecomeBackup])
+        );
+        let later = back + Duration::from_secs(2);
+        r.on_advertisement(&low, ip("192.0.2.2"), later).unwrap();
+        assert_eq!(r.preempt_after(), Some(later + Duration::from_secs(5)));
     }
 
     #[test]
     fn non_preempting_backup_leaves_live_master_alone() {
         let t0 = Instant::now();
+        // keepalived's `nopreempt`: a preempt_delay changes nothing.
         let mut wire = Wire::new(
-            router("192.0.2.1", 200, 100, false),
+            delayed("192.0.2.1", 200, 100, false, Duration::from_secs(5)),
             router("192.0.2.2", 100, 100, false),
         );
         wire.start(1, t0);
@@ -528,6 +699,7 @@ mod tests {
         wire.run_until(joined + Duration::from_mins(2));
         assert_eq!(wire.states(), [State::Backup, State::Master]);
         assert_eq!(wire.nodes[0].peer(), Some(ip("192.0.2.2")));
+        assert_eq!(wire.nodes[0].preempt_after(), None);
         // preempt: false still lets it take over once the master dies.
         let last_advert = wire.nodes[1]
             .next_timer()
@@ -746,6 +918,7 @@ mod tests {
             priority: 150,
             advert_interval: AdvertInterval::DEFAULT,
             preempt: true,
+            preempt_delay: Duration::ZERO,
             local_addr: ip("192.0.2.1"),
             addresses: vec![ip("203.0.113.10")],
         };
@@ -777,6 +950,7 @@ mod tests {
             priority: 150,
             advert_interval: Duration::from_millis(100),
             preempt: true,
+            preempt_delay: Duration::from_secs(30),
             unicast_peers: vec![ip("192.0.2.2")],
             floating_ips: vec![
                 "203.0.113.10/24".parse().unwrap(),
@@ -785,6 +959,7 @@ mod tests {
         };
         let r = Router::from_ha(&ha, ip("192.0.2.1")).unwrap();
         assert_eq!(r.config().advert_interval.centis(), 10);
+        assert_eq!(r.config().preempt_delay, Duration::from_secs(30));
         assert_eq!(r.config().addresses, [ip("203.0.113.10")]);
         assert_eq!(r.advertisement(150).addresses, [ip("203.0.113.10")]);
         let r6 = Router::from_ha(&ha, ip("2001:db8::1")).unwrap();
