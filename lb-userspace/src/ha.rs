@@ -212,9 +212,11 @@ impl Link {
                         }
                     }
                 }
-                Action::BecomeMaster => {
+                Action::BecomeMaster | Action::Announce => {
                     for address in &self.floating {
-                        ip_addr("replace", address, &self.interface);
+                        if *action == Action::BecomeMaster {
+                            ip_addr("replace", address, &self.interface);
+                        }
                         match address.split('/').next().and_then(|a| a.parse().ok()) {
                             Some(IpAddr::V4(v4)) => gratuitous_arp(self.ifindex, self.mac, v4),
                             Some(IpAddr::V6(v6)) => unsolicited_na(self.ifindex, self.mac, v6),

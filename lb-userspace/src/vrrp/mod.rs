@@ -187,6 +187,10 @@ pub enum Action {
     },
     /// Add the floating IPs and send gratuitous ARP / unsolicited NA.
     BecomeMaster,
+    /// Send gratuitous ARP / unsolicited NA for the floating IPs again
+    /// (held already): another master was heard, and its announcements may
+    /// have moved the neighbours' caches to it.
+    Announce,
     /// Remove the floating IPs (if held); keep the data plane loaded.
     BecomeBackup,
     /// The router stopped: remove the floating IPs if held, send nothing.

@@ -264,13 +264,27 @@ impl Router {
                 } else if advert.priority == priority && from > self.config.local_addr {
                     Reason::HigherAddress { priority, from }
                 } else {
-                    // Lower priority, or equal from a lower address: it will
-                    // step down when it hears us.
-                    return Ok(Vec::new());
+                    // Lower priority, or equal from a lower address: another
+                    // master, as when a partition heals. It steps down when
+                    // it hears us, so advertise now, and announce the
+                    // addresses again, as its announcements moved the
+                    // neighbours' caches to it (keepalived does both).
+                    self.timer = Some(now + self.config.advert_interval.duration());
+                    return Ok(vec![
+                        Action::SendAdvertisement { priority },
+                        Action::Announce,
+                    ]);
                 };
                 self.follow(advert, from, now);
                 self.transition(State::Backup, now, reason);
-                Ok(vec![Action::BecomeBackup])
+                // One last advertisement at our priority: if the new master
+                // has not heard us yet (its advertisement reached us first),
+                // it now hears a lower master and announces the addresses,
+                // moving the neighbours' caches back from us.
+                Ok(vec![
+                    Action::SendAdvertisement { priority },
+                    Action::BecomeBackup,
+                ])
             }
         }
     }
@@ -483,6 +497,7 @@ mod tests {
                             }
                         }
                     }
+                    Action::Announce => {}
                     Action::BecomeMaster => self.log.push((now, node, State::Master)),
                     Action::BecomeBackup => self.log.push((now, node, State::Backup)),
                     Action::Stop => self.log.push((now, node, State::Initialize)),
@@ -791,16 +806,19 @@ mod tests {
             assert_eq!(r.state(), State::Master);
         }
         let now = t0 + Duration::from_secs(5);
-        // The higher address keeps mastership...
+        // The higher address keeps mastership, advertises at once and
+        // announces its addresses again...
         assert_eq!(
             high.on_advertisement(&advert_from(&low, 150), ip("192.0.2.1"), now),
-            Ok(vec![])
+            Ok(vec![SEND_150, Action::Announce])
         );
+        assert_eq!(high.next_timer(), Some(now + Duration::from_secs(1)));
         assert_eq!(high.state(), State::Master);
-        // ...the lower one steps down.
+        // ...the lower one steps down, advertising once more so that the
+        // winner announces the addresses even when it did not hear it.
         assert_eq!(
             low.on_advertisement(&advert_from(&high, 150), ip("192.0.2.2"), now),
-            Ok(vec![Action::BecomeBackup])
+            Ok(vec![SEND_150, Action::BecomeBackup])
         );
         assert_eq!(low.state(), State::Backup);
         assert_eq!(
@@ -826,6 +844,49 @@ mod tests {
             .filter(|s| **s == State::Master)
             .count();
         assert_eq!(masters, 1);
+    }
+
+    /// A healed partition: the master hears another master of lower
+    /// priority, keeps mastership, and at once advertises (so the other
+    /// steps down now, not at our next tick) and announces its addresses
+    /// again (the other's announcements moved the neighbours to it).
+    #[test]
+    fn master_hearing_a_lower_master_reasserts_and_announces() {
+        let t0 = Instant::now();
+        let mut master = router("192.0.2.1", 150, 100, true);
+        master.start(t0);
+        master.on_timer(t0 + Duration::from_secs(4));
+        assert_eq!(master.state(), State::Master);
+        let lower = router("192.0.2.2", 100, 100, true);
+        let now = t0 + Duration::from_millis(4_500);
+        assert_eq!(
+            master.on_advertisement(&advert_from(&lower, 100), ip("192.0.2.2"), now),
+            Ok(vec![SEND_150, Action::Announce])
+        );
+        assert_eq!(master.state(), State::Master);
+        assert_eq!(master.next_timer(), Some(now + Duration::from_secs(1)));
+
+        // The other order: the lower master hears the higher first. It
+        // steps down advertising once more, so the higher one announces.
+        let mut lower = router("192.0.2.2", 100, 100, true);
+        lower.start(t0);
+        lower.on_timer(t0 + Duration::from_secs(4));
+        assert_eq!(lower.state(), State::Master);
+        let later = now + Duration::from_millis(100);
+        let stepped_down =
+            lower.on_advertisement(&advert_from(&master, 150), ip("192.0.2.1"), later);
+        assert_eq!(
+            stepped_down,
+            Ok(vec![
+                Action::SendAdvertisement { priority: 100 },
+                Action::BecomeBackup
+            ])
+        );
+        assert_eq!(lower.state(), State::Backup);
+        assert_eq!(
+            master.on_advertisement(&advert_from(&lower, 100), ip("192.0.2.2"), later),
+            Ok(vec![SEND_150, Action::Announce])
+        );
     }
 
     #[test]
