@@ -688,11 +688,15 @@ mod tests {
             }
         );
         assert_eq!(r.preempt_after(), None);
-        // Back to backup (a higher master), a new spell, a new delay.
+        // Back to backup (a higher master: one last advertisement at our
+        // own priority, so the winner announces), a new spell, a new delay.
         let back = down + Duration::from_secs(1);
         assert_eq!(
             r.on_advertisement(&high, ip("192.0.2.3"), back),
-            Ok(vec![Action::BecomeBackup])
+            Ok(vec![
+                Action::SendAdvertisement { priority: 200 },
+                Action::BecomeBackup
+            ])
         );
         let later = back + Duration::from_secs(2);
         r.on_advertisement(&low, ip("192.0.2.2"), later).unwrap();
