@@ -5,6 +5,7 @@
 //! - [`netns`]: network namespaces, veth pairs, bridges, addresses, routes and
 //!   processes inside them, all torn down on drop — also when a test panics;
 //! - [`frames`]: typed builders for the frames the tests send;
+//! - [`lbrun`]: one `lb run` in a namespace, started, signalled, cleaned up;
 //! - [`endtoend`]: the end-to-end benchmark (lb beside `haproxy`, `nftables`
 //!   and no balancer, driven by `wrk`).
 //!
@@ -18,6 +19,7 @@ pub mod bed;
 pub mod endtoend;
 pub mod frames;
 pub mod fuzz;
+pub mod lbrun;
 pub mod model;
 pub mod netns;
 pub mod report;

@@ -20,8 +20,8 @@ use std::{
 use lb_tests::{
     TempFile,
     bed::{Backend, DecapGuard, HeldConnection, backend, tcp_request},
-    lb_binary,
-    netns::{ChildGuard, Netns, bridge, enslave, veth, wait_until},
+    lbrun::LbRun,
+    netns::{Netns, bridge, enslave, veth, wait_until},
 };
 
 /// The VIPs, one service per forwarding mode.
@@ -40,29 +40,10 @@ const FLOATING: &str = "198.51.100.1/24, 192.0.2.254/24, '2001:db8:1::1/64', '20
 /// veths still exist.
 struct HaBed {
     _decaps: Vec<DecapGuard>,
-    balancers: Vec<Balancer>,
+    balancers: Vec<LbRun>,
     _backends: Vec<Backend>,
     client: Netns,
     _switch: Netns,
-}
-
-struct Balancer {
-    process: Option<ChildGuard>,
-    config: TempFile,
-    socket: String,
-    instance: String,
-    ns: Netns,
-}
-
-impl Drop for Balancer {
-    fn drop(&mut self) {
-        drop(self.process.take());
-        let _ = self.ns.exec(
-            lb_binary().to_str().unwrap(),
-            &["detach", "--instance", &self.instance],
-        );
-        let _ = std::fs::remove_file(&self.socket);
-    }
 }
 
 impl HaBed {
@@ -118,13 +99,7 @@ impl HaBed {
                      control: {{ socket: {socket} }}\n"
                 ),
             );
-            balancers.push(Balancer {
-                process: None,
-                config,
-                socket,
-                instance,
-                ns,
-            });
+            balancers.push(LbRun::new(ns, config, socket, instance));
         }
         let backends: Vec<Backend> = [11, 12]
             .map(|host| backend(&switch, host))
@@ -149,19 +124,7 @@ impl HaBed {
 
     fn start(&mut self, i: usize) {
         let balancer = &mut self.balancers[i];
-        let lb = lb_binary();
-        let mut child = balancer.ns.spawn(
-            lb.to_str().unwrap(),
-            &["run", "-c", balancer.config.path().to_str().unwrap()],
-        );
-        let socket = balancer.socket.clone();
-        let up = wait_until(Duration::from_secs(15), || {
-            !child.running() || std::os::unix::net::UnixStream::connect(&socket).is_ok()
-        });
-        if !(up && child.running()) {
-            child.signal(libc::SIGKILL);
-            panic!("lb run did not come up: {:?}", child.wait());
-        }
+        balancer.start();
         // DSR needs the backends' neighbours resolved.
         for host in [11, 12] {
             balancer.ns.run(move || {
@@ -171,17 +134,10 @@ impl HaBed {
                 let _ = socket.send_to(b"hi", (format!("2001:db8::{host}"), 80));
             });
         }
-        balancer.process = Some(child);
     }
 
     fn ha(&self, i: usize) -> serde_json::Value {
-        let balancer = &self.balancers[i];
-        let output = balancer.ns.exec(
-            lb_binary().to_str().unwrap(),
-            &["status", "--output", "json", "--socket", &balancer.socket],
-        );
-        let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
-        status["ha"].clone()
+        self.balancers[i].status()["ha"].clone()
     }
 
     fn ha_state(&self, i: usize) -> String {
@@ -271,10 +227,7 @@ fn garbage_vrrp_and_an_ha_reload_change_nothing() {
         config.replace("priority: 150", "priority: 90"),
     )
     .unwrap();
-    let reload = balancer.ns.exec(
-        lb_binary().to_str().unwrap(),
-        &["reload", "--socket", &balancer.socket],
-    );
+    let reload = balancer.lb(&["reload", "--socket", &balancer.socket]);
     std::fs::write(balancer.config.path(), config).unwrap();
     assert!(!reload.status.success(), "{reload:?}");
     let said = String::from_utf8_lossy(&reload.stderr);
@@ -402,9 +355,7 @@ fn takeover(tag: &str, unicast: bool, vip: &str, how: &str, fail: impl FnOnce(&m
 }
 
 fn sigterm(bed: &mut HaBed) {
-    let process = bed.balancers[0].process.take().unwrap();
-    process.signal(libc::SIGTERM);
-    assert!(process.wait().status.success());
+    assert!(bed.balancers[0].stop(libc::SIGTERM).status.success());
 }
 
 fn cut_off(bed: &mut HaBed) {
@@ -616,9 +567,7 @@ fn lb_master_keepalived_backup() {
     assert_eq!(bed.ha(1)["transitions"].as_u64(), Some(2), "lb flapped");
 
     let stopped_at = Instant::now();
-    let process = bed.balancers[1].process.take().unwrap();
-    process.signal(libc::SIGTERM);
-    assert!(process.wait().status.success());
+    assert!(bed.balancers[1].stop(libc::SIGTERM).status.success());
     assert!(
         wait_until(Duration::from_secs(5), || holds_floating_ip(
             &bed.balancers[0].ns
@@ -651,9 +600,7 @@ fn sigquit_on_the_master_hands_over_and_leaves_the_data_plane() {
     );
     assert!(holds_floating_ip(&bed.balancers[0].ns));
     let quit_at = Instant::now();
-    let process = bed.balancers[0].process.take().unwrap();
-    process.signal(libc::SIGQUIT);
-    let output = process.wait();
+    let output = bed.balancers[0].stop(libc::SIGQUIT);
     assert!(output.status.success(), "SIGQUIT exit: {output:?}");
     // Removed before the process exited: no waiting for it.
     let old = &bed.balancers[0];

@@ -10,90 +10,36 @@
 use std::time::Duration;
 
 use lb_tests::{
-    TempFile, lb_binary,
-    netns::{ChildGuard, Netns, veth, wait_until},
+    TempFile,
+    lbrun::LbRun,
+    netns::{Netns, veth, wait_until},
 };
 
 /// What the master holds, both families.
 const FLOATING: [&str; 3] = ["198.51.100.1/24", "192.0.2.254/24", "2001:db8::fe/64"];
 
-struct Balancer {
-    process: Option<ChildGuard>,
-    config: TempFile,
-    socket: String,
-    instance: String,
-    ns: Netns,
+/// The floating IPs `balancer`'s interface holds.
+fn holds(balancer: &LbRun) -> Vec<&'static str> {
+    let listed = balancer.ns.ip(&["-o", "addr", "show", "dev", "eth0"]);
+    let text = String::from_utf8_lossy(&listed.stdout);
+    FLOATING
+        .into_iter()
+        .filter(|ip| text.split_whitespace().any(|word| word == *ip))
+        .collect()
 }
 
-impl Drop for Balancer {
-    fn drop(&mut self) {
-        drop(self.process.take());
-        // A SIGKILLed lb leaves its data plane pinned, and maybe addresses.
-        let _ = self.ns.exec(
-            lb_binary().to_str().unwrap(),
-            &["detach", "--instance", &self.instance],
-        );
-        let _ = std::fs::remove_file(&self.socket);
-    }
-}
-
-impl Balancer {
-    fn lb(&self, args: &[&str]) -> std::process::Output {
-        self.ns.exec(lb_binary().to_str().unwrap(), args)
-    }
-
-    fn start(&mut self) {
-        let lb = lb_binary();
-        let mut child = self.ns.spawn(
-            lb.to_str().unwrap(),
-            &["run", "-c", self.config.path().to_str().unwrap()],
-        );
-        let socket = self.socket.clone();
-        let up = wait_until(Duration::from_secs(15), || {
-            !child.running() || std::os::unix::net::UnixStream::connect(&socket).is_ok()
-        });
-        if !(up && child.running()) {
-            child.signal(libc::SIGKILL);
-            panic!("lb run did not come up: {:?}", child.wait());
-        }
-        self.process = Some(child);
-    }
-
-    fn kill(&mut self) {
-        let child = self.process.take().expect("running");
-        child.signal(libc::SIGKILL);
-        let output = child.wait();
-        assert!(!output.status.success(), "{output:?}");
-    }
-
-    fn state(&self) -> String {
-        let output = self.lb(&["status", "--output", "json", "--socket", &self.socket]);
-        let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
-        status["ha"]["state"].as_str().unwrap_or("").to_string()
-    }
-
-    /// The floating IPs its interface holds.
-    fn holds(&self) -> Vec<&'static str> {
-        let listed = self.ns.ip(&["-o", "addr", "show", "dev", "eth0"]);
-        let text = String::from_utf8_lossy(&listed.stdout);
-        FLOATING
-            .into_iter()
-            .filter(|ip| text.split_whitespace().any(|word| word == *ip))
-            .collect()
-    }
-
-    fn release(&self, json: bool) -> std::process::Output {
-        let config = self.config.path().to_str().unwrap();
-        if json {
-            self.lb(&["release", "-c", config, "--output", "json"])
-        } else {
-            self.lb(&["release", "-c", config])
-        }
+/// `lb release -c CONFIG`, in JSON if `json`.
+fn release(balancer: &LbRun, json: bool) -> std::process::Output {
+    let config = balancer.config.path().to_str().unwrap();
+    if json {
+        balancer.lb(&["release", "-c", config, "--output", "json"])
+    } else {
+        balancer.lb(&["release", "-c", config])
     }
 }
 
 /// Balancer 0 (priority 150) and 1 (100), eth0 to eth0.
-fn pair(tag: &str) -> [Balancer; 2] {
+fn pair(tag: &str) -> [LbRun; 2] {
     let a = Netns::new(&format!("{tag}a"));
     let b = Netns::new(&format!("{tag}b"));
     veth(&a, "eth0", &b, "eth0");
@@ -114,42 +60,37 @@ fn pair(tag: &str) -> [Balancer; 2] {
                  control: {{ socket: {socket} }}\n"
             ),
         );
-        Balancer {
-            process: None,
-            config,
-            socket,
-            instance,
-            ns,
-        }
+        LbRun::new(ns, config, socket, instance)
     })
 }
 
 /// Starts both; 0 is master, 1 backup.
-fn start_pair(pair: &mut [Balancer; 2]) {
+fn start_pair(pair: &mut [LbRun; 2]) {
     pair[0].start();
     pair[1].start();
     assert!(
-        wait_until(Duration::from_secs(10), || pair[0].state() == "master"
-            && pair[1].state() == "backup"),
+        wait_until(Duration::from_secs(10), || pair[0].ha_state() == "master"
+            && pair[1].ha_state() == "backup"),
         "no master/backup pair: {} / {}",
-        pair[0].state(),
-        pair[1].state()
+        pair[0].ha_state(),
+        pair[1].ha_state()
     );
-    assert_eq!(pair[0].holds(), FLOATING);
-    assert_eq!(pair[1].holds(), [] as [&str; 0]);
+    assert_eq!(holds(&pair[0]), FLOATING);
+    assert_eq!(holds(&pair[1]), [] as [&str; 0]);
 }
 
 /// SIGKILL of the master: the backup takes over, and the dead one still
 /// holds every floating IP (what this file is about).
-fn kill_master(pair: &mut [Balancer; 2]) {
-    pair[0].kill();
+fn kill_master(pair: &mut [LbRun; 2]) {
+    let output = pair[0].stop(libc::SIGKILL);
+    assert!(!output.status.success(), "{output:?}");
     assert!(
-        wait_until(Duration::from_secs(10), || pair[1].state() == "master"),
+        wait_until(Duration::from_secs(10), || pair[1].ha_state() == "master"),
         "the backup did not take over: {}",
-        pair[1].state()
+        pair[1].ha_state()
     );
-    assert!(wait_until(Duration::from_secs(5), || pair[1].holds() == FLOATING));
-    assert_eq!(pair[0].holds(), FLOATING, "SIGKILL removed the addresses");
+    assert!(wait_until(Duration::from_secs(5), || holds(&pair[1]) == FLOATING));
+    assert_eq!(holds(&pair[0]), FLOATING, "SIGKILL removed the addresses");
 }
 
 #[test]
@@ -158,7 +99,7 @@ fn lb_release_removes_what_a_killed_master_left() {
     start_pair(&mut pair);
 
     // While it runs, the addresses are its own to hand over.
-    let refused = pair[0].release(false);
+    let refused = release(&pair[0], false);
     assert_eq!(refused.status.code(), Some(1), "{refused:?}");
     let said = String::from_utf8_lossy(&refused.stderr);
     let pid = pair[0].process.as_ref().unwrap().id();
@@ -166,29 +107,29 @@ fn lb_release_removes_what_a_killed_master_left() {
         said.contains("is running") && said.contains(&format!("PID {pid}")),
         "{said}"
     );
-    assert_eq!(pair[0].holds(), FLOATING);
-    assert_eq!(pair[0].state(), "master");
+    assert_eq!(holds(&pair[0]), FLOATING);
+    assert_eq!(pair[0].ha_state(), "master");
 
     kill_master(&mut pair);
-    let released = pair[0].release(true);
+    let released = release(&pair[0], true);
     assert!(released.status.success(), "{released:?}");
     let answer: serde_json::Value = serde_json::from_slice(&released.stdout).unwrap();
     assert_eq!(answer["instance"], pair[0].instance.as_str(), "{answer}");
     assert_eq!(answer["interface"], "eth0", "{answer}");
     assert_eq!(answer["removed"], serde_json::json!(FLOATING), "{answer}");
-    assert_eq!(pair[0].holds(), [] as [&str; 0]);
+    assert_eq!(holds(&pair[0]), [] as [&str; 0]);
     // Its own address stays; the new master keeps the floating ones.
     let own = pair[0].ns.ip(&["-o", "-4", "addr", "show", "dev", "eth0"]);
     assert!(String::from_utf8_lossy(&own.stdout).contains("192.0.2.1/24"));
-    assert_eq!(pair[1].holds(), FLOATING);
-    assert_eq!(pair[1].state(), "master");
+    assert_eq!(holds(&pair[1]), FLOATING);
+    assert_eq!(pair[1].ha_state(), "master");
 
     // Again (a clean stop already handed over): nothing to do, exit 0.
-    let again = pair[0].release(false);
+    let again = release(&pair[0], false);
     assert!(again.status.success(), "{again:?}");
     let said = String::from_utf8_lossy(&again.stdout);
     assert!(said.contains("nothing to do"), "{said}");
-    let again = pair[0].release(true);
+    let again = release(&pair[0], true);
     let answer: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(answer["removed"], serde_json::json!([]), "{answer}");
 }
@@ -209,12 +150,12 @@ fn a_restarted_lb_run_removes_what_a_killed_master_left() {
     .unwrap();
     pair[0].start();
     assert!(
-        wait_until(Duration::from_secs(10), || pair[0].state() == "backup"),
+        wait_until(Duration::from_secs(10), || pair[0].ha_state() == "backup"),
         "the restarted balancer is {:?}, not backup",
-        pair[0].state()
+        pair[0].ha_state()
     );
     // Removed before VRRP ran, and said so, one line per address.
-    assert_eq!(pair[0].holds(), [] as [&str; 0]);
+    assert_eq!(holds(&pair[0]), [] as [&str; 0]);
     let log = pair[0].process.as_ref().unwrap().stderr_so_far();
     for ip in FLOATING {
         assert!(
@@ -226,23 +167,23 @@ fn a_restarted_lb_run_removes_what_a_killed_master_left() {
     }
     // Only the master holds them, and (nopreempt) keeps them: three
     // Master_Down_Intervals later nothing has moved.
-    assert_eq!(pair[1].holds(), FLOATING);
+    assert_eq!(holds(&pair[1]), FLOATING);
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(pair[0].state(), "backup");
-    assert_eq!(pair[1].state(), "master");
-    assert_eq!(pair[0].holds(), [] as [&str; 0]);
+    assert_eq!(pair[0].ha_state(), "backup");
+    assert_eq!(pair[1].ha_state(), "master");
+    assert_eq!(holds(&pair[0]), [] as [&str; 0]);
 
     // nopreempt still takes over when the master goes (SIGTERM hands over).
     let master = pair[1].process.take().unwrap();
     master.signal(libc::SIGTERM);
     assert!(master.wait().status.success());
     assert!(
-        wait_until(Duration::from_secs(10), || pair[0].state() == "master"),
+        wait_until(Duration::from_secs(10), || pair[0].ha_state() == "master"),
         "the nopreempt backup did not take over: {}",
-        pair[0].state()
+        pair[0].ha_state()
     );
-    assert!(wait_until(Duration::from_secs(5), || pair[0].holds() == FLOATING));
-    assert_eq!(pair[1].holds(), [] as [&str; 0]);
+    assert!(wait_until(Duration::from_secs(5), || holds(&pair[0]) == FLOATING));
+    assert_eq!(holds(&pair[1]), [] as [&str; 0]);
 }
 
 #[test]
@@ -259,11 +200,7 @@ fn a_restarted_master_follows_for_its_preempt_delay_then_takes_back() {
     .unwrap();
     pair[0].start();
     // Backup first, without the addresses, following the lower master...
-    let status = |b: &Balancer| {
-        let output = b.lb(&["status", "--output", "json", "--socket", &b.socket]);
-        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap_or_default()["ha"]
-            .clone()
-    };
+    let status = |b: &LbRun| b.status()["ha"].clone();
     assert!(
         wait_until(Duration::from_secs(5), || {
             let ha = status(&pair[0]);
@@ -272,11 +209,11 @@ fn a_restarted_master_follows_for_its_preempt_delay_then_takes_back() {
         "the restarted balancer is not a backup following the master: {}",
         status(&pair[0])
     );
-    assert_eq!(pair[0].holds(), [] as [&str; 0]);
+    assert_eq!(holds(&pair[0]), [] as [&str; 0]);
     // ...then preempts it (priority 150 over 100), and the floating IPs
     // move whole: one host holds them.
     assert!(
-        wait_until(Duration::from_secs(15), || pair[0].state() == "master"),
+        wait_until(Duration::from_secs(15), || pair[0].ha_state() == "master"),
         "no preemption after the delay: {}",
         status(&pair[0])
     );
@@ -285,8 +222,8 @@ fn a_restarted_master_follows_for_its_preempt_delay_then_takes_back() {
         ha["reason"], "preempted lower priority 100 master 192.0.2.2",
         "{ha}"
     );
-    assert!(wait_until(Duration::from_secs(5), || pair[1].state()
+    assert!(wait_until(Duration::from_secs(5), || pair[1].ha_state()
         == "backup"
-        && pair[1].holds().is_empty()
-        && pair[0].holds() == FLOATING));
+        && holds(&pair[1]).is_empty()
+        && holds(&pair[0]) == FLOATING));
 }

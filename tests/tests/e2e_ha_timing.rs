@@ -34,8 +34,8 @@ use std::{
 use lb_tests::{
     TempFile,
     bed::{Backend, DecapGuard, backend, tcp_request},
-    lb_binary,
-    netns::{ChildGuard, Netns, bridge, enslave, veth, wait_until},
+    lbrun::LbRun,
+    netns::{Netns, bridge, enslave, veth, wait_until},
 };
 
 /// The DSR VIP the client uses.
@@ -71,29 +71,10 @@ fn master_down(priority: u8) -> Duration {
 /// drop order.
 struct HaBed {
     _decaps: Vec<DecapGuard>,
-    balancers: Vec<Balancer>,
+    balancers: Vec<LbRun>,
     _backends: Vec<Backend>,
     client: Netns,
     _switch: Netns,
-}
-
-struct Balancer {
-    process: Option<ChildGuard>,
-    config: TempFile,
-    socket: String,
-    instance: String,
-    ns: Netns,
-}
-
-impl Drop for Balancer {
-    fn drop(&mut self) {
-        drop(self.process.take());
-        let _ = self.ns.exec(
-            lb_binary().to_str().unwrap(),
-            &["detach", "--instance", &self.instance],
-        );
-        let _ = std::fs::remove_file(&self.socket);
-    }
 }
 
 impl HaBed {
@@ -139,13 +120,7 @@ impl HaBed {
                     ADVERT.as_millis()
                 ),
             );
-            balancers.push(Balancer {
-                process: None,
-                config,
-                socket,
-                instance,
-                ns,
-            });
+            balancers.push(LbRun::new(ns, config, socket, instance));
         }
         let backends: Vec<Backend> = [11, 12]
             .map(|host| backend(&switch, host))
@@ -167,19 +142,7 @@ impl HaBed {
 
     fn start(&mut self, i: usize) {
         let balancer = &mut self.balancers[i];
-        let lb = lb_binary();
-        let mut child = balancer.ns.spawn(
-            lb.to_str().unwrap(),
-            &["run", "-c", balancer.config.path().to_str().unwrap()],
-        );
-        let socket = balancer.socket.clone();
-        let up = wait_until(Duration::from_secs(15), || {
-            !child.running() || std::os::unix::net::UnixStream::connect(&socket).is_ok()
-        });
-        if !(up && child.running()) {
-            child.signal(libc::SIGKILL);
-            panic!("lb run did not come up: {:?}", child.wait());
-        }
+        balancer.start();
         // DSR needs the backends' neighbours resolved.
         for host in [11, 12] {
             balancer.ns.run(move || {
@@ -187,27 +150,18 @@ impl HaBed {
                 let _ = socket.send_to(b"hi", (format!("192.0.2.{host}"), 80));
             });
         }
-        balancer.process = Some(child);
     }
 
     /// Ends balancer `i` with `signal` and waits for it; SIGTERM must exit 0.
     fn stop(&mut self, i: usize, signal: i32) {
-        let process = self.balancers[i].process.take().expect("running");
-        process.signal(signal);
-        let output = process.wait();
+        let output = self.balancers[i].stop(signal);
         if signal == libc::SIGTERM {
             assert!(output.status.success(), "SIGTERM exit: {output:?}");
         }
     }
 
     fn ha(&self, i: usize) -> serde_json::Value {
-        let balancer = &self.balancers[i];
-        let output = balancer.ns.exec(
-            lb_binary().to_str().unwrap(),
-            &["status", "--output", "json", "--socket", &balancer.socket],
-        );
-        let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
-        status["ha"].clone()
+        self.balancers[i].status()["ha"].clone()
     }
 
     fn ha_state(&self, i: usize) -> String {
