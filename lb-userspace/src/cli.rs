@@ -15,8 +15,9 @@ use lb_common::Reason;
 use crate::{
     api,
     config::{Config, ConfigError, default_socket},
-    controller::{Controller, StatsReport, StatusReport, ifindex},
+    controller::{Controller, StatsReport, StatusReport},
     dataplane::{AttachMode, Dataplane, unpin_link},
+    netlink::ifindex,
     owner::{ControllerHandle, OwnerError},
 };
 

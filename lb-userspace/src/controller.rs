@@ -24,8 +24,10 @@ use crate::{
         AttachMode, Attachment, Dataplane, Sizes, is_pinned, link_pin, unpin_all, unpin_link,
     },
     dynamic::{self, Sample},
+    ha::HaStatus,
     health::{Checker, Event, Health, Target, Tracker},
     hops::HopCache,
+    netlink::{ifindex, mac_address},
     plan::{BackendKey, BackendState, Planner},
     sysctl::ForwardingSysctls,
 };
@@ -1213,28 +1215,6 @@ pub struct LastCheck {
     pub latency_ms: f64,
 }
 
-/// HA part of [`StatusReport`].
-#[derive(Clone, Debug, Serialize, serde::Deserialize)]
-pub struct HaStatus {
-    /// `master`, `backup`, `initialize` (VRRP starting or stopped) or
-    /// `standalone` (no `ha` section).
-    pub state: String,
-    /// VRRP priority.
-    pub priority: Option<u8>,
-    /// The peer's address, when known.
-    pub peer: Option<String>,
-    /// Unix time of the last state change.
-    pub since: u64,
-    /// Why it is in this state.
-    pub reason: String,
-    /// State changes since the controller started.
-    #[serde(default)]
-    pub transitions: u64,
-    /// Malformed VRRP packets dropped since the controller started.
-    #[serde(default)]
-    pub invalid_packets: u64,
-}
-
 /// `lb stats` as JSON.
 #[derive(Debug, Serialize, serde::Deserialize)]
 pub struct StatsReport {
@@ -1546,52 +1526,6 @@ pub fn settings_with(config: &Config, defaults: TunnelSources) -> Settings {
         settings.tunnel_v6_host_bits = 0;
     }
     settings
-}
-
-/// The ifindex of `name` in this network namespace.
-pub fn ifindex(name: &str) -> anyhow::Result<u32> {
-    let c_name = std::ffi::CString::new(name).context("interface name contains NUL")?;
-    // SAFETY: `c_name` is a valid NUL-terminated string for the whole call.
-    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
-    if index == 0 {
-        anyhow::bail!("interface {name:?} does not exist");
-    }
-    Ok(index)
-}
-
-/// The interface's MAC address, asked of the kernel through a socket in the
-/// current network namespace (sysfs would show the namespace that mounted it,
-/// which differs under `nsenter --net`).
-pub fn mac_address(name: &str) -> anyhow::Result<[u8; 6]> {
-    // SAFETY: ifreq is plain data; all-zero is a valid value.
-    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-    if name.len() >= request.ifr_name.len() {
-        anyhow::bail!("interface name {name:?} is too long");
-    }
-    for (dst, src) in request.ifr_name.iter_mut().zip(name.bytes()) {
-        *dst = src.cast_signed();
-    }
-    // SAFETY: plain socket(2) call; the descriptor is closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("opening a socket for SIOCGIFHWADDR");
-    }
-    // SAFETY: `request` is a valid ifreq with a NUL-terminated name, which
-    // SIOCGIFHWADDR fills in; `fd` is an open socket.
-    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &raw mut request) };
-    let error = std::io::Error::last_os_error();
-    // SAFETY: `fd` is ours and closed exactly once.
-    unsafe { libc::close(fd) };
-    if rc < 0 {
-        return Err(error).with_context(|| format!("reading the MAC address of {name}"));
-    }
-    // SAFETY: SIOCGIFHWADDR succeeded, so the hwaddr member is the one set.
-    let data = unsafe { request.ifr_ifru.ifru_hwaddr.sa_data };
-    let mut mac = [0u8; 6];
-    for (dst, src) in mac.iter_mut().zip(data.iter()) {
-        *dst = src.cast_unsigned();
-    }
-    Ok(mac)
 }
 
 impl Controller {

@@ -18,7 +18,7 @@ pub fn problems(config: &Config) -> Vec<ConfigProblem> {
         });
     };
     for (i, interface) in config.interfaces.iter().enumerate() {
-        if crate::controller::ifindex(&interface.name).is_err() {
+        if crate::netlink::ifindex(&interface.name).is_err() {
             push(
                 format!("interfaces[{i}].name"),
                 format!("no interface {:?} on this host", interface.name),
@@ -26,7 +26,7 @@ pub fn problems(config: &Config) -> Vec<ConfigProblem> {
         }
     }
     if let Some(ha) = &config.ha {
-        if crate::controller::ifindex(&ha.interface).is_err() {
+        if crate::netlink::ifindex(&ha.interface).is_err() {
             push(
                 "ha.interface".into(),
                 format!("no interface {:?} on this host", ha.interface),

@@ -44,6 +44,7 @@ mod codec;
 mod dump;
 #[cfg(all(test, target_endian = "little"))]
 mod fixtures;
+mod interface;
 mod link;
 mod monitor;
 mod neigh;
@@ -52,6 +53,7 @@ mod route;
 mod socket;
 mod uapi;
 
+pub use interface::{ifindex, mac_address};
 pub use monitor::Monitor;
 pub use request::Netlink;
 
