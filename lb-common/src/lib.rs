@@ -12,8 +12,8 @@ pub mod maps;
 pub mod reason;
 
 pub use maps::{
-    Addr, BackendValue, ConnValue, Endpoint, FlowKey, HopValue, IfaceValue, NO_BACKEND, NatKey,
-    NatValue, RateValue, ServiceKey, ServiceValue, Settings, Traffic, VipValue,
+    Addr, BackendValue, ConnValue, Endpoint, FlowKey, FlowKeyV4, HopValue, IfaceValue, NO_BACKEND,
+    NatKey, NatValue, RateValue, ServiceKey, ServiceValue, Settings, Traffic, VipValue,
 };
 pub use reason::Reason;
 
@@ -43,8 +43,10 @@ pub mod map_names {
     pub const BACKENDS: &str = "BACKENDS";
     /// Maglev rows (and round-robin sequences), two per service.
     pub const MAGLEV: &str = "MAGLEV";
-    /// Connection table (LRU).
+    /// Connection table of IPv6 flows (LRU).
     pub const CONNS: &str = "CONNS";
+    /// Connection table of IPv4 flows (LRU), same size as `CONNS`.
+    pub const CONNS_V4: &str = "CONNS_V4";
     /// Reply path: backend (addr, port, proto) to the VIP to restore.
     pub const NAT: &str = "NAT";
     /// Per-CPU round-robin positions, per service.

@@ -9,8 +9,8 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key, programs::XdpContext};
 use lb_common::{
-    Addr, BackendValue, ConnValue, Endpoint, FlowKey, HopValue, NO_BACKEND, RateValue, Reason,
-    ServiceValue, Settings,
+    Addr, BackendValue, ConnValue, Endpoint, FlowKey, FlowKeyV4, HopValue, NO_BACKEND, RateValue,
+    Reason, ServiceValue, Settings,
     hash::{flow_hash, source_hash},
     maps::{
         BACKEND_USABLE, CONN_CLOSED, FWD_DSR, FWD_NAT, FWD_TUNNEL, GUARD_CAUSE_NEW_FLOWS,
@@ -26,10 +26,10 @@ use crate::{
     forward::{End, FibQuery, Hop, NextHop, encapsulate, next_hop, rewrite, transmit},
     icmp,
     maps::{
-        BACKENDS, CONN_MISSING, CONN_STALE, CONN_UNKNOWN, CONNS, DENY, GUARD_COUNTS, GUARD_DENIED,
-        GUARD_SETTINGS, HOPS, MAGLEV, NAT, NAT_FILTER, RATE, ROUTES, RR_POS, SERVICE_IDS, SERVICES,
-        SETTINGS, STATS_BACKENDS, STATS_SERVICES, Scratch, VIP_FILTER, VIPS, count_closed,
-        count_traffic, may_contain, scratch,
+        BACKENDS, CONN_MISSING, CONN_STALE, CONN_UNKNOWN, CONNS, CONNS_V4, DENY, GUARD_COUNTS,
+        GUARD_DENIED, GUARD_SETTINGS, HOPS, MAGLEV, NAT, NAT_FILTER, RATE, ROUTES, RR_POS,
+        SERVICE_IDS, SERVICES, SETTINGS, STATS_BACKENDS, STATS_SERVICES, Scratch, VIP_FILTER, VIPS,
+        count_closed, count_traffic, may_contain, scratch,
     },
     packet::frame_len,
     parse::{Parsed, parse},
@@ -343,6 +343,40 @@ fn set_flow(scratch: &mut Scratch) {
         proto: packet.proto,
         pad: [0; 3],
     };
+    if !packet.v6 {
+        let (src, dst) = (&packet.src, &packet.dst);
+        scratch.flow4 = FlowKeyV4 {
+            src: [src[12], src[13], src[14], src[15]],
+            dst: [dst[12], dst[13], dst[14], dst[15]],
+            sport: packet.sport,
+            dport: packet.dport,
+            proto: packet.proto,
+            pad: [0; 3],
+        };
+    }
+}
+
+/// The flow's connection-table entry: `CONNS_V4` for IPv4, `CONNS` for
+/// IPv6 (`set_flow` filled the keys).
+#[inline(always)]
+fn conn_entry(scratch: &Scratch) -> Option<*mut ConnValue> {
+    if scratch.packet.v6 {
+        CONNS.get_ptr_mut(&scratch.flow)
+    } else {
+        CONNS_V4.get_ptr_mut(&scratch.flow4)
+    }
+}
+
+/// Remembers the flow's backend in its connection table. A full table
+/// evicts its least recently used entry; a failed insert only costs this
+/// flow its stickiness.
+#[inline(always)]
+fn conn_insert(scratch: &Scratch, conn: &ConnValue) {
+    let _ = if scratch.packet.v6 {
+        CONNS.insert(&scratch.flow, conn, 0)
+    } else {
+        CONNS_V4.insert(&scratch.flow4, conn, 0)
+    };
 }
 
 /// TCP / UDP (and fragments) to a VIP, on the slow path.
@@ -516,7 +550,7 @@ const FLOW_UNDECIDED: u32 = u32::MAX;
 /// need not look the entry up again.
 #[inline(never)]
 fn established(ctx: &XdpContext, scratch: &mut Scratch) -> u32 {
-    let Some(conn) = CONNS.get_ptr_mut(&scratch.flow) else {
+    let Some(conn) = conn_entry(scratch) else {
         scratch.conn_state = CONN_MISSING;
         return FLOW_UNDECIDED;
     };
@@ -602,7 +636,7 @@ pub fn choose_backend(
         }
     } else if !fragment
         && scratch.conn_state == CONN_UNKNOWN
-        && let Some(conn) = CONNS.get_ptr_mut(&scratch.flow)
+        && let Some(conn) = conn_entry(scratch)
     {
         let entry = Entry::read(conn);
         if entry.live(&moment) && usable_backend(entry.backend_id, service.id, scratch) {
@@ -633,9 +667,7 @@ pub fn choose_backend(
         flags: if moment.ending { CONN_CLOSED } else { 0 },
         last_seen_ns: moment.now,
     };
-    // A full table evicts its least recently used entry; a failed insert
-    // only costs this flow its stickiness.
-    let _ = CONNS.insert(&scratch.flow, &conn, 0);
+    conn_insert(scratch, &conn);
     if moment.ending {
         count_closed(backend_id);
     }

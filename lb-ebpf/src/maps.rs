@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use lb_common::{
-    Addr, BackendValue, ConnValue, Endpoint, FlowKey, HopValue, IfaceValue, NatKey, NatValue,
-    RateValue, Reason, ServiceKey, ServiceValue, Settings, Traffic, VipValue,
+    Addr, BackendValue, ConnValue, Endpoint, FlowKey, FlowKeyV4, HopValue, IfaceValue, NatKey,
+    NatValue, RateValue, Reason, ServiceKey, ServiceValue, Settings, Traffic, VipValue,
     maps::{GuardCounts, GuardDenial, GuardKey, GuardSettings},
 };
 
@@ -39,9 +39,15 @@ pub static BACKENDS: Array<BackendValue> = Array::with_max_entries(1024, 0);
 #[map]
 pub static MAGLEV: Array<u32> = Array::with_max_entries(64 * 2 * 65537, 0);
 
-/// The connection table: flow to backend, least recently used evicted.
+/// The connection table of IPv6 flows: flow to backend, least recently
+/// used evicted.
 #[map]
 pub static CONNS: LruHashMap<FlowKey, ConnValue> = LruHashMap::with_max_entries(65536, 0);
+
+/// The connection table of IPv4 flows, keyed in 16 bytes (see
+/// [`FlowKeyV4`]); same size as `CONNS`.
+#[map]
+pub static CONNS_V4: LruHashMap<FlowKeyV4, ConnValue> = LruHashMap::with_max_entries(65536, 0);
 
 /// Reply path: a backend's (addr, port, proto) to the VIP and port to restore.
 #[map]
@@ -150,6 +156,8 @@ pub struct Scratch {
     pub malformed: u32,
     /// The flow, as the client sent it: the `CONNS` key.
     pub flow: FlowKey,
+    /// For IPv4 (`!packet.v6`), the same flow as the `CONNS_V4` key.
+    pub flow4: FlowKeyV4,
     /// A `SERVICES` / `NAT` key being looked up.
     pub lookup: Endpoint,
     /// The FIB query and the kernel's parameter block for it.

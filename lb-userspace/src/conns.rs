@@ -1,8 +1,9 @@
-//! The connection table (`CONNS`) read whole, for reconciling the active
+//! The connection table (`CONNS_V4` for IPv4 flows, `CONNS` for IPv6) read
+//! whole, for reconciling the active
 //! flow counts: `BPF_MAP_LOOKUP_BATCH`, thousands of entries per syscall
 //! (aya 0.14 has no batched reads, so the one syscall is made here), with
 //! aya's key-by-key walk as the fallback on kernels without it (before 5.6).
-//! A [`ConnTable`] holds its own descriptor of the map, so the controller
+//! A [`ConnTable`] holds its own descriptors of the maps, so the controller
 //! hands one out and the walk — a million entries by default — runs on
 //! another thread than the controller's owner ([`crate::owner`]).
 //!
@@ -16,7 +17,7 @@ use std::{
     os::fd::{AsRawFd as _, OwnedFd},
 };
 
-use lb_common::{ConnValue, FlowKey, maps::CONN_CLOSED};
+use lb_common::{ConnValue, FlowKey, FlowKeyV4, maps::CONN_CLOSED};
 
 /// `BPF_MAP_LOOKUP_BATCH` (`include/uapi/linux/bpf.h`, `enum bpf_cmd`).
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
@@ -39,16 +40,18 @@ struct BatchAttr {
 }
 const _: () = assert!(std::mem::size_of::<BatchAttr>() == 56);
 
-/// A descriptor of the connection table, independent of the controller.
+/// Descriptors of the connection table — its IPv4 and IPv6 maps —
+/// independent of the controller.
 #[derive(Debug)]
 pub struct ConnTable {
-    fd: OwnedFd,
+    v4: OwnedFd,
+    v6: OwnedFd,
 }
 
 impl ConnTable {
-    /// Wraps a descriptor of `CONNS`.
-    pub fn new(fd: OwnedFd) -> Self {
-        Self { fd }
+    /// Wraps descriptors of `CONNS_V4` and `CONNS`.
+    pub fn new(v4: OwnedFd, v6: OwnedFd) -> Self {
+        Self { v4, v6 }
     }
 
     /// Live flows per backend id: entries not closed (FIN / RST) and seen
@@ -91,101 +94,118 @@ impl ConnTable {
         Ok((active, keys))
     }
 
-    /// Calls `visit` for every entry; returns how many there were. Entries
-    /// added or evicted during the walk may or may not be seen.
+    /// Calls `visit` for every entry, IPv4 keys widened to [`FlowKey`]
+    /// (IPv4-mapped addresses); returns how many there were. Entries added
+    /// or evicted during the walk may or may not be seen.
     pub fn for_each(&self, mut visit: impl FnMut(&FlowKey, &ConnValue)) -> std::io::Result<u64> {
-        match self.batched(&mut visit) {
-            Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
-                tracing::debug!("no batched map reads here: walking key by key");
-                self.key_by_key(&mut visit)
-            }
-            other => other,
-        }
+        let v4 = walk::<FlowKeyV4>(&self.v4, &mut |key, conn| visit(&key.widen(), conn))?;
+        let v6 = walk::<FlowKey>(&self.v6, &mut visit)?;
+        Ok(v4 + v6)
     }
+}
 
-    fn batched(&self, visit: &mut impl FnMut(&FlowKey, &ConnValue)) -> std::io::Result<u64> {
-        let mut size = BATCH;
-        let mut keys = vec![FlowKey::default(); size as usize];
-        let mut values = vec![ConnValue::default(); size as usize];
-        // The kernel's cursor (a bucket index for hash maps).
-        let mut cursor = 0u64;
-        let mut next = 0u64;
-        let mut first = true;
-        let mut seen = 0;
-        loop {
-            let mut attr = BatchAttr {
-                in_batch: if first {
-                    0
-                } else {
-                    std::ptr::addr_of!(cursor) as u64
-                },
-                out_batch: std::ptr::addr_of_mut!(next) as u64,
-                map_fd: u32::try_from(self.fd.as_raw_fd()).unwrap_or(u32::MAX),
-                keys: keys.as_mut_ptr() as u64,
-                values: values.as_mut_ptr() as u64,
-                count: size,
-                ..BatchAttr::default()
-            };
-            // SAFETY: `attr` is a valid `bpf_attr` batch member of the size
-            // passed; `keys` and `values` hold `count` elements of the map's
-            // key and value sizes (FlowKey and ConnValue are the layouts the
-            // program declares CONNS with), `cursor` and `next` outlive the
-            // call, and the kernel writes no more than `count` entries.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_MAP_LOOKUP_BATCH,
-                    std::ptr::addr_of_mut!(attr),
-                    std::mem::size_of::<BatchAttr>(),
-                )
-            };
-            let error = (rc < 0).then(std::io::Error::last_os_error);
-            // The count is written back on success and at the end (ENOENT).
-            let filled = if error.is_none()
-                || error.as_ref().and_then(std::io::Error::raw_os_error) == Some(libc::ENOENT)
-            {
-                attr.count.min(size) as usize
-            } else {
+/// Every entry of one connection map, keyed by `K`.
+fn walk<K: aya::Pod + Default>(
+    fd: &OwnedFd,
+    visit: &mut impl FnMut(&K, &ConnValue),
+) -> std::io::Result<u64> {
+    match batched(fd, visit) {
+        Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
+            tracing::debug!("no batched map reads here: walking key by key");
+            key_by_key(fd, visit)
+        }
+        other => other,
+    }
+}
+
+fn batched<K: aya::Pod + Default>(
+    fd: &OwnedFd,
+    visit: &mut impl FnMut(&K, &ConnValue),
+) -> std::io::Result<u64> {
+    let mut size = BATCH;
+    let mut keys = vec![K::default(); size as usize];
+    let mut values = vec![ConnValue::default(); size as usize];
+    // The kernel's cursor (a bucket index for hash maps).
+    let mut cursor = 0u64;
+    let mut next = 0u64;
+    let mut first = true;
+    let mut seen = 0;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first {
                 0
-            };
-            for (key, value) in keys.iter().zip(&values).take(filled) {
-                visit(key, value);
-            }
-            seen += filled as u64;
-            match error.as_ref().and_then(std::io::Error::raw_os_error) {
-                None => {}
-                Some(libc::ENOENT) => return Ok(seen),
-                // One bucket holds more than a batch: ask for more at once.
-                Some(libc::ENOSPC) if size < 1 << 20 => {
-                    size *= 2;
-                    keys.resize(size as usize, FlowKey::default());
-                    values.resize(size as usize, ConnValue::default());
-                    continue;
-                }
-                Some(_) => return Err(error.unwrap_or_else(std::io::Error::last_os_error)),
-            }
-            cursor = next;
-            first = false;
+            } else {
+                std::ptr::addr_of!(cursor) as u64
+            },
+            out_batch: std::ptr::addr_of_mut!(next) as u64,
+            map_fd: u32::try_from(fd.as_raw_fd()).unwrap_or(u32::MAX),
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: size,
+            ..BatchAttr::default()
+        };
+        // SAFETY: `attr` is a valid `bpf_attr` batch member of the size
+        // passed; `keys` and `values` hold `count` elements of the map's
+        // key and value sizes (`K` and ConnValue are the layouts the
+        // program declares the map with), `cursor` and `next` outlive the
+        // call, and the kernel writes no more than `count` entries.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                std::ptr::addr_of_mut!(attr),
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        let error = (rc < 0).then(std::io::Error::last_os_error);
+        // The count is written back on success and at the end (ENOENT).
+        let filled = if error.is_none()
+            || error.as_ref().and_then(std::io::Error::raw_os_error) == Some(libc::ENOENT)
+        {
+            attr.count.min(size) as usize
+        } else {
+            0
+        };
+        for (key, value) in keys.iter().zip(&values).take(filled) {
+            visit(key, value);
         }
+        seen += filled as u64;
+        match error.as_ref().and_then(std::io::Error::raw_os_error) {
+            None => {}
+            Some(libc::ENOENT) => return Ok(seen),
+            // One bucket holds more than a batch: ask for more at once.
+            Some(libc::ENOSPC) if size < 1 << 20 => {
+                size *= 2;
+                keys.resize(size as usize, K::default());
+                values.resize(size as usize, ConnValue::default());
+                continue;
+            }
+            Some(_) => return Err(error.unwrap_or_else(std::io::Error::last_os_error)),
+        }
+        cursor = next;
+        first = false;
     }
+}
 
-    /// Two syscalls per entry; restarts from the first key when the current
-    /// one is evicted mid-walk.
-    fn key_by_key(&self, visit: &mut impl FnMut(&FlowKey, &ConnValue)) -> std::io::Result<u64> {
-        let data = aya::maps::MapData::from_fd(self.fd.try_clone()?)
+/// Two syscalls per entry; restarts from the first key when the current
+/// one is evicted mid-walk.
+fn key_by_key<K: aya::Pod>(
+    fd: &OwnedFd,
+    visit: &mut impl FnMut(&K, &ConnValue),
+) -> std::io::Result<u64> {
+    let data = aya::maps::MapData::from_fd(fd.try_clone()?)
+        .map_err(|error| std::io::Error::other(error.to_string()))?;
+    let conns: aya::maps::HashMap<aya::maps::MapData, K, ConnValue> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data))
             .map_err(|error| std::io::Error::other(error.to_string()))?;
-        let conns: aya::maps::HashMap<aya::maps::MapData, FlowKey, ConnValue> =
-            aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data))
-                .map_err(|error| std::io::Error::other(error.to_string()))?;
-        let mut seen = 0;
-        for entry in &conns {
-            // Entries can vanish while the table is walked (LRU): skip them.
-            let Ok((key, conn)) = entry else { continue };
-            visit(&key, &conn);
-            seen += 1;
-        }
-        Ok(seen)
+    let mut seen = 0;
+    for entry in &conns {
+        // Entries can vanish while the table is walked (LRU): skip them.
+        let Ok((key, conn)) = entry else { continue };
+        visit(&key, &conn);
+        seen += 1;
     }
+    Ok(seen)
 }
 
 /// A 64-bit fingerprint of a flow key: a walk keeps 8 bytes an entry, not
@@ -297,7 +317,9 @@ impl Evictions {
 /// estimated LRU evictions (see [`evictions_between`]).
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ConnTableStats {
-    /// Entries it holds at most (`dataplane.connection_table_size`).
+    /// Entries it holds at most per address family
+    /// (`dataplane.connection_table_size`: IPv4 and IPv6 flows have a map
+    /// of that size each).
     pub capacity: u64,
     /// Entries at the last walk (none before the first).
     pub entries: Option<u64>,

@@ -171,6 +171,7 @@ impl Dataplane {
             .map_max_entries(map_names::STATS_BACKENDS, sizes.backends)
             .map_max_entries(map_names::MAGLEV, sizes.maglev_entries())
             .map_max_entries(map_names::CONNS, sizes.connections)
+            .map_max_entries(map_names::CONNS_V4, sizes.connections)
             .load(object)?;
         xdp_mut(&mut ebpf, program)?
             .load()
@@ -764,6 +765,7 @@ const PINNED_MAPS: &[&str] = &[
     map_names::BACKENDS,
     map_names::MAGLEV,
     map_names::CONNS,
+    map_names::CONNS_V4,
     map_names::NAT,
     map_names::RR_POS,
     map_names::SETTINGS,
@@ -819,8 +821,15 @@ impl Dataplane {
                 (map_names::BACKENDS, sizes.backends),
                 (map_names::MAGLEV, sizes.maglev_entries()),
                 (map_names::CONNS, sizes.connections),
+                (map_names::CONNS_V4, sizes.connections),
             ] {
-                let info = aya::maps::MapInfo::from_pin(pin_dir.join(name))
+                let path = pin_dir.join(name);
+                // A data plane pinned by an lb without this map (CONNS_V4
+                // came later) gets it created by the loader.
+                if !path.exists() {
+                    continue;
+                }
+                let info = aya::maps::MapInfo::from_pin(path)
                     .with_context(|| format!("reading pinned map {name}"))?;
                 anyhow::ensure!(
                     info.max_entries() == want,
@@ -851,7 +860,8 @@ impl Dataplane {
             .map_max_entries(map_names::NAT, sizes.backends)
             .map_max_entries(map_names::STATS_BACKENDS, sizes.backends)
             .map_max_entries(map_names::MAGLEV, sizes.maglev_entries())
-            .map_max_entries(map_names::CONNS, sizes.connections);
+            .map_max_entries(map_names::CONNS, sizes.connections)
+            .map_max_entries(map_names::CONNS_V4, sizes.connections);
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -988,17 +998,34 @@ pub fn unpin_all(pin_dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
 }
 
 impl Dataplane {
-    /// A descriptor of the connection table of its own, so the table can be
-    /// walked (`ConnTable::count_active`) without holding the controller.
+    /// Descriptors of the connection tables (IPv4 and IPv6) of their own,
+    /// so they can be walked (`ConnTable::count_active`) without holding
+    /// the controller.
     pub fn conn_table(&self) -> Result<crate::conns::ConnTable, DataplaneError> {
-        let name = map_names::CONNS;
+        Ok(crate::conns::ConnTable::new(
+            self.lru_descriptor(map_names::CONNS_V4)?,
+            self.lru_descriptor(map_names::CONNS)?,
+        ))
+    }
+
+    /// The keys of one connection map (`CONNS_V4` with [`lb_common::FlowKeyV4`],
+    /// `CONNS` with [`lb_common::FlowKey`]), read key by key: for
+    /// inspecting a small table.
+    pub fn conn_keys<K: aya::Pod>(&self, name: &'static str) -> Result<Vec<K>, DataplaneError> {
+        let map = self.map(name)?;
+        let table: aya::maps::HashMap<&aya::maps::MapData, K, lb_common::ConnValue> =
+            aya::maps::HashMap::try_from(map)
+                .map_err(|source| DataplaneError::Map { name, source })?;
+        Ok(table.keys().filter_map(Result::ok).collect())
+    }
+
+    fn lru_descriptor(&self, name: &'static str) -> Result<std::os::fd::OwnedFd, DataplaneError> {
         let aya::maps::Map::LruHashMap(data) = self.map(name)? else {
             return Err(DataplaneError::MissingMap(name));
         };
-        let fd = std::os::fd::AsFd::as_fd(data.fd())
+        std::os::fd::AsFd::as_fd(data.fd())
             .try_clone_to_owned()
-            .map_err(|source| DataplaneError::Descriptor { name, source })?;
-        Ok(crate::conns::ConnTable::new(fd))
+            .map_err(|source| DataplaneError::Descriptor { name, source })
     }
 }
 

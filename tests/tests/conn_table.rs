@@ -3,9 +3,13 @@
 //! entries than one batch, counted per backend exactly as the data plane
 //! counted the flows it opened, and idle entries left out.
 
-use std::{net::Ipv4Addr, time::Instant};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    time::Instant,
+};
 
 use lb::conns::{Census, Evictions};
+use lb_common::{FlowKey, FlowKeyV4, maps::ipv4_mapped};
 use lb_tests::{
     frames,
     testrun::{Action, Harness, backend_mac},
@@ -69,6 +73,60 @@ fn a_walk_counts_every_flow_per_backend() {
     let mut seen = 0;
     assert_eq!(table.for_each(|_, _| seen += 1).unwrap(), u64::from(flows));
     assert_eq!(seen, flows);
+}
+
+const BOTH: &str = "\
+instance: test
+interfaces: [{ name: lb0 }]
+services:
+  - { name: web4, vip: 203.0.113.40, port: 80, protocol: tcp, forwarding: dsr, backends: [{ address: 192.0.2.21 }] }
+  - { name: web6, vip: '2001:db8::40', port: 80, protocol: tcp, forwarding: dsr, backends: [{ address: '2001:db8:2::21' }] }
+dataplane: { ring_size: 1009, connection_table_size: 64 }
+";
+
+/// IPv4 and IPv6 flows live in tables of their own (`CONNS_V4`, `CONNS`);
+/// a walk reads both and gives every key in the wide form.
+#[test]
+fn a_walk_reads_the_ipv4_and_the_ipv6_table() {
+    let harness = Harness::new(BOTH);
+    let client4 = Ipv4Addr::new(198, 51, 100, 7);
+    let client6: Ipv6Addr = "2001:db8:1::7".parse().unwrap();
+    harness.run(&frames::tcp4(
+        client4,
+        40_000,
+        Ipv4Addr::new(203, 0, 113, 40),
+        80,
+    ));
+    harness.run(&frames::tcp6(
+        client6,
+        40_001,
+        "2001:db8::40".parse().unwrap(),
+        80,
+    ));
+    let mut keys = Vec::new();
+    let table = harness.dataplane.conn_table().expect("the tables");
+    let seen = table
+        .for_each(|key, _| keys.push(*key))
+        .expect("reading the tables");
+    assert_eq!(seen, 2, "{keys:?}");
+    keys.sort_by_key(|k| k.sport);
+    assert_eq!(keys[0].src, ipv4_mapped(client4.octets()));
+    assert_eq!(keys[0].dst, ipv4_mapped([203, 0, 113, 40]));
+    assert_eq!((keys[0].sport, keys[0].dport), (40_000, 80));
+    assert_eq!(keys[1].src, client6.octets());
+    assert_eq!(keys[1].sport, 40_001);
+    // Each flow sits in its family's map: the IPv4 one with the 16-byte
+    // key, the IPv6 one with the 40-byte key.
+    let v4: Vec<FlowKeyV4> = harness
+        .dataplane
+        .conn_keys(lb_common::map_names::CONNS_V4)
+        .expect("CONNS_V4");
+    let v6: Vec<FlowKey> = harness
+        .dataplane
+        .conn_keys(lb_common::map_names::CONNS)
+        .expect("CONNS");
+    assert_eq!(v4, vec![keys[0].narrow().unwrap()]);
+    assert_eq!(v6, vec![keys[1]]);
 }
 
 const TINY: &str = "\

@@ -10,12 +10,13 @@ use std::{
 };
 
 use aya::maps::{HashMap, Map, MapData};
-use lb_common::{ConnValue, FlowKey, maps::ipv4_mapped};
+use lb_common::{ConnValue, FlowKeyV4};
 use lb_tests::{bed::Bed, netns::wait_until};
 
 const ENTRIES: u32 = 1 << 20;
 
-/// `lb_map_entries{map="CONNS"}`: the count of the last walk.
+/// `lb_map_entries{map="CONNS"}`: the count of the last walk (both
+/// families' tables).
 fn walked(bed: &Bed) -> u64 {
     let page = bed.lb.run(|| {
         let Ok(mut stream) = TcpStream::connect("127.0.0.1:9477") else {
@@ -54,17 +55,18 @@ fn the_api_never_waits_for_the_connection_table_walk() {
     let slowest_empty = empty.iter().max().copied().unwrap_or_default();
     println!("{} failovers with an empty table: {empty:?}", empty.len());
 
-    // Fill the table through its pin, as if a million clients were served.
+    // Fill the IPv4 table through its pin, as if a million clients were
+    // served.
     let started = Instant::now();
-    let pin = format!("/sys/fs/bpf/lb/{instance}/CONNS");
-    let data = MapData::from_pin(&pin).expect("the pinned CONNS");
-    let mut conns: HashMap<MapData, FlowKey, ConnValue> =
-        HashMap::try_from(Map::LruHashMap(data)).expect("CONNS is an LRU hash");
+    let pin = format!("/sys/fs/bpf/lb/{instance}/CONNS_V4");
+    let data = MapData::from_pin(&pin).expect("the pinned CONNS_V4");
+    let mut conns: HashMap<MapData, FlowKeyV4, ConnValue> =
+        HashMap::try_from(Map::LruHashMap(data)).expect("CONNS_V4 is an LRU hash");
     let now = lb::dataplane::monotonic_ns();
     for n in 0..ENTRIES {
-        let key = FlowKey {
-            src: ipv4_mapped(Ipv4Addr::from(0xc633_6400 | (n >> 16)).octets()),
-            dst: ipv4_mapped([203, 0, 113, 10]),
+        let key = FlowKeyV4 {
+            src: Ipv4Addr::from(0xc633_6400 | (n >> 16)).octets(),
+            dst: [203, 0, 113, 10],
             sport: u16::try_from(n & 0xffff).unwrap(),
             dport: 80,
             proto: 6,
@@ -75,7 +77,7 @@ fn the_api_never_waits_for_the_connection_table_walk() {
             flags: 0,
             last_seen_ns: now,
         };
-        conns.insert(key, value, 0).expect("a CONNS entry");
+        conns.insert(key, value, 0).expect("a CONNS_V4 entry");
     }
     drop(conns);
     println!("{ENTRIES} entries written in {:?}", started.elapsed());
