@@ -1098,14 +1098,14 @@ fn print_ha(report: &crate::ha::HaStatus, indent: &str) {
                 format!("-{}", track.weight)
             };
             println!(
-                "{indent}  track {}: {} of {} healthy needed, {}{}",
+                "{indent}  track {}: {} healthy (needs {}), {}{}",
                 track.service,
                 track.healthy,
                 track.min_healthy,
                 if track.failing {
                     "failing: "
                 } else {
-                    "ok, on failure "
+                    "ok; when failing "
                 },
                 effect
             );

@@ -611,6 +611,16 @@ impl Controller {
             return Ok(());
         };
         for mut instance in section.instances() {
+            // An instance stepping down must not take another's addresses.
+            match crate::sysctl::promote_secondaries(&instance.interface) {
+                Ok(true) => tracing::info!(interface = %instance.interface,
+                    "ha: set promote_secondaries, so removing one floating IP keeps the \
+                     others of its subnet"),
+                Ok(false) => {}
+                Err(error) => tracing::warn!(error = %format!("{error:#}"),
+                    "ha: cannot set promote_secondaries: an instance stepping down may \
+                     remove another's floating IPs of the same subnet"),
+            }
             for track in &mut instance.track {
                 let service = self
                     .config

@@ -10,6 +10,7 @@
 //! asserted.
 
 use std::{
+    fmt::Write as _,
     net::SocketAddr,
     sync::{
         Arc,
@@ -36,7 +37,7 @@ const DSR: &str = "203.0.113.11:80";
 struct ActiveBed {
     _decaps: Vec<DecapGuard>,
     balancers: Vec<LbRun>,
-    _backends: Vec<Backend>,
+    backends: Vec<Backend>,
     client: Netns,
     _switch: Netns,
 }
@@ -89,7 +90,7 @@ impl ActiveBed {
                      track: [{{ service: nat, weight: 60 }}] }}\n\
                      \x20   - {{ virtual_router_id: 52, priority: {second}, \
                      floating_ips: [198.51.100.3/24], track: [{{ service: dsr, weight: 60 }}] }}\n\
-                     control: {{ socket: {socket} }}\n",
+                     control: {{ socket: {socket}, metrics: 127.0.0.1:9477 }}\n",
                     3 - i
                 ),
             );
@@ -107,7 +108,7 @@ impl ActiveBed {
         Self {
             _decaps: decaps,
             balancers,
-            _backends: backends,
+            backends,
             client,
             _switch: switch,
         }
@@ -162,6 +163,29 @@ impl ActiveBed {
         from.elapsed()
     }
 
+    /// Neighbours, addresses and logs, for a failure message.
+    fn diagnose(&mut self) -> String {
+        let text = |o: std::process::Output| String::from_utf8_lossy(&o.stdout).to_string();
+        let mut out = format!("client neigh:\n{}", text(self.client.ip(&["neigh"])));
+        for backend in &self.backends {
+            let _ = write!(out, "backend neigh:\n{}", text(backend.ns.ip(&["neigh"])));
+        }
+        for (i, b) in self.balancers.iter_mut().enumerate() {
+            let _ = write!(
+                out,
+                "balancer {i} addr:\n{}neigh:\n{}stats:\n{}log:\n{}\n",
+                text(b.ns.ip(&["-4", "addr", "show", "dev", "eth0"])),
+                text(b.ns.ip(&["neigh"])),
+                text(b.lb(&["stats", "--socket", &b.socket])),
+                b.process
+                    .as_ref()
+                    .map(lb_tests::netns::ChildGuard::stderr_so_far)
+                    .unwrap_or_default()
+            );
+        }
+        out
+    }
+
     /// Whether `vip` answers the client now.
     fn answers(&self, vip: &str) -> bool {
         let target: SocketAddr = vip.parse().unwrap();
@@ -185,6 +209,45 @@ impl ActiveBed {
     fn finish(&self, held: Vec<HeldConnection>) -> usize {
         self.client
             .run(move || held.into_iter().filter_map(HeldConnection::finish).count())
+    }
+}
+
+/// `lb ha` (human and JSON) and the per-instance metrics of B, backup of
+/// 51 and master of 52.
+fn show_ha(b: &LbRun) {
+    let json = b.lb(&["ha", "--output", "json", "--socket", &b.socket]);
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap_or_default();
+    assert_eq!(json["instances"][1]["virtual_router_id"], 52, "{json}");
+    assert_eq!(json["instances"][1]["master"], "192.0.2.2", "{json}");
+    let human = b.lb(&["ha", "--socket", &b.socket]);
+    let human = String::from_utf8_lossy(&human.stdout).to_string();
+    println!("lb ha on B:\n{human}");
+    for line in [
+        "vrrp 51 on eth0: backup since ",
+        "priority 100 (configured 100), master 192.0.2.1, peer 192.0.2.1",
+        "vrrp 52 on eth0: master since ",
+        "track dsr: 2 healthy (needs 1)",
+    ] {
+        assert!(human.contains(line), "no {line:?} in lb ha:\n{human}");
+    }
+    let metrics = b.ns.run(|| {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect("127.0.0.1:9477").unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: lb\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    });
+    for line in [
+        "lb_ha_instance_state{vrid=\"51\",state=\"backup\"} 1",
+        "lb_ha_instance_state{vrid=\"52\",state=\"master\"} 1",
+        "lb_ha_instance_priority{vrid=\"52\",kind=\"effective\"} 150",
+        "lb_ha_instance_transitions_total{vrid=\"52\"} 2",
+        "lb_ha_state{state=\"backup\"} 1",
+    ] {
+        assert!(metrics.contains(line), "no {line} in /metrics:\n{metrics}");
     }
 }
 
@@ -251,10 +314,20 @@ fn each_balancer_masters_its_group_and_holds_both_while_the_other_is_down() {
     let ha = bed.balancers[1].status()["ha"].clone();
     assert_eq!(ha["state"], "backup", "{ha}");
     assert_eq!(ha["priority"], 100, "{ha}");
+    show_ha(&bed.balancers[1]);
+    // Whichever instance took 198.51.100.0/24 first on A, its stepping
+    // down must not take the other's address of that subnet with it.
+    let promote = bed.balancers[0]
+        .ns
+        .exec("sysctl", &["-n", "net.ipv4.conf.eth0.promote_secondaries"]);
+    assert_eq!(String::from_utf8_lossy(&promote.stdout).trim(), "1");
     assert!(
         wait_until(Duration::from_secs(10), || bed.answers(NAT)
             && bed.answers(DSR)),
-        "the VIPs do not answer through their masters"
+        "the VIPs do not answer through their masters: nat {}, dsr {}\n{}",
+        bed.answers(NAT),
+        bed.answers(DSR),
+        bed.diagnose()
     );
     let held = bed.hold();
     assert_eq!(held.len(), 20, "connections through both masters");

@@ -58,8 +58,8 @@ impl Watch {
     }
 
     /// Looks again if due (or if the controller sent news); applies a
-    /// changed verdict to `router` and returns its actions, `None` when
-    /// nothing changed.
+    /// changed verdict to `router` and returns its actions; `None` when
+    /// nothing changed that `lb status` shows.
     pub(super) fn poll(&mut self, router: &mut Router, now: Instant) -> Option<Vec<Action>> {
         let mut news = false;
         while let Ok(healthy) = self.updates.try_recv() {
@@ -78,7 +78,8 @@ impl Watch {
         };
         let verdict = vrrp::assess(self.configured, &conditions);
         if self.verdict.as_ref() == Some(&verdict) {
-            return None;
+            // New counts that change nothing still show in `lb status`.
+            return news.then(Vec::new);
         }
         let actions = match &verdict {
             Assessment::Fault(cause) => {
