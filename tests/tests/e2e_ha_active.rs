@@ -5,9 +5,9 @@
 //! returns it takes its own back (preempt) — and established connections
 //! in both groups carry on through every move. Tracking and fault: health
 //! checks failing on one balancer (an nftables rule in its namespace only)
-//! lower its priority, and the peer takes its group; its interface down
-//! puts it in `fault` until it comes back up. Times are printed, not
-//! asserted.
+//! lower its priority, and the peer takes its group; its interface down,
+//! or without the address VRRP is sent from, puts it in `fault` until it
+//! comes back. Times are printed, not asserted.
 
 use std::{
     fmt::Write as _,
@@ -414,7 +414,7 @@ fn restore_health_checks(ns: &Netns) {
 }
 
 #[test]
-fn failing_health_checks_lower_the_priority_and_a_link_down_is_a_fault() {
+fn failing_health_checks_lower_the_priority_and_a_lost_link_or_address_is_a_fault() {
     let mut bed = ActiveBed::new("t", true);
     bed.start(0);
     bed.start(1);
@@ -495,4 +495,24 @@ fn failing_health_checks_lower_the_priority_and_a_link_down_is_a_fault() {
         "{b52}"
     );
     assert!(bed.answers(DSR), "B does not serve instance 52's VIP again");
+
+    // B's interface loses the address VRRP is sent from: fault again.
+    let b = &bed.balancers[1].ns;
+    b.ip(&["addr", "del", "192.0.2.2/24", "dev", "eth0"]);
+    bed.wait_states(
+        ["master", "master"],
+        ["fault", "fault"],
+        "losing its address did not put B in fault",
+    );
+    let b52 = bed.instance(1, 52);
+    assert_eq!(
+        b52["reason"], "fault: interface eth0 lost the address VRRP is sent from",
+        "{b52}"
+    );
+    b.ip(&["addr", "add", "192.0.2.2/24", "dev", "eth0"]);
+    bed.wait_states(
+        ["master", "backup"],
+        ["backup", "master"],
+        "B did not come back when its address returned",
+    );
 }
