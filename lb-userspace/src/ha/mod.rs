@@ -169,6 +169,8 @@ fn run(
             if let Ok(mut view) = view.lock() {
                 view.effective_priority = router.priority();
                 view.priority_reason = watch.priority_reason();
+                // A fault's cause can change without a transition.
+                view.reason = router.reason().to_string();
                 view.tracks = watch.tracks();
             }
         }

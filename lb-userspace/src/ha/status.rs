@@ -119,3 +119,66 @@ pub struct TrackStatus {
     /// Fewer than needed.
     pub failing: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(vrid: u8, state: &str) -> InstanceStatus {
+        InstanceStatus {
+            virtual_router_id: vrid,
+            interface: "eth0".into(),
+            state: state.into(),
+            priority: 150,
+            effective_priority: 90,
+            priority_reason: "configured 150, -60: service web has 0 healthy backends (needs 1)"
+                .into(),
+            master: Some("192.0.2.2".into()),
+            peer: Some("192.0.2.2".into()),
+            since: 1_700_000_000,
+            reason: "higher priority 100 from 192.0.2.2".into(),
+            transitions: 3,
+            invalid_packets: 1,
+            floating_ips: vec!["192.0.2.254/24".into()],
+            tracks: Vec::new(),
+        }
+    }
+
+    /// DESIGN.md §6: the top-level fields describe the first instance, and
+    /// `instances` lists each with its VRID, state, both priorities, the
+    /// master, since and reason.
+    #[test]
+    fn the_report_keeps_the_single_instance_shape_and_lists_every_instance() {
+        let report = HaStatus::of(vec![instance(51, "backup"), instance(52, "master")], 7);
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["state"], "backup");
+        assert_eq!(json["priority"], 150);
+        assert_eq!(json["peer"], "192.0.2.2");
+        assert_eq!(json["since"], 1_700_000_000);
+        assert_eq!(json["reason"], "higher priority 100 from 192.0.2.2");
+        assert_eq!(json["transitions"], 3);
+        let second = &json["instances"][1];
+        for key in [
+            "virtual_router_id",
+            "state",
+            "priority",
+            "effective_priority",
+            "master",
+            "since",
+            "reason",
+        ] {
+            assert!(!second[key].is_null(), "no {key} in {second}");
+        }
+        assert_eq!(second["virtual_router_id"], 52);
+        assert_eq!(second["effective_priority"], 90);
+        // What `lb status` reads back.
+        let back: HaStatus = serde_json::from_value(json).unwrap();
+        assert_eq!(back.instances.len(), 2);
+
+        let standalone = serde_json::to_value(HaStatus::of(Vec::new(), 7)).unwrap();
+        assert_eq!(standalone["state"], "standalone");
+        assert_eq!(standalone["since"], 7);
+        assert_eq!(standalone["priority"], serde_json::Value::Null);
+        assert_eq!(standalone["instances"], serde_json::json!([]));
+    }
+}
