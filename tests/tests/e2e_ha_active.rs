@@ -3,7 +3,7 @@
 //! backends' gateway), B of instance 52 (the clients' gateway for the DSR
 //! VIP), so both forward at once. When A dies, B holds both groups; when A
 //! returns it takes its own back (preempt) — and established connections
-//! in both groups carry on through every move. Tracking and fault: health
+//! in both groups carry on through every move; SIGTERM hands a group over. Tracking and fault: health
 //! checks failing on one balancer (an nftables rule in its namespace only)
 //! lower its priority, and the peer takes its group; its interface down,
 //! or without the address VRRP is sent from, puts it in `fault` until it
@@ -293,16 +293,9 @@ fn failures_after(samples: &[(Instant, bool)], from: Instant) -> (usize, Duratio
     )
 }
 
-#[test]
-fn each_balancer_masters_its_group_and_holds_both_while_the_other_is_down() {
-    let mut bed = ActiveBed::new("k", false);
-    bed.start(0);
-    bed.start(1);
-    bed.wait_states(
-        ["master", "backup"],
-        ["backup", "master"],
-        "no active-active pair",
-    );
+/// The pair as it should be once up: what each reports, what `lb ha` and
+/// the metrics show, and each VIP answering through its own master.
+fn check_pair(bed: &mut ActiveBed) {
     // Both forward: each VIP answers through its own master.
     let a = bed.instance(0, 51);
     assert_eq!(a["master"], "192.0.2.1", "{a}");
@@ -329,6 +322,19 @@ fn each_balancer_masters_its_group_and_holds_both_while_the_other_is_down() {
         bed.answers(DSR),
         bed.diagnose()
     );
+}
+
+#[test]
+fn each_balancer_masters_its_group_and_holds_both_while_the_other_is_down() {
+    let mut bed = ActiveBed::new("k", false);
+    bed.start(0);
+    bed.start(1);
+    bed.wait_states(
+        ["master", "backup"],
+        ["backup", "master"],
+        "no active-active pair",
+    );
+    check_pair(&mut bed);
     let held = bed.hold();
     assert_eq!(held.len(), 20, "connections through both masters");
     let stop = Arc::new(AtomicBool::new(false));
@@ -394,6 +400,21 @@ fn each_balancer_masters_its_group_and_holds_both_while_the_other_is_down() {
         "{ha}"
     );
     assert_eq!(bed.instance(1, 51)["transitions"], 3, "B flapped");
+
+    // SIGTERM on B hands over its instance (priority 0) at once.
+    let stopped = Instant::now();
+    assert!(bed.balancers[1].stop(libc::SIGTERM).status.success());
+    assert!(
+        wait_until(Duration::from_secs(5), || bed.states(0)
+            == ["master", "master"]),
+        "A did not take instance 52 from a stopping B: {:?}",
+        bed.states(0)
+    );
+    println!(
+        "active-active: A master of both {:?} after SIGTERM of B",
+        stopped.elapsed()
+    );
+    assert!(bed.answers(DSR), "A does not serve instance 52's VIP");
 }
 
 /// Drops balancer `ns`'s health checks (TCP to the backends' port 8080
@@ -451,7 +472,10 @@ fn failing_health_checks_lower_the_priority_and_a_lost_link_or_address_is_a_faul
         ["backup", "master"],
         "A did not take instance 51 back",
     );
-    assert_eq!(bed.instance(0, 51)["effective_priority"], 150);
+    let a = bed.instance(0, 51);
+    assert_eq!(a["effective_priority"], 150, "{a}");
+    // Backup, master, backup (lowered), master: no flapping.
+    assert_eq!(a["transitions"], 4, "{a}");
     println!(
         "tracking: B master of 51 {took:?} after A's checks failed, A again {back:?} after they passed"
     );
