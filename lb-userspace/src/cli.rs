@@ -14,7 +14,7 @@ use lb_common::Reason;
 
 use crate::{
     api,
-    config::{Config, ConfigError, default_socket},
+    config::{Config, ConfigError, Ha, default_socket},
     controller::{Controller, StatsReport, StatusReport},
     dataplane::{AttachMode, Dataplane, unpin_link},
     netlink::ifindex,
@@ -77,6 +77,14 @@ pub enum Command {
     /// Services and backends (health, weight, tier) and HA state.
     #[command(after_help = "Example:\n  lb status\n  lb status --output json")]
     Status {
+        /// Take the control socket from this configuration.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// HA: each VRRP instance's state, priority in effect and why, the
+    /// master, the peer and the time of the last change.
+    #[command(after_help = "Example:\n  lb ha\n  lb ha --output json")]
+    Ha {
         /// Take the control socket from this configuration.
         #[arg(short, long)]
         config: Option<PathBuf>,
@@ -295,6 +303,9 @@ pub fn main() -> ExitCode {
         Command::Check { config } => check(config, output),
         Command::Status { config } => {
             socket(cli.socket.as_deref(), config.as_deref()).and_then(|s| status(&s, output))
+        }
+        Command::Ha { config } => {
+            socket(cli.socket.as_deref(), config.as_deref()).and_then(|s| ha(&s, output))
         }
         Command::Stats {
             config,
@@ -776,6 +787,7 @@ fn status(socket: &Path, output: Output) -> Result<(), Failure> {
         "instance {}   ha: {} ({})",
         report.instance, report.ha.state, report.ha.reason
     );
+    print_ha(&report.ha, "  ");
     if report.guard.auto || !report.guard.configured.is_empty() || !report.guard.runtime.is_empty()
     {
         println!();
@@ -1028,6 +1040,79 @@ fn guard(socket: &Path, action: &GuardAction, output: Output) -> Result<(), Fail
 }
 
 /// The guard report for people (`lb guard list`, `lb status`).
+/// `lb ha`: the `ha` part of the status.
+fn ha(socket: &Path, output: Output) -> Result<(), Failure> {
+    let value = api::get(socket, "/v1/status")?;
+    if output == Output::Json {
+        println!("{}", value["ha"]);
+        return Ok(());
+    }
+    let report: StatusReport = serde_json::from_value(value)
+        .context("the controller's status has an unexpected shape")
+        .map_err(Failure::Runtime)?;
+    if report.ha.instances.is_empty() {
+        println!("ha: {} ({})", report.ha.state, report.ha.reason);
+    }
+    print_ha(&report.ha, "");
+    Ok(())
+}
+
+/// One block per VRRP instance: state and why, priority in effect and
+/// why, the master, the peer, the last change (time and age), tracks.
+fn print_ha(report: &crate::ha::HaStatus, indent: &str) {
+    let now = std::time::SystemTime::now();
+    for instance in &report.instances {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(instance.since);
+        let ago = now.duration_since(at).map_or_else(
+            |_| "just now".to_string(),
+            |d| {
+                format!(
+                    "{} ago",
+                    humantime::format_duration(std::time::Duration::from_secs(d.as_secs()))
+                )
+            },
+        );
+        println!(
+            "{indent}vrrp {} on {}: {} since {} ({ago}), {}; {} change(s)",
+            instance.virtual_router_id,
+            instance.interface,
+            instance.state,
+            humantime::format_rfc3339_seconds(at),
+            instance.reason,
+            instance.transitions,
+        );
+        println!(
+            "{indent}  priority {} ({}), master {}, peer {}",
+            instance.effective_priority,
+            instance.priority_reason,
+            instance.master.as_deref().unwrap_or("-"),
+            instance.peer.as_deref().unwrap_or("-"),
+        );
+        if !instance.floating_ips.is_empty() {
+            println!("{indent}  floating {}", instance.floating_ips.join(", "));
+        }
+        for track in &instance.tracks {
+            let effect = if track.weight == 0 {
+                "fault".to_string()
+            } else {
+                format!("-{}", track.weight)
+            };
+            println!(
+                "{indent}  track {}: {} healthy (needs {}), {}{}",
+                track.service,
+                track.healthy,
+                track.min_healthy,
+                if track.failing {
+                    "failing: "
+                } else {
+                    "ok; when failing "
+                },
+                effect
+            );
+        }
+    }
+}
+
 fn print_guard(report: &crate::guard::GuardReport) {
     let list = |prefixes: &[String]| {
         if prefixes.is_empty() {
@@ -1128,17 +1213,19 @@ fn detach(config: Option<&Path>, instance: Option<&str>, output: Output) -> Resu
 /// that never handed over (SIGKILL, a crash); this one starts as backup
 /// and must not answer for them. Each removal is logged.
 fn release_stale(config: &Config) -> Result<(), Failure> {
-    let Some(ha) = &config.ha else {
+    let Some(section) = &config.ha else {
         return Ok(());
     };
-    let removed = crate::release::release(ha).map_err(|error| {
-        Failure::Runtime(anyhow::Error::new(error).context(
-            "ha: a floating IP a previous run left could not be removed; nothing was started",
-        ))
-    })?;
-    for address in removed {
-        tracing::warn!(%address, interface = %ha.interface,
-            "ha: removed a floating IP left by a previous run (killed without handing over)");
+    for ha in section.instances() {
+        let removed = crate::release::release(&ha).map_err(|error| {
+            Failure::Runtime(anyhow::Error::new(error).context(
+                "ha: a floating IP a previous run left could not be removed; nothing was started",
+            ))
+        })?;
+        for address in removed {
+            tracing::warn!(%address, interface = %ha.interface,
+                "ha: removed a floating IP left by a previous run (killed without handing over)");
+        }
     }
     Ok(())
 }
@@ -1163,23 +1250,18 @@ fn release(path: &Path, output: Output) -> Result<(), Failure> {
         )),
         other => Failure::Runtime(other.into()),
     })?;
-    let (interface, removed, nothing) = match &config.ha {
-        None => (
-            None,
-            Vec::new(),
-            "nothing to do (no ha section)".to_string(),
-        ),
-        Some(ha) if ifindex(&ha.interface).is_err() => (
-            Some(ha.interface.as_str()),
-            Vec::new(),
-            format!("nothing to do (no interface {})", ha.interface),
-        ),
-        Some(ha) => (
-            Some(ha.interface.as_str()),
-            crate::release::release(ha).map_err(|e| Failure::Runtime(e.into()))?,
-            format!("no floating IP on {}; nothing to do", ha.interface),
-        ),
-    };
+    let instances = config.ha.as_ref().map(Ha::instances).unwrap_or_default();
+    let interface = config.ha.as_ref().map(|ha| ha.interface.clone());
+    let mut nothing = "nothing to do (no ha section)".to_string();
+    let mut removed = Vec::new();
+    for ha in &instances {
+        if ifindex(&ha.interface).is_err() {
+            nothing = format!("nothing to do (no interface {})", ha.interface);
+            continue;
+        }
+        nothing = format!("no floating IP on {}; nothing to do", ha.interface);
+        removed.extend(crate::release::release(ha).map_err(|e| Failure::Runtime(e.into()))?);
+    }
     let removed: Vec<String> = removed.iter().map(ToString::to_string).collect();
     match output {
         Output::Json => println!(

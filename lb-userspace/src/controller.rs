@@ -58,8 +58,8 @@ pub struct Controller {
     connections: u64,
     /// The connection table's LRU evictions, estimated from its walks.
     evictions: crate::conns::Evictions,
-    /// VRRP, when the configuration has an `ha` section.
-    ha: Option<crate::ha::Ha>,
+    /// VRRP, one per instance of the `ha` section (none without one).
+    ha: Vec<crate::ha::Ha>,
     checker: Option<Checker>,
     events: Option<Sender<Event>>,
     /// Backends' next hops (none when netlink is unavailable: the data
@@ -180,7 +180,7 @@ impl Controller {
             check_latency: BTreeMap::new(),
             connections: 0,
             evictions: crate::conns::Evictions::default(),
-            ha: None,
+            ha: Vec::new(),
             checker: None,
             events: None,
             hops,
@@ -293,6 +293,7 @@ impl Controller {
         let state = self.states.entry(key.clone()).or_default();
         if state.up != up {
             state.up = up;
+            self.track_health();
             self.replan()?;
         }
         Ok(())
@@ -603,20 +604,96 @@ impl Controller {
         &self.config
     }
 
-    /// Starts VRRP if the configuration asks for it.
+    /// Starts VRRP, one instance after the other, if the configuration
+    /// asks for it; a failure stops those already started.
     pub fn start_ha(&mut self) -> anyhow::Result<()> {
-        if let Some(config) = &self.config.ha {
-            self.ha = Some(crate::ha::Ha::start(config)?);
-            tracing::info!(interface = %config.interface, vrid = config.virtual_router_id,
-                priority = config.priority, "ha: VRRP started");
+        let Some(section) = &self.config.ha else {
+            return Ok(());
+        };
+        for mut instance in section.instances() {
+            // An instance stepping down must not take another's addresses.
+            match crate::sysctl::promote_secondaries(&instance.interface) {
+                Ok(true) => tracing::info!(interface = %instance.interface,
+                    "ha: set promote_secondaries, so removing one floating IP keeps the \
+                     others of its subnet"),
+                Ok(false) => {}
+                Err(error) => tracing::warn!(error = %format!("{error:#}"),
+                    "ha: cannot set promote_secondaries: an instance stepping down may \
+                     remove another's floating IPs of the same subnet"),
+            }
+            for track in &mut instance.track {
+                let service = self
+                    .config
+                    .services
+                    .iter()
+                    .find(|s| s.name == track.service);
+                track.min_healthy = track.min_healthy.or(service.map(|s| s.min_healthy));
+            }
+            let ha = match crate::ha::Ha::start(&instance) {
+                Ok(ha) => ha,
+                Err(error) => {
+                    self.stop_ha();
+                    return Err(error.context(format!(
+                        "ha: the instance with virtual_router_id {}",
+                        instance.virtual_router_id
+                    )));
+                }
+            };
+            ha.track(self.healthy_backends());
+            self.ha.push(ha);
+            tracing::info!(interface = %instance.interface, vrid = instance.virtual_router_id,
+                priority = instance.priority, "ha: VRRP started");
         }
         Ok(())
     }
 
-    /// Hands over (a master sends priority 0 and drops its floating IPs).
+    /// Hands over (a master sends priority 0 and drops its floating IPs),
+    /// every instance at once.
     pub fn stop_ha(&mut self) {
-        if let Some(ha) = self.ha.take() {
-            ha.stop();
+        let stopping: Vec<_> = self
+            .ha
+            .drain(..)
+            .map(|ha| std::thread::spawn(move || ha.stop()))
+            .collect();
+        for stop in stopping {
+            let _ = stop.join();
+        }
+    }
+
+    /// Healthy (not down) backends per service, for the HA tracks.
+    fn healthy_backends(&self) -> crate::ha::Healthy {
+        self.config
+            .services
+            .iter()
+            .map(|service| {
+                let healthy = service
+                    .backends
+                    .iter()
+                    .filter(|b| {
+                        let key = BackendKey {
+                            service: service.name.clone(),
+                            address: b.address,
+                            port: b.port_for(service),
+                        };
+                        self.states.get(&key).is_none_or(|s| s.up)
+                    })
+                    .count();
+                (
+                    service.name.clone(),
+                    u32::try_from(healthy).unwrap_or(u32::MAX),
+                )
+            })
+            .collect()
+    }
+
+    /// Tells every HA instance the services' health (tracking).
+    fn track_health(&self) {
+        if self.ha.is_empty() {
+            return;
+        }
+        let healthy = self.healthy_backends();
+        for ha in &self.ha {
+            ha.track(healthy.clone());
         }
     }
 
@@ -750,17 +827,9 @@ impl Controller {
         StatusReport {
             instance: self.config.instance.to_string(),
             services,
-            ha: self.ha.as_ref().map_or_else(
-                || HaStatus {
-                    state: "standalone".into(),
-                    priority: None,
-                    peer: None,
-                    since: unix_seconds(self.started),
-                    reason: "no ha section in the configuration".into(),
-                    transitions: 0,
-                    invalid_packets: 0,
-                },
-                crate::ha::Ha::status,
+            ha: HaStatus::of(
+                self.ha.iter().map(crate::ha::Ha::status).collect(),
+                unix_seconds(self.started),
             ),
             guard: self.guard_report(),
         }
@@ -1586,6 +1655,7 @@ impl Controller {
         self.refresh_hops();
         self.restart_checker();
         self.update_agents();
+        self.track_health();
         Ok(writes)
     }
 }

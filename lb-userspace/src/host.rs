@@ -25,24 +25,30 @@ pub fn problems(config: &Config) -> Vec<ConfigProblem> {
             );
         }
     }
-    if let Some(ha) = &config.ha {
-        if crate::netlink::ifindex(&ha.interface).is_err() {
-            push(
-                "ha.interface".into(),
-                format!("no interface {:?} on this host", ha.interface),
-            );
-        } else {
-            match crate::ha::primary_ipv4(&ha.interface) {
-                Ok(Some(_)) => {}
-                Ok(None) => push(
-                    "ha.interface".into(),
-                    format!(
-                        "{} has no IPv4 address: VRRP advertisements are sent from its first \
-                         IPv4 address",
-                        ha.interface
+    let sections = config.ha.iter().map(|ha| (ha, ha.instances()));
+    let mut seen: Vec<String> = Vec::new();
+    for (ha, instances) in sections {
+        for (i, instance) in instances.iter().enumerate() {
+            let interface = &instance.interface;
+            if seen.contains(interface) {
+                continue;
+            }
+            seen.push(interface.clone());
+            let path = ha.path_of(i, "interface");
+            if crate::netlink::ifindex(interface).is_err() {
+                push(path, format!("no interface {interface:?} on this host"));
+            } else {
+                match crate::ha::primary_ipv4(interface) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => push(
+                        path,
+                        format!(
+                            "{interface} has no IPv4 address: VRRP advertisements are sent from its \
+                         first IPv4 address"
+                        ),
                     ),
-                ),
-                Err(error) => push("ha.interface".into(), format!("{error:#}")),
+                    Err(error) => push(path, format!("{error:#}")),
+                }
             }
         }
     }

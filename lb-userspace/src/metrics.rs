@@ -245,10 +245,48 @@ impl Scrape {
         gauges(
             e,
             "lb_ha_state",
-            "The HA state (the labelled one is 1).",
+            "The HA state of the first VRRP instance (the labelled one is 1).",
             &ha,
         )?;
+        self.encode_instances(e)?;
         self.encode_internals(e)
+    }
+
+    /// Per VRRP instance, labelled by VRID: state, priorities, changes.
+    fn encode_instances(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut state = Vec::new();
+        let mut priority = Vec::new();
+        let mut transitions = Vec::new();
+        for instance in &self.status.ha.instances {
+            let vrid = instance.virtual_router_id.to_string();
+            state.push((labels(&[("vrid", &vrid), ("state", &instance.state)]), 1));
+            for (kind, value) in [
+                ("configured", instance.priority),
+                ("effective", instance.effective_priority),
+            ] {
+                priority.push((labels(&[("vrid", &vrid), ("kind", kind)]), i64::from(value)));
+            }
+            transitions.push((labels(&[("vrid", &vrid)]), instance.transitions));
+        }
+        gauges(
+            e,
+            "lb_ha_instance_state",
+            "The state of each VRRP instance (the labelled one is 1): master, backup, \
+             fault, initialize.",
+            &state,
+        )?;
+        gauges(
+            e,
+            "lb_ha_instance_priority",
+            "Each VRRP instance's priority: configured, and in effect (tracking lowers it).",
+            &priority,
+        )?;
+        counters(
+            e,
+            "lb_ha_instance_transitions",
+            "State changes of each VRRP instance since the controller started.",
+            &transitions,
+        )
     }
 
     /// The automatic guard's denials.

@@ -13,7 +13,7 @@ use std::{net::IpAddr, process::Command};
 
 use ipnet::IpNet;
 
-use crate::config::Ha;
+use crate::config::HaInstance;
 
 /// Why the floating IPs could not be listed or removed.
 #[derive(Debug, thiserror::Error)]
@@ -84,10 +84,10 @@ pub fn addresses(interface: &str) -> Result<Vec<IpNet>, ReleaseError> {
     Ok(parse_addresses(&String::from_utf8_lossy(&output.stdout)))
 }
 
-/// Removes the floating IPs of `ha` that `ha.interface` holds; returns
-/// them (empty: nothing to do). Stops at the first one that cannot be
-/// removed.
-pub fn release(ha: &Ha) -> Result<Vec<IpNet>, ReleaseError> {
+/// Removes the floating IPs of the instance `ha` that `ha.interface`
+/// holds; returns them (empty: nothing to do). Stops at the first one that
+/// cannot be removed.
+pub fn release(ha: &HaInstance) -> Result<Vec<IpNet>, ReleaseError> {
     let held = stale(&ha.floating_ips, &addresses(&ha.interface)?);
     for address in &held {
         let output = Command::new("ip")

@@ -21,6 +21,12 @@
 //! takes it over — or `lb detach` — still puts back the values from before
 //! the first one. `/run` is emptied at boot, as the sysctls are reset.
 //!
+//! One more, for HA, left set (keepalived does the same): IPv4
+//! `promote_secondaries` on each VRRP interface. Without it, removing the
+//! first address of a subnet removes every other address of that subnet
+//! with it — so an instance stepping down would take the floating IPs of
+//! another instance (same subnet, added after its own) off the interface.
+//!
 //! An edge: it only reads and writes `/proc/sys/net` and its record; the
 //! controller decides when.
 
@@ -30,6 +36,21 @@ use std::{
 };
 
 use anyhow::Context as _;
+
+/// Sets `net.ipv4.conf.INTERFACE.promote_secondaries` to 1 (see the
+/// module doc); `true` if it was 0.
+pub fn promote_secondaries(interface: &str) -> anyhow::Result<bool> {
+    let path = PathBuf::from(format!(
+        "/proc/sys/net/ipv4/conf/{interface}/promote_secondaries"
+    ));
+    let before =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    if before.trim() == "1" {
+        return Ok(false);
+    }
+    std::fs::write(&path, "1").with_context(|| format!("writing {}", path.display()))?;
+    Ok(true)
+}
 
 /// Where the record of an instance's changed sysctls lives.
 const RECORD_DIR: &str = "/run/lb";

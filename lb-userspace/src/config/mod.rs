@@ -15,11 +15,13 @@
 //! `problems` says what a problem is, how many are listed, and on which
 //! line each one is written.
 
+mod ha;
 mod limits;
 mod problems;
 mod sections;
 mod validate;
 
+pub use ha::{HaInstance, HaInstanceSpec, Track};
 pub use problems::{ConfigError, ConfigProblem, locate};
 
 use std::{
@@ -452,16 +454,21 @@ const fn default_fall() -> u32 {
     2
 }
 
-/// VRRP settings.
+/// VRRP settings: one instance written out here, or several in
+/// `instances` (an active-active pair), for which the other keys here are
+/// defaults. [`Ha::instances`] resolves either form.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Ha {
     /// Interface VRRP runs on.
     pub interface: String,
-    /// VRID, 1..=255.
-    pub virtual_router_id: u8,
-    /// Priority, 1..=254.
-    pub priority: u8,
+    /// VRID, 1..=255; required unless `instances` is given (then absent).
+    #[serde(default)]
+    pub virtual_router_id: Option<u8>,
+    /// Priority, 1..=254; required unless `instances` is given (then
+    /// absent).
+    #[serde(default)]
+    pub priority: Option<u8>,
     /// Advertisement interval.
     #[serde(default = "default_advert", with = "duration")]
     pub advert_interval: Duration,
@@ -479,9 +486,17 @@ pub struct Ha {
     /// Unicast peers; empty means multicast.
     #[serde(default)]
     pub unicast_peers: Vec<IpAddr>,
-    /// Floating addresses the master holds.
+    /// Floating addresses the master holds (with `instances`: absent).
     #[serde(default)]
     pub floating_ips: Vec<IpNet>,
+    /// Services whose health lowers the priority (keepalived's
+    /// `track_script` with `weight`).
+    #[serde(default)]
+    pub track: Vec<Track>,
+    /// Several VRRP instances (an active-active pair: each balancer master
+    /// of its own group of floating IPs, backup of the other's).
+    #[serde(default)]
+    pub instances: Vec<HaInstanceSpec>,
 }
 
 const fn default_advert() -> Duration {
@@ -564,18 +579,25 @@ impl Config {
     /// every packet to it is dropped (`drop_no_backend`), so say so. A
     /// `preempt_delay` with `preempt: false` does nothing (as in keepalived).
     pub fn warnings(&self) -> Vec<ConfigProblem> {
-        let ha = self
-            .ha
-            .iter()
-            .filter(|ha| !ha.preempt && !ha.preempt_delay.is_zero())
-            .map(|ha| ConfigProblem {
-                path: "ha.preempt_delay".into(),
-                line: None,
-                message: format!(
-                    "{} has no effect with preempt: false (a backup never preempts)",
-                    humantime::format_duration(ha.preempt_delay)
-                ),
-            });
+        let mut ha: Vec<ConfigProblem> = Vec::new();
+        if let Some(section) = &self.ha {
+            for (i, instance) in section.instances().iter().enumerate() {
+                let path = section.path_of(i, "preempt_delay");
+                if !instance.preempt
+                    && !instance.preempt_delay.is_zero()
+                    && !ha.iter().any(|w| w.path == path)
+                {
+                    ha.push(ConfigProblem {
+                        path,
+                        line: None,
+                        message: format!(
+                            "{} has no effect with preempt: false (a backup never preempts)",
+                            humantime::format_duration(instance.preempt_delay)
+                        ),
+                    });
+                }
+            }
+        }
         self.services
             .iter()
             .enumerate()
@@ -746,6 +768,26 @@ services:
         assert_ne!(a.instance, b.instance);
         assert_eq!(ha_a.unicast_peers.len(), 1);
         assert_ne!(ha_a.unicast_peers, ha_b.unicast_peers);
+    }
+
+    #[test]
+    fn shipped_active_active_configs_are_valid_twins() {
+        let a = Config::parse(include_str!("../../../deploy/lb.aa-a.yaml")).unwrap();
+        let b = Config::parse(include_str!("../../../deploy/lb.aa-b.yaml")).unwrap();
+        assert_eq!(a.services, b.services);
+        let (a, b) = (a.ha.unwrap().instances(), b.ha.unwrap().instances());
+        assert_eq!(a.len(), 2);
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x.virtual_router_id, y.virtual_router_id);
+            assert_eq!(x.floating_ips, y.floating_ips);
+            assert_eq!(x.track, y.track);
+            assert_ne!(x.unicast_peers, y.unicast_peers);
+        }
+        // Each is master of one instance: the priorities are swapped.
+        assert!(a[0].priority > b[0].priority && a[1].priority < b[1].priority);
+        // A failing track takes the master below its backup.
+        assert!(a[0].priority - a[0].track[0].weight < b[0].priority);
+        assert!(b[1].priority - b[1].track[0].weight < a[1].priority);
     }
 
     #[test]

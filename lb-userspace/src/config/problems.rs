@@ -121,8 +121,11 @@ pub(super) fn line_of(text: &str, path: &str) -> Option<usize> {
     }
     // (line index, the column where the current node's children start)
     let (mut at, mut indent): (Option<usize>, usize) = (None, 0);
+    // A sequence item's first key sits on its own "- " line.
+    let mut in_item = false;
     for segment in segments {
-        let from = at.map_or(0, |line| line + 1);
+        let from = at.map_or(0, |line| if in_item { line } else { line + 1 });
+        in_item = matches!(segment, Segment::Index(_));
         let found = match segment {
             Segment::Key(key) => {
                 // Flow style on the current line: stay there.
@@ -180,6 +183,7 @@ pub(super) fn strip_location(message: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::line_of;
     use crate::config::{Config, ConfigError};
 
     #[test]
@@ -229,5 +233,9 @@ services:
             lines.contains(&("services[0].backends[1].address".into(), Some(13))),
             "{lines:?}"
         );
+        // A key on its item's own "- " line.
+        assert_eq!(line_of(text, "services[0].name"), Some(5));
+        assert_eq!(line_of(text, "services[0].backends[0].address"), Some(11));
+        assert_eq!(line_of(text, "interfaces[0].name"), Some(3));
     }
 }

@@ -86,6 +86,7 @@ impl Config {
         }
         if let Some(ha) = &self.ha {
             check_ha(ha, &mut problems);
+            check_track(self, ha, &mut problems);
         }
         let mut names = BTreeSet::new();
         let mut keys = BTreeSet::new();
@@ -217,7 +218,8 @@ fn check_health(at: &str, check: &HealthCheck, problems: &mut Problems) {
 
 /// Checks the `ha` section as `lb run` would use it: `VRRPv3` (RFC 5798)
 /// field ranges, and what this implementation carries (advertisements over
-/// IPv4 only).
+/// IPv4 only). Each value is checked where it is written: in the section,
+/// or in the `instances` entry that sets it.
 pub(super) fn check_ha(ha: &Ha, problems: &mut Problems) {
     if ha.interface.is_empty() {
         problems.push(
@@ -225,49 +227,155 @@ pub(super) fn check_ha(ha: &Ha, problems: &mut Problems) {
             "must name the interface VRRP runs on".into(),
         );
     }
-    if ha.virtual_router_id == 0 {
+    check_ha_form(ha, problems);
+    if let Some(vrid) = ha.virtual_router_id {
+        check_vrid("ha.virtual_router_id", vrid, problems);
+    }
+    if let Some(priority) = ha.priority {
+        check_priority("ha.priority", priority, problems);
+    }
+    check_advert_interval("ha.advert_interval", ha.advert_interval, problems);
+    check_preempt_delay("ha.preempt_delay", ha.preempt_delay, problems);
+    check_peers("ha", &ha.unicast_peers, problems);
+    check_floating("ha.floating_ips", &ha.floating_ips, problems);
+    let mut seen: BTreeMap<(&str, u8), usize> = BTreeMap::new();
+    let mut floating: BTreeMap<IpAddr, usize> = BTreeMap::new();
+    for (i, spec) in ha.instances.iter().enumerate() {
+        let at = format!("ha.instances[{i}]");
+        check_vrid(
+            &format!("{at}.virtual_router_id"),
+            spec.virtual_router_id,
+            problems,
+        );
+        check_priority(&format!("{at}.priority"), spec.priority, problems);
+        if let Some(interval) = spec.advert_interval {
+            check_advert_interval(&format!("{at}.advert_interval"), interval, problems);
+        }
+        if let Some(delay) = spec.preempt_delay {
+            check_preempt_delay(&format!("{at}.preempt_delay"), delay, problems);
+        }
+        if let Some(peers) = &spec.unicast_peers {
+            check_peers(&at, peers, problems);
+        }
+        check_floating(&format!("{at}.floating_ips"), &spec.floating_ips, problems);
+        if let Some(interface) = &spec.interface
+            && interface.is_empty()
+        {
+            problems.push(
+                format!("{at}.interface"),
+                "must name the interface VRRP runs on (or omit it for ha.interface)".into(),
+            );
+        }
+        let interface = spec.interface.as_deref().unwrap_or(&ha.interface);
+        if let Some(first) = seen.insert((interface, spec.virtual_router_id), i) {
+            problems.push(
+                format!("{at}.virtual_router_id"),
+                format!(
+                    "{} is used by ha.instances[{first}] on {interface} too: each instance \
+                     needs its own",
+                    spec.virtual_router_id
+                ),
+            );
+        }
+        for address in &spec.floating_ips {
+            if let Some(first) = floating.insert(address.addr(), i)
+                && first != i
+            {
+                problems.push(
+                    format!("{at}.floating_ips"),
+                    format!(
+                        "{} is a floating IP of ha.instances[{first}] too: an address \
+                         belongs to one instance",
+                        address.addr()
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// The section holds one instance (its VRID and priority) or lists
+/// `instances`, not both.
+fn check_ha_form(ha: &Ha, problems: &mut Problems) {
+    let written = [
+        ("virtual_router_id", ha.virtual_router_id.is_some()),
+        ("priority", ha.priority.is_some()),
+        ("floating_ips", !ha.floating_ips.is_empty()),
+    ];
+    for (key, given) in written {
+        if ha.instances.is_empty() && !given && key != "floating_ips" {
+            problems.push(
+                format!("ha.{key}"),
+                format!("missing: give ha.{key}, or list the instances in ha.instances"),
+            );
+        } else if !ha.instances.is_empty() && given {
+            problems.push(
+                format!("ha.{key}"),
+                format!(
+                    "set it in each entry of ha.instances, not here (with instances, the \
+                     section's {key} would be ambiguous)"
+                ),
+            );
+        }
+    }
+}
+
+fn check_vrid(at: &str, vrid: u8, problems: &mut Problems) {
+    if vrid == 0 {
         problems.push(
-            "ha.virtual_router_id",
+            at,
             "0 is reserved: use 1 to 255 (the same on both balancers, unique on the segment)"
                 .into(),
         );
     }
-    if ha.priority == 0 || ha.priority == 255 {
+}
+
+fn check_priority(at: &str, priority: u8, problems: &mut Problems) {
+    if priority == 0 || priority == 255 {
         problems.push(
-            "ha.priority",
+            at,
             format!(
-                "{} is reserved (0: a master stepping down, 255: the owner of the addresses, \
-                 which lb never is): use 1 to 254",
-                ha.priority
+                "{priority} is reserved (0: a master stepping down, 255: the owner of the \
+                 addresses, which lb never is): use 1 to 254"
             ),
         );
     }
-    if let Err(error) = crate::vrrp::AdvertInterval::from_duration(ha.advert_interval) {
+}
+
+fn check_advert_interval(at: &str, interval: Duration, problems: &mut Problems) {
+    if let Err(error) = crate::vrrp::AdvertInterval::from_duration(interval) {
         let why = match error {
             crate::vrrp::ConfigError::IntervalNotCentiseconds(_) => "is not a multiple of 10ms",
             _ => "is outside 10ms to 40.95s",
         };
         problems.push(
-            "ha.advert_interval",
+            at,
             format!(
                 "{} {why}: VRRPv3 carries the interval in centiseconds, 10ms to 40.95s",
-                humantime::format_duration(ha.advert_interval)
+                humantime::format_duration(interval)
             ),
         );
     }
-    if ha.preempt_delay > MAX_PREEMPT_DELAY {
+}
+
+fn check_preempt_delay(at: &str, delay: Duration, problems: &mut Problems) {
+    if delay > MAX_PREEMPT_DELAY {
         problems.push(
-            "ha.preempt_delay",
+            at,
             format!(
                 "{} is over {} (keepalived's limit too): a backup that waits longer \
                  is better left with preempt: false",
-                humantime::format_duration(ha.preempt_delay),
+                humantime::format_duration(delay),
                 humantime::format_duration(MAX_PREEMPT_DELAY)
             ),
         );
     }
-    for (i, peer) in ha.unicast_peers.iter().enumerate() {
-        let at = format!("ha.unicast_peers[{i}]");
+}
+
+/// `unicast_peers` of the section or entry at `at`.
+fn check_peers(at: &str, peers: &[IpAddr], problems: &mut Problems) {
+    for (i, peer) in peers.iter().enumerate() {
+        let at = format!("{at}.unicast_peers[{i}]");
         if peer.is_ipv6() {
             problems.push(
                 at,
@@ -285,16 +393,53 @@ pub(super) fn check_ha(ha: &Ha, problems: &mut Problems) {
             );
         }
     }
-    let v4 = ha
-        .floating_ips
-        .iter()
-        .filter(|ip| ip.addr().is_ipv4())
-        .count();
+}
+
+fn check_floating(at: &str, floating: &[ipnet::IpNet], problems: &mut Problems) {
+    let v4 = floating.iter().filter(|ip| ip.addr().is_ipv4()).count();
     if v4 > 255 {
         problems.push(
-            "ha.floating_ips",
+            at,
             format!("{v4} IPv4 addresses: one VRRP advertisement holds at most 255"),
         );
+    }
+}
+
+/// Each instance's `track` entries: a service of this file, a weight a
+/// priority can lose (keepalived's range), at least one healthy backend.
+pub(super) fn check_track(config: &Config, ha: &Ha, problems: &mut Problems) {
+    let mut section_checked = false;
+    for (i, instance) in ha.instances().iter().enumerate() {
+        let at = ha.path_of(i, "track");
+        // A section-level track shared by instances is reported once.
+        if at == "ha.track" {
+            if section_checked {
+                continue;
+            }
+            section_checked = true;
+        }
+        for (j, track) in instance.track.iter().enumerate() {
+            let at = format!("{at}[{j}]");
+            if !config.services.iter().any(|s| s.name == track.service) {
+                problems.push(
+                    format!("{at}.service"),
+                    format!("no service named {:?} in this file", track.service),
+                );
+            }
+            if track.weight > 253 {
+                problems.push(
+                    format!("{at}.weight"),
+                    format!(
+                        "{} is over 253 (a priority of 254 can drop to 1 at most); 0 puts \
+                         the instance in fault instead",
+                        track.weight
+                    ),
+                );
+            }
+            if track.min_healthy == Some(0) {
+                problems.push(format!("{at}.min_healthy"), "must be at least 1".into());
+            }
+        }
     }
 }
 

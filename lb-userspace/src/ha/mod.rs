@@ -11,14 +11,21 @@
 //! The state machine is the sans-IO [`crate::vrrp`]; this folder is its I/O
 //! edge: `socket` (the raw VRRP socket and the IP header check), `announce`
 //! (gratuitous ARP, unsolicited NA), `addresses` (the floating addresses on
-//! the interface). HA does not import the controller: the controller starts
-//! an [`Ha`] and reads its [`HaStatus`].
+//! the interface), `watch` (the interface's state and the tracked services,
+//! judged by [`vrrp::assess`]: fault, priority in effect), `status` (what
+//! `lb status` shows). HA does not import the controller: the controller
+//! starts an [`Ha`] per instance of the `ha` section, sends it the tracked
+//! services' health ([`Ha::track`]) and reads its [`InstanceStatus`].
 
 mod addresses;
 mod announce;
 mod socket;
+mod status;
+mod watch;
 
 pub use addresses::primary_ipv4;
+pub use status::{HaStatus, InstanceStatus, TrackStatus};
+pub use watch::Healthy;
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -27,27 +34,29 @@ use std::{
 };
 
 use anyhow::Context as _;
-use serde::Serialize;
 
 use crate::{
-    config::Ha as HaConfig,
+    config::HaInstance as HaConfig,
     netlink::{ifindex, mac_address},
     vrrp::{self, Action, Router, State},
 };
 use addresses::ip_addr;
 use announce::{gratuitous_arp, unsolicited_na};
 use socket::{VrrpSocket, parse_ipv4};
+use watch::Watch;
 
 /// A running VRRP instance; stop it with [`Ha::stop`] (hands over first).
 #[derive(Debug)]
 pub struct Ha {
-    view: Arc<Mutex<HaStatus>>,
+    view: Arc<Mutex<InstanceStatus>>,
     stop: mpsc::Sender<()>,
+    health: mpsc::Sender<Healthy>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Ha {
-    /// Starts VRRP on `config.interface`.
+    /// Starts one VRRP instance on `config.interface`; its tracks'
+    /// `min_healthy` must be resolved (the service's where unset).
     pub fn start(config: &HaConfig) -> anyhow::Result<Self> {
         let local = primary_ipv4(&config.interface)?.with_context(|| {
             format!(
@@ -77,31 +86,53 @@ impl Ha {
                 .collect(),
             local,
         };
-        let view = Arc::new(Mutex::new(HaStatus {
+        let view = Arc::new(Mutex::new(InstanceStatus {
+            virtual_router_id: config.virtual_router_id,
+            interface: config.interface.clone(),
             state: "initialize".into(),
-            priority: Some(config.priority),
+            priority: config.priority,
+            effective_priority: config.priority,
+            priority_reason: format!("configured {}", config.priority),
+            master: None,
             peer: None,
             since: unix_now(),
             reason: "starting".into(),
             transitions: 0,
             invalid_packets: 0,
+            floating_ips: link.floating.clone(),
+            tracks: Vec::new(),
         }));
         let (stop, stopped) = mpsc::channel();
+        let (health, updates) = mpsc::channel();
+        let mut watch = Watch::new(
+            &config.interface,
+            IpAddr::V4(local),
+            config.priority,
+            config.track.clone(),
+            updates,
+        );
         let shared = Arc::clone(&view);
         let thread = std::thread::spawn(move || {
             let actions = router.start(Instant::now());
             link.carry_out(&socket, &router, &actions, &shared);
-            run(&mut router, &socket, &link, &shared, &stopped);
+            run(&mut router, &socket, &link, &shared, &stopped, &mut watch);
         });
         Ok(Self {
             view,
             stop,
+            health,
             thread: Some(thread),
         })
     }
 
+    /// The tracked services' healthy backends, counted by the controller
+    /// after each health change; the instance's thread applies them.
+    pub fn track(&self, healthy: Healthy) {
+        let _ = self.health.send(healthy);
+    }
+
     /// The current state, as `lb status` and the metrics show it.
-    pub fn status(&self) -> HaStatus {
+    pub fn status(&self) -> InstanceStatus {
         self.view
             .lock()
             .map_or_else(|p| p.into_inner().clone(), |v| v.clone())
@@ -116,35 +147,14 @@ impl Ha {
     }
 }
 
-/// HA part of [`StatusReport`].
-#[derive(Clone, Debug, Serialize, serde::Deserialize)]
-pub struct HaStatus {
-    /// `master`, `backup`, `initialize` (VRRP starting or stopped) or
-    /// `standalone` (no `ha` section).
-    pub state: String,
-    /// VRRP priority.
-    pub priority: Option<u8>,
-    /// The peer's address, when known.
-    pub peer: Option<String>,
-    /// Unix time of the last state change.
-    pub since: u64,
-    /// Why it is in this state.
-    pub reason: String,
-    /// State changes since the controller started.
-    #[serde(default)]
-    pub transitions: u64,
-    /// Malformed VRRP packets dropped since the controller started.
-    #[serde(default)]
-    pub invalid_packets: u64,
-}
-
 /// The event loop: advertisements in, timers, until told to stop.
 fn run(
     router: &mut Router,
     socket: &VrrpSocket,
     link: &Link,
-    view: &Arc<Mutex<HaStatus>>,
+    view: &Arc<Mutex<InstanceStatus>>,
     stopped: &mpsc::Receiver<()>,
+    watch: &mut Watch,
 ) {
     let mut buffer = [0u8; 1500];
     let mut last_warning: Option<Instant> = None;
@@ -153,6 +163,16 @@ fn run(
             let actions = router.shutdown(Instant::now());
             link.carry_out(socket, router, &actions, view);
             return;
+        }
+        if let Some(actions) = watch.poll(router, Instant::now()) {
+            link.carry_out(socket, router, &actions, view);
+            if let Ok(mut view) = view.lock() {
+                view.effective_priority = router.priority();
+                view.priority_reason = watch.priority_reason();
+                // A fault's cause can change without a transition.
+                view.reason = router.reason().to_string();
+                view.tracks = watch.tracks();
+            }
         }
         let now = Instant::now();
         let due = router
@@ -190,6 +210,7 @@ fn run(
             // The master a backup hears can change without a transition.
             if let Ok(mut view) = view.lock() {
                 view.peer = router.peer().map(|p| p.to_string());
+                view.master = link.master(router);
             }
         }
     }
@@ -211,7 +232,7 @@ impl Link {
         socket: &VrrpSocket,
         router: &Router,
         actions: &[Action],
-        view: &Arc<Mutex<HaStatus>>,
+        view: &Arc<Mutex<InstanceStatus>>,
     ) {
         for action in actions {
             match action {
@@ -261,15 +282,28 @@ impl Link {
                 State::Master => "master",
                 State::Backup => "backup",
                 State::Initialize => "initialize",
+                State::Fault => "fault",
             };
-            tracing::info!(state, reason = %router.reason(), "ha: state changed");
+            tracing::info!(vrid = router.config().vrid, state, reason = %router.reason(), "ha: state changed");
             if let Ok(mut view) = view.lock() {
                 view.state = state.into();
                 view.peer = router.peer().map(|p| p.to_string());
+                view.master = self.master(router);
                 view.since = unix_now();
                 view.reason = router.reason().to_string();
                 view.transitions += 1;
             }
+        }
+    }
+}
+
+impl Link {
+    /// The master as this instance sees it: itself, or the one it follows.
+    fn master(&self, router: &Router) -> Option<String> {
+        match router.state() {
+            State::Master => Some(self.local.to_string()),
+            State::Backup => router.peer().map(|p| p.to_string()),
+            State::Initialize | State::Fault => None,
         }
     }
 }

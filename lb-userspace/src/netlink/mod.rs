@@ -53,7 +53,7 @@ mod route;
 mod socket;
 mod uapi;
 
-pub use interface::{ifindex, mac_address};
+pub use interface::{holds_address, ifindex, link_up, mac_address};
 pub use monitor::Monitor;
 pub use request::Netlink;
 

@@ -22,9 +22,11 @@
 //! refusals.
 
 mod router;
+mod track;
 mod wire;
 
 pub use router::Router;
+pub use track::{Assessment, Conditions, FaultCause, TrackHealth, assess};
 pub use wire::{
     AdvertInterval, Advertisement, EmitError, Family, HEADER_LEN, MULTICAST_V4, MULTICAST_V6,
     PRIORITY_OWNER, PRIORITY_STOP, PROTOCOL, Packet, TYPE_ADVERTISEMENT, VERSION, VrrpError, emit,
@@ -100,6 +102,9 @@ pub enum State {
     Backup,
     /// Holding the floating IPs and advertising.
     Master,
+    /// Kept out by its surroundings ([`FaultCause`]): no advertisements,
+    /// no floating IPs, until [`Router::recover`].
+    Fault,
 }
 
 impl fmt::Display for State {
@@ -108,6 +113,7 @@ impl fmt::Display for State {
             Self::Initialize => "initialize",
             Self::Backup => "backup",
             Self::Master => "master",
+            Self::Fault => "fault",
         })
     }
 }
@@ -153,6 +159,10 @@ pub enum Reason {
     },
     /// [`Router::shutdown`] was called.
     Shutdown,
+    /// [`Router::fault`]: its interface or a tracked service failed.
+    Fault(FaultCause),
+    /// [`Router::recover`]: the fault cleared; backup first, as at start.
+    FaultCleared,
 }
 
 impl fmt::Display for Reason {
@@ -173,6 +183,8 @@ impl fmt::Display for Reason {
                 write!(f, "equal priority {priority} from higher address {from}")
             }
             Self::Shutdown => f.write_str("shut down"),
+            Self::Fault(cause) => write!(f, "fault: {cause}"),
+            Self::FaultCleared => f.write_str("fault cleared"),
         }
     }
 }
@@ -193,7 +205,8 @@ pub enum Action {
     Announce,
     /// Remove the floating IPs (if held); keep the data plane loaded.
     BecomeBackup,
-    /// The router stopped: remove the floating IPs if held, send nothing.
+    /// The router stopped or is in fault: remove the floating IPs if
+    /// held, send nothing more.
     Stop,
 }
 
@@ -202,7 +215,7 @@ pub enum Action {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Ignored {
-    /// The router is not running.
+    /// The router is not running (`Initialize` or `Fault`).
     #[error("router not running")]
     NotRunning,
     /// Another virtual router's advertisement (RFC 5798 §7.1 discard).

@@ -6,15 +6,18 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use super::{
-    Action, AdvertInterval, Advertisement, ConfigError, Family, Ignored, PRIORITY_OWNER,
-    PRIORITY_STOP, Reason, RouterConfig, State,
+    Action, AdvertInterval, Advertisement, ConfigError, Family, FaultCause, Ignored,
+    PRIORITY_OWNER, PRIORITY_STOP, Reason, RouterConfig, State,
 };
-use crate::config::Ha;
+use crate::config::HaInstance;
 
 /// One VRRP version 3 virtual router (RFC 5798 §6.4), as a pure state machine.
 #[derive(Clone, Debug)]
 pub struct Router {
     config: RouterConfig,
+    /// The priority in effect: the configured one, less what tracking
+    /// takes ([`Router::set_priority`]).
+    priority: u8,
     state: State,
     since: Option<Instant>,
     reason: Reason,
@@ -64,6 +67,7 @@ impl Router {
         }
         Ok(Self {
             master_advert_interval: config.advert_interval,
+            priority: config.priority,
             config,
             state: State::Initialize,
             since: None,
@@ -76,12 +80,13 @@ impl Router {
         })
     }
 
-    /// The router for the `ha:` section, speaking from `local_addr`.
+    /// The router for one instance of the `ha:` section, speaking from
+    /// `local_addr`.
     ///
     /// Only floating IPs of `local_addr`'s family are advertised: VRRP version 3
     /// runs one instance per family, so a dual-stack pair needs two
     /// routers (the same VRID may serve both).
-    pub fn from_ha(ha: &Ha, local_addr: IpAddr) -> Result<Self, ConfigError> {
+    pub fn from_ha(ha: &HaInstance, local_addr: IpAddr) -> Result<Self, ConfigError> {
         Self::new(RouterConfig {
             vrid: ha.virtual_router_id,
             priority: ha.priority,
@@ -101,6 +106,12 @@ impl Router {
     /// The settings the router was built from.
     pub fn config(&self) -> &RouterConfig {
         &self.config
+    }
+
+    /// The priority in effect (the configured one unless tracking lowered
+    /// it).
+    pub fn priority(&self) -> u8 {
+        self.priority
     }
 
     /// The current state.
@@ -147,7 +158,7 @@ impl Router {
     /// the skew of a 10 ms interval would truncate to 0 for every priority,
     /// and both backups would take over at the same instant.
     pub fn skew_time(&self) -> Duration {
-        self.master_advert_interval.duration() * (256 - u32::from(self.config.priority)) / 256
+        self.master_advert_interval.duration() * (256 - u32::from(self.priority)) / 256
     }
 
     /// `Master_Down_Interval` = 3 × `Master_Adver_Interval` + `Skew_Time`.
@@ -190,7 +201,7 @@ impl Router {
             return Vec::new();
         }
         match self.state {
-            State::Initialize => Vec::new(),
+            State::Initialize | State::Fault => Vec::new(),
             State::Backup => {
                 let reason = match (self.stopping_master, self.preempting) {
                     (Some(from), _) => Reason::PriorityZero { from },
@@ -204,7 +215,7 @@ impl Router {
                 // timer, and a late wakeup must not cause a burst.
                 self.timer = Some(now + self.config.advert_interval.duration());
                 vec![Action::SendAdvertisement {
-                    priority: self.config.priority,
+                    priority: self.priority,
                 }]
             }
         }
@@ -219,7 +230,7 @@ impl Router {
         from: IpAddr,
         now: Instant,
     ) -> Result<Vec<Action>, Ignored> {
-        if self.state == State::Initialize {
+        if matches!(self.state, State::Initialize | State::Fault) {
             return Err(Ignored::NotRunning);
         }
         if advert.vrid != self.config.vrid {
@@ -231,9 +242,9 @@ impl Router {
         if from == self.config.local_addr {
             return Err(Ignored::Own);
         }
-        let priority = self.config.priority;
+        let priority = self.priority;
         match self.state {
-            State::Initialize => Err(Ignored::NotRunning),
+            State::Initialize | State::Fault => Err(Ignored::NotRunning),
             State::Backup => {
                 if advert.priority == PRIORITY_STOP {
                     // The master is leaving: wait only Skew_Time, so the
@@ -294,7 +305,7 @@ impl Router {
     pub fn shutdown(&mut self, now: Instant) -> Vec<Action> {
         let actions = match self.state {
             State::Initialize => return Vec::new(),
-            State::Backup => vec![Action::Stop],
+            State::Backup | State::Fault => vec![Action::Stop],
             State::Master => vec![
                 Action::SendAdvertisement {
                     priority: PRIORITY_STOP,
@@ -307,6 +318,68 @@ impl Router {
         actions
     }
 
+    /// Tracking changed the priority in effect to `priority` (1..=254). A
+    /// master advertises it at once, so that a backup now of higher
+    /// priority starts to preempt without waiting for the next tick; a
+    /// backup's new priority counts from its next timer (its `Skew_Time`)
+    /// and from the next advertisement it hears (preemption).
+    pub fn set_priority(&mut self, priority: u8, now: Instant) -> Vec<Action> {
+        let priority = priority.clamp(1, PRIORITY_OWNER - 1);
+        if priority == self.priority {
+            return Vec::new();
+        }
+        self.priority = priority;
+        if self.state == State::Master {
+            self.timer = Some(now + self.config.advert_interval.duration());
+            return vec![Action::SendAdvertisement { priority }];
+        }
+        Vec::new()
+    }
+
+    /// Fault event: the interface or a tracked service failed. A master
+    /// sends priority 0 (its backup takes over after `Skew_Time`, if the
+    /// advertisement can still leave) and drops its addresses; a backup
+    /// stops watching. Either way no more advertisements until
+    /// [`Router::recover`]. In fault already, only the cause is updated.
+    pub fn fault(&mut self, cause: FaultCause, now: Instant) -> Vec<Action> {
+        let actions = match self.state {
+            State::Initialize => return Vec::new(),
+            State::Fault => {
+                self.reason = Reason::Fault(cause);
+                return Vec::new();
+            }
+            State::Backup => vec![Action::Stop],
+            State::Master => vec![
+                Action::SendAdvertisement {
+                    priority: PRIORITY_STOP,
+                },
+                Action::Stop,
+            ],
+        };
+        self.timer = None;
+        self.peer = None;
+        self.stopping_master = None;
+        self.transition(State::Fault, now, Reason::Fault(cause));
+        actions
+    }
+
+    /// The fault cleared: back to backup (the owner to master), as at
+    /// start; the master down timer decides the rest. Does nothing unless
+    /// in `Fault`.
+    pub fn recover(&mut self, now: Instant) -> Vec<Action> {
+        if self.state != State::Fault {
+            return Vec::new();
+        }
+        self.peer = None;
+        if self.config.priority == PRIORITY_OWNER {
+            return self.become_master(now, Reason::FaultCleared);
+        }
+        self.master_advert_interval = self.config.advert_interval;
+        self.timer = Some(now + self.master_down_interval());
+        self.transition(State::Backup, now, Reason::FaultCleared);
+        vec![Action::BecomeBackup]
+    }
+
     /// Whether a backup hearing a master of priority `heard` follows it
     /// rather than preempting: keepalived's `vrrp_state_backup`. It
     /// follows an equal or higher priority; with `preempt: false`
@@ -317,7 +390,7 @@ impl Router {
         if !self.config.preempt {
             return true;
         }
-        if heard >= self.config.priority {
+        if heard >= self.priority {
             self.preempt_after = None;
             return true;
         }
@@ -348,7 +421,7 @@ impl Router {
         // RFC 5798 order: advertise, then announce the addresses.
         vec![
             Action::SendAdvertisement {
-                priority: self.config.priority,
+                priority: self.priority,
             },
             Action::BecomeMaster,
         ]
@@ -1009,7 +1082,7 @@ mod tests {
 
     #[test]
     fn from_ha_config() {
-        let ha = Ha {
+        let ha = HaInstance {
             interface: "eth0".into(),
             virtual_router_id: 51,
             priority: 150,
@@ -1021,6 +1094,7 @@ mod tests {
                 "203.0.113.10/24".parse().unwrap(),
                 "2001:db8::10/64".parse().unwrap(),
             ],
+            track: Vec::new(),
         };
         let r = Router::from_ha(&ha, ip("192.0.2.1")).unwrap();
         assert_eq!(r.config().advert_interval.centis(), 10);
@@ -1029,7 +1103,7 @@ mod tests {
         assert_eq!(r.advertisement(150).addresses, [ip("203.0.113.10")]);
         let r6 = Router::from_ha(&ha, ip("2001:db8::1")).unwrap();
         assert_eq!(r6.config().addresses, [ip("2001:db8::10")]);
-        let bad = Ha {
+        let bad = HaInstance {
             advert_interval: Duration::from_millis(5),
             ..ha
         };
@@ -1037,5 +1111,107 @@ mod tests {
             Router::from_ha(&bad, ip("192.0.2.1")).unwrap_err(),
             ConfigError::IntervalNotCentiseconds(Duration::from_millis(5))
         );
+    }
+
+    /// Tracking lowers the master's priority below the backup's: the
+    /// master advertises it at once, the backup preempts after its
+    /// `Master_Down_Interval`; restored, the first router preempts back.
+    #[test]
+    fn a_lowered_master_is_preempted_and_takes_over_again_when_restored() {
+        let t0 = Instant::now();
+        let mut wire = Wire::new(
+            router("192.0.2.1", 150, 10, true),
+            router("192.0.2.2", 100, 10, true),
+        );
+        wire.start(0, t0);
+        wire.start(1, t0);
+        wire.run_until(t0 + Duration::from_secs(2));
+        assert_eq!(wire.states(), [State::Master, State::Backup]);
+
+        let lowered = t0 + Duration::from_millis(2_050);
+        // The backup ignores the lowered master from now on: its down
+        // timer, armed by the last advertisement it followed, runs out.
+        let deadline = wire.nodes[1].next_timer();
+        let actions = wire.nodes[0].set_priority(90, lowered);
+        assert_eq!(actions, [Action::SendAdvertisement { priority: 90 }]);
+        wire.apply(0, &actions, lowered);
+        assert_eq!(wire.nodes[0].priority(), 90);
+        // Setting it again changes nothing.
+        assert!(wire.nodes[0].set_priority(90, lowered).is_empty());
+        wire.run_until(t0 + Duration::from_secs(4));
+        assert_eq!(wire.states(), [State::Backup, State::Master]);
+        assert_eq!(wire.nodes[1].since(), deadline);
+        assert!(matches!(
+            wire.nodes[1].reason(),
+            Reason::Preempted { priority: 90, .. }
+        ));
+        assert!(matches!(
+            wire.nodes[0].reason(),
+            Reason::HigherPriority { priority: 100, .. }
+        ));
+
+        // Restored: a backup's new priority acts on the next advertisement.
+        let restored = t0 + Duration::from_secs(4);
+        assert!(wire.nodes[0].set_priority(150, restored).is_empty());
+        wire.run_until(t0 + Duration::from_secs(6));
+        assert_eq!(wire.states(), [State::Master, State::Backup]);
+    }
+
+    #[test]
+    fn fault_silences_the_router_and_recovery_restarts_it_as_backup() {
+        let t0 = Instant::now();
+        let mut wire = Wire::new(
+            router("192.0.2.1", 150, 10, true),
+            router("192.0.2.2", 100, 10, true),
+        );
+        wire.start(0, t0);
+        wire.start(1, t0);
+        wire.run_until(t0 + Duration::from_secs(2));
+        let cause = FaultCause::LinkDown {
+            interface: "eth0".into(),
+        };
+        let at = t0 + Duration::from_millis(2_010);
+        let actions = wire.nodes[0].fault(cause.clone(), at);
+        assert_eq!(
+            actions,
+            [Action::SendAdvertisement { priority: 0 }, Action::Stop]
+        );
+        wire.apply(0, &actions, at);
+        assert_eq!(wire.nodes[0].state(), State::Fault);
+        assert_eq!(wire.nodes[0].next_timer(), None);
+        assert_eq!(
+            wire.nodes[0].reason().to_string(),
+            "fault: interface eth0 is down"
+        );
+        // The backup took the priority 0 and goes after Skew_Time.
+        wire.run_until(t0 + Duration::from_secs(3));
+        assert_eq!(wire.states(), [State::Fault, State::Master]);
+        assert_eq!(
+            wire.nodes[1].since(),
+            Some(at + Duration::from_nanos(60_937_500))
+        );
+        // Faulty, it hears nothing; a second cause only renames it.
+        let advert = wire.nodes[1].advertisement(100);
+        assert_eq!(
+            wire.nodes[0].on_advertisement(&advert, ip("192.0.2.2"), at),
+            Err(Ignored::NotRunning)
+        );
+        assert!(wire.nodes[0].fault(cause, at).is_empty());
+        assert!(wire.nodes[1].recover(at).is_empty(), "not in fault");
+
+        let back = t0 + Duration::from_secs(3);
+        assert_eq!(wire.nodes[0].recover(back), [Action::BecomeBackup]);
+        assert_eq!(wire.nodes[0].reason(), &Reason::FaultCleared);
+        // Backup first; then, hearing the lower master, it preempts.
+        wire.run_until(t0 + Duration::from_secs(5));
+        assert_eq!(wire.states(), [State::Master, State::Backup]);
+        // A backup in fault just stops; shutdown from fault stops too.
+        let later = t0 + Duration::from_secs(5);
+        let link = FaultCause::NoAddress {
+            interface: "eth0".into(),
+        };
+        assert_eq!(wire.nodes[1].fault(link, later), [Action::Stop]);
+        assert_eq!(wire.nodes[1].shutdown(later), [Action::Stop]);
+        assert_eq!(wire.nodes[1].state(), State::Initialize);
     }
 }
