@@ -80,6 +80,14 @@ pub fn configure_outcome(lines: &[String]) -> Result<(), BirdError> {
     }
 }
 
+/// BIRD's answer to `configure` as it arrives on the socket (the greeting
+/// read already): its lines up to the last one, then [`configure_outcome`].
+pub fn configure_reply(bytes: &[u8]) -> Result<(), BirdError> {
+    let lines = read_reply(&mut std::io::Cursor::new(bytes))
+        .map_err(|error| BirdError::Refused(format!("unreadable reply: {error}")))?;
+    configure_outcome(&lines)
+}
+
 /// Whether `line` is the last line of a reply: a code and a space.
 fn is_final(line: &str) -> bool {
     let bytes = line.as_bytes();
@@ -264,7 +272,7 @@ mod tests {
         assert!(configure_outcome(&lines("0004 Reconfiguration in progress")).is_ok());
         let refused = lines(
             "0002-Reading configuration from /etc/bird/bird.conf\n\
-             8002 /run/lb/bird/announce.conf:4:9 syntax error, unexpected CF_SYM_UNDEFINED",
+             8002 /run/lb-bird/announce.conf:4:9 syntax error, unexpected CF_SYM_UNDEFINED",
         );
         let error = configure_outcome(&refused).unwrap_err().to_string();
         assert!(
@@ -276,6 +284,9 @@ mod tests {
         assert!(!is_final("0002-Reading"));
         assert!(!is_final(" continued"));
         assert!(is_final("9001 Access denied"));
+        assert!(configure_reply(b"0002-Reading\n continued\n0003 Reconfigured\n").is_ok());
+        assert!(configure_reply(b"0002-Reading\n").is_err());
+        assert!(configure_reply(b"\xff\xfe\n").is_err());
     }
 
     #[test]
