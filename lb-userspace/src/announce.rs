@@ -455,6 +455,20 @@ filter lb_export {
     }
 
     #[test]
+    fn the_shipped_empty_include_is_what_lb_writes_for_nothing() {
+        let code = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter(|line| !line.starts_with('#'))
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(
+            code(include_str!("../../deploy/bird/announce-empty.conf")),
+            code(&render("edge1", &[]))
+        );
+    }
+
+    #[test]
     fn without_a_list_every_vip_is_covered_once() {
         let text = CONFIG
             .split("announce:")

@@ -20,7 +20,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{SocketAddr, UdpSocket},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use lb_tests::{
@@ -372,16 +372,26 @@ fn ecmp_spreads_flows_a_stopped_balancer_withdraws_and_its_connections_carry_on(
 
     // lb1 comes back: announced again once its checks pass, and carries
     // a share again.
+    let restarted = Instant::now();
     bed.lb(1).start();
     bed.expect_hops("203.0.113.11", &[1, 2, 3]);
+    println!(
+        "lb1 restarted: a next hop again {:?} after lb run started",
+        restarted.elapsed()
+    );
     let shares = bed.requests(DSR, "web", 300);
     println!("300 flows after lb1 rejoined: {shares:?}");
     assert_spread(&shares, 300, &[1, 2, 3]);
 
     // (b) lb2's checks of the tunnel service fail (on lb2 only): that VIP
     // leaves lb2, the other stays, and the others keep serving both.
+    let failed = Instant::now();
     std::fs::remove_file(bed.balancers[1].flag.path()).unwrap();
     bed.expect_hops("203.0.113.12", &[1, 3]);
+    println!(
+        "lb2's checks of app failing: withdrawn upstream within {:?}",
+        failed.elapsed()
+    );
     assert_eq!(bed.next_hops("203.0.113.11"), BTreeSet::from([1, 2, 3]));
     let withdrawn = bed.announced(2, "203.0.113.12");
     assert_eq!(withdrawn["state"], "withdrawn", "{withdrawn}");
@@ -570,4 +580,27 @@ fn the_include_lb_writes_parses_in_bird() {
         let _ = std::fs::remove_dir_all(&dir);
         assert!(output.status.success(), "{decisions:?}: {output:?}");
     }
+    // The shipped configurations: the upstream's as it is, the balancer's
+    // with its include pointed at the shipped empty one.
+    let dir = Bird::dir("deploy");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/bird");
+    std::fs::copy(
+        root.join("announce-empty.conf"),
+        dir.join("include/announce.conf"),
+    )
+    .unwrap();
+    let balancer = std::fs::read_to_string(root.join("balancer.conf"))
+        .unwrap()
+        .replace("/run/lb-bird", dir.join("include").to_str().unwrap())
+        .replace("log syslog all;", "");
+    std::fs::write(dir.join("balancer.conf"), balancer).unwrap();
+    for conf in [root.join("upstream.conf"), dir.join("balancer.conf")] {
+        let output = std::process::Command::new("bird")
+            .args(["-p", "-c"])
+            .arg(&conf)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}: {output:?}", conf.display());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -207,7 +207,7 @@ fn default_bird_socket() -> PathBuf {
 }
 
 fn default_bird_include() -> PathBuf {
-    PathBuf::from("/run/lb/bird/announce.conf")
+    PathBuf::from("/run/lb-bird/announce.conf")
 }
 
 const fn default_withdraw_delay() -> Duration {
@@ -898,6 +898,18 @@ services:
         assert_ne!(a.instance, b.instance);
         assert_eq!(ha_a.unicast_peers.len(), 1);
         assert_ne!(ha_a.unicast_peers, ha_b.unicast_peers);
+    }
+
+    #[test]
+    fn shipped_two_site_configs_differ_only_in_med() {
+        let a = Config::parse(include_str!("../../../deploy/lb.site-a.yaml")).unwrap();
+        let b = Config::parse(include_str!("../../../deploy/lb.site-b.yaml")).unwrap();
+        assert_eq!(a.services, b.services);
+        let (mut announce_a, announce_b) = (a.announce.unwrap(), b.announce.unwrap());
+        assert_eq!((announce_a.med, announce_b.med), (Some(10), Some(100)));
+        assert!(announce_a.divert.is_some());
+        announce_a.med = announce_b.med;
+        assert_eq!(announce_a, announce_b);
     }
 
     #[test]
