@@ -235,8 +235,9 @@ fn run(queue: &Receiver<Job>, socket: &Path, include: &Path, outcome: &Mutex<Out
         }
         let (Job::Apply(text) | Job::ApplyAndTell(text, _)) = job;
         let result = apply(socket, include, &text).map_err(|error| error.to_string());
-        {
+        let before = {
             let mut outcome = outcome.lock().unwrap_or_else(PoisonError::into_inner);
+            let before = outcome.error.clone();
             match &result {
                 Ok(()) => {
                     outcome.applied += 1;
@@ -244,10 +245,19 @@ fn run(queue: &Receiver<Job>, socket: &Path, include: &Path, outcome: &Mutex<Out
                 }
                 Err(error) => outcome.error = Some(error.clone()),
             }
-        }
-        match &result {
-            Ok(()) => tracing::debug!(include = %include.display(), "BIRD reconfigured"),
-            Err(error) => tracing::warn!(%error, "announce: telling BIRD failed; retrying"),
+            before
+        };
+        // Retried every second while it fails: logged when the failure
+        // starts, changes or ends, not every time.
+        match (&result, before) {
+            (Ok(()), None) => {
+                tracing::debug!(include = %include.display(), "BIRD reconfigured");
+            }
+            (Ok(()), Some(_)) => tracing::info!("announce: BIRD took the include again"),
+            (Err(error), before) if before.as_ref() != Some(error) => {
+                tracing::warn!(%error, "announce: telling BIRD failed; retrying every second");
+            }
+            (Err(_), _) => {}
         }
         for tell in tells {
             let _ = tell.send(result.clone());

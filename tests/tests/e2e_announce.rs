@@ -142,7 +142,7 @@ impl EcmpBed {
                      health_check: {{ kind: exec, command: [test, -e, {}], interval: 200ms, \
                      timeout: 200ms, rise: 1, fall: 1 }} }}\n\
                      announce: {{ bird_socket: {}, bird_include: {}, withdraw_delay: 1s{} }}\n\
-                     {guard}control: {{ socket: {socket} }}\n",
+                     {guard}control: {{ socket: {socket}, metrics: '127.0.0.1:9477' }}\n",
                     flag.path().display(),
                     bird.socket().display(),
                     include.display(),
