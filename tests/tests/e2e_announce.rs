@@ -524,6 +524,16 @@ fn two_sites_by_med_and_divert_under_attack() {
     println!("site A back: {shares:?}");
     assert_eq!(shares[&3], 0, "{shares:?}");
     assert_eq!(shares[&1] + shares[&2], 60, "{shares:?}");
+
+    // A reload changes the attributes in place: site B with a lower MED
+    // than site A's becomes the preferred one.
+    let lb3 = bed.lb(3);
+    let text = std::fs::read_to_string(lb3.config.path()).unwrap();
+    std::fs::write(lb3.config.path(), text.replace("med: 100", "med: 5")).unwrap();
+    let output = lb3.lb(&["reload", "--socket", &lb3.socket]);
+    assert!(output.status.success(), "reload: {output:?}");
+    bed.expect_hops("203.0.113.11", &[3]);
+    assert_eq!(bed.announced(3, "203.0.113.11")["med"], 5);
 }
 
 /// What lb writes is what BIRD parses (`bird -p`): every attribute, both
@@ -594,13 +604,19 @@ fn the_include_lb_writes_parses_in_bird() {
         .replace("/run/lb-bird", dir.join("include").to_str().unwrap())
         .replace("log syslog all;", "");
     std::fs::write(dir.join("balancer.conf"), balancer).unwrap();
-    for conf in [root.join("upstream.conf"), dir.join("balancer.conf")] {
-        let output = std::process::Command::new("bird")
-            .args(["-p", "-c"])
-            .arg(&conf)
-            .output()
-            .unwrap();
+    let parsed: Vec<_> = [root.join("upstream.conf"), dir.join("balancer.conf")]
+        .into_iter()
+        .map(|conf| {
+            let output = std::process::Command::new("bird")
+                .args(["-p", "-c"])
+                .arg(&conf)
+                .output()
+                .unwrap();
+            (conf, output)
+        })
+        .collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    for (conf, output) in parsed {
         assert!(output.status.success(), "{}: {output:?}", conf.display());
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -157,10 +157,17 @@ impl Controller {
 
     /// Withdraws every VIP and waits (5 s at most) until BIRD has taken
     /// it; returns how long to keep forwarding before detaching
-    /// (`announce.withdraw_delay`), or `None` without `announce`.
+    /// (`announce.withdraw_delay`), or `None` without `announce` or when
+    /// nothing was announced.
     pub fn withdraw_all(&mut self) -> Option<std::time::Duration> {
         let announce = self.config.announce.as_ref()?;
         let delay = announce.withdraw_delay;
+        // Nothing announced: nothing for the upstream to move, no wait.
+        let was_announced = self
+            .announce
+            .decided
+            .iter()
+            .any(|d| d.state == crate::announce::State::Announced);
         self.announce.stopping = true;
         self.refresh_announce();
         let announcer = self.announce.announcer.as_ref()?;
@@ -169,7 +176,7 @@ impl Controller {
             Ok(()) => tracing::info!("announce: every VIP withdrawn"),
             Err(error) => tracing::error!(%error, "announce: withdrawing on stop failed"),
         }
-        Some(delay)
+        was_announced.then_some(delay)
     }
 
     /// The `announce` part of `lb status`; `None` without the section.
