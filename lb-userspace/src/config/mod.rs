@@ -901,6 +901,39 @@ services:
     }
 
     #[test]
+    fn the_example_announce_block_is_valid_uncommented() {
+        let mut text = String::new();
+        let mut inside = false;
+        for line in include_str!("../../../deploy/lb.example.yaml").lines() {
+            if line.starts_with("# announce:") {
+                inside = true;
+            } else if !line.starts_with('#') {
+                inside = false;
+            }
+            text.push_str(if inside {
+                line.strip_prefix("# ").unwrap_or(line)
+            } else {
+                line
+            });
+            text.push('\n');
+        }
+        // The example's dns service as a tunnel one, the VIP announced.
+        let text = text
+            .replace(
+                "    protocol: udp\n    backends:",
+                "    protocol: udp\n    forwarding: tunnel\n    backends:",
+            )
+            .replace("vip: 203.0.113.11,", "vip: '2001:db8::53',");
+        let config = Config::parse(&text).unwrap();
+        let announce = config.announce.unwrap();
+        assert_eq!(announce.vips[0].med, Some(20));
+        assert_eq!(
+            announce.divert.unwrap().community,
+            Community::Standard(65535, 666)
+        );
+    }
+
+    #[test]
     fn shipped_two_site_configs_differ_only_in_med() {
         let a = Config::parse(include_str!("../../../deploy/lb.site-a.yaml")).unwrap();
         let b = Config::parse(include_str!("../../../deploy/lb.site-b.yaml")).unwrap();
