@@ -193,26 +193,7 @@ impl EcmpBed {
     /// The balancers (last address bytes) the router's kernel sends
     /// `vip` to.
     fn next_hops(&self, vip: &str) -> BTreeSet<u8> {
-        let output = self
-            .router
-            .ip(&["-j", "route", "show", &format!("{vip}/32")]);
-        let routes: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
-        let mut hops = BTreeSet::new();
-        for route in routes.as_array().into_iter().flatten() {
-            let gateways = route["nexthops"]
-                .as_array()
-                .map_or_else(|| vec![route["gateway"].clone()], Clone::clone);
-            for gateway in gateways {
-                let gateway = gateway["gateway"]
-                    .as_str()
-                    .or(gateway.as_str())
-                    .unwrap_or("");
-                if let Some(last) = gateway.rsplit('.').next().and_then(|b| b.parse().ok()) {
-                    hops.insert(last);
-                }
-            }
-        }
-        hops
+        next_hops(self.router.name(), vip)
     }
 
     /// Waits (15 s at most) until the router sends `vip` to exactly `hops`.
@@ -289,6 +270,32 @@ impl EcmpBed {
     }
 }
 
+/// The balancers (last address bytes) the kernel of namespace `router`
+/// sends `vip` to.
+fn next_hops(router: &str, vip: &str) -> BTreeSet<u8> {
+    let output = lb_tests::netns::sh(
+        "ip",
+        &["-n", router, "-j", "route", "show", &format!("{vip}/32")],
+    );
+    let table: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+    let mut hops = BTreeSet::new();
+    for route in table.as_array().into_iter().flatten() {
+        let gateways = route["nexthops"]
+            .as_array()
+            .map_or_else(|| vec![route["gateway"].clone()], Clone::clone);
+        for gateway in gateways {
+            let gateway = gateway["gateway"]
+                .as_str()
+                .or(gateway.as_str())
+                .unwrap_or("");
+            if let Some(last) = gateway.rsplit('.').next().and_then(|b| b.parse().ok()) {
+                hops.insert(last);
+            }
+        }
+    }
+    hops
+}
+
 /// Skips (with a note) where BIRD 2 is not installed.
 fn bird_present() -> bool {
     let present = bird::installed();
@@ -313,6 +320,10 @@ fn assert_spread(shares: &BTreeMap<u8, u64>, total: u64, balancers: &[u8]) {
 }
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one bed through every phase: spread, stop, rejoin, one VIP unhealthy, detach, kill, quit"
+)]
 fn ecmp_spreads_flows_a_stopped_balancer_withdraws_and_its_connections_carry_on() {
     if !bird_present() {
         return;
@@ -344,8 +355,23 @@ fn ecmp_spreads_flows_a_stopped_balancer_withdraws_and_its_connections_carry_on(
     });
     let on_lb1 = bed.new_flows("web")[&1] - before[&1];
     assert!(on_lb1 > 0, "none of the held connections went through lb1");
+    // How long after the signal the router stops sending to lb1 (lb1
+    // exits withdraw_delay, 1 s, later).
+    let router = bed.router.name().to_string();
+    let signalled = Instant::now();
+    let watcher = std::thread::spawn(move || {
+        wait_until(Duration::from_secs(10), || {
+            !next_hops(&router, "203.0.113.11").contains(&1)
+        })
+        .then(|| signalled.elapsed())
+    });
     let output = bed.lb(1).stop(libc::SIGTERM);
     assert!(output.status.success(), "lb1 stop: {output:?}");
+    let moved = watcher.join().unwrap().expect("lb1 stayed a next hop");
+    println!(
+        "lb1 SIGTERM: no longer a next hop after {moved:?}; exited after {:?}",
+        signalled.elapsed()
+    );
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(log.contains("every VIP withdrawn"), "{log}");
     // Withdrawn before lb1 detached: the router has moved already.
@@ -426,6 +452,24 @@ fn ecmp_spreads_flows_a_stopped_balancer_withdraws_and_its_connections_carry_on(
     bed.expect_hops("203.0.113.11", &[1, 2]);
     let detached = bed.announced(3, "203.0.113.11");
     assert_eq!(detached["cause"], "detached", "{detached}");
+    // SIGKILL: nobody withdraws; BIRD keeps announcing what it was told
+    // and the pinned data plane keeps forwarding, so lb1 stays a next hop
+    // and serves (until the next lb run takes over).
+    let before = bed.new_flows("web");
+    let output = bed.lb(1).stop(libc::SIGKILL);
+    assert!(!output.status.success());
+    assert_eq!(bed.next_hops("203.0.113.11"), BTreeSet::from([1, 2]));
+    let served = {
+        let target: SocketAddr = DSR.parse().unwrap();
+        bed.client.run(move || {
+            (0..60)
+                .filter(|_| tcp_request(target, None).is_some())
+                .count()
+        })
+    };
+    assert_eq!(served, 60, "flows through a killed lb's data plane");
+    let after = bed.new_flows("web");
+    assert!(after[&2] - before[&2] < 60, "lb1's data plane carried none");
     // SIGQUIT leaves the data plane forwarding but withdraws too: no
     // controller follows the backends' health any more.
     let output = bed.lb(2).stop(libc::SIGQUIT);
