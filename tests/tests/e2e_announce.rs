@@ -33,6 +33,8 @@ use lb_tests::{
 
 /// The dsr service's VIP (TCP and UDP port 80).
 const DSR: &str = "203.0.113.11:80";
+/// The IPv6 dsr service's VIP.
+const DSR6: &str = "[2001:db8:ff::11]:80";
 /// The tunnel service's VIP, checked by a per-balancer flag file.
 const TUNNEL: &str = "203.0.113.12:80";
 
@@ -70,9 +72,13 @@ impl EcmpBed {
         veth(&client, "eth0", &router, "eth1");
         router.addr("eth0", "192.0.2.254/24");
         router.addr("eth1", "198.51.100.1/24");
+        router.addr("eth0", "2001:db8::fe/64");
+        router.addr("eth1", "2001:db8:1::1/64");
         for setting in [
             "net.ipv4.ip_forward=1",
             "net.ipv4.fib_multipath_hash_policy=1",
+            "net.ipv6.conf.all.forwarding=1",
+            "net.ipv6.fib_multipath_hash_policy=1",
             "net.ipv4.conf.all.rp_filter=0",
             "net.ipv4.conf.default.rp_filter=0",
             "net.ipv4.conf.eth0.rp_filter=0",
@@ -82,8 +88,16 @@ impl EcmpBed {
         client.addr("eth0", "198.51.100.2/24");
         client.addr("eth0", "198.51.100.3/24");
         client.route("203.0.113.0/24", "198.51.100.1");
+        client.addr("eth0", "2001:db8:1::2/64");
+        client.route("2001:db8:ff::/64", "2001:db8:1::1");
+        // IPv6 VIPs over sessions of their own, as deploy/bird/ does.
         let peers: Vec<String> = (1..=3)
-            .map(|i| format!("protocol bgp lb{i} from lbs {{ neighbor 192.0.2.{i} as 65001; }}"))
+            .map(|i| {
+                format!(
+                    "protocol bgp lb{i} from lbs {{ neighbor 192.0.2.{i} as 65001; }}\n\
+                     protocol bgp lb{i}v6 from lbs6 {{ neighbor 2001:db8::{i} as 65001; }}"
+                )
+            })
             .collect();
         let peers = peers.join("\n");
         let router_bird = Bird::start(
@@ -92,8 +106,11 @@ impl EcmpBed {
             &format!(
                 "router id 192.0.2.254;\nlog stderr all;\nprotocol device {{ scan time 10; }}\n\
                  protocol kernel {{ ipv4 {{ import none; export all; }}; merge paths on; }}\n\
+                 protocol kernel {{ ipv6 {{ import none; export all; }}; merge paths on; }}\n\
                  template bgp lbs {{ local 192.0.2.254 as 65000; \
-                 ipv4 {{ import all; export none; }}; {FAST_TIMERS} }}\n{peers}\n"
+                 ipv4 {{ import all; export none; }}; {FAST_TIMERS} }}\n\
+                 template bgp lbs6 {{ local 2001:db8::fe as 65000; \
+                 ipv6 {{ import all; export none; }}; {FAST_TIMERS} }}\n{peers}\n"
             ),
         );
         let pid = std::process::id();
@@ -105,6 +122,7 @@ impl EcmpBed {
             veth(&ns, "eth0", &switch, &port);
             enslave(&switch, &port, "br0");
             ns.addr("eth0", &format!("192.0.2.{i}/24"));
+            ns.addr("eth0", &format!("2001:db8::{i}/64"));
             ns.sysctl("net.ipv4.conf.all.rp_filter=0");
             // XDP_TX back into the veth needs an XDP program on its peer.
             decaps.push(DecapGuard::attach(switch.name(), &port));
@@ -122,7 +140,10 @@ impl EcmpBed {
                      include \"{}/*.conf\";\n\
                      protocol bgp upstream {{ local 192.0.2.{i} as 65001; \
                      neighbor 192.0.2.254 as 65000; \
-                     ipv4 {{ import none; export filter lb_export; }}; {FAST_TIMERS} }}\n",
+                     ipv4 {{ import none; export filter lb_export; }}; {FAST_TIMERS} }}\n\
+                     protocol bgp upstream6 {{ local 2001:db8::{i} as 65001; \
+                     neighbor 2001:db8::fe as 65000; \
+                     ipv6 {{ import none; export filter lb_export; }}; {FAST_TIMERS} }}\n",
                     include.parent().unwrap().display()
                 ),
             );
@@ -137,6 +158,9 @@ impl EcmpBed {
                      health_check: {{ kind: tcp, interval: 200ms, timeout: 200ms, rise: 1, fall: 1 }} }}\n\
                      \x20 - {{ name: web-udp, vip: 203.0.113.11, port: 80, protocol: udp, forwarding: dsr, \
                      backends: [{{ address: 192.0.2.11 }}, {{ address: 192.0.2.12 }}] }}\n\
+                     \x20 - {{ name: web6, vip: '2001:db8:ff::11', port: 80, protocol: tcp, forwarding: dsr, \
+                     backends: [{{ address: '2001:db8::11' }}, {{ address: '2001:db8::12' }}], \
+                     health_check: {{ kind: tcp, interval: 200ms, timeout: 200ms, rise: 1, fall: 1 }} }}\n\
                      \x20 - {{ name: app, vip: 203.0.113.12, port: 80, protocol: tcp, forwarding: tunnel, \
                      backends: [{{ address: 192.0.2.11 }}, {{ address: 192.0.2.12 }}], \
                      health_check: {{ kind: exec, command: [test, -e, {}], interval: 200ms, \
@@ -164,6 +188,9 @@ impl EcmpBed {
             backend
                 .ns
                 .ip(&["route", "replace", "default", "via", "192.0.2.254"]);
+            backend
+                .ns
+                .ip(&["-6", "route", "replace", "default", "via", "2001:db8::fe"]);
         }
         let bed = Self {
             _decaps: decaps,
@@ -175,7 +202,7 @@ impl EcmpBed {
             _switch: switch,
         };
         let sessions = wait_until(Duration::from_secs(20), || {
-            bed.router_bird.established(3) && bed.balancers.iter().all(|b| b.bird.established(1))
+            bed.router_bird.established(6) && bed.balancers.iter().all(|b| b.bird.established(2))
         });
         assert!(
             sessions,
@@ -273,9 +300,14 @@ impl EcmpBed {
 /// The balancers (last address bytes) the kernel of namespace `router`
 /// sends `vip` to.
 fn next_hops(router: &str, vip: &str) -> BTreeSet<u8> {
+    let (family, prefix) = if vip.contains(':') {
+        ("-6", format!("{vip}/128"))
+    } else {
+        ("-4", format!("{vip}/32"))
+    };
     let output = lb_tests::netns::sh(
         "ip",
-        &["-n", router, "-j", "route", "show", &format!("{vip}/32")],
+        &["-n", router, family, "-j", "route", "show", &prefix],
     );
     let table: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
     let mut hops = BTreeSet::new();
@@ -288,7 +320,11 @@ fn next_hops(router: &str, vip: &str) -> BTreeSet<u8> {
                 .as_str()
                 .or(gateway.as_str())
                 .unwrap_or("");
-            if let Some(last) = gateway.rsplit('.').next().and_then(|b| b.parse().ok()) {
+            if let Some(last) = gateway
+                .rsplit(['.', ':'])
+                .next()
+                .and_then(|b| b.parse().ok())
+            {
                 hops.insert(last);
             }
         }
@@ -335,6 +371,7 @@ fn ecmp_spreads_flows_a_stopped_balancer_withdraws_and_its_connections_carry_on(
     // Announced once the health checks found the backends up.
     bed.expect_hops("203.0.113.11", &[1, 2, 3]);
     bed.expect_hops("203.0.113.12", &[1, 2, 3]);
+    bed.expect_hops("2001:db8:ff::11", &[1, 2, 3]);
     let announced = bed.announced(1, "203.0.113.11");
     assert_eq!(announced["state"], "announced", "{announced}");
     assert_eq!(announced["cause"], "serving", "{announced}");
@@ -342,6 +379,9 @@ fn ecmp_spreads_flows_a_stopped_balancer_withdraws_and_its_connections_carry_on(
     // (a) Flows spread over the three.
     let shares = bed.requests(DSR, "web", 300);
     println!("300 flows over 3 balancers: {shares:?}");
+    assert_spread(&shares, 300, &[1, 2, 3]);
+    let shares = bed.requests(DSR6, "web6", 300);
+    println!("300 IPv6 flows over 3 balancers: {shares:?}");
     assert_spread(&shares, 300, &[1, 2, 3]);
 
     // Connections held open across lb1's stop: opened (backend known),
