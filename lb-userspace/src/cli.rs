@@ -542,6 +542,7 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
     }
     let (events, results) = std::sync::mpsc::channel();
     controller.start_health(events);
+    controller.start_announce();
     // From here on one thread owns the controller; every other thread
     // reaches it through a handle (see `crate::owner`).
     let (controller, _owner) = crate::owner::spawn(controller)
@@ -610,6 +611,9 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
             controller
                 .stop(|mut c| {
                     c.stop_ha();
+                    // No controller will follow health from here on: the
+                    // upstream sends the VIPs to the other balancers.
+                    c.withdraw_all();
                     // Kept to the end: the process exits next, and dropping
                     // would wait for the health probes in flight.
                     std::mem::forget(c);
@@ -626,6 +630,11 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
     let counters = controller
         .stop(|mut c| {
             c.stop_ha();
+            // Withdrawn first; the data plane keeps forwarding the flows
+            // the upstream still sends here until it has moved them.
+            if let Some(delay) = c.withdraw_all() {
+                std::thread::sleep(delay);
+            }
             let stopped = c
                 .reason_counters()
                 .and_then(|counters| c.stop().map(|()| counters));
@@ -793,6 +802,9 @@ fn status(socket: &Path, output: Output) -> Result<(), Failure> {
         println!();
         print_guard(&report.guard);
     }
+    if let Some(announce) = &report.announce {
+        print_announce(announce);
+    }
     for service in &report.services {
         let tier = service
             .active_tier
@@ -841,6 +853,44 @@ fn status(socket: &Path, output: Output) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// The `announce` part of `lb status`: per VIP, announced or withdrawn
+/// and why.
+fn print_announce(announce: &crate::controller::AnnounceStatus) {
+    println!(
+        "\nannounce through BIRD ({}, include {}): {} update(s){}",
+        announce.bird_socket,
+        announce.bird_include,
+        announce.bird_updates,
+        announce
+            .bird_error
+            .as_ref()
+            .map_or_else(String::new, |e| format!("; last attempt failed: {e}"))
+    );
+    for vip in &announce.vips {
+        let a = &vip.announcement;
+        let state = if a.diverted {
+            "diverted".to_string()
+        } else {
+            a.state.name().to_string()
+        };
+        let communities: Vec<String> = a.communities.iter().map(ToString::to_string).collect();
+        let mut attributes = Vec::new();
+        if !communities.is_empty() {
+            attributes.push(format!("communities {}", communities.join(" ")));
+        }
+        if let Some(med) = a.med {
+            attributes.push(format!("med {med}"));
+        }
+        if let Some(local_pref) = a.local_pref {
+            attributes.push(format!("local_pref {local_pref}"));
+        }
+        println!("  {:<40} {:<10} {}", a.vip.to_string(), state, a.reason);
+        if !attributes.is_empty() {
+            println!("  {:<40} {:<10} {}", "", "", attributes.join(", "));
+        }
+    }
 }
 
 fn stats(socket: &Path, output: Output) -> Result<(), Failure> {

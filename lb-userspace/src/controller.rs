@@ -17,6 +17,10 @@ use std::{
     sync::{Arc, mpsc::Sender},
 };
 
+mod announcing;
+
+pub use announcing::{AnnounceStatus, VipStatus};
+
 use crate::{
     config::Scheduler,
     config::{Config, Forwarding, Interface, XdpModeSetting},
@@ -74,6 +78,8 @@ pub struct Controller {
     started_with: Started,
     /// The operator's runtime deny list and the automatic guard's events.
     guard: crate::guard::Guard,
+    /// `announce`: what BIRD was told, and the thread that tells it.
+    announce: announcing::Announcing,
 }
 
 impl Controller {
@@ -189,6 +195,7 @@ impl Controller {
             started: SystemTime::now(),
             started_with: Started::default(),
             guard: crate::guard::Guard::default(),
+            announce: announcing::Announcing::default(),
         };
         controller.refresh_hops();
         Ok(controller)
@@ -296,6 +303,9 @@ impl Controller {
             self.track_health();
             self.replan()?;
         }
+        // Health counts for announce follow the tracker (unknown is not
+        // healthy there), so every transition may change an announcement.
+        self.refresh_announce();
         Ok(())
     }
 
@@ -525,6 +535,7 @@ impl Controller {
             (self.overrides, self.states) = before;
             return Err(OverrideError::Failed(error));
         }
+        self.refresh_announce();
         let status = self.status();
         status
             .services
@@ -832,6 +843,7 @@ impl Controller {
                 unix_seconds(self.started),
             ),
             guard: self.guard_report(),
+            announce: self.announce_status(),
         }
     }
 
@@ -876,6 +888,9 @@ impl Controller {
                 self.dataplane.remove_guard_denial(source)?;
             }
         }
+        // Once a second: attack state for divert, attachment, and a retry
+        // of a text BIRD did not take.
+        self.refresh_announce();
         Ok(())
     }
 
@@ -1222,6 +1237,10 @@ pub struct StatusReport {
     /// addition to the DESIGN.md shape).
     #[serde(default)]
     pub guard: crate::guard::GuardReport,
+    /// `announce`: per VIP, announced or withdrawn and why (an addition
+    /// to the DESIGN.md shape; `null` without the section).
+    #[serde(default)]
+    pub announce: Option<announcing::AnnounceStatus>,
 }
 
 /// One service in [`StatusReport`].
@@ -1651,11 +1670,12 @@ impl Controller {
         }
         self.overrides = overrides;
         self.states = states;
-        self.config = config;
+        let previous_announce = std::mem::replace(&mut self.config, config).announce;
         self.refresh_hops();
         self.restart_checker();
         self.update_agents();
         self.track_health();
+        self.restart_announce(previous_announce.as_ref());
         Ok(writes)
     }
 }

@@ -205,6 +205,15 @@ impl Guard {
         self.totals.get(&cause).copied().unwrap_or(0)
     }
 
+    /// Sources denied now, per VIP whose threshold they crossed.
+    pub fn denied_per_vip(&self, now_ns: u64) -> BTreeMap<IpAddr, u32> {
+        let mut per_vip = BTreeMap::new();
+        for entry in self.known.values().filter(|entry| entry.1 > now_ns) {
+            *per_vip.entry(entry.2).or_default() += 1;
+        }
+        per_vip
+    }
+
     /// Sources denied now.
     pub fn denied_now(&self, now_ns: u64) -> usize {
         self.known.values().filter(|entry| entry.1 > now_ns).count()
@@ -258,6 +267,9 @@ mod tests {
         assert_eq!(report.denials_total["syn_only"], 1);
         assert_eq!(report.denials_total["packets"], 1);
         assert_eq!(report.denials_total["new_flows"], 0);
+        let vip: IpAddr = "203.0.113.10".parse().unwrap();
+        assert_eq!(guard.denied_per_vip(70_000_000_001)[&vip], 1);
+        assert!(guard.denied_per_vip(130_000_000_000).is_empty());
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! the command line. The `lb` binary is a thin wrapper around [`cli::main`].
 
 pub mod agent;
+pub mod announce;
 pub mod api;
+pub mod bird;
 pub mod cli;
 pub mod config;
 pub mod conns;

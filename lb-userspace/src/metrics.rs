@@ -172,6 +172,7 @@ impl Scrape {
             &[(Vec::new(), self.status.ha.transitions)],
         )?;
         self.encode_guard(e)?;
+        self.encode_announce(e)?;
         counters(
             e,
             "lb_ha_invalid_packets",
@@ -286,6 +287,59 @@ impl Scrape {
             "lb_ha_instance_transitions",
             "State changes of each VRRP instance since the controller started.",
             &transitions,
+        )
+    }
+
+    /// `announce`: per VIP, announced (1) or not, with the cause; diverted;
+    /// changes; and whether BIRD took the last include.
+    fn encode_announce(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(announce) = &self.status.announce else {
+            return Ok(());
+        };
+        let mut announced = Vec::new();
+        let mut diverted = Vec::new();
+        let mut changes = Vec::new();
+        let mut diverts = Vec::new();
+        for vip in &announce.vips {
+            let a = &vip.announcement;
+            let address = a.vip.to_string();
+            announced.push((
+                labels(&[("vip", &address), ("cause", a.cause.name())]),
+                i64::from(a.state == crate::announce::State::Announced),
+            ));
+            diverted.push((labels(&[("vip", &address)]), i64::from(a.diverted)));
+            changes.push((labels(&[("vip", &address)]), vip.changes));
+            diverts.push((labels(&[("vip", &address)]), vip.diverts));
+        }
+        gauges(
+            e,
+            "lb_vip_announced",
+            "1 if BIRD announces the VIP, 0 if withdrawn; cause says why.",
+            &announced,
+        )?;
+        gauges(
+            e,
+            "lb_vip_diverted",
+            "1 while the VIP is announced with the divert community (under attack).",
+            &diverted,
+        )?;
+        counters(
+            e,
+            "lb_vip_announce_changes",
+            "Times the VIP was announced or withdrawn since start.",
+            &changes,
+        )?;
+        counters(
+            e,
+            "lb_vip_diverts",
+            "Times the VIP was diverted since start.",
+            &diverts,
+        )?;
+        gauges(
+            e,
+            "lb_announce_bird_error",
+            "1 if the last attempt to tell BIRD failed (retried every second).",
+            &[(Vec::new(), i64::from(announce.bird_error.is_some()))],
         )
     }
 

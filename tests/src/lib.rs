@@ -6,6 +6,7 @@
 //!   processes inside them, all torn down on drop — also when a test panics;
 //! - [`frames`]: typed builders for the frames the tests send;
 //! - [`lbrun`]: one `lb run` in a namespace, started, signalled, cleaned up;
+//! - [`bird`]: BIRD 2 in a namespace, for the `announce` tests;
 //! - [`endtoend`]: the end-to-end benchmark (lb beside `haproxy`, `nftables`
 //!   and no balancer, driven by `wrk`).
 //!
@@ -16,6 +17,7 @@
 )]
 
 pub mod bed;
+pub mod bird;
 pub mod endtoend;
 pub mod frames;
 pub mod fuzz;

@@ -334,6 +334,49 @@ fn check_lists_every_problem_and_exits_1() {
 }
 
 #[test]
+fn check_refuses_announcing_a_nat_service_and_says_why() {
+    let config = lb_tests::TempFile::new(
+        "announce-nat.yaml",
+        "instance: an\ninterfaces: [{ name: eth0 }]\nservices:\n\
+         \x20 - { name: web, vip: 203.0.113.10, port: 80, protocol: tcp, forwarding: nat, backends: [{ address: 192.0.2.11 }] }\n\
+         \x20 - { name: edge, vip: 203.0.113.11, port: 80, protocol: tcp, forwarding: dsr, backends: [{ address: 192.0.2.11 }] }\n\
+         announce: { bird_socket: /run/bird/bird.ctl, min_healthy: 1 }\n",
+    );
+    for json in [false, true] {
+        let mut args = vec!["check", "-c", config.path().to_str().unwrap()];
+        if json {
+            args.extend(["--output", "json"]);
+        }
+        let output = std::process::Command::new(lb_binary())
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1), "{output:?}");
+        let text = String::from_utf8_lossy(if json { &output.stdout } else { &output.stderr })
+            .into_owned();
+        assert!(
+            text.contains("services[0].forwarding")
+                && text.contains("cannot be announced")
+                && text.contains("VRRP pair"),
+            "{text}"
+        );
+    }
+    // Listing only the dsr VIP is accepted.
+    let fixed = lb_tests::TempFile::new(
+        "announce-dsr.yaml",
+        &std::fs::read_to_string(config.path()).unwrap().replace(
+            "min_healthy: 1 }",
+            "min_healthy: 1, vips: [{ vip: 203.0.113.11 }] }",
+        ),
+    );
+    let output = std::process::Command::new(lb_binary())
+        .args(["check", "-c", fixed.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+}
+
+#[test]
 fn drain_weight_and_reload_from_the_command_line() {
     use lb_tests::bed::{HeldConnection, tcp_request};
     let socket = format!("/run/lb/ops-{}.sock", std::process::id());

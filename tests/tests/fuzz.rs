@@ -1,7 +1,8 @@
 //! Fuzz targets for every parser of untrusted bytes (`lb_tests::fuzz`): the
-//! configuration, VRRP advertisements, health-check replies (HTTP and UDP)
-//! and both sides of the agent protocol. On any input: no panic, no
-//! unbounded buffering, and garbage gets an error that says something.
+//! configuration, VRRP advertisements, health-check replies (HTTP and UDP),
+//! both sides of the agent protocol and BIRD's control-socket replies. On
+//! any input: no panic, no unbounded buffering, and garbage gets an error
+//! that says something.
 //!
 //! `cargo test` runs a bounded number of cases per target (about 30 s in
 //! all in a debug build); `cargo xtask fuzz --seconds N` runs each for N
@@ -273,6 +274,34 @@ fn fuzz_health_udp() {
         }
         Ok(())
     });
+}
+
+const BIRD_TOKENS: &[&[u8]] = &[
+    b"\n",
+    b"0001 BIRD 2.0.12 ready.\n",
+    b"0002-",
+    b"0003 ",
+    b"0019 Nothing to do\n",
+    b"8002 ",
+    b"9001 ",
+    b" ",
+    b"-",
+    b"Reconfigured",
+];
+
+/// BIRD's reply to `configure` as lb reads it off the control socket: no
+/// panic, and a refusal says something.
+#[test]
+fn fuzz_bird_reply() {
+    fuzz(
+        "bird_reply",
+        BIRD_TOKENS,
+        1_000,
+        |bytes| match lb::bird::configure_reply(bytes) {
+            Ok(()) => Ok(()),
+            Err(error) => says_something(&error.to_string()),
+        },
+    );
 }
 
 const AGENT_TOKENS: &[&[u8]] = &[

@@ -41,10 +41,10 @@ enum Task {
     /// Run the benchmarks.
     Bench,
     /// Fuzz every parser of untrusted input (configuration, VRRP, health
-    /// replies, agent protocol) for longer than `cargo test` does, from the
+    /// replies, agent protocol, BIRD replies) for longer than `cargo test` does, from the
     /// seeds in fuzz/corpus/.
     Fuzz {
-        /// Seconds per target (six targets).
+        /// Seconds per target (seven targets).
         #[arg(long, default_value_t = 60)]
         seconds: u64,
         /// Only the targets whose test name contains this (e.g. `config`).

@@ -27,6 +27,7 @@ const PACKAGES: &[&str] = &[
     "util-linux",   // nsenter
     "procps",       // sysctl
     "keepalived",   // the reference VRRP peer in the HA tests
+    "bird2",        // BGP for `announce`: the balancers' and the upstream's in e2e_announce
 ];
 
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
@@ -92,6 +93,7 @@ pub fn run() -> anyhow::Result<Tools> {
         );
     };
     bpffs()?;
+    bird_service_off();
     println!("    setup complete");
     Ok(tools)
 }
@@ -186,6 +188,23 @@ fn nightly_with_rust_src() -> bool {
         .is_ok_and(|o| {
             o.status.success() && String::from_utf8_lossy(&o.stdout).contains("rust-src")
         })
+}
+
+/// The `bird2` package enables a `bird` service with the distribution's
+/// configuration; the tests run their own BIRDs in namespaces, and a host
+/// BIRD would only be in the way: disabled and stopped (where systemd runs).
+fn bird_service_off() {
+    if !installed("bird2") || !Path::new("/run/systemd/system").exists() {
+        return;
+    }
+    if command_ok("systemctl", &["is-enabled", "--quiet", "bird"])
+        || command_ok("systemctl", &["is-active", "--quiet", "bird"])
+    {
+        step("systemctl disable --now bird (the tests run their own BIRDs)");
+        if !command_ok("systemctl", &["disable", "--now", "bird"]) {
+            println!("    warning: could not disable the bird service");
+        }
+    }
 }
 
 fn bpffs() -> anyhow::Result<()> {

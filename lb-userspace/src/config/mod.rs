@@ -62,6 +62,158 @@ pub struct Config {
     /// Deny list and per-source rate limit for traffic to the VIPs.
     #[serde(default)]
     pub guard: Guard,
+    /// Scale-out: the VIPs this balancer can serve, told to BIRD 2.
+    #[serde(default)]
+    pub announce: Option<Announce>,
+}
+
+/// `announce:` (DESIGN.md §4): lb keeps BIRD 2 told which VIPs this balancer
+/// can serve — a generated `include` with one static route per announced
+/// VIP, and `configure` on BIRD's control socket — so that N balancers
+/// behind an ECMP router (or sites announcing one anycast VIP) share the
+/// traffic. tunnel and dsr services only: nat replies must come back
+/// through the balancer that forwarded the flow.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Announce {
+    /// BIRD's control socket (`bird -s`).
+    #[serde(default = "default_bird_socket")]
+    pub bird_socket: PathBuf,
+    /// A VIP is announced only while each of its services has at least
+    /// this many healthy (checked up, not drained) backends.
+    #[serde(default = "default_min_healthy")]
+    pub min_healthy: u32,
+    /// The file lb writes and BIRD's configuration includes (protocols
+    /// `lb4` and `lb6`, static routes of the announced VIPs).
+    #[serde(default = "default_bird_include")]
+    pub bird_include: PathBuf,
+    /// On SIGTERM / SIGINT: how long lb keeps forwarding after the
+    /// withdrawal, so the upstream moves the flows before it detaches.
+    #[serde(default = "default_withdraw_delay", with = "duration")]
+    pub withdraw_delay: Duration,
+    /// BGP communities (`ASN:VALUE`, or large `ASN:A:B`) on every VIP.
+    #[serde(default)]
+    pub communities: Vec<Community>,
+    /// MED on every VIP (eBGP: lower wins; a standby site sets a higher one).
+    #[serde(default)]
+    pub med: Option<u32>,
+    /// Local preference on every VIP (iBGP only: higher wins).
+    #[serde(default)]
+    pub local_pref: Option<u32>,
+    /// The VIPs to announce, with their own attributes; empty: every VIP.
+    #[serde(default)]
+    pub vips: Vec<AnnouncedVip>,
+    /// Under attack, announce the VIP with an extra community.
+    #[serde(default)]
+    pub divert: Option<Divert>,
+}
+
+/// `announce.vips[]`: one VIP and what it is announced with (added to, or
+/// in place of, the section's defaults).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AnnouncedVip {
+    /// A VIP of a tunnel or dsr service.
+    pub vip: IpAddr,
+    /// Communities added to `announce.communities`.
+    #[serde(default)]
+    pub communities: Vec<Community>,
+    /// In place of `announce.med`.
+    #[serde(default)]
+    pub med: Option<u32>,
+    /// In place of `announce.local_pref`.
+    #[serde(default)]
+    pub local_pref: Option<u32>,
+}
+
+/// `announce.divert`: while the automatic guard (`guard.auto`) denies at
+/// least `min_sources` sources for a VIP, the VIP is announced with
+/// `community` too (the upstream's scrubbing-divert or blackhole community),
+/// and without it again once those denials expire.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Divert {
+    /// The community added under attack.
+    pub community: Community,
+    /// Denied sources for one VIP that make it "under attack".
+    #[serde(default = "default_min_healthy")]
+    pub min_sources: u32,
+}
+
+/// A BGP community: standard (RFC 1997, `ASN:VALUE`, 16 bits each) or
+/// large (RFC 8092, `ASN:A:B`, 32 bits each).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(try_from = "serde_yaml::Value")]
+pub enum Community {
+    /// `ASN:VALUE`.
+    Standard(u16, u16),
+    /// `ASN:A:B`.
+    Large(u32, u32, u32),
+}
+
+impl TryFrom<serde_yaml::Value> for Community {
+    type Error = String;
+    fn try_from(value: serde_yaml::Value) -> Result<Self, Self::Error> {
+        let Some(text) = value.as_str() else {
+            return Err(format!(
+                "{value:?} is not a community: write it as a string, '64512:100' or \
+                 '64512:1:2'"
+            ));
+        };
+        text.parse()
+    }
+}
+
+impl std::str::FromStr for Community {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = text.split(':').collect();
+        let bad = || {
+            format!(
+                "{text:?} is not a community like 64512:100 (16-bit numbers) or \
+                 64512:1:2 (large, 32-bit numbers)"
+            )
+        };
+        match parts.as_slice() {
+            [asn, value] => Ok(Community::Standard(
+                asn.parse().map_err(|_| bad())?,
+                value.parse().map_err(|_| bad())?,
+            )),
+            [asn, a, b] => Ok(Community::Large(
+                asn.parse().map_err(|_| bad())?,
+                a.parse().map_err(|_| bad())?,
+                b.parse().map_err(|_| bad())?,
+            )),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl fmt::Display for Community {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Community::Standard(asn, value) => write!(f, "{asn}:{value}"),
+            Community::Large(asn, a, b) => write!(f, "{asn}:{a}:{b}"),
+        }
+    }
+}
+
+impl serde::Serialize for Community {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+fn default_bird_socket() -> PathBuf {
+    PathBuf::from("/run/bird/bird.ctl")
+}
+
+fn default_bird_include() -> PathBuf {
+    PathBuf::from("/run/lb-bird/announce.conf")
+}
+
+const fn default_withdraw_delay() -> Duration {
+    Duration::from_secs(2)
 }
 
 /// `guard:`: what is refused before any service sees it. Both count what
@@ -788,6 +940,51 @@ services:
         // A failing track takes the master below its backup.
         assert!(a[0].priority - a[0].track[0].weight < b[0].priority);
         assert!(b[1].priority - b[1].track[0].weight < a[1].priority);
+    }
+
+    #[test]
+    fn the_example_announce_block_is_valid_uncommented() {
+        let mut text = String::new();
+        let mut inside = false;
+        for line in include_str!("../../../deploy/lb.example.yaml").lines() {
+            if line.starts_with("# announce:") {
+                inside = true;
+            } else if !line.starts_with('#') {
+                inside = false;
+            }
+            text.push_str(if inside {
+                line.strip_prefix("# ").unwrap_or(line)
+            } else {
+                line
+            });
+            text.push('\n');
+        }
+        // The example's dns service as a tunnel one, the VIP announced.
+        let text = text
+            .replace(
+                "    protocol: udp\n    backends:",
+                "    protocol: udp\n    forwarding: tunnel\n    backends:",
+            )
+            .replace("vip: 203.0.113.11,", "vip: '2001:db8::53',");
+        let config = Config::parse(&text).unwrap();
+        let announce = config.announce.unwrap();
+        assert_eq!(announce.vips[0].med, Some(20));
+        assert_eq!(
+            announce.divert.unwrap().community,
+            Community::Standard(65535, 666)
+        );
+    }
+
+    #[test]
+    fn shipped_two_site_configs_differ_only_in_med() {
+        let a = Config::parse(include_str!("../../../deploy/lb.site-a.yaml")).unwrap();
+        let b = Config::parse(include_str!("../../../deploy/lb.site-b.yaml")).unwrap();
+        assert_eq!(a.services, b.services);
+        let (mut announce_a, announce_b) = (a.announce.unwrap(), b.announce.unwrap());
+        assert_eq!((announce_a.med, announce_b.med), (Some(10), Some(100)));
+        assert!(announce_a.divert.is_some());
+        announce_a.med = announce_b.med;
+        assert_eq!(announce_a, announce_b);
     }
 
     #[test]

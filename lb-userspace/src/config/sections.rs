@@ -5,7 +5,8 @@
 use super::problems::{Problems, cap, line_of, strip_location};
 use super::validate::check_ha;
 use super::{
-    ConfigProblem, Control, DataplaneSettings, Guard, Ha, InstanceName, Interface, Service,
+    Announce, ConfigProblem, Control, DataplaneSettings, Guard, Ha, InstanceName, Interface,
+    Service,
 };
 
 /// Type errors of each top-level section and each service, separately; a
@@ -39,6 +40,7 @@ pub(super) fn section_problems(text: &str) -> Vec<ConfigProblem> {
             "control" => check_part::<Control>(section, name, &mut problems),
             "dataplane" => check_part::<DataplaneSettings>(section, name, &mut problems),
             "guard" => check_part::<Guard>(section, name, &mut problems),
+            "announce" => check_part::<Option<Announce>>(section, name, &mut problems),
             "services" => match section.as_sequence() {
                 Some(services) => {
                     for (i, service) in services.iter().enumerate() {
@@ -52,7 +54,7 @@ pub(super) fn section_problems(text: &str) -> Vec<ConfigProblem> {
                 line: None,
                 message: format!(
                     "unknown field `{other}`, expected one of `instance`, `interfaces`, \
-                     `services`, `ha`, `control`, `dataplane`, `guard`"
+                     `services`, `ha`, `control`, `dataplane`, `guard`, `announce`"
                 ),
             }),
         }

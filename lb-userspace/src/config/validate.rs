@@ -11,8 +11,8 @@ use std::{
 
 use super::problems::Problems;
 use super::{
-    Backend, CheckKind, Config, ConfigProblem, Forwarding, GuardAuto, Ha, HealthCheck, Protocol,
-    Service,
+    Announce, Backend, CheckKind, Config, ConfigProblem, Forwarding, GuardAuto, Ha, HealthCheck,
+    Protocol, Service,
 };
 
 /// The longest `ha.preempt_delay`, keepalived's (1,000 s).
@@ -88,6 +88,9 @@ impl Config {
             check_ha(ha, &mut problems);
             check_track(self, ha, &mut problems);
         }
+        if let Some(announce) = &self.announce {
+            self.check_announce(announce, &mut problems);
+        }
         let mut names = BTreeSet::new();
         let mut keys = BTreeSet::new();
         let mut nat_endpoints = BTreeMap::new();
@@ -136,6 +139,79 @@ impl Config {
             }
         }
         problems.0
+    }
+
+    /// `announce`: only VIPs every balancer can serve without the others'
+    /// state. A nat flow's replies must come back through the balancer that
+    /// rewrote it, which ECMP does not promise (the upstream may send the
+    /// next packet of a flow to another balancer, and the backends' replies
+    /// go to their one gateway), so nat VIPs are refused with the way out.
+    fn check_announce(&self, announce: &Announce, problems: &mut Problems) {
+        if announce.min_healthy == 0 {
+            problems.push("announce.min_healthy", "must be at least 1".into());
+        }
+        if announce.withdraw_delay > Duration::from_mins(1) {
+            problems.push(
+                "announce.withdraw_delay",
+                format!(
+                    "{} is more than 1m",
+                    humantime::format_duration(announce.withdraw_delay)
+                ),
+            );
+        }
+        if let Some(divert) = &announce.divert {
+            if divert.min_sources == 0 {
+                problems.push("announce.divert.min_sources", "must be at least 1".into());
+            }
+            if self.guard.auto.is_none() {
+                problems.push(
+                    "announce.divert",
+                    "needs guard.auto: the automatic guard's denials are what mark a VIP \
+                     under attack"
+                        .into(),
+                );
+            }
+        }
+        let nat_refusal = |vip: IpAddr| {
+            format!(
+                "{vip} has a nat service, which cannot be announced: its replies must come \
+                 back through the balancer that forwarded the flow, and ECMP or anycast may \
+                 send the flow's next packet to another one. Use tunnel or dsr for \
+                 announced VIPs, and keep nat services on a VRRP pair (ha)"
+            )
+        };
+        if announce.vips.is_empty() {
+            for (i, service) in self.services.iter().enumerate() {
+                if service.forwarding == Forwarding::Nat {
+                    problems.push(
+                        format!("services[{i}].forwarding"),
+                        format!(
+                            "service {:?}: {} (with announce.vips empty every VIP is \
+                             announced; list the ones to announce there)",
+                            service.name,
+                            nat_refusal(service.vip)
+                        ),
+                    );
+                }
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for (i, entry) in announce.vips.iter().enumerate() {
+            let at = format!("announce.vips[{i}].vip");
+            if !seen.insert(entry.vip) {
+                problems.push(at.clone(), format!("{} is listed twice", entry.vip));
+            }
+            let services: Vec<&Service> = self
+                .services
+                .iter()
+                .filter(|s| s.vip == entry.vip)
+                .collect();
+            if services.is_empty() {
+                problems.push(at, format!("{} is the VIP of no service", entry.vip));
+            } else if services.iter().any(|s| s.forwarding == Forwarding::Nat) {
+                problems.push(at, nat_refusal(entry.vip));
+            }
+        }
     }
 
     fn check_dataplane(&self, problems: &mut Problems) {
@@ -544,6 +620,106 @@ mod tests {
     use super::*;
     use crate::config::ConfigError;
     use crate::config::tests::MINIMAL;
+
+    const ANNOUNCED: &str = "instance: t\ninterfaces: [{ name: eth0 }]\nservices:\n\
+        \x20 - { name: web, vip: 203.0.113.10, port: 80, protocol: tcp, backends: [{ address: 192.0.2.11 }] }\n\
+        \x20 - { name: dsr, vip: 203.0.113.11, port: 80, protocol: tcp, forwarding: dsr, backends: [{ address: 192.0.2.11 }] }\n\
+        \x20 - { name: tun, vip: 203.0.113.12, port: 0, protocol: udp, forwarding: tunnel, backends: [{ address: 192.0.2.11 }] }\n";
+
+    fn problems_of(text: &str) -> Vec<(String, Option<usize>, String)> {
+        match Config::parse(text) {
+            Ok(_) => Vec::new(),
+            Err(ConfigError::Invalid(problems)) => problems
+                .into_iter()
+                .map(|p| (p.path, p.line, p.message))
+                .collect(),
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+    }
+
+    #[test]
+    fn announce_refuses_nat_services_and_says_why() {
+        // Every VIP announced (no list): the nat service is named.
+        let problems = problems_of(&format!("{ANNOUNCED}announce: {{ min_healthy: 1 }}\n"));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "services[0].forwarding");
+        assert_eq!(problems[0].1, Some(4));
+        let message = &problems[0].2;
+        assert!(
+            message.contains("\"web\"")
+                && message.contains("replies must come back through the balancer")
+                && message.contains("VRRP pair")
+                && message.contains("announce.vips"),
+            "{message}"
+        );
+        // Listed: a nat VIP, a VIP twice, a VIP of no service.
+        let problems = problems_of(&format!(
+            "{ANNOUNCED}announce:\n  vips:\n    - {{ vip: 203.0.113.11 }}\n    - {{ vip: 203.0.113.10 }}\n\
+             \x20   - {{ vip: 203.0.113.11 }}\n    - {{ vip: 203.0.113.99 }}\n"
+        ));
+        let paths: Vec<&str> = problems.iter().map(|p| p.0.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "announce.vips[1].vip",
+                "announce.vips[2].vip",
+                "announce.vips[3].vip"
+            ],
+            "{problems:?}"
+        );
+        assert!(problems[0].2.contains("nat service"), "{problems:?}");
+        assert!(problems[1].2.contains("listed twice"), "{problems:?}");
+        assert!(problems[2].2.contains("VIP of no service"), "{problems:?}");
+        // Only the tunnel and dsr VIPs: valid, with the defaults.
+        let config = Config::parse(&format!(
+            "{ANNOUNCED}announce:\n  bird_socket: /run/bird/b.ctl\n  communities: ['64512:100', '64512:1:2']\n  med: 10\n\
+             \x20 vips: [{{ vip: 203.0.113.11, med: 50 }}, {{ vip: 203.0.113.12 }}]\n"
+        ))
+        .unwrap();
+        let announce = config.announce.unwrap();
+        assert_eq!(announce.min_healthy, 1);
+        assert_eq!(
+            announce.bird_socket,
+            std::path::Path::new("/run/bird/b.ctl")
+        );
+        assert_eq!(
+            announce.communities,
+            [
+                super::super::Community::Standard(64512, 100),
+                super::super::Community::Large(64512, 1, 2)
+            ]
+        );
+        assert_eq!(announce.withdraw_delay, Duration::from_secs(2));
+        assert_eq!(announce.vips[0].med, Some(50));
+    }
+
+    #[test]
+    fn announce_values_are_checked() {
+        let problems = problems_of(&format!(
+            "{ANNOUNCED}announce:\n  min_healthy: 0\n  withdraw_delay: 5m\n  vips: [{{ vip: 203.0.113.11 }}]\n\
+             \x20 divert: {{ community: '65535:666', min_sources: 0 }}\n"
+        ));
+        let paths: Vec<&str> = problems.iter().map(|p| p.0.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "announce.min_healthy",
+                "announce.withdraw_delay",
+                "announce.divert.min_sources",
+                "announce.divert"
+            ],
+            "{problems:?}"
+        );
+        assert!(problems[3].2.contains("needs guard.auto"), "{problems:?}");
+        for bad in ["'65536:1'", "'1:2:3:4'", "64512", "'x:1'"] {
+            let problems = problems_of(&format!(
+                "{ANNOUNCED}announce: {{ vips: [{{ vip: 203.0.113.11 }}], communities: [{bad}] }}\n"
+            ));
+            assert_eq!(problems.len(), 1, "{bad}: {problems:?}");
+            assert_eq!(problems[0].0, "announce.communities[0]", "{bad}");
+            assert!(problems[0].2.contains("community"), "{bad}: {problems:?}");
+        }
+    }
 
     #[test]
     fn duplicate_service_is_refused() {
