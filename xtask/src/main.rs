@@ -1,7 +1,8 @@
 //! `cargo xtask`: everything a newcomer needs, from a fresh Debian/Ubuntu
-//! machine to a tested build. `build`, `test`, `demo`, `bench` and `fuzz` run `setup`
-//! first, so nobody has to remember it.
+//! machine to a tested build. `build`, `test`, `demo`, `bench`, `fuzz` and
+//! `package` run `setup` first, so nobody has to remember it.
 
+mod package;
 mod setup;
 
 use std::{
@@ -40,6 +41,21 @@ enum Task {
     Demo,
     /// Run the benchmarks.
     Bench,
+    /// Build the Debian package (`target/package/lb_VERSION_ARCH.deb`): the
+    /// binary, the systemd unit, example configurations, man pages and shell
+    /// completions.
+    Package {
+        /// Package this `lb` binary instead of building a release one (and
+        /// skip setup): the package test uses the debug build.
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Where the `.deb` goes (default: target/package).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Store the payload uncompressed (faster; for tests).
+        #[arg(long)]
+        uncompressed: bool,
+    },
     /// Fuzz every parser of untrusted input (configuration, VRRP, health
     /// replies, agent protocol) for longer than `cargo test` does, from the
     /// seeds in fuzz/corpus/.
@@ -62,6 +78,11 @@ fn main() -> ExitCode {
         Task::Lint => setup::run().and_then(|tools| lint(&tools)),
         Task::Demo => setup::run().and_then(|tools| demo(&tools)),
         Task::Bench => setup::run().and_then(|tools| bench(&tools)),
+        Task::Package {
+            binary,
+            output,
+            uncompressed,
+        } => package(binary, output, uncompressed),
         Task::Fuzz { seconds, filter } => {
             setup::run().and_then(|tools| fuzz(&tools, seconds, filter.as_deref()))
         }
@@ -245,6 +266,32 @@ fn demo(tools: &setup::Tools) -> anyhow::Result<()> {
         "--example",
         "demo",
     ]))
+}
+
+/// `cargo xtask package`: a release build (after setup) unless a binary is
+/// given, then the `.deb` (see [`package`]).
+fn package(
+    binary: Option<PathBuf>,
+    output: Option<PathBuf>,
+    uncompressed: bool,
+) -> anyhow::Result<()> {
+    let binary = if let Some(binary) = binary {
+        std::path::absolute(binary)?
+    } else {
+        let tools = setup::run()?;
+        build(&tools)?;
+        root().join("target/release/lb")
+    };
+    let output = match output {
+        Some(output) => std::path::absolute(output)?,
+        None => root().join("target/package"),
+    };
+    package::build(&package::Request {
+        binary,
+        output,
+        uncompressed,
+    })
+    .map(|_| ())
 }
 
 /// Debian packages only the benchmarks use (not the tests): the report

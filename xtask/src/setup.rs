@@ -27,6 +27,7 @@ const PACKAGES: &[&str] = &[
     "util-linux",   // nsenter
     "procps",       // sysctl
     "keepalived",   // the reference VRRP peer in the HA tests
+    "man-db",       // `man -l` in the package test
 ];
 
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
