@@ -37,8 +37,14 @@ enum Task {
     },
     /// Lint only: `cargo fmt --check` and clippy with warnings denied.
     Lint,
-    /// Run the demo: the full system in network namespaces.
-    Demo,
+    /// Run the demo: an HA pair, two sites of web servers and a client in
+    /// network namespaces, surviving one fault after another, with a summary
+    /// and a timeline chart (target/demo/). Ctrl-C tears it all down.
+    Demo {
+        /// Shorter phases (what the demo test runs).
+        #[arg(long)]
+        short: bool,
+    },
     /// Run the benchmarks.
     Bench,
     /// Build the Debian package (`target/package/lb_VERSION_ARCH.deb`): the
@@ -76,7 +82,7 @@ fn main() -> ExitCode {
         Task::Build => setup::run().and_then(|tools| build(&tools)),
         Task::Test { args } => setup::run().and_then(|tools| test(&tools, &args)),
         Task::Lint => setup::run().and_then(|tools| lint(&tools)),
-        Task::Demo => setup::run().and_then(|tools| demo(&tools)),
+        Task::Demo { short } => setup::run().and_then(|tools| demo(&tools, short)),
         Task::Bench => setup::run().and_then(|tools| bench(&tools)),
         Task::Package {
             binary,
@@ -253,19 +259,30 @@ fn test(tools: &setup::Tools, args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn demo(tools: &setup::Tools) -> anyhow::Result<()> {
+fn demo(tools: &setup::Tools, short: bool) -> anyhow::Result<()> {
     build_ebpf(tools)?;
     step("building lb and the demo");
     run(cargo().args(["build", "--package", "lb-userspace"]))?;
-    step("running the demo");
-    run(cargo().args([
-        "run",
-        "--quiet",
-        "--package",
-        "lb-tests",
-        "--example",
-        "demo",
-    ]))
+    run(cargo().args(["build", "--package", "lb-tests", "--example", "demo"]))?;
+    step("running the demo (Ctrl-C stops it and removes everything it built)");
+    let mut command = Command::new(root().join("target/debug/examples/demo"));
+    if short {
+        command.arg("--short");
+    }
+    // Ctrl-C reaches the demo too (same process group); it tears down its
+    // namespaces and exits. This process waits for that instead of dying
+    // first and handing the terminal back mid-teardown.
+    // SAFETY: ignoring SIGINT in this process; the demo installs its own
+    // handler, so it does not inherit the disposition.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    let status = command
+        .current_dir(root())
+        .status()
+        .context("starting the demo")?;
+    if !status.success() {
+        bail!("the demo ended with {status}");
+    }
+    Ok(())
 }
 
 /// `cargo xtask package`: a release build (after setup) unless a binary is
@@ -294,12 +311,11 @@ fn package(
     .map(|_| ())
 }
 
-/// Debian packages only the benchmarks use (not the tests): the report
-/// chart's font, and for the end-to-end section the load generator, the
-/// backends' web server and the balancers lb is compared with. Each entry
-/// lists alternatives, the first one apt knows is installed.
+/// Debian packages only the benchmarks use (not the tests): for the
+/// end-to-end section the load generator, the backends' web server and the
+/// balancers lb is compared with. Each entry lists alternatives, the first
+/// one apt knows is installed.
 const BENCH_PACKAGES: &[&[&str]] = &[
-    &["fonts-dejavu-core"],
     &["wrk"],
     &["nginx-light", "nginx"],
     &["haproxy"],
