@@ -21,17 +21,40 @@ use crate::{
     owner::{ControllerHandle, OwnerError},
 };
 
-/// lb: an XDP layer-4 load balancer.
+/// Layer-4 load balancer in the kernel's XDP layer, with health checks and
+/// failover between two balancers.
+///
+/// lb spreads the TCP and UDP connections that clients open to a virtual IP
+/// (VIP) over a pool of backend servers. Packets are forwarded in the network
+/// driver (XDP), by NAT, direct server return or an IPIP tunnel. lb takes a
+/// failed backend out of rotation within its health-check interval, sends
+/// traffic to a standby tier when the primary one is down, sheds junk
+/// traffic, and with a second balancer moves the floating IPs over when this
+/// one fails (VRRP version 3, compatible with keepalived).
+///
+/// Validate with `lb check -c /etc/lb/lb.yaml`, then start `lb run -c
+/// /etc/lb/lb.yaml` (the systemd unit lb.service does). The other commands
+/// ask the running `lb run` over its control socket.
 #[derive(Debug, Parser)]
-#[command(name = "lb", version, about, propagate_version = true)]
+#[command(
+    name = "lb",
+    version,
+    propagate_version = true,
+    after_long_help = "Exit status: 0 ok, 1 a mistake to fix (arguments, configuration, unknown \
+                       name), 2 a runtime failure (kernel refused, lb run not running).\n\
+                       Files: /etc/lb/lb.yaml (configuration), /run/lb/lb.sock (control socket), \
+                       /sys/fs/bpf/lb/INSTANCE (pinned data plane).\n\
+                       Documentation: /usr/share/doc/lb (README, deploy guide, TROUBLESHOOTING)."
+)]
 pub struct Cli {
-    /// Output format.
+    /// Output format: `human`, or `json` for scripts (every command).
     #[arg(long, global = true, value_enum, default_value_t = Output::Human)]
     pub output: Output,
-    /// Log format of `lb run`.
+    /// Log format of `lb run`: `human`, or `json` (one object per line).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
-    /// Control socket of the running controller.
+    /// Control socket of the running `lb run` (default /run/lb/lb.sock;
+    /// `-c FILE` takes it from that configuration instead).
     #[arg(long, global = true, env = "LB_SOCKET")]
     pub socket: Option<PathBuf>,
     /// What to do.
@@ -60,36 +83,61 @@ pub enum LogFormat {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the balancer: attach, write the maps, run until SIGINT/SIGTERM.
+    /// Run the balancer (what the systemd unit starts).
+    ///
+    /// Validates the configuration, attaches the XDP program to the
+    /// configured interfaces, fills its tables, starts the health checks, VRRP
+    /// (with an `ha:` section) and the control socket, then forwards until
+    /// stopped. SIGTERM or SIGINT: hand the floating IPs to the peer, detach,
+    /// remove the pinned state. SIGQUIT: exit but leave the data plane
+    /// forwarding with its last tables (for an upgrade: the next `lb run`
+    /// adopts it). SIGHUP: re-read the configuration, like `lb reload`.
     #[command(after_help = "Example:\n  lb run -c /etc/lb/lb.yaml")]
     Run {
         /// Configuration file.
         #[arg(short, long)]
         config: PathBuf,
     },
-    /// Validate a configuration; exit 1 listing every problem.
+    /// Validate a configuration file, changing nothing on the host.
+    ///
+    /// Lists every problem with its field path and line, and exits 1. What
+    /// is valid but probably not meant (a service without backends), or what
+    /// this host lacks for the file (an interface, a sysctl), is printed as a
+    /// warning with exit 0: the file may be meant for another machine.
     #[command(after_help = "Example:\n  lb check -c /etc/lb/lb.yaml")]
     Check {
         /// Configuration file.
         #[arg(short, long)]
         config: PathBuf,
     },
-    /// Services and backends (health, weight, tier) and HA state.
+    /// Show services, backends and the HA state of the running balancer.
+    ///
+    /// Per backend: health (`up`, `down`, or `unknown` before its first
+    /// check), configured and effective weight, tier, whether drained, and
+    /// active flows (an estimate in dsr and tunnel modes, where lb sees only
+    /// the client's half of a connection). Traffic goes to the lowest tier
+    /// with enough healthy backends. The HA part says whether this balancer
+    /// is master or backup, since when and why.
     #[command(after_help = "Example:\n  lb status\n  lb status --output json")]
     Status {
         /// Take the control socket from this configuration.
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
-    /// HA: each VRRP instance's state, priority in effect and why, the
-    /// master, the peer and the time of the last change.
+    /// Show the HA pair: each VRRP instance's state (master, backup, fault),
+    /// the priority in effect and why, the master, the peer and the time of
+    /// the last change.
     #[command(after_help = "Example:\n  lb ha\n  lb ha --output json")]
     Ha {
         /// Take the control socket from this configuration.
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
-    /// Counters per service, per backend and per verdict reason.
+    /// Show traffic counters: per service, per backend, and drops by reason.
+    ///
+    /// Packets, bytes and new flows per service and backend, and the packets
+    /// the data plane did not forward, by reason (deploy/TROUBLESHOOTING.md
+    /// explains each one). `--watch` refreshes every second with rates.
     #[command(after_help = "Example:\n  lb stats\n  lb stats --output json")]
     Stats {
         /// Take the control socket from this configuration.
@@ -103,7 +151,10 @@ pub enum Command {
         #[arg(long, requires = "watch")]
         count: Option<u64>,
     },
-    /// Stop new flows to a backend; its established flows finish.
+    /// Drain a backend: no new connections go to it, established ones finish.
+    ///
+    /// For maintenance: drain, wait until `lb status` shows its active flows
+    /// at 0, then stop the server. `lb undrain` returns it to service.
     #[command(after_help = "Example:\n  lb drain web 192.0.2.11\n  lb drain web 192.0.2.11:8080")]
     Drain {
         /// Service name.
@@ -114,7 +165,7 @@ pub enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
-    /// Undo `lb drain`.
+    /// Return a drained backend to service (undo `lb drain`).
     #[command(after_help = "Example:\n  lb undrain web 192.0.2.11")]
     Undrain {
         /// Service name.
@@ -125,7 +176,11 @@ pub enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
-    /// Set a backend's weight (until a reload changes that backend).
+    /// Change a backend's share of new connections, at run time.
+    ///
+    /// Weights are relative within a service: a backend at 200 gets twice the
+    /// new flows of one at 100. Holds until a reload changes that backend in
+    /// the file; 0 drains it.
     #[command(after_help = "Example:\n  lb weight web 192.0.2.11 50")]
     Weight {
         /// Service name.
@@ -138,8 +193,13 @@ pub enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
-    /// The junk-traffic guard at runtime: list what is denied, deny or
-    /// allow a source prefix (runtime denials last until a restart).
+    /// Show or change which client sources the junk-traffic guard drops.
+    ///
+    /// `list` shows the denied prefixes (from the file and from this command)
+    /// and the sources the automatic guard denied for a flood. `deny` drops
+    /// every packet from a prefix to every VIP; `allow` undoes that and lets
+    /// in automatically denied sources. Denials made here last until `lb
+    /// run` restarts.
     #[command(
         after_help = "Example:\n  lb guard list\n  lb guard deny 198.51.100.0/24\n  \
                       lb guard allow 198.51.100.0/24"
@@ -152,14 +212,23 @@ pub enum Command {
         #[arg(short, long, global = true)]
         config: Option<PathBuf>,
     },
-    /// Re-read the configuration (as SIGHUP does); a bad file changes nothing.
+    /// Re-read the configuration file without interrupting traffic.
+    ///
+    /// As SIGHUP does. Services and backends change with the least
+    /// disruption (established flows keep their backend while it is usable).
+    /// A file with errors is refused and changes nothing; the errors are
+    /// printed.
     #[command(after_help = "Example:\n  lb reload")]
     Reload {
         /// Take the control socket from this configuration.
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
-    /// On a backend: report its load for the `resource` scheduler.
+    /// On a backend: serve this host's load to the balancers.
+    ///
+    /// For the `resource` scheduler, which weights backends by the load they
+    /// report (load average per CPU, or a number the application writes to
+    /// `--load-file`).
     #[command(
         after_help = "Example:\n  lb agent --listen 0.0.0.0:9478 --allow 192.0.2.1 --allow 192.0.2.2\n  \
                             lb agent --listen [::]:9478 --secret-file /etc/lb/agent.secret \\\n    \
@@ -181,15 +250,27 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         secret_file: Option<PathBuf>,
     },
-    /// Print a shell completion script.
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(after_help = "Example:\n  lb completions bash > /etc/bash_completion.d/lb")]
     Completions {
         /// The shell.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Remove the XDP program and the pinned state of an instance (also one
-    /// left running by SIGQUIT or a crash). Interrupts its traffic.
+    /// Print the manual page (roff) of lb, or of one of its commands; the
+    /// Debian package ships these (`cargo xtask package`).
+    #[command(
+        hide = true,
+        after_help = "Example:\n  lb manpage | man -l -\n  lb manpage run"
+    )]
+    Manpage {
+        /// A command (`run`, `status`, ...); none: the page of lb itself.
+        command: Option<String>,
+    },
+    /// Remove lb's XDP program and pinned state from this host.
+    ///
+    /// Also what a SIGQUIT exit or a crash left forwarding. Traffic to the
+    /// instance's VIPs stops being balanced at once.
     #[command(
         after_help = "Example:\n  lb detach -c /etc/lb/lb.yaml\n  lb detach --instance edge1"
     )]
@@ -201,16 +282,22 @@ pub enum Command {
         #[arg(long)]
         instance: Option<String>,
     },
-    /// Remove the configured floating IPs from the HA interface, where a
-    /// killed or crashed `lb run` left them (the unit's `ExecStopPost=`).
-    /// Refused while the instance runs.
+    /// Remove floating IPs that a killed `lb run` left on this host.
+    ///
+    /// The systemd unit runs it after every stop (`ExecStopPost=`), so a
+    /// crashed master never keeps answering for addresses its peer now
+    /// holds. Refused while the instance runs.
     #[command(after_help = "Example:\n  lb release -c /etc/lb/lb.yaml")]
     Release {
         /// Configuration file.
         #[arg(short, long)]
         config: PathBuf,
     },
-    /// On a backend: strip IPIP / IP6IP6 in XDP (tunnel mode).
+    /// On a backend: unwrap the balancer's tunnel (tunnel forwarding).
+    ///
+    /// Attaches a small XDP program that strips the IPIP / IP6IP6 header the
+    /// balancer adds, where the kernel's ipip module is not available; it
+    /// passes every other packet untouched.
     #[command(after_help = "Example:\n  lb decap attach eth0\n  lb decap detach eth0")]
     Decap {
         /// attach or detach.
@@ -361,6 +448,7 @@ pub fn main() -> ExitCode {
             clap_complete::generate(*shell, &mut command, "lb", &mut std::io::stdout());
             Ok(())
         }
+        Command::Manpage { command } => manpage(command.as_deref()),
         Command::Detach { config, instance } => {
             detach(config.as_deref(), instance.as_deref(), output)
         }
@@ -377,6 +465,36 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `lb manpage [COMMAND]`: the page of `lb` (section 8: commands for the
+/// administrator), or of `lb COMMAND` as `lb-COMMAND(8)`. Hidden commands
+/// (this one) are left out of the pages.
+fn manpage(command: Option<&str>) -> Result<(), Failure> {
+    let lb = <Cli as clap::CommandFactory>::command();
+    let page = match command {
+        None => lb,
+        Some(name) => {
+            let Some(sub) = lb
+                .get_subcommands()
+                .find(|sub| sub.get_name() == name && !sub.is_hide_set())
+            else {
+                return Err(Failure::User(anyhow::anyhow!(
+                    "no command `{name}`: see `lb --help`"
+                )));
+            };
+            // clap names are `&'static str` without its `string` feature;
+            // this process prints one page and exits.
+            let page_name: &'static str = String::leak(format!("lb-{name}"));
+            sub.clone().name(page_name).bin_name(format!("lb {name}"))
+        }
+    };
+    clap_mangen::Man::new(page)
+        .section("8")
+        .manual("lb manual")
+        .render(&mut std::io::stdout())
+        .context("writing the manual page")
+        .map_err(Failure::Runtime)
 }
 
 /// `--allow`: an address (a one-address prefix) or a prefix.

@@ -677,7 +677,7 @@ const FONT_FILES: &[&str] = &[
 ];
 
 /// Registers a font as `sans-serif` for plotters' `ab_glyph` text (once).
-fn register_font() -> anyhow::Result<()> {
+pub fn register_font() -> anyhow::Result<()> {
     static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let ok = *REGISTERED.get_or_init(|| {
         FONT_FILES

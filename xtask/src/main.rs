@@ -1,7 +1,8 @@
 //! `cargo xtask`: everything a newcomer needs, from a fresh Debian/Ubuntu
-//! machine to a tested build. `build`, `test`, `demo`, `bench` and `fuzz` run `setup`
-//! first, so nobody has to remember it.
+//! machine to a tested build. `build`, `test`, `demo`, `bench`, `fuzz` and
+//! `package` run `setup` first, so nobody has to remember it.
 
+mod package;
 mod setup;
 
 use std::{
@@ -36,10 +37,31 @@ enum Task {
     },
     /// Lint only: `cargo fmt --check` and clippy with warnings denied.
     Lint,
-    /// Run the demo: the full system in network namespaces.
-    Demo,
+    /// Run the demo: an HA pair, two sites of web servers and a client in
+    /// network namespaces, surviving one fault after another, with a summary
+    /// and a timeline chart (target/demo/). Ctrl-C tears it all down.
+    Demo {
+        /// Shorter phases (what the demo test runs).
+        #[arg(long)]
+        short: bool,
+    },
     /// Run the benchmarks.
     Bench,
+    /// Build the Debian package (`target/package/lb_VERSION_ARCH.deb`): the
+    /// binary, the systemd unit, example configurations, man pages and shell
+    /// completions.
+    Package {
+        /// Package this `lb` binary instead of building a release one (and
+        /// skip setup): the package test uses the debug build.
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Where the `.deb` goes (default: target/package).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Store the payload uncompressed (faster; for tests).
+        #[arg(long)]
+        uncompressed: bool,
+    },
     /// Fuzz every parser of untrusted input (configuration, VRRP, health
     /// replies, agent protocol, BIRD replies) for longer than `cargo test` does, from the
     /// seeds in fuzz/corpus/.
@@ -60,8 +82,13 @@ fn main() -> ExitCode {
         Task::Build => setup::run().and_then(|tools| build(&tools)),
         Task::Test { args } => setup::run().and_then(|tools| test(&tools, &args)),
         Task::Lint => setup::run().and_then(|tools| lint(&tools)),
-        Task::Demo => setup::run().and_then(|tools| demo(&tools)),
+        Task::Demo { short } => setup::run().and_then(|tools| demo(&tools, short)),
         Task::Bench => setup::run().and_then(|tools| bench(&tools)),
+        Task::Package {
+            binary,
+            output,
+            uncompressed,
+        } => package(binary, output, uncompressed),
         Task::Fuzz { seconds, filter } => {
             setup::run().and_then(|tools| fuzz(&tools, seconds, filter.as_deref()))
         }
@@ -232,27 +259,63 @@ fn test(tools: &setup::Tools, args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn demo(tools: &setup::Tools) -> anyhow::Result<()> {
+fn demo(tools: &setup::Tools, short: bool) -> anyhow::Result<()> {
     build_ebpf(tools)?;
     step("building lb and the demo");
     run(cargo().args(["build", "--package", "lb-userspace"]))?;
-    step("running the demo");
-    run(cargo().args([
-        "run",
-        "--quiet",
-        "--package",
-        "lb-tests",
-        "--example",
-        "demo",
-    ]))
+    run(cargo().args(["build", "--package", "lb-tests", "--example", "demo"]))?;
+    step("running the demo (Ctrl-C stops it and removes everything it built)");
+    let mut command = Command::new(root().join("target/debug/examples/demo"));
+    if short {
+        command.arg("--short");
+    }
+    // Ctrl-C reaches the demo too (same process group); it tears down its
+    // namespaces and exits. This process waits for that instead of dying
+    // first and handing the terminal back mid-teardown.
+    // SAFETY: ignoring SIGINT in this process; the demo installs its own
+    // handler, so it does not inherit the disposition.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    let status = command
+        .current_dir(root())
+        .status()
+        .context("starting the demo")?;
+    if !status.success() {
+        bail!("the demo ended with {status}");
+    }
+    Ok(())
 }
 
-/// Debian packages only the benchmarks use (not the tests): the report
-/// chart's font, and for the end-to-end section the load generator, the
-/// backends' web server and the balancers lb is compared with. Each entry
-/// lists alternatives, the first one apt knows is installed.
+/// `cargo xtask package`: a release build (after setup) unless a binary is
+/// given, then the `.deb` (see [`package`]).
+fn package(
+    binary: Option<PathBuf>,
+    output: Option<PathBuf>,
+    uncompressed: bool,
+) -> anyhow::Result<()> {
+    let binary = if let Some(binary) = binary {
+        std::path::absolute(binary)?
+    } else {
+        let tools = setup::run()?;
+        build(&tools)?;
+        root().join("target/release/lb")
+    };
+    let output = match output {
+        Some(output) => std::path::absolute(output)?,
+        None => root().join("target/package"),
+    };
+    package::build(&package::Request {
+        binary,
+        output,
+        uncompressed,
+    })
+    .map(|_| ())
+}
+
+/// Debian packages only the benchmarks use (not the tests): for the
+/// end-to-end section the load generator, the backends' web server and the
+/// balancers lb is compared with. Each entry lists alternatives, the first
+/// one apt knows is installed.
 const BENCH_PACKAGES: &[&[&str]] = &[
-    &["fonts-dejavu-core"],
     &["wrk"],
     &["nginx-light", "nginx"],
     &["haproxy"],

@@ -18,16 +18,18 @@ use crate::step;
 
 /// Debian packages the build and the tests need.
 const PACKAGES: &[&str] = &[
-    "rustc-web",    // rustc 1.96 for the eBPF crate
-    "rust-web-src", // its library source, for -Z build-std=core
-    "libllvm22",    // what bpf-linker links against at run time
-    "llvm-22-dev",  // and builds against
-    "iproute2",     // ip netns / link / addr in tests and demo
-    "ethtool",      // veth TX checksum offload off in test beds
-    "util-linux",   // nsenter
-    "procps",       // sysctl
-    "keepalived",   // the reference VRRP peer in the HA tests
-    "bird2",        // BGP for `announce`: the balancers' and the upstream's in e2e_announce
+    "rustc-web",         // rustc 1.96 for the eBPF crate
+    "rust-web-src",      // its library source, for -Z build-std=core
+    "libllvm22",         // what bpf-linker links against at run time
+    "llvm-22-dev",       // and builds against
+    "iproute2",          // ip netns / link / addr in tests and demo
+    "ethtool",           // veth TX checksum offload off in test beds
+    "util-linux",        // nsenter
+    "procps",            // sysctl
+    "keepalived",        // the reference VRRP peer in the HA tests
+    "man-db",            // `man -l` in the package test
+    "bird2",             // BGP for `announce`: the balancers' and the upstream's in e2e_announce
+    "fonts-dejavu-core", // the text of the demo's and the benchmarks' charts
 ];
 
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
