@@ -9,6 +9,7 @@
 //! | POST   | `/v1/drain`, `/v1/undrain` | body [`BackendChange`]; answers the backend's status |
 //! | POST   | `/v1/weight` | body [`BackendChange`] with `weight` |
 //! | GET    | `/v1/guard`  | [`crate::guard::GuardReport`]            |
+//! | POST   | `/v1/route`  | body [`crate::route::report::RouteRequest`]; answers [`crate::route::report::RouteReport`] |
 //! | POST   | `/v1/guard/deny`, `/v1/guard/allow` | body [`GuardChange`]; answers the guard report |
 //!
 //! Errors come back as `{"error": "..."}` with a 4xx / 5xx status. The
@@ -142,6 +143,22 @@ fn route(request: &Request, controller: &ControllerHandle) -> Response {
             let done = controller
                 .call(move |c| c.override_backend(&change.service, &change.backend, weight));
             answer(done, overridden)
+        }
+        ("POST", "/v1/route") => {
+            let request: crate::route::report::RouteRequest =
+                match serde_json::from_slice(&request.body) {
+                    Ok(request) => request,
+                    Err(error) => {
+                        return Response::error(400, &format!("bad request body: {error}"));
+                    }
+                };
+            answer(
+                controller.call(move |c| crate::route::maps::answer(c, &request)),
+                |report| match report {
+                    Ok(report) => json(&report),
+                    Err(error) => Response::error(400, &error),
+                },
+            )
         }
         ("GET", "/v1/guard") => answer(controller.call(|c| c.guard_report()), |report| {
             json(&report)

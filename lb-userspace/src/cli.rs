@@ -94,6 +94,27 @@ pub enum Command {
         #[arg(long, requires = "watch")]
         count: Option<u64>,
     },
+    /// Where a flow goes, and why: service, guard, connection table,
+    /// scheduler, backend and next hop, read from the maps the kernel reads.
+    #[command(
+        after_help = "Example:\n  lb route 198.51.100.7:40000 203.0.113.10:80\n  \
+                      lb route 198.51.100.7 203.0.113.10:53 udp\n  \
+                      lb route '[2001:db8:1::7]:40000' '[2001:db8:f::10]:80' --output json"
+    )]
+    Route {
+        /// The client: ADDR or ADDR:PORT ([ADDR]:PORT for IPv6).
+        #[arg(value_parser = parse_client)]
+        client: (std::net::IpAddr, Option<u16>),
+        /// The service: VIP:PORT ([VIP]:PORT for IPv6).
+        #[arg(value_parser = parse_vip)]
+        vip: std::net::SocketAddr,
+        /// The protocol.
+        #[arg(value_enum, default_value_t = RouteProtocol::Tcp)]
+        protocol: RouteProtocol,
+        /// Take the control socket from this configuration.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
     /// Stop new flows to a backend; its established flows finish.
     #[command(after_help = "Example:\n  lb drain web 192.0.2.11\n  lb drain web 192.0.2.11:8080")]
     Drain {
@@ -232,6 +253,32 @@ pub enum GuardAction {
     },
 }
 
+/// `lb route`'s protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RouteProtocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+/// `lb route`'s CLIENT: an address, with or without a port.
+fn parse_client(text: &str) -> Result<(std::net::IpAddr, Option<u16>), String> {
+    if let Ok(addr) = text.parse::<std::net::SocketAddr>() {
+        return Ok((addr.ip(), Some(addr.port())));
+    }
+    let bare = text.trim_start_matches('[').trim_end_matches(']');
+    bare.parse::<std::net::IpAddr>()
+        .map(|addr| (addr, None))
+        .map_err(|_| format!("{text:?} is not ADDR or ADDR:PORT ([ADDR]:PORT for IPv6)"))
+}
+
+/// `lb route`'s VIP:PORT.
+fn parse_vip(text: &str) -> Result<std::net::SocketAddr, String> {
+    text.parse()
+        .map_err(|_| format!("{text:?} is not VIP:PORT ([VIP]:PORT for IPv6)"))
+}
+
 fn parse_prefix_arg(text: &str) -> Result<ipnet::IpNet, String> {
     api::parse_prefix(text).ok_or_else(|| format!("{text:?} is not an address or a prefix"))
 }
@@ -306,6 +353,13 @@ pub fn main() -> ExitCode {
                 stats(&s, output)
             }
         }),
+        Command::Route {
+            client,
+            vip,
+            protocol,
+            config,
+        } => socket(cli.socket.as_deref(), config.as_deref())
+            .and_then(|s| route(&s, *client, *vip, *protocol, output)),
         Command::Decap { action, interface } => decap(*action, interface, output),
         Command::Drain {
             service,
@@ -969,6 +1023,40 @@ fn rates(previous: &StatsReport, current: &StatsReport) -> Vec<(String, u64, u64
         }
     }
     rows
+}
+
+/// `lb route`: asks the controller, which reads its maps.
+fn route(
+    socket: &Path,
+    (client, client_port): (std::net::IpAddr, Option<u16>),
+    vip: std::net::SocketAddr,
+    protocol: RouteProtocol,
+    output: Output,
+) -> Result<(), Failure> {
+    let request = crate::route::report::RouteRequest {
+        client,
+        client_port,
+        vip: vip.ip(),
+        port: vip.port(),
+        protocol: match protocol {
+            RouteProtocol::Tcp => "tcp",
+            RouteProtocol::Udp => "udp",
+        }
+        .into(),
+    };
+    let body = serde_json::to_value(&request)
+        .context("encoding the request")
+        .map_err(Failure::Runtime)?;
+    let value = api::post(socket, "/v1/route", &body)?;
+    if output == Output::Json {
+        println!("{value}");
+        return Ok(());
+    }
+    let report: crate::route::report::RouteReport = serde_json::from_value(value)
+        .context("the controller's route answer has an unexpected shape")
+        .map_err(Failure::Runtime)?;
+    crate::route::report::print(&report);
+    Ok(())
 }
 
 fn change_backend(

@@ -697,6 +697,16 @@ impl Controller {
         Ok(())
     }
 
+    /// The loaded data plane, for readers of its maps (`lb route`).
+    pub fn dataplane(&self) -> &Dataplane {
+        &self.dataplane
+    }
+
+    /// The services and backends as last planned, with their map ids.
+    pub fn planned(&self) -> &[crate::plan::PlannedService] {
+        self.planner.planned()
+    }
+
     /// The status report (`lb status`).
     pub fn status(&self) -> StatusReport {
         let active = self.active_flows();

@@ -583,7 +583,9 @@ impl Dataplane {
         }))
     }
 
-    fn map(&self, name: &'static str) -> Result<&aya::maps::Map, DataplaneError> {
+    /// Map `name` of the loaded object, for readers outside this module
+    /// (`crate::route::maps`).
+    pub(crate) fn map(&self, name: &'static str) -> Result<&aya::maps::Map, DataplaneError> {
         self.ebpf.map(name).ok_or(DataplaneError::MissingMap(name))
     }
 

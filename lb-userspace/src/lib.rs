@@ -22,5 +22,6 @@ pub mod netlink;
 pub mod owner;
 pub mod plan;
 pub mod release;
+pub mod route;
 pub mod sysctl;
 pub mod vrrp;
