@@ -16,7 +16,8 @@ use lb_common::{
         BACKEND_USABLE, CONN_CLOSED, FWD_DSR, FWD_NAT, FWD_TUNNEL, GUARD_CAUSE_NEW_FLOWS,
         GUARD_CAUSE_PACKETS, GUARD_CAUSE_SYN_ONLY, GuardCounts, GuardDenial, GuardKey,
         GuardSettings, HOP_RESOLVED, SCHED_IP_HASH, SCHED_ROUND_ROBIN, SETTINGS_DENY,
-        SETTINGS_GUARD, SETTINGS_NAT, ServiceSlot, VIP_FRAGMENTS_TCP, VIP_FRAGMENTS_UDP,
+        SETTINGS_GUARD, SETTINGS_NAT, SETTINGS_TRACE, ServiceSlot, VIP_FRAGMENTS_TCP,
+        VIP_FRAGMENTS_UDP,
     },
     proto,
 };
@@ -33,6 +34,7 @@ use crate::{
     },
     packet::frame_len,
     parse::{Parsed, parse},
+    trace,
 };
 
 /// Decides what happens to the frame in `ctx`; returns the counted action.
@@ -48,9 +50,20 @@ pub fn balance(ctx: &XdpContext) -> u32 {
     let Some(scratch) = scratch() else {
         // The map has one entry per CPU by construction; if it were ever
         // missing, the frame is not ours to judge.
-        return finish(Ok(Verdict::pass(Reason::PassNoService)));
+        return finish(Ok(Verdict::pass(Reason::PassNoService))) & trace::ACTION_MASK;
     };
     let flags = SETTINGS.get(0).map_or(0, |settings| settings.flags);
+    let packed = decide(ctx, scratch, flags);
+    if flags & SETTINGS_TRACE != 0 {
+        trace::record(ctx, scratch, packed);
+    }
+    packed & trace::ACTION_MASK
+}
+
+/// [`balance`]'s decision: the counted action, with its reason above it
+/// (see [`finish`]).
+#[inline(always)]
+fn decide(ctx: &XdpContext, scratch: &mut Scratch, flags: u32) -> u32 {
     match parse(ctx, scratch).get() {
         Err(drop) => finish(Err(drop)),
         Ok(Parsed::NotIp) => finish(Ok(Verdict::pass(Reason::PassNonIp))),

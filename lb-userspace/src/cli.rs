@@ -115,6 +115,30 @@ pub enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// Live decisions of the data path (drops with `--drops`): time,
+    /// interface, 5-tuple, verdict reason, backend. The kernel emits them
+    /// only while a trace runs, rate-limited; lost events are shown.
+    #[command(
+        after_help = "Example:\n  lb trace --drops\n  lb trace --vip 203.0.113.10 --limit 20\n  \
+                      lb trace --source 198.51.100.0/24 --output json"
+    )]
+    Trace {
+        /// Only drops.
+        #[arg(long)]
+        drops: bool,
+        /// Only packets to this VIP (and NAT replies from it).
+        #[arg(long, value_name = "ADDR")]
+        vip: Option<std::net::IpAddr>,
+        /// Only packets from this prefix or address.
+        #[arg(long, value_name = "PREFIX", value_parser = parse_prefix_arg)]
+        source: Option<ipnet::IpNet>,
+        /// Stop after this many events.
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
+        /// Take the control socket from this configuration.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
     /// Stop new flows to a backend; its established flows finish.
     #[command(after_help = "Example:\n  lb drain web 192.0.2.11\n  lb drain web 192.0.2.11:8080")]
     Drain {
@@ -320,6 +344,7 @@ impl From<api::ClientError> for Failure {
 }
 
 /// Entry point of the `lb` binary.
+#[allow(clippy::too_many_lines, reason = "one short arm per subcommand")]
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -360,6 +385,21 @@ pub fn main() -> ExitCode {
             config,
         } => socket(cli.socket.as_deref(), config.as_deref())
             .and_then(|s| route(&s, *client, *vip, *protocol, output)),
+        Command::Trace {
+            drops,
+            vip,
+            source,
+            limit,
+            config,
+        } => {
+            let filter = crate::trace::Filter {
+                drops: *drops,
+                vip: *vip,
+                source: *source,
+            };
+            socket(cli.socket.as_deref(), config.as_deref())
+                .and_then(|s| trace(&s, &filter, *limit, output))
+        }
         Command::Decap { action, interface } => decap(*action, interface, output),
         Command::Drain {
             service,
@@ -582,6 +622,7 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
         let outcome = controller.abandon();
         return Err(Failure::Runtime(error.context(outcome)));
     }
+    let trace_kernel = controller.take_trace().inspect_err(no_trace).ok();
     let (events, results) = std::sync::mpsc::channel();
     controller.start_health(events);
     // From here on one thread owns the controller; every other thread
@@ -606,6 +647,7 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
             return Err(Failure::Runtime(error.context(outcome)));
         }
     };
+    let trace = start_trace(trace_kernel, &controller);
     spawn_ticker(controller.clone());
     spawn_hop_follower(controller.clone());
     spawn_agent_poller(controller.clone());
@@ -624,7 +666,9 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
             }
         }
     });
-    let server_guard = server.spawn(controller.clone()).map_err(Failure::Runtime)?;
+    let server_guard = server
+        .spawn(controller.clone(), trace)
+        .map_err(Failure::Runtime)?;
     tracing::info!(
         socket = %socket.display(),
         "running; SIGINT or SIGTERM stops, SIGHUP reloads, SIGQUIT exits leaving the data plane"
@@ -680,6 +724,21 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
     drop(server_guard);
     print_counters(&counters, output);
     Ok(())
+}
+
+/// The trace's reader thread, if the trace's maps were taken.
+fn start_trace(
+    kernel: Option<crate::trace::hub::Kernel>,
+    controller: &ControllerHandle,
+) -> Option<std::sync::Arc<crate::trace::hub::Hub>> {
+    crate::trace::hub::spawn(kernel?, controller.clone())
+        .inspect_err(no_trace)
+        .ok()
+}
+
+/// `lb run` goes on without `lb trace`, saying why.
+fn no_trace(error: &anyhow::Error) {
+    tracing::warn!(error = %format!("{error:#}"), "lb trace unavailable");
 }
 
 /// Once a second: dynamic weights and the guard's denials; every tenth:
@@ -1057,6 +1116,72 @@ fn route(
         .map_err(Failure::Runtime)?;
     crate::route::report::print(&report);
     Ok(())
+}
+
+/// `lb trace`: polls the controller, prints each event as it comes, and
+/// how many were lost whenever that grows.
+fn trace(
+    socket: &Path,
+    filter: &crate::trace::Filter,
+    limit: Option<u64>,
+    output: Output,
+) -> Result<(), Failure> {
+    use std::io::Write as _;
+    let client = format!(
+        "{}-{}",
+        std::process::id(),
+        crate::dataplane::monotonic_ns()
+    );
+    let mut after = None;
+    let (mut shown, mut lost) = (0u64, 0u64);
+    if output == Output::Human {
+        eprintln!("tracing (Ctrl-C to stop)");
+    }
+    let mut stdout = std::io::stdout().lock();
+    loop {
+        let poll = crate::trace::TracePoll {
+            client: client.clone(),
+            after,
+            filter: filter.clone(),
+        };
+        let body = serde_json::to_value(&poll)
+            .context("encoding the request")
+            .map_err(Failure::Runtime)?;
+        let value = api::post(socket, "/v1/trace", &body)?;
+        let batch: crate::trace::TraceBatch = serde_json::from_value(value)
+            .context("the controller's trace has an unexpected shape")
+            .map_err(Failure::Runtime)?;
+        after = Some(batch.next);
+        if batch.lost > lost {
+            lost = batch.lost;
+            let _ = match output {
+                Output::Json => writeln!(stdout, "{}", serde_json::json!({ "lost": lost })),
+                Output::Human => {
+                    writeln!(stdout, "# {lost} events lost (rate limit or full buffer)")
+                }
+            };
+        }
+        for line in &batch.events {
+            if limit.is_some_and(|limit| shown >= limit) {
+                break;
+            }
+            let written = match output {
+                Output::Json => serde_json::to_string(line)
+                    .map_err(std::io::Error::other)
+                    .and_then(|text| writeln!(stdout, "{text}")),
+                Output::Human => writeln!(stdout, "{}", crate::trace::human(line)),
+            };
+            if written.is_err() {
+                // The reader went away (a closed pipe): done.
+                return Ok(());
+            }
+            shown += 1;
+        }
+        let _ = stdout.flush();
+        if limit.is_some_and(|limit| shown >= limit) {
+            return Ok(());
+        }
+    }
 }
 
 fn change_backend(

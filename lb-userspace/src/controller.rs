@@ -72,6 +72,8 @@ pub struct Controller {
     started_with: Started,
     /// The operator's runtime deny list and the automatic guard's events.
     guard: crate::guard::Guard,
+    /// A client is tracing (`lb trace`): `SETTINGS_TRACE` is set.
+    trace: bool,
 }
 
 impl Controller {
@@ -187,6 +189,7 @@ impl Controller {
             started: SystemTime::now(),
             started_with: Started::default(),
             guard: crate::guard::Guard::default(),
+            trace: false,
         };
         controller.refresh_hops();
         Ok(controller)
@@ -788,7 +791,31 @@ impl Controller {
         if !self.guard.runtime().is_empty() {
             settings.flags |= lb_common::maps::SETTINGS_DENY;
         }
+        if self.trace {
+            settings.flags |= lb_common::maps::SETTINGS_TRACE;
+        }
         settings
+    }
+
+    /// Turns the data path's trace on with `filter` (its filters and rate
+    /// limit written first), or off (`None`).
+    pub fn set_trace(
+        &mut self,
+        filter: Option<lb_common::trace::TraceSettings>,
+    ) -> anyhow::Result<()> {
+        if let Some(filter) = &filter {
+            self.dataplane.set_trace_settings(filter)?;
+        }
+        self.trace = filter.is_some();
+        let settings = self.settings_for(&self.config, self.tunnel_sources);
+        self.dataplane.set_settings(&settings)?;
+        tracing::info!(on = self.trace, "trace");
+        Ok(())
+    }
+
+    /// The trace's ring buffer and state, for its reader thread.
+    pub fn take_trace(&mut self) -> anyhow::Result<crate::trace::hub::Kernel> {
+        Ok(self.dataplane.take_trace()?)
     }
 
     /// Reads the automatic guard's denials from the data path: logs and

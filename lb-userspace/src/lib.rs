@@ -24,4 +24,5 @@ pub mod plan;
 pub mod release;
 pub mod route;
 pub mod sysctl;
+pub mod trace;
 pub mod vrrp;
