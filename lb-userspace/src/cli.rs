@@ -86,8 +86,9 @@ pub enum Command {
         /// Take the control socket from this configuration.
         #[arg(short, long)]
         config: Option<PathBuf>,
-        /// Refresh every second in place, with per-second rates (like `top`);
-        /// with `--output json`, one JSON line per second.
+        /// Per-second rates every second: redrawn in place on a terminal
+        /// (like `top`), one block after another otherwise; with `--output
+        /// json`, one JSON object per second.
         #[arg(long)]
         watch: bool,
         /// With `--watch`: stop after this many refreshes.
@@ -991,97 +992,66 @@ fn stats(socket: &Path, output: Output) -> Result<(), Failure> {
     Ok(())
 }
 
-/// `lb stats --watch`: a live table of per-second rates, redrawn in place.
+/// `lb stats --watch`: per-second rates every second ([`crate::watch`]).
+/// On a terminal the table is redrawn in place; otherwise (a pipe, a file)
+/// each interval is printed after the last, without terminal escapes, under
+/// a line with its time. With `--output json`, one object per interval.
 fn watch_stats(socket: &Path, output: Output, count: Option<u64>) -> Result<(), Failure> {
-    let fetch = || -> Result<StatsReport, Failure> {
+    use std::io::Write as _;
+    let fetch = || -> Result<(StatsReport, std::time::Instant), Failure> {
         let value = api::get(socket, "/v1/stats")?;
+        let at = std::time::Instant::now();
         serde_json::from_value(value)
+            .map(|report| (report, at))
             .context("the controller's stats have an unexpected shape")
             .map_err(Failure::Runtime)
     };
-    let mut previous = fetch()?;
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let (mut previous, mut previous_at) = fetch()?;
     let mut shown = 0;
     while count.is_none_or(|count| shown < count) {
         std::thread::sleep(std::time::Duration::from_secs(1));
-        let current = fetch()?;
-        let rows = rates(&previous, &current);
-        match output {
-            Output::Json => {
-                let rows: Vec<serde_json::Value> = rows
-                    .iter()
-                    .map(|(name, pps, bps, fps)| {
-                        serde_json::json!({"name": name, "packets_per_second": pps,
-                                           "bytes_per_second": bps, "new_flows_per_second": fps})
-                    })
-                    .collect();
-                println!("{}", serde_json::json!({ "rates": rows }));
-            }
-            Output::Human => {
+        let (current, at) = fetch()?;
+        let report = crate::watch::rates(
+            &previous,
+            &current,
+            at.duration_since(previous_at).as_secs_f64(),
+        );
+        let mut stdout = std::io::stdout().lock();
+        let written = match output {
+            Output::Json => serde_json::to_string(&report)
+                .map_err(std::io::Error::other)
+                .and_then(|line| writeln!(stdout, "{line}")),
+            Output::Human if terminal => write!(
+                stdout,
                 // Home and clear: redraw in place, like `top`.
-                print!("\x1b[H\x1b[2J");
-                println!(
-                    "lb stats --watch ({}), per second; Ctrl-C to stop\n",
-                    socket.display()
-                );
-                println!(
-                    "{:<44} {:>12} {:>14} {:>10}",
-                    "", "packets/s", "bytes/s", "flows/s"
-                );
-                for (name, pps, bps, fps) in &rows {
-                    println!("{name:<44} {pps:>12} {bps:>14} {fps:>10}");
-                }
-            }
+                "\x1b[H\x1b[2Jlb stats --watch ({}), per second; Ctrl-C to stop\n\n{}",
+                socket.display(),
+                crate::watch::render(&report)
+            ),
+            Output::Human => writeln!(
+                stdout,
+                "{}\n{}",
+                crate::trace::utc_text(0, unix_now_ns()),
+                crate::watch::render(&report)
+            ),
+        };
+        if written.and_then(|()| stdout.flush()).is_err() {
+            // The reader went away (a closed pipe): done.
+            return Ok(());
         }
-        std::io::Write::flush(&mut std::io::stdout()).ok();
         previous = current;
+        previous_at = at;
         shown += 1;
     }
     Ok(())
 }
 
-/// Per-second rows (name, packets, bytes, new flows) between two reports
-/// one second apart: services, their backends (indented), then every
-/// verdict reason that moved.
-fn rates(previous: &StatsReport, current: &StatsReport) -> Vec<(String, u64, u64, u64)> {
-    let mut rows = Vec::new();
-    for service in &current.services {
-        let before = previous.services.iter().find(|s| s.name == service.name);
-        rows.push((
-            service.name.clone(),
-            service.packets - before.map_or(service.packets, |b| b.packets.min(service.packets)),
-            service.bytes - before.map_or(service.bytes, |b| b.bytes.min(service.bytes)),
-            service.new_flows
-                - before.map_or(service.new_flows, |b| b.new_flows.min(service.new_flows)),
-        ));
-        for backend in &service.backends {
-            let before = before.and_then(|b| {
-                b.backends
-                    .iter()
-                    .find(|x| x.address == backend.address && x.port == backend.port)
-            });
-            rows.push((
-                format!("  {}:{}", backend.address, backend.port),
-                backend.packets
-                    - before.map_or(backend.packets, |b| b.packets.min(backend.packets)),
-                backend.bytes - before.map_or(backend.bytes, |b| b.bytes.min(backend.bytes)),
-                backend.new_flows
-                    - before.map_or(backend.new_flows, |b| b.new_flows.min(backend.new_flows)),
-            ));
-        }
-    }
-    for (reason, packets) in &current.reasons {
-        let moved = packets
-            - previous
-                .reasons
-                .get(reason)
-                .copied()
-                .unwrap_or(0)
-                .min(*packets);
-        if moved > 0 {
-            rows.push((reason.clone(), moved, 0, 0));
-        }
-    }
-    rows
+/// Nanoseconds since the Unix epoch.
+fn unix_now_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(0))
 }
 
 /// `lb route`: asks the controller, which reads its maps.

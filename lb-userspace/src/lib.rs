@@ -26,3 +26,4 @@ pub mod route;
 pub mod sysctl;
 pub mod trace;
 pub mod vrrp;
+pub mod watch;

@@ -2,7 +2,8 @@
 //! for each of 40 client ports, `lb route` names a backend before the
 //! connection is made, and the backend that then answers the connection is
 //! that one; afterwards `lb route` finds the flow in the connection table on
-//! the same backend. Bad arguments are refused with exit 1.
+//! the same backend. Bad arguments are refused with exit 1. On the same
+//! bed, `lb stats --watch` is checked for scripts (pipes, JSON).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -34,6 +35,44 @@ fn route(bed: &Bed, args: &[&str]) -> serde_json::Value {
 fn name(backend: &serde_json::Value) -> String {
     let address = backend["address"].as_str().expect("backend address");
     format!("b{}", address.rsplit('.').next().unwrap_or(""))
+}
+
+/// `lb stats --watch` into a pipe: no terminal escapes; with `--output
+/// json` one object per interval, services by name, backends as fields.
+fn watch_for_scripts(bed: &Bed) {
+    let text = bed.lb_command(&["stats", "--watch", "--count", "2"]);
+    assert!(text.status.success(), "{text:?}");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        !text.contains('\x1b'),
+        "terminal escapes into a pipe: {text:?}"
+    );
+    assert_eq!(text.matches("service / backend").count(), 2, "{text}");
+    assert!(text.contains("  192.0.2.13:8080"), "{text}");
+    let json = bed.lb_command(&["stats", "--watch", "--count", "2", "--output", "json"]);
+    assert!(json.status.success(), "{json:?}");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&json.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for line in &lines {
+        let service = &line["services"][0];
+        assert_eq!(service["name"], "web", "{line}");
+        assert!(service["packets_per_second"].is_number(), "{line}");
+        let addresses: Vec<&str> = service["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["address"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            addresses,
+            ["192.0.2.11", "192.0.2.12", "192.0.2.13"],
+            "{line}"
+        );
+        assert!(line["reasons"]["forward_to_backend"].is_number(), "{line}");
+    }
 }
 
 #[test]
@@ -82,6 +121,7 @@ fn route_names_the_backend_real_connections_reach() {
     assert!(text.contains("backend   192.0.2.1"), "{text}");
     let bad = bed.lb_command(&["route", "nonsense", "203.0.113.10:80"]);
     assert_eq!(bad.status.code(), Some(1), "{bad:?}");
+    watch_for_scripts(&bed);
     let output = bed.stop_lb();
     assert!(output.status.success(), "lb run: {output:?}");
 }
