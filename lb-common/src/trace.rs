@@ -6,8 +6,7 @@ use crate::maps::Addr;
 
 /// `TraceSettings::flags`: only drops.
 pub const TRACE_DROPS: u32 = 1;
-/// `TraceSettings::flags`: only packets to (or, on the reply path, from)
-/// `TraceSettings::vip`.
+/// `TraceSettings::flags`: only packets to `TraceSettings::vip`.
 pub const TRACE_VIP: u32 = 2;
 /// `TraceSettings::flags`: only packets from `TraceSettings::source` /
 /// `source_len`.

@@ -83,7 +83,7 @@ pub fn record(ctx: &XdpContext, scratch: &mut Scratch, decided: u32) {
     if filter.flags & TRACE_DROPS != 0 && !reason.is_drop() {
         return;
     }
-    if filter.flags & TRACE_VIP != 0 && packet.dst != filter.vip && packet.src != filter.vip {
+    if filter.flags & TRACE_VIP != 0 && packet.dst != filter.vip {
         return;
     }
     if filter.flags & TRACE_SOURCE != 0

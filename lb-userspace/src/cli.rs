@@ -127,7 +127,7 @@ pub enum Command {
         /// Only drops.
         #[arg(long)]
         drops: bool,
-        /// Only packets to this VIP (and NAT replies from it).
+        /// Only packets to this VIP (NAT replies, from a backend, are not).
         #[arg(long, value_name = "ADDR")]
         vip: Option<std::net::IpAddr>,
         /// Only packets from this prefix or address.

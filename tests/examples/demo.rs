@@ -1,7 +1,7 @@
 //! The lb demo: the real `lb run` balancing real TCP traffic from a client
 //! over three backends, in each forwarding mode (NAT, DSR, tunnel), all in
-//! network namespaces; then `lb status` and `lb stats` as an operator sees
-//! them. Run with `cargo xtask demo` (as root). Everything it creates is
+//! network namespaces; then `lb status`, `lb stats`, `lb route` and `lb
+//! trace` as an operator sees them. Run with `cargo xtask demo` (as root). Everything it creates is
 //! removed when it ends, also on failure.
 
 use std::{collections::BTreeMap, net::SocketAddr};
@@ -69,6 +69,36 @@ fn main() {
     println!(
         "  $ lb stats\n{}",
         indent(&String::from_utf8_lossy(&counters.stdout))
+    );
+    // Where one flow goes, then the same flow as it happens.
+    let route = bed.lb_command(&["route", "198.51.100.2:40000", "203.0.113.10:80"]);
+    println!(
+        "  $ lb route 198.51.100.2:40000 203.0.113.10:80\n{}",
+        indent(&String::from_utf8_lossy(&route.stdout))
+    );
+    let lb = lb_tests::lb_binary();
+    let socket_arg = socket.clone();
+    let trace = bed.lb.spawn(
+        lb.to_str().unwrap(),
+        &[
+            "trace",
+            "--vip",
+            "203.0.113.10",
+            "--limit",
+            "4",
+            "--socket",
+            &socket_arg,
+        ],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    bed.client.run(|| {
+        let from: SocketAddr = "198.51.100.2:40000".parse().unwrap();
+        tcp_request("203.0.113.10:80".parse().unwrap(), Some(from))
+    });
+    let traced = trace.wait();
+    println!(
+        "  $ lb trace --vip 203.0.113.10 --limit 4\n{}",
+        indent(&String::from_utf8_lossy(&traced.stdout))
     );
     let output = bed.stop_lb();
     println!(

@@ -33,7 +33,7 @@ pub struct Filter {
     /// Only drops.
     #[serde(default)]
     pub drops: bool,
-    /// Only packets to (or replies from) this VIP.
+    /// Only packets to this VIP.
     #[serde(default)]
     pub vip: Option<IpAddr>,
     /// Only packets from this prefix.
@@ -45,9 +45,7 @@ impl Filter {
     /// Whether `line` passes.
     pub fn matches(&self, line: &TraceLine) -> bool {
         (!self.drops || line.drop)
-            && self
-                .vip
-                .is_none_or(|vip| line.destination == Some(vip) || line.source == Some(vip))
+            && self.vip.is_none_or(|vip| line.destination == Some(vip))
             && self
                 .source
                 .is_none_or(|prefix| line.source.is_some_and(|s| prefix.contains(&s)))
