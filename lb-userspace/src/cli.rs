@@ -697,6 +697,11 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
             controller
                 .stop(|mut c| {
                     c.stop_ha();
+                    // The data plane stays: it must not go on emitting
+                    // trace events nobody will read.
+                    if let Err(error) = c.set_trace(None) {
+                        tracing::warn!(error = %format!("{error:#}"), "turning the trace off");
+                    }
                     // Kept to the end: the process exits next, and dropping
                     // would wait for the health probes in flight.
                     std::mem::forget(c);

@@ -26,6 +26,7 @@ struct Memory {
     conns: Vec<(FlowKey, ConnValue)>,
     hops: BTreeMap<u32, HopValue>,
     deny: Vec<(Addr, u32)>,
+    rate: Option<RateValue>,
     now: u64,
 }
 
@@ -70,7 +71,7 @@ impl Tables for Memory {
         None
     }
     fn rate_bucket(&self, _: &Addr) -> Option<RateValue> {
-        None
+        self.rate
     }
     fn now_ns(&self) -> u64 {
         self.now
@@ -250,4 +251,44 @@ fn deny_list_and_empty_slots() {
     }
     let empty = decide(&query("198.51.100.17", None, 80), &m);
     assert_eq!(empty.verdict, Some(Reason::DropNoBackend));
+}
+
+#[test]
+fn an_empty_bucket_refuses_new_flows_but_not_established_ones() {
+    let mut m = memory(SCHED_IP_HASH);
+    m.settings.rate_per_second = 10;
+    m.settings.rate_burst = 5;
+    let q = query("198.51.100.7", Some(40000), 80);
+    // Half a flow's worth left, refilled 10 ms ago: 0.5 + 0.1 < 1.
+    m.rate = Some(RateValue {
+        milli_tokens: 500,
+        last_ns: m.now - 10_000_000,
+    });
+    let d = decide(&q, &m);
+    assert_eq!(d.guard.rate_tokens_milli, Some(600));
+    assert_eq!(d.verdict, Some(Reason::DropRateLimited));
+    // 50 ms later the bucket holds a flow again.
+    m.rate = Some(RateValue {
+        milli_tokens: 500,
+        last_ns: m.now - 50_000_000,
+    });
+    assert_eq!(decide(&q, &m).verdict, Some(Reason::ForwardUncachedHop));
+    // An established flow never asks the bucket.
+    m.rate = Some(RateValue {
+        milli_tokens: 0,
+        last_ns: m.now,
+    });
+    let flow = decide(&q, &m).flow;
+    m.conns.push((
+        flow,
+        ConnValue {
+            backend_id: 1,
+            flags: 0,
+            last_seen_ns: m.now,
+        },
+    ));
+    assert_eq!(
+        decide(&q, &m).backend.map(|(id, _, s)| (id, s)),
+        Some((1, Source::Connection))
+    );
 }
