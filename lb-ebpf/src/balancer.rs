@@ -16,8 +16,7 @@ use lb_common::{
         BACKEND_USABLE, CONN_CLOSED, FWD_DSR, FWD_NAT, FWD_TUNNEL, GUARD_CAUSE_NEW_FLOWS,
         GUARD_CAUSE_PACKETS, GUARD_CAUSE_SYN_ONLY, GuardCounts, GuardDenial, GuardKey,
         GuardSettings, HOP_RESOLVED, SCHED_IP_HASH, SCHED_ROUND_ROBIN, SETTINGS_DENY,
-        SETTINGS_GUARD, SETTINGS_NAT, SETTINGS_TRACE, ServiceSlot, VIP_FRAGMENTS_TCP,
-        VIP_FRAGMENTS_UDP,
+        SETTINGS_GUARD, SETTINGS_NAT, ServiceSlot, VIP_FRAGMENTS_TCP, VIP_FRAGMENTS_UDP,
     },
     proto,
 };
@@ -54,7 +53,7 @@ pub fn balance(ctx: &XdpContext) -> u32 {
     };
     let flags = SETTINGS.get(0).map_or(0, |settings| settings.flags);
     let packed = decide(ctx, scratch, flags);
-    if flags & SETTINGS_TRACE != 0 {
+    if flags & lb_common::maps::SETTINGS_TRACE != 0 {
         trace::record(ctx, scratch, packed);
     }
     packed & trace::ACTION_MASK
