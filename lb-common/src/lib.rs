@@ -10,6 +10,7 @@
 pub mod hash;
 pub mod maps;
 pub mod reason;
+pub mod trace;
 
 pub use maps::{
     Addr, BackendValue, ConnValue, Endpoint, FlowKey, FlowKeyV4, HopValue, IfaceValue, NO_BACKEND,
@@ -85,6 +86,12 @@ pub mod map_names {
     pub const VIP_FILTER: &str = "VIP_FILTER";
     /// Bitset over NAT backend addresses: a clear bit means "not a reply".
     pub const NAT_FILTER: &str = "NAT_FILTER";
+    /// `lb trace`: decisions, emitted only while a trace is attached.
+    pub const TRACE_EVENTS: &str = "TRACE_EVENTS";
+    /// `lb trace`: filters and rate limit, one entry.
+    pub const TRACE_SETTINGS: &str = "TRACE_SETTINGS";
+    /// `lb trace`: per-CPU rate-limit state and lost events.
+    pub const TRACE_STATE: &str = "TRACE_STATE";
     /// Benchmarks: `lb_floor_fwd`'s VIP and MACs (one entry).
     pub const FLOOR_HOP: &str = "FLOOR_HOP";
     /// Benchmarks: the frame to restore before each run.

@@ -311,6 +311,11 @@ pub const SETTINGS_DENY: u32 = 2;
 /// `GUARD_DENIED` lookup, so an unconfigured guard costs nothing.
 pub const SETTINGS_GUARD: u32 = 4;
 
+/// `Settings::flags`: a trace is attached (`lb trace`): the data path
+/// emits its decisions to `TRACE_EVENTS`. Without it, that costs the test
+/// of this bit.
+pub const SETTINGS_TRACE: u32 = 8;
+
 /// Value of the one-entry `GUARD_SETTINGS` array: the automatic guard's
 /// thresholds, each counted per source and VIP over a one-second window
 /// that starts with the source's first packet to that VIP. 0 turns a

@@ -33,6 +33,7 @@ use crate::{
     },
     packet::frame_len,
     parse::{Parsed, parse},
+    trace,
 };
 
 /// Decides what happens to the frame in `ctx`; returns the counted action.
@@ -48,9 +49,20 @@ pub fn balance(ctx: &XdpContext) -> u32 {
     let Some(scratch) = scratch() else {
         // The map has one entry per CPU by construction; if it were ever
         // missing, the frame is not ours to judge.
-        return finish(Ok(Verdict::pass(Reason::PassNoService)));
+        return finish(Ok(Verdict::pass(Reason::PassNoService))) & trace::ACTION_MASK;
     };
     let flags = SETTINGS.get(0).map_or(0, |settings| settings.flags);
+    let packed = decide(ctx, scratch, flags);
+    if flags & lb_common::maps::SETTINGS_TRACE != 0 {
+        trace::record(ctx, scratch, packed);
+    }
+    packed & trace::ACTION_MASK
+}
+
+/// [`balance`]'s decision: the counted action, with its reason above it
+/// (see [`finish`]).
+#[inline(always)]
+fn decide(ctx: &XdpContext, scratch: &mut Scratch, flags: u32) -> u32 {
     match parse(ctx, scratch).get() {
         Err(drop) => finish(Err(drop)),
         Ok(Parsed::NotIp) => finish(Ok(Verdict::pass(Reason::PassNonIp))),

@@ -30,6 +30,7 @@ mod icmp;
 mod maps;
 mod packet;
 mod parse;
+mod trace;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::Reason;
@@ -88,7 +89,9 @@ impl Status {
 }
 
 /// Counts a decision under its reason and returns its XDP action: the one
-/// place where errors become verdicts.
+/// place where errors become verdicts. The reason rides above the action
+/// (bits 8 and up) for `lb trace`; [`balancer::balance`] returns the action
+/// alone (`trace::ACTION_MASK`).
 #[inline(always)]
 pub(crate) fn finish(result: Result<Verdict, Drop>) -> u32 {
     let verdict = match result {
@@ -99,7 +102,7 @@ pub(crate) fn finish(result: Result<Verdict, Drop>) -> u32 {
         },
     };
     maps::count(verdict.reason);
-    verdict.action
+    verdict.action | ((verdict.reason as u32) << 8)
 }
 
 /// The load balancer, attached to the interfaces that receive VIP traffic.

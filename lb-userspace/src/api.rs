@@ -9,6 +9,8 @@
 //! | POST   | `/v1/drain`, `/v1/undrain` | body [`BackendChange`]; answers the backend's status |
 //! | POST   | `/v1/weight` | body [`BackendChange`] with `weight` |
 //! | GET    | `/v1/guard`  | [`crate::guard::GuardReport`]            |
+//! | POST   | `/v1/trace`  | body [`crate::trace::TracePoll`]; answers [`crate::trace::TraceBatch`] within a second |
+//! | POST   | `/v1/route`  | body [`crate::route::report::RouteRequest`]; answers [`crate::route::report::RouteReport`] |
 //! | POST   | `/v1/guard/deny`, `/v1/guard/allow` | body [`GuardChange`]; answers the guard report |
 //!
 //! Errors come back as `{"error": "..."}` with a 4xx / 5xx status. The
@@ -86,12 +88,22 @@ impl Server {
 
     /// Serves requests in the background until the process ends; the
     /// returned guard removes the socket file when dropped.
-    pub fn spawn(self, controller: ControllerHandle) -> anyhow::Result<SocketGuard> {
+    /// `trace` serves `lb trace` (`None`: refused, 503).
+    pub fn spawn(
+        self,
+        controller: ControllerHandle,
+        trace: Option<Arc<crate::trace::hub::Hub>>,
+    ) -> anyhow::Result<SocketGuard> {
         let guard = SocketGuard(self.path.clone());
         crate::http::spawn_unix(
             self.listener,
             limits(),
-            Arc::new(move |request: Request| route(&request, &controller)),
+            Arc::new(move |request: Request| {
+                if (request.method.as_str(), request.path.as_str()) == ("POST", "/v1/trace") {
+                    return trace_poll(&request, &controller, trace.as_deref());
+                }
+                route(&request, &controller)
+            }),
         )?;
         Ok(guard)
     }
@@ -104,6 +116,25 @@ pub struct SocketGuard(PathBuf);
 impl Drop for SocketGuard {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `POST /v1/trace`: one poll of the trace (waits up to a second).
+fn trace_poll(
+    request: &Request,
+    controller: &ControllerHandle,
+    hub: Option<&crate::trace::hub::Hub>,
+) -> Response {
+    let Some(hub) = hub else {
+        return Response::error(503, "tracing is not available in this lb run");
+    };
+    let poll: crate::trace::TracePoll = match serde_json::from_slice(&request.body) {
+        Ok(poll) => poll,
+        Err(error) => return Response::error(400, &format!("bad request body: {error}")),
+    };
+    match hub.poll(&poll, controller) {
+        Ok(batch) => json(&batch),
+        Err(error) => Response::error(500, &format!("{error:#}")),
     }
 }
 
@@ -142,6 +173,22 @@ fn route(request: &Request, controller: &ControllerHandle) -> Response {
             let done = controller
                 .call(move |c| c.override_backend(&change.service, &change.backend, weight));
             answer(done, overridden)
+        }
+        ("POST", "/v1/route") => {
+            let request: crate::route::report::RouteRequest =
+                match serde_json::from_slice(&request.body) {
+                    Ok(request) => request,
+                    Err(error) => {
+                        return Response::error(400, &format!("bad request body: {error}"));
+                    }
+                };
+            answer(
+                controller.call(move |c| crate::route::maps::answer(c, &request)),
+                |report| match report {
+                    Ok(report) => json(&report),
+                    Err(error) => Response::error(400, &error),
+                },
+            )
         }
         ("GET", "/v1/guard") => answer(controller.call(|c| c.guard_report()), |report| {
             json(&report)

@@ -143,13 +143,59 @@ pub enum Command {
         /// Take the control socket from this configuration.
         #[arg(short, long)]
         config: Option<PathBuf>,
-        /// Refresh every second in place, with per-second rates (like `top`);
-        /// with `--output json`, one JSON line per second.
+        /// Per-second rates every second: redrawn in place on a terminal
+        /// (like `top`), one block after another otherwise; with `--output
+        /// json`, one JSON object per second.
         #[arg(long)]
         watch: bool,
         /// With `--watch`: stop after this many refreshes.
         #[arg(long, requires = "watch")]
         count: Option<u64>,
+    },
+    /// Where a flow goes, and why: service, guard, connection table,
+    /// scheduler, backend and next hop, read from the maps the kernel reads.
+    #[command(
+        after_help = "Example:\n  lb route 198.51.100.7:40000 203.0.113.10:80\n  \
+                      lb route 198.51.100.7 203.0.113.10:53 udp\n  \
+                      lb route '[2001:db8:1::7]:40000' '[2001:db8:f::10]:80' --output json"
+    )]
+    Route {
+        /// The client: ADDR or ADDR:PORT ([ADDR]:PORT for IPv6).
+        #[arg(value_parser = parse_client)]
+        client: (std::net::IpAddr, Option<u16>),
+        /// The service: VIP:PORT ([VIP]:PORT for IPv6).
+        #[arg(value_parser = parse_vip)]
+        vip: std::net::SocketAddr,
+        /// The protocol.
+        #[arg(value_enum, default_value_t = RouteProtocol::Tcp)]
+        protocol: RouteProtocol,
+        /// Take the control socket from this configuration.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Live decisions of the data path (drops with `--drops`): time,
+    /// interface, 5-tuple, verdict reason, backend. The kernel emits them
+    /// only while a trace runs, rate-limited; lost events are shown.
+    #[command(
+        after_help = "Example:\n  lb trace --drops\n  lb trace --vip 203.0.113.10 --limit 20\n  \
+                      lb trace --source 198.51.100.0/24 --output json"
+    )]
+    Trace {
+        /// Only drops.
+        #[arg(long)]
+        drops: bool,
+        /// Only packets to this VIP (NAT replies, from a backend, are not).
+        #[arg(long, value_name = "ADDR")]
+        vip: Option<std::net::IpAddr>,
+        /// Only packets from this prefix or address.
+        #[arg(long, value_name = "PREFIX", value_parser = parse_prefix_arg)]
+        source: Option<ipnet::IpNet>,
+        /// Stop after this many events.
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
+        /// Take the control socket from this configuration.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
     },
     /// Drain a backend: no new connections go to it, established ones finish.
     ///
@@ -328,6 +374,32 @@ pub enum GuardAction {
     },
 }
 
+/// `lb route`'s protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RouteProtocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+/// `lb route`'s CLIENT: an address, with or without a port.
+fn parse_client(text: &str) -> Result<(std::net::IpAddr, Option<u16>), String> {
+    if let Ok(addr) = text.parse::<std::net::SocketAddr>() {
+        return Ok((addr.ip(), Some(addr.port())));
+    }
+    let bare = text.trim_start_matches('[').trim_end_matches(']');
+    bare.parse::<std::net::IpAddr>()
+        .map(|addr| (addr, None))
+        .map_err(|_| format!("{text:?} is not ADDR or ADDR:PORT ([ADDR]:PORT for IPv6)"))
+}
+
+/// `lb route`'s VIP:PORT.
+fn parse_vip(text: &str) -> Result<std::net::SocketAddr, String> {
+    text.parse()
+        .map_err(|_| format!("{text:?} is not VIP:PORT ([VIP]:PORT for IPv6)"))
+}
+
 fn parse_prefix_arg(text: &str) -> Result<ipnet::IpNet, String> {
     api::parse_prefix(text).ok_or_else(|| format!("{text:?} is not an address or a prefix"))
 }
@@ -369,6 +441,7 @@ impl From<api::ClientError> for Failure {
 }
 
 /// Entry point of the `lb` binary.
+#[allow(clippy::too_many_lines, reason = "one short arm per subcommand")]
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -405,6 +478,28 @@ pub fn main() -> ExitCode {
                 stats(&s, output)
             }
         }),
+        Command::Route {
+            client,
+            vip,
+            protocol,
+            config,
+        } => socket(cli.socket.as_deref(), config.as_deref())
+            .and_then(|s| route(&s, *client, *vip, *protocol, output)),
+        Command::Trace {
+            drops,
+            vip,
+            source,
+            limit,
+            config,
+        } => {
+            let filter = crate::trace::Filter {
+                drops: *drops,
+                vip: *vip,
+                source: *source,
+            };
+            socket(cli.socket.as_deref(), config.as_deref())
+                .and_then(|s| trace(&s, &filter, *limit, output))
+        }
         Command::Decap { action, interface } => decap(*action, interface, output),
         Command::Drain {
             service,
@@ -644,6 +739,22 @@ fn prepare_run(path: &Path) -> Result<(Config, crate::lock::InstanceLock), Failu
     Ok((config, lock))
 }
 
+/// SIGQUIT's stop, on the owner thread: hand HA over, withdraw the
+/// announced VIPs (no controller follows health from here on: the upstream
+/// sends them to the other balancers) and turn tracing off (the data plane
+/// stays; it must not go on emitting events nobody reads), but leave the
+/// data plane attached and pinned.
+fn leave_attached(mut c: Controller) {
+    c.stop_ha();
+    c.withdraw_all();
+    if let Err(error) = c.set_trace(None) {
+        tracing::warn!(error = %format!("{error:#}"), "turning the trace off");
+    }
+    // Kept to the end: the process exits next, and dropping would wait
+    // for the health probes in flight.
+    std::mem::forget(c);
+}
+
 /// `lb run`: [`prepare_run`], then the data plane, VRRP, the metrics
 /// listener and last the control socket — a failure there is undone before
 /// exit 2 (see [`Controller::start`]).
@@ -658,6 +769,7 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
         let outcome = controller.abandon();
         return Err(Failure::Runtime(error.context(outcome)));
     }
+    let trace_kernel = controller.take_trace().inspect_err(no_trace).ok();
     let (events, results) = std::sync::mpsc::channel();
     controller.start_health(events);
     controller.start_announce();
@@ -683,6 +795,7 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
             return Err(Failure::Runtime(error.context(outcome)));
         }
     };
+    let trace = start_trace(trace_kernel, &controller);
     spawn_ticker(controller.clone());
     spawn_hop_follower(controller.clone());
     spawn_agent_poller(controller.clone());
@@ -701,7 +814,9 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
             }
         }
     });
-    let server_guard = server.spawn(controller.clone()).map_err(Failure::Runtime)?;
+    let server_guard = server
+        .spawn(controller.clone(), trace)
+        .map_err(Failure::Runtime)?;
     tracing::info!(
         socket = %socket.display(),
         "running; SIGINT or SIGTERM stops, SIGHUP reloads, SIGQUIT exits leaving the data plane"
@@ -726,17 +841,7 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
             // last tables: the next `lb run` takes it over. The floating IPs
             // go first, as on SIGTERM: the peer takes them over, and two
             // hosts must never answer ARP for one address.
-            controller
-                .stop(|mut c| {
-                    c.stop_ha();
-                    // No controller will follow health from here on: the
-                    // upstream sends the VIPs to the other balancers.
-                    c.withdraw_all();
-                    // Kept to the end: the process exits next, and dropping
-                    // would wait for the health probes in flight.
-                    std::mem::forget(c);
-                })
-                .map_err(gone)?;
+            controller.stop(leave_attached).map_err(gone)?;
             tracing::info!("SIGQUIT: exiting, data plane left attached and pinned");
             drop(server_guard);
             return Ok(());
@@ -765,6 +870,21 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
     drop(server_guard);
     print_counters(&counters, output);
     Ok(())
+}
+
+/// The trace's reader thread, if the trace's maps were taken.
+fn start_trace(
+    kernel: Option<crate::trace::hub::Kernel>,
+    controller: &ControllerHandle,
+) -> Option<std::sync::Arc<crate::trace::hub::Hub>> {
+    crate::trace::hub::spawn(kernel?, controller.clone())
+        .inspect_err(no_trace)
+        .ok()
+}
+
+/// `lb run` goes on without `lb trace`, saying why.
+fn no_trace(error: &anyhow::Error) {
+    tracing::warn!(error = %format!("{error:#}"), "lb trace unavailable");
 }
 
 /// Once a second: dynamic weights and the guard's denials; every tenth:
@@ -1059,97 +1179,166 @@ fn stats(socket: &Path, output: Output) -> Result<(), Failure> {
     Ok(())
 }
 
-/// `lb stats --watch`: a live table of per-second rates, redrawn in place.
+/// `lb stats --watch`: per-second rates every second ([`crate::watch`]).
+/// On a terminal the table is redrawn in place; otherwise (a pipe, a file)
+/// each interval is printed after the last, without terminal escapes, under
+/// a line with its time. With `--output json`, one object per interval.
 fn watch_stats(socket: &Path, output: Output, count: Option<u64>) -> Result<(), Failure> {
-    let fetch = || -> Result<StatsReport, Failure> {
+    use std::io::Write as _;
+    let fetch = || -> Result<(StatsReport, std::time::Instant), Failure> {
         let value = api::get(socket, "/v1/stats")?;
+        let at = std::time::Instant::now();
         serde_json::from_value(value)
+            .map(|report| (report, at))
             .context("the controller's stats have an unexpected shape")
             .map_err(Failure::Runtime)
     };
-    let mut previous = fetch()?;
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let (mut previous, mut previous_at) = fetch()?;
     let mut shown = 0;
     while count.is_none_or(|count| shown < count) {
         std::thread::sleep(std::time::Duration::from_secs(1));
-        let current = fetch()?;
-        let rows = rates(&previous, &current);
-        match output {
-            Output::Json => {
-                let rows: Vec<serde_json::Value> = rows
-                    .iter()
-                    .map(|(name, pps, bps, fps)| {
-                        serde_json::json!({"name": name, "packets_per_second": pps,
-                                           "bytes_per_second": bps, "new_flows_per_second": fps})
-                    })
-                    .collect();
-                println!("{}", serde_json::json!({ "rates": rows }));
-            }
-            Output::Human => {
+        let (current, at) = fetch()?;
+        let report = crate::watch::rates(
+            &previous,
+            &current,
+            at.duration_since(previous_at).as_secs_f64(),
+        );
+        let mut stdout = std::io::stdout().lock();
+        let written = match output {
+            Output::Json => serde_json::to_string(&report)
+                .map_err(std::io::Error::other)
+                .and_then(|line| writeln!(stdout, "{line}")),
+            Output::Human if terminal => write!(
+                stdout,
                 // Home and clear: redraw in place, like `top`.
-                print!("\x1b[H\x1b[2J");
-                println!(
-                    "lb stats --watch ({}), per second; Ctrl-C to stop\n",
-                    socket.display()
-                );
-                println!(
-                    "{:<44} {:>12} {:>14} {:>10}",
-                    "", "packets/s", "bytes/s", "flows/s"
-                );
-                for (name, pps, bps, fps) in &rows {
-                    println!("{name:<44} {pps:>12} {bps:>14} {fps:>10}");
-                }
-            }
+                "\x1b[H\x1b[2Jlb stats --watch ({}), per second; Ctrl-C to stop\n\n{}",
+                socket.display(),
+                crate::watch::render(&report)
+            ),
+            Output::Human => writeln!(
+                stdout,
+                "{}\n{}",
+                crate::trace::utc_text(0, unix_now_ns()),
+                crate::watch::render(&report)
+            ),
+        };
+        if written.and_then(|()| stdout.flush()).is_err() {
+            // The reader went away (a closed pipe): done.
+            return Ok(());
         }
-        std::io::Write::flush(&mut std::io::stdout()).ok();
         previous = current;
+        previous_at = at;
         shown += 1;
     }
     Ok(())
 }
 
-/// Per-second rows (name, packets, bytes, new flows) between two reports
-/// one second apart: services, their backends (indented), then every
-/// verdict reason that moved.
-fn rates(previous: &StatsReport, current: &StatsReport) -> Vec<(String, u64, u64, u64)> {
-    let mut rows = Vec::new();
-    for service in &current.services {
-        let before = previous.services.iter().find(|s| s.name == service.name);
-        rows.push((
-            service.name.clone(),
-            service.packets - before.map_or(service.packets, |b| b.packets.min(service.packets)),
-            service.bytes - before.map_or(service.bytes, |b| b.bytes.min(service.bytes)),
-            service.new_flows
-                - before.map_or(service.new_flows, |b| b.new_flows.min(service.new_flows)),
-        ));
-        for backend in &service.backends {
-            let before = before.and_then(|b| {
-                b.backends
-                    .iter()
-                    .find(|x| x.address == backend.address && x.port == backend.port)
-            });
-            rows.push((
-                format!("  {}:{}", backend.address, backend.port),
-                backend.packets
-                    - before.map_or(backend.packets, |b| b.packets.min(backend.packets)),
-                backend.bytes - before.map_or(backend.bytes, |b| b.bytes.min(backend.bytes)),
-                backend.new_flows
-                    - before.map_or(backend.new_flows, |b| b.new_flows.min(backend.new_flows)),
-            ));
+/// Nanoseconds since the Unix epoch.
+fn unix_now_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(0))
+}
+
+/// `lb route`: asks the controller, which reads its maps.
+fn route(
+    socket: &Path,
+    (client, client_port): (std::net::IpAddr, Option<u16>),
+    vip: std::net::SocketAddr,
+    protocol: RouteProtocol,
+    output: Output,
+) -> Result<(), Failure> {
+    let request = crate::route::report::RouteRequest {
+        client,
+        client_port,
+        vip: vip.ip(),
+        port: vip.port(),
+        protocol: match protocol {
+            RouteProtocol::Tcp => "tcp",
+            RouteProtocol::Udp => "udp",
+        }
+        .into(),
+    };
+    let body = serde_json::to_value(&request)
+        .context("encoding the request")
+        .map_err(Failure::Runtime)?;
+    let value = api::post(socket, "/v1/route", &body)?;
+    if output == Output::Json {
+        println!("{value}");
+        return Ok(());
+    }
+    let report: crate::route::report::RouteReport = serde_json::from_value(value)
+        .context("the controller's route answer has an unexpected shape")
+        .map_err(Failure::Runtime)?;
+    crate::route::report::print(&report);
+    Ok(())
+}
+
+/// `lb trace`: polls the controller, prints each event as it comes, and
+/// how many were lost whenever that grows.
+fn trace(
+    socket: &Path,
+    filter: &crate::trace::Filter,
+    limit: Option<u64>,
+    output: Output,
+) -> Result<(), Failure> {
+    use std::io::Write as _;
+    let client = format!(
+        "{}-{}",
+        std::process::id(),
+        crate::dataplane::monotonic_ns()
+    );
+    let mut after = None;
+    let (mut shown, mut lost) = (0u64, 0u64);
+    if output == Output::Human {
+        eprintln!("tracing (Ctrl-C to stop)");
+    }
+    let mut stdout = std::io::stdout().lock();
+    loop {
+        let poll = crate::trace::TracePoll {
+            client: client.clone(),
+            after,
+            filter: filter.clone(),
+        };
+        let body = serde_json::to_value(&poll)
+            .context("encoding the request")
+            .map_err(Failure::Runtime)?;
+        let value = api::post(socket, "/v1/trace", &body)?;
+        let batch: crate::trace::TraceBatch = serde_json::from_value(value)
+            .context("the controller's trace has an unexpected shape")
+            .map_err(Failure::Runtime)?;
+        after = Some(batch.next);
+        if batch.lost > lost {
+            lost = batch.lost;
+            let _ = match output {
+                Output::Json => writeln!(stdout, "{}", serde_json::json!({ "lost": lost })),
+                Output::Human => {
+                    writeln!(stdout, "# {lost} events lost (rate limit or full buffer)")
+                }
+            };
+        }
+        for line in &batch.events {
+            if limit.is_some_and(|limit| shown >= limit) {
+                break;
+            }
+            let written = match output {
+                Output::Json => serde_json::to_string(line)
+                    .map_err(std::io::Error::other)
+                    .and_then(|text| writeln!(stdout, "{text}")),
+                Output::Human => writeln!(stdout, "{}", crate::trace::human(line)),
+            };
+            if written.is_err() {
+                // The reader went away (a closed pipe): done.
+                return Ok(());
+            }
+            shown += 1;
+        }
+        let _ = stdout.flush();
+        if limit.is_some_and(|limit| shown >= limit) {
+            return Ok(());
         }
     }
-    for (reason, packets) in &current.reasons {
-        let moved = packets
-            - previous
-                .reasons
-                .get(reason)
-                .copied()
-                .unwrap_or(0)
-                .min(*packets);
-        if moved > 0 {
-            rows.push((reason.clone(), moved, 0, 0));
-        }
-    }
-    rows
 }
 
 fn change_backend(

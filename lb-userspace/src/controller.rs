@@ -80,6 +80,8 @@ pub struct Controller {
     guard: crate::guard::Guard,
     /// `announce`: what BIRD was told, and the thread that tells it.
     announce: announcing::Announcing,
+    /// A client is tracing (`lb trace`): `SETTINGS_TRACE` is set.
+    trace: bool,
 }
 
 impl Controller {
@@ -196,6 +198,7 @@ impl Controller {
             started_with: Started::default(),
             guard: crate::guard::Guard::default(),
             announce: announcing::Announcing::default(),
+            trace: false,
         };
         controller.refresh_hops();
         Ok(controller)
@@ -787,6 +790,16 @@ impl Controller {
         Ok(())
     }
 
+    /// The loaded data plane, for readers of its maps (`lb route`).
+    pub fn dataplane(&self) -> &Dataplane {
+        &self.dataplane
+    }
+
+    /// The services and backends as last planned, with their map ids.
+    pub fn planned(&self) -> &[crate::plan::PlannedService] {
+        self.planner.planned()
+    }
+
     /// The status report (`lb status`).
     pub fn status(&self) -> StatusReport {
         let active = self.active_flows();
@@ -861,7 +874,31 @@ impl Controller {
         if !self.guard.runtime().is_empty() {
             settings.flags |= lb_common::maps::SETTINGS_DENY;
         }
+        if self.trace {
+            settings.flags |= lb_common::maps::SETTINGS_TRACE;
+        }
         settings
+    }
+
+    /// Turns the data path's trace on with `filter` (its filters and rate
+    /// limit written first), or off (`None`).
+    pub fn set_trace(
+        &mut self,
+        filter: Option<lb_common::trace::TraceSettings>,
+    ) -> anyhow::Result<()> {
+        if let Some(filter) = &filter {
+            self.dataplane.set_trace_settings(filter)?;
+        }
+        self.trace = filter.is_some();
+        let settings = self.settings_for(&self.config, self.tunnel_sources);
+        self.dataplane.set_settings(&settings)?;
+        tracing::info!(on = self.trace, "trace");
+        Ok(())
+    }
+
+    /// The trace's ring buffer and state, for its reader thread.
+    pub fn take_trace(&mut self) -> anyhow::Result<crate::trace::hub::Kernel> {
+        Ok(self.dataplane.take_trace()?)
     }
 
     /// Reads the automatic guard's denials from the data path: logs and

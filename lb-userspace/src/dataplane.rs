@@ -532,6 +532,33 @@ impl Dataplane {
         Ok(devmap.insert(ifindex, ifindex, None, 0)?)
     }
 
+    /// Writes `lb trace`'s filters and rate limit (read by the data path
+    /// only while `SETTINGS_TRACE` is set).
+    pub fn set_trace_settings(
+        &mut self,
+        trace: &lb_common::trace::TraceSettings,
+    ) -> Result<(), DataplaneError> {
+        let name = map_names::TRACE_SETTINGS;
+        let mut array: Array<&mut MapData, lb_common::trace::TraceSettings> =
+            Array::try_from(self.map_mut(name)?).map_err(map_error(name))?;
+        array.set(0, trace, 0).map_err(map_error(name))
+    }
+
+    /// Takes the trace's ring buffer and state out of the object, for the
+    /// thread that reads them (`crate::trace::hub`); once only.
+    pub fn take_trace(&mut self) -> Result<crate::trace::hub::Kernel, DataplaneError> {
+        let take = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name).ok_or(DataplaneError::MissingMap(name))
+        };
+        let events = take(&mut self.ebpf, map_names::TRACE_EVENTS)?;
+        let state = take(&mut self.ebpf, map_names::TRACE_STATE)?;
+        Ok(crate::trace::hub::Kernel {
+            events: aya::maps::RingBuf::try_from(events)
+                .map_err(map_error(map_names::TRACE_EVENTS))?,
+            state: PerCpuArray::try_from(state).map_err(map_error(map_names::TRACE_STATE))?,
+        })
+    }
+
     /// The verdict-reason counters, summed over CPUs.
     pub fn reason_counters(&self) -> Result<BTreeMap<Reason, u64>, DataplaneError> {
         let name = map_names::STATS_REASONS;
@@ -584,7 +611,9 @@ impl Dataplane {
         }))
     }
 
-    fn map(&self, name: &'static str) -> Result<&aya::maps::Map, DataplaneError> {
+    /// Map `name` of the loaded object, for readers outside this module
+    /// (`crate::route::maps`).
+    pub(crate) fn map(&self, name: &'static str) -> Result<&aya::maps::Map, DataplaneError> {
         self.ebpf.map(name).ok_or(DataplaneError::MissingMap(name))
     }
 

@@ -24,5 +24,8 @@ pub mod netlink;
 pub mod owner;
 pub mod plan;
 pub mod release;
+pub mod route;
 pub mod sysctl;
+pub mod trace;
 pub mod vrrp;
+pub mod watch;

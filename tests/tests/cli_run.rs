@@ -232,7 +232,7 @@ empty  udp 203.0.113.10:53  maglev / nat  active tier none: no usable backend
         "{as_nobody:?}"
     );
 
-    // The live view, as a script reads it: one line of rates per second.
+    // The live view, as a script reads it: one object of rates per second.
     let watch = bed.lb_command(&["stats", "--watch", "--count", "2", "--output", "json"]);
     assert!(watch.status.success(), "{watch:?}");
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&watch.stdout)
@@ -241,11 +241,11 @@ empty  udp 203.0.113.10:53  maglev / nat  active tier none: no usable backend
         .collect();
     assert_eq!(lines.len(), 2);
     assert!(
-        lines[0]["rates"]
+        lines[0]["services"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|r| r["name"] == "web")
+            .any(|s| s["name"] == "web")
     );
 
     let output = bed.stop_lb();
