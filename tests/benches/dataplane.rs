@@ -537,7 +537,7 @@ fn new_flows(harness: &Harness, service: u32) -> u64 {
 /// receiving stack is not measured. The kernel recycles pages that still
 /// hold the previous output, hence the wrapper for the floor too.
 fn packets_per_second(harness: &mut Harness) -> Vec<PpsRow> {
-    let lb0 = lb::controller::ifindex("lb0").expect("lb0");
+    let lb0 = lb::netlink::ifindex("lb0").expect("lb0");
     harness
         .dataplane
         .insert_iface(lb0, LB_MAC)

@@ -116,7 +116,7 @@ impl Harness {
         dataplane
             .insert_iface(TEST_IFINDEX, LB_MAC)
             .expect("register the test interface");
-        let egress = lb::controller::ifindex("lb0").expect("lb0");
+        let egress = lb::netlink::ifindex("lb0").expect("lb0");
         dataplane.insert_devmap(egress).expect("devmap");
         let sizes = dataplane.sizes();
         let mut planner = Planner::new(sizes.ring_size, sizes.services, sizes.backends);

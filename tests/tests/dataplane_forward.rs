@@ -695,7 +695,7 @@ fn round_robin_follows_the_weights_flow_by_flow() {
 #[test]
 fn a_backend_reached_on_the_same_interface_is_sent_with_xdp_tx() {
     let harness = Harness::new(CONFIG);
-    let lb0 = lb::controller::ifindex("lb0").unwrap();
+    let lb0 = lb::netlink::ifindex("lb0").unwrap();
     // Arriving on lb0 (to lb0's own MAC) for a DSR backend behind lb0.
     let mut input = frames::tcp4(CLIENT4, 40000, v4(11), 80);
     input[..6].copy_from_slice(&EGRESS_MAC);
