@@ -40,6 +40,7 @@
 //!   read to its `NLMSG_DONE` is refused with `EBUSY`. Dump datagrams are
 //!   filled up to the largest buffer `recvmsg` was given, at most ~32 KiB.
 
+mod address;
 mod codec;
 mod dump;
 #[cfg(all(test, target_endian = "little"))]
@@ -53,7 +54,7 @@ mod route;
 mod socket;
 mod uapi;
 
-pub use interface::{ifindex, mac_address};
+pub use interface::{ifindex, mac_address, primary_address};
 pub use monitor::Monitor;
 pub use request::Netlink;
 
@@ -350,6 +351,32 @@ pub struct Link {
     pub mtu: u32,
     /// Administratively up and running (`IFF_UP` and `IFF_RUNNING`).
     pub up: bool,
+}
+
+/// An address an interface holds, as `ip addr show` lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Address {
+    /// The interface holding it.
+    pub ifindex: u32,
+    /// The address and its prefix length.
+    pub address: ipnet::IpNet,
+    /// `RT_SCOPE_*`: 0 global, 253 link (IPv6 `fe80::/10`), 254 host.
+    pub scope: u8,
+    /// `IFA_F_*` flags (secondary, tentative, permanent, ...).
+    pub flags: u32,
+}
+
+impl Address {
+    /// Still in (or failed) duplicate address detection: the kernel will
+    /// not send from it yet.
+    pub fn tentative(&self) -> bool {
+        self.flags & (uapi::IFA_F_TENTATIVE | uapi::IFA_F_DADFAILED) != 0
+    }
+
+    /// An IPv6 link-local address (scope link).
+    pub fn link_local(&self) -> bool {
+        self.scope == uapi::RT_SCOPE_LINK && self.address.addr().is_ipv6()
+    }
 }
 
 // Literal bytes are little-endian: netlink uses the host's byte order.
