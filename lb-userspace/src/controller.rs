@@ -759,6 +759,7 @@ impl Controller {
                     reason: "no ha section in the configuration".into(),
                     transitions: 0,
                     invalid_packets: 0,
+                    ignored_packets: 0,
                 },
                 crate::ha::Ha::status,
             ),

@@ -1,6 +1,7 @@
 //! What a configuration asks of the host it runs on: the interfaces it
-//! names exist, and the HA interface has an IPv4 address to send VRRP
-//! from. `lb check` prints these as warnings (it may be run on another
+//! names exist, and the HA interface has an address to send VRRP from
+//! (IPv4, or IPv6 link-local for an instance whose floating IPs are all
+//! IPv6). `lb check` prints these as warnings (it may be run on another
 //! machine than the balancer); `lb run` refuses to start on them, before it
 //! changes anything.
 
@@ -32,13 +33,22 @@ pub fn problems(config: &Config) -> Vec<ConfigProblem> {
                 format!("no interface {:?} on this host", ha.interface),
             );
         } else {
-            match crate::ha::primary_ipv4(&ha.interface) {
+            let family =
+                crate::vrrp::Family::for_floating(ha.floating_ips.iter().map(ipnet::IpNet::addr));
+            let (netlink_family, what) = match family {
+                crate::vrrp::Family::V4 => (crate::netlink::Family::V4, "IPv4 address"),
+                crate::vrrp::Family::V6 => (
+                    crate::netlink::Family::V6,
+                    "IPv6 link-local address (its floating IPs are all IPv6, so VRRP runs \
+                     over IPv6)",
+                ),
+            };
+            match crate::netlink::primary_address(&ha.interface, netlink_family) {
                 Ok(Some(_)) => {}
                 Ok(None) => push(
                     "ha.interface".into(),
                     format!(
-                        "{} has no IPv4 address: VRRP advertisements are sent from its first \
-                         IPv4 address",
+                        "{} has no {what}: VRRP advertisements are sent from it",
                         ha.interface
                     ),
                 ),

@@ -482,6 +482,23 @@ pub struct Ha {
     /// Floating addresses the master holds.
     #[serde(default)]
     pub floating_ips: Vec<IpNet>,
+    /// keepalived's `garp_master_repeat`: how many gratuitous ARPs /
+    /// unsolicited neighbour advertisements announce each floating IP when
+    /// this balancer becomes master (the first as soon as the address is in
+    /// place), 1 to 100.
+    #[serde(default = "default_garp_repeat")]
+    pub garp_repeat: u32,
+    /// The spacing of those announcements (keepalived's
+    /// `garp_master_delay` for the repeats), at most 60 s.
+    #[serde(default = "default_garp_interval", with = "duration")]
+    pub garp_interval: Duration,
+}
+
+const fn default_garp_repeat() -> u32 {
+    3
+}
+const fn default_garp_interval() -> Duration {
+    Duration::from_millis(500)
 }
 
 const fn default_advert() -> Duration {

@@ -18,6 +18,12 @@ use super::{
 /// The longest `ha.preempt_delay`, keepalived's (1,000 s).
 pub const MAX_PREEMPT_DELAY: Duration = Duration::from_secs(1000);
 
+/// The most announcements (`ha.garp_repeat`) of a floating IP.
+pub const MAX_GARP_REPEAT: u32 = 100;
+
+/// The longest spacing (`ha.garp_interval`) of those announcements.
+pub const MAX_GARP_INTERVAL: Duration = Duration::from_mins(1);
+
 /// `guard.auto`: some threshold, none of them 0, and a denial of at least
 /// a second (the data path's window) and at most a day.
 fn check_guard_auto(auto: &GuardAuto, problems: &mut Problems) {
@@ -266,16 +272,46 @@ pub(super) fn check_ha(ha: &Ha, problems: &mut Problems) {
             ),
         );
     }
+    let family = crate::vrrp::Family::for_floating(ha.floating_ips.iter().map(ipnet::IpNet::addr));
+    check_ha_peers(ha, family, problems);
+    check_ha_announcements(ha, problems);
+    let advertised = ha
+        .floating_ips
+        .iter()
+        .filter(|ip| crate::vrrp::Family::of(ip.addr()) == family)
+        .count();
+    if advertised > 255 {
+        problems.push(
+            "ha.floating_ips",
+            format!(
+                "{advertised} {} addresses: one VRRP advertisement holds at most 255",
+                if family == crate::vrrp::Family::V4 {
+                    "IPv4"
+                } else {
+                    "IPv6"
+                }
+            ),
+        );
+    }
+}
+
+/// `ha.unicast_peers`: unicast addresses of the family the instance
+/// advertises in.
+fn check_ha_peers(ha: &Ha, family: crate::vrrp::Family, problems: &mut Problems) {
     for (i, peer) in ha.unicast_peers.iter().enumerate() {
         let at = format!("ha.unicast_peers[{i}]");
-        if peer.is_ipv6() {
-            problems.push(
-                at,
-                format!(
-                    "{peer}: IPv6 peers are not supported, lb sends VRRP advertisements over \
-                     IPv4 only; give the peer's IPv4 address on ha.interface"
-                ),
-            );
+        if crate::vrrp::Family::of(*peer) != family {
+            let why = match family {
+                crate::vrrp::Family::V4 => {
+                    "this instance advertises over IPv4 (its floating IPs are not all IPv6): \
+                     give the peer's IPv4 address on ha.interface"
+                }
+                crate::vrrp::Family::V6 => {
+                    "this instance advertises over IPv6 (its floating IPs are all IPv6): \
+                     give the peer's IPv6 address on ha.interface"
+                }
+            };
+            problems.push(at, format!("{peer}: {why}"));
         } else if peer.is_unspecified() || peer.is_multicast() || peer.is_loopback() {
             problems.push(
                 at,
@@ -285,15 +321,28 @@ pub(super) fn check_ha(ha: &Ha, problems: &mut Problems) {
             );
         }
     }
-    let v4 = ha
-        .floating_ips
-        .iter()
-        .filter(|ip| ip.addr().is_ipv4())
-        .count();
-    if v4 > 255 {
+}
+
+/// `ha.garp_repeat` and `ha.garp_interval`.
+fn check_ha_announcements(ha: &Ha, problems: &mut Problems) {
+    if ha.garp_repeat == 0 || ha.garp_repeat > MAX_GARP_REPEAT {
         problems.push(
-            "ha.floating_ips",
-            format!("{v4} IPv4 addresses: one VRRP advertisement holds at most 255"),
+            "ha.garp_repeat",
+            format!(
+                "{} announcements: use 1 to {MAX_GARP_REPEAT} (a new master announces each \
+                 floating IP this many times)",
+                ha.garp_repeat
+            ),
+        );
+    }
+    if ha.garp_interval > MAX_GARP_INTERVAL {
+        problems.push(
+            "ha.garp_interval",
+            format!(
+                "{} is over {}",
+                humantime::format_duration(ha.garp_interval),
+                humantime::format_duration(MAX_GARP_INTERVAL)
+            ),
         );
     }
 }
@@ -610,18 +659,65 @@ ha:
     }
 
     #[test]
-    fn ha_ipv6_unicast_peers_are_refused_not_dropped() {
+    fn ha_unicast_peers_are_of_the_advertisements_family() {
+        // IPv4 floating IPs: VRRP over IPv4, an IPv6 peer is refused.
         let problems = ha_problems(|ha| ha.replace("[192.0.2.2]", "[192.0.2.2, '2001:db8::2']"));
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].0, "ha.unicast_peers[1]");
         assert_eq!(problems[0].1, Some(17));
         assert!(
-            problems[0].2.contains("IPv6 peers are not supported"),
+            problems[0].2.contains("advertises over IPv4"),
             "{}",
             problems[0].2
         );
+        // IPv6 floating IPs: VRRP over IPv6, IPv6 peers accepted (global or
+        // link-local), an IPv4 one refused.
+        let v6 = |ha: &str| ha.replace("[203.0.113.10/24]", "['2001:db8::fe/64']");
+        let problems =
+            ha_problems(|ha| v6(ha).replace("[192.0.2.2]", "['2001:db8::2', 'fe80::2']"));
+        assert_eq!(problems, [], "{problems:?}");
+        let problems =
+            ha_problems(|ha| v6(ha).replace("[192.0.2.2]", "['2001:db8::2', 192.0.2.2]"));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "ha.unicast_peers[1]");
+        assert!(
+            problems[0].2.contains("advertises over IPv6"),
+            "{}",
+            problems[0].2
+        );
+        let problems = ha_problems(|ha| v6(ha).replace("[192.0.2.2]", "['ff02::12']"));
+        assert_eq!(problems[0].0, "ha.unicast_peers[0]", "{problems:?}");
         let problems = ha_problems(|ha| ha.replace("[192.0.2.2]", "[224.0.0.18]"));
         assert_eq!(problems[0].0, "ha.unicast_peers[0]", "{problems:?}");
+    }
+
+    #[test]
+    fn ha_garp_repeat_and_interval_are_bounded() {
+        let garp = |repeat: &str, interval: &str| {
+            ha_problems(|ha| {
+                ha.replace(
+                    "preempt: true",
+                    &format!("preempt: true\n  garp_repeat: {repeat}\n  garp_interval: {interval}"),
+                )
+            })
+        };
+        assert_eq!(garp("5", "100ms"), []);
+        assert_eq!(garp("1", "0s"), []);
+        for (repeat, interval, path) in [
+            ("0", "100ms", "ha.garp_repeat"),
+            ("101", "100ms", "ha.garp_repeat"),
+            ("3", "61s", "ha.garp_interval"),
+        ] {
+            let problems = garp(repeat, interval);
+            assert_eq!(problems.len(), 1, "{repeat} {interval}: {problems:?}");
+            assert_eq!(problems[0].0, path);
+        }
+        let config = Config::parse(&format!("{MINIMAL}{HA}")).unwrap();
+        let ha = config.ha.unwrap();
+        assert_eq!(
+            (ha.garp_repeat, ha.garp_interval),
+            (3, Duration::from_millis(500))
+        );
     }
 
     #[test]
