@@ -529,6 +529,8 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
         let outcome = controller.abandon();
         return Err(Failure::Runtime(error.context(outcome)));
     }
+    // The signal thread starts the hand-over itself: the owner may be busy.
+    let hand_over = controller.ha_hand_over();
     let (events, results) = std::sync::mpsc::channel();
     controller.start_health(events);
     // From here on one thread owns the controller; every other thread
@@ -596,6 +598,9 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
             // last tables: the next `lb run` takes it over. The floating IPs
             // go first, as on SIGTERM: the peer takes them over, and two
             // hosts must never answer ARP for one address.
+            if let Some(hand_over) = &hand_over {
+                hand_over.request();
+            }
             controller
                 .stop(|mut c| {
                     c.stop_ha();
@@ -609,6 +614,9 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
             return Ok(());
         }
         tracing::info!(signal, "stopping");
+        if let Some(hand_over) = &hand_over {
+            hand_over.request();
+        }
         break;
     }
     // The owner's last job: hand over HA first, then the clean stop.

@@ -613,6 +613,12 @@ impl Controller {
         Ok(())
     }
 
+    /// A handle that starts VRRP's hand-over from another thread at once
+    /// (`None` without HA); [`Controller::stop_ha`] waits for it.
+    pub fn ha_hand_over(&self) -> Option<crate::ha::HandOver> {
+        self.ha.as_ref().map(crate::ha::Ha::hand_over)
+    }
+
     /// Hands over (a master sends priority 0 and drops its floating IPs).
     pub fn stop_ha(&mut self) {
         if let Some(ha) = self.ha.take() {

@@ -16,9 +16,11 @@
 //!
 //! "Holds the address" is measured in the backup's namespace by binding a
 //! socket to the floating IP every millisecond (bind fails with
-//! `EADDRNOTAVAIL` until the kernel has the address). The bounds asserted
-//! carry an allowance for scheduling on a loaded 2-core VM (takeovers: the
-//! median within the RFC time + 150 ms, every one within it + 1 s); the
+//! `EADDRNOTAVAIL` until the kernel has the address). The median takeover
+//! is held to issue 10's bound (SIGTERM: `Skew_Time` + 20 ms; SIGKILL:
+//! `Master_Down_Interval` + 50 ms); every one only to the RFC time + 1 s,
+//! since single rounds on a loaded 2-core VM (load average ~10) run up to
+//! ~50 ms over the median — the watcher here is scheduled too. The
 //! figures themselves are printed. The tests here run one at a time, so they do not
 //! time each other.
 
@@ -46,10 +48,13 @@ const GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
 /// The advertisement interval the balancers use.
 const ADVERT: Duration = Duration::from_millis(100);
 
-/// What a median takeover may take beyond the RFC's time: the signal's
-/// delivery, the stop request's poll, `ip addr`, scheduling on a busy VM.
-const MEDIAN_ALLOWANCE: Duration = Duration::from_millis(150);
-/// What any one takeover may take beyond it.
+/// What a median SIGTERM handover may take beyond the backup's
+/// `Skew_Time` (issue 10): the signal's delivery, the priority-0
+/// advertisement, the address added.
+const SIGTERM_ALLOWANCE: Duration = Duration::from_millis(20);
+/// What a median SIGKILL takeover may take beyond `Master_Down_Interval`.
+const SIGKILL_ALLOWANCE: Duration = Duration::from_millis(50);
+/// What any one takeover may take beyond the RFC's time.
 const EVERY_ALLOWANCE: Duration = Duration::from_secs(1);
 
 /// One timing test at a time: they share two cores.
@@ -399,10 +404,10 @@ fn spread(samples: &[Duration]) -> String {
 /// the master between rounds (it preempts), and every fourth round
 /// restarts the backup first, so its takeover is the first after a fresh
 /// `lb run`. The median takeover, of all and of those by a fresh backup,
-/// must be within `rfc` + [`MEDIAN_ALLOWANCE`], every one within `rfc` +
+/// must be within `rfc` + `allowance`, every one within `rfc` +
 /// [`EVERY_ALLOWANCE`] (an outlier of a loaded VM, not a slow path such as
 /// keepalived's 2.4 s after a restart).
-fn takeover_timing(tag: &str, signal: i32, how: &str, rfc: Duration) {
+fn takeover_timing(tag: &str, signal: i32, how: &str, rfc: Duration, allowance: Duration) {
     let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
     let mut bed = HaBed::new(tag, [150, 100], false);
     bed.pair();
@@ -448,7 +453,7 @@ fn takeover_timing(tag: &str, signal: i32, how: &str, rfc: Duration) {
         bed.wait_backup_of_1();
     }
     let all: Vec<Duration> = warm.iter().chain(&fresh).copied().collect();
-    let (median_bound, bound) = (rfc + MEDIAN_ALLOWANCE, rfc + EVERY_ALLOWANCE);
+    let (median_bound, bound) = (rfc + allowance, rfc + EVERY_ALLOWANCE);
     println!(
         "{how}: backup holds the address after the signal: {}; RFC time {rfc:.1?}, \
          median bound {median_bound:.1?}, bound {bound:.1?}",
@@ -482,12 +487,24 @@ fn takeover_timing(tag: &str, signal: i32, how: &str, rfc: Duration) {
 /// backup takes over after its `Skew_Time` (61 ms at priority 100).
 #[test]
 fn sigterm_handover_within_the_skew_time() {
-    takeover_timing("t", libc::SIGTERM, "SIGTERM handover", skew(100));
+    takeover_timing(
+        "t",
+        libc::SIGTERM,
+        "SIGTERM handover",
+        skew(100),
+        SIGTERM_ALLOWANCE,
+    );
 }
 
 /// SIGKILL: nothing is sent; the backup takes over when its
 /// `Master_Down_Interval` (361 ms) passes without an advertisement.
 #[test]
 fn sigkill_takeover_within_the_master_down_interval() {
-    takeover_timing("k", libc::SIGKILL, "SIGKILL takeover", master_down(100));
+    takeover_timing(
+        "k",
+        libc::SIGKILL,
+        "SIGKILL takeover",
+        master_down(100),
+        SIGKILL_ALLOWANCE,
+    );
 }

@@ -122,12 +122,31 @@ impl Ha {
             .map_or_else(|p| p.into_inner().clone(), |v| v.clone())
     }
 
+    /// A handle that starts the hand-over from any thread, at once.
+    pub fn hand_over(&self) -> HandOver {
+        HandOver(Arc::clone(&self.wake))
+    }
+
     /// Hands over (priority-0 advertisement, floating IPs removed) and ends.
     pub fn stop(mut self) {
         self.wake.set();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// Starts a running [`Ha`]'s hand-over (priority-0 advertisement, then
+/// the floating IPs removed) without waiting for it: the signal thread
+/// uses it so the hand-over does not queue behind the controller's work.
+/// [`Ha::stop`] still waits for the end.
+#[derive(Clone, Debug)]
+pub struct HandOver(Arc<Wake>);
+
+impl HandOver {
+    /// Wakes the VRRP thread to hand over and end.
+    pub fn request(&self) {
+        self.0.set();
     }
 }
 
