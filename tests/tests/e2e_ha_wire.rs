@@ -51,21 +51,8 @@ impl Pair {
             side.addr("eth0", &format!("2001:db8::{i}/64"));
         }
         let ha = ha(link_local(&peer));
-        let pid = std::process::id();
-        let socket = format!("/run/lb/haw-{tag}-{pid}.sock");
-        let instance = format!("haw{tag}x{pid}");
-        let config = TempFile::new(
-            &format!("haw-{tag}.yaml"),
-            &format!(
-                "instance: {instance}\ninterfaces: [{{ name: eth0 }}]\nservices:\n\
-                 \x20 - {{ name: web, vip: 203.0.113.11, port: 80, protocol: tcp, forwarding: dsr, \
-                 backends: [{{ address: 192.0.2.11 }}] }}\n\
-                 ha: {{ interface: eth0, virtual_router_id: {VRID}, advert_interval: 100ms, {ha} }}\n\
-                 control: {{ socket: {socket} }}\n"
-            ),
-        );
         Self {
-            lb: LbRun::new(ns, config, socket, instance),
+            lb: balancer(ns, tag, &ha),
             peer,
         }
     }
@@ -81,6 +68,25 @@ impl Pair {
             self.ha()
         );
     }
+}
+
+/// `lb run` in `ns` (not started), with one DSR service and the ha keys
+/// `ha` (flow style, without braces) for VRID 53.
+fn balancer(ns: Netns, tag: &str, ha: &str) -> LbRun {
+    let pid = std::process::id();
+    let socket = format!("/run/lb/haw-{tag}-{pid}.sock");
+    let instance = format!("haw{tag}x{pid}");
+    let config = TempFile::new(
+        &format!("haw-{tag}.yaml"),
+        &format!(
+            "instance: {instance}\ninterfaces: [{{ name: eth0 }}]\nservices:\n\
+             \x20 - {{ name: web, vip: 203.0.113.11, port: 80, protocol: tcp, forwarding: dsr, \
+             backends: [{{ address: 192.0.2.11 }}] }}\n\
+             ha: {{ interface: eth0, virtual_router_id: {VRID}, advert_interval: 100ms, {ha} }}\n\
+             control: {{ socket: {socket} }}\n"
+        ),
+    );
+    LbRun::new(ns, config, socket, instance)
 }
 
 /// The `ha` keys of an IPv6 instance, multicast or with a unicast `peer`.
@@ -304,6 +310,56 @@ fn ipv6_lb_master_keepalived_backup_multicast() {
 #[test]
 fn ipv6_lb_master_keepalived_backup_unicast() {
     lb_master_keepalived_backup("lu", true);
+}
+
+/// Two balancers over IPv6 unicast, each naming the other's global
+/// address: the higher priority is master, the other its backup (naming
+/// the master's link-local address, the source of its advertisements);
+/// on SIGTERM the backup takes the addresses on the priority-0
+/// advertisement.
+#[test]
+fn two_balancers_over_ipv6_unicast_hand_over_on_sigterm() {
+    let (a, b) = (Netns::new("uua"), Netns::new("uub"));
+    veth(&a, "eth0", &b, "eth0");
+    a.addr("eth0", "2001:db8::1/64");
+    b.addr("eth0", "2001:db8::2/64");
+    let master = link_local(&a).to_string();
+    let mut first = balancer(a, "uu1", &ha_v6(150, Some("2001:db8::2".parse().unwrap())));
+    let mut second = balancer(b, "uu2", &ha_v6(100, Some("2001:db8::1".parse().unwrap())));
+    first.start();
+    assert!(
+        wait_until(Duration::from_secs(10), || first.ha_state() == "master"),
+        "the first balancer never became master"
+    );
+    second.start();
+    let ha = |lb: &LbRun| lb.status()["ha"].clone();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let ha = ha(&second);
+            ha["state"] == "backup" && ha["peer"] == master.as_str()
+        }),
+        "no backup of {master}: {}",
+        ha(&second)
+    );
+    assert!(holds_v6(&first.ns) && !holds_v6(&second.ns));
+    let stopped_at = Instant::now();
+    assert!(first.stop(libc::SIGTERM).status.success());
+    assert!(
+        wait_until(Duration::from_secs(5), || second.ha_state() == "master"),
+        "the backup did not take over: {}",
+        ha(&second)
+    );
+    assert!(wait_until(Duration::from_secs(5), || holds_v6(&second.ns)));
+    assert!(
+        !holds_v6(&first.ns),
+        "the stopped balancer kept the address"
+    );
+    let reason = ha(&second)["reason"].as_str().unwrap_or("").to_string();
+    println!(
+        "IPv6 unicast lb → lb: master {:?} after SIGTERM ({reason})",
+        stopped_at.elapsed()
+    );
+    assert!(reason.starts_with("priority 0"), "{reason}");
 }
 
 /// Sends `payload` as IPv6 next header 112 from `ns`'s eth0, from `src`,
