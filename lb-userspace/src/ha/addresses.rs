@@ -79,7 +79,10 @@ impl Addresses {
         };
         let thread = std::thread::Builder::new()
             .name("ha-addresses".into())
-            .spawn(move || worker.run(&received))
+            .spawn(move || {
+                super::realtime("ha-addresses");
+                worker.run(&received);
+            })
             .context("ha: starting the address thread")?;
         Ok(Self {
             commands: Some(commands),

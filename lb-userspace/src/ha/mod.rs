@@ -100,6 +100,7 @@ impl Ha {
         let thread = std::thread::Builder::new()
             .name("ha-vrrp".into())
             .spawn(move || {
+                realtime("ha-vrrp");
                 let actions = router.start(Instant::now());
                 link.carry_out(&socket, &router, &actions, &shared);
                 run(&mut router, &socket, &link, &shared, &woken);
@@ -340,6 +341,27 @@ impl Link {
                 view.transitions += 1;
             }
         }
+    }
+}
+
+/// Puts the calling thread in the lowest real-time class (`SCHED_FIFO`
+/// priority 1), as keepalived's `vrrp_rt_priority` does for its VRRP
+/// process: on a loaded host a normal thread can wait tens of
+/// milliseconds for a CPU, which a takeover bounded by `Skew_Time` +
+/// 20 ms cannot afford. The HA threads block in `ppoll` / `recv` between
+/// events and do little work per event, so they cannot starve the host
+/// (and the kernel throttles real-time threads at 95 % of a CPU anyway).
+/// Best effort: without the privilege the thread stays as it was.
+fn realtime(thread: &str) {
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: sets the calling thread's own policy from a valid
+    // sched_param.
+    let rc = unsafe {
+        libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &raw const param)
+    };
+    if rc != 0 {
+        tracing::debug!(thread, error = %std::io::Error::from_raw_os_error(rc),
+            "ha: no real-time scheduling; timing depends on the host's load");
     }
 }
 
