@@ -383,6 +383,7 @@ impl Address {
 #[cfg(all(test, target_endian = "little"))]
 mod tests {
     use super::*;
+    use crate::netlink::address::decode_address;
     use crate::netlink::codec::{decode_error, messages};
     use crate::netlink::fixtures::*;
     use crate::netlink::link::decode_link;
@@ -399,6 +400,7 @@ mod tests {
             let _ = decode_route(ROUTE_REPLY.get(16..cut).unwrap_or_default());
             let _ = decode_neighbour(NEIGHBOUR_REPLY.get(16..cut.min(76)).unwrap_or_default());
             let _ = decode_link(ROUTE_REPLY.get(16..cut).unwrap_or_default());
+            let _ = decode_address(ROUTE_REPLY.get(16..cut).unwrap_or_default());
             let _ = decode_error(0, ENOENT_REPLY.get(16..cut.min(56)).unwrap_or_default());
         }
         assert_eq!(decode_route(&[2, 32]), Err(DecodeError::Truncated("rtmsg")));
@@ -432,6 +434,7 @@ mod tests {
             let _ = decode_route(garbage);
             let _ = decode_neighbour(garbage);
             let _ = decode_link(garbage);
+            let _ = decode_address(garbage);
             let _ = decode_error(0, garbage);
             let _ = decode_error(uapi::NLM_F_ACK_TLVS, garbage);
             let _ = count_notifications(garbage);
