@@ -360,8 +360,8 @@ fn realtime(thread: &str) {
         libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &raw const param)
     };
     if rc != 0 {
-        tracing::debug!(thread, error = %std::io::Error::from_raw_os_error(rc),
-            "ha: no real-time scheduling; timing depends on the host's load");
+        tracing::info!(thread, error = %std::io::Error::from_raw_os_error(rc),
+            "ha: no real-time scheduling; takeover times depend on the host's load");
     }
 }
 
