@@ -755,6 +755,20 @@ fn leave_attached(mut c: Controller) {
     std::mem::forget(c);
 }
 
+/// The metrics endpoint (if configured), then the control socket: once
+/// it answers, the data plane is ready.
+fn listen(
+    metrics: Option<std::net::SocketAddr>,
+    controller: &crate::owner::ControllerHandle,
+    socket: &Path,
+) -> anyhow::Result<api::Server> {
+    if let Some(address) = metrics {
+        crate::metrics::serve(address, controller.clone())?;
+        tracing::info!(%address, "metrics at /metrics");
+    }
+    api::Server::bind(socket)
+}
+
 /// `lb run`: [`prepare_run`], then the data plane, VRRP, the metrics
 /// listener and last the control socket — a failure there is undone before
 /// exit 2 (see [`Controller::start`]).
@@ -770,6 +784,8 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
         return Err(Failure::Runtime(error.context(outcome)));
     }
     let trace_kernel = controller.take_trace().inspect_err(no_trace).ok();
+    // The signal thread starts the hand-over itself: the owner may be busy.
+    let hand_over = controller.ha_hand_over();
     let (events, results) = std::sync::mpsc::channel();
     controller.start_health(events);
     controller.start_announce();
@@ -779,14 +795,7 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
         .context("starting the controller thread")
         .map_err(Failure::Runtime)?;
     // The control socket last: once it answers, the data plane is ready.
-    let listening = metrics_address
-        .map_or(Ok(()), |address| {
-            crate::metrics::serve(address, controller.clone())?;
-            tracing::info!(%address, "metrics at /metrics");
-            Ok(())
-        })
-        .and_then(|()| api::Server::bind(&socket));
-    let server = match listening {
+    let server = match listen(metrics_address, &controller, &socket) {
         Ok(server) => server,
         Err(error) => {
             let outcome = controller
@@ -841,12 +850,18 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
             // last tables: the next `lb run` takes it over. The floating IPs
             // go first, as on SIGTERM: the peer takes them over, and two
             // hosts must never answer ARP for one address.
+            for hand_over in &hand_over {
+                hand_over.request();
+            }
             controller.stop(leave_attached).map_err(gone)?;
             tracing::info!("SIGQUIT: exiting, data plane left attached and pinned");
             drop(server_guard);
             return Ok(());
         }
         tracing::info!(signal, "stopping");
+        for hand_over in &hand_over {
+            hand_over.request();
+        }
         break;
     }
     // The owner's last job: hand over HA first, then the clean stop.

@@ -661,6 +661,13 @@ impl Controller {
         Ok(())
     }
 
+    /// Handles that start VRRP's hand-over of every instance from another
+    /// thread at once (empty without HA); [`Controller::stop_ha`] waits for
+    /// them.
+    pub fn ha_hand_over(&self) -> Vec<crate::ha::HandOver> {
+        self.ha.iter().map(crate::ha::Ha::hand_over).collect()
+    }
+
     /// Hands over (a master sends priority 0 and drops its floating IPs),
     /// every instance at once.
     pub fn stop_ha(&mut self) {

@@ -1,6 +1,7 @@
 //! What a configuration asks of the host it runs on: the interfaces it
-//! names exist, and the HA interface has an IPv4 address to send VRRP
-//! from. `lb check` prints these as warnings (it may be run on another
+//! names exist, and the HA interface has an address to send VRRP from
+//! (IPv4, or IPv6 link-local for an instance whose floating IPs are all
+//! IPv6). `lb check` prints these as warnings (it may be run on another
 //! machine than the balancer); `lb run` refuses to start on them, before it
 //! changes anything.
 
@@ -26,29 +27,37 @@ pub fn problems(config: &Config) -> Vec<ConfigProblem> {
         }
     }
     let sections = config.ha.iter().map(|ha| (ha, ha.instances()));
-    let mut seen: Vec<String> = Vec::new();
+    let mut seen: Vec<(String, crate::vrrp::Family)> = Vec::new();
     for (ha, instances) in sections {
         for (i, instance) in instances.iter().enumerate() {
             let interface = &instance.interface;
-            if seen.contains(interface) {
+            let family = crate::vrrp::Family::for_floating(
+                instance.floating_ips.iter().map(ipnet::IpNet::addr),
+            );
+            if seen.contains(&(interface.clone(), family)) {
                 continue;
             }
-            seen.push(interface.clone());
+            seen.push((interface.clone(), family));
             let path = ha.path_of(i, "interface");
             if crate::netlink::ifindex(interface).is_err() {
                 push(path, format!("no interface {interface:?} on this host"));
-            } else {
-                match crate::ha::primary_ipv4(interface) {
-                    Ok(Some(_)) => {}
-                    Ok(None) => push(
-                        path,
-                        format!(
-                            "{interface} has no IPv4 address: VRRP advertisements are sent from its \
-                         first IPv4 address"
-                        ),
-                    ),
-                    Err(error) => push(path, format!("{error:#}")),
-                }
+                continue;
+            }
+            let (netlink_family, what) = match family {
+                crate::vrrp::Family::V4 => (crate::netlink::Family::V4, "IPv4 address"),
+                crate::vrrp::Family::V6 => (
+                    crate::netlink::Family::V6,
+                    "IPv6 link-local address (the instance's floating IPs are all IPv6, so \
+                     VRRP runs over IPv6)",
+                ),
+            };
+            match crate::netlink::primary_address(interface, netlink_family) {
+                Ok(Some(_)) => {}
+                Ok(None) => push(
+                    path,
+                    format!("{interface} has no {what}: VRRP advertisements are sent from it"),
+                ),
+                Err(error) => push(path, format!("{error:#}")),
             }
         }
     }

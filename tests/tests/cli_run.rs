@@ -501,7 +501,7 @@ fn check_lists_every_ha_and_type_problem_at_once_and_warns_about_the_host() {
         "line 7: ha.virtual_router_id",
         "line 8: ha.priority",
         "line 9: ha.advert_interval",
-        "line 10: ha.unicast_peers[0]: 2001:db8::2: IPv6 peers are not supported",
+        "line 10: ha.unicast_peers[0]: 2001:db8::2: this instance advertises over IPv4",
     ] {
         assert!(stderr.contains(expected), "no {expected:?} in:\n{stderr}");
     }

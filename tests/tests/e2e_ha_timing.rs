@@ -16,10 +16,10 @@
 //!
 //! "Holds the address" is measured in the backup's namespace by binding a
 //! socket to the floating IP every millisecond (bind fails with
-//! `EADDRNOTAVAIL` until the kernel has the address). The bounds asserted
-//! carry an allowance for scheduling on a loaded 2-core VM (takeovers: the
-//! median within the RFC time + 150 ms, every one within it + 1 s); the
-//! figures themselves are printed. The tests here run one at a time, so they do not
+//! `EADDRNOTAVAIL` until the kernel has the address), from a real-time
+//! thread (lb's HA threads are real-time too). Every takeover is held to
+//! issue 10's bound (SIGTERM: `Skew_Time` + 20 ms; SIGKILL:
+//! `Master_Down_Interval` + 50 ms); the figures themselves are printed. The tests here run one at a time, so they do not
 //! time each other.
 
 use std::{
@@ -46,11 +46,12 @@ const GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
 /// The advertisement interval the balancers use.
 const ADVERT: Duration = Duration::from_millis(100);
 
-/// What a median takeover may take beyond the RFC's time: the signal's
-/// delivery, the stop request's poll, `ip addr`, scheduling on a busy VM.
-const MEDIAN_ALLOWANCE: Duration = Duration::from_millis(150);
-/// What any one takeover may take beyond it.
-const EVERY_ALLOWANCE: Duration = Duration::from_secs(1);
+/// What a SIGTERM handover may take beyond the backup's `Skew_Time`
+/// (issue 10): the signal's delivery, the priority-0 advertisement, the
+/// address added.
+const SIGTERM_ALLOWANCE: Duration = Duration::from_millis(20);
+/// What a SIGKILL takeover may take beyond `Master_Down_Interval`.
+const SIGKILL_ALLOWANCE: Duration = Duration::from_millis(50);
 
 /// One timing test at a time: they share two cores.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -214,6 +215,16 @@ fn holds_gateway() -> bool {
 /// instant it saw it.
 fn watch(ns: &Netns, present: bool) -> std::thread::JoinHandle<Option<Instant>> {
     ns.spawn_thread(move || {
+        // Real-time, like lb's HA threads: a normal thread on a loaded
+        // VM sees the address tens of milliseconds late now and then,
+        // which is the watcher's delay, not lb's. It sleeps between
+        // looks, so it takes little CPU.
+        let param = libc::sched_param { sched_priority: 1 };
+        // SAFETY: sets this thread's own policy from a valid sched_param.
+        let rc = unsafe {
+            libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &raw const param)
+        };
+        assert_eq!(rc, 0, "SCHED_FIFO for the watcher");
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if holds_gateway() == present {
@@ -374,12 +385,6 @@ fn split_brain_equal_priorities_the_lower_address_yields() {
     split_brain("e", [100, 100], 0, "equal priorities");
 }
 
-fn median(samples: &[Duration]) -> Duration {
-    let mut sorted = samples.to_vec();
-    sorted.sort();
-    sorted.get(sorted.len() / 2).copied().unwrap_or_default()
-}
-
 /// min / median / max of `samples`, formatted.
 fn spread(samples: &[Duration]) -> String {
     let mut sorted = samples.to_vec();
@@ -398,11 +403,9 @@ fn spread(samples: &[Duration]) -> String {
 /// measures until the backup (priority 100) holds the address; restarts
 /// the master between rounds (it preempts), and every fourth round
 /// restarts the backup first, so its takeover is the first after a fresh
-/// `lb run`. The median takeover, of all and of those by a fresh backup,
-/// must be within `rfc` + [`MEDIAN_ALLOWANCE`], every one within `rfc` +
-/// [`EVERY_ALLOWANCE`] (an outlier of a loaded VM, not a slow path such as
-/// keepalived's 2.4 s after a restart).
-fn takeover_timing(tag: &str, signal: i32, how: &str, rfc: Duration) {
+/// `lb run`. Every takeover, by a running or a fresh backup, must be
+/// within `rfc` + `allowance` (keepalived takes 2.4 s after a restart).
+fn takeover_timing(tag: &str, signal: i32, how: &str, rfc: Duration, allowance: Duration) {
     let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
     let mut bed = HaBed::new(tag, [150, 100], false);
     bed.pair();
@@ -448,10 +451,10 @@ fn takeover_timing(tag: &str, signal: i32, how: &str, rfc: Duration) {
         bed.wait_backup_of_1();
     }
     let all: Vec<Duration> = warm.iter().chain(&fresh).copied().collect();
-    let (median_bound, bound) = (rfc + MEDIAN_ALLOWANCE, rfc + EVERY_ALLOWANCE);
+    let bound = rfc + allowance;
     println!(
         "{how}: backup holds the address after the signal: {}; RFC time {rfc:.1?}, \
-         median bound {median_bound:.1?}, bound {bound:.1?}",
+         bound {bound:.1?}",
         spread(&all)
     );
     println!(
@@ -469,25 +472,30 @@ fn takeover_timing(tag: &str, signal: i32, how: &str, rfc: Duration) {
             "{how}: a {which} backup took {took:?} (bound {bound:?}); all: {all:?}"
         );
     }
-    for (samples, which) in [(&all, "all"), (&fresh, "freshly started backups")] {
-        assert!(
-            median(samples) <= median_bound,
-            "{how}: median of {which} {:?} (bound {median_bound:?}); all: {all:?}",
-            median(samples)
-        );
-    }
 }
 
 /// SIGTERM: the master sends priority 0 and removes its addresses; the
 /// backup takes over after its `Skew_Time` (61 ms at priority 100).
 #[test]
 fn sigterm_handover_within_the_skew_time() {
-    takeover_timing("t", libc::SIGTERM, "SIGTERM handover", skew(100));
+    takeover_timing(
+        "t",
+        libc::SIGTERM,
+        "SIGTERM handover",
+        skew(100),
+        SIGTERM_ALLOWANCE,
+    );
 }
 
 /// SIGKILL: nothing is sent; the backup takes over when its
 /// `Master_Down_Interval` (361 ms) passes without an advertisement.
 #[test]
 fn sigkill_takeover_within_the_master_down_interval() {
-    takeover_timing("k", libc::SIGKILL, "SIGKILL takeover", master_down(100));
+    takeover_timing(
+        "k",
+        libc::SIGKILL,
+        "SIGKILL takeover",
+        master_down(100),
+        SIGKILL_ALLOWANCE,
+    );
 }

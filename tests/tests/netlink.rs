@@ -238,6 +238,73 @@ fn link_reports_mac_mtu_and_state() {
     assert!(error.to_string().contains("#9999"), "{error}");
 }
 
+/// Floating IPs as HA adds and removes them: an IPv4 address and an IPv6
+/// one (`nodad`, usable at once) added, listed as `ip addr show` lists
+/// them, removed, and a second removal told apart from a failure.
+#[test]
+fn addresses_are_added_listed_and_removed() {
+    let bed = bed(true);
+    let mut netlink = Netlink::open().expect("open");
+    let listed = |netlink: &mut Netlink, family| -> Vec<String> {
+        netlink
+            .addresses(bed.ifindex, family)
+            .expect("address dump")
+            .iter()
+            .map(|a| a.address.to_string())
+            .collect()
+    };
+    let shown = |family: &str| -> Vec<String> {
+        let output = bed.a.ip(&[family, "-o", "addr", "show", "dev", "nl0"]);
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(3).map(str::to_string))
+            .collect()
+    };
+    for (address, family, flag) in [
+        ("198.51.100.7/24", Family::V4, "-4"),
+        ("192.0.2.254/24", Family::V4, "-4"),
+        ("2001:db8:5::1/64", Family::V6, "-6"),
+    ] {
+        let net = address.parse().unwrap();
+        netlink.address_add(bed.ifindex, net).expect("add");
+        // Again: a replace, not an error.
+        netlink.address_add(bed.ifindex, net).expect("add again");
+        let now = listed(&mut netlink, family);
+        assert!(now.contains(&address.to_string()), "{now:?}");
+        assert_eq!(now, shown(flag), "netlink and ip disagree");
+        let added = netlink
+            .addresses(bed.ifindex, family)
+            .unwrap()
+            .into_iter()
+            .find(|a| a.address == net)
+            .unwrap();
+        assert!(!added.tentative(), "{added:?}");
+        assert!(netlink.address_delete(bed.ifindex, net).expect("delete"));
+        assert!(
+            !netlink
+                .address_delete(bed.ifindex, net)
+                .expect("delete again")
+        );
+        assert!(!listed(&mut netlink, family).contains(&address.to_string()));
+    }
+    // The address VRRP speaks from: the first IPv4 one, the link-local.
+    let v4 = lb::netlink::primary_address("nl0", Family::V4)
+        .unwrap()
+        .unwrap();
+    assert_eq!(v4.address.to_string(), "192.0.2.1/24");
+    let v6 = lb::netlink::primary_address("nl0", Family::V6)
+        .unwrap()
+        .unwrap();
+    assert!(v6.link_local(), "{v6:?}");
+    let error = netlink
+        .address_add(9999, "198.51.100.7/24".parse().unwrap())
+        .expect_err("no such link");
+    assert!(
+        error.to_string().contains("198.51.100.7/24 dev #9999"),
+        "{error}"
+    );
+}
+
 /// Runs `ip -batch -` in `ns` with `commands` on its standard input.
 fn ip_batch(ns: &Netns, commands: &str) {
     let mut child = ns

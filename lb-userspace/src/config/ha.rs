@@ -81,6 +81,10 @@ pub struct HaInstance {
     pub floating_ips: Vec<IpNet>,
     /// Services whose health lowers the priority.
     pub track: Vec<Track>,
+    /// Announcements of each floating IP on becoming master (`ha.garp_repeat`).
+    pub garp_repeat: u32,
+    /// Their spacing (`ha.garp_interval`).
+    pub garp_interval: Duration,
 }
 
 impl Ha {
@@ -99,6 +103,8 @@ impl Ha {
                 unicast_peers: self.unicast_peers.clone(),
                 floating_ips: self.floating_ips.clone(),
                 track: self.track.clone(),
+                garp_repeat: self.garp_repeat,
+                garp_interval: self.garp_interval,
             }];
         }
         self.instances
@@ -119,6 +125,8 @@ impl Ha {
                     .unwrap_or_else(|| self.unicast_peers.clone()),
                 floating_ips: spec.floating_ips.clone(),
                 track: spec.track.clone().unwrap_or_else(|| self.track.clone()),
+                garp_repeat: self.garp_repeat,
+                garp_interval: self.garp_interval,
             })
             .collect()
     }

@@ -649,6 +649,23 @@ pub struct Ha {
     /// of its own group of floating IPs, backup of the other's).
     #[serde(default)]
     pub instances: Vec<HaInstanceSpec>,
+    /// keepalived's `garp_master_repeat` (for every instance): how many gratuitous ARPs /
+    /// unsolicited neighbour advertisements announce each floating IP when
+    /// this balancer becomes master of an instance (the first as soon as the address is in
+    /// place), 1 to 100.
+    #[serde(default = "default_garp_repeat")]
+    pub garp_repeat: u32,
+    /// The spacing of those announcements (keepalived's
+    /// `garp_master_delay` for the repeats), at most 60 s.
+    #[serde(default = "default_garp_interval", with = "duration")]
+    pub garp_interval: Duration,
+}
+
+const fn default_garp_repeat() -> u32 {
+    3
+}
+const fn default_garp_interval() -> Duration {
+    Duration::from_millis(500)
 }
 
 const fn default_advert() -> Duration {

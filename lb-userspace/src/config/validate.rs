@@ -18,6 +18,12 @@ use super::{
 /// The longest `ha.preempt_delay`, keepalived's (1,000 s).
 pub const MAX_PREEMPT_DELAY: Duration = Duration::from_secs(1000);
 
+/// The most announcements (`ha.garp_repeat`) of a floating IP.
+pub const MAX_GARP_REPEAT: u32 = 100;
+
+/// The longest spacing (`ha.garp_interval`) of those announcements.
+pub const MAX_GARP_INTERVAL: Duration = Duration::from_mins(1);
+
 /// `guard.auto`: some threshold, none of them 0, and a denial of at least
 /// a second (the data path's window) and at most a day.
 fn check_guard_auto(auto: &GuardAuto, problems: &mut Problems) {
@@ -294,7 +300,7 @@ fn check_health(at: &str, check: &HealthCheck, problems: &mut Problems) {
 
 /// Checks the `ha` section as `lb run` would use it: `VRRPv3` (RFC 5798)
 /// field ranges, and what this implementation carries (advertisements over
-/// IPv4 only). Each value is checked where it is written: in the section,
+/// IPv4, or IPv6 when every floating IP is IPv6). Each value is checked where it is written: in the section,
 /// or in the `instances` entry that sets it.
 pub(super) fn check_ha(ha: &Ha, problems: &mut Problems) {
     if ha.interface.is_empty() {
@@ -312,8 +318,21 @@ pub(super) fn check_ha(ha: &Ha, problems: &mut Problems) {
     }
     check_advert_interval("ha.advert_interval", ha.advert_interval, problems);
     check_preempt_delay("ha.preempt_delay", ha.preempt_delay, problems);
-    check_peers("ha", &ha.unicast_peers, problems);
+    check_ha_announcements(ha, problems);
     check_floating("ha.floating_ips", &ha.floating_ips, problems);
+    // Peers are checked against the family each instance advertises in;
+    // the section's, shared by several instances, once.
+    let mut peers_checked = Vec::new();
+    for (i, instance) in ha.instances().iter().enumerate() {
+        let at = ha.path_of(i, "unicast_peers");
+        if peers_checked.contains(&at) {
+            continue;
+        }
+        let family =
+            crate::vrrp::Family::for_floating(instance.floating_ips.iter().map(ipnet::IpNet::addr));
+        check_peers(&at, &instance.unicast_peers, family, problems);
+        peers_checked.push(at);
+    }
     let mut seen: BTreeMap<(&str, u8), usize> = BTreeMap::new();
     let mut floating: BTreeMap<IpAddr, usize> = BTreeMap::new();
     for (i, spec) in ha.instances.iter().enumerate() {
@@ -329,9 +348,6 @@ pub(super) fn check_ha(ha: &Ha, problems: &mut Problems) {
         }
         if let Some(delay) = spec.preempt_delay {
             check_preempt_delay(&format!("{at}.preempt_delay"), delay, problems);
-        }
-        if let Some(peers) = &spec.unicast_peers {
-            check_peers(&at, peers, problems);
         }
         check_floating(&format!("{at}.floating_ips"), &spec.floating_ips, problems);
         if let Some(interface) = &spec.interface
@@ -448,18 +464,23 @@ fn check_preempt_delay(at: &str, delay: Duration, problems: &mut Problems) {
     }
 }
 
-/// `unicast_peers` of the section or entry at `at`.
-fn check_peers(at: &str, peers: &[IpAddr], problems: &mut Problems) {
+/// `unicast_peers` of the section or entry at `at` (`…unicast_peers`):
+/// unicast addresses of the family the instance advertises in.
+fn check_peers(at: &str, peers: &[IpAddr], family: crate::vrrp::Family, problems: &mut Problems) {
     for (i, peer) in peers.iter().enumerate() {
-        let at = format!("{at}.unicast_peers[{i}]");
-        if peer.is_ipv6() {
-            problems.push(
-                at,
-                format!(
-                    "{peer}: IPv6 peers are not supported, lb sends VRRP advertisements over \
-                     IPv4 only; give the peer's IPv4 address on ha.interface"
-                ),
-            );
+        let at = format!("{at}[{i}]");
+        if crate::vrrp::Family::of(*peer) != family {
+            let why = match family {
+                crate::vrrp::Family::V4 => {
+                    "this instance advertises over IPv4 (its floating IPs are not all IPv6): \
+                     give the peer's IPv4 address on ha.interface"
+                }
+                crate::vrrp::Family::V6 => {
+                    "this instance advertises over IPv6 (its floating IPs are all IPv6): \
+                     give the peer's IPv6 address on ha.interface"
+                }
+            };
+            problems.push(at, format!("{peer}: {why}"));
         } else if peer.is_unspecified() || peer.is_multicast() || peer.is_loopback() {
             problems.push(
                 at,
@@ -471,12 +492,47 @@ fn check_peers(at: &str, peers: &[IpAddr], problems: &mut Problems) {
     }
 }
 
+/// `ha.garp_repeat` and `ha.garp_interval`.
+fn check_ha_announcements(ha: &Ha, problems: &mut Problems) {
+    if ha.garp_repeat == 0 || ha.garp_repeat > MAX_GARP_REPEAT {
+        problems.push(
+            "ha.garp_repeat",
+            format!(
+                "{} announcements: use 1 to {MAX_GARP_REPEAT} (a new master announces each \
+                 floating IP this many times)",
+                ha.garp_repeat
+            ),
+        );
+    }
+    if ha.garp_interval > MAX_GARP_INTERVAL {
+        problems.push(
+            "ha.garp_interval",
+            format!(
+                "{} is over {}",
+                humantime::format_duration(ha.garp_interval),
+                humantime::format_duration(MAX_GARP_INTERVAL)
+            ),
+        );
+    }
+}
+
+/// The floating IPs at `at`: one advertisement lists at most 255 of the
+/// family it is sent in.
 fn check_floating(at: &str, floating: &[ipnet::IpNet], problems: &mut Problems) {
-    let v4 = floating.iter().filter(|ip| ip.addr().is_ipv4()).count();
-    if v4 > 255 {
+    let family = crate::vrrp::Family::for_floating(floating.iter().map(ipnet::IpNet::addr));
+    let advertised = floating
+        .iter()
+        .filter(|ip| crate::vrrp::Family::of(ip.addr()) == family)
+        .count();
+    if advertised > 255 {
+        let name = if family == crate::vrrp::Family::V4 {
+            "IPv4"
+        } else {
+            "IPv6"
+        };
         problems.push(
             at,
-            format!("{v4} IPv4 addresses: one VRRP advertisement holds at most 255"),
+            format!("{advertised} {name} addresses: one VRRP advertisement holds at most 255"),
         );
     }
 }
@@ -931,18 +987,65 @@ ha:
     }
 
     #[test]
-    fn ha_ipv6_unicast_peers_are_refused_not_dropped() {
+    fn ha_unicast_peers_are_of_the_advertisements_family() {
+        // IPv4 floating IPs: VRRP over IPv4, an IPv6 peer is refused.
         let problems = ha_problems(|ha| ha.replace("[192.0.2.2]", "[192.0.2.2, '2001:db8::2']"));
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].0, "ha.unicast_peers[1]");
         assert_eq!(problems[0].1, Some(17));
         assert!(
-            problems[0].2.contains("IPv6 peers are not supported"),
+            problems[0].2.contains("advertises over IPv4"),
             "{}",
             problems[0].2
         );
+        // IPv6 floating IPs: VRRP over IPv6, IPv6 peers accepted (global or
+        // link-local), an IPv4 one refused.
+        let v6 = |ha: &str| ha.replace("[203.0.113.10/24]", "['2001:db8::fe/64']");
+        let problems =
+            ha_problems(|ha| v6(ha).replace("[192.0.2.2]", "['2001:db8::2', 'fe80::2']"));
+        assert_eq!(problems, [], "{problems:?}");
+        let problems =
+            ha_problems(|ha| v6(ha).replace("[192.0.2.2]", "['2001:db8::2', 192.0.2.2]"));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "ha.unicast_peers[1]");
+        assert!(
+            problems[0].2.contains("advertises over IPv6"),
+            "{}",
+            problems[0].2
+        );
+        let problems = ha_problems(|ha| v6(ha).replace("[192.0.2.2]", "['ff02::12']"));
+        assert_eq!(problems[0].0, "ha.unicast_peers[0]", "{problems:?}");
         let problems = ha_problems(|ha| ha.replace("[192.0.2.2]", "[224.0.0.18]"));
         assert_eq!(problems[0].0, "ha.unicast_peers[0]", "{problems:?}");
+    }
+
+    #[test]
+    fn ha_garp_repeat_and_interval_are_bounded() {
+        let garp = |repeat: &str, interval: &str| {
+            ha_problems(|ha| {
+                ha.replace(
+                    "preempt: true",
+                    &format!("preempt: true\n  garp_repeat: {repeat}\n  garp_interval: {interval}"),
+                )
+            })
+        };
+        assert_eq!(garp("5", "100ms"), []);
+        assert_eq!(garp("1", "0s"), []);
+        for (repeat, interval, path) in [
+            ("0", "100ms", "ha.garp_repeat"),
+            ("101", "100ms", "ha.garp_repeat"),
+            ("3", "61s", "ha.garp_interval"),
+        ] {
+            let problems = garp(repeat, interval);
+            assert_eq!(problems.len(), 1, "{repeat} {interval}: {problems:?}");
+            assert_eq!(problems[0].0, path);
+        }
+        let config = Config::parse(&format!("{MINIMAL}{HA}")).unwrap();
+        let ha = config.ha.unwrap();
+        assert_eq!(
+            (ha.garp_repeat, ha.garp_interval),
+            (3, Duration::from_millis(500))
+        );
     }
 
     #[test]

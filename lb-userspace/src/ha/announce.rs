@@ -1,14 +1,28 @@
 //! Telling the segment where a floating address now lives: a gratuitous
 //! ARP for IPv4, an unsolicited neighbour advertisement for IPv6, each one
-//! whole Ethernet frame sent through a packet socket.
+//! whole Ethernet frame (built by a pure function, tested on its bytes)
+//! sent through one packet socket.
 
 use std::{
-    net::{Ipv4Addr, Ipv6Addr},
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
-/// Announces `address` at our MAC: a broadcast ARP request for it, from it.
-pub(super) fn gratuitous_arp(ifindex: u32, mac: [u8; 6], address: Ipv4Addr) {
+const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_IPV6: u16 = 0x86dd;
+
+/// The frame that announces `address` at `mac`, and its ethertype.
+pub(super) fn announcement(mac: [u8; 6], address: IpAddr) -> (u16, Vec<u8>) {
+    match address {
+        IpAddr::V4(v4) => (ETH_P_ARP, gratuitous_arp(mac, v4)),
+        IpAddr::V6(v6) => (ETH_P_IPV6, unsolicited_na(mac, v6)),
+    }
+}
+
+/// A broadcast ARP request for `address`, from it, at our MAC (what
+/// keepalived and `arping -U` send).
+fn gratuitous_arp(mac: [u8; 6], address: Ipv4Addr) -> Vec<u8> {
     let mut frame = Vec::with_capacity(42);
     frame.extend_from_slice(&[0xff; 6]);
     frame.extend_from_slice(&mac);
@@ -18,16 +32,13 @@ pub(super) fn gratuitous_arp(ifindex: u32, mac: [u8; 6], address: Ipv4Addr) {
     frame.extend_from_slice(&address.octets());
     frame.extend_from_slice(&[0; 6]);
     frame.extend_from_slice(&address.octets());
-    send_frame(ifindex, ETH_P_ARP, &frame, "gratuitous ARP");
+    frame
 }
 
-const ETH_P_ARP: u16 = 0x0806;
-const ETH_P_IPV6: u16 = 0x86dd;
-
-/// Announces `address` at our MAC (RFC 4861 §7.2.6): an unsolicited
-/// neighbour advertisement to all nodes, from the address itself, with the
-/// router and override flags and our link-layer address.
-pub(super) fn unsolicited_na(ifindex: u32, mac: [u8; 6], address: Ipv6Addr) {
+/// An unsolicited neighbour advertisement (RFC 4861 §7.2.6) to all nodes,
+/// from the address itself, with the router and override flags and our
+/// link-layer address.
+fn unsolicited_na(mac: [u8; 6], address: Ipv6Addr) -> Vec<u8> {
     let all_nodes = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
     let mut icmp = Vec::with_capacity(32);
     icmp.extend_from_slice(&[136, 0, 0, 0]); // neighbour advertisement; checksum below
@@ -43,17 +54,13 @@ pub(super) fn unsolicited_na(ifindex: u32, mac: [u8; 6], address: Ipv6Addr) {
     frame.extend_from_slice(&mac);
     frame.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
     frame.extend_from_slice(&[0x60, 0, 0, 0]);
+    // 32 bytes: the length always fits.
     frame.extend_from_slice(&u16::try_from(icmp.len()).unwrap_or(0).to_be_bytes());
     frame.extend_from_slice(&[58, 255]); // ICMPv6, hop limit 255
     frame.extend_from_slice(&address.octets());
     frame.extend_from_slice(&all_nodes.octets());
     frame.extend_from_slice(&icmp);
-    send_frame(
-        ifindex,
-        ETH_P_IPV6,
-        &frame,
-        "unsolicited neighbour advertisement",
-    );
+    frame
 }
 
 /// The `ICMPv6` checksum over the pseudo-header and `message` (whose checksum
@@ -81,41 +88,90 @@ fn icmpv6_checksum(src: Ipv6Addr, dst: Ipv6Addr, message: &[u8]) -> u16 {
     !u16::try_from(sum).unwrap_or(0)
 }
 
-/// Sends a whole Ethernet frame out of `ifindex` through a packet socket.
-fn send_frame(ifindex: u32, ethertype: u16, frame: &[u8], what: &str) {
-    // SAFETY: plain socket(2); the descriptor is owned below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW,
-            i32::from(ethertype.to_be()),
-        )
-    };
-    if fd < 0 {
-        tracing::error!(error = %std::io::Error::last_os_error(), "ha: no packet socket for {what}");
-        return;
+/// A packet socket that sends whole Ethernet frames out of one interface.
+/// Opened for protocol 0, so it receives nothing.
+pub(super) struct Announcer {
+    fd: OwnedFd,
+    ifindex: u32,
+}
+
+impl Announcer {
+    pub(super) fn open(ifindex: u32) -> io::Result<Self> {
+        // SAFETY: plain socket(2); the descriptor is owned below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh socket we own from here on.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { fd, ifindex })
     }
-    // SAFETY: `fd` is a fresh socket we own from here on.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: sockaddr_ll is plain data; zero is valid.
-    let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    to.sll_family = u16::try_from(libc::AF_PACKET).unwrap_or_default();
-    to.sll_protocol = ethertype.to_be();
-    to.sll_ifindex = i32::try_from(ifindex).unwrap_or_default();
-    to.sll_halen = 6;
-    to.sll_addr[..6].copy_from_slice(&frame[..6]);
-    // SAFETY: `frame` and `to` are valid for the lengths given.
-    let sent = unsafe {
-        libc::sendto(
-            socket.as_raw_fd(),
-            frame.as_ptr().cast(),
-            frame.len(),
-            0,
-            (&raw const to).cast(),
-            u32::try_from(std::mem::size_of::<libc::sockaddr_ll>()).unwrap_or_default(),
-        )
-    };
-    if sent < 0 {
-        tracing::error!(error = %std::io::Error::last_os_error(), "ha: {what} not sent");
+
+    /// Sends `frame` (whose first six bytes are the destination MAC).
+    pub(super) fn send(&self, ethertype: u16, frame: &[u8]) -> io::Result<()> {
+        // SAFETY: sockaddr_ll is plain data; zero is valid.
+        let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        to.sll_family = u16::try_from(libc::AF_PACKET).unwrap_or_default();
+        to.sll_protocol = ethertype.to_be();
+        to.sll_ifindex = i32::try_from(self.ifindex).unwrap_or_default();
+        to.sll_halen = 6;
+        for (dst, src) in to.sll_addr.iter_mut().zip(frame.iter().take(6)) {
+            *dst = *src;
+        }
+        // SAFETY: `frame` and `to` are valid for the lengths given.
+        let sent = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&raw const to).cast(),
+                u32::try_from(std::mem::size_of::<libc::sockaddr_ll>()).unwrap_or_default(),
+            )
+        };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+
+    #[test]
+    fn gratuitous_arp_bytes() {
+        let (ethertype, frame) = announcement(MAC, "192.0.2.254".parse().unwrap());
+        assert_eq!(ethertype, ETH_P_ARP);
+        #[rustfmt::skip]
+        let expected = [
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff,  2, 0, 0, 0, 0, 1,  0x08, 0x06,
+            0, 1,  8, 0,  6, 4,  0, 1,              // Ethernet, IPv4, request
+            2, 0, 0, 0, 0, 1,  192, 0, 2, 254,      // sender: us, the address
+            0, 0, 0, 0, 0, 0,  192, 0, 2, 254,      // target: the address
+        ];
+        assert_eq!(frame, expected);
+    }
+
+    #[test]
+    fn unsolicited_na_bytes() {
+        let (ethertype, frame) = announcement(MAC, "2001:db8::fe".parse().unwrap());
+        assert_eq!(ethertype, ETH_P_IPV6);
+        #[rustfmt::skip]
+        let expected = [
+            0x33, 0x33, 0, 0, 0, 1,  2, 0, 0, 0, 0, 1,  0x86, 0xdd,
+            0x60, 0, 0, 0,  0, 32,  58, 255,
+            0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xfe,
+            0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+            // Checksum 0x7730, from an independent Python RFC 1071 sum
+            // over the pseudo-header and message.
+            136, 0, 0x77, 0x30,  0xa0, 0, 0, 0,
+            0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xfe,
+            2, 1,  2, 0, 0, 0, 0, 1,
+        ];
+        assert_eq!(frame, expected);
     }
 }

@@ -1,21 +1,26 @@
-//! VRRP on the wire: runs a [`vrrp::Router`] over a raw IPv4 socket
-//! (protocol 112) on the HA interface, and carries out its decisions — the
-//! master holds the floating IPs (added with `ip addr`, announced with
-//! gratuitous ARP), a backup does not. The data plane stays loaded and the
-//! health checks keep running in both roles (hot standby).
+//! VRRP on the wire: runs a [`vrrp::Router`] per instance over a raw socket
+//! (IP protocol 112) on the HA interface, and carries out its decisions —
+//! the master holds the floating IPs (added by netlink, announced with
+//! gratuitous ARP / unsolicited NA), a backup does not. The data plane
+//! stays loaded and the health checks keep running in both roles (hot
+//! standby).
 //!
-//! Advertisements go over IPv4; IPv6 floating addresses move with the
-//! same router (added with `nodad`, announced with an unsolicited neighbour
-//! advertisement) but are not listed in the advertisements.
+//! Advertisements go over IPv6 (to `ff02::12` or IPv6 peers, from the
+//! interface's link-local address) when every floating IP of the instance
+//! is IPv6, else over IPv4; in a mixed list the IPv6 addresses move with
+//! the IPv4 ones (added with `nodad`) but are not listed in the
+//! advertisements.
 //!
 //! The state machine is the sans-IO [`crate::vrrp`]; this folder is its I/O
-//! edge: `socket` (the raw VRRP socket and the IP header check), `announce`
-//! (gratuitous ARP, unsolicited NA), `addresses` (the floating addresses on
-//! the interface), `watch` (the interface's state and the tracked services,
-//! judged by [`vrrp::assess`]: fault, priority in effect), `status` (what
-//! `lb status` shows). HA does not import the controller: the controller
-//! starts an [`Ha`] per instance of the `ha` section, sends it the tracked
-//! services' health ([`Ha::track`]) and reads its [`InstanceStatus`].
+//! edge: `socket` (the raw VRRP socket, the IP layer check, the eventfd
+//! that wakes the thread), `announce` (gratuitous ARP, unsolicited NA),
+//! `addresses` (the floating addresses, on a thread of their own so the
+//! timer never waits for them), `watch` (the interface's state and the
+//! tracked services, judged by [`vrrp::assess`]: fault, priority in
+//! effect), `status` (what `lb status` shows). HA does not import the
+//! controller: the controller starts an [`Ha`] per instance of the `ha`
+//! section, sends it the tracked services' health ([`Ha::track`]) and
+//! reads its [`InstanceStatus`].
 
 mod addresses;
 mod announce;
@@ -28,7 +33,7 @@ pub use status::{HaStatus, InstanceStatus, TrackStatus};
 pub use watch::Healthy;
 
 use std::{
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
     sync::{Arc, Mutex, mpsc},
     time::{Duration, Instant, SystemTime},
 };
@@ -38,18 +43,26 @@ use anyhow::Context as _;
 use crate::{
     config::HaInstance as HaConfig,
     netlink::{ifindex, mac_address},
-    vrrp::{self, Action, Router, State},
+    vrrp::{self, Action, Family, Ignored, Router, State},
 };
-use addresses::ip_addr;
-use announce::{gratuitous_arp, unsolicited_na};
-use socket::{VrrpSocket, parse_ipv4};
+use addresses::{Addresses, Announcements};
+use socket::{Received, VrrpSocket, Wake, parse_ipv4, parse_ipv6};
 use watch::Watch;
+
+/// How long [`Ha::start`] waits for the interface's IPv6 link-local
+/// address to pass duplicate address detection (1 s by default, after a
+/// random delay of up to 1 s).
+const LINK_LOCAL_WAIT: Duration = Duration::from_secs(5);
+
+/// The longest the VRRP thread sleeps without looking at the interface and
+/// the tracked services (`watch`); a stop wakes it at once.
+const WATCH_EVERY: Duration = Duration::from_millis(50);
 
 /// A running VRRP instance; stop it with [`Ha::stop`] (hands over first).
 #[derive(Debug)]
 pub struct Ha {
     view: Arc<Mutex<InstanceStatus>>,
-    stop: mpsc::Sender<()>,
+    wake: Arc<Wake>,
     health: mpsc::Sender<Healthy>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -58,32 +71,32 @@ impl Ha {
     /// Starts one VRRP instance on `config.interface`; its tracks'
     /// `min_healthy` must be resolved (the service's where unset).
     pub fn start(config: &HaConfig) -> anyhow::Result<Self> {
-        let local = primary_ipv4(&config.interface)?.with_context(|| {
-            format!(
-                "ha: interface {} has no IPv4 address to send VRRP from",
-                config.interface
-            )
-        })?;
-        let mut router =
-            Router::from_ha(config, IpAddr::V4(local)).map_err(|e| anyhow::anyhow!("ha: {e}"))?;
-        let socket = VrrpSocket::open(&config.interface, local)?;
+        let family = Family::for_floating(config.floating_ips.iter().map(ipnet::IpNet::addr));
+        let local = vrrp_source(&config.interface, family)?;
+        let mut router = Router::from_ha(config, local).map_err(|e| anyhow::anyhow!("ha: {e}"))?;
+        let index = ifindex(&config.interface)?;
+        let socket = VrrpSocket::open(&config.interface, index, local)?;
+        let addresses = Addresses::start(
+            index,
+            mac_address(&config.interface)?,
+            config.floating_ips.clone(),
+            Announcements {
+                repeat: config.garp_repeat.max(1),
+                interval: config.garp_interval,
+            },
+        )?;
         let link = Link {
-            interface: config.interface.clone(),
-            ifindex: ifindex(&config.interface)?,
-            mac: mac_address(&config.interface)?,
-            floating: config
-                .floating_ips
-                .iter()
-                .map(ToString::to_string)
-                .collect(),
-            peers: config
-                .unicast_peers
-                .iter()
-                .filter_map(|p| match p {
-                    IpAddr::V4(v4) => Some(*v4),
-                    IpAddr::V6(_) => None,
-                })
-                .collect(),
+            addresses,
+            peers: if config.unicast_peers.is_empty() {
+                vec![family.multicast()]
+            } else {
+                config
+                    .unicast_peers
+                    .iter()
+                    .copied()
+                    .filter(|p| Family::of(*p) == family)
+                    .collect()
+            },
             local,
         };
         let view = Arc::new(Mutex::new(InstanceStatus {
@@ -99,27 +112,40 @@ impl Ha {
             reason: "starting".into(),
             transitions: 0,
             invalid_packets: 0,
-            floating_ips: link.floating.clone(),
+            ignored_packets: 0,
+            floating_ips: config
+                .floating_ips
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             tracks: Vec::new(),
         }));
-        let (stop, stopped) = mpsc::channel();
         let (health, updates) = mpsc::channel();
         let mut watch = Watch::new(
             &config.interface,
-            IpAddr::V4(local),
+            local,
             config.priority,
             config.track.clone(),
             updates,
         );
+        let wake = Arc::new(Wake::new()?);
         let shared = Arc::clone(&view);
-        let thread = std::thread::spawn(move || {
-            let actions = router.start(Instant::now());
-            link.carry_out(&socket, &router, &actions, &shared);
-            run(&mut router, &socket, &link, &shared, &stopped, &mut watch);
-        });
+        let woken = Arc::clone(&wake);
+        let thread = std::thread::Builder::new()
+            .name(format!("ha-vrrp-{}", config.virtual_router_id))
+            .spawn(move || {
+                realtime("ha-vrrp");
+                let actions = router.start(Instant::now());
+                link.carry_out(&socket, &router, &actions, &shared);
+                run(&mut router, &socket, &link, &shared, &woken, &mut watch);
+                // The release asked for by the shutdown, carried out before
+                // `Ha::stop` returns.
+                link.addresses.finish();
+            })
+            .context("ha: starting the VRRP thread")?;
         Ok(Self {
             view,
-            stop,
+            wake,
             health,
             thread: Some(thread),
         })
@@ -138,32 +164,83 @@ impl Ha {
             .map_or_else(|p| p.into_inner().clone(), |v| v.clone())
     }
 
+    /// A handle that starts the hand-over from any thread, at once.
+    pub fn hand_over(&self) -> HandOver {
+        HandOver(Arc::clone(&self.wake))
+    }
+
     /// Hands over (priority-0 advertisement, floating IPs removed) and ends.
     pub fn stop(mut self) {
-        let _ = self.stop.send(());
+        self.wake.set();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
 }
 
-/// The event loop: advertisements in, timers, until told to stop.
+/// Starts a running [`Ha`]'s hand-over (priority-0 advertisement, then
+/// the floating IPs removed) without waiting for it: the signal thread
+/// uses it so the hand-over does not queue behind the controller's work.
+/// [`Ha::stop`] still waits for the end.
+#[derive(Clone, Debug)]
+pub struct HandOver(Arc<Wake>);
+
+impl HandOver {
+    /// Wakes the VRRP thread to hand over and end.
+    pub fn request(&self) {
+        self.0.set();
+    }
+}
+
+/// The address VRRP speaks from: the interface's first IPv4 address, or
+/// its IPv6 link-local one once duplicate address detection has passed
+/// (waited for, up to [`LINK_LOCAL_WAIT`]).
+fn vrrp_source(interface: &str, family: Family) -> anyhow::Result<IpAddr> {
+    let family_name = match family {
+        Family::V4 => crate::netlink::Family::V4,
+        Family::V6 => crate::netlink::Family::V6,
+    };
+    let deadline = Instant::now() + LINK_LOCAL_WAIT;
+    loop {
+        let found = crate::netlink::primary_address(interface, family_name)?;
+        match (found, family) {
+            (Some(address), Family::V4) => return Ok(address.address.addr()),
+            (Some(address), Family::V6) if !address.tentative() => {
+                return Ok(address.address.addr());
+            }
+            (Some(_), Family::V6) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (Some(address), Family::V6) => anyhow::bail!(
+                "ha: the link-local address {} of {interface} is still tentative after {:?} \
+                 (duplicate address detection)",
+                address.address.addr(),
+                LINK_LOCAL_WAIT
+            ),
+            (None, Family::V4) => {
+                anyhow::bail!("ha: interface {interface} has no IPv4 address to send VRRP from")
+            }
+            (None, Family::V6) => anyhow::bail!(
+                "ha: interface {interface} has no IPv6 link-local address to send VRRP from \
+                 (its floating IPs are all IPv6, so VRRP runs over IPv6)"
+            ),
+        }
+    }
+}
+
+/// The event loop: advertisements in, timers, the interface and tracked
+/// services watched, until woken to stop.
 fn run(
     router: &mut Router,
     socket: &VrrpSocket,
     link: &Link,
     view: &Arc<Mutex<InstanceStatus>>,
-    stopped: &mpsc::Receiver<()>,
+    wake: &Wake,
     watch: &mut Watch,
 ) {
     let mut buffer = [0u8; 1500];
     let mut last_warning: Option<Instant> = None;
     loop {
-        if !matches!(stopped.try_recv(), Err(mpsc::TryRecvError::Empty)) {
-            let actions = router.shutdown(Instant::now());
-            link.carry_out(socket, router, &actions, view);
-            return;
-        }
         if let Some(actions) = watch.poll(router, Instant::now()) {
             link.carry_out(socket, router, &actions, view);
             if let Ok(mut view) = view.lock() {
@@ -175,20 +252,33 @@ fn run(
             }
         }
         let now = Instant::now();
-        let due = router
-            .next_timer()
-            .unwrap_or(now + Duration::from_millis(100));
+        let due = router.next_timer().unwrap_or(now + WATCH_EVERY);
         if due <= now {
             let actions = router.on_timer(now);
             link.carry_out(socket, router, &actions, view);
             continue;
         }
-        // Wake for the timer, or every 50 ms to see a stop request.
-        let wait = (due - now).min(Duration::from_millis(50));
-        let Some((len, src)) = socket.receive(&mut buffer, wait) else {
-            continue;
+        let (parsed, src) = match socket.receive(&mut buffer, (due - now).min(WATCH_EVERY), wake) {
+            Received::Woken => {
+                // The priority-0 advertisement goes out first, before the
+                // addresses are released.
+                let actions = router.shutdown(Instant::now());
+                link.carry_out(socket, router, &actions, view);
+                return;
+            }
+            Received::Nothing => continue,
+            Received::V4 { len, src } => (parse_ipv4(&buffer[..len], src), IpAddr::V4(src)),
+            Received::V6 {
+                len,
+                src,
+                dst,
+                hop_limit,
+            } => (
+                parse_ipv6(&buffer[..len], src, dst, hop_limit),
+                IpAddr::V6(src),
+            ),
         };
-        let advertisement = match parse_ipv4(&buffer[..len], src) {
+        let advertisement = match parsed {
             Ok(advertisement) => advertisement,
             Err(error) => {
                 let count = view.lock().map_or(0, |mut v| {
@@ -203,27 +293,32 @@ fn run(
                 continue;
             }
         };
-        if let Ok(actions) =
-            router.on_advertisement(&advertisement, IpAddr::V4(src), Instant::now())
-        {
-            link.carry_out(socket, router, &actions, view);
-            // The master a backup hears can change without a transition.
-            if let Ok(mut view) = view.lock() {
-                view.peer = router.peer().map(|p| p.to_string());
-                view.master = link.master(router);
+        match router.on_advertisement(&advertisement, src, Instant::now()) {
+            Ok(actions) => {
+                link.carry_out(socket, router, &actions, view);
+                // The master a backup hears can change without a transition.
+                if let Ok(mut view) = view.lock() {
+                    view.peer = router.peer().map(|p| p.to_string());
+                    view.master = link.master(router);
+                }
             }
+            Err(Ignored::OtherVrid { .. } | Ignored::OtherFamily { .. }) => {
+                if let Ok(mut view) = view.lock() {
+                    view.ignored_packets += 1;
+                }
+            }
+            Err(_) => {}
         }
     }
 }
 
-/// The interface and addresses the router's actions apply to.
+/// Where the router's actions go: the peers (or the group) for
+/// advertisements, the address thread for the floating IPs.
 struct Link {
-    interface: String,
-    ifindex: u32,
-    mac: [u8; 6],
-    floating: Vec<String>,
-    peers: Vec<Ipv4Addr>,
-    local: Ipv4Addr,
+    addresses: Addresses,
+    /// The multicast group, or the unicast peers.
+    peers: Vec<IpAddr>,
+    local: IpAddr,
 }
 
 impl Link {
@@ -238,14 +333,8 @@ impl Link {
             match action {
                 Action::SendAdvertisement { priority } => {
                     let advertisement = router.advertisement(*priority);
-                    let targets: Vec<Ipv4Addr> = if self.peers.is_empty() {
-                        vec![vrrp::MULTICAST_V4]
-                    } else {
-                        self.peers.clone()
-                    };
-                    for target in targets {
-                        match vrrp::emit(&advertisement, IpAddr::V4(self.local), IpAddr::V4(target))
-                        {
+                    for &target in &self.peers {
+                        match vrrp::emit(&advertisement, self.local, target) {
                             Ok(payload) => socket.send(&payload, target),
                             Err(error) => {
                                 tracing::error!(%error, "ha: cannot build an advertisement");
@@ -253,23 +342,9 @@ impl Link {
                         }
                     }
                 }
-                Action::BecomeMaster | Action::Announce => {
-                    for address in &self.floating {
-                        if *action == Action::BecomeMaster {
-                            ip_addr("replace", address, &self.interface);
-                        }
-                        match address.split('/').next().and_then(|a| a.parse().ok()) {
-                            Some(IpAddr::V4(v4)) => gratuitous_arp(self.ifindex, self.mac, v4),
-                            Some(IpAddr::V6(v6)) => unsolicited_na(self.ifindex, self.mac, v6),
-                            None => {}
-                        }
-                    }
-                }
-                Action::BecomeBackup | Action::Stop => {
-                    for address in &self.floating {
-                        ip_addr("del", address, &self.interface);
-                    }
-                }
+                Action::BecomeMaster => self.addresses.hold(),
+                Action::Announce => self.addresses.announce(),
+                Action::BecomeBackup | Action::Stop => self.addresses.release(),
             }
         }
         if actions.iter().any(|a| {
@@ -295,9 +370,7 @@ impl Link {
             }
         }
     }
-}
 
-impl Link {
     /// The master as this instance sees it: itself, or the one it follows.
     fn master(&self, router: &Router) -> Option<String> {
         match router.state() {
@@ -305,6 +378,27 @@ impl Link {
             State::Backup => router.peer().map(|p| p.to_string()),
             State::Initialize | State::Fault => None,
         }
+    }
+}
+
+/// Puts the calling thread in the lowest real-time class (`SCHED_FIFO`
+/// priority 1), as keepalived's `vrrp_rt_priority` does for its VRRP
+/// process: on a loaded host a normal thread can wait tens of
+/// milliseconds for a CPU, which a takeover bounded by `Skew_Time` +
+/// 20 ms cannot afford. The HA threads block in `ppoll` / `recv` between
+/// events and do little work per event, so they cannot starve the host
+/// (and the kernel throttles real-time threads at 95 % of a CPU anyway).
+/// Best effort: without the privilege the thread stays as it was.
+fn realtime(thread: &str) {
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: sets the calling thread's own policy from a valid
+    // sched_param.
+    let rc = unsafe {
+        libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &raw const param)
+    };
+    if rc != 0 {
+        tracing::info!(thread, error = %std::io::Error::from_raw_os_error(rc),
+            "ha: no real-time scheduling; takeover times depend on the host's load");
     }
 }
 

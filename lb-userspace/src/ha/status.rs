@@ -23,9 +23,15 @@ pub struct HaStatus {
     /// The first instance's state changes since the controller started.
     #[serde(default)]
     pub transitions: u64,
-    /// Malformed VRRP packets the first instance dropped.
+    /// Malformed VRRP packets the first instance dropped (a bad checksum,
+    /// TTL / hop limit other than 255, an IPv6 source that is not
+    /// link-local, ...).
     #[serde(default)]
     pub invalid_packets: u64,
+    /// Well-formed advertisements the first instance ignored: another
+    /// virtual router's (VRID) or another address family's.
+    #[serde(default)]
+    pub ignored_packets: u64,
     /// Every instance (empty when standalone).
     #[serde(default)]
     pub instances: Vec<InstanceStatus>,
@@ -42,6 +48,7 @@ impl HaStatus {
             reason: "no ha section in the configuration".into(),
             transitions: 0,
             invalid_packets: 0,
+            ignored_packets: 0,
             instances: Vec::new(),
         }
     }
@@ -59,6 +66,7 @@ impl HaStatus {
             reason: first.reason.clone(),
             transitions: first.transitions,
             invalid_packets: first.invalid_packets,
+            ignored_packets: first.ignored_packets,
             instances,
         }
     }
@@ -97,6 +105,9 @@ pub struct InstanceStatus {
     /// Malformed VRRP packets dropped since the controller started.
     #[serde(default)]
     pub invalid_packets: u64,
+    /// Well-formed advertisements ignored (another VRID or family).
+    #[serde(default)]
+    pub ignored_packets: u64,
     /// Its floating IPs.
     #[serde(default)]
     pub floating_ips: Vec<String>,
@@ -139,6 +150,7 @@ mod tests {
             reason: "higher priority 100 from 192.0.2.2".into(),
             transitions: 3,
             invalid_packets: 1,
+            ignored_packets: 0,
             floating_ips: vec!["192.0.2.254/24".into()],
             tracks: Vec::new(),
         }

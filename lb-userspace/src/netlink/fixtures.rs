@@ -184,6 +184,47 @@ pub(super) const DUMP_V6_DEFAULT: [u8; 116] = [
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     5, 0, 20, 0,  0, 0, 0, 0,
 ];
+
+/// The sequence number of the address dump below (`ip -o -4 addr show dev
+/// d0`, d0 = #3).
+pub(super) const ADDRESS_DUMP_SEQ: u32 = 0x6b0d_b428;
+
+/// An `RTM_NEWADDR` of that dump: 192.0.2.254/24, secondary and permanent,
+/// with `IFA_ADDRESS`, `IFA_LOCAL`, `IFA_LABEL` "d0", `IFA_FLAGS`,
+/// `IFA_CACHEINFO`.
+#[rustfmt::skip]
+pub(super) const ADDRESS_V4_SECONDARY: [u8; 76] = [
+    0x4c, 0, 0, 0,  0x14, 0,  0x22, 0,  0x28, 0xb4, 0x0d, 0x6b,  0xbf, 0x3e, 0, 0,
+    2, 24, 0x81, 0,  3, 0, 0, 0,
+    8, 0, 1, 0,  192, 0, 2, 254,
+    8, 0, 2, 0,  192, 0, 2, 254,
+    7, 0, 3, 0,  b'd', b'0', 0, 0,
+    8, 0, 8, 0,  0x81, 0, 0, 0,
+    20, 0, 6, 0,  0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xb2, 0x81, 0x18, 0,  0xb2, 0x81, 0x18, 0,
+];
+
+/// The `NLMSG_DONE` that ends that dump.
+#[rustfmt::skip]
+pub(super) const ADDRESS_DUMP_DONE: [u8; 20] = [
+    0x14, 0, 0, 0,  3, 0,  0x22, 0,  0x28, 0xb4, 0x0d, 0x6b,  0xbf, 0x3e, 0, 0,
+    0, 0, 0, 0,
+];
+
+/// An `RTM_NEWADDR` of `ip -o -6 addr show dev d0`: the link-local
+/// `fe80::ff:fe00:1/64`, scope link, permanent, with `IFA_ADDRESS` only,
+/// `IFA_CACHEINFO`, `IFA_FLAGS`, `IFA_PROTO` (kernel lo).
+#[rustfmt::skip]
+pub(super) const ADDRESS_V6_LINK_LOCAL: [u8; 80] = [
+    0x50, 0, 0, 0,  0x14, 0,  0x22, 0,  0x25, 0xb4, 0x0d, 0x6b,  0x62, 0x3e, 0, 0,
+    10, 64, 0x80, 0xfd,  3, 0, 0, 0,
+    20, 0, 1, 0,  0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xfe, 0, 0, 1,
+    20, 0, 6, 0,  0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xdb, 0x7f, 0x18, 0,  0xdb, 0x7f, 0x18, 0,
+    8, 0, 8, 0,  0x80, 0, 0, 0,
+    5, 0, 11, 0,  3, 0, 0, 0,
+];
+
 pub(super) fn concat(parts: &[&[u8]]) -> Vec<u8> {
     parts.concat()
 }

@@ -1,8 +1,23 @@
-//! An interface's index and MAC address in the current network namespace,
-//! for the controller (attach, next hops) and HA (VRRP, gratuitous ARP)
-//! alike, and whether it is up and holds an address (HA's fault check).
+//! An interface's index, MAC address and primary address in the current
+//! network namespace, for the controller (attach, next hops) and HA (VRRP,
+//! gratuitous ARP) alike, and whether it is up and holds an address (HA's
+//! fault check).
 
 use anyhow::Context as _;
+
+use super::{Address, Family, Netlink};
+
+/// The address VRRP speaks from on `name`: for IPv4 its first address (as
+/// `ip -4 addr show` lists them: the primary ones first), for IPv6 its
+/// link-local address (RFC 5798 §5.1.2.1), which may still be
+/// [tentative](Address::tentative). `None` when it has none.
+pub fn primary_address(name: &str, family: Family) -> anyhow::Result<Option<Address>> {
+    let index = ifindex(name)?;
+    let addresses = Netlink::open()?.addresses(index, family)?;
+    Ok(addresses
+        .into_iter()
+        .find(|a| family == Family::V4 || a.link_local()))
+}
 
 /// The ifindex of `name` in this network namespace.
 pub fn ifindex(name: &str) -> anyhow::Result<u32> {

@@ -40,6 +40,7 @@
 //!   read to its `NLMSG_DONE` is refused with `EBUSY`. Dump datagrams are
 //!   filled up to the largest buffer `recvmsg` was given, at most ~32 KiB.
 
+mod address;
 mod codec;
 mod dump;
 #[cfg(all(test, target_endian = "little"))]
@@ -53,7 +54,7 @@ mod route;
 mod socket;
 mod uapi;
 
-pub use interface::{holds_address, ifindex, link_up, mac_address};
+pub use interface::{holds_address, ifindex, link_up, mac_address, primary_address};
 pub use monitor::Monitor;
 pub use request::Netlink;
 
@@ -352,10 +353,37 @@ pub struct Link {
     pub up: bool,
 }
 
+/// An address an interface holds, as `ip addr show` lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Address {
+    /// The interface holding it.
+    pub ifindex: u32,
+    /// The address and its prefix length.
+    pub address: ipnet::IpNet,
+    /// `RT_SCOPE_*`: 0 global, 253 link (IPv6 `fe80::/10`), 254 host.
+    pub scope: u8,
+    /// `IFA_F_*` flags (secondary, tentative, permanent, ...).
+    pub flags: u32,
+}
+
+impl Address {
+    /// Still in (or failed) duplicate address detection: the kernel will
+    /// not send from it yet.
+    pub fn tentative(&self) -> bool {
+        self.flags & (uapi::IFA_F_TENTATIVE | uapi::IFA_F_DADFAILED) != 0
+    }
+
+    /// An IPv6 link-local address (scope link).
+    pub fn link_local(&self) -> bool {
+        self.scope == uapi::RT_SCOPE_LINK && self.address.addr().is_ipv6()
+    }
+}
+
 // Literal bytes are little-endian: netlink uses the host's byte order.
 #[cfg(all(test, target_endian = "little"))]
 mod tests {
     use super::*;
+    use crate::netlink::address::decode_address;
     use crate::netlink::codec::{decode_error, messages};
     use crate::netlink::fixtures::*;
     use crate::netlink::link::decode_link;
@@ -372,6 +400,7 @@ mod tests {
             let _ = decode_route(ROUTE_REPLY.get(16..cut).unwrap_or_default());
             let _ = decode_neighbour(NEIGHBOUR_REPLY.get(16..cut.min(76)).unwrap_or_default());
             let _ = decode_link(ROUTE_REPLY.get(16..cut).unwrap_or_default());
+            let _ = decode_address(ROUTE_REPLY.get(16..cut).unwrap_or_default());
             let _ = decode_error(0, ENOENT_REPLY.get(16..cut.min(56)).unwrap_or_default());
         }
         assert_eq!(decode_route(&[2, 32]), Err(DecodeError::Truncated("rtmsg")));
@@ -405,6 +434,7 @@ mod tests {
             let _ = decode_route(garbage);
             let _ = decode_neighbour(garbage);
             let _ = decode_link(garbage);
+            let _ = decode_address(garbage);
             let _ = decode_error(0, garbage);
             let _ = decode_error(uapi::NLM_F_ACK_TLVS, garbage);
             let _ = count_notifications(garbage);

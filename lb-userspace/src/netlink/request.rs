@@ -10,6 +10,11 @@ use std::{
     time::Duration,
 };
 
+use ipnet::IpNet;
+
+use super::address::{
+    AddressCollector, encode_address_add, encode_address_delete, encode_address_dump,
+};
 use super::codec::{decode_error, messages};
 use super::dump::{DumpFailure, DumpProgress, DumpReader, TakeMessage, ends_dump};
 use super::link::{decode_link, encode_link_get};
@@ -19,8 +24,8 @@ use super::neigh::{
 use super::route::{RouteCollector, decode_route, encode_route_dump, encode_route_get};
 use super::socket::{BUFFER, open_socket, receive, socklen_of};
 use super::{
-    DecodeError, Family, Link, Neighbour, NetlinkError, Route, RouteEntry, RouteKind, malformed,
-    uapi,
+    Address, DecodeError, Family, Link, Neighbour, NetlinkError, Route, RouteEntry, RouteKind,
+    malformed, uapi,
 };
 
 /// How long a request waits for the kernel's reply (each datagram of a
@@ -29,6 +34,9 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The most routes [`Netlink::route_dump`] returns.
 const MAX_ROUTES: usize = 1_000_000;
+
+/// The most addresses [`Netlink::addresses`] returns for one interface.
+const MAX_ADDRESSES: usize = 100_000;
 
 /// How many times a dump runs when the table keeps changing under it.
 const DUMP_ATTEMPTS: usize = 3;
@@ -258,6 +266,62 @@ impl Netlink {
         }
     }
 
+    /// Like `ip addr replace ADDRESS dev IFINDEX`, with `nodad` for IPv6 (a
+    /// floating address moves between hosts that agreed who holds it, and
+    /// must be usable at once): adds `address`, or leaves it as it is.
+    pub fn address_add(&mut self, ifindex: u32, address: IpNet) -> Result<(), NetlinkError> {
+        const OP: &str = "address add";
+        let seq = self.next_seq();
+        let request = encode_address_add(seq, ifindex, address, address.addr().is_ipv6());
+        self.exchange(&request, seq, OP, &|| address_target(address, ifindex))
+            .map(|_| ())
+    }
+
+    /// Like `ip addr del ADDRESS dev IFINDEX` (the prefix length must match
+    /// too). Returns `false` when the interface did not hold it.
+    pub fn address_delete(&mut self, ifindex: u32, address: IpNet) -> Result<bool, NetlinkError> {
+        const OP: &str = "address delete";
+        let seq = self.next_seq();
+        let request = encode_address_delete(seq, ifindex, address);
+        match self.exchange(&request, seq, OP, &|| address_target(address, ifindex)) {
+            Ok(_) => Ok(true),
+            Err(error) if error.errno() == Some(libc::EADDRNOTAVAIL) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The `family` addresses `ifindex` holds, in the kernel's order (`ip
+    /// addr show`: for IPv4 the primary addresses first). A dump the
+    /// changes keep interrupting is tried 3 times, then fails with an
+    /// [`io::ErrorKind::Interrupted`] I/O error.
+    pub fn addresses(
+        &mut self,
+        ifindex: u32,
+        family: Family,
+    ) -> Result<Vec<Address>, NetlinkError> {
+        const OP: &str = "address dump";
+        let target = || format!("{family} dev #{ifindex}");
+        for _ in 0..DUMP_ATTEMPTS {
+            let seq = self.next_seq();
+            let request = encode_address_dump(seq, family);
+            let mut collector = AddressCollector::new(ifindex, MAX_ADDRESSES);
+            let complete = self.dump(&request, seq, OP, &target, &mut |kind, payload| {
+                collector.take(kind, payload)
+            })?;
+            if complete {
+                return Ok(collector.addresses);
+            }
+        }
+        Err(NetlinkError::Io {
+            op: OP,
+            target: target(),
+            source: io::Error::new(
+                io::ErrorKind::Interrupted,
+                format!("the addresses changed during each of {DUMP_ATTEMPTS} dumps"),
+            ),
+        })
+    }
+
     fn neighbour_get_as(
         &mut self,
         op: &'static str,
@@ -455,6 +519,10 @@ fn io_error(op: &'static str, target: &dyn Fn() -> String, source: io::Error) ->
         target: target(),
         source,
     }
+}
+
+fn address_target(address: IpNet, ifindex: u32) -> String {
+    format!("{address} dev #{ifindex}")
 }
 
 fn neighbour_target(addr: IpAddr, ifindex: u32) -> String {

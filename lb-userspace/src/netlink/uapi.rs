@@ -27,6 +27,9 @@ pub const NLA_TYPE_MASK: u16 = !(0x8000 | 0x4000);
 
 pub const RTM_NEWLINK: u16 = 16;
 pub const RTM_GETLINK: u16 = 18;
+pub const RTM_NEWADDR: u16 = 20;
+pub const RTM_DELADDR: u16 = 21;
+pub const RTM_GETADDR: u16 = 22;
 pub const RTM_NEWROUTE: u16 = 24;
 pub const RTM_GETROUTE: u16 = 26;
 pub const RTM_NEWNEIGH: u16 = 28;
@@ -65,6 +68,15 @@ pub const NDA_LLADDR: u16 = 2;
 pub const NDA_FLAGS_EXT: u16 = 15;
 pub const NTF_EXT_LEARNED: u8 = 0x10;
 pub const NTF_EXT_MANAGED: u32 = 0x1;
+
+pub const IFA_ADDRESS: u16 = 1;
+pub const IFA_LOCAL: u16 = 2;
+pub const IFA_FLAGS: u16 = 8;
+/// In `ifa_flags` (a byte): skip duplicate address detection.
+pub const IFA_F_NODAD: u8 = 0x02;
+pub const IFA_F_DADFAILED: u32 = 0x08;
+pub const IFA_F_TENTATIVE: u32 = 0x40;
+pub const RT_SCOPE_LINK: u8 = 253;
 
 pub const IFLA_ADDRESS: u16 = 1;
 pub const IFLA_MTU: u16 = 4;

@@ -1095,6 +1095,8 @@ mod tests {
                 "2001:db8::10/64".parse().unwrap(),
             ],
             track: Vec::new(),
+            garp_repeat: 3,
+            garp_interval: Duration::from_millis(500),
         };
         let r = Router::from_ha(&ha, ip("192.0.2.1")).unwrap();
         assert_eq!(r.config().advert_interval.centis(), 10);

@@ -70,6 +70,30 @@ impl Family {
         }
     }
 
+    /// The family an instance with these floating IPs advertises in: IPv6
+    /// (to `ff02::12`, from the interface's link-local address) when every
+    /// one is IPv6, else IPv4. VRRP version 3 runs one instance per
+    /// family, so a mixed list is advertised over IPv4, its IPv6 addresses
+    /// moving with the IPv4 ones without being listed.
+    pub fn for_floating(addresses: impl IntoIterator<Item = IpAddr>) -> Self {
+        let mut any = false;
+        for address in addresses {
+            if address.is_ipv4() {
+                return Self::V4;
+            }
+            any = true;
+        }
+        if any { Self::V6 } else { Self::V4 }
+    }
+
+    /// The multicast group advertisements of this family go to.
+    pub const fn multicast(self) -> IpAddr {
+        match self {
+            Self::V4 => IpAddr::V4(MULTICAST_V4),
+            Self::V6 => IpAddr::V6(MULTICAST_V6),
+        }
+    }
+
     /// Width of one address in the address list.
     pub const fn address_len(self) -> usize {
         match self {
@@ -644,6 +668,17 @@ mod tests {
             emit(&advert, ip("10.0.0.1"), ip("10.0.0.2")),
             Err(EmitError::TooManyAddresses { count: 256 })
         );
+    }
+
+    #[test]
+    fn the_floating_ips_choose_the_family() {
+        let of = |list: &[&str]| Family::for_floating(list.iter().map(|a| ip(a)));
+        assert_eq!(of(&[]), Family::V4);
+        assert_eq!(of(&["203.0.113.10"]), Family::V4);
+        assert_eq!(of(&["2001:db8::fe", "203.0.113.10"]), Family::V4);
+        assert_eq!(of(&["2001:db8::fe", "2001:db8:1::1"]), Family::V6);
+        assert_eq!(Family::V6.multicast(), ip("ff02::12"));
+        assert_eq!(Family::V4.multicast(), ip("224.0.0.18"));
     }
 
     #[test]
