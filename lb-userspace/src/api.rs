@@ -183,7 +183,7 @@ fn route(request: &Request, controller: &ControllerHandle) -> Response {
                     }
                 };
             answer(
-                controller.call(move |c| crate::route::maps::answer(c, &request)),
+                controller.call(move |c| c.route(&request)),
                 |report| match report {
                     Ok(report) => json(&report),
                     Err(error) => Response::error(400, &error),

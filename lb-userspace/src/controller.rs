@@ -18,6 +18,7 @@ use std::{
 };
 
 mod announcing;
+mod routing;
 
 pub use announcing::{AnnounceStatus, VipStatus};
 

@@ -112,23 +112,6 @@ impl Tables for MapTables<'_> {
     }
 }
 
-/// `lb route`'s answer from a running controller: its data plane's maps,
-/// named with its plan and status. An operator's bad request is an `Err`.
-pub fn answer(
-    controller: &crate::controller::Controller,
-    request: &super::report::RouteRequest,
-) -> Result<super::report::RouteReport, String> {
-    let query = request.query()?;
-    let decision = super::decide(&query, &MapTables::new(controller.dataplane()));
-    Ok(super::report::build(
-        request,
-        &decision,
-        controller.planned(),
-        &controller.status(),
-        interface_name,
-    ))
-}
-
 /// The name of interface `ifindex` in this network namespace.
 pub fn interface_name(ifindex: u32) -> Option<String> {
     let mut buffer = [0u8; libc::IF_NAMESIZE];

@@ -1,0 +1,25 @@
+//! `lb route` from a running controller: the decision read from its data
+//! plane's maps (`crate::route`), named with its plan and status.
+
+use super::Controller;
+use crate::route::{
+    self,
+    maps::{MapTables, interface_name},
+    report::{RouteReport, RouteRequest},
+};
+
+impl Controller {
+    /// Where the flow of `request` goes and why. An operator's bad request
+    /// is an `Err`.
+    pub fn route(&self, request: &RouteRequest) -> Result<RouteReport, String> {
+        let query = request.query()?;
+        let decision = route::decide(&query, &MapTables::new(self.dataplane()));
+        Ok(route::report::build(
+            request,
+            &decision,
+            self.planned(),
+            &self.status(),
+            interface_name,
+        ))
+    }
+}
