@@ -65,6 +65,19 @@ fn the_demo_survives_every_fault_it_announces() {
         output.status
     );
 
+    // The operator's view after the flood: `lb route` names the guard's
+    // verdict for the junk source, and `lb trace --drops` saw it dropped.
+    let view = stdout
+        .lines()
+        .find(|l| l.contains("operator view"))
+        .unwrap_or_else(|| panic!("no operator view line:\n{stdout}"));
+    assert!(
+        view.contains("198.51.100.66:40000 203.0.113.10:80`: drop_guard_auto")
+            && view.contains("forward_to_backend -> 192.0.2.")
+            && view.ends_with("--source 198.51.100.66`: drop_guard_auto"),
+        "{view}"
+    );
+
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.0.join("summary.json")).expect("summary.json"))
             .expect("summary.json is JSON");

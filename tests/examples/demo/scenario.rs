@@ -21,8 +21,8 @@ use anyhow::{Context as _, bail};
 use crate::{
     interrupted,
     topology::{
-        ADVERT_INTERVAL, CHECK_FALL, CHECK_INTERVAL, CHECK_RISE, CHECK_TIMEOUT, JUNK, Network, VIP,
-        WEB,
+        ADVERT_INTERVAL, CHECK_FALL, CHECK_INTERVAL, CHECK_RISE, CHECK_TIMEOUT, CLIENT, JUNK,
+        Network, VIP, WEB,
     },
     traffic::{Held, Load, Sample, flood},
 };
@@ -570,6 +570,10 @@ impl Story {
             ),
         );
 
+        // What an operator asks while the source is denied: `lb route`
+        // for it and for the good client, and `lb trace --drops`.
+        self.printer.say(&operator_view(net));
+
         // The master balancer dies.
         let held: Vec<Held> = net
             .client
@@ -646,4 +650,71 @@ fn guard_drops(net: &Network) -> u64 {
                 .filter_map(|(_, n)| n.as_u64())
                 .sum()
         })
+}
+
+/// `lb route` for the junk source and for the good client, and the first
+/// drops `lb trace --drops` shows, each summed up in a line.
+fn operator_view(net: &Network) -> String {
+    let route = |client: &str| {
+        let out = net.lb(0, &["route", client, WEB, "--output", "json"]);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let verdict = report["verdict"].as_str().unwrap_or("?").to_owned();
+        let backend = report["backend"]["address"]
+            .as_str()
+            .map_or_else(String::new, |b| format!(" -> {b}"));
+        let denied = report["guard"]["auto_denied_ms"]
+            .as_u64()
+            .map_or_else(String::new, |ms| format!(" (auto-denied {ms} ms more)"));
+        format!("{verdict}{backend}{denied}")
+    };
+    let junk = route(&format!("{JUNK}:40000"));
+    let good = route(&format!("{CLIENT}:40000"));
+    // The flood is over but the source is still denied: a trace attached,
+    // then a few junk datagrams, each dropped (the trace ends at the first,
+    // or is stopped after 3 s).
+    let trace = std::process::Command::new(lb_tests::lb_binary())
+        .args([
+            "trace", "--drops", "--source", JUNK, "--limit", "1", "--output", "json",
+        ])
+        .args(["--socket", net.balancers[0].socket.as_str()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let Ok(mut trace) = trace else {
+        return format!(
+            "operator view: `lb route {JUNK}:40000 {WEB}`: {junk}; \
+                        `lb route {CLIENT}:40000 {WEB}`: {good}"
+        );
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    if let (Ok(junk), Ok(vip)) = (JUNK.parse(), VIP.parse()) {
+        let target = SocketAddr::new(vip, crate::server::SINK_PORT);
+        let stop = Arc::new(AtomicBool::new(false));
+        let _ = flood(
+            &net.client,
+            junk,
+            target,
+            20,
+            Duration::from_millis(200),
+            stop,
+        )
+        .join();
+    }
+    let started = Instant::now();
+    while matches!(trace.try_wait(), Ok(None)) && started.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = trace.kill();
+    let output = trace.wait_with_output().ok();
+    let event: serde_json::Value = output
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| serde_json::from_str(line).ok())
+        .unwrap_or_default();
+    let traced = event["reason"].as_str().unwrap_or("none seen").to_owned();
+    format!(
+        "operator view: `lb route {JUNK}:40000 {WEB}`: {junk}; `lb route {CLIENT}:40000 {WEB}`: \
+         {good}; `lb trace --drops --source {JUNK}`: {traced}"
+    )
 }
