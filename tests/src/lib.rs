@@ -21,6 +21,7 @@ pub mod bird;
 pub mod endtoend;
 pub mod frames;
 pub mod fuzz;
+pub mod keepalived;
 pub mod lbrun;
 pub mod model;
 pub mod netns;

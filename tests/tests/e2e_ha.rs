@@ -20,6 +20,7 @@ use std::{
 use lb_tests::{
     TempFile,
     bed::{Backend, DecapGuard, HeldConnection, backend, tcp_request},
+    keepalived::Keepalived,
     lbrun::LbRun,
     netns::{Netns, bridge, enslave, veth, wait_until},
 };
@@ -407,92 +408,20 @@ fn tunnel_flows_survive_a_sigterm_handover() {
     );
 }
 
-/// A real keepalived (VRRP only) in `ns`, the reference peer. Dropping it
-/// sends SIGTERM (it hands over and reaps its VRRP child), then waits.
-struct Keepalived {
-    child: Option<std::process::Child>,
-    _config: TempFile,
-    log: std::path::PathBuf,
-    pid_files: [std::path::PathBuf; 3],
-}
-
-impl Keepalived {
-    fn start(ns: &Netns, tag: &str, priority: u8) -> Self {
-        let config = TempFile::new(
-            &format!("keepalived-{tag}.conf"),
-            &format!(
-                "global_defs {{\n  vrrp_version 3\n}}\n\
+/// keepalived (the reference peer) in `ns` for the IPv4 instance of the
+/// bed: VRID 51, advert interval 100 ms, the bed's floating IPs.
+fn keepalived(ns: &Netns, tag: &str, priority: u8) -> Keepalived {
+    Keepalived::start(
+        ns,
+        tag,
+        &format!(
+            "global_defs {{\n  vrrp_version 3\n}}\n\
                  vrrp_instance lb {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  \
                  priority {priority}\n  advert_int 0.1\n  \
                  virtual_ipaddress {{\n    198.51.100.1/24\n    192.0.2.254/24\n  }}\n  \
                  virtual_ipaddress_excluded {{\n    2001:db8:1::1/64\n    2001:db8::fe/64\n  }}\n}}\n"
-            ),
-        );
-        let run = std::env::temp_dir();
-        let pid = std::process::id();
-        let pid_files = ["main", "vrrp", "checkers"]
-            .map(|what| run.join(format!("lb-keepalived-{tag}-{pid}-{what}.pid")));
-        let log = run.join(format!("lb-keepalived-{tag}-{pid}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let child = ns
-            .command(
-                "keepalived",
-                &[
-                    "--dont-fork",
-                    "--log-console",
-                    "--vrrp",
-                    "--use-file",
-                    config.path().to_str().unwrap(),
-                    "--pid",
-                    pid_files[0].to_str().unwrap(),
-                    "--vrrp_pid",
-                    pid_files[1].to_str().unwrap(),
-                    "--checkers_pid",
-                    pid_files[2].to_str().unwrap(),
-                ],
-            )
-            .stdin(std::process::Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("start keepalived (cargo xtask setup installs it)");
-        Self {
-            child: Some(child),
-            _config: config,
-            log,
-            pid_files,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM and wait; true when it exited within 5 s.
-    fn stop(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else {
-            return true;
-        };
-        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
-        unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGTERM) };
-        let exited = wait_until(Duration::from_secs(5), || {
-            matches!(child.try_wait(), Ok(Some(_)))
-        });
-        if !exited {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        exited
-    }
-}
-
-impl Drop for Keepalived {
-    fn drop(&mut self) {
-        self.stop();
-        for file in self.pid_files.iter().chain([&self.log]) {
-            let _ = std::fs::remove_file(file);
-        }
-    }
+        ),
+    )
 }
 
 fn holds_floating_ip(ns: &Netns) -> bool {
@@ -505,7 +434,7 @@ fn holds_floating_ip(ns: &Netns) -> bool {
 #[test]
 fn keepalived_master_lb_backup() {
     let mut bed = HaBed::new("k", false);
-    let mut keepalived = Keepalived::start(&bed.balancers[0].ns, "k", 200);
+    let mut keepalived = keepalived(&bed.balancers[0].ns, "k", 200);
     assert!(
         wait_until(Duration::from_secs(10), || holds_floating_ip(
             &bed.balancers[0].ns
@@ -557,7 +486,7 @@ fn lb_master_keepalived_backup() {
         wait_until(Duration::from_secs(10), || bed.ha_state(1) == "master"),
         "lb never became master"
     );
-    let mut keepalived = Keepalived::start(&bed.balancers[0].ns, "l", 50);
+    let mut keepalived = keepalived(&bed.balancers[0].ns, "l", 50);
     std::thread::sleep(Duration::from_millis(1500));
     assert!(
         !holds_floating_ip(&bed.balancers[0].ns),

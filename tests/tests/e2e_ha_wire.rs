@@ -22,6 +22,7 @@ use etherparse::{NetSlice, SlicedPacket, TransportSlice, icmpv6::Icmpv6PayloadSl
 use lb::vrrp::{AdvertInterval, Advertisement, MULTICAST_V6, emit};
 use lb_tests::{
     TempFile,
+    keepalived::Keepalived,
     lbrun::LbRun,
     netns::{Netns, veth, wait_until},
 };
@@ -121,97 +122,25 @@ fn holds_v6(ns: &Netns) -> bool {
         .contains("2001:db8::fe/64")
 }
 
-/// A real keepalived (VRRP only) in `ns` with the IPv6 instance. Dropping
-/// it sends SIGTERM (it hands over and reaps its VRRP child), then waits.
-struct Keepalived {
-    child: Option<std::process::Child>,
-    _config: TempFile,
-    log: std::path::PathBuf,
-    pid_files: [std::path::PathBuf; 3],
-}
-
-impl Keepalived {
-    fn start(ns: &Netns, tag: &str, priority: u8, peer: Option<&str>) -> Self {
-        // RFC 5798 §7.1: lb drops advertisements with a hop limit other
-        // than 255; keepalived sends unicast ones with 64 unless told.
-        let unicast = peer.map_or(String::new(), |p| {
-            format!("  unicast_ttl 255\n  unicast_peer {{\n    {p}\n  }}\n")
-        });
-        let config = TempFile::new(
-            &format!("keepalived6-{tag}.conf"),
-            &format!(
-                "global_defs {{\n  vrrp_version 3\n}}\n\
+/// keepalived (the reference peer) in `ns` with the IPv6 instance;
+/// unicast to `peer` when given.
+fn keepalived(ns: &Netns, tag: &str, priority: u8, peer: Option<&str>) -> Keepalived {
+    // RFC 5798 §7.1: lb drops advertisements with a hop limit other
+    // than 255; keepalived sends unicast ones with 64 unless told.
+    let unicast = peer.map_or(String::new(), |p| {
+        format!("  unicast_ttl 255\n  unicast_peer {{\n    {p}\n  }}\n")
+    });
+    Keepalived::start(
+        ns,
+        &format!("v6-{tag}"),
+        &format!(
+            "global_defs {{\n  vrrp_version 3\n}}\n\
                  vrrp_instance lb6 {{\n  state BACKUP\n  interface eth0\n  \
                  virtual_router_id {VRID}\n  priority {priority}\n  advert_int 0.1\n{unicast}  \
                  virtual_ipaddress {{\n    {}\n    {}\n  }}\n}}\n",
-                FLOATING_V6[0], FLOATING_V6[1]
-            ),
-        );
-        let run = std::env::temp_dir();
-        let pid = std::process::id();
-        let pid_files = ["main", "vrrp", "checkers"]
-            .map(|what| run.join(format!("lb-keepalived6-{tag}-{pid}-{what}.pid")));
-        let log = run.join(format!("lb-keepalived6-{tag}-{pid}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let child = ns
-            .command(
-                "keepalived",
-                &[
-                    "--dont-fork",
-                    "--log-console",
-                    "--vrrp",
-                    "--use-file",
-                    config.path().to_str().unwrap(),
-                    "--pid",
-                    pid_files[0].to_str().unwrap(),
-                    "--vrrp_pid",
-                    pid_files[1].to_str().unwrap(),
-                    "--checkers_pid",
-                    pid_files[2].to_str().unwrap(),
-                ],
-            )
-            .stdin(std::process::Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("start keepalived (cargo xtask setup installs it)");
-        Self {
-            child: Some(child),
-            _config: config,
-            log,
-            pid_files,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM and wait; true when it exited within 5 s.
-    fn stop(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else {
-            return true;
-        };
-        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
-        unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGTERM) };
-        let exited = wait_until(Duration::from_secs(5), || {
-            matches!(child.try_wait(), Ok(Some(_)))
-        });
-        if !exited {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        exited
-    }
-}
-
-impl Drop for Keepalived {
-    fn drop(&mut self) {
-        self.stop();
-        for file in self.pid_files.iter().chain([&self.log]) {
-            let _ = std::fs::remove_file(file);
-        }
-    }
+            FLOATING_V6[0], FLOATING_V6[1]
+        ),
+    )
 }
 
 /// keepalived (priority 200) master, lb (100) backup over IPv6: lb hears
@@ -222,7 +151,7 @@ fn keepalived_master_lb_backup(tag: &str, unicast: bool) {
     // source, the link-local address (its raw socket is bound to it).
     let mut pair = Pair::new(tag, |peer| ha_v6(100, unicast.then_some(peer)));
     let keepalived_source = link_local(&pair.peer).to_string();
-    let mut keepalived = Keepalived::start(&pair.peer, tag, 200, unicast.then_some("2001:db8::2"));
+    let mut keepalived = keepalived(&pair.peer, tag, 200, unicast.then_some("2001:db8::2"));
     assert!(
         wait_until(Duration::from_secs(10), || holds_v6(&pair.peer)),
         "keepalived never became master: {}",
@@ -266,7 +195,7 @@ fn lb_master_keepalived_backup(tag: &str, unicast: bool) {
     pair.lb.start();
     pair.wait_state("master");
     assert!(holds_v6(&pair.lb.ns));
-    let keepalived = Keepalived::start(&pair.peer, tag, 50, unicast.then_some("2001:db8::2"));
+    let keepalived = keepalived(&pair.peer, tag, 50, unicast.then_some("2001:db8::2"));
     std::thread::sleep(Duration::from_millis(2500));
     assert!(
         !holds_v6(&pair.peer),
