@@ -7,7 +7,6 @@
 //! command (a release) ends the series.
 
 use std::{
-    net::{IpAddr, Ipv4Addr},
     sync::mpsc,
     time::{Duration, Instant},
 };
@@ -16,18 +15,7 @@ use anyhow::Context as _;
 use ipnet::IpNet;
 
 use super::announce::{Announcer, announcement};
-use crate::netlink::{Family, Netlink, primary_address};
-
-/// The interface's first IPv4 address (as `ip -4 addr show` lists them),
-/// `None` if it has none.
-pub fn primary_ipv4(interface: &str) -> anyhow::Result<Option<Ipv4Addr>> {
-    Ok(
-        primary_address(interface, Family::V4)?.and_then(|a| match a.address.addr() {
-            IpAddr::V4(v4) => Some(v4),
-            IpAddr::V6(_) => None,
-        }),
-    )
-}
+use crate::netlink::Netlink;
 
 /// What the address thread is asked to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -28,7 +28,6 @@ mod socket;
 mod status;
 mod watch;
 
-pub use addresses::primary_ipv4;
 pub use status::{HaStatus, InstanceStatus, TrackStatus};
 pub use watch::Healthy;
 
