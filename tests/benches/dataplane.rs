@@ -19,7 +19,8 @@
 //! `LB_BENCH_ONLY=dataplane` (1 to 4) or `LB_BENCH_ONLY=e2e` (5) runs one
 //! part. `LB_BENCH_PATHS=nat,dsr` times only those paths of section 1 (and
 //! the floor), for a quick A/B of a data-path change, and `pps` among them
-//! adds section 2; nothing else runs.
+//! adds section 2; nothing else runs. `LB_BENCH_PPS=dsr` limits section 2 to
+//! the floor and the cases named.
 //!
 //! Results go to `results/<UTC date-time>.{json,md,png}`; nothing here
 //! asserts a timing. Needs root.
@@ -551,7 +552,15 @@ fn packets_per_second(harness: &mut Harness) -> Vec<PpsRow> {
     sink.attach("peer0", AttachMode::Native)
         .expect("attach lb_drop to peer0 (native)");
 
-    let cases = pps_cases();
+    // `LB_BENCH_PPS=dsr` runs the floor and the named cases only (for a
+    // profile of one path under `perf`).
+    let only = std::env::var("LB_BENCH_PPS").ok();
+    let cases = pps_cases().into_iter().filter(|(name, ..)| {
+        *name == "floor"
+            || only
+                .as_deref()
+                .is_none_or(|list| list.split(',').any(|case| case.trim() == *name))
+    });
     println!(
         "{:<8} {:>8} {:>24} {:>10} {:>7}  reason",
         "case", "Mpps", "rounds", "delivered", "floor x"

@@ -187,9 +187,20 @@ fn cargo() -> Command {
 /// 10 to 20 ns less per packet on every path here (`cargo xtask bench`).
 /// The verifier accepts misaligned packet and map-value accesses on
 /// machines with efficient unaligned access (x86-64, arm64); stack accesses
-/// stay aligned. `LB_EBPF_RUSTFLAGS` adds flags, for experiments.
+/// stay aligned.
+///
+/// `--disable-expand-memcpy-in-order`: by default bpf-linker asks LLVM to
+/// expand only `memcpy` itself (in order, for JITs that pattern-match it),
+/// which turns every `memmove` and `memset` — a struct copy, a zeroed
+/// padding field — into a call to a byte-at-a-time loop. Without it LLVM
+/// expands all three into a few word-sized loads and stores: 25 ns less per
+/// established packet, 8 ns less for host traffic (`cargo xtask bench`).
+///
+/// `LB_EBPF_RUSTFLAGS` adds flags, for experiments.
 fn ebpf_rustflags() -> String {
-    let mut flags = "-C link-arg=--cpu-features=+allows-misaligned-mem-access".to_owned();
+    let mut flags = "-C link-arg=--cpu-features=+allows-misaligned-mem-access \
+                     -C link-arg=--disable-expand-memcpy-in-order"
+        .to_owned();
     if let Ok(extra) = std::env::var("LB_EBPF_RUSTFLAGS") {
         flags.push(' ');
         flags.push_str(&extra);
