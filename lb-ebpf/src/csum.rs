@@ -14,6 +14,20 @@ pub fn fold(mut sum: u32) -> u16 {
     folded
 }
 
+/// The two 16-bit halves of `word` added: its share of a one's-complement
+/// sum, in whatever byte order it was read.
+#[inline(always)]
+pub fn words(word: u32) -> u32 {
+    (word & 0xffff) + (word >> 16)
+}
+
+/// `checksum` after fields changed by `delta` (the sum of each old word's
+/// complement and each new word, unfolded; RFC 1624 eqn. 3).
+#[inline(always)]
+pub fn apply(checksum: u16, delta: u32) -> u16 {
+    !fold(u32::from(!checksum) + delta)
+}
+
 /// The checksum after the bytes `old` were replaced by `new` (RFC 1624,
 /// eqn. 3: HC' = ~(~HC + ~m + m')). `N` is even.
 #[inline(always)]

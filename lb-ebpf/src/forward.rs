@@ -15,7 +15,7 @@ use lb_common::{Addr, Reason, hash::tunnel_hash, proto};
 use crate::{
     Drop, Status, Verdict, csum,
     maps::{DEVMAP, SETTINGS, Scratch},
-    packet::{bytes_at, frame_len, read_at, write_at},
+    packet::{bytes_at, frame_len, ptr_at, read_at, write_at},
     parse::Packet,
 };
 
@@ -166,6 +166,9 @@ fn try_rewrite(
     addr: &Addr,
     port: u16,
 ) -> Result<(), Drop> {
+    if !packet.v6 {
+        return rewrite_v4(ctx, packet, end, addr, port);
+    }
     let malformed = Drop(if packet.v6 {
         Reason::DropMalformedIpv6
     } else {
@@ -211,6 +214,65 @@ fn try_rewrite(
             checksum
         };
         *field = checksum.to_be_bytes();
+    }
+    Ok(())
+}
+
+/// [`rewrite`] for IPv4, the common case kept short: the address and port
+/// are read and written as whole words, both checksums take one delta, and
+/// the arithmetic stays in the machine's byte order (a one's-complement sum
+/// is the same in either order, RFC 1071 §2(B)).
+#[inline(always)]
+fn rewrite_v4(
+    ctx: &XdpContext,
+    packet: &Packet,
+    end: End,
+    addr: &Addr,
+    port: u16,
+) -> Result<(), Drop> {
+    let malformed = Drop(Reason::DropMalformedIpv4);
+    let ip = packet.l3_off();
+    let addr_off = ip + if end == End::Source { 12 } else { 16 };
+    let field = ptr_at::<u32>(ctx, addr_off).ok_or(malformed)?;
+    let header = ptr_at::<u16>(ctx, ip + 10).ok_or(malformed)?;
+    let new_addr = u32::from_ne_bytes(v4_bytes(addr));
+    // SAFETY: `ptr_at` checked both fields lie inside the frame; packet
+    // memory is writable and unaligned access is allowed (see `ptr_at`).
+    let delta = unsafe {
+        let old = field.read_unaligned();
+        field.write_unaligned(new_addr);
+        let delta = csum::words(!old) + csum::words(new_addr);
+        header.write_unaligned(csum::apply(header.read_unaligned(), delta));
+        delta
+    };
+    if !packet.has_l4 {
+        return Ok(());
+    }
+    let l4 = packet.l4_off();
+    let (checksum_off, udp) = match packet.proto {
+        proto::TCP => (16, false),
+        proto::UDP => (6, true),
+        _ => return Ok(()),
+    };
+    let checksum = ptr_at::<u16>(ctx, l4 + checksum_off).ok_or(malformed)?;
+    let port_field = ptr_at::<u16>(ctx, l4 + if end == End::Source { 0 } else { 2 })
+        .ok_or(malformed)?;
+    // SAFETY: as above.
+    unsafe {
+        let mut delta = delta;
+        if port != 0 {
+            let new_port = port.to_be();
+            delta += u32::from(!port_field.read_unaligned()) + u32::from(new_port);
+            port_field.write_unaligned(new_port);
+        }
+        let old = checksum.read_unaligned();
+        // An IPv4 UDP checksum of zero means "none" and stays so; a computed
+        // one of zero is sent as all ones (both the same in either order).
+        if udp && old == 0 {
+            return Ok(());
+        }
+        let new = csum::apply(old, delta);
+        checksum.write_unaligned(if udp && new == 0 { 0xffff } else { new });
     }
     Ok(())
 }
