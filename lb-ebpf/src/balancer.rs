@@ -53,6 +53,9 @@ pub fn balance(ctx: &XdpContext) -> u32 {
     };
     let flags = SETTINGS.get(0).map_or(0, |settings| settings.flags);
     let packed = decide(ctx, scratch, flags);
+    if !cfg!(feature = "trace") {
+        return packed;
+    }
     if flags & lb_common::maps::SETTINGS_TRACE != 0 {
         trace::record(ctx, scratch, packed);
     }

@@ -255,8 +255,8 @@ fn rewrite_v4(
         _ => return Ok(()),
     };
     let checksum = ptr_at::<u16>(ctx, l4 + checksum_off).ok_or(malformed)?;
-    let port_field = ptr_at::<u16>(ctx, l4 + if end == End::Source { 0 } else { 2 })
-        .ok_or(malformed)?;
+    let port_field =
+        ptr_at::<u16>(ctx, l4 + if end == End::Source { 0 } else { 2 }).ok_or(malformed)?;
     // SAFETY: as above.
     unsafe {
         let mut delta = delta;

@@ -102,7 +102,11 @@ pub(crate) fn finish(result: Result<Verdict, Drop>) -> u32 {
         },
     };
     maps::count(verdict.reason);
-    verdict.action | ((verdict.reason as u32) << 8)
+    if cfg!(feature = "trace") {
+        verdict.action | ((verdict.reason as u32) << 8)
+    } else {
+        verdict.action
+    }
 }
 
 /// The load balancer, attached to the interfaces that receive VIP traffic.

@@ -16,10 +16,13 @@
 //!    `haproxy`, an nftables DNAT, an XDP forwarding floor and no balancer,
 //!    driven by `wrk` in network namespaces.
 //!
+//! 1b. What `lb trace` costs with no trace attached: the object built
+//!    without the feature (`LB_BENCH_NOTRACE_OBJECT`) against this one.
+//!
 //! `LB_BENCH_ONLY=dataplane` (1 to 4) or `LB_BENCH_ONLY=e2e` (5) runs one
 //! part. `LB_BENCH_PATHS=nat,dsr` times only those paths of section 1 (and
 //! the floor), for a quick A/B of a data-path change, and `pps` among them
-//! adds section 2; nothing else runs. `LB_BENCH_PPS=dsr` limits section 2 to
+//! adds section 2 (`trace` adds 1b); nothing else runs. `LB_BENCH_PPS=dsr` limits section 2 to
 //! the floor and the cases named.
 //!
 //! Results go to `results/<UTC date-time>.{json,md,png}`; nothing here
@@ -42,7 +45,7 @@ use lb::{
 use lb_common::{Reason, program_names};
 use lb_tests::{
     endtoend, frames,
-    report::{ControlPlaneRow, MaglevRow, PathCost, PpsRow, Report},
+    report::{ControlPlaneRow, MaglevRow, PathCost, PpsRow, Report, TraceCostRow},
     testrun::{Harness, LB_MAC},
 };
 
@@ -232,6 +235,10 @@ fn data_plane(report: &mut Report) {
         if wanted("pps") {
             report.pps = packets_per_second(&mut harness);
         }
+        if wanted("trace") {
+            drop(harness);
+            report.trace_cost = trace_cost(&config);
+        }
         return;
     }
     fallback_cases(&mut harness, floor_ns, report);
@@ -277,8 +284,114 @@ fn data_plane(report: &mut Report) {
     }
     drop(guard);
 
+    report.trace_cost = trace_cost(&config);
+
     println!("\n== Maglev table builds");
     report.maglev = maglev_builds();
+}
+
+/// Paths timed on both builds for the trace-cost figure: host traffic,
+/// and the two established paths the packets-per-second figure uses.
+const TRACE_COST_PATHS: [&str; 3] = ["pass", "nat", "dsr"];
+/// Pairs of loads (one per build, the order alternating) for that figure.
+const TRACE_COST_PAIRS: usize = 16;
+
+/// What `lb trace` costs a packet while no trace is attached: each path of
+/// [`TRACE_COST_PATHS`] on this object and on the one built without the
+/// feature (`LB_BENCH_NOTRACE_OBJECT`, which `cargo xtask bench` builds),
+/// loaded afresh and alternately, so drift and one load's map placement
+/// average out. The kernel reports whole nanoseconds per round; the mean of
+/// many rounds resolves less than one.
+#[allow(
+    clippy::cast_precision_loss,
+    reason = "counts of a few pairs and nanoseconds, far below 2^52"
+)]
+fn trace_cost(config: &str) -> Vec<TraceCostRow> {
+    let Some(path) = std::env::var_os("LB_BENCH_NOTRACE_OBJECT") else {
+        println!("\n(trace cost not measured: LB_BENCH_NOTRACE_OBJECT is not set)");
+        return Vec::new();
+    };
+    let without = std::fs::read(&path).expect("read the object built without `lb trace`");
+    println!(
+        "\n== `lb trace` with no trace attached: {TRACE_COST_PAIRS} pairs of loads, \
+         {ROUNDS} x {REPEAT} runs per path and load"
+    );
+    let cases: Vec<Case> = main_cases()
+        .into_iter()
+        .filter(|case| TRACE_COST_PATHS.contains(&case.name))
+        .collect();
+    // Per case: (with, without) means of each pair.
+    let mut pairs: Vec<Vec<(f64, f64)>> = vec![Vec::new(); cases.len()];
+    for pair in 0..TRACE_COST_PAIRS {
+        let mut means = [vec![0.0; cases.len()], vec![0.0; cases.len()]];
+        let order = if pair % 2 == 0 { [0, 1] } else { [1, 0] };
+        for build in order {
+            let object = if build == 0 { OBJECT } else { &without[..] };
+            let mut harness = Harness::with_object(config, object);
+            for (i, case) in cases.iter().enumerate() {
+                means[build][i] = mean_cost(&mut harness, &case.frame);
+            }
+        }
+        for (i, samples) in pairs.iter_mut().enumerate() {
+            samples.push((means[0][i], means[1][i]));
+        }
+        print!(".");
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+    }
+    println!();
+    println!(
+        "{:<8} {:>10} {:>12} {:>16}",
+        "path", "with (ns)", "without (ns)", "difference (ns)"
+    );
+    cases
+        .iter()
+        .zip(pairs)
+        .map(|(case, samples)| {
+            let n = samples.len() as f64;
+            let mean = |f: &dyn Fn(&(f64, f64)) -> f64| samples.iter().map(f).sum::<f64>() / n;
+            let delta = mean(&|(with, without)| with - without);
+            let variance = samples
+                .iter()
+                .map(|(with, without)| (with - without - delta).powi(2))
+                .sum::<f64>()
+                / (n - 1.0);
+            let row = TraceCostRow {
+                name: case.name.to_owned(),
+                with_ns: mean(&|(with, _)| *with),
+                without_ns: mean(&|(_, without)| *without),
+                delta_ns: delta,
+                margin_ns: 2.0 * (variance / n).sqrt(),
+                pairs: samples.len(),
+            };
+            println!(
+                "{:<8} {:>10.1} {:>12.1} {:>+10.2} ± {:.2}",
+                row.name, row.with_ns, row.without_ns, row.delta_ns, row.margin_ns
+            );
+            row
+        })
+        .collect()
+}
+
+/// The mean cost of `frame` on the balancer over [`ROUNDS`] rounds, the
+/// wrapper subtracted round by round (as [`measure`]).
+#[allow(
+    clippy::cast_precision_loss,
+    reason = "a sum of a few nanosecond figures, far below 2^52"
+)]
+fn mean_cost(harness: &mut Harness, frame: &[u8]) -> f64 {
+    let padded = harness
+        .dataplane
+        .prepare_bench_of(program_names::BALANCER, frame)
+        .expect("prepare the wrapper");
+    run_repeated(harness, program_names::BENCH, &padded, 1);
+    let total: i64 = (0..ROUNDS)
+        .map(|_| {
+            let (base, _) = run_repeated(harness, program_names::BENCH_BASELINE, &padded, REPEAT);
+            let (with, _) = run_repeated(harness, program_names::BENCH, &padded, REPEAT);
+            with - base
+        })
+        .sum();
+    total as f64 / ROUNDS as f64
 }
 
 /// The established flows again with no cached next hop: what every packet

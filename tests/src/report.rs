@@ -92,6 +92,25 @@ pub struct PpsRow {
     pub delivered: Option<u64>,
 }
 
+/// What `lb trace` costs a packet while no trace is attached: the same path
+/// timed on the object built with the feature and without it, alternately.
+#[derive(Clone, Debug)]
+pub struct TraceCostRow {
+    /// The per-packet path (`pass`, `nat`, ...).
+    pub name: String,
+    /// Mean ns per packet with the feature (wrapper subtracted).
+    pub with_ns: f64,
+    /// Mean ns per packet without it.
+    pub without_ns: f64,
+    /// Mean of the paired differences, with minus without.
+    pub delta_ns: f64,
+    /// Two standard errors of that mean: the difference is `delta_ns` ±
+    /// this, at about 95 % confidence.
+    pub margin_ns: f64,
+    /// Pairs measured (each `ROUNDS` x `REPEAT` runs per build).
+    pub pairs: usize,
+}
+
 /// One Maglev table build.
 #[derive(Clone, Debug)]
 pub struct MaglevRow {
@@ -174,6 +193,9 @@ pub struct Report {
     pub control_plane: Vec<ControlPlaneRow>,
     /// End-to-end rows (empty when not measured).
     pub end_to_end: Vec<EndToEndRow>,
+    /// What the trace flag costs with no trace attached (empty when the
+    /// object without the feature was not given).
+    pub trace_cost: Vec<TraceCostRow>,
     /// Method notes, printed under the tables.
     pub notes: Vec<String>,
 }
@@ -189,6 +211,7 @@ impl Report {
             maglev: Vec::new(),
             control_plane: Vec::new(),
             end_to_end: Vec::new(),
+            trace_cost: Vec::new(),
             notes: Vec::new(),
         }
     }
@@ -257,6 +280,26 @@ impl Report {
                     "ratio_to_haproxy": ratio("haproxy"),
                     "ratio_to_direct": ratio("direct"),
                 })
+            })
+            .collect()
+    }
+
+    /// The `trace_cost` object: per path, the costs with and without the
+    /// feature and their difference.
+    fn trace_cost_json(&self) -> Map<String, Value> {
+        self.trace_cost
+            .iter()
+            .map(|row| {
+                (
+                    row.name.clone(),
+                    json!({
+                        "with_ns": round3(row.with_ns),
+                        "without_ns": round3(row.without_ns),
+                        "delta_ns": round3(row.delta_ns),
+                        "margin_ns": round3(row.margin_ns),
+                        "pairs": row.pairs,
+                    }),
+                )
             })
             .collect()
     }
@@ -334,6 +377,7 @@ impl Report {
             })
             .collect();
         let end_to_end = self.end_to_end_json();
+        let trace_cost = self.trace_cost_json();
         json!({
             "started": self.started,
             "machine": {
@@ -347,6 +391,7 @@ impl Report {
             "maglev": maglev,
             "control_plane": control_plane,
             "end_to_end": end_to_end,
+            "trace_cost": trace_cost,
             "notes": self.notes,
         })
     }
@@ -360,6 +405,7 @@ impl Report {
         let _ = writeln!(md, "| {} | {} | {} |\n", m.kernel, m.cpu, m.nproc);
 
         self.per_packet_markdown(&mut md, chart);
+        self.trace_cost_markdown(&mut md);
         self.pps_maglev_markdown(&mut md);
         let _ = writeln!(md, "\n## Control plane: plan + apply\n");
         let _ = writeln!(
@@ -390,6 +436,31 @@ impl Report {
             }
         }
         md
+    }
+
+    fn trace_cost_markdown(&self, md: &mut String) {
+        if self.trace_cost.is_empty() {
+            return;
+        }
+        let _ = writeln!(md, "\n## `lb trace` with no trace attached\n");
+        let _ = writeln!(
+            md,
+            "The same paths on the object built with the feature and without it \
+             (`--no-default-features`), loaded alternately; means of the rounds, and the \
+             mean paired difference ± two standard errors.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| path | with (ns) | without (ns) | difference (ns) | pairs |\n\
+             | --- | ---: | ---: | ---: | ---: |"
+        );
+        for row in &self.trace_cost {
+            let _ = writeln!(
+                md,
+                "| {} | {:.1} | {:.1} | {:+.2} ± {:.2} | {} |",
+                row.name, row.with_ns, row.without_ns, row.delta_ns, row.margin_ns, row.pairs
+            );
+        }
     }
 
     fn end_to_end_markdown(&self, md: &mut String) {

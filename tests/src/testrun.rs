@@ -102,11 +102,19 @@ impl Harness {
     /// Builds the namespace, moves the calling thread into it, loads the
     /// balancer with `config`'s sizes and plans `config` into its maps.
     pub fn new(config: &str) -> Self {
+        Self::with_object(config, lb::dataplane::OBJECT)
+    }
+
+    /// As [`Harness::new`], with another build of the XDP object (the
+    /// benchmarks compare builds).
+    pub fn with_object(config: &str, object: &[u8]) -> Self {
         let config = Config::parse(config).expect("test configuration");
         let ns = Netns::new("dp");
         ns.enter();
         build_test_bed(&ns);
-        let mut dataplane = Dataplane::load(sizes(&config)).expect("load the XDP object");
+        let mut dataplane =
+            Dataplane::load_program(object, sizes(&config), lb_common::program_names::BALANCER)
+                .expect("load the XDP object");
         dataplane
             .set_guard_settings(&guard_settings(&config))
             .expect("guard settings");

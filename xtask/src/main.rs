@@ -210,19 +210,36 @@ fn ebpf_rustflags() -> String {
 
 fn build_ebpf(tools: &setup::Tools) -> anyhow::Result<()> {
     step("building lb-ebpf for bpfel-unknown-none");
+    build_ebpf_into(tools, &ebpf_target_dir(), &[])?;
+    println!("    object: {}", ebpf_object().display());
+    Ok(())
+}
+
+/// Builds the eBPF crate into `target_dir` with extra cargo `args`.
+fn build_ebpf_into(tools: &setup::Tools, target_dir: &Path, args: &[&str]) -> anyhow::Result<()> {
     let mut command = tools.ebpf_cargo();
     command
         .args(["build", "--release", "--package", "lb-ebpf"])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(args)
         .env(
             "CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS",
             ebpf_rustflags(),
         )
         .arg("--target-dir")
-        .arg(ebpf_target_dir());
-    run(&mut command)?;
-    println!("    object: {}", ebpf_object().display());
-    Ok(())
+        .arg(target_dir);
+    run(&mut command)
+}
+
+/// The object built without the `trace` feature, for the benchmark that
+/// measures what `lb trace` costs while no trace is attached.
+fn build_ebpf_without_trace(tools: &setup::Tools) -> anyhow::Result<PathBuf> {
+    step("building lb-ebpf without `lb trace` (for the trace-cost benchmark)");
+    let dir = root().join("target/ebpf-notrace");
+    build_ebpf_into(tools, &dir, &["--no-default-features"])?;
+    let object = dir.join("bpfel-unknown-none/release/lb-ebpf");
+    println!("    object: {}", object.display());
+    Ok(object)
 }
 
 fn build(tools: &setup::Tools) -> anyhow::Result<()> {
@@ -377,6 +394,7 @@ fn bench_packages() -> anyhow::Result<()> {
 
 fn bench(tools: &setup::Tools) -> anyhow::Result<()> {
     build_ebpf(tools)?;
+    let without_trace = build_ebpf_without_trace(tools)?;
     bench_packages()?;
     // The end-to-end section runs `lb run`: the benchmark finds the binary
     // next to its own profile directory (target/release/lb).
@@ -387,7 +405,13 @@ fn bench(tools: &setup::Tools) -> anyhow::Result<()> {
          (lb, HAProxy, nftables, no balancer)",
     );
     println!("    report: results/<UTC date-time>.{{json,md,png}}");
-    run(cargo().args(["bench", "--package", "lb-tests", "--bench", "dataplane"]))
+    run(cargo().env("LB_BENCH_NOTRACE_OBJECT", without_trace).args([
+        "bench",
+        "--package",
+        "lb-tests",
+        "--bench",
+        "dataplane",
+    ]))
 }
 
 /// Runs the fuzz tests (tests/tests/fuzz.rs) with a time budget per target,
