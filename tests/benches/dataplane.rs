@@ -55,7 +55,7 @@ const REPEAT: u32 = 1_000_000;
 const ROUNDS: usize = 5;
 /// Frames per live-frames round, and rounds.
 const LIVE_FRAMES: u32 = 4_000_000;
-const LIVE_ROUNDS: usize = 3;
+const LIVE_ROUNDS: usize = 5;
 /// Live frames are handed to the program in batches of this many (the
 /// kernel's default, `NAPI_POLL_WEIGHT`), flushed after each batch.
 const LIVE_BATCH: u32 = 64;
@@ -668,60 +668,91 @@ fn packets_per_second(harness: &mut Harness) -> Vec<PpsRow> {
     // `LB_BENCH_PPS=dsr` runs the floor and the named cases only (for a
     // profile of one path under `perf`).
     let only = std::env::var("LB_BENCH_PPS").ok();
-    let cases = pps_cases().into_iter().filter(|(name, ..)| {
-        *name == "floor"
-            || only
-                .as_deref()
-                .is_none_or(|list| list.split(',').any(|case| case.trim() == *name))
-    });
+    let cases: Vec<_> = pps_cases()
+        .into_iter()
+        .filter(|(name, ..)| {
+            *name == "floor"
+                || only
+                    .as_deref()
+                    .is_none_or(|list| list.split(',').any(|case| case.trim() == *name))
+        })
+        .collect();
+    // Warm-up (and the established flows' entries).
+    for (_, _, target, frame) in &cases {
+        let padded = harness
+            .dataplane
+            .prepare_bench_of(target, frame)
+            .expect("prepare the wrapper");
+        live_run(harness, lb0, &padded, 10_000);
+    }
+    // The cases take turns round by round, so the machine's drift (the
+    // floor alone moves by 10 % between runs here) falls on all of them
+    // alike, and each round's ratio is taken to that round's floor.
+    let mut pps = vec![Vec::with_capacity(LIVE_ROUNDS); cases.len()];
+    let mut moved: Vec<BTreeMap<Reason, u64>> = vec![BTreeMap::new(); cases.len()];
+    let mut delivered: Vec<Option<u64>> = vec![Some(0); cases.len()];
+    for _ in 0..LIVE_ROUNDS {
+        for (i, (_, _, target, frame)) in cases.iter().enumerate() {
+            let padded = harness
+                .dataplane
+                .prepare_bench_of(target, frame)
+                .expect("prepare the wrapper");
+            let drops_before = xdp_drops(harness, "peer0");
+            let before = harness.counters();
+            pps[i].push(live_run(harness, lb0, &padded, LIVE_FRAMES));
+            let after = harness.counters();
+            for (reason, n) in &after {
+                let grown = n - before.get(reason).copied().unwrap_or(0);
+                *moved[i].entry(*reason).or_default() += grown;
+            }
+            let sent = xdp_drops(harness, "peer0")
+                .zip(drops_before)
+                .map(|(after, before)| after - before);
+            delivered[i] = delivered[i].zip(sent).map(|(sum, d)| sum + d);
+        }
+    }
     println!(
-        "{:<8} {:>8} {:>24} {:>10} {:>7}  reason",
+        "{:<8} {:>8} {:>40} {:>10} {:>7}  reason",
         "case", "Mpps", "rounds", "delivered", "floor x"
     );
     let mut rows: Vec<PpsRow> = Vec::new();
-    for (name, description, target, frame) in cases {
-        let padded = harness
-            .dataplane
-            .prepare_bench_of(target, &frame)
-            .expect("prepare the wrapper");
-        // Warm-up (and the established flow's entry).
-        live_run(harness, lb0, &padded, 10_000);
-        let delivered_before = xdp_drops(harness, "peer0");
-        let before = harness.counters();
-        let mut rounds: Vec<f64> = (0..LIVE_ROUNDS)
-            .map(|_| live_run(harness, lb0, &padded, LIVE_FRAMES))
-            .collect();
-        let after = harness.counters();
-        let delivered = xdp_drops(harness, "peer0")
-            .zip(delivered_before)
-            .map(|(after, before)| after - before);
-        let reason = if target == program_names::BALANCER {
-            top_reason(&before, &after, LIVE_ROUNDS as u64 * u64::from(LIVE_FRAMES))
+    for (i, (name, description, target, _)) in cases.iter().enumerate() {
+        let frames = LIVE_ROUNDS as u64 * u64::from(LIVE_FRAMES);
+        let reason = if *target == program_names::BALANCER {
+            top_reason(&BTreeMap::new(), &moved[i], frames)
         } else {
             "-".to_owned()
         };
-        let in_order = rounds.clone();
-        rounds.sort_by(f64::total_cmp);
-        let pps = rounds[LIVE_ROUNDS / 2];
-        let floor = rows.first().map_or(pps, |row| row.pps);
+        let in_order = pps[i].clone();
+        let mut ratios: Vec<f64> = in_order
+            .iter()
+            .zip(&pps[0])
+            .map(|(case, floor)| case / floor)
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        let ratio = ratios[LIVE_ROUNDS / 2];
+        let mut sorted = in_order.clone();
+        sorted.sort_by(f64::total_cmp);
+        let median = sorted[LIVE_ROUNDS / 2];
         println!(
-            "{name:<8} {:>8.2} {:>24} {:>10} {:>7.2}  {reason}",
-            pps / 1e6,
+            "{name:<8} {:>8.2} {:>40} {:>10} {:>7.2}  {reason}",
+            median / 1e6,
             in_order
                 .iter()
                 .map(|p| format!("{:.2}", p / 1e6))
                 .collect::<Vec<_>>()
                 .join(" / "),
-            delivered.map_or_else(|| "?".into(), |d| d.to_string()),
-            pps / floor
+            delivered[i].map_or_else(|| "?".into(), |d| d.to_string()),
+            ratio
         );
         rows.push(PpsRow {
-            name: name.to_owned(),
-            description: description.to_owned(),
+            name: (*name).to_owned(),
+            description: (*description).to_owned(),
             frames: u64::from(LIVE_FRAMES),
-            pps,
+            pps: median,
             rounds: in_order,
-            delivered,
+            delivered: delivered[i],
+            ratio_to_floor: ratio,
         });
     }
     drop(sink);
@@ -1003,7 +1034,8 @@ fn notes() -> Vec<String> {
             "Packets per second: BPF_PROG_TEST_RUN live frames (batch {LIVE_BATCH}), {LIVE_ROUNDS} \
              rounds x {LIVE_FRAMES} frames of 64 bytes arriving on a veth with lb_balancer \
              attached (native), XDP_TX to the peer, where lb_drop discards them; frames / wall \
-             time of the call, median; one CPU."
+             time of the call, median; one CPU. The cases take turns round by round; the ratio \
+             to the floor is the median of each round's ratio to that round's floor."
         ),
         "Control plane: Planner::plan with the change + Dataplane::apply, from the event to the \
          new table live in the map; each sample changes another backend and the service is \

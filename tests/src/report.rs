@@ -90,6 +90,9 @@ pub struct PpsRow {
     /// Frames the receiving end saw, summed over the rounds (`None` when
     /// the counters could not be read).
     pub delivered: Option<u64>,
+    /// Median over the rounds of this case's rate over the floor's in the
+    /// same round (the cases take turns).
+    pub ratio_to_floor: f64,
 }
 
 /// What `lb trace` costs a packet while no trace is attached: the same path
@@ -245,13 +248,6 @@ impl Report {
         })
     }
 
-    fn pps_floor(&self) -> Option<f64> {
-        self.pps
-            .iter()
-            .find(|row| row.name == "floor")
-            .map(|row| row.pps)
-    }
-
     /// The `end_to_end` list: each row's medians (the stable keys `name`,
     /// `conn_per_s`, `req_per_s`, `p50_ms`, `p99_ms`), spread and ratios.
     fn end_to_end_json(&self) -> Vec<Value> {
@@ -324,7 +320,6 @@ impl Report {
                 }),
             );
         }
-        let pps_floor = self.pps_floor();
         let pps: Map<String, Value> = self
             .pps
             .iter()
@@ -337,7 +332,7 @@ impl Report {
                         "rounds": row.rounds.iter().map(|p| p.round()).collect::<Vec<_>>(),
                         "frames": row.frames,
                         "delivered": row.delivered,
-                        "ratio_to_floor": pps_floor.map(|floor| round3(row.pps / floor)),
+                        "ratio_to_floor": round3(row.ratio_to_floor),
                     }),
                 )
             })
@@ -548,7 +543,6 @@ impl Report {
             "| case | description | frames/round | Mpps (median) | rounds | ratio to floor |\n\
              | --- | --- | ---: | ---: | --- | ---: |"
         );
-        let pps_floor = self.pps_floor();
         for row in &self.pps {
             let rounds = row
                 .rounds
@@ -556,7 +550,7 @@ impl Report {
                 .map(|p| format!("{:.2}", p / 1e6))
                 .collect::<Vec<_>>()
                 .join(" / ");
-            let ratio = pps_floor.map_or_else(|| "-".into(), |f| format!("{:.2}", row.pps / f));
+            let ratio = format!("{:.2}", row.ratio_to_floor);
             let _ = writeln!(
                 md,
                 "| {} | {} | {} | {:.2} | {rounds} | {ratio} |",
