@@ -23,7 +23,7 @@ use lb_common::{
 
 use crate::{
     Drop, Verdict, finish,
-    forward::{End, FibQuery, Hop, NextHop, encapsulate, next_hop, rewrite, transmit},
+    forward::{End, FibQuery, Hop, NextHop, encapsulate, next_hop, rewrite, rewrite_v4, transmit},
     icmp,
     maps::{
         BACKENDS, CONN_MISSING, CONN_STALE, CONN_UNKNOWN, CONNS, CONNS_V4, DENY, GUARD_COUNTS,
@@ -825,7 +825,12 @@ pub fn send_to_backend(
     match service.forwarding {
         FWD_NAT => {
             let (packet, backend) = (&scratch.packet, &scratch.backend);
-            rewrite(ctx, packet, End::Destination, &backend.addr, backend.port).get()?;
+            // IPv4 in line (a call costs 1.5 ns here), IPv6 out of line.
+            if packet.v6 {
+                rewrite(ctx, packet, End::Destination, &backend.addr, backend.port).get()?;
+            } else {
+                rewrite_v4(ctx, packet, End::Destination, &backend.addr, backend.port)?;
+            }
         }
         FWD_TUNNEL => {
             encapsulate(ctx, &scratch.packet, &scratch.backend.addr).get()?;

@@ -223,7 +223,11 @@ fn try_rewrite(
 /// the arithmetic stays in the machine's byte order (a one's-complement sum
 /// is the same in either order, RFC 1071 §2(B)).
 #[inline(always)]
-fn rewrite_v4(
+#[allow(
+    clippy::cast_ptr_alignment,
+    reason = "every access through these pointers is read_unaligned / write_unaligned"
+)]
+pub fn rewrite_v4(
     ctx: &XdpContext,
     packet: &Packet,
     end: End,
@@ -231,40 +235,52 @@ fn rewrite_v4(
     port: u16,
 ) -> Result<(), Drop> {
     let malformed = Drop(Reason::DropMalformedIpv4);
-    let ip = packet.l3_off();
-    let addr_off = ip + if end == End::Source { 12 } else { 16 };
-    let field = ptr_at::<u32>(ctx, addr_off).ok_or(malformed)?;
-    let header = ptr_at::<u16>(ctx, ip + 10).ok_or(malformed)?;
+    // One bounds check for the fixed header, one for the transport fields.
+    let ip = ptr_at::<[u8; 20]>(ctx, packet.l3_off()).ok_or(malformed)?;
     let new_addr = u32::from_ne_bytes(v4_bytes(addr));
-    // SAFETY: `ptr_at` checked both fields lie inside the frame; packet
-    // memory is writable and unaligned access is allowed (see `ptr_at`).
+    let addr_off = if end == End::Source { 12 } else { 16 };
+    // SAFETY: `ptr_at` checked the 20 bytes lie inside the frame; the
+    // fields are inside them; packet memory is writable and unaligned
+    // access is allowed (see `ptr_at`).
     let delta = unsafe {
+        let field = ip.cast::<u8>().add(addr_off).cast::<u32>();
+        let checksum = ip.cast::<u8>().add(10).cast::<u16>();
         let old = field.read_unaligned();
         field.write_unaligned(new_addr);
         let delta = csum::words(!old) + csum::words(new_addr);
-        header.write_unaligned(csum::apply(header.read_unaligned(), delta));
+        checksum.write_unaligned(csum::apply(checksum.read_unaligned(), delta));
         delta
     };
     if !packet.has_l4 {
         return Ok(());
     }
     let l4 = packet.l4_off();
-    let (checksum_off, udp) = match packet.proto {
-        proto::TCP => (16, false),
-        proto::UDP => (6, true),
+    let (fields, checksum_off, udp) = match packet.proto {
+        proto::TCP => (
+            ptr_at::<[u8; 18]>(ctx, l4).map(<*mut [u8; 18]>::cast::<u8>),
+            16,
+            false,
+        ),
+        proto::UDP => (
+            ptr_at::<[u8; 8]>(ctx, l4).map(<*mut [u8; 8]>::cast::<u8>),
+            6,
+            true,
+        ),
         _ => return Ok(()),
     };
-    let checksum = ptr_at::<u16>(ctx, l4 + checksum_off).ok_or(malformed)?;
-    let port_field =
-        ptr_at::<u16>(ctx, l4 + if end == End::Source { 0 } else { 2 }).ok_or(malformed)?;
-    // SAFETY: as above.
+    let fields = fields.ok_or(malformed)?;
+    // SAFETY: as above, within the 18 (TCP) or 8 (UDP) bytes checked.
     unsafe {
         let mut delta = delta;
         if port != 0 {
+            let field = fields
+                .add(if end == End::Source { 0 } else { 2 })
+                .cast::<u16>();
             let new_port = port.to_be();
-            delta += u32::from(!port_field.read_unaligned()) + u32::from(new_port);
-            port_field.write_unaligned(new_port);
+            delta += u32::from(!field.read_unaligned()) + u32::from(new_port);
+            field.write_unaligned(new_port);
         }
+        let checksum = fields.add(checksum_off).cast::<u16>();
         let old = checksum.read_unaligned();
         // An IPv4 UDP checksum of zero means "none" and stays so; a computed
         // one of zero is sent as all ones (both the same in either order).
