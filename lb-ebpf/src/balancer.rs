@@ -7,7 +7,11 @@
 //! verifier allows 512 bytes of stack for the deepest chain of calls, and
 //! LLVM's BPF backend reuses stack slots poorly within one big function.
 
-use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key, programs::XdpContext};
+use aya_ebpf::{
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
+    maps::lpm_trie::Key,
+    programs::XdpContext,
+};
 use lb_common::{
     Addr, BackendValue, ConnValue, Endpoint, FlowKey, FlowKeyV4, HopValue, NO_BACKEND, RateValue,
     Reason, ServiceValue, Settings,
@@ -181,8 +185,7 @@ fn guard_packet(scratch: &mut Scratch) -> bool {
     let Some(limits) = GUARD_SETTINGS.get(0) else {
         return false;
     };
-    // SAFETY: the kernel helper has no preconditions.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = now(scratch);
     if let Some(denial) = GUARD_DENIED.get_ptr(&scratch.packet.src) {
         // SAFETY: the LRU entry stays valid for this program run.
         if now < unsafe { (*denial).until_ns } {
@@ -486,18 +489,34 @@ struct Moment {
     opening: bool,
 }
 
+/// The coarse clock (`CLOCK_MONOTONIC_COARSE`, one tick of resolution): the
+/// helper reads it from memory where `bpf_ktime_get_ns` reads the TSC (about
+/// 15 ns a packet on a VM); idle timeouts and rate buckets need no finer
+/// time. It moves once a tick, as jiffies do, and the verifier turns
+/// `bpf_jiffies64` into one load; so this CPU's last reading is reused while
+/// jiffies stand still, and the helper call (2–3 ns) is made once a tick.
+/// A reading taken between the tick's jiffies and clock updates is at most
+/// one more tick old, never ahead.
+#[inline(always)]
+fn now(scratch: &mut Scratch) -> u64 {
+    // SAFETY: the kernel helpers have no preconditions.
+    let jiffies = unsafe { bpf_jiffies64() };
+    if jiffies != scratch.clock_jiffies || scratch.clock_ns == 0 {
+        // SAFETY: as above.
+        scratch.clock_ns = unsafe { bpf_ktime_get_coarse_ns() };
+        scratch.clock_jiffies = jiffies;
+    }
+    scratch.clock_ns
+}
+
 impl Moment {
     #[inline(always)]
-    fn of(scratch: &Scratch, settings: &Settings) -> Self {
+    fn of(scratch: &mut Scratch, settings: &Settings) -> Self {
+        let now = now(scratch);
         let is_tcp = scratch.flow.proto == proto::TCP;
         let flags = scratch.packet.tcp_flags;
         Self {
-            // The coarse clock (CLOCK_MONOTONIC_COARSE, one tick of
-            // resolution) is a memory read where `bpf_ktime_get_ns` reads the
-            // TSC — about 15 ns a packet on a VM. Idle timeouts and rate
-            // buckets need no finer time.
-            // SAFETY: the kernel helper has no preconditions.
-            now: unsafe { bpf_ktime_get_coarse_ns() },
+            now,
             idle_limit: if is_tcp {
                 settings.tcp_idle_ns
             } else {

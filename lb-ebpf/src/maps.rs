@@ -188,6 +188,11 @@ pub struct Scratch {
     pub guard_key: GuardKey,
     /// A `GUARD_DENIED` value being written.
     pub denial: GuardDenial,
+    /// The coarse clock as last read on this CPU (`balancer::now`), and
+    /// jiffies then. Kept from one run to the next.
+    pub clock_ns: u64,
+    /// See `clock_ns`.
+    pub clock_jiffies: u64,
 }
 
 /// `Scratch::conn_state`: not looked up yet.
