@@ -361,14 +361,23 @@ fn set_flow(scratch: &mut Scratch) {
         proto: packet.proto,
         pad: [0; 3],
     };
-    if !packet.v6 {
-        let (src, dst) = (&packet.src, &packet.dst);
+    narrow_flow(scratch);
+}
+
+/// For an IPv4 packet, `scratch.flow4` from `scratch.flow`: the key
+/// [`conn_entry`] and [`conn_insert`] use. Whatever sets `scratch.flow`
+/// calls it, or the table would be read (and written) under the key of an
+/// earlier packet.
+#[inline(always)]
+pub fn narrow_flow(scratch: &mut Scratch) {
+    if !scratch.packet.v6 {
+        let (src, dst) = (&scratch.flow.src, &scratch.flow.dst);
         scratch.flow4 = FlowKeyV4 {
             src: [src[12], src[13], src[14], src[15]],
             dst: [dst[12], dst[13], dst[14], dst[15]],
-            sport: packet.sport,
-            dport: packet.dport,
-            proto: packet.proto,
+            sport: scratch.flow.sport,
+            dport: scratch.flow.dport,
+            proto: scratch.flow.proto,
             pad: [0; 3],
         };
     }

@@ -12,7 +12,7 @@ use lb_common::{Addr, FlowKey, Reason, maps::FWD_NAT, maps::ipv4_mapped, proto};
 
 use crate::{
     Drop, Status, Verdict,
-    balancer::{choose_backend, find_service, send_to_backend},
+    balancer::{choose_backend, find_service, narrow_flow, send_to_backend},
     csum, finish,
     forward::{End, ipv4_header, rewrite, v4_bytes},
     maps::Scratch,
@@ -124,6 +124,7 @@ fn try_too_big(ctx: &XdpContext, scratch: &mut Scratch) -> Result<Verdict, Drop>
         proto: quoted.proto,
         pad: [0; 3],
     };
+    narrow_flow(scratch);
     let Some(service) = find_service(scratch, scratch.quoted.vip_port) else {
         return Ok(Verdict::pass(Reason::PassIcmpToVip));
     };

@@ -582,6 +582,44 @@ fn quoted4(vip: Ipv4Addr, vip_port: u16) -> Vec<u8> {
     reply[14..14 + 28].to_vec()
 }
 
+/// A "fragmentation needed" error finds the flow it quotes in the
+/// connection table by that flow's key, not by the key of whatever packet
+/// came before it (which the error would otherwise read, and rewrite).
+#[test]
+fn a_too_big_error_looks_up_the_flow_it_quotes() {
+    let harness = Harness::new(CONFIG);
+    let other = frames::tcp4(Ipv4Addr::new(198, 51, 100, 77), 5555, v4(10), 80);
+    assert_eq!(harness.run(&other).action, Action::Redirect);
+    let mut error = Vec::new();
+    eth()
+        .ipv4([198, 51, 100, 1], v4(10).octets(), 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+        ))
+        .write(&mut error, &quoted4(v4(10), 80))
+        .unwrap();
+    let (outcome, moved) = harness.run_counted(&error);
+    assert_eq!(outcome.action, Action::Redirect);
+    assert_eq!(moved, [(Reason::IcmpToBackend, 1)].into());
+    let keys: Vec<lb_common::FlowKeyV4> = harness
+        .dataplane
+        .conn_keys(lb_common::map_names::CONNS_V4)
+        .expect("read CONNS_V4");
+    let quoted = lb_common::FlowKeyV4 {
+        src: CLIENT4.octets(),
+        dst: v4(10).octets(),
+        sport: 40000,
+        dport: 80,
+        proto: 6,
+        pad: [0; 3],
+    };
+    assert!(
+        keys.contains(&quoted),
+        "the quoted flow has its own entry: {keys:?}"
+    );
+    assert_eq!(keys.len(), 2, "{keys:?}");
+}
+
 #[test]
 fn too_big_errors_reach_the_backend_that_owns_the_flow() {
     let harness = Harness::new(CONFIG);
