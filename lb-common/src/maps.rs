@@ -117,6 +117,13 @@ const _: () = assert!(core::mem::size_of::<ServiceSlot>() == 32);
 /// backend without it are rescheduled on their next packet.
 pub const BACKEND_USABLE: u8 = 1;
 
+/// `BackendValue::flags`: the backend takes no new flows (drained, weight 0,
+/// or of a standby tier) but keeps the ones it has. A bare SYN on a tuple
+/// whose entry still names it is a new connection, and goes to the
+/// scheduler instead (a client reusing its port before the old entry closed
+/// or expired).
+pub const BACKEND_DRAINING: u8 = 2;
+
 /// Value of `BACKENDS`, indexed by backend id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

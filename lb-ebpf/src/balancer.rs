@@ -17,9 +17,9 @@ use lb_common::{
     Reason, ServiceValue, Settings,
     hash::{flow_hash, source_hash},
     maps::{
-        BACKEND_USABLE, CONN_CLOSED, FWD_DSR, FWD_NAT, FWD_TUNNEL, GUARD_CAUSE_NEW_FLOWS,
-        GUARD_CAUSE_PACKETS, GUARD_CAUSE_SYN_ONLY, GuardCounts, GuardDenial, GuardKey,
-        GuardSettings, HOP_RESOLVED, SCHED_IP_HASH, SCHED_ROUND_ROBIN, SETTINGS_DENY,
+        BACKEND_DRAINING, BACKEND_USABLE, CONN_CLOSED, FWD_DSR, FWD_NAT, FWD_TUNNEL,
+        GUARD_CAUSE_NEW_FLOWS, GUARD_CAUSE_PACKETS, GUARD_CAUSE_SYN_ONLY, GuardCounts, GuardDenial,
+        GuardKey, GuardSettings, HOP_RESOLVED, SCHED_IP_HASH, SCHED_ROUND_ROBIN, SETTINGS_DENY,
         SETTINGS_GUARD, SETTINGS_NAT, ServiceSlot, VIP_FRAGMENTS_TCP, VIP_FRAGMENTS_UDP,
     },
     proto,
@@ -604,6 +604,7 @@ fn established(ctx: &XdpContext, scratch: &mut Scratch) -> u32 {
     let entry = Entry::read(conn);
     let found = if entry.live(&moment) {
         service_of_flow(scratch, entry.backend_id)
+            .filter(|(backend, _)| !(moment.opening && backend.flags & BACKEND_DRAINING != 0))
     } else {
         None
     };
@@ -682,7 +683,10 @@ pub fn choose_backend(
         && let Some(conn) = conn_entry(scratch)
     {
         let entry = Entry::read(conn);
-        if entry.live(&moment) && usable_backend(entry.backend_id, service.id, scratch) {
+        if entry.live(&moment)
+            && usable_backend(entry.backend_id, service.id, scratch)
+            && !(moment.opening && scratch.backend.flags & BACKEND_DRAINING != 0)
+        {
             entry.keep(conn, &moment);
             return Ok((entry.backend_id, false));
         }

@@ -16,8 +16,8 @@ use std::{
 use lb_common::{
     Addr, BackendValue, Endpoint, NatValue, ServiceKey, ServiceValue, VipValue,
     maps::{
-        BACKEND_USABLE, FWD_DSR, FWD_NAT, FWD_TUNNEL, SCHED_IP_HASH, SCHED_MAGLEV,
-        SCHED_ROUND_ROBIN, VIP_FRAGMENTS_TCP, VIP_FRAGMENTS_UDP, ipv4_mapped,
+        BACKEND_DRAINING, BACKEND_USABLE, FWD_DSR, FWD_NAT, FWD_TUNNEL, SCHED_IP_HASH,
+        SCHED_MAGLEV, SCHED_ROUND_ROBIN, VIP_FRAGMENTS_TCP, VIP_FRAGMENTS_UDP, ipv4_mapped,
     },
 };
 
@@ -635,9 +635,14 @@ impl Planner {
                 BackendValue {
                     addr,
                     port: backend.key.port,
-                    // Drained and standby backends keep their flows; only a
-                    // down backend loses them.
-                    flags: if backend.up { BACKEND_USABLE } else { 0 },
+                    // Drained and standby backends keep their flows (but
+                    // not a tuple a new SYN reuses); only a down backend
+                    // loses them.
+                    flags: match (backend.up, backend.effective_weight) {
+                        (false, _) => 0,
+                        (true, 0) => BACKEND_USABLE | BACKEND_DRAINING,
+                        (true, _) => BACKEND_USABLE,
+                    },
                     pad: 0,
                     service_id,
                 },
@@ -1044,7 +1049,11 @@ mod tests {
                 .iter()
                 .all(|&id| id == 1)
         );
-        assert_eq!(planner.backend(0).unwrap().flags, BACKEND_USABLE);
+        assert_eq!(
+            planner.backend(0).unwrap().flags,
+            BACKEND_USABLE | BACKEND_DRAINING
+        );
+        assert_eq!(planner.backend(1).unwrap().flags, BACKEND_USABLE);
     }
 
     #[test]

@@ -26,6 +26,18 @@ pub fn tcp4(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
     frame
 }
 
+/// A TCP segment with ACK (no SYN) over IPv4: a packet of an open
+/// connection.
+pub fn tcp4_ack(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    let builder = eth()
+        .ipv4(src.octets(), dst.octets(), 64)
+        .tcp(sport, dport, 1001, 64240)
+        .ack(1);
+    let mut frame = Vec::with_capacity(builder.size(PAYLOAD.len()));
+    builder.write(&mut frame, PAYLOAD).expect("write frame");
+    frame
+}
+
 /// A UDP datagram over IPv4.
 pub fn udp4(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
     let builder = eth().ipv4(src.octets(), dst.octets(), 64).udp(sport, dport);

@@ -333,12 +333,16 @@ fn established_flows_keep_their_backend_while_it_is_usable() {
     let mut harness = Harness::new(CONFIG);
     // Find flows of pair4 that land on each backend.
     let flow = |port| frames::tcp4(CLIENT4, port, v4(40), 80);
+    let ack = |port| frames::tcp4_ack(CLIENT4, port, v4(40), 80);
     let first = dsr_backend(&harness.run(&flow(1000)));
     let (other_port, other) = (1001..2000)
         .map(|port| (port, dsr_backend(&harness.run(&flow(port)))))
         .find(|(_, backend)| *backend != first)
         .expect("both backends get flows");
-    // Drain the first backend (weight 0): its flow stays, new flows avoid it.
+    let reused = (2000..3000)
+        .find(|port| dsr_backend(&harness.run(&flow(*port))) == first)
+        .expect("another flow on the first backend");
+    // Drain the first backend (weight 0): its flows stay, new flows avoid it.
     let drained = BackendState {
         up: true,
         weight: Some(0),
@@ -346,7 +350,7 @@ fn established_flows_keep_their_backend_while_it_is_usable() {
     let first_key = key("pair4", first);
     harness.replan(&[(first_key.clone(), drained)].into());
     assert_eq!(
-        dsr_backend(&harness.run(&flow(1000))),
+        dsr_backend(&harness.run(&ack(1000))),
         first,
         "drained backend keeps its flow"
     );
@@ -357,9 +361,18 @@ fn established_flows_keep_their_backend_while_it_is_usable() {
             "new flow {port} to a drained backend"
         );
     }
+    // A bare SYN reusing the tuple of an entry the drained backend still
+    // holds (never closed) is a new connection: it goes elsewhere, and the
+    // flow's later packets follow it.
+    assert_eq!(
+        dsr_backend(&harness.run(&flow(reused))),
+        other,
+        "a SYN reusing a drained backend's tuple"
+    );
+    assert_eq!(dsr_backend(&harness.run(&ack(reused))), other);
     // Undrain: the table changes back, established flows stay where they are.
     harness.replan(&BTreeMap::new());
-    assert_eq!(dsr_backend(&harness.run(&flow(1000))), first);
+    assert_eq!(dsr_backend(&harness.run(&ack(1000))), first);
     assert_eq!(dsr_backend(&harness.run(&flow(other_port))), other);
     // Take the first backend down: its flow is rescheduled on the next packet.
     let down = BackendState {

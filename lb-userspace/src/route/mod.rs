@@ -18,8 +18,8 @@ use lb_common::{
     ServiceValue, Settings,
     hash::{flow_hash, source_hash},
     maps::{
-        BACKEND_USABLE, CONN_CLOSED, GuardDenial, HOP_RESOLVED, NO_BACKEND, SCHED_IP_HASH,
-        SCHED_ROUND_ROBIN, SETTINGS_DENY, SETTINGS_GUARD, ServiceSlot, ipv4_mapped,
+        BACKEND_DRAINING, BACKEND_USABLE, CONN_CLOSED, GuardDenial, HOP_RESOLVED, NO_BACKEND,
+        SCHED_IP_HASH, SCHED_ROUND_ROBIN, SETTINGS_DENY, SETTINGS_GUARD, ServiceSlot, ipv4_mapped,
     },
 };
 
@@ -377,7 +377,9 @@ fn connection_view(
     };
     let opening = query.syn && flow.proto == lb_common::proto::TCP;
     let live = idle_ns <= idle_limit && !(closed && opening);
-    let kept = live && of_this_service(flow, conn.backend_id, tables);
+    let kept = live
+        && of_this_service(flow, conn.backend_id, tables)
+        && !(opening && draining(conn.backend_id, tables));
     ConnectionView {
         backend_id: conn.backend_id,
         closed,
@@ -407,6 +409,13 @@ fn of_this_service(flow: &FlowKey, id: u32, tables: &impl Tables) -> bool {
             && tables
                 .service(&Endpoint::new(flow.dst, flow.dport, flow.proto))
                 .is_none())
+}
+
+/// Whether backend `id` takes no new flows (`BACKEND_DRAINING`).
+fn draining(id: u32, tables: &impl Tables) -> bool {
+    tables
+        .backend(id)
+        .is_some_and(|backend| backend.flags & BACKEND_DRAINING != 0)
 }
 
 /// As `schedule`: the slot and backend a new flow would get.
