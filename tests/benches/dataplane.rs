@@ -294,7 +294,7 @@ fn data_plane(report: &mut Report) {
 /// and the two established paths the packets-per-second figure uses.
 const TRACE_COST_PATHS: [&str; 3] = ["pass", "nat", "dsr"];
 /// Pairs of loads (one per build, the order alternating) for that figure.
-const TRACE_COST_PAIRS: usize = 16;
+const TRACE_COST_PAIRS: usize = 32;
 
 /// What `lb trace` costs a packet while no trace is attached: each path of
 /// [`TRACE_COST_PATHS`] on this object and on the one built without the
