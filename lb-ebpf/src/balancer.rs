@@ -221,7 +221,7 @@ fn guard_packet(scratch: &mut Scratch) -> bool {
     // SAFETY: as above; racing CPUs may lose an increment (see
     // `GuardCounts`).
     let cause = unsafe {
-        if now.wrapping_sub((*counts).window_ns) >= GUARD_WINDOW_NS {
+        if now.saturating_sub((*counts).window_ns) >= GUARD_WINDOW_NS {
             *counts = GuardCounts {
                 window_ns: now,
                 ..GuardCounts::default()
@@ -330,7 +330,7 @@ fn admit_new_flow(src: &Addr, settings: &Settings, now: u64) -> bool {
     // SAFETY: the LRU entry stays valid for this program run.
     unsafe {
         // Capped so the product below cannot overflow (1000 s of refill).
-        let elapsed_ms = now.wrapping_sub((*bucket).last_ns).min(1_000_000_000_000) / 1_000_000;
+        let elapsed_ms = now.saturating_sub((*bucket).last_ns).min(1_000_000_000_000) / 1_000_000;
         let tokens = ((*bucket).milli_tokens + elapsed_ms * rate).min(burst);
         (*bucket).last_ns = now;
         if tokens < 1000 {
@@ -504,8 +504,10 @@ struct Moment {
 /// time. It moves once a tick, as jiffies do, and the verifier turns
 /// `bpf_jiffies64` into one load; so this CPU's last reading is reused while
 /// jiffies stand still, and the helper call (2–3 ns) is made once a tick.
-/// A reading taken between the tick's jiffies and clock updates is at most
-/// one more tick old, never ahead.
+/// A reading taken between the tick's jiffies and clock updates is one more
+/// tick old, so another CPU's reading (a stored `last_seen_ns`, a bucket's
+/// `last_ns`) may be a tick ahead of this one: every difference against a
+/// stored time saturates at zero, never wraps to "idle for ever".
 #[inline(always)]
 fn now(scratch: &mut Scratch) -> u64 {
     // SAFETY: the kernel helpers have no preconditions.
@@ -557,7 +559,7 @@ impl Entry {
     /// not a closed tuple that a bare SYN reopens.
     #[inline(always)]
     fn live(self, moment: &Moment) -> bool {
-        moment.now.wrapping_sub(self.last_seen) <= moment.idle_limit
+        moment.now.saturating_sub(self.last_seen) <= moment.idle_limit
             && !(self.closed && moment.opening)
     }
 
@@ -571,7 +573,7 @@ impl Entry {
             unsafe { (*conn).flags |= CONN_CLOSED };
             count_closed(self.backend_id);
         }
-        if moment.now.wrapping_sub(self.last_seen) > 1_000_000_000 {
+        if moment.now.saturating_sub(self.last_seen) > 1_000_000_000 {
             // SAFETY: as in `read`.
             unsafe { (*conn).last_seen_ns = moment.now };
         }

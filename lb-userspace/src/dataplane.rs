@@ -1048,6 +1048,24 @@ impl Dataplane {
         Ok(table.keys().filter_map(Result::ok).collect())
     }
 
+    /// Writes one entry of a connection map (`CONNS_V4` with
+    /// [`lb_common::FlowKeyV4`], `CONNS` with [`lb_common::FlowKey`]): for
+    /// tests that need an entry as another CPU would have left it.
+    pub fn write_conn<K: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        key: &K,
+        value: &lb_common::ConnValue,
+    ) -> Result<(), DataplaneError> {
+        let map = self.map_mut(name)?;
+        let mut table: aya::maps::HashMap<&mut aya::maps::MapData, K, lb_common::ConnValue> =
+            aya::maps::HashMap::try_from(map)
+                .map_err(|source| DataplaneError::Map { name, source })?;
+        table
+            .insert(key, value, 0)
+            .map_err(|source| DataplaneError::Map { name, source })
+    }
+
     fn lru_descriptor(&self, name: &'static str) -> Result<std::os::fd::OwnedFd, DataplaneError> {
         let aya::maps::Map::LruHashMap(data) = self.map(name)? else {
             return Err(DataplaneError::MissingMap(name));

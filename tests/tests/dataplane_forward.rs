@@ -10,7 +10,10 @@ use std::{
 };
 
 use etherparse::{IpNumber, NetHeaders, PacketBuilder, TransportHeader};
-use lb::plan::{BackendKey, BackendState};
+use lb::{
+    plan::{BackendKey, BackendState},
+    route::Tables as _,
+};
 use lb_common::{Reason, hash::tunnel_hash, maps::ipv4_mapped};
 use lb_tests::{
     frames::{self, Headers, eth, ip_packet},
@@ -593,6 +596,42 @@ fn icmp_echo_to_a_vip_is_answered_here() {
 fn quoted4(vip: Ipv4Addr, vip_port: u16) -> Vec<u8> {
     let reply = frames::tcp4(vip, vip_port, CLIENT4, 40000);
     reply[14..14 + 28].to_vec()
+}
+
+/// The clock is read once a tick per CPU, so an entry another CPU touched
+/// may carry a time a tick ahead of this CPU's: such an entry is fresh, not
+/// idle since the clock wrapped (which would reschedule the flow).
+#[test]
+fn an_entry_stamped_ahead_of_this_cpus_clock_keeps_its_flow() {
+    let mut harness = Harness::new(CONFIG);
+    let client = Ipv4Addr::new(198, 51, 100, 78);
+    let syn = frames::tcp4(client, 6000, v4(10), 80);
+    assert_eq!(harness.run(&syn).action, Action::Redirect);
+    let key = lb_common::FlowKeyV4 {
+        src: client.octets(),
+        dst: v4(10).octets(),
+        sport: 6000,
+        dport: 80,
+        proto: 6,
+        pad: [0; 3],
+    };
+    let read = |harness: &Harness| {
+        lb::route::maps::MapTables::new(&harness.dataplane)
+            .conn(&key.widen())
+            .expect("the flow's entry")
+    };
+    let mut entry = read(&harness);
+    // Another CPU's reading, 4 ms (a tick at 250 Hz) ahead.
+    entry.last_seen_ns += 4_000_000;
+    harness
+        .dataplane
+        .write_conn(lb_common::map_names::CONNS_V4, &key, &entry)
+        .expect("write the entry");
+    let ack = frames::tcp4_ack(client, 6000, v4(10), 80);
+    let (outcome, moved) = harness.run_counted(&ack);
+    assert_eq!(outcome.action, Action::Redirect);
+    assert_eq!(moved, [(Reason::ForwardToBackend, 1)].into());
+    assert_eq!(read(&harness), entry, "kept as it was, not rescheduled");
 }
 
 /// A "fragmentation needed" error finds the flow it quotes in the

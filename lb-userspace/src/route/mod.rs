@@ -348,7 +348,7 @@ fn guard_view(src: &Addr, settings: &Settings, tables: &impl Tables, now: u64) -
         .map(|bucket| {
             // As `admit_new_flow`: refilled per whole millisecond, capped.
             let burst = u64::from(settings.rate_burst.max(1)) * 1000;
-            let elapsed_ms = now.wrapping_sub(bucket.last_ns).min(1_000_000_000_000) / 1_000_000;
+            let elapsed_ms = now.saturating_sub(bucket.last_ns).min(1_000_000_000_000) / 1_000_000;
             (bucket.milli_tokens + elapsed_ms * rate).min(burst)
         });
     GuardView {
@@ -369,7 +369,7 @@ fn connection_view(
     tables: &impl Tables,
 ) -> ConnectionView {
     let closed = conn.flags & CONN_CLOSED != 0;
-    let idle_ns = now.wrapping_sub(conn.last_seen_ns);
+    let idle_ns = now.saturating_sub(conn.last_seen_ns);
     let idle_limit = if flow.proto == lb_common::proto::TCP {
         settings.tcp_idle_ns
     } else {
