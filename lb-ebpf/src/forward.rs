@@ -166,14 +166,24 @@ fn try_rewrite(
     addr: &Addr,
     port: u16,
 ) -> Result<(), Drop> {
-    if !packet.v6 {
-        return rewrite_v4(ctx, packet, end, addr, port);
-    }
-    let malformed = Drop(if packet.v6 {
-        Reason::DropMalformedIpv6
+    if packet.v6 {
+        rewrite_v6(ctx, packet, end, addr, port)
     } else {
-        Reason::DropMalformedIpv4
-    });
+        rewrite_v4(ctx, packet, end, addr, port)
+    }
+}
+
+/// [`rewrite`] for IPv6: no header checksum; the TCP / UDP checksum covers
+/// the addresses.
+#[inline(always)]
+fn rewrite_v6(
+    ctx: &XdpContext,
+    packet: &Packet,
+    end: End,
+    addr: &Addr,
+    port: u16,
+) -> Result<(), Drop> {
+    let malformed = Drop(Reason::DropMalformedIpv6);
     // Fields are changed in place through `bytes_at`, never copied to the
     // stack: this function's frame adds to the deepest call chain.
     let l4_checksum = match (packet.has_l4, packet.proto) {
@@ -182,22 +192,10 @@ fn try_rewrite(
         _ => None,
     };
     let mut sum = l4_checksum.as_ref().map(|c| u16::from_be_bytes(**c));
-    // An IPv4 UDP checksum of zero means "none" and stays so.
-    let udp_v4_unchecked = !packet.v6 && packet.proto == proto::UDP && sum == Some(0);
-    if packet.v6 {
-        let off = packet.l3_off() + if end == End::Source { 8 } else { 24 };
-        let field = bytes_at::<16>(ctx, off).ok_or(malformed)?;
-        sum = sum.map(|c| csum::replace(c, field, addr));
-        *field = *addr;
-    } else {
-        let off = packet.l3_off() + if end == End::Source { 12 } else { 16 };
-        let field = bytes_at::<4>(ctx, off).ok_or(malformed)?;
-        let new = v4_bytes(addr);
-        let header = bytes_at::<2>(ctx, packet.l3_off() + 10).ok_or(malformed)?;
-        *header = csum::replace(u16::from_be_bytes(*header), field, &new).to_be_bytes();
-        sum = sum.map(|c| csum::replace(c, field, &new));
-        *field = new;
-    }
+    let off = packet.l3_off() + if end == End::Source { 8 } else { 24 };
+    let field = bytes_at::<16>(ctx, off).ok_or(malformed)?;
+    sum = sum.map(|c| csum::replace(c, field, addr));
+    *field = *addr;
     if port != 0 && packet.has_l4 && (packet.proto == proto::TCP || packet.proto == proto::UDP) {
         let off = packet.l4_off() + if end == End::Source { 0 } else { 2 };
         let field = bytes_at::<2>(ctx, off).ok_or(malformed)?;
@@ -206,10 +204,9 @@ fn try_rewrite(
         *field = new;
     }
     if let (Some(field), Some(checksum)) = (l4_checksum, sum) {
-        let checksum = if udp_v4_unchecked {
-            0
-        } else if packet.proto == proto::UDP && checksum == 0 {
-            0xffff // a computed UDP checksum of zero is sent as all ones
+        // A computed UDP checksum of zero is sent as all ones.
+        let checksum = if packet.proto == proto::UDP && checksum == 0 {
+            0xffff
         } else {
             checksum
         };
