@@ -598,6 +598,35 @@ fn quoted4(vip: Ipv4Addr, vip_port: u16) -> Vec<u8> {
     reply[14..14 + 28].to_vec()
 }
 
+/// The router that reports "fragmentation needed" in these tests.
+const ROUTER4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+
+/// A "fragmentation needed" error (MTU 1400) from [`ROUTER4`] to `vip`,
+/// about the reply of the VIP's port 80 to `CLIENT4`:40000.
+fn too_big4(vip: Ipv4Addr) -> Vec<u8> {
+    let mut frame = Vec::new();
+    eth()
+        .ipv4(ROUTER4.octets(), vip.octets(), 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+        ))
+        .write(&mut frame, &quoted4(vip, 80))
+        .unwrap();
+    frame
+}
+
+/// The `CONNS_V4` key of a TCP flow.
+fn tcp_key4(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> lb_common::FlowKeyV4 {
+    lb_common::FlowKeyV4 {
+        src: src.octets(),
+        dst: dst.octets(),
+        sport,
+        dport,
+        proto: 6,
+        pad: [0; 3],
+    }
+}
+
 /// The clock is read once a tick per CPU, so an entry another CPU touched
 /// may carry a time a tick ahead of this CPU's: such an entry is fresh, not
 /// idle since the clock wrapped (which would reschedule the flow).
@@ -607,14 +636,7 @@ fn an_entry_stamped_ahead_of_this_cpus_clock_keeps_its_flow() {
     let client = Ipv4Addr::new(198, 51, 100, 78);
     let syn = frames::tcp4(client, 6000, v4(10), 80);
     assert_eq!(harness.run(&syn).action, Action::Redirect);
-    let key = lb_common::FlowKeyV4 {
-        src: client.octets(),
-        dst: v4(10).octets(),
-        sport: 6000,
-        dport: 80,
-        proto: 6,
-        pad: [0; 3],
-    };
+    let key = tcp_key4(client, 6000, v4(10), 80);
     let read = |harness: &Harness| {
         lb::route::maps::MapTables::new(&harness.dataplane)
             .conn(&key.widen())
@@ -642,29 +664,14 @@ fn a_too_big_error_looks_up_the_flow_it_quotes() {
     let harness = Harness::new(CONFIG);
     let other = frames::tcp4(Ipv4Addr::new(198, 51, 100, 77), 5555, v4(10), 80);
     assert_eq!(harness.run(&other).action, Action::Redirect);
-    let mut error = Vec::new();
-    eth()
-        .ipv4([198, 51, 100, 1], v4(10).octets(), 64)
-        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
-            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
-        ))
-        .write(&mut error, &quoted4(v4(10), 80))
-        .unwrap();
-    let (outcome, moved) = harness.run_counted(&error);
+    let (outcome, moved) = harness.run_counted(&too_big4(v4(10)));
     assert_eq!(outcome.action, Action::Redirect);
     assert_eq!(moved, [(Reason::IcmpToBackend, 1)].into());
     let keys: Vec<lb_common::FlowKeyV4> = harness
         .dataplane
         .conn_keys(lb_common::map_names::CONNS_V4)
         .expect("read CONNS_V4");
-    let quoted = lb_common::FlowKeyV4 {
-        src: CLIENT4.octets(),
-        dst: v4(10).octets(),
-        sport: 40000,
-        dport: 80,
-        proto: 6,
-        pad: [0; 3],
-    };
+    let quoted = tcp_key4(CLIENT4, 40000, v4(10), 80);
     assert!(
         keys.contains(&quoted),
         "the quoted flow has its own entry: {keys:?}"
@@ -675,29 +682,15 @@ fn a_too_big_error_looks_up_the_flow_it_quotes() {
 #[test]
 fn too_big_errors_reach_the_backend_that_owns_the_flow() {
     let harness = Harness::new(CONFIG);
-    let router = Ipv4Addr::new(198, 51, 100, 1);
-    let too_big = |vip: Ipv4Addr| {
-        let mut frame = Vec::new();
-        eth()
-            .ipv4(router.octets(), vip.octets(), 64)
-            .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
-                etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
-                    next_hop_mtu: 1400,
-                },
-            ))
-            .write(&mut frame, &quoted4(vip, 80))
-            .unwrap();
-        frame
-    };
     // DSR: passed on unchanged but for the MACs.
-    let input = too_big(v4(11));
+    let input = too_big4(v4(11));
     let (outcome, moved) = harness.run_counted(&input);
     assert_eq!(outcome.action, Action::Redirect);
     assert_eq!(outcome.frame, dsr_expected(&input, 12));
     assert_eq!(moved, [(Reason::IcmpToBackend, 1)].into());
     // NAT: outer destination and the quoted source become the backend's, and
     // every checksum still holds.
-    let outcome = harness.run(&too_big(v4(10)));
+    let outcome = harness.run(&too_big4(v4(10)));
     assert_eq!(outcome.action, Action::Redirect);
     let h = Headers::parse(&outcome.frame);
     let NetHeaders::Ipv4(ip, _) = &h.net else {
@@ -726,7 +719,7 @@ fn too_big_errors_reach_the_backend_that_owns_the_flow() {
     let (outcome, moved) = harness.run_counted(&{
         let mut frame = Vec::new();
         eth()
-            .ipv4(router.octets(), v4(10).octets(), 64)
+            .ipv4(ROUTER4.octets(), v4(10).octets(), 64)
             .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
                 etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
                     next_hop_mtu: 1400,

@@ -12,7 +12,7 @@ use lb_common::{
     maps::{GUARD_CAUSE_NEW_FLOWS, GUARD_CAUSE_PACKETS, GUARD_CAUSE_SYN_ONLY},
 };
 use lb_tests::{
-    frames::{self, PAYLOAD, eth},
+    frames,
     testrun::{Action, Harness},
 };
 
@@ -35,17 +35,6 @@ guard:
   auto: {auto}
 "
     )
-}
-
-/// A TCP segment with only ACK set (the handshake's third packet, or data).
-fn ack4(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
-    let builder = eth()
-        .ipv4(src.octets(), dst.octets(), 64)
-        .tcp(sport, dport, 1001, 64240)
-        .ack(1);
-    let mut frame = Vec::with_capacity(builder.size(PAYLOAD.len()));
-    builder.write(&mut frame, PAYLOAD).expect("write frame");
-    frame
 }
 
 /// The sources the data path denies, with the cause.
@@ -76,7 +65,7 @@ fn the_syn_over_the_syn_only_threshold_is_dropped_and_its_source_denied_everywhe
     );
     // Denied: an established flow, another protocol, another VIP.
     for frame in [
-        ack4(FLOODER, 30_000, VIP, 80),
+        frames::tcp4_ack(FLOODER, 30_000, VIP, 80),
         frames::udp4(FLOODER, 40_000, VIP, 53),
         frames::tcp4(FLOODER, 30_000, OTHER_VIP, 80),
     ] {
@@ -104,7 +93,7 @@ fn syns_answered_by_acks_never_count_as_syn_only() {
     for port in 0..20 {
         for frame in [
             frames::tcp4(CLIENT, 30_000 + port, VIP, 80),
-            ack4(CLIENT, 30_000 + port, VIP, 80),
+            frames::tcp4_ack(CLIENT, 30_000 + port, VIP, 80),
         ] {
             let outcome = harness.run(&frame);
             assert_eq!(outcome.action, Action::Redirect, "connection {port}");
