@@ -384,14 +384,8 @@ fn mean_cost(harness: &mut Harness, frame: &[u8]) -> f64 {
         .prepare_bench_of(program_names::BALANCER, frame)
         .expect("prepare the wrapper");
     run_repeated(harness, program_names::BENCH, &padded, 1);
-    let total: i64 = (0..ROUNDS)
-        .map(|_| {
-            let (base, _) = run_repeated(harness, program_names::BENCH_BASELINE, &padded, REPEAT);
-            let (with, _) = run_repeated(harness, program_names::BENCH, &padded, REPEAT);
-            with - base
-        })
-        .sum();
-    total as f64 / ROUNDS as f64
+    let (samples, _, _) = timed_rounds(harness, &padded);
+    samples.iter().sum::<i64>() as f64 / ROUNDS as f64
 }
 
 /// The established flows again with no cached next hop: what every packet
@@ -535,16 +529,7 @@ fn measure(harness: &mut Harness, target: &'static str, name: &str, frame: &[u8]
     // Untimed first run: puts established flows in the connection table.
     run_repeated(harness, program_names::BENCH, &padded, 1);
     let before = harness.counters();
-    let mut samples = Vec::with_capacity(ROUNDS);
-    let mut wrapper = Vec::with_capacity(ROUNDS);
-    let mut action = 0;
-    for _ in 0..ROUNDS {
-        let (base, _) = run_repeated(harness, program_names::BENCH_BASELINE, &padded, REPEAT);
-        let (with, verdict) = run_repeated(harness, program_names::BENCH, &padded, REPEAT);
-        action = verdict;
-        samples.push(with - base);
-        wrapper.push(base);
-    }
+    let (mut samples, mut wrapper, action) = timed_rounds(harness, &padded);
     let after = harness.counters();
     samples.sort_unstable();
     wrapper.sort_unstable();
@@ -563,6 +548,23 @@ fn measure(harness: &mut Harness, target: &'static str, name: &str, frame: &[u8]
         verdict: verdict(action).to_owned(),
         reason,
     }
+}
+
+/// [`ROUNDS`] rounds of the prepared wrapper: per round the baseline
+/// (restore only), then the wrapper with the tail call. Returns each
+/// round's difference, each round's baseline, and the last verdict.
+fn timed_rounds(harness: &Harness, padded: &[u8]) -> (Vec<i64>, Vec<i64>, u32) {
+    let mut samples = Vec::with_capacity(ROUNDS);
+    let mut wrapper = Vec::with_capacity(ROUNDS);
+    let mut action = 0;
+    for _ in 0..ROUNDS {
+        let (base, _) = run_repeated(harness, program_names::BENCH_BASELINE, padded, REPEAT);
+        let (with, verdict) = run_repeated(harness, program_names::BENCH, padded, REPEAT);
+        action = verdict;
+        samples.push(with - base);
+        wrapper.push(base);
+    }
+    (samples, wrapper, action)
 }
 
 /// One `BPF_PROG_TEST_RUN` of `program` with `repeat`: mean ns per run and
