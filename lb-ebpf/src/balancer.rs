@@ -539,6 +539,16 @@ impl Moment {
     }
 }
 
+impl Moment {
+    /// A bare SYN on an entry of a backend that takes no new flows
+    /// (`BACKEND_DRAINING`): a new connection on a reused tuple, for the
+    /// scheduler, not the entry.
+    #[inline(always)]
+    fn reopens_on(&self, backend: &BackendValue) -> bool {
+        self.opening && backend.flags & BACKEND_DRAINING != 0
+    }
+}
+
 impl Entry {
     /// Reads the entry `conn` points to.
     #[inline(always)]
@@ -606,7 +616,7 @@ fn established(ctx: &XdpContext, scratch: &mut Scratch) -> u32 {
     let entry = Entry::read(conn);
     let found = if entry.live(&moment) {
         service_of_flow(scratch, entry.backend_id)
-            .filter(|(backend, _)| !(moment.opening && backend.flags & BACKEND_DRAINING != 0))
+            .filter(|(backend, _)| !moment.reopens_on(backend))
     } else {
         None
     };
@@ -687,7 +697,7 @@ pub fn choose_backend(
         let entry = Entry::read(conn);
         if entry.live(&moment)
             && usable_backend(entry.backend_id, service.id, scratch)
-            && !(moment.opening && scratch.backend.flags & BACKEND_DRAINING != 0)
+            && !moment.reopens_on(&scratch.backend)
         {
             entry.keep(conn, &moment);
             return Ok((entry.backend_id, false));
