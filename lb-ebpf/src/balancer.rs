@@ -13,8 +13,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Addr, BackendValue, ConnValue, Endpoint, FlowKey, FlowKeyV4, HopValue, NO_BACKEND, RateValue,
-    Reason, ServiceValue, Settings,
+    Addr, BackendValue, ConnValue, HopValue, NO_BACKEND, RateValue, Reason, ServiceValue, Settings,
     hash::{flow_hash, source_hash},
     maps::{
         BACKEND_DRAINING, BACKEND_USABLE, CONN_CLOSED, FWD_DSR, FWD_NAT, FWD_TUNNEL,
@@ -28,7 +27,7 @@ use lb_common::{
 use crate::{
     Drop, Verdict, finish,
     forward::{End, FibQuery, Hop, NextHop, encapsulate, next_hop, rewrite, rewrite_v4, transmit},
-    icmp,
+    icmp, keys,
     maps::{
         BACKENDS, CONN_MISSING, CONN_STALE, CONN_UNKNOWN, CONNS, CONNS_V4, DENY, GUARD_COUNTS,
         GUARD_DENIED, GUARD_SETTINGS, HOPS, MAGLEV, NAT, NAT_FILTER, RATE, ROUTES, RR_POS,
@@ -114,7 +113,7 @@ fn decide(ctx: &XdpContext, scratch: &mut Scratch, flags: u32) -> u32 {
                     return action;
                 }
                 let packet = &scratch.packet;
-                scratch.lookup = Endpoint::new(packet.dst, packet.dport, packet.proto);
+                keys::set_endpoint(&mut scratch.lookup, &packet.dst, packet.dport, packet.proto);
                 // SAFETY: copied out at once.
                 if let Some(service) = unsafe { SERVICES.get(&scratch.lookup) }.copied() {
                     return to_service(ctx, scratch, &service);
@@ -353,34 +352,13 @@ fn to_service(ctx: &XdpContext, scratch: &mut Scratch, service: &ServiceValue) -
 #[inline(always)]
 fn set_flow(scratch: &mut Scratch) {
     let packet = &scratch.packet;
-    scratch.flow = FlowKey {
-        src: packet.src,
-        dst: packet.dst,
-        sport: packet.sport,
-        dport: packet.dport,
-        proto: packet.proto,
-        pad: [0; 3],
-    };
-    narrow_flow(scratch);
-}
-
-/// For an IPv4 packet, `scratch.flow4` from `scratch.flow`: the key
-/// [`conn_entry`] and [`conn_insert`] use. Whatever sets `scratch.flow`
-/// calls it, or the table would be read (and written) under the key of an
-/// earlier packet.
-#[inline(always)]
-pub fn narrow_flow(scratch: &mut Scratch) {
-    if !scratch.packet.v6 {
-        let (src, dst) = (&scratch.flow.src, &scratch.flow.dst);
-        scratch.flow4 = FlowKeyV4 {
-            src: [src[12], src[13], src[14], src[15]],
-            dst: [dst[12], dst[13], dst[14], dst[15]],
-            sport: scratch.flow.sport,
-            dport: scratch.flow.dport,
-            proto: scratch.flow.proto,
-            pad: [0; 3],
-        };
-    }
+    keys::set_flow(
+        &mut scratch.flow,
+        &mut scratch.flow4,
+        packet.v6,
+        (&packet.src, &packet.dst),
+        (packet.sport, packet.dport, packet.proto),
+    );
 }
 
 /// The flow's connection-table entry: `CONNS_V4` for IPv4, `CONNS` for
@@ -442,12 +420,13 @@ fn try_to_vip(ctx: &XdpContext, scratch: &mut Scratch) -> Result<Verdict, Drop> 
 /// (vip, port, proto) first, then the all-port service (vip, 0, proto).
 #[inline(always)]
 pub fn find_service(scratch: &mut Scratch, port: u16) -> Option<ServiceValue> {
-    scratch.lookup = Endpoint::new(scratch.flow.dst, port, scratch.flow.proto);
+    let proto = scratch.flow.proto;
+    keys::set_endpoint(&mut scratch.lookup, &scratch.flow.dst, port, proto);
     // SAFETY: copied out at once.
     if let Some(service) = unsafe { SERVICES.get(&scratch.lookup) } {
         return Some(*service);
     }
-    scratch.lookup.port = 0;
+    keys::set_endpoint_port(&mut scratch.lookup, 0, proto);
     // SAFETY: as above.
     unsafe { SERVICES.get(&scratch.lookup) }.copied()
 }
@@ -659,7 +638,7 @@ fn service_of_flow(
         if slot.key.port != 0 {
             return None;
         }
-        scratch.lookup = Endpoint::new(flow.dst, flow.dport, flow.proto);
+        keys::set_endpoint(&mut scratch.lookup, &flow.dst, flow.dport, flow.proto);
         // SAFETY: only tested for presence.
         if unsafe { SERVICES.get(&scratch.lookup) }.is_some() {
             return None;
@@ -907,12 +886,13 @@ fn try_reply(ctx: &XdpContext, scratch: &mut Scratch) -> Result<Verdict, Drop> {
     if !packet.has_l4 || (packet.proto != proto::TCP && packet.proto != proto::UDP) {
         return Ok(Verdict::pass(Reason::PassNoService));
     }
-    scratch.lookup = Endpoint::new(packet.src, packet.sport, packet.proto);
+    let proto = packet.proto;
+    keys::set_endpoint(&mut scratch.lookup, &packet.src, packet.sport, proto);
     // SAFETY: copied out at once.
     let nat = if let Some(nat) = unsafe { NAT.get(&scratch.lookup) } {
         *nat
     } else {
-        scratch.lookup.port = 0;
+        keys::set_endpoint_port(&mut scratch.lookup, 0, proto);
         // SAFETY: as above.
         match unsafe { NAT.get(&scratch.lookup) } {
             Some(nat) => *nat,

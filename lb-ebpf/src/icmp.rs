@@ -8,13 +8,14 @@ use aya_ebpf::{
     helpers::{bpf_xdp_adjust_tail, bpf_xdp_get_buff_len},
     programs::XdpContext,
 };
-use lb_common::{Addr, FlowKey, Reason, maps::FWD_NAT, maps::ipv4_mapped, proto};
+use lb_common::{Addr, Reason, maps::FWD_NAT, maps::ipv4_mapped, proto};
 
 use crate::{
     Drop, Status, Verdict,
-    balancer::{choose_backend, find_service, narrow_flow, send_to_backend},
+    balancer::{choose_backend, find_service, send_to_backend},
     csum, finish,
     forward::{End, ipv4_header, rewrite, v4_bytes},
+    keys,
     maps::Scratch,
     packet::{read_at, read_into, write_at},
     parse::Packet,
@@ -116,15 +117,13 @@ fn try_too_big(ctx: &XdpContext, scratch: &mut Scratch) -> Result<Verdict, Drop>
     let quoted = &scratch.quoted;
     // The error is about a packet the VIP sent; the flow, seen from the
     // client, runs the other way.
-    scratch.flow = FlowKey {
-        src: quoted.client,
-        dst: scratch.packet.dst,
-        sport: quoted.client_port,
-        dport: quoted.vip_port,
-        proto: quoted.proto,
-        pad: [0; 3],
-    };
-    narrow_flow(scratch);
+    keys::set_flow(
+        &mut scratch.flow,
+        &mut scratch.flow4,
+        scratch.packet.v6,
+        (&quoted.client, &scratch.packet.dst),
+        (quoted.client_port, quoted.vip_port, quoted.proto),
+    );
     let Some(service) = find_service(scratch, scratch.quoted.vip_port) else {
         return Ok(Verdict::pass(Reason::PassIcmpToVip));
     };

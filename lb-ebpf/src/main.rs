@@ -27,6 +27,7 @@ mod csum;
 mod decap;
 mod forward;
 mod icmp;
+mod keys;
 mod maps;
 mod packet;
 mod parse;

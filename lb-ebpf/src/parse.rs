@@ -7,15 +7,11 @@
 //! decides which, once it knows whether the destination is a VIP).
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{
-    Addr, Reason,
-    maps::{ipv4_mapped, is_ipv4_mapped},
-    proto,
-};
+use lb_common::{Addr, Reason, maps::is_ipv4_mapped, proto};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, tcp::TcpHdr, udp::UdpHdr};
 
 use crate::{
-    Drop,
+    Drop, keys,
     maps::{IFACE_SLOTS, IFACES, Scratch},
     packet::{fits, read_at, read_into},
 };
@@ -230,7 +226,7 @@ fn for_this_host(ctx: &XdpContext, dst_mac: &[u8; 6]) -> bool {
 #[inline(always)]
 fn parse_ipv4(ctx: &XdpContext, off: usize, packet: &mut Packet) -> Result<Ip, Drop> {
     let ip: Ipv4Hdr = read_at(ctx, off).ok_or(Drop(Reason::DropMalformedIpv4))?;
-    packet.dst = ipv4_mapped(ip.dst_addr);
+    keys::set_mapped(&mut packet.dst, ip.dst_addr);
     let header_len = usize::from(ip.vihl & 0x0f) * 4;
     let total_len = u16::from_be_bytes(ip.tot_len);
     if ip.vihl >> 4 != 4
@@ -250,7 +246,7 @@ fn parse_ipv4(ctx: &XdpContext, off: usize, packet: &mut Packet) -> Result<Ip, D
     packet.l4 = offset(off + header_len);
     packet.v6 = false;
     packet.proto = ip.proto;
-    packet.src = ipv4_mapped(ip.src_addr);
+    keys::set_mapped(&mut packet.src, ip.src_addr);
     packet.sport = 0;
     packet.dport = 0;
     packet.tcp_flags = 0;
