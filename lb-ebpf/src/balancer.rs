@@ -794,11 +794,7 @@ fn take_hop(scratch: &mut Scratch, hop: &HopValue, ip_len: u16) -> bool {
     if hop.flags & HOP_RESOLVED == 0 || ip_len > hop.mtu {
         return false;
     }
-    scratch.hop = Hop {
-        ifindex: hop.ifindex,
-        smac: hop.smac,
-        dmac: hop.dmac,
-    };
+    scratch.hop = Hop::of(hop);
     true
 }
 

@@ -10,7 +10,7 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
-use lb_common::{Addr, Reason, hash::tunnel_hash, proto};
+use lb_common::{Addr, HopValue, Reason, hash::tunnel_hash, proto};
 
 use crate::{
     Drop, Status, Verdict, csum,
@@ -42,10 +42,31 @@ pub enum NextHop {
 pub struct Hop {
     /// Egress interface.
     pub ifindex: u32,
-    /// Our MAC on it.
-    pub smac: [u8; 6],
-    /// The next hop's MAC.
-    pub dmac: [u8; 6],
+    /// The Ethernet header's first 12 bytes: the next hop's MAC, then ours
+    /// on the egress interface.
+    pub macs: [u8; 12],
+}
+
+impl Hop {
+    /// `hop`'s interface and MACs, copied in whole words.
+    #[inline(always)]
+    pub fn of(hop: &HopValue) -> Self {
+        const DMAC: usize = core::mem::offset_of!(HopValue, dmac);
+        const _: () = assert!(core::mem::offset_of!(HopValue, smac) == DMAC + 6);
+        // SAFETY: `dmac` and `smac` are adjacent byte arrays (asserted):
+        // 12 bytes inside `*hop`.
+        let macs = unsafe {
+            core::ptr::from_ref(hop)
+                .cast::<u8>()
+                .add(DMAC)
+                .cast::<[u8; 12]>()
+                .read_unaligned()
+        };
+        Self {
+            ifindex: hop.ifindex,
+            macs,
+        }
+    }
 }
 
 /// What `next_hop` is asked.
@@ -103,10 +124,13 @@ pub fn next_hop(ctx: &XdpContext, scratch: &mut Scratch) -> NextHop {
     )]
     match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => {
+            let (dmac, smac) = (&scratch.fib.dmac, &scratch.fib.smac);
             scratch.hop = Hop {
                 ifindex: scratch.fib.ifindex,
-                smac: scratch.fib.smac,
-                dmac: scratch.fib.dmac,
+                macs: [
+                    dmac[0], dmac[1], dmac[2], dmac[3], dmac[4], dmac[5], smac[0], smac[1],
+                    smac[2], smac[3], smac[4], smac[5],
+                ],
             };
             NextHop::Out
         }
@@ -121,8 +145,7 @@ pub fn next_hop(ctx: &XdpContext, scratch: &mut Scratch) -> NextHop {
 /// came in on, or a redirect through `DEVMAP` to another.
 #[inline(always)]
 pub fn transmit(ctx: &XdpContext, hop: &Hop, reason: Reason) -> Result<Verdict, Drop> {
-    write_at(ctx, 0, hop.dmac).ok_or(Drop(Reason::DropMalformedEth))?;
-    write_at(ctx, 6, hop.smac).ok_or(Drop(Reason::DropMalformedEth))?;
+    write_at(ctx, 0, hop.macs).ok_or(Drop(Reason::DropMalformedEth))?;
     #[allow(
         clippy::cast_possible_truncation,
         reason = "ifindex is a u32 in xdp_md"
