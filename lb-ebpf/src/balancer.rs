@@ -107,11 +107,12 @@ fn decide(ctx: &XdpContext, scratch: &mut Scratch, flags: u32) -> u32 {
                 && !packet.fragment
                 && (packet.proto == proto::TCP || packet.proto == proto::UDP)
             {
-                set_flow(scratch);
+                set_conn_key(scratch);
                 let action = established(ctx, scratch);
                 if action != FLOW_UNDECIDED {
                     return action;
                 }
+                set_flow(scratch);
                 let packet = &scratch.packet;
                 keys::set_endpoint(&mut scratch.lookup, &packet.dst, packet.dport, packet.proto);
                 // SAFETY: copied out at once.
@@ -348,7 +349,8 @@ fn to_service(ctx: &XdpContext, scratch: &mut Scratch, service: &ServiceValue) -
     finish(to_backend(ctx, scratch, service))
 }
 
-/// `scratch.flow` from `scratch.packet`: the flow as the client sent it.
+/// `scratch.flow` (and for IPv4 `scratch.flow4`) from `scratch.packet`:
+/// the flow as the client sent it.
 #[inline(always)]
 fn set_flow(scratch: &mut Scratch) {
     let packet = &scratch.packet;
@@ -361,8 +363,22 @@ fn set_flow(scratch: &mut Scratch) {
     );
 }
 
+/// Only the packet's connection-table key (`scratch.flow4` for IPv4,
+/// `scratch.flow` for IPv6): all [`established`] reads.
+#[inline(always)]
+fn set_conn_key(scratch: &mut Scratch) {
+    let packet = &scratch.packet;
+    keys::set_conn_key(
+        &mut scratch.flow,
+        &mut scratch.flow4,
+        packet.v6,
+        (&packet.src, &packet.dst),
+        (packet.sport, packet.dport, packet.proto),
+    );
+}
+
 /// The flow's connection-table entry: `CONNS_V4` for IPv4, `CONNS` for
-/// IPv6 (`set_flow` filled the keys).
+/// IPv6 (`set_flow` or `set_conn_key` filled the key).
 #[inline(always)]
 fn conn_entry(scratch: &Scratch) -> Option<*mut ConnValue> {
     if scratch.packet.v6 {
@@ -500,10 +516,12 @@ fn now(scratch: &mut Scratch) -> u64 {
 }
 
 impl Moment {
+    /// This packet's moment in a flow of protocol `proto` (the packet's
+    /// own, or the one an ICMP error quotes).
     #[inline(always)]
-    fn of(scratch: &mut Scratch, settings: &Settings) -> Self {
+    fn of(scratch: &mut Scratch, settings: &Settings, proto: u8) -> Self {
         let now = now(scratch);
-        let is_tcp = scratch.flow.proto == proto::TCP;
+        let is_tcp = proto == proto::TCP;
         let flags = scratch.packet.tcp_flags;
         Self {
             now,
@@ -591,10 +609,10 @@ fn established(ctx: &XdpContext, scratch: &mut Scratch) -> u32 {
     let Some(settings) = SETTINGS.get(0) else {
         return FLOW_UNDECIDED;
     };
-    let moment = Moment::of(scratch, settings);
+    let moment = Moment::of(scratch, settings, scratch.packet.proto);
     let entry = Entry::read(conn);
     let found = if entry.live(&moment) {
-        service_of_flow(scratch, entry.backend_id)
+        service_of_packet(scratch, entry.backend_id)
             .filter(|(backend, _)| !moment.reopens_on(backend))
     } else {
         None
@@ -618,27 +636,27 @@ fn established(ctx: &XdpContext, scratch: &mut Scratch) -> u32 {
 }
 
 /// Backend `id` and its service's slot, if the backend is usable and its
-/// service is the one `SERVICES` gives `scratch.flow`: the same (vip, port,
-/// proto), or the all-port service with no exact one beside it.
+/// service is the one `SERVICES` gives `scratch.packet`: the same (vip,
+/// port, proto), or the all-port service with no exact one beside it.
 #[inline(always)]
-fn service_of_flow(
+fn service_of_packet(
     scratch: &mut Scratch,
     id: u32,
 ) -> Option<(&'static BackendValue, &'static ServiceSlot)> {
     let backend = BACKENDS.get(id)?;
     let slot = SERVICE_IDS.get(backend.service_id)?;
-    let flow = &scratch.flow;
+    let packet = &scratch.packet;
     if backend.flags & BACKEND_USABLE == 0
-        || slot.key.proto != flow.proto
-        || slot.key.addr != flow.dst
+        || slot.key.proto != packet.proto
+        || slot.key.addr != packet.dst
     {
         return None;
     }
-    if slot.key.port != flow.dport {
+    if slot.key.port != packet.dport {
         if slot.key.port != 0 {
             return None;
         }
-        keys::set_endpoint(&mut scratch.lookup, &flow.dst, flow.dport, flow.proto);
+        keys::set_endpoint(&mut scratch.lookup, &packet.dst, packet.dport, packet.proto);
         // SAFETY: only tested for presence.
         if unsafe { SERVICES.get(&scratch.lookup) }.is_some() {
             return None;
@@ -662,7 +680,7 @@ pub fn choose_backend(
     fragment: bool,
 ) -> Result<(u32, bool), Drop> {
     let settings = SETTINGS.get(0).ok_or(Drop(Reason::DropNoBackend))?;
-    let moment = Moment::of(scratch, settings);
+    let moment = Moment::of(scratch, settings, scratch.flow.proto);
     if !fragment && scratch.conn_state == CONN_STALE {
         // Rescheduled (see `established`).
         let (backend_id, closed) = scratch.stale;

@@ -37,19 +37,53 @@ pub fn set_flow(
     flow: &mut FlowKey,
     flow4: &mut FlowKeyV4,
     v6: bool,
-    (src, dst): (&Addr, &Addr),
-    (sport, dport, proto): (u16, u16, u8),
+    addrs: (&Addr, &Addr),
+    ports: (u16, u16, u8),
 ) {
+    set_wide(flow, addrs, ports);
+    if !v6 {
+        set_narrow(flow4, addrs, ports);
+    }
+}
+
+/// As [`set_flow`], but only the key of the flow's connection table:
+/// `flow4` for IPv4, `flow` for IPv6. The established path needs no more;
+/// an IPv4 `flow` is left as it was.
+#[inline(always)]
+pub fn set_conn_key(
+    flow: &mut FlowKey,
+    flow4: &mut FlowKeyV4,
+    v6: bool,
+    addrs: (&Addr, &Addr),
+    ports: (u16, u16, u8),
+) {
+    if v6 {
+        set_wide(flow, addrs, ports);
+    } else {
+        set_narrow(flow4, addrs, ports);
+    }
+}
+
+/// The ports, protocol and padding as the one 64-bit word they occupy in
+/// both flow keys.
+#[inline(always)]
+fn flow_tail((sport, dport, proto): (u16, u16, u8)) -> u64 {
     const _: () = assert!(core::mem::offset_of!(FlowKey, sport) == 32);
     const _: () = assert!(core::mem::offset_of!(FlowKeyV4, sport) == 8);
-    let tail = u64::from(sport) | u64::from(dport) << 16 | u64::from(proto) << 32;
+    u64::from(sport) | u64::from(dport) << 16 | u64::from(proto) << 32
+}
+
+#[inline(always)]
+fn set_wide(flow: &mut FlowKey, (src, dst): (&Addr, &Addr), ports: (u16, u16, u8)) {
     flow.src = *src;
     flow.dst = *dst;
-    store::<32, _, _>(flow, tail);
-    if !v6 {
-        let head = u64::from(word(src)) | u64::from(word(dst)) << 32;
-        store::<0, _, _>(flow4, [head, tail]);
-    }
+    store::<32, _, _>(flow, flow_tail(ports));
+}
+
+#[inline(always)]
+fn set_narrow(flow4: &mut FlowKeyV4, (src, dst): (&Addr, &Addr), ports: (u16, u16, u8)) {
+    let head = u64::from(word(src)) | u64::from(word(dst)) << 32;
+    store::<0, _, _>(flow4, [head, flow_tail(ports)]);
 }
 
 /// The IPv4 address in an IPv4-mapped `addr`, as stored (native order).
