@@ -349,16 +349,17 @@ fn parse_l4(ctx: &XdpContext, packet: &mut Packet) -> Result<(), Reason> {
     let ip_end = packet.l3_off() + usize::from(packet.ip_len);
     match packet.proto {
         proto::TCP => {
-            let tcp: TcpHdr = read_at(ctx, l4).ok_or(Reason::DropMalformedTcp)?;
-            let header_len = usize::from(tcp.doff()) * 4;
+            // Ports, sequence numbers, data offset and flags: the rest of
+            // the header lies inside the IP packet, which `parse_ipv4` /
+            // `parse_ipv6` found inside the frame.
+            let tcp: [u8; 14] = read_at(ctx, l4).ok_or(Reason::DropMalformedTcp)?;
+            let header_len = usize::from(tcp[12] >> 4) * 4;
             if header_len < TcpHdr::LEN || l4 + header_len > ip_end {
                 return Err(Reason::DropMalformedTcp);
             }
-            packet.sport = u16::from_be_bytes(tcp.source);
-            packet.dport = u16::from_be_bytes(tcp.dest);
-            // Byte 13 of the header: the flags.
-            let [_, flags] = read_at::<[u8; 2]>(ctx, l4 + 12).ok_or(Reason::DropMalformedTcp)?;
-            packet.tcp_flags = flags;
+            packet.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
+            packet.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
+            packet.tcp_flags = tcp[13];
         }
         proto::UDP => {
             let udp: UdpHdr = read_at(ctx, l4).ok_or(Reason::DropMalformedUdp)?;
