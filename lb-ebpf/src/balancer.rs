@@ -54,8 +54,9 @@ pub fn balance(ctx: &XdpContext) -> u32 {
         // missing, the frame is not ours to judge.
         return finish(Ok(Verdict::pass(Reason::PassNoService))) & trace::ACTION_MASK;
     };
-    let flags = SETTINGS.get(0).map_or(0, |settings| settings.flags);
-    let packed = decide(ctx, scratch, flags);
+    let settings = SETTINGS.get(0);
+    let flags = settings.map_or(0, |settings| settings.flags);
+    let packed = decide(ctx, scratch, settings, flags);
     if !cfg!(feature = "trace") {
         return packed;
     }
@@ -68,7 +69,7 @@ pub fn balance(ctx: &XdpContext) -> u32 {
 /// [`balance`]'s decision: the counted action, with its reason above it
 /// (see [`finish`]).
 #[inline(always)]
-fn decide(ctx: &XdpContext, scratch: &mut Scratch, flags: u32) -> u32 {
+fn decide(ctx: &XdpContext, scratch: &mut Scratch, settings: Option<&Settings>, flags: u32) -> u32 {
     match parse(ctx, scratch).get() {
         Err(drop) => finish(Err(drop)),
         Ok(Parsed::NotIp) => finish(Ok(Verdict::pass(Reason::PassNonIp))),
@@ -107,10 +108,12 @@ fn decide(ctx: &XdpContext, scratch: &mut Scratch, flags: u32) -> u32 {
                 && !packet.fragment
                 && (packet.proto == proto::TCP || packet.proto == proto::UDP)
             {
-                set_conn_key(scratch);
-                let action = established(ctx, scratch);
-                if action != FLOW_UNDECIDED {
-                    return action;
+                if let Some(settings) = settings {
+                    set_conn_key(scratch);
+                    let action = established(ctx, scratch, settings);
+                    if action != FLOW_UNDECIDED {
+                        return action;
+                    }
                 }
                 set_flow(scratch);
                 let packet = &scratch.packet;
@@ -601,12 +604,9 @@ const FLOW_UNDECIDED: u32 = u32::MAX;
 /// reopening it, its backend unusable or of another service now) — so it
 /// need not look the entry up again.
 #[inline(never)]
-fn established(ctx: &XdpContext, scratch: &mut Scratch) -> u32 {
+fn established(ctx: &XdpContext, scratch: &mut Scratch, settings: &Settings) -> u32 {
     let Some(conn) = conn_entry(scratch) else {
         scratch.conn_state = CONN_MISSING;
-        return FLOW_UNDECIDED;
-    };
-    let Some(settings) = SETTINGS.get(0) else {
         return FLOW_UNDECIDED;
     };
     let moment = Moment::of(scratch, settings, scratch.packet.proto);
