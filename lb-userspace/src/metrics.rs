@@ -178,6 +178,13 @@ impl Scrape {
             "lb_ha_invalid_packets",
             "Malformed VRRP packets dropped (bad TTL, checksum, version...).",
             &[(Vec::new(), self.status.ha.invalid_packets)],
+        )?;
+        counters(
+            e,
+            "lb_ha_ignored_packets",
+            "Well-formed VRRP advertisements ignored: another virtual router's (VRID) or \
+             another address family's.",
+            &[(Vec::new(), self.status.ha.ignored_packets)],
         )
     }
 

@@ -62,6 +62,23 @@ impl Pair {
         self.lb.status()["ha"].clone()
     }
 
+    /// The balancer's `/metrics` page.
+    fn metrics(&self) -> String {
+        self.lb.ns.run(|| {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect("127.0.0.1:9477").expect("metrics");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")
+                .expect("request");
+            let mut response = String::new();
+            stream.read_to_string(&mut response).expect("response");
+            response
+        })
+    }
+
     fn wait_state(&self, state: &str) {
         assert!(
             wait_until(Duration::from_secs(10), || self.ha()["state"] == state),
@@ -84,7 +101,7 @@ fn balancer(ns: Netns, tag: &str, ha: &str) -> LbRun {
              \x20 - {{ name: web, vip: 203.0.113.11, port: 80, protocol: tcp, forwarding: dsr, \
              backends: [{{ address: 192.0.2.11 }}] }}\n\
              ha: {{ interface: eth0, virtual_router_id: {VRID}, advert_interval: 100ms, {ha} }}\n\
-             control: {{ socket: {socket} }}\n"
+             control: {{ socket: {socket}, metrics: 127.0.0.1:9477 }}\n"
         ),
     );
     LbRun::new(ns, config, socket, instance)
@@ -408,6 +425,13 @@ fn spoofed_ipv6_advertisements_change_nothing_and_are_counted() {
     assert_eq!(ha["state"], "master", "{ha}");
     assert_eq!(ha["transitions"].as_u64(), Some(transitions), "{ha}");
     assert_eq!(ha["invalid_packets"].as_u64(), Some(3), "{ha}");
+    let metrics = pair.metrics();
+    for line in [
+        "lb_ha_invalid_packets_total 3",
+        "lb_ha_ignored_packets_total 1",
+    ] {
+        assert!(metrics.contains(line), "no {line} in /metrics:\n{metrics}");
+    }
     assert!(holds_v6(&pair.lb.ns));
     println!("spoofed IPv6 VRRP: {ha} (lb speaks from {lb_source})");
 
