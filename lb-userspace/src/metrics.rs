@@ -165,26 +165,33 @@ impl Scrape {
                 (labels(&[("bound", "upper")]), table.evictions_at_most),
             ],
         )?;
+        self.encode_ha_counters(e)?;
+        self.encode_guard(e)?;
+        self.encode_announce(e)
+    }
+
+    /// The first VRRP instance's counters: state changes, packets dropped
+    /// and packets ignored.
+    fn encode_ha_counters(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let ha = &self.status.ha;
         counters(
             e,
             "lb_ha_transitions",
             "HA state changes since the controller started.",
-            &[(Vec::new(), self.status.ha.transitions)],
+            &[(Vec::new(), ha.transitions)],
         )?;
-        self.encode_guard(e)?;
-        self.encode_announce(e)?;
         counters(
             e,
             "lb_ha_invalid_packets",
             "Malformed VRRP packets dropped (bad TTL, checksum, version...).",
-            &[(Vec::new(), self.status.ha.invalid_packets)],
+            &[(Vec::new(), ha.invalid_packets)],
         )?;
         counters(
             e,
             "lb_ha_ignored_packets",
             "Well-formed VRRP advertisements ignored: another virtual router's (VRID) or \
              another address family's.",
-            &[(Vec::new(), self.status.ha.ignored_packets)],
+            &[(Vec::new(), ha.ignored_packets)],
         )
     }
 
