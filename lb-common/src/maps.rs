@@ -313,6 +313,15 @@ pub const SETTINGS_NAT: u32 = 1;
 /// VIP skip the `DENY` lookup, so an empty deny list costs nothing.
 pub const SETTINGS_DENY: u32 = 2;
 
+/// A `DENY` value bit: the prefix is in the configuration's `guard.deny`.
+/// The data path only tests a prefix's presence; the bits tell the next
+/// controller which entries were the operator's (`lb guard deny`), so they
+/// outlive a restart, and which the file's, so a prefix the new file drops
+/// goes. An older lb wrote 1 for both.
+pub const DENY_CONFIGURED: u8 = 1;
+/// A `DENY` value bit: the prefix was added with `lb guard deny`.
+pub const DENY_RUNTIME: u8 = 2;
+
 /// `Settings::flags`: the automatic guard is on (`guard.auto`). Without it
 /// packets to a VIP skip the guard's per-source accounting and its
 /// `GUARD_DENIED` lookup, so an unconfigured guard costs nothing.

@@ -119,7 +119,8 @@ pub static STATS_SERVICES: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(
 #[map]
 pub static STATS_BACKENDS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(1024, 0);
 
-/// Deny list: source prefixes (IPv4 as IPv4-mapped, prefix length + 96).
+/// Deny list: source prefixes (IPv4 as IPv4-mapped, prefix length + 96);
+/// the value says who added the prefix (`DENY_CONFIGURED`, `DENY_RUNTIME`).
 #[map]
 pub static DENY: LpmTrie<Addr, u8> = LpmTrie::with_max_entries(1024, 0);
 

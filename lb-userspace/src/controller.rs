@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use lb_common::{Reason, Settings};
+use lb_common::{Reason, Settings, maps::DENY_RUNTIME};
 
 use std::{
     net::SocketAddr,
@@ -145,8 +145,22 @@ impl Controller {
         let (mut dataplane, adopted) = Dataplane::load_pinned(sizes, &pin_dir)
             .context("loading the XDP program (root and a kernel with BTF are needed)")?;
         let mut planner = Planner::new(sizes.ring_size, sizes.services, sizes.backends);
+        // The operator's `lb guard deny` prefixes outlive the controller.
+        let mut guard = crate::guard::Guard::default();
         if adopted {
-            planner.adopt(&config, dataplane.snapshot()?);
+            let snapshot = dataplane.snapshot()?;
+            for (addr, len) in &snapshot.runtime_deny {
+                if let Some(prefix) = crate::plan::deny_prefix(addr, *len) {
+                    guard.deny(prefix);
+                }
+            }
+            if !guard.runtime().is_empty() {
+                tracing::info!(
+                    prefixes = guard.runtime().len(),
+                    "kept the runtime deny list (lb guard deny)"
+                );
+            }
+            planner.adopt(&config, snapshot);
             tracing::info!(pins = %pin_dir.display(), "took over the pinned data plane");
             // A data plane taken over from an older lb has no address
             // filters or service slots yet: derive them from the maps,
@@ -176,7 +190,11 @@ impl Controller {
         }
         attach(&mut dataplane, &new, &pin_dir, started)?;
         dataplane.set_guard_settings(&guard_settings(&config))?;
-        dataplane.set_settings(&settings_with(&config, tunnel_sources))?;
+        let mut settings = settings_with(&config, tunnel_sources);
+        if !guard.runtime().is_empty() {
+            settings.flags |= lb_common::maps::SETTINGS_DENY;
+        }
+        dataplane.set_settings(&settings)?;
         dataplane.apply(&writes)?;
         dataplane.rebuild_indexes()?;
         tracing::info!(writes = writes.len(), "maps written");
@@ -205,7 +223,7 @@ impl Controller {
             pin_dir,
             started: SystemTime::now(),
             started_with: Started::default(),
-            guard: crate::guard::Guard::default(),
+            guard,
             announce: announcing::Announcing::default(),
             trace: false,
         };
@@ -969,7 +987,9 @@ impl Controller {
     }
 
     /// `lb guard deny PREFIX`: packets from `prefix` to every VIP are
-    /// dropped (`drop_denied`) until `lb guard allow` or a restart.
+    /// dropped (`drop_denied`) until `lb guard allow`, across controller
+    /// restarts (the prefix is marked `DENY_RUNTIME` in the pinned map),
+    /// until the data plane is removed.
     pub fn guard_deny(
         &mut self,
         prefix: ipnet::IpNet,
@@ -988,13 +1008,11 @@ impl Controller {
         let settings = self.settings_for(&self.config, self.tunnel_sources);
         let written = self
             .dataplane
-            .insert_deny(&addr, len)
+            .insert_deny(&addr, len, DENY_RUNTIME)
             .and_then(|()| self.dataplane.set_settings(&settings));
         if let Err(error) = written {
             self.guard.allow(prefix);
-            if !self.config.guard.deny.contains(&prefix) {
-                let _ = self.dataplane.remove_deny(&addr, len);
-            }
+            let _ = self.dataplane.remove_deny(&addr, len, DENY_RUNTIME);
             return Err(OverrideError::Failed(error.into()));
         }
         tracing::info!(%prefix, "guard: denied by the operator");
@@ -1021,7 +1039,7 @@ impl Controller {
             let settings = self.settings_for(&self.config, self.tunnel_sources);
             if let Err(error) = self
                 .dataplane
-                .remove_deny(&addr, len)
+                .remove_deny(&addr, len, DENY_RUNTIME)
                 .and_then(|()| self.dataplane.set_settings(&settings))
             {
                 self.guard.deny(prefix);
@@ -1359,7 +1377,7 @@ impl Controller {
         // A prefix the file no longer names may still be the operator's.
         for prefix in self.guard.runtime() {
             let (addr, len) = crate::plan::deny_key(prefix);
-            if let Err(error) = self.dataplane.insert_deny(&addr, len) {
+            if let Err(error) = self.dataplane.insert_deny(&addr, len, DENY_RUNTIME) {
                 tracing::error!(error = %format!("{error:#}"), %prefix, "keeping a runtime deny");
             }
         }

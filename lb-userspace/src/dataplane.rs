@@ -17,7 +17,10 @@ use aya::{
 use lb_common::{
     Addr, BackendValue, Endpoint, HopValue, IfaceValue, NatValue, Reason, ServiceKey, ServiceValue,
     Settings, Traffic, VipValue, map_names,
-    maps::{FILTER_WORDS, GuardDenial, GuardSettings, IfaceSlot, ServiceSlot, filter_bit},
+    maps::{
+        DENY_CONFIGURED, DENY_RUNTIME, FILTER_WORDS, GuardDenial, GuardSettings, IfaceSlot,
+        ServiceSlot, filter_bit,
+    },
     program_names,
 };
 
@@ -454,18 +457,47 @@ impl Dataplane {
         array.get(&id, 0).map_err(map_error(name))
     }
 
-    /// Adds a deny-list prefix.
-    pub fn insert_deny(&mut self, addr: &Addr, prefix_len: u32) -> Result<(), DataplaneError> {
-        self.deny_trie()?
-            .insert(&LpmKey::new(prefix_len, *addr), 1, 0)
+    /// Adds a deny-list prefix for `origin` (`DENY_CONFIGURED` or
+    /// `DENY_RUNTIME`), keeping any other origin's bit.
+    pub fn insert_deny(
+        &mut self,
+        addr: &Addr,
+        prefix_len: u32,
+        origin: u8,
+    ) -> Result<(), DataplaneError> {
+        let key = LpmKey::new(prefix_len, *addr);
+        let mut trie = self.deny_trie()?;
+        let value = trie.get(&key, 0).unwrap_or(0) | origin;
+        trie.insert(&key, value, 0)
             .map_err(map_error(map_names::DENY))
     }
 
-    /// Removes a deny-list prefix.
-    pub fn remove_deny(&mut self, addr: &Addr, prefix_len: u32) -> Result<(), DataplaneError> {
-        self.deny_trie()?
-            .remove(&LpmKey::new(prefix_len, *addr))
-            .map_err(map_error(map_names::DENY))
+    /// Takes `origin`'s bit off a deny-list prefix; the prefix goes when no
+    /// origin is left.
+    pub fn remove_deny(
+        &mut self,
+        addr: &Addr,
+        prefix_len: u32,
+        origin: u8,
+    ) -> Result<(), DataplaneError> {
+        let key = LpmKey::new(prefix_len, *addr);
+        let mut trie = self.deny_trie()?;
+        let left = match trie.get(&key, 0) {
+            Ok(value) => value & !origin,
+            Err(MapError::KeyNotFound) => return Ok(()),
+            Err(source) => {
+                return Err(DataplaneError::Map {
+                    name: map_names::DENY,
+                    source,
+                });
+            }
+        };
+        if left == 0 {
+            trie.remove(&key)
+        } else {
+            trie.insert(&key, left, 0)
+        }
+        .map_err(map_error(map_names::DENY))
     }
 
     /// Writes the automatic guard's thresholds (read by the data path only
@@ -663,8 +695,8 @@ impl Dataplane {
                 Write::RemoveVip(addr) => self.remove_vip(addr)?,
                 Write::Nat(key, value) => self.insert_nat(key, value)?,
                 Write::RemoveNat(key) => self.remove_nat(key)?,
-                Write::Deny(addr, len) => self.insert_deny(addr, *len)?,
-                Write::RemoveDeny(addr, len) => self.remove_deny(addr, *len)?,
+                Write::Deny(addr, len) => self.insert_deny(addr, *len, DENY_CONFIGURED)?,
+                Write::RemoveDeny(addr, len) => self.remove_deny(addr, *len, DENY_CONFIGURED)?,
             }
         }
         if removed_address {
@@ -974,9 +1006,16 @@ impl Dataplane {
         }
         let deny: LpmTrie<&MapData, Addr, u8> =
             LpmTrie::try_from(self.map(map_names::DENY)?).map_err(map_error(map_names::DENY))?;
-        for key in deny.keys() {
-            let key = key.map_err(map_error(map_names::DENY))?;
-            snapshot.deny.push((key.data(), key.prefix_len()));
+        for entry in &deny {
+            let (key, origin) = entry.map_err(map_error(map_names::DENY))?;
+            let prefix = (key.data(), key.prefix_len());
+            // An older lb wrote 1 (`DENY_CONFIGURED`) for either origin.
+            if origin & DENY_CONFIGURED != 0 {
+                snapshot.deny.push(prefix);
+            }
+            if origin & DENY_RUNTIME != 0 {
+                snapshot.runtime_deny.push(prefix);
+            }
         }
         let maglev: Array<&MapData, u32> =
             Array::try_from(self.map(map_names::MAGLEV)?).map_err(map_error(map_names::MAGLEV))?;

@@ -77,7 +77,8 @@ pub struct Event {
 pub struct GuardReport {
     /// Prefixes from `guard.deny` in the configuration file.
     pub configured: Vec<String>,
-    /// Prefixes added with `lb guard deny` (kept until a restart).
+    /// Prefixes added with `lb guard deny` (kept across controller
+    /// restarts, until `lb guard allow` or the data plane is removed).
     pub runtime: Vec<String>,
     /// Whether `guard.auto` is configured.
     pub auto: bool,

@@ -141,8 +141,11 @@ pub struct Snapshot {
     pub vips: Vec<(Addr, VipValue)>,
     /// `NAT`.
     pub nat: Vec<(Endpoint, NatValue)>,
-    /// `DENY` prefixes.
+    /// `DENY` prefixes of the configuration (`DENY_CONFIGURED`).
     pub deny: Vec<(Addr, u32)>,
+    /// `DENY` prefixes the operator added (`DENY_RUNTIME`): not the
+    /// planner's, the controller's guard takes them back.
+    pub runtime_deny: Vec<(Addr, u32)>,
     /// Both MAGLEV rows of every service.
     pub rows: Vec<(u32, Vec<u32>)>,
 }
@@ -814,6 +817,18 @@ pub fn forwarding_code(forwarding: Forwarding) -> u8 {
     }
 }
 
+/// A `DENY` key as the prefix it stands for: the inverse of [`deny_key`].
+pub fn deny_prefix(addr: &Addr, len: u32) -> Option<ipnet::IpNet> {
+    let v6 = std::net::Ipv6Addr::from(*addr);
+    let net = match (v6.to_ipv4_mapped(), len.checked_sub(96)) {
+        (Some(v4), Some(v4_len)) => {
+            ipnet::IpNet::V4(ipnet::Ipv4Net::new(v4, u8::try_from(v4_len).ok()?).ok()?)
+        }
+        _ => ipnet::IpNet::V6(ipnet::Ipv6Net::new(v6, u8::try_from(len).ok()?).ok()?),
+    };
+    Some(net.trunc())
+}
+
 /// A deny-list prefix as its `DENY` key: IPv4 in IPv4-mapped form, the
 /// prefix length 96 more.
 pub fn deny_key(net: &ipnet::IpNet) -> (Addr, u32) {
@@ -1096,6 +1111,24 @@ mod tests {
     }
 
     #[test]
+    fn a_deny_key_reads_back_as_its_prefix() {
+        for text in [
+            "198.51.100.0/24",
+            "192.0.2.7/32",
+            "0.0.0.0/0",
+            "2001:db8::/32",
+        ] {
+            let prefix: ipnet::IpNet = text.parse().unwrap();
+            let (addr, len) = deny_key(&prefix);
+            assert_eq!(deny_prefix(&addr, len), Some(prefix), "{text}");
+        }
+        // An IPv4-mapped key shorter than the mapping is an IPv6 prefix.
+        let (addr, _) = deny_key(&"192.0.2.7/32".parse().unwrap());
+        assert_eq!(deny_prefix(&addr, 80), Some("::/80".parse().unwrap()));
+        assert_eq!(deny_prefix(&addr, 129), None);
+    }
+
+    #[test]
     fn an_adopting_planner_keeps_ids_and_writes_nothing_for_the_same_config() {
         let config = config(true, "maglev");
         let mut first = planner();
@@ -1106,6 +1139,7 @@ mod tests {
             vips: first.vips.iter().map(|(k, v)| (*k, *v)).collect(),
             nat: first.nat.iter().map(|(k, v)| (*k, *v)).collect(),
             deny: first.deny.iter().copied().collect(),
+            runtime_deny: Vec::new(),
             rows: first.rows.iter().map(|(k, v)| (*k, v.to_vec())).collect(),
         };
         let mut second = planner();

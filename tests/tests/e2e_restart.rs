@@ -223,3 +223,49 @@ fn forwarding_is_enabled_per_interface_and_restored_on_stop() {
     assert_eq!(forwarding(&bed), before, "not restored by lb detach");
     assert!(!lb::sysctl::record_path(&instance).exists(), "record left");
 }
+
+fn guard_list(bed: &Bed) -> serde_json::Value {
+    let output = bed.lb_command(&["guard", "list", "--output", "json"]);
+    assert!(output.status.success(), "lb guard list: {output:?}");
+    serde_json::from_slice(&output.stdout).expect("lb guard list prints JSON")
+}
+
+/// `lb guard deny` outlives the controller: a prefix the operator denied
+/// is still denied, and listed, after a SIGKILL and a new `lb run`; a
+/// prefix the old configuration denied and the new one drops is not taken
+/// for the operator's.
+#[test]
+fn a_runtime_deny_outlives_a_restart() {
+    let mut bed = Bed::new(&[11, 12]);
+    let first = config("deny").replace(
+        "control:",
+        "guard: { deny: ['203.0.113.200/32'] }\ncontrol:",
+    );
+    bed.start_lb(&first);
+    assert_eq!(guard_list(&bed)["configured"][0], "203.0.113.200/32");
+    let target: SocketAddr = "203.0.113.10:80".parse().unwrap();
+    let served = |bed: &Bed| bed.client.run(move || tcp_request(target, None).is_some());
+    assert!(served(&bed), "not served before the deny");
+    let output = bed.lb_command(&["guard", "deny", "198.51.100.2/32"]);
+    assert!(output.status.success(), "lb guard deny: {output:?}");
+    assert!(!served(&bed), "served while denied");
+
+    let process = bed.lb_process.take().unwrap();
+    process.signal(libc::SIGKILL);
+    process.wait();
+    bed.start_lb(&config("deny"));
+    let list = guard_list(&bed);
+    assert_eq!(
+        list["runtime"],
+        serde_json::json!(["198.51.100.2/32"]),
+        "{list}"
+    );
+    assert_eq!(list["configured"], serde_json::json!([]), "{list}");
+    assert!(!served(&bed), "served after the restart, still denied");
+    let output = bed.lb_command(&["guard", "allow", "198.51.100.2/32"]);
+    assert!(output.status.success(), "lb guard allow: {output:?}");
+    assert!(served(&bed), "not served once allowed again");
+    let log = bed.stop_lb();
+    let stderr = String::from_utf8_lossy(&log.stderr);
+    assert!(stderr.contains("kept the runtime deny list"), "{stderr}");
+}
