@@ -110,7 +110,7 @@ impl Plain for FlowKey {}
 impl Plain for FlowKeyV4 {}
 
 /// Writes `value` over bytes `OFF..OFF + size_of::<T>()` of `base`, in
-/// one store (unaligned: the keys are aligned to 2 bytes at most).
+/// whole words (unaligned: the keys are aligned to 2 bytes at most).
 #[inline(always)]
 fn store<const OFF: usize, B: Plain, T: Copy>(base: &mut B, value: T) {
     const { assert!(OFF + size_of::<T>() <= size_of::<B>()) };
