@@ -467,7 +467,16 @@ impl Dataplane {
     ) -> Result<(), DataplaneError> {
         let key = LpmKey::new(prefix_len, *addr);
         let mut trie = self.deny_trie()?;
-        let value = trie.get(&key, 0).unwrap_or(0) | origin;
+        let value = match trie.get(&key, 0) {
+            Ok(value) => value | origin,
+            Err(MapError::KeyNotFound) => origin,
+            Err(source) => {
+                return Err(DataplaneError::Map {
+                    name: map_names::DENY,
+                    source,
+                });
+            }
+        };
         trie.insert(&key, value, 0)
             .map_err(map_error(map_names::DENY))
     }
