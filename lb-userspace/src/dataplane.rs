@@ -467,16 +467,7 @@ impl Dataplane {
     ) -> Result<(), DataplaneError> {
         let key = LpmKey::new(prefix_len, *addr);
         let mut trie = self.deny_trie()?;
-        let value = match trie.get(&key, 0) {
-            Ok(value) => value | origin,
-            Err(MapError::KeyNotFound) => origin,
-            Err(source) => {
-                return Err(DataplaneError::Map {
-                    name: map_names::DENY,
-                    source,
-                });
-            }
-        };
+        let value = deny_origins(&trie, &key)? | origin;
         trie.insert(&key, value, 0)
             .map_err(map_error(map_names::DENY))
     }
@@ -491,16 +482,11 @@ impl Dataplane {
     ) -> Result<(), DataplaneError> {
         let key = LpmKey::new(prefix_len, *addr);
         let mut trie = self.deny_trie()?;
-        let left = match trie.get(&key, 0) {
-            Ok(value) => value & !origin,
-            Err(MapError::KeyNotFound) => return Ok(()),
-            Err(source) => {
-                return Err(DataplaneError::Map {
-                    name: map_names::DENY,
-                    source,
-                });
-            }
-        };
+        let origins = deny_origins(&trie, &key)?;
+        if origins == 0 {
+            return Ok(());
+        }
+        let left = origins & !origin;
         if left == 0 {
             trie.remove(&key)
         } else {
@@ -682,6 +668,20 @@ fn xdp_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, Da
         .map_err(|source| DataplaneError::Program { name, source })
 }
 
+/// The origins (`DENY_*` bits) of a deny-list prefix; 0 if it is absent.
+fn deny_origins(
+    trie: &LpmTrie<&mut MapData, Addr, u8>,
+    key: &LpmKey<Addr>,
+) -> Result<u8, DataplaneError> {
+    match trie.get(key, 0) {
+        Ok(origins) => Ok(origins),
+        Err(MapError::KeyNotFound) => Ok(0),
+        Err(source) => Err(DataplaneError::Map {
+            name: map_names::DENY,
+            source,
+        }),
+    }
+}
 fn map_error(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
     move |source| DataplaneError::Map { name, source }
 }
