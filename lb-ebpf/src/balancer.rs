@@ -27,7 +27,8 @@ use lb_common::{
 use crate::{
     Drop, Verdict, finish,
     forward::{End, FibQuery, Hop, NextHop, encapsulate, next_hop, rewrite, rewrite_v4, transmit},
-    icmp, keys,
+    icmp,
+    keys::{self, Keys},
     maps::{
         BACKENDS, CONN_MISSING, CONN_STALE, CONN_UNKNOWN, CONNS, CONNS_V4, DENY, GUARD_COUNTS,
         GUARD_DENIED, GUARD_SETTINGS, HOPS, MAGLEV, NAT, NAT_FILTER, RATE, ROUTES, RR_POS,
@@ -109,13 +110,13 @@ fn decide(ctx: &XdpContext, scratch: &mut Scratch, settings: Option<&Settings>, 
                 && (packet.proto == proto::TCP || packet.proto == proto::UDP)
             {
                 if let Some(settings) = settings {
-                    set_conn_key(scratch);
+                    set_flow(scratch, Keys::ConnTable);
                     let action = established(ctx, scratch, settings);
                     if action != FLOW_UNDECIDED {
                         return action;
                     }
                 }
-                set_flow(scratch);
+                set_flow(scratch, Keys::All);
                 let packet = &scratch.packet;
                 keys::set_endpoint(&mut scratch.lookup, &packet.dst, packet.dport, packet.proto);
                 // SAFETY: copied out at once.
@@ -352,36 +353,23 @@ fn to_service(ctx: &XdpContext, scratch: &mut Scratch, service: &ServiceValue) -
     finish(to_backend(ctx, scratch, service))
 }
 
-/// `scratch.flow` (and for IPv4 `scratch.flow4`) from `scratch.packet`:
-/// the flow as the client sent it.
+/// `scratch.flow` and `scratch.flow4` (`keys` says which) from
+/// `scratch.packet`: the flow as the client sent it. [`established`] reads
+/// only the connection table's key (`Keys::ConnTable`).
 #[inline(always)]
-fn set_flow(scratch: &mut Scratch) {
+fn set_flow(scratch: &mut Scratch, keys: Keys) {
     let packet = &scratch.packet;
     keys::set_flow(
         &mut scratch.flow,
         &mut scratch.flow4,
-        packet.v6,
-        (&packet.src, &packet.dst),
-        (packet.sport, packet.dport, packet.proto),
-    );
-}
-
-/// Only the packet's connection-table key (`scratch.flow4` for IPv4,
-/// `scratch.flow` for IPv6): all [`established`] reads.
-#[inline(always)]
-fn set_conn_key(scratch: &mut Scratch) {
-    let packet = &scratch.packet;
-    keys::set_conn_key(
-        &mut scratch.flow,
-        &mut scratch.flow4,
-        packet.v6,
+        (packet.v6, keys),
         (&packet.src, &packet.dst),
         (packet.sport, packet.dport, packet.proto),
     );
 }
 
 /// The flow's connection-table entry: `CONNS_V4` for IPv4, `CONNS` for
-/// IPv6 (`set_flow` or `set_conn_key` filled the key).
+/// IPv6 (`set_flow` filled the key).
 #[inline(always)]
 fn conn_entry(scratch: &Scratch) -> Option<*mut ConnValue> {
     if scratch.packet.v6 {
@@ -411,7 +399,7 @@ fn to_vip(ctx: &XdpContext, scratch: &mut Scratch) -> u32 {
 
 #[inline(always)]
 fn try_to_vip(ctx: &XdpContext, scratch: &mut Scratch) -> Result<Verdict, Drop> {
-    set_flow(scratch);
+    set_flow(scratch, Keys::All);
     let packet = &scratch.packet;
     if packet.fragment {
         let vip = &scratch.vip;

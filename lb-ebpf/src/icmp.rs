@@ -120,7 +120,7 @@ fn try_too_big(ctx: &XdpContext, scratch: &mut Scratch) -> Result<Verdict, Drop>
     keys::set_flow(
         &mut scratch.flow,
         &mut scratch.flow4,
-        scratch.packet.v6,
+        (scratch.packet.v6, keys::Keys::All),
         (&quoted.client, &scratch.packet.dst),
         (quoted.client_port, quoted.vip_port, quoted.proto),
     );

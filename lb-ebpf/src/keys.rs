@@ -30,37 +30,35 @@ pub fn set_endpoint_port(key: &mut Endpoint, port: u16, proto: u8) {
     store::<16, _, _>(key, endpoint_tail(port, proto));
 }
 
-/// Sets `flow` to (src, dst, sport, dport, proto), padding zeroed; for an
-/// IPv4 flow also `flow4`, its `CONNS_V4` key.
+/// Which of a flow's keys [`set_flow`] writes.
+#[derive(Clone, Copy)]
+pub enum Keys {
+    /// Only the connection table's: `flow4` for IPv4, `flow` for IPv6. The
+    /// established path needs no more; an IPv4 `flow` is left as it was.
+    ConnTable,
+    /// `flow`, and for IPv4 `flow4` too.
+    All,
+}
+
+/// Sets the flow's `keys` to (src, dst, sport, dport, proto), padding
+/// zeroed: `flow`, and for an IPv4 flow `flow4`, its `CONNS_V4` key.
 #[inline(always)]
 pub fn set_flow(
     flow: &mut FlowKey,
     flow4: &mut FlowKeyV4,
-    v6: bool,
+    (v6, keys): (bool, Keys),
     addrs: (&Addr, &Addr),
     ports: (u16, u16, u8),
 ) {
-    set_wide(flow, addrs, ports);
-    if !v6 {
-        set_narrow(flow4, addrs, ports);
-    }
-}
-
-/// As [`set_flow`], but only the key of the flow's connection table:
-/// `flow4` for IPv4, `flow` for IPv6. The established path needs no more;
-/// an IPv4 `flow` is left as it was.
-#[inline(always)]
-pub fn set_conn_key(
-    flow: &mut FlowKey,
-    flow4: &mut FlowKeyV4,
-    v6: bool,
-    addrs: (&Addr, &Addr),
-    ports: (u16, u16, u8),
-) {
-    if v6 {
-        set_wide(flow, addrs, ports);
-    } else {
-        set_narrow(flow4, addrs, ports);
+    match keys {
+        Keys::All => {
+            set_wide(flow, addrs, ports);
+            if !v6 {
+                set_narrow(flow4, addrs, ports);
+            }
+        }
+        Keys::ConnTable if v6 => set_wide(flow, addrs, ports),
+        Keys::ConnTable => set_narrow(flow4, addrs, ports),
     }
 }
 
