@@ -121,6 +121,25 @@ impl Netns {
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
 
+    /// The HTTP response (status line, headers, body) of `GET /metrics` from
+    /// an `lb run` in this namespace serving metrics on 127.0.0.1:9477.
+    pub fn metrics_page(&self) -> String {
+        self.run(|| {
+            use std::io::{Read, Write};
+            let mut stream =
+                std::net::TcpStream::connect("127.0.0.1:9477").expect("connect to /metrics");
+            stream
+                .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .expect("read timeout");
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")
+                .expect("request /metrics");
+            let mut response = String::new();
+            stream.read_to_string(&mut response).expect("read /metrics");
+            response
+        })
+    }
+
     /// Starts `f` on a thread inside the namespace and returns at once.
     pub fn spawn_thread<T: Send + 'static>(
         &self,

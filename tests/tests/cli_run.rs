@@ -134,19 +134,11 @@ empty  udp 203.0.113.10:53  maglev / nat  active tier none: no usable backend
     // The metrics page, fetched over HTTP inside the balancer's namespace and
     // read by a Prometheus text-format parser.
     let scrape = || {
-        bed.lb.run(|| {
-            use std::io::{Read, Write};
-            let mut stream = std::net::TcpStream::connect("127.0.0.1:9477").unwrap();
-            stream
-                .write_all(b"GET /metrics HTTP/1.1\r\nHost: lb\r\n\r\n")
-                .unwrap();
-            let mut response = String::new();
-            stream.read_to_string(&mut response).unwrap();
-            let (head, body) = response.split_once("\r\n\r\n").unwrap();
-            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-            let lines = body.lines().map(|l| Ok(l.to_string()));
-            prometheus_parse::Scrape::parse(lines).expect("Prometheus text format")
-        })
+        let response = bed.lb.metrics_page();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let lines = body.lines().map(|l| Ok(l.to_string()));
+        prometheus_parse::Scrape::parse(lines).expect("Prometheus text format")
     };
     let value = |scrape: &prometheus_parse::Scrape, name: &str, label: (&str, &str)| -> f64 {
         let sample = scrape

@@ -243,16 +243,7 @@ fn reports_show_the_denial(bed: &Bed) {
         "lb guard list:\n{human}"
     );
     println!("lb guard list:\n{human}");
-    let metrics = bed.lb.run(|| {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect("127.0.0.1:9477").unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: lb\r\n\r\n")
-            .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        response
-    });
+    let metrics = bed.lb.metrics_page();
     for line in [
         "lb_guard_denials_total{cause=\"packets\"} 1",
         "lb_guard_denied_sources 1",

@@ -230,16 +230,7 @@ fn show_ha(b: &LbRun) {
     ] {
         assert!(human.contains(line), "no {line:?} in lb ha:\n{human}");
     }
-    let metrics = b.ns.run(|| {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect("127.0.0.1:9477").unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: lb\r\n\r\n")
-            .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        response
-    });
+    let metrics = b.ns.metrics_page();
     for line in [
         "lb_ha_instance_state{vrid=\"51\",state=\"backup\"} 1",
         "lb_ha_instance_state{vrid=\"52\",state=\"master\"} 1",

@@ -62,23 +62,6 @@ impl Pair {
         self.lb.status()["ha"].clone()
     }
 
-    /// The balancer's `/metrics` page.
-    fn metrics(&self) -> String {
-        self.lb.ns.run(|| {
-            use std::io::{Read, Write};
-            let mut stream = std::net::TcpStream::connect("127.0.0.1:9477").expect("metrics");
-            stream
-                .set_read_timeout(Some(Duration::from_secs(5)))
-                .expect("timeout");
-            stream
-                .write_all(b"GET /metrics HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")
-                .expect("request");
-            let mut response = String::new();
-            stream.read_to_string(&mut response).expect("response");
-            response
-        })
-    }
-
     fn wait_state(&self, state: &str) {
         assert!(
             wait_until(Duration::from_secs(10), || self.ha()["state"] == state),
@@ -425,7 +408,7 @@ fn spoofed_ipv6_advertisements_change_nothing_and_are_counted() {
     assert_eq!(ha["state"], "master", "{ha}");
     assert_eq!(ha["transitions"].as_u64(), Some(transitions), "{ha}");
     assert_eq!(ha["invalid_packets"].as_u64(), Some(3), "{ha}");
-    let metrics = pair.metrics();
+    let metrics = pair.lb.ns.metrics_page();
     for line in [
         "lb_ha_invalid_packets_total 3",
         "lb_ha_ignored_packets_total 1",
