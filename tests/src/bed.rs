@@ -328,6 +328,13 @@ impl Bed {
             .unwrap_or_default()
     }
 
+    /// `lb guard list --output json`; panics unless it succeeds.
+    pub fn guard_list(&self) -> serde_json::Value {
+        let output = self.lb_command(&["guard", "list", "--output", "json"]);
+        assert!(output.status.success(), "lb guard list: {output:?}");
+        serde_json::from_slice(&output.stdout).expect("lb guard list prints JSON")
+    }
+
     /// Stops `lb run` with SIGINT and returns its output.
     pub fn stop_lb(&mut self) -> std::process::Output {
         let child = self.lb_process.take().expect("lb running");

@@ -149,15 +149,8 @@ fn rate(results: &[(Instant, bool)]) -> f64 {
     rate
 }
 
-/// `lb guard list --output json`.
-fn guard_list(bed: &Bed) -> serde_json::Value {
-    let output = bed.lb_command(&["guard", "list", "--output", "json"]);
-    assert!(output.status.success(), "lb guard list: {output:?}");
-    serde_json::from_slice(&output.stdout).expect("lb guard list prints JSON")
-}
-
 fn flooder_denied(bed: &Bed) -> bool {
-    guard_list(bed)["denied"]
+    bed.guard_list()["denied"]
         .as_array()
         .is_some_and(|denied| denied.iter().any(|d| d["source"] == FLOODER))
 }
@@ -276,7 +269,7 @@ fn operator_commands(bed: &Bed, flooder: &Netns, received: &Received) {
     assert_eq!(one(), 1, "allowed again, the flooder's datagram arrives");
     let output = bed.lb_command(&["guard", "deny", "203.0.113.128/25"]);
     assert!(output.status.success(), "lb guard deny: {output:?}");
-    assert_eq!(guard_list(bed)["runtime"][0], "203.0.113.128/25");
+    assert_eq!(bed.guard_list()["runtime"][0], "203.0.113.128/25");
     assert_eq!(one(), 0, "denied by hand, nothing arrives");
     let output = bed.lb_command(&["guard", "allow", "203.0.113.128/25"]);
     assert!(output.status.success(), "lb guard allow: {output:?}");
@@ -307,7 +300,7 @@ fn a_flooding_source_is_denied_and_the_good_client_keeps_being_served() {
         rate(&off.results),
         off.results.len()
     );
-    assert!(guard_list(&bed)["denied"].as_array().unwrap().is_empty());
+    assert!(bed.guard_list()["denied"].as_array().unwrap().is_empty());
 
     // Guard on, by reload.
     let file = bed

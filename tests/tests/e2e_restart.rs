@@ -224,12 +224,6 @@ fn forwarding_is_enabled_per_interface_and_restored_on_stop() {
     assert!(!lb::sysctl::record_path(&instance).exists(), "record left");
 }
 
-fn guard_list(bed: &Bed) -> serde_json::Value {
-    let output = bed.lb_command(&["guard", "list", "--output", "json"]);
-    assert!(output.status.success(), "lb guard list: {output:?}");
-    serde_json::from_slice(&output.stdout).expect("lb guard list prints JSON")
-}
-
 /// `lb guard deny` outlives the controller: a prefix the operator denied
 /// is still denied, and listed, after a SIGKILL and a new `lb run`; a
 /// prefix the old configuration denied and the new one drops is not taken
@@ -242,7 +236,7 @@ fn a_runtime_deny_outlives_a_restart() {
         "guard: { deny: ['203.0.113.200/32'] }\ncontrol:",
     );
     bed.start_lb(&first);
-    assert_eq!(guard_list(&bed)["configured"][0], "203.0.113.200/32");
+    assert_eq!(bed.guard_list()["configured"][0], "203.0.113.200/32");
     let target: SocketAddr = "203.0.113.10:80".parse().unwrap();
     let served = |bed: &Bed| bed.client.run(move || tcp_request(target, None).is_some());
     assert!(served(&bed), "not served before the deny");
@@ -254,7 +248,7 @@ fn a_runtime_deny_outlives_a_restart() {
     process.signal(libc::SIGKILL);
     process.wait();
     bed.start_lb(&config("deny"));
-    let list = guard_list(&bed);
+    let list = bed.guard_list();
     assert_eq!(
         list["runtime"],
         serde_json::json!(["198.51.100.2/32"]),
