@@ -50,6 +50,8 @@ pub mod map_names {
     pub const CONNS_V4: &str = "CONNS_V4";
     /// Reply path: backend (addr, port, proto) to the VIP to restore.
     pub const NAT: &str = "NAT";
+    /// TCP connections all-port NAT backends opened themselves (LRU).
+    pub const NAT_OUTBOUND: &str = "NAT_OUTBOUND";
     /// Per-CPU round-robin positions, per service.
     pub const RR_POS: &str = "RR_POS";
     /// Runtime settings, one entry.

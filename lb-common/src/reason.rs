@@ -107,6 +107,11 @@ reasons! {
     /// The automatic guard (`guard.auto`): the source crossed a threshold
     /// with this packet, or was denied for crossing one earlier.
     DropGuardAuto = 26, "drop_guard_auto", true;
+    /// A packet from a backend of an all-port NAT service that is not a
+    /// reply in a flow lb forwarded but the backend's own traffic (a
+    /// connection or datagram it sent itself): passed to the stack with its
+    /// own source address.
+    PassBackendOutbound = 27, "pass_backend_outbound", false;
 }
 
 #[cfg(test)]

@@ -31,9 +31,9 @@ use crate::{
     keys::{self, Keys},
     maps::{
         BACKENDS, CONN_MISSING, CONN_STALE, CONN_UNKNOWN, CONNS, CONNS_V4, DENY, GUARD_COUNTS,
-        GUARD_DENIED, GUARD_SETTINGS, HOPS, MAGLEV, NAT, NAT_FILTER, RATE, ROUTES, RR_POS,
-        SERVICE_IDS, SERVICES, SETTINGS, STATS_BACKENDS, STATS_SERVICES, Scratch, VIP_FILTER, VIPS,
-        count_closed, count_traffic, may_contain, scratch,
+        GUARD_DENIED, GUARD_SETTINGS, HOPS, MAGLEV, NAT, NAT_FILTER, NAT_OUTBOUND, RATE, ROUTES,
+        RR_POS, SERVICE_IDS, SERVICES, SETTINGS, STATS_BACKENDS, STATS_SERVICES, Scratch,
+        VIP_FILTER, VIPS, count_closed, count_traffic, may_contain, scratch,
     },
     packet::frame_len,
     parse::{Parsed, parse},
@@ -669,12 +669,11 @@ pub fn choose_backend(
 ) -> Result<(u32, bool), Drop> {
     let settings = SETTINGS.get(0).ok_or(Drop(Reason::DropNoBackend))?;
     let moment = Moment::of(scratch, settings, scratch.flow.proto);
+    // The entry this flow replaces, if any: (its backend, closed).
+    let mut replaced = None;
     if !fragment && scratch.conn_state == CONN_STALE {
         // Rescheduled (see `established`).
-        let (backend_id, closed) = scratch.stale;
-        if !closed {
-            count_closed(backend_id);
-        }
+        replaced = Some(scratch.stale);
     } else if !fragment
         && scratch.conn_state == CONN_UNKNOWN
         && let Some(conn) = conn_entry(scratch)
@@ -688,15 +687,19 @@ pub fn choose_backend(
             return Ok((entry.backend_id, false));
         }
         // Rescheduled: idle, its backend gone, or a new SYN on the tuple.
-        if !entry.closed {
-            count_closed(entry.backend_id);
+        replaced = Some((entry.backend_id, entry.closed));
+    }
+    // A flow that goes on (an open entry, and not a bare SYN starting a new
+    // connection on its tuple) is not a new flow to the guard: a client's
+    // long busy connection never counts against its own rate.
+    let goes_on = matches!(replaced, Some((_, false))) && !moment.opening;
+    if !goes_on {
+        if !admit_new_flow(&scratch.flow.src, settings, moment.now) {
+            return Err(Drop(Reason::DropRateLimited));
         }
-    }
-    if !admit_new_flow(&scratch.flow.src, settings, moment.now) {
-        return Err(Drop(Reason::DropRateLimited));
-    }
-    if settings.flags & SETTINGS_GUARD != 0 && guard_new_flow(scratch, moment.now) {
-        return Err(Drop(Reason::DropGuardAuto));
+        if settings.flags & SETTINGS_GUARD != 0 && guard_new_flow(scratch, moment.now) {
+            return Err(Drop(Reason::DropGuardAuto));
+        }
     }
     let backend_id = schedule(scratch, service, settings.ring_size);
     if !usable_backend(backend_id, service.id, scratch) {
@@ -712,6 +715,12 @@ pub fn choose_backend(
         last_seen_ns: moment.now,
     };
     conn_insert(scratch, &conn);
+    // The old entry's flow ends only now that the new one replaces it: a
+    // refused packet leaves the entry (and the counts) as they were, so
+    // retried packets do not count one close each.
+    if let Some((old, false)) = replaced {
+        count_closed(old);
+    }
     if moment.ending {
         count_closed(backend_id);
     }
@@ -872,6 +881,52 @@ pub fn send_to_backend(
     }
 }
 
+/// Whether a packet from a backend of an all-port NAT service is the
+/// backend's own traffic (its package updates, DNS, outbound connections),
+/// not a reply in a flow lb forwarded to it: such a packet keeps its own
+/// source. Every port of the backend belongs to the service, so its address
+/// and port alone cannot tell the two apart (exact-port services can, and
+/// never come here). The rule, in order:
+///
+/// - the flow it answers is in the connection table (client = its
+///   destination, the VIP, the ports swapped): a reply, translated;
+/// - UDP otherwise: the backend's own datagram;
+/// - TCP in a connection the backend opened (`NAT_OUTBOUND`), or a bare
+///   SYN, which opens one (and is remembered there): the backend's own;
+/// - any other TCP packet: a reply in a flow whose entry this balancer
+///   lacks (an HA peer forwarded its start, or the LRU evicted it),
+///   translated, so established connections survive a takeover.
+#[inline(always)]
+fn backend_outbound(scratch: &mut Scratch, vip: &Addr) -> bool {
+    let packet = &scratch.packet;
+    let (v6, src, dst) = (packet.v6, packet.src, packet.dst);
+    let (sport, dport, proto, flags) = (packet.sport, packet.dport, packet.proto, packet.tcp_flags);
+    keys::set_flow(
+        &mut scratch.flow,
+        &mut scratch.flow4,
+        (v6, Keys::ConnTable),
+        (&dst, vip),
+        (dport, sport, proto),
+    );
+    if conn_entry(scratch).is_some() {
+        return false;
+    }
+    if proto != proto::TCP {
+        return true;
+    }
+    keys::set_flow_key(&mut scratch.flow, (&src, &dst), (sport, dport, proto));
+    if NAT_OUTBOUND.get_ptr(&scratch.flow).is_some() {
+        return true;
+    }
+    if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        // A full table forgets its least recent connection; a failed insert
+        // leaves this one's later packets to the last rule.
+        let _ = NAT_OUTBOUND.insert(&scratch.flow, &0, 0);
+        return true;
+    }
+    false
+}
+
 /// The reply path: a packet from a NAT backend (its address, port and
 /// protocol name exactly one service) gets the VIP and service port restored
 /// as source and goes to the client. Stateless, so an HA peer carries on
@@ -896,10 +951,14 @@ fn try_reply(ctx: &XdpContext, scratch: &mut Scratch) -> Result<Verdict, Drop> {
     } else {
         keys::set_endpoint_port(&mut scratch.lookup, 0, proto);
         // SAFETY: as above.
-        match unsafe { NAT.get(&scratch.lookup) } {
+        let nat = match unsafe { NAT.get(&scratch.lookup) } {
             Some(nat) => *nat,
             None => return Ok(Verdict::pass(Reason::PassNoService)),
+        };
+        if backend_outbound(scratch, &nat.vip) {
+            return Ok(Verdict::pass(Reason::PassBackendOutbound));
         }
+        nat
     };
     let (next, reason) = if cached_route(scratch) {
         (NextHop::Out, Reason::ReplyToClient)

@@ -71,6 +71,13 @@ fn flow_tail((sport, dport, proto): (u16, u16, u8)) -> u64 {
     u64::from(sport) | u64::from(dport) << 16 | u64::from(proto) << 32
 }
 
+/// Sets `flow` (a `CONNS`-shaped key, for either family) to (src, dst,
+/// sport, dport, proto), padding zeroed.
+#[inline(always)]
+pub fn set_flow_key(flow: &mut FlowKey, addrs: (&Addr, &Addr), ports: (u16, u16, u8)) {
+    set_wide(flow, addrs, ports);
+}
+
 #[inline(always)]
 fn set_wide(flow: &mut FlowKey, (src, dst): (&Addr, &Addr), ports: (u16, u16, u8)) {
     flow.src = *src;

@@ -53,6 +53,13 @@ pub static CONNS_V4: LruHashMap<FlowKeyV4, ConnValue> = LruHashMap::with_max_ent
 #[map]
 pub static NAT: HashMap<NatKey, NatValue> = HashMap::with_max_entries(1024, 0);
 
+/// TCP connections that backends of all-port NAT services opened
+/// themselves, by the backend's (src, dst, sport, dport, proto) for either
+/// family: their packets keep the backend's source (see
+/// `balancer::backend_outbound`). The value is unused.
+#[map]
+pub static NAT_OUTBOUND: LruHashMap<FlowKey, u8> = LruHashMap::with_max_entries(65536, 0);
+
 /// Next hop per backend id, resolved by the controller (the FIB is asked
 /// only for backends without one).
 #[map]

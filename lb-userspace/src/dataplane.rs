@@ -593,6 +593,12 @@ impl Dataplane {
             PerCpuArray::try_from(self.map(name)?).map_err(map_error(name))?;
         let mut counters = BTreeMap::new();
         for &reason in Reason::ALL {
+            if reason as u32 >= array.len() {
+                // A data plane pinned by an lb with fewer reasons (adopted):
+                // its program never counts this one.
+                counters.insert(reason, 0);
+                continue;
+            }
             let per_cpu = array.get(&(reason as u32), 0).map_err(map_error(name))?;
             counters.insert(reason, per_cpu.iter().sum());
         }
@@ -837,6 +843,7 @@ const PINNED_MAPS: &[&str] = &[
     map_names::CONNS,
     map_names::CONNS_V4,
     map_names::NAT,
+    map_names::NAT_OUTBOUND,
     map_names::RR_POS,
     map_names::SETTINGS,
     map_names::DEVMAP,

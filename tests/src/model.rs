@@ -20,7 +20,9 @@
 //! - fragments to a VIP go to the first `ip-hash` service of their protocol
 //!   on it, by source hash; without one they are dropped;
 //! - a well-formed TCP / UDP packet from a NAT backend's (address, port,
-//!   protocol) to a client gets the VIP and service port as its source.
+//!   protocol) to a client gets the VIP and service port as its source;
+//!   from a backend of an all-port service, a UDP datagram or a bare TCP
+//!   SYN in no flow lb forwarded is the backend's own traffic and passes.
 //!
 //! "Well formed" is judged within the lengths the headers declare: a
 //! transport header must lie inside the IP packet (IPv4 total length, IPv6
@@ -355,7 +357,10 @@ impl<'a> Model<'a> {
         if vip {
             self.to_vip(&view, &transport)
         } else {
-            self.to_host(&view, &transport)
+            let bare_syn = view.proto == IpNumber::TCP
+                && TcpHeaderSlice::from_slice(view.payload(frame))
+                    .is_ok_and(|tcp| tcp.syn() && !tcp.ack());
+            self.to_host(&view, &transport, bare_syn)
         }
     }
 
@@ -422,7 +427,7 @@ impl<'a> Model<'a> {
 
     /// A well-formed IP packet to another address: the reply path or the
     /// stack.
-    fn to_host(&self, view: &IpView, transport: &Transport) -> Prediction {
+    fn to_host(&self, view: &IpView, transport: &Transport, bare_syn: bool) -> Prediction {
         if view.fragment && self.is_nat_address(view.src) {
             // Whether fragments of replies get the VIP is not specified.
             return Prediction::Unknown("fragment from a NAT backend");
@@ -435,6 +440,13 @@ impl<'a> Model<'a> {
                 _ => Prediction::Pass,
             };
         };
+        if from.port == 0 && (view.proto == IpNumber::UDP || bare_syn) {
+            // An all-port backend's packet in no flow lb forwarded (a fresh
+            // flow has no connection-table entry): a datagram or a
+            // connection of the backend's own, which keeps its source
+            // (DESIGN.md §2, the reply path).
+            return Prediction::Pass;
+        }
         if !in_client_net(view.dst) {
             // Where it goes is up to the routing table.
             return Prediction::Unknown("reply to an address outside the client prefixes");

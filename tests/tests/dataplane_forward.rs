@@ -432,6 +432,100 @@ fn all_port_service_keeps_the_port() {
     }
 }
 
+/// `input` (a backend's packet) as the reply path sends it to the client:
+/// the VIP (and `port`, if any) as its source, MACs towards the router.
+fn reply_expected(input: &[u8], vip: Ipv4Addr, port: Option<u16>) -> Vec<u8> {
+    let mut h = Headers::parse(input);
+    h.eth.source = EGRESS_MAC;
+    h.eth.destination = ROUTER_MAC;
+    let NetHeaders::Ipv4(ip, _) = &mut h.net else {
+        panic!("not IPv4")
+    };
+    ip.source = vip.octets();
+    if let Some(port) = port {
+        match h.transport.as_mut() {
+            Some(TransportHeader::Tcp(tcp)) => tcp.source_port = port,
+            Some(TransportHeader::Udp(udp)) => udp.source_port = port,
+            _ => panic!("no ports"),
+        }
+    }
+    h.to_bytes()
+}
+
+/// A backend of an all-port NAT service sends its own traffic through the
+/// balancer too: its connections and datagrams keep its source, while its
+/// replies in flows lb forwarded get the VIP — and so do TCP packets of a
+/// flow this balancer never saw start (an HA takeover).
+#[test]
+fn all_port_nat_tells_replies_from_the_backends_own_traffic() {
+    let config = CONFIG.replace(
+        "dataplane:",
+        "  - { name: any4u, vip: 203.0.113.20, port: 0, protocol: udp, forwarding: nat, \
+         backends: [{ address: 192.0.2.13 }] }\ndataplane:",
+    );
+    let harness = Harness::new(&config);
+    let tcp_backend = Ipv4Addr::new(192, 0, 2, 14);
+    let udp_backend = Ipv4Addr::new(192, 0, 2, 13);
+    let remote = Ipv4Addr::new(198, 51, 100, 9);
+    let untouched = |description: &str, frame: Vec<u8>| {
+        let (outcome, moved) = harness.run_counted(&frame);
+        assert_eq!(outcome.action, Action::Pass, "{description}");
+        assert_eq!(outcome.frame, frame, "{description}: untouched");
+        assert_eq!(
+            moved,
+            [(Reason::PassBackendOutbound, 1)].into(),
+            "{description}"
+        );
+    };
+    let translated = |description: &str, frame: Vec<u8>| {
+        let (outcome, moved) = harness.run_counted(&frame);
+        assert_eq!(outcome.action, Action::Redirect, "{description}");
+        assert_eq!(
+            outcome.frame,
+            reply_expected(&frame, v4(20), None),
+            "{description}: output bytes"
+        );
+        assert_eq!(moved, [(Reason::ReplyToClient, 1)].into(), "{description}");
+    };
+    untouched(
+        "the backend's own SYN",
+        frames::tcp4(tcp_backend, 41000, remote, 443),
+    );
+    untouched(
+        "the rest of its connection",
+        frames::tcp4_ack(tcp_backend, 41000, remote, 443),
+    );
+    untouched(
+        "its own datagram (a DNS query)",
+        frames::udp4(udp_backend, 42000, remote, 53),
+    );
+    // Flows lb forwarded: the replies get the VIP.
+    assert_eq!(
+        harness
+            .run(&frames::tcp4(CLIENT4, 40100, v4(20), 8443))
+            .action,
+        Action::Redirect
+    );
+    translated(
+        "a reply in a TCP flow lb forwarded",
+        frames::tcp4_ack(tcp_backend, 8443, CLIENT4, 40100),
+    );
+    assert_eq!(
+        harness
+            .run(&frames::udp4(CLIENT4, 40300, v4(20), 5000))
+            .action,
+        Action::Redirect
+    );
+    translated(
+        "a reply in a UDP flow lb forwarded",
+        frames::udp4(udp_backend, 5000, CLIENT4, 40300),
+    );
+    translated(
+        "a TCP packet of a flow started through the HA peer",
+        frames::tcp4_ack(tcp_backend, 8443, CLIENT4, 40200),
+    );
+}
+
 #[test]
 fn an_established_flow_moves_when_an_exact_service_appears_beside_its_all_port_one() {
     let mut harness = Harness::new(CONFIG);
@@ -1092,12 +1186,15 @@ fn ipv6_fragments_follow_the_source_for_ip_hash() {
 
 #[test]
 fn idle_flows_expire_and_are_rescheduled() {
-    // UDP flows idle for 1 ms are forgotten: once its flow has been quiet
-    // that long, a client of a drained backend moves (ip-hash: the one other).
-    let config = CONFIG.replace("dataplane: {", "dataplane: { udp_idle_timeout: 1ms,");
+    // UDP flows idle for 2 s (the shortest timeout `lb check` takes) are
+    // forgotten: once its flow has been quiet that long, a client of a
+    // drained backend moves (ip-hash: the one other).
+    let config = CONFIG.replace("dataplane: {", "dataplane: { udp_idle_timeout: 2s,");
     let mut harness = Harness::new(&config);
     let flow = frames::udp4(CLIENT4, 1000, v4(30), 80);
     let first = dsr_backend(&harness.run(&flow));
+    let drained_flow = dsr_backend(&harness.run(&flow));
+    assert_eq!(drained_flow, first, "a fresh flow stays");
     let key = BackendKey {
         service: "hash4".into(),
         address: IpAddr::V4(Ipv4Addr::new(192, 0, 2, first)),
@@ -1108,9 +1205,109 @@ fn idle_flows_expire_and_are_rescheduled() {
         weight: Some(0),
     };
     harness.replan(&[(key, drained)].into());
-    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(
+        dsr_backend(&harness.run(&flow)),
+        first,
+        "a flow that is not idle keeps its drained backend"
+    );
+    let mut key = tcp_key4(CLIENT4, 1000, v4(30), 80);
+    key.proto = 17;
+    idle_for(&mut harness, &key, 3_000_000_000);
     let after = dsr_backend(&harness.run(&flow));
     assert_ne!(after, first, "an idle flow kept its drained backend");
+}
+
+/// Moves the `CONNS_V4` entry of `key` back in time by `ns`, as if its flow
+/// had been quiet that long.
+fn idle_for(harness: &mut Harness, key: &lb_common::FlowKeyV4, ns: u64) {
+    let mut entry = lb::route::maps::MapTables::new(&harness.dataplane)
+        .conn(&key.widen())
+        .expect("the flow's entry");
+    entry.last_seen_ns = entry
+        .last_seen_ns
+        .checked_sub(ns)
+        .expect("the machine has been up longer than the idle time");
+    harness
+        .dataplane
+        .write_conn(lb_common::map_names::CONNS_V4, key, &entry)
+        .expect("write the entry");
+}
+
+/// A flow rescheduled because it was idle goes on: it is no new flow to the
+/// rate limit (a client's own long, bursty connection must not lock it
+/// out), while a new connection is still limited — a bare SYN, even on a
+/// tuple the table holds.
+#[test]
+fn a_rescheduled_flow_does_not_count_against_the_rate_limit() {
+    let config = format!(
+        "{}guard:\n  rate_limit: {{ new_flows_per_second: 1, burst: 1 }}\n",
+        CONFIG.replace("dataplane: {", "dataplane: { tcp_idle_timeout: 2s,")
+    );
+    let mut harness = Harness::new(&config);
+    let client = Ipv4Addr::new(198, 51, 100, 79);
+    assert_eq!(
+        harness.run(&frames::tcp4(client, 6100, v4(10), 80)).action,
+        Action::Redirect,
+        "the first flow takes the one token"
+    );
+    let key = tcp_key4(client, 6100, v4(10), 80);
+    idle_for(&mut harness, &key, 10_000_000_000);
+    let (outcome, moved) = harness.run_counted(&frames::tcp4_ack(client, 6100, v4(10), 80));
+    assert_eq!(outcome.action, Action::Redirect, "the idle flow goes on");
+    assert_eq!(moved, [(Reason::ForwardToBackend, 1)].into());
+    let (outcome, moved) = harness.run_counted(&frames::tcp4(client, 6101, v4(10), 80));
+    assert_eq!(outcome.action, Action::Drop, "a new flow is still limited");
+    assert_eq!(moved, [(Reason::DropRateLimited, 1)].into());
+    idle_for(&mut harness, &key, 10_000_000_000);
+    let (outcome, moved) = harness.run_counted(&frames::tcp4(client, 6100, v4(10), 80));
+    assert_eq!(
+        outcome.action,
+        Action::Drop,
+        "a SYN on the idle tuple is new"
+    );
+    assert_eq!(moved, [(Reason::DropRateLimited, 1)].into());
+}
+
+/// A refused reschedule leaves the entry and the active-flow counts as they
+/// were: the old flow's close is counted once, when a new entry replaces
+/// it, not once per retried SYN.
+#[test]
+fn refused_reschedules_do_not_count_closes() {
+    let config = format!(
+        "{}guard:\n  rate_limit: {{ new_flows_per_second: 1, burst: 1 }}\n",
+        CONFIG.replace("dataplane: {", "dataplane: { tcp_idle_timeout: 2s,")
+    );
+    let mut harness = Harness::new(&config);
+    let client = Ipv4Addr::new(198, 51, 100, 80);
+    let syn = frames::tcp4(client, 6200, v4(10), 80);
+    assert_eq!(harness.run(&syn).action, Action::Redirect);
+    let key = tcp_key4(client, 6200, v4(10), 80);
+    let backend = lb::route::maps::MapTables::new(&harness.dataplane)
+        .conn(&key.widen())
+        .expect("the flow's entry")
+        .backend_id;
+    let closed = |harness: &Harness| {
+        harness
+            .dataplane
+            .backend_traffic(backend)
+            .expect("read the backend's counters")
+            .closed_flows
+    };
+    idle_for(&mut harness, &key, 10_000_000_000);
+    for retry in 0..3 {
+        let (outcome, moved) = harness.run_counted(&syn);
+        assert_eq!(
+            moved,
+            [(Reason::DropRateLimited, 1)].into(),
+            "retry {retry}"
+        );
+        assert_eq!(outcome.action, Action::Drop);
+    }
+    assert_eq!(closed(&harness), 0, "no close counted for refused SYNs");
+    // Once a token is back (a second), the SYN replaces the entry: one close.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(harness.run(&syn).action, Action::Redirect);
+    assert_eq!(closed(&harness), 1, "the replaced flow's close, once");
 }
 
 #[test]

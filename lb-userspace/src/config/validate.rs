@@ -241,6 +241,24 @@ impl Config {
                 ),
             );
         }
+        for (key, timeout) in [
+            ("dataplane.tcp_idle_timeout", dataplane.tcp_idle_timeout),
+            ("dataplane.udp_idle_timeout", dataplane.udp_idle_timeout),
+        ] {
+            if timeout < MIN_IDLE_TIMEOUT {
+                problems.push(
+                    key,
+                    format!(
+                        "{} is too short: at least {}s, since the data path refreshes a \
+                         flow's last-seen time at most once a second (one write per packet \
+                         would bounce it between CPUs), so a shorter timeout would reschedule \
+                         flows that are still busy",
+                        humantime_ms(timeout),
+                        MIN_IDLE_TIMEOUT.as_secs()
+                    ),
+                );
+            }
+        }
         let backends: usize = self.services.iter().map(|s| s.backends.len()).sum();
         if backends > dataplane.max_backends as usize {
             problems.push(
@@ -251,6 +269,21 @@ impl Config {
                 ),
             );
         }
+    }
+}
+
+/// The shortest idle timeout the data path honours: an established flow's
+/// last-seen time is refreshed at most once a second (`Entry::keep` in
+/// `lb-ebpf/src/balancer.rs`), so it may lag a busy flow by a second, plus
+/// the gap between its packets and a clock tick.
+const MIN_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `duration` as an operator wrote it: whole seconds, else milliseconds.
+fn humantime_ms(duration: std::time::Duration) -> String {
+    if duration.subsec_millis() == 0 {
+        format!("{}s", duration.as_secs())
+    } else {
+        format!("{}ms", duration.as_millis())
     }
 }
 
@@ -691,6 +724,37 @@ mod tests {
                 .collect(),
             Err(other) => panic!("unexpected error: {other}"),
         }
+    }
+
+    #[test]
+    fn idle_timeouts_the_data_path_cannot_honour_are_refused() {
+        let problems = problems_of(&format!(
+            "{MINIMAL}dataplane: {{ tcp_idle_timeout: 1500ms, udp_idle_timeout: 1s }}\n"
+        ));
+        let paths: Vec<&str> = problems.iter().map(|p| p.0.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["dataplane.tcp_idle_timeout", "dataplane.udp_idle_timeout"],
+            "{problems:?}"
+        );
+        assert!(
+            problems[0]
+                .2
+                .starts_with("1500ms is too short: at least 2s")
+                && problems[0].2.contains("at most once a second"),
+            "{}",
+            problems[0].2
+        );
+        assert!(
+            problems[1].2.starts_with("1s is too short"),
+            "{}",
+            problems[1].2
+        );
+        // The shortest the data path honours is accepted.
+        let problems = problems_of(&format!(
+            "{MINIMAL}dataplane: {{ tcp_idle_timeout: 2s, udp_idle_timeout: 2s }}\n"
+        ));
+        assert!(problems.is_empty(), "{problems:?}");
     }
 
     #[test]

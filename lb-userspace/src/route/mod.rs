@@ -258,7 +258,16 @@ pub fn decide(query: &Query, tables: &impl Tables) -> Decision {
         decision.verdict = Some(Reason::PassNoService);
         return decision;
     };
-    if decision.guard.rate_limit && decision.guard.rate_tokens_milli.is_some_and(|t| t < 1000) {
+    // As `choose_backend`: a flow that goes on (an open entry, rescheduled,
+    // and not a SYN starting a new connection on its tuple) is no new flow
+    // to the rate limit.
+    let goes_on = decision
+        .connection
+        .is_some_and(|c| !(c.closed || query.syn && query.proto == lb_common::proto::TCP));
+    if !goes_on
+        && decision.guard.rate_limit
+        && decision.guard.rate_tokens_milli.is_some_and(|t| t < 1000)
+    {
         decision.verdict = Some(Reason::DropRateLimited);
         return decision;
     }
