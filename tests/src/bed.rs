@@ -456,6 +456,34 @@ impl HeldConnection {
         Self::start(stream)
     }
 
+    /// Connects from `source` (with `SO_REUSEADDR`) and reads the backend's
+    /// name; `None` on failure.
+    pub fn open_from(source: SocketAddr, target: SocketAddr) -> Option<Self> {
+        Self::start(connect_from(source, target)?)
+    }
+
+    /// Ends the connection with a RST (`SO_LINGER` 0) instead of finishing
+    /// it: the socket is gone at once, so its port can be bound again.
+    pub fn abort(self) {
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        let stream = self.reader.into_inner();
+        // SAFETY: `linger` outlives the call; the length is its size; the
+        // descriptor is the stream's, closed when it drops below.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&stream),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&raw const linger).cast(),
+                u32::try_from(std::mem::size_of::<libc::linger>()).expect("small"),
+            );
+        }
+        drop(stream);
+    }
+
     fn start(stream: TcpStream) -> Option<Self> {
         use std::io::BufRead;
         stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
