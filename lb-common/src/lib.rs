@@ -94,6 +94,11 @@ pub mod map_names {
     pub const TRACE_SETTINGS: &str = "TRACE_SETTINGS";
     /// `lb trace`: per-CPU rate-limit state and lost events.
     pub const TRACE_STATE: &str = "TRACE_STATE";
+    /// Connection sync: the flows the data path scheduled (ring buffer),
+    /// written only while `sync:` is on.
+    pub const SYNC_EVENTS: &str = "SYNC_EVENTS";
+    /// Connection sync: per-CPU count of events lost to a full ring.
+    pub const SYNC_LOST: &str = "SYNC_LOST";
     /// Benchmarks: `lb_floor_fwd`'s VIP and MACs (one entry).
     pub const FLOOR_HOP: &str = "FLOOR_HOP";
     /// Benchmarks: the frame to restore before each run.

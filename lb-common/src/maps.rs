@@ -332,6 +332,29 @@ pub const SETTINGS_GUARD: u32 = 4;
 /// of this bit.
 pub const SETTINGS_TRACE: u32 = 8;
 
+/// `Settings::flags`: connection sync is on (`sync:`): the data path
+/// reports each flow it schedules to `SYNC_EVENTS`, for the controller to
+/// tell the peers. Without it, that costs the test of this bit on the
+/// new-flow path; the established path never looks.
+pub const SETTINGS_SYNC: u32 = 16;
+
+/// A `SYNC_EVENTS` record: a flow the data path scheduled, as the client
+/// sent it, and the backend it chose.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SyncEvent {
+    /// The flow (IPv4 addresses IPv4-mapped).
+    pub flow: FlowKey,
+    /// The backend's id in this balancer's `BACKENDS`.
+    pub backend_id: u32,
+    /// `SYNC_OPENED`.
+    pub kind: u32,
+}
+const _: () = assert!(core::mem::size_of::<SyncEvent>() == 48);
+
+/// `SyncEvent::kind`: the flow was scheduled (its entry written).
+pub const SYNC_OPENED: u32 = 1;
+
 /// Value of the one-entry `GUARD_SETTINGS` array: the automatic guard's
 /// thresholds, each counted per source and VIP over a one-second window
 /// that starts with the source's first packet to that VIP. 0 turns a
@@ -561,6 +584,7 @@ mod pod {
     unsafe impl aya::Pod for super::BackendValue {}
     unsafe impl aya::Pod for super::VipValue {}
     unsafe impl aya::Pod for super::NatValue {}
+    unsafe impl aya::Pod for super::SyncEvent {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowKeyV4 {}
     unsafe impl aya::Pod for super::ConnValue {}

@@ -19,7 +19,8 @@ use lb_common::{
         BACKEND_DRAINING, BACKEND_USABLE, CONN_CLOSED, FWD_DSR, FWD_NAT, FWD_TUNNEL,
         GUARD_CAUSE_NEW_FLOWS, GUARD_CAUSE_PACKETS, GUARD_CAUSE_SYN_ONLY, GuardCounts, GuardDenial,
         GuardKey, GuardSettings, HOP_RESOLVED, SCHED_IP_HASH, SCHED_ROUND_ROBIN, SETTINGS_DENY,
-        SETTINGS_GUARD, SETTINGS_NAT, ServiceSlot, VIP_FRAGMENTS_TCP, VIP_FRAGMENTS_UDP,
+        SETTINGS_GUARD, SETTINGS_NAT, SETTINGS_SYNC, ServiceSlot, VIP_FRAGMENTS_TCP,
+        VIP_FRAGMENTS_UDP,
     },
     proto,
 };
@@ -715,6 +716,9 @@ pub fn choose_backend(
         last_seen_ns: moment.now,
     };
     conn_insert(scratch, &conn);
+    if settings.flags & SETTINGS_SYNC != 0 {
+        crate::sync::report_opened(scratch, backend_id);
+    }
     // The old entry's flow ends only now that the new one replaces it: a
     // refused packet leaves the entry (and the counts) as they were, so
     // retried packets do not count one close each.

@@ -31,6 +31,7 @@ mod keys;
 mod maps;
 mod packet;
 mod parse;
+mod sync;
 mod trace;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};

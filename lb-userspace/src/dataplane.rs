@@ -586,6 +586,21 @@ impl Dataplane {
         })
     }
 
+    /// Takes connection sync's ring buffer and lost-event counter out of
+    /// the object, for the thread that reads them; once only.
+    pub fn take_sync(&mut self) -> Result<SyncKernel, DataplaneError> {
+        let take = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name).ok_or(DataplaneError::MissingMap(name))
+        };
+        let events = take(&mut self.ebpf, map_names::SYNC_EVENTS)?;
+        let lost = take(&mut self.ebpf, map_names::SYNC_LOST)?;
+        Ok(SyncKernel {
+            events: aya::maps::RingBuf::try_from(events)
+                .map_err(map_error(map_names::SYNC_EVENTS))?,
+            lost: PerCpuArray::try_from(lost).map_err(map_error(map_names::SYNC_LOST))?,
+        })
+    }
+
     /// The verdict-reason counters, summed over CPUs.
     pub fn reason_counters(&self) -> Result<BTreeMap<Reason, u64>, DataplaneError> {
         let name = map_names::STATS_REASONS;
@@ -830,6 +845,52 @@ impl Dataplane {
         program
             .try_into()
             .map_err(|source| DataplaneError::Program { name, source })
+    }
+}
+
+/// Connection sync's side of the data path ([`Dataplane::take_sync`]).
+pub struct SyncKernel {
+    /// `SYNC_EVENTS`: a [`lb_common::maps::SyncEvent`] per flow scheduled
+    /// while `SETTINGS_SYNC` is set.
+    pub events: aya::maps::RingBuf<MapData>,
+    /// `SYNC_LOST`: events a full ring refused, per CPU.
+    pub lost: PerCpuArray<MapData, u64>,
+}
+
+impl std::fmt::Debug for SyncKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncKernel").finish_non_exhaustive()
+    }
+}
+
+impl SyncKernel {
+    /// The events waiting in the ring, oldest first.
+    pub fn drain(&mut self) -> Vec<lb_common::maps::SyncEvent> {
+        let mut events = Vec::new();
+        while let Some(item) = self.events.next() {
+            if item.len() >= std::mem::size_of::<lb_common::maps::SyncEvent>() {
+                // SAFETY: the record is a `SyncEvent` the program wrote
+                // (size checked); read unaligned from the ring's bytes.
+                events.push(unsafe {
+                    item.as_ptr()
+                        .cast::<lb_common::maps::SyncEvent>()
+                        .read_unaligned()
+                });
+            }
+        }
+        events
+    }
+
+    /// Events lost to a full ring, summed over CPUs.
+    ///
+    /// # Errors
+    /// The map could not be read.
+    pub fn lost(&self) -> Result<u64, DataplaneError> {
+        let per_cpu = self
+            .lost
+            .get(&0, 0)
+            .map_err(map_error(map_names::SYNC_LOST))?;
+        Ok(per_cpu.iter().sum())
     }
 }
 

@@ -25,6 +25,7 @@ pub mod owner;
 pub mod plan;
 pub mod release;
 pub mod route;
+pub mod sync;
 pub mod sysctl;
 pub mod trace;
 pub mod vrrp;

@@ -1,6 +1,7 @@
 //! Fuzz targets for every parser of untrusted bytes (`lb_tests::fuzz`): the
 //! configuration, VRRP advertisements, health-check replies (HTTP and UDP),
-//! both sides of the agent protocol and BIRD's control-socket replies. On
+//! both sides of the agent protocol, BIRD's control-socket replies and
+//! connection-sync messages. On
 //! any input: no panic, no unbounded buffering, and garbage gets an error
 //! that says something.
 //!
@@ -14,7 +15,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use lb::{agent, config::Config, dynamic, health, plan::Planner, vrrp};
+use lb::{agent, config::Config, dynamic, health, plan::Planner, sync, vrrp};
 use lb_tests::fuzz::fuzz;
 
 /// An error message an operator can act on: not empty.
@@ -353,5 +354,45 @@ fn fuzz_agent_answer() {
             }
         }
         Ok(())
+    });
+}
+
+const SYNC_TOKENS: &[&[u8]] = &[
+    b"LBS1",
+    b"\x01\x01\0\0",
+    b"\x01\x03\0\0",
+    b"\x01\x05\0\0",
+    b"\0\x01",
+    b"\x04\x06",
+    b"\x06\x11",
+    b"\0\0\0\0\0\0\0\0\0\0\xff\xff",
+];
+
+/// A connection-sync datagram: as sent by a peer holding the key (the
+/// fuzzed bytes sealed with it, so the parser behind the tag is reached),
+/// and as received from anyone (unsealed: refused at the tag). What parses
+/// emits back to a datagram that parses to the same message.
+#[test]
+fn fuzz_sync_message() {
+    let key = sync::wire::Key::new(b"fuzz");
+    fuzz("sync", SYNC_TOKENS, 2_000, |bytes| {
+        if let Ok(message) = sync::wire::parse(bytes, &key) {
+            return Err(format!("an unsealed datagram was accepted: {message:?}"));
+        }
+        let sealed = sync::wire::seal(bytes.to_vec(), &key);
+        match sync::wire::parse(&sealed, &key) {
+            Err(error) => says_something(&error.to_string()),
+            Ok(message) => {
+                if message.entries.len() > sync::wire::MAX_ENTRIES {
+                    return Err(format!("{} entries accepted", message.entries.len()));
+                }
+                let again = sync::wire::parse(&sync::wire::emit(&message, &key), &key);
+                if again.as_ref() == Ok(&message) {
+                    Ok(())
+                } else {
+                    Err(format!("{message:?} emitted and parsed again: {again:?}"))
+                }
+            }
+        }
     });
 }

@@ -63,10 +63,10 @@ enum Task {
         uncompressed: bool,
     },
     /// Fuzz every parser of untrusted input (configuration, VRRP, health
-    /// replies, agent protocol, BIRD replies) for longer than `cargo test` does, from the
+    /// replies, agent protocol, BIRD replies, sync messages) for longer than `cargo test` does, from the
     /// seeds in fuzz/corpus/.
     Fuzz {
-        /// Seconds per target (seven targets).
+        /// Seconds per target (eight targets).
         #[arg(long, default_value_t = 60)]
         seconds: u64,
         /// Only the targets whose test name contains this (e.g. `config`).

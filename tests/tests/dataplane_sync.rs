@@ -1,0 +1,95 @@
+//! Connection sync's side of the data path under `BPF_PROG_TEST_RUN`: with
+//! `SETTINGS_SYNC` set, each flow the program schedules is reported to
+//! `SYNC_EVENTS` with its key and backend; packets of an established flow,
+//! and everything while the flag is clear, report nothing.
+
+use std::net::Ipv4Addr;
+
+use lb::route::Tables as _;
+use lb_common::maps::{SETTINGS_SYNC, SYNC_OPENED, SyncEvent, ipv4_mapped};
+use lb_tests::{
+    frames,
+    testrun::{Action, Harness},
+};
+
+const CONFIG: &str = "\
+instance: test
+interfaces: [{ name: lb0 }]
+services:
+  - { name: rr, vip: 203.0.113.50, port: 80, protocol: tcp, scheduler: round-robin, forwarding: dsr, backends: [{ address: 192.0.2.21 }, { address: 192.0.2.22 }] }
+dataplane: { ring_size: 251 }
+";
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 50);
+
+fn set_sync(harness: &mut Harness, on: bool) {
+    let mut settings = lb::route::maps::MapTables::new(&harness.dataplane).settings();
+    if on {
+        settings.flags |= SETTINGS_SYNC;
+    } else {
+        settings.flags &= !SETTINGS_SYNC;
+    }
+    harness
+        .dataplane
+        .set_settings(&settings)
+        .expect("write the settings");
+}
+
+#[test]
+fn scheduled_flows_are_reported_while_sync_is_on() {
+    let mut harness = Harness::new(CONFIG);
+    let mut sync = harness.dataplane.take_sync().expect("the sync ring");
+    // Off: nothing.
+    assert_eq!(
+        harness.run(&frames::tcp4(CLIENT, 1000, VIP, 80)).action,
+        Action::Redirect
+    );
+    assert_eq!(sync.drain(), []);
+
+    set_sync(&mut harness, true);
+    let mut expected = Vec::new();
+    for port in [2000, 2001] {
+        assert_eq!(
+            harness.run(&frames::tcp4(CLIENT, port, VIP, 80)).action,
+            Action::Redirect
+        );
+        let key = lb_common::FlowKey {
+            src: ipv4_mapped(CLIENT.octets()),
+            dst: ipv4_mapped(VIP.octets()),
+            sport: port,
+            dport: 80,
+            proto: 6,
+            pad: [0; 3],
+        };
+        let backend_id = lb::route::maps::MapTables::new(&harness.dataplane)
+            .conn(&key)
+            .expect("the flow's entry")
+            .backend_id;
+        expected.push(SyncEvent {
+            flow: key,
+            backend_id,
+            kind: SYNC_OPENED,
+        });
+    }
+    assert_ne!(
+        expected[0].backend_id, expected[1].backend_id,
+        "round robin: two backends"
+    );
+    // Packets of the established flows report nothing more.
+    for port in [2000, 2001] {
+        assert_eq!(
+            harness.run(&frames::tcp4_ack(CLIENT, port, VIP, 80)).action,
+            Action::Redirect
+        );
+    }
+    assert_eq!(sync.drain(), expected);
+    assert_eq!(sync.lost().expect("read SYNC_LOST"), 0);
+
+    set_sync(&mut harness, false);
+    assert_eq!(
+        harness.run(&frames::tcp4(CLIENT, 3000, VIP, 80)).action,
+        Action::Redirect
+    );
+    assert_eq!(sync.drain(), []);
+}
