@@ -767,6 +767,7 @@ impl Config {
                 }
             }
         }
+        let local = self.local_schedulers();
         self.services
             .iter()
             .enumerate()
@@ -784,6 +785,47 @@ impl Config {
                 ),
             })
             .chain(ha)
+            .chain(local)
+            .collect()
+    }
+
+    /// Services whose flows a balancer failover breaks: their scheduler's
+    /// pick is local (round-robin's position, least-conn's and resource's
+    /// weights, measured here), so a peer that takes over a flow it never
+    /// saw — VRRP, or an ECMP rehash for `announce` — picks again, likely
+    /// another backend, which resets the connection. Only where a peer can
+    /// take over: under `ha:`, or announced.
+    fn local_schedulers(&self) -> Vec<ConfigProblem> {
+        let announced = |vip: IpAddr| {
+            self.announce
+                .as_ref()
+                .is_some_and(|a| a.vips.is_empty() || a.vips.iter().any(|v| v.vip == vip))
+        };
+        self.services
+            .iter()
+            .enumerate()
+            .filter(|(_, service)| {
+                matches!(
+                    service.scheduler,
+                    Scheduler::RoundRobin | Scheduler::LeastConn | Scheduler::Resource
+                ) && (self.ha.is_some() || announced(service.vip))
+            })
+            .map(|(i, service)| ConfigProblem {
+                path: format!("services[{i}].scheduler"),
+                line: None,
+                message: format!(
+                    "the established flows of service {:?} do not survive a balancer \
+                     failover: its scheduler's pick is local to the balancer that saw the \
+                     first packet, and the {} that takes over picks again (lb does not \
+                     share connection tables yet); maglev and ip-hash flows survive",
+                    service.name,
+                    if self.ha.is_some() {
+                        "VRRP peer"
+                    } else {
+                        "ECMP peer"
+                    }
+                ),
+            })
             .collect()
     }
 
@@ -853,6 +895,42 @@ services:
         assert_eq!(web.forwarding, Forwarding::Nat);
         assert_eq!(web.backends[0].weight, 100);
         assert_eq!(config.control.socket, PathBuf::from("/run/lb/lb.sock"));
+    }
+
+    #[test]
+    fn local_schedulers_under_ha_or_announce_are_warned_about() {
+        let services = "instance: t\ninterfaces: [{ name: eth0 }]\nservices:\n\
+            \x20 - { name: rr, vip: 203.0.113.10, port: 80, protocol: tcp, scheduler: round-robin, forwarding: dsr, backends: [{ address: 192.0.2.11 }] }\n\
+            \x20 - { name: lc, vip: 203.0.113.11, port: 80, protocol: tcp, scheduler: least-conn, forwarding: dsr, backends: [{ address: 192.0.2.11 }] }\n\
+            \x20 - { name: hash, vip: 203.0.113.12, port: 80, protocol: tcp, forwarding: dsr, backends: [{ address: 192.0.2.11 }] }\n";
+        // Alone, no peer takes over: nothing to say.
+        assert!(Config::parse(services).unwrap().warnings().is_empty());
+        let ha = "ha: { interface: eth0, virtual_router_id: 51, priority: 100, \
+                  floating_ips: [203.0.113.10/24] }\n";
+        let warnings = Config::parse(&format!("{services}{ha}"))
+            .unwrap()
+            .warnings();
+        let paths: Vec<&str> = warnings.iter().map(|w| w.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["services[0].scheduler", "services[1].scheduler"],
+            "{warnings:?}"
+        );
+        assert!(
+            warnings[0]
+                .message
+                .contains("\"rr\" do not survive a balancer failover")
+                && warnings[0].message.contains("VRRP peer"),
+            "{warnings:?}"
+        );
+        // Announced: only the VIPs announced.
+        let announce = "announce: { vips: [{ vip: 203.0.113.11 }] }\n";
+        let warnings = Config::parse(&format!("{services}{announce}"))
+            .unwrap()
+            .warnings();
+        let paths: Vec<&str> = warnings.iter().map(|w| w.path.as_str()).collect();
+        assert_eq!(paths, ["services[1].scheduler"], "{warnings:?}");
+        assert!(warnings[0].message.contains("ECMP peer"), "{warnings:?}");
     }
 
     #[test]
