@@ -646,8 +646,10 @@ impl Controller {
     }
 
     /// Starts VRRP, one instance after the other, if the configuration
-    /// asks for it; a failure stops those already started.
-    pub fn start_ha(&mut self) -> anyhow::Result<()> {
+    /// asks for it; a failure stops those already started. `alarm` is
+    /// raised when an instance can no longer run (one of its threads
+    /// stopped).
+    pub fn start_ha(&mut self, alarm: &crate::ha::Alarm) -> anyhow::Result<()> {
         let Some(section) = &self.config.ha else {
             return Ok(());
         };
@@ -670,7 +672,7 @@ impl Controller {
                     .find(|s| s.name == track.service);
                 track.min_healthy = track.min_healthy.or(service.map(|s| s.min_healthy));
             }
-            let ha = match crate::ha::Ha::start(&instance) {
+            let ha = match crate::ha::Ha::start(&instance, alarm.clone()) {
                 Ok(ha) => ha,
                 Err(error) => {
                     self.stop_ha();

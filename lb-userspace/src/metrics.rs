@@ -267,14 +267,21 @@ impl Scrape {
         self.encode_internals(e)
     }
 
-    /// Per VRRP instance, labelled by VRID: state, priorities, changes.
+    /// Per VRRP instance, labelled by VRID: state, priorities, changes,
+    /// refused floating-IP adds, the fault's cause.
     fn encode_instances(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut state = Vec::new();
         let mut priority = Vec::new();
         let mut transitions = Vec::new();
+        let mut failures = Vec::new();
+        let mut faults = Vec::new();
         for instance in &self.status.ha.instances {
             let vrid = instance.virtual_router_id.to_string();
             state.push((labels(&[("vrid", &vrid), ("state", &instance.state)]), 1));
+            failures.push((labels(&[("vrid", &vrid)]), instance.address_failures));
+            if let Some(cause) = &instance.fault_cause {
+                faults.push((labels(&[("vrid", &vrid), ("cause", cause)]), 1));
+            }
             for (kind, value) in [
                 ("configured", instance.priority),
                 ("effective", instance.effective_priority),
@@ -301,6 +308,20 @@ impl Scrape {
             "lb_ha_instance_transitions",
             "State changes of each VRRP instance since the controller started.",
             &transitions,
+        )?;
+        counters(
+            e,
+            "lb_ha_instance_address_failures",
+            "Floating-IP adds the kernel refused, each address of each try: retried, then \
+             fault (the peer takes over).",
+            &failures,
+        )?;
+        gauges(
+            e,
+            "lb_ha_instance_fault",
+            "Why a VRRP instance in fault is there (1, only while in fault): link_down, \
+             no_address, track, floating_ip_refused, thread_stopped.",
+            &faults,
         )
     }
 

@@ -69,6 +69,16 @@ impl LbRun {
         self.process = Some(child);
     }
 
+    /// Starts `lb run` with `env` added to its environment, without
+    /// waiting for it: for a run expected to exit by itself.
+    pub fn launch(&mut self, env: &[(&str, &str)]) {
+        self.process = Some(self.ns.spawn_env(
+            lb_binary().to_str().unwrap(),
+            &["run", "-c", self.config.path().to_str().unwrap()],
+            env,
+        ));
+    }
+
     /// Ends the running `lb run` with `signal` and returns its output.
     pub fn stop(&mut self, signal: i32) -> Output {
         let process = self.process.take().expect("lb run is running");

@@ -21,6 +21,7 @@ pub mod bird;
 pub mod endtoend;
 pub mod frames;
 pub mod fuzz;
+pub mod hapair;
 pub mod keepalived;
 pub mod lbrun;
 pub mod model;

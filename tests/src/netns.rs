@@ -96,8 +96,14 @@ impl Netns {
 
     /// Starts a process inside the namespace; it is killed on drop.
     pub fn spawn(&self, program: &str, args: &[&str]) -> ChildGuard {
+        self.spawn_env(program, args, &[])
+    }
+
+    /// [`Netns::spawn`] with `env` added to the process's environment.
+    pub fn spawn_env(&self, program: &str, args: &[&str], env: &[(&str, &str)]) -> ChildGuard {
         let child = self
             .command(program, args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

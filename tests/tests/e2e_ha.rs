@@ -429,9 +429,8 @@ fn holds_floating_ip(ns: &Netns) -> bool {
 }
 
 /// Whether a balancer that reports master holds the floating IP within a
-/// second: its address thread adds the addresses after the transition, so
-/// the VRRP timer never waits for netlink (status can say master a few
-/// milliseconds before the address is in place).
+/// second (status says master only once the addresses are in place; the
+/// wait covers a read of the address list racing a move).
 fn comes_to_hold_floating_ip(ns: &Netns) -> bool {
     wait_until(Duration::from_secs(1), || holds_floating_ip(ns))
 }

@@ -783,7 +783,8 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
     let signals = block_signals();
     let metrics_address = config.control.metrics;
     let mut controller = Controller::start(config, path).map_err(Failure::Runtime)?;
-    if let Err(error) = controller.start_ha() {
+    let (alarm, ha_stopped) = ha_alarm();
+    if let Err(error) = controller.start_ha(&alarm) {
         let outcome = controller.abandon();
         return Err(Failure::Runtime(error.context(outcome)));
     }
@@ -812,21 +813,7 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
     spawn_ticker(controller.clone());
     spawn_hop_follower(controller.clone());
     spawn_agent_poller(controller.clone());
-    // Health results are applied one at a time, in order, by the owner;
-    // the checker threads only probe.
-    let health = controller.clone();
-    std::thread::spawn(move || {
-        for event in results {
-            let applied = health.send(move |controller| {
-                if let Err(error) = controller.on_health(&event) {
-                    tracing::error!(error = %format!("{error:#}"), "applying a health change failed");
-                }
-            });
-            if applied.is_err() {
-                return;
-            }
-        }
-    });
+    spawn_health_applier(controller.clone(), results);
     let server_guard = server
         .spawn(controller.clone(), trace)
         .map_err(Failure::Runtime)?;
@@ -836,6 +823,15 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
     );
     loop {
         let signal = wait_for(&signals);
+        if signal == libc::SIGUSR1 {
+            let Ok(why) = ha_stopped.try_recv() else {
+                tracing::info!("SIGUSR1 ignored (lb raises it itself when an HA thread stops)");
+                continue;
+            };
+            let failure = exit_for_stopped_ha(&why, &hand_over, &controller);
+            drop(server_guard);
+            return Err(failure);
+        }
         if signal == libc::SIGHUP {
             tracing::info!("SIGHUP: reloading");
             // An event like any other: applied in its turn, its outcome
@@ -889,6 +885,67 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
     drop(server_guard);
     print_counters(&counters, output);
     Ok(())
+}
+
+/// Health results are applied one at a time, in order, by the owner; the
+/// checker threads only probe.
+fn spawn_health_applier(
+    controller: ControllerHandle,
+    results: std::sync::mpsc::Receiver<crate::health::Event>,
+) {
+    std::thread::spawn(move || {
+        for event in results {
+            let applied = controller.send(move |controller| {
+                if let Err(error) = controller.on_health(&event) {
+                    tracing::error!(error = %format!("{error:#}"), "applying a health change failed");
+                }
+            });
+            if applied.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// The alarm an HA instance raises when it can no longer run (one of its
+/// threads stopped; it is in fault, its floating IPs removed), and where
+/// `run` reads why: it cannot run again in this process, so `lb run`
+/// exits non-zero for the service manager to restart it
+/// ([`exit_for_stopped_ha`]).
+fn ha_alarm() -> (crate::ha::Alarm, std::sync::mpsc::Receiver<String>) {
+    let (stopped, ha_stopped) = std::sync::mpsc::channel::<String>();
+    let alarm = crate::ha::Alarm::new(move |why| {
+        // The receiver lives as long as `run`, which only returns after
+        // the instances' threads have ended.
+        let _ = stopped.send(why.to_string());
+        // SAFETY: kill(2) on our own pid; SIGUSR1 is blocked in every
+        // thread (`block_signals`) and taken by `wait_for`.
+        unsafe { libc::kill(libc::getpid(), libc::SIGUSR1) };
+    });
+    (alarm, ha_stopped)
+}
+
+/// An HA instance can no longer run (`why`: one of its threads stopped;
+/// it is in fault, its floating IPs removed). As on SIGQUIT the other
+/// instances hand over and the data plane stays attached, as after a
+/// crash; `lb run` exits 2 so that the service manager restarts it, and
+/// the next run takes the data plane over.
+fn exit_for_stopped_ha(
+    why: &str,
+    hand_over: &[crate::ha::HandOver],
+    controller: &ControllerHandle,
+) -> Failure {
+    tracing::error!(%why, "ha: an instance cannot run any more; exiting with status 2 so \
+        that the service manager restarts lb (data plane left attached)");
+    for hand_over in hand_over {
+        hand_over.request();
+    }
+    if let Err(error) = controller.stop(leave_attached) {
+        return gone(error);
+    }
+    Failure::Runtime(anyhow::anyhow!(
+        "ha: {why}; lb run exits so that the service manager restarts it"
+    ))
 }
 
 /// The trace's reader thread, if the trace's maps were taken.
@@ -1241,7 +1298,7 @@ fn decap(action: DecapAction, interface: &str, output: Output) -> Result<(), Fai
     Ok(())
 }
 
-/// Blocks SIGINT, SIGTERM, SIGHUP and SIGQUIT in this (and every later) thread so they
+/// Blocks SIGINT, SIGTERM, SIGHUP, SIGQUIT and SIGUSR1 in this (and every later) thread so they
 /// can be taken synchronously with `sigwait`.
 fn block_signals() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; sigemptyset initialises it before use,
@@ -1253,6 +1310,8 @@ fn block_signals() -> libc::sigset_t {
         libc::sigaddset(&raw mut set, libc::SIGTERM);
         libc::sigaddset(&raw mut set, libc::SIGHUP);
         libc::sigaddset(&raw mut set, libc::SIGQUIT);
+        // Raised by the HA alarm (`run`).
+        libc::sigaddset(&raw mut set, libc::SIGUSR1);
         libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut());
         set
     }

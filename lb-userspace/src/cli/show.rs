@@ -433,7 +433,18 @@ pub(super) fn print_ha(report: &crate::ha::HaStatus, indent: &str) {
             instance.peer.as_deref().unwrap_or("-"),
         );
         if !instance.floating_ips.is_empty() {
-            println!("{indent}  floating {}", instance.floating_ips.join(", "));
+            let added = instance.floating_ips_added_ms.map_or(String::new(), |ms| {
+                let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+                format!(", in place since {}", humantime::format_rfc3339_millis(at))
+            });
+            let refused = match instance.address_failures {
+                0 => String::new(),
+                n => format!("; {n} add(s) refused"),
+            };
+            println!(
+                "{indent}  floating {}{added}{refused}",
+                instance.floating_ips.join(", ")
+            );
         }
         for track in &instance.tracks {
             let effect = if track.weight == 0 {

@@ -86,13 +86,15 @@ pub(super) enum Received {
     },
     /// The wait ended without a packet.
     Nothing,
-    /// The [`Wake`] was set.
+    /// The stop [`Wake`] was set.
     Woken,
+    /// The news [`Wake`] was set (and is now cleared).
+    News,
 }
 
 /// An eventfd the VRRP thread polls with its socket: setting it ends the
-/// thread's wait at once (a stop request), where a flag would wait for the
-/// next timeout.
+/// thread's wait at once (a stop request, or news from the address
+/// thread), where a flag would wait for the next timeout.
 #[derive(Debug)]
 pub(super) struct Wake(OwnedFd);
 
@@ -107,11 +109,21 @@ impl Wake {
         Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
 
-    /// Wakes the thread; it stays woken (the counter is never read).
+    /// Wakes the thread; it stays woken until [`Wake::clear`].
     pub(super) fn set(&self) {
         let one = 1u64.to_ne_bytes();
-        // SAFETY: writing 8 bytes from a live buffer to our eventfd.
+        // SAFETY: writing 8 bytes from a live buffer to our eventfd. It
+        // cannot fail but on a counter about to overflow, which a set one
+        // never is.
         let _ = unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    }
+
+    /// Resets the counter (the eventfd is non-blocking: a cleared one
+    /// answers EAGAIN, which leaves it cleared).
+    pub(super) fn clear(&self) {
+        let mut count = [0u8; 8];
+        // SAFETY: reading 8 bytes into a live buffer from our eventfd.
+        let _ = unsafe { libc::read(self.0.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) };
     }
 }
 
@@ -305,12 +317,24 @@ impl VrrpSocket {
         }
     }
 
-    /// Waits at most `wait` for a packet or for `wake`; one packet (for
-    /// IPv4 with its header) in `buffer`.
-    pub(super) fn receive(&self, buffer: &mut [u8], wait: Duration, wake: &Wake) -> Received {
+    /// Waits at most `wait` for a packet, for `wake` (a stop) or for
+    /// `news` (cleared when it ends the wait); one packet (for IPv4 with
+    /// its header) in `buffer`.
+    pub(super) fn receive(
+        &self,
+        buffer: &mut [u8],
+        wait: Duration,
+        wake: &Wake,
+        news: &Wake,
+    ) -> Received {
         let mut ready = [
             libc::pollfd {
                 fd: wake.0.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: news.0.as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             },
@@ -326,13 +350,17 @@ impl VrrpSocket {
             tv_sec: libc::time_t::try_from(wait.as_secs()).unwrap_or(libc::time_t::MAX),
             tv_nsec: libc::c_long::from(wait.subsec_nanos().cast_signed()),
         };
-        // SAFETY: two valid pollfds, a valid timespec, no signal mask.
-        let n = unsafe { libc::ppoll(ready.as_mut_ptr(), 2, &raw const timeout, std::ptr::null()) };
+        // SAFETY: three valid pollfds, a valid timespec, no signal mask.
+        let n = unsafe { libc::ppoll(ready.as_mut_ptr(), 3, &raw const timeout, std::ptr::null()) };
         if n <= 0 {
             return Received::Nothing;
         }
         if ready[0].revents != 0 {
             return Received::Woken;
+        }
+        if ready[1].revents != 0 {
+            news.clear();
+            return Received::News;
         }
         match self.family {
             Family::V4 => self.receive_v4(buffer),

@@ -32,6 +32,13 @@ pub struct HaStatus {
     /// virtual router's (VRID) or another address family's.
     #[serde(default)]
     pub ignored_packets: u64,
+    /// When the first instance, as master, had its floating IPs in place
+    /// (Unix time in milliseconds); `None` unless master.
+    #[serde(default)]
+    pub floating_ips_added_ms: Option<u64>,
+    /// The kind of the first instance's fault, when in fault.
+    #[serde(default)]
+    pub fault_cause: Option<String>,
     /// Every instance (empty when standalone).
     #[serde(default)]
     pub instances: Vec<InstanceStatus>,
@@ -49,6 +56,8 @@ impl HaStatus {
             transitions: 0,
             invalid_packets: 0,
             ignored_packets: 0,
+            floating_ips_added_ms: None,
+            fault_cause: None,
             instances: Vec::new(),
         }
     }
@@ -67,6 +76,8 @@ impl HaStatus {
             transitions: first.transitions,
             invalid_packets: first.invalid_packets,
             ignored_packets: first.ignored_packets,
+            floating_ips_added_ms: first.floating_ips_added_ms,
+            fault_cause: first.fault_cause.clone(),
             instances,
         }
     }
@@ -80,7 +91,10 @@ pub struct InstanceStatus {
     /// The interface it runs on.
     #[serde(default)]
     pub interface: String,
-    /// `master`, `backup`, `fault` or `initialize`.
+    /// `master`, `backup`, `fault` or `initialize`. `master` only once
+    /// every floating IP is in place: until then (VRRP already master,
+    /// the adds under way) the state shown before stays, and `reason`
+    /// says so.
     pub state: String,
     /// Configured priority.
     pub priority: u8,
@@ -111,6 +125,18 @@ pub struct InstanceStatus {
     /// Its floating IPs.
     #[serde(default)]
     pub floating_ips: Vec<String>,
+    /// When, as master, it had every floating IP in place (Unix time in
+    /// milliseconds); `None` unless master.
+    #[serde(default)]
+    pub floating_ips_added_ms: Option<u64>,
+    /// Floating-IP adds the kernel refused since the controller started
+    /// (each address of each try).
+    #[serde(default)]
+    pub address_failures: u64,
+    /// In fault: the kind of cause (`link_down`, `no_address`, `track`,
+    /// `floating_ip_refused`, `thread_stopped`); `reason` says more.
+    #[serde(default)]
+    pub fault_cause: Option<String>,
     /// Its tracked services as last seen.
     #[serde(default)]
     pub tracks: Vec<TrackStatus>,
@@ -152,6 +178,9 @@ mod tests {
             invalid_packets: 1,
             ignored_packets: 0,
             floating_ips: vec!["192.0.2.254/24".into()],
+            floating_ips_added_ms: None,
+            address_failures: 0,
+            fault_cause: None,
             tracks: Vec::new(),
         }
     }

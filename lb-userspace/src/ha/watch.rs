@@ -15,7 +15,7 @@ use std::{
 use crate::{
     config::Track,
     netlink::{holds_address, link_up},
-    vrrp::{self, Action, Assessment, Conditions, Router, State, TrackHealth},
+    vrrp::{self, Action, Assessment, Conditions, Refusal, Router, State, TrackHealth},
 };
 
 use super::status::TrackStatus;
@@ -35,6 +35,8 @@ pub(super) struct Watch {
     updates: mpsc::Receiver<Healthy>,
     checked: Option<Instant>,
     verdict: Option<Assessment>,
+    /// The floating IPs' refusal as last given to [`Watch::poll`].
+    refused: Option<Refusal>,
 }
 
 impl Watch {
@@ -54,14 +56,25 @@ impl Watch {
             updates,
             checked: None,
             verdict: None,
+            refused: None,
         }
     }
 
-    /// Looks again if due (or if the controller sent news); applies a
+    /// Looks again if due (or if the controller sent news, or `refused`,
+    /// the floating IPs' refusal whose hold-down runs, changed); applies a
     /// changed verdict to `router` and returns its actions; `None` when
     /// nothing changed that `lb status` shows.
-    pub(super) fn poll(&mut self, router: &mut Router, now: Instant) -> Option<Vec<Action>> {
+    pub(super) fn poll(
+        &mut self,
+        router: &mut Router,
+        refused: Option<&Refusal>,
+        now: Instant,
+    ) -> Option<Vec<Action>> {
         let mut news = false;
+        if refused != self.refused.as_ref() {
+            self.refused = refused.cloned();
+            news = true;
+        }
         while let Ok(healthy) = self.updates.try_recv() {
             self.healthy = healthy;
             news = true;
@@ -74,6 +87,7 @@ impl Watch {
             interface: self.interface.clone(),
             link_up: link_up(&self.interface).unwrap_or(false),
             address_held: holds_address(&self.interface, self.local),
+            refused: self.refused.clone(),
             tracks: self.track_health(),
         };
         let verdict = vrrp::assess(self.configured, &conditions);

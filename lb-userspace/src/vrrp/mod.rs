@@ -16,15 +16,19 @@
 //! advertisements checksummed over the IPv4 pseudo-header (as for UDP, with
 //! protocol 112), IPv6 ones over the RFC 8200 pseudo-header.
 //!
-//! `wire` is the advertisement codec ([`Packet`], [`parse`], [`emit`]) and
-//! `router` the state machine ([`Router`]). This file holds what the router
+//! `wire` is the advertisement codec ([`Packet`], [`parse`], [`emit`]),
+//! `router` the state machine ([`Router`]), `track` the verdict of its
+//! surroundings ([`assess`]) and `hold` the floating IPs' adds as master
+//! ([`Holding`]: retried, then fault). This file holds what the router
 //! is given and what it answers: its settings, states, reasons, actions and
 //! refusals.
 
+mod hold;
 mod router;
 mod track;
 mod wire;
 
+pub use hold::{HoldPolicy, Holding, Refusal};
 pub use router::Router;
 pub use track::{Assessment, Conditions, FaultCause, TrackHealth, assess};
 pub use wire::{
@@ -163,6 +167,10 @@ pub enum Reason {
     Fault(FaultCause),
     /// [`Router::recover`]: the fault cleared; backup first, as at start.
     FaultCleared,
+    /// [`Router::recover`] from a [`FaultCause::Refused`]: backup, and it
+    /// follows any live master (no preemption) until it next becomes
+    /// master, when nobody else holds the addresses.
+    RefusalOver,
 }
 
 impl fmt::Display for Reason {
@@ -185,6 +193,10 @@ impl fmt::Display for Reason {
             Self::Shutdown => f.write_str("shut down"),
             Self::Fault(cause) => write!(f, "fault: {cause}"),
             Self::FaultCleared => f.write_str("fault cleared"),
+            Self::RefusalOver => f.write_str(
+                "fault cleared after its floating IPs were refused: backup, not preempting a \
+                 live master",
+            ),
         }
     }
 }

@@ -39,6 +39,11 @@ pub struct Router {
     /// heard as backup, cleared by an equal or higher one and by every
     /// transition.
     preempt_after: Option<Instant>,
+    /// Recovered from refused floating IPs: follow any live master, as
+    /// with `preempt: false`, until it next becomes master (taking over
+    /// from a silent one), so that a balancer that could not hold the
+    /// addresses does not take them from one that can.
+    yielding: bool,
 }
 
 impl Router {
@@ -77,6 +82,7 @@ impl Router {
             stopping_master: None,
             preempting: None,
             preempt_after: None,
+            yielding: false,
         })
     }
 
@@ -184,6 +190,7 @@ impl Router {
         }
         self.peer = None;
         self.stopping_master = None;
+        self.yielding = false;
         if self.config.priority == PRIORITY_OWNER {
             self.become_master(now, Reason::AddressOwner)
         } else {
@@ -364,8 +371,9 @@ impl Router {
     }
 
     /// The fault cleared: back to backup (the owner to master), as at
-    /// start; the master down timer decides the rest. Does nothing unless
-    /// in `Fault`.
+    /// start; the master down timer decides the rest. After a
+    /// [`FaultCause::Refused`] the backup does not preempt (see
+    /// [`Reason::RefusalOver`]). Does nothing unless in `Fault`.
     pub fn recover(&mut self, now: Instant) -> Vec<Action> {
         if self.state != State::Fault {
             return Vec::new();
@@ -374,9 +382,15 @@ impl Router {
         if self.config.priority == PRIORITY_OWNER {
             return self.become_master(now, Reason::FaultCleared);
         }
+        self.yielding = matches!(self.reason, Reason::Fault(FaultCause::Refused(_)));
+        let reason = if self.yielding {
+            Reason::RefusalOver
+        } else {
+            Reason::FaultCleared
+        };
         self.master_advert_interval = self.config.advert_interval;
         self.timer = Some(now + self.master_down_interval());
-        self.transition(State::Backup, now, Reason::FaultCleared);
+        self.transition(State::Backup, now, reason);
         vec![Action::BecomeBackup]
     }
 
@@ -387,7 +401,7 @@ impl Router {
     /// until the delay, started by the first such advertisement, has
     /// passed.
     fn holds_back(&mut self, heard: u8, now: Instant) -> bool {
-        if !self.config.preempt {
+        if !self.config.preempt || self.yielding {
             return true;
         }
         if heard >= self.priority {
@@ -417,6 +431,7 @@ impl Router {
         self.timer = Some(now + self.config.advert_interval.duration());
         self.stopping_master = None;
         self.peer = None;
+        self.yielding = false;
         self.transition(State::Master, now, reason);
         // RFC 5798 order: advertise, then announce the addresses.
         vec![
@@ -1215,5 +1230,76 @@ mod tests {
         assert_eq!(wire.nodes[1].fault(link, later), [Action::Stop]);
         assert_eq!(wire.nodes[1].shutdown(later), [Action::Stop]);
         assert_eq!(wire.nodes[1].state(), State::Initialize);
+    }
+
+    /// After its floating IPs were refused, the higher-priority router
+    /// recovers as a backup that follows the lower live master instead of
+    /// preempting it; it takes over only when that master stops. Another
+    /// fault's recovery preempts as usual.
+    #[test]
+    fn a_router_whose_addresses_were_refused_does_not_preempt_when_it_recovers() {
+        let t0 = Instant::now();
+        let mut wire = Wire::new(
+            router("192.0.2.1", 150, 10, true),
+            router("192.0.2.2", 100, 10, true),
+        );
+        wire.start(0, t0);
+        wire.start(1, t0);
+        wire.run_until(t0 + Duration::from_secs(2));
+        assert_eq!(wire.states(), [State::Master, State::Backup]);
+        let refusal = crate::vrrp::Refusal {
+            address: "2001:db8::fe/64".parse().unwrap(),
+            error: "IPv6 is disabled on this device".into(),
+            attempts: 6,
+            over: Duration::from_millis(1250),
+        };
+        let at = t0 + Duration::from_secs(2);
+        let actions = wire.nodes[0].fault(FaultCause::Refused(refusal), at);
+        assert_eq!(
+            actions,
+            [Action::SendAdvertisement { priority: 0 }, Action::Stop]
+        );
+        wire.apply(0, &actions, at);
+        wire.run_until(t0 + Duration::from_secs(3));
+        assert_eq!(wire.states(), [State::Fault, State::Master]);
+
+        let over = t0 + Duration::from_secs(3);
+        assert_eq!(wire.nodes[0].recover(over), [Action::BecomeBackup]);
+        assert_eq!(wire.nodes[0].reason(), &Reason::RefusalOver);
+        wire.run_until(t0 + Duration::from_secs(6));
+        assert_eq!(
+            wire.states(),
+            [State::Backup, State::Master],
+            "preempted a live master after a refusal"
+        );
+        assert_eq!(wire.nodes[0].peer(), Some(ip("192.0.2.2")));
+
+        // The live master stops: nobody else holds the addresses now.
+        let stop = t0 + Duration::from_secs(6);
+        wire.shutdown(1, stop);
+        wire.run_until(t0 + Duration::from_secs(7));
+        assert_eq!(wire.nodes[0].state(), State::Master);
+        assert!(matches!(
+            wire.nodes[0].reason(),
+            Reason::PriorityZero { .. }
+        ));
+
+        // A link fault's recovery preempts again.
+        let mut wire = Wire::new(
+            router("192.0.2.1", 150, 10, true),
+            router("192.0.2.2", 100, 10, true),
+        );
+        wire.start(1, t0);
+        wire.run_until(t0 + Duration::from_secs(1));
+        wire.start(0, t0 + Duration::from_secs(1));
+        let down = FaultCause::LinkDown {
+            interface: "eth0".into(),
+        };
+        let at = t0 + Duration::from_millis(1_010);
+        assert_eq!(wire.nodes[0].fault(down, at), [Action::Stop]);
+        assert_eq!(wire.nodes[0].recover(at), [Action::BecomeBackup]);
+        assert_eq!(wire.nodes[0].reason(), &Reason::FaultCleared);
+        wire.run_until(t0 + Duration::from_secs(3));
+        assert_eq!(wire.states(), [State::Master, State::Backup]);
     }
 }

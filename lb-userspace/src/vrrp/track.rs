@@ -1,13 +1,16 @@
 //! What the world around a virtual router does to it (keepalived's
-//! tracking): its interface down or without its address puts it in
-//! `fault`; a tracked service short of healthy backends lowers its
-//! priority by the track's weight, or, with weight 0, puts it in `fault`
-//! too. [`assess`] turns what the I/O layer observed into that verdict;
+//! tracking): its interface down or without its address, or floating IPs
+//! the kernel refused to add ([`Refusal`], from [`Holding`](super::Holding)),
+//! put it in `fault`; a tracked service short of healthy backends lowers
+//! its priority by the track's weight, or, with weight 0, puts it in
+//! `fault` too. [`assess`] turns what the I/O layer observed into that verdict;
 //! [`Router::set_priority`](super::Router::set_priority),
 //! [`Router::fault`](super::Router::fault) and
 //! [`Router::recover`](super::Router::recover) apply it. Pure, no I/O.
 
 use std::fmt;
+
+use super::Refusal;
 
 /// Why a router is in `fault`: no advertisements, no floating IPs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,6 +28,33 @@ pub enum FaultCause {
     },
     /// A track with weight 0 failed.
     Tracked(TrackHealth),
+    /// As master, its floating IPs could not all be added within the
+    /// bound ([`HoldPolicy::bound`](super::HoldPolicy::bound)).
+    Refused(Refusal),
+    /// A thread of the instance (the VRRP thread or the address thread)
+    /// stopped: the instance cannot run any more (`lb run` exits so that
+    /// the service manager restarts it).
+    ThreadStopped {
+        /// Which thread.
+        thread: String,
+        /// Why, as far as known (a panic's message).
+        why: String,
+    },
+}
+
+impl FaultCause {
+    /// A short name of the kind of cause, for a metric's label:
+    /// `link_down`, `no_address`, `track`, `floating_ip_refused`,
+    /// `thread_stopped`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::LinkDown { .. } => "link_down",
+            Self::NoAddress { .. } => "no_address",
+            Self::Tracked(_) => "track",
+            Self::Refused(_) => "floating_ip_refused",
+            Self::ThreadStopped { .. } => "thread_stopped",
+        }
+    }
 }
 
 impl fmt::Display for FaultCause {
@@ -38,6 +68,8 @@ impl fmt::Display for FaultCause {
                 )
             }
             Self::Tracked(track) => write!(f, "{track}"),
+            Self::Refused(refusal) => write!(f, "{refusal}"),
+            Self::ThreadStopped { thread, why } => write!(f, "the {thread} thread stopped: {why}"),
         }
     }
 }
@@ -82,6 +114,8 @@ pub struct Conditions {
     pub link_up: bool,
     /// It holds the address advertisements are sent from.
     pub address_held: bool,
+    /// Its floating IPs were refused and the hold-down has not ended.
+    pub refused: Option<Refusal>,
     /// Each tracked service.
     pub tracks: Vec<TrackHealth>,
 }
@@ -121,7 +155,9 @@ impl Assessment {
 }
 
 /// The verdict for a router of `configured` priority under `conditions`:
-/// the link first, then the address, then weight-0 tracks (fault), then
+/// the link first, then the address, then refused floating IPs (a link
+/// down is the likelier cause of a refusal, so it is named first), then
+/// weight-0 tracks (fault), then
 /// the weights of the failing tracks, summed (keepalived's
 /// `vrrp_set_effective_priority`, clamped to 1..=254 as it does).
 pub fn assess(configured: u8, conditions: &Conditions) -> Assessment {
@@ -134,6 +170,9 @@ pub fn assess(configured: u8, conditions: &Conditions) -> Assessment {
         return Assessment::Fault(FaultCause::NoAddress {
             interface: conditions.interface.clone(),
         });
+    }
+    if let Some(refusal) = &conditions.refused {
+        return Assessment::Fault(FaultCause::Refused(refusal.clone()));
     }
     let failing: Vec<&TrackHealth> = conditions.tracks.iter().filter(|t| t.failing()).collect();
     if let Some(fatal) = failing.iter().find(|t| t.weight == 0) {
@@ -165,6 +204,7 @@ mod tests {
             interface: "eth0".into(),
             link_up: true,
             address_held: true,
+            refused: None,
             tracks,
         }
     }
@@ -210,6 +250,20 @@ mod tests {
         assert_eq!(
             assess(150, &seen),
             Assessment::Fault(FaultCause::Tracked(track("web", 0, 1, 0)))
+        );
+        let refusal = Refusal {
+            address: "2001:db8::fe/64".parse().unwrap(),
+            error: "Permission denied".into(),
+            attempts: 6,
+            over: std::time::Duration::from_millis(1250),
+        };
+        seen.refused = Some(refusal.clone());
+        let verdict = assess(150, &seen);
+        assert_eq!(verdict, Assessment::Fault(FaultCause::Refused(refusal)));
+        assert_eq!(
+            verdict.priority_reason(150),
+            "fault: floating IP 2001:db8::fe/64 not added in 6 tries over 1250 ms: \
+             Permission denied"
         );
         seen.address_held = false;
         assert_eq!(
