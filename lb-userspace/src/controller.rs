@@ -20,8 +20,10 @@ mod announcing;
 mod report;
 mod routing;
 mod settings;
+mod weights;
 
 use settings::{log_tunnel_sources, resolve_tunnel_sources};
+use weights::{configured_backend, folded_weights, kept_dynamic};
 
 pub use report::{
     BackendStats, BackendStatus, LastCheck, ServiceStats, ServiceStatus, StatsReport, StatusReport,
@@ -343,20 +345,11 @@ impl Controller {
     /// whose configuration `next` changes (or removes) go, since an
     /// operator's drain or weight was about the old one.
     fn kept_overrides(&self, next: &Config) -> BTreeMap<BackendKey, BackendOverride> {
-        let configured = |config: &Config, key: &BackendKey| {
-            config
-                .services
-                .iter()
-                .filter(|s| s.name == key.service)
-                .flat_map(|s| s.backends.iter().map(move |b| (s, b)))
-                .find(|(s, b)| b.address == key.address && b.port_for(s) == key.port)
-                .map(|(_, b)| b.clone())
-        };
         self.overrides
             .iter()
             .filter(|(key, _)| {
-                let before = configured(&self.config, key);
-                before.is_some() && before == configured(next, key)
+                let before = configured_backend(&self.config, key);
+                before.is_some() && before == configured_backend(next, key)
             })
             .map(|(key, change)| (key.clone(), *change))
             .collect()
@@ -365,7 +358,7 @@ impl Controller {
     /// Folds the dynamic weights and, over them, the operator's overrides
     /// into the planner's backend states.
     fn sync_weights(&mut self) {
-        self.states = folded_weights(&self.states, &self.dynamic, &self.overrides);
+        self.states = folded_weights(&self.states, &self.dynamic, &self.overrides, &self.config);
     }
 
     /// Health-check latency histograms, by backend (for metrics).
@@ -472,10 +465,7 @@ impl Controller {
         let loads = &self.loads;
         let mut changed = false;
         for (service, planned) in self.config.services.iter().zip(self.planner.planned()) {
-            if !matches!(
-                service.scheduler,
-                Scheduler::LeastConn | Scheduler::Resource
-            ) {
+            if !service.scheduler.is_dynamic() {
                 continue;
             }
             let samples: Vec<(BackendKey, Sample)> = planned
@@ -489,11 +479,14 @@ impl Controller {
                     } else {
                         loads.get(&b.key).copied().unwrap_or(0.0)
                     };
-                    let sample = Sample {
-                        configured: b.weight,
-                        current: self.dynamic.get(&b.key).copied().unwrap_or(b.weight),
-                        measure,
-                    };
+                    let sample =
+                        Sample {
+                            configured: b.weight,
+                            current: self.dynamic.get(&b.key).copied().unwrap_or_else(|| {
+                                dynamic::table_weight(service.scheduler, b.weight)
+                            }),
+                            measure,
+                        };
                     (b.key.clone(), sample)
                 })
                 .collect();
@@ -1354,7 +1347,8 @@ impl Controller {
             anyhow::bail!("{what} changed: restart lb run to apply it");
         }
         let overrides = self.kept_overrides(&config);
-        let states = folded_weights(&self.states, &self.dynamic, &overrides);
+        let dynamic = kept_dynamic(&self.config, &config, &self.dynamic);
+        let states = folded_weights(&self.states, &dynamic, &overrides, &config);
         let (tunnel_sources, others) = resolve_tunnel_sources(self.hops.as_mut(), &config);
         self.dataplane
             .set_guard_settings(&guard_settings(&config))?;
@@ -1388,6 +1382,7 @@ impl Controller {
             tracing::warn!(path = %warning.path, line = ?warning.line, "{}", warning.message);
         }
         self.overrides = overrides;
+        self.dynamic = dynamic;
         self.states = states;
         let previous_announce = std::mem::replace(&mut self.config, config).announce;
         self.refresh_hops();
@@ -1444,31 +1439,6 @@ fn restart_needed(current: &Config, next: &Config) -> Option<&'static str> {
     } else {
         None
     }
-}
-
-/// `states` with their weights set from the dynamic weights and, over
-/// them, the operator's overrides.
-fn folded_weights(
-    states: &BTreeMap<BackendKey, BackendState>,
-    dynamic: &BTreeMap<BackendKey, u32>,
-    overrides: &BTreeMap<BackendKey, BackendOverride>,
-) -> BTreeMap<BackendKey, BackendState> {
-    let mut states = states.clone();
-    for state in states.values_mut() {
-        state.weight = None;
-    }
-    for (key, weight) in dynamic {
-        states.entry(key.clone()).or_default().weight = Some(*weight);
-    }
-    for (key, change) in overrides {
-        let state = states.entry(key.clone()).or_default();
-        if change.drained {
-            state.weight = Some(0);
-        } else if let Some(weight) = change.weight {
-            state.weight = Some(weight);
-        }
-    }
-    states
 }
 
 #[cfg(test)]
