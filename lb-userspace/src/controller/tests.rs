@@ -199,6 +199,8 @@ services:
             )]
         );
         assert!(!asked.contains(&"192.0.2.9".parse().unwrap()), "{asked:?}");
+        // All it asks is what the hop follower looked up.
+        assert_eq!(asked, tunnel_targets(&config));
 
         let settings = settings_with(&config, sources);
         assert_eq!(settings.tunnel_v4_source, [192, 0, 2, 1]);
@@ -207,6 +209,36 @@ services:
             settings.tunnel_v6_source,
             "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets()
         );
+    }
+
+    /// The follower looks up the source towards each tunnel backend of a
+    /// family without a configured prefix, once, in configuration order
+    /// (the first with a route is the default).
+    #[test]
+    fn the_hop_follower_looks_up_the_tunnel_backends_without_a_prefix() {
+        let addresses =
+            |list: &[&str]| -> Vec<IpAddr> { list.iter().map(|a| a.parse().unwrap()).collect() };
+        let config = Config::parse(TUNNELS).unwrap();
+        assert_eq!(
+            tunnel_targets(&config),
+            addresses(&["192.0.2.11", "198.51.100.11", "192.0.2.12", "2001:db8::11"])
+        );
+        let again = TUNNELS.replace(
+            "backends: [{ address: '2001:db8::11' }]",
+            "backends: [{ address: '2001:db8::11' }] }\n  - { name: t6b, vip: '2001:db8:ff::13', \
+             port: 80, protocol: tcp, forwarding: tunnel, backends: [{ address: '2001:db8::11' }]",
+        );
+        assert_eq!(
+            tunnel_targets(&Config::parse(&again).unwrap()),
+            tunnel_targets(&config),
+            "a backend of two tunnel services once"
+        );
+        let prefixed = format!("{TUNNELS}dataplane: {{ tunnel_source_v4: 192.0.2.240/28 }}\n");
+        assert_eq!(
+            tunnel_targets(&Config::parse(&prefixed).unwrap()),
+            addresses(&["2001:db8::11"])
+        );
+        assert!(tunnel_targets(&super::config("")).is_empty(), "no tunnels");
     }
 
     #[test]
