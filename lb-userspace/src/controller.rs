@@ -20,8 +20,10 @@ mod announcing;
 mod report;
 mod routing;
 mod settings;
+mod weights;
 
-use settings::{log_tunnel_sources, resolve_tunnel_sources};
+use settings::{log_tunnel_sources, resolve_tunnel_sources, tunnel_targets};
+use weights::{configured_backend, folded_weights, kept_dynamic};
 
 pub use report::{
     BackendStats, BackendStatus, LastCheck, ServiceStats, ServiceStatus, StatsReport, StatusReport,
@@ -343,20 +345,11 @@ impl Controller {
     /// whose configuration `next` changes (or removes) go, since an
     /// operator's drain or weight was about the old one.
     fn kept_overrides(&self, next: &Config) -> BTreeMap<BackendKey, BackendOverride> {
-        let configured = |config: &Config, key: &BackendKey| {
-            config
-                .services
-                .iter()
-                .filter(|s| s.name == key.service)
-                .flat_map(|s| s.backends.iter().map(move |b| (s, b)))
-                .find(|(s, b)| b.address == key.address && b.port_for(s) == key.port)
-                .map(|(_, b)| b.clone())
-        };
         self.overrides
             .iter()
             .filter(|(key, _)| {
-                let before = configured(&self.config, key);
-                before.is_some() && before == configured(next, key)
+                let before = configured_backend(&self.config, key);
+                before.is_some() && before == configured_backend(next, key)
             })
             .map(|(key, change)| (key.clone(), *change))
             .collect()
@@ -365,7 +358,7 @@ impl Controller {
     /// Folds the dynamic weights and, over them, the operator's overrides
     /// into the planner's backend states.
     fn sync_weights(&mut self) {
-        self.states = folded_weights(&self.states, &self.dynamic, &self.overrides);
+        self.states = folded_weights(&self.states, &self.dynamic, &self.overrides, &self.config);
     }
 
     /// Health-check latency histograms, by backend (for metrics).
@@ -472,10 +465,7 @@ impl Controller {
         let loads = &self.loads;
         let mut changed = false;
         for (service, planned) in self.config.services.iter().zip(self.planner.planned()) {
-            if !matches!(
-                service.scheduler,
-                Scheduler::LeastConn | Scheduler::Resource
-            ) {
+            if !service.scheduler.is_dynamic() {
                 continue;
             }
             let samples: Vec<(BackendKey, Sample)> = planned
@@ -489,11 +479,14 @@ impl Controller {
                     } else {
                         loads.get(&b.key).copied().unwrap_or(0.0)
                     };
-                    let sample = Sample {
-                        configured: b.weight,
-                        current: self.dynamic.get(&b.key).copied().unwrap_or(b.weight),
-                        measure,
-                    };
+                    let sample =
+                        Sample {
+                            configured: b.weight,
+                            current: self.dynamic.get(&b.key).copied().unwrap_or_else(|| {
+                                dynamic::table_weight(service.scheduler, b.weight)
+                            }),
+                            measure,
+                        };
                     (b.key.clone(), sample)
                 })
                 .collect();
@@ -749,29 +742,37 @@ impl Controller {
 
     /// Resolves every backend's next hop and writes the `HOPS` entries that
     /// changed (and clears those of backends that are gone); returns how
-    /// many were written. Called at start, after a reload, and whenever the
-    /// kernel's neighbours, routes or links change. A backend whose hop
-    /// cannot be resolved gets an empty entry: its packets ask the FIB.
-    /// The default tunnel sources follow the routes too.
+    /// many were written. Called at start and after a reload, on the
+    /// calling thread; the hop follower does the same lookup on its own
+    /// thread whenever the kernel's neighbours, routes or links change
+    /// ([`Controller::write_hops`]). A backend whose hop cannot be
+    /// resolved gets an empty entry: its packets ask the FIB. The default
+    /// tunnel sources follow the routes too.
     pub fn refresh_hops(&mut self) -> usize {
+        let Some(targets) = self.hop_targets() else {
+            return 0;
+        };
         let Some(hops) = self.hops.as_mut() else {
             return 0;
         };
-        let written = hops.refresh(self.planner.planned(), &mut self.dataplane);
-        written + self.refresh_tunnel_sources()
+        let lookup = hops.lookup(&targets);
+        self.write_hops(lookup)
     }
 
-    /// Re-resolves the tunnels' default outer sources and writes them if
-    /// they changed; returns the writes (0 or 1).
-    fn refresh_tunnel_sources(&mut self) -> usize {
-        let (sources, others) = resolve_tunnel_sources(self.hops.as_mut(), &self.config);
+    /// Writes the tunnels' default outer sources if they changed; returns
+    /// the writes (0 or 1).
+    fn write_tunnel_sources(
+        &mut self,
+        sources: TunnelSources,
+        others: &[(std::net::IpAddr, std::net::IpAddr)],
+    ) -> usize {
         if sources == self.tunnel_sources {
             return 0;
         }
         let settings = self.settings_for(&self.config, sources);
         match self.dataplane.set_settings(&settings) {
             Ok(()) => {
-                log_tunnel_sources(Some(self.tunnel_sources), sources, &others, &self.config);
+                log_tunnel_sources(Some(self.tunnel_sources), sources, others, &self.config);
                 self.tunnel_sources = sources;
                 1
             }
@@ -782,33 +783,36 @@ impl Controller {
         }
     }
 
-    /// The backends whose next hops the hop follower looks up (on its own
-    /// thread), and whether a NAT service needs the routing table; `None`
-    /// when netlink is unavailable (every packet asks the FIB).
-    pub fn hop_targets(&self) -> Option<(Vec<(u32, std::net::IpAddr)>, bool)> {
-        self.hops
-            .as_ref()
-            .map(|_| crate::hops::targets(self.planner.planned()))
+    /// What the hop follower looks up (on its own thread): the backends'
+    /// next hops, the routing table if a NAT service needs it, and the
+    /// source towards each tunnel backend that takes a default outer
+    /// source; `None` when netlink is unavailable (every packet asks the
+    /// FIB).
+    pub fn hop_targets(&self) -> Option<crate::hops::Targets> {
+        self.hops.as_ref().map(|_| crate::hops::Targets {
+            tunnels: tunnel_targets(&self.config),
+            ..crate::hops::targets(self.planner.planned())
+        })
     }
 
-    /// Writes the next hops a [`crate::hops::Resolver::lookup`] found
-    /// on the follower's thread; returns how many entries were written. A lookup
-    /// made for other backends than the planned ones (a reload came
-    /// between) is dropped: the reload refreshed the hops itself.
+    /// Writes what a [`crate::hops::Resolver::lookup`] found (on the
+    /// follower's thread, or at start and reload on this one): the next
+    /// hops, the mirrored routes, and the tunnels' default outer sources,
+    /// picked from the sources it found with no netlink request here.
+    /// Returns how many entries were written. A lookup made for other
+    /// targets than the current ones (a reload came between) is dropped:
+    /// the reload refreshed the hops itself.
     pub fn write_hops(&mut self, lookup: crate::hops::Lookup) -> usize {
-        if self
-            .hop_targets()
-            .is_none_or(|(backends, _)| backends != lookup.backends)
-        {
+        if self.hop_targets().as_ref() != Some(&lookup.targets) {
             return 0;
         }
+        let (sources, others) =
+            default_tunnel_sources(&self.config, |tunnel| lookup.source_towards(tunnel));
         let written = match self.hops.as_mut() {
             Some(hops) => hops.write(lookup, &mut self.dataplane),
             None => 0,
         };
-        // A route change that moved the hops may move the tunnels' default
-        // outer source too (a route lookup per family, when one is needed).
-        written + self.refresh_tunnel_sources()
+        written + self.write_tunnel_sources(sources, &others)
     }
 
     /// Detaches from every interface, removes the pinned maps and puts back
@@ -1356,7 +1360,8 @@ impl Controller {
             anyhow::bail!("{what} changed: restart lb run to apply it");
         }
         let overrides = self.kept_overrides(&config);
-        let states = folded_weights(&self.states, &self.dynamic, &overrides);
+        let dynamic = kept_dynamic(&self.config, &config, &self.dynamic);
+        let states = folded_weights(&self.states, &dynamic, &overrides, &config);
         let (tunnel_sources, others) = resolve_tunnel_sources(self.hops.as_mut(), &config);
         self.dataplane
             .set_guard_settings(&guard_settings(&config))?;
@@ -1390,6 +1395,7 @@ impl Controller {
             tracing::warn!(path = %warning.path, line = ?warning.line, "{}", warning.message);
         }
         self.overrides = overrides;
+        self.dynamic = dynamic;
         self.states = states;
         let previous_announce = std::mem::replace(&mut self.config, config).announce;
         self.refresh_hops();
@@ -1446,31 +1452,6 @@ fn restart_needed(current: &Config, next: &Config) -> Option<&'static str> {
     } else {
         None
     }
-}
-
-/// `states` with their weights set from the dynamic weights and, over
-/// them, the operator's overrides.
-fn folded_weights(
-    states: &BTreeMap<BackendKey, BackendState>,
-    dynamic: &BTreeMap<BackendKey, u32>,
-    overrides: &BTreeMap<BackendKey, BackendOverride>,
-) -> BTreeMap<BackendKey, BackendState> {
-    let mut states = states.clone();
-    for state in states.values_mut() {
-        state.weight = None;
-    }
-    for (key, weight) in dynamic {
-        states.entry(key.clone()).or_default().weight = Some(*weight);
-    }
-    for (key, change) in overrides {
-        let state = states.entry(key.clone()).or_default();
-        if change.drained {
-            state.weight = Some(0);
-        } else if let Some(weight) = change.weight {
-            state.weight = Some(weight);
-        }
-    }
-    states
 }
 
 #[cfg(test)]

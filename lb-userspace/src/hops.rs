@@ -70,13 +70,15 @@ impl Resolver {
         })
     }
 
-    /// Looks up the next hop of every backend, and the routing table when
-    /// `nat` (only the NAT reply path reads `ROUTES`): netlink I/O only,
-    /// nothing written, so it runs without the controller.
-    pub fn lookup(&mut self, backends: &[(u32, IpAddr)], nat: bool) -> Lookup {
+    /// Looks up the next hop of every backend of `targets`, the routing
+    /// table when a NAT service needs it (only the NAT reply path reads
+    /// `ROUTES`), and this host's source address towards each of its
+    /// tunnel backends: netlink I/O only, nothing written, so it runs
+    /// without the controller.
+    pub fn lookup(&mut self, targets: &Targets) -> Lookup {
         let mut by_address: BTreeMap<IpAddr, HopValue> = BTreeMap::new();
         let mut hops = BTreeMap::new();
-        for &(id, address) in backends {
+        for &(id, address) in &targets.backends {
             let hop = *by_address
                 .entry(address)
                 .or_insert_with(|| match self.resolve(address) {
@@ -88,7 +90,7 @@ impl Resolver {
                 });
             hops.insert(id, hop);
         }
-        let routes = if nat {
+        let routes = if targets.nat {
             match self.routes() {
                 Ok(Some(routes)) => {
                     self.routes_too_many = false;
@@ -112,11 +114,23 @@ impl Resolver {
         } else {
             Some(BTreeMap::new())
         };
+        let sources = targets
+            .tunnels
+            .iter()
+            .map(|&tunnel| {
+                let source = self.source_towards(tunnel).unwrap_or_else(|error| {
+                    tracing::debug!(backend = %tunnel, %error, "no route to a tunnel backend");
+                    None
+                });
+                (tunnel, source)
+            })
+            .collect();
         Lookup {
-            backends: backends.to_vec(),
+            targets: targets.clone(),
             hops,
             routes,
             managed: self.managed.clone(),
+            sources,
         }
     }
 
@@ -230,22 +244,48 @@ impl Resolver {
     }
 }
 
-/// What a [`Resolver::lookup`] found, to be written by [`HopCache::write`].
+/// What a [`Resolver::lookup`] looks up.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Targets {
+    /// (backend id, address) of every planned backend: their next hops.
+    pub backends: Vec<(u32, IpAddr)>,
+    /// Whether a NAT service needs the routing table mirrored.
+    pub nat: bool,
+    /// Tunnel backends whose outer source is this host's address towards
+    /// them (no `dataplane.tunnel_source_*` for their family): the source
+    /// towards each.
+    pub tunnels: Vec<IpAddr>,
+}
+
+/// What a [`Resolver::lookup`] found, to be written by [`HopCache::write`]
+/// (and, for the tunnel sources, by the controller).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lookup {
-    /// The (backend id, address) pairs looked up.
-    pub backends: Vec<(u32, IpAddr)>,
+    /// What was looked up.
+    pub targets: Targets,
     /// `HOPS` entries by backend id.
     hops: BTreeMap<u32, HopValue>,
     /// `ROUTES` content; `None`: keep the last copy (the dump failed).
     routes: Option<Routes>,
     /// Neighbour entries the resolver asked the kernel to manage.
     managed: BTreeSet<(IpAddr, u32)>,
+    /// This host's source address towards each of `targets.tunnels`;
+    /// `None`: no unicast route (or the lookup failed).
+    sources: BTreeMap<IpAddr, Option<IpAddr>>,
 }
 
-/// The (backend id, address) pairs of `planned`, and whether a NAT
-/// service exists: what a lookup needs.
-pub fn targets(planned: &[PlannedService]) -> (Vec<(u32, IpAddr)>, bool) {
+impl Lookup {
+    /// This host's source address towards the tunnel backend `tunnel`, as
+    /// looked up; `None` without a route, or if `tunnel` was not a target.
+    pub fn source_towards(&self, tunnel: IpAddr) -> Option<IpAddr> {
+        self.sources.get(&tunnel).copied().flatten()
+    }
+}
+
+/// The backends of `planned` and whether a NAT service exists: what a
+/// lookup of next hops needs (no tunnel sources; the controller adds
+/// those from its configuration).
+pub fn targets(planned: &[PlannedService]) -> Targets {
     let backends = planned
         .iter()
         .flat_map(|service| &service.backends)
@@ -254,7 +294,11 @@ pub fn targets(planned: &[PlannedService]) -> (Vec<(u32, IpAddr)>, bool) {
     let nat = planned
         .iter()
         .any(|service| service.value.forwarding == lb_common::maps::FWD_NAT);
-    (backends, nat)
+    Targets {
+        backends,
+        nat,
+        tunnels: Vec::new(),
+    }
 }
 
 /// A [`Resolver`] and the `HOPS` entries it last wrote.
@@ -281,9 +325,14 @@ impl HopCache {
     /// gone); returns how many were written. A backend whose hop cannot be
     /// resolved gets an empty entry: its packets ask the FIB.
     pub fn refresh(&mut self, planned: &[PlannedService], dataplane: &mut Dataplane) -> usize {
-        let (backends, nat) = targets(planned);
-        let lookup = self.resolver.lookup(&backends, nat);
+        let lookup = self.lookup(&targets(planned));
         self.write(lookup, dataplane)
+    }
+
+    /// See [`Resolver::lookup`]: on the caller's thread, with this cache's
+    /// resolver (at start and reload; the follower has its own).
+    pub fn lookup(&mut self, targets: &Targets) -> Lookup {
+        self.resolver.lookup(targets)
     }
 
     /// Writes what `lookup` found and this cache has not written yet (and

@@ -241,7 +241,7 @@ impl Scrape {
         gauges(
             e,
             "lb_backend_effective_weight",
-            "Weight in the live table.",
+            "Weight in the live table (hundredths of the configured unit for least-conn and resource).",
             &weight,
         )?;
         gauges(

@@ -42,7 +42,8 @@ pub struct BackendKey {
 pub struct BackendState {
     /// Health: a down backend carries no traffic and its flows move.
     pub up: bool,
-    /// Weight override (drain = 0, `lb weight`, dynamic schedulers).
+    /// Weight override (drain = 0, `lb weight`, dynamic schedulers), in
+    /// table units ([`crate::dynamic::table_weight`]).
     pub weight: Option<u32>,
 }
 
@@ -107,6 +108,9 @@ pub struct PlannedBackend {
     /// Configured weight.
     pub weight: u32,
     /// Weight in the live table (0: drained, down, or in a standby tier).
+    /// In table units: the configured units for the static schedulers,
+    /// hundredths of them for `least-conn` and `resource`
+    /// ([`crate::dynamic::SCALE`]).
     pub effective_weight: u32,
     /// Tier.
     pub tier: u8,
@@ -616,8 +620,12 @@ impl Planner {
                 PlannedBackend {
                     id: self.backend_ids[&key],
                     weight: backend.weight,
+                    // In table units: hundredths for the dynamic schedulers,
+                    // as the controller's dynamic and override weights are.
                     effective_weight: if state.up {
-                        state.weight.unwrap_or(backend.weight)
+                        state.weight.unwrap_or_else(|| {
+                            crate::dynamic::table_weight(service.scheduler, backend.weight)
+                        })
                     } else {
                         0
                     },
@@ -910,6 +918,32 @@ mod tests {
                 _ => None,
             })
             .unwrap()
+    }
+
+    #[test]
+    fn a_dynamic_service_counts_hundredths_and_keeps_the_static_table() {
+        let mut tables = Vec::new();
+        for scheduler in ["maglev", "resource", "least-conn"] {
+            let mut planner = planner();
+            let writes = planner
+                .plan(&config(false, scheduler), &BTreeMap::new())
+                .unwrap();
+            let weights: Vec<u32> = planner.planned()[0]
+                .backends
+                .iter()
+                .map(|b| b.effective_weight)
+                .collect();
+            let expected: [u32; 3] = if scheduler == "maglev" {
+                [100, 200, 0]
+            } else {
+                [10_000, 20_000, 0]
+            };
+            assert_eq!(weights, expected, "{scheduler}");
+            tables.push(planner.live_table(&writes_key(&writes)).unwrap().to_vec());
+        }
+        // Scaling every weight alike moves no slot.
+        assert_eq!(tables[0], tables[1]);
+        assert_eq!(tables[0], tables[2]);
     }
 
     #[test]

@@ -369,3 +369,77 @@ fn tunnels_without_a_source_prefix_use_the_balancers_address() {
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(log.contains("tunnel outer source"), "{log}");
 }
+
+/// The default tunnel source follows the routes: once the way to the
+/// backends leaves from another of the balancer's addresses, the tunnels
+/// leave from it too, without a reload. The hop follower looks the source
+/// up with the next hops, on its own thread; the owner only writes it.
+#[test]
+fn a_changed_egress_address_moves_the_default_tunnel_source() {
+    let socket = format!("/run/lb/e2e-tmove-{}.sock", std::process::id());
+    let config = format!(
+        "instance: tmove{pid}\ninterfaces: [{{ name: eth0 }}, {{ name: eth1 }}]\nservices:\n\
+         \x20 - {{ name: t4, vip: 203.0.113.12, port: 80, protocol: tcp, forwarding: tunnel, \
+         backends: [{{ address: 192.0.2.11 }}, {{ address: 192.0.2.12 }}] }}\n\
+         control: {{ socket: {socket} }}\n",
+        pid = std::process::id()
+    );
+    let mut bed = Bed::new(&[11, 12]);
+    bed.keep_tunnels_on_the_switch();
+    bed.start_lb(&config);
+    let vip: SocketAddr = "203.0.113.12:80".parse().unwrap();
+    // The outer sources of the tunnels of 5 connections; every one served.
+    let sources_now = |bed: &Bed| {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let capture = capture_tunnel_sources(&bed.switch, "plb", std::sync::Arc::clone(&stop));
+        let answers: Vec<Option<String>> = bed
+            .client
+            .run(move || (0..5).map(|_| tcp_request(vip, None)).collect());
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let sources = capture.join().unwrap();
+        assert!(answers.iter().all(Option::is_some), "{answers:?}");
+        sources
+    };
+    let at = |addresses: &[&str]| -> std::collections::BTreeSet<IpAddr> {
+        addresses.iter().map(|a| a.parse().unwrap()).collect()
+    };
+    assert_eq!(sources_now(&bed), at(&["192.0.2.1"]));
+
+    // The backends are now reached from 192.0.2.5 (192.0.2.1 stays, as
+    // their gateway).
+    for args in [
+        ["addr", "add", "192.0.2.5/32", "dev", "eth1"].as_slice(),
+        &[
+            "route",
+            "add",
+            "192.0.2.0/25",
+            "dev",
+            "eth1",
+            "src",
+            "192.0.2.5",
+        ],
+    ] {
+        let output = bed.lb.ip(args);
+        assert!(output.status.success(), "ip {args:?}: {output:?}");
+    }
+    let started = std::time::Instant::now();
+    let mut seen = sources_now(&bed);
+    // 20 rounds at most; the follower looks again on the route change,
+    // or within 2 s regardless.
+    for _ in 0..20 {
+        if seen == at(&["192.0.2.5"]) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        seen = sources_now(&bed);
+    }
+    assert_eq!(seen, at(&["192.0.2.5"]), "the tunnel source did not follow");
+    println!("tunnel source moved within {:?}", started.elapsed());
+    let output = bed.stop_lb();
+    assert!(output.status.success(), "{output:?}");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        log.contains("source=192.0.2.5") && log.contains("tunnel outer source"),
+        "{log}"
+    );
+}

@@ -995,8 +995,9 @@ fn spawn_ticker(controller: ControllerHandle) {
 /// Keeps the cached next hops current: re-resolves them whenever the kernel
 /// reports a neighbour, route, address or link change, and every two
 /// seconds regardless (a hop still being resolved, a missed notification).
-/// The netlink lookups run on this thread's own resolver; only reading the
-/// backends and writing the answers are the owner's jobs.
+/// The netlink lookups (next hops, routes, and the tunnels' default outer
+/// sources) run on this thread's own resolver; only reading the targets
+/// and writing the answers are the owner's jobs.
 fn spawn_hop_follower(controller: ControllerHandle) {
     std::thread::spawn(move || {
         let mut monitor = match crate::netlink::Monitor::open() {
@@ -1031,10 +1032,10 @@ fn spawn_hop_follower(controller: ControllerHandle) {
                     continue;
                 }
             };
-            let Some((backends, nat)) = targets else {
+            let Some(targets) = targets else {
                 continue;
             };
-            let lookup = resolver.lookup(&backends, nat);
+            let lookup = resolver.lookup(&targets);
             if controller
                 .send(move |c| {
                     c.write_hops(lookup);

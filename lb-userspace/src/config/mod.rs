@@ -441,6 +441,13 @@ pub enum Scheduler {
     Resource,
 }
 
+impl Scheduler {
+    /// Whether the controller moves the weights (`least-conn`, `resource`).
+    pub const fn is_dynamic(self) -> bool {
+        matches!(self, Scheduler::LeastConn | Scheduler::Resource)
+    }
+}
+
 /// How packets reach the backend.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]

@@ -645,6 +645,17 @@ fn check_backend<'a>(
             ),
         );
     }
+    if service.scheduler.is_dynamic() && backend.weight > crate::dynamic::MAX_WEIGHT {
+        // The dynamic table counts in hundredths and goes up to ten times.
+        problems.push(
+            format!("{at}.weight"),
+            format!(
+                "{} is over {}, the most a least-conn or resource service can scale",
+                backend.weight,
+                crate::dynamic::MAX_WEIGHT
+            ),
+        );
+    }
     if service.forwarding == Forwarding::Nat {
         check_nat_endpoint(at, service, backend.address, port, nat_endpoints, problems);
     }
@@ -903,6 +914,25 @@ mod tests {
             let problems = service_problems(&format!("{web}{other}"));
             assert!(problems.is_empty(), "{other}: {problems:?}");
         }
+    }
+
+    #[test]
+    fn dynamic_weights_are_bounded_so_their_table_units_fit() {
+        let service = |scheduler: &str, weight: u32| {
+            format!(
+                "  - {{ name: web, vip: 203.0.113.10, port: 80, protocol: tcp, \
+                 scheduler: {scheduler}, backends: [{{ address: 192.0.2.11, weight: {weight} }}] }}\n"
+            )
+        };
+        let max = crate::dynamic::MAX_WEIGHT;
+        for scheduler in ["least-conn", "resource"] {
+            assert!(service_problems(&service(scheduler, max)).is_empty());
+            let problems = service_problems(&service(scheduler, max + 1));
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert_eq!(problems[0].path, "services[0].backends[0].weight");
+        }
+        // Static tables take the weight as it is.
+        assert!(service_problems(&service("maglev", u32::MAX)).is_empty());
     }
 
     #[test]

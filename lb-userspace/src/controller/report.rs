@@ -62,7 +62,9 @@ pub struct BackendStatus {
     pub tier: u8,
     /// Configured weight.
     pub weight: u32,
-    /// Weight in the live table.
+    /// Weight in the live table: in the configured units for the static
+    /// schedulers, in hundredths of them for `least-conn` and `resource`
+    /// (`weight: 1` at full weight shows 100).
     pub effective_weight: u32,
     /// `up`, `down` or `unknown`.
     pub health: String,

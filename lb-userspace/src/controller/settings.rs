@@ -107,27 +107,33 @@ pub(super) fn needs_default_source(config: &Config, v6: bool) -> bool {
             .any(|s| s.forwarding == Forwarding::Tunnel && s.vip.is_ipv6() == v6)
 }
 
+/// The tunnel backends whose outer source is this host's address towards
+/// them: those of a family with no configured prefix, once each, in
+/// configuration order. What the hop follower looks the sources up for,
+/// and all that [`default_tunnel_sources`] asks.
+pub(super) fn tunnel_targets(config: &Config) -> Vec<IpAddr> {
+    let mut seen = std::collections::BTreeSet::new();
+    config
+        .services
+        .iter()
+        .filter(|s| s.forwarding == Forwarding::Tunnel)
+        .flat_map(|s| s.backends.iter().map(|b| b.address))
+        .filter(|backend| needs_default_source(config, backend.is_ipv6()) && seen.insert(*backend))
+        .collect()
+}
+
 /// Picks the default tunnel sources for `config` (pure: `source_towards`
-/// answers `ip route get`'s `src` for a backend). Per family that needs
-/// one, the source towards the first tunnel backend, in configuration
-/// order, that has a route; also returns every other (backend, source)
-/// that differs from the one picked, for a warning.
+/// answers `ip route get`'s `src` for a backend of [`tunnel_targets`]).
+/// Per family that needs one, the source towards the first tunnel backend,
+/// in configuration order, that has a route; also returns every other
+/// (backend, source) that differs from the one picked, for a warning.
 pub fn default_tunnel_sources(
     config: &Config,
     mut source_towards: impl FnMut(IpAddr) -> Option<IpAddr>,
 ) -> (TunnelSources, Vec<(IpAddr, IpAddr)>) {
     let mut sources = TunnelSources::default();
     let mut others = Vec::new();
-    let mut seen = std::collections::BTreeSet::new();
-    let backends = config
-        .services
-        .iter()
-        .filter(|s| s.forwarding == Forwarding::Tunnel)
-        .flat_map(|s| s.backends.iter().map(|b| b.address));
-    for backend in backends {
-        if !needs_default_source(config, backend.is_ipv6()) || !seen.insert(backend) {
-            continue;
-        }
+    for backend in tunnel_targets(config) {
         match (backend, source_towards(backend)) {
             (IpAddr::V4(_), Some(IpAddr::V4(source))) => match sources.v4 {
                 None => sources.v4 = Some(source),
@@ -145,8 +151,10 @@ pub fn default_tunnel_sources(
     (sources, others)
 }
 
-/// [`default_tunnel_sources`] asked of the kernel's routes; none without
-/// netlink.
+/// [`default_tunnel_sources`] asked of the kernel's routes on the calling
+/// thread (at start, and for a reload's new configuration); none without
+/// netlink. The hop follower asks them off the owner's thread instead
+/// ([`crate::hops::Resolver::lookup`]).
 pub(super) fn resolve_tunnel_sources(
     hops: Option<&mut HopCache>,
     config: &Config,

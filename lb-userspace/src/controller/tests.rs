@@ -95,7 +95,7 @@ fn overrides_fold_over_dynamic_weights() {
             weight: None,
         },
     )]);
-    let folded = folded_weights(&states, &dynamic, &overrides);
+    let folded = folded_weights(&states, &dynamic, &overrides, &config(""));
     assert_eq!(folded[&key("192.0.2.11")].weight, Some(40));
     assert!(!folded[&key("192.0.2.11")].up, "health is kept");
     assert_eq!(folded[&key("192.0.2.12")].weight, Some(0));
@@ -103,6 +103,52 @@ fn overrides_fold_over_dynamic_weights() {
         states[&key("192.0.2.11")].weight,
         Some(9),
         "input untouched"
+    );
+}
+
+/// A `scheduler` service whose first backend has `weight`, its second 1.
+fn two_backends(scheduler: &str, weight: u32) -> Config {
+    Config::parse(&format!(
+        "instance: t\ninterfaces: [{{ name: eth0 }}]\nservices:\n\
+         \x20 - {{ name: web, vip: 203.0.113.10, port: 80, protocol: tcp, scheduler: {scheduler}, \
+         backends: [{{ address: 192.0.2.11, weight: {weight} }}, {{ address: 192.0.2.12, weight: 1 }}] }}\n"
+    ))
+    .unwrap()
+}
+
+#[test]
+fn a_dynamic_service_counts_overrides_in_hundredths_and_a_reload_drops_stale_weights() {
+    let key = |a: &str| BackendKey {
+        service: "web".into(),
+        address: a.parse().unwrap(),
+        port: 80,
+    };
+    let overrides = BTreeMap::from([(
+        key("192.0.2.11"),
+        BackendOverride {
+            drained: false,
+            weight: Some(2),
+        },
+    )]);
+    let dynamic = BTreeMap::from([(key("192.0.2.12"), 55)]);
+    // `lb weight ... 2` beside a dynamic weight of 0.55 (55 hundredths).
+    let resource = two_backends("resource", 1);
+    let folded = folded_weights(&BTreeMap::new(), &dynamic, &overrides, &resource);
+    assert_eq!(folded[&key("192.0.2.11")].weight, Some(200));
+    assert_eq!(folded[&key("192.0.2.12")].weight, Some(55));
+    // A static service takes the override as it is.
+    let maglev = two_backends("maglev", 1);
+    let folded = folded_weights(&BTreeMap::new(), &BTreeMap::new(), &overrides, &maglev);
+    assert_eq!(folded[&key("192.0.2.11")].weight, Some(2));
+
+    let dynamic = BTreeMap::from([(key("192.0.2.11"), 40), (key("192.0.2.12"), 55)]);
+    assert_eq!(kept_dynamic(&resource, &resource, &dynamic), dynamic);
+    // Another scheduler, or another configured weight: learnt anew.
+    assert!(kept_dynamic(&resource, &maglev, &dynamic).is_empty());
+    let reweighted = two_backends("resource", 3);
+    assert_eq!(
+        kept_dynamic(&resource, &reweighted, &dynamic),
+        BTreeMap::from([(key("192.0.2.12"), 55)])
     );
 }
 
@@ -153,6 +199,8 @@ services:
             )]
         );
         assert!(!asked.contains(&"192.0.2.9".parse().unwrap()), "{asked:?}");
+        // All it asks is what the hop follower looked up.
+        assert_eq!(asked, tunnel_targets(&config));
 
         let settings = settings_with(&config, sources);
         assert_eq!(settings.tunnel_v4_source, [192, 0, 2, 1]);
@@ -161,6 +209,36 @@ services:
             settings.tunnel_v6_source,
             "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets()
         );
+    }
+
+    /// The follower looks up the source towards each tunnel backend of a
+    /// family without a configured prefix, once, in configuration order
+    /// (the first with a route is the default).
+    #[test]
+    fn the_hop_follower_looks_up_the_tunnel_backends_without_a_prefix() {
+        let addresses =
+            |list: &[&str]| -> Vec<IpAddr> { list.iter().map(|a| a.parse().unwrap()).collect() };
+        let config = Config::parse(TUNNELS).unwrap();
+        assert_eq!(
+            tunnel_targets(&config),
+            addresses(&["192.0.2.11", "198.51.100.11", "192.0.2.12", "2001:db8::11"])
+        );
+        let again = TUNNELS.replace(
+            "backends: [{ address: '2001:db8::11' }]",
+            "backends: [{ address: '2001:db8::11' }] }\n  - { name: t6b, vip: '2001:db8:ff::13', \
+             port: 80, protocol: tcp, forwarding: tunnel, backends: [{ address: '2001:db8::11' }]",
+        );
+        assert_eq!(
+            tunnel_targets(&Config::parse(&again).unwrap()),
+            tunnel_targets(&config),
+            "a backend of two tunnel services once"
+        );
+        let prefixed = format!("{TUNNELS}dataplane: {{ tunnel_source_v4: 192.0.2.240/28 }}\n");
+        assert_eq!(
+            tunnel_targets(&Config::parse(&prefixed).unwrap()),
+            addresses(&["2001:db8::11"])
+        );
+        assert!(tunnel_targets(&super::config("")).is_empty(), "no tunnels");
     }
 
     #[test]

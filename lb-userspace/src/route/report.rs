@@ -108,7 +108,7 @@ pub struct RouteBackend {
     pub tier: Option<u8>,
     /// Configured weight.
     pub weight: Option<u32>,
-    /// Weight in the live table.
+    /// Weight in the live table, in the units of `lb status`.
     pub effective_weight: Option<u32>,
 }
 
