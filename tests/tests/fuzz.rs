@@ -341,14 +341,17 @@ fn fuzz_agent_answer() {
                 measure: load,
             },
             dynamic::Sample {
-                configured: u32::MAX,
+                configured: dynamic::MAX_WEIGHT,
                 current: 1,
                 measure: load,
             },
         ];
         if let Some(weights) = dynamic::resource(&samples) {
             for (weight, sample) in weights.iter().zip(&samples) {
-                if *weight == 0 || u64::from(*weight) > u64::from(sample.configured) * 10 {
+                // Table units: `SCALE` per configured unit, at most ten
+                // times the configured weight.
+                let most = u64::from(sample.configured) * u64::from(dynamic::SCALE) * 10;
+                if *weight == 0 || u64::from(*weight) > most {
                     return Err(format!("weight {weight} for load {load}"));
                 }
             }
