@@ -280,10 +280,10 @@ fn send(ns: &Netns, datagrams: Vec<Vec<u8>>) {
     });
 }
 
-/// From the peer's address: a datagram under another key (bad_tag), one
+/// From the peer's address: a datagram under another key (`bad_tag`), one
 /// under the pair's key (ten flows to b12, installed), the same again
-/// (replay), and garbage (bad_tag: the tag is checked first); from the
-/// client, which is no peer, a valid one (unknown_peer). Ten flows
+/// (replay), and garbage (`bad_tag`: the tag is checked first); from the
+/// client, which is no peer, a valid one (`unknown_peer`). Ten flows
 /// installed in all, and they are real: connections on those ten tuples
 /// all go to b12, where round robin alone would spread them.
 #[test]
