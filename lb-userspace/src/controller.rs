@@ -20,6 +20,7 @@ mod announcing;
 mod report;
 mod routing;
 mod settings;
+mod syncing;
 mod weights;
 
 use settings::{log_tunnel_sources, resolve_tunnel_sources, tunnel_targets};
@@ -93,6 +94,8 @@ pub struct Controller {
     announce: announcing::Announcing,
     /// A client is tracing (`lb trace`): `SETTINGS_TRACE` is set.
     trace: bool,
+    /// Connection sync (`sync:`), once started: `SETTINGS_SYNC` is set.
+    sync: Option<syncing::Syncing>,
 }
 
 impl Controller {
@@ -228,6 +231,7 @@ impl Controller {
             guard,
             announce: announcing::Announcing::default(),
             trace: false,
+            sync: None,
         };
         controller.refresh_hops();
         Ok(controller)
@@ -240,6 +244,7 @@ impl Controller {
     /// further use (its maps are closed when it is dropped).
     pub fn abandon(&mut self) -> String {
         self.stop_ha();
+        self.stop_sync();
         if let Some(checker) = self.checker.take() {
             checker.stop();
         }
@@ -625,6 +630,7 @@ impl Controller {
             &self.states,
         )?;
         tracing::debug!(writes, "re-planned");
+        self.publish_directory();
         Ok(())
     }
 
@@ -897,6 +903,7 @@ impl Controller {
             ),
             guard: self.guard_report(),
             announce: self.announce_status(),
+            sync: self.sync_status(),
         }
     }
 
@@ -916,6 +923,9 @@ impl Controller {
         }
         if self.trace {
             settings.flags |= lb_common::maps::SETTINGS_TRACE;
+        }
+        if self.syncing() {
+            settings.flags |= lb_common::maps::SETTINGS_SYNC;
         }
         settings
     }
@@ -1398,6 +1408,7 @@ impl Controller {
         self.dynamic = dynamic;
         self.states = states;
         let previous_announce = std::mem::replace(&mut self.config, config).announce;
+        self.publish_directory();
         self.refresh_hops();
         self.restart_checker();
         self.update_agents();
@@ -1445,6 +1456,8 @@ fn restart_needed(current: &Config, next: &Config) -> Option<&'static str> {
         Some("interfaces")
     } else if next.ha != current.ha {
         Some("the ha section")
+    } else if next.sync != current.sync {
+        Some("the sync section")
     } else if next.control.socket != current.control.socket {
         Some("control.socket")
     } else if next.control.metrics != current.control.metrics {

@@ -1153,6 +1153,17 @@ impl Dataplane {
         ))
     }
 
+    /// Descriptors of `CONNS_V4` and `CONNS` of their own, for the sync
+    /// thread that installs the peers' flows.
+    pub fn conn_descriptors(
+        &self,
+    ) -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), DataplaneError> {
+        Ok((
+            self.lru_descriptor(map_names::CONNS_V4)?,
+            self.lru_descriptor(map_names::CONNS)?,
+        ))
+    }
+
     /// The keys of one connection map (`CONNS_V4` with [`lb_common::FlowKeyV4`],
     /// `CONNS` with [`lb_common::FlowKey`]), read key by key: for
     /// inspecting a small table.

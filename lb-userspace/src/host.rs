@@ -61,5 +61,23 @@ pub fn problems(config: &Config) -> Vec<ConfigProblem> {
             }
         }
     }
+    if let Some(sync) = &config.sync {
+        if let Some(interface) = sync.interface_for(config.ha.as_ref())
+            && crate::netlink::ifindex(&interface).is_err()
+        {
+            let path = if sync.interface.is_some() {
+                "sync.interface"
+            } else {
+                "ha.interface"
+            };
+            push(
+                path.into(),
+                format!("no interface {interface:?} on this host (connection sync runs on it)"),
+            );
+        }
+        if let Err(error) = crate::sync::read_key(&sync.secret_file) {
+            push("sync.secret_file".into(), format!("{error:#}"));
+        }
+    }
     problems
 }

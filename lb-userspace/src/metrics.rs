@@ -167,7 +167,47 @@ impl Scrape {
         )?;
         self.encode_ha_counters(e)?;
         self.encode_guard(e)?;
+        self.encode_sync(e)?;
         self.encode_announce(e)
+    }
+
+    /// Connection sync: entries by direction, refusals by reason, events
+    /// the data path lost (nothing without a `sync:` section).
+    fn encode_sync(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(sync) = &self.status.sync else {
+            return Ok(());
+        };
+        let (sent, received, installed) = sync.totals();
+        counters(
+            e,
+            "lb_sync_entries",
+            "Connection-sync entries: sent to the peers, received from them (authentic and \
+             fresh), and of those installed in the connection table.",
+            &[
+                (labels(&[("direction", "sent")]), sent),
+                (labels(&[("direction", "received")]), received),
+                (labels(&[("direction", "installed")]), installed),
+            ],
+        )?;
+        let refused: Vec<(Labels, u64)> = sync
+            .refused
+            .iter()
+            .map(|(reason, n)| (labels(&[("reason", reason)]), *n))
+            .collect();
+        counters(
+            e,
+            "lb_sync_refused",
+            "What connection sync refused, by reason: datagrams (bad_tag, replay, \
+             unknown_peer, malformed) or entries (unknown_service, unknown_backend, rate, \
+             share, table_full).",
+            &refused,
+        )?;
+        counters(
+            e,
+            "lb_sync_events_lost",
+            "New flows the data path could not report to the sync thread (its ring was full).",
+            &[(Vec::new(), sync.events_lost)],
+        )
     }
 
     /// The first VRRP instance's counters: state changes, packets dropped

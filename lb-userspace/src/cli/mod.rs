@@ -750,6 +750,7 @@ fn prepare_run(path: &Path) -> Result<(Config, crate::lock::InstanceLock), Failu
 /// data plane attached and pinned.
 fn leave_attached(mut c: Controller) {
     c.stop_ha();
+    c.stop_sync();
     c.withdraw_all();
     if let Err(error) = c.set_trace(None) {
         tracing::warn!(error = %format!("{error:#}"), "turning the trace off");
@@ -784,6 +785,11 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
     let metrics_address = config.control.metrics;
     let mut controller = Controller::start(config, path).map_err(Failure::Runtime)?;
     let (alarm, ha_stopped) = ha_alarm();
+    // Sync before VRRP: a backup hears the master's flows from the start.
+    if let Err(error) = controller.start_sync() {
+        let outcome = controller.abandon();
+        return Err(Failure::Runtime(error.context(outcome)));
+    }
     if let Err(error) = controller.start_ha(&alarm) {
         let outcome = controller.abandon();
         return Err(Failure::Runtime(error.context(outcome)));
@@ -868,6 +874,7 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
     let counters = controller
         .stop(|mut c| {
             c.stop_ha();
+            c.stop_sync();
             // Withdrawn first; the data plane keeps forwarding the flows
             // the upstream still sends here until it has moved them.
             if let Some(delay) = c.withdraw_all() {

@@ -26,6 +26,9 @@ pub(super) fn status(socket: &Path, output: Output) -> Result<(), Failure> {
     if let Some(announce) = &report.announce {
         print_announce(announce);
     }
+    if let Some(sync) = &report.sync {
+        print_sync(sync);
+    }
     for service in &report.services {
         let tier = service
             .active_tier
@@ -74,6 +77,39 @@ pub(super) fn status(socket: &Path, output: Output) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// The `sync` part of `lb status`: one line for the exchange, one per
+/// peer, and the refusals that happened.
+fn print_sync(sync: &crate::sync::status::SyncStatus) {
+    let (sent, received, installed) = sync.totals();
+    println!(
+        "\nsync on {} port {}: {sent} sent, {received} received, {installed} installed, \
+         {} events lost, peers' share {} of {}",
+        sync.interface, sync.port, sync.events_lost, sync.peer_entries, sync.peer_capacity
+    );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    for peer in &sync.peers {
+        let heard = peer.last_message_ms.map_or_else(
+            || "never heard".to_string(),
+            |at| format!("heard {} ms ago", now_ms.saturating_sub(at)),
+        );
+        println!(
+            "  peer {:<39} {heard}; {} sent, {} received, {} installed, {} already here",
+            peer.address, peer.sent, peer.received, peer.installed, peer.existing
+        );
+    }
+    let refused: Vec<String> = sync
+        .refused
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(reason, n)| format!("{reason} {n}"))
+        .collect();
+    if !refused.is_empty() {
+        println!("  refused: {}", refused.join(", "));
+    }
 }
 
 /// The `announce` part of `lb status`: per VIP, announced or withdrawn

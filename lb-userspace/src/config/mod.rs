@@ -19,10 +19,12 @@ mod ha;
 mod limits;
 mod problems;
 mod sections;
+mod sync;
 mod validate;
 
 pub use ha::{HaInstance, HaInstanceSpec, Track};
 pub use problems::{ConfigError, ConfigProblem, locate};
+pub use sync::ConnSync;
 
 use std::{
     fmt,
@@ -65,6 +67,9 @@ pub struct Config {
     /// Scale-out: the VIPs this balancer can serve, told to BIRD 2.
     #[serde(default)]
     pub announce: Option<Announce>,
+    /// Connection sync with the other balancers of the pair or group.
+    #[serde(default)]
+    pub sync: Option<ConnSync>,
 }
 
 /// `announce:` (DESIGN.md §4): lb keeps BIRD 2 told which VIPs this balancer
@@ -801,8 +806,12 @@ impl Config {
     /// weights, measured here), so a peer that takes over a flow it never
     /// saw — VRRP, or an ECMP rehash for `announce` — picks again, likely
     /// another backend, which resets the connection. Only where a peer can
-    /// take over: under `ha:`, or announced.
+    /// take over: under `ha:`, or announced; and not with `sync:`, which
+    /// tells the peers every flow's backend.
     fn local_schedulers(&self) -> Vec<ConfigProblem> {
+        if self.sync.is_some() {
+            return Vec::new();
+        }
         let announced = |vip: IpAddr| {
             self.announce
                 .as_ref()
@@ -823,8 +832,9 @@ impl Config {
                 message: format!(
                     "the established flows of service {:?} do not survive a balancer \
                      failover: its scheduler's pick is local to the balancer that saw the \
-                     first packet, and the {} that takes over picks again (lb does not \
-                     share connection tables yet); maglev and ip-hash flows survive",
+                     first packet, and the {} that takes over picks again; configure sync: so \
+                     that the balancers share their connection tables (maglev and ip-hash \
+                     flows survive without it while the backends do not change)",
                     service.name,
                     if self.ha.is_some() {
                         "VRRP peer"

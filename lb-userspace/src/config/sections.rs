@@ -5,8 +5,8 @@
 use super::problems::{Problems, cap, line_of, strip_location};
 use super::validate::check_ha;
 use super::{
-    Announce, ConfigProblem, Control, DataplaneSettings, Guard, Ha, InstanceName, Interface,
-    Service,
+    Announce, ConfigProblem, ConnSync, Control, DataplaneSettings, Guard, Ha, InstanceName,
+    Interface, Service,
 };
 
 /// Type errors of each top-level section and each service, separately; a
@@ -41,6 +41,7 @@ pub(super) fn section_problems(text: &str) -> Vec<ConfigProblem> {
             "dataplane" => check_part::<DataplaneSettings>(section, name, &mut problems),
             "guard" => check_part::<Guard>(section, name, &mut problems),
             "announce" => check_part::<Option<Announce>>(section, name, &mut problems),
+            "sync" => check_part::<Option<ConnSync>>(section, name, &mut problems),
             "services" => match section.as_sequence() {
                 Some(services) => {
                     for (i, service) in services.iter().enumerate() {
@@ -54,7 +55,7 @@ pub(super) fn section_problems(text: &str) -> Vec<ConfigProblem> {
                 line: None,
                 message: format!(
                     "unknown field `{other}`, expected one of `instance`, `interfaces`, \
-                     `services`, `ha`, `control`, `dataplane`, `guard`, `announce`"
+                     `services`, `ha`, `control`, `dataplane`, `guard`, `announce`, `sync`"
                 ),
             }),
         }

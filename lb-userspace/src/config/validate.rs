@@ -97,6 +97,9 @@ impl Config {
         if let Some(announce) = &self.announce {
             self.check_announce(announce, &mut problems);
         }
+        if let Some(sync) = &self.sync {
+            super::sync::check_sync(self, sync, &mut problems);
+        }
         let mut names = BTreeSet::new();
         let mut keys = BTreeSet::new();
         let mut nat_endpoints = BTreeMap::new();

@@ -24,6 +24,10 @@ pub struct StatusReport {
     /// to the DESIGN.md shape; `null` without the section).
     #[serde(default)]
     pub announce: Option<super::announcing::AnnounceStatus>,
+    /// Connection sync: peers and counters (an addition to the DESIGN.md
+    /// shape; `null` without a `sync:` section).
+    #[serde(default)]
+    pub sync: Option<crate::sync::status::SyncStatus>,
 }
 
 /// One service in [`StatusReport`].

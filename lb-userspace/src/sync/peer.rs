@@ -1,0 +1,467 @@
+//! The sync thread: the I/O edge of connection sync. Every few
+//! milliseconds it drains the data path's new-flow events
+//! (`SYNC_EVENTS`), names their backends through the controller's
+//! [`Directory`] and sends them in batches to every peer; between, it
+//! receives the peers' datagrams — from configured peers only, tag and
+//! freshness checked, bounded by a [`Limiter`] — and installs their flows
+//! in its own descriptors of the connection table, never over an entry
+//! that is there (`BPF_NOEXIST`). Everything refused is counted.
+
+use std::{
+    net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket},
+    os::fd::{AsRawFd as _, OwnedFd},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::Context as _;
+use lb_common::{ConnValue, FlowKey, maps::SYNC_OPENED};
+
+use super::{
+    directory::{Directory, Unresolved},
+    limit::{Limited, Limiter},
+    status::{Refusal, SyncStatus},
+    wire::{self, Key, Kind, Message, ReplayWindow, WireError},
+};
+use crate::dataplane::SyncKernel;
+
+/// How often the new-flow events are drained and sent: the sync lag a
+/// peer sees, at most, beyond the network's.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(5);
+
+/// Datagrams read per socket wake-up before the events get their turn.
+const READS_PER_ROUND: usize = 256;
+
+/// What the thread needs to know.
+#[derive(Debug)]
+pub struct Setup {
+    /// The interface the socket is bound to (`SO_BINDTODEVICE`).
+    pub interface: String,
+    /// The UDP port, here and at every peer.
+    pub port: u16,
+    /// The peers; datagrams from anyone else are refused.
+    pub peers: Vec<IpAddr>,
+    /// The pair's key.
+    pub key: Key,
+    /// `sync.peer_rate`.
+    pub peer_rate: u32,
+    /// `sync.peer_share` × the connection table's size.
+    pub peer_capacity: u64,
+    /// The TCP idle timeout, over which the peers' share is counted.
+    pub window_ns: u64,
+}
+
+/// What the thread and the controller share: the directory the controller
+/// publishes after each plan, and the counters the thread keeps.
+#[derive(Debug)]
+pub struct Shared {
+    directory: RwLock<Arc<Directory>>,
+    status: Mutex<SyncStatus>,
+}
+
+impl Shared {
+    /// Shared state starting from `status`, with an empty directory.
+    pub fn new(status: SyncStatus) -> Self {
+        Self {
+            directory: RwLock::new(Arc::new(Directory::default())),
+            status: Mutex::new(status),
+        }
+    }
+
+    /// Replaces the directory (after a plan).
+    pub fn publish(&self, directory: Directory) {
+        let mut current = self
+            .directory
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *current = Arc::new(directory);
+    }
+
+    /// The counters now.
+    pub fn status(&self) -> SyncStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn directory(&self) -> Arc<Directory> {
+        Arc::clone(
+            &self
+                .directory
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    fn with_status<T>(&self, change: impl FnOnce(&mut SyncStatus) -> T) -> T {
+        change(
+            &mut self
+                .status
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
+/// The running thread; [`SyncThread::stop`] ends it.
+#[derive(Debug)]
+pub struct SyncThread {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl SyncThread {
+    /// Asks the thread to end and waits for it (a few milliseconds).
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Binds the socket and starts the thread. `conns` are descriptors of
+/// `CONNS_V4` and `CONNS` of the thread's own.
+///
+/// # Errors
+/// The socket cannot be bound to the port or the interface, or the thread
+/// cannot start.
+pub fn spawn(
+    setup: Setup,
+    kernel: SyncKernel,
+    conns: (OwnedFd, OwnedFd),
+    shared: Arc<Shared>,
+) -> anyhow::Result<SyncThread> {
+    let socket = bind(&setup)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut sender_id = [0u8; 4];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut sender_id)
+        .map_err(|_| anyhow::anyhow!("no randomness for the sync sender id"))?;
+    let mut worker = Worker {
+        limiter: Limiter::new(setup.peer_rate, setup.peer_capacity, setup.window_ns),
+        windows: vec![ReplayWindow::default(); setup.peers.len()],
+        sender: u32::from_ne_bytes(sender_id),
+        sequence: 0,
+        setup,
+        kernel,
+        conns,
+        socket,
+        shared,
+    };
+    let stopping = Arc::clone(&stop);
+    let handle = std::thread::Builder::new()
+        .name("lb-sync".into())
+        .spawn(move || worker.run(&stopping))
+        .context("starting the sync thread")?;
+    Ok(SyncThread {
+        stop,
+        handle: Some(handle),
+    })
+}
+
+/// One socket for both families when a peer is IPv6 (IPv4 peers then
+/// appear IPv4-mapped), bound to the port on every address of the
+/// interface and to the interface itself.
+fn bind(setup: &Setup) -> anyhow::Result<UdpSocket> {
+    let any: IpAddr = if setup.peers.iter().any(IpAddr::is_ipv6) {
+        Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    };
+    let address = SocketAddr::new(any, setup.port);
+    let socket = UdpSocket::bind(address).with_context(|| format!("sync: binding {address}"))?;
+    let name = setup.interface.as_bytes();
+    // SAFETY: `name` outlives the call and its length is given.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            name.as_ptr().cast(),
+            libc::socklen_t::try_from(name.len()).unwrap_or(0),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("sync: binding to interface {}", setup.interface));
+    }
+    socket
+        .set_nonblocking(true)
+        .context("sync: a non-blocking socket")?;
+    Ok(socket)
+}
+
+struct Worker {
+    setup: Setup,
+    kernel: SyncKernel,
+    conns: (OwnedFd, OwnedFd),
+    socket: UdpSocket,
+    shared: Arc<Shared>,
+    limiter: Limiter,
+    /// One per peer, in the order of `setup.peers`.
+    windows: Vec<ReplayWindow>,
+    sender: u32,
+    sequence: u64,
+}
+
+impl Worker {
+    fn run(&mut self, stop: &AtomicBool) {
+        let mut flushed = Instant::now();
+        let mut counted_lost = Instant::now();
+        let mut buf = [0u8; wire::MAX_DATAGRAM + 1];
+        while !stop.load(Ordering::Relaxed) {
+            let wait = FLUSH_EVERY.saturating_sub(flushed.elapsed());
+            if wait > Duration::ZERO && readable(&self.socket, wait) {
+                for _ in 0..READS_PER_ROUND {
+                    match self.socket.recv_from(&mut buf) {
+                        Ok((len, from)) => self.receive(from.ip().to_canonical(), &buf[..len]),
+                        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(error) => {
+                            tracing::debug!(%error, "sync: receiving");
+                            break;
+                        }
+                    }
+                }
+            }
+            if flushed.elapsed() >= FLUSH_EVERY {
+                self.flush();
+                flushed = Instant::now();
+            }
+            if counted_lost.elapsed() >= Duration::from_secs(1) {
+                if let Ok(lost) = self.kernel.lost() {
+                    self.shared.with_status(|status| status.events_lost = lost);
+                }
+                counted_lost = Instant::now();
+            }
+        }
+        // The last events go out before the thread ends.
+        self.flush();
+    }
+
+    /// Sends the flows scheduled since the last flush to every peer.
+    fn flush(&mut self) {
+        let events = self.kernel.drain();
+        if events.is_empty() {
+            return;
+        }
+        let directory = self.shared.directory();
+        let entries: Vec<wire::Entry> = events
+            .iter()
+            .filter(|event| event.kind == SYNC_OPENED)
+            .filter_map(|event| directory.entry_for(&event.flow, event.backend_id))
+            .collect();
+        for batch in entries.chunks(wire::MAX_ENTRIES) {
+            self.sequence += 1;
+            let datagram = wire::emit(
+                &Message {
+                    kind: Kind::Opened,
+                    sender: self.sender,
+                    sequence: self.sequence,
+                    entries: batch.to_vec(),
+                },
+                &self.setup.key,
+            );
+            for (i, peer) in self.setup.peers.iter().enumerate() {
+                let to = SocketAddr::new(self.target(*peer), self.setup.port);
+                let sent = self.socket.send_to(&datagram, to);
+                self.shared.with_status(|status| {
+                    if let Some(peer) = status.peers.get_mut(i) {
+                        match sent {
+                            Ok(_) => peer.sent += batch.len() as u64,
+                            Err(_) => peer.send_errors += 1,
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    /// `peer` as the socket's family addresses it.
+    fn target(&self, peer: IpAddr) -> IpAddr {
+        match (self.socket.local_addr().map(|a| a.is_ipv6()), peer) {
+            (Ok(true), IpAddr::V4(v4)) => IpAddr::V6(v4.to_ipv6_mapped()),
+            _ => peer,
+        }
+    }
+
+    /// One datagram from `from`: checked, then its flows installed.
+    fn receive(&mut self, from: IpAddr, datagram: &[u8]) {
+        let Some(index) = self.setup.peers.iter().position(|peer| *peer == from) else {
+            self.shared
+                .with_status(|status| status.refuse(Refusal::UnknownPeer));
+            return;
+        };
+        let message = match wire::parse(datagram, &self.setup.key) {
+            Ok(message) => message,
+            Err(error) => {
+                let reason = match error {
+                    WireError::BadTag => Refusal::BadTag,
+                    _ => Refusal::Malformed,
+                };
+                self.shared.with_status(|status| status.refuse(reason));
+                return;
+            }
+        };
+        if !self.windows[index].accept(message.sender, message.sequence) {
+            self.shared
+                .with_status(|status| status.refuse(Refusal::Replay));
+            return;
+        }
+        let installs = match message.kind {
+            Kind::Opened | Kind::Bulk | Kind::BulkEnd => true,
+            // A close leaves the entry to expire; a bulk request is not
+            // answered yet (a restarted balancer learns new flows only).
+            Kind::Closed | Kind::BulkRequest => false,
+        };
+        let directory = self.shared.directory();
+        let now = monotonic_coarse_ns();
+        let mut outcomes = Vec::with_capacity(message.entries.len());
+        if installs {
+            for entry in &message.entries {
+                outcomes.push(self.install(&directory, entry, now));
+            }
+        }
+        let peer_entries = self.limiter.in_window();
+        self.shared.with_status(|status| {
+            status.peer_entries = peer_entries;
+            if let Some(peer) = status.peers.get_mut(index) {
+                peer.last_message_ms = Some(unix_ms());
+                peer.received += message.entries.len() as u64;
+            }
+            for outcome in outcomes {
+                match outcome {
+                    Installed::Yes => {
+                        if let Some(peer) = status.peers.get_mut(index) {
+                            peer.installed += 1;
+                        }
+                    }
+                    Installed::Existing => {
+                        if let Some(peer) = status.peers.get_mut(index) {
+                            peer.existing += 1;
+                        }
+                    }
+                    Installed::No(reason) => status.refuse(reason),
+                }
+            }
+        });
+    }
+
+    fn install(&mut self, directory: &Directory, entry: &wire::Entry, now: u64) -> Installed {
+        let (flow, backend_id) = match directory.resolve(entry) {
+            Ok(resolved) => resolved,
+            Err(Unresolved::Service) => return Installed::No(Refusal::UnknownService),
+            Err(Unresolved::Backend) => return Installed::No(Refusal::UnknownBackend),
+        };
+        match self.limiter.admit(now) {
+            Ok(()) => {}
+            Err(Limited::Rate) => return Installed::No(Refusal::Rate),
+            Err(Limited::Share) => return Installed::No(Refusal::Share),
+        }
+        let value = ConnValue {
+            backend_id,
+            flags: 0,
+            last_seen_ns: now,
+        };
+        let written = match flow.narrow() {
+            Some(v4) => insert_new(&self.conns.0, &v4, &value),
+            None => insert_new::<FlowKey>(&self.conns.1, &flow, &value),
+        };
+        match written {
+            Ok(()) => {
+                self.limiter.installed(now);
+                Installed::Yes
+            }
+            Err(error) if error.raw_os_error() == Some(libc::EEXIST) => Installed::Existing,
+            Err(error) => {
+                tracing::debug!(%error, "sync: the connection table refused a peer's flow");
+                Installed::No(Refusal::TableFull)
+            }
+        }
+    }
+}
+
+/// What became of one peer's entry.
+enum Installed {
+    Yes,
+    /// A local entry was there and stays.
+    Existing,
+    No(Refusal),
+}
+
+/// Whether `socket` has something to read within `wait`.
+fn readable(socket: &UdpSocket, wait: Duration) -> bool {
+    let mut fds = [libc::pollfd {
+        fd: socket.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    let ms = libc::c_int::try_from(wait.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `fds` is a valid array of one pollfd.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) };
+    rc > 0 && fds[0].revents & libc::POLLIN != 0
+}
+
+/// `BPF_MAP_UPDATE_ELEM` (`include/uapi/linux/bpf.h`, `enum bpf_cmd`).
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+/// `BPF_NOEXIST`: create only; an existing key fails with `EEXIST`.
+const BPF_NOEXIST: u64 = 1;
+
+/// The element members of `union bpf_attr`.
+#[repr(C)]
+struct UpdateAttr {
+    map_fd: u32,
+    pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// Writes `key` → `value` unless the key is there (`EEXIST` then): the
+/// one syscall, so the errno tells an existing entry from a failure.
+fn insert_new<K: aya::Pod>(fd: &OwnedFd, key: &K, value: &ConnValue) -> std::io::Result<()> {
+    let mut attr = UpdateAttr {
+        map_fd: u32::try_from(fd.as_raw_fd()).unwrap_or(u32::MAX),
+        pad: 0,
+        key: std::ptr::from_ref(key) as u64,
+        value: std::ptr::from_ref(value) as u64,
+        flags: BPF_NOEXIST,
+    };
+    // SAFETY: `attr` is a valid element `bpf_attr` of the size passed; key
+    // and value point to the map's key and value layouts (`K` is the key
+    // type of the map behind `fd`, `ConnValue` its value) and outlive the
+    // call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_ELEM,
+            std::ptr::addr_of_mut!(attr),
+            std::mem::size_of::<UpdateAttr>(),
+        )
+    };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// `CLOCK_MONOTONIC_COARSE` in nanoseconds: what the data path's
+/// `bpf_ktime_get_coarse_ns` reads for `last_seen_ns`.
+pub fn monotonic_coarse_ns() -> u64 {
+    // SAFETY: clock_gettime fills the timespec it is given.
+    let mut now: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: `now` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &raw mut now) };
+    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

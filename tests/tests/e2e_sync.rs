@@ -1,0 +1,345 @@
+//! Connection sync between the two balancers of an HA pair (issue 21):
+//! a round-robin service's pick is local to the balancer that saw the
+//! SYN, so without sync the backup that takes over from a killed master
+//! picks again and the other backend resets the connection; with `sync:`
+//! the backup already holds every flow the master opened, and all of them
+//! finish on the backend they started on. Forged, replayed and strangers'
+//! sync datagrams are refused, counted, and install nothing.
+//!
+//! The bed: a client, two balancers (unicast VRRP, floating gateways for
+//! the client and the backends) and two DSR backends on one switch.
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use lb::sync::wire::{self, Entry, Key, Kind, Message};
+use lb_tests::{
+    TempFile,
+    bed::{Backend, DecapGuard, HeldConnection, backend},
+    lbrun::LbRun,
+    netns::{Netns, bridge, enslave, veth, wait_until},
+};
+
+/// The round-robin DSR service.
+const VIP: &str = "203.0.113.11:80";
+/// Held connections across the takeover.
+const HELD: usize = 50;
+/// The pair's key.
+const SECRET: &str = "e2e-sync-shared-key\n";
+
+/// Field order is drop order: decap pins go while their veths exist.
+struct SyncBed {
+    _decaps: Vec<DecapGuard>,
+    balancers: Vec<LbRun>,
+    _backends: Vec<Backend>,
+    client: Netns,
+    _switch: Netns,
+    _secret: TempFile,
+}
+
+impl SyncBed {
+    /// Balancer 0 (192.0.2.1, priority 150) and 1 (192.0.2.2, 100), unicast
+    /// VRRP; `sync` adds `sync: { secret_file }` to both.
+    fn new(tag: &str, sync: bool) -> Self {
+        let switch = Netns::new(&format!("{tag}sw"));
+        bridge(&switch, "br0");
+        let client = Netns::new(&format!("{tag}cl"));
+        veth(&client, "eth0", &switch, "pc");
+        enslave(&switch, "pc", "br0");
+        client.addr("eth0", "198.51.100.2/24");
+        client.route("203.0.113.0/24", "198.51.100.1");
+        let secret = TempFile::new("sync.key", SECRET);
+        let mut balancers = Vec::new();
+        let mut decaps = Vec::new();
+        for (i, priority) in [(1u8, 150u8), (2, 100)] {
+            let ns = Netns::new(&format!("{tag}lb{i}"));
+            let port = format!("pl{i}");
+            veth(&ns, "eth0", &switch, &port);
+            enslave(&switch, &port, "br0");
+            ns.addr("eth0", &format!("192.0.2.{i}/24"));
+            ns.sysctl("net.ipv4.conf.all.rp_filter=0");
+            decaps.push(DecapGuard::attach(switch.name(), &port));
+            let pid = std::process::id();
+            let socket = format!("/run/lb/sy-{tag}{i}-{pid}.sock");
+            let instance = format!("sy{tag}{i}x{pid}");
+            let section = if sync {
+                format!("sync: {{ secret_file: {} }}\n", secret.path().display())
+            } else {
+                String::new()
+            };
+            let config = TempFile::new(
+                &format!("sync{i}.yaml"),
+                &format!(
+                    "instance: {instance}\ninterfaces: [{{ name: eth0 }}]\nservices:\n\
+                     \x20 - {{ name: rr, vip: 203.0.113.11, port: 80, protocol: tcp, \
+                     scheduler: round-robin, forwarding: dsr, \
+                     backends: [{{ address: 192.0.2.11 }}, {{ address: 192.0.2.12 }}] }}\n\
+                     ha: {{ interface: eth0, virtual_router_id: 53, priority: {priority}, \
+                     advert_interval: 100ms, preempt: true, unicast_peers: [192.0.2.{}], \
+                     floating_ips: [198.51.100.1/24, 192.0.2.254/24] }}\n\
+                     {section}control: {{ socket: {socket} }}\n",
+                    3 - i
+                ),
+            );
+            balancers.push(LbRun::new(ns, config, socket, instance));
+        }
+        let backends: Vec<Backend> = [11, 12]
+            .map(|host| backend(&switch, host))
+            .into_iter()
+            .collect();
+        for backend in &backends {
+            backend
+                .ns
+                .ip(&["route", "replace", "default", "via", "192.0.2.254"]);
+        }
+        Self {
+            _decaps: decaps,
+            balancers,
+            _backends: backends,
+            client,
+            _switch: switch,
+            _secret: secret,
+        }
+    }
+
+    fn start(&mut self, i: usize) {
+        let balancer = &mut self.balancers[i];
+        balancer.start();
+        // DSR needs the backends' neighbours resolved.
+        for host in [11, 12] {
+            balancer.ns.run(move || {
+                let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+                let _ = socket.send_to(b"hi", (format!("192.0.2.{host}"), 80));
+            });
+        }
+    }
+
+    fn sync(&self, i: usize) -> serde_json::Value {
+        self.balancers[i].status()["sync"].clone()
+    }
+
+    fn start_pair(&mut self) {
+        self.start(0);
+        self.start(1);
+        assert!(
+            wait_until(Duration::from_secs(10), || self.balancers[0].ha_state()
+                == "master"
+                && self.balancers[1].ha_state() == "backup"),
+            "no master/backup pair: {} / {}",
+            self.balancers[0].ha_state(),
+            self.balancers[1].ha_state()
+        );
+    }
+}
+
+/// What became of the held connections: (finished on their backend,
+/// broken).
+struct Outcome {
+    kept: usize,
+    broken: usize,
+}
+
+/// Opens [`HELD`] connections through the master (round robin spreads
+/// them over both backends), optionally waits for the backup to hold them
+/// (`sync`), kills the master — SIGKILL, then its link down, as when its
+/// host dies, so nothing reaches its still-attached data plane — waits for
+/// the backup to take over, and finishes the connections in reverse order
+/// (so the backup's own round robin, were it asked, would not retrace the
+/// master's picks by chance).
+fn kill_the_master(tag: &str, sync: bool) -> Outcome {
+    let mut bed = SyncBed::new(tag, sync);
+    bed.start_pair();
+    let target: SocketAddr = VIP.parse().unwrap();
+    let opened_at = Instant::now();
+    let held: Vec<HeldConnection> = bed.client.run(move || {
+        (0..HELD)
+            .filter_map(|_| HeldConnection::open(target))
+            .collect()
+    });
+    let opened = opened_at.elapsed();
+    assert_eq!(held.len(), HELD, "connections through the master");
+    let on_b11 = held.iter().filter(|h| h.backend == "b11").count();
+    println!(
+        "{tag}: {HELD} connections opened in {opened:?}: {on_b11} on b11, {} on b12",
+        HELD - on_b11
+    );
+    assert!(
+        on_b11 > 0 && on_b11 < HELD,
+        "round robin used one backend only"
+    );
+    if sync {
+        let synced_at = Instant::now();
+        let installed = || bed.sync(1)["peers"][0]["installed"].as_u64().unwrap_or(0);
+        assert!(
+            wait_until(Duration::from_secs(5), || installed() >= HELD as u64),
+            "the backup installed {} of {HELD} flows: {}",
+            installed(),
+            bed.sync(1)
+        );
+        println!(
+            "{tag}: the backup held all {HELD} flows {:?} after the last was opened \
+             (an upper bound: lb status is polled); master sync: {}",
+            synced_at.elapsed(),
+            bed.sync(0)
+        );
+    }
+    let killed_at = Instant::now();
+    let output = bed.balancers[0].stop(libc::SIGKILL);
+    assert!(!output.status.success(), "{output:?}");
+    bed.balancers[0].ns.ip(&["link", "set", "eth0", "down"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || bed.balancers[1].ha_state()
+            == "master"),
+        "the backup never took over"
+    );
+    println!(
+        "{tag}: backup master {:?} after SIGKILL",
+        killed_at.elapsed()
+    );
+    // Its gratuitous ARPs reach the client and the backends.
+    std::thread::sleep(Duration::from_secs(1));
+    let results: Vec<(String, Option<String>)> = bed.client.run(move || {
+        held.into_iter()
+            .rev()
+            .map(|h| (h.backend.clone(), h.finish()))
+            .collect()
+    });
+    let kept = results
+        .iter()
+        .filter(|(started, finished)| finished.as_ref() == Some(started))
+        .count();
+    let broken = results.iter().filter(|(_, f)| f.is_none()).count();
+    println!(
+        "{tag}: {kept} of {HELD} held connections finished on their backend, {broken} broken \
+         (sync {})",
+        if sync { "on" } else { "off" }
+    );
+    if sync {
+        println!("{tag}: backup sync: {}", bed.sync(1));
+    }
+    Outcome { kept, broken }
+}
+
+/// The proof: with sync every held round-robin connection survives the
+/// killed master.
+#[test]
+fn round_robin_flows_survive_a_killed_master_with_sync() {
+    let outcome = kill_the_master("a", true);
+    assert_eq!(outcome.broken, 0, "connections broke");
+    assert_eq!(outcome.kept, HELD, "connections kept of {HELD}");
+}
+
+/// The control: the same bed without sync loses a good part of them (the
+/// backup's own pick sends the flow to the other backend, which resets
+/// it). With two backends about half; at least 10 of 50 here.
+#[test]
+fn without_sync_round_robin_flows_break() {
+    let outcome = kill_the_master("b", false);
+    assert!(
+        outcome.broken >= 10,
+        "only {} of {HELD} broke without sync: the control does not show the problem",
+        outcome.broken
+    );
+}
+
+/// A sync entry for client port `port` to backend 192.0.2.12.
+fn entry(port: u16) -> Entry {
+    Entry {
+        client: "198.51.100.2".parse().unwrap(),
+        client_port: port,
+        vip: "203.0.113.11".parse().unwrap(),
+        vip_port: 80,
+        proto: 6,
+        backend: "192.0.2.12".parse().unwrap(),
+        backend_port: 80,
+    }
+}
+
+/// An `Opened` datagram of entries for client ports `ports`.
+fn datagram(key: &Key, sequence: u64, ports: std::ops::Range<u16>) -> Vec<u8> {
+    wire::emit(
+        &Message {
+            kind: Kind::Opened,
+            sender: 7,
+            sequence,
+            entries: ports.map(entry).collect(),
+        },
+        key,
+    )
+}
+
+/// Sends `datagrams` from `ns` to balancer 0's sync port.
+fn send(ns: &Netns, datagrams: Vec<Vec<u8>>) {
+    ns.run(move || {
+        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+        for datagram in datagrams {
+            socket.send_to(&datagram, "192.0.2.1:7946").unwrap();
+        }
+    });
+}
+
+/// From the peer's address: a datagram under another key (`bad_tag`), one
+/// under the pair's key (ten flows to b12, installed), the same again
+/// (replay), and garbage (`bad_tag`: the tag is checked first); from the
+/// client, which is no peer, a valid one (`unknown_peer`). Ten flows
+/// installed in all, and they are real: connections on those ten tuples
+/// all go to b12, where round robin alone would spread them.
+#[test]
+fn forged_replayed_and_strangers_datagrams_are_refused() {
+    let mut bed = SyncBed::new("c", true);
+    bed.start(0);
+    let right = Key::new(SECRET.as_bytes());
+    let wrong = Key::new(b"not-the-key");
+    let peer = &bed.balancers[1].ns;
+    send(peer, vec![datagram(&wrong, 1, 41000..41010)]);
+    let genuine = datagram(&right, 1, 41010..41020);
+    send(peer, vec![genuine.clone(), genuine]);
+    send(peer, vec![vec![0u8; 100]]);
+    // The client reaches the balancer's own address through the gateway.
+    bed.client.route("192.0.2.0/24", "198.51.100.1");
+    send(&bed.client, vec![datagram(&right, 2, 41020..41030)]);
+    let refused = |reason: &str| bed.sync(0)["refused"][reason].as_u64().unwrap_or(0);
+    assert!(
+        wait_until(Duration::from_secs(5), || refused("unknown_peer") >= 1),
+        "nothing counted: {}",
+        bed.sync(0)
+    );
+    let sync = bed.sync(0);
+    println!("refusals: {sync}");
+    assert_eq!(refused("bad_tag"), 2, "{sync}");
+    assert_eq!(refused("replay"), 1, "{sync}");
+    assert_eq!(refused("unknown_peer"), 1, "{sync}");
+    let peer = &sync["peers"][0];
+    assert_eq!(peer["address"], "192.0.2.2", "{sync}");
+    assert_eq!(peer["received"], 10, "only the genuine datagram: {sync}");
+    assert_eq!(peer["installed"], 10, "{sync}");
+    let target: SocketAddr = VIP.parse().unwrap();
+    let served: Vec<Option<String>> = bed.client.run(move || {
+        (41010..41020)
+            .map(|port| {
+                let source = SocketAddr::new("198.51.100.2".parse().unwrap(), port);
+                HeldConnection::open_from(source, target).and_then(HeldConnection::finish)
+            })
+            .collect()
+    });
+    println!("the installed tuples were served by {served:?}");
+    assert!(
+        served.iter().all(|b| b.as_deref() == Some("b12")),
+        "installed flows not followed: {served:?}"
+    );
+    // And round robin alone does spread new tuples over both.
+    let spread: Vec<Option<String>> = bed.client.run(move || {
+        (42000..42010)
+            .map(|port| {
+                let source = SocketAddr::new("198.51.100.2".parse().unwrap(), port);
+                HeldConnection::open_from(source, target).and_then(HeldConnection::finish)
+            })
+            .collect()
+    });
+    assert!(
+        spread.iter().any(|b| b.as_deref() == Some("b11")),
+        "round robin sent everything to b12: the check above proves nothing: {spread:?}"
+    );
+}
