@@ -5,7 +5,7 @@
 //! |--------|--------------|-----------------------------------------|
 //! | GET    | `/v1/status` | [`crate::controller::StatusReport`]      |
 //! | GET    | `/v1/stats`  | [`crate::controller::StatsReport`]       |
-//! | POST   | `/v1/reload` | `{"reloaded": true, "writes": N}`; 400 with the problems, nothing changed |
+//! | POST   | `/v1/reload` | `{"reloaded": true, "writes": N}`; 400 with the problems, nothing changed; 500 if a write failed and so did its undo |
 //! | POST   | `/v1/drain`, `/v1/undrain` | body [`BackendChange`]; answers the backend's status |
 //! | POST   | `/v1/weight` | body [`BackendChange`] with `weight` |
 //! | GET    | `/v1/guard`  | [`crate::guard::GuardReport`]            |
@@ -150,10 +150,17 @@ fn route(request: &Request, controller: &ControllerHandle) -> Response {
         ("POST", "/v1/reload") => {
             answer(controller.call(Controller::reload), |reload| match reload {
                 Ok(writes) => json(&serde_json::json!({ "reloaded": true, "writes": writes })),
-                // The file is the operator's to fix: a client error.
                 Err(error) => {
-                    tracing::error!(error = %format!("{error:#}"), "reload refused; nothing changed");
-                    Response::error(400, &format!("reload refused, nothing changed: {error:#}"))
+                    let what = crate::controller::reload_failure(&error);
+                    tracing::error!(error = %format!("{error:#}"), "{what}");
+                    // The file is the operator's to fix (a client error),
+                    // unless the maps are left half-changed.
+                    let status = if crate::controller::half_done(&error) {
+                        500
+                    } else {
+                        400
+                    };
+                    Response::error(status, &format!("{what}: {error:#}"))
                 }
             })
         }

@@ -272,9 +272,7 @@ impl Dataplane {
     pub fn remove_service(&mut self, key: &ServiceKey) -> Result<(), DataplaneError> {
         let mut services = self.hash_map::<ServiceKey, ServiceValue>(map_names::SERVICES)?;
         let id = services.get(key, 0).ok().map(|value| value.id);
-        services
-            .remove(key)
-            .map_err(map_error(map_names::SERVICES))?;
+        removed(services.remove(key)).map_err(map_error(map_names::SERVICES))?;
         match id {
             Some(id) => self.set_service_slot(id, &ServiceSlot::default()),
             None => Ok(()),
@@ -299,9 +297,11 @@ impl Dataplane {
 
     /// Removes a VIP entry.
     pub fn remove_vip(&mut self, vip: &Addr) -> Result<(), DataplaneError> {
-        self.hash_map::<Addr, VipValue>(map_names::VIPS)?
-            .remove(vip)
-            .map_err(map_error(map_names::VIPS))
+        removed(
+            self.hash_map::<Addr, VipValue>(map_names::VIPS)?
+                .remove(vip),
+        )
+        .map_err(map_error(map_names::VIPS))
     }
 
     /// Writes backend `id`.
@@ -340,9 +340,11 @@ impl Dataplane {
 
     /// Removes a reply-path entry.
     pub fn remove_nat(&mut self, key: &Endpoint) -> Result<(), DataplaneError> {
-        self.hash_map::<Endpoint, NatValue>(map_names::NAT)?
-            .remove(key)
-            .map_err(map_error(map_names::NAT))
+        removed(
+            self.hash_map::<Endpoint, NatValue>(map_names::NAT)?
+                .remove(key),
+        )
+        .map_err(map_error(map_names::NAT))
     }
 
     /// Sets `addr`'s bit in the address filter `name`.
@@ -444,9 +446,7 @@ impl Dataplane {
         let name = map_names::ROUTES;
         let mut routes: LpmTrie<&mut MapData, Addr, HopValue> =
             LpmTrie::try_from(self.map_mut(name)?).map_err(map_error(name))?;
-        routes
-            .remove(&LpmKey::new(prefix_len, *prefix))
-            .map_err(map_error(name))
+        removed(routes.remove(&LpmKey::new(prefix_len, *prefix))).map_err(map_error(name))
     }
 
     /// The cached next hop of backend `id`.
@@ -516,11 +516,8 @@ impl Dataplane {
     /// Lets `source` in again before its denial expires.
     pub fn remove_guard_denial(&mut self, source: &Addr) -> Result<(), DataplaneError> {
         let name = map_names::GUARD_DENIED;
-        match self.hash_map::<Addr, GuardDenial>(name)?.remove(source) {
-            // Gone already (expired and removed by the data path).
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(DataplaneError::Map { name, source }),
-        }
+        // Gone already (expired and removed by the data path) is done.
+        removed(self.hash_map::<Addr, GuardDenial>(name)?.remove(source)).map_err(map_error(name))
     }
 
     fn deny_trie(&mut self) -> Result<LpmTrie<&mut MapData, Addr, u8>, DataplaneError> {
@@ -682,6 +679,22 @@ fn deny_origins(
         }),
     }
 }
+/// A removal's outcome, an entry already absent counting as removed: the
+/// undo of a write that failed removes what that write never added, and
+/// the data path may have removed an entry first. `bpf_map_delete_elem`
+/// says ENOENT, which aya passes on as a syscall error.
+fn removed(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(error))
+            if error.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
 fn map_error(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
     move |source| DataplaneError::Map { name, source }
 }
@@ -1131,4 +1144,31 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: `now` is a valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
     u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use aya::sys::SyscallError;
+
+    use super::*;
+
+    fn syscall(call: &'static str, errno: i32) -> MapError {
+        MapError::SyscallError(SyscallError {
+            call,
+            io_error: std::io::Error::from_raw_os_error(errno),
+        })
+    }
+
+    #[test]
+    fn removing_an_absent_entry_is_done_and_any_other_failure_is_an_error() {
+        assert!(removed(Ok(())).is_ok());
+        assert!(removed(Err(syscall("bpf_map_delete_elem", libc::ENOENT))).is_ok());
+        assert!(removed(Err(MapError::KeyNotFound)).is_ok());
+        for errno in [libc::EPERM, libc::EINVAL, libc::E2BIG] {
+            assert!(
+                removed(Err(syscall("bpf_map_delete_elem", errno))).is_err(),
+                "{errno}"
+            );
+        }
+    }
 }
