@@ -268,10 +268,15 @@ impl Dataplane {
         )
     }
 
-    /// Removes a service, and empties its `SERVICE_IDS` slot.
+    /// Removes a service, and empties its `SERVICE_IDS` slot. A failed read
+    /// of the service (for its id) fails the removal before anything is
+    /// removed: taken for an absent service, it would leave the slot naming
+    /// a removed service.
     pub fn remove_service(&mut self, key: &ServiceKey) -> Result<(), DataplaneError> {
         let mut services = self.hash_map::<ServiceKey, ServiceValue>(map_names::SERVICES)?;
-        let id = services.get(key, 0).ok().map(|value| value.id);
+        let id = found(services.get(key, 0))
+            .map_err(map_error(map_names::SERVICES))?
+            .map(|value| value.id);
         removed(services.remove(key)).map_err(map_error(map_names::SERVICES))?;
         match id {
             Some(id) => self.set_service_slot(id, &ServiceSlot::default()),
@@ -679,6 +684,17 @@ fn deny_origins(
         }),
     }
 }
+/// A lookup's answer: the value, `None` where the kernel's own lookup finds
+/// nothing (a hash key absent, an array index past its end), or the error:
+/// a failed read is never taken for an absent entry.
+pub(crate) fn found<V>(result: Result<V, MapError>) -> Result<Option<V>, MapError> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(MapError::KeyNotFound | MapError::OutOfBounds { .. }) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
 /// A removal's outcome, an entry already absent counting as removed: the
 /// undo of a write that failed removes what that write never added, and
 /// the data path may have removed an entry first. `bpf_map_delete_elem`
@@ -1157,6 +1173,26 @@ mod tests {
             call,
             io_error: std::io::Error::from_raw_os_error(errno),
         })
+    }
+
+    #[test]
+    fn an_absent_entry_is_none_and_a_failed_read_an_error() {
+        assert_eq!(found(Ok::<u32, MapError>(7)).unwrap(), Some(7));
+        assert_eq!(found::<u32>(Err(MapError::KeyNotFound)).unwrap(), None);
+        let past_the_end = MapError::OutOfBounds {
+            index: 9,
+            max_entries: 8,
+        };
+        assert_eq!(found::<u32>(Err(past_the_end)).unwrap(), None);
+        // What `.ok()` took for an absent service (and so left its
+        // SERVICE_IDS slot behind): a lookup that failed.
+        for errno in [libc::EPERM, libc::EFAULT, libc::ENOMEM] {
+            let error = found::<u32>(Err(syscall("bpf_map_lookup_elem", errno))).unwrap_err();
+            assert!(
+                matches!(error, MapError::SyscallError(ref e) if e.io_error.raw_os_error() == Some(errno)),
+                "{error:?}"
+            );
+        }
     }
 
     #[test]
