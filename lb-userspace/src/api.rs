@@ -10,7 +10,7 @@
 //! | POST   | `/v1/weight` | body [`BackendChange`] with `weight` |
 //! | GET    | `/v1/guard`  | [`crate::guard::GuardReport`]            |
 //! | POST   | `/v1/trace`  | body [`crate::trace::TracePoll`]; answers [`crate::trace::TraceBatch`] within a second |
-//! | POST   | `/v1/route`  | body [`crate::route::report::RouteRequest`]; answers [`crate::route::report::RouteReport`] |
+//! | POST   | `/v1/route`  | body [`crate::route::report::RouteRequest`]; answers [`crate::route::report::RouteReport`]; 400 for a request that names no flow, 500 if a map could not be read |
 //! | POST   | `/v1/guard/deny`, `/v1/guard/allow` | body [`GuardChange`]; answers the guard report |
 //!
 //! Errors come back as `{"error": "..."}` with a 4xx / 5xx status. The
@@ -193,7 +193,12 @@ fn route(request: &Request, controller: &ControllerHandle) -> Response {
                 controller.call(move |c| c.route(&request)),
                 |report| match report {
                     Ok(report) => json(&report),
-                    Err(error) => Response::error(400, &error),
+                    Err(crate::controller::RouteError::Request(error)) => {
+                        Response::error(400, &error)
+                    }
+                    // A map read that failed: the controller's, not the
+                    // request's, with its cause.
+                    Err(error) => Response::error(500, &format!("{:#}", anyhow::Error::new(error))),
                 },
             )
         }

@@ -34,6 +34,7 @@ pub use settings::{
 };
 
 pub use announcing::{AnnounceStatus, VipStatus};
+pub use routing::RouteError;
 
 use crate::{
     config::Scheduler,

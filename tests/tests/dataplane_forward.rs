@@ -640,6 +640,7 @@ fn an_entry_stamped_ahead_of_this_cpus_clock_keeps_its_flow() {
     let read = |harness: &Harness| {
         lb::route::maps::MapTables::new(&harness.dataplane)
             .conn(&key.widen())
+            .expect("read the connection table")
             .expect("the flow's entry")
     };
     let mut entry = read(&harness);

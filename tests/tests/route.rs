@@ -299,7 +299,9 @@ fn states(round: usize) -> BTreeMap<BackendKey, BackendState> {
 
 /// The kernel's connection-table entry for `flow`.
 fn conn(harness: &Harness, flow: &FlowKey) -> Option<ConnValue> {
-    MapTables::new(&harness.dataplane).conn(flow)
+    MapTables::new(&harness.dataplane)
+        .conn(flow)
+        .expect("read the connection table")
 }
 
 #[test]
@@ -339,7 +341,7 @@ fn route_names_the_backend_the_data_plane_uses() {
             syn: !flow.udp && tcp == Tcp::Syn,
             cpu: Some(cpu),
         };
-        let decision = decide(&query, &MapTables::new(&harness.dataplane));
+        let decision = decide(&query, &MapTables::new(&harness.dataplane)).expect("read the maps");
         let bytes = frame(&flow, tcp);
         let (outcome, moved) = harness.run_counted(&bytes);
         let context = || format!("flow {i} (seed {seed:#x}): {flow:?} {tcp:?}\n{decision:#?}");
