@@ -16,8 +16,12 @@
 //!   each turn a backend adds its weight to a credit and claims its next
 //!   free preferred slot when the credit reaches the largest weight (paying
 //!   that weight back).
-//! - Round robin is not modelled: which backend a new flow gets depends on
-//!   the program's per-CPU position, not on the configuration alone.
+//! - Round robin (DESIGN.md §2: "weighted, per new flow, from a
+//!   precomputed smooth sequence"): nginx's smooth weighted round robin over
+//!   the weighted backends, weights divided by their greatest common divisor;
+//!   per pick every backend's credit grows by its weight, the largest credit
+//!   wins (ties: the backend listed first) and pays back the total; one
+//!   cycle is the sequence. Each new flow takes the next entry, per CPU.
 //! - Flow hash: `MurmurHash3`'s 32-bit block mixing over the little-endian
 //!   words of source, destination, `sport << 16 | dport` and protocol, seed
 //!   "lblb", finalised with length 37; the source hash mixes the source
@@ -117,6 +121,42 @@ pub fn maglev(backends: &[MaglevBackend], m: usize) -> Vec<Option<usize>> {
     table
 }
 
+/// One cycle of the smooth weighted round robin over `weights` (by index;
+/// weight 0 never picked): the indices in the order new flows take them.
+/// `None` when the cycle would be longer than `max_len` (the planner then
+/// scales the weights down, which is not modelled); empty without weights.
+pub fn smooth_round_robin(weights: &[u32], max_len: usize) -> Option<Vec<usize>> {
+    fn gcd(a: u64, b: u64) -> u64 {
+        if b == 0 { a } else { gcd(b, a % b) }
+    }
+    let divisor = weights.iter().fold(0, |g, &w| gcd(g, u64::from(w)));
+    if divisor == 0 {
+        return Some(Vec::new());
+    }
+    let reduced: Vec<u64> = weights.iter().map(|&w| u64::from(w) / divisor).collect();
+    let total: u64 = reduced.iter().sum();
+    let cycle = usize::try_from(total).ok().filter(|&len| len <= max_len)?;
+    let total = i128::from(total);
+    let mut credit = vec![0i128; reduced.len()];
+    let mut sequence = Vec::with_capacity(cycle);
+    for _ in 0..cycle {
+        let mut best: Option<usize> = None;
+        for (i, &weight) in reduced.iter().enumerate() {
+            if weight == 0 {
+                continue;
+            }
+            credit[i] += i128::from(weight);
+            if best.is_none_or(|b| credit[i] > credit[b]) {
+                best = Some(i);
+            }
+        }
+        let best = best.expect("a weighted backend");
+        credit[best] -= total;
+        sequence.push(best);
+    }
+    Some(sequence)
+}
+
 /// `MurmurHash3` x86-32 block step.
 fn murmur_block(hash: u32, word: u32) -> u32 {
     let k = word
@@ -189,6 +229,21 @@ pub fn tunnel_hash(src: std::net::IpAddr, sport: u16, dport: u16) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn smooth_round_robin_gives_nginxs_sequence() {
+        // nginx's own example (ngx_http_upstream_round_robin.c): weights
+        // 5, 1, 1 give a a b a c a a.
+        assert_eq!(
+            smooth_round_robin(&[5, 1, 1], 100),
+            Some(vec![0, 0, 1, 0, 2, 0, 0])
+        );
+        // Weights reduce by their divisor; ties go to the first listed; a
+        // weight 0 is never picked.
+        assert_eq!(smooth_round_robin(&[200, 0, 200], 100), Some(vec![0, 2]));
+        assert_eq!(smooth_round_robin(&[0, 0], 100), Some(Vec::new()));
+        assert_eq!(smooth_round_robin(&[60, 41], 100), None);
+    }
 
     #[test]
     fn the_hashes_give_the_independently_computed_values() {
