@@ -5,12 +5,12 @@
 //! |--------|--------------|-----------------------------------------|
 //! | GET    | `/v1/status` | [`crate::controller::StatusReport`]      |
 //! | GET    | `/v1/stats`  | [`crate::controller::StatsReport`]       |
-//! | POST   | `/v1/reload` | `{"reloaded": true, "writes": N}`; 400 with the problems, nothing changed |
+//! | POST   | `/v1/reload` | `{"reloaded": true, "writes": N}`; 400 with the problems, nothing changed; 500 if a write failed and so did its undo |
 //! | POST   | `/v1/drain`, `/v1/undrain` | body [`BackendChange`]; answers the backend's status |
 //! | POST   | `/v1/weight` | body [`BackendChange`] with `weight` |
 //! | GET    | `/v1/guard`  | [`crate::guard::GuardReport`]            |
 //! | POST   | `/v1/trace`  | body [`crate::trace::TracePoll`]; answers [`crate::trace::TraceBatch`] within a second |
-//! | POST   | `/v1/route`  | body [`crate::route::report::RouteRequest`]; answers [`crate::route::report::RouteReport`] |
+//! | POST   | `/v1/route`  | body [`crate::route::report::RouteRequest`]; answers [`crate::route::report::RouteReport`]; 400 for a request that names no flow, 500 if a map could not be read |
 //! | POST   | `/v1/guard/deny`, `/v1/guard/allow` | body [`GuardChange`]; answers the guard report |
 //!
 //! Errors come back as `{"error": "..."}` with a 4xx / 5xx status. The
@@ -150,10 +150,17 @@ fn route(request: &Request, controller: &ControllerHandle) -> Response {
         ("POST", "/v1/reload") => {
             answer(controller.call(Controller::reload), |reload| match reload {
                 Ok(writes) => json(&serde_json::json!({ "reloaded": true, "writes": writes })),
-                // The file is the operator's to fix: a client error.
                 Err(error) => {
-                    tracing::error!(error = %format!("{error:#}"), "reload refused; nothing changed");
-                    Response::error(400, &format!("reload refused, nothing changed: {error:#}"))
+                    let what = crate::controller::reload_failure(&error);
+                    tracing::error!(error = %format!("{error:#}"), "{what}");
+                    // The file is the operator's to fix (a client error),
+                    // unless the maps are left half-changed.
+                    let status = if crate::controller::half_done(&error) {
+                        500
+                    } else {
+                        400
+                    };
+                    Response::error(status, &format!("{what}: {error:#}"))
                 }
             })
         }
@@ -186,7 +193,12 @@ fn route(request: &Request, controller: &ControllerHandle) -> Response {
                 controller.call(move |c| c.route(&request)),
                 |report| match report {
                     Ok(report) => json(&report),
-                    Err(error) => Response::error(400, &error),
+                    Err(crate::controller::RouteError::Request(error)) => {
+                        Response::error(400, &error)
+                    }
+                    // A map read that failed: the controller's, not the
+                    // request's, with its cause.
+                    Err(error) => Response::error(500, &format!("{:#}", anyhow::Error::new(error))),
                 },
             )
         }

@@ -132,19 +132,32 @@ pub fn configure(socket: &Path) -> Result<(), BirdError> {
     configure_outcome(&lines)
 }
 
+/// The longest line of a BIRD reply lb reads (BIRD's own are far shorter).
+const LINE_LIMIT: u64 = 4096;
+
 /// One reply's lines, up to its last (at most 1,000 lines of 4 KiB).
 fn read_reply<R: std::io::BufRead>(reader: &mut R) -> std::io::Result<Vec<String>> {
     let mut lines = Vec::new();
     while lines.len() < 1000 {
         let mut line = String::new();
-        let n = std::io::Read::take(&mut *reader, 4096).read_line(&mut line)?;
+        let n = std::io::Read::take(&mut *reader, LINE_LIMIT).read_line(&mut line)?;
         if n == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "BIRD closed the connection mid-reply",
             ));
         }
-        let line = line.trim_end().to_string();
+        // A longer line is refused, not cut: the rest of it, read as a line
+        // of its own, could start with a code and end the reply early.
+        if n as u64 == LINE_LIMIT && !line.ends_with('\n') {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("a line of BIRD's reply is longer than {LINE_LIMIT} bytes"),
+            ));
+        }
+        // Only the line's end goes: "8002 " (an error with no text) is
+        // still a last line.
+        let line = line.trim_end_matches(['\n', '\r']).to_string();
         let last = is_final(&line);
         lines.push(line);
         if last {
@@ -297,6 +310,15 @@ mod tests {
         assert!(configure_reply(b"0002-Reading\n continued\n0003 Reconfigured\n").is_ok());
         assert!(configure_reply(b"0002-Reading\n").is_err());
         assert!(configure_reply(b"\xff\xfe\n").is_err());
+        // An error with no text is still the last line (the fuzz target's
+        // finds: trimmed to "8002" it was read past, to a success code).
+        assert!(configure_reply(b"8002 \n0003 Reconfigured\n").is_err());
+        // A line past 4 KiB is refused, not cut into a line that starts
+        // with a success code.
+        let mut long = b"0002-".to_vec();
+        long.extend(std::iter::repeat_n(b'x', 4091));
+        long.extend(b"0003 Reconfigured\n");
+        assert!(configure_reply(&long).is_err());
     }
 
     #[test]

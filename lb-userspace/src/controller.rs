@@ -17,12 +17,15 @@ use std::{
 };
 
 mod announcing;
+mod apply;
 mod report;
 mod routing;
 mod settings;
 mod syncing;
 mod weights;
 
+use apply::apply_whole;
+pub use apply::{UndoFailed, half_done, reload_failure};
 use settings::{log_tunnel_sources, resolve_tunnel_sources, tunnel_targets};
 use weights::{configured_backend, folded_weights, kept_dynamic};
 
@@ -34,6 +37,7 @@ pub use settings::{
 };
 
 pub use announcing::{AnnounceStatus, VipStatus};
+pub use routing::RouteError;
 
 use crate::{
     config::Scheduler,
@@ -1019,18 +1023,10 @@ impl Controller {
                 "the deny list is full (1024 prefixes)".into(),
             ));
         }
-        self.guard.deny(prefix);
-        let (addr, len) = crate::plan::deny_key(&prefix);
-        let settings = self.settings_for(&self.config, self.tunnel_sources);
-        let written = self
-            .dataplane
-            .insert_deny(&addr, len, DENY_RUNTIME)
-            .and_then(|()| self.dataplane.set_settings(&settings));
-        if let Err(error) = written {
-            self.guard.allow(prefix);
-            let _ = self.dataplane.remove_deny(&addr, len, DENY_RUNTIME);
-            return Err(OverrideError::Failed(error.into()));
-        }
+        // The settings once the prefix is listed: the deny list in force.
+        let mut settings = self.settings_for(&self.config, self.tunnel_sources);
+        settings.flags |= lb_common::maps::SETTINGS_DENY;
+        apply::deny_runtime(&mut self.dataplane, &mut self.guard, prefix, &settings)?;
         tracing::info!(%prefix, "guard: denied by the operator");
         Ok(self.guard_report())
     }
@@ -1416,37 +1412,6 @@ impl Controller {
         self.restart_announce(previous_announce.as_ref());
         Ok(writes)
     }
-}
-
-/// Plans `config` with `states` on a clone of `planner` and writes the
-/// difference; the clone replaces `planner` only once every write is in.
-/// A write that fails is undone — the writes made so far are reverted from
-/// the two shadows (`Planner::undo`) — so maps and planner stay as they
-/// were, and a later plan of the same states tries again. Returns the
-/// number of writes.
-fn apply_whole(
-    planner: &mut Planner,
-    dataplane: &mut Dataplane,
-    config: &Config,
-    states: &BTreeMap<BackendKey, BackendState>,
-) -> anyhow::Result<usize> {
-    // Cheap: the tables are shared with the clone until it writes them.
-    let mut next = planner.clone();
-    let writes = next.plan(config, states)?;
-    if let Err(error) = dataplane.apply(&writes) {
-        let undo = planner.undo(&next);
-        match dataplane.apply(&undo) {
-            Ok(()) => tracing::warn!(writes = undo.len(), "a failed change was undone"),
-            Err(error) => tracing::error!(
-                error = %format!("{error:#}"),
-                "undoing a failed change failed too: some map entries may be new; \
-                 restart lb run to take the maps over and rewrite them"
-            ),
-        }
-        return Err(error).context("writing the new tables failed; the old ones are back");
-    }
-    *planner = next;
-    Ok(writes.len())
 }
 
 /// What `next` changes that only a restart applies (the sizes aside, which

@@ -268,13 +268,16 @@ impl Dataplane {
         )
     }
 
-    /// Removes a service, and empties its `SERVICE_IDS` slot.
+    /// Removes a service, and empties its `SERVICE_IDS` slot. A failed read
+    /// of the service (for its id) fails the removal before anything is
+    /// removed: taken for an absent service, it would leave the slot naming
+    /// a removed service.
     pub fn remove_service(&mut self, key: &ServiceKey) -> Result<(), DataplaneError> {
         let mut services = self.hash_map::<ServiceKey, ServiceValue>(map_names::SERVICES)?;
-        let id = services.get(key, 0).ok().map(|value| value.id);
-        services
-            .remove(key)
-            .map_err(map_error(map_names::SERVICES))?;
+        let id = found(services.get(key, 0))
+            .map_err(map_error(map_names::SERVICES))?
+            .map(|value| value.id);
+        removed(services.remove(key)).map_err(map_error(map_names::SERVICES))?;
         match id {
             Some(id) => self.set_service_slot(id, &ServiceSlot::default()),
             None => Ok(()),
@@ -299,9 +302,11 @@ impl Dataplane {
 
     /// Removes a VIP entry.
     pub fn remove_vip(&mut self, vip: &Addr) -> Result<(), DataplaneError> {
-        self.hash_map::<Addr, VipValue>(map_names::VIPS)?
-            .remove(vip)
-            .map_err(map_error(map_names::VIPS))
+        removed(
+            self.hash_map::<Addr, VipValue>(map_names::VIPS)?
+                .remove(vip),
+        )
+        .map_err(map_error(map_names::VIPS))
     }
 
     /// Writes backend `id`.
@@ -340,9 +345,11 @@ impl Dataplane {
 
     /// Removes a reply-path entry.
     pub fn remove_nat(&mut self, key: &Endpoint) -> Result<(), DataplaneError> {
-        self.hash_map::<Endpoint, NatValue>(map_names::NAT)?
-            .remove(key)
-            .map_err(map_error(map_names::NAT))
+        removed(
+            self.hash_map::<Endpoint, NatValue>(map_names::NAT)?
+                .remove(key),
+        )
+        .map_err(map_error(map_names::NAT))
     }
 
     /// Sets `addr`'s bit in the address filter `name`.
@@ -444,9 +451,7 @@ impl Dataplane {
         let name = map_names::ROUTES;
         let mut routes: LpmTrie<&mut MapData, Addr, HopValue> =
             LpmTrie::try_from(self.map_mut(name)?).map_err(map_error(name))?;
-        routes
-            .remove(&LpmKey::new(prefix_len, *prefix))
-            .map_err(map_error(name))
+        removed(routes.remove(&LpmKey::new(prefix_len, *prefix))).map_err(map_error(name))
     }
 
     /// The cached next hop of backend `id`.
@@ -516,11 +521,8 @@ impl Dataplane {
     /// Lets `source` in again before its denial expires.
     pub fn remove_guard_denial(&mut self, source: &Addr) -> Result<(), DataplaneError> {
         let name = map_names::GUARD_DENIED;
-        match self.hash_map::<Addr, GuardDenial>(name)?.remove(source) {
-            // Gone already (expired and removed by the data path).
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(DataplaneError::Map { name, source }),
-        }
+        // Gone already (expired and removed by the data path) is done.
+        removed(self.hash_map::<Addr, GuardDenial>(name)?.remove(source)).map_err(map_error(name))
     }
 
     fn deny_trie(&mut self) -> Result<LpmTrie<&mut MapData, Addr, u8>, DataplaneError> {
@@ -703,6 +705,33 @@ fn deny_origins(
         }),
     }
 }
+/// A lookup's answer: the value, `None` where the kernel's own lookup finds
+/// nothing (a hash key absent, an array index past its end), or the error:
+/// a failed read is never taken for an absent entry.
+pub(crate) fn found<V>(result: Result<V, MapError>) -> Result<Option<V>, MapError> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(MapError::KeyNotFound | MapError::OutOfBounds { .. }) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// A removal's outcome, an entry already absent counting as removed: the
+/// undo of a write that failed removes what that write never added, and
+/// the data path may have removed an entry first. `bpf_map_delete_elem`
+/// says ENOENT, which aya passes on as a syscall error.
+fn removed(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(error))
+            if error.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
 fn map_error(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
     move |source| DataplaneError::Map { name, source }
 }
@@ -1210,4 +1239,51 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: `now` is a valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
     u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use aya::sys::SyscallError;
+
+    use super::*;
+
+    fn syscall(call: &'static str, errno: i32) -> MapError {
+        MapError::SyscallError(SyscallError {
+            call,
+            io_error: std::io::Error::from_raw_os_error(errno),
+        })
+    }
+
+    #[test]
+    fn an_absent_entry_is_none_and_a_failed_read_an_error() {
+        assert_eq!(found(Ok::<u32, MapError>(7)).unwrap(), Some(7));
+        assert_eq!(found::<u32>(Err(MapError::KeyNotFound)).unwrap(), None);
+        let past_the_end = MapError::OutOfBounds {
+            index: 9,
+            max_entries: 8,
+        };
+        assert_eq!(found::<u32>(Err(past_the_end)).unwrap(), None);
+        // What `.ok()` took for an absent service (and so left its
+        // SERVICE_IDS slot behind): a lookup that failed.
+        for errno in [libc::EPERM, libc::EFAULT, libc::ENOMEM] {
+            let error = found::<u32>(Err(syscall("bpf_map_lookup_elem", errno))).unwrap_err();
+            assert!(
+                matches!(error, MapError::SyscallError(ref e) if e.io_error.raw_os_error() == Some(errno)),
+                "{error:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn removing_an_absent_entry_is_done_and_any_other_failure_is_an_error() {
+        assert!(removed(Ok(())).is_ok());
+        assert!(removed(Err(syscall("bpf_map_delete_elem", libc::ENOENT))).is_ok());
+        assert!(removed(Err(MapError::KeyNotFound)).is_ok());
+        for errno in [libc::EPERM, libc::EINVAL, libc::E2BIG] {
+            assert!(
+                removed(Err(syscall("bpf_map_delete_elem", errno))).is_err(),
+                "{errno}"
+            );
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! A userspace reference model of `lb_balancer`: what the program should do
 //! with one frame of a *fresh* flow (no connection-table entry), derived from
-//! the configuration alone — never from the program's code nor from the
-//! planner's tables.
+//! the configuration (and which backends are down) alone — never from the
+//! program's code nor from the planner's tables.
 //!
 //! Frames are read with etherparse, an implementation of the wire formats
 //! independent of the program's parser. The flow hash, the serving tier and
@@ -16,7 +16,12 @@
 //!   its port (the port may be what is cut off); one to any other address
 //!   passes;
 //! - TCP / UDP to a service goes to `table[hash % ring_size]` of the service
-//!   (exact port first, then the all-port service);
+//!   (exact port first, then the all-port service); round robin to the next
+//!   entry of the service's smooth sequence (one per new flow, on the one CPU
+//!   the test runs on: [`Model::round_robin_pick`]);
+//! - a backend that is down has no weight, and the serving tier is the
+//!   lowest with `min_healthy` healthy weighted backends (else the lowest
+//!   with any): [`Model::with_down`];
 //! - fragments to a VIP go to the first `ip-hash` service of their protocol
 //!   on it, by source hash; without one they are dropped;
 //! - a well-formed TCP / UDP packet from a NAT backend's (address, port,
@@ -34,11 +39,15 @@
 //!
 //! Where the outcome depends on things the model does not cover, or the
 //! design leaves open, the answer is [`Prediction::Unknown`] with the reason:
-//! ICMP to a VIP, IPv6 extension headers, round robin, replies to addresses
-//! outside the test bed's client prefixes, fragments from NAT backends, and
-//! frames too short to read the destination address.
+//! ICMP to a VIP, IPv6 extension headers, round robin once the kernel's
+//! position can no longer be followed ([`Model::stop_round_robin`]), replies
+//! to addresses outside the test bed's client prefixes, fragments from NAT
+//! backends, and frames too short to read the destination address.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    cell::{Cell, RefCell},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use etherparse::{
     EtherType, Ethernet2HeaderSlice, IpNumber, Ipv4HeaderSlice, Ipv6HeaderSlice,
@@ -263,7 +272,22 @@ enum Transport {
     Unknown(&'static str),
 }
 
-/// The reference model for one configuration, all backends up.
+/// A backend that is down: (service name, address, port as
+/// `Backend::port_for` gives it).
+pub type Down = (String, IpAddr, u16);
+
+/// A round-robin service's sequence (backend indices) and the position of
+/// the next new flow.
+#[derive(Debug)]
+struct RoundRobin {
+    /// `None`: the cycle is longer than the ring (not modelled).
+    sequence: Option<Vec<usize>>,
+    position: usize,
+    /// New flows predicted by it so far.
+    picks: usize,
+}
+
+/// The reference model for one configuration and set of backends down.
 #[derive(Debug)]
 pub struct Model<'a> {
     config: &'a Config,
@@ -271,13 +295,36 @@ pub struct Model<'a> {
     /// Per service (in configuration order), the model's own Maglev table
     /// of backend indices; empty for round robin.
     tables: Vec<Vec<Option<usize>>>,
+    /// Per service, its round robin (`None` for other schedulers).
+    round_robin: RefCell<Vec<Option<RoundRobin>>>,
+    /// [`Model::stop_round_robin`] was called.
+    round_robin_stopped: Cell<bool>,
 }
 
 impl<'a> Model<'a> {
     /// A model of the program as it runs `config` with every backend up,
     /// on an interface whose MAC is `own_mac`.
     pub fn new(config: &'a Config, own_mac: [u8; 6]) -> Self {
+        Self::with_down(config, own_mac, &[])
+    }
+
+    /// As [`Model::new`], with the backends in `down` down (their health
+    /// checks failed).
+    pub fn with_down(config: &'a Config, own_mac: [u8; 6], down: &[Down]) -> Self {
         let ring_size = config.dataplane.ring_size as usize;
+        let up = |service: &Service| -> Vec<bool> {
+            service
+                .backends
+                .iter()
+                .map(|b| {
+                    !down.iter().any(|(name, address, port)| {
+                        *name == service.name
+                            && *address == b.address
+                            && *port == b.port_for(service)
+                    })
+                })
+                .collect()
+        };
         let tables = config
             .services
             .iter()
@@ -288,7 +335,7 @@ impl<'a> Model<'a> {
                 let backends: Vec<MaglevBackend> = service
                     .backends
                     .iter()
-                    .zip(serving_weights(service))
+                    .zip(serving_weights(service, &up(service)))
                     .enumerate()
                     .map(|(index, (backend, weight))| MaglevBackend {
                         index,
@@ -299,10 +346,73 @@ impl<'a> Model<'a> {
                 tables::maglev(&backends, ring_size)
             })
             .collect();
+        let round_robin = config
+            .services
+            .iter()
+            .map(|service| {
+                (service.scheduler == Scheduler::RoundRobin).then(|| RoundRobin {
+                    sequence: tables::smooth_round_robin(
+                        &serving_weights(service, &up(service)),
+                        ring_size,
+                    ),
+                    position: 0,
+                    picks: 0,
+                })
+            })
+            .collect();
         Self {
             config,
             own_mac,
             tables,
+            round_robin: RefCell::new(round_robin),
+            round_robin_stopped: Cell::new(false),
+        }
+    }
+
+    /// From now on round robin is not predicted: the frames to come may move
+    /// the kernel's position in ways the model does not follow (a frame it
+    /// cannot predict, a flow that already has a connection-table entry).
+    pub fn stop_round_robin(&self) {
+        self.round_robin_stopped.set(true);
+    }
+
+    /// How many new flows round robin was predicted for (until
+    /// [`Model::stop_round_robin`]), all services together.
+    pub fn round_robin_picks(&self) -> usize {
+        self.round_robin
+            .borrow()
+            .iter()
+            .flatten()
+            .map(|state| state.picks)
+            .sum()
+    }
+
+    /// The next pick of round-robin service `position` (in configuration
+    /// order) for a new flow: the entry of its sequence at the service's
+    /// position, which then moves on (the kernel's `RR_POS`, on the one CPU
+    /// the test runs on). No weighted backend: dropped, the position kept.
+    fn round_robin_pick(&self, position: usize, service: &Service) -> Prediction {
+        let mut round_robin = self.round_robin.borrow_mut();
+        let Some(Some(state)) = round_robin.get_mut(position) else {
+            return Prediction::Unknown("round robin");
+        };
+        if self.round_robin_stopped.get() {
+            return Prediction::Unknown("round robin after frames the model does not follow");
+        }
+        let Some(sequence) = &state.sequence else {
+            return Prediction::Unknown("round robin cycle longer than the ring");
+        };
+        if sequence.is_empty() {
+            return Prediction::Drop;
+        }
+        let index = sequence[state.position % sequence.len()];
+        state.position = (state.position % sequence.len()) + 1;
+        state.picks += 1;
+        let backend = &service.backends[index];
+        Prediction::Forward {
+            backend_addr: backend.address,
+            backend_port: backend.port_for(service),
+            forwarding: service.forwarding,
         }
     }
 
@@ -504,19 +614,19 @@ impl<'a> Model<'a> {
 
     /// The backend `service`'s scheduler picks for a new flow.
     fn schedule(&self, service: &Service, view: &IpView, sport: u16, dport: u16) -> Prediction {
-        let hash = match service.scheduler {
-            Scheduler::Maglev | Scheduler::LeastConn | Scheduler::Resource => {
-                tables::flow_hash(view.src, view.dst, sport, dport, view.proto.0)
-            }
-            Scheduler::IpHash => tables::source_hash(view.src),
-            Scheduler::RoundRobin => return Prediction::Unknown("round robin"),
-        };
         let position = self
             .config
             .services
             .iter()
             .position(|s| std::ptr::eq(s, service))
             .expect("services come from the model's configuration");
+        let hash = match service.scheduler {
+            Scheduler::Maglev | Scheduler::LeastConn | Scheduler::Resource => {
+                tables::flow_hash(view.src, view.dst, sport, dport, view.proto.0)
+            }
+            Scheduler::IpHash => tables::source_hash(view.src),
+            Scheduler::RoundRobin => return self.round_robin_pick(position, service),
+        };
         let table = &self.tables[position];
         let Some(index) = table[hash as usize % table.len()] else {
             return Prediction::Drop;
@@ -530,13 +640,19 @@ impl<'a> Model<'a> {
     }
 }
 
-/// Each backend's weight in the table with every backend up: its configured
-/// weight if it is in the serving tier, else 0. The serving tier is the
-/// lowest with at least `min_healthy` weighted backends, else the lowest
-/// with any (DESIGN.md §5, `tier` and `min_healthy`).
-fn serving_weights(service: &Service) -> Vec<u32> {
+/// Each backend's weight in the table, `up[i]` saying whether backend `i`
+/// is up: its configured weight if it is up and in the serving tier, else
+/// 0. The serving tier is the lowest with at least `min_healthy` healthy
+/// weighted backends, else the lowest with any (DESIGN.md §5, `tier` and
+/// `min_healthy`).
+fn serving_weights(service: &Service, up: &[bool]) -> Vec<u32> {
     let mut weighted_per_tier = std::collections::BTreeMap::<u8, u32>::new();
-    for backend in service.backends.iter().filter(|b| b.weight > 0) {
+    for (backend, _) in service
+        .backends
+        .iter()
+        .zip(up)
+        .filter(|(b, up)| b.weight > 0 && **up)
+    {
         *weighted_per_tier.entry(backend.tier).or_default() += 1;
     }
     let serving = weighted_per_tier
@@ -547,7 +663,14 @@ fn serving_weights(service: &Service) -> Vec<u32> {
     service
         .backends
         .iter()
-        .map(|b| if Some(b.tier) == serving { b.weight } else { 0 })
+        .zip(up)
+        .map(|(b, up)| {
+            if *up && Some(b.tier) == serving {
+                b.weight
+            } else {
+                0
+            }
+        })
         .collect()
 }
 

@@ -300,6 +300,23 @@ fn build_test_bed(ns: &Netns) {
     ns.sysctl("net.ipv6.conf.all.forwarding=1");
 }
 
+/// Pins the calling thread to the CPU it runs on and returns that CPU: the
+/// data path keeps per-CPU state (round-robin positions, rate limits), and a
+/// test run happens on the caller's CPU.
+pub fn pin_to_this_cpu() -> u32 {
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = unsafe { libc::sched_getcpu() };
+    let cpu = usize::try_from(cpu).expect("sched_getcpu");
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes within it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` is below CPU_SETSIZE (the kernel just ran us there).
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the size given.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &raw const set) };
+    assert_eq!(rc, 0, "sched_setaffinity");
+    u32::try_from(cpu).expect("cpu")
+}
+
 /// `02:00:...` text form.
 pub fn mac_text(mac: [u8; 6]) -> String {
     mac.iter()

@@ -14,7 +14,7 @@ use lb::{
     plan::{BackendKey, BackendState},
     route::Tables as _,
 };
-use lb_common::{Reason, hash::tunnel_hash, maps::ipv4_mapped};
+use lb_common::{Reason, maps::ipv4_mapped};
 use lb_tests::{
     frames::{self, Headers, eth, ip_packet},
     testrun::{Action, EGRESS_MAC, Harness, LB_MAC, ROUTER_MAC, backend_mac},
@@ -86,13 +86,14 @@ fn dsr_expected(input: &[u8], last: u8) -> Vec<u8> {
     out
 }
 
-/// The tunnel hash of a frame (client address and ports), as the kernel
-/// computes it.
+/// The tunnel hash of a frame (client address and ports), by the reference
+/// model's own hash (`lb_tests::tables`, written from the contract, not
+/// `lb_common::hash`, the code under test).
 fn hash_of(input: &[u8]) -> u32 {
     let h = Headers::parse(input);
     let src = match &h.net {
-        NetHeaders::Ipv4(ip, _) => ipv4_mapped(ip.source),
-        NetHeaders::Ipv6(ip, _) => ip.source,
+        NetHeaders::Ipv4(ip, _) => IpAddr::from(ip.source),
+        NetHeaders::Ipv6(ip, _) => IpAddr::from(ip.source),
         NetHeaders::Arp(_) => panic!("not IP"),
     };
     let (sport, dport) = match &h.transport {
@@ -100,7 +101,7 @@ fn hash_of(input: &[u8]) -> u32 {
         Some(TransportHeader::Udp(u)) => (u.source_port, u.destination_port),
         _ => panic!("no ports"),
     };
-    tunnel_hash(&src, sport, dport)
+    lb_tests::tables::tunnel_hash(src, sport, dport)
 }
 
 /// The expected tunnel output: an outer header from the tunnel prefix (host
@@ -734,6 +735,7 @@ fn an_entry_stamped_ahead_of_this_cpus_clock_keeps_its_flow() {
     let read = |harness: &Harness| {
         lb::route::maps::MapTables::new(&harness.dataplane)
             .conn(&key.widen())
+            .expect("read the connection table")
             .expect("the flow's entry")
     };
     let mut entry = read(&harness);
@@ -1222,6 +1224,7 @@ fn idle_flows_expire_and_are_rescheduled() {
 fn idle_for(harness: &mut Harness, key: &lb_common::FlowKeyV4, ns: u64) {
     let mut entry = lb::route::maps::MapTables::new(&harness.dataplane)
         .conn(&key.widen())
+        .expect("read the connection table")
         .expect("the flow's entry");
     entry.last_seen_ns = entry
         .last_seen_ns
@@ -1284,6 +1287,7 @@ fn refused_reschedules_do_not_count_closes() {
     let key = tcp_key4(client, 6200, v4(10), 80);
     let backend = lb::route::maps::MapTables::new(&harness.dataplane)
         .conn(&key.widen())
+        .expect("read the connection table")
         .expect("the flow's entry")
         .backend_id;
     let closed = |harness: &Harness| {

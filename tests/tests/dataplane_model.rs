@@ -1,11 +1,15 @@
 //! The balancer against its reference model (`lb_tests::model`): 50,000
 //! random well-formed frames, then 60,000 mutated ones (bits flipped, bytes
 //! overwritten, cut short, padded, header fields set), each in its own
-//! `BPF_PROG_TEST_RUN`. The program must never abort; where the model can
-//! tell, verdict, backend and rewritten fields must be what it predicts (the
-//! model computes its own Maglev tables and flow hash from the
-//! configuration: `lb_tests::tables`). A disagreement prints the frame in
-//! hex.
+//! `BPF_PROG_TEST_RUN`; then, on a second balancer with backends down
+//! (a whole primary tier among them), 20,000 well-formed frames. The
+//! program must never abort; where the model can tell, verdict, backend and
+//! rewritten fields must be what it predicts (the model computes its own
+//! Maglev tables, round-robin sequences and flow hash from the
+//! configuration: `lb_tests::tables`). Round robin is predicted while every
+//! frame is a new flow the model follows (the well-formed ones; the runs
+//! are pinned to one CPU, whose position the kernel keeps). A disagreement
+//! prints the frame in hex.
 //!
 //! The PRNG is seeded (`LB_MODEL_SEED` overrides the seed), so a failure
 //! replays exactly.
@@ -26,10 +30,11 @@ use etherparse::{
     TcpHeaderSlice, UdpHeaderSlice, VlanId,
 };
 use lb::config::Forwarding;
+use lb::plan::{BackendKey, BackendState};
 use lb_tests::{
     frames,
-    model::{CLIENT_NET_V4, CLIENT_NET_V6, IpView, Model, Prediction, ip_view, ports},
-    testrun::{Action, EGRESS_MAC, Harness, LB_MAC, ROUTER_MAC, backend_mac},
+    model::{CLIENT_NET_V4, CLIENT_NET_V6, Down, IpView, Model, Prediction, ip_view, ports},
+    testrun::{Action, EGRESS_MAC, Harness, LB_MAC, ROUTER_MAC, backend_mac, pin_to_this_cpu},
 };
 
 /// Random well-formed frames.
@@ -39,9 +44,10 @@ const MUTATED_FRAMES: usize = 60_000;
 /// Seed of the run unless `LB_MODEL_SEED` says otherwise.
 const DEFAULT_SEED: u64 = 0x6c62_2024_0d0c_a11e;
 
-/// IPv4 and IPv6 services over maglev and ip-hash, nat, dsr and tunnel, TCP
-/// and UDP, exact-port and all-port, weights varied, a standby tier and one
-/// service whose only backends are drained (its table is empty).
+/// IPv4 and IPv6 services over maglev, ip-hash and round robin, nat, dsr and
+/// tunnel, TCP and UDP, exact-port and all-port, weights varied, standby
+/// tiers and one service whose only backends are drained (its table is
+/// empty).
 const CONFIG: &str = "\
 instance: model
 interfaces: [{ name: lb0 }]
@@ -169,6 +175,27 @@ services:
     backends:
       - { address: '2001:db8::12' }
       - { address: '2001:db8::22' }
+  - name: rr4
+    vip: 203.0.113.40
+    port: 80
+    protocol: tcp
+    scheduler: round-robin
+    forwarding: nat
+    backends:
+      - { address: 192.0.2.11, port: 9011, weight: 30 }
+      - { address: 192.0.2.12, port: 9012, weight: 50 }
+      - { address: 192.0.2.13, port: 9013, weight: 20 }
+  - name: rr6
+    vip: '2001:db8:f::40'
+    port: 8080
+    protocol: tcp
+    scheduler: round-robin
+    forwarding: dsr
+    backends:
+      - { address: '2001:db8::13' }
+      - { address: '2001:db8::14' }
+      - { address: '2001:db8::21' }
+      - { address: '2001:db8::22', tier: 1 }
 dataplane:
   ring_size: 1009
   max_services: 16
@@ -1031,6 +1058,8 @@ fn print_tally(name: &str, tally: &Tally) {
 #[test]
 fn kernel_agrees_with_the_reference_model_on_random_and_mutated_frames() {
     let started = Instant::now();
+    // Round robin's position is per CPU: every run on this one.
+    pin_to_this_cpu();
     let harness = Harness::new(CONFIG);
     let model = Model::of(&harness);
     let seed = std::env::var("LB_MODEL_SEED")
@@ -1060,6 +1089,10 @@ fn kernel_agrees_with_the_reference_model_on_random_and_mutated_frames() {
         );
         corpus.push(generated.frame);
     }
+    let round_robin_picks = model.round_robin_picks();
+    // A mutated frame can reach round robin unpredicted (or as a flow the
+    // connection table already holds), moving the kernel's position.
+    model.stop_round_robin();
 
     let mut mutated = Tally::default();
     let mut rng = Rng(seed ^ 0x5a5a_5a5a_5a5a_5a5a);
@@ -1079,11 +1112,48 @@ fn kernel_agrees_with_the_reference_model_on_random_and_mutated_frames() {
     }
 
     print_tally("well-formed", &valid);
+    println!("  of which round robin's next pick: {round_robin_picks}");
     print_tally("mutated", &mutated);
     println!("runtime {:.2?}", started.elapsed());
 
+    show(&mismatches);
+    assert!(
+        valid.frames + mutated.frames >= 100_000 && mutated.frames >= 50_000,
+        "too few frames run"
+    );
+    assert!(
+        valid.exact * 100 >= valid.frames * 99,
+        "the model should predict nearly every well-formed frame"
+    );
+    assert!(
+        round_robin_picks >= 1000,
+        "round robin was predicted for {round_robin_picks} frames only"
+    );
+    assert!(
+        mutated.exact * 100 >= mutated.frames * 60,
+        "the model predicted too few mutated frames to mean much"
+    );
+    for action in ["Pass", "Drop", "Redirect"] {
+        for (name, tally) in [("well-formed", &valid), ("mutated", &mutated)] {
+            assert!(
+                tally.actions.get(action).copied().unwrap_or(0) >= 200,
+                "too few {action} verdicts among {name} frames: {:?}",
+                tally.actions
+            );
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} frame(s) where kernel and model disagree (categories above)",
+        mismatches.len()
+    );
+}
+
+/// The mismatches by category, three examples each (all with
+/// `LB_MODEL_VERBOSE` set).
+fn show(mismatches: &[Mismatch]) {
     let mut by_category: BTreeMap<&str, Vec<&Mismatch>> = BTreeMap::new();
-    for mismatch in &mismatches {
+    for mismatch in mismatches {
         by_category
             .entry(&mismatch.category)
             .or_default()
@@ -1101,27 +1171,111 @@ fn kernel_agrees_with_the_reference_model_on_random_and_mutated_frames() {
             println!("    {}", case.detail);
         }
     }
-    assert!(
-        valid.frames + mutated.frames >= 100_000 && mutated.frames >= 50_000,
-        "too few frames run"
-    );
-    assert!(
-        valid.exact * 100 >= valid.frames * 99,
-        "the model should predict nearly every well-formed frame"
-    );
-    assert!(
-        mutated.exact * 100 >= mutated.frames * 60,
-        "the model predicted too few mutated frames to mean much"
-    );
-    for action in ["Pass", "Drop", "Redirect"] {
-        for (name, tally) in [("well-formed", &valid), ("mutated", &mutated)] {
-            assert!(
-                tally.actions.get(action).copied().unwrap_or(0) >= 200,
-                "too few {action} verdicts among {name} frames: {:?}",
-                tally.actions
-            );
-        }
+}
+
+/// Backends down, as health checks would have it: one of a maglev
+/// service's, the whole primary tier of ip-hash `ssh4` and of maglev
+/// `all6` (their standby tiers serve), one of each round robin (with
+/// `rr6`'s, one of its equal-weight ties goes), and all of ip-hash
+/// `tun4`'s (nothing to send to).
+const DOWN: [(&str, &str); 9] = [
+    ("web4", "192.0.2.12"),
+    ("ssh4", "192.0.2.13"),
+    ("ssh4", "192.0.2.14"),
+    ("all6", "2001:db8::11"),
+    ("all6", "2001:db8::22"),
+    ("rr4", "192.0.2.12"),
+    ("rr6", "2001:db8::14"),
+    ("tun4", "192.0.2.21"),
+    ("tun4", "192.0.2.22"),
+];
+
+/// Well-formed frames checked after the backends went down.
+const DOWN_FRAMES: usize = 20_000;
+
+#[test]
+fn kernel_agrees_with_the_reference_model_with_backends_down() {
+    pin_to_this_cpu();
+    let mut harness = Harness::new(CONFIG);
+    let down: Vec<Down> = DOWN
+        .iter()
+        .map(|(name, address)| {
+            let address: IpAddr = address.parse().expect("address");
+            let service = harness
+                .config
+                .services
+                .iter()
+                .find(|s| s.name == *name)
+                .expect("a configured service");
+            let backend = service
+                .backends
+                .iter()
+                .find(|b| b.address == address)
+                .expect("a configured backend");
+            ((*name).to_owned(), address, backend.port_for(service))
+        })
+        .collect();
+    let states: BTreeMap<BackendKey, BackendState> = down
+        .iter()
+        .map(|(service, address, port)| {
+            (
+                BackendKey {
+                    service: service.clone(),
+                    address: *address,
+                    port: *port,
+                },
+                BackendState {
+                    up: false,
+                    weight: None,
+                },
+            )
+        })
+        .collect();
+    harness.replan(&states);
+    let model = Model::with_down(&harness.config, LB_MAC, &down);
+    let seed = std::env::var("LB_MODEL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(DEFAULT_SEED)
+        ^ 0xd0d0;
+    let mut generator = Generator {
+        rng: Rng(seed),
+        harness: &harness,
+        seen: HashSet::new(),
+    };
+    let mut tally = Tally::default();
+    let mut mismatches = Vec::new();
+    for i in 0..DOWN_FRAMES {
+        let generated = generator.generate();
+        run_one(
+            &harness,
+            &model,
+            &generated.frame,
+            generated.whole,
+            &mut tally,
+            &mut mismatches,
+            &format!("frame {i} with backends down"),
+        );
     }
+    print_tally("well-formed, backends down", &tally);
+    println!(
+        "  of which round robin's next pick: {}",
+        model.round_robin_picks()
+    );
+    show(&mismatches);
+    assert_eq!(
+        tally.exact, tally.frames,
+        "every well-formed frame predicted"
+    );
+    assert!(
+        model.round_robin_picks() >= 400,
+        "too few round-robin picks"
+    );
+    assert!(
+        tally.predictions.get("drop").copied().unwrap_or(0) >= 200,
+        "too few frames to a service with no backend up: {:?}",
+        tally.predictions
+    );
     assert!(
         mismatches.is_empty(),
         "{} frame(s) where kernel and model disagree (categories above)",

@@ -24,7 +24,9 @@ const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 50);
 
 fn set_sync(harness: &mut Harness, on: bool) {
-    let mut settings = lb::route::maps::MapTables::new(&harness.dataplane).settings();
+    let mut settings = lb::route::maps::MapTables::new(&harness.dataplane)
+        .settings()
+        .expect("read the settings");
     if on {
         settings.flags |= SETTINGS_SYNC;
     } else {
@@ -64,6 +66,7 @@ fn scheduled_flows_are_reported_while_sync_is_on() {
         };
         let backend_id = lb::route::maps::MapTables::new(&harness.dataplane)
             .conn(&key)
+            .expect("read the connection table")
             .expect("the flow's entry")
             .backend_id;
         expected.push(SyncEvent {

@@ -12,7 +12,10 @@ use lb_common::{
     maps::{SETTINGS_TRACE, ipv4_mapped},
     trace::{EVENT_BACKEND, EVENT_PORTS, TRACE_DROPS, TraceEvent, TraceSettings},
 };
-use lb_tests::{frames, testrun::Harness};
+use lb_tests::{
+    frames,
+    testrun::{Harness, pin_to_this_cpu},
+};
 
 const CONFIG: &str = "\
 instance: trace
@@ -38,20 +41,6 @@ dataplane:
   max_backends: 16
   connection_table_size: 4096
 ";
-
-/// Pins the calling thread to the CPU it runs on (the rate limit is per
-/// CPU).
-fn pin_to_this_cpu() {
-    // SAFETY: sched_getcpu has no preconditions.
-    let cpu = usize::try_from(unsafe { libc::sched_getcpu() }).expect("sched_getcpu");
-    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes within it.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `cpu` is below CPU_SETSIZE (the kernel just ran us there).
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: `set` is a valid cpu_set_t of the size given.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &raw const set) };
-    assert_eq!(rc, 0, "sched_setaffinity");
-}
 
 fn frames_to_check() -> Vec<(&'static str, Vec<u8>)> {
     let vip = Ipv4Addr::new(203, 0, 113, 10);
@@ -111,6 +100,7 @@ fn lost(kernel: &lb::trace::hub::Kernel) -> u64 {
 #[test]
 fn trace_changes_no_verdict_and_reports_each_decision() {
     let mut harness = Harness::new(CONFIG);
+    // The rate limit is per CPU.
     pin_to_this_cpu();
     let mut kernel = harness.dataplane.take_trace().expect("trace maps");
     let frames = frames_to_check();

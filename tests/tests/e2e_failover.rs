@@ -1,7 +1,9 @@
 //! Backend failover with real traffic: health checks take a stopped backend
 //! out of the tables and bring it back after `rise`; standby tiers take over
 //! when the primary tier is down and hand back; a broken reload changes
-//! nothing. Failover times are printed (they are reported, not asserted).
+//! nothing. Failover times are printed, and each is held to the bound its
+//! health check's configuration gives (interval × fall + timeout to go,
+//! interval × rise + timeout to come back) plus [`SLACK`].
 
 use std::{
     collections::BTreeMap,
@@ -20,13 +22,48 @@ use lb_tests::{
 
 const VIP: &str = "203.0.113.10:80";
 
+/// The health check's settings.
+const INTERVAL: Duration = Duration::from_millis(100);
+const TIMEOUT: Duration = Duration::from_millis(100);
+const RISE: u32 = 2;
+const FALL: u32 = 2;
+/// Slack added to each bound the configuration gives, as the demo's
+/// (tests/examples/demo/scenario.rs): the change is seen by polling
+/// `lb status` (a process started for each look, every 20 ms) on a shared
+/// machine.
+const SLACK: Duration = Duration::from_millis(500);
+
+/// The longest a stopped backend can stay up: its last good check just
+/// before the stop, then `fall` failed ones an interval apart, the last
+/// taking up to the timeout.
+fn down_bound() -> Duration {
+    INTERVAL * FALL + TIMEOUT + SLACK
+}
+
+/// The longest a restarted backend can stay down: `rise` good checks an
+/// interval apart, the first within an interval of the restart.
+fn up_bound() -> Duration {
+    INTERVAL * RISE + TIMEOUT + SLACK
+}
+
+/// Panics unless `took` (what `what` took) is within `bound`.
+fn assert_within(what: &str, took: Duration, bound: Duration) {
+    assert!(
+        took <= bound,
+        "{what} took {took:?}; the bound is {bound:?}"
+    );
+}
+
 fn config(tag: &str, backends: &str) -> String {
     format!(
         "instance: fo{tag}{pid}\ninterfaces: [{{ name: eth0 }}, {{ name: eth1 }}]\nservices:\n\
          \x20 - name: web\n    vip: 203.0.113.10\n    port: 80\n    protocol: tcp\n\
          \x20   backends: {backends}\n\
-         \x20   health_check: {{ kind: tcp, interval: 100ms, timeout: 100ms, rise: 2, fall: 2 }}\n\
+         \x20   health_check: {{ kind: tcp, interval: {interval}ms, timeout: {timeout}ms, \
+         rise: {RISE}, fall: {FALL} }}\n\
          control: {{ socket: /run/lb/fo-{tag}-{pid}.sock }}\n",
+        interval = INTERVAL.as_millis(),
+        timeout = TIMEOUT.as_millis(),
         pid = std::process::id()
     )
 }
@@ -141,6 +178,11 @@ fn a_failed_backend_leaves_and_returns_after_rise() {
          last failed connection {window:?} after the stop; {failures} of {} failed",
         samples.len()
     );
+    assert_within(
+        "b12 marked down after its server stopped",
+        detected,
+        down_bound(),
+    );
     // After detection no new connection goes to b12, and none fails.
     let after: Vec<&Sample> = samples.iter().filter(|(at, _)| *at > seen_down).collect();
     assert!(
@@ -185,10 +227,12 @@ fn a_failed_backend_leaves_and_returns_after_rise() {
     let restarted = Instant::now();
     bed.start_backend(12);
     assert!(wait_health(&bed, "b12", "up"), "b12 never came back");
+    let recovered = restarted.elapsed();
     println!(
-        "recovery: b12 back in the table {:?} after its server restarted",
-        restarted.elapsed()
+        "recovery: b12 back in the table {recovered:?} after its server restarted (bound {:?})",
+        up_bound()
     );
+    assert_within("b12 back after its restart", recovered, up_bound());
     let served = requests(&bed, 300);
     assert!(!served.contains_key("failed"), "{served:?}");
     assert!(
@@ -221,7 +265,16 @@ fn standby_tier_takes_over_and_hands_back() {
     bed.stop_backend(11);
     bed.stop_backend(12);
     assert!(wait_health(&bed, "b11", "down") && wait_health(&bed, "b12", "down"));
-    println!("tier 0 down, tier 1 serving after {:?}", stopped.elapsed());
+    let took = stopped.elapsed();
+    println!(
+        "tier 0 down, tier 1 serving after {took:?} (bound {:?})",
+        down_bound()
+    );
+    assert_within(
+        "tier 0 marked down after its servers stopped",
+        took,
+        down_bound(),
+    );
     let served = requests(&bed, 200);
     assert_eq!(
         served.get("b21"),

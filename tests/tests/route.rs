@@ -25,7 +25,7 @@ use lb::{
     route::{Query, Source, Tables as _, decide, maps::MapTables},
 };
 use lb_common::{ConnValue, FlowKey, Reason, proto};
-use lb_tests::testrun::{Action, CLIENT_MAC, Harness, LB_MAC, backend_mac};
+use lb_tests::testrun::{Action, CLIENT_MAC, Harness, LB_MAC, backend_mac, pin_to_this_cpu};
 
 /// Flows checked.
 const FLOWS: usize = 12_000;
@@ -233,21 +233,6 @@ fn random_flow(rng: &mut Rng) -> Flow {
     }
 }
 
-/// Pins the calling thread to the CPU it runs on; returns that CPU.
-fn pin_to_this_cpu() -> u32 {
-    // SAFETY: sched_getcpu has no preconditions.
-    let cpu = unsafe { libc::sched_getcpu() };
-    let cpu = usize::try_from(cpu).expect("sched_getcpu");
-    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes within it.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `cpu` is below CPU_SETSIZE (the kernel just ran us there).
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: `set` is a valid cpu_set_t of the size given.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &raw const set) };
-    assert_eq!(rc, 0, "sched_setaffinity");
-    u32::try_from(cpu).expect("cpu")
-}
-
 /// The backend host number whose MAC the test bed gives an address
 /// (`192.0.2.<n>`, `2001:db8::<n>` with n written in decimal).
 fn host_of(addr: IpAddr) -> u8 {
@@ -299,7 +284,9 @@ fn states(round: usize) -> BTreeMap<BackendKey, BackendState> {
 
 /// The kernel's connection-table entry for `flow`.
 fn conn(harness: &Harness, flow: &FlowKey) -> Option<ConnValue> {
-    MapTables::new(&harness.dataplane).conn(flow)
+    MapTables::new(&harness.dataplane)
+        .conn(flow)
+        .expect("read the connection table")
 }
 
 #[test]
@@ -339,7 +326,7 @@ fn route_names_the_backend_the_data_plane_uses() {
             syn: !flow.udp && tcp == Tcp::Syn,
             cpu: Some(cpu),
         };
-        let decision = decide(&query, &MapTables::new(&harness.dataplane));
+        let decision = decide(&query, &MapTables::new(&harness.dataplane)).expect("read the maps");
         let bytes = frame(&flow, tcp);
         let (outcome, moved) = harness.run_counted(&bytes);
         let context = || format!("flow {i} (seed {seed:#x}): {flow:?} {tcp:?}\n{decision:#?}");

@@ -29,6 +29,7 @@ const PACKAGES: &[&str] = &[
     "keepalived",        // the reference VRRP peer in the HA tests
     "man-db",            // `man -l` in the package test
     "bird2",             // BGP for `announce`: the balancers' and the upstream's in e2e_announce
+    "nftables",          // nft: the partitions and dropped health checks of the HA tests
     "fonts-dejavu-core", // the text of the demo's and the benchmarks' charts
 ];
 

@@ -845,7 +845,8 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
             controller
                 .send(|c| {
                     if let Err(error) = c.reload() {
-                        tracing::error!(error = %format!("{error:#}"), "reload refused; nothing changed");
+                        let what = crate::controller::reload_failure(&error);
+                        tracing::error!(error = %format!("{error:#}"), "{what}");
                     }
                 })
                 .map_err(gone)?;

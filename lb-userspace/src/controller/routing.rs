@@ -3,17 +3,18 @@
 
 use super::Controller;
 use crate::route::{
-    self,
+    self, ReadError,
     maps::{MapTables, interface_name},
     report::{RouteReport, RouteRequest},
 };
 
 impl Controller {
     /// Where the flow of `request` goes and why. An operator's bad request
-    /// is an `Err`.
-    pub fn route(&self, request: &RouteRequest) -> Result<RouteReport, String> {
-        let query = request.query()?;
-        let decision = route::decide(&query, &MapTables::new(self.dataplane()));
+    /// is a [`RouteError::Request`]; a map that could not be read, a
+    /// [`RouteError::Read`] (never an answer that takes it for empty).
+    pub fn route(&self, request: &RouteRequest) -> Result<RouteReport, RouteError> {
+        let query = request.query().map_err(RouteError::Request)?;
+        let decision = route::decide(&query, &MapTables::new(self.dataplane()))?;
         Ok(route::report::build(
             request,
             &decision,
@@ -22,4 +23,16 @@ impl Controller {
             interface_name,
         ))
     }
+}
+
+/// Why `lb route` has no answer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RouteError {
+    /// The request does not name a flow (the operator's to fix).
+    #[error("{0}")]
+    Request(String),
+    /// A map the decision needs could not be read.
+    #[error(transparent)]
+    Read(#[from] ReadError),
 }

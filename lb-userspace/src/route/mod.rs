@@ -5,7 +5,10 @@
 //!
 //! The decision ([`decide`]) is pure: it reads the maps through [`Tables`]
 //! and follows `lb-ebpf/src/balancer.rs` step for step, with the shared
-//! flow hash (`lb_common::hash`). [`maps`] reads a loaded or pinned data
+//! flow hash (`lb_common::hash`). A map that cannot be read makes the
+//! answer an error naming it ([`ReadError`]): an absent entry and a failed
+//! read are different answers ("no connection-table entry" is only said
+//! of a lookup that found none). [`maps`] reads a loaded or pinned data
 //! plane; [`report`] names services and backends for people and scripts.
 
 pub mod maps;
@@ -45,32 +48,47 @@ pub struct Query {
     pub cpu: Option<u32>,
 }
 
-/// The maps the decision reads, as the kernel sees them.
+/// A map the decision needs could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("reading map {map}")]
+pub struct ReadError {
+    /// Which map.
+    pub map: &'static str,
+    /// What went wrong.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// A read of the maps: `Ok(None)` where the kernel's lookup finds nothing.
+pub type Read<T> = Result<T, ReadError>;
+
+/// The maps the decision reads, as the kernel sees them. `None` is an
+/// entry the kernel's lookup would not find; a read that failed is an `Err`.
 pub trait Tables {
     /// `SETTINGS[0]`.
-    fn settings(&self) -> Settings;
+    fn settings(&self) -> Read<Settings>;
     /// Whether `VIPS` holds `addr`.
-    fn is_vip(&self, addr: &Addr) -> bool;
+    fn is_vip(&self, addr: &Addr) -> Read<bool>;
     /// `SERVICES[key]`.
-    fn service(&self, key: &ServiceKey) -> Option<ServiceValue>;
+    fn service(&self, key: &ServiceKey) -> Read<Option<ServiceValue>>;
     /// `SERVICE_IDS[id]`.
-    fn service_slot(&self, id: u32) -> Option<ServiceSlot>;
+    fn service_slot(&self, id: u32) -> Read<Option<ServiceSlot>>;
     /// `BACKENDS[id]`.
-    fn backend(&self, id: u32) -> Option<BackendValue>;
+    fn backend(&self, id: u32) -> Read<Option<BackendValue>>;
     /// `MAGLEV[index]`.
-    fn slot(&self, index: u32) -> Option<u32>;
-    /// `RR_POS[service_id]` on each CPU, in CPU order.
-    fn rr_positions(&self, service_id: u32) -> Vec<u32>;
+    fn slot(&self, index: u32) -> Read<Option<u32>>;
+    /// `RR_POS[service_id]` on each CPU, in CPU order (empty: no entry).
+    fn rr_positions(&self, service_id: u32) -> Read<Vec<u32>>;
     /// The flow's connection-table entry (`CONNS_V4`, or `CONNS` for IPv6).
-    fn conn(&self, flow: &FlowKey) -> Option<ConnValue>;
+    fn conn(&self, flow: &FlowKey) -> Read<Option<ConnValue>>;
     /// `HOPS[id]`.
-    fn hop(&self, id: u32) -> Option<HopValue>;
+    fn hop(&self, id: u32) -> Read<Option<HopValue>>;
     /// The prefixes of `DENY` (map form: IPv4 mapped, length + 96).
-    fn deny_prefixes(&self) -> Vec<(Addr, u32)>;
+    fn deny_prefixes(&self) -> Read<Vec<(Addr, u32)>>;
     /// `GUARD_DENIED[src]`.
-    fn guard_denial(&self, src: &Addr) -> Option<GuardDenial>;
+    fn guard_denial(&self, src: &Addr) -> Read<Option<GuardDenial>>;
     /// `RATE[src]`.
-    fn rate_bucket(&self, src: &Addr) -> Option<RateValue>;
+    fn rate_bucket(&self, src: &Addr) -> Read<Option<RateValue>>;
     /// `CLOCK_MONOTONIC` now, the data path's clock.
     fn now_ns(&self) -> u64;
 }
@@ -197,9 +215,10 @@ fn in_prefix(addr: &Addr, prefix: &Addr, len: u32) -> bool {
     }
 }
 
-/// The data path's decision for `query`, read from `tables`.
-pub fn decide(query: &Query, tables: &impl Tables) -> Decision {
-    let settings = tables.settings();
+/// The data path's decision for `query`, read from `tables`; an error if a
+/// map it needs could not be read.
+pub fn decide(query: &Query, tables: &impl Tables) -> Read<Decision> {
+    let settings = tables.settings()?;
     let now = tables.now_ns();
     let flow = FlowKey {
         src: map_addr(query.client),
@@ -211,9 +230,9 @@ pub fn decide(query: &Query, tables: &impl Tables) -> Decision {
     };
     let mut decision = Decision {
         flow,
-        vip: tables.is_vip(&flow.dst),
+        vip: tables.is_vip(&flow.dst)?,
         service: None,
-        guard: guard_view(&flow.src, &settings, tables, now),
+        guard: guard_view(&flow.src, &settings, tables, now)?,
         connection: None,
         schedule: ScheduleView::default(),
         backend: None,
@@ -221,42 +240,44 @@ pub fn decide(query: &Query, tables: &impl Tables) -> Decision {
         verdict: None,
         notes: Vec::new(),
     };
-    decision.service = find_service(&flow, tables);
+    decision.service = find_service(&flow, tables)?;
     if !decision.vip {
         decision.verdict = Some(Reason::PassNoService);
-        return decision;
+        return Ok(decision);
     }
     if let Some(service) = decision.service {
-        decision.schedule = schedule_view(&flow, query, &service.value, &settings, tables);
+        decision.schedule = schedule_view(&flow, query, &service.value, &settings, tables)?;
     }
     if decision.guard.denied_by.is_some() {
         decision.verdict = Some(Reason::DropDenied);
-        return decision;
+        return Ok(decision);
     }
     if decision.guard.auto_denied.is_some() {
         decision.verdict = Some(Reason::DropGuardAuto);
-        return decision;
+        return Ok(decision);
     }
     if settings.flags & SETTINGS_GUARD != 0 {
         decision
             .notes
             .push("guard.auto: a packet that crosses a threshold is dropped (drop_guard_auto)");
     }
-    if query.client_port.is_some() {
-        decision.connection = tables
-            .conn(&flow)
-            .map(|conn| connection_view(&flow, query, &conn, &settings, now, tables));
+    if query.client_port.is_some()
+        && let Some(conn) = tables.conn(&flow)?
+    {
+        decision.connection = Some(connection_view(
+            &flow, query, &conn, &settings, now, tables,
+        )?);
     }
     if let Some(conn) = decision.connection.filter(|c| c.kept)
-        && let Some(backend) = tables.backend(conn.backend_id)
+        && let Some(backend) = tables.backend(conn.backend_id)?
     {
         decision.backend = Some((conn.backend_id, backend, Source::Connection));
-        finish_forward(&mut decision, tables);
-        return decision;
+        finish_forward(&mut decision, tables)?;
+        return Ok(decision);
     }
     let Some(service) = decision.service else {
         decision.verdict = Some(Reason::PassNoService);
-        return decision;
+        return Ok(decision);
     };
     // As `choose_backend`: a flow that goes on (an open entry, rescheduled,
     // and not a SYN starting a new connection on its tuple) is no new flow
@@ -269,7 +290,7 @@ pub fn decide(query: &Query, tables: &impl Tables) -> Decision {
         && decision.guard.rate_tokens_milli.is_some_and(|t| t < 1000)
     {
         decision.verdict = Some(Reason::DropRateLimited);
-        return decision;
+        return Ok(decision);
     }
     let schedule = &decision.schedule;
     let (pick, source) = if service.value.scheduler == SCHED_ROUND_ROBIN {
@@ -282,28 +303,32 @@ pub fn decide(query: &Query, tables: &impl Tables) -> Decision {
     };
     let Some(id) = pick else {
         // Round robin without a CPU, or maglev without a client port.
-        return decision;
+        return Ok(decision);
     };
-    match tables.backend(id) {
+    // NO_BACKEND is past the end of BACKENDS: not looked up, as the kernel.
+    let backend = if id == NO_BACKEND {
+        None
+    } else {
+        tables.backend(id)?
+    };
+    match backend {
         Some(backend)
-            if id != NO_BACKEND
-                && backend.flags & BACKEND_USABLE != 0
-                && backend.service_id == service.value.id =>
+            if backend.flags & BACKEND_USABLE != 0 && backend.service_id == service.value.id =>
         {
             decision.backend = Some((id, backend, source));
-            finish_forward(&mut decision, tables);
+            finish_forward(&mut decision, tables)?;
         }
         _ => decision.verdict = Some(Reason::DropNoBackend),
     }
-    decision
+    Ok(decision)
 }
 
 /// The next hop and verdict once a backend is chosen.
-fn finish_forward(decision: &mut Decision, tables: &impl Tables) {
+fn finish_forward(decision: &mut Decision, tables: &impl Tables) -> Read<()> {
     let Some((id, backend, _)) = decision.backend else {
-        return;
+        return Ok(());
     };
-    let hop = match tables.hop(id) {
+    let hop = match tables.hop(id)? {
         Some(hop) if hop.addr == backend.addr && hop.flags & HOP_RESOLVED != 0 => {
             HopView::Cached(hop)
         }
@@ -314,33 +339,34 @@ fn finish_forward(decision: &mut Decision, tables: &impl Tables) {
         HopView::Cached(_) => Reason::ForwardToBackend,
         HopView::Fib => Reason::ForwardUncachedHop,
     });
+    Ok(())
 }
 
 /// `SERVICES`: exact (vip, port, proto), then the all-port service.
-fn find_service(flow: &FlowKey, tables: &impl Tables) -> Option<ServiceMatch> {
+fn find_service(flow: &FlowKey, tables: &impl Tables) -> Read<Option<ServiceMatch>> {
     let exact = Endpoint::new(flow.dst, flow.dport, flow.proto);
-    if let Some(value) = tables.service(&exact) {
-        return Some(ServiceMatch {
+    if let Some(value) = tables.service(&exact)? {
+        return Ok(Some(ServiceMatch {
             key: exact,
             value,
             all_ports: false,
-        });
+        }));
     }
     let all = Endpoint::new(flow.dst, 0, flow.proto);
-    tables.service(&all).map(|value| ServiceMatch {
+    Ok(tables.service(&all)?.map(|value| ServiceMatch {
         key: all,
         value,
         all_ports: true,
-    })
+    }))
 }
 
 /// The deny list, the automatic guard's denial, the rate bucket.
-fn guard_view(src: &Addr, settings: &Settings, tables: &impl Tables, now: u64) -> GuardView {
+fn guard_view(src: &Addr, settings: &Settings, tables: &impl Tables, now: u64) -> Read<GuardView> {
     let denied_by = if settings.flags & SETTINGS_DENY == 0 {
         None
     } else {
         tables
-            .deny_prefixes()
+            .deny_prefixes()?
             .into_iter()
             .filter(|(prefix, len)| in_prefix(src, prefix, *len))
             .max_by_key(|(_, len)| *len)
@@ -348,24 +374,26 @@ fn guard_view(src: &Addr, settings: &Settings, tables: &impl Tables, now: u64) -
     let auto_denied = if settings.flags & SETTINGS_GUARD == 0 {
         None
     } else {
-        tables.guard_denial(src).filter(|d| now < d.until_ns)
+        tables.guard_denial(src)?.filter(|d| now < d.until_ns)
     };
     let rate = u64::from(settings.rate_per_second);
-    let rate_tokens_milli = (rate != 0)
-        .then(|| tables.rate_bucket(src))
-        .flatten()
-        .map(|bucket| {
-            // As `admit_new_flow`: refilled per whole millisecond, capped.
-            let burst = u64::from(settings.rate_burst.max(1)) * 1000;
-            let elapsed_ms = now.saturating_sub(bucket.last_ns).min(1_000_000_000_000) / 1_000_000;
-            (bucket.milli_tokens + elapsed_ms * rate).min(burst)
-        });
-    GuardView {
+    let bucket = if rate == 0 {
+        None
+    } else {
+        tables.rate_bucket(src)?
+    };
+    let rate_tokens_milli = bucket.map(|bucket| {
+        // As `admit_new_flow`: refilled per whole millisecond, capped.
+        let burst = u64::from(settings.rate_burst.max(1)) * 1000;
+        let elapsed_ms = now.saturating_sub(bucket.last_ns).min(1_000_000_000_000) / 1_000_000;
+        (bucket.milli_tokens + elapsed_ms * rate).min(burst)
+    });
+    Ok(GuardView {
         denied_by,
         auto_denied,
         rate_limit: rate != 0,
         rate_tokens_milli,
-    }
+    })
 }
 
 /// As `established` / `service_of_flow`: does the entry keep the flow?
@@ -376,7 +404,7 @@ fn connection_view(
     settings: &Settings,
     now: u64,
     tables: &impl Tables,
-) -> ConnectionView {
+) -> Read<ConnectionView> {
     let closed = conn.flags & CONN_CLOSED != 0;
     let idle_ns = now.saturating_sub(conn.last_seen_ns);
     let idle_limit = if flow.proto == lb_common::proto::TCP {
@@ -387,44 +415,44 @@ fn connection_view(
     let opening = query.syn && flow.proto == lb_common::proto::TCP;
     let live = idle_ns <= idle_limit && !(closed && opening);
     let kept = live
-        && of_this_service(flow, conn.backend_id, tables)
-        && !(opening && draining(conn.backend_id, tables));
-    ConnectionView {
+        && of_this_service(flow, conn.backend_id, tables)?
+        && !(opening && draining(conn.backend_id, tables)?);
+    Ok(ConnectionView {
         backend_id: conn.backend_id,
         closed,
         idle_ns,
         kept,
-    }
+    })
 }
 
 /// The backend is usable and its service is the one `SERVICES` gives the
 /// flow: the same (vip, port, proto), or the all-port service with no
 /// exact one beside it.
-fn of_this_service(flow: &FlowKey, id: u32, tables: &impl Tables) -> bool {
-    let Some(backend) = tables.backend(id) else {
-        return false;
+fn of_this_service(flow: &FlowKey, id: u32, tables: &impl Tables) -> Read<bool> {
+    let Some(backend) = tables.backend(id)? else {
+        return Ok(false);
     };
-    let Some(slot) = tables.service_slot(backend.service_id) else {
-        return false;
+    let Some(slot) = tables.service_slot(backend.service_id)? else {
+        return Ok(false);
     };
     if backend.flags & BACKEND_USABLE == 0
         || slot.key.proto != flow.proto
         || slot.key.addr != flow.dst
     {
-        return false;
+        return Ok(false);
     }
-    slot.key.port == flow.dport
+    Ok(slot.key.port == flow.dport
         || (slot.key.port == 0
             && tables
-                .service(&Endpoint::new(flow.dst, flow.dport, flow.proto))
-                .is_none())
+                .service(&Endpoint::new(flow.dst, flow.dport, flow.proto))?
+                .is_none()))
 }
 
 /// Whether backend `id` takes no new flows (`BACKEND_DRAINING`).
-fn draining(id: u32, tables: &impl Tables) -> bool {
-    tables
-        .backend(id)
-        .is_some_and(|backend| backend.flags & BACKEND_DRAINING != 0)
+fn draining(id: u32, tables: &impl Tables) -> Read<bool> {
+    Ok(tables
+        .backend(id)?
+        .is_some_and(|backend| backend.flags & BACKEND_DRAINING != 0))
 }
 
 /// As `schedule`: the slot and backend a new flow would get.
@@ -434,41 +462,41 @@ fn schedule_view(
     service: &ServiceValue,
     settings: &Settings,
     tables: &impl Tables,
-) -> ScheduleView {
+) -> Read<ScheduleView> {
     let ring = settings.ring_size;
     let mut view = ScheduleView::default();
     if ring == 0 {
         view.pick = Some(NO_BACKEND);
-        return view;
+        return Ok(view);
     }
     let row = service
         .id
         .wrapping_mul(2)
         .wrapping_add(u32::from(service.active_half & 1));
-    let at = |slot: u32| {
-        tables
-            .slot(row.wrapping_mul(ring).wrapping_add(slot))
-            .unwrap_or(NO_BACKEND)
+    let at = |slot: u32| -> Read<u32> {
+        Ok(tables
+            .slot(row.wrapping_mul(ring).wrapping_add(slot))?
+            .unwrap_or(NO_BACKEND))
     };
     match service.scheduler {
         SCHED_ROUND_ROBIN => {
             let len = service.rr_len;
             view.next_picks = tables
-                .rr_positions(service.id)
+                .rr_positions(service.id)?
                 .into_iter()
                 .map(|position| {
                     if len == 0 || len > ring {
-                        NO_BACKEND
+                        Ok(NO_BACKEND)
                     } else {
                         at(position % len)
                     }
                 })
-                .collect();
+                .collect::<Read<_>>()?;
         }
         SCHED_IP_HASH => {
             let slot = source_hash(&flow.src) % ring;
             view.slot = Some(slot);
-            view.pick = Some(at(slot));
+            view.pick = Some(at(slot)?);
         }
         _ => {
             if query.client_port.is_none() {
@@ -477,11 +505,11 @@ fn schedule_view(
                 let slot =
                     flow_hash(&flow.src, &flow.dst, flow.sport, flow.dport, flow.proto) % ring;
                 view.slot = Some(slot);
-                view.pick = Some(at(slot));
+                view.pick = Some(at(slot)?);
             }
         }
     }
-    view
+    Ok(view)
 }
 
 #[cfg(test)]

@@ -4,15 +4,20 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use lb_common::{
     Addr, BackendValue, ConnValue, FlowKey, HopValue, RateValue, Reason, ServiceKey, ServiceValue,
-    Settings,
+    Settings, map_names,
     maps::{
         BACKEND_USABLE, CONN_CLOSED, Endpoint, GuardDenial, HOP_RESOLVED, SCHED_IP_HASH,
-        SCHED_ROUND_ROBIN, SETTINGS_DENY, ServiceSlot,
+        SCHED_ROUND_ROBIN, SETTINGS_DENY, SETTINGS_GUARD, ServiceSlot,
     },
     proto,
 };
 
-use super::{HopView, Query, Source, Tables, decide, map_addr};
+use super::{Decision, HopView, Query, Read, ReadError, Source, Tables, map_addr};
+
+/// [`super::decide`] over tables whose every read works.
+fn decide(query: &Query, tables: &impl Tables) -> Decision {
+    super::decide(query, tables).expect("every map reads")
+}
 
 const RING: u32 = 7;
 
@@ -31,50 +36,125 @@ struct Memory {
 }
 
 impl Tables for Memory {
-    fn settings(&self) -> Settings {
-        self.settings
+    fn settings(&self) -> Read<Settings> {
+        Ok(self.settings)
     }
-    fn is_vip(&self, addr: &Addr) -> bool {
-        self.services.keys().any(|(a, _, _)| a == addr)
+    fn is_vip(&self, addr: &Addr) -> Read<bool> {
+        Ok(self.services.keys().any(|(a, _, _)| a == addr))
     }
-    fn service(&self, key: &ServiceKey) -> Option<ServiceValue> {
-        self.services.get(&(key.addr, key.port, key.proto)).copied()
+    fn service(&self, key: &ServiceKey) -> Read<Option<ServiceValue>> {
+        Ok(self.services.get(&(key.addr, key.port, key.proto)).copied())
     }
-    fn service_slot(&self, id: u32) -> Option<ServiceSlot> {
-        self.services
+    fn service_slot(&self, id: u32) -> Read<Option<ServiceSlot>> {
+        Ok(self
+            .services
             .iter()
             .find(|(_, v)| v.id == id)
             .map(|((addr, port, proto), value)| ServiceSlot {
                 key: Endpoint::new(*addr, *port, *proto),
                 value: *value,
-            })
+            }))
     }
-    fn backend(&self, id: u32) -> Option<BackendValue> {
-        self.backends.get(&id).copied()
+    fn backend(&self, id: u32) -> Read<Option<BackendValue>> {
+        Ok(self.backends.get(&id).copied())
     }
-    fn slot(&self, index: u32) -> Option<u32> {
-        self.slots.get(&index).copied()
+    fn slot(&self, index: u32) -> Read<Option<u32>> {
+        Ok(self.slots.get(&index).copied())
     }
-    fn rr_positions(&self, id: u32) -> Vec<u32> {
-        self.rr.get(&id).cloned().unwrap_or_default()
+    fn rr_positions(&self, id: u32) -> Read<Vec<u32>> {
+        Ok(self.rr.get(&id).cloned().unwrap_or_default())
     }
-    fn conn(&self, flow: &FlowKey) -> Option<ConnValue> {
-        self.conns.iter().find(|(k, _)| k == flow).map(|(_, v)| *v)
+    fn conn(&self, flow: &FlowKey) -> Read<Option<ConnValue>> {
+        Ok(self.conns.iter().find(|(k, _)| k == flow).map(|(_, v)| *v))
     }
-    fn hop(&self, id: u32) -> Option<HopValue> {
-        self.hops.get(&id).copied()
+    fn hop(&self, id: u32) -> Read<Option<HopValue>> {
+        Ok(self.hops.get(&id).copied())
     }
-    fn deny_prefixes(&self) -> Vec<(Addr, u32)> {
-        self.deny.clone()
+    fn deny_prefixes(&self) -> Read<Vec<(Addr, u32)>> {
+        Ok(self.deny.clone())
     }
-    fn guard_denial(&self, _: &Addr) -> Option<GuardDenial> {
-        None
+    fn guard_denial(&self, _: &Addr) -> Read<Option<GuardDenial>> {
+        Ok(None)
     }
-    fn rate_bucket(&self, _: &Addr) -> Option<RateValue> {
-        self.rate
+    fn rate_bucket(&self, _: &Addr) -> Read<Option<RateValue>> {
+        Ok(self.rate)
     }
     fn now_ns(&self) -> u64 {
         self.now
+    }
+}
+
+/// [`Memory`] with one map whose reads fail, as a lookup the kernel
+/// refused (`MapTables` passes such a failure on; only an absent key or an
+/// index past the end reads as `None`).
+struct Failing<'a> {
+    memory: &'a Memory,
+    map: &'static str,
+}
+
+impl Failing<'_> {
+    fn read(&self, map: &'static str) -> Read<()> {
+        if map == self.map {
+            return Err(ReadError {
+                map,
+                source: "`bpf_map_lookup_elem` failed: Operation not permitted".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Tables for Failing<'_> {
+    fn settings(&self) -> Read<Settings> {
+        self.read(map_names::SETTINGS)?;
+        self.memory.settings()
+    }
+    fn is_vip(&self, addr: &Addr) -> Read<bool> {
+        self.read(map_names::VIPS)?;
+        self.memory.is_vip(addr)
+    }
+    fn service(&self, key: &ServiceKey) -> Read<Option<ServiceValue>> {
+        self.read(map_names::SERVICES)?;
+        self.memory.service(key)
+    }
+    fn service_slot(&self, id: u32) -> Read<Option<ServiceSlot>> {
+        self.read(map_names::SERVICE_IDS)?;
+        self.memory.service_slot(id)
+    }
+    fn backend(&self, id: u32) -> Read<Option<BackendValue>> {
+        self.read(map_names::BACKENDS)?;
+        self.memory.backend(id)
+    }
+    fn slot(&self, index: u32) -> Read<Option<u32>> {
+        self.read(map_names::MAGLEV)?;
+        self.memory.slot(index)
+    }
+    fn rr_positions(&self, id: u32) -> Read<Vec<u32>> {
+        self.read(map_names::RR_POS)?;
+        self.memory.rr_positions(id)
+    }
+    fn conn(&self, flow: &FlowKey) -> Read<Option<ConnValue>> {
+        self.read(map_names::CONNS_V4)?;
+        self.memory.conn(flow)
+    }
+    fn hop(&self, id: u32) -> Read<Option<HopValue>> {
+        self.read(map_names::HOPS)?;
+        self.memory.hop(id)
+    }
+    fn deny_prefixes(&self) -> Read<Vec<(Addr, u32)>> {
+        self.read(map_names::DENY)?;
+        self.memory.deny_prefixes()
+    }
+    fn guard_denial(&self, src: &Addr) -> Read<Option<GuardDenial>> {
+        self.read(map_names::GUARD_DENIED)?;
+        self.memory.guard_denial(src)
+    }
+    fn rate_bucket(&self, src: &Addr) -> Read<Option<RateValue>> {
+        self.read(map_names::RATE)?;
+        self.memory.rate_bucket(src)
+    }
+    fn now_ns(&self) -> u64 {
+        self.memory.now_ns()
     }
 }
 
@@ -290,5 +370,63 @@ fn an_empty_bucket_refuses_new_flows_but_not_established_ones() {
     assert_eq!(
         decide(&q, &m).backend.map(|(id, _, s)| (id, s)),
         Some((1, Source::Connection))
+    );
+}
+
+#[test]
+fn a_map_that_cannot_be_read_is_an_error_naming_it_not_an_absent_entry() {
+    // An established flow (CONNS_V4, BACKENDS, SERVICE_IDS, HOPS) of a
+    // maglev service, with the deny list, the automatic guard and the rate
+    // limit in force: every map the decision reads is read.
+    let mut m = memory(0);
+    m.settings.flags = SETTINGS_DENY | SETTINGS_GUARD;
+    m.settings.rate_per_second = 10;
+    let q = query("198.51.100.7", Some(40000), 80);
+    let flow = decide(&q, &m).flow;
+    m.conns.push((
+        flow,
+        ConnValue {
+            backend_id: 1,
+            flags: 0,
+            last_seen_ns: m.now,
+        },
+    ));
+    assert_eq!(
+        decide(&q, &m).backend.map(|(id, _, s)| (id, s)),
+        Some((1, Source::Connection))
+    );
+    let maps = [
+        map_names::SETTINGS,
+        map_names::VIPS,
+        map_names::SERVICES,
+        map_names::MAGLEV,
+        map_names::DENY,
+        map_names::GUARD_DENIED,
+        map_names::RATE,
+        map_names::CONNS_V4,
+        map_names::BACKENDS,
+        map_names::SERVICE_IDS,
+        map_names::HOPS,
+    ];
+    for map in maps {
+        let failing = Failing { memory: &m, map };
+        match super::decide(&q, &failing) {
+            Err(error) => assert_eq!(error.map, map),
+            Ok(decision) => panic!("{map} unreadable, yet decided: {decision:?}"),
+        }
+    }
+    // Round robin reads RR_POS.
+    let mut rr = memory(SCHED_ROUND_ROBIN);
+    rr.rr.insert(0, vec![0, 1]);
+    let failing = Failing {
+        memory: &rr,
+        map: map_names::RR_POS,
+    };
+    let error = super::decide(&query("198.51.100.7", Some(1), 80), &failing).unwrap_err();
+    assert_eq!(error.map, map_names::RR_POS);
+    let text = format!("{:#}", anyhow::Error::new(error));
+    assert!(
+        text.contains("reading map RR_POS") && text.contains("Operation not permitted"),
+        "{text}"
     );
 }
