@@ -200,17 +200,7 @@ fn kill_the_master(tag: &str, sync: bool) -> Outcome {
     );
     // Its gratuitous ARPs reach the client and the backends.
     std::thread::sleep(Duration::from_secs(1));
-    let results: Vec<(String, Option<String>)> = bed.client.run(move || {
-        held.into_iter()
-            .rev()
-            .map(|h| (h.backend.clone(), h.finish()))
-            .collect()
-    });
-    let kept = results
-        .iter()
-        .filter(|(started, finished)| finished.as_ref() == Some(started))
-        .count();
-    let broken = results.iter().filter(|(_, f)| f.is_none()).count();
+    let Outcome { kept, broken } = finish_held(&bed, held);
     println!(
         "{tag}: {kept} of {HELD} held connections finished on their backend, {broken} broken \
          (sync {})",
@@ -242,6 +232,123 @@ fn without_sync_round_robin_flows_break() {
         "only {} of {HELD} broke without sync: the control does not show the problem",
         outcome.broken
     );
+}
+
+/// Opens `count` held connections from the client to the VIP.
+fn open_held(bed: &SyncBed, count: usize) -> Vec<HeldConnection> {
+    let target: SocketAddr = VIP.parse().unwrap();
+    let held: Vec<HeldConnection> = bed.client.run(move || {
+        (0..count)
+            .filter_map(|_| HeldConnection::open(target))
+            .collect()
+    });
+    assert_eq!(held.len(), count, "held connections opened");
+    held
+}
+
+/// Finishes `held` (in reverse order); (finished on their backend, broken).
+fn finish_held(bed: &SyncBed, held: Vec<HeldConnection>) -> Outcome {
+    let results: Vec<(String, Option<String>)> = bed.client.run(move || {
+        held.into_iter()
+            .rev()
+            .map(|h| (h.backend.clone(), h.finish()))
+            .collect()
+    });
+    Outcome {
+        kept: results
+            .iter()
+            .filter(|(started, finished)| finished.as_ref() == Some(started))
+            .count(),
+        broken: results.iter().filter(|(_, f)| f.is_none()).count(),
+    }
+}
+
+/// Held through A before it dies.
+const BEFORE: usize = 30;
+/// Held through B while A is down.
+const DURING: usize = 20;
+
+/// Bulk transfer (issue 21, point 3): A (master) carries [`BEFORE`] held
+/// connections, is `SIGKILL`ed and its host "reboots" (link down, its pinned
+/// data plane and connection table removed, so the restart is cold); B
+/// takes over and carries [`DURING`] more. A restarts: before VRRP it asks
+/// B for its whole table, gets it, preempts — and every held connection,
+/// those it opened itself and those B opened, finishes on its backend.
+/// Without the transfer (checked by disabling the request) all 50 broke:
+/// A's empty table does not know them.
+#[test]
+fn a_restarted_master_catches_up_from_its_peer_and_preempts() {
+    let mut bed = SyncBed::new("d", true);
+    bed.start_pair();
+    let mut held = open_held(&bed, BEFORE);
+    let installed = || bed.sync(1)["peers"][0]["installed"].as_u64().unwrap_or(0);
+    assert!(
+        wait_until(Duration::from_secs(5), || installed() >= BEFORE as u64),
+        "the backup installed {} of {BEFORE}: {}",
+        installed(),
+        bed.sync(1)
+    );
+    let output = bed.balancers[0].stop(libc::SIGKILL);
+    assert!(!output.status.success(), "{output:?}");
+    let a = &bed.balancers[0];
+    a.ns.ip(&["link", "set", "eth0", "down"]);
+    // The reboot: nothing of A's data plane survives.
+    let detached = a.lb(&["detach", "--instance", &a.instance]);
+    assert!(detached.status.success(), "{detached:?}");
+    assert!(
+        wait_until(Duration::from_secs(10), || bed.balancers[1].ha_state()
+            == "master"),
+        "B never took over"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    held.extend(open_held(&bed, DURING));
+    bed.balancers[0].ns.ip(&["link", "set", "eth0", "up"]);
+    let restarted_at = Instant::now();
+    bed.start(0);
+    let up = restarted_at.elapsed();
+    let bulk = bed.sync(0)["last_bulk"].clone();
+    println!("d: A's control socket answered {up:?} after its start; its last bulk: {bulk}");
+    assert_eq!(
+        bulk["from"],
+        "192.0.2.2",
+        "no whole table from B: {}",
+        bed.sync(0)
+    );
+    let entries = bulk["entries"].as_u64().unwrap_or(0);
+    assert!(
+        entries >= (BEFORE + DURING) as u64,
+        "B sent {entries} entries of at least {}: {}",
+        BEFORE + DURING,
+        bed.sync(0)
+    );
+    assert!(
+        bulk["installed"].as_u64().unwrap_or(0) >= (BEFORE + DURING) as u64,
+        "{bulk}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || bed.balancers[0].ha_state()
+            == "master"
+            && bed.balancers[1].ha_state() == "backup"),
+        "A did not preempt: {} / {}",
+        bed.balancers[0].ha_state(),
+        bed.balancers[1].ha_state()
+    );
+    println!(
+        "d: A master again {:?} after its start; B served {} transfer(s)",
+        restarted_at.elapsed(),
+        bed.sync(1)["bulk_served"]
+    );
+    // A's gratuitous ARPs reach the client and the backends.
+    std::thread::sleep(Duration::from_secs(1));
+    let outcome = finish_held(&bed, held);
+    println!(
+        "d: {} of {} held connections finished on their backend, {} broken",
+        outcome.kept,
+        BEFORE + DURING,
+        outcome.broken
+    );
+    assert_eq!(outcome.broken, 0, "connections broke");
+    assert_eq!(outcome.kept, BEFORE + DURING);
 }
 
 /// A sync entry for client port `port` to backend 192.0.2.12.

@@ -6,13 +6,17 @@
 //! freshness checked, bounded by a [`Limiter`] — and installs their flows
 //! in its own descriptors of the connection table, never over an entry
 //! that is there (`BPF_NOEXIST`). Everything refused is counted.
+//!
+//! At its start it asks every peer for its whole table (`BulkRequest`,
+//! [`super::bulk`]), and it answers a peer's request with a transfer on a
+//! thread of its own.
 
 use std::{
     net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket},
     os::fd::{AsRawFd as _, OwnedFd},
     sync::{
         Arc, Mutex, RwLock,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
     time::{Duration, Instant, SystemTime},
@@ -22,12 +26,14 @@ use anyhow::Context as _;
 use lb_common::{ConnValue, FlowKey, maps::SYNC_OPENED};
 
 use super::{
+    bulk::{self, Answers, Pace, Requests, Transfer},
     directory::{Directory, Unresolved},
     limit::{Limited, Limiter},
+    status::BulkReceived,
     status::{Refusal, SyncStatus},
     wire::{self, Key, Kind, Message, ReplayWindow, WireError},
 };
-use crate::dataplane::SyncKernel;
+use crate::{conns::ConnTable, dataplane::SyncKernel};
 
 /// How often the new-flow events are drained and sent: the sync lag a
 /// peer sees, at most, beyond the network's.
@@ -51,8 +57,12 @@ pub struct Setup {
     pub peer_rate: u32,
     /// `sync.peer_share` × the connection table's size.
     pub peer_capacity: u64,
-    /// The TCP idle timeout, over which the peers' share is counted.
+    /// The TCP idle timeout, over which the peers' share is counted (and
+    /// past which a TCP flow is not sent in a bulk transfer).
     pub window_ns: u64,
+    /// The UDP idle timeout (past it a UDP flow is not sent in a bulk
+    /// transfer).
+    pub udp_idle_ns: u64,
 }
 
 /// What the thread and the controller share: the directory the controller
@@ -89,7 +99,12 @@ impl Shared {
             .clone()
     }
 
-    fn directory(&self) -> Arc<Directory> {
+    /// The whole table a peer last sent, if one came.
+    pub fn last_bulk(&self) -> Option<BulkReceived> {
+        self.status().last_bulk
+    }
+
+    pub(super) fn directory(&self) -> Arc<Directory> {
         Arc::clone(
             &self
                 .directory
@@ -98,7 +113,7 @@ impl Shared {
         )
     }
 
-    fn with_status<T>(&self, change: impl FnOnce(&mut SyncStatus) -> T) -> T {
+    pub(super) fn with_status<T>(&self, change: impl FnOnce(&mut SyncStatus) -> T) -> T {
         change(
             &mut self
                 .status
@@ -142,11 +157,16 @@ pub fn spawn(
     let mut sender_id = [0u8; 4];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut sender_id)
         .map_err(|_| anyhow::anyhow!("no randomness for the sync sender id"))?;
+    let peers = setup.peers.len();
     let mut worker = Worker {
         limiter: Limiter::new(setup.peer_rate, setup.peer_capacity, setup.window_ns),
-        windows: vec![ReplayWindow::default(); setup.peers.len()],
+        windows: vec![ReplayWindow::default(); peers],
         sender: u32::from_ne_bytes(sender_id),
-        sequence: 0,
+        sequence: Arc::new(AtomicU64::new(0)),
+        requests: Requests::new(peers, Instant::now()),
+        answers: Answers::new(peers),
+        transferring: Arc::new(AtomicBool::new(false)),
+        incoming: vec![Incoming::default(); peers],
         setup,
         kernel,
         conns,
@@ -206,7 +226,23 @@ struct Worker {
     /// One per peer, in the order of `setup.peers`.
     windows: Vec<ReplayWindow>,
     sender: u32,
-    sequence: u64,
+    /// Shared with a running transfer: one numbering per sender id.
+    sequence: Arc<AtomicU64>,
+    /// This start's requests for the peers' tables.
+    requests: Requests,
+    /// Which peers' requests are answered.
+    answers: Answers,
+    /// Set while a transfer to a peer runs.
+    transferring: Arc<AtomicBool>,
+    /// Per peer, the bulk transfer arriving (entries, installed so far).
+    incoming: Vec<Incoming>,
+}
+
+/// A peer's bulk transfer as it arrives.
+#[derive(Clone, Copy, Debug, Default)]
+struct Incoming {
+    entries: u64,
+    installed: u64,
 }
 
 impl Worker {
@@ -229,6 +265,7 @@ impl Worker {
                 }
             }
             if flushed.elapsed() >= FLUSH_EVERY {
+                self.ask();
                 self.flush();
                 flushed = Instant::now();
             }
@@ -256,12 +293,11 @@ impl Worker {
             .filter_map(|event| directory.entry_for(&event.flow, event.backend_id))
             .collect();
         for batch in entries.chunks(wire::MAX_ENTRIES) {
-            self.sequence += 1;
             let datagram = wire::emit(
                 &Message {
                     kind: Kind::Opened,
                     sender: self.sender,
-                    sequence: self.sequence,
+                    sequence: self.next_sequence(),
                     entries: batch.to_vec(),
                 },
                 &self.setup.key,
@@ -279,6 +315,81 @@ impl Worker {
                 });
             }
         }
+    }
+
+    fn next_sequence(&self) -> u64 {
+        self.sequence.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Asks the peers whose tables have not come yet (while this start
+    /// still waits for them).
+    fn ask(&mut self) {
+        for i in self.requests.due(Instant::now()) {
+            let datagram = wire::emit(
+                &Message {
+                    kind: Kind::BulkRequest,
+                    sender: self.sender,
+                    sequence: self.next_sequence(),
+                    entries: Vec::new(),
+                },
+                &self.setup.key,
+            );
+            let to = SocketAddr::new(self.target(self.setup.peers[i]), self.setup.port);
+            if let Err(error) = self.socket.send_to(&datagram, to) {
+                tracing::debug!(%error, peer = %self.setup.peers[i], "sync: asking for the table");
+                self.shared.with_status(|status| {
+                    if let Some(peer) = status.peers.get_mut(i) {
+                        peer.send_errors += 1;
+                    }
+                });
+            }
+        }
+    }
+
+    /// A peer asks for the whole table: a transfer starts on its own
+    /// thread unless one runs or this peer had one just now.
+    fn answer(&mut self, index: usize) {
+        let busy = self.transferring.load(Ordering::Acquire);
+        match self.answers.admit(index, Instant::now(), busy) {
+            Ok(()) => {}
+            Err(why) => {
+                tracing::debug!(peer = %self.setup.peers[index], ?why, "sync: bulk request declined");
+                self.shared.with_status(|status| status.bulk_declined += 1);
+                return;
+            }
+        }
+        let transfer = match self.transfer_to(index) {
+            Ok(transfer) => transfer,
+            Err(error) => {
+                tracing::warn!(%error, "sync: cannot answer a bulk request");
+                return;
+            }
+        };
+        self.transferring.store(true, Ordering::Release);
+        let started = std::thread::Builder::new()
+            .name("lb-sync-bulk".into())
+            .spawn(move || transfer.run());
+        if let Err(error) = started {
+            tracing::warn!(%error, "sync: starting a bulk transfer");
+            self.transferring.store(false, Ordering::Release);
+        }
+    }
+
+    fn transfer_to(&self, index: usize) -> std::io::Result<Transfer> {
+        Ok(Transfer {
+            table: ConnTable::new(self.conns.0.try_clone()?, self.conns.1.try_clone()?),
+            socket: self.socket.try_clone()?,
+            to: SocketAddr::new(self.target(self.setup.peers[index]), self.setup.port),
+            peer: index,
+            key: self.setup.key.clone(),
+            sender: self.sender,
+            sequence: Arc::clone(&self.sequence),
+            pace: Pace::new(bulk::bulk_rate(self.setup.peer_rate)),
+            tcp_idle_ns: self.setup.window_ns,
+            udp_idle_ns: self.setup.udp_idle_ns,
+            shared: Arc::clone(&self.shared),
+            busy: Arc::clone(&self.transferring),
+        })
     }
 
     /// `peer` as the socket's family addresses it.
@@ -314,9 +425,12 @@ impl Worker {
         }
         let installs = match message.kind {
             Kind::Opened | Kind::Bulk | Kind::BulkEnd => true,
-            // A close leaves the entry to expire; a bulk request is not
-            // answered yet (a restarted balancer learns new flows only).
-            Kind::Closed | Kind::BulkRequest => false,
+            // A close leaves the entry to expire.
+            Kind::Closed => false,
+            Kind::BulkRequest => {
+                self.answer(index);
+                false
+            }
         };
         let directory = self.shared.directory();
         let now = monotonic_coarse_ns();
@@ -326,8 +440,38 @@ impl Worker {
                 outcomes.push(self.install(&directory, entry, now));
             }
         }
+        let bulk = matches!(message.kind, Kind::Bulk | Kind::BulkEnd);
+        if bulk {
+            let incoming = &mut self.incoming[index];
+            incoming.entries += message.entries.len() as u64;
+            incoming.installed += outcomes
+                .iter()
+                .filter(|outcome| matches!(outcome, Installed::Yes))
+                .count() as u64;
+        }
+        let finished = (message.kind == Kind::BulkEnd).then(|| {
+            let incoming = std::mem::take(&mut self.incoming[index]);
+            self.requests.answered(index);
+            let took_ms =
+                u64::try_from(self.requests.started().elapsed().as_millis()).unwrap_or(u64::MAX);
+            BulkReceived {
+                from: from.to_string(),
+                at_ms: unix_ms(),
+                entries: incoming.entries,
+                installed: incoming.installed,
+                took_ms,
+            }
+        });
+        if let Some(received) = &finished {
+            tracing::info!(peer = %received.from, entries = received.entries,
+                installed = received.installed, took_ms = ?received.took_ms,
+                "sync: a peer's whole table arrived");
+        }
         let peer_entries = self.limiter.in_window();
         self.shared.with_status(|status| {
+            if finished.is_some() {
+                status.last_bulk = finished;
+            }
             status.peer_entries = peer_entries;
             if let Some(peer) = status.peers.get_mut(index) {
                 peer.last_message_ms = Some(unix_ms());
@@ -460,7 +604,8 @@ pub fn monotonic_coarse_ns() -> u64 {
     u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
 }
 
-fn unix_ms() -> u64 {
+/// Unix time in milliseconds.
+pub(super) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
