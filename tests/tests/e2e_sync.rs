@@ -275,7 +275,8 @@ const DURING: usize = 20;
 /// B for its whole table, gets it, preempts — and every held connection,
 /// those it opened itself and those B opened, finishes on its backend.
 /// Without the transfer (checked by disabling the request) all 50 broke:
-/// A's empty table does not know them.
+/// A's empty table does not know them. Then the closes: the connections'
+/// FINs pass A, and B marks each of its entries closed.
 #[test]
 fn a_restarted_master_catches_up_from_its_peer_and_preempts() {
     let mut bed = SyncBed::new("d", true);
@@ -349,6 +350,18 @@ fn a_restarted_master_catches_up_from_its_peer_and_preempts() {
     );
     assert_eq!(outcome.broken, 0, "connections broke");
     assert_eq!(outcome.kept, BEFORE + DURING);
+    // Their FINs passed A, which reports each close: B marks its entry
+    // of every one of them closed (it held all 50, on the same backends).
+    let closed = || bed.sync(1)["peers"][0]["closed"].as_u64().unwrap_or(0);
+    assert!(
+        wait_until(Duration::from_secs(5), || closed()
+            >= (BEFORE + DURING) as u64),
+        "B marked {} of {} closed: {}",
+        closed(),
+        BEFORE + DURING,
+        bed.sync(1)
+    );
+    println!("d: B marked {} flows closed on A's word", closed());
 }
 
 /// A sync entry for client port `port` to backend 192.0.2.12.

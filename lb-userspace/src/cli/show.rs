@@ -97,8 +97,9 @@ fn print_sync(sync: &crate::sync::status::SyncStatus) {
             |at| format!("heard {} ms ago", now_ms.saturating_sub(at)),
         );
         println!(
-            "  peer {:<39} {heard}; {} sent, {} received, {} installed, {} already here",
-            peer.address, peer.sent, peer.received, peer.installed, peer.existing
+            "  peer {:<39} {heard}; {} sent, {} received, {} installed, {} already here, \
+             {} closed",
+            peer.address, peer.sent, peer.received, peer.installed, peer.existing, peer.closed
         );
     }
     match &sync.last_bulk {

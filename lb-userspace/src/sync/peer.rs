@@ -23,7 +23,10 @@ use std::{
 };
 
 use anyhow::Context as _;
-use lb_common::{ConnValue, FlowKey, maps::SYNC_OPENED};
+use lb_common::{
+    ConnValue, FlowKey,
+    maps::{CONN_CLOSED, SYNC_CLOSED, SYNC_OPENED},
+};
 
 use super::{
     bulk::{self, Answers, Pace, Requests, Transfer},
@@ -287,15 +290,22 @@ impl Worker {
             return;
         }
         let directory = self.shared.directory();
-        let entries: Vec<wire::Entry> = events
-            .iter()
-            .filter(|event| event.kind == SYNC_OPENED)
-            .filter_map(|event| directory.entry_for(&event.flow, event.backend_id))
-            .collect();
+        for (code, kind) in [(SYNC_OPENED, Kind::Opened), (SYNC_CLOSED, Kind::Closed)] {
+            let entries: Vec<wire::Entry> = events
+                .iter()
+                .filter(|event| event.kind == code)
+                .filter_map(|event| directory.entry_for(&event.flow, event.backend_id))
+                .collect();
+            self.send_all(kind, &entries);
+        }
+    }
+
+    /// `entries` of `kind` to every peer, in as many datagrams as needed.
+    fn send_all(&mut self, kind: Kind, entries: &[wire::Entry]) {
         for batch in entries.chunks(wire::MAX_ENTRIES) {
             let datagram = wire::emit(
                 &Message {
-                    kind: Kind::Opened,
+                    kind,
                     sender: self.sender,
                     sequence: self.next_sequence(),
                     entries: batch.to_vec(),
@@ -423,22 +433,21 @@ impl Worker {
                 .with_status(|status| status.refuse(Refusal::Replay));
             return;
         }
-        let installs = match message.kind {
-            Kind::Opened | Kind::Bulk | Kind::BulkEnd => true,
-            // A close leaves the entry to expire.
-            Kind::Closed => false,
-            Kind::BulkRequest => {
-                self.answer(index);
-                false
-            }
-        };
         let directory = self.shared.directory();
         let now = monotonic_coarse_ns();
         let mut outcomes = Vec::with_capacity(message.entries.len());
-        if installs {
-            for entry in &message.entries {
-                outcomes.push(self.install(&directory, entry, now));
+        match message.kind {
+            Kind::Opened | Kind::Bulk | Kind::BulkEnd => {
+                for entry in &message.entries {
+                    outcomes.push(self.install(&directory, entry, now));
+                }
             }
+            Kind::Closed => {
+                for entry in &message.entries {
+                    outcomes.push(self.close(&directory, entry));
+                }
+            }
+            Kind::BulkRequest => self.answer(index),
         }
         let bulk = matches!(message.kind, Kind::Bulk | Kind::BulkEnd);
         if bulk {
@@ -489,10 +498,40 @@ impl Worker {
                             peer.existing += 1;
                         }
                     }
+                    Installed::Closed => {
+                        if let Some(peer) = status.peers.get_mut(index) {
+                            peer.closed += 1;
+                        }
+                    }
+                    Installed::Nothing => {}
                     Installed::No(reason) => status.refuse(reason),
                 }
             }
         });
+    }
+
+    /// A peer's close: the entry here, if it holds the flow on the same
+    /// backend and is open, gets `CONN_CLOSED` (a SYN reusing the tuple is
+    /// then scheduled afresh, and the flow stops counting as active). A
+    /// close never creates an entry.
+    fn close(&self, directory: &Directory, entry: &wire::Entry) -> Installed {
+        let (flow, backend_id) = match directory.resolve(entry) {
+            Ok(resolved) => resolved,
+            Err(Unresolved::Service) => return Installed::No(Refusal::UnknownService),
+            Err(Unresolved::Backend) => return Installed::No(Refusal::UnknownBackend),
+        };
+        let marked = match flow.narrow() {
+            Some(v4) => mark_closed(&self.conns.0, &v4, backend_id),
+            None => mark_closed::<FlowKey>(&self.conns.1, &flow, backend_id),
+        };
+        match marked {
+            Ok(true) => Installed::Closed,
+            Ok(false) => Installed::Nothing,
+            Err(error) => {
+                tracing::debug!(%error, "sync: marking a peer's closed flow");
+                Installed::Nothing
+            }
+        }
     }
 
     fn install(&mut self, directory: &Directory, entry: &wire::Entry, now: u64) -> Installed {
@@ -534,6 +573,11 @@ enum Installed {
     Yes,
     /// A local entry was there and stays.
     Existing,
+    /// A close: the entry here (same backend) is marked closed.
+    Closed,
+    /// A close of a flow this table does not hold on that backend (gone,
+    /// already closed, or on another backend): nothing to do.
+    Nothing,
     No(Refusal),
 }
 
@@ -550,10 +594,14 @@ fn readable(socket: &UdpSocket, wait: Duration) -> bool {
     rc > 0 && fds[0].revents & libc::POLLIN != 0
 }
 
+/// `BPF_MAP_LOOKUP_ELEM` (`include/uapi/linux/bpf.h`, `enum bpf_cmd`).
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 /// `BPF_MAP_UPDATE_ELEM` (`include/uapi/linux/bpf.h`, `enum bpf_cmd`).
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 /// `BPF_NOEXIST`: create only; an existing key fails with `EEXIST`.
 const BPF_NOEXIST: u64 = 1;
+/// `BPF_EXIST`: update only; a missing key fails with `ENOENT`.
+const BPF_EXIST: u64 = 2;
 
 /// The element members of `union bpf_attr`.
 #[repr(C)]
@@ -568,21 +616,74 @@ struct UpdateAttr {
 /// Writes `key` → `value` unless the key is there (`EEXIST` then): the
 /// one syscall, so the errno tells an existing entry from a failure.
 fn insert_new<K: aya::Pod>(fd: &OwnedFd, key: &K, value: &ConnValue) -> std::io::Result<()> {
+    element(
+        fd,
+        BPF_MAP_UPDATE_ELEM,
+        key,
+        std::ptr::from_ref(value) as u64,
+        BPF_NOEXIST,
+    )
+}
+
+/// Sets `CONN_CLOSED` on `key`'s entry if it is there, open, and on
+/// `backend_id`; whether it did. A packet may refresh the entry between
+/// the read and the write: its time then goes back at most a second.
+fn mark_closed<K: aya::Pod>(fd: &OwnedFd, key: &K, backend_id: u32) -> std::io::Result<bool> {
+    let mut conn = ConnValue::default();
+    match element(
+        fd,
+        BPF_MAP_LOOKUP_ELEM,
+        key,
+        std::ptr::addr_of_mut!(conn) as u64,
+        0,
+    ) {
+        Ok(()) => {}
+        Err(error) if error.raw_os_error() == Some(libc::ENOENT) => return Ok(false),
+        Err(error) => return Err(error),
+    }
+    if conn.backend_id != backend_id || conn.flags & CONN_CLOSED != 0 {
+        return Ok(false);
+    }
+    conn.flags |= CONN_CLOSED;
+    match element(
+        fd,
+        BPF_MAP_UPDATE_ELEM,
+        key,
+        std::ptr::from_ref(&conn) as u64,
+        BPF_EXIST,
+    ) {
+        Ok(()) => Ok(true),
+        // Evicted in between: nothing to close.
+        Err(error) if error.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
+/// One element command on the connection map behind `fd`: `value` is the
+/// address of a [`ConnValue`] (read for a lookup, written from otherwise).
+fn element<K: aya::Pod>(
+    fd: &OwnedFd,
+    command: libc::c_long,
+    key: &K,
+    value: u64,
+    flags: u64,
+) -> std::io::Result<()> {
     let mut attr = UpdateAttr {
         map_fd: u32::try_from(fd.as_raw_fd()).unwrap_or(u32::MAX),
         pad: 0,
         key: std::ptr::from_ref(key) as u64,
-        value: std::ptr::from_ref(value) as u64,
-        flags: BPF_NOEXIST,
+        value,
+        flags,
     };
     // SAFETY: `attr` is a valid element `bpf_attr` of the size passed; key
     // and value point to the map's key and value layouts (`K` is the key
-    // type of the map behind `fd`, `ConnValue` its value) and outlive the
-    // call.
+    // type of the map behind `fd`; `value` is, by this function's contract,
+    // the address of a `ConnValue`, its value type, the caller holds) and
+    // outlive the call.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            BPF_MAP_UPDATE_ELEM,
+            command,
             std::ptr::addr_of_mut!(attr),
             std::mem::size_of::<UpdateAttr>(),
         )

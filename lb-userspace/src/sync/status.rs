@@ -76,6 +76,10 @@ pub struct PeerStatus {
     /// Of those, already in the table here (a local entry is never
     /// overwritten).
     pub existing: u64,
+    /// Its closes that marked an entry here closed (same flow, same
+    /// backend, open until then).
+    #[serde(default)]
+    pub closed: u64,
     /// Datagrams to it that the kernel refused to send.
     #[serde(default)]
     pub send_errors: u64,
