@@ -533,10 +533,11 @@ mod tests {
         assert!(window.accept(3, 1));
         assert!(!window.accept(2, 3));
         assert!(!window.accept(1, 4));
-        for id in 4..(4 + RETIRED as u32) {
+        let retired = u32::try_from(RETIRED).unwrap();
+        for id in 4..(4 + retired) {
             assert!(window.accept(id, 1));
         }
         // The current id is 3 + RETIRED; the one before is retired.
-        assert!(!window.accept(2 + RETIRED as u32, 2), "a recent run");
+        assert!(!window.accept(2 + retired, 2), "a recent run");
     }
 }
