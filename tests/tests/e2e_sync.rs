@@ -43,6 +43,18 @@ impl SyncBed {
     /// Balancer 0 (192.0.2.1, priority 150) and 1 (192.0.2.2, 100), unicast
     /// VRRP; `sync` adds `sync: { secret_file }` to both.
     fn new(tag: &str, sync: bool) -> Self {
+        Self::with_services(
+            tag,
+            sync,
+            "\x20 - { name: rr, vip: 203.0.113.11, port: 80, protocol: tcp, \
+             scheduler: round-robin, forwarding: dsr, \
+             backends: [{ address: 192.0.2.11 }, { address: 192.0.2.12 }] }\n",
+        )
+    }
+
+    /// [`SyncBed::new`] with `services` (YAML list items) instead of the
+    /// one round-robin service.
+    fn with_services(tag: &str, sync: bool, services: &str) -> Self {
         let switch = Netns::new(&format!("{tag}sw"));
         bridge(&switch, "br0");
         let client = Netns::new(&format!("{tag}cl"));
@@ -73,9 +85,7 @@ impl SyncBed {
                 &format!("sync{i}.yaml"),
                 &format!(
                     "instance: {instance}\ninterfaces: [{{ name: eth0 }}]\nservices:\n\
-                     \x20 - {{ name: rr, vip: 203.0.113.11, port: 80, protocol: tcp, \
-                     scheduler: round-robin, forwarding: dsr, \
-                     backends: [{{ address: 192.0.2.11 }}, {{ address: 192.0.2.12 }}] }}\n\
+                     {services}\
                      ha: {{ interface: eth0, virtual_router_id: 53, priority: {priority}, \
                      advert_interval: 100ms, preempt: true, unicast_peers: [192.0.2.{}], \
                      floating_ips: [198.51.100.1/24, 192.0.2.254/24] }}\n\
@@ -462,4 +472,92 @@ fn forged_replayed_and_strangers_datagrams_are_refused() {
         spread.iter().any(|b| b.as_deref() == Some("b11")),
         "round robin sent everything to b12: the check above proves nothing: {spread:?}"
     );
+}
+
+/// The schedulers of the matrix, each on its own VIP (203.0.113.21 on).
+const SCHEDULERS: [&str; 5] = ["maglev", "ip-hash", "round-robin", "least-conn", "resource"];
+/// Held connections per scheduler.
+const HELD_EACH: usize = 20;
+
+/// Issue 21's matrix: one DSR service per scheduler on one HA pair with
+/// sync; [`HELD_EACH`] held connections each through the master, which is
+/// `SIGKILL`ed; on the backup every one of them finishes on its backend.
+/// (Maglev and ip-hash would keep them without sync too; round-robin,
+/// least-conn and resource only with it — the control above.)
+#[test]
+fn every_scheduler_keeps_its_flows_across_a_killed_master() {
+    let services: String = SCHEDULERS
+        .iter()
+        .enumerate()
+        .map(|(i, scheduler)| {
+            format!(
+                "\x20 - {{ name: s{i}, vip: 203.0.113.{}, port: 80, protocol: tcp, \
+                 scheduler: {scheduler}, forwarding: dsr, \
+                 backends: [{{ address: 192.0.2.11 }}, {{ address: 192.0.2.12 }}] }}\n",
+                21 + i
+            )
+        })
+        .collect();
+    let mut bed = SyncBed::with_services("e", true, &services);
+    for backend in &bed._backends {
+        for i in 0..SCHEDULERS.len() {
+            backend.ns.addr("lo", &format!("203.0.113.{}/32", 21 + i));
+        }
+    }
+    bed.start_pair();
+    let held: Vec<(usize, HeldConnection)> = bed.client.run(move || {
+        let mut held = Vec::new();
+        for i in 0..SCHEDULERS.len() {
+            let target: SocketAddr = format!("203.0.113.{}:80", 21 + i).parse().unwrap();
+            held.extend(
+                (0..HELD_EACH).filter_map(|_| HeldConnection::open(target).map(|h| (i, h))),
+            );
+        }
+        held
+    });
+    let total = SCHEDULERS.len() * HELD_EACH;
+    assert_eq!(held.len(), total, "connections through the master");
+    let installed = || bed.sync(1)["peers"][0]["installed"].as_u64().unwrap_or(0);
+    assert!(
+        wait_until(Duration::from_secs(5), || installed() >= total as u64),
+        "the backup installed {} of {total}: {}",
+        installed(),
+        bed.sync(1)
+    );
+    let output = bed.balancers[0].stop(libc::SIGKILL);
+    assert!(!output.status.success(), "{output:?}");
+    bed.balancers[0].ns.ip(&["link", "set", "eth0", "down"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || bed.balancers[1].ha_state()
+            == "master"),
+        "the backup never took over"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let results: Vec<(usize, String, Option<String>)> = bed.client.run(move || {
+        held.into_iter()
+            .rev()
+            .map(|(i, h)| (i, h.backend.clone(), h.finish()))
+            .collect()
+    });
+    let mut failed = Vec::new();
+    for (i, scheduler) in SCHEDULERS.iter().enumerate() {
+        let mine: Vec<_> = results.iter().filter(|(s, _, _)| *s == i).collect();
+        let kept = mine
+            .iter()
+            .filter(|(_, started, finished)| finished.as_ref() == Some(started))
+            .count();
+        let on_b11 = mine
+            .iter()
+            .filter(|(_, started, _)| started == "b11")
+            .count();
+        println!(
+            "e: {scheduler}: {kept} of {HELD_EACH} held connections kept \
+             ({on_b11} on b11, {} on b12)",
+            HELD_EACH - on_b11
+        );
+        if kept != HELD_EACH {
+            failed.push(format!("{scheduler} kept {kept} of {HELD_EACH}"));
+        }
+    }
+    assert!(failed.is_empty(), "{failed:?}");
 }
