@@ -33,7 +33,7 @@ const SECRET: &str = "e2e-sync-shared-key\n";
 struct SyncBed {
     _decaps: Vec<DecapGuard>,
     balancers: Vec<LbRun>,
-    _backends: Vec<Backend>,
+    backends: Vec<Backend>,
     client: Netns,
     _switch: Netns,
     _secret: TempFile,
@@ -107,7 +107,7 @@ impl SyncBed {
         Self {
             _decaps: decaps,
             balancers,
-            _backends: backends,
+            backends,
             client,
             _switch: switch,
             _secret: secret,
@@ -486,7 +486,7 @@ const HELD_EACH: usize = 20;
 /// least-conn and resource only with it — the control above.)
 #[test]
 fn every_scheduler_keeps_its_flows_across_a_killed_master() {
-    let services: String = SCHEDULERS
+    let services = SCHEDULERS
         .iter()
         .enumerate()
         .map(|(i, scheduler)| {
@@ -497,9 +497,10 @@ fn every_scheduler_keeps_its_flows_across_a_killed_master() {
                 21 + i
             )
         })
-        .collect();
+        .collect::<Vec<_>>()
+        .concat();
     let mut bed = SyncBed::with_services("e", true, &services);
-    for backend in &bed._backends {
+    for backend in &bed.backends {
         for i in 0..SCHEDULERS.len() {
             backend.ns.addr("lo", &format!("203.0.113.{}/32", 21 + i));
         }
