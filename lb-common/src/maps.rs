@@ -347,13 +347,17 @@ pub struct SyncEvent {
     pub flow: FlowKey,
     /// The backend's id in this balancer's `BACKENDS`.
     pub backend_id: u32,
-    /// `SYNC_OPENED`.
+    /// `SYNC_OPENED` or `SYNC_CLOSED`.
     pub kind: u32,
 }
 const _: () = assert!(core::mem::size_of::<SyncEvent>() == 48);
 
 /// `SyncEvent::kind`: the flow was scheduled (its entry written).
 pub const SYNC_OPENED: u32 = 1;
+
+/// `SyncEvent::kind`: the flow's entry was marked closed (`CONN_CLOSED`: a
+/// FIN or RST of an established flow), reported once.
+pub const SYNC_CLOSED: u32 = 2;
 
 /// Value of the one-entry `GUARD_SETTINGS` array: the automatic guard's
 /// thresholds, each counted per source and VIP over a one-second window

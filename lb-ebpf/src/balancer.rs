@@ -564,10 +564,13 @@ impl Entry {
 
     /// The flow stays on its backend: mark it closed on a FIN / RST, and
     /// refresh its time at most every ~second (one write per packet would
-    /// bounce the cache line between CPUs for busy flows).
+    /// bounce the cache line between CPUs for busy flows). Returns whether
+    /// this packet marked it closed (for the caller, which has the flow's
+    /// key, to report to sync).
     #[inline(always)]
-    fn keep(self, conn: *mut ConnValue, moment: &Moment) {
-        if moment.ending && !self.closed {
+    fn keep(self, conn: *mut ConnValue, moment: &Moment) -> bool {
+        let closes = moment.ending && !self.closed;
+        if closes {
             // SAFETY: as in `read`.
             unsafe { (*conn).flags |= CONN_CLOSED };
             count_closed(self.backend_id);
@@ -576,6 +579,7 @@ impl Entry {
             // SAFETY: as in `read`.
             unsafe { (*conn).last_seen_ns = moment.now };
         }
+        closes
     }
 }
 
@@ -611,7 +615,9 @@ fn established(ctx: &XdpContext, scratch: &mut Scratch, settings: &Settings) -> 
         scratch.stale = (entry.backend_id, entry.closed);
         return FLOW_UNDECIDED;
     };
-    entry.keep(conn, &moment);
+    if entry.keep(conn, &moment) && settings.flags & SETTINGS_SYNC != 0 {
+        crate::sync::report_closed(scratch, entry.backend_id);
+    }
     scratch.backend = *backend;
     scratch.backend_id = entry.backend_id;
     let service = slot.value;
@@ -684,7 +690,9 @@ pub fn choose_backend(
             && usable_backend(entry.backend_id, service.id, scratch)
             && !moment.reopens_on(&scratch.backend)
         {
-            entry.keep(conn, &moment);
+            if entry.keep(conn, &moment) && settings.flags & SETTINGS_SYNC != 0 {
+                crate::sync::report_closed(scratch, entry.backend_id);
+            }
             return Ok((entry.backend_id, false));
         }
         // Rescheduled: idle, its backend gone, or a new SYN on the tuple.

@@ -1,14 +1,15 @@
-//! Connection sync (`sync:`): each flow the data path schedules, reported to
-//! a ring buffer that the controller drains and sends to the peer balancers.
-//! Only the new-flow path reports, and only while `SETTINGS_SYNC` is set:
-//! the established path never looks. A full ring drops the event and
-//! counts it in `SYNC_LOST` (the flow still goes; only its peers miss it).
+//! Connection sync (`sync:`): each flow the data path schedules, and each
+//! flow whose entry a FIN / RST marks closed, reported to a ring buffer
+//! that the controller drains and sends to the peer balancers. Only while
+//! `SETTINGS_SYNC` is set: the established path tests the flag only on the
+//! packet that closes a flow. A full ring drops the event and counts it in
+//! `SYNC_LOST` (the flow still goes; only its peers miss it).
 
 use aya_ebpf::{
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };
-use lb_common::maps::{SYNC_OPENED, SyncEvent};
+use lb_common::maps::{SYNC_CLOSED, SYNC_OPENED, SyncEvent};
 
 use crate::maps::Scratch;
 
@@ -26,11 +27,31 @@ pub static SYNC_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// new-flow path pays a call only while sync is on.
 #[inline(never)]
 pub fn report_opened(scratch: &Scratch, backend_id: u32) {
+    report(scratch, backend_id, SYNC_OPENED);
+}
+
+/// Reports the flow of `scratch` (its entry on `backend_id` just marked
+/// closed). Out of line like [`report_opened`]: the closing packet pays a
+/// call only while sync is on.
+#[inline(never)]
+pub fn report_closed(scratch: &Scratch, backend_id: u32) {
+    report(scratch, backend_id, SYNC_CLOSED);
+}
+
+/// The event itself. The established path sets only the key of the flow's
+/// own table (`flow4` for IPv4), so an IPv4 flow is widened from that.
+#[inline(always)]
+fn report(scratch: &Scratch, backend_id: u32, kind: u32) {
+    let flow = if scratch.packet.v6 {
+        scratch.flow
+    } else {
+        scratch.flow4.widen()
+    };
     if let Some(mut entry) = SYNC_EVENTS.reserve::<SyncEvent>(0) {
         entry.write(SyncEvent {
-            flow: scratch.flow,
+            flow,
             backend_id,
-            kind: SYNC_OPENED,
+            kind,
         });
         entry.submit(0);
     } else if let Some(lost) = SYNC_LOST.get_ptr_mut(0) {

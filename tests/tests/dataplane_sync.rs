@@ -1,12 +1,15 @@
 //! Connection sync's side of the data path under `BPF_PROG_TEST_RUN`: with
 //! `SETTINGS_SYNC` set, each flow the program schedules is reported to
-//! `SYNC_EVENTS` with its key and backend; packets of an established flow,
-//! and everything while the flag is clear, report nothing.
+//! `SYNC_EVENTS` with its key and backend, and so is each flow whose entry
+//! a FIN or RST marks closed (once); the other packets of an established
+//! flow, and everything while the flag is clear, report nothing.
 
 use std::net::Ipv4Addr;
 
 use lb::route::Tables as _;
-use lb_common::maps::{SETTINGS_SYNC, SYNC_OPENED, SyncEvent, ipv4_mapped};
+use lb_common::maps::{
+    CONN_CLOSED, SETTINGS_SYNC, SYNC_CLOSED, SYNC_OPENED, SyncEvent, ipv4_mapped,
+};
 use lb_tests::{
     frames,
     testrun::{Action, Harness},
@@ -95,4 +98,86 @@ fn scheduled_flows_are_reported_while_sync_is_on() {
         Action::Redirect
     );
     assert_eq!(sync.drain(), []);
+}
+
+/// A TCP FIN (with ACK) over IPv4: the client ends its connection.
+fn tcp4_fin(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    let builder = frames::eth()
+        .ipv4(src.octets(), dst.octets(), 64)
+        .tcp(sport, dport, 1001, 64240)
+        .ack(1)
+        .fin();
+    let mut frame = Vec::with_capacity(builder.size(frames::PAYLOAD.len()));
+    builder
+        .write(&mut frame, frames::PAYLOAD)
+        .expect("write frame");
+    frame
+}
+
+fn key4(port: u16) -> lb_common::FlowKey {
+    lb_common::FlowKey {
+        src: ipv4_mapped(CLIENT.octets()),
+        dst: ipv4_mapped(VIP.octets()),
+        sport: port,
+        dport: 80,
+        proto: 6,
+        pad: [0; 3],
+    }
+}
+
+/// The FIN of an established IPv4 flow (the fast path, which keys the flow
+/// by its `CONNS_V4` key only) is reported closed, with the flow's full key
+/// and backend, exactly once: a second FIN finds the entry closed. Without
+/// `SETTINGS_SYNC` a FIN reports nothing.
+#[test]
+fn a_fin_reports_the_close_once_while_sync_is_on() {
+    let mut harness = Harness::new(CONFIG);
+    let mut sync = harness.dataplane.take_sync().expect("the sync ring");
+    // Off: a flow opened and closed reports nothing.
+    for frame in [
+        frames::tcp4(CLIENT, 5000, VIP, 80),
+        tcp4_fin(CLIENT, 5000, VIP, 80),
+    ] {
+        assert_eq!(harness.run(&frame).action, Action::Redirect);
+    }
+    assert_eq!(sync.drain(), []);
+
+    set_sync(&mut harness, true);
+    assert_eq!(
+        harness.run(&frames::tcp4(CLIENT, 5001, VIP, 80)).action,
+        Action::Redirect
+    );
+    let conn = |harness: &Harness| {
+        lb::route::maps::MapTables::new(&harness.dataplane)
+            .conn(&key4(5001))
+            .expect("the flow's entry")
+    };
+    let backend_id = conn(&harness).backend_id;
+    let opened = SyncEvent {
+        flow: key4(5001),
+        backend_id,
+        kind: SYNC_OPENED,
+    };
+    assert_eq!(sync.drain(), [opened]);
+    assert_eq!(
+        harness.run(&frames::tcp4_ack(CLIENT, 5001, VIP, 80)).action,
+        Action::Redirect
+    );
+    assert_eq!(sync.drain(), [], "a packet of the flow");
+    for _ in 0..2 {
+        assert_eq!(
+            harness.run(&tcp4_fin(CLIENT, 5001, VIP, 80)).action,
+            Action::Redirect
+        );
+    }
+    assert_ne!(conn(&harness).flags & CONN_CLOSED, 0, "the entry is closed");
+    assert_eq!(
+        sync.drain(),
+        [SyncEvent {
+            kind: SYNC_CLOSED,
+            ..opened
+        }],
+        "one close for two FINs"
+    );
+    assert_eq!(sync.lost().expect("read SYNC_LOST"), 0);
 }

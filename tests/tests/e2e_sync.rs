@@ -33,7 +33,7 @@ const SECRET: &str = "e2e-sync-shared-key\n";
 struct SyncBed {
     _decaps: Vec<DecapGuard>,
     balancers: Vec<LbRun>,
-    _backends: Vec<Backend>,
+    backends: Vec<Backend>,
     client: Netns,
     _switch: Netns,
     _secret: TempFile,
@@ -43,6 +43,18 @@ impl SyncBed {
     /// Balancer 0 (192.0.2.1, priority 150) and 1 (192.0.2.2, 100), unicast
     /// VRRP; `sync` adds `sync: { secret_file }` to both.
     fn new(tag: &str, sync: bool) -> Self {
+        Self::with_services(
+            tag,
+            sync,
+            "\x20 - { name: rr, vip: 203.0.113.11, port: 80, protocol: tcp, \
+             scheduler: round-robin, forwarding: dsr, \
+             backends: [{ address: 192.0.2.11 }, { address: 192.0.2.12 }] }\n",
+        )
+    }
+
+    /// [`SyncBed::new`] with `services` (YAML list items) instead of the
+    /// one round-robin service.
+    fn with_services(tag: &str, sync: bool, services: &str) -> Self {
         let switch = Netns::new(&format!("{tag}sw"));
         bridge(&switch, "br0");
         let client = Netns::new(&format!("{tag}cl"));
@@ -73,9 +85,7 @@ impl SyncBed {
                 &format!("sync{i}.yaml"),
                 &format!(
                     "instance: {instance}\ninterfaces: [{{ name: eth0 }}]\nservices:\n\
-                     \x20 - {{ name: rr, vip: 203.0.113.11, port: 80, protocol: tcp, \
-                     scheduler: round-robin, forwarding: dsr, \
-                     backends: [{{ address: 192.0.2.11 }}, {{ address: 192.0.2.12 }}] }}\n\
+                     {services}\
                      ha: {{ interface: eth0, virtual_router_id: 53, priority: {priority}, \
                      advert_interval: 100ms, preempt: true, unicast_peers: [192.0.2.{}], \
                      floating_ips: [198.51.100.1/24, 192.0.2.254/24] }}\n\
@@ -97,7 +107,7 @@ impl SyncBed {
         Self {
             _decaps: decaps,
             balancers,
-            _backends: backends,
+            backends,
             client,
             _switch: switch,
             _secret: secret,
@@ -200,17 +210,7 @@ fn kill_the_master(tag: &str, sync: bool) -> Outcome {
     );
     // Its gratuitous ARPs reach the client and the backends.
     std::thread::sleep(Duration::from_secs(1));
-    let results: Vec<(String, Option<String>)> = bed.client.run(move || {
-        held.into_iter()
-            .rev()
-            .map(|h| (h.backend.clone(), h.finish()))
-            .collect()
-    });
-    let kept = results
-        .iter()
-        .filter(|(started, finished)| finished.as_ref() == Some(started))
-        .count();
-    let broken = results.iter().filter(|(_, f)| f.is_none()).count();
+    let Outcome { kept, broken } = finish_held(&bed, held);
     println!(
         "{tag}: {kept} of {HELD} held connections finished on their backend, {broken} broken \
          (sync {})",
@@ -242,6 +242,136 @@ fn without_sync_round_robin_flows_break() {
         "only {} of {HELD} broke without sync: the control does not show the problem",
         outcome.broken
     );
+}
+
+/// Opens `count` held connections from the client to the VIP.
+fn open_held(bed: &SyncBed, count: usize) -> Vec<HeldConnection> {
+    let target: SocketAddr = VIP.parse().unwrap();
+    let held: Vec<HeldConnection> = bed.client.run(move || {
+        (0..count)
+            .filter_map(|_| HeldConnection::open(target))
+            .collect()
+    });
+    assert_eq!(held.len(), count, "held connections opened");
+    held
+}
+
+/// Finishes `held` (in reverse order); (finished on their backend, broken).
+fn finish_held(bed: &SyncBed, held: Vec<HeldConnection>) -> Outcome {
+    let results: Vec<(String, Option<String>)> = bed.client.run(move || {
+        held.into_iter()
+            .rev()
+            .map(|h| (h.backend.clone(), h.finish()))
+            .collect()
+    });
+    Outcome {
+        kept: results
+            .iter()
+            .filter(|(started, finished)| finished.as_ref() == Some(started))
+            .count(),
+        broken: results.iter().filter(|(_, f)| f.is_none()).count(),
+    }
+}
+
+/// Held through A before it dies.
+const BEFORE: usize = 30;
+/// Held through B while A is down.
+const DURING: usize = 20;
+
+/// Bulk transfer (issue 21, point 3): A (master) carries [`BEFORE`] held
+/// connections, is `SIGKILL`ed and its host "reboots" (link down, its pinned
+/// data plane and connection table removed, so the restart is cold); B
+/// takes over and carries [`DURING`] more. A restarts: before VRRP it asks
+/// B for its whole table, gets it, preempts — and every held connection,
+/// those it opened itself and those B opened, finishes on its backend.
+/// Without the transfer (checked by disabling the request) all 50 broke:
+/// A's empty table does not know them. Then the closes: the connections'
+/// FINs pass A, and B marks each of its entries closed.
+#[test]
+fn a_restarted_master_catches_up_from_its_peer_and_preempts() {
+    let mut bed = SyncBed::new("d", true);
+    bed.start_pair();
+    let mut held = open_held(&bed, BEFORE);
+    let installed = || bed.sync(1)["peers"][0]["installed"].as_u64().unwrap_or(0);
+    assert!(
+        wait_until(Duration::from_secs(5), || installed() >= BEFORE as u64),
+        "the backup installed {} of {BEFORE}: {}",
+        installed(),
+        bed.sync(1)
+    );
+    let output = bed.balancers[0].stop(libc::SIGKILL);
+    assert!(!output.status.success(), "{output:?}");
+    let a = &bed.balancers[0];
+    a.ns.ip(&["link", "set", "eth0", "down"]);
+    // The reboot: nothing of A's data plane survives.
+    let detached = a.lb(&["detach", "--instance", &a.instance]);
+    assert!(detached.status.success(), "{detached:?}");
+    assert!(
+        wait_until(Duration::from_secs(10), || bed.balancers[1].ha_state()
+            == "master"),
+        "B never took over"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    held.extend(open_held(&bed, DURING));
+    bed.balancers[0].ns.ip(&["link", "set", "eth0", "up"]);
+    let restarted_at = Instant::now();
+    bed.start(0);
+    let up = restarted_at.elapsed();
+    let bulk = bed.sync(0)["last_bulk"].clone();
+    println!("d: A's control socket answered {up:?} after its start; its last bulk: {bulk}");
+    assert_eq!(
+        bulk["from"],
+        "192.0.2.2",
+        "no whole table from B: {}",
+        bed.sync(0)
+    );
+    let entries = bulk["entries"].as_u64().unwrap_or(0);
+    assert!(
+        entries >= (BEFORE + DURING) as u64,
+        "B sent {entries} entries of at least {}: {}",
+        BEFORE + DURING,
+        bed.sync(0)
+    );
+    assert!(
+        bulk["installed"].as_u64().unwrap_or(0) >= (BEFORE + DURING) as u64,
+        "{bulk}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || bed.balancers[0].ha_state()
+            == "master"
+            && bed.balancers[1].ha_state() == "backup"),
+        "A did not preempt: {} / {}",
+        bed.balancers[0].ha_state(),
+        bed.balancers[1].ha_state()
+    );
+    println!(
+        "d: A master again {:?} after its start; B served {} transfer(s)",
+        restarted_at.elapsed(),
+        bed.sync(1)["bulk_served"]
+    );
+    // A's gratuitous ARPs reach the client and the backends.
+    std::thread::sleep(Duration::from_secs(1));
+    let outcome = finish_held(&bed, held);
+    println!(
+        "d: {} of {} held connections finished on their backend, {} broken",
+        outcome.kept,
+        BEFORE + DURING,
+        outcome.broken
+    );
+    assert_eq!(outcome.broken, 0, "connections broke");
+    assert_eq!(outcome.kept, BEFORE + DURING);
+    // Their FINs passed A, which reports each close: B marks its entry
+    // of every one of them closed (it held all 50, on the same backends).
+    let closed = || bed.sync(1)["peers"][0]["closed"].as_u64().unwrap_or(0);
+    assert!(
+        wait_until(Duration::from_secs(5), || closed()
+            >= (BEFORE + DURING) as u64),
+        "B marked {} of {} closed: {}",
+        closed(),
+        BEFORE + DURING,
+        bed.sync(1)
+    );
+    println!("d: B marked {} flows closed on A's word", closed());
 }
 
 /// A sync entry for client port `port` to backend 192.0.2.12.
@@ -342,4 +472,93 @@ fn forged_replayed_and_strangers_datagrams_are_refused() {
         spread.iter().any(|b| b.as_deref() == Some("b11")),
         "round robin sent everything to b12: the check above proves nothing: {spread:?}"
     );
+}
+
+/// The schedulers of the matrix, each on its own VIP (203.0.113.21 on).
+const SCHEDULERS: [&str; 5] = ["maglev", "ip-hash", "round-robin", "least-conn", "resource"];
+/// Held connections per scheduler.
+const HELD_EACH: usize = 20;
+
+/// Issue 21's matrix: one DSR service per scheduler on one HA pair with
+/// sync; [`HELD_EACH`] held connections each through the master, which is
+/// `SIGKILL`ed; on the backup every one of them finishes on its backend.
+/// (Maglev and ip-hash would keep them without sync too; round-robin,
+/// least-conn and resource only with it — the control above.)
+#[test]
+fn every_scheduler_keeps_its_flows_across_a_killed_master() {
+    let services = SCHEDULERS
+        .iter()
+        .enumerate()
+        .map(|(i, scheduler)| {
+            format!(
+                "\x20 - {{ name: s{i}, vip: 203.0.113.{}, port: 80, protocol: tcp, \
+                 scheduler: {scheduler}, forwarding: dsr, \
+                 backends: [{{ address: 192.0.2.11 }}, {{ address: 192.0.2.12 }}] }}\n",
+                21 + i
+            )
+        })
+        .collect::<Vec<_>>()
+        .concat();
+    let mut bed = SyncBed::with_services("e", true, &services);
+    for backend in &bed.backends {
+        for i in 0..SCHEDULERS.len() {
+            backend.ns.addr("lo", &format!("203.0.113.{}/32", 21 + i));
+        }
+    }
+    bed.start_pair();
+    let held: Vec<(usize, HeldConnection)> = bed.client.run(move || {
+        let mut held = Vec::new();
+        for i in 0..SCHEDULERS.len() {
+            let target: SocketAddr = format!("203.0.113.{}:80", 21 + i).parse().unwrap();
+            held.extend(
+                (0..HELD_EACH).filter_map(|_| HeldConnection::open(target).map(|h| (i, h))),
+            );
+        }
+        held
+    });
+    let total = SCHEDULERS.len() * HELD_EACH;
+    assert_eq!(held.len(), total, "connections through the master");
+    let installed = || bed.sync(1)["peers"][0]["installed"].as_u64().unwrap_or(0);
+    assert!(
+        wait_until(Duration::from_secs(5), || installed() >= total as u64),
+        "the backup installed {} of {total}: {}",
+        installed(),
+        bed.sync(1)
+    );
+    let output = bed.balancers[0].stop(libc::SIGKILL);
+    assert!(!output.status.success(), "{output:?}");
+    bed.balancers[0].ns.ip(&["link", "set", "eth0", "down"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || bed.balancers[1].ha_state()
+            == "master"),
+        "the backup never took over"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let results: Vec<(usize, String, Option<String>)> = bed.client.run(move || {
+        held.into_iter()
+            .rev()
+            .map(|(i, h)| (i, h.backend.clone(), h.finish()))
+            .collect()
+    });
+    let mut failed = Vec::new();
+    for (i, scheduler) in SCHEDULERS.iter().enumerate() {
+        let mine: Vec<_> = results.iter().filter(|(s, _, _)| *s == i).collect();
+        let kept = mine
+            .iter()
+            .filter(|(_, started, finished)| finished.as_ref() == Some(started))
+            .count();
+        let on_b11 = mine
+            .iter()
+            .filter(|(_, started, _)| started == "b11")
+            .count();
+        println!(
+            "e: {scheduler}: {kept} of {HELD_EACH} held connections kept \
+             ({on_b11} on b11, {} on b12)",
+            HELD_EACH - on_b11
+        );
+        if kept != HELD_EACH {
+            failed.push(format!("{scheduler} kept {kept} of {HELD_EACH}"));
+        }
+    }
+    assert!(failed.is_empty(), "{failed:?}");
 }

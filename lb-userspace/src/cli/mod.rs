@@ -790,6 +790,9 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
         let outcome = controller.abandon();
         return Err(Failure::Runtime(error.context(outcome)));
     }
+    // A restarted balancer catches up with a peer's table before it can
+    // become master or announce (a bounded wait; see `sync::bulk`).
+    controller.await_bulk(crate::sync::bulk::BULK_WAIT);
     if let Err(error) = controller.start_ha(&alarm) {
         let outcome = controller.abandon();
         return Err(Failure::Runtime(error.context(outcome)));

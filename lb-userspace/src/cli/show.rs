@@ -97,9 +97,27 @@ fn print_sync(sync: &crate::sync::status::SyncStatus) {
             |at| format!("heard {} ms ago", now_ms.saturating_sub(at)),
         );
         println!(
-            "  peer {:<39} {heard}; {} sent, {} received, {} installed, {} already here",
-            peer.address, peer.sent, peer.received, peer.installed, peer.existing
+            "  peer {:<39} {heard}; {} sent, {} received, {} installed, {} already here, \
+             {} closed",
+            peer.address, peer.sent, peer.received, peer.installed, peer.existing, peer.closed
         );
+    }
+    match &sync.last_bulk {
+        Some(bulk) => println!(
+            "  last whole table from {} {} ms ago: {} entries, {} installed, {} ms after start; \
+             {} sent to peers, {} requests declined",
+            bulk.from,
+            now_ms.saturating_sub(bulk.at_ms),
+            bulk.entries,
+            bulk.installed,
+            bulk.took_ms,
+            sync.bulk_served,
+            sync.bulk_declined
+        ),
+        None => println!(
+            "  no whole table from a peer yet; {} sent to peers, {} requests declined",
+            sync.bulk_served, sync.bulk_declined
+        ),
     }
     let refused: Vec<String> = sync
         .refused

@@ -71,6 +71,7 @@ impl Controller {
             peer_rate: section.peer_rate,
             peer_capacity: capacity,
             window_ns: settings(&self.config).tcp_idle_ns,
+            udp_idle_ns: settings(&self.config).udp_idle_ns,
         };
         let kernel = self.dataplane.take_sync()?;
         let conns = self.dataplane.conn_descriptors()?;
@@ -86,6 +87,34 @@ impl Controller {
         }
         tracing::info!(%interface, port = section.port, peers = ?peers, "sync: started");
         Ok(())
+    }
+
+    /// Waits, at most `wait`, for one peer's whole table (the sync thread
+    /// asked for it as it started), and logs what came: called before
+    /// VRRP and announce, so a restarted balancer that takes traffic at
+    /// once knows the flows its peers carry. Returns at once without sync.
+    pub fn await_bulk(&self, wait: std::time::Duration) {
+        let Some(syncing) = &self.sync else {
+            return;
+        };
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(bulk) = syncing.shared.last_bulk() {
+                tracing::info!(peer = %bulk.from, entries = bulk.entries,
+                    installed = bulk.installed, took_ms = bulk.took_ms,
+                    "sync: caught up with a peer's table before starting VRRP and announce");
+                return;
+            }
+            if start.elapsed() >= wait {
+                tracing::info!(
+                    wait_ms = wait.as_millis(),
+                    "sync: no peer sent its table in time (none up yet?); starting with the \
+                     flows peers send from now on"
+                );
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     /// Stops the data path's reports, then the thread (which sends what

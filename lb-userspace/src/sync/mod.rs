@@ -11,9 +11,12 @@
 //! - `limit.rs`: what peers may install — a rate and a share of the
 //!   table (pure, time injected);
 //! - `status.rs`: the counters, and what `lb status` shows;
+//! - `bulk.rs`: the whole table for a peer that starts — when to ask,
+//!   whether to answer, the pace (pure), and the transfer's own thread;
 //! - `peer.rs`: the thread that drains the data path's new-flow events,
 //!   sends them to the peers and installs what the peers send.
 
+pub mod bulk;
 pub mod directory;
 pub mod limit;
 pub mod peer;

@@ -6,28 +6,37 @@
 //! freshness checked, bounded by a [`Limiter`] — and installs their flows
 //! in its own descriptors of the connection table, never over an entry
 //! that is there (`BPF_NOEXIST`). Everything refused is counted.
+//!
+//! At its start it asks every peer for its whole table (`BulkRequest`,
+//! [`super::bulk`]), and it answers a peer's request with a transfer on a
+//! thread of its own.
 
 use std::{
     net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket},
     os::fd::{AsRawFd as _, OwnedFd},
     sync::{
         Arc, Mutex, RwLock,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
     time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::Context as _;
-use lb_common::{ConnValue, FlowKey, maps::SYNC_OPENED};
+use lb_common::{
+    ConnValue, FlowKey,
+    maps::{CONN_CLOSED, SYNC_CLOSED, SYNC_OPENED},
+};
 
 use super::{
+    bulk::{self, Answers, Pace, Requests, Transfer},
     directory::{Directory, Unresolved},
     limit::{Limited, Limiter},
+    status::BulkReceived,
     status::{Refusal, SyncStatus},
     wire::{self, Key, Kind, Message, ReplayWindow, WireError},
 };
-use crate::dataplane::SyncKernel;
+use crate::{conns::ConnTable, dataplane::SyncKernel};
 
 /// How often the new-flow events are drained and sent: the sync lag a
 /// peer sees, at most, beyond the network's.
@@ -51,8 +60,12 @@ pub struct Setup {
     pub peer_rate: u32,
     /// `sync.peer_share` × the connection table's size.
     pub peer_capacity: u64,
-    /// The TCP idle timeout, over which the peers' share is counted.
+    /// The TCP idle timeout, over which the peers' share is counted (and
+    /// past which a TCP flow is not sent in a bulk transfer).
     pub window_ns: u64,
+    /// The UDP idle timeout (past it a UDP flow is not sent in a bulk
+    /// transfer).
+    pub udp_idle_ns: u64,
 }
 
 /// What the thread and the controller share: the directory the controller
@@ -89,7 +102,12 @@ impl Shared {
             .clone()
     }
 
-    fn directory(&self) -> Arc<Directory> {
+    /// The whole table a peer last sent, if one came.
+    pub fn last_bulk(&self) -> Option<BulkReceived> {
+        self.status().last_bulk
+    }
+
+    pub(super) fn directory(&self) -> Arc<Directory> {
         Arc::clone(
             &self
                 .directory
@@ -98,7 +116,7 @@ impl Shared {
         )
     }
 
-    fn with_status<T>(&self, change: impl FnOnce(&mut SyncStatus) -> T) -> T {
+    pub(super) fn with_status<T>(&self, change: impl FnOnce(&mut SyncStatus) -> T) -> T {
         change(
             &mut self
                 .status
@@ -142,11 +160,16 @@ pub fn spawn(
     let mut sender_id = [0u8; 4];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut sender_id)
         .map_err(|_| anyhow::anyhow!("no randomness for the sync sender id"))?;
+    let peers = setup.peers.len();
     let mut worker = Worker {
         limiter: Limiter::new(setup.peer_rate, setup.peer_capacity, setup.window_ns),
-        windows: vec![ReplayWindow::default(); setup.peers.len()],
+        windows: vec![ReplayWindow::default(); peers],
         sender: u32::from_ne_bytes(sender_id),
-        sequence: 0,
+        sequence: Arc::new(AtomicU64::new(0)),
+        requests: Requests::new(peers, Instant::now()),
+        answers: Answers::new(peers),
+        transferring: Arc::new(AtomicBool::new(false)),
+        incoming: vec![Incoming::default(); peers],
         setup,
         kernel,
         conns,
@@ -206,7 +229,23 @@ struct Worker {
     /// One per peer, in the order of `setup.peers`.
     windows: Vec<ReplayWindow>,
     sender: u32,
-    sequence: u64,
+    /// Shared with a running transfer: one numbering per sender id.
+    sequence: Arc<AtomicU64>,
+    /// This start's requests for the peers' tables.
+    requests: Requests,
+    /// Which peers' requests are answered.
+    answers: Answers,
+    /// Set while a transfer to a peer runs.
+    transferring: Arc<AtomicBool>,
+    /// Per peer, the bulk transfer arriving (entries, installed so far).
+    incoming: Vec<Incoming>,
+}
+
+/// A peer's bulk transfer as it arrives.
+#[derive(Clone, Copy, Debug, Default)]
+struct Incoming {
+    entries: u64,
+    installed: u64,
 }
 
 impl Worker {
@@ -229,6 +268,7 @@ impl Worker {
                 }
             }
             if flushed.elapsed() >= FLUSH_EVERY {
+                self.ask();
                 self.flush();
                 flushed = Instant::now();
             }
@@ -250,18 +290,24 @@ impl Worker {
             return;
         }
         let directory = self.shared.directory();
-        let entries: Vec<wire::Entry> = events
-            .iter()
-            .filter(|event| event.kind == SYNC_OPENED)
-            .filter_map(|event| directory.entry_for(&event.flow, event.backend_id))
-            .collect();
+        for (code, kind) in [(SYNC_OPENED, Kind::Opened), (SYNC_CLOSED, Kind::Closed)] {
+            let entries: Vec<wire::Entry> = events
+                .iter()
+                .filter(|event| event.kind == code)
+                .filter_map(|event| directory.entry_for(&event.flow, event.backend_id))
+                .collect();
+            self.send_all(kind, &entries);
+        }
+    }
+
+    /// `entries` of `kind` to every peer, in as many datagrams as needed.
+    fn send_all(&mut self, kind: Kind, entries: &[wire::Entry]) {
         for batch in entries.chunks(wire::MAX_ENTRIES) {
-            self.sequence += 1;
             let datagram = wire::emit(
                 &Message {
-                    kind: Kind::Opened,
+                    kind,
                     sender: self.sender,
-                    sequence: self.sequence,
+                    sequence: self.next_sequence(),
                     entries: batch.to_vec(),
                 },
                 &self.setup.key,
@@ -279,6 +325,81 @@ impl Worker {
                 });
             }
         }
+    }
+
+    fn next_sequence(&self) -> u64 {
+        self.sequence.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Asks the peers whose tables have not come yet (while this start
+    /// still waits for them).
+    fn ask(&mut self) {
+        for i in self.requests.due(Instant::now()) {
+            let datagram = wire::emit(
+                &Message {
+                    kind: Kind::BulkRequest,
+                    sender: self.sender,
+                    sequence: self.next_sequence(),
+                    entries: Vec::new(),
+                },
+                &self.setup.key,
+            );
+            let to = SocketAddr::new(self.target(self.setup.peers[i]), self.setup.port);
+            if let Err(error) = self.socket.send_to(&datagram, to) {
+                tracing::debug!(%error, peer = %self.setup.peers[i], "sync: asking for the table");
+                self.shared.with_status(|status| {
+                    if let Some(peer) = status.peers.get_mut(i) {
+                        peer.send_errors += 1;
+                    }
+                });
+            }
+        }
+    }
+
+    /// A peer asks for the whole table: a transfer starts on its own
+    /// thread unless one runs or this peer had one just now.
+    fn answer(&mut self, index: usize) {
+        let busy = self.transferring.load(Ordering::Acquire);
+        match self.answers.admit(index, Instant::now(), busy) {
+            Ok(()) => {}
+            Err(why) => {
+                tracing::debug!(peer = %self.setup.peers[index], ?why, "sync: bulk request declined");
+                self.shared.with_status(|status| status.bulk_declined += 1);
+                return;
+            }
+        }
+        let transfer = match self.transfer_to(index) {
+            Ok(transfer) => transfer,
+            Err(error) => {
+                tracing::warn!(%error, "sync: cannot answer a bulk request");
+                return;
+            }
+        };
+        self.transferring.store(true, Ordering::Release);
+        let started = std::thread::Builder::new()
+            .name("lb-sync-bulk".into())
+            .spawn(move || transfer.run());
+        if let Err(error) = started {
+            tracing::warn!(%error, "sync: starting a bulk transfer");
+            self.transferring.store(false, Ordering::Release);
+        }
+    }
+
+    fn transfer_to(&self, index: usize) -> std::io::Result<Transfer> {
+        Ok(Transfer {
+            table: ConnTable::new(self.conns.0.try_clone()?, self.conns.1.try_clone()?),
+            socket: self.socket.try_clone()?,
+            to: SocketAddr::new(self.target(self.setup.peers[index]), self.setup.port),
+            peer: index,
+            key: self.setup.key.clone(),
+            sender: self.sender,
+            sequence: Arc::clone(&self.sequence),
+            pace: Pace::new(bulk::bulk_rate(self.setup.peer_rate)),
+            tcp_idle_ns: self.setup.window_ns,
+            udp_idle_ns: self.setup.udp_idle_ns,
+            shared: Arc::clone(&self.shared),
+            busy: Arc::clone(&self.transferring),
+        })
     }
 
     /// `peer` as the socket's family addresses it.
@@ -312,22 +433,54 @@ impl Worker {
                 .with_status(|status| status.refuse(Refusal::Replay));
             return;
         }
-        let installs = match message.kind {
-            Kind::Opened | Kind::Bulk | Kind::BulkEnd => true,
-            // A close leaves the entry to expire; a bulk request is not
-            // answered yet (a restarted balancer learns new flows only).
-            Kind::Closed | Kind::BulkRequest => false,
-        };
         let directory = self.shared.directory();
         let now = monotonic_coarse_ns();
         let mut outcomes = Vec::with_capacity(message.entries.len());
-        if installs {
-            for entry in &message.entries {
-                outcomes.push(self.install(&directory, entry, now));
+        match message.kind {
+            Kind::Opened | Kind::Bulk | Kind::BulkEnd => {
+                for entry in &message.entries {
+                    outcomes.push(self.install(&directory, entry, now));
+                }
             }
+            Kind::Closed => {
+                for entry in &message.entries {
+                    outcomes.push(self.close(&directory, entry));
+                }
+            }
+            Kind::BulkRequest => self.answer(index),
+        }
+        let bulk = matches!(message.kind, Kind::Bulk | Kind::BulkEnd);
+        if bulk {
+            let incoming = &mut self.incoming[index];
+            incoming.entries += message.entries.len() as u64;
+            incoming.installed += outcomes
+                .iter()
+                .filter(|outcome| matches!(outcome, Installed::Yes))
+                .count() as u64;
+        }
+        let finished = (message.kind == Kind::BulkEnd).then(|| {
+            let incoming = std::mem::take(&mut self.incoming[index]);
+            self.requests.answered(index);
+            let took_ms =
+                u64::try_from(self.requests.started().elapsed().as_millis()).unwrap_or(u64::MAX);
+            BulkReceived {
+                from: from.to_string(),
+                at_ms: unix_ms(),
+                entries: incoming.entries,
+                installed: incoming.installed,
+                took_ms,
+            }
+        });
+        if let Some(received) = &finished {
+            tracing::info!(peer = %received.from, entries = received.entries,
+                installed = received.installed, took_ms = ?received.took_ms,
+                "sync: a peer's whole table arrived");
         }
         let peer_entries = self.limiter.in_window();
         self.shared.with_status(|status| {
+            if finished.is_some() {
+                status.last_bulk = finished;
+            }
             status.peer_entries = peer_entries;
             if let Some(peer) = status.peers.get_mut(index) {
                 peer.last_message_ms = Some(unix_ms());
@@ -345,10 +498,40 @@ impl Worker {
                             peer.existing += 1;
                         }
                     }
+                    Installed::Closed => {
+                        if let Some(peer) = status.peers.get_mut(index) {
+                            peer.closed += 1;
+                        }
+                    }
+                    Installed::Nothing => {}
                     Installed::No(reason) => status.refuse(reason),
                 }
             }
         });
+    }
+
+    /// A peer's close: the entry here, if it holds the flow on the same
+    /// backend and is open, gets `CONN_CLOSED` (a SYN reusing the tuple is
+    /// then scheduled afresh, and the flow stops counting as active). A
+    /// close never creates an entry.
+    fn close(&self, directory: &Directory, entry: &wire::Entry) -> Installed {
+        let (flow, backend_id) = match directory.resolve(entry) {
+            Ok(resolved) => resolved,
+            Err(Unresolved::Service) => return Installed::No(Refusal::UnknownService),
+            Err(Unresolved::Backend) => return Installed::No(Refusal::UnknownBackend),
+        };
+        let marked = match flow.narrow() {
+            Some(v4) => mark_closed(&self.conns.0, &v4, backend_id),
+            None => mark_closed::<FlowKey>(&self.conns.1, &flow, backend_id),
+        };
+        match marked {
+            Ok(true) => Installed::Closed,
+            Ok(false) => Installed::Nothing,
+            Err(error) => {
+                tracing::debug!(%error, "sync: marking a peer's closed flow");
+                Installed::Nothing
+            }
+        }
     }
 
     fn install(&mut self, directory: &Directory, entry: &wire::Entry, now: u64) -> Installed {
@@ -390,6 +573,11 @@ enum Installed {
     Yes,
     /// A local entry was there and stays.
     Existing,
+    /// A close: the entry here (same backend) is marked closed.
+    Closed,
+    /// A close of a flow this table does not hold on that backend (gone,
+    /// already closed, or on another backend): nothing to do.
+    Nothing,
     No(Refusal),
 }
 
@@ -406,10 +594,14 @@ fn readable(socket: &UdpSocket, wait: Duration) -> bool {
     rc > 0 && fds[0].revents & libc::POLLIN != 0
 }
 
+/// `BPF_MAP_LOOKUP_ELEM` (`include/uapi/linux/bpf.h`, `enum bpf_cmd`).
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 /// `BPF_MAP_UPDATE_ELEM` (`include/uapi/linux/bpf.h`, `enum bpf_cmd`).
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 /// `BPF_NOEXIST`: create only; an existing key fails with `EEXIST`.
 const BPF_NOEXIST: u64 = 1;
+/// `BPF_EXIST`: update only; a missing key fails with `ENOENT`.
+const BPF_EXIST: u64 = 2;
 
 /// The element members of `union bpf_attr`.
 #[repr(C)]
@@ -424,21 +616,74 @@ struct UpdateAttr {
 /// Writes `key` → `value` unless the key is there (`EEXIST` then): the
 /// one syscall, so the errno tells an existing entry from a failure.
 fn insert_new<K: aya::Pod>(fd: &OwnedFd, key: &K, value: &ConnValue) -> std::io::Result<()> {
+    element(
+        fd,
+        BPF_MAP_UPDATE_ELEM,
+        key,
+        std::ptr::from_ref(value) as u64,
+        BPF_NOEXIST,
+    )
+}
+
+/// Sets `CONN_CLOSED` on `key`'s entry if it is there, open, and on
+/// `backend_id`; whether it did. A packet may refresh the entry between
+/// the read and the write: its time then goes back at most a second.
+fn mark_closed<K: aya::Pod>(fd: &OwnedFd, key: &K, backend_id: u32) -> std::io::Result<bool> {
+    let mut conn = ConnValue::default();
+    match element(
+        fd,
+        BPF_MAP_LOOKUP_ELEM,
+        key,
+        std::ptr::addr_of_mut!(conn) as u64,
+        0,
+    ) {
+        Ok(()) => {}
+        Err(error) if error.raw_os_error() == Some(libc::ENOENT) => return Ok(false),
+        Err(error) => return Err(error),
+    }
+    if conn.backend_id != backend_id || conn.flags & CONN_CLOSED != 0 {
+        return Ok(false);
+    }
+    conn.flags |= CONN_CLOSED;
+    match element(
+        fd,
+        BPF_MAP_UPDATE_ELEM,
+        key,
+        std::ptr::from_ref(&conn) as u64,
+        BPF_EXIST,
+    ) {
+        Ok(()) => Ok(true),
+        // Evicted in between: nothing to close.
+        Err(error) if error.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
+/// One element command on the connection map behind `fd`: `value` is the
+/// address of a [`ConnValue`] (read for a lookup, written from otherwise).
+fn element<K: aya::Pod>(
+    fd: &OwnedFd,
+    command: libc::c_long,
+    key: &K,
+    value: u64,
+    flags: u64,
+) -> std::io::Result<()> {
     let mut attr = UpdateAttr {
         map_fd: u32::try_from(fd.as_raw_fd()).unwrap_or(u32::MAX),
         pad: 0,
         key: std::ptr::from_ref(key) as u64,
-        value: std::ptr::from_ref(value) as u64,
-        flags: BPF_NOEXIST,
+        value,
+        flags,
     };
     // SAFETY: `attr` is a valid element `bpf_attr` of the size passed; key
     // and value point to the map's key and value layouts (`K` is the key
-    // type of the map behind `fd`, `ConnValue` its value) and outlive the
-    // call.
+    // type of the map behind `fd`; `value` is, by this function's contract,
+    // the address of a `ConnValue`, its value type, the caller holds) and
+    // outlive the call.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            BPF_MAP_UPDATE_ELEM,
+            command,
             std::ptr::addr_of_mut!(attr),
             std::mem::size_of::<UpdateAttr>(),
         )
@@ -460,7 +705,8 @@ pub fn monotonic_coarse_ns() -> u64 {
     u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
 }
 
-fn unix_ms() -> u64 {
+/// Unix time in milliseconds.
+pub(super) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

@@ -76,6 +76,10 @@ pub struct PeerStatus {
     /// Of those, already in the table here (a local entry is never
     /// overwritten).
     pub existing: u64,
+    /// Its closes that marked an entry here closed (same flow, same
+    /// backend, open until then).
+    #[serde(default)]
+    pub closed: u64,
     /// Datagrams to it that the kernel refused to send.
     #[serde(default)]
     pub send_errors: u64,
@@ -100,6 +104,33 @@ pub struct SyncStatus {
     pub peer_entries: u64,
     /// The most the peers may hold (`peer_share` × table size).
     pub peer_capacity: u64,
+    /// The last whole table a peer sent this balancer (bulk transfer);
+    /// `None` before one came.
+    #[serde(default)]
+    pub last_bulk: Option<BulkReceived>,
+    /// Whole tables this balancer sent to peers that asked.
+    #[serde(default)]
+    pub bulk_served: u64,
+    /// Peers' requests for the whole table not answered: another transfer
+    /// was running, or that peer had one within the last second.
+    #[serde(default)]
+    pub bulk_declined: u64,
+}
+
+/// A whole table received from a peer (its `BulkEnd` arrived).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BulkReceived {
+    /// The peer's address.
+    pub from: String,
+    /// Unix time in milliseconds of its `BulkEnd`.
+    pub at_ms: u64,
+    /// Entries the transfer carried.
+    pub entries: u64,
+    /// Of those, installed here (the rest were here already or refused).
+    pub installed: u64,
+    /// Milliseconds from the sync thread's start (its first request) to
+    /// the `BulkEnd`.
+    pub took_ms: u64,
 }
 
 impl SyncStatus {
@@ -122,6 +153,9 @@ impl SyncStatus {
             events_lost: 0,
             peer_entries: 0,
             peer_capacity: capacity,
+            last_bulk: None,
+            bulk_served: 0,
+            bulk_declined: 0,
         }
     }
 

@@ -273,14 +273,26 @@ fn array<const N: usize>(bytes: &[u8]) -> [u8; N] {
 /// Which (sender, sequence) pairs a receiver has accepted: the highest
 /// sequence of the current sender and a 64-wide bitmap below it (RFC 4303
 /// §3.4.3's anti-replay window). A new sender id (the peer restarted)
-/// starts afresh.
+/// starts afresh, and the id it replaces is retired: datagrams of a
+/// retired id are refused for good, so datagrams captured from two runs of
+/// a peer cannot be replayed alternately (each switch would otherwise
+/// reset the window). The last [`RETIRED`] ids are kept; a peer restarts
+/// with a random id, so a live one is retired only by chance (2⁻³²).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReplayWindow {
     sender: Option<u32>,
     highest: u64,
     /// Bit `i`: `highest - i` was accepted.
     seen: u64,
+    /// Senders replaced by a newer one, the oldest overwritten first.
+    retired: [Option<u32>; RETIRED],
+    /// Where the next retired id goes.
+    next_retired: usize,
 }
+
+/// How many retired sender ids a window remembers per peer: replays from
+/// that many earlier runs of the peer are refused.
+pub const RETIRED: usize = 16;
 
 /// How far below the highest sequence a late datagram is still accepted.
 pub const REPLAY_WINDOW: u64 = 64;
@@ -293,11 +305,16 @@ impl ReplayWindow {
             return false;
         }
         if self.sender != Some(sender) {
-            *self = Self {
-                sender: Some(sender),
-                highest: sequence,
-                seen: 1,
-            };
+            if self.retired.contains(&Some(sender)) {
+                return false;
+            }
+            if let Some(current) = self.sender {
+                self.retired[self.next_retired] = Some(current);
+                self.next_retired = (self.next_retired + 1) % RETIRED;
+            }
+            self.sender = Some(sender);
+            self.highest = sequence;
+            self.seen = 1;
             return true;
         }
         if sequence > self.highest {
@@ -493,5 +510,34 @@ mod tests {
         assert!(!window.accept(2, 1));
         assert!(window.accept(2, 200));
         assert!(window.accept(2, 199));
+    }
+
+    /// Datagrams captured from two runs of a peer (sender ids 1 and 2),
+    /// replayed alternately: once 2 replaced 1, nothing of 1 is accepted
+    /// again — not even sequences 1 never used — and 2's own replays are
+    /// refused by its window. Before the fix each switch reset the window
+    /// and every replay went through.
+    #[test]
+    fn a_retired_sender_is_refused_for_good() {
+        let mut window = ReplayWindow::default();
+        assert!(window.accept(1, 1));
+        assert!(window.accept(1, 2));
+        assert!(window.accept(2, 1), "the peer restarted");
+        for _ in 0..3 {
+            assert!(!window.accept(1, 1), "run 1 replayed");
+            assert!(!window.accept(1, 3), "run 1, a fresh sequence");
+            assert!(!window.accept(2, 1), "run 2 replayed");
+        }
+        assert!(window.accept(2, 2), "the live run goes on");
+        // A third run retires the second as well; the set is bounded.
+        assert!(window.accept(3, 1));
+        assert!(!window.accept(2, 3));
+        assert!(!window.accept(1, 4));
+        let retired = u32::try_from(RETIRED).unwrap();
+        for id in 4..(4 + retired) {
+            assert!(window.accept(id, 1));
+        }
+        // The current id is 3 + RETIRED; the one before is retired.
+        assert!(!window.accept(2 + retired, 2), "a recent run");
     }
 }
