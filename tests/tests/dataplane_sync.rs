@@ -150,6 +150,7 @@ fn a_fin_reports_the_close_once_while_sync_is_on() {
     let conn = |harness: &Harness| {
         lb::route::maps::MapTables::new(&harness.dataplane)
             .conn(&key4(5001))
+            .expect("read the connection table")
             .expect("the flow's entry")
     };
     let backend_id = conn(&harness).backend_id;

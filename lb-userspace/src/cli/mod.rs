@@ -777,6 +777,20 @@ fn listen(
 /// `lb run`: [`prepare_run`], then the data plane, VRRP, the metrics
 /// listener and last the control socket — a failure there is undone before
 /// exit 2 (see [`Controller::start`]).
+/// SIGHUP: a reload, queued as an event like any other: applied in its
+/// turn, its outcome logged by the owner.
+fn reload_on_signal(controller: &ControllerHandle) -> Result<(), Failure> {
+    tracing::info!("SIGHUP: reloading");
+    controller
+        .send(|c| {
+            if let Err(error) = c.reload() {
+                let what = crate::controller::reload_failure(&error);
+                tracing::error!(error = %format!("{error:#}"), "{what}");
+            }
+        })
+        .map_err(gone)
+}
+
 fn run(path: &Path, output: Output) -> Result<(), Failure> {
     let (config, _lock) = prepare_run(path)?;
     release_stale(&config)?;
@@ -842,17 +856,7 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
             return Err(failure);
         }
         if signal == libc::SIGHUP {
-            tracing::info!("SIGHUP: reloading");
-            // An event like any other: applied in its turn, its outcome
-            // logged by the owner.
-            controller
-                .send(|c| {
-                    if let Err(error) = c.reload() {
-                        let what = crate::controller::reload_failure(&error);
-                        tracing::error!(error = %format!("{error:#}"), "{what}");
-                    }
-                })
-                .map_err(gone)?;
+            reload_on_signal(&controller)?;
             continue;
         }
         if signal == libc::SIGQUIT {
