@@ -63,17 +63,17 @@ pub const VIPS_ENTRIES: u32 = 1024;
 pub type VerifiedUntil = u64;
 
 /// The key of `ATTACK_PENDING`: a hash of (source, source port, VIP,
-/// port), see [`pending_key`].
+/// port) and the SYN's sequence number, see [`pending_key`].
 pub type PendingKey = u64;
 
-/// [`PendingKey`] of a SYN: the tuple's 32-bit flow hash beside its two
-/// ports, so a spoofed SYN matches a real client's pending entry by chance
-/// only if it has the same ports and hash (about 2^-48 with random source
-/// ports), for the cost of one hash.
+/// [`PendingKey`] of a SYN: the tuple's 32-bit flow hash beside the SYN's
+/// sequence number. A retransmitted SYN carries its first sending's
+/// sequence number; a spoofer's repeat of a tuple with a fresh random one
+/// matches by chance about once in 2^32, and its tuple hash must match too.
 #[inline(always)]
-pub fn pending_key(src: &Addr, dst: &Addr, sport: u16, dport: u16) -> PendingKey {
+pub fn pending_key(src: &Addr, dst: &Addr, sport: u16, dport: u16, seq: u32) -> PendingKey {
     let hash = crate::hash::flow_hash(src, dst, sport, dport, crate::proto::TCP);
-    (u64::from(hash) << 32) | (u64::from(sport) << 16) | u64::from(dport)
+    (u64::from(hash) << 32) | u64::from(seq)
 }
 
 #[cfg(feature = "user")]

@@ -3,7 +3,7 @@
 //! judge attacks by; and, for a VIP the controller marked under attack, the
 //! admission of bare SYNs: a proven source passes, an unknown one's first
 //! SYN is dropped and remembered, and its retransmission inside the window
-//! proves it. Established flows never come here. Everything is skipped
+//! (the same tuple and sequence number) proves it. Established flows never come here. Everything is skipped
 //! unless `SETTINGS_ATTACK` is set.
 
 use aya_ebpf::{
@@ -69,7 +69,13 @@ pub fn admit(scratch: &Scratch, service_id: u32, opening: bool, now: u64) -> boo
     {
         return true;
     }
-    let key = pending_key(&flow.src, &flow.dst, flow.sport, flow.dport);
+    let key = pending_key(
+        &flow.src,
+        &flow.dst,
+        flow.sport,
+        flow.dport,
+        scratch.packet.tcp_seq,
+    );
     // SAFETY: as above.
     if let Some(first) = unsafe { ATTACK_PENDING.get(&key) }.copied() {
         let age = now.saturating_sub(first);

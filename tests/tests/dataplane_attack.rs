@@ -2,7 +2,8 @@
 //! while a VIP is marked under attack, a bare SYN opening a new flow is
 //! dropped (`drop_attack_unverified`) unless its source proved itself; the
 //! same tuple's SYN again 0.5 to 3 s later (the TCP retransmission) proves
-//! it, is forwarded, and the source then passes at once on other ports.
+//! it (a repeat with another sequence number does not), is forwarded, and
+//! the source then passes at once on other ports.
 //! Established flows never reach the check; an unmarked VIP and an
 //! unconfigured guard change nothing. The counters the controller judges
 //! attacks by count bare-SYN flows and those that went on.
@@ -92,6 +93,32 @@ fn under_attack_a_first_syn_is_dropped_and_its_retransmission_proves_the_source(
     // Another unknown source still is not.
     let (outcome, _) = harness.run_counted(&frames::tcp4(CLIENT, 40_000, VIP, 80));
     assert_eq!(outcome.action, Action::Drop);
+}
+
+/// A retransmission repeats the first SYN's sequence number; a spoofer's
+/// repeat of the tuple with another one proves nothing.
+#[test]
+fn a_syn_of_the_same_tuple_with_another_sequence_number_is_no_retransmission() {
+    let mut harness = Harness::new(&config(ATTACK));
+    mark(&mut harness, VIP);
+    assert_eq!(
+        harness
+            .run(&frames::tcp4_seq(SPOOFED, 40_000, VIP, 80, 7))
+            .action,
+        Action::Drop
+    );
+    age_pending(&mut harness, 1_000_000_000);
+    let (outcome, moved) = harness.run_counted(&frames::tcp4_seq(SPOOFED, 40_000, VIP, 80, 8));
+    assert_eq!(outcome.action, Action::Drop);
+    assert_eq!(moved, [(Reason::DropAttackUnverified, 1)].into());
+    assert!(harness.dataplane.attack_verified().unwrap().is_empty());
+    // The real retransmission (sequence number 7) still proves it.
+    assert_eq!(
+        harness
+            .run(&frames::tcp4_seq(SPOOFED, 40_000, VIP, 80, 7))
+            .action,
+        Action::Redirect
+    );
 }
 
 #[test]
