@@ -7,6 +7,7 @@
 //! miss. With the `user` feature the types implement `aya::Pod`.
 #![no_std]
 
+pub mod attack;
 pub mod hash;
 pub mod maps;
 pub mod reason;
@@ -105,6 +106,14 @@ pub mod map_names {
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
     /// Benchmarks: the program under test (program array).
     pub const BENCH_TARGET: &str = "BENCH_TARGET";
+    /// `guard.attack`: per-CPU counters per service id.
+    pub const ATTACK_COUNTS: &str = "ATTACK_COUNTS";
+    /// `guard.attack`: VIPs under attack.
+    pub const ATTACK_VIPS: &str = "ATTACK_VIPS";
+    /// `guard.attack`: sources that proved themselves.
+    pub const ATTACK_VERIFIED: &str = "ATTACK_VERIFIED";
+    /// `guard.attack`: first SYNs waiting for their retransmission.
+    pub const ATTACK_PENDING: &str = "ATTACK_PENDING";
 }
 
 /// Names of the XDP programs in the object.

@@ -261,6 +261,11 @@ impl FlowKey {
 /// (it keeps its backend until it goes idle or a new SYN reuses the tuple).
 pub const CONN_CLOSED: u32 = 1;
 
+/// `ConnValue::flags`: the flow began with a bare SYN and nothing else of
+/// it was seen yet (written only while `SETTINGS_ATTACK` is set): its
+/// first later packet counts it as completed for `guard.attack`.
+pub const CONN_HALF_OPEN: u32 = 2;
+
 /// Value of `CONNS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -337,6 +342,11 @@ pub const SETTINGS_TRACE: u32 = 8;
 /// tell the peers. Without it, that costs the test of this bit on the
 /// new-flow path; the established path never looks.
 pub const SETTINGS_SYNC: u32 = 16;
+
+/// `Settings::flags`: `guard.attack` is configured: the new-flow path
+/// counts per service (`ATTACK_COUNTS`) and asks `ATTACK_VIPS` about bare
+/// SYNs. Without it, that costs the test of this bit.
+pub const SETTINGS_ATTACK: u32 = 32;
 
 /// A `SYNC_EVENTS` record: a flow the data path scheduled, as the client
 /// sent it, and the backend it chose.

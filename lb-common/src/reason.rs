@@ -112,6 +112,10 @@ reasons! {
     /// connection or datagram it sent itself): passed to the stack with its
     /// own source address.
     PassBackendOutbound = 27, "pass_backend_outbound", false;
+    /// `guard.attack`: a bare SYN opening a new flow to a VIP under attack
+    /// from a source that has not proved itself: the first SYN of its
+    /// tuple (remembered), or a repeat too soon after it.
+    DropAttackUnverified = 28, "drop_attack_unverified", true;
 }
 
 #[cfg(test)]

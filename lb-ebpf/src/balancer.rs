@@ -18,8 +18,8 @@ use lb_common::{
     maps::{
         BACKEND_DRAINING, BACKEND_USABLE, CONN_CLOSED, FWD_DSR, FWD_NAT, FWD_TUNNEL,
         GUARD_CAUSE_NEW_FLOWS, GUARD_CAUSE_PACKETS, GUARD_CAUSE_SYN_ONLY, GuardCounts, GuardDenial,
-        GuardKey, GuardSettings, HOP_RESOLVED, SCHED_IP_HASH, SCHED_ROUND_ROBIN, SETTINGS_DENY,
-        SETTINGS_GUARD, SETTINGS_NAT, SETTINGS_SYNC, ServiceSlot, VIP_FRAGMENTS_TCP,
+        GuardKey, GuardSettings, HOP_RESOLVED, SCHED_IP_HASH, SCHED_ROUND_ROBIN, SETTINGS_ATTACK,
+        SETTINGS_DENY, SETTINGS_GUARD, SETTINGS_NAT, SETTINGS_SYNC, ServiceSlot, VIP_FRAGMENTS_TCP,
         VIP_FRAGMENTS_UDP,
     },
     proto,
@@ -618,9 +618,12 @@ fn established(ctx: &XdpContext, scratch: &mut Scratch, settings: &Settings) -> 
     if entry.keep(conn, &moment) && settings.flags & SETTINGS_SYNC != 0 {
         crate::sync::report_closed(scratch, entry.backend_id);
     }
+    let service = slot.value;
+    if settings.flags & SETTINGS_ATTACK != 0 {
+        crate::attack::went_on(conn, service.id, moment.opening);
+    }
     scratch.backend = *backend;
     scratch.backend_id = entry.backend_id;
-    let service = slot.value;
     let bytes = frame_len(ctx) as u64;
     let result = send_to_backend(ctx, scratch, &service, Reason::ForwardToBackend);
     if result.is_ok_and(|verdict| verdict.reason != Reason::IcmpTooBig) {
@@ -703,6 +706,14 @@ pub fn choose_backend(
     // long busy connection never counts against its own rate.
     let goes_on = matches!(replaced, Some((_, false))) && !moment.opening;
     if !goes_on {
+        // `guard.attack` first: a spoofed SYN it drops costs no rate-limit
+        // bucket or guard count.
+        if settings.flags & SETTINGS_ATTACK != 0
+            && !fragment
+            && !crate::attack::admit(scratch, service.id, moment.opening, moment.now)
+        {
+            return Err(Drop(Reason::DropAttackUnverified));
+        }
         if !admit_new_flow(&scratch.flow.src, settings, moment.now) {
             return Err(Drop(Reason::DropRateLimited));
         }
@@ -720,7 +731,12 @@ pub fn choose_backend(
     }
     let conn = ConnValue {
         backend_id,
-        flags: if moment.ending { CONN_CLOSED } else { 0 },
+        flags: if moment.ending { CONN_CLOSED } else { 0 }
+            | if settings.flags & SETTINGS_ATTACK != 0 {
+                crate::attack::open_flags(moment.opening)
+            } else {
+                0
+            },
         last_seen_ns: moment.now,
     };
     conn_insert(scratch, &conn);

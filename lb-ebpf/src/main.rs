@@ -21,6 +21,7 @@
     reason = "`#[xdp]` fixes the entry signature to take the context by value"
 )]
 
+mod attack;
 mod balancer;
 mod bench;
 mod csum;

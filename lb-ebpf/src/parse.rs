@@ -58,6 +58,9 @@ pub struct Packet {
     pub fragment: bool,
     /// TCP flags (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10); 0 otherwise.
     pub tcp_flags: u8,
+    /// TCP sequence number; 0 otherwise. A SYN's retransmission carries
+    /// its first sending's (`guard.attack` tells them apart by it).
+    pub tcp_seq: u32,
     /// Bytes from the IP header to the end of the IP packet.
     pub ip_len: u16,
 }
@@ -250,6 +253,7 @@ fn parse_ipv4(ctx: &XdpContext, off: usize, packet: &mut Packet) -> Result<Ip, D
     packet.sport = 0;
     packet.dport = 0;
     packet.tcp_flags = 0;
+    packet.tcp_seq = 0;
     // Only the first fragment carries the transport header.
     // (A mask, not `trailing_zeros`: BPF has no count-trailing-zeros.)
     #[allow(clippy::verbose_bit_mask, reason = "see above")]
@@ -297,6 +301,7 @@ fn parse_ipv6(ctx: &XdpContext, off: usize, packet: &mut Packet) -> Result<Ip, D
     packet.sport = 0;
     packet.dport = 0;
     packet.tcp_flags = 0;
+    packet.tcp_seq = 0;
     packet.has_l4 = true;
     packet.fragment = false;
     packet.ip_len = ip_len;
@@ -360,6 +365,7 @@ fn parse_l4(ctx: &XdpContext, packet: &mut Packet) -> Result<(), Reason> {
             packet.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
             packet.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
             packet.tcp_flags = tcp[13];
+            packet.tcp_seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
         }
         proto::UDP => {
             let udp: UdpHdr = read_at(ctx, l4).ok_or(Reason::DropMalformedUdp)?;

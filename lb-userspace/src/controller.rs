@@ -18,6 +18,7 @@ use std::{
 
 mod announcing;
 mod apply;
+mod attacking;
 mod report;
 mod routing;
 mod settings;
@@ -94,6 +95,8 @@ pub struct Controller {
     started_with: Started,
     /// The operator's runtime deny list and the automatic guard's events.
     guard: crate::guard::Guard,
+    /// `guard.attack`'s judgement per VIP.
+    attacks: crate::attack::Attacks,
     /// `announce`: what BIRD was told, and the thread that tells it.
     announce: announcing::Announcing,
     /// A client is tracing (`lb trace`): `SETTINGS_TRACE` is set.
@@ -233,6 +236,7 @@ impl Controller {
             started: SystemTime::now(),
             started_with: Started::default(),
             guard,
+            attacks: crate::attack::Attacks::default(),
             announce: announcing::Announcing::default(),
             trace: false,
             sync: None,
@@ -906,6 +910,7 @@ impl Controller {
                 unix_seconds(self.started),
             ),
             guard: self.guard_report(),
+            attack: self.attack_report(),
             announce: self.announce_status(),
             sync: self.sync_status(),
         }
@@ -1365,6 +1370,8 @@ impl Controller {
         if let Some(what) = restart_needed(&self.config, &config) {
             anyhow::bail!("{what} changed: restart lb run to apply it");
         }
+        // Service ids may move between VIPs: rates start afresh.
+        self.attacks.forget_samples();
         let overrides = self.kept_overrides(&config);
         let dynamic = kept_dynamic(&self.config, &config, &self.dynamic);
         let states = folded_weights(&self.states, &dynamic, &overrides, &config);

@@ -3,6 +3,8 @@
 //! attaches the programs to interfaces. No decisions are made here; callers
 //! pass fully formed keys and values (see `plan`).
 
+mod attack;
+
 use std::collections::BTreeMap;
 
 use aya::{
@@ -169,6 +171,7 @@ impl Dataplane {
             .map_max_entries(map_names::VIPS, sizes.services)
             .map_max_entries(map_names::RR_POS, sizes.services)
             .map_max_entries(map_names::STATS_SERVICES, sizes.services)
+            .map_max_entries(map_names::ATTACK_COUNTS, sizes.services)
             .map_max_entries(map_names::BACKENDS, sizes.backends)
             .map_max_entries(map_names::NAT, sizes.backends)
             .map_max_entries(map_names::STATS_BACKENDS, sizes.backends)
@@ -952,6 +955,10 @@ const PINNED_MAPS: &[&str] = &[
     map_names::IFACE_SLOTS,
     map_names::VIP_FILTER,
     map_names::NAT_FILTER,
+    map_names::ATTACK_COUNTS,
+    map_names::ATTACK_VIPS,
+    map_names::ATTACK_VERIFIED,
+    map_names::ATTACK_PENDING,
 ];
 
 /// What [`Dataplane::attach_pinned`] did.
@@ -1023,6 +1030,7 @@ impl Dataplane {
             .map_max_entries(map_names::VIPS, sizes.services)
             .map_max_entries(map_names::RR_POS, sizes.services)
             .map_max_entries(map_names::STATS_SERVICES, sizes.services)
+            .map_max_entries(map_names::ATTACK_COUNTS, sizes.services)
             .map_max_entries(map_names::BACKENDS, sizes.backends)
             .map_max_entries(map_names::NAT, sizes.backends)
             .map_max_entries(map_names::STATS_BACKENDS, sizes.backends)

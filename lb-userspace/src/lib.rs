@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod announce;
 pub mod api;
+pub mod attack;
 pub mod bird;
 pub mod cli;
 pub mod config;

@@ -442,7 +442,51 @@ impl Scrape {
                 i64::try_from(self.status.guard.denied.len()).unwrap_or(i64::MAX),
             )],
         )?;
-        Ok(())
+        self.encode_attack(e)
+    }
+
+    /// `guard.attack`: per VIP, under attack or not, and its rates
+    /// (nothing without the section).
+    fn encode_attack(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let report = &self.status.attack;
+        if !report.configured {
+            return Ok(());
+        }
+        let mut under = Vec::new();
+        let mut new_flows = Vec::new();
+        let mut half_open = Vec::new();
+        for vip in &report.vips {
+            let l = labels(&[("vip", &vip.vip.to_string())]);
+            under.push((l.clone(), i64::from(vip.under_attack)));
+            #[allow(clippy::cast_possible_truncation, reason = "a rate, rounded")]
+            new_flows.push((l.clone(), vip.rates.new_flows_per_second.round() as i64));
+            #[allow(clippy::cast_possible_truncation, reason = "a share in per mille")]
+            half_open.push((l, (vip.rates.half_open_share * 1000.0).round() as i64));
+        }
+        gauges(
+            e,
+            "lb_guard_attack",
+            "1 while the VIP is under attack (guard.attack).",
+            &under,
+        )?;
+        gauges(
+            e,
+            "lb_guard_attack_new_flows_per_second",
+            "New flows per second to the VIP over the last second.",
+            &new_flows,
+        )?;
+        gauges(
+            e,
+            "lb_guard_attack_half_open_permille",
+            "Per mille of the VIP's new TCP flows over the last second left half-open.",
+            &half_open,
+        )?;
+        counters(
+            e,
+            "lb_guard_attacks",
+            "Attacks started since the controller started, all VIPs.",
+            &[(Vec::new(), report.attacks_total)],
+        )
     }
 
     /// Map fill levels and health-check durations.

@@ -17,9 +17,14 @@ pub fn eth() -> PacketBuilderStep<etherparse::Ethernet2Header> {
 
 /// A TCP SYN over IPv4.
 pub fn tcp4(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    tcp4_seq(src, sport, dst, dport, 1000)
+}
+
+/// A TCP SYN over IPv4 with sequence number `seq`.
+pub fn tcp4_seq(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, seq: u32) -> Vec<u8> {
     let builder = eth()
         .ipv4(src.octets(), dst.octets(), 64)
-        .tcp(sport, dport, 1000, 64240)
+        .tcp(sport, dport, seq, 64240)
         .syn();
     let mut frame = Vec::with_capacity(builder.size(PAYLOAD.len()));
     builder.write(&mut frame, PAYLOAD).expect("write frame");

@@ -834,6 +834,7 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
     };
     let trace = start_trace(trace_kernel, &controller);
     spawn_ticker(controller.clone());
+    spawn_attack_poller(controller.clone());
     spawn_hop_follower(controller.clone());
     spawn_agent_poller(controller.clone());
     spawn_health_applier(controller.clone(), results);
@@ -976,6 +977,24 @@ fn start_trace(
 /// `lb run` goes on without `lb trace`, saying why.
 fn no_trace(error: &anyhow::Error) {
     tracing::warn!(error = %format!("{error:#}"), "lb trace unavailable");
+}
+
+/// Reads `guard.attack`'s counters every `attack::POLL` (an attack must be
+/// seen within a second), on a thread of its own.
+fn spawn_attack_poller(controller: ControllerHandle) {
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(crate::attack::POLL);
+            let polled = controller.call(|controller| {
+                if let Err(error) = controller.poll_attack() {
+                    tracing::warn!(error = %format!("{error:#}"), "reading the attack counters failed");
+                }
+            });
+            if let Err(OwnerError::Gone) = polled {
+                return;
+            }
+        }
+    });
 }
 
 /// Once a second: dynamic weights and the guard's denials; every tenth:

@@ -15,6 +15,7 @@
 //! `problems` says what a problem is, how many are listed, and on which
 //! line each one is written.
 
+mod attack;
 mod ha;
 mod limits;
 mod problems;
@@ -22,6 +23,7 @@ mod sections;
 mod sync;
 mod validate;
 
+pub use attack::{GuardAttack, SHARE_MIN_RATE};
 pub use ha::{HaInstance, HaInstanceSpec, Track};
 pub use problems::{ConfigError, ConfigProblem, locate};
 pub use sync::ConnSync;
@@ -223,7 +225,7 @@ const fn default_withdraw_delay() -> Duration {
 
 /// `guard:`: what is refused before any service sees it. Both count what
 /// they drop (`drop_denied`, `drop_rate_limited`).
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Guard {
     /// Source prefixes whose packets to any VIP are dropped.
@@ -235,6 +237,9 @@ pub struct Guard {
     /// Automatic detection: sources over a threshold are denied for a while.
     #[serde(default)]
     pub auto: Option<GuardAuto>,
+    /// Per VIP: floods from spoofed sources (see [`GuardAttack`]).
+    #[serde(default)]
+    pub attack: Option<GuardAttack>,
 }
 
 /// `guard.auto`: thresholds the data path watches per source and VIP, over

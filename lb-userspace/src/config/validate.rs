@@ -90,6 +90,9 @@ impl Config {
         if let Some(auto) = self.guard.auto {
             check_guard_auto(&auto, &mut problems);
         }
+        if let Some(attack) = &self.guard.attack {
+            super::attack::check_guard_attack(attack, &mut problems);
+        }
         if let Some(ha) = &self.ha {
             check_ha(ha, &mut problems);
             check_track(self, ha, &mut problems);

@@ -20,6 +20,10 @@ pub struct StatusReport {
     /// addition to the DESIGN.md shape).
     #[serde(default)]
     pub guard: crate::guard::GuardReport,
+    /// `guard.attack`: per VIP, the rates and whether it is under attack
+    /// (an addition to the DESIGN.md shape).
+    #[serde(default)]
+    pub attack: crate::attack::AttackReport,
     /// `announce`: per VIP, announced or withdrawn and why (an addition
     /// to the DESIGN.md shape; `null` without the section).
     #[serde(default)]

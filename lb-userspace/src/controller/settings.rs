@@ -61,6 +61,9 @@ pub fn settings(config: &Config) -> Settings {
     if config.guard.auto.is_some() {
         settings.flags |= lb_common::maps::SETTINGS_GUARD;
     }
+    if config.guard.attack.is_some() {
+        settings.flags |= lb_common::maps::SETTINGS_ATTACK;
+    }
     if let Some(limit) = config.guard.rate_limit {
         settings.rate_per_second = limit.new_flows_per_second;
         settings.rate_burst = limit.burst.unwrap_or(limit.new_flows_per_second);

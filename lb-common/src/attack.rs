@@ -1,0 +1,86 @@
+//! `guard.attack`'s shared types (DESIGN.md §2.3): the per-service counters
+//! the controller judges attacks by, the per-VIP attack state it writes for
+//! the data path, and the admission's proven sources and pending SYNs.
+
+#![allow(
+    clippy::inline_always,
+    reason = "the XDP program needs these inlined: BPF-to-BPF calls cost a frame"
+)]
+
+use crate::Addr;
+
+/// Value of the per-CPU `ATTACK_COUNTS` array, indexed by service id:
+/// running totals (never reset; the controller takes differences), counted
+/// only while `SETTINGS_ATTACK` is set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AttackCounts {
+    /// New flows (what the scheduler was asked for, admitted or not).
+    pub new_flows: u64,
+    /// Of those, TCP flows opened by a bare SYN.
+    pub syns: u64,
+    /// TCP flows opened by a bare SYN whose first later packet (not a bare
+    /// SYN) arrived: the handshake went on.
+    pub completed: u64,
+}
+const _: () = assert!(core::mem::size_of::<AttackCounts>() == 24);
+
+/// Value of `ATTACK_VIPS`, keyed by VIP: present while the VIP is under
+/// attack (the controller inserts and removes it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AttackVip {
+    /// How long a source that proves itself passes (`verified_for`).
+    pub verified_ns: u64,
+    /// The controller's monotonic clock when the attack began.
+    pub since_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<AttackVip>() == 16);
+
+/// A retransmitted SYN proves its source only this long after the first
+/// (the first retransmission comes after the initial RTO, 1 s by RFC 6298;
+/// a spoofer's repeat sooner proves nothing).
+pub const RETRY_MIN_NS: u64 = 500_000_000;
+
+/// ... and at most this long after: later it counts as a first SYN again
+/// (the second retransmission, at 3 s, is then remembered, the third
+/// proves it).
+pub const RETRY_MAX_NS: u64 = 3_000_000_000;
+
+/// Entries of `ATTACK_PENDING` (first SYNs waiting for their
+/// retransmission, LRU): holds the retransmission window of a flood of
+/// about this many SYNs per second over `RETRY_MAX_NS`.
+pub const PENDING_ENTRIES: u32 = 131_072;
+
+/// Entries of `ATTACK_VERIFIED` (proven sources, LRU).
+pub const VERIFIED_ENTRIES: u32 = 65_536;
+
+/// Entries of `ATTACK_VIPS`: VIPs under attack at once.
+pub const VIPS_ENTRIES: u32 = 1024;
+
+/// `ATTACK_VERIFIED`'s value: until when (data path clock) a proven
+/// source passes.
+pub type VerifiedUntil = u64;
+
+/// The key of `ATTACK_PENDING`: a hash of (source, source port, VIP,
+/// port) and the SYN's sequence number, see [`pending_key`].
+pub type PendingKey = u64;
+
+/// [`PendingKey`] of a SYN: the tuple's 32-bit flow hash beside the SYN's
+/// sequence number. A retransmitted SYN carries its first sending's
+/// sequence number; a spoofer's repeat of a tuple with a fresh random one
+/// matches by chance about once in 2^32, and its tuple hash must match too.
+#[inline(always)]
+pub fn pending_key(src: &Addr, dst: &Addr, sport: u16, dport: u16, seq: u32) -> PendingKey {
+    let hash = crate::hash::flow_hash(src, dst, sport, dport, crate::proto::TCP);
+    (u64::from(hash) << 32) | u64::from(seq)
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: `repr(C)` with no padding (their sizes are asserted above)
+    // and every bit pattern valid.
+    unsafe impl aya::Pod for super::AttackCounts {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::AttackVip {}
+}
