@@ -1,6 +1,6 @@
 //! Backend health (DESIGN.md §4): the probes that ask a backend whether it
 //! is serving, the rise/fall state machine that turns their outcomes into
-//! up / down, and the threads that run the probes on every backend.
+//! up / down, and the checker that runs the probes on every backend.
 //!
 //! The three layers are kept apart on purpose:
 //!
@@ -8,13 +8,15 @@
 //!   and decides transitions, so it is tested without sockets or sleeps
 //!   (STYLE.md §5). Thresholds count *consecutive* outcomes, as `HAProxy`'s
 //!   `rise` / `fall` do.
-//! - [`probe`] does one blocking check, bounded by the check's timeout, and
+//! - [`probe_async`] does one check, bounded by the check's timeout, and
 //!   reports an [`Outcome`] whose `detail` is short enough to show an
 //!   operator as the reason of a transition ("connection refused",
-//!   "status 503", "timeout after 300ms", ...).
-//! - [`Checker`] runs one thread per backend (no async runtime: a few
-//!   hundred blocking probes a second are cheap, and a stuck probe cannot
-//!   starve the others) and sends every outcome as an [`Event`] down a
+//!   "status 503", "timeout after 300ms", ...). `tcp`, `http` and `udp`
+//!   wait on the event loop; `https` and `exec` block a thread of a bounded
+//!   pool ([`probe`] is the same check for a caller outside the runtime).
+//! - [`Checker`] runs every backend's checks as tasks of one small tokio
+//!   runtime (a fixed number of threads whatever the number of backends,
+//!   see `checker.rs`) and sends every outcome as an [`Event`] down a
 //!   channel; the controller owns the trackers and the plan.
 //!
 //! HTTPS checks speak TLS (rustls) without verifying the certificate, by
@@ -22,24 +24,18 @@
 //! the check asks whether the service answers, not who it is.
 
 use std::{
-    collections::hash_map::DefaultHasher,
     fmt,
-    hash::{Hash, Hasher},
     io::{self, Read, Write},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     os::unix::process::{CommandExt, ExitStatusExt},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::{Arc, Condvar, Mutex, PoisonError, mpsc::Sender},
-    thread::{self, JoinHandle},
+    thread,
     time::{Duration, Instant},
 };
 
 use serde::Serialize;
 
-use crate::{
-    config::{CheckKind, Config, HealthCheck},
-    plan::BackendKey,
-};
+use crate::config::{CheckKind, HealthCheck};
 
 /// What the health checks currently say about a backend.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
@@ -208,28 +204,92 @@ impl Tracker {
 
 /// Runs one check of `check.kind` against `address`, on `check.port` if set,
 /// else on `port` (the backend's traffic port). Never takes much longer than
-/// `check.timeout`.
+/// `check.timeout` (plus, for `https` and `exec`, any wait for a place in
+/// their bounded pool).
+///
+/// Blocks the calling thread; it must not be called from inside an async
+/// runtime (the checker calls [`probe_async`]).
 pub fn probe(check: &HealthCheck, address: IpAddr, port: u16) -> Outcome {
+    match checker::pool() {
+        Ok(pool) => pool.runtime.block_on(probe_async(check, address, port)),
+        Err(error) => Outcome::failure(format!("no health-check runtime: {error}"), Duration::ZERO),
+    }
+}
+
+/// [`probe`] on the health-check runtime: `tcp`, `http` and `udp` run on its
+/// event loop; `https` (rustls speaks to blocking sockets here) and `exec`
+/// (a child process waited for) run on its blocking threads, each kind
+/// through a semaphore of [`checker::POOL_PERMITS`] so that the number of
+/// threads and processes stays bounded whatever the number of backends.
+pub async fn probe_async(check: &HealthCheck, address: IpAddr, port: u16) -> Outcome {
+    let pool = match checker::pool() {
+        Ok(pool) => pool,
+        Err(error) => {
+            return Outcome::failure(format!("no health-check runtime: {error}"), Duration::ZERO);
+        }
+    };
+    let semaphore = match check.kind {
+        CheckKind::Https => &pool.tls,
+        CheckKind::Exec => &pool.exec,
+        CheckKind::Tcp | CheckKind::Http | CheckKind::Udp | CheckKind::None => {
+            return probe_on_loop(check, address, port).await;
+        }
+    };
+    let Ok(permit) = std::sync::Arc::clone(semaphore).acquire_owned().await else {
+        // The semaphores live in a static and are never closed.
+        return Outcome::failure("probe pool closed", Duration::ZERO);
+    };
+    let (check, started) = (check.clone(), Instant::now());
+    let blocking = tokio::task::spawn_blocking(move || {
+        let outcome = probe_blocking(&check, address, port);
+        drop(permit);
+        outcome
+    });
+    blocking.await.unwrap_or_else(|error| {
+        Outcome::failure(format!("probe failed: {error}"), started.elapsed())
+    })
+}
+
+/// The probes that run on the event loop.
+async fn probe_on_loop(check: &HealthCheck, address: IpAddr, port: u16) -> Outcome {
     let start = Instant::now();
     let budget = Budget::new(start, check.timeout);
     let port = check.port.unwrap_or(port);
-    let needs_port = matches!(
-        check.kind,
-        CheckKind::Tcp | CheckKind::Http | CheckKind::Udp
-    );
-    let result = if needs_port && port == 0 {
+    let result = if port == 0 && check.kind != CheckKind::None {
         // An all-port service has no traffic port to fall back on.
         Err("no port to check: set health_check.port".to_string())
     } else {
+        let target = SocketAddr::new(address, port);
         match check.kind {
-            CheckKind::Tcp => probe_tcp(SocketAddr::new(address, port), &budget).map(|_| "ok"),
-            CheckKind::Http => probe_http(check, SocketAddr::new(address, port), &budget, false),
-            CheckKind::Https => probe_http(check, SocketAddr::new(address, port), &budget, true),
-            CheckKind::Udp => probe_udp(check, SocketAddr::new(address, port), &budget),
-            CheckKind::Exec => probe_exec(check, address, port, &budget),
-            CheckKind::None => Ok("no check"),
+            CheckKind::Tcp => probe_tcp(target, &budget).await.map(|_| "ok"),
+            CheckKind::Http => probe_http(check, target, &budget).await,
+            CheckKind::Udp => probe_udp(check, target, &budget).await,
+            // `https` and `exec` go to the blocking pool (`probe_async`);
+            // listed here to keep the match total.
+            CheckKind::None | CheckKind::Https | CheckKind::Exec => Ok("no check"),
         }
     };
+    verdict(result, start)
+}
+
+/// The probes that block a thread: `https` and `exec`.
+fn probe_blocking(check: &HealthCheck, address: IpAddr, port: u16) -> Outcome {
+    let start = Instant::now();
+    let budget = Budget::new(start, check.timeout);
+    let port = check.port.unwrap_or(port);
+    let result = match check.kind {
+        CheckKind::Https if port == 0 => Err("no port to check: set health_check.port".to_string()),
+        CheckKind::Https => probe_https(check, SocketAddr::new(address, port), &budget),
+        CheckKind::Exec => probe_exec(check, address, port, &budget),
+        // Run on the event loop by `probe_async`; kept total.
+        CheckKind::Tcp | CheckKind::Http | CheckKind::Udp | CheckKind::None => {
+            Err("not a blocking probe".to_string())
+        }
+    };
+    verdict(result, start)
+}
+
+fn verdict(result: Result<&'static str, String>, start: Instant) -> Outcome {
     let latency = start.elapsed();
     match result {
         Ok(detail) => Outcome::success(detail, latency),
@@ -280,10 +340,19 @@ impl Budget {
             _ => error.to_string(),
         }
     }
+    /// Runs `io` until the deadline: its error, or running out of time, in
+    /// an operator's words.
+    async fn within<T>(&self, io: impl Future<Output = io::Result<T>>) -> Result<T, String> {
+        match tokio::time::timeout_at(self.deadline.into(), io).await {
+            Ok(result) => result.map_err(|e| self.describe(&e)),
+            Err(_) => Err(self.timed_out()),
+        }
+    }
 }
 
-fn probe_tcp(target: SocketAddr, budget: &Budget) -> Result<TcpStream, String> {
-    TcpStream::connect_timeout(&target, budget.remaining()?).map_err(|e| budget.describe(&e))
+async fn probe_tcp(target: SocketAddr, budget: &Budget) -> Result<tokio::net::TcpStream, String> {
+    budget.remaining()?;
+    budget.within(tokio::net::TcpStream::connect(target)).await
 }
 
 /// Longest header section read before the response is called malformed.
@@ -291,31 +360,80 @@ const HEADER_LIMIT: usize = 16 * 1024;
 /// Longest body searched for `expect_body`.
 const BODY_LIMIT: usize = 64 * 1024;
 
-fn probe_http(
-    check: &HealthCheck,
-    target: SocketAddr,
-    budget: &Budget,
-    tls: bool,
-) -> Result<&'static str, String> {
-    let mut stream = probe_tcp(target, budget)?;
+/// The request of an HTTP(S) check.
+fn http_request(check: &HealthCheck, target: SocketAddr) -> String {
     let host = match (&check.host, target.ip()) {
         (Some(host), _) => host.clone(),
         (None, IpAddr::V4(address)) => address.to_string(),
         // RFC 9110 §7.2: an IPv6 literal in Host is bracketed.
         (None, IpAddr::V6(address)) => format!("[{address}]"),
     };
-    if tls {
-        let name = match &check.host {
-            Some(host) => rustls::pki_types::ServerName::try_from(host.clone())
-                .map_err(|e| format!("bad TLS server name {host:?}: {e}"))?,
-            None => rustls::pki_types::ServerName::IpAddress(target.ip().into()),
-        };
-        let connection = rustls::ClientConnection::new(tls_config(), name)
-            .map_err(|e| format!("TLS setup: {e}"))?;
-        let mut tls = rustls::StreamOwned::new(connection, stream);
-        return http_exchange(&mut tls, |s| &s.sock, check, &host, budget);
+    format!(
+        "GET {} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: lb-health\r\n\r\n",
+        check.path.as_deref().unwrap_or("/"),
+    )
+}
+
+fn expectation(check: &HealthCheck) -> HttpExpectation<'_> {
+    HttpExpectation {
+        status: check.expect_status.unwrap_or(200),
+        body: check.expect_body.as_deref(),
     }
-    http_exchange(&mut stream, |s| s, check, &host, budget)
+}
+
+/// The verdict once the server closed the connection.
+fn judge_closed(expect: &HttpExpectation<'_>, response: &[u8]) -> Result<&'static str, String> {
+    expect
+        .judge(response, true)
+        .unwrap_or_else(|| Err("connection closed early".to_string()))
+        .map(|()| "ok")
+}
+
+async fn probe_http(
+    check: &HealthCheck,
+    target: SocketAddr,
+    budget: &Budget,
+) -> Result<&'static str, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut stream = probe_tcp(target, budget).await?;
+    let request = http_request(check, target);
+    budget.within(stream.write_all(request.as_bytes())).await?;
+    let expect = expectation(check);
+    let mut response = Vec::with_capacity(1024);
+    let mut chunk = vec![0; 4096];
+    // Each pass reads at least one byte or ends the probe (EOF, error, or
+    // the deadline), and `judge` decides once the response reaches its size
+    // limits, so the loop is bounded.
+    loop {
+        if let Some(verdict) = expect.judge(&response, false) {
+            return verdict.map(|()| "ok");
+        }
+        match budget.within(stream.read(&mut chunk)).await? {
+            0 => return judge_closed(&expect, &response),
+            n => response.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// An HTTPS check, on a blocking socket: rustls's own I/O is blocking, and
+/// the async adapter for it is not among the project's dependencies.
+fn probe_https(
+    check: &HealthCheck,
+    target: SocketAddr,
+    budget: &Budget,
+) -> Result<&'static str, String> {
+    let stream = TcpStream::connect_timeout(&target, budget.remaining()?)
+        .map_err(|e| budget.describe(&e))?;
+    let name = match &check.host {
+        Some(host) => rustls::pki_types::ServerName::try_from(host.clone())
+            .map_err(|e| format!("bad TLS server name {host:?}: {e}"))?,
+        None => rustls::pki_types::ServerName::IpAddress(target.ip().into()),
+    };
+    let connection =
+        rustls::ClientConnection::new(tls_config(), name).map_err(|e| format!("TLS setup: {e}"))?;
+    let mut tls = rustls::StreamOwned::new(connection, stream);
+    https_exchange(&mut tls, check, &http_request(check, target), budget)
 }
 
 /// The TLS client for `https` checks. Certificates are not verified, by
@@ -389,23 +507,20 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
     }
 }
 
-/// One HTTP exchange over `stream` (plain or TLS); `socket` gives the TCP
-/// socket underneath, whose timeouts bound every read and write.
-fn http_exchange<S: Read + Write>(
-    stream: &mut S,
-    socket: impl Fn(&S) -> &TcpStream,
+/// The HTTP exchange of an HTTPS check over TLS on a blocking socket, whose
+/// timeouts, shrunk to the deadline, bound every read and write.
+fn https_exchange(
+    stream: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
     check: &HealthCheck,
-    host: &str,
+    request: &str,
     budget: &Budget,
 ) -> Result<&'static str, String> {
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: lb-health\r\n\r\n",
-        check.path.as_deref().unwrap_or("/"),
-    );
-    socket(stream)
+    stream
+        .sock
         .set_write_timeout(Some(budget.remaining()?))
         .map_err(|e| budget.describe(&e))?;
-    socket(stream)
+    stream
+        .sock
         .set_read_timeout(Some(budget.remaining()?))
         .map_err(|e| budget.describe(&e))?;
     stream
@@ -413,10 +528,7 @@ fn http_exchange<S: Read + Write>(
         .and_then(|()| stream.flush())
         .map_err(|e| budget.describe(&e))?;
 
-    let expect = HttpExpectation {
-        status: check.expect_status.unwrap_or(200),
-        body: check.expect_body.as_deref(),
-    };
+    let expect = expectation(check);
     let mut response = Vec::with_capacity(1024);
     let mut chunk = [0; 4096];
     // Each pass reads at least one byte or ends the probe (EOF, error, or
@@ -426,25 +538,18 @@ fn http_exchange<S: Read + Write>(
         if let Some(verdict) = expect.judge(&response, false) {
             return verdict.map(|()| "ok");
         }
-        socket(stream)
+        stream
+            .sock
             .set_read_timeout(Some(budget.remaining()?))
             .map_err(|e| budget.describe(&e))?;
         match stream.read(&mut chunk) {
-            Ok(0) => {
-                return expect
-                    .judge(&response, true)
-                    .unwrap_or_else(|| Err("connection closed early".to_string()))
-                    .map(|()| "ok");
-            }
+            Ok(0) => return judge_closed(&expect, &response),
             Ok(n) => response.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             // A TLS peer that closes without close_notify: the response
             // ends there all the same.
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                return expect
-                    .judge(&response, true)
-                    .unwrap_or_else(|| Err("connection closed early".to_string()))
-                    .map(|()| "ok");
+                return judge_closed(&expect, &response);
             }
             Err(e) => return Err(budget.describe(&e)),
         }
@@ -545,7 +650,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
         .position(|window| window == needle)
 }
 
-fn probe_udp(
+async fn probe_udp(
     check: &HealthCheck,
     target: SocketAddr,
     budget: &Budget,
@@ -554,27 +659,21 @@ fn probe_udp(
         SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
         SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
     };
-    let socket = UdpSocket::bind(local).map_err(|e| format!("could not bind: {e}"))?;
+    let socket = tokio::net::UdpSocket::bind(local)
+        .await
+        .map_err(|e| format!("could not bind: {e}"))?;
     // Connecting filters replies to the backend's address and port, and
     // lets an ICMP port unreachable come back as "connection refused"
     // instead of a silent timeout.
-    socket.connect(target).map_err(|e| budget.describe(&e))?;
     socket
-        .send(check.send.as_deref().unwrap_or_default().as_bytes())
+        .connect(target)
+        .await
         .map_err(|e| budget.describe(&e))?;
+    let payload = check.send.as_deref().unwrap_or_default().as_bytes();
+    budget.within(socket.send(payload)).await?;
     let mut reply = vec![0; 65_536];
-    // Bounded: every pass either returns or was interrupted by a signal,
-    // and the read timeout shrinks to the deadline.
-    loop {
-        socket
-            .set_read_timeout(Some(budget.remaining()?))
-            .map_err(|e| budget.describe(&e))?;
-        match socket.recv(&mut reply) {
-            Ok(n) => return judge_udp_reply(&reply[..n], check.expect.as_deref()).map(|()| "ok"),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(budget.describe(&e)),
-        }
-    }
+    let n = budget.within(socket.recv(&mut reply)).await?;
+    judge_udp_reply(&reply[..n], check.expect.as_deref()).map(|()| "ok")
 }
 
 /// The verdict on a UDP check's reply: it must contain `expect`, if set.
@@ -659,197 +758,11 @@ fn kill(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// One backend to check.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Target {
-    /// Which backend the outcomes are about.
-    pub key: BackendKey,
-    /// The address probed.
-    pub address: IpAddr,
-    /// The backend's traffic port; `check.port` overrides it.
-    pub port: u16,
-    /// The check to run.
-    pub check: HealthCheck,
-}
+mod checker;
 
-impl Target {
-    /// One target per backend of every service that has a health check.
-    /// Services without one are left out: their backends are always up.
-    pub fn for_config(config: &Config) -> Vec<Target> {
-        config
-            .services
-            .iter()
-            .filter_map(|service| Some((service, service.health_check.as_ref()?)))
-            .flat_map(|(service, check)| {
-                service.backends.iter().map(move |backend| {
-                    let port = backend.port_for(service);
-                    Target {
-                        key: BackendKey {
-                            service: service.name.clone(),
-                            address: backend.address,
-                            port,
-                        },
-                        address: backend.address,
-                        port,
-                        check: check.clone(),
-                    }
-                })
-            })
-            .collect()
-    }
-}
-
-/// One probe's outcome, as sent by a [`Checker`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Event {
-    /// The backend probed.
-    pub key: BackendKey,
-    /// What the probe found.
-    pub outcome: Outcome,
-    /// When the probe finished.
-    pub at: Instant,
-}
-
-/// Runs the checks of many backends, one thread each, until stopped or
-/// dropped. Stopping takes at most about one probe timeout, never an
-/// interval: the threads sleep on a condition variable that `stop` wakes.
-#[derive(Debug)]
-pub struct Checker {
-    stop: Arc<StopSignal>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Checker {
-    /// Starts checking every target, sending each outcome to `events`. A
-    /// thread ends early if nobody receives its events any more.
-    ///
-    /// The first check of a target runs within the first tenth of its
-    /// interval, and the pause after each check is the interval plus up to a
-    /// tenth more; both offsets come from a hash of the backend's key, so
-    /// checks of many backends are spread out rather than fired in lockstep,
-    /// and the same backend keeps the same rhythm.
-    pub fn start(targets: Vec<Target>, events: Sender<Event>) -> Checker {
-        let stop = Arc::new(StopSignal::default());
-        let mut threads = Vec::with_capacity(targets.len());
-        for target in targets {
-            let key = target.key.clone();
-            let spawned = thread::Builder::new()
-                // Linux keeps 15 bytes of a thread name; the address tells
-                // threads apart in `top -H`.
-                .name(format!("hc {}", target.address))
-                .spawn({
-                    let stop = Arc::clone(&stop);
-                    let events = events.clone();
-                    move || run(&target, &events, &stop)
-                });
-            match spawned {
-                Ok(thread) => threads.push(thread),
-                Err(error) => {
-                    // Report it as a failed check rather than leave the
-                    // backend unknown with nothing in the log.
-                    tracing::error!(%error, service = %key.service, address = %key.address,
-                        "could not start a health-check thread");
-                    let outcome =
-                        Outcome::failure(format!("no check thread: {error}"), Duration::ZERO);
-                    let _ = events.send(Event {
-                        key,
-                        outcome,
-                        at: Instant::now(),
-                    });
-                }
-            }
-        }
-        // Only the threads hold senders from here on, so the receiver sees
-        // the channel disconnect once every thread has ended.
-        drop(events);
-        Checker { stop, threads }
-    }
-
-    /// Stops every thread and waits for them; returns once each has
-    /// finished its current probe (bounded by that probe's timeout).
-    pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        self.stop.raise();
-        for thread in self.threads.drain(..) {
-            if thread.join().is_err() {
-                tracing::warn!("a health-check thread panicked");
-            }
-        }
-    }
-}
-
-impl Drop for Checker {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
-
-/// The loop of one target's thread.
-fn run(target: &Target, events: &Sender<Event>, stop: &StopSignal) {
-    let (first, jitter) = spacing(&target.key, target.check.interval);
-    if stop.wait(first) {
-        return;
-    }
-    loop {
-        let outcome = probe(&target.check, target.address, target.port);
-        let event = Event {
-            key: target.key.clone(),
-            outcome,
-            at: Instant::now(),
-        };
-        if events.send(event).is_err() || stop.wait(target.check.interval + jitter) {
-            return;
-        }
-    }
-}
-
-/// The delay before a target's first check and the extra pause after each,
-/// both below a tenth of `interval`, derived from the key. `DefaultHasher`
-/// is keyed with constants, so this is deterministic within a build.
-fn spacing(key: &BackendKey, interval: Duration) -> (Duration, Duration) {
-    let mut hasher = DefaultHasher::new();
-    key.hash(&mut hasher);
-    let hash = hasher.finish();
-    let tenth = interval / 10;
-    (
-        fraction(tenth, hash & 0xffff_ffff),
-        fraction(tenth, hash >> 32),
-    )
-}
-
-/// `duration × parts / 2³²` for `parts < 2³²`: a fraction below 1.
-fn fraction(duration: Duration, parts: u64) -> Duration {
-    let nanos = (duration.as_nanos() * u128::from(parts)) >> 32;
-    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
-}
-
-/// A flag the checker raises once; sleeping threads wake on it at once.
-#[derive(Debug, Default)]
-struct StopSignal {
-    stopped: Mutex<bool>,
-    wake: Condvar,
-}
-
-impl StopSignal {
-    fn raise(&self) {
-        // A poisoned lock still guards a plain bool: use it.
-        *self.stopped.lock().unwrap_or_else(PoisonError::into_inner) = true;
-        self.wake.notify_all();
-    }
-
-    /// Sleeps for `duration` or until raised; returns whether raised.
-    fn wait(&self, duration: Duration) -> bool {
-        let stopped = self.stopped.lock().unwrap_or_else(PoisonError::into_inner);
-        let (stopped, _) = self
-            .wake
-            .wait_timeout_while(stopped, duration, |stopped| !*stopped)
-            .unwrap_or_else(PoisonError::into_inner);
-        *stopped
-    }
-}
+pub use checker::{Checker, Event, Target};
+#[cfg(test)]
+use checker::{fraction, spacing};
 
 #[cfg(test)]
 mod tests;

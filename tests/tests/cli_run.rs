@@ -29,9 +29,12 @@ fn run_status_stats_and_stop() {
         pid = std::process::id()
     ));
 
+    // The checked backend, not the unchecked one (always up): its first
+    // check comes somewhere in its first interval.
     let up = lb_tests::netns::wait_until(Duration::from_secs(5), || {
         let status = bed.lb_command(&["status", "--output", "json"]);
-        String::from_utf8_lossy(&status.stdout).contains("\"health\":\"up\"")
+        serde_json::from_slice::<serde_json::Value>(&status.stdout)
+            .is_ok_and(|status| status["services"][0]["backends"][0]["health"] == "up")
     });
     assert!(up, "the checked backend never came up");
     let status = bed.lb_command(&["status", "--output", "json"]);

@@ -2,11 +2,12 @@
 
 use std::{
     collections::BTreeMap,
-    net::TcpListener,
-    sync::mpsc::{self, Receiver},
+    net::{TcpListener, UdpSocket},
+    sync::mpsc::{self, Receiver, Sender},
 };
 
 use super::*;
+use crate::{config::Config, plan::BackendKey};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// Slack allowed beyond a probe's timeout: scheduling on a busy
@@ -588,8 +589,9 @@ fn exec_that_cannot_start_says_so() {
 }
 
 #[test]
-fn spacing_is_deterministic_and_below_a_tenth() {
+fn spacing_is_deterministic_first_within_the_interval_jitter_below_a_tenth() {
     let interval = Duration::from_millis(500);
+    let mut firsts = Vec::new();
     for port in 1..200 {
         let key = BackendKey {
             service: "web".into(),
@@ -598,8 +600,13 @@ fn spacing_is_deterministic_and_below_a_tenth() {
         };
         let (first, jitter) = spacing(&key, interval);
         assert_eq!(spacing(&key, interval), (first, jitter));
-        assert!(first < interval / 10 && jitter < interval / 10);
+        assert!(first < interval && jitter < interval / 10);
+        firsts.push(first);
     }
+    // Spread over the whole interval, not bunched at its start.
+    firsts.sort();
+    assert!(firsts[0] < interval / 10, "{firsts:?}");
+    assert!(firsts[firsts.len() - 1] > interval * 9 / 10, "{firsts:?}");
     assert_eq!(
         fraction(Duration::from_secs(1), 1 << 31),
         Duration::from_millis(500)
@@ -673,12 +680,22 @@ fn checker_reports_each_target_and_stops_quickly() {
 #[test]
 fn checker_stop_interrupts_a_long_interval() {
     let listener = TcpListener::bind((LOCALHOST, 0)).unwrap();
+    let mut long = target(listener.local_addr().unwrap().port(), 30_000);
+    // The first check comes somewhere in the first interval: pick a
+    // service name whose first check is in its first tenth.
+    let interval = long.check.interval;
+    long.key.service = (0..10_000)
+        .map(|i| format!("web{i}"))
+        .find(|service| {
+            let key = BackendKey {
+                service: service.clone(),
+                ..long.key.clone()
+            };
+            spacing(&key, interval).0 < interval / 10
+        })
+        .unwrap();
     let (tx, rx) = mpsc::channel();
-    let checker = Checker::start(
-        vec![target(listener.local_addr().unwrap().port(), 30_000)],
-        tx,
-    );
-    // The first check comes within a tenth of the interval.
+    let checker = Checker::start(vec![long], tx);
     let first = rx.recv_timeout(Duration::from_secs(10)).unwrap();
     assert!(first.outcome.ok, "{first:?}");
     // The next is half a minute away: stopping must not wait for it.
@@ -723,4 +740,115 @@ services:
         .collect();
     assert_eq!(ports, [("web".into(), 8080), ("web".into(), 80)]);
     assert_eq!(targets[0].check.path.as_deref(), Some("/healthz"));
+}
+
+/// Threads of this process, and those of them the health-check runtime
+/// runs (by name).
+fn threads() -> (usize, usize) {
+    let mut all = 0;
+    let mut health = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let Ok(task) = task else { continue };
+        all += 1;
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() == checker::THREAD_NAME {
+            health += 1;
+        }
+    }
+    (all, health)
+}
+
+#[test]
+fn two_thousand_backends_take_a_fixed_number_of_threads_and_all_report_in_time() {
+    const BACKENDS: usize = 2_000;
+    let listener = TcpListener::bind((LOCALHOST, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Accept and drop, so the accept queue never fills and refuses SYNs.
+    let stop_accepting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acceptor = thread::spawn({
+        let stop = std::sync::Arc::clone(&stop_accepting);
+        move || {
+            for stream in listener.incoming() {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                drop(stream);
+            }
+        }
+    });
+    let interval = Duration::from_secs(2);
+    let timeout = Duration::from_secs(1);
+    let targets: Vec<Target> = (0..BACKENDS)
+        .map(|i| {
+            let mut t = target(port, 2_000);
+            t.check.timeout = timeout;
+            t.key.service = format!("svc{i}");
+            t
+        })
+        .collect();
+    let (before, _) = threads();
+    let (tx, rx) = mpsc::channel();
+    let start = Instant::now();
+    let checker = Checker::start(targets, tx);
+
+    let mut first: BTreeMap<BackendKey, (Duration, bool)> = BTreeMap::new();
+    let mut most = (0, 0);
+    let until = start + interval + timeout + SLACK;
+    while first.len() < BACKENDS
+        && let Some(left) = until.checked_duration_since(Instant::now())
+    {
+        match rx.recv_timeout(left.min(Duration::from_millis(100))) {
+            Ok(event) => {
+                first
+                    .entry(event.key)
+                    .or_insert((event.at.saturating_duration_since(start), event.outcome.ok));
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        let now = threads();
+        most = (most.0.max(now.0), most.1.max(now.1));
+    }
+    let elapsed = start.elapsed();
+    checker.stop();
+    stop_accepting.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = std::net::TcpStream::connect((LOCALHOST, port));
+    acceptor.join().unwrap();
+
+    let arrivals: Vec<Duration> = first.values().map(|&(at, _)| at).collect();
+    let (earliest, latest) = (
+        arrivals.iter().min().copied().unwrap_or_default(),
+        arrivals.iter().max().copied().unwrap_or_default(),
+    );
+    println!(
+        "{} of {BACKENDS} first results in {elapsed:?} (from {earliest:?} to {latest:?}); \
+         threads {before} before, at most {} during, {} of them the runtime's",
+        first.len(),
+        most.0,
+        most.1
+    );
+    assert_eq!(
+        first.len(),
+        BACKENDS,
+        "every backend reports within interval + timeout"
+    );
+    assert!(
+        first.values().all(|&(_, ok)| ok),
+        "every check of a listener passes"
+    );
+    assert!(latest <= interval + timeout + SLACK, "{latest:?}");
+    // A fixed number of threads: the runtime's workers and its bounded
+    // blocking pool (which other tests' https and exec probes may have
+    // started), and a margin for the tests running alongside, far below
+    // one per backend.
+    assert!(
+        most.1 <= checker::WORKERS + 2 * checker::POOL_PERMITS,
+        "{most:?}"
+    );
+    assert!(most.0 <= before + 64, "{most:?}, {before} before");
+    // Spread over the interval, not all at once.
+    assert!(
+        latest.saturating_sub(earliest) >= interval / 2,
+        "{earliest:?}..{latest:?}"
+    );
 }
