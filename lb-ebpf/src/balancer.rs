@@ -34,7 +34,7 @@ use crate::{
         BACKENDS, CONN_MISSING, CONN_STALE, CONN_UNKNOWN, CONNS, CONNS_V4, DENY, GUARD_COUNTS,
         GUARD_DENIED, GUARD_SETTINGS, HOPS, MAGLEV, NAT, NAT_FILTER, NAT_OUTBOUND, RATE, ROUTES,
         RR_POS, SERVICE_IDS, SERVICES, SETTINGS, STATS_BACKENDS, STATS_SERVICES, Scratch,
-        VIP_FILTER, VIPS, count_closed, count_traffic, may_contain, scratch,
+        VIP_FILTER, VIPS, count_closed, count_new_flow, count_traffic, may_contain, scratch,
     },
     packet::frame_len,
     parse::{Parsed, parse},
@@ -450,12 +450,19 @@ fn to_backend(
     let bytes = frame_len(ctx) as u64;
     let fragment = scratch.packet.fragment;
     let (backend_id, new_flow) = choose_backend(scratch, service, fragment)?;
-    let verdict = send_to_backend(ctx, scratch, service, Reason::ForwardToBackend)?;
-    if verdict.reason != Reason::IcmpTooBig {
+    let result = send_to_backend(ctx, scratch, service, Reason::ForwardToBackend);
+    if result.is_ok_and(|verdict| verdict.reason != Reason::IcmpTooBig) {
         count_traffic(&STATS_SERVICES, service.id, bytes, new_flow);
         count_traffic(&STATS_BACKENDS, backend_id, bytes, new_flow);
+    } else if new_flow {
+        // The flow's entry is written though its first packet was not sent
+        // (no neighbour yet, too big): its retransmission goes the
+        // established way, so the flow is counted as opened now, or never
+        // (and its close would then count against the active flows).
+        count_new_flow(&STATS_SERVICES, service.id);
+        count_new_flow(&STATS_BACKENDS, backend_id);
     }
-    Ok(verdict)
+    result
 }
 
 /// The flow hash of `scratch.flow` (the Maglev slot). Computed only where

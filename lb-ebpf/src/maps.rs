@@ -241,6 +241,15 @@ pub fn count_closed(id: u32) {
     }
 }
 
+/// Adds a new flow, without a packet, to `traffic[id]`.
+#[inline(always)]
+pub fn count_new_flow(traffic: &PerCpuArray<Traffic>, id: u32) {
+    if let Some(slot) = traffic.get_ptr_mut(id) {
+        // SAFETY: this CPU's slot of a per-CPU array, as in `count`.
+        unsafe { (*slot).new_flows = (*slot).new_flows.wrapping_add(1) };
+    }
+}
+
 /// Adds a packet of `bytes` (and a new flow, if `new_flow`) to `traffic[id]`.
 #[inline(always)]
 pub fn count_traffic(traffic: &PerCpuArray<Traffic>, id: u32, bytes: u64, new_flow: bool) {

@@ -1472,3 +1472,34 @@ fn a_packet_too_big_for_the_tunnel_gets_the_client_an_icmp_error_with_the_mtu_th
     assert_eq!(outcome.action, Action::Redirect);
     assert_eq!(outcome.frame, dsr_expected(&input, 12));
 }
+
+/// A new flow whose first packet cannot be sent (a DSR backend with no
+/// neighbour yet) still has its entry written, and is counted as opened
+/// then: its retransmission goes the established way, so it would never be
+/// counted otherwise (one of 300 flows went missing from `e2e_announce`'s
+/// count that way), and its close would count against the active flows.
+#[test]
+fn a_new_flow_whose_first_packet_is_not_sent_is_counted_once() {
+    let harness = Harness::new(CONFIG);
+    let client = Ipv4Addr::new(198, 51, 100, 81);
+    let syn = frames::tcp4(client, 7000, v4(61), 80);
+    let (outcome, moved) = harness.run_counted(&syn);
+    assert_eq!(outcome.action, Action::Drop);
+    assert_eq!(moved, [(Reason::DropNoNeighbour, 1)].into());
+    let backend = lb::route::maps::MapTables::new(&harness.dataplane)
+        .conn(&tcp_key4(client, 7000, v4(61), 80).widen())
+        .expect("read the connection table")
+        .expect("the flow's entry")
+        .backend_id;
+    let traffic = || {
+        harness
+            .dataplane
+            .backend_traffic(backend)
+            .expect("read the backend's counters")
+    };
+    assert_eq!((traffic().new_flows, traffic().packets), (1, 0));
+    // The retransmission finds the entry: no second new flow.
+    let (_, moved) = harness.run_counted(&syn);
+    assert_eq!(moved, [(Reason::DropNoNeighbour, 1)].into());
+    assert_eq!(traffic().new_flows, 1);
+}
