@@ -157,6 +157,17 @@ fn start_agents(bed: &Bed, loads: &[(u8, TempFile)]) -> Vec<lb_tests::netns::Chi
         .collect()
 }
 
+/// 600 new connections to the unit-weight bed, every one served: how many
+/// b11, b12 and b13 each took.
+fn unit_weight_shares(bed: &Bed, scheduler: &str) -> [u32; 3] {
+    let served = requests(bed, 600);
+    println!("{scheduler} at weight 1, new flows: {served:?}");
+    let count = |name: &str| served.get(name).copied().unwrap_or(0);
+    let shares = [count("b11"), count("b12"), count("b13")];
+    assert_eq!(shares.iter().sum::<u32>(), 600, "{served:?}");
+    shares
+}
+
 /// `weight: 1` on every backend balances like `weight: 100`: the table
 /// counts in hundredths, so a unit weight can go down. Before, every
 /// effective weight stayed 1 and new flows split evenly (100 / 107 / 93).
@@ -179,17 +190,11 @@ fn resource_balances_unit_weights() {
     );
     println!("resource weights at weight 1, loads 0.1 / 0.5 / 0.9: {status:?}");
     // Shares about 58 / 33 / 9 %; even, they would be 200 each.
-    let served = requests(&bed, 600);
-    println!("resource at weight 1, new flows: {served:?}");
-    let count = |name: &str| served.get(name).copied().unwrap_or(0);
-    assert_eq!(
-        count("b11") + count("b12") + count("b13"),
-        600,
-        "{served:?}"
-    );
+    let [b11, b12, b13] = unit_weight_shares(&bed, "resource");
     assert!(
-        count("b11") >= 290 && count("b13") <= 100 && count("b11") > count("b12"),
-        "new flows not steered by load: {served:?}"
+        b11 >= 290 && b13 <= 100 && b11 > b12,
+        "new flows not steered by load: {:?}",
+        [b11, b12, b13]
     );
     drop(agents);
 }
@@ -254,17 +259,11 @@ fn least_conn_balances_unit_weights() {
     );
     println!("least-conn weights at weight 1, 16 / 8 / 4 flows: {status:?}");
     // Shares about 20 / 31 / 49 %; even, they would be 200 each.
-    let served = requests(&bed, 600);
-    println!("least-conn at weight 1, new flows: {served:?}");
-    let count = |name: &str| served.get(name).copied().unwrap_or(0);
-    assert_eq!(
-        count("b11") + count("b12") + count("b13"),
-        600,
-        "{served:?}"
-    );
+    let [b11, b12, b13] = unit_weight_shares(&bed, "least-conn");
     assert!(
-        count("b13") >= 230 && count("b11") <= 170 && count("b13") > count("b12"),
-        "new flows not steered to the fewest flows: {served:?}"
+        b13 >= 230 && b11 <= 170 && b13 > b12,
+        "new flows not steered to the fewest flows: {:?}",
+        [b11, b12, b13]
     );
     assert!(
         bed.client

@@ -130,6 +130,35 @@ impl SyncBed {
         self.balancers[i].status()["sync"].clone()
     }
 
+    /// Waits (5 s at most) until the backup has installed `count` flows
+    /// from the master.
+    fn wait_installed(&self, count: usize) {
+        let installed = || self.sync(1)["peers"][0]["installed"].as_u64().unwrap_or(0);
+        assert!(
+            wait_until(Duration::from_secs(5), || installed() >= count as u64),
+            "the backup installed {} of {count} flows: {}",
+            installed(),
+            self.sync(1)
+        );
+    }
+
+    /// Kills the master as when its host dies: SIGKILL, then its link
+    /// down, so nothing reaches its still-attached data plane.
+    fn kill_master(&mut self) {
+        let output = self.balancers[0].stop(libc::SIGKILL);
+        assert!(!output.status.success(), "{output:?}");
+        self.balancers[0].ns.ip(&["link", "set", "eth0", "down"]);
+    }
+
+    /// Waits (10 s at most) until the backup is master.
+    fn wait_takeover(&self) {
+        assert!(
+            wait_until(Duration::from_secs(10), || self.balancers[1].ha_state()
+                == "master"),
+            "the backup never took over"
+        );
+    }
+
     fn start_pair(&mut self) {
         self.start(0);
         self.start(1);
@@ -181,13 +210,7 @@ fn kill_the_master(tag: &str, sync: bool) -> Outcome {
     );
     if sync {
         let synced_at = Instant::now();
-        let installed = || bed.sync(1)["peers"][0]["installed"].as_u64().unwrap_or(0);
-        assert!(
-            wait_until(Duration::from_secs(5), || installed() >= HELD as u64),
-            "the backup installed {} of {HELD} flows: {}",
-            installed(),
-            bed.sync(1)
-        );
+        bed.wait_installed(HELD);
         println!(
             "{tag}: the backup held all {HELD} flows {:?} after the last was opened \
              (an upper bound: lb status is polled); master sync: {}",
@@ -196,14 +219,8 @@ fn kill_the_master(tag: &str, sync: bool) -> Outcome {
         );
     }
     let killed_at = Instant::now();
-    let output = bed.balancers[0].stop(libc::SIGKILL);
-    assert!(!output.status.success(), "{output:?}");
-    bed.balancers[0].ns.ip(&["link", "set", "eth0", "down"]);
-    assert!(
-        wait_until(Duration::from_secs(10), || bed.balancers[1].ha_state()
-            == "master"),
-        "the backup never took over"
-    );
+    bed.kill_master();
+    bed.wait_takeover();
     println!(
         "{tag}: backup master {:?} after SIGKILL",
         killed_at.elapsed()
@@ -292,25 +309,13 @@ fn a_restarted_master_catches_up_from_its_peer_and_preempts() {
     let mut bed = SyncBed::new("d", true);
     bed.start_pair();
     let mut held = open_held(&bed, BEFORE);
-    let installed = || bed.sync(1)["peers"][0]["installed"].as_u64().unwrap_or(0);
-    assert!(
-        wait_until(Duration::from_secs(5), || installed() >= BEFORE as u64),
-        "the backup installed {} of {BEFORE}: {}",
-        installed(),
-        bed.sync(1)
-    );
-    let output = bed.balancers[0].stop(libc::SIGKILL);
-    assert!(!output.status.success(), "{output:?}");
+    bed.wait_installed(BEFORE);
+    bed.kill_master();
     let a = &bed.balancers[0];
-    a.ns.ip(&["link", "set", "eth0", "down"]);
     // The reboot: nothing of A's data plane survives.
     let detached = a.lb(&["detach", "--instance", &a.instance]);
     assert!(detached.status.success(), "{detached:?}");
-    assert!(
-        wait_until(Duration::from_secs(10), || bed.balancers[1].ha_state()
-            == "master"),
-        "B never took over"
-    );
+    bed.wait_takeover();
     std::thread::sleep(Duration::from_secs(1));
     held.extend(open_held(&bed, DURING));
     bed.balancers[0].ns.ip(&["link", "set", "eth0", "up"]);
@@ -518,21 +523,9 @@ fn every_scheduler_keeps_its_flows_across_a_killed_master() {
     });
     let total = SCHEDULERS.len() * HELD_EACH;
     assert_eq!(held.len(), total, "connections through the master");
-    let installed = || bed.sync(1)["peers"][0]["installed"].as_u64().unwrap_or(0);
-    assert!(
-        wait_until(Duration::from_secs(5), || installed() >= total as u64),
-        "the backup installed {} of {total}: {}",
-        installed(),
-        bed.sync(1)
-    );
-    let output = bed.balancers[0].stop(libc::SIGKILL);
-    assert!(!output.status.success(), "{output:?}");
-    bed.balancers[0].ns.ip(&["link", "set", "eth0", "down"]);
-    assert!(
-        wait_until(Duration::from_secs(10), || bed.balancers[1].ha_state()
-            == "master"),
-        "the backup never took over"
-    );
+    bed.wait_installed(total);
+    bed.kill_master();
+    bed.wait_takeover();
     std::thread::sleep(Duration::from_secs(1));
     let results: Vec<(usize, String, Option<String>)> = bed.client.run(move || {
         held.into_iter()
