@@ -419,26 +419,36 @@ fn serve(ns: &Netns, host: u8, stop: &Arc<AtomicBool>) -> Vec<JoinHandle<()>> {
 /// The TCP exchange: the backend sends its name and a newline at once, waits
 /// for the client's line (30 s at most), answers `ok`, closes. A client can
 /// thus learn who serves it and hold the connection open before finishing.
-fn answer(mut stream: TcpStream, name: &str) {
+fn answer(stream: TcpStream, name: &str) {
+    use std::io::BufRead;
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    if stream.write_all(format!("{name}\n").as_bytes()).is_err() {
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    if writer.write_all(format!("{name}\n").as_bytes()).is_err() {
         return;
     }
-    let mut line = [0u8; 64];
-    let mut read = 0;
-    while read < line.len() {
-        match stream.read(&mut line[read..]) {
+    // Lines of at most 64 bytes: `ping` is answered with the name again
+    // and the connection stays; anything else gets `ok` and the end.
+    let mut reader = std::io::BufReader::new(stream.take(64 * 1024));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
             Ok(0) | Err(_) => return,
-            Ok(n) => {
-                read += n;
-                if line[..read].contains(&b'\n') {
-                    break;
+            Ok(_) if line.len() > 64 => return,
+            Ok(_) if line.trim_end() == "ping" => {
+                if writer.write_all(format!("{name}\n").as_bytes()).is_err() {
+                    return;
                 }
+            }
+            Ok(_) => {
+                let _ = writer.write_all(b"ok");
+                return;
             }
         }
     }
-    let _ = stream.write_all(b"ok");
 }
 
 /// A TCP connection that has learnt its backend's name and not finished yet.
@@ -492,6 +502,21 @@ impl HeldConnection {
         reader.read_line(&mut backend).ok()?;
         let backend = backend.trim_end().to_string();
         (!backend.is_empty()).then_some(Self { reader, backend })
+    }
+
+    /// One request on the held connection: `ping`, answered with the
+    /// backend's name. Whether the same backend answered (within the 3 s
+    /// read timeout).
+    pub fn ping(&mut self) -> bool {
+        use std::io::BufRead;
+        if self.reader.get_mut().write_all(b"ping\n").is_err() {
+            return false;
+        }
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(n) if n > 0 => line.trim_end() == self.backend,
+            _ => false,
+        }
     }
 
     /// Sends the request and expects `ok`; the backend's name if it came.
@@ -600,4 +625,70 @@ pub fn udp_request(socket: &UdpSocket, target: SocketAddr) -> Option<String> {
     let mut buf = [0u8; 64];
     let (n, _) = socket.recv_from(&mut buf).ok()?;
     String::from_utf8(buf[..n].to_vec()).ok()
+}
+
+/// Held connections each sending a request ([`HeldConnection::ping`])
+/// every `every`, on a thread of its own, until [`Chatter::stop`]: the
+/// traffic of live clients while a balancer fails, not connections that
+/// stay silent until the failover is over.
+#[derive(Debug)]
+pub struct Chatter {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<Chatted>>,
+}
+
+/// What one chatting connection saw.
+#[derive(Debug)]
+pub struct Chatted {
+    /// The backend it began on.
+    pub backend: String,
+    /// Requests its backend answered.
+    pub answered: u32,
+    /// The connection, while every request was answered by its backend;
+    /// `None` once one failed (reset, timeout or another backend).
+    pub held: Option<HeldConnection>,
+}
+
+impl Chatter {
+    /// Starts chatting on every connection of `held`. The sockets belong
+    /// to their namespace already: the threads need not enter it.
+    pub fn start(held: Vec<HeldConnection>, every: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = held
+            .into_iter()
+            .map(|mut connection| {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let backend = connection.backend.clone();
+                    let mut answered = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        if !connection.ping() {
+                            return Chatted {
+                                backend,
+                                answered,
+                                held: None,
+                            };
+                        }
+                        answered += 1;
+                        std::thread::sleep(every);
+                    }
+                    Chatted {
+                        backend,
+                        answered,
+                        held: Some(connection),
+                    }
+                })
+            })
+            .collect();
+        Self { stop, threads }
+    }
+
+    /// Stops the requests; what each connection saw, in the order given.
+    pub fn stop(self) -> Vec<Chatted> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .map(|thread| thread.join().expect("a chatting thread panicked"))
+            .collect()
+    }
 }
