@@ -749,6 +749,12 @@ pub fn choose_backend(
     conn_insert(scratch, &conn);
     if settings.flags & SETTINGS_SYNC != 0 {
         crate::sync::report_opened(scratch, backend_id);
+        // A flow first seen by its FIN or RST (its earlier packets went
+        // through another balancer) opens closed here; its peers, which
+        // install an open entry, hear of the close too.
+        if moment.ending {
+            crate::sync::report_closed(scratch, backend_id);
+        }
     }
     // The old entry's flow ends only now that the new one replaces it: a
     // refused packet leaves the entry (and the counts) as they were, so

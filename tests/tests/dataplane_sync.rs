@@ -182,3 +182,44 @@ fn a_fin_reports_the_close_once_while_sync_is_on() {
     );
     assert_eq!(sync.lost().expect("read SYNC_LOST"), 0);
 }
+
+/// A flow whose first packet here is a FIN (its earlier packets went
+/// through another balancer) is scheduled with its entry closed and
+/// reported opened, then closed: the peers that install it open learn of
+/// the close too. Its next FIN reports nothing more.
+#[test]
+fn a_flow_first_seen_by_its_fin_is_reported_opened_then_closed() {
+    let mut harness = Harness::new(CONFIG);
+    let mut sync = harness.dataplane.take_sync().expect("the sync ring");
+    set_sync(&mut harness, true);
+    assert_eq!(
+        harness.run(&tcp4_fin(CLIENT, 6000, VIP, 80)).action,
+        Action::Redirect
+    );
+    let conn = lb::route::maps::MapTables::new(&harness.dataplane)
+        .conn(&key4(6000))
+        .expect("read the connection table")
+        .expect("the flow's entry");
+    assert_ne!(conn.flags & CONN_CLOSED, 0, "the entry is closed");
+    let opened = SyncEvent {
+        flow: key4(6000),
+        backend_id: conn.backend_id,
+        kind: SYNC_OPENED,
+    };
+    assert_eq!(
+        sync.drain(),
+        [
+            opened,
+            SyncEvent {
+                kind: SYNC_CLOSED,
+                ..opened
+            }
+        ]
+    );
+    assert_eq!(
+        harness.run(&tcp4_fin(CLIENT, 6000, VIP, 80)).action,
+        Action::Redirect
+    );
+    assert_eq!(sync.drain(), [], "the second FIN");
+    assert_eq!(sync.lost().expect("read SYNC_LOST"), 0);
+}

@@ -53,6 +53,21 @@ impl Limiter {
         if self.in_window >= self.capacity {
             return Err(Limited::Share);
         }
+        self.take_token(now_ns)
+    }
+
+    /// Whether a peer's close may be applied at `now_ns`: closes draw on
+    /// the same `peer_rate` as installs (a peer flooding closes cannot
+    /// walk the table faster than it may fill it) but not on the share,
+    /// since a close adds no entry.
+    ///
+    /// # Errors
+    /// [`Limited::Rate`] when the bucket is empty.
+    pub fn admit_close(&mut self, now_ns: u64) -> Result<(), Limited> {
+        self.take_token(now_ns)
+    }
+
+    fn take_token(&mut self, now_ns: u64) -> Result<(), Limited> {
         if let Some(last) = self.last_ns {
             #[allow(clippy::cast_precision_loss, reason = "nanoseconds between calls")]
             let elapsed = now_ns.saturating_sub(last) as f64 / 1e9;
@@ -133,5 +148,17 @@ mod tests {
         limiter.installed(12 * S);
         assert_eq!(limiter.admit(12 * S), Err(Limited::Share));
         assert_eq!(limiter.admit(13 * S), Ok(()), "both of second 2 gone");
+    }
+
+    #[test]
+    fn closes_draw_on_the_rate_but_not_the_share() {
+        let mut limiter = Limiter::new(4, 1, 10 * S);
+        assert_eq!(limiter.admit(S), Ok(()));
+        limiter.installed(S);
+        assert_eq!(limiter.admit(S), Err(Limited::Share), "the share is full");
+        let closes = (0..10).filter(|_| limiter.admit_close(S).is_ok()).count();
+        assert_eq!(closes, 3, "the rest of the second's four tokens");
+        assert_eq!(limiter.admit_close(S), Err(Limited::Rate));
+        assert_eq!(limiter.admit_close(S + S / 4), Ok(()), "a token refilled");
     }
 }

@@ -444,7 +444,7 @@ impl Worker {
             }
             Kind::Closed => {
                 for entry in &message.entries {
-                    outcomes.push(self.close(&directory, entry));
+                    outcomes.push(self.close(&directory, entry, now));
                 }
             }
             Kind::BulkRequest => self.answer(index),
@@ -513,13 +513,17 @@ impl Worker {
     /// A peer's close: the entry here, if it holds the flow on the same
     /// backend and is open, gets `CONN_CLOSED` (a SYN reusing the tuple is
     /// then scheduled afresh, and the flow stops counting as active). A
-    /// close never creates an entry.
-    fn close(&self, directory: &Directory, entry: &wire::Entry) -> Installed {
+    /// close never creates an entry; it draws on `peer_rate` like an
+    /// install.
+    fn close(&mut self, directory: &Directory, entry: &wire::Entry, now: u64) -> Installed {
         let (flow, backend_id) = match directory.resolve(entry) {
             Ok(resolved) => resolved,
             Err(Unresolved::Service) => return Installed::No(Refusal::UnknownService),
             Err(Unresolved::Backend) => return Installed::No(Refusal::UnknownBackend),
         };
+        if self.limiter.admit_close(now).is_err() {
+            return Installed::No(Refusal::Rate);
+        }
         let marked = match flow.narrow() {
             Some(v4) => mark_closed(&self.conns.0, &v4, backend_id),
             None => mark_closed::<FlowKey>(&self.conns.1, &flow, backend_id),
