@@ -7,6 +7,9 @@
 //! - [`frames`]: typed builders for the frames the tests send;
 //! - [`lbrun`]: one `lb run` in a namespace, started, signalled, cleaned up;
 //! - [`bird`]: BIRD 2 in a namespace, for the `announce` tests;
+//! - [`flood`]: a spoofed SYN / UDP flood generator (XDP live frames, else
+//!   `sendmmsg` on an `AF_PACKET` socket), for the `guard.attack` tests and
+//!   `cargo xtask flood`;
 //! - [`endtoend`]: the end-to-end benchmark (lb beside `haproxy`, `nftables`
 //!   and no balancer, driven by `wrk`).
 //!
@@ -19,6 +22,7 @@
 pub mod bed;
 pub mod bird;
 pub mod endtoend;
+pub mod flood;
 pub mod frames;
 pub mod fuzz;
 pub mod hapair;

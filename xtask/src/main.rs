@@ -72,6 +72,61 @@ enum Task {
         /// Only the targets whose test name contains this (e.g. `config`).
         filter: Option<String>,
     },
+    /// Send a spoofed SYN or UDP flood, to test `guard.attack` on a test
+    /// setup: random source addresses of `--from`, random ports (and
+    /// sequence numbers), valid checksums, as fast as the host allows
+    /// (XDP live frames where the kernel allows them, else `sendmmsg` on
+    /// an `AF_PACKET` socket), bounded by `--count` and `--seconds`; prints
+    /// the rate reached. Safety rule: the destination and the source prefix
+    /// must lie in the documentation ranges 192.0.2.0/24, 198.51.100.0/24,
+    /// 203.0.113.0/24 (RFC 5737); anything else is refused, so it cannot
+    /// be aimed at a real service. Needs root.
+    Flood(FloodArgs),
+}
+
+/// `cargo xtask flood`'s arguments (passed on to the `flood` example of
+/// lb-tests, which checks them again).
+#[derive(Debug, clap::Args)]
+struct FloodArgs {
+    /// The network namespace to send from (`ip netns` name or a path);
+    /// default: this one.
+    #[arg(long)]
+    netns: Option<String>,
+    /// The interface to send out of.
+    #[arg(long)]
+    interface: String,
+    /// The next hop's MAC (the balancer's interface), `aa:bb:cc:dd:ee:ff`.
+    #[arg(long)]
+    dst_mac: String,
+    /// The target, `ADDRESS:PORT` (IPv4, in a documentation range).
+    #[arg(long)]
+    to: std::net::SocketAddrV4,
+    /// The spoofed sources: an IPv4 prefix inside one documentation range.
+    #[arg(long, default_value = "198.51.100.128/25")]
+    from: String,
+    /// `syn` (bare TCP SYNs) or `udp` (datagrams with `--payload` bytes).
+    #[arg(long, default_value = "syn", value_parser = ["syn", "udp"])]
+    kind: String,
+    /// At most this many frames.
+    #[arg(long, default_value_t = 1_000_000)]
+    count: u64,
+    /// For at most this long (at most 600).
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// UDP payload bytes.
+    #[arg(long, default_value_t = 18)]
+    payload: usize,
+    /// Skip the XDP live-frames attempt.
+    #[arg(long)]
+    packet_only: bool,
+}
+
+/// Whether `ip` is in 192.0.2.0/24, 198.51.100.0/24 or 203.0.113.0/24.
+fn documentation_range(ip: std::net::Ipv4Addr) -> bool {
+    matches!(
+        ip.octets(),
+        [192, 0, 2, _] | [198, 51, 100, _] | [203, 0, 113, _]
+    )
 }
 
 fn main() -> ExitCode {
@@ -92,6 +147,7 @@ fn main() -> ExitCode {
         Task::Fuzz { seconds, filter } => {
             setup::run().and_then(|tools| fuzz(&tools, seconds, filter.as_deref()))
         }
+        Task::Flood(args) => flood(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -445,6 +501,40 @@ fn fuzz(tools: &setup::Tools, seconds: u64, filter: Option<&str>) -> anyhow::Res
         .args(["--", "--nocapture", "--test-threads", "1"]);
     if let Some(filter) = filter {
         command.arg(filter);
+    }
+    run(&mut command)
+}
+
+/// `cargo xtask flood`: refuses a destination outside the documentation
+/// ranges before building anything, then builds and runs the `flood`
+/// example (which refuses it too, and checks the source prefix).
+fn flood(args: &FloodArgs) -> anyhow::Result<()> {
+    if !documentation_range(*args.to.ip()) {
+        bail!(
+            "refusing to flood {}: destinations must lie in 192.0.2.0/24, 198.51.100.0/24 or \
+             203.0.113.0/24",
+            args.to.ip()
+        );
+    }
+    let tools = setup::run()?;
+    build_ebpf(&tools)?;
+    step("building the flood generator");
+    run(cargo().args(["build", "--package", "lb-tests", "--example", "flood"]))?;
+    let mut command = Command::new(root().join("target/debug/examples/flood"));
+    if let Some(netns) = &args.netns {
+        command.args(["--netns", netns]);
+    }
+    command
+        .args(["--interface", &args.interface])
+        .args(["--dst-mac", &args.dst_mac])
+        .args(["--to", &args.to.to_string()])
+        .args(["--from", &args.from])
+        .args(["--kind", &args.kind])
+        .args(["--count", &args.count.to_string()])
+        .args(["--seconds", &args.seconds.to_string()])
+        .args(["--payload", &args.payload.to_string()]);
+    if args.packet_only {
+        command.arg("--packet-only");
     }
     run(&mut command)
 }
