@@ -33,7 +33,9 @@ impl Controller {
         }
         let now_ns = crate::dataplane::monotonic_ns();
         let now_unix = unix_seconds(SystemTime::now());
-        for event in self.attacks.observe(&attack, &totals, now_ns, now_unix) {
+        let events = self.attacks.observe(&attack, &totals, now_ns, now_unix);
+        let changed = !events.is_empty();
+        for event in events {
             match event {
                 Event::Started { vip, rates } => tracing::warn!(
                     %vip,
@@ -77,6 +79,10 @@ impl Controller {
                 };
                 self.dataplane.set_attack_vip(&addr, &value)?;
             }
+        }
+        // `announce.divert` follows at once.
+        if changed {
+            self.refresh_announce();
         }
         Ok(())
     }
