@@ -61,8 +61,15 @@ struct EcmpBed {
 
 impl EcmpBed {
     /// Three balancers; `announce_extra(i)` is added to balancer `i`'s
-    /// `announce` section (1-based), `guard` to every configuration.
-    fn new(tag: &str, announce_extra: impl Fn(u8) -> String, guard: &str) -> Self {
+    /// `announce` section (1-based), `sections(i)` (whole top-level
+    /// sections, e.g. `guard:`, `sync:`) to its configuration, `services`
+    /// (YAML list items) to the services every balancer has.
+    fn new(
+        tag: &str,
+        announce_extra: impl Fn(u8) -> String,
+        sections: impl Fn(u8) -> String,
+        services: &str,
+    ) -> Self {
         let switch = Netns::new("asw");
         bridge(&switch, "br0");
         let router = Netns::new("art");
@@ -165,12 +172,14 @@ impl EcmpBed {
                      backends: [{{ address: 192.0.2.11 }}, {{ address: 192.0.2.12 }}], \
                      health_check: {{ kind: exec, command: [test, -e, {}], interval: 200ms, \
                      timeout: 200ms, rise: 1, fall: 1 }} }}\n\
+                     {services}\
                      announce: {{ bird_socket: {}, bird_include: {}, withdraw_delay: 1s{} }}\n\
-                     {guard}control: {{ socket: {socket}, metrics: '127.0.0.1:9477' }}\n",
+                     {}control: {{ socket: {socket}, metrics: '127.0.0.1:9477' }}\n",
                     flag.path().display(),
                     bird.socket().display(),
                     include.display(),
                     announce_extra(i),
+                    sections(i),
                 ),
             );
             balancers.push(Balancer {
@@ -364,7 +373,7 @@ fn assert_spread(shares: &BTreeMap<u8, u64>, total: u64, balancers: &[u8]) {
 )]
 fn ecmp_spreads_flows_a_stopped_balancer_withdraws_and_its_connections_carry_on() {
     require_bird();
-    let mut bed = EcmpBed::new("e", |_| String::new(), "");
+    let mut bed = EcmpBed::new("e", |_| String::new(), |_| String::new(), "");
     for i in 1..=3 {
         bed.lb(i).start();
     }
@@ -529,7 +538,7 @@ fn two_sites_by_med_and_divert_under_attack() {
         )
     };
     let guard = "guard: { auto: { packets_per_second: 1000, deny_for: 3s } }\n";
-    let mut bed = EcmpBed::new("s", med, guard);
+    let mut bed = EcmpBed::new("s", med, |_| guard.to_string(), "");
     for i in 1..=3 {
         bed.lb(i).start();
     }
