@@ -197,6 +197,20 @@ fn a_spoofed_syn_flood_is_detected_and_kept_from_the_backend() {
         "not before the flood"
     );
 
+    // `lb trace` shows the flood's drops with their reason.
+    let trace = bed.lb.spawn(
+        lb_tests::lb_binary().to_str().unwrap(),
+        &[
+            "trace",
+            "--drops",
+            "--limit",
+            "5",
+            "--output",
+            "json",
+            "--socket",
+            &socket_path,
+        ],
+    );
     let sent = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let flooding = flood(&flooder, &sent);
@@ -244,6 +258,18 @@ fn a_spoofed_syn_flood_is_detected_and_kept_from_the_backend() {
     assert!(
         metrics.contains(&format!("lb_guard_attack{{vip=\"{VIP}\"}} 1")),
         "no attack gauge in /metrics:\n{metrics}"
+    );
+    let human = bed.lb_command(&["status"]);
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        human.contains(&format!("{VIP}")) && human.contains("UNDER ATTACK"),
+        "lb status does not say so:\n{human}"
+    );
+    let traced = trace.wait();
+    let traced = String::from_utf8_lossy(&traced.stdout);
+    assert!(
+        traced.contains("drop_attack_unverified"),
+        "lb trace --drops during the flood:\n{traced}"
     );
     let output = bed.lb_command(&["stats", "--output", "json"]);
     let counters: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
