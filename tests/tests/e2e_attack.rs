@@ -180,6 +180,16 @@ fn vip_attack(bed: &Bed) -> serde_json::Value {
         .unwrap_or_default()
 }
 
+/// `lb trace --drops --limit 5 --output json`, running until five drops.
+fn trace_drops(bed: &Bed, socket: &str) -> lb_tests::netns::ChildGuard {
+    bed.lb.spawn(
+        lb_tests::lb_binary().to_str().unwrap(),
+        &[
+            "trace", "--drops", "--limit", "5", "--output", "json", "--socket", socket,
+        ],
+    )
+}
+
 #[test]
 fn a_spoofed_syn_flood_is_detected_and_kept_from_the_backend() {
     let socket_path = format!("/run/lb/e2e-attack-{}.sock", std::process::id());
@@ -198,19 +208,7 @@ fn a_spoofed_syn_flood_is_detected_and_kept_from_the_backend() {
     );
 
     // `lb trace` shows the flood's drops with their reason.
-    let trace = bed.lb.spawn(
-        lb_tests::lb_binary().to_str().unwrap(),
-        &[
-            "trace",
-            "--drops",
-            "--limit",
-            "5",
-            "--output",
-            "json",
-            "--socket",
-            &socket_path,
-        ],
-    );
+    let trace = trace_drops(&bed, &socket_path);
     let sent = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let flooding = flood(&flooder, &sent);
@@ -262,7 +260,7 @@ fn a_spoofed_syn_flood_is_detected_and_kept_from_the_backend() {
     let human = bed.lb_command(&["status"]);
     let human = String::from_utf8_lossy(&human.stdout);
     assert!(
-        human.contains(&format!("{VIP}")) && human.contains("UNDER ATTACK"),
+        human.contains(VIP) && human.contains("UNDER ATTACK"),
         "lb status does not say so:\n{human}"
     );
     let traced = trace.wait();
