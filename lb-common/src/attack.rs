@@ -34,8 +34,53 @@ pub struct AttackVip {
     pub verified_ns: u64,
     /// The controller's monotonic clock when the attack began.
     pub since_ns: u64,
+    /// New UDP flows a second from unknown sources each service of the
+    /// VIP admits, per CPU (the per-VIP budget divided among the CPUs).
+    pub unknown_budget: u32,
+    /// New flows a second one proven source may open to the VIP, per CPU
+    /// (`source_flows_per_second` divided among the CPUs): a spoofer using
+    /// a known client's address gets no more than this.
+    pub source_budget: u32,
 }
-const _: () = assert!(core::mem::size_of::<AttackVip>() == 16);
+const _: () = assert!(core::mem::size_of::<AttackVip>() == 24);
+
+/// Value of `ATTACK_VERIFIED`, keyed by source: when it last proved itself
+/// (a retransmitted SYN, a completed handshake, a UDP flow that went on
+/// outside an attack), and its new flows in the current second while a
+/// VIP is under attack (bounded by [`AttackVip::source_budget`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Proven {
+    /// Data path clock of the last proof.
+    pub at_ns: u64,
+    /// The second (`now >> 30`, about 1.07 s) `flows` counts in.
+    pub second: u32,
+    /// New flows to VIPs under attack in that second.
+    pub flows: u32,
+}
+const _: () = assert!(core::mem::size_of::<Proven>() == 16);
+
+/// Value of the per-CPU `ATTACK_BUDGET` array, indexed by service id: new
+/// UDP flows from unknown sources admitted in the current second.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Budget {
+    /// The second (`now >> 30`) `spent` counts in.
+    pub second: u64,
+    /// Admitted in it.
+    pub spent: u64,
+}
+const _: () = assert!(core::mem::size_of::<Budget>() == 16);
+
+/// The coarse second of a data path time (`ns >> 30`: 1.07 s), for the
+/// budgets: a shift, not a division.
+#[inline(always)]
+pub fn second_of(ns: u64) -> u32 {
+    // Truncation wanted: 2^32 such seconds are 146 years of uptime.
+    #[allow(clippy::cast_possible_truncation)]
+    let second = (ns >> 30) as u32;
+    second
+}
 
 /// A retransmitted SYN proves its source only this long after the first
 /// (the first retransmission comes after the initial RTO, 1 s by RFC 6298;
@@ -58,10 +103,6 @@ pub const VERIFIED_ENTRIES: u32 = 65_536;
 /// Entries of `ATTACK_VIPS`: VIPs under attack at once.
 pub const VIPS_ENTRIES: u32 = 1024;
 
-/// `ATTACK_VERIFIED`'s value: until when (data path clock) a proven
-/// source passes.
-pub type VerifiedUntil = u64;
-
 /// The key of `ATTACK_PENDING`: a hash of (source, source port, VIP,
 /// port) and the SYN's sequence number, see [`pending_key`].
 pub type PendingKey = u64;
@@ -83,4 +124,8 @@ mod pod {
     unsafe impl aya::Pod for super::AttackCounts {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::AttackVip {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Proven {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Budget {}
 }

@@ -627,7 +627,7 @@ fn established(ctx: &XdpContext, scratch: &mut Scratch, settings: &Settings) -> 
     }
     let service = slot.value;
     if settings.flags & SETTINGS_ATTACK != 0 {
-        crate::attack::went_on(conn, service.id, moment.opening);
+        crate::attack::went_on(scratch, conn, service.id, moment.opening, moment.now);
     }
     scratch.backend = *backend;
     scratch.backend_id = entry.backend_id;
@@ -740,7 +740,7 @@ pub fn choose_backend(
         backend_id,
         flags: if moment.ending { CONN_CLOSED } else { 0 }
             | if settings.flags & SETTINGS_ATTACK != 0 {
-                crate::attack::open_flags(moment.opening)
+                crate::attack::open_flags(moment.opening, scratch.flow.proto)
             } else {
                 0
             },

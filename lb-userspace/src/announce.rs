@@ -28,6 +28,8 @@ pub struct Inputs {
     pub healthy: BTreeMap<String, u32>,
     /// Sources the automatic guard denies now, per VIP.
     pub denied: BTreeMap<IpAddr, u32>,
+    /// VIPs `guard.attack` judges under attack now.
+    pub attacked: std::collections::BTreeSet<IpAddr>,
 }
 
 /// Announced or not.
@@ -177,14 +179,20 @@ fn decide_vip(
         );
     }
     let denied = inputs.denied.get(&vip).copied().unwrap_or(0);
+    let attacked = inputs.attacked.contains(&vip);
     let divert = announce
         .divert
-        .filter(|divert| denied >= divert.min_sources);
+        .filter(|divert| denied >= divert.min_sources || attacked);
     let mut reason = format!("attached, every service has at least {needed} healthy backends");
     if let Some(divert) = divert {
+        let why = if attacked {
+            "guard.attack: a flood of new flows".to_string()
+        } else {
+            format!("{denied} sources denied by the guard")
+        };
         let _ = write!(
             reason,
-            "; under attack ({denied} sources denied by the guard): diverted with {}",
+            "; under attack ({why}): diverted with {}",
             divert.community
         );
         if !communities.contains(&divert.community) {
@@ -413,6 +421,28 @@ announce:
         // An attacked VIP that cannot be served is withdrawn, not diverted.
         inputs.healthy.insert("web".into(), 0);
         assert!(!decide(&config, &announce, &inputs)[0].diverted);
+    }
+
+    #[test]
+    fn a_vip_guard_attack_judges_under_attack_is_diverted_too() {
+        let (config, announce) = setup();
+        let mut inputs = healthy(2, 1, 1);
+        inputs.attacked.insert("203.0.113.11".parse().unwrap());
+        let attacked = decide(&config, &announce, &inputs);
+        assert!(attacked[0].diverted && !attacked[1].diverted);
+        assert_eq!(
+            attacked[0].communities.last(),
+            Some(&Community::Standard(65535, 666))
+        );
+        assert!(
+            attacked[0]
+                .reason
+                .contains("under attack (guard.attack: a flood of new flows)"),
+            "{}",
+            attacked[0].reason
+        );
+        inputs.attacked.clear();
+        assert!(!decide(&config, &announce, &inputs)[0].diverted, "it ended");
     }
 
     #[test]

@@ -280,6 +280,7 @@ mod tests {
             half_open_share: share,
             quiet_for: Duration::from_secs(2),
             verified_for: Duration::from_mins(10),
+            source_flows_per_second: 100,
         }
     }
 

@@ -172,6 +172,7 @@ impl Dataplane {
             .map_max_entries(map_names::RR_POS, sizes.services)
             .map_max_entries(map_names::STATS_SERVICES, sizes.services)
             .map_max_entries(map_names::ATTACK_COUNTS, sizes.services)
+            .map_max_entries(map_names::ATTACK_BUDGET, sizes.services)
             .map_max_entries(map_names::BACKENDS, sizes.backends)
             .map_max_entries(map_names::NAT, sizes.backends)
             .map_max_entries(map_names::STATS_BACKENDS, sizes.backends)
@@ -959,6 +960,7 @@ const PINNED_MAPS: &[&str] = &[
     map_names::ATTACK_VIPS,
     map_names::ATTACK_VERIFIED,
     map_names::ATTACK_PENDING,
+    map_names::ATTACK_BUDGET,
 ];
 
 /// What [`Dataplane::attach_pinned`] did.
@@ -1031,6 +1033,7 @@ impl Dataplane {
             .map_max_entries(map_names::RR_POS, sizes.services)
             .map_max_entries(map_names::STATS_SERVICES, sizes.services)
             .map_max_entries(map_names::ATTACK_COUNTS, sizes.services)
+            .map_max_entries(map_names::ATTACK_BUDGET, sizes.services)
             .map_max_entries(map_names::BACKENDS, sizes.backends)
             .map_max_entries(map_names::NAT, sizes.backends)
             .map_max_entries(map_names::STATS_BACKENDS, sizes.backends)

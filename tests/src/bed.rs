@@ -684,11 +684,19 @@ impl Chatter {
     }
 
     /// Stops the requests; what each connection saw, in the order given.
-    pub fn stop(self) -> Vec<Chatted> {
+    pub fn stop(mut self) -> Vec<Chatted> {
         self.stop.store(true, Ordering::Relaxed);
-        self.threads
+        std::mem::take(&mut self.threads)
             .into_iter()
             .map(|thread| thread.join().expect("a chatting thread panicked"))
             .collect()
+    }
+}
+
+impl Drop for Chatter {
+    /// Not stopped (a test failed on the way): the threads are told to
+    /// stop, and end after their current request (3 s at most).
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }

@@ -28,6 +28,7 @@ interfaces: [{{ name: lb0 }}]
 services:
   - {{ name: web, vip: 203.0.113.10, port: 80, protocol: tcp, forwarding: dsr, backends: [{{ address: 192.0.2.12 }}] }}
   - {{ name: web2, vip: 203.0.113.11, port: 80, protocol: tcp, forwarding: dsr, backends: [{{ address: 192.0.2.12 }}] }}
+  - {{ name: dns, vip: 203.0.113.10, port: 53, protocol: udp, forwarding: dsr, backends: [{{ address: 192.0.2.12 }}] }}
 dataplane: {{ ring_size: 251 }}
 {attack}"
     )
@@ -35,8 +36,15 @@ dataplane: {{ ring_size: 251 }}
 
 const ATTACK: &str = "guard:\n  attack: { new_flows_per_second: 1000 }\n";
 
-/// Marks `vip` under attack, as the controller does.
+/// Marks `vip` under attack, as the controller does, with budgets too
+/// large to matter.
 fn mark(harness: &mut Harness, vip: Ipv4Addr) {
+    mark_with(harness, vip, 1_000, 1_000);
+}
+
+/// Marks `vip` under attack with these per-CPU budgets: unknown UDP
+/// sources' new flows a second, and one proven source's.
+fn mark_with(harness: &mut Harness, vip: Ipv4Addr, unknown_budget: u32, source_budget: u32) {
     harness
         .dataplane
         .set_attack_vip(
@@ -44,6 +52,8 @@ fn mark(harness: &mut Harness, vip: Ipv4Addr) {
             &AttackVip {
                 verified_ns: 600_000_000_000,
                 since_ns: 1,
+                unknown_budget,
+                source_budget,
             },
         )
         .expect("mark the VIP");
@@ -202,4 +212,104 @@ fn the_counters_tell_half_open_flows_from_completed_ones() {
     assert_eq!(counts.new_flows, 9);
     assert_eq!(counts.syns, 8);
     assert_eq!(counts.completed, 3);
+}
+
+/// A source whose handshake completed before the attack (its SYN, then
+/// its ACK) is proven: under attack its new connections open at once.
+#[test]
+fn a_completed_handshake_proves_its_source() {
+    let mut harness = Harness::new(&config(ATTACK));
+    harness.run(&frames::tcp4(CLIENT, 44_000, VIP, 80));
+    assert!(
+        harness.dataplane.attack_verified().unwrap().is_empty(),
+        "a bare SYN proves nothing"
+    );
+    harness.run(&frames::tcp4_ack(CLIENT, 44_000, VIP, 80));
+    let verified = harness.dataplane.attack_verified().unwrap();
+    assert_eq!(verified.len(), 1);
+    assert_eq!(verified[0].0, ipv4_mapped(CLIENT.octets()));
+    mark(&mut harness, VIP);
+    let (outcome, moved) = harness.run_counted(&frames::tcp4(CLIENT, 44_001, VIP, 80));
+    assert_eq!(outcome.action, Action::Redirect);
+    assert_eq!(moved, [(Reason::ForwardToBackend, 1)].into());
+    // A source that sent only SYNs is not.
+    harness.run(&frames::tcp4(SPOOFED, 44_000, OTHER_VIP, 80));
+    let (outcome, moved) = harness.run_counted(&frames::tcp4(SPOOFED, 44_001, VIP, 80));
+    assert_eq!(outcome.action, Action::Drop);
+    assert_eq!(moved, [(Reason::DropAttackUnverified, 1)].into());
+}
+
+/// A proven source (a spoofer using a known client's address, say) opens
+/// at most `source_budget` new flows a second to VIPs under attack.
+#[test]
+fn a_proven_source_opens_no_more_than_its_budget() {
+    let mut harness = Harness::new(&config(ATTACK));
+    harness.run(&frames::tcp4(CLIENT, 45_000, VIP, 80));
+    harness.run(&frames::tcp4_ack(CLIENT, 45_000, VIP, 80));
+    mark_with(&mut harness, VIP, 1_000, 3);
+    let actions: Vec<Action> = (1..=5)
+        .map(|port| {
+            harness
+                .run(&frames::tcp4(CLIENT, 45_000 + port, VIP, 80))
+                .action
+        })
+        .collect();
+    // The test runs take well under the second the budget counts in; a
+    // second boundary between them could let one more through.
+    let passed = actions.iter().filter(|a| **a == Action::Redirect).count();
+    assert!((3..=4).contains(&passed), "{actions:?}");
+    assert_eq!(actions[..3], [Action::Redirect; 3], "{actions:?}");
+    // Its established flow goes on regardless.
+    let (outcome, _) = harness.run_counted(&frames::tcp4_ack(CLIENT, 45_000, VIP, 80));
+    assert_eq!(outcome.action, Action::Redirect);
+}
+
+/// UDP under attack: unknown sources share the service's budget; a source
+/// whose UDP flow went on (a second datagram) before the attack passes
+/// beyond it; during the attack a second datagram proves nothing (a
+/// spoofer can send two as easily as one).
+#[test]
+fn under_attack_unknown_udp_sources_share_a_budget_and_known_ones_pass() {
+    let mut harness = Harness::new(&config(ATTACK));
+    harness.run(&frames::udp4(CLIENT, 46_000, VIP, 53));
+    harness.run(&frames::udp4(CLIENT, 46_000, VIP, 53));
+    assert_eq!(harness.dataplane.attack_verified().unwrap().len(), 1);
+    mark_with(&mut harness, VIP, 4, 1_000);
+    let unknown: Vec<Action> = (0..10u8)
+        .map(|i| {
+            let source = Ipv4Addr::new(198, 51, 100, 100 + i);
+            harness.run(&frames::udp4(source, 46_000, VIP, 53)).action
+        })
+        .collect();
+    let passed = unknown.iter().filter(|a| **a == Action::Redirect).count();
+    assert!((4..=8).contains(&passed), "{unknown:?}");
+    assert_eq!(unknown[..4], [Action::Redirect; 4], "{unknown:?}");
+    let (outcome, moved) = harness.run_counted(&frames::udp4(
+        Ipv4Addr::new(198, 51, 100, 120),
+        46_000,
+        VIP,
+        53,
+    ));
+    if passed == 4 {
+        assert_eq!(outcome.action, Action::Drop);
+        assert_eq!(moved, [(Reason::DropAttackUnverified, 1)].into());
+    }
+    // The known source's new flows pass with the budget spent.
+    for port in 46_001..46_004 {
+        let (outcome, moved) = harness.run_counted(&frames::udp4(CLIENT, port, VIP, 53));
+        assert_eq!(outcome.action, Action::Redirect, "port {port}");
+        assert_eq!(moved, [(Reason::ForwardToBackend, 1)].into());
+    }
+    // An admitted unknown source's second datagram goes on (its entry),
+    // but does not prove it.
+    let first = Ipv4Addr::new(198, 51, 100, 100);
+    assert_eq!(
+        harness.run(&frames::udp4(first, 46_000, VIP, 53)).action,
+        Action::Redirect
+    );
+    assert_eq!(
+        harness.dataplane.attack_verified().unwrap().len(),
+        1,
+        "only the source known before the attack"
+    );
 }

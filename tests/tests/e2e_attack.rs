@@ -5,8 +5,8 @@
 //! service. A raw socket on the backend counts the spoofed SYNs that reach
 //! it. Asserted: the VIP is reported under attack within a second of the
 //! flood's start (`lb status`), at most 1 % of the spoofed SYNs sent after
-//! that reach the backend, a real client still connects (its first SYN is
-//! dropped, its retransmission proves it), the metrics and counters say
+//! that reach the backend, a real client still connects (proven by its
+//! handshake before the flood), the metrics and counters say
 //! so, and the VIP leaves the attack state after `quiet_for`.
 
 use std::{
@@ -180,6 +180,16 @@ fn vip_attack(bed: &Bed) -> serde_json::Value {
         .unwrap_or_default()
 }
 
+/// `lb trace --drops --limit 5 --output json`, running until five drops.
+fn trace_drops(bed: &Bed, socket: &str) -> lb_tests::netns::ChildGuard {
+    bed.lb.spawn(
+        lb_tests::lb_binary().to_str().unwrap(),
+        &[
+            "trace", "--drops", "--limit", "5", "--output", "json", "--socket", socket,
+        ],
+    )
+}
+
 #[test]
 fn a_spoofed_syn_flood_is_detected_and_kept_from_the_backend() {
     let socket_path = format!("/run/lb/e2e-attack-{}.sock", std::process::id());
@@ -197,6 +207,8 @@ fn a_spoofed_syn_flood_is_detected_and_kept_from_the_backend() {
         "not before the flood"
     );
 
+    // `lb trace` shows the flood's drops with their reason.
+    let trace = trace_drops(&bed, &socket_path);
     let sent = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let flooding = flood(&flooder, &sent);
@@ -209,8 +221,8 @@ fn a_spoofed_syn_flood_is_detected_and_kept_from_the_backend() {
         reached.load(Ordering::Relaxed),
     );
     assert!(detected, "the VIP was never reported under attack");
-    // A real client during the flood: its first SYN is dropped, its
-    // retransmission (about 1 s later) proves it.
+    // A real client during the flood: its handshake before the flood
+    // proved it, so it connects at once.
     let connecting = Instant::now();
     let client = bed.client.run(move || tcp_request(target, None));
     let connect_time = connecting.elapsed();
@@ -244,6 +256,18 @@ fn a_spoofed_syn_flood_is_detected_and_kept_from_the_backend() {
     assert!(
         metrics.contains(&format!("lb_guard_attack{{vip=\"{VIP}\"}} 1")),
         "no attack gauge in /metrics:\n{metrics}"
+    );
+    let human = bed.lb_command(&["status"]);
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        human.contains(VIP) && human.contains("UNDER ATTACK"),
+        "lb status does not say so:\n{human}"
+    );
+    let traced = trace.wait();
+    let traced = String::from_utf8_lossy(&traced.stdout);
+    assert!(
+        traced.contains("drop_attack_unverified"),
+        "lb trace --drops during the flood:\n{traced}"
     );
     let output = bed.lb_command(&["stats", "--output", "json"]);
     let counters: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();

@@ -23,6 +23,9 @@ pub(super) fn status(socket: &Path, output: Output) -> Result<(), Failure> {
         println!();
         print_guard(&report.guard);
     }
+    if report.attack.configured {
+        print_attack(&report.attack);
+    }
     if let Some(announce) = &report.announce {
         print_announce(announce);
     }
@@ -77,6 +80,33 @@ pub(super) fn status(socket: &Path, output: Output) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// The `attack` part of `lb status` (`guard.attack`): one line per VIP
+/// with its state, since when, and the last second's rates.
+fn print_attack(attack: &crate::attack::AttackReport) {
+    let under = attack.vips.iter().filter(|v| v.under_attack).count();
+    println!(
+        "\nguard.attack: {under} VIP(s) under attack now, {} attack(s) since start",
+        attack.attacks_total
+    );
+    let now = u64::try_from(unix_now_ns() / 1_000_000_000).unwrap_or(0);
+    for vip in &attack.vips {
+        let state = match vip.since_unix {
+            Some(since) if vip.under_attack => format!(
+                "UNDER ATTACK for {}s: new SYNs pass only from proven sources",
+                now.saturating_sub(since)
+            ),
+            _ => "calm".to_string(),
+        };
+        println!(
+            "  {:<24} {state}; {:.0} new flows/s, {:.0} SYNs/s, {:.0} % half-open",
+            vip.vip,
+            vip.rates.new_flows_per_second,
+            vip.rates.syns_per_second,
+            vip.rates.half_open_share * 100.0
+        );
+    }
 }
 
 /// The `sync` part of `lb status`: one line for the exchange, one per

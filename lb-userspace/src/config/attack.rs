@@ -27,10 +27,15 @@ pub struct GuardAttack {
     /// state.
     #[serde(default = "default_quiet_for", with = "super::duration")]
     pub quiet_for: Duration,
-    /// How long a source that proved itself (a retransmitted SYN) passes
-    /// while a VIP is under attack.
+    /// How long a source that proved itself (a retransmitted SYN, a
+    /// completed handshake, a UDP flow that went on before the attack)
+    /// passes while a VIP is under attack.
     #[serde(default = "default_verified_for", with = "super::duration")]
     pub verified_for: Duration,
+    /// New flows a second one proven source may open to a VIP under
+    /// attack: a spoofer using a known client's address gets no more.
+    #[serde(default = "default_source_flows")]
+    pub source_flows_per_second: u32,
 }
 
 /// New flows per second a VIP needs before its half-open share is judged
@@ -46,7 +51,20 @@ const fn default_verified_for() -> Duration {
     Duration::from_mins(10)
 }
 
+const fn default_source_flows() -> u32 {
+    100
+}
+
 impl GuardAttack {
+    /// New UDP flows a second from unknown sources that each service of a
+    /// VIP under attack still admits: a tenth of `new_flows_per_second`,
+    /// else [`SHARE_MIN_RATE`] — enough for new clients to get through,
+    /// far under the rate that made it an attack.
+    pub fn unknown_udp_per_second(&self) -> u32 {
+        self.new_flows_per_second
+            .map_or(SHARE_MIN_RATE, |rate| (rate / 10).max(1))
+    }
+
     /// The new-flow rate a VIP needs before its half-open share counts: a
     /// tenth of `new_flows_per_second`, at least [`SHARE_MIN_RATE`].
     pub fn share_min_rate(&self) -> u32 {
@@ -56,7 +74,8 @@ impl GuardAttack {
 }
 
 /// `guard.attack`: some threshold; a rate of at least 1, a share strictly
-/// between 0 and 1; `quiet_for` 1s..1h; `verified_for` 1s..24h.
+/// between 0 and 1; `quiet_for` 1s..1h; `verified_for` 1s..24h;
+/// `source_flows_per_second` at least 1.
 pub(super) fn check_guard_attack(attack: &GuardAttack, problems: &mut Problems) {
     if attack.new_flows_per_second.is_none() && attack.half_open_share.is_none() {
         problems.push(
@@ -77,6 +96,12 @@ pub(super) fn check_guard_attack(attack: &GuardAttack, problems: &mut Problems) 
         problems.push(
             "guard.attack.half_open_share",
             format!("{share} is not between 0 and 1 (exclusive)"),
+        );
+    }
+    if attack.source_flows_per_second == 0 {
+        problems.push(
+            "guard.attack.source_flows_per_second",
+            "must be at least 1: a proven client must be able to connect".into(),
         );
     }
     for (name, value, max) in [
@@ -114,6 +139,8 @@ mod tests {
         assert_eq!(attack.quiet_for, Duration::from_secs(30));
         assert_eq!(attack.verified_for, Duration::from_mins(10));
         assert_eq!(attack.share_min_rate(), 2_000);
+        assert_eq!(attack.source_flows_per_second, 100);
+        assert_eq!(attack.unknown_udp_per_second(), 2_000);
         for (attack, path) in [
             ("{ quiet_for: 10s }", "guard.attack"),
             (
@@ -129,6 +156,10 @@ mod tests {
             (
                 "{ half_open_share: 0.5, verified_for: 2d }",
                 "guard.attack.verified_for",
+            ),
+            (
+                "{ half_open_share: 0.5, source_flows_per_second: 0 }",
+                "guard.attack.source_flows_per_second",
             ),
         ] {
             let text = format!("{MINIMAL}guard:\n  attack: {attack}\n");

@@ -134,9 +134,10 @@ pub struct AnnouncedVip {
 }
 
 /// `announce.divert`: while the automatic guard (`guard.auto`) denies at
-/// least `min_sources` sources for a VIP, the VIP is announced with
-/// `community` too (the upstream's scrubbing-divert or blackhole community),
-/// and without it again once those denials expire.
+/// least `min_sources` sources for a VIP, or `guard.attack` judges it under
+/// attack, the VIP is announced with `community` too (the upstream's
+/// scrubbing-divert or blackhole community), and without it again once
+/// those denials expire and the attack ends.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Divert {

@@ -102,6 +102,7 @@ impl Controller {
             detached,
             healthy,
             denied: self.guard.denied_per_vip(crate::dataplane::monotonic_ns()),
+            attacked: self.attacks.under_since().map(|(vip, _)| vip).collect(),
         }
     }
 

@@ -33,7 +33,9 @@ impl Controller {
         }
         let now_ns = crate::dataplane::monotonic_ns();
         let now_unix = unix_seconds(SystemTime::now());
-        for event in self.attacks.observe(&attack, &totals, now_ns, now_unix) {
+        let events = self.attacks.observe(&attack, &totals, now_ns, now_unix);
+        let changed = !events.is_empty();
+        for event in events {
             match event {
                 Event::Started { vip, rates } => tracing::warn!(
                     %vip,
@@ -52,6 +54,10 @@ impl Controller {
         // The map follows the verdicts (an earlier controller's entries,
         // after adoption, included).
         let verified_ns = u64::try_from(attack.verified_for.as_nanos()).unwrap_or(u64::MAX);
+        // The budgets are counted per CPU: each CPU gets its share.
+        let cpus = u32::try_from(aya::util::nr_cpus().unwrap_or(1).max(1)).unwrap_or(1);
+        let unknown_budget = (attack.unknown_udp_per_second() / cpus).max(1);
+        let source_budget = (attack.source_flows_per_second / cpus).max(1);
         let marked = self.dataplane.attack_vips()?;
         for addr in &marked {
             if !self.attacks.is_under(&addr_ip(addr)) {
@@ -68,9 +74,15 @@ impl Controller {
                 let value = AttackVip {
                     verified_ns,
                     since_ns,
+                    unknown_budget,
+                    source_budget,
                 };
                 self.dataplane.set_attack_vip(&addr, &value)?;
             }
+        }
+        // `announce.divert` follows at once.
+        if changed {
+            self.refresh_announce();
         }
         Ok(())
     }

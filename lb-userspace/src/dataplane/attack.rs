@@ -4,7 +4,7 @@
 use aya::maps::{HashMap, MapData, MapError, PerCpuArray};
 use lb_common::{
     Addr,
-    attack::{AttackCounts, AttackVip, PendingKey},
+    attack::{AttackCounts, AttackVip, PendingKey, Proven},
     map_names,
 };
 
@@ -77,10 +77,11 @@ impl Dataplane {
             .map_err(map_error(name))
     }
 
-    /// `ATTACK_VERIFIED`: proven sources, until when each passes.
-    pub fn attack_verified(&self) -> Result<Vec<(Addr, u64)>, DataplaneError> {
+    /// `ATTACK_VERIFIED`: proven sources, when each last proved itself
+    /// and its flows in the current second.
+    pub fn attack_verified(&self) -> Result<Vec<(Addr, Proven)>, DataplaneError> {
         let name = map_names::ATTACK_VERIFIED;
-        let map: HashMap<&MapData, Addr, u64> =
+        let map: HashMap<&MapData, Addr, Proven> =
             HashMap::try_from(self.map(name)?).map_err(map_error(name))?;
         Ok(map.iter().filter_map(Result::ok).collect())
     }
