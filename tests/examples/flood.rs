@@ -2,8 +2,8 @@
 //! xtask flood --help` documents it and runs this. Arguments, each as
 //! `--name value`: `--netns NS` (optional: the namespace to send from),
 //! `--interface IF`, `--dst-mac MAC`, `--to ADDR:PORT`, `--from PREFIX`,
-//! `--kind syn|udp`, `--count N`, `--seconds S`, `--payload BYTES`, and the
-//! flag `--packet-only`. Destinations and sources outside the
+//! `--kind syn|udp`, `--count N`, `--seconds S`, `--payload BYTES`, `--rate
+//! FRAMES_PER_SECOND`, and the flag `--packet-only`. Destinations and sources outside the
 //! documentation ranges are refused.
 
 use std::{net::SocketAddrV4, os::fd::AsRawFd, process::ExitCode, time::Duration};
@@ -32,6 +32,7 @@ fn run() -> Result<(), String> {
     let mut seconds = 10.0f64;
     let mut payload = 18usize;
     let mut packet_only = false;
+    let mut rate = None;
     while let Some(name) = args.next() {
         if name == "--packet-only" {
             packet_only = true;
@@ -49,6 +50,7 @@ fn run() -> Result<(), String> {
             "--count" => count = value.parse().map_err(|e| bad(&e))?,
             "--seconds" => seconds = value.parse().map_err(|e| bad(&e))?,
             "--payload" => payload = value.parse().map_err(|e| bad(&e))?,
+            "--rate" => rate = Some(value.parse().map_err(|e| bad(&e))?),
             _ => return Err(format!("unknown argument {name}")),
         }
     }
@@ -64,6 +66,7 @@ fn run() -> Result<(), String> {
     );
     spec.payload = payload;
     spec.packet_only = packet_only;
+    spec.rate = rate;
     spec.check()?;
     if let Some(netns) = &netns {
         let path = if netns.contains('/') {

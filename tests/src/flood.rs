@@ -167,6 +167,9 @@ pub struct Spec {
     pub duration: Duration,
     /// Skip the live-frames attempt.
     pub packet_only: bool,
+    /// At most this many frames a second (`None`: as fast as the host
+    /// allows).
+    pub rate: Option<u64>,
 }
 
 impl Spec {
@@ -192,6 +195,7 @@ impl Spec {
             count,
             duration,
             packet_only: false,
+            rate: None,
         }
     }
 
@@ -549,6 +553,7 @@ fn packet_mmsg(
     let mut fresh = 0usize;
     while sent < spec.count && Instant::now() < deadline {
         if pending == fresh {
+            pace(spec.rate, sent, start);
             for frame in frames.chunks_exact_mut(len) {
                 generator.next_into(frame);
             }
@@ -591,6 +596,18 @@ fn packet_mmsg(
     })
 }
 
+/// Sleeps while `sent` frames are ahead of `rate` a second since `start`.
+fn pace(rate: Option<u64>, sent: u64, start: Instant) {
+    let Some(rate) = rate.filter(|rate| *rate > 0) else {
+        return;
+    };
+    #[allow(clippy::cast_precision_loss, reason = "a time")]
+    let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+    if let Some(ahead) = due.checked_sub(start.elapsed()) {
+        std::thread::sleep(ahead);
+    }
+}
+
 fn set_int(fd: i32, level: i32, name: i32, value: i32) {
     // SAFETY: `value` outlives the call; the length is its size.
     unsafe {
@@ -602,6 +619,137 @@ fn set_int(fd: i32, level: i32, name: i32, value: i32) {
             u32::try_from(size_of::<i32>()).expect("small"),
         );
     }
+}
+
+/// Counts a flood's frames arriving on an interface (where it reaches a
+/// backend): an `AF_PACKET` socket with a classic BPF filter (IPv4 from
+/// `from`, then bare SYNs — SYN without ACK — or UDP) that nobody reads.
+/// The kernel counts every frame the filter passes, queued or dropped for
+/// want of room (`PACKET_STATISTICS`), so the count is exact however busy
+/// the machine is.
+#[derive(Debug)]
+pub struct Arrivals {
+    socket: OwnedFd,
+    counted: u64,
+}
+
+impl Arrivals {
+    /// Starts counting on `interface` of the calling thread's namespace.
+    pub fn open(interface: &str, kind: Kind, from: Prefix) -> io::Result<Self> {
+        let ifindex = ifindex(interface)?;
+        // Protocol 0 until the filter is on: nothing is counted before.
+        let socket = socket(libc::AF_PACKET, libc::SOCK_RAW, 0)?;
+        let fd = socket.as_raw_fd();
+        let mut filter = arrivals_filter(kind, from);
+        let program = libc::sock_fprog {
+            len: u16::try_from(filter.len()).expect("short"),
+            filter: filter.as_mut_ptr(),
+        };
+        // SAFETY: `program` and the filter it points to outlive the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_FILTER,
+                (&raw const program).cast(),
+                u32::try_from(size_of::<libc::sock_fprog>()).expect("small"),
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Nothing is read: the smallest queue.
+        set_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, 0);
+        // SAFETY: plain data, zero is valid.
+        let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        address.sll_family = u16::try_from(libc::AF_PACKET).expect("small");
+        address.sll_protocol = u16::try_from(libc::ETH_P_ALL).expect("small").to_be();
+        address.sll_ifindex = i32::try_from(ifindex).expect("ifindex");
+        // SAFETY: `address` is a valid sockaddr_ll of the length given.
+        let rc = unsafe {
+            libc::bind(
+                fd,
+                (&raw const address).cast(),
+                u32::try_from(size_of::<libc::sockaddr_ll>()).expect("small"),
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self { socket, counted: 0 })
+    }
+
+    /// Frames that matched since [`Arrivals::open`].
+    pub fn count(&mut self) -> u64 {
+        // SAFETY: plain data, zero is valid.
+        let mut stats: libc::tpacket_stats = unsafe { std::mem::zeroed() };
+        let mut len = u32::try_from(size_of::<libc::tpacket_stats>()).expect("small");
+        // SAFETY: `stats` is valid for `len` bytes. The kernel hands over
+        // the counts since the last call (and adds the drops in).
+        let rc = unsafe {
+            libc::getsockopt(
+                self.socket.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                (&raw mut stats).cast(),
+                &raw mut len,
+            )
+        };
+        assert_eq!(rc, 0, "PACKET_STATISTICS: {}", io::Error::last_os_error());
+        self.counted += u64::from(stats.tp_packets);
+        self.counted
+    }
+}
+
+/// The classic BPF filter of [`Arrivals`]: accept (the first 96 bytes of)
+/// IPv4 frames from `from` of `kind`'s protocol, for SYNs only those with
+/// SYN set and ACK clear.
+fn arrivals_filter(kind: Kind, from: Prefix) -> Vec<libc::sock_filter> {
+    const LD_H_ABS: u16 = 0x28;
+    const LD_B_ABS: u16 = 0x30;
+    const LD_W_ABS: u16 = 0x20;
+    const LDX_B_MSH: u16 = 0xb1;
+    const LD_B_IND: u16 = 0x50;
+    const AND_K: u16 = 0x54;
+    const JEQ_K: u16 = 0x15;
+    const RET_K: u16 = 0x06;
+    let op = |code, k| libc::sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let protocol = match kind {
+        Kind::Syn => 6,
+        Kind::Udp => 17,
+    };
+    let mut p = vec![
+        op(LD_H_ABS, 12),
+        op(JEQ_K, 0x0800),
+        op(LD_B_ABS, 23),
+        op(JEQ_K, protocol),
+        op(LD_W_ABS, 26),
+        op(AND_K, !from.host_mask()),
+        op(JEQ_K, u32::from(from.network)),
+    ];
+    if kind == Kind::Syn {
+        p.extend([
+            op(LDX_B_MSH, 14),
+            op(LD_B_IND, 14 + 13),
+            op(AND_K, 0x12),
+            op(JEQ_K, 0x02),
+        ]);
+    }
+    p.push(op(RET_K, 96));
+    let drop = p.len();
+    p.push(op(RET_K, 0));
+    // Every test jumps to the drop when it fails.
+    for (i, insn) in p.iter_mut().enumerate() {
+        if insn.code == JEQ_K {
+            insn.jf = u8::try_from(drop - i - 1).expect("short");
+        }
+    }
+    p
 }
 
 // --- XDP live frames -------------------------------------------------------
@@ -735,6 +883,7 @@ fn live_frames(
     let deadline = start + spec.duration;
     let mut sent = 0u64;
     while sent < spec.count && Instant::now() < deadline {
+        pace(spec.rate, sent, start);
         let chunk = u32::try_from(spec.count - sent)
             .unwrap_or(u32::MAX)
             .min(LIVE_CHUNK);
@@ -1068,6 +1217,40 @@ mod tests {
                 );
             }
             assert_eq!(&frame[..12], &[DST_MAC, SRC_MAC].concat()[..]);
+        }
+    }
+
+    /// A whole flood into a veth pair: as many frames arrive at the peer
+    /// (counted by [`Arrivals`] there) as the flood says it sent, all from
+    /// the prefix; a count bound is kept exactly.
+    #[test]
+    fn a_flood_arrives_as_counted() {
+        use crate::netns::{Netns, veth};
+        let sender = Netns::new("fls");
+        let receiver = Netns::new("flr");
+        veth(&sender, "eth0", &receiver, "eth0");
+        let dst_mac = receiver.mac("eth0");
+        for (kind, count) in [(Kind::Syn, 20_000), (Kind::Udp, 5_000)] {
+            let (mut inside, mut outside) = receiver.run(move || {
+                (
+                    Arrivals::open("eth0", kind, "198.51.100.128/25".parse().unwrap()).unwrap(),
+                    Arrivals::open("eth0", kind, "198.51.100.0/25".parse().unwrap()).unwrap(),
+                )
+            });
+            let mut spec = spec(kind, "198.51.100.128/25");
+            spec.interface = "eth0".into();
+            spec.dst_mac = dst_mac;
+            spec.count = count;
+            spec.duration = Duration::from_secs(10);
+            let stats = sender.run(move || run(&spec, None)).expect("flood");
+            println!("{kind:?}: {stats}");
+            assert_eq!(stats.sent, count);
+            assert!(
+                crate::netns::wait_until(Duration::from_secs(2), || inside.count() == count),
+                "{} of {count} arrived",
+                inside.count()
+            );
+            assert_eq!(outside.count(), 0);
         }
     }
 

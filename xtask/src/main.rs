@@ -119,6 +119,10 @@ struct FloodArgs {
     /// Skip the XDP live-frames attempt.
     #[arg(long)]
     packet_only: bool,
+    /// At most this many frames a second (default: as fast as the host
+    /// allows).
+    #[arg(long)]
+    rate: Option<u64>,
 }
 
 /// Whether `ip` is in 192.0.2.0/24, 198.51.100.0/24 or 203.0.113.0/24.
@@ -535,6 +539,9 @@ fn flood(args: &FloodArgs) -> anyhow::Result<()> {
         .args(["--payload", &args.payload.to_string()]);
     if args.packet_only {
         command.arg("--packet-only");
+    }
+    if let Some(rate) = args.rate {
+        command.args(["--rate", &rate.to_string()]);
     }
     run(&mut command)
 }
