@@ -472,6 +472,11 @@ impl HeldConnection {
         Self::start(connect_from(source, target)?)
     }
 
+    /// The client's end: its address and port.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.reader.get_ref().local_addr().ok()
+    }
+
     /// Ends the connection with a RST (`SO_LINGER` 0) instead of finishing
     /// it: the socket is gone at once, so its port can be bound again.
     pub fn abort(self) {
