@@ -10,7 +10,10 @@
 //!    reported above.
 //! 2. Packets per second through one core: live-frames `BPF_PROG_TEST_RUN`
 //!    with the frames arriving on a veth, transmitted out of it and dropped by
-//!    `lb_drop` on the peer.
+//!    `lb_drop` on the peer. A kernel that refuses live frames (`EPERM` on
+//!    some hosts) is found on the first warm-up run: one line says so, the
+//!    report records the section as not measured (`not_measured.pps`), and
+//!    the other sections go on.
 //! 3. Maglev table builds; 4. control-plane reactions (plan + apply).
 //! 5. End to end (`lb_tests::endtoend`): HTTP through `lb run` (nat, dsr),
 //!    `haproxy`, an nftables DNAT, an XDP forwarding floor and no balancer,
@@ -36,7 +39,10 @@ use std::{
     time::Instant,
 };
 
-use aya::programs::{TestRun, TestRunAttrs, TestRunOptions};
+use aya::{
+    programs::{ProgramError, TestRun, TestRunAttrs, TestRunOptions},
+    sys::SyscallError,
+};
 use lb::{
     dataplane::{AttachMode, Dataplane, OBJECT, Sizes},
     maglev::{self, Weighted},
@@ -234,7 +240,7 @@ fn data_plane(report: &mut Report) {
     }
     if paths.is_some() {
         if wanted("pps") {
-            report.pps = packets_per_second(&mut harness);
+            pps_section(&mut harness, report);
         }
         if wanted("trace") {
             drop(harness);
@@ -244,11 +250,7 @@ fn data_plane(report: &mut Report) {
     }
     fallback_cases(&mut harness, floor_ns, report);
 
-    println!(
-        "\n== packets per second, one core: live frames ({LIVE_ROUNDS} rounds x \
-         {LIVE_FRAMES} frames, 64 bytes) into lb0 (native XDP), lb_drop on the peer"
-    );
-    report.pps = packets_per_second(&mut harness);
+    pps_section(&mut harness, report);
     control_plane(&mut harness, report);
     drop(harness);
 
@@ -648,12 +650,36 @@ fn new_flows(harness: &Harness, service: u32) -> u64 {
         .new_flows
 }
 
+/// A live-frames case: (name, description, program under test, frame).
+type PpsCase = (&'static str, &'static str, &'static str, Vec<u8>);
+
+/// Section 2, or one line saying why it was skipped (recorded in the report
+/// as not measured): a kernel may refuse live frames (`EPERM` here), and
+/// the other sections go on.
+fn pps_section(harness: &mut Harness, report: &mut Report) {
+    println!(
+        "\n== packets per second, one core: live frames ({LIVE_ROUNDS} rounds x \
+         {LIVE_FRAMES} frames, 64 bytes) into lb0 (native XDP), lb_drop on the peer"
+    );
+    match packets_per_second(harness) {
+        Ok(rows) => report.pps = rows,
+        Err(why) => {
+            println!("packets per second not measured: {why}; section 2 skipped");
+            report.not_measured.insert("pps".to_owned(), why);
+        }
+    }
+}
+
 /// Live frames: `lb_bench` (restore, tail call) runs on each frame as if it
 /// arrived on `lb0`, where the balancer is attached in native mode; `XDP_TX`
 /// sends it out of `lb0` to `peer0`, whose `lb_drop` discards it, so the
 /// receiving stack is not measured. The kernel recycles pages that still
 /// hold the previous output, hence the wrapper for the floor too.
-fn packets_per_second(harness: &mut Harness) -> Vec<PpsRow> {
+///
+/// # Errors
+/// Live frames refused by the kernel (on the first warm-up run) or failing
+/// later: why, for the report.
+fn packets_per_second(harness: &mut Harness) -> Result<Vec<PpsRow>, String> {
     let lb0 = lb::netlink::ifindex("lb0").expect("lb0");
     harness
         .dataplane
@@ -680,14 +706,7 @@ fn packets_per_second(harness: &mut Harness) -> Vec<PpsRow> {
                     .is_none_or(|list| list.split(',').any(|case| case.trim() == *name))
         })
         .collect();
-    // Warm-up (and the established flows' entries).
-    for (_, _, target, frame) in &cases {
-        let padded = harness
-            .dataplane
-            .prepare_bench_of(target, frame)
-            .expect("prepare the wrapper");
-        live_run(harness, lb0, &padded, 10_000);
-    }
+    pps_warm_up(harness, lb0, &cases)?;
     // The cases take turns round by round, so the machine's drift (the
     // floor alone moves by 10 % between runs here) falls on all of them
     // alike, and each round's ratio is taken to that round's floor.
@@ -702,7 +721,11 @@ fn packets_per_second(harness: &mut Harness) -> Vec<PpsRow> {
                 .expect("prepare the wrapper");
             let drops_before = xdp_drops(harness, "peer0");
             let before = harness.counters();
-            pps[i].push(live_run(harness, lb0, &padded, LIVE_FRAMES));
+            pps[i].push(
+                live_run(harness, lb0, &padded, LIVE_FRAMES).map_err(|error| {
+                    format!("live frames failed mid-run ({})", describe_os_error(&error))
+                })?,
+            );
             let after = harness.counters();
             for (reason, n) in &after {
                 let grown = n - before.get(reason).copied().unwrap_or(0);
@@ -759,11 +782,33 @@ fn packets_per_second(harness: &mut Harness) -> Vec<PpsRow> {
         });
     }
     drop(sink);
-    rows
+    Ok(rows)
+}
+
+/// Warm-up of section 2 (and the established flows' entries). The first
+/// run tells whether this kernel takes live frames at all.
+fn pps_warm_up(harness: &mut Harness, lb0: u32, cases: &[PpsCase]) -> Result<(), String> {
+    for (i, (_, _, target, frame)) in cases.iter().enumerate() {
+        let padded = harness
+            .dataplane
+            .prepare_bench_of(target, frame)
+            .expect("prepare the wrapper");
+        live_run(harness, lb0, &padded, 10_000).map_err(|error| {
+            if i == 0 {
+                format!(
+                    "live frames refused by this kernel ({})",
+                    describe_os_error(&error)
+                )
+            } else {
+                format!("live frames failed ({})", describe_os_error(&error))
+            }
+        })?;
+    }
+    Ok(())
 }
 
 /// The live-frames cases: (name, description, program under test, frame).
-fn pps_cases() -> [(&'static str, &'static str, &'static str, Vec<u8>); 5] {
+fn pps_cases() -> [PpsCase; 5] {
     let tcp64 = |vip| {
         // 14 + 20 + 20 + 10 bytes of payload.
         let frame = syn_fin4(CLIENT4, vip, 80, &[0u8; 10]);
@@ -806,7 +851,16 @@ fn pps_cases() -> [(&'static str, &'static str, &'static str, Vec<u8>); 5] {
 
 /// One live-frames run of `frames` frames; forwarded frames per second of
 /// wall time.
-fn live_run(harness: &Harness, ifindex: u32, frame: &[u8], frames: u32) -> f64 {
+///
+/// # Errors
+/// The kernel's answer to `BPF_PROG_TEST_RUN` with live frames, when it
+/// refuses them.
+fn live_run(
+    harness: &Harness,
+    ifindex: u32,
+    frame: &[u8],
+    frames: u32,
+) -> Result<f64, std::io::Error> {
     let program = harness
         .dataplane
         .bench_program(program_names::BENCH)
@@ -828,10 +882,26 @@ fn live_run(harness: &Harness, ifindex: u32, frame: &[u8], frames: u32) -> f64 {
         ..TestRunOptions::default()
     };
     let start = Instant::now();
-    program
-        .test_run(opts)
-        .expect("BPF_PROG_TEST_RUN (live frames)");
-    f64::from(frames) / start.elapsed().as_secs_f64()
+    program.test_run(opts).map_err(|error| match error {
+        ProgramError::SyscallError(SyscallError { io_error, .. }) => io_error,
+        other => std::io::Error::other(other.to_string()),
+    })?;
+    Ok(f64::from(frames) / start.elapsed().as_secs_f64())
+}
+
+/// `EPERM, Operation not permitted`: the errno's name and text.
+fn describe_os_error(error: &std::io::Error) -> String {
+    let name = match error.raw_os_error() {
+        Some(libc::EPERM) => "EPERM",
+        Some(libc::EACCES) => "EACCES",
+        Some(libc::EINVAL) => "EINVAL",
+        Some(libc::ENOTSUP) => "EOPNOTSUPP",
+        Some(libc::E2BIG) => "E2BIG",
+        // The kernel's internal ENOTSUPP, which leaks to userspace.
+        Some(524) => "ENOTSUPP",
+        Some(_) | None => return error.to_string(),
+    };
+    format!("{name}: {error}")
 }
 
 /// Frames `lb_drop` discarded on `dev`: veth's per-queue `xdp_drops`

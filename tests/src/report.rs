@@ -9,6 +9,7 @@
 //! [`Report::add_end_to_end`] before [`Report::write`].
 
 use std::{
+    collections::BTreeMap,
     fmt::Write as _,
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
@@ -199,6 +200,9 @@ pub struct Report {
     /// What the trace flag costs with no trace attached (empty when the
     /// object without the feature was not given).
     pub trace_cost: Vec<TraceCostRow>,
+    /// Sections that were asked for but could not be measured, by key
+    /// (`pps`, ...): why (e.g. live frames refused by the kernel).
+    pub not_measured: BTreeMap<String, String>,
     /// Method notes, printed under the tables.
     pub notes: Vec<String>,
 }
@@ -215,6 +219,7 @@ impl Report {
             control_plane: Vec::new(),
             end_to_end: Vec::new(),
             trace_cost: Vec::new(),
+            not_measured: BTreeMap::new(),
             notes: Vec::new(),
         }
     }
@@ -387,6 +392,7 @@ impl Report {
             "control_plane": control_plane,
             "end_to_end": end_to_end,
             "trace_cost": trace_cost,
+            "not_measured": self.not_measured,
             "notes": self.notes,
         })
     }
@@ -538,6 +544,35 @@ impl Report {
             md,
             "\n## Packets per second, one core (live frames, native XDP on veth)\n"
         );
+        if let Some(why) = self.not_measured.get("pps") {
+            let _ = writeln!(md, "Not measured: {why}.");
+        } else if self.pps.is_empty() {
+            let _ = writeln!(md, "Not measured.");
+        } else {
+            self.pps_table(md);
+        }
+
+        let _ = writeln!(md, "\n## Maglev table builds\n");
+        let _ = writeln!(
+            md,
+            "| M | N | build (ms) | max / mean share | slots moved when one backend leaves |\n\
+             | ---: | ---: | ---: | ---: | ---: |"
+        );
+        for row in &self.maglev {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.1} | {:.3} | {:.2} % (ideal {:.2} %) |",
+                row.m,
+                row.n,
+                row.build_ms,
+                row.max_mean_share,
+                row.moved_pct,
+                100.0 / f64::from(row.n)
+            );
+        }
+    }
+
+    fn pps_table(&self, md: &mut String) {
         let _ = writeln!(
             md,
             "| case | description | frames/round | Mpps (median) | rounds | ratio to floor |\n\
@@ -558,25 +593,6 @@ impl Report {
                 row.description,
                 row.frames,
                 row.pps / 1e6
-            );
-        }
-
-        let _ = writeln!(md, "\n## Maglev table builds\n");
-        let _ = writeln!(
-            md,
-            "| M | N | build (ms) | max / mean share | slots moved when one backend leaves |\n\
-             | ---: | ---: | ---: | ---: | ---: |"
-        );
-        for row in &self.maglev {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {:.1} | {:.3} | {:.2} % (ideal {:.2} %) |",
-                row.m,
-                row.n,
-                row.build_ms,
-                row.max_mean_share,
-                row.moved_pct,
-                100.0 / f64::from(row.n)
             );
         }
     }
@@ -835,13 +851,25 @@ mod tests {
             p99_ms: 1.5,
             ..EndToEndRow::default()
         }]);
+        report.not_measured.insert(
+            "pps".into(),
+            "live frames refused by this kernel (EPERM)".into(),
+        );
         let json = report.to_json();
+        assert_eq!(
+            json["not_measured"]["pps"],
+            "live frames refused by this kernel (EPERM)"
+        );
         assert_eq!(json["per_packet_ns"]["nat"], 75);
         assert_eq!(json["per_packet"]["nat"]["above_floor"], 55);
         assert_eq!(json["end_to_end"][0]["name"], "http");
         let md = report.to_markdown(Some("chart.png"));
         assert!(
             md.contains("| nat | nat | 75 | 75 | 75 | 55 | tx | - |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("Not measured: live frames refused by this kernel (EPERM)."),
             "{md}"
         );
         let dir = std::env::temp_dir().join(format!("lb-report-{}", std::process::id()));
