@@ -21,11 +21,19 @@
 //!
 //! 1b. What `lb trace` costs with no trace attached: the object built
 //!    without the feature (`LB_BENCH_NOTRACE_OBJECT`) against this one.
+//! 1c. What connection sync costs the data path: established nat and dsr,
+//!    and a new flow (Maglev, nat), each timed with `SETTINGS_SYNC` off and
+//!    on in alternating pairs of rounds (rows `<case>_sync_off` /
+//!    `_sync_on`, and their paired difference). The new flow reports an
+//!    event on every run, so its rounds are `SYNC_NEW_REPEAT` runs, which
+//!    fit the 1 MiB `SYNC_EVENTS` ring, and the ring is drained between
+//!    rounds (never during one); the events drained and `SYNC_LOST` are
+//!    checked and reported.
 //!
 //! `LB_BENCH_ONLY=dataplane` (1 to 4) or `LB_BENCH_ONLY=e2e` (5) runs one
 //! part. `LB_BENCH_PATHS=nat,dsr` times only those paths of section 1 (and
 //! the floor), for a quick A/B of a data-path change, and `pps` among them
-//! adds section 2 (`trace` adds 1b); nothing else runs. `LB_BENCH_PPS=dsr` limits section 2 to
+//! adds section 2 (`trace` adds 1b, `sync` adds 1c); nothing else runs. `LB_BENCH_PPS=dsr` limits section 2 to
 //! the floor and the cases named.
 //!
 //! Results go to `results/<UTC date-time>.{json,md,png}`; nothing here
@@ -48,10 +56,10 @@ use lb::{
     maglev::{self, Weighted},
     plan::{BackendKey, BackendState, Write},
 };
-use lb_common::{Reason, program_names};
+use lb_common::{Reason, maps::SETTINGS_SYNC, program_names};
 use lb_tests::{
     endtoend, frames,
-    report::{ControlPlaneRow, MaglevRow, PathCost, PpsRow, Report, TraceCostRow},
+    report::{ControlPlaneRow, MaglevRow, PathCost, PpsRow, Report, SyncCostRow, TraceCostRow},
     testrun::{Harness, LB_MAC},
 };
 
@@ -238,6 +246,9 @@ fn data_plane(report: &mut Report) {
         print_cost(&cost, floor_ns);
         report.per_packet.push(cost);
     }
+    if wanted("sync") {
+        sync_cost(&mut harness, floor_ns, report);
+    }
     if paths.is_some() {
         if wanted("pps") {
             pps_section(&mut harness, report);
@@ -389,6 +400,247 @@ fn mean_cost(harness: &mut Harness, frame: &[u8]) -> f64 {
     run_repeated(harness, program_names::BENCH, &padded, 1);
     let (samples, _, _) = timed_rounds(harness, &padded);
     samples.iter().sum::<i64>() as f64 / ROUNDS as f64
+}
+
+/// Runs per round for a case that reports a sync event on every run: one
+/// round's events (56 bytes each with the ring's header) must fit the
+/// 1 MiB `SYNC_EVENTS` (about 18,700), or the ring fills and the rest are
+/// counted lost instead of written, which costs less.
+const SYNC_NEW_REPEAT: u32 = 10_000;
+/// Pairs of rounds (off, on) per case.
+const SYNC_NEW_PAIRS: usize = 200;
+const SYNC_ESTABLISHED_PAIRS: usize = 10;
+
+/// A case of connection sync's cost.
+struct SyncCase {
+    case: Case,
+    repeat: u32,
+    pairs: usize,
+}
+
+/// Connection sync's cost to the data path (1c): established nat and dsr
+/// (expected: nothing, the flag is tested only on a closing packet) and a
+/// new flow (Maglev, nat: one event per run), each with `SETTINGS_SYNC`
+/// off and on in alternating pairs of rounds, the ring drained between
+/// rounds. Leaves sync off.
+fn sync_cost(harness: &mut Harness, floor_ns: i64, report: &mut Report) {
+    let mut kernel = harness.dataplane.take_sync().expect("the sync ring");
+    kernel.drain();
+    let cases = [
+        SyncCase {
+            case: case(
+                "nat",
+                "IPv4 TCP established, nat",
+                frames::tcp4(CLIENT4, 40000, vip4(10), 80),
+            ),
+            repeat: REPEAT,
+            pairs: SYNC_ESTABLISHED_PAIRS,
+        },
+        SyncCase {
+            case: case(
+                "dsr",
+                "IPv4 TCP established, dsr",
+                frames::tcp4(CLIENT4, 40000, vip4(11), 80),
+            ),
+            repeat: REPEAT,
+            pairs: SYNC_ESTABLISHED_PAIRS,
+        },
+        SyncCase {
+            case: Case {
+                new_flows_of: Some("nat4"),
+                ..case(
+                    "new_flow",
+                    "IPv4 TCP new flow, Maglev, nat",
+                    syn_fin4(CLIENT4, vip4(10), 80, frames::PAYLOAD),
+                )
+            },
+            repeat: SYNC_NEW_REPEAT,
+            pairs: SYNC_NEW_PAIRS,
+        },
+    ];
+    println!(
+        "\n== connection sync's data-path cost: SETTINGS_SYNC off / on in alternating pairs \
+         of rounds, SYNC_EVENTS drained between rounds"
+    );
+    for sync_case in &cases {
+        let (off, on, row) = sync_rounds(harness, &mut kernel, sync_case);
+        print_cost(&off, floor_ns);
+        print_cost(&on, floor_ns);
+        println!(
+            "  {}: on - off {:+.2} ± {:.2} ns ({} x {} runs per state); events {}, lost {}",
+            row.name, row.delta_ns, row.margin_ns, row.pairs, row.repeat, row.events, row.lost
+        );
+        report.per_packet.push(off);
+        report.per_packet.push(on);
+        report.sync_cost.push(row);
+    }
+    set_sync(harness, false);
+}
+
+/// Turns the data path's sync reports on or off (`SETTINGS_SYNC`), the
+/// other settings as they are.
+fn set_sync(harness: &mut Harness, on: bool) {
+    use lb::route::Tables as _;
+    let mut settings = lb::route::maps::MapTables::new(&harness.dataplane)
+        .settings()
+        .expect("read the settings");
+    if on {
+        settings.flags |= SETTINGS_SYNC;
+    } else {
+        settings.flags &= !SETTINGS_SYNC;
+    }
+    harness
+        .dataplane
+        .set_settings(&settings)
+        .expect("write the settings");
+}
+
+/// What one state (sync off or on) of a case gathered over its rounds.
+#[derive(Default)]
+struct SyncState {
+    samples: Vec<i64>,
+    wrapper: Vec<i64>,
+    moved: BTreeMap<Reason, u64>,
+    new_flows: u64,
+    events: u64,
+    action: u32,
+}
+
+/// The rounds of one sync case: per pair, one round off and one on (the
+/// order alternating), each the baseline then the wrapper, the ring
+/// drained after each. Returns the two per-packet rows and the comparison.
+#[allow(
+    clippy::cast_precision_loss,
+    reason = "nanosecond figures and counts far below 2^52"
+)]
+fn sync_rounds(
+    harness: &mut Harness,
+    kernel: &mut lb::dataplane::SyncKernel,
+    sync_case: &SyncCase,
+) -> (PathCost, PathCost, SyncCostRow) {
+    let case = &sync_case.case;
+    let repeat = sync_case.repeat;
+    let padded = harness
+        .dataplane
+        .prepare_bench_of(program_names::BALANCER, &case.frame)
+        .expect("prepare the wrapper");
+    let service = case.new_flows_of.map(|name| service_id(harness, name));
+    // Untimed: the established flow's entry (if no earlier case made it).
+    run_repeated(harness, program_names::BENCH, &padded, 1);
+    kernel.drain();
+    let lost_before = kernel.lost().expect("read SYNC_LOST");
+    let mut states = [SyncState::default(), SyncState::default()];
+    for pair in 0..sync_case.pairs {
+        let order = if pair % 2 == 0 { [0, 1] } else { [1, 0] };
+        for on in order {
+            set_sync(harness, on == 1);
+            let state = &mut states[on];
+            let before = harness.counters();
+            let new_before = service.map(|id| new_flows(harness, id));
+            let (base, _) = run_repeated(harness, program_names::BENCH_BASELINE, &padded, repeat);
+            let (with, verdict) = run_repeated(harness, program_names::BENCH, &padded, repeat);
+            let after = harness.counters();
+            for (reason, n) in &after {
+                let grown = n - before.get(reason).copied().unwrap_or(0);
+                *state.moved.entry(*reason).or_default() += grown;
+            }
+            if let (Some(id), Some(before)) = (service, new_before) {
+                state.new_flows += new_flows(harness, id) - before;
+            }
+            state.samples.push(with - base);
+            state.wrapper.push(base);
+            state.action = verdict;
+            state.events += kernel.drain().len() as u64;
+        }
+    }
+    let lost = kernel.lost().expect("read SYNC_LOST") - lost_before;
+    let runs = sync_case.pairs as u64 * u64::from(repeat);
+    print_sync_checks(case.name, &states, runs, service.is_some(), lost);
+    let differences: Vec<f64> = states[1]
+        .samples
+        .iter()
+        .zip(&states[0].samples)
+        .map(|(on, off)| (on - off) as f64)
+        .collect();
+    let n = differences.len() as f64;
+    let delta = differences.iter().sum::<f64>() / n;
+    let variance =
+        differences.iter().map(|d| (d - delta).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    let rows: Vec<PathCost> = states
+        .iter_mut()
+        .zip(["off", "on"])
+        .map(|(state, label)| {
+            state.samples.sort_unstable();
+            state.wrapper.sort_unstable();
+            let rounds = state.samples.len();
+            PathCost {
+                name: format!("{}_sync_{label}", case.name),
+                description: format!(
+                    "{}, sync {label} ({} rounds x {repeat} runs)",
+                    case.description, sync_case.pairs
+                ),
+                best: state.samples[0],
+                median: state.samples[rounds / 2],
+                max: state.samples[rounds - 1],
+                wrapper: state.wrapper[rounds / 2],
+                verdict: verdict(state.action).to_owned(),
+                reason: top_reason(&BTreeMap::new(), &state.moved, runs),
+            }
+        })
+        .collect();
+    let row = SyncCostRow {
+        name: case.name.to_owned(),
+        description: case.description.to_owned(),
+        off_ns: rows[0].median,
+        on_ns: rows[1].median,
+        delta_ns: delta,
+        margin_ns: 2.0 * (variance / n).sqrt(),
+        pairs: sync_case.pairs,
+        repeat,
+        events: states[1].events,
+        lost,
+    };
+    let mut rows = rows.into_iter();
+    let off = rows.next().expect("the off row");
+    let on = rows.next().expect("the on row");
+    (off, on, row)
+}
+
+/// The checks of one sync case: every run a new flow (for a new-flow
+/// case), one event per run while on (none for an established flow, none
+/// while off), nothing lost.
+fn print_sync_checks(name: &str, states: &[SyncState; 2], runs: u64, new_flow: bool, lost: u64) {
+    if new_flow {
+        for (state, label) in states.iter().zip(["off", "on"]) {
+            println!(
+                "  check {name} sync {label}: the service's new_flows grew by {} over {runs} \
+                 runs{}",
+                state.new_flows,
+                if state.new_flows == runs {
+                    " (every run a new flow)"
+                } else {
+                    " (NOT every run!)"
+                }
+            );
+        }
+    }
+    if states[0].events != 0 {
+        println!(
+            "  check {}: {} events with sync off (expected none!)",
+            name, states[0].events
+        );
+    }
+    let expected = if new_flow { runs } else { 0 };
+    println!(
+        "  check {} sync on: {} events drained over {runs} runs, {lost} lost{}",
+        name,
+        states[1].events,
+        if states[1].events == expected && lost == 0 {
+            " (as expected)"
+        } else {
+            " (NOT as expected!)"
+        }
+    );
 }
 
 /// The established flows again with no cached next hop: what every packet
@@ -1109,6 +1361,15 @@ fn notes() -> Vec<String> {
              attached (native), XDP_TX to the peer, where lb_drop discards them; frames / wall \
              time of the call, median; one CPU. The cases take turns round by round; the ratio \
              to the floor is the median of each round's ratio to that round's floor."
+        ),
+        format!(
+            "Connection sync's data-path cost: each case with SETTINGS_SYNC off and on, in pairs \
+             of rounds whose order alternates (established: {SYNC_ESTABLISHED_PAIRS} pairs x \
+             {REPEAT} runs; new flow: {SYNC_NEW_PAIRS} pairs x {SYNC_NEW_REPEAT} runs, so one \
+             round's events fit the 1 MiB SYNC_EVENTS ring). The ring is drained by the \
+             benchmark between rounds, not during them; events drained and SYNC_LOST are \
+             reported. on - off is the mean of the paired round differences ± two standard \
+             errors."
         ),
         "Control plane: Planner::plan with the change + Dataplane::apply, from the event to the \
          new table live in the map; each sample changes another backend and the service is \
