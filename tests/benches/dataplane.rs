@@ -18,6 +18,12 @@
 //! 5. End to end (`lb_tests::endtoend`): HTTP through `lb run` (nat, dsr),
 //!    `haproxy`, an nftables DNAT, an XDP forwarding floor and no balancer,
 //!    driven by `wrk` in network namespaces.
+//! 6. Sync lag (`lb_tests::synclag`): two balancers in this process, each in
+//!    a namespace with the real sync thread (`lb::sync::peer`), joined by a
+//!    veth; A's program creates 10,000 new flows a second (fresh SYNs by
+//!    `BPF_PROG_TEST_RUN`) for 3 s, and per flow the time until B counts it
+//!    installed is taken (median, p99, max, and per batch of 1,000), with
+//!    what was sent, received, installed, refused and lost.
 //!
 //! 1b. What `lb trace` costs with no trace attached: the object built
 //!    without the feature (`LB_BENCH_NOTRACE_OBJECT`) against this one.
@@ -30,10 +36,12 @@
 //!    rounds (never during one); the events drained and `SYNC_LOST` are
 //!    checked and reported.
 //!
-//! `LB_BENCH_ONLY=dataplane` (1 to 4) or `LB_BENCH_ONLY=e2e` (5) runs one
-//! part. `LB_BENCH_PATHS=nat,dsr` times only those paths of section 1 (and
-//! the floor), for a quick A/B of a data-path change, and `pps` among them
-//! adds section 2 (`trace` adds 1b, `sync` adds 1c); nothing else runs. `LB_BENCH_PPS=dsr` limits section 2 to
+//! `LB_BENCH_ONLY=dataplane` (1 to 4), `LB_BENCH_ONLY=sync` (6) or
+//! `LB_BENCH_ONLY=e2e` (5) runs one part; a comma list (`dataplane,sync`)
+//! runs those. `LB_BENCH_PATHS=nat,dsr` times only those paths of section
+//! 1 (and the floor), for a quick A/B of a data-path change; `pps` among
+//! them adds section 2, `trace` adds 1b and `sync` adds 1c, and nothing
+//! else of sections 1 to 4 runs. `LB_BENCH_PPS=dsr` limits section 2 to
 //! the floor and the cases named.
 //!
 //! Results go to `results/<UTC date-time>.{json,md,png}`; nothing here
@@ -56,10 +64,11 @@ use lb::{
     maglev::{self, Weighted},
     plan::{BackendKey, BackendState, Write},
 };
-use lb_common::{Reason, maps::SETTINGS_SYNC, program_names};
+use lb_common::{Reason, program_names};
 use lb_tests::{
     endtoend, frames,
     report::{ControlPlaneRow, MaglevRow, PathCost, PpsRow, Report, SyncCostRow, TraceCostRow},
+    synclag,
     testrun::{Harness, LB_MAC},
 };
 
@@ -186,11 +195,16 @@ fn main() {
         report.machine.kernel, report.machine.cpu, report.machine.nproc
     );
     let only = std::env::var("LB_BENCH_ONLY").unwrap_or_default();
-    if only.is_empty() || only == "dataplane" {
+    let part =
+        |name: &str| only.trim().is_empty() || only.split(',').any(|part| part.trim() == name);
+    if part("dataplane") {
         data_plane(&mut report);
         report.notes = notes();
     }
-    if only.is_empty() || only == "e2e" {
+    if part("sync") {
+        sync_lag(&mut report);
+    }
+    if part("e2e") {
         let (rows, notes) = endtoend::run();
         report.add_end_to_end(rows);
         report.notes.extend(notes);
@@ -302,6 +316,65 @@ fn data_plane(report: &mut Report) {
 
     println!("\n== Maglev table builds");
     report.maglev = maglev_builds();
+}
+
+/// Section 6: sync lag between two balancers (`lb_tests::synclag`), or
+/// one line saying why not (recorded as not measured).
+fn sync_lag(report: &mut Report) {
+    println!(
+        "\n== sync lag: balancer A creates {} new flows/s for {} s; time until balancer B \
+         has installed each (two namespaces, lb::sync::peer threads)",
+        synclag::RATE,
+        synclag::SECONDS
+    );
+    match synclag::run() {
+        Ok(lag) => {
+            println!(
+                "lag ms: median {:.2}, p99 {:.2}, max {:.2} over {} flows at {:.0} flows/s \
+                 (B polled every {:.0} µs)",
+                lag.median_ms, lag.p99_ms, lag.max_ms, lag.flows, lag.achieved_rate, lag.poll_us
+            );
+            println!(
+                "per batch of {}, median/max ms: {}",
+                lag.batch,
+                lag.batches
+                    .iter()
+                    .map(|(median, max)| format!("{median:.2}/{max:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            println!(
+                "A sent {}, B received {}, installed {}, existing {}, refused {:?}; \
+                 events lost on A {}; not installed {}",
+                lag.sent,
+                lag.received,
+                lag.installed,
+                lag.existing,
+                lag.refused,
+                lag.events_lost,
+                lag.not_installed
+            );
+            report.notes.push(format!(
+                "Sync lag: two balancers in this process, each the real XDP object (a Maglev nat \
+                 service) in a namespace of its own and the real sync thread \
+                 (lb::sync::peer, started as lb run starts it), joined by a veth. A's program \
+                 runs a fresh TCP SYN per flow by BPF_PROG_TEST_RUN, paced to {} a second for \
+                 {} s; per flow, the time from that run's return (the event is in A's ring) \
+                 until B's installed counter reaches it (B installs A's flows in order), B's \
+                 counter read every {} µs. A's sync thread drains its ring every {} ms. All on \
+                 the same machine's CPUs, shared.",
+                synclag::RATE,
+                synclag::SECONDS,
+                synclag::POLL.as_micros(),
+                lb::sync::peer::FLUSH_EVERY.as_millis()
+            ));
+            report.sync_lag = Some(lag);
+        }
+        Err(why) => {
+            println!("sync lag not measured: {why}");
+            report.not_measured.insert("sync_lag".to_owned(), why);
+        }
+    }
 }
 
 /// Paths timed on both builds for the trace-cost figure: host traffic,
@@ -474,25 +547,7 @@ fn sync_cost(harness: &mut Harness, floor_ns: i64, report: &mut Report) {
         report.per_packet.push(on);
         report.sync_cost.push(row);
     }
-    set_sync(harness, false);
-}
-
-/// Turns the data path's sync reports on or off (`SETTINGS_SYNC`), the
-/// other settings as they are.
-fn set_sync(harness: &mut Harness, on: bool) {
-    use lb::route::Tables as _;
-    let mut settings = lb::route::maps::MapTables::new(&harness.dataplane)
-        .settings()
-        .expect("read the settings");
-    if on {
-        settings.flags |= SETTINGS_SYNC;
-    } else {
-        settings.flags &= !SETTINGS_SYNC;
-    }
-    harness
-        .dataplane
-        .set_settings(&settings)
-        .expect("write the settings");
+    harness.set_sync(false);
 }
 
 /// What one state (sync off or on) of a case gathered over its rounds.
@@ -533,7 +588,7 @@ fn sync_rounds(
     for pair in 0..sync_case.pairs {
         let order = if pair % 2 == 0 { [0, 1] } else { [1, 0] };
         for on in order {
-            set_sync(harness, on == 1);
+            harness.set_sync(on == 1);
             let state = &mut states[on];
             let before = harness.counters();
             let new_before = service.map(|id| new_flows(harness, id));

@@ -1084,6 +1084,26 @@ mod tests {
             p99_ms: 1.5,
             ..EndToEndRow::default()
         }]);
+        report.sync_cost.push(SyncCostRow {
+            name: "new_flow".into(),
+            description: "new flow".into(),
+            off_ns: 300,
+            on_ns: 340,
+            delta_ns: 40.0,
+            margin_ns: 5.0,
+            pairs: 200,
+            repeat: 10_000,
+            events: 2_000_000,
+            lost: 0,
+        });
+        report.sync_lag = Some(SyncLag {
+            rate: 10_000,
+            flows: 30_000,
+            batch: 1_000,
+            median_ms: 2.5,
+            batches: vec![(2.5, 5.5)],
+            ..SyncLag::default()
+        });
         report.not_measured.insert(
             "pps".into(),
             "live frames refused by this kernel (EPERM)".into(),
@@ -1094,6 +1114,9 @@ mod tests {
             "live frames refused by this kernel (EPERM)"
         );
         assert_eq!(json["per_packet_ns"]["nat"], 75);
+        assert_eq!(json["sync_cost"]["new_flow"]["on_above_floor"], 320);
+        assert_eq!(json["sync_lag"]["median_ms"], 2.5);
+        assert_eq!(json["sync_lag"]["batches"][0]["max_ms"], 5.5);
         assert_eq!(json["per_packet"]["nat"]["above_floor"], 55);
         assert_eq!(json["end_to_end"][0]["name"], "http");
         let md = report.to_markdown(Some("chart.png"));
@@ -1105,6 +1128,11 @@ mod tests {
             md.contains("Not measured: live frames refused by this kernel (EPERM)."),
             "{md}"
         );
+        assert!(
+            md.contains("| new_flow | new flow | 280 | 320 | +40.00 ± 5.00 | 200 × 10000 |"),
+            "{md}"
+        );
+        assert!(md.contains("| 10000 | 0 | 30000 | 2.50 |"), "{md}");
         let dir = std::env::temp_dir().join(format!("lb-report-{}", std::process::id()));
         let written = report.write(&dir).expect("write");
         let has_font = FONT_FILES.iter().any(|f| Path::new(f).exists());
