@@ -8,7 +8,9 @@
 //! - [`lbrun`]: one `lb run` in a namespace, started, signalled, cleaned up;
 //! - [`bird`]: BIRD 2 in a namespace, for the `announce` tests;
 //! - [`endtoend`]: the end-to-end benchmark (lb beside `haproxy`, `nftables`
-//!   and no balancer, driven by `wrk`).
+//!   and no balancer, driven by `wrk`);
+//! - [`synclag`]: the sync-lag benchmark (two balancers' sync threads, one
+//!   creating new flows at a paced rate).
 //!
 //! Everything here needs root (`CAP_BPF`, `CAP_NET_ADMIN`, `CAP_SYS_ADMIN`).
 #![allow(
@@ -27,6 +29,7 @@ pub mod lbrun;
 pub mod model;
 pub mod netns;
 pub mod report;
+pub mod synclag;
 pub mod tables;
 pub mod testrun;
 
