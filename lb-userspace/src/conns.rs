@@ -17,7 +17,10 @@ use std::{
     os::fd::{AsRawFd as _, OwnedFd},
 };
 
-use lb_common::{ConnValue, FlowKey, FlowKeyV4, maps::CONN_CLOSED};
+use lb_common::{
+    ConnValue, FlowKey, FlowKeyV4,
+    maps::{CONN_CLOSED, CONN_HALF_OPEN},
+};
 
 /// `BPF_MAP_LOOKUP_BATCH` (`include/uapi/linux/bpf.h`, `enum bpf_cmd`).
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
@@ -66,18 +69,23 @@ impl ConnTable {
         Ok(self.walk(now_ns, tcp_idle_ns, udp_idle_ns)?.0)
     }
 
-    /// [`ConnTable::count_active`], and the fingerprints of every key
-    /// (sorted, deduplicated) for a [`Census`].
+    /// [`ConnTable::count_active`], and the fingerprints of every key and
+    /// of the established ones (sorted, deduplicated) for a [`Census`].
     pub fn walk(
         &self,
         now_ns: u64,
         tcp_idle_ns: u64,
         udp_idle_ns: u64,
-    ) -> std::io::Result<(BTreeMap<u32, u64>, Vec<u64>)> {
+    ) -> std::io::Result<(BTreeMap<u32, u64>, Walked)> {
         let mut active = BTreeMap::new();
         let mut keys = Vec::new();
+        let mut established = Vec::new();
         self.for_each(|key, conn| {
-            keys.push(fingerprint(key));
+            let print = fingerprint(key);
+            keys.push(print);
+            if conn.flags & (CONN_CLOSED | CONN_HALF_OPEN) == 0 {
+                established.push(print);
+            }
             let idle = if key.proto == lb_common::proto::TCP {
                 tcp_idle_ns
             } else {
@@ -89,9 +97,11 @@ impl ConnTable {
         })?;
         // Sorted here, off the owner's thread ([`Census::new`] then
         // finds them in order).
-        keys.sort_unstable();
-        keys.dedup();
-        Ok((active, keys))
+        for prints in [&mut keys, &mut established] {
+            prints.sort_unstable();
+            prints.dedup();
+        }
+        Ok((active, Walked { keys, established }))
     }
 
     /// Calls `visit` for every entry, IPv4 keys widened to [`FlowKey`]
@@ -102,6 +112,18 @@ impl ConnTable {
         let v6 = walk::<FlowKey>(&self.v6, &mut visit)?;
         Ok(v4 + v6)
     }
+}
+
+/// The key fingerprints of one walk (sorted, deduplicated): every entry,
+/// and the established ones — open, and past their first packet. An entry
+/// is known to be half-open (`CONN_HALF_OPEN`) only while `guard.attack`
+/// is configured; without it every open entry counts as established.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Walked {
+    /// Every entry.
+    pub keys: Vec<u64>,
+    /// The established ones.
+    pub established: Vec<u64>,
 }
 
 /// Every entry of one connection map, keyed by `K`.
@@ -224,16 +246,32 @@ fn fingerprint(key: &FlowKey) -> u64 {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Census {
     keys: Vec<u64>,
+    established: Vec<u64>,
     scheduled: u64,
 }
 
 impl Census {
     /// A census of `keys` (fingerprints from [`ConnTable::walk`]) and
-    /// `scheduled`, the services' `new_flows` summed.
+    /// `scheduled`, the services' `new_flows` summed; none known
+    /// established.
     pub fn new(mut keys: Vec<u64>, scheduled: u64) -> Self {
         keys.sort_unstable();
         keys.dedup();
-        Self { keys, scheduled }
+        Self {
+            keys,
+            established: Vec::new(),
+            scheduled,
+        }
+    }
+
+    /// A census of a whole walk.
+    pub fn of(walked: Walked, scheduled: u64) -> Self {
+        let mut census = Self::new(walked.keys, scheduled);
+        let mut established = walked.established;
+        established.sort_unstable();
+        established.dedup();
+        census.established = established;
+        census
     }
 
     /// Entries in the table.
@@ -261,6 +299,14 @@ pub fn evictions_between(before: &Census, after: &Census) -> Option<(u64, u64)> 
     Some((gone, room.max(gone)))
 }
 
+/// Established entries of `before` missing from `after`: evictions of
+/// flows that had gone past their first packet (a lower bound, like
+/// [`evictions_between`]'s), or `None` when the counters went back.
+pub fn established_evictions_between(before: &Census, after: &Census) -> Option<u64> {
+    after.scheduled.checked_sub(before.scheduled)?;
+    Some(missing(&before.established, &after.keys))
+}
+
 /// How many of `before` (sorted) are not in `after` (sorted).
 fn missing(before: &[u64], after: &[u64]) -> u64 {
     let mut after = after.iter().peekable();
@@ -283,6 +329,7 @@ pub struct Evictions {
     last: Option<Census>,
     at_least: u64,
     at_most: u64,
+    established_at_least: u64,
     walks: u64,
 }
 
@@ -297,6 +344,13 @@ impl Evictions {
             self.at_least += at_least;
             self.at_most += at_most;
         }
+        if let Some(established) = self
+            .last
+            .as_ref()
+            .and_then(|last| established_evictions_between(last, &census))
+        {
+            self.established_at_least += established;
+        }
         self.walks += 1;
         self.last = Some(census);
     }
@@ -309,6 +363,7 @@ impl Evictions {
             walks: self.walks,
             evictions_at_least: self.at_least,
             evictions_at_most: self.at_most,
+            established_evictions_at_least: self.established_at_least,
         }
     }
 }
@@ -332,6 +387,11 @@ pub struct ConnTableStats {
     /// estimate: rescheduled flows whose tuple was still in the table are
     /// counted too).
     pub evictions_at_most: u64,
+    /// Of those, entries of established flows (open and past their first
+    /// packet) seen gone: at least this many. Half-open entries (a bare
+    /// SYN, a first datagram) are told apart only with `guard.attack`.
+    #[serde(default)]
+    pub established_evictions_at_least: u64,
 }
 
 #[cfg(test)]
@@ -380,6 +440,22 @@ mod tests {
             (report.walks, report.entries, report.evictions_at_least),
             (2, Some(1), 0)
         );
+    }
+
+    #[test]
+    fn evictions_of_established_flows_are_counted_apart() {
+        let walked = |keys: &[u64], established: &[u64]| Walked {
+            keys: keys.to_vec(),
+            established: established.to_vec(),
+        };
+        let mut evictions = Evictions::default();
+        // 1 and 2 established, 3 and 4 half-open; then 2 (established)
+        // and 3, 4 (half-open) are gone.
+        evictions.record(Census::of(walked(&[1, 2, 3, 4], &[1, 2]), 4));
+        evictions.record(Census::of(walked(&[1, 5, 6, 7], &[1]), 7));
+        let report = evictions.report(4);
+        assert_eq!(report.evictions_at_least, 3);
+        assert_eq!(report.established_evictions_at_least, 1);
     }
 
     #[test]

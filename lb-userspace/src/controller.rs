@@ -437,7 +437,7 @@ impl Controller {
             ))
         })??;
         let started = std::time::Instant::now();
-        let (scanned, keys) = table
+        let (scanned, walked) = table
             .walk(
                 crate::dataplane::monotonic_ns(),
                 settings.tcp_idle_ns,
@@ -445,18 +445,22 @@ impl Controller {
             )
             .context("reading the connection table")?;
         tracing::debug!(elapsed = ?started.elapsed(), flows = scanned.values().sum::<u64>(),
-            entries = keys.len(), "connection table walked");
-        controller.call(move |controller| controller.fold_in_scan(&scanned, keys))?
+            entries = walked.keys.len(), "connection table walked");
+        controller.call(move |controller| controller.fold_in_scan(&scanned, walked))?
     }
 
     /// Takes a walk's live flows per backend id as the truth: the offsets
     /// correct the open / close counters until the next walk. The walk's
     /// keys, with the flows scheduled by then, update the eviction
     /// estimate.
-    fn fold_in_scan(&mut self, scanned: &BTreeMap<u32, u64>, keys: Vec<u64>) -> anyhow::Result<()> {
+    fn fold_in_scan(
+        &mut self,
+        scanned: &BTreeMap<u32, u64>,
+        walked: crate::conns::Walked,
+    ) -> anyhow::Result<()> {
         let scheduled = self.dataplane.scheduled_flows()?;
         self.evictions
-            .record(crate::conns::Census::new(keys, scheduled));
+            .record(crate::conns::Census::of(walked, scheduled));
         self.connections = scanned.values().sum();
         self.offsets.clear();
         for service in self.planner.planned() {

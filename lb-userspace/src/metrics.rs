@@ -165,6 +165,14 @@ impl Scrape {
                 (labels(&[("bound", "upper")]), table.evictions_at_most),
             ],
         )?;
+        counters(
+            e,
+            "lb_connection_table_established_evictions_estimated",
+            "Connection-table LRU evictions of established flows (open and past their first \
+             packet; half-open ones are told apart only with guard.attack), at least: entries \
+             seen gone between walks.",
+            &[(labels(&[]), table.established_evictions_at_least)],
+        )?;
         self.encode_ha_counters(e)?;
         self.encode_guard(e)?;
         self.encode_sync(e)?;

@@ -10,19 +10,38 @@
 //!    reported above.
 //! 2. Packets per second through one core: live-frames `BPF_PROG_TEST_RUN`
 //!    with the frames arriving on a veth, transmitted out of it and dropped by
-//!    `lb_drop` on the peer.
+//!    `lb_drop` on the peer. A kernel that refuses live frames (`EPERM` on
+//!    some hosts) is found on the first warm-up run: one line says so, the
+//!    report records the section as not measured (`not_measured.pps`), and
+//!    the other sections go on.
 //! 3. Maglev table builds; 4. control-plane reactions (plan + apply).
 //! 5. End to end (`lb_tests::endtoend`): HTTP through `lb run` (nat, dsr),
 //!    `haproxy`, an nftables DNAT, an XDP forwarding floor and no balancer,
 //!    driven by `wrk` in network namespaces.
+//! 6. Sync lag (`lb_tests::synclag`): two balancers in this process, each in
+//!    a namespace with the real sync thread (`lb::sync::peer`), joined by a
+//!    veth; A's program creates 10,000 new flows a second (fresh SYNs by
+//!    `BPF_PROG_TEST_RUN`) for 3 s, and per flow the time until B counts it
+//!    installed is taken (median, p99, max, and per batch of 1,000), with
+//!    what was sent, received, installed, refused and lost.
 //!
 //! 1b. What `lb trace` costs with no trace attached: the object built
 //!    without the feature (`LB_BENCH_NOTRACE_OBJECT`) against this one.
+//! 1c. What connection sync costs the data path: established nat and dsr,
+//!    and a new flow (Maglev, nat), each timed with `SETTINGS_SYNC` off and
+//!    on in alternating pairs of rounds (rows `<case>_sync_off` /
+//!    `_sync_on`, and their paired difference). The new flow reports an
+//!    event on every run, so its rounds are `SYNC_NEW_REPEAT` runs, which
+//!    fit the 1 MiB `SYNC_EVENTS` ring, and the ring is drained between
+//!    rounds (never during one); the events drained and `SYNC_LOST` are
+//!    checked and reported.
 //!
-//! `LB_BENCH_ONLY=dataplane` (1 to 4) or `LB_BENCH_ONLY=e2e` (5) runs one
-//! part. `LB_BENCH_PATHS=nat,dsr` times only those paths of section 1 (and
-//! the floor), for a quick A/B of a data-path change, and `pps` among them
-//! adds section 2 (`trace` adds 1b); nothing else runs. `LB_BENCH_PPS=dsr` limits section 2 to
+//! `LB_BENCH_ONLY=dataplane` (1 to 4), `LB_BENCH_ONLY=sync` (6) or
+//! `LB_BENCH_ONLY=e2e` (5) runs one part; a comma list (`dataplane,sync`)
+//! runs those. `LB_BENCH_PATHS=nat,dsr` times only those paths of section
+//! 1 (and the floor), for a quick A/B of a data-path change; `pps` among
+//! them adds section 2, `trace` adds 1b and `sync` adds 1c, and nothing
+//! else of sections 1 to 4 runs. `LB_BENCH_PPS=dsr` limits section 2 to
 //! the floor and the cases named.
 //!
 //! Results go to `results/<UTC date-time>.{json,md,png}`; nothing here
@@ -36,7 +55,10 @@ use std::{
     time::Instant,
 };
 
-use aya::programs::{TestRun, TestRunAttrs, TestRunOptions};
+use aya::{
+    programs::{ProgramError, TestRun, TestRunAttrs, TestRunOptions},
+    sys::SyscallError,
+};
 use lb::{
     dataplane::{AttachMode, Dataplane, OBJECT, Sizes},
     maglev::{self, Weighted},
@@ -45,7 +67,8 @@ use lb::{
 use lb_common::{Reason, program_names};
 use lb_tests::{
     endtoend, frames,
-    report::{ControlPlaneRow, MaglevRow, PathCost, PpsRow, Report, TraceCostRow},
+    report::{ControlPlaneRow, MaglevRow, PathCost, PpsRow, Report, SyncCostRow, TraceCostRow},
+    synclag,
     testrun::{Harness, LB_MAC},
 };
 
@@ -172,11 +195,16 @@ fn main() {
         report.machine.kernel, report.machine.cpu, report.machine.nproc
     );
     let only = std::env::var("LB_BENCH_ONLY").unwrap_or_default();
-    if only.is_empty() || only == "dataplane" {
+    let part =
+        |name: &str| only.trim().is_empty() || only.split(',').any(|part| part.trim() == name);
+    if part("dataplane") {
         data_plane(&mut report);
         report.notes = notes();
     }
-    if only.is_empty() || only == "e2e" {
+    if part("sync") {
+        sync_lag(&mut report);
+    }
+    if part("e2e") {
         let (rows, notes) = endtoend::run();
         report.add_end_to_end(rows);
         report.notes.extend(notes);
@@ -232,9 +260,12 @@ fn data_plane(report: &mut Report) {
         print_cost(&cost, floor_ns);
         report.per_packet.push(cost);
     }
+    if wanted("sync") {
+        sync_cost(&mut harness, floor_ns, report);
+    }
     if paths.is_some() {
         if wanted("pps") {
-            report.pps = packets_per_second(&mut harness);
+            pps_section(&mut harness, report);
         }
         if wanted("trace") {
             drop(harness);
@@ -244,11 +275,7 @@ fn data_plane(report: &mut Report) {
     }
     fallback_cases(&mut harness, floor_ns, report);
 
-    println!(
-        "\n== packets per second, one core: live frames ({LIVE_ROUNDS} rounds x \
-         {LIVE_FRAMES} frames, 64 bytes) into lb0 (native XDP), lb_drop on the peer"
-    );
-    report.pps = packets_per_second(&mut harness);
+    pps_section(&mut harness, report);
     control_plane(&mut harness, report);
     drop(harness);
 
@@ -289,6 +316,65 @@ fn data_plane(report: &mut Report) {
 
     println!("\n== Maglev table builds");
     report.maglev = maglev_builds();
+}
+
+/// Section 6: sync lag between two balancers (`lb_tests::synclag`), or
+/// one line saying why not (recorded as not measured).
+fn sync_lag(report: &mut Report) {
+    println!(
+        "\n== sync lag: balancer A creates {} new flows/s for {} s; time until balancer B \
+         has installed each (two namespaces, lb::sync::peer threads)",
+        synclag::RATE,
+        synclag::SECONDS
+    );
+    match synclag::run() {
+        Ok(lag) => {
+            println!(
+                "lag ms: median {:.2}, p99 {:.2}, max {:.2} over {} flows at {:.0} flows/s \
+                 (B polled every {:.0} µs)",
+                lag.median_ms, lag.p99_ms, lag.max_ms, lag.flows, lag.achieved_rate, lag.poll_us
+            );
+            println!(
+                "per batch of {}, median/max ms: {}",
+                lag.batch,
+                lag.batches
+                    .iter()
+                    .map(|(median, max)| format!("{median:.2}/{max:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            println!(
+                "A sent {}, B received {}, installed {}, existing {}, refused {:?}; \
+                 events lost on A {}; not installed {}",
+                lag.sent,
+                lag.received,
+                lag.installed,
+                lag.existing,
+                lag.refused,
+                lag.events_lost,
+                lag.not_installed
+            );
+            report.notes.push(format!(
+                "Sync lag: two balancers in this process, each the real XDP object (a Maglev nat \
+                 service) in a namespace of its own and the real sync thread \
+                 (lb::sync::peer, started as lb run starts it), joined by a veth. A's program \
+                 runs a fresh TCP SYN per flow by BPF_PROG_TEST_RUN, paced to {} a second for \
+                 {} s; per flow, the time from that run's return (the event is in A's ring) \
+                 until B's installed counter reaches it (B installs A's flows in order), B's \
+                 counter read every {} µs. A's sync thread drains its ring every {} ms. All on \
+                 the same machine's CPUs, shared.",
+                synclag::RATE,
+                synclag::SECONDS,
+                synclag::POLL.as_micros(),
+                lb::sync::peer::FLUSH_EVERY.as_millis()
+            ));
+            report.sync_lag = Some(lag);
+        }
+        Err(why) => {
+            println!("sync lag not measured: {why}");
+            report.not_measured.insert("sync_lag".to_owned(), why);
+        }
+    }
 }
 
 /// Paths timed on both builds for the trace-cost figure: host traffic,
@@ -387,6 +473,229 @@ fn mean_cost(harness: &mut Harness, frame: &[u8]) -> f64 {
     run_repeated(harness, program_names::BENCH, &padded, 1);
     let (samples, _, _) = timed_rounds(harness, &padded);
     samples.iter().sum::<i64>() as f64 / ROUNDS as f64
+}
+
+/// Runs per round for a case that reports a sync event on every run: one
+/// round's events (56 bytes each with the ring's header) must fit the
+/// 1 MiB `SYNC_EVENTS` (about 18,700), or the ring fills and the rest are
+/// counted lost instead of written, which costs less.
+const SYNC_NEW_REPEAT: u32 = 10_000;
+/// Pairs of rounds (off, on) per case.
+const SYNC_NEW_PAIRS: usize = 200;
+const SYNC_ESTABLISHED_PAIRS: usize = 10;
+
+/// A case of connection sync's cost.
+struct SyncCase {
+    case: Case,
+    repeat: u32,
+    pairs: usize,
+}
+
+/// Connection sync's cost to the data path (1c): established nat and dsr
+/// (expected: nothing, the flag is tested only on a closing packet) and a
+/// new flow (Maglev, nat: one event per run), each with `SETTINGS_SYNC`
+/// off and on in alternating pairs of rounds, the ring drained between
+/// rounds. Leaves sync off.
+fn sync_cost(harness: &mut Harness, floor_ns: i64, report: &mut Report) {
+    let mut kernel = harness.dataplane.take_sync().expect("the sync ring");
+    kernel.drain();
+    let cases = [
+        SyncCase {
+            case: case(
+                "nat",
+                "IPv4 TCP established, nat",
+                frames::tcp4(CLIENT4, 40000, vip4(10), 80),
+            ),
+            repeat: REPEAT,
+            pairs: SYNC_ESTABLISHED_PAIRS,
+        },
+        SyncCase {
+            case: case(
+                "dsr",
+                "IPv4 TCP established, dsr",
+                frames::tcp4(CLIENT4, 40000, vip4(11), 80),
+            ),
+            repeat: REPEAT,
+            pairs: SYNC_ESTABLISHED_PAIRS,
+        },
+        SyncCase {
+            case: Case {
+                new_flows_of: Some("nat4"),
+                ..case(
+                    "new_flow",
+                    "IPv4 TCP new flow, Maglev, nat",
+                    syn_fin4(CLIENT4, vip4(10), 80, frames::PAYLOAD),
+                )
+            },
+            repeat: SYNC_NEW_REPEAT,
+            pairs: SYNC_NEW_PAIRS,
+        },
+    ];
+    println!(
+        "\n== connection sync's data-path cost: SETTINGS_SYNC off / on in alternating pairs \
+         of rounds, SYNC_EVENTS drained between rounds"
+    );
+    for sync_case in &cases {
+        let (off, on, row) = sync_rounds(harness, &mut kernel, sync_case);
+        print_cost(&off, floor_ns);
+        print_cost(&on, floor_ns);
+        println!(
+            "  {}: on - off {:+.2} ± {:.2} ns ({} x {} runs per state); events {}, lost {}",
+            row.name, row.delta_ns, row.margin_ns, row.pairs, row.repeat, row.events, row.lost
+        );
+        report.per_packet.push(off);
+        report.per_packet.push(on);
+        report.sync_cost.push(row);
+    }
+    harness.set_sync(false);
+}
+
+/// What one state (sync off or on) of a case gathered over its rounds.
+#[derive(Default)]
+struct SyncState {
+    samples: Vec<i64>,
+    wrapper: Vec<i64>,
+    moved: BTreeMap<Reason, u64>,
+    new_flows: u64,
+    events: u64,
+    action: u32,
+}
+
+/// The rounds of one sync case: per pair, one round off and one on (the
+/// order alternating), each the baseline then the wrapper, the ring
+/// drained after each. Returns the two per-packet rows and the comparison.
+#[allow(
+    clippy::cast_precision_loss,
+    reason = "nanosecond figures and counts far below 2^52"
+)]
+fn sync_rounds(
+    harness: &mut Harness,
+    kernel: &mut lb::dataplane::SyncKernel,
+    sync_case: &SyncCase,
+) -> (PathCost, PathCost, SyncCostRow) {
+    let case = &sync_case.case;
+    let repeat = sync_case.repeat;
+    let padded = harness
+        .dataplane
+        .prepare_bench_of(program_names::BALANCER, &case.frame)
+        .expect("prepare the wrapper");
+    let service = case.new_flows_of.map(|name| service_id(harness, name));
+    // Untimed: the established flow's entry (if no earlier case made it).
+    run_repeated(harness, program_names::BENCH, &padded, 1);
+    kernel.drain();
+    let lost_before = kernel.lost().expect("read SYNC_LOST");
+    let mut states = [SyncState::default(), SyncState::default()];
+    for pair in 0..sync_case.pairs {
+        let order = if pair % 2 == 0 { [0, 1] } else { [1, 0] };
+        for on in order {
+            harness.set_sync(on == 1);
+            let state = &mut states[on];
+            let before = harness.counters();
+            let new_before = service.map(|id| new_flows(harness, id));
+            let (base, _) = run_repeated(harness, program_names::BENCH_BASELINE, &padded, repeat);
+            let (with, verdict) = run_repeated(harness, program_names::BENCH, &padded, repeat);
+            let after = harness.counters();
+            for (reason, n) in &after {
+                let grown = n - before.get(reason).copied().unwrap_or(0);
+                *state.moved.entry(*reason).or_default() += grown;
+            }
+            if let (Some(id), Some(before)) = (service, new_before) {
+                state.new_flows += new_flows(harness, id) - before;
+            }
+            state.samples.push(with - base);
+            state.wrapper.push(base);
+            state.action = verdict;
+            state.events += kernel.drain().len() as u64;
+        }
+    }
+    let lost = kernel.lost().expect("read SYNC_LOST") - lost_before;
+    let runs = sync_case.pairs as u64 * u64::from(repeat);
+    print_sync_checks(case.name, &states, runs, service.is_some(), lost);
+    let differences: Vec<f64> = states[1]
+        .samples
+        .iter()
+        .zip(&states[0].samples)
+        .map(|(on, off)| (on - off) as f64)
+        .collect();
+    let n = differences.len() as f64;
+    let delta = differences.iter().sum::<f64>() / n;
+    let variance =
+        differences.iter().map(|d| (d - delta).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    let rows: Vec<PathCost> = states
+        .iter_mut()
+        .zip(["off", "on"])
+        .map(|(state, label)| {
+            state.samples.sort_unstable();
+            state.wrapper.sort_unstable();
+            let rounds = state.samples.len();
+            PathCost {
+                name: format!("{}_sync_{label}", case.name),
+                description: format!(
+                    "{}, sync {label} ({} rounds x {repeat} runs)",
+                    case.description, sync_case.pairs
+                ),
+                best: state.samples[0],
+                median: state.samples[rounds / 2],
+                max: state.samples[rounds - 1],
+                wrapper: state.wrapper[rounds / 2],
+                verdict: verdict(state.action).to_owned(),
+                reason: top_reason(&BTreeMap::new(), &state.moved, runs),
+            }
+        })
+        .collect();
+    let row = SyncCostRow {
+        name: case.name.to_owned(),
+        description: case.description.to_owned(),
+        off_ns: rows[0].median,
+        on_ns: rows[1].median,
+        delta_ns: delta,
+        margin_ns: 2.0 * (variance / n).sqrt(),
+        pairs: sync_case.pairs,
+        repeat,
+        events: states[1].events,
+        lost,
+    };
+    let mut rows = rows.into_iter();
+    let off = rows.next().expect("the off row");
+    let on = rows.next().expect("the on row");
+    (off, on, row)
+}
+
+/// The checks of one sync case: every run a new flow (for a new-flow
+/// case), one event per run while on (none for an established flow, none
+/// while off), nothing lost.
+fn print_sync_checks(name: &str, states: &[SyncState; 2], runs: u64, new_flow: bool, lost: u64) {
+    if new_flow {
+        for (state, label) in states.iter().zip(["off", "on"]) {
+            println!(
+                "  check {name} sync {label}: the service's new_flows grew by {} over {runs} \
+                 runs{}",
+                state.new_flows,
+                if state.new_flows == runs {
+                    " (every run a new flow)"
+                } else {
+                    " (NOT every run!)"
+                }
+            );
+        }
+    }
+    if states[0].events != 0 {
+        println!(
+            "  check {}: {} events with sync off (expected none!)",
+            name, states[0].events
+        );
+    }
+    let expected = if new_flow { runs } else { 0 };
+    println!(
+        "  check {} sync on: {} events drained over {runs} runs, {lost} lost{}",
+        name,
+        states[1].events,
+        if states[1].events == expected && lost == 0 {
+            " (as expected)"
+        } else {
+            " (NOT as expected!)"
+        }
+    );
 }
 
 /// The established flows again with no cached next hop: what every packet
@@ -648,12 +957,36 @@ fn new_flows(harness: &Harness, service: u32) -> u64 {
         .new_flows
 }
 
+/// A live-frames case: (name, description, program under test, frame).
+type PpsCase = (&'static str, &'static str, &'static str, Vec<u8>);
+
+/// Section 2, or one line saying why it was skipped (recorded in the report
+/// as not measured): a kernel may refuse live frames (`EPERM` here), and
+/// the other sections go on.
+fn pps_section(harness: &mut Harness, report: &mut Report) {
+    println!(
+        "\n== packets per second, one core: live frames ({LIVE_ROUNDS} rounds x \
+         {LIVE_FRAMES} frames, 64 bytes) into lb0 (native XDP), lb_drop on the peer"
+    );
+    match packets_per_second(harness) {
+        Ok(rows) => report.pps = rows,
+        Err(why) => {
+            println!("packets per second not measured: {why}; section 2 skipped");
+            report.not_measured.insert("pps".to_owned(), why);
+        }
+    }
+}
+
 /// Live frames: `lb_bench` (restore, tail call) runs on each frame as if it
 /// arrived on `lb0`, where the balancer is attached in native mode; `XDP_TX`
 /// sends it out of `lb0` to `peer0`, whose `lb_drop` discards it, so the
 /// receiving stack is not measured. The kernel recycles pages that still
 /// hold the previous output, hence the wrapper for the floor too.
-fn packets_per_second(harness: &mut Harness) -> Vec<PpsRow> {
+///
+/// # Errors
+/// Live frames refused by the kernel (on the first warm-up run) or failing
+/// later: why, for the report.
+fn packets_per_second(harness: &mut Harness) -> Result<Vec<PpsRow>, String> {
     let lb0 = lb::netlink::ifindex("lb0").expect("lb0");
     harness
         .dataplane
@@ -680,14 +1013,7 @@ fn packets_per_second(harness: &mut Harness) -> Vec<PpsRow> {
                     .is_none_or(|list| list.split(',').any(|case| case.trim() == *name))
         })
         .collect();
-    // Warm-up (and the established flows' entries).
-    for (_, _, target, frame) in &cases {
-        let padded = harness
-            .dataplane
-            .prepare_bench_of(target, frame)
-            .expect("prepare the wrapper");
-        live_run(harness, lb0, &padded, 10_000);
-    }
+    pps_warm_up(harness, lb0, &cases)?;
     // The cases take turns round by round, so the machine's drift (the
     // floor alone moves by 10 % between runs here) falls on all of them
     // alike, and each round's ratio is taken to that round's floor.
@@ -702,7 +1028,11 @@ fn packets_per_second(harness: &mut Harness) -> Vec<PpsRow> {
                 .expect("prepare the wrapper");
             let drops_before = xdp_drops(harness, "peer0");
             let before = harness.counters();
-            pps[i].push(live_run(harness, lb0, &padded, LIVE_FRAMES));
+            pps[i].push(
+                live_run(harness, lb0, &padded, LIVE_FRAMES).map_err(|error| {
+                    format!("live frames failed mid-run ({})", describe_os_error(&error))
+                })?,
+            );
             let after = harness.counters();
             for (reason, n) in &after {
                 let grown = n - before.get(reason).copied().unwrap_or(0);
@@ -759,11 +1089,33 @@ fn packets_per_second(harness: &mut Harness) -> Vec<PpsRow> {
         });
     }
     drop(sink);
-    rows
+    Ok(rows)
+}
+
+/// Warm-up of section 2 (and the established flows' entries). The first
+/// run tells whether this kernel takes live frames at all.
+fn pps_warm_up(harness: &mut Harness, lb0: u32, cases: &[PpsCase]) -> Result<(), String> {
+    for (i, (_, _, target, frame)) in cases.iter().enumerate() {
+        let padded = harness
+            .dataplane
+            .prepare_bench_of(target, frame)
+            .expect("prepare the wrapper");
+        live_run(harness, lb0, &padded, 10_000).map_err(|error| {
+            if i == 0 {
+                format!(
+                    "live frames refused by this kernel ({})",
+                    describe_os_error(&error)
+                )
+            } else {
+                format!("live frames failed ({})", describe_os_error(&error))
+            }
+        })?;
+    }
+    Ok(())
 }
 
 /// The live-frames cases: (name, description, program under test, frame).
-fn pps_cases() -> [(&'static str, &'static str, &'static str, Vec<u8>); 5] {
+fn pps_cases() -> [PpsCase; 5] {
     let tcp64 = |vip| {
         // 14 + 20 + 20 + 10 bytes of payload.
         let frame = syn_fin4(CLIENT4, vip, 80, &[0u8; 10]);
@@ -806,7 +1158,16 @@ fn pps_cases() -> [(&'static str, &'static str, &'static str, Vec<u8>); 5] {
 
 /// One live-frames run of `frames` frames; forwarded frames per second of
 /// wall time.
-fn live_run(harness: &Harness, ifindex: u32, frame: &[u8], frames: u32) -> f64 {
+///
+/// # Errors
+/// The kernel's answer to `BPF_PROG_TEST_RUN` with live frames, when it
+/// refuses them.
+fn live_run(
+    harness: &Harness,
+    ifindex: u32,
+    frame: &[u8],
+    frames: u32,
+) -> Result<f64, std::io::Error> {
     let program = harness
         .dataplane
         .bench_program(program_names::BENCH)
@@ -828,10 +1189,26 @@ fn live_run(harness: &Harness, ifindex: u32, frame: &[u8], frames: u32) -> f64 {
         ..TestRunOptions::default()
     };
     let start = Instant::now();
-    program
-        .test_run(opts)
-        .expect("BPF_PROG_TEST_RUN (live frames)");
-    f64::from(frames) / start.elapsed().as_secs_f64()
+    program.test_run(opts).map_err(|error| match error {
+        ProgramError::SyscallError(SyscallError { io_error, .. }) => io_error,
+        other => std::io::Error::other(other.to_string()),
+    })?;
+    Ok(f64::from(frames) / start.elapsed().as_secs_f64())
+}
+
+/// `EPERM, Operation not permitted`: the errno's name and text.
+fn describe_os_error(error: &std::io::Error) -> String {
+    let name = match error.raw_os_error() {
+        Some(libc::EPERM) => "EPERM",
+        Some(libc::EACCES) => "EACCES",
+        Some(libc::EINVAL) => "EINVAL",
+        Some(libc::ENOTSUP) => "EOPNOTSUPP",
+        Some(libc::E2BIG) => "E2BIG",
+        // The kernel's internal ENOTSUPP, which leaks to userspace.
+        Some(524) => "ENOTSUPP",
+        Some(_) | None => return error.to_string(),
+    };
+    format!("{name}: {error}")
 }
 
 /// Frames `lb_drop` discarded on `dev`: veth's per-queue `xdp_drops`
@@ -1039,6 +1416,15 @@ fn notes() -> Vec<String> {
              attached (native), XDP_TX to the peer, where lb_drop discards them; frames / wall \
              time of the call, median; one CPU. The cases take turns round by round; the ratio \
              to the floor is the median of each round's ratio to that round's floor."
+        ),
+        format!(
+            "Connection sync's data-path cost: each case with SETTINGS_SYNC off and on, in pairs \
+             of rounds whose order alternates (established: {SYNC_ESTABLISHED_PAIRS} pairs x \
+             {REPEAT} runs; new flow: {SYNC_NEW_PAIRS} pairs x {SYNC_NEW_REPEAT} runs, so one \
+             round's events fit the 1 MiB SYNC_EVENTS ring). The ring is drained by the \
+             benchmark between rounds, not during them; events drained and SYNC_LOST are \
+             reported. on - off is the mean of the paired round differences ± two standard \
+             errors."
         ),
         "Control plane: Planner::plan with the change + Dataplane::apply, from the event to the \
          new table live in the map; each sample changes another backend and the service is \

@@ -11,7 +11,9 @@
 //!   `sendmmsg` on an `AF_PACKET` socket), for the `guard.attack` tests and
 //!   `cargo xtask flood`;
 //! - [`endtoend`]: the end-to-end benchmark (lb beside `haproxy`, `nftables`
-//!   and no balancer, driven by `wrk`).
+//!   and no balancer, driven by `wrk`);
+//! - [`synclag`]: the sync-lag benchmark (two balancers' sync threads, one
+//!   creating new flows at a paced rate).
 //!
 //! Everything here needs root (`CAP_BPF`, `CAP_NET_ADMIN`, `CAP_SYS_ADMIN`).
 #![allow(
@@ -31,6 +33,7 @@ pub mod lbrun;
 pub mod model;
 pub mod netns;
 pub mod report;
+pub mod synclag;
 pub mod tables;
 pub mod testrun;
 

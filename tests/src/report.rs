@@ -9,6 +9,7 @@
 //! [`Report::add_end_to_end`] before [`Report::write`].
 
 use std::{
+    collections::BTreeMap,
     fmt::Write as _,
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
@@ -114,6 +115,75 @@ pub struct TraceCostRow {
     pub pairs: usize,
 }
 
+/// Connection sync's cost to one data-path case: the same frame timed with
+/// `SETTINGS_SYNC` off and on, in pairs of rounds whose order alternates;
+/// the ring drained between rounds.
+#[derive(Clone, Debug)]
+pub struct SyncCostRow {
+    /// The case (`nat`, `dsr`, `new_flow`); its rows in the per-packet table
+    /// are `<name>_sync_off` and `<name>_sync_on`.
+    pub name: String,
+    /// What the case is.
+    pub description: String,
+    /// Median round with sync off, ns (wrapper subtracted, floor not).
+    pub off_ns: i64,
+    /// Median round with sync on.
+    pub on_ns: i64,
+    /// Mean of the paired differences, on minus off, ns.
+    pub delta_ns: f64,
+    /// Two standard errors of that mean.
+    pub margin_ns: f64,
+    /// Pairs of rounds.
+    pub pairs: usize,
+    /// Runs per round (`BPF_PROG_TEST_RUN` repeat).
+    pub repeat: u32,
+    /// Events drained from `SYNC_EVENTS` while on (expected: one per run
+    /// for a new flow, none for an established one).
+    pub events: u64,
+    /// Events the ring refused (`SYNC_LOST` grew by this).
+    pub lost: u64,
+}
+
+/// Sync lag: balancer A schedules new flows at a paced rate, its sync
+/// thread sends them, balancer B's installs them; per flow, the time from
+/// A's data path reporting it to B's counting it installed.
+#[derive(Clone, Debug, Default)]
+pub struct SyncLag {
+    /// New flows per second asked for.
+    pub rate: u32,
+    /// New flows per second achieved (first to last flow).
+    pub achieved_rate: f64,
+    /// Flows created on A.
+    pub flows: u64,
+    /// Flows per batch for the per-batch figures.
+    pub batch: usize,
+    /// Per-flow lag: median, 99th percentile and maximum, milliseconds.
+    pub median_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Maximum.
+    pub max_ms: f64,
+    /// Per batch of [`SyncLag::batch`] flows: (median, max) lag, ms.
+    pub batches: Vec<(f64, f64)>,
+    /// How often B's counter was read (median interval), microseconds: the
+    /// resolution of each lag.
+    pub poll_us: f64,
+    /// Entries A's sync thread sent to B.
+    pub sent: u64,
+    /// Entries B received from A.
+    pub received: u64,
+    /// Of those, installed in B's connection table.
+    pub installed: u64,
+    /// Of those, already in B's table.
+    pub existing: u64,
+    /// B's refusals by reason (only the reasons that counted).
+    pub refused: BTreeMap<String, u64>,
+    /// Events A's data path could not put in its full ring (`SYNC_LOST`).
+    pub events_lost: u64,
+    /// Flows created on A that B had not installed when the wait ended.
+    pub not_installed: u64,
+}
+
 /// One Maglev table build.
 #[derive(Clone, Debug)]
 pub struct MaglevRow {
@@ -199,6 +269,13 @@ pub struct Report {
     /// What the trace flag costs with no trace attached (empty when the
     /// object without the feature was not given).
     pub trace_cost: Vec<TraceCostRow>,
+    /// Connection sync's data-path cost (empty when not measured).
+    pub sync_cost: Vec<SyncCostRow>,
+    /// Sync lag between two balancers (`None` when not measured).
+    pub sync_lag: Option<SyncLag>,
+    /// Sections that were asked for but could not be measured, by key
+    /// (`pps`, ...): why (e.g. live frames refused by the kernel).
+    pub not_measured: BTreeMap<String, String>,
     /// Method notes, printed under the tables.
     pub notes: Vec<String>,
 }
@@ -215,6 +292,9 @@ impl Report {
             control_plane: Vec::new(),
             end_to_end: Vec::new(),
             trace_cost: Vec::new(),
+            sync_cost: Vec::new(),
+            sync_lag: None,
+            not_measured: BTreeMap::new(),
             notes: Vec::new(),
         }
     }
@@ -300,6 +380,62 @@ impl Report {
             .collect()
     }
 
+    /// The `sync_cost` object: per case, off and on (ns, and above the
+    /// floor) and the paired difference.
+    fn sync_cost_json(&self) -> Map<String, Value> {
+        let floor = self.floor_ns();
+        self.sync_cost
+            .iter()
+            .map(|row| {
+                (
+                    row.name.clone(),
+                    json!({
+                        "description": row.description,
+                        "off_ns": row.off_ns,
+                        "on_ns": row.on_ns,
+                        "off_above_floor": floor.map(|f| row.off_ns - f),
+                        "on_above_floor": floor.map(|f| row.on_ns - f),
+                        "delta_ns": round3(row.delta_ns),
+                        "margin_ns": round3(row.margin_ns),
+                        "pairs": row.pairs,
+                        "repeat": row.repeat,
+                        "events": row.events,
+                        "lost": row.lost,
+                    }),
+                )
+            })
+            .collect()
+    }
+
+    /// The `sync_lag` object, `null` when not measured.
+    fn sync_lag_json(&self) -> Value {
+        let Some(lag) = &self.sync_lag else {
+            return Value::Null;
+        };
+        json!({
+            "rate": lag.rate,
+            "achieved_rate": lag.achieved_rate.round(),
+            "flows": lag.flows,
+            "median_ms": round3(lag.median_ms),
+            "p99_ms": round3(lag.p99_ms),
+            "max_ms": round3(lag.max_ms),
+            "batch": lag.batch,
+            "batches": lag
+                .batches
+                .iter()
+                .map(|(median, max)| json!({ "median_ms": round3(*median), "max_ms": round3(*max) }))
+                .collect::<Vec<_>>(),
+            "poll_us": round3(lag.poll_us),
+            "sent": lag.sent,
+            "received": lag.received,
+            "installed": lag.installed,
+            "existing": lag.existing,
+            "refused": lag.refused,
+            "events_lost": lag.events_lost,
+            "not_installed": lag.not_installed,
+        })
+    }
+
     /// The JSON document.
     pub fn to_json(&self) -> Value {
         let mut per_packet_ns = Map::new();
@@ -373,6 +509,8 @@ impl Report {
             .collect();
         let end_to_end = self.end_to_end_json();
         let trace_cost = self.trace_cost_json();
+        let sync_cost = self.sync_cost_json();
+        let sync_lag = self.sync_lag_json();
         json!({
             "started": self.started,
             "machine": {
@@ -387,6 +525,9 @@ impl Report {
             "control_plane": control_plane,
             "end_to_end": end_to_end,
             "trace_cost": trace_cost,
+            "sync_cost": sync_cost,
+            "sync_lag": sync_lag,
+            "not_measured": self.not_measured,
             "notes": self.notes,
         })
     }
@@ -401,6 +542,7 @@ impl Report {
 
         self.per_packet_markdown(&mut md, chart);
         self.trace_cost_markdown(&mut md);
+        self.sync_cost_markdown(&mut md);
         self.pps_maglev_markdown(&mut md);
         let _ = writeln!(md, "\n## Control plane: plan + apply\n");
         let _ = writeln!(
@@ -423,6 +565,7 @@ impl Report {
             );
         }
 
+        self.sync_lag_markdown(&mut md);
         self.end_to_end_markdown(&mut md);
         if !self.notes.is_empty() {
             let _ = writeln!(md, "\n## Method\n");
@@ -456,6 +599,102 @@ impl Report {
                 row.name, row.with_ns, row.without_ns, row.delta_ns, row.margin_ns, row.pairs
             );
         }
+    }
+
+    fn sync_cost_markdown(&self, md: &mut String) {
+        if self.sync_cost.is_empty() {
+            return;
+        }
+        let _ = writeln!(md, "\n## Connection sync's data-path cost\n");
+        let _ = writeln!(
+            md,
+            "Each case timed with `SETTINGS_SYNC` off and on, in pairs of rounds whose \
+             order alternates; `SYNC_EVENTS` drained between rounds (not during them), \
+             each round's events fitting the 1 MiB ring. ns above the floor (medians), \
+             and the mean paired difference ± two standard errors.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| case | description | sync off | sync on | on − off (ns) | rounds × runs | \
+             events | lost |\n\
+             | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
+        let floor = self.floor_ns().unwrap_or(0);
+        for row in &self.sync_cost {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {:+.2} ± {:.2} | {} × {} | {} | {} |",
+                row.name,
+                row.description,
+                row.off_ns - floor,
+                row.on_ns - floor,
+                row.delta_ns,
+                row.margin_ns,
+                row.pairs,
+                row.repeat,
+                row.events,
+                row.lost
+            );
+        }
+    }
+
+    fn sync_lag_markdown(&self, md: &mut String) {
+        let Some(lag) = &self.sync_lag else {
+            if let Some(why) = self.not_measured.get("sync_lag") {
+                let _ = writeln!(md, "\n## Sync lag\n\nNot measured: {why}.");
+            }
+            return;
+        };
+        let _ = writeln!(md, "\n## Sync lag\n");
+        let _ = writeln!(
+            md,
+            "Balancer A creates new flows at a paced rate; per flow, the time from A's data \
+             path reporting it until balancer B counts it installed in its connection table \
+             (B's counter read every {:.0} µs, median).\n",
+            lag.poll_us
+        );
+        let _ = writeln!(
+            md,
+            "| new flows/s (asked) | achieved | flows | median (ms) | p99 (ms) | max (ms) | \
+             sent | received | installed | existing | refused | events lost | not installed |\n\
+             | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"
+        );
+        let refused = if lag.refused.is_empty() {
+            "0".to_owned()
+        } else {
+            lag.refused
+                .iter()
+                .map(|(reason, n)| format!("{reason} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {refused} | {} | {} |",
+            lag.rate,
+            lag.achieved_rate,
+            lag.flows,
+            lag.median_ms,
+            lag.p99_ms,
+            lag.max_ms,
+            lag.sent,
+            lag.received,
+            lag.installed,
+            lag.existing,
+            lag.events_lost,
+            lag.not_installed
+        );
+        let batches = lag
+            .batches
+            .iter()
+            .map(|(median, max)| format!("{median:.2}/{max:.2}"))
+            .collect::<Vec<_>>()
+            .join(" · ");
+        let _ = writeln!(
+            md,
+            "\nPer batch of {} flows, median/max ms: {batches}",
+            lag.batch
+        );
     }
 
     fn end_to_end_markdown(&self, md: &mut String) {
@@ -538,6 +777,35 @@ impl Report {
             md,
             "\n## Packets per second, one core (live frames, native XDP on veth)\n"
         );
+        if let Some(why) = self.not_measured.get("pps") {
+            let _ = writeln!(md, "Not measured: {why}.");
+        } else if self.pps.is_empty() {
+            let _ = writeln!(md, "Not measured.");
+        } else {
+            self.pps_table(md);
+        }
+
+        let _ = writeln!(md, "\n## Maglev table builds\n");
+        let _ = writeln!(
+            md,
+            "| M | N | build (ms) | max / mean share | slots moved when one backend leaves |\n\
+             | ---: | ---: | ---: | ---: | ---: |"
+        );
+        for row in &self.maglev {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.1} | {:.3} | {:.2} % (ideal {:.2} %) |",
+                row.m,
+                row.n,
+                row.build_ms,
+                row.max_mean_share,
+                row.moved_pct,
+                100.0 / f64::from(row.n)
+            );
+        }
+    }
+
+    fn pps_table(&self, md: &mut String) {
         let _ = writeln!(
             md,
             "| case | description | frames/round | Mpps (median) | rounds | ratio to floor |\n\
@@ -558,25 +826,6 @@ impl Report {
                 row.description,
                 row.frames,
                 row.pps / 1e6
-            );
-        }
-
-        let _ = writeln!(md, "\n## Maglev table builds\n");
-        let _ = writeln!(
-            md,
-            "| M | N | build (ms) | max / mean share | slots moved when one backend leaves |\n\
-             | ---: | ---: | ---: | ---: | ---: |"
-        );
-        for row in &self.maglev {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {:.1} | {:.3} | {:.2} % (ideal {:.2} %) |",
-                row.m,
-                row.n,
-                row.build_ms,
-                row.max_mean_share,
-                row.moved_pct,
-                100.0 / f64::from(row.n)
             );
         }
     }
@@ -835,8 +1084,39 @@ mod tests {
             p99_ms: 1.5,
             ..EndToEndRow::default()
         }]);
+        report.sync_cost.push(SyncCostRow {
+            name: "new_flow".into(),
+            description: "new flow".into(),
+            off_ns: 300,
+            on_ns: 340,
+            delta_ns: 40.0,
+            margin_ns: 5.0,
+            pairs: 200,
+            repeat: 10_000,
+            events: 2_000_000,
+            lost: 0,
+        });
+        report.sync_lag = Some(SyncLag {
+            rate: 10_000,
+            flows: 30_000,
+            batch: 1_000,
+            median_ms: 2.5,
+            batches: vec![(2.5, 5.5)],
+            ..SyncLag::default()
+        });
+        report.not_measured.insert(
+            "pps".into(),
+            "live frames refused by this kernel (EPERM)".into(),
+        );
         let json = report.to_json();
+        assert_eq!(
+            json["not_measured"]["pps"],
+            "live frames refused by this kernel (EPERM)"
+        );
         assert_eq!(json["per_packet_ns"]["nat"], 75);
+        assert_eq!(json["sync_cost"]["new_flow"]["on_above_floor"], 320);
+        assert_eq!(json["sync_lag"]["median_ms"], 2.5);
+        assert_eq!(json["sync_lag"]["batches"][0]["max_ms"], 5.5);
         assert_eq!(json["per_packet"]["nat"]["above_floor"], 55);
         assert_eq!(json["end_to_end"][0]["name"], "http");
         let md = report.to_markdown(Some("chart.png"));
@@ -844,6 +1124,15 @@ mod tests {
             md.contains("| nat | nat | 75 | 75 | 75 | 55 | tx | - |"),
             "{md}"
         );
+        assert!(
+            md.contains("Not measured: live frames refused by this kernel (EPERM)."),
+            "{md}"
+        );
+        assert!(
+            md.contains("| new_flow | new flow | 280 | 320 | +40.00 ± 5.00 | 200 × 10000 |"),
+            "{md}"
+        );
+        assert!(md.contains("| 10000 | 0 | 30000 | 2.50 |"), "{md}");
         let dir = std::env::temp_dir().join(format!("lb-report-{}", std::process::id()));
         let written = report.write(&dir).expect("write");
         let has_font = FONT_FILES.iter().any(|f| Path::new(f).exists());

@@ -176,6 +176,23 @@ impl Harness {
         self.replan(&BTreeMap::new());
     }
 
+    /// Turns the data path's connection-sync reports on or off
+    /// (`SETTINGS_SYNC`), the other settings as they are.
+    pub fn set_sync(&mut self, on: bool) {
+        use lb::route::Tables as _;
+        let mut settings = lb::route::maps::MapTables::new(&self.dataplane)
+            .settings()
+            .expect("read the settings");
+        if on {
+            settings.flags |= lb_common::maps::SETTINGS_SYNC;
+        } else {
+            settings.flags &= !lb_common::maps::SETTINGS_SYNC;
+        }
+        self.dataplane
+            .set_settings(&settings)
+            .expect("write the settings");
+    }
+
     /// The namespace the runs happen in.
     pub fn netns(&self) -> &Netns {
         &self.ns

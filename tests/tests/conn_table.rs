@@ -141,10 +141,13 @@ dataplane: { ring_size: 1009, connection_table_size: 64 }
 /// key fingerprints and the flows scheduled by then.
 fn census(harness: &Harness) -> Census {
     let table = harness.dataplane.conn_table().expect("CONNS");
-    let (_, keys) = table
+    let (_, walked) = table
         .walk(lb::dataplane::monotonic_ns(), u64::MAX, u64::MAX)
         .expect("reading CONNS");
-    Census::new(keys, harness.dataplane.scheduled_flows().expect("counters"))
+    Census::of(
+        walked,
+        harness.dataplane.scheduled_flows().expect("counters"),
+    )
 }
 
 /// A table of 64 entries flooded with 1,000 flows: every new flow is still
@@ -237,5 +240,77 @@ fn a_flooded_table_serves_new_flows_and_estimates_its_evictions() {
         scheduled().new_flows,
         opened + 1,
         "an evicted flow is rescheduled"
+    );
+}
+
+/// A table of 64 entries with four idle established flows (SYN, then
+/// ACK: the kernel's LRU saw each entry used twice) and a flood of 5,000
+/// bare SYNs from other sources: the flood's half-open entries evict one
+/// another, never the established ones (the kernel's LRU moves an entry
+/// found again to its active list; the flood refills only the inactive
+/// one). Then 200 handshakes that complete: those do turn the established
+/// entries over, and with `guard.attack` configured (which marks
+/// half-open entries) the estimate counts the established evictions
+/// apart.
+#[test]
+fn half_open_flows_do_not_evict_established_ones() {
+    let config = format!("{TINY}guard:\n  attack: {{ new_flows_per_second: 100000 }}\n");
+    let harness = Harness::new(&config);
+    let vip = Ipv4Addr::new(203, 0, 113, 40);
+    let client = Ipv4Addr::new(198, 51, 100, 250);
+    let forward = |frame: Vec<u8>| assert_eq!(harness.run(&frame).action, Action::Redirect);
+    for port in 5000..5004 {
+        forward(frames::tcp4(client, port, vip, 80));
+        forward(frames::tcp4_ack(client, port, vip, 80));
+    }
+    let established_left = || {
+        let mut left = 0;
+        harness
+            .dataplane
+            .conn_table()
+            .expect("CONNS")
+            .for_each(|key, _| {
+                if (5000..5004).contains(&key.sport) {
+                    left += 1;
+                }
+            })
+            .expect("reading CONNS");
+        left
+    };
+    let mut evictions = Evictions::default();
+    evictions.record(census(&harness));
+    let source = |n: u16| Ipv4Addr::new(198, 51, 100, u8::try_from(n % 200).unwrap() + 1);
+    for n in 0..5000u16 {
+        forward(frames::tcp4(source(n), 1024 + n, vip, 80));
+        if n % 500 == 499 {
+            evictions.record(census(&harness));
+        }
+    }
+    let flooded = evictions.report(64);
+    println!(
+        "after 5,000 bare SYNs: {flooded:?}, established left {}",
+        established_left()
+    );
+    assert_eq!(established_left(), 4, "{flooded:?}");
+    assert!(flooded.evictions_at_least >= 400, "{flooded:?}");
+    assert_eq!(flooded.established_evictions_at_least, 0, "{flooded:?}");
+
+    for n in 0..200u16 {
+        forward(frames::tcp4(source(n), 20_000 + n, vip, 80));
+        forward(frames::tcp4_ack(source(n), 20_000 + n, vip, 80));
+        if n % 20 == 19 {
+            evictions.record(census(&harness));
+        }
+    }
+    let turned = evictions.report(64);
+    println!(
+        "after 200 handshakes: {turned:?}, established left {}",
+        established_left()
+    );
+    assert_eq!(established_left(), 0, "{turned:?}");
+    assert!(
+        turned.established_evictions_at_least >= 4
+            && turned.established_evictions_at_least <= turned.evictions_at_least,
+        "{turned:?}"
     );
 }

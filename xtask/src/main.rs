@@ -467,8 +467,8 @@ fn bench(tools: &setup::Tools) -> anyhow::Result<()> {
     step("building lb (release) for the end-to-end section");
     run(cargo().args(["build", "--release", "--package", "lb-userspace"]))?;
     step(
-        "benchmarks: per-packet cost, packets per second, Maglev, control plane, end to end \
-         (lb, HAProxy, nftables, no balancer)",
+        "benchmarks: per-packet cost, packets per second, Maglev, control plane, sync lag, \
+         end to end (lb, HAProxy, nftables, no balancer)",
     );
     println!("    report: results/<UTC date-time>.{{json,md,png}}");
     run(cargo().env("LB_BENCH_NOTRACE_OBJECT", without_trace).args([

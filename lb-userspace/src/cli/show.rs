@@ -234,8 +234,13 @@ pub(super) fn stats(socket: &Path, output: Output) -> Result<(), Failure> {
     match table.entries {
         Some(entries) => println!(
             "\nconnection table: {entries} of {} entries at the last walk; LRU evictions \
-             since start (estimated from {} walks): {} to {}",
-            table.capacity, table.walks, table.evictions_at_least, table.evictions_at_most
+             since start (estimated from {} walks): {} to {}, of established flows at \
+             least {}",
+            table.capacity,
+            table.walks,
+            table.evictions_at_least,
+            table.evictions_at_most,
+            table.established_evictions_at_least
         ),
         None => println!(
             "\nconnection table: {} entries at most; not walked yet (every 10 s), \
