@@ -1,10 +1,11 @@
 //! The flood generator ([`lb_tests::flood`]) from the command line; `cargo
 //! xtask flood --help` documents it and runs this. Arguments, each as
 //! `--name value`: `--netns NS` (optional: the namespace to send from),
-//! `--interface IF`, `--dst-mac MAC`, `--to ADDR:PORT`, `--from PREFIX`,
-//! `--kind syn|udp`, `--count N`, `--seconds S`, `--payload BYTES`, `--rate
-//! FRAMES_PER_SECOND`, and the flag `--packet-only`. Destinations and sources outside the
-//! documentation ranges are refused.
+//! `--interface IF`, `--dst-mac MAC`, `--to ADDR:PORT`, `--from PREFIX`
+//! (default 198.51.100.128/25), `--kind syn|udp`, `--count N`, `--seconds
+//! S`, `--payload BYTES`, `--rate FRAMES_PER_SECOND`, and the flag
+//! `--packet-only`. Destinations and sources outside the documentation
+//! ranges are refused.
 
 use std::{net::SocketAddrV4, os::fd::AsRawFd, process::ExitCode, time::Duration};
 
@@ -58,7 +59,10 @@ fn run() -> Result<(), String> {
     let mut spec = Spec::new(
         &interface,
         dst_mac.ok_or("--dst-mac is required")?,
-        from.ok_or("--from is required")?,
+        from.unwrap_or(Prefix {
+            network: std::net::Ipv4Addr::new(198, 51, 100, 128),
+            len: 25,
+        }),
         to.ok_or("--to is required")?,
         kind,
         count,
