@@ -112,9 +112,11 @@ reasons! {
     /// connection or datagram it sent itself): passed to the stack with its
     /// own source address.
     PassBackendOutbound = 27, "pass_backend_outbound", false;
-    /// `guard.attack`: a bare SYN opening a new flow to a VIP under attack
-    /// from a source that has not proved itself: the first SYN of its
-    /// tuple (remembered), or a repeat too soon after it.
+    /// `guard.attack`: a new flow to a VIP under attack that the admission
+    /// refused: a bare SYN from a source that has not proved itself (the
+    /// first SYN of its tuple, remembered, or a repeat too soon after it),
+    /// a proven source over its per-second budget, or an unknown source's
+    /// UDP datagram over its service's budget.
     DropAttackUnverified = 28, "drop_attack_unverified", true;
 }
 
