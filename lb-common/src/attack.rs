@@ -35,11 +35,11 @@ pub struct AttackVip {
     /// The controller's monotonic clock when the attack began.
     pub since_ns: u64,
     /// New UDP flows a second from unknown sources each service of the
-    /// VIP admits, per CPU (the per-VIP budget divided among the CPUs).
+    /// VIP admits (all CPUs together).
     pub unknown_budget: u32,
-    /// New flows a second one proven source may open to the VIP, per CPU
-    /// (`source_flows_per_second` divided among the CPUs): a spoofer using
-    /// a known client's address gets no more than this.
+    /// New flows a second one proven source may open to VIPs under attack
+    /// (`source_flows_per_second`; 0: no bound): a spoofer using a known
+    /// client's address gets no more than this.
     pub source_budget: u32,
 }
 const _: () = assert!(core::mem::size_of::<AttackVip>() == 24);
@@ -60,8 +60,9 @@ pub struct Proven {
 }
 const _: () = assert!(core::mem::size_of::<Proven>() == 16);
 
-/// Value of the per-CPU `ATTACK_BUDGET` array, indexed by service id: new
-/// UDP flows from unknown sources admitted in the current second.
+/// Value of the `ATTACK_BUDGET` array, indexed by service id: new UDP
+/// flows from unknown sources admitted in the current second (one counter
+/// for all CPUs).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Budget {

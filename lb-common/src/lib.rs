@@ -114,7 +114,7 @@ pub mod map_names {
     pub const ATTACK_VERIFIED: &str = "ATTACK_VERIFIED";
     /// `guard.attack`: first SYNs waiting for their retransmission.
     pub const ATTACK_PENDING: &str = "ATTACK_PENDING";
-    /// `guard.attack`: per-CPU budget of unknown UDP sources per service.
+    /// `guard.attack`: budget of unknown UDP sources per service.
     pub const ATTACK_BUDGET: &str = "ATTACK_BUDGET";
 }
 

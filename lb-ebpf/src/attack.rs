@@ -11,7 +11,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     Addr, ConnValue,
@@ -29,10 +29,10 @@ use crate::maps::Scratch;
 #[map]
 pub static ATTACK_COUNTS: PerCpuArray<AttackCounts> = PerCpuArray::with_max_entries(64, 0);
 
-/// Per-CPU budget of new UDP flows from unknown sources per service id, for
-/// the current second (sized to the services at load).
+/// Budget of new UDP flows from unknown sources per service id, for the
+/// current second, shared by the CPUs (sized to the services at load).
 #[map]
-pub static ATTACK_BUDGET: PerCpuArray<Budget> = PerCpuArray::with_max_entries(64, 0);
+pub static ATTACK_BUDGET: Array<Budget> = Array::with_max_entries(64, 0);
 
 /// VIPs under attack, written by the controller.
 #[map]
@@ -54,12 +54,9 @@ pub static ATTACK_PENDING: LruHashMap<PendingKey, u64> =
 const REFRESH_NS: u64 = 1_000_000_000;
 
 /// A new flow of service `service_id` (`scratch.flow`): counts it, and
-/// decides whether it may open. Only a bare SYN (`opening`) or a UDP
-/// datagram to a VIP under attack can be refused: from a proven source
-/// within its per-second budget it passes; an unknown source's first SYN
-/// is dropped and remembered, its retransmission proves it; an unknown
-/// UDP source takes from the service's budget. Out of line: the new-flow
-/// path pays a call only while `guard.attack` is configured.
+/// decides whether it may open ([`admitted`]). Only a bare SYN (`opening`)
+/// or a UDP datagram to a VIP under attack can be refused. Out of line:
+/// the new-flow path pays a call only while `guard.attack` is configured.
 #[inline(never)]
 pub fn admit(scratch: &Scratch, service_id: u32, opening: bool, now: u64) -> bool {
     if let Some(counts) = ATTACK_COUNTS.get_ptr_mut(service_id) {
@@ -73,15 +70,72 @@ pub fn admit(scratch: &Scratch, service_id: u32, opening: bool, now: u64) -> boo
         }
     }
     let flow = &scratch.flow;
-    let udp = flow.proto == proto::UDP;
-    if !opening && !udp {
+    admitted(
+        &Asking {
+            src: &flow.src,
+            dst: &flow.dst,
+            sport: flow.sport,
+            dport: flow.dport,
+            udp: flow.proto == proto::UDP,
+            seq: scratch.packet.tcp_seq,
+        },
+        service_id,
+        opening,
+        now,
+    )
+}
+
+/// A packet on a half-open entry (its flow's first packet was all this
+/// balancer saw of it: a bare SYN, or a datagram less than a second ago)
+/// that opens again — a bare SYN, or a UDP datagram — asks the admission
+/// once more: under attack such an entry proves nothing (a spoofed SYN
+/// that won an entry before the attack was detected, a spoofed tuple
+/// seen twice). Out of line: paid only by those packets, and only while
+/// `guard.attack` is configured.
+#[inline(never)]
+pub fn readmit(scratch: &Scratch, service_id: u32, opening: bool, now: u64) -> bool {
+    let packet = &scratch.packet;
+    admitted(
+        &Asking {
+            src: &packet.src,
+            dst: &packet.dst,
+            sport: packet.sport,
+            dport: packet.dport,
+            udp: packet.proto == proto::UDP,
+            seq: packet.tcp_seq,
+        },
+        service_id,
+        opening,
+        now,
+    )
+}
+
+/// Who asks to open a flow.
+struct Asking<'a> {
+    src: &'a Addr,
+    dst: &'a Addr,
+    sport: u16,
+    dport: u16,
+    udp: bool,
+    /// A SYN's sequence number.
+    seq: u32,
+}
+
+/// The admission: a packet that is neither a bare SYN nor UDP, or to a VIP
+/// not under attack, passes; from a proven source, within its per-second
+/// budget; an unknown source's first SYN is dropped and remembered, its
+/// retransmission proves it; an unknown UDP source takes from the
+/// service's per-second budget.
+#[inline(always)]
+fn admitted(asking: &Asking, service_id: u32, opening: bool, now: u64) -> bool {
+    if !opening && !asking.udp {
         return true;
     }
     // SAFETY: copied out at once.
-    let Some(vip) = (unsafe { ATTACK_VIPS.get(&flow.dst) }).copied() else {
+    let Some(vip) = (unsafe { ATTACK_VIPS.get(asking.dst) }).copied() else {
         return true;
     };
-    if let Some(proven) = ATTACK_VERIFIED.get_ptr_mut(&flow.src) {
+    if let Some(proven) = ATTACK_VERIFIED.get_ptr_mut(asking.src) {
         // SAFETY: the LRU entry stays valid for this program run; a racing
         // CPU's update leaves valid values (a flow counted twice or not).
         unsafe {
@@ -90,15 +144,15 @@ pub fn admit(scratch: &Scratch, service_id: u32, opening: bool, now: u64) -> boo
             }
         }
     }
-    if udp {
+    if asking.udp {
         return within_unknown_budget(service_id, &vip, now);
     }
     let key = pending_key(
-        &flow.src,
-        &flow.dst,
-        flow.sport,
-        flow.dport,
-        scratch.packet.tcp_seq,
+        asking.src,
+        asking.dst,
+        asking.sport,
+        asking.dport,
+        asking.seq,
     );
     // SAFETY: as above.
     if let Some(first) = unsafe { ATTACK_PENDING.get(&key) }.copied() {
@@ -115,7 +169,7 @@ pub fn admit(scratch: &Scratch, service_id: u32, opening: bool, now: u64) -> boo
                 flows: 1,
             };
             // A full table forgets its least recently proven source.
-            let _ = ATTACK_VERIFIED.insert(&flow.src, &proven, 0);
+            let _ = ATTACK_VERIFIED.insert(asking.src, &proven, 0);
             let _ = ATTACK_PENDING.remove(&key);
             return true;
         }
@@ -150,14 +204,20 @@ unsafe fn within_source_budget(proven: *mut Proven, vip: &AttackVip, now: u64) -
 }
 
 /// An unknown source's new UDP flow to service `service_id` of a VIP under
-/// attack: admitted while this CPU's budget for the second lasts.
+/// attack: admitted while the service's budget for the second lasts (one
+/// counter for every CPU: a flood that lands on one CPU spends the same
+/// budget as one spread over all). The counter is a plain one (this target
+/// has no atomic add in `core`): increments racing on two CPUs may count
+/// once, letting through at most one more datagram per race.
 #[inline(always)]
 fn within_unknown_budget(service_id: u32, vip: &AttackVip, now: u64) -> bool {
     let Some(budget) = ATTACK_BUDGET.get_ptr_mut(service_id) else {
         return false;
     };
     let second = u64::from(second_of(now));
-    // SAFETY: this CPU's slot of a per-CPU array.
+    // SAFETY: an array slot, valid for the program's run; the racing
+    // writes of other CPUs are to the same plain integers and leave valid
+    // values (a lost count at worst).
     unsafe {
         if (*budget).second != second {
             (*budget).second = second;
@@ -182,16 +242,33 @@ pub fn open_flags(opening: bool, proto: u8) -> u32 {
     }
 }
 
-/// An established flow's packet (`conn`, of service `service_id`): the
-/// first one after its opening packet that is not a bare SYN completes
-/// it — counted for a TCP flow, and its source proven ([`prove`]). One
-/// test of a flag the entry's cache line already holds.
+/// How long a UDP flow must have lasted before its next datagram proves
+/// its source: two datagrams of a spoofed tuple a moment apart (a flood
+/// over a narrow range repeats tuples) prove nothing.
+const UDP_PROOF_NS: u64 = 1_000_000_000;
+
+/// An established flow's packet (`conn`, of service `service_id`, its entry
+/// last stamped `last_seen`): the first one after its opening packet that
+/// is not a bare SYN completes a TCP flow — counted, and its source proven
+/// ([`prove`]); a UDP flow completes with a datagram at least
+/// [`UDP_PROOF_NS`] after it began. One test of a flag the entry's cache
+/// line already holds.
 #[inline(always)]
-pub fn went_on(scratch: &Scratch, conn: *mut ConnValue, service_id: u32, opening: bool, now: u64) {
+pub fn went_on(
+    scratch: &Scratch,
+    conn: *mut ConnValue,
+    service_id: u32,
+    opening: bool,
+    last_seen: u64,
+    now: u64,
+) {
     // SAFETY: the LRU entry stays valid for this program run; a racing
     // CPU may count a flow twice, which only lowers the half-open share.
     unsafe {
         if opening || (*conn).flags & CONN_HALF_OPEN == 0 {
+            return;
+        }
+        if scratch.packet.proto == proto::UDP && now.saturating_sub(last_seen) < UDP_PROOF_NS {
             return;
         }
         (*conn).flags &= !CONN_HALF_OPEN;

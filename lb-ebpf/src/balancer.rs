@@ -16,11 +16,11 @@ use lb_common::{
     Addr, BackendValue, ConnValue, HopValue, NO_BACKEND, RateValue, Reason, ServiceValue, Settings,
     hash::{flow_hash, source_hash},
     maps::{
-        BACKEND_DRAINING, BACKEND_USABLE, CONN_CLOSED, FWD_DSR, FWD_NAT, FWD_TUNNEL,
-        GUARD_CAUSE_NEW_FLOWS, GUARD_CAUSE_PACKETS, GUARD_CAUSE_SYN_ONLY, GuardCounts, GuardDenial,
-        GuardKey, GuardSettings, HOP_RESOLVED, SCHED_IP_HASH, SCHED_ROUND_ROBIN, SETTINGS_ATTACK,
-        SETTINGS_DENY, SETTINGS_GUARD, SETTINGS_NAT, SETTINGS_SYNC, ServiceSlot, VIP_FRAGMENTS_TCP,
-        VIP_FRAGMENTS_UDP,
+        BACKEND_DRAINING, BACKEND_USABLE, CONN_CLOSED, CONN_HALF_OPEN, FWD_DSR, FWD_NAT,
+        FWD_TUNNEL, GUARD_CAUSE_NEW_FLOWS, GUARD_CAUSE_PACKETS, GUARD_CAUSE_SYN_ONLY, GuardCounts,
+        GuardDenial, GuardKey, GuardSettings, HOP_RESOLVED, SCHED_IP_HASH, SCHED_ROUND_ROBIN,
+        SETTINGS_ATTACK, SETTINGS_DENY, SETTINGS_GUARD, SETTINGS_NAT, SETTINGS_SYNC, ServiceSlot,
+        VIP_FRAGMENTS_TCP, VIP_FRAGMENTS_UDP,
     },
     proto,
 };
@@ -479,6 +479,8 @@ struct Entry {
     backend_id: u32,
     last_seen: u64,
     closed: bool,
+    /// `CONN_HALF_OPEN`: its first packet is all this balancer saw of it.
+    half_open: bool,
 }
 
 /// What this packet means for its flow, and when it came.
@@ -558,6 +560,7 @@ impl Entry {
             backend_id,
             last_seen,
             closed: flags & CONN_CLOSED != 0,
+            half_open: flags & CONN_HALF_OPEN != 0,
         }
     }
 
@@ -622,12 +625,26 @@ fn established(ctx: &XdpContext, scratch: &mut Scratch, settings: &Settings) -> 
         scratch.stale = (entry.backend_id, entry.closed);
         return FLOW_UNDECIDED;
     };
+    let service = slot.value;
+    if settings.flags & SETTINGS_ATTACK != 0
+        && entry.half_open
+        && (moment.opening || scratch.packet.proto == proto::UDP)
+        && !crate::attack::readmit(scratch, service.id, moment.opening, moment.now)
+    {
+        return finish(Err(Drop(Reason::DropAttackUnverified)));
+    }
     if entry.keep(conn, &moment) && settings.flags & SETTINGS_SYNC != 0 {
         crate::sync::report_closed(scratch, entry.backend_id);
     }
-    let service = slot.value;
     if settings.flags & SETTINGS_ATTACK != 0 {
-        crate::attack::went_on(scratch, conn, service.id, moment.opening, moment.now);
+        crate::attack::went_on(
+            scratch,
+            conn,
+            service.id,
+            moment.opening,
+            entry.last_seen,
+            moment.now,
+        );
     }
     scratch.backend = *backend;
     scratch.backend_id = entry.backend_id;

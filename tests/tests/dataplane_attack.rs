@@ -10,6 +10,7 @@
 
 use std::net::Ipv4Addr;
 
+use lb::route::Tables as _;
 use lb_common::{Reason, attack::AttackVip, maps::ipv4_mapped};
 use lb_tests::{
     frames,
@@ -154,11 +155,16 @@ fn a_syn_seen_again_after_the_window_starts_over() {
 #[test]
 fn established_flows_pass_and_an_unmarked_vip_is_untouched() {
     let mut harness = Harness::new(&config(ATTACK));
-    // Opened before the attack.
-    assert_eq!(
-        harness.run(&frames::tcp4(CLIENT, 50_000, VIP, 80)).action,
-        Action::Redirect
-    );
+    // Opened before the attack: a SYN, then an ACK (the handshake went on).
+    for frame in [
+        frames::tcp4(CLIENT, 50_000, VIP, 80),
+        frames::tcp4_ack(CLIENT, 50_000, VIP, 80),
+    ] {
+        assert_eq!(harness.run(&frame).action, Action::Redirect);
+    }
+    // The verified entry its handshake wrote goes: the flow must pass on
+    // its connection-table entry alone.
+    harness.dataplane.clear_attack_verified().unwrap();
     mark(&mut harness, VIP);
     // Its packets, a repeated SYN of its tuple included, never meet the
     // admission (which would drop that SYN: its source is not proven).
@@ -176,6 +182,27 @@ fn established_flows_pass_and_an_unmarked_vip_is_untouched() {
     assert_eq!(outcome.action, Action::Redirect);
     assert_eq!(moved, [(Reason::ForwardToBackend, 1)].into());
     assert!(harness.dataplane.attack_pending().unwrap().is_empty());
+}
+
+/// A half-open entry from before the attack (a bare SYN, nothing after it:
+/// a spoofed SYN that won an entry before the attack was detected) proves
+/// nothing: under attack a SYN on its tuple meets the admission — dropped,
+/// and its retransmission proves the source and keeps the entry's backend.
+#[test]
+fn under_attack_a_syn_on_a_half_open_entry_meets_the_admission() {
+    let mut harness = Harness::new(&config(ATTACK));
+    let syn = frames::tcp4(SPOOFED, 51_000, VIP, 80);
+    let before = harness.run(&syn);
+    assert_eq!(before.action, Action::Redirect);
+    mark(&mut harness, VIP);
+    let (outcome, moved) = harness.run_counted(&syn);
+    assert_eq!(outcome.action, Action::Drop);
+    assert_eq!(moved, [(Reason::DropAttackUnverified, 1)].into());
+    age_pending(&mut harness, 1_000_000_000);
+    let (outcome, moved) = harness.run_counted(&syn);
+    assert_eq!(outcome.action, Action::Redirect);
+    assert_eq!(moved, [(Reason::ForwardToBackend, 1)].into());
+    assert_eq!(outcome.frame[..6], before.frame[..6], "the same backend");
 }
 
 #[test]
@@ -265,15 +292,28 @@ fn a_proven_source_opens_no_more_than_its_budget() {
 }
 
 /// UDP under attack: unknown sources share the service's budget; a source
-/// whose UDP flow went on (a second datagram) before the attack passes
-/// beyond it; during the attack a second datagram proves nothing (a
-/// spoofer can send two as easily as one).
+/// whose UDP flow went on (a datagram a second or more after its first)
+/// before the attack passes beyond it; two datagrams a moment apart prove
+/// nothing (a flood over a narrow range repeats tuples), and during the
+/// attack every datagram of an unknown source's flow takes from the
+/// budget.
 #[test]
 fn under_attack_unknown_udp_sources_share_a_budget_and_known_ones_pass() {
     let mut harness = Harness::new(&config(ATTACK));
+    let repeated = Ipv4Addr::new(198, 51, 100, 60);
+    for _ in 0..2 {
+        harness.run(&frames::udp4(repeated, 46_000, VIP, 53));
+    }
+    assert!(
+        harness.dataplane.attack_verified().unwrap().is_empty(),
+        "two datagrams at once"
+    );
     harness.run(&frames::udp4(CLIENT, 46_000, VIP, 53));
+    started_ago(&mut harness, CLIENT, 46_000, 2_000_000_000);
     harness.run(&frames::udp4(CLIENT, 46_000, VIP, 53));
-    assert_eq!(harness.dataplane.attack_verified().unwrap().len(), 1);
+    let verified = harness.dataplane.attack_verified().unwrap();
+    assert_eq!(verified.len(), 1);
+    assert_eq!(verified[0].0, ipv4_mapped(CLIENT.octets()));
     mark_with(&mut harness, VIP, 4, 1_000);
     let unknown: Vec<Action> = (0..10u8)
         .map(|i| {
@@ -281,35 +321,56 @@ fn under_attack_unknown_udp_sources_share_a_budget_and_known_ones_pass() {
             harness.run(&frames::udp4(source, 46_000, VIP, 53)).action
         })
         .collect();
+    // One shared counter a second: a second boundary between the runs
+    // could let up to four more through.
     let passed = unknown.iter().filter(|a| **a == Action::Redirect).count();
     assert!((4..=8).contains(&passed), "{unknown:?}");
     assert_eq!(unknown[..4], [Action::Redirect; 4], "{unknown:?}");
-    let (outcome, moved) = harness.run_counted(&frames::udp4(
-        Ipv4Addr::new(198, 51, 100, 120),
-        46_000,
-        VIP,
-        53,
-    ));
-    if passed == 4 {
-        assert_eq!(outcome.action, Action::Drop);
-        assert_eq!(moved, [(Reason::DropAttackUnverified, 1)].into());
-    }
     // The known source's new flows pass with the budget spent.
     for port in 46_001..46_004 {
         let (outcome, moved) = harness.run_counted(&frames::udp4(CLIENT, port, VIP, 53));
         assert_eq!(outcome.action, Action::Redirect, "port {port}");
         assert_eq!(moved, [(Reason::ForwardToBackend, 1)].into());
     }
-    // An admitted unknown source's second datagram goes on (its entry),
-    // but does not prove it.
-    let first = Ipv4Addr::new(198, 51, 100, 100);
-    assert_eq!(
-        harness.run(&frames::udp4(first, 46_000, VIP, 53)).action,
-        Action::Redirect
-    );
+    if passed == 4 {
+        // Spent: a new unknown source, and the next datagram of an
+        // admitted one (its entry is half-open), are dropped; the entry
+        // the repeated source won before the attack proves nothing either.
+        for source in [
+            Ipv4Addr::new(198, 51, 100, 120),
+            Ipv4Addr::new(198, 51, 100, 100),
+            repeated,
+        ] {
+            let (outcome, moved) = harness.run_counted(&frames::udp4(source, 46_000, VIP, 53));
+            assert_eq!(outcome.action, Action::Drop, "{source}");
+            assert_eq!(moved, [(Reason::DropAttackUnverified, 1)].into());
+        }
+    }
     assert_eq!(
         harness.dataplane.attack_verified().unwrap().len(),
         1,
         "only the source known before the attack"
     );
+}
+
+/// Moves the `CONNS_V4` entry of `source:port` → the VIP's port 53 (UDP)
+/// back in time by `ns`, as if its flow had begun that long ago.
+fn started_ago(harness: &mut Harness, source: Ipv4Addr, port: u16, ns: u64) {
+    let key = lb_common::FlowKeyV4 {
+        src: source.octets(),
+        dst: VIP.octets(),
+        sport: port,
+        dport: 53,
+        proto: 17,
+        pad: [0; 3],
+    };
+    let mut entry = lb::route::maps::MapTables::new(&harness.dataplane)
+        .conn(&key.widen())
+        .expect("read the connection table")
+        .expect("the flow's entry");
+    entry.last_seen_ns = entry.last_seen_ns.checked_sub(ns).expect("uptime");
+    harness
+        .dataplane
+        .write_conn(lb_common::map_names::CONNS_V4, &key, &entry)
+        .expect("write the entry");
 }

@@ -54,10 +54,9 @@ impl Controller {
         // The map follows the verdicts (an earlier controller's entries,
         // after adoption, included).
         let verified_ns = u64::try_from(attack.verified_for.as_nanos()).unwrap_or(u64::MAX);
-        // The budgets are counted per CPU: each CPU gets its share.
-        let cpus = u32::try_from(aya::util::nr_cpus().unwrap_or(1).max(1)).unwrap_or(1);
-        let unknown_budget = (attack.unknown_udp_per_second() / cpus).max(1);
-        let source_budget = (attack.source_flows_per_second / cpus).max(1);
+        // Both budgets are counted once for all CPUs.
+        let unknown_budget = attack.unknown_udp_per_second();
+        let source_budget = attack.source_flows_per_second;
         let marked = self.dataplane.attack_vips()?;
         for addr in &marked {
             if !self.attacks.is_under(&addr_ip(addr)) {

@@ -85,4 +85,22 @@ impl Dataplane {
             HashMap::try_from(self.map(name)?).map_err(map_error(name))?;
         Ok(map.iter().filter_map(Result::ok).collect())
     }
+
+    /// Empties `ATTACK_VERIFIED` (tests).
+    pub fn clear_attack_verified(&mut self) -> Result<(), DataplaneError> {
+        let name = map_names::ATTACK_VERIFIED;
+        let sources: Vec<Addr> = self
+            .attack_verified()?
+            .into_iter()
+            .map(|(a, _)| a)
+            .collect();
+        let mut map = self.hash_map::<Addr, Proven>(name)?;
+        for source in sources {
+            match map.remove(&source) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(source) => return Err(DataplaneError::Map { name, source }),
+            }
+        }
+        Ok(())
+    }
 }
