@@ -1,4 +1,4 @@
-//! `guard.attack`'s shared types (DESIGN.md §2.3): the per-service counters
+//! `guard.attack`'s shared types (docs/DESIGN.md §2.3): the per-service counters
 //! the controller judges attacks by, the per-VIP attack state it writes for
 //! the data path, and the admission's proven sources and pending SYNs.
 

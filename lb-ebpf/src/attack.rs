@@ -1,4 +1,4 @@
-//! `guard.attack` in the data path (DESIGN.md §2.3): per-service counts of
+//! `guard.attack` in the data path (docs/DESIGN.md §2.3): per-service counts of
 //! new flows, bare-SYN flows and those that went on, for the controller to
 //! judge attacks by; and, for a VIP the controller marked under attack, the
 //! admission of new flows. A proven source (a completed handshake, a

@@ -1,5 +1,5 @@
 //! Which VIPs this balancer announces through BIRD, with which BGP
-//! attributes, and why (`announce`, DESIGN.md §4). Pure: the controller
+//! attributes, and why (`announce`, docs/DESIGN.md §4). Pure: the controller
 //! gathers the inputs (attachment, health, the guard's denials, whether it
 //! is stopping) and hands the BIRD include this renders to the `bird` edge.
 //!

@@ -1,4 +1,4 @@
-//! `guard.attack` in the controller (DESIGN.md §2.3): from the data path's
+//! `guard.attack` in the controller (docs/DESIGN.md §2.3): from the data path's
 //! running per-VIP totals (new flows, bare-SYN flows, those that went on),
 //! read every [`POLL`], the rates over the last second, and the judgement
 //! of each VIP: under attack while a threshold is crossed, until it has been

@@ -1,4 +1,4 @@
-//! Backend health (DESIGN.md §4): the probes that ask a backend whether it
+//! Backend health (docs/DESIGN.md §4): the probes that ask a backend whether it
 //! is serving, the rise/fall state machine that turns their outcomes into
 //! up / down, and the checker that runs the probes on every backend.
 //!
@@ -6,7 +6,7 @@
 //!
 //! - [`Tracker`] is pure: it sees outcomes and the time they were observed
 //!   and decides transitions, so it is tested without sockets or sleeps
-//!   (STYLE.md §5). Thresholds count *consecutive* outcomes, as `HAProxy`'s
+//!   (docs/STYLE.md §5). Thresholds count *consecutive* outcomes, as `HAProxy`'s
 //!   `rise` / `fall` do.
 //! - [`probe_async`] does one check, bounded by the check's timeout, and
 //!   reports an [`Outcome`] whose `detail` is short enough to show an
@@ -437,7 +437,7 @@ fn probe_https(
 }
 
 /// The TLS client for `https` checks. Certificates are not verified, by
-/// choice (DESIGN.md §4): backends commonly serve self-signed or internal
+/// choice (docs/DESIGN.md §4): backends commonly serve self-signed or internal
 /// certificates, and the check is about the service answering, not about
 /// its identity.
 fn tls_config() -> std::sync::Arc<rustls::ClientConfig> {

@@ -1,6 +1,6 @@
 //! Next hops of backends, resolved from the kernel's routes and neighbours
 //! (over netlink) into `HOPS` entries, so the data path need not ask the FIB
-//! for every packet (DESIGN.md §2.8).
+//! for every packet (docs/DESIGN.md §2.8).
 //!
 //! An edge: it asks the kernel and answers with [`HopValue`]s; the
 //! controller decides when to ask and writes the answers. The kernel is

@@ -1,11 +1,12 @@
 //! Desired state → map contents → the smallest set of map writes.
 //!
 //! Pure: the [`Planner`] keeps stable ids for services and backends and a
-//! shadow of what the maps hold, and turns a [`Config`] (plus, later, health
-//! and operator overrides) into a list of [`Write`]s. Applying them is the
-//! caller's business (`dataplane`). Per service the writes are ordered so the
-//! switch is atomic: the idle Maglev row is filled first, then one write to
-//! `SERVICES` flips the live row.
+//! shadow of what the maps hold, and turns a [`Config`] plus each
+//! backend's [`BackendState`] (health, and a weight override from a drain,
+//! `lb weight` or a dynamic scheduler) into a list of [`Write`]s. Applying
+//! them is the caller's business (`dataplane`). Per service the writes are
+//! ordered so the switch is atomic: the idle Maglev row is filled first,
+//! then one write to `SERVICES` flips the live row.
 
 use std::{
     collections::{BTreeMap, VecDeque},

@@ -1,4 +1,4 @@
-//! `cargo xtask bench`: the benchmark report (DESIGN.md §7.4).
+//! `cargo xtask bench`: the benchmark report (docs/DESIGN.md §7.4).
 //!
 //! 1. Per-packet cost of each data-plane path: `BPF_PROG_TEST_RUN` with a
 //!    large `repeat`; the kernel reports the mean per run in whole

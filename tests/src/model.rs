@@ -8,7 +8,7 @@
 //! the Maglev table are computed here ([`crate::tables`]) from their
 //! specifications, so a planner or hash that drifts from the contract shows
 //! up as a disagreement; everything else (what is well formed, what is ours,
-//! which service, which backend) is decided here from DESIGN.md §2:
+//! which service, which backend) is decided here from docs/DESIGN.md §2:
 //!
 //! - non-IP frames, unicast frames for another MAC and packets not addressed
 //!   to a service pass untouched;
@@ -554,7 +554,7 @@ impl<'a> Model<'a> {
             // An all-port backend's packet in no flow lb forwarded (a fresh
             // flow has no connection-table entry): a datagram or a
             // connection of the backend's own, which keeps its source
-            // (DESIGN.md §2, the reply path).
+            // (docs/DESIGN.md §2.2, the reply path).
             return Prediction::Pass;
         }
         if !in_client_net(view.dst) {
@@ -643,7 +643,7 @@ impl<'a> Model<'a> {
 /// Each backend's weight in the table, `up[i]` saying whether backend `i`
 /// is up: its configured weight if it is up and in the serving tier, else
 /// 0. The serving tier is the lowest with at least `min_healthy` healthy
-/// weighted backends, else the lowest with any (DESIGN.md §5, `tier` and
+/// weighted backends, else the lowest with any (docs/DESIGN.md §5, `tier` and
 /// `min_healthy`).
 fn serving_weights(service: &Service, up: &[bool]) -> Vec<u32> {
     let mut weighted_per_tier = std::collections::BTreeMap::<u8, u32>::new();

@@ -3,7 +3,7 @@
 //! (`lb::maglev`, `lb::plan`, `lb_common::hash`): if either side drifts from
 //! the contract, the model and the kernel disagree and the model test fails.
 //!
-//! The contract these follow (DESIGN.md §2, and the doc comments of
+//! The contract these follow (docs/DESIGN.md §2, and the doc comments of
 //! `lb::maglev` that pin it):
 //!
 //! - Maglev (Eisenbud et al., NSDI 2016, §3.4, "Algorithm 1"): table size
@@ -16,9 +16,10 @@
 //!   each turn a backend adds its weight to a credit and claims its next
 //!   free preferred slot when the credit reaches the largest weight (paying
 //!   that weight back).
-//! - Round robin (DESIGN.md §2: "weighted, per new flow, from a
-//!   precomputed smooth sequence"): nginx's smooth weighted round robin over
-//!   the weighted backends, weights divided by their greatest common divisor;
+//! - Round robin (docs/DESIGN.md §2.6: "weighted, one step per new flow
+//!   along a smooth sequence computed in advance"): nginx's smooth
+//!   weighted round robin over the weighted backends, weights divided by
+//!   their greatest common divisor;
 //!   per pick every backend's credit grows by its weight, the largest credit
 //!   wins (ties: the backend listed first) and pays back the total; one
 //!   cycle is the sequence. Each new flow takes the next entry, per CPU.

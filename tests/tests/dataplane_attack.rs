@@ -1,4 +1,4 @@
-//! `guard.attack`'s admission under `BPF_PROG_TEST_RUN` (DESIGN.md §2.3):
+//! `guard.attack`'s admission under `BPF_PROG_TEST_RUN` (docs/DESIGN.md §2.3):
 //! while a VIP is marked under attack, a bare SYN opening a new flow is
 //! dropped (`drop_attack_unverified`) unless its source proved itself; the
 //! same tuple's SYN again 0.5 to 3 s later (the TCP retransmission) proves

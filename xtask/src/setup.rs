@@ -4,7 +4,7 @@
 //!
 //! The eBPF crate needs a nightly-capable rustc with the library source
 //! (`-Z build-std=core`) and bpf-linker built against the same LLVM major.
-//! Two recipes (DESIGN.md §8):
+//! Two recipes (docs/DESIGN.md §8):
 //! - Debian's `rustc-web` + `rust-web-src` (Rust 1.96, LLVM 22) with
 //!   `RUSTC_BOOTSTRAP=1`, and bpf-linker 0.13 against Debian's libLLVM 22;
 //! - or a rustup `nightly` toolchain with `rust-src`, where one is installed,

@@ -1,4 +1,4 @@
-//! `guard.attack` (DESIGN.md §2.3, §5): floods from spoofed sources, met per
+//! `guard.attack` (docs/DESIGN.md §2.3, §5): floods from spoofed sources, met per
 //! VIP. A VIP whose new flows cross a rate, or whose new TCP flows are
 //! mostly left half-open, is "under attack" until it has been quiet for a
 //! while; meanwhile a bare SYN that would open a new flow to it passes only

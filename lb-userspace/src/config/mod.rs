@@ -1,4 +1,4 @@
-//! The YAML configuration (DESIGN.md §5), parsed into types that cannot hold
+//! The YAML configuration (docs/DESIGN.md §5), parsed into types that cannot hold
 //! a bad value. Unknown keys are rejected; every error names its field path
 //! and, where the YAML parser knows it, the line.
 //!
@@ -74,7 +74,7 @@ pub struct Config {
     pub sync: Option<ConnSync>,
 }
 
-/// `announce:` (DESIGN.md §4): lb keeps BIRD 2 told which VIPs this balancer
+/// `announce:` (docs/DESIGN.md §4): lb keeps BIRD 2 told which VIPs this balancer
 /// can serve — a generated `include` with one static route per announced
 /// VIP, and `configure` on BIRD's control socket — so that N balancers
 /// behind an ECMP router (or sites announcing one anycast VIP) share the

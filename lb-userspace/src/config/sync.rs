@@ -1,4 +1,4 @@
-//! `sync:` (DESIGN.md §4, §5): connection sync between the balancers of
+//! `sync:` (docs/DESIGN.md §4, §5): connection sync between the balancers of
 //! one HA pair or ECMP group — where to exchange flows, with whom, under
 //! which key, and how much a peer may put in this balancer's table.
 

@@ -669,7 +669,7 @@ fn check_backend<'a>(
 
 /// The reply path finds a NAT reply's service by (backend address, port,
 /// protocol), then by (address, 0, protocol) for all-port services
-/// (DESIGN §2.2): each such key must name one service. An all-port NAT
+/// (docs/DESIGN.md §2.2): each such key must name one service. An all-port NAT
 /// backend collides with every port of the same address and protocol that
 /// another NAT service uses — a reply from that port would get the other
 /// service's VIP.

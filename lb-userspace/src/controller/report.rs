@@ -1,4 +1,4 @@
-//! What `lb status` and `lb stats` answer (DESIGN.md §6): the JSON the API
+//! What `lb status` and `lb stats` answer (docs/DESIGN.md §6): the JSON the API
 //! serves and the command line prints.
 
 use std::collections::BTreeMap;
@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::ha::HaStatus;
 
-/// `lb status` as JSON (DESIGN.md §6).
+/// `lb status` as JSON (docs/DESIGN.md §6).
 #[derive(Debug, Serialize, serde::Deserialize)]
 pub struct StatusReport {
     /// Instance name.
@@ -16,20 +16,20 @@ pub struct StatusReport {
     pub services: Vec<ServiceStatus>,
     /// High availability.
     pub ha: HaStatus,
-    /// The junk-traffic guard: deny lists and automatic denials (an
-    /// addition to the DESIGN.md shape).
+    /// The junk-traffic guard: deny lists and automatic denials (beside
+    /// the core shape of docs/DESIGN.md §6).
     #[serde(default)]
     pub guard: crate::guard::GuardReport,
     /// `guard.attack`: per VIP, the rates and whether it is under attack
-    /// (an addition to the DESIGN.md shape).
+    /// (beside the core shape of docs/DESIGN.md §6).
     #[serde(default)]
     pub attack: crate::attack::AttackReport,
-    /// `announce`: per VIP, announced or withdrawn and why (an addition
-    /// to the DESIGN.md shape; `null` without the section).
+    /// `announce`: per VIP, announced or withdrawn and why (beside the
+    /// core shape of docs/DESIGN.md §6; `null` without the section).
     #[serde(default)]
     pub announce: Option<super::announcing::AnnounceStatus>,
-    /// Connection sync: peers and counters (an addition to the DESIGN.md
-    /// shape; `null` without a `sync:` section).
+    /// Connection sync: peers and counters (beside the core shape of
+    /// docs/DESIGN.md §6; `null` without a `sync:` section).
     #[serde(default)]
     pub sync: Option<crate::sync::status::SyncStatus>,
 }
@@ -51,8 +51,8 @@ pub struct ServiceStatus {
     pub forwarding: String,
     /// The tier serving new flows; `null` when no backend can.
     pub active_tier: Option<u8>,
-    /// What the operator should know (a service with no backends); an
-    /// addition to the DESIGN.md shape, empty when all is well.
+    /// What the operator should know (a service with no backends); empty
+    /// when all is well (docs/DESIGN.md §6 lists it).
     #[serde(default)]
     pub warnings: Vec<String>,
     /// Backends.

@@ -1,7 +1,7 @@
 //! What `lb status`, `lb ha` and the metrics show of HA: one
 //! [`InstanceStatus`] per VRRP instance, kept by its thread, and the
 //! [`HaStatus`] of the report, whose top-level fields describe the first
-//! instance (the single-instance shape of DESIGN.md §6) and whose
+//! instance (the single-instance shape of docs/DESIGN.md §6) and whose
 //! `instances` lists them all.
 
 use serde::{Deserialize, Serialize};
@@ -185,9 +185,9 @@ mod tests {
         }
     }
 
-    /// DESIGN.md §6: the top-level fields describe the first instance, and
-    /// `instances` lists each with its VRID, state, both priorities, the
-    /// master, since and reason.
+    /// docs/DESIGN.md §6: the top-level fields describe the first
+    /// instance, and `instances` lists each with its VRID, state, both
+    /// priorities, the master, since and reason.
     #[test]
     fn the_report_keeps_the_single_instance_shape_and_lists_every_instance() {
         let report = HaStatus::of(vec![instance(51, "backup"), instance(52, "master")], 7);

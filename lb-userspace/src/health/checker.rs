@@ -1,5 +1,5 @@
 //! The checker: every backend's checks as tasks of one small tokio runtime
-//! (DESIGN.md §4), so a balancer with ten thousand backends runs them on
+//! (docs/DESIGN.md §4), so a balancer with ten thousand backends runs them on
 //! [`WORKERS`] event-loop threads, plus at most [`POOL_PERMITS`] blocking
 //! threads each for `https` and `exec` probes, instead of a thread per
 //! backend.

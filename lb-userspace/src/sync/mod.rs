@@ -1,4 +1,4 @@
-//! Connection sync between balancers (DESIGN.md §4, `sync:`): balancers of
+//! Connection sync between balancers (docs/DESIGN.md §4, `sync:`): balancers of
 //! one HA pair or ECMP group tell each other the flows they schedule, so a
 //! flow keeps its backend whichever balancer receives it — needed where the
 //! scheduler's pick is local (round-robin, least-conn, resource) and for

@@ -2,7 +2,7 @@
 //! and the §6.4 state machine that decides which balancer holds the floating
 //! IPs.
 //!
-//! This room is sans-IO (STYLE.md §5): nothing here opens a socket, reads a
+//! This room is sans-IO (docs/STYLE.md §5): nothing here opens a socket, reads a
 //! clock or touches netlink. The I/O layer receives a packet, hands the VRRP
 //! payload to [`parse`] together with the IP source and destination (the
 //! checksum covers a pseudo-header), feeds the result to

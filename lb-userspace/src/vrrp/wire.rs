@@ -234,7 +234,7 @@ pub enum EmitError {
     },
 }
 
-/// Read-only view over a VRRP version 3 payload (smoltcp style, STYLE.md §3).
+/// Read-only view over a VRRP version 3 payload (smoltcp style, docs/STYLE.md §3).
 ///
 /// [`Packet::new_checked`] verifies the length against the address count,
 /// after which every accessor is panic-free. It checks nothing else: the

@@ -149,7 +149,7 @@ impl Network {
             ns.route("198.51.100.0/24", "192.0.2.253");
             ns.sysctl("net.ipv4.conf.all.rp_filter=0");
             // Frames XDP_TX sends back into a veth are delivered only when
-            // its peer has an XDP program (DESIGN.md §7); lb_decap passes all.
+            // its peer has an XDP program (docs/DESIGN.md §7.3); lb_decap passes all.
             decaps.push(DecapGuard::attach(switch.name(), &port));
             let pid = std::process::id();
             let socket = format!("/run/lb/demo{i}-{pid}.sock");
