@@ -93,10 +93,13 @@ pub const RETRY_MIN_NS: u64 = 500_000_000;
 /// proves it).
 pub const RETRY_MAX_NS: u64 = 3_000_000_000;
 
-/// Entries of `ATTACK_PENDING` (first SYNs waiting for their
-/// retransmission, LRU): holds the retransmission window of a flood of
-/// about this many SYNs per second over `RETRY_MAX_NS`.
-pub const PENDING_ENTRIES: u32 = 131_072;
+/// Slots of `ATTACK_PENDING` (first SYNs waiting for their
+/// retransmission): an array of 2-way sets, 8 bytes a slot (32 MiB). A
+/// first SYN takes its set's emptier or older slot, so it is forgotten
+/// only once two later SYNs landed in its set: at 300,000 spoofed SYNs a
+/// second, a real client's SYN is still there a second later, when its
+/// retransmission comes, 99 times in 100.
+pub const PENDING_SLOTS: u32 = 1 << 22;
 
 /// Entries of `ATTACK_VERIFIED` (proven sources, LRU).
 pub const VERIFIED_ENTRIES: u32 = 65_536;
@@ -104,8 +107,8 @@ pub const VERIFIED_ENTRIES: u32 = 65_536;
 /// Entries of `ATTACK_VIPS`: VIPs under attack at once.
 pub const VIPS_ENTRIES: u32 = 1024;
 
-/// The key of `ATTACK_PENDING`: a hash of (source, source port, VIP,
-/// port) and the SYN's sequence number, see [`pending_key`].
+/// The identity of a SYN in `ATTACK_PENDING`: a hash of (source, source
+/// port, VIP, port) and the SYN's sequence number, see [`pending_key`].
 pub type PendingKey = u64;
 
 /// [`PendingKey`] of a SYN: the tuple's 32-bit flow hash beside the SYN's
@@ -116,6 +119,59 @@ pub type PendingKey = u64;
 pub fn pending_key(src: &Addr, dst: &Addr, sport: u16, dport: u16, seq: u32) -> PendingKey {
     let hash = crate::hash::flow_hash(src, dst, sport, dport, crate::proto::TCP);
     (u64::from(hash) << 32) | u64::from(seq)
+}
+
+/// Where a SYN of `key` is remembered: the first slot of its 2-way set
+/// (the other is the next), and the 40-bit tag stored there. A
+/// multiplicative hash spreads the key: the set comes from its high bits,
+/// the tag from its low ones.
+#[inline(always)]
+pub fn pending_place(key: PendingKey, slots: u32) -> (u32, u64) {
+    let mixed = key.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let sets = u64::from(slots / 2).max(1);
+    // The set number is below `slots / 2`: it fits.
+    #[allow(clippy::cast_possible_truncation)]
+    let set = ((mixed >> 24) % sets) as u32;
+    (set * 2, mixed & TAG_MASK)
+}
+
+const TAG_MASK: u64 = (1 << 40) - 1;
+const TICK_MASK: u64 = (1 << 24) - 1;
+
+/// The clock of a slot: `ns >> 24` (16.8 ms ticks), 24 bits of it (78 hours
+/// before it wraps), never 0 (an empty slot).
+#[inline(always)]
+fn tick(ns: u64) -> u64 {
+    let tick = (ns >> 24) & TICK_MASK;
+    if tick == 0 { 1 } else { tick }
+}
+
+/// A slot's value: `tag` seen at `now`.
+#[inline(always)]
+pub fn pending_value(tag: u64, now: u64) -> u64 {
+    (tag << 24) | tick(now)
+}
+
+/// The tag a slot's `value` holds (0 for an empty slot).
+#[inline(always)]
+pub fn pending_tag(value: u64) -> u64 {
+    value >> 24
+}
+
+/// How long ago (at `now`) the SYN a slot's `value` holds was seen, to a
+/// tick; an empty slot is as old as can be.
+#[inline(always)]
+pub fn pending_age(value: u64, now: u64) -> u64 {
+    if value == 0 {
+        return u64::MAX;
+    }
+    (tick(now).wrapping_sub(value & TICK_MASK) & TICK_MASK) << 24
+}
+
+/// `value` as if seen `ns` earlier (tests age the table).
+pub fn pending_aged(value: u64, ns: u64) -> u64 {
+    let tick = (value & TICK_MASK).wrapping_sub(ns >> 24) & TICK_MASK;
+    (value & !TICK_MASK) | if tick == 0 { TICK_MASK } else { tick }
 }
 
 #[cfg(feature = "user")]
@@ -129,4 +185,42 @@ mod pod {
     unsafe impl aya::Pod for super::Proven {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Budget {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_slot_remembers_its_tag_and_tells_its_age_to_a_tick() {
+        let now = 5_000 * S;
+        let (first, tag) = pending_place(0x1234_5678_0000_03e8, PENDING_SLOTS);
+        assert_eq!(first % 2, 0, "a set's first slot");
+        assert!(first + 1 < PENDING_SLOTS);
+        assert!(tag > 0 && tag < 1 << 40);
+        let value = pending_value(tag, now);
+        assert_eq!(pending_tag(value), tag);
+        assert!(pending_age(value, now) < 1 << 24);
+        let later = pending_age(value, now + S);
+        assert!(later.abs_diff(S) < 2 << 24, "{later}");
+        assert_eq!(pending_age(0, now), u64::MAX, "empty");
+        let aged = pending_aged(value, 2 * S);
+        assert_eq!(pending_tag(aged), tag);
+        assert!(pending_age(aged, now).abs_diff(2 * S) < 2 << 24);
+    }
+
+    #[test]
+    fn another_sequence_number_or_tuple_gets_another_tag_or_set() {
+        let key = pending_key(&[0; 16], &[1; 16], 1000, 80, 7);
+        let other_seq = pending_key(&[0; 16], &[1; 16], 1000, 80, 8);
+        let other_port = pending_key(&[0; 16], &[1; 16], 1001, 80, 7);
+        for other in [other_seq, other_port] {
+            assert_ne!(
+                pending_place(key, PENDING_SLOTS),
+                pending_place(other, PENDING_SLOTS)
+            );
+        }
+    }
 }

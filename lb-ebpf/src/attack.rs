@@ -16,8 +16,9 @@ use aya_ebpf::{
 use lb_common::{
     Addr, ConnValue,
     attack::{
-        AttackCounts, AttackVip, Budget, PENDING_ENTRIES, PendingKey, Proven, RETRY_MAX_NS,
-        RETRY_MIN_NS, VERIFIED_ENTRIES, VIPS_ENTRIES, pending_key, second_of,
+        AttackCounts, AttackVip, Budget, PENDING_SLOTS, Proven, RETRY_MAX_NS, RETRY_MIN_NS,
+        VERIFIED_ENTRIES, VIPS_ENTRIES, pending_age, pending_key, pending_place, pending_tag,
+        pending_value, second_of,
     },
     maps::CONN_HALF_OPEN,
     proto,
@@ -43,10 +44,18 @@ pub static ATTACK_VIPS: HashMap<Addr, AttackVip> = HashMap::with_max_entries(VIP
 pub static ATTACK_VERIFIED: LruHashMap<Addr, Proven> =
     LruHashMap::with_max_entries(VERIFIED_ENTRIES, 0);
 
-/// First SYNs of unknown sources, by tuple hash: when each was seen.
+/// First SYNs of unknown sources: 2-way sets of slots, each a SYN's tag
+/// and when it was seen (`lb_common::attack::pending_place`). Memory-mapped
+/// (`BPF_F_MMAPABLE`), so userspace reads 32 MiB without a syscall a slot.
 #[map]
-pub static ATTACK_PENDING: LruHashMap<PendingKey, u64> =
-    LruHashMap::with_max_entries(PENDING_ENTRIES, 0);
+pub static ATTACK_PENDING: Array<u64> = Array::with_max_entries(PENDING_SLOTS, BPF_F_MMAPABLE);
+
+/// `BPF_F_MMAPABLE` (`include/uapi/linux/bpf.h`).
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// The slots `ATTACK_PENDING` is declared with (the set arithmetic needs
+/// the count the map has; it is not resized at load).
+const ATTACK_PENDING_LEN: u32 = PENDING_SLOTS;
 
 /// How often a proven source's proof is refreshed by its flows: at most
 /// once a second, so a busy client costs one map write a second, not one
@@ -154,29 +163,52 @@ fn admitted(asking: &Asking, service_id: u32, opening: bool, now: u64) -> bool {
         asking.dport,
         asking.seq,
     );
-    // SAFETY: as above.
-    if let Some(first) = unsafe { ATTACK_PENDING.get(&key) }.copied() {
-        let age = now.saturating_sub(first);
-        if age < RETRY_MIN_NS {
-            // Too soon to be the retransmission: a repeat proves nothing,
-            // and the first sighting stays.
-            return false;
-        }
-        if age <= RETRY_MAX_NS {
-            let proven = Proven {
-                at_ns: now,
-                second: second_of(now),
-                flows: 1,
-            };
-            // A full table forgets its least recently proven source.
-            let _ = ATTACK_VERIFIED.insert(asking.src, &proven, 0);
-            let _ = ATTACK_PENDING.remove(&key);
-            return true;
-        }
+    let (first, tag) = pending_place(key, ATTACK_PENDING_LEN);
+    let (Some(a), Some(b)) = (
+        ATTACK_PENDING.get_ptr_mut(first),
+        ATTACK_PENDING.get_ptr_mut(first.wrapping_add(1)),
+    ) else {
+        return false;
+    };
+    // SAFETY: array slots, valid for the program's run; aligned 8-byte
+    // loads and stores, so a racing CPU's write is seen whole or not.
+    let (value_a, value_b) = unsafe { (*a, *b) };
+    let (mine, value) = if pending_tag(value_a) == tag {
+        (a, value_a)
+    } else if pending_tag(value_b) == tag {
+        (b, value_b)
+    } else {
+        // A first SYN: remembered in the emptier or older slot, dropped.
+        let older = if pending_age(value_a, now) >= pending_age(value_b, now) {
+            a
+        } else {
+            b
+        };
+        // SAFETY: as above.
+        unsafe { *older = pending_value(tag, now) };
+        return false;
+    };
+    let age = pending_age(value, now);
+    if age < RETRY_MIN_NS {
+        // Too soon to be the retransmission: a repeat proves nothing, and
+        // the first sighting stays.
+        return false;
     }
-    // A first SYN (or one after the window): remembered, dropped. A full
-    // table forgets its oldest pending SYN.
-    let _ = ATTACK_PENDING.insert(&key, &now, 0);
+    if age <= RETRY_MAX_NS {
+        let proven = Proven {
+            at_ns: now,
+            second: second_of(now),
+            flows: 1,
+        };
+        // A full table forgets its least recently proven source.
+        let _ = ATTACK_VERIFIED.insert(asking.src, &proven, 0);
+        // SAFETY: as above.
+        unsafe { *mine = 0 };
+        return true;
+    }
+    // Seen again after the window: a first SYN once more.
+    // SAFETY: as above.
+    unsafe { *mine = pending_value(tag, now) };
     false
 }
 

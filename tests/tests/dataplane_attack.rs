@@ -65,11 +65,11 @@ fn mark_with(harness: &mut Harness, vip: Ipv4Addr, unknown_budget: u32, source_b
 fn age_pending(harness: &mut Harness, ns: u64) {
     let pending = harness.dataplane.attack_pending().expect("read pending");
     assert!(!pending.is_empty(), "a SYN is pending");
-    for (key, seen) in pending {
+    for (slot, value) in pending {
         harness
             .dataplane
-            .set_attack_pending(key, seen.checked_sub(ns).expect("uptime"))
-            .expect("age the entry");
+            .set_attack_pending(slot, lb_common::attack::pending_aged(value, ns))
+            .expect("age the slot");
     }
 }
 

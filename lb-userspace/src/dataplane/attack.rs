@@ -1,10 +1,10 @@
 //! `guard.attack`'s maps seen from userspace: the per-service counters the
 //! controller judges attacks by, and the VIPs it marks under attack.
 
-use aya::maps::{HashMap, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
 use lb_common::{
     Addr,
-    attack::{AttackCounts, AttackVip, PendingKey, Proven},
+    attack::{AttackCounts, AttackVip, PENDING_SLOTS, Proven},
     map_names,
 };
 
@@ -55,26 +55,56 @@ impl Dataplane {
 }
 
 impl Dataplane {
-    /// `ATTACK_PENDING`: first SYNs waiting for their retransmission, by
-    /// tuple hash, with the data path's time each was seen (tests, `lb
-    /// trace`-style inspection).
-    pub fn attack_pending(&self) -> Result<Vec<(PendingKey, u64)>, DataplaneError> {
+    /// `ATTACK_PENDING`'s slots that hold a first SYN waiting for its
+    /// retransmission: (slot, value; see `lb_common::attack::pending_tag`
+    /// and `pending_age`). Read through a memory mapping of the array: its
+    /// four million slots in one pass, not one syscall each.
+    pub fn attack_pending(&self) -> Result<Vec<(u32, u64)>, DataplaneError> {
         let name = map_names::ATTACK_PENDING;
-        let map: HashMap<&MapData, PendingKey, u64> =
-            HashMap::try_from(self.map(name)?).map_err(map_error(name))?;
-        Ok(map.iter().filter_map(Result::ok).collect())
+        let aya::maps::Map::Array(data) = self.map(name)? else {
+            return Err(DataplaneError::MissingMap(name));
+        };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(data.fd()));
+        let len = PENDING_SLOTS as usize * std::mem::size_of::<u64>();
+        // SAFETY: a shared, read-only mapping of the array's memory (the
+        // map was created `BPF_F_MMAPABLE`), of its size, unmapped below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(DataplaneError::Descriptor {
+                name,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: the mapping holds `PENDING_SLOTS` aligned u64s; the data
+        // path may write them meanwhile (each read sees a whole value).
+        let slots =
+            unsafe { std::slice::from_raw_parts(base.cast::<u64>(), PENDING_SLOTS as usize) };
+        let held = slots
+            .iter()
+            .zip(0u32..)
+            .filter(|(value, _)| **value != 0)
+            .map(|(value, slot)| (slot, *value))
+            .collect();
+        // SAFETY: the mapping made above, no longer borrowed.
+        unsafe { libc::munmap(base, len) };
+        Ok(held)
     }
 
-    /// Rewrites when the pending SYN `key` was seen (tests age it).
-    pub fn set_attack_pending(
-        &mut self,
-        key: PendingKey,
-        seen_ns: u64,
-    ) -> Result<(), DataplaneError> {
+    /// Rewrites slot `slot` of `ATTACK_PENDING` (tests age a SYN).
+    pub fn set_attack_pending(&mut self, slot: u32, value: u64) -> Result<(), DataplaneError> {
         let name = map_names::ATTACK_PENDING;
-        self.hash_map::<PendingKey, u64>(name)?
-            .insert(key, seen_ns, 0)
-            .map_err(map_error(name))
+        let mut array: Array<&mut MapData, u64> =
+            Array::try_from(self.map_mut(name)?).map_err(map_error(name))?;
+        array.set(slot, value, 0).map_err(map_error(name))
     }
 
     /// `ATTACK_VERIFIED`: proven sources, when each last proved itself
