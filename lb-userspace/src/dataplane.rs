@@ -815,6 +815,19 @@ impl Dataplane {
         target: &'static str,
         frame: &[u8],
     ) -> anyhow::Result<Vec<u8>> {
+        self.prepare_bench_varied(target, frame, 0)
+    }
+
+    /// As [`Dataplane::prepare_bench_of`]; with `vary` (the offset of the
+    /// frame's IPv4 header, followed by TCP) non-zero, every restore gives
+    /// the frame a fresh source address, source port and sequence number
+    /// (`BenchFrame::vary`): each run is a new tuple.
+    pub fn prepare_bench_varied(
+        &mut self,
+        target: &'static str,
+        frame: &[u8],
+        vary: u32,
+    ) -> anyhow::Result<Vec<u8>> {
         use lb_common::maps::{BENCH_WORDS, BenchFrame};
         let mut padded = frame.to_vec();
         padded.resize(frame.len().div_ceil(8) * 8, 0);
@@ -825,7 +838,8 @@ impl Dataplane {
         }
         let saved = BenchFrame {
             len: u32::try_from(padded.len())?,
-            pad: 0,
+            vary,
+            runs: 0,
             words,
         };
         for name in [
