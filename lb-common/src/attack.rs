@@ -92,10 +92,15 @@ pub const RETRY_MIN_NS: u64 = 500_000_000;
 /// proves it).
 pub const RETRY_MAX_NS: u64 = 3_000_000_000;
 
-/// Entries of `ATTACK_PENDING` (first SYNs waiting for their
-/// retransmission, LRU): holds the retransmission window of a flood of
-/// about this many SYNs per second over `RETRY_MAX_NS`.
-pub const PENDING_ENTRIES: u32 = 131_072;
+/// Slots of `ATTACK_PENDING` (first SYNs waiting for their
+/// retransmission, an array indexed by [`pending_slot`]; a SYN landing on
+/// a taken slot overwrites it): a flood of about this many SYNs over
+/// `RETRY_MAX_NS` leaves a genuine first SYN a fair chance to be found by
+/// its retransmission.
+pub const PENDING_ENTRIES: u32 = 1 << PENDING_BITS;
+
+/// log2 of [`PENDING_ENTRIES`].
+pub const PENDING_BITS: u32 = 17;
 
 /// Entries of `ATTACK_VERIFIED` (proven sources, LRU).
 pub const VERIFIED_ENTRIES: u32 = 65_536;
@@ -103,9 +108,35 @@ pub const VERIFIED_ENTRIES: u32 = 65_536;
 /// Entries of `ATTACK_VIPS`: VIPs under attack at once.
 pub const VIPS_ENTRIES: u32 = 1024;
 
-/// The key of `ATTACK_PENDING`: a hash of (source, source port, VIP,
-/// port) and the SYN's sequence number, see [`pending_key`].
+/// What `ATTACK_PENDING` remembers of a SYN: a hash of (source, source
+/// port, VIP, port) and the SYN's sequence number, see [`pending_key`].
 pub type PendingKey = u64;
+
+/// Value of `ATTACK_PENDING`, slot [`pending_slot`] of its key: the SYN
+/// and when it was seen; `seen_ns` 0 is a free slot. An array, not a hash
+/// map: a flood's SYN costs a slot overwrite, no allocation or eviction;
+/// a SYN's retransmission, same key, lands on the same slot. Two CPUs
+/// writing one slot at once may leave one's key with the other's time;
+/// the worst of it is one SYN's retransmission not found (or found one
+/// window early), as a collision would do.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PendingSlot {
+    pub key: PendingKey,
+    /// Data path clock when the SYN was seen (0: free).
+    pub seen_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<PendingSlot>() == 16);
+
+/// The `ATTACK_PENDING` slot of `key`: its top bits after a multiplicative
+/// mix (the sequence number alone spreads a flood of one tuple).
+#[inline(always)]
+pub fn pending_slot(key: PendingKey) -> u32 {
+    // Truncation impossible: PENDING_BITS < 32 bits are left.
+    #[allow(clippy::cast_possible_truncation)]
+    let slot = (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - PENDING_BITS)) as u32;
+    slot
+}
 
 /// [`PendingKey`] of a SYN: the tuple's 32-bit flow hash beside the SYN's
 /// sequence number. A retransmitted SYN carries its first sending's
@@ -128,4 +159,6 @@ mod pod {
     unsafe impl aya::Pod for super::Proven {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Budget {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PendingSlot {}
 }

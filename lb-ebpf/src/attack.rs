@@ -11,13 +11,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     Addr, ConnValue,
     attack::{
-        AttackCounts, AttackVip, Budget, PENDING_ENTRIES, PendingKey, Proven, RETRY_MAX_NS,
-        RETRY_MIN_NS, VERIFIED_ENTRIES, VIPS_ENTRIES, pending_key, second_of,
+        AttackCounts, AttackVip, Budget, PENDING_ENTRIES, PendingSlot, Proven, RETRY_MAX_NS,
+        RETRY_MIN_NS, VERIFIED_ENTRIES, VIPS_ENTRIES, pending_key, pending_slot, second_of,
     },
     maps::CONN_HALF_OPEN,
     proto,
@@ -43,10 +43,10 @@ pub static ATTACK_VIPS: HashMap<Addr, AttackVip> = HashMap::with_max_entries(VIP
 pub static ATTACK_VERIFIED: LruHashMap<Addr, Proven> =
     LruHashMap::with_max_entries(VERIFIED_ENTRIES, 0);
 
-/// First SYNs of unknown sources, by tuple hash: when each was seen.
+/// First SYNs of unknown sources, in the slot of their tuple hash and
+/// sequence number: when each was seen (see `PendingSlot`).
 #[map]
-pub static ATTACK_PENDING: LruHashMap<PendingKey, u64> =
-    LruHashMap::with_max_entries(PENDING_ENTRIES, 0);
+pub static ATTACK_PENDING: Array<PendingSlot> = Array::with_max_entries(PENDING_ENTRIES, 0);
 
 /// How often a proven source's proof is refreshed by its flows: at most
 /// once a second, so a busy client costs one map write a second, not one
@@ -100,29 +100,37 @@ pub fn admit(scratch: &Scratch, service_id: u32, opening: bool, now: u64) -> boo
         flow.dport,
         scratch.packet.tcp_seq,
     );
-    // SAFETY: as above.
-    if let Some(first) = unsafe { ATTACK_PENDING.get(&key) }.copied() {
-        let age = now.saturating_sub(first);
-        if age < RETRY_MIN_NS {
-            // Too soon to be the retransmission: a repeat proves nothing,
-            // and the first sighting stays.
-            return false;
+    let Some(slot) = ATTACK_PENDING.get_ptr_mut(pending_slot(key)) else {
+        return false;
+    };
+    // SAFETY: an array slot, valid for the program's life; a racing CPU
+    // leaves valid values (see `PendingSlot`).
+    unsafe {
+        let first = (*slot).seen_ns;
+        if first != 0 && (*slot).key == key {
+            let age = now.saturating_sub(first);
+            if age < RETRY_MIN_NS {
+                // Too soon to be the retransmission: a repeat proves
+                // nothing, and the first sighting stays.
+                return false;
+            }
+            if age <= RETRY_MAX_NS {
+                (*slot).seen_ns = 0;
+                let proven = Proven {
+                    at_ns: now,
+                    second: second_of(now),
+                    flows: 1,
+                };
+                // A full table forgets its least recently proven source.
+                let _ = ATTACK_VERIFIED.insert(&flow.src, &proven, 0);
+                return true;
+            }
         }
-        if age <= RETRY_MAX_NS {
-            let proven = Proven {
-                at_ns: now,
-                second: second_of(now),
-                flows: 1,
-            };
-            // A full table forgets its least recently proven source.
-            let _ = ATTACK_VERIFIED.insert(&flow.src, &proven, 0);
-            let _ = ATTACK_PENDING.remove(&key);
-            return true;
-        }
+        // A first SYN (or one after the window): remembered, dropped, in
+        // place of whatever held its slot.
+        (*slot).key = key;
+        (*slot).seen_ns = now;
     }
-    // A first SYN (or one after the window): remembered, dropped. A full
-    // table forgets its oldest pending SYN.
-    let _ = ATTACK_PENDING.insert(&key, &now, 0);
     false
 }
 

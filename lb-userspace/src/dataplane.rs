@@ -1030,6 +1030,19 @@ impl Dataplane {
                     info.max_entries()
                 );
             }
+            // ATTACK_PENDING was an LRU hash before it became an array: an
+            // older lb's pin is dropped (seconds' worth of pending SYNs,
+            // whose retransmissions then count as first SYNs) and the
+            // loader creates the array.
+            let pending = pin_dir.join(map_names::ATTACK_PENDING);
+            if pending.exists() {
+                let info = aya::maps::MapInfo::from_pin(&pending)
+                    .with_context(|| format!("reading pinned map {}", pending.display()))?;
+                if !matches!(info.map_type(), Ok(aya::maps::MapType::Array)) {
+                    std::fs::remove_file(&pending)
+                        .with_context(|| format!("removing {}", pending.display()))?;
+                }
+            }
         } else {
             std::fs::create_dir_all(pin_dir)
                 .with_context(|| format!("creating {}", pin_dir.display()))?;

@@ -1,10 +1,10 @@
 //! `guard.attack`'s maps seen from userspace: the per-service counters the
 //! controller judges attacks by, and the VIPs it marks under attack.
 
-use aya::maps::{HashMap, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
 use lb_common::{
     Addr,
-    attack::{AttackCounts, AttackVip, PendingKey, Proven},
+    attack::{AttackCounts, AttackVip, PendingKey, PendingSlot, Proven, pending_slot},
     map_names,
 };
 
@@ -56,24 +56,33 @@ impl Dataplane {
 
 impl Dataplane {
     /// `ATTACK_PENDING`: first SYNs waiting for their retransmission, by
-    /// tuple hash, with the data path's time each was seen (tests, `lb
-    /// trace`-style inspection).
+    /// tuple hash and sequence number, with the data path's time each was
+    /// seen (tests, `lb trace`-style inspection). Reads every slot: one
+    /// system call each.
     pub fn attack_pending(&self) -> Result<Vec<(PendingKey, u64)>, DataplaneError> {
         let name = map_names::ATTACK_PENDING;
-        let map: HashMap<&MapData, PendingKey, u64> =
-            HashMap::try_from(self.map(name)?).map_err(map_error(name))?;
-        Ok(map.iter().filter_map(Result::ok).collect())
+        let array: Array<&MapData, PendingSlot> =
+            Array::try_from(self.map(name)?).map_err(map_error(name))?;
+        Ok(array
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|slot| slot.seen_ns != 0)
+            .map(|slot| (slot.key, slot.seen_ns))
+            .collect())
     }
 
-    /// Rewrites when the pending SYN `key` was seen (tests age it).
+    /// Rewrites when the pending SYN `key` was seen (tests age it), in
+    /// its slot.
     pub fn set_attack_pending(
         &mut self,
         key: PendingKey,
         seen_ns: u64,
     ) -> Result<(), DataplaneError> {
         let name = map_names::ATTACK_PENDING;
-        self.hash_map::<PendingKey, u64>(name)?
-            .insert(key, seen_ns, 0)
+        let mut array: Array<&mut MapData, PendingSlot> =
+            Array::try_from(self.map_mut(name)?).map_err(map_error(name))?;
+        array
+            .set(pending_slot(key), PendingSlot { key, seen_ns }, 0)
             .map_err(map_error(name))
     }
 
