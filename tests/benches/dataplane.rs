@@ -810,6 +810,15 @@ fn main_cases() -> Vec<Case> {
             )
         },
         Case {
+            new_flows_of: Some("nat4"),
+            vary: 14,
+            ..case(
+                "new_flow_fresh",
+                "IPv4 TCP new flow, a fresh tuple each run (bare SYN), Maglev, nat",
+                frames::tcp4(CLIENT4, 40000, vip4(10), 80),
+            )
+        },
+        Case {
             new_flows_of: Some("rr4"),
             ..case(
                 "new_flow_rr",
