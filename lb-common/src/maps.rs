@@ -580,12 +580,17 @@ pub const BENCH_WORDS: usize = 32;
 pub struct BenchFrame {
     /// Length in bytes, a multiple of 8 (benchmark frames are padded).
     pub len: u32,
-    /// Always zero.
-    pub pad: u32,
+    /// 0, or the offset of an IPv4 header followed by TCP: then every
+    /// restore gives the frame a source address (in 10.0.0.0/8), source
+    /// port and sequence number of its own, derived from `runs`, so each
+    /// run is a fresh tuple (a SYN flood from spoofed sources).
+    pub vary: u32,
+    /// Restores so far (counted only while `vary` is set).
+    pub runs: u64,
     /// The bytes, as native-endian words.
     pub words: [u64; BENCH_WORDS],
 }
-const _: () = assert!(core::mem::size_of::<BenchFrame>() == 8 + 8 * BENCH_WORDS);
+const _: () = assert!(core::mem::size_of::<BenchFrame>() == 16 + 8 * BENCH_WORDS);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -763,7 +763,16 @@ pub fn choose_backend(
             },
         last_seen_ns: moment.now,
     };
-    conn_insert(scratch, &conn);
+    // A tuple still in the table (rescheduled: closed, idle, its backend
+    // gone) gets its entry rewritten in place, found again by one lookup
+    // of a line just read: an LRU insert takes a free node and frees the
+    // old one, about half of a new flow's cost. Other CPUs may see the
+    // fields change one at a time, as they see `Entry::keep`'s writes.
+    match replaced.and_then(|_| conn_entry(scratch)) {
+        // SAFETY: the LRU entry stays valid for this program run.
+        Some(entry) => unsafe { *entry = conn },
+        None => conn_insert(scratch, &conn),
+    }
     if settings.flags & SETTINGS_SYNC != 0 {
         crate::sync::report_opened(scratch, backend_id);
         // A flow first seen by its FIN or RST (its earlier packets went

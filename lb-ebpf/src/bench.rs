@@ -32,11 +32,15 @@ pub static FLOOR_HOP: Array<FloorHop> = Array::with_max_entries(1, 0);
 pub static BENCH_TARGET: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 /// Restores the saved frame; false if there is none or it cannot be.
+/// With `vary` set, the frame then gets this run's tuple ([`vary`]).
 #[inline(always)]
 fn restore(ctx: &XdpContext) -> bool {
-    let Some(frame) = BENCH_FRAME.get(0) else {
+    let Some(frame) = BENCH_FRAME.get_ptr_mut(0) else {
         return false;
     };
+    // SAFETY: the one entry of an array, valid for the program's life;
+    // benchmarks run on one CPU.
+    let frame = unsafe { &mut *frame };
     let want = frame.len as usize;
     let have = ctx.data_end() - ctx.data();
     if have != want {
@@ -60,7 +64,33 @@ fn restore(ctx: &XdpContext) -> bool {
             return false;
         }
     }
+    if frame.vary != 0 {
+        let run = frame.runs;
+        frame.runs = run.wrapping_add(1);
+        return vary(ctx, frame.vary as usize, run);
+    }
     true
+}
+
+/// Gives the IPv4 / TCP frame whose IP header is at `ip` a tuple of its
+/// own for run `run`: a source address in 10.0.0.0/8, a source port of
+/// 1024 and up and a sequence number, from one multiplicative hash of
+/// `run` (a bijection whose 64 bits all land in the tuple, so no two runs
+/// share one; random-looking to the tables). Checksums
+/// are left stale: the balancer does not verify them.
+#[inline(always)]
+fn vary(ctx: &XdpContext, ip: usize, run: u64) -> bool {
+    let mixed = run.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let high = (mixed >> 32) as u32;
+    #[allow(clippy::cast_possible_truncation, reason = "the low half wanted")]
+    let low = mixed as u32;
+    let src = (0x0a00_0000 | (high >> 8)).to_be_bytes();
+    #[allow(clippy::cast_possible_truncation, reason = "15 bits")]
+    let port = (1024 | (high & 0x7fff) as u16).to_be_bytes();
+    let ip = ip & 0xff;
+    write_at(ctx, ip + 12, src).is_some()
+        && write_at(ctx, ip + 20, port).is_some()
+        && write_at(ctx, ip + 24, low.to_be_bytes()).is_some()
 }
 
 /// Restores the frame and runs the program under test.

@@ -815,6 +815,19 @@ impl Dataplane {
         target: &'static str,
         frame: &[u8],
     ) -> anyhow::Result<Vec<u8>> {
+        self.prepare_bench_varied(target, frame, 0)
+    }
+
+    /// As [`Dataplane::prepare_bench_of`]; with `vary` (the offset of the
+    /// frame's IPv4 header, followed by TCP) non-zero, every restore gives
+    /// the frame a fresh source address, source port and sequence number
+    /// (`BenchFrame::vary`): each run is a new tuple.
+    pub fn prepare_bench_varied(
+        &mut self,
+        target: &'static str,
+        frame: &[u8],
+        vary: u32,
+    ) -> anyhow::Result<Vec<u8>> {
         use lb_common::maps::{BENCH_WORDS, BenchFrame};
         let mut padded = frame.to_vec();
         padded.resize(frame.len().div_ceil(8) * 8, 0);
@@ -825,7 +838,8 @@ impl Dataplane {
         }
         let saved = BenchFrame {
             len: u32::try_from(padded.len())?,
-            pad: 0,
+            vary,
+            runs: 0,
             words,
         };
         for name in [
@@ -1015,6 +1029,21 @@ impl Dataplane {
                     pin_dir.display(),
                     info.max_entries()
                 );
+            }
+            // ATTACK_PENDING was an LRU hash before it became an array of
+            // `PENDING_SLOTS`: an older lb's pin is dropped (seconds' worth
+            // of pending SYNs, whose retransmissions then count as first
+            // SYNs) and the loader creates the array.
+            let pending = pin_dir.join(map_names::ATTACK_PENDING);
+            if pending.exists() {
+                let info = aya::maps::MapInfo::from_pin(&pending)
+                    .with_context(|| format!("reading pinned map {}", pending.display()))?;
+                if !matches!(info.map_type(), Ok(aya::maps::MapType::Array))
+                    || info.max_entries() != lb_common::attack::PENDING_SLOTS
+                {
+                    std::fs::remove_file(&pending)
+                        .with_context(|| format!("removing {}", pending.display()))?;
+                }
             }
         } else {
             std::fs::create_dir_all(pin_dir)

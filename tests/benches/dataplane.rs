@@ -129,6 +129,19 @@ services:
 guard: { deny: [198.51.100.0/28], rate_limit: { new_flows_per_second: 1, burst: 1 } }
 ";
 
+/// `guard.attack` (`syn_spoofed`, `syn_verified`): `nat4` marked under
+/// attack by the bench (`Dataplane::set_attack_vip`).
+const CONFIG_ATTACK: &str = "\
+instance: bench-attack
+interfaces: [{ name: lb0 }]
+services:
+  - { name: nat4, vip: 203.0.113.10, port: 80, protocol: tcp, forwarding: nat, backends: [{ address: 192.0.2.11, port: 8080 }, { address: 192.0.2.12, port: 8080 }] }
+guard: { attack: { new_flows_per_second: 1000 } }
+";
+
+/// The cases of [`CONFIG_ATTACK`].
+const ATTACK_PATHS: [&str; 2] = ["syn_spoofed", "syn_verified"];
+
 const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 77);
 const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 77);
 
@@ -175,6 +188,9 @@ struct Case {
     frame: Vec<u8>,
     /// The service whose new-flow counter must grow by one per run.
     new_flows_of: Option<&'static str>,
+    /// 0, or the offset of the frame's IPv4 header: each run then gets a
+    /// fresh source address, port and sequence number (`BenchFrame::vary`).
+    vary: u32,
 }
 
 fn case(name: &'static str, description: &'static str, frame: Vec<u8>) -> Case {
@@ -183,6 +199,7 @@ fn case(name: &'static str, description: &'static str, frame: Vec<u8>) -> Case {
         description,
         frame,
         new_flows_of: None,
+        vary: 0,
     }
 }
 
@@ -242,7 +259,7 @@ fn data_plane(report: &mut Report) {
     config.push_str(CONFIG_TAIL);
     let mut harness = Harness::new(&config);
     let floor = floor_frame();
-    let floor_cost = measure(&mut harness, program_names::FLOOR, "floor", &floor);
+    let floor_cost = measure(&mut harness, program_names::FLOOR, "floor", &floor, 0);
     let floor_ns = floor_cost.median;
     print_cost(&floor_cost, floor_ns);
     report.per_packet.push(floor_cost);
@@ -262,6 +279,9 @@ fn data_plane(report: &mut Report) {
     }
     if wanted("sync") {
         sync_cost(&mut harness, floor_ns, report);
+    }
+    if ATTACK_PATHS.iter().any(|name| wanted(name)) {
+        attack_cases(floor_ns, &wanted, report);
     }
     if paths.is_some() {
         if wanted("pps") {
@@ -790,6 +810,15 @@ fn main_cases() -> Vec<Case> {
             )
         },
         Case {
+            new_flows_of: Some("nat4"),
+            vary: 14,
+            ..case(
+                "new_flow_fresh",
+                "IPv4 TCP new flow, a fresh tuple each run (bare SYN), Maglev, nat",
+                frames::tcp4(CLIENT4, 40000, vip4(10), 80),
+            )
+        },
+        Case {
             new_flows_of: Some("rr4"),
             ..case(
                 "new_flow_rr",
@@ -798,6 +827,65 @@ fn main_cases() -> Vec<Case> {
             )
         },
     ]
+}
+
+/// `guard.attack` with `nat4`'s VIP under attack: a bare SYN from a fresh
+/// spoofed source each run (dropped, remembered as pending), and a new
+/// flow from a proven source (a completed handshake before the attack;
+/// SYN+FIN, so every run reschedules, as `new_flow`).
+fn attack_cases(floor_ns: i64, wanted: &dyn Fn(&str) -> bool, report: &mut Report) {
+    let mut harness = Harness::new(CONFIG_ATTACK);
+    // Proven: SYN, then the handshake's ACK, before the VIP is marked.
+    let client = Ipv4Addr::new(198, 51, 100, 78);
+    for frame in [
+        frames::tcp4(client, 39000, vip4(10), 80),
+        frames::tcp4_ack(client, 39000, vip4(10), 80),
+    ] {
+        harness.run(&frame);
+    }
+    let proven = harness
+        .dataplane
+        .attack_verified()
+        .expect("ATTACK_VERIFIED");
+    assert_eq!(proven.len(), 1, "the handshake proved its source");
+    harness
+        .dataplane
+        .set_attack_vip(
+            &lb_common::maps::ipv4_mapped(vip4(10).octets()),
+            &lb_common::attack::AttackVip {
+                verified_ns: 3_600_000_000_000,
+                since_ns: 1,
+                unknown_budget: 0,
+                source_budget: 0,
+            },
+        )
+        .expect("mark the VIP under attack");
+    let cases = [
+        Case {
+            vary: 14,
+            ..case(
+                "syn_spoofed",
+                "IPv4 TCP bare SYN, fresh spoofed source, VIP under attack: drop",
+                frames::tcp4(CLIENT4, 40000, vip4(10), 80),
+            )
+        },
+        Case {
+            new_flows_of: Some("nat4"),
+            ..case(
+                "syn_verified",
+                "IPv4 TCP new flow from a proven source, VIP under attack, nat",
+                syn_fin4(client, vip4(10), 80, frames::PAYLOAD),
+            )
+        },
+    ];
+    for case in cases {
+        if !wanted(case.name) {
+            continue;
+        }
+        let cost = measure_case(&mut harness, &case);
+        print_cost(&cost, floor_ns);
+        report.per_packet.push(cost);
+    }
 }
 
 /// Any frame will do for the floor: it only swaps the MACs.
@@ -810,7 +898,13 @@ fn floor_frame() -> Vec<u8> {
 fn measure_case(harness: &mut Harness, case: &Case) -> PathCost {
     let service = case.new_flows_of.map(|name| service_id(harness, name));
     let new_before = service.map(|id| new_flows(harness, id));
-    let mut cost = measure(harness, program_names::BALANCER, case.name, &case.frame);
+    let mut cost = measure(
+        harness,
+        program_names::BALANCER,
+        case.name,
+        &case.frame,
+        case.vary,
+    );
     case.description.clone_into(&mut cost.description);
     if let (Some(id), Some(before)) = (service, new_before) {
         let grown = new_flows(harness, id) - before;
@@ -831,10 +925,16 @@ fn measure_case(harness: &mut Harness, case: &Case) -> PathCost {
 
 /// Times `target` through the wrapper: per round, the baseline (restore
 /// only) then the wrapper with the tail call; the difference is the sample.
-fn measure(harness: &mut Harness, target: &'static str, name: &str, frame: &[u8]) -> PathCost {
+fn measure(
+    harness: &mut Harness,
+    target: &'static str,
+    name: &str,
+    frame: &[u8],
+    vary: u32,
+) -> PathCost {
     let padded = harness
         .dataplane
-        .prepare_bench_of(target, frame)
+        .prepare_bench_varied(target, frame, vary)
         .expect("prepare the wrapper");
     // Untimed first run: puts established flows in the connection table.
     run_repeated(harness, program_names::BENCH, &padded, 1);

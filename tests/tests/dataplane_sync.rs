@@ -223,3 +223,62 @@ fn a_flow_first_seen_by_its_fin_is_reported_opened_then_closed() {
     assert_eq!(sync.drain(), [], "the second FIN");
     assert_eq!(sync.lost().expect("read SYNC_LOST"), 0);
 }
+
+/// A bare SYN on a closed tuple opens a new flow on it: the entry, still
+/// in the table, is rewritten in place (open, its time renewed, the
+/// scheduler's backend), reported opened once, and the flow's next
+/// packet goes the established way to that backend.
+#[test]
+fn a_syn_reopening_a_closed_tuple_rewrites_its_entry_open() {
+    let mut harness = Harness::new(CONFIG);
+    let mut sync = harness.dataplane.take_sync().expect("the sync ring");
+    set_sync(&mut harness, true);
+    let conn = |harness: &Harness| {
+        lb::route::maps::MapTables::new(&harness.dataplane)
+            .conn(&key4(7000))
+            .expect("read the connection table")
+            .expect("the flow's entry")
+    };
+    for frame in [
+        frames::tcp4(CLIENT, 7000, VIP, 80),
+        tcp4_fin(CLIENT, 7000, VIP, 80),
+    ] {
+        assert_eq!(harness.run(&frame).action, Action::Redirect);
+    }
+    let closed = conn(&harness);
+    assert_ne!(closed.flags & CONN_CLOSED, 0, "the entry is closed");
+    let entries = harness
+        .dataplane
+        .conn_keys::<lb_common::maps::FlowKeyV4>(lb_common::map_names::CONNS_V4)
+        .expect("keys")
+        .len();
+    sync.drain();
+    assert_eq!(
+        harness.run(&frames::tcp4(CLIENT, 7000, VIP, 80)).action,
+        Action::Redirect
+    );
+    let reopened = conn(&harness);
+    assert_eq!(reopened.flags & CONN_CLOSED, 0, "the entry is open again");
+    assert!(reopened.last_seen_ns >= closed.last_seen_ns);
+    assert_eq!(
+        harness
+            .dataplane
+            .conn_keys::<lb_common::maps::FlowKeyV4>(lb_common::map_names::CONNS_V4)
+            .expect("keys")
+            .len(),
+        entries,
+        "the same entry, rewritten"
+    );
+    assert_eq!(
+        sync.drain(),
+        [SyncEvent {
+            flow: key4(7000),
+            backend_id: reopened.backend_id,
+            kind: SYNC_OPENED,
+        }]
+    );
+    let (outcome, moved) = harness.run_counted(&frames::tcp4_ack(CLIENT, 7000, VIP, 80));
+    assert_eq!(outcome.action, Action::Redirect);
+    assert_eq!(moved, [(lb_common::Reason::ForwardToBackend, 1)].into());
+    assert_eq!(conn(&harness), reopened, "the established way: untouched");
+}
