@@ -178,6 +178,25 @@ pub struct Planner {
     nat: BTreeMap<Endpoint, NatValue>,
     deny: std::collections::BTreeSet<(Addr, u32)>,
     planned: Vec<PlannedService>,
+    /// Each service's last table and what it was built from, by service
+    /// id: a plan rebuilds only the tables whose inputs changed, so one
+    /// backend's health or weight costs one service's Maglev build, not
+    /// every service's. Shared between clones, as the rows are.
+    tables: BTreeMap<u32, Arc<CachedTable>>,
+    /// Tables built since this planner was made (for tests and logs).
+    built: u64,
+}
+
+/// What a service's table is built from, and the table.
+#[derive(Debug, PartialEq, Eq)]
+struct CachedTable {
+    /// Round robin (else Maglev).
+    round_robin: bool,
+    /// Per backend, in configuration order: id, address, port, weight in
+    /// the live table.
+    inputs: Vec<(u32, IpAddr, u16, u32)>,
+    /// The table.
+    table: Arc<Vec<u32>>,
 }
 
 impl Planner {
@@ -200,6 +219,8 @@ impl Planner {
             nat: BTreeMap::new(),
             deny: std::collections::BTreeSet::new(),
             planned: Vec::new(),
+            tables: BTreeMap::new(),
+            built: 0,
         }
     }
 
@@ -274,6 +295,12 @@ impl Planner {
         })
     }
 
+    /// How many tables (Maglev or round robin) this planner has built:
+    /// a plan builds only those of services whose inputs changed.
+    pub fn tables_built(&self) -> u64 {
+        self.built
+    }
+
     /// Backend `id` as last planned.
     pub fn backend(&self, id: u32) -> Option<&BackendValue> {
         self.backends.get(&id)
@@ -313,10 +340,12 @@ impl Planner {
         }
         writes.extend(service_writes);
         // Services that are gone: VIP entry first, so nothing looks them up.
+        let planned_keys: std::collections::BTreeSet<ServiceKey> =
+            planned.iter().map(|p| p.key).collect();
         let gone: Vec<ServiceKey> = self
             .services
             .keys()
-            .filter(|key| !planned.iter().any(|p| p.key == **key))
+            .filter(|key| !planned_keys.contains(key))
             .copied()
             .collect();
         sync_map(
@@ -353,6 +382,9 @@ impl Planner {
             self.backends.insert(id, value);
         }
         self.plan_deny(config, &mut writes);
+        // Tables of services that are gone are not kept.
+        let ids: std::collections::BTreeSet<u32> = planned.iter().map(|p| p.value.id).collect();
+        self.tables.retain(|id, _| ids.contains(id));
         self.planned = planned;
         Ok(writes)
     }
@@ -380,7 +412,7 @@ impl Planner {
             .filter(|b| b.effective_weight > 0)
             .map(|b| b.tier)
             .min();
-        let table = self.table(service, &backends);
+        let table = self.table(id, service, &backends);
         let rr_len = if service.scheduler == Scheduler::RoundRobin {
             u32::try_from(table.len()).unwrap_or(u32::MAX)
         } else {
@@ -397,16 +429,19 @@ impl Planner {
             pad: 0,
             rr_len,
         };
+        // The same table as the live row's (as most are, in a plan after
+        // one backend's change) is seen without comparing the slots.
         let live_matches = previous.is_some_and(|p| p.id == id)
             && self
                 .rows
                 .get(&live_row)
-                .is_some_and(|row| row_matches(row, &table));
+                .is_some_and(|row| Arc::ptr_eq(row, &table) || row_matches(row, &table));
         if !live_matches {
             // Fill the idle half, then flip to it in one write.
             let idle_half = 1 - live_half;
             let row = id * 2 + u32::from(idle_half);
             let slots = self.diff_row(row, &table);
+            self.share_row(row, &table);
             if !slots.is_empty() {
                 service_writes.push(Write::MaglevSlots { row, slots });
             }
@@ -423,6 +458,7 @@ impl Planner {
             // keeps failover fast.
             let row = id * 2 + u32::from(1 - value.active_half);
             let slots = self.diff_row(row, &table);
+            self.share_row(row, &table);
             if !slots.is_empty() {
                 service_writes.push(Write::MaglevSlots { row, slots });
             }
@@ -478,6 +514,9 @@ impl Planner {
         }
         let zeros = vec![0; self.ring_size as usize];
         for (row, now) in &applied.rows {
+            if self.rows.get(row).is_some_and(|was| Arc::ptr_eq(was, now)) {
+                continue;
+            }
             let was = self.rows.get(row).map_or(&zeros[..], |row| &row[..]);
             let slots: Vec<(u32, u32)> = was
                 .iter()
@@ -538,11 +577,12 @@ impl Planner {
     /// Keeps ids of services and backends that remain; frees the others
     /// (oldest freed reused first); gives new ones fresh ids.
     fn assign_ids(&mut self, config: &Config) -> Result<(), PlanError> {
-        let names: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+        let names: std::collections::BTreeSet<&str> =
+            config.services.iter().map(|s| s.name.as_str()).collect();
         let gone: Vec<String> = self
             .service_ids
             .keys()
-            .filter(|name| !names.contains(&name.as_str()))
+            .filter(|name| !names.contains(name.as_str()))
             .cloned()
             .collect();
         for name in gone {
@@ -561,10 +601,11 @@ impl Planner {
                 })
             })
             .collect();
+        let wanted: std::collections::BTreeSet<&BackendKey> = keys.iter().collect();
         let gone: Vec<BackendKey> = self
             .backend_ids
             .keys()
-            .filter(|key| !keys.contains(key))
+            .filter(|key| !wanted.contains(key))
             .cloned()
             .collect();
         for key in gone {
@@ -675,7 +716,40 @@ impl Planner {
 
     /// The table a service's row holds: the Maglev table, or for round robin
     /// the smooth weighted sequence.
-    fn table(&self, service: &Service, backends: &[PlannedBackend]) -> Vec<u32> {
+    /// Built only if its inputs differ from the last plan's for this
+    /// service id; otherwise the last table, shared.
+    fn table(
+        &mut self,
+        service_id: u32,
+        service: &Service,
+        backends: &[PlannedBackend],
+    ) -> Arc<Vec<u32>> {
+        let round_robin = service.scheduler == Scheduler::RoundRobin;
+        let inputs: Vec<(u32, IpAddr, u16, u32)> = backends
+            .iter()
+            .map(|b| (b.id, b.key.address, b.key.port, b.effective_weight))
+            .collect();
+        if let Some(cached) = self.tables.get(&service_id)
+            && cached.round_robin == round_robin
+            && cached.inputs == inputs
+        {
+            return Arc::clone(&cached.table);
+        }
+        let table = Arc::new(self.build_table(service, backends));
+        self.built += 1;
+        self.tables.insert(
+            service_id,
+            Arc::new(CachedTable {
+                round_robin,
+                inputs,
+                table: Arc::clone(&table),
+            }),
+        );
+        table
+    }
+
+    /// Builds the table of [`Planner::table`].
+    fn build_table(&self, service: &Service, backends: &[PlannedBackend]) -> Vec<u32> {
         if service.scheduler == Scheduler::RoundRobin {
             let weights: Vec<(u32, u32)> = backends
                 .iter()
@@ -697,6 +771,16 @@ impl Planner {
             })
             .collect();
         maglev::build(&weighted, self.ring_size)
+    }
+
+    /// Once `row` holds `table` whole (a Maglev table fills the row), the
+    /// shadow shares the table's allocation: the next plan sees the row
+    /// unchanged by pointer, and a later write copies it first.
+    fn share_row(&mut self, row: u32, table: &Arc<Vec<u32>>) {
+        if table.len() == self.ring_size as usize {
+            debug_assert!(self.rows.get(&row).is_some_and(|r| r[..] == table[..]));
+            self.rows.insert(row, Arc::clone(table));
+        }
     }
 
     /// The slots of `row` that must change to hold `table`; updates the
@@ -908,6 +992,105 @@ mod tests {
         let count = |id| table.iter().filter(|&&b| b == id).count();
         assert_eq!(count(2), 0);
         assert!(count(1) > count(0) * 19 / 10 && count(1) < count(0) * 21 / 10);
+    }
+
+    /// `services` services of 3 backends each (maglev), `dataplane`
+    /// sized for them.
+    fn many(services: usize, weight_of_first: u32) -> Config {
+        use std::fmt::Write as _;
+        let mut text = String::from("instance: t\ninterfaces: [{ name: eth0 }]\nservices:\n");
+        for n in 0..services {
+            let weight = if n == 0 { weight_of_first } else { 100 };
+            writeln!(
+                text,
+                "  - {{ name: s{n}, vip: 203.0.113.10, port: {}, protocol: tcp, backends: \
+                 [{{ address: 192.0.2.11, weight: {weight} }}, {{ address: 192.0.2.12 }}, \
+                 {{ address: 192.0.2.13 }}] }}",
+                1000 + n
+            )
+            .unwrap();
+        }
+        text.push_str("dataplane: { ring_size: 251 }\n");
+        Config::parse(&text).unwrap()
+    }
+
+    /// The service ids and backend ids a list of writes touches.
+    fn touched(writes: &[Write]) -> (Vec<u32>, Vec<u32>) {
+        let mut services = Vec::new();
+        let mut backends = Vec::new();
+        for write in writes {
+            match write {
+                Write::MaglevSlots { row, .. } => services.push(row / 2),
+                Write::Service(_, value) => services.push(value.id),
+                Write::Backend(id, _) => backends.push(*id),
+                other => panic!("unexpected write {other:?}"),
+            }
+        }
+        services.sort_unstable();
+        services.dedup();
+        (services, backends)
+    }
+
+    #[test]
+    fn one_backends_change_builds_and_writes_one_service_only() {
+        let config = many(50, 100);
+        let mut planner = Planner::new(RING, 64, 256);
+        planner.plan(&config, &BTreeMap::new()).unwrap();
+        assert_eq!(
+            planner.tables_built(),
+            50,
+            "start-up builds each table once"
+        );
+        // The same input again: nothing built, nothing written.
+        assert!(planner.plan(&config, &BTreeMap::new()).unwrap().is_empty());
+        assert_eq!(planner.tables_built(), 50);
+        // One backend of service s7 goes down.
+        let s7 = planner.planned()[7].clone();
+        let down = s7.backends[1].clone();
+        let mut states = BTreeMap::new();
+        states.insert(
+            down.key.clone(),
+            BackendState {
+                up: false,
+                weight: None,
+            },
+        );
+        let writes = planner.plan(&config, &states).unwrap();
+        assert_eq!(planner.tables_built(), 51, "one table rebuilt");
+        let (services, backends) = touched(&writes);
+        assert_eq!(services, [s7.value.id], "{writes:?}");
+        assert_eq!(backends, [down.id], "{writes:?}");
+        // A planner that never saw the change plans the same maps.
+        let mut fresh = Planner::new(RING, 64, 256);
+        fresh.plan(&config, &states).unwrap();
+        assert_eq!(
+            fresh.live_table(&s7.key).unwrap(),
+            planner.live_table(&s7.key).unwrap()
+        );
+        // Back up: one more build, the same service only.
+        let writes = planner.plan(&config, &BTreeMap::new()).unwrap();
+        assert_eq!(planner.tables_built(), 52);
+        assert_eq!(touched(&writes).0, [s7.value.id]);
+    }
+
+    #[test]
+    fn a_reload_that_changes_one_weight_touches_one_service() {
+        let mut planner = Planner::new(RING, 64, 256);
+        planner.plan(&many(40, 100), &BTreeMap::new()).unwrap();
+        // As a reload does: a clone plans the new configuration.
+        let mut next = planner.clone();
+        let writes = next.plan(&many(40, 300), &BTreeMap::new()).unwrap();
+        assert_eq!(next.tables_built(), 41);
+        let (services, backends) = touched(&writes);
+        assert_eq!(services, [planner.planned()[0].value.id], "{writes:?}");
+        assert!(backends.is_empty(), "{writes:?}");
+        // Undoing it touches the same service's rows only.
+        let undo = planner.undo(&next);
+        assert_eq!(
+            touched(&undo).0,
+            [planner.planned()[0].value.id],
+            "{undo:?}"
+        );
     }
 
     fn writes_key(writes: &[Write]) -> ServiceKey {
