@@ -776,6 +776,9 @@ impl Dataplane {
                 Write::MaglevSlots { row, slots } => {
                     self.set_maglev_slots(*row, slots.iter().copied())?;
                 }
+                Write::MaglevRow { row, table } => {
+                    self.set_maglev_slots(*row, (0u32..).zip(table.iter().copied()))?;
+                }
                 Write::Service(key, value) => self.insert_service(key, value)?,
                 Write::RemoveService(key) => self.remove_service(key)?,
                 Write::Vip(addr, value) => self.insert_vip(addr, value)?,

@@ -68,6 +68,15 @@ pub enum Write {
         /// The slots that change.
         slots: Vec<(u32, u32)>,
     },
+    /// Every slot of a row the maps hold zeros in (a new service's): the
+    /// table itself, shared with the planner (a thousand services' start
+    /// would otherwise hold a gigabyte of slot lists at once).
+    MaglevRow {
+        /// Row: `2 * service id + half`.
+        row: u32,
+        /// Its slots, in order.
+        table: Arc<Vec<u32>>,
+    },
     /// Insert or replace a service.
     Service(ServiceKey, ServiceValue),
     /// Remove a service.
@@ -440,11 +449,7 @@ impl Planner {
             // Fill the idle half, then flip to it in one write.
             let idle_half = 1 - live_half;
             let row = id * 2 + u32::from(idle_half);
-            let slots = self.diff_row(row, &table);
-            self.share_row(row, &table);
-            if !slots.is_empty() {
-                service_writes.push(Write::MaglevSlots { row, slots });
-            }
+            self.fill_row(row, &table, service_writes);
             value.active_half = idle_half;
         }
         if previous != Some(value) {
@@ -457,11 +462,7 @@ impl Planner {
             // (about 1/N of the ring) instead of a whole fresh row, which
             // keeps failover fast.
             let row = id * 2 + u32::from(1 - value.active_half);
-            let slots = self.diff_row(row, &table);
-            self.share_row(row, &table);
-            if !slots.is_empty() {
-                service_writes.push(Write::MaglevSlots { row, slots });
-            }
+            self.fill_row(row, &table, service_writes);
         }
         let vip = desired_vips.entry(key.addr).or_default();
         vip.services += 1;
@@ -773,6 +774,25 @@ impl Planner {
         maglev::build(&weighted, self.ring_size)
     }
 
+    /// The writes that make `row` hold `table`: the whole table if the row
+    /// was never written (and the table fills it), else the slots that
+    /// differ.
+    fn fill_row(&mut self, row: u32, table: &Arc<Vec<u32>>, writes: &mut Vec<Write>) {
+        if !self.rows.contains_key(&row) && table.len() == self.ring_size as usize {
+            self.rows.insert(row, Arc::clone(table));
+            writes.push(Write::MaglevRow {
+                row,
+                table: Arc::clone(table),
+            });
+            return;
+        }
+        let slots = self.diff_row(row, table);
+        self.share_row(row, table);
+        if !slots.is_empty() {
+            writes.push(Write::MaglevSlots { row, slots });
+        }
+    }
+
     /// Once `row` holds `table` whole (a Maglev table fills the row), the
     /// shadow shares the table's allocation: the next plan sees the row
     /// unchanged by pointer, and a later write copies it first.
@@ -969,7 +989,7 @@ mod tests {
             .iter()
             .map(|w| match w {
                 Write::Backend(..) => "backend",
-                Write::MaglevSlots { .. } => "slots",
+                Write::MaglevSlots { .. } | Write::MaglevRow { .. } => "slots",
                 Write::Service(..) => "service",
                 Write::Vip(..) => "vip",
                 Write::Nat(..) => "nat",
@@ -1020,7 +1040,9 @@ mod tests {
         let mut backends = Vec::new();
         for write in writes {
             match write {
-                Write::MaglevSlots { row, .. } => services.push(row / 2),
+                Write::MaglevSlots { row, .. } | Write::MaglevRow { row, .. } => {
+                    services.push(row / 2);
+                }
                 Write::Service(_, value) => services.push(value.id),
                 Write::Backend(id, _) => backends.push(*id),
                 other => panic!("unexpected write {other:?}"),
@@ -1423,6 +1445,16 @@ mod tests {
                     }
                     Write::Backend(id, value) => {
                         self.backends.insert(*id, *value);
+                    }
+                    Write::MaglevRow { row, table } => {
+                        let row = self.rows.entry(*row).or_default();
+                        for (slot, id) in (0u32..).zip(table.iter()) {
+                            if *id == 0 {
+                                row.remove(&slot);
+                            } else {
+                                row.insert(slot, *id);
+                            }
+                        }
                     }
                     Write::MaglevSlots { row, slots } => {
                         let row = self.rows.entry(*row).or_default();
