@@ -777,7 +777,7 @@ impl Dataplane {
                     self.set_maglev_slots(*row, slots.iter().copied())?;
                 }
                 Write::MaglevRow { row, table } => {
-                    self.set_maglev_slots(*row, (0u32..).zip(table.iter().copied()))?;
+                    self.set_maglev_slots(*row, (0u32..).zip(table.iter()))?;
                 }
                 Write::Service(key, value) => self.insert_service(key, value)?,
                 Write::RemoveService(key) => self.remove_service(key)?,

@@ -14,7 +14,7 @@ use std::{
 };
 
 use lb_common::{
-    Addr, BackendValue, Endpoint, NatValue, ServiceKey, ServiceValue, VipValue,
+    Addr, BackendValue, Endpoint, NO_BACKEND, NatValue, ServiceKey, ServiceValue, VipValue,
     maps::{
         BACKEND_DRAINING, BACKEND_USABLE, FWD_DSR, FWD_NAT, FWD_TUNNEL, SCHED_IP_HASH,
         SCHED_MAGLEV, SCHED_ROUND_ROBIN, VIP_FRAGMENTS_TCP, VIP_FRAGMENTS_UDP, ipv4_mapped,
@@ -75,7 +75,7 @@ pub enum Write {
         /// Row: `2 * service id + half`.
         row: u32,
         /// Its slots, in order.
-        table: Arc<Vec<u32>>,
+        table: Arc<Slots>,
     },
     /// Insert or replace a service.
     Service(ServiceKey, ServiceValue),
@@ -181,7 +181,7 @@ pub struct Planner {
     services: BTreeMap<ServiceKey, ServiceValue>,
     /// Shared between clones until one writes a row: cloning a planner
     /// (to plan a change that must apply whole) copies no table.
-    rows: BTreeMap<u32, Arc<Vec<u32>>>,
+    rows: BTreeMap<u32, Arc<Slots>>,
     backends: BTreeMap<u32, BackendValue>,
     vips: BTreeMap<Addr, VipValue>,
     nat: BTreeMap<Endpoint, NatValue>,
@@ -205,7 +205,106 @@ struct CachedTable {
     /// the live table.
     inputs: Vec<(u32, IpAddr, u16, u32)>,
     /// The table.
-    table: Arc<Vec<u32>>,
+    table: Arc<Slots>,
+}
+
+/// A row's slots (backend ids), two bytes each while every id fits in
+/// them: a thousand services' tables of the default 65,537 slots take
+/// 128 MiB rather than 256.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Slots {
+    /// Ids up to `u16::MAX - 1`; `u16::MAX` stands for `NO_BACKEND`.
+    Narrow(Vec<u16>),
+    /// Any ids.
+    Wide(Vec<u32>),
+}
+
+impl Slots {
+    /// `ids`, narrow if they all fit.
+    pub fn from_ids(ids: Vec<u32>) -> Self {
+        if ids
+            .iter()
+            .all(|&id| id < u32::from(u16::MAX) || id == NO_BACKEND)
+        {
+            Slots::Narrow(ids.into_iter().map(narrow).collect())
+        } else {
+            Slots::Wide(ids)
+        }
+    }
+
+    /// `len` zeroed slots (a fresh map's).
+    pub fn zeros(len: usize) -> Self {
+        Slots::Narrow(vec![0; len])
+    }
+
+    /// How many slots.
+    pub fn len(&self) -> usize {
+        match self {
+            Slots::Narrow(slots) => slots.len(),
+            Slots::Wide(slots) => slots.len(),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Slot `index`.
+    pub fn get(&self, index: usize) -> u32 {
+        match self {
+            Slots::Narrow(slots) => wide(slots[index]),
+            Slots::Wide(slots) => slots[index],
+        }
+    }
+
+    /// Every slot, in order.
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        let (narrow, wide_slots): (&[u16], &[u32]) = match self {
+            Slots::Narrow(slots) => (slots, &[]),
+            Slots::Wide(slots) => (&[], slots),
+        };
+        narrow
+            .iter()
+            .map(|&id| wide(id))
+            .chain(wide_slots.iter().copied())
+    }
+
+    /// Sets slot `index` (widening if `id` does not fit).
+    pub fn set(&mut self, index: usize, id: u32) {
+        if let Slots::Narrow(slots) = self {
+            if id < u32::from(u16::MAX) || id == NO_BACKEND {
+                slots[index] = narrow(id);
+                return;
+            }
+            *self = Slots::Wide(slots.iter().map(|&id| wide(id)).collect());
+        }
+        if let Slots::Wide(slots) = self {
+            slots[index] = id;
+        }
+    }
+
+    /// The slots as ids.
+    pub fn to_vec(&self) -> Vec<u32> {
+        self.iter().collect()
+    }
+}
+
+#[allow(clippy::cast_possible_truncation, reason = "checked by the callers")]
+fn narrow(id: u32) -> u16 {
+    if id == NO_BACKEND {
+        u16::MAX
+    } else {
+        id as u16
+    }
+}
+
+fn wide(id: u16) -> u32 {
+    if id == u16::MAX {
+        NO_BACKEND
+    } else {
+        u32::from(id)
+    }
 }
 
 impl Planner {
@@ -281,7 +380,7 @@ impl Planner {
         self.rows = snapshot
             .rows
             .into_iter()
-            .map(|(row, slots)| (row, Arc::new(slots)))
+            .map(|(row, slots)| (row, Arc::new(Slots::from_ids(slots))))
             .collect();
     }
 
@@ -292,16 +391,17 @@ impl Planner {
 
     /// The live table of a service as last planned (maglev slots or the
     /// round-robin sequence), for reference models and tests.
-    pub fn live_table(&self, key: &ServiceKey) -> Option<&[u32]> {
+    pub fn live_table(&self, key: &ServiceKey) -> Option<Vec<u32>> {
         let value = self.services.get(key)?;
         let row = self
             .rows
             .get(&(value.id * 2 + u32::from(value.active_half)))?;
-        Some(if value.scheduler == SCHED_ROUND_ROBIN {
-            &row[..value.rr_len as usize]
+        let len = if value.scheduler == SCHED_ROUND_ROBIN {
+            value.rr_len as usize
         } else {
-            row
-        })
+            row.len()
+        };
+        Some(row.iter().take(len).collect())
     }
 
     /// How many tables (Maglev or round robin) this planner has built:
@@ -513,18 +613,16 @@ impl Planner {
                 writes.push(Write::Backend(*id, *value));
             }
         }
-        let zeros = vec![0; self.ring_size as usize];
+        let zeros = Slots::zeros(self.ring_size as usize);
         for (row, now) in &applied.rows {
             if self.rows.get(row).is_some_and(|was| Arc::ptr_eq(was, now)) {
                 continue;
             }
-            let was = self.rows.get(row).map_or(&zeros[..], |row| &row[..]);
-            let slots: Vec<(u32, u32)> = was
-                .iter()
-                .zip(now.iter())
-                .enumerate()
+            let was = self.rows.get(row).map_or(&zeros, |row| &**row);
+            let slots: Vec<(u32, u32)> = (0u32..)
+                .zip(was.iter().zip(now.iter()))
                 .filter(|(_, (was, now))| was != now)
-                .map(|(slot, (was, _))| (u32::try_from(slot).unwrap_or(u32::MAX), *was))
+                .map(|(slot, (was, _))| (slot, was))
                 .collect();
             if !slots.is_empty() {
                 writes.push(Write::MaglevSlots { row: *row, slots });
@@ -724,7 +822,7 @@ impl Planner {
         service_id: u32,
         service: &Service,
         backends: &[PlannedBackend],
-    ) -> Arc<Vec<u32>> {
+    ) -> Arc<Slots> {
         let round_robin = service.scheduler == Scheduler::RoundRobin;
         let inputs: Vec<(u32, IpAddr, u16, u32)> = backends
             .iter()
@@ -736,7 +834,7 @@ impl Planner {
         {
             return Arc::clone(&cached.table);
         }
-        let table = Arc::new(self.build_table(service, backends));
+        let table = Arc::new(Slots::from_ids(self.build_table(service, backends)));
         self.built += 1;
         self.tables.insert(
             service_id,
@@ -777,7 +875,7 @@ impl Planner {
     /// The writes that make `row` hold `table`: the whole table if the row
     /// was never written (and the table fills it), else the slots that
     /// differ.
-    fn fill_row(&mut self, row: u32, table: &Arc<Vec<u32>>, writes: &mut Vec<Write>) {
+    fn fill_row(&mut self, row: u32, table: &Arc<Slots>, writes: &mut Vec<Write>) {
         if !self.rows.contains_key(&row) && table.len() == self.ring_size as usize {
             self.rows.insert(row, Arc::clone(table));
             writes.push(Write::MaglevRow {
@@ -796,41 +894,43 @@ impl Planner {
     /// Once `row` holds `table` whole (a Maglev table fills the row), the
     /// shadow shares the table's allocation: the next plan sees the row
     /// unchanged by pointer, and a later write copies it first.
-    fn share_row(&mut self, row: u32, table: &Arc<Vec<u32>>) {
+    fn share_row(&mut self, row: u32, table: &Arc<Slots>) {
         if table.len() == self.ring_size as usize {
-            debug_assert!(self.rows.get(&row).is_some_and(|r| r[..] == table[..]));
+            debug_assert!(
+                self.rows
+                    .get(&row)
+                    .is_some_and(|r| r.iter().eq(table.iter()))
+            );
             self.rows.insert(row, Arc::clone(table));
         }
     }
 
     /// The slots of `row` that must change to hold `table`; updates the
     /// shadow. Slots past the table's end are left as they are.
-    fn diff_row(&mut self, row: u32, table: &[u32]) -> Vec<(u32, u32)> {
+    fn diff_row(&mut self, row: u32, table: &Slots) -> Vec<(u32, u32)> {
         let ring_size = self.ring_size as usize;
         // A fresh map is zero-filled.
         let zeros;
-        let current: &[u32] = if let Some(shadow) = self.rows.get(&row) {
+        let current: &Slots = if let Some(shadow) = self.rows.get(&row) {
             shadow
         } else {
-            zeros = vec![0; ring_size];
+            zeros = Slots::zeros(ring_size);
             &zeros
         };
-        let slots: Vec<(u32, u32)> = current
-            .iter()
-            .zip(table)
-            .enumerate()
+        let slots: Vec<(u32, u32)> = (0u32..)
+            .zip(current.iter().zip(table.iter()))
             .filter(|(_, (current, wanted))| current != wanted)
-            .map(|(slot, (_, wanted))| (u32::try_from(slot).unwrap_or(u32::MAX), *wanted))
+            .map(|(slot, (_, wanted))| (slot, wanted))
             .collect();
         if !slots.is_empty() || !self.rows.contains_key(&row) {
             // Copied here if a clone still shares it.
             let shadow = Arc::make_mut(
                 self.rows
                     .entry(row)
-                    .or_insert_with(|| Arc::new(vec![0; ring_size])),
+                    .or_insert_with(|| Arc::new(Slots::zeros(ring_size))),
             );
             for &(slot, id) in &slots {
-                shadow[slot as usize] = id;
+                shadow.set(slot as usize, id);
             }
         }
         slots
@@ -853,8 +953,8 @@ fn serving_tier(backends: &[PlannedBackend], min_healthy: u32) -> Option<u8> {
 }
 
 /// Whether `row` holds `table` (over the table's length).
-fn row_matches(row: &[u32], table: &[u32]) -> bool {
-    row.len() >= table.len() && row[..table.len()] == *table
+fn row_matches(row: &Slots, table: &Slots) -> bool {
+    row.len() >= table.len() && row.iter().zip(table.iter()).all(|(a, b)| a == b)
 }
 
 fn take_id(free: &mut VecDeque<u32>, next: &mut u32, max: u32) -> Option<u32> {
@@ -1054,6 +1154,17 @@ mod tests {
     }
 
     #[test]
+    fn slots_stay_narrow_while_ids_fit_and_widen_when_one_does_not() {
+        let mut slots = Slots::from_ids(vec![0, 7, NO_BACKEND, 65_534]);
+        assert!(matches!(slots, Slots::Narrow(_)));
+        assert_eq!(slots.to_vec(), [0, 7, NO_BACKEND, 65_534]);
+        slots.set(1, 65_535);
+        assert!(matches!(slots, Slots::Wide(_)));
+        assert_eq!(slots.to_vec(), [0, 65_535, NO_BACKEND, 65_534]);
+        assert!(matches!(Slots::from_ids(vec![1, 70_000]), Slots::Wide(_)));
+    }
+
+    #[test]
     fn one_backends_change_builds_and_writes_one_service_only() {
         let config = many(50, 100);
         let mut planner = Planner::new(RING, 64, 256);
@@ -1144,7 +1255,7 @@ mod tests {
                 [10_000, 20_000, 0]
             };
             assert_eq!(weights, expected, "{scheduler}");
-            tables.push(planner.live_table(&writes_key(&writes)).unwrap().to_vec());
+            tables.push(planner.live_table(&writes_key(&writes)).unwrap());
         }
         // Scaling every weight alike moves no slot.
         assert_eq!(tables[0], tables[1]);
@@ -1449,10 +1560,10 @@ mod tests {
                     Write::MaglevRow { row, table } => {
                         let row = self.rows.entry(*row).or_default();
                         for (slot, id) in (0u32..).zip(table.iter()) {
-                            if *id == 0 {
+                            if id == 0 {
                                 row.remove(&slot);
                             } else {
-                                row.insert(slot, *id);
+                                row.insert(slot, id);
                             }
                         }
                     }
