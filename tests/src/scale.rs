@@ -58,6 +58,9 @@ pub struct Figures {
     pub reload_ok: bool,
     /// Whether the backends answer TCP (nftables redirect in place).
     pub backends_answer: bool,
+    /// From spawn until `lb status` shows a check result for every backend
+    /// (`None`: no health checks, or not within the bound).
+    pub checked: Option<Duration>,
 }
 
 /// The namespaces, the backends' listener, and the balancer.
@@ -250,6 +253,23 @@ impl Scale {
         let started = Instant::now();
         let reload = self.lb.lb(&["reload", "--socket", &self.lb.socket]);
         let reload_time = started.elapsed();
+        let checked = self.check.as_ref().and_then(|_| {
+            let all_checked = wait_until(bound.saturating_sub(spawned.elapsed()), || {
+                let output =
+                    self.lb
+                        .lb(&["status", "--output", "json", "--socket", &self.lb.socket]);
+                let status: serde_json::Value =
+                    serde_json::from_slice(&output.stdout).unwrap_or_default();
+                status["services"].as_array().is_some_and(|services| {
+                    services.iter().all(|service| {
+                        service["backends"].as_array().is_some_and(|backends| {
+                            backends.iter().all(|b| !b["last_check"].is_null())
+                        })
+                    })
+                })
+            });
+            all_checked.then(|| spawned.elapsed())
+        });
         Figures {
             services: self.services,
             backends: self.backends,
@@ -262,6 +282,7 @@ impl Scale {
             reload: reload_time,
             reload_ok: reload.status.success(),
             backends_answer: self.backends_answer,
+            checked,
         }
     }
 }
@@ -306,7 +327,8 @@ impl std::fmt::Display for Figures {
         write!(
             f,
             "{}x{}: socket {:.2} s, forwards {}, RSS {:.0} MiB, threads {}, \
-             lb status {:.0} ms ({} bytes), one-weight reload {:.0} ms{}{}",
+             lb status {:.0} ms ({} bytes), one-weight reload {:.0} ms, \
+             every backend checked {}{}{}",
             self.services,
             self.backends,
             self.socket.as_secs_f64(),
@@ -317,6 +339,8 @@ impl std::fmt::Display for Figures {
             self.status.as_secs_f64() * 1000.0,
             self.status_bytes,
             self.reload.as_secs_f64() * 1000.0,
+            self.checked
+                .map_or("-".to_string(), |d| format!("{:.2} s", d.as_secs_f64())),
             if self.reload_ok { "" } else { " (FAILED)" },
             if self.backends_answer {
                 ""
