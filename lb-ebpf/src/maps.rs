@@ -36,8 +36,11 @@ pub static VIPS: HashMap<Addr, VipValue> = HashMap::with_max_entries(64, 0);
 pub static BACKENDS: Array<BackendValue> = Array::with_max_entries(1024, 0);
 
 /// Two rows of `ring_size` backend ids per service: row `2 * id + half`.
+/// Mappable (`BPF_F_MMAPABLE`): the controller writes whole rows through
+/// memory rather than a system call per slot (a thousand services' rows
+/// are 65 million slots).
 #[map]
-pub static MAGLEV: Array<u32> = Array::with_max_entries(64 * 2 * 65537, 0);
+pub static MAGLEV: Array<u32> = Array::with_max_entries(64 * 2 * 65537, 1 << 10);
 
 /// The connection table of IPv6 flows: flow to backend, least recently
 /// used evicted.

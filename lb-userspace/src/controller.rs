@@ -82,6 +82,9 @@ pub struct Controller {
     /// VRRP, one per instance of the `ha` section (none without one).
     ha: Vec<crate::ha::Ha>,
     checker: Option<Checker>,
+    /// What `checker` checks: a reload that leaves them as they are keeps
+    /// it (and every backend's schedule) running.
+    checked: Vec<Target>,
     events: Option<Sender<Event>>,
     /// Backends' next hops (none when netlink is unavailable: the data
     /// path then asks the FIB for every packet).
@@ -229,6 +232,7 @@ impl Controller {
             evictions: crate::conns::Evictions::default(),
             ha: Vec::new(),
             checker: None,
+            checked: Vec::new(),
             events: None,
             hops,
             tunnel_sources,
@@ -242,6 +246,10 @@ impl Controller {
             sync: None,
         };
         controller.refresh_hops();
+        // The backends' neighbours the kernel was just asked to resolve
+        // usually answer within milliseconds: waited for (a bounded time),
+        // so the first packets take the cached path.
+        controller.settle_hops(HOP_SETTLE);
         Ok(controller)
     }
 
@@ -278,6 +286,10 @@ impl Controller {
     /// (Re)starts the checker for the current configuration, keeping the
     /// trackers of backends whose check did not change.
     fn restart_checker(&mut self) {
+        let targets = Target::for_config(&self.config);
+        if self.checker.is_some() && targets == self.checked {
+            return;
+        }
         if let Some(checker) = self.checker.take() {
             // Stopping waits for the probes in flight (an exec check can
             // take seconds): not on the owner's thread. A result they
@@ -288,7 +300,6 @@ impl Controller {
         let Some(events) = self.events.clone() else {
             return;
         };
-        let targets = Target::for_config(&self.config);
         let mut trackers = BTreeMap::new();
         for target in &targets {
             let tracker = match self.trackers.remove(&target.key) {
@@ -301,12 +312,12 @@ impl Controller {
         }
         self.trackers = trackers;
         // Health of backends no longer checked is forgotten.
-        let checked: Vec<BackendKey> = self.trackers.keys().cloned().collect();
         for (key, state) in &mut self.states {
-            if !checked.contains(key) {
+            if !self.trackers.contains_key(key) {
                 state.up = true;
             }
         }
+        self.checked.clone_from(&targets);
         self.checker = Some(Checker::start(targets, events));
     }
 
@@ -478,7 +489,17 @@ impl Controller {
     /// active flows, `resource` weights the agents' loads. Re-plans if a
     /// weight moved.
     pub fn tick(&mut self) -> anyhow::Result<()> {
-        let active = self.active_flows();
+        // One map read per backend: only when a least-conn service needs it.
+        let active = if self
+            .config
+            .services
+            .iter()
+            .any(|service| service.scheduler == Scheduler::LeastConn)
+        {
+            self.active_flows()
+        } else {
+            BTreeMap::new()
+        };
         let loads = &self.loads;
         let mut changed = false;
         for (service, planned) in self.config.services.iter().zip(self.planner.planned()) {
@@ -775,6 +796,18 @@ impl Controller {
         };
         let lookup = hops.lookup(&targets);
         self.write_hops(lookup)
+    }
+
+    /// Waits at most `within` for the next hops still being resolved and
+    /// writes them ([`crate::hops::HopCache::settle`]).
+    fn settle_hops(&mut self, within: std::time::Duration) -> usize {
+        let Some(targets) = self.hop_targets() else {
+            return 0;
+        };
+        let Some(hops) = self.hops.as_mut() else {
+            return 0;
+        };
+        hops.settle(&targets, &mut self.dataplane, within)
     }
 
     /// Writes the tunnels' default outer sources if they changed; returns
@@ -1378,6 +1411,9 @@ impl Controller {
         self.attacks.forget_samples();
         let overrides = self.kept_overrides(&config);
         let dynamic = kept_dynamic(&self.config, &config, &self.dynamic);
+        // Next hops are looked up again only if the backends (or tunnels)
+        // changed: the follower keeps those of unchanged ones current.
+        let hop_targets = self.hop_targets();
         let states = folded_weights(&self.states, &dynamic, &overrides, &config);
         let (tunnel_sources, others) = resolve_tunnel_sources(self.hops.as_mut(), &config);
         self.dataplane
@@ -1416,7 +1452,9 @@ impl Controller {
         self.states = states;
         let previous_announce = std::mem::replace(&mut self.config, config).announce;
         self.publish_directory();
-        self.refresh_hops();
+        if self.hop_targets() != hop_targets {
+            self.refresh_hops();
+        }
         self.restart_checker();
         self.update_agents();
         self.track_health();
@@ -1427,6 +1465,9 @@ impl Controller {
 
 /// What `next` changes that only a restart applies (the sizes aside, which
 /// the data plane knows); `None` if a reload can apply all of it.
+/// How long a start waits for the backends' next hops to resolve.
+const HOP_SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn restart_needed(current: &Config, next: &Config) -> Option<&'static str> {
     if next.interfaces != current.interfaces {
         Some("interfaces")

@@ -329,9 +329,33 @@ impl Dataplane {
     ) -> Result<(), DataplaneError> {
         let name = map_names::MAGLEV;
         let ring_size = self.sizes.ring_size;
+        let (keys, values): (Vec<u32>, Vec<u32>) = slots
+            .into_iter()
+            .map(|(slot, id)| (row * ring_size + slot, id))
+            .unzip();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        // One system call for the whole row (a start writes every slot of
+        // every service: one call per slot took minutes for a thousand
+        // services); per slot where the kernel has no batch updates.
+        if let aya::maps::Map::Array(data) = self.map(name)? {
+            use std::os::fd::{AsFd as _, AsRawFd as _};
+            let fd = data.fd().as_fd().as_raw_fd();
+            // Through memory where the map allows it (a map pinned by an
+            // older lb does not), else one call per row.
+            if write_mapped(fd, &keys, &values).is_ok() || update_batch(fd, &keys, &values).is_ok()
+            {
+                return Ok(());
+            }
+        }
         let mut array: Array<&mut MapData, u32> =
             Array::try_from(self.map_mut(name)?).map_err(map_error(name))?;
-        for (slot, id) in slots {
+        for (slot, id) in keys
+            .into_iter()
+            .zip(values)
+            .map(|(key, id)| (key - row * ring_size, id))
+        {
             array
                 .set(row * ring_size + slot, id, 0)
                 .map_err(map_error(name))?;
@@ -752,6 +776,9 @@ impl Dataplane {
                 Write::MaglevSlots { row, slots } => {
                     self.set_maglev_slots(*row, slots.iter().copied())?;
                 }
+                Write::MaglevRow { row, table } => {
+                    self.set_maglev_slots(*row, (0u32..).zip(table.iter()))?;
+                }
                 Write::Service(key, value) => self.insert_service(key, value)?,
                 Write::RemoveService(key) => self.remove_service(key)?,
                 Write::Vip(addr, value) => self.insert_vip(addr, value)?,
@@ -767,6 +794,103 @@ impl Dataplane {
         }
         Ok(())
     }
+}
+
+/// Writes `u32` `values` at `keys` of the `BPF_F_MMAPABLE` array `fd`
+/// through a shared mapping of just the pages they fall in (mapped for the
+/// call only, so the map's memory never counts in this process's). Each
+/// slot is one aligned 4-byte store, as a map update is. An error if the
+/// map cannot be mapped (not mappable: the caller uses system calls).
+fn write_mapped(fd: std::os::fd::RawFd, keys: &[u32], values: &[u32]) -> std::io::Result<()> {
+    /// An array's element stride: the value size rounded up to 8.
+    const STRIDE: usize = 8;
+    let (Some(&low), Some(&high)) = (keys.iter().min(), keys.iter().max()) else {
+        return Ok(());
+    };
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let start = low as usize * STRIDE / page * page;
+    let end = (high as usize + 1) * STRIDE;
+    let len = end - start;
+    let offset = libc::off_t::try_from(start)
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: a fresh shared mapping of the map's pages [start, end); the
+    // kernel refuses one past the map's end or of a map not mappable.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            offset,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    #[allow(
+        clippy::cast_ptr_alignment,
+        reason = "the mapping is page-aligned and each slot 8-aligned in it"
+    )]
+    let slots = base.cast::<u32>();
+    for (&key, &value) in keys.iter().zip(values) {
+        let at = (key as usize * STRIDE - start) / 4;
+        // SAFETY: `at` is within the mapping (keys lie in [low, high]) and
+        // 8-aligned; the data path reads the slot concurrently, as it does
+        // during a map update.
+        unsafe { std::ptr::write_volatile(slots.add(at), value) };
+    }
+    // SAFETY: the mapping made above, of `len` bytes.
+    unsafe { libc::munmap(base, len) };
+    Ok(())
+}
+
+/// `BPF_MAP_UPDATE_BATCH` of `u32` keys to `u32` values on the map `fd`
+/// (kernels from 5.6 on), in chunks; an error if the kernel refuses it
+/// (the caller then writes element by element, which is always right:
+/// a partial batch wrote only values the caller writes again).
+fn update_batch(fd: std::os::fd::RawFd, keys: &[u32], values: &[u32]) -> std::io::Result<()> {
+    /// `union bpf_attr`'s `batch` member.
+    #[repr(C)]
+    #[derive(Default)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+    const CHUNK: usize = 1 << 16;
+    for (keys, values) in keys.chunks(CHUNK).zip(values.chunks(CHUNK)) {
+        let mut attr = BatchAttr {
+            keys: keys.as_ptr() as u64,
+            values: values.as_ptr() as u64,
+            count: u32::try_from(keys.len()).unwrap_or(u32::MAX),
+            map_fd: u32::try_from(fd)
+                .map_err(|_| std::io::Error::from_raw_os_error(libc::EBADF))?,
+            ..BatchAttr::default()
+        };
+        // SAFETY: bpf(2) reads `count` keys and values from the two
+        // slices, which outlive the call, and writes back `count`.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_UPDATE_BATCH,
+                &raw mut attr,
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 impl Dataplane {

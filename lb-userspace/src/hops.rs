@@ -78,11 +78,17 @@ impl Resolver {
     pub fn lookup(&mut self, targets: &Targets) -> Lookup {
         let mut by_address: BTreeMap<IpAddr, HopValue> = BTreeMap::new();
         let mut hops = BTreeMap::new();
+        let mut pending = BTreeSet::new();
         for &(id, address) in &targets.backends {
             let hop = *by_address
                 .entry(address)
                 .or_insert_with(|| match self.resolve(address) {
-                    Ok(resolution) => resolution.entry(),
+                    Ok(resolution) => {
+                        if resolution == Resolution::Pending {
+                            pending.insert(address);
+                        }
+                        resolution.entry()
+                    }
                     Err(error) => {
                         tracing::warn!(%address, %error, "resolving the next hop");
                         HopValue::default()
@@ -131,6 +137,7 @@ impl Resolver {
             routes,
             managed: self.managed.clone(),
             sources,
+            pending,
         }
     }
 
@@ -272,6 +279,9 @@ pub struct Lookup {
     /// This host's source address towards each of `targets.tunnels`;
     /// `None`: no unicast route (or the lookup failed).
     sources: BTreeMap<IpAddr, Option<IpAddr>>,
+    /// Backend addresses with a route but no usable neighbour entry yet
+    /// (handed to the kernel to resolve).
+    pending: BTreeSet<IpAddr>,
 }
 
 impl Lookup {
@@ -306,6 +316,8 @@ pub fn targets(planned: &[PlannedService]) -> Targets {
 pub struct HopCache {
     resolver: Resolver,
     written: BTreeMap<u32, HopValue>,
+    /// Addresses the last lookup found still being resolved.
+    pending: BTreeSet<IpAddr>,
     /// The `ROUTES` entries written.
     routes: Routes,
 }
@@ -316,6 +328,7 @@ impl HopCache {
         Ok(Self {
             resolver: Resolver::open()?,
             written: BTreeMap::new(),
+            pending: BTreeSet::new(),
             routes: BTreeMap::new(),
         })
     }
@@ -342,6 +355,7 @@ impl HopCache {
         // Neighbour entries another resolver asked for are removed on a
         // clean stop too.
         self.resolver.managed.extend(lookup.managed);
+        self.pending = lookup.pending;
         let mut desired = lookup.hops;
         let gone = self
             .written
@@ -377,6 +391,61 @@ impl HopCache {
             Some(routes) => written + self.write_routes(routes, dataplane),
             None => written,
         }
+    }
+
+    /// Waits (at most `within`) for the next hops the last lookup found
+    /// still being resolved — the kernel resolves a managed neighbour
+    /// entry at once, in a few milliseconds on a LAN — re-resolving only
+    /// those, and writes each as it resolves: so the first packets after
+    /// a start take the cached path rather than the FIB's. Returns how
+    /// many entries were written; what is still pending when time is up
+    /// is left to the follower.
+    pub fn settle(
+        &mut self,
+        targets: &Targets,
+        dataplane: &mut Dataplane,
+        within: std::time::Duration,
+    ) -> usize {
+        let start = std::time::Instant::now();
+        let mut written = 0;
+        let mut pause = std::time::Duration::from_millis(2);
+        while !self.pending.is_empty() && start.elapsed() < within {
+            std::thread::sleep(pause.min(within.saturating_sub(start.elapsed())));
+            pause = (pause * 2).min(std::time::Duration::from_millis(50));
+            let pending: Vec<IpAddr> = self.pending.iter().copied().collect();
+            for address in pending {
+                let hop = match self.resolver.resolve(address) {
+                    Ok(Resolution::Pending) => continue,
+                    Ok(resolution) => resolution.entry(),
+                    Err(error) => {
+                        tracing::debug!(%address, %error, "resolving the next hop");
+                        continue;
+                    }
+                };
+                self.pending.remove(&address);
+                for &(id, _) in targets.backends.iter().filter(|(_, a)| *a == address) {
+                    if self.written.get(&id) == Some(&hop) {
+                        continue;
+                    }
+                    match dataplane.set_hop(id, &hop) {
+                        Ok(()) => {
+                            self.written.insert(id, hop);
+                            written += 1;
+                        }
+                        Err(error) => {
+                            tracing::warn!(id, error = %format!("{error:#}"), "writing a next hop");
+                        }
+                    }
+                }
+            }
+        }
+        if !self.pending.is_empty() {
+            tracing::info!(
+                pending = self.pending.len(),
+                "next hops still being resolved at start: their packets ask the FIB meanwhile"
+            );
+        }
+        written
     }
 
     /// Mirrors the routing table into `ROUTES` for the reply path; returns

@@ -15,7 +15,7 @@ use std::{
 };
 
 use lb_common::{
-    Addr, BackendValue, Endpoint, NatValue, ServiceKey, ServiceValue, VipValue,
+    Addr, BackendValue, Endpoint, NO_BACKEND, NatValue, ServiceKey, ServiceValue, VipValue,
     maps::{
         BACKEND_DRAINING, BACKEND_USABLE, FWD_DSR, FWD_NAT, FWD_TUNNEL, SCHED_IP_HASH,
         SCHED_MAGLEV, SCHED_ROUND_ROBIN, VIP_FRAGMENTS_TCP, VIP_FRAGMENTS_UDP, ipv4_mapped,
@@ -68,6 +68,15 @@ pub enum Write {
         row: u32,
         /// The slots that change.
         slots: Vec<(u32, u32)>,
+    },
+    /// Every slot of a row the maps hold zeros in (a new service's): the
+    /// table itself, shared with the planner (a thousand services' start
+    /// would otherwise hold a gigabyte of slot lists at once).
+    MaglevRow {
+        /// Row: `2 * service id + half`.
+        row: u32,
+        /// Its slots, in order.
+        table: Arc<Slots>,
     },
     /// Insert or replace a service.
     Service(ServiceKey, ServiceValue),
@@ -173,12 +182,130 @@ pub struct Planner {
     services: BTreeMap<ServiceKey, ServiceValue>,
     /// Shared between clones until one writes a row: cloning a planner
     /// (to plan a change that must apply whole) copies no table.
-    rows: BTreeMap<u32, Arc<Vec<u32>>>,
+    rows: BTreeMap<u32, Arc<Slots>>,
     backends: BTreeMap<u32, BackendValue>,
     vips: BTreeMap<Addr, VipValue>,
     nat: BTreeMap<Endpoint, NatValue>,
     deny: std::collections::BTreeSet<(Addr, u32)>,
     planned: Vec<PlannedService>,
+    /// Each service's last table and what it was built from, by service
+    /// id: a plan rebuilds only the tables whose inputs changed, so one
+    /// backend's health or weight costs one service's Maglev build, not
+    /// every service's. Shared between clones, as the rows are.
+    tables: BTreeMap<u32, Arc<CachedTable>>,
+    /// Tables built since this planner was made (for tests and logs).
+    built: u64,
+}
+
+/// What a service's table is built from, and the table.
+#[derive(Debug, PartialEq, Eq)]
+struct CachedTable {
+    /// Round robin (else Maglev).
+    round_robin: bool,
+    /// Per backend, in configuration order: id, address, port, weight in
+    /// the live table.
+    inputs: Vec<(u32, IpAddr, u16, u32)>,
+    /// The table.
+    table: Arc<Slots>,
+}
+
+/// A row's slots (backend ids), two bytes each while every id fits in
+/// them: a thousand services' tables of the default 65,537 slots take
+/// 128 MiB rather than 256.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Slots {
+    /// Ids up to `u16::MAX - 1`; `u16::MAX` stands for `NO_BACKEND`.
+    Narrow(Vec<u16>),
+    /// Any ids.
+    Wide(Vec<u32>),
+}
+
+impl Slots {
+    /// `ids`, narrow if they all fit.
+    pub fn from_ids(ids: Vec<u32>) -> Self {
+        if ids
+            .iter()
+            .all(|&id| id < u32::from(u16::MAX) || id == NO_BACKEND)
+        {
+            Slots::Narrow(ids.into_iter().map(narrow).collect())
+        } else {
+            Slots::Wide(ids)
+        }
+    }
+
+    /// `len` zeroed slots (a fresh map's).
+    pub fn zeros(len: usize) -> Self {
+        Slots::Narrow(vec![0; len])
+    }
+
+    /// How many slots.
+    pub fn len(&self) -> usize {
+        match self {
+            Slots::Narrow(slots) => slots.len(),
+            Slots::Wide(slots) => slots.len(),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Slot `index`.
+    pub fn get(&self, index: usize) -> u32 {
+        match self {
+            Slots::Narrow(slots) => wide(slots[index]),
+            Slots::Wide(slots) => slots[index],
+        }
+    }
+
+    /// Every slot, in order.
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        let (narrow, wide_slots): (&[u16], &[u32]) = match self {
+            Slots::Narrow(slots) => (slots, &[]),
+            Slots::Wide(slots) => (&[], slots),
+        };
+        narrow
+            .iter()
+            .map(|&id| wide(id))
+            .chain(wide_slots.iter().copied())
+    }
+
+    /// Sets slot `index` (widening if `id` does not fit).
+    pub fn set(&mut self, index: usize, id: u32) {
+        if let Slots::Narrow(slots) = self {
+            if id < u32::from(u16::MAX) || id == NO_BACKEND {
+                slots[index] = narrow(id);
+                return;
+            }
+            *self = Slots::Wide(slots.iter().map(|&id| wide(id)).collect());
+        }
+        if let Slots::Wide(slots) = self {
+            slots[index] = id;
+        }
+    }
+
+    /// The slots as ids.
+    pub fn to_vec(&self) -> Vec<u32> {
+        self.iter().collect()
+    }
+}
+
+#[allow(clippy::cast_possible_truncation, reason = "checked by the callers")]
+fn narrow(id: u32) -> u16 {
+    if id == NO_BACKEND {
+        u16::MAX
+    } else {
+        id as u16
+    }
+}
+
+fn wide(id: u16) -> u32 {
+    if id == u16::MAX {
+        NO_BACKEND
+    } else {
+        u32::from(id)
+    }
 }
 
 impl Planner {
@@ -201,6 +328,8 @@ impl Planner {
             nat: BTreeMap::new(),
             deny: std::collections::BTreeSet::new(),
             planned: Vec::new(),
+            tables: BTreeMap::new(),
+            built: 0,
         }
     }
 
@@ -252,7 +381,7 @@ impl Planner {
         self.rows = snapshot
             .rows
             .into_iter()
-            .map(|(row, slots)| (row, Arc::new(slots)))
+            .map(|(row, slots)| (row, Arc::new(Slots::from_ids(slots))))
             .collect();
     }
 
@@ -263,16 +392,23 @@ impl Planner {
 
     /// The live table of a service as last planned (maglev slots or the
     /// round-robin sequence), for reference models and tests.
-    pub fn live_table(&self, key: &ServiceKey) -> Option<&[u32]> {
+    pub fn live_table(&self, key: &ServiceKey) -> Option<Vec<u32>> {
         let value = self.services.get(key)?;
         let row = self
             .rows
             .get(&(value.id * 2 + u32::from(value.active_half)))?;
-        Some(if value.scheduler == SCHED_ROUND_ROBIN {
-            &row[..value.rr_len as usize]
+        let len = if value.scheduler == SCHED_ROUND_ROBIN {
+            value.rr_len as usize
         } else {
-            row
-        })
+            row.len()
+        };
+        Some(row.iter().take(len).collect())
+    }
+
+    /// How many tables (Maglev or round robin) this planner has built:
+    /// a plan builds only those of services whose inputs changed.
+    pub fn tables_built(&self) -> u64 {
+        self.built
     }
 
     /// Backend `id` as last planned.
@@ -314,10 +450,12 @@ impl Planner {
         }
         writes.extend(service_writes);
         // Services that are gone: VIP entry first, so nothing looks them up.
+        let planned_keys: std::collections::BTreeSet<ServiceKey> =
+            planned.iter().map(|p| p.key).collect();
         let gone: Vec<ServiceKey> = self
             .services
             .keys()
-            .filter(|key| !planned.iter().any(|p| p.key == **key))
+            .filter(|key| !planned_keys.contains(key))
             .copied()
             .collect();
         sync_map(
@@ -354,6 +492,9 @@ impl Planner {
             self.backends.insert(id, value);
         }
         self.plan_deny(config, &mut writes);
+        // Tables of services that are gone are not kept.
+        let ids: std::collections::BTreeSet<u32> = planned.iter().map(|p| p.value.id).collect();
+        self.tables.retain(|id, _| ids.contains(id));
         self.planned = planned;
         Ok(writes)
     }
@@ -381,7 +522,7 @@ impl Planner {
             .filter(|b| b.effective_weight > 0)
             .map(|b| b.tier)
             .min();
-        let table = self.table(service, &backends);
+        let table = self.table(id, service, &backends);
         let rr_len = if service.scheduler == Scheduler::RoundRobin {
             u32::try_from(table.len()).unwrap_or(u32::MAX)
         } else {
@@ -398,19 +539,18 @@ impl Planner {
             pad: 0,
             rr_len,
         };
+        // The same table as the live row's (as most are, in a plan after
+        // one backend's change) is seen without comparing the slots.
         let live_matches = previous.is_some_and(|p| p.id == id)
             && self
                 .rows
                 .get(&live_row)
-                .is_some_and(|row| row_matches(row, &table));
+                .is_some_and(|row| Arc::ptr_eq(row, &table) || row_matches(row, &table));
         if !live_matches {
             // Fill the idle half, then flip to it in one write.
             let idle_half = 1 - live_half;
             let row = id * 2 + u32::from(idle_half);
-            let slots = self.diff_row(row, &table);
-            if !slots.is_empty() {
-                service_writes.push(Write::MaglevSlots { row, slots });
-            }
+            self.fill_row(row, &table, service_writes);
             value.active_half = idle_half;
         }
         if previous != Some(value) {
@@ -423,10 +563,7 @@ impl Planner {
             // (about 1/N of the ring) instead of a whole fresh row, which
             // keeps failover fast.
             let row = id * 2 + u32::from(1 - value.active_half);
-            let slots = self.diff_row(row, &table);
-            if !slots.is_empty() {
-                service_writes.push(Write::MaglevSlots { row, slots });
-            }
+            self.fill_row(row, &table, service_writes);
         }
         let vip = desired_vips.entry(key.addr).or_default();
         vip.services += 1;
@@ -477,15 +614,16 @@ impl Planner {
                 writes.push(Write::Backend(*id, *value));
             }
         }
-        let zeros = vec![0; self.ring_size as usize];
+        let zeros = Slots::zeros(self.ring_size as usize);
         for (row, now) in &applied.rows {
-            let was = self.rows.get(row).map_or(&zeros[..], |row| &row[..]);
-            let slots: Vec<(u32, u32)> = was
-                .iter()
-                .zip(now.iter())
-                .enumerate()
+            if self.rows.get(row).is_some_and(|was| Arc::ptr_eq(was, now)) {
+                continue;
+            }
+            let was = self.rows.get(row).map_or(&zeros, |row| &**row);
+            let slots: Vec<(u32, u32)> = (0u32..)
+                .zip(was.iter().zip(now.iter()))
                 .filter(|(_, (was, now))| was != now)
-                .map(|(slot, (was, _))| (u32::try_from(slot).unwrap_or(u32::MAX), *was))
+                .map(|(slot, (was, _))| (slot, was))
                 .collect();
             if !slots.is_empty() {
                 writes.push(Write::MaglevSlots { row: *row, slots });
@@ -539,11 +677,12 @@ impl Planner {
     /// Keeps ids of services and backends that remain; frees the others
     /// (oldest freed reused first); gives new ones fresh ids.
     fn assign_ids(&mut self, config: &Config) -> Result<(), PlanError> {
-        let names: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+        let names: std::collections::BTreeSet<&str> =
+            config.services.iter().map(|s| s.name.as_str()).collect();
         let gone: Vec<String> = self
             .service_ids
             .keys()
-            .filter(|name| !names.contains(&name.as_str()))
+            .filter(|name| !names.contains(name.as_str()))
             .cloned()
             .collect();
         for name in gone {
@@ -562,10 +701,11 @@ impl Planner {
                 })
             })
             .collect();
+        let wanted: std::collections::BTreeSet<&BackendKey> = keys.iter().collect();
         let gone: Vec<BackendKey> = self
             .backend_ids
             .keys()
-            .filter(|key| !keys.contains(key))
+            .filter(|key| !wanted.contains(key))
             .cloned()
             .collect();
         for key in gone {
@@ -676,7 +816,40 @@ impl Planner {
 
     /// The table a service's row holds: the Maglev table, or for round robin
     /// the smooth weighted sequence.
-    fn table(&self, service: &Service, backends: &[PlannedBackend]) -> Vec<u32> {
+    /// Built only if its inputs differ from the last plan's for this
+    /// service id; otherwise the last table, shared.
+    fn table(
+        &mut self,
+        service_id: u32,
+        service: &Service,
+        backends: &[PlannedBackend],
+    ) -> Arc<Slots> {
+        let round_robin = service.scheduler == Scheduler::RoundRobin;
+        let inputs: Vec<(u32, IpAddr, u16, u32)> = backends
+            .iter()
+            .map(|b| (b.id, b.key.address, b.key.port, b.effective_weight))
+            .collect();
+        if let Some(cached) = self.tables.get(&service_id)
+            && cached.round_robin == round_robin
+            && cached.inputs == inputs
+        {
+            return Arc::clone(&cached.table);
+        }
+        let table = Arc::new(Slots::from_ids(self.build_table(service, backends)));
+        self.built += 1;
+        self.tables.insert(
+            service_id,
+            Arc::new(CachedTable {
+                round_robin,
+                inputs,
+                table: Arc::clone(&table),
+            }),
+        );
+        table
+    }
+
+    /// Builds the table of [`Planner::table`].
+    fn build_table(&self, service: &Service, backends: &[PlannedBackend]) -> Vec<u32> {
         if service.scheduler == Scheduler::RoundRobin {
             let weights: Vec<(u32, u32)> = backends
                 .iter()
@@ -700,34 +873,65 @@ impl Planner {
         maglev::build(&weighted, self.ring_size)
     }
 
+    /// The writes that make `row` hold `table`: the whole table if the row
+    /// was never written (and the table fills it), else the slots that
+    /// differ.
+    fn fill_row(&mut self, row: u32, table: &Arc<Slots>, writes: &mut Vec<Write>) {
+        if !self.rows.contains_key(&row) && table.len() == self.ring_size as usize {
+            self.rows.insert(row, Arc::clone(table));
+            writes.push(Write::MaglevRow {
+                row,
+                table: Arc::clone(table),
+            });
+            return;
+        }
+        let slots = self.diff_row(row, table);
+        self.share_row(row, table);
+        if !slots.is_empty() {
+            writes.push(Write::MaglevSlots { row, slots });
+        }
+    }
+
+    /// Once `row` holds `table` whole (a Maglev table fills the row), the
+    /// shadow shares the table's allocation: the next plan sees the row
+    /// unchanged by pointer, and a later write copies it first.
+    fn share_row(&mut self, row: u32, table: &Arc<Slots>) {
+        if table.len() == self.ring_size as usize {
+            debug_assert!(
+                self.rows
+                    .get(&row)
+                    .is_some_and(|r| r.iter().eq(table.iter()))
+            );
+            self.rows.insert(row, Arc::clone(table));
+        }
+    }
+
     /// The slots of `row` that must change to hold `table`; updates the
     /// shadow. Slots past the table's end are left as they are.
-    fn diff_row(&mut self, row: u32, table: &[u32]) -> Vec<(u32, u32)> {
+    fn diff_row(&mut self, row: u32, table: &Slots) -> Vec<(u32, u32)> {
         let ring_size = self.ring_size as usize;
         // A fresh map is zero-filled.
         let zeros;
-        let current: &[u32] = if let Some(shadow) = self.rows.get(&row) {
+        let current: &Slots = if let Some(shadow) = self.rows.get(&row) {
             shadow
         } else {
-            zeros = vec![0; ring_size];
+            zeros = Slots::zeros(ring_size);
             &zeros
         };
-        let slots: Vec<(u32, u32)> = current
-            .iter()
-            .zip(table)
-            .enumerate()
+        let slots: Vec<(u32, u32)> = (0u32..)
+            .zip(current.iter().zip(table.iter()))
             .filter(|(_, (current, wanted))| current != wanted)
-            .map(|(slot, (_, wanted))| (u32::try_from(slot).unwrap_or(u32::MAX), *wanted))
+            .map(|(slot, (_, wanted))| (slot, wanted))
             .collect();
         if !slots.is_empty() || !self.rows.contains_key(&row) {
             // Copied here if a clone still shares it.
             let shadow = Arc::make_mut(
                 self.rows
                     .entry(row)
-                    .or_insert_with(|| Arc::new(vec![0; ring_size])),
+                    .or_insert_with(|| Arc::new(Slots::zeros(ring_size))),
             );
             for &(slot, id) in &slots {
-                shadow[slot as usize] = id;
+                shadow.set(slot as usize, id);
             }
         }
         slots
@@ -750,8 +954,8 @@ fn serving_tier(backends: &[PlannedBackend], min_healthy: u32) -> Option<u8> {
 }
 
 /// Whether `row` holds `table` (over the table's length).
-fn row_matches(row: &[u32], table: &[u32]) -> bool {
-    row.len() >= table.len() && row[..table.len()] == *table
+fn row_matches(row: &Slots, table: &Slots) -> bool {
+    row.len() >= table.len() && row.iter().zip(table.iter()).all(|(a, b)| a == b)
 }
 
 fn take_id(free: &mut VecDeque<u32>, next: &mut u32, max: u32) -> Option<u32> {
@@ -886,7 +1090,7 @@ mod tests {
             .iter()
             .map(|w| match w {
                 Write::Backend(..) => "backend",
-                Write::MaglevSlots { .. } => "slots",
+                Write::MaglevSlots { .. } | Write::MaglevRow { .. } => "slots",
                 Write::Service(..) => "service",
                 Write::Vip(..) => "vip",
                 Write::Nat(..) => "nat",
@@ -909,6 +1113,118 @@ mod tests {
         let count = |id| table.iter().filter(|&&b| b == id).count();
         assert_eq!(count(2), 0);
         assert!(count(1) > count(0) * 19 / 10 && count(1) < count(0) * 21 / 10);
+    }
+
+    /// `services` services of 3 backends each (maglev), `dataplane`
+    /// sized for them.
+    fn many(services: usize, weight_of_first: u32) -> Config {
+        use std::fmt::Write as _;
+        let mut text = String::from("instance: t\ninterfaces: [{ name: eth0 }]\nservices:\n");
+        for n in 0..services {
+            let weight = if n == 0 { weight_of_first } else { 100 };
+            writeln!(
+                text,
+                "  - {{ name: s{n}, vip: 203.0.113.10, port: {}, protocol: tcp, backends: \
+                 [{{ address: 192.0.2.11, weight: {weight} }}, {{ address: 192.0.2.12 }}, \
+                 {{ address: 192.0.2.13 }}] }}",
+                1000 + n
+            )
+            .unwrap();
+        }
+        text.push_str("dataplane: { ring_size: 251 }\n");
+        Config::parse(&text).unwrap()
+    }
+
+    /// The service ids and backend ids a list of writes touches.
+    fn touched(writes: &[Write]) -> (Vec<u32>, Vec<u32>) {
+        let mut services = Vec::new();
+        let mut backends = Vec::new();
+        for write in writes {
+            match write {
+                Write::MaglevSlots { row, .. } | Write::MaglevRow { row, .. } => {
+                    services.push(row / 2);
+                }
+                Write::Service(_, value) => services.push(value.id),
+                Write::Backend(id, _) => backends.push(*id),
+                other => panic!("unexpected write {other:?}"),
+            }
+        }
+        services.sort_unstable();
+        services.dedup();
+        (services, backends)
+    }
+
+    #[test]
+    fn slots_stay_narrow_while_ids_fit_and_widen_when_one_does_not() {
+        let mut slots = Slots::from_ids(vec![0, 7, NO_BACKEND, 65_534]);
+        assert!(matches!(slots, Slots::Narrow(_)));
+        assert_eq!(slots.to_vec(), [0, 7, NO_BACKEND, 65_534]);
+        slots.set(1, 65_535);
+        assert!(matches!(slots, Slots::Wide(_)));
+        assert_eq!(slots.to_vec(), [0, 65_535, NO_BACKEND, 65_534]);
+        assert!(matches!(Slots::from_ids(vec![1, 70_000]), Slots::Wide(_)));
+    }
+
+    #[test]
+    fn one_backends_change_builds_and_writes_one_service_only() {
+        let config = many(50, 100);
+        let mut planner = Planner::new(RING, 64, 256);
+        planner.plan(&config, &BTreeMap::new()).unwrap();
+        assert_eq!(
+            planner.tables_built(),
+            50,
+            "start-up builds each table once"
+        );
+        // The same input again: nothing built, nothing written.
+        assert!(planner.plan(&config, &BTreeMap::new()).unwrap().is_empty());
+        assert_eq!(planner.tables_built(), 50);
+        // One backend of service s7 goes down.
+        let s7 = planner.planned()[7].clone();
+        let down = s7.backends[1].clone();
+        let mut states = BTreeMap::new();
+        states.insert(
+            down.key.clone(),
+            BackendState {
+                up: false,
+                weight: None,
+            },
+        );
+        let writes = planner.plan(&config, &states).unwrap();
+        assert_eq!(planner.tables_built(), 51, "one table rebuilt");
+        let (services, backends) = touched(&writes);
+        assert_eq!(services, [s7.value.id], "{writes:?}");
+        assert_eq!(backends, [down.id], "{writes:?}");
+        // A planner that never saw the change plans the same maps.
+        let mut fresh = Planner::new(RING, 64, 256);
+        fresh.plan(&config, &states).unwrap();
+        assert_eq!(
+            fresh.live_table(&s7.key).unwrap(),
+            planner.live_table(&s7.key).unwrap()
+        );
+        // Back up: one more build, the same service only.
+        let writes = planner.plan(&config, &BTreeMap::new()).unwrap();
+        assert_eq!(planner.tables_built(), 52);
+        assert_eq!(touched(&writes).0, [s7.value.id]);
+    }
+
+    #[test]
+    fn a_reload_that_changes_one_weight_touches_one_service() {
+        let mut planner = Planner::new(RING, 64, 256);
+        planner.plan(&many(40, 100), &BTreeMap::new()).unwrap();
+        // As a reload does: a clone plans the new configuration.
+        let mut next = planner.clone();
+        let writes = next.plan(&many(40, 300), &BTreeMap::new()).unwrap();
+        assert_eq!(next.tables_built(), 41);
+        let (services, backends) = touched(&writes);
+        assert_eq!(services, [planner.planned()[0].value.id], "{writes:?}");
+        assert!(backends.is_empty(), "{writes:?}");
+        // Undoing it touches the same service's rows only.
+        let undo = planner.undo(&next);
+        assert_eq!(
+            touched(&undo).0,
+            [planner.planned()[0].value.id],
+            "{undo:?}"
+        );
     }
 
     fn writes_key(writes: &[Write]) -> ServiceKey {
@@ -940,7 +1256,7 @@ mod tests {
                 [10_000, 20_000, 0]
             };
             assert_eq!(weights, expected, "{scheduler}");
-            tables.push(planner.live_table(&writes_key(&writes)).unwrap().to_vec());
+            tables.push(planner.live_table(&writes_key(&writes)).unwrap());
         }
         // Scaling every weight alike moves no slot.
         assert_eq!(tables[0], tables[1]);
@@ -1241,6 +1557,16 @@ mod tests {
                     }
                     Write::Backend(id, value) => {
                         self.backends.insert(*id, *value);
+                    }
+                    Write::MaglevRow { row, table } => {
+                        let row = self.rows.entry(*row).or_default();
+                        for (slot, id) in (0u32..).zip(table.iter()) {
+                            if id == 0 {
+                                row.remove(&slot);
+                            } else {
+                                row.insert(slot, id);
+                            }
+                        }
                     }
                     Write::MaglevSlots { row, slots } => {
                         let row = self.rows.entry(*row).or_default();

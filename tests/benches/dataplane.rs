@@ -1489,6 +1489,7 @@ fn map_updates(writes: &[Write]) -> u64 {
         .iter()
         .map(|write| match write {
             Write::MaglevSlots { slots, .. } => slots.len() as u64,
+            Write::MaglevRow { table, .. } => table.len() as u64,
             _ => 1,
         })
         .sum()

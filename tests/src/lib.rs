@@ -33,6 +33,7 @@ pub mod lbrun;
 pub mod model;
 pub mod netns;
 pub mod report;
+pub mod scale;
 pub mod synclag;
 pub mod tables;
 pub mod testrun;

@@ -113,6 +113,59 @@ fn every_mode_and_family_works_from_an_empty_neighbour_table() {
     }
 }
 
+/// Right after `lb run` answers, from an empty neighbour table, the
+/// backends' next hops are already cached: the start asked the kernel to
+/// resolve them and waited (a bounded time) for the answers, so the first
+/// packets of every mode and family take the cached path, none the FIB's.
+#[test]
+fn the_first_packets_after_a_cold_start_take_the_cached_hop() {
+    let mut bed = Bed::new(&[11]);
+    // The backend answers neighbour solicitations only once its IPv6
+    // address has passed duplicate address detection.
+    let settled = lb_tests::netns::wait_until(std::time::Duration::from_secs(10), || {
+        let output = bed.backends[0].ns.ip(&["-6", "addr", "show", "tentative"]);
+        output.stdout.is_empty()
+    });
+    assert!(settled, "the backend's IPv6 address left DAD");
+    bed.lb.ip(&["neigh", "flush", "all"]);
+    let (instance, socket) = unique("first");
+    bed.start_lb_cold(&config(&instance, &socket));
+    for addr in ["192.0.2.11", "2001:db8::11"] {
+        let entry = neighbour(&bed, addr);
+        assert!(
+            entry.contains("lladdr"),
+            "resolved before lb run answered: {addr}: {entry:?}"
+        );
+    }
+    for vip in [
+        "203.0.113.10:80",
+        "203.0.113.11:80",
+        "203.0.113.12:80",
+        "[2001:db8:ff::10]:80",
+        "[2001:db8:ff::11]:80",
+        "[2001:db8:ff::12]:80",
+    ] {
+        let vip: SocketAddr = vip.parse().unwrap();
+        assert_eq!(served(&bed, vip, 2), 2, "{vip}: served");
+    }
+    let stats = bed.lb_command(&["stats", "--output", "json"]);
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    let reasons = &stats["reasons"];
+    println!("{reasons}");
+    let cached = reasons["forward_to_backend"].as_u64().unwrap_or(0);
+    let uncached = reasons["forward_uncached_hop"].as_u64().unwrap_or(0);
+    assert!(cached > 0, "the cached hops carried the traffic: {reasons}");
+    assert_eq!(
+        uncached, 0,
+        "no packet asked the FIB for a backend: {reasons}"
+    );
+    let output = bed.stop_lb();
+    assert!(
+        output.status.success(),
+        "lb run stopped cleanly: {output:?}"
+    );
+}
+
 #[test]
 fn a_backend_whose_mac_changes_under_traffic_is_followed() {
     let mut bed = Bed::new(&[11]);

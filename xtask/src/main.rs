@@ -46,7 +46,13 @@ enum Task {
         short: bool,
     },
     /// Run the benchmarks.
-    Bench,
+    Bench {
+        /// Only the scale measurement: release `lb run` with N services × M
+        /// backends (`LB_SCALE`, default `100x10,1000x10`): ready time,
+        /// RSS, threads, `lb status` and a one-weight reload.
+        #[arg(long)]
+        scale: bool,
+    },
     /// Build the Debian package (`target/package/lb_VERSION_ARCH.deb`): the
     /// binary, the systemd unit, example configurations, man pages and shell
     /// completions.
@@ -142,7 +148,8 @@ fn main() -> ExitCode {
         Task::Test { args } => setup::run().and_then(|tools| test(&tools, &args)),
         Task::Lint => setup::run().and_then(|tools| lint(&tools)),
         Task::Demo { short } => setup::run().and_then(|tools| demo(&tools, short)),
-        Task::Bench => setup::run().and_then(|tools| bench(&tools)),
+        Task::Bench { scale: false } => setup::run().and_then(|tools| bench(&tools)),
+        Task::Bench { scale: true } => setup::run().and_then(|tools| bench_scale(&tools)),
         Task::Package {
             binary,
             output,
@@ -477,6 +484,28 @@ fn bench(tools: &setup::Tools) -> anyhow::Result<()> {
         "lb-tests",
         "--bench",
         "dataplane",
+    ]))
+}
+
+/// `cargo xtask bench --scale`: the release `lb` measured with many
+/// services (tests/src/scale.rs), its figures printed.
+fn bench_scale(tools: &setup::Tools) -> anyhow::Result<()> {
+    build_ebpf(tools)?;
+    step("building lb (release) for the scale measurement");
+    run(cargo().args(["build", "--release", "--package", "lb-userspace"]))?;
+    step("scale: services x backends (LB_SCALE, default 100x10,1000x10)");
+    let lb = root().join("target/release/lb");
+    run(cargo().env("LB_BIN", lb).args([
+        "test",
+        "--package",
+        "lb-tests",
+        "--test",
+        "e2e_scale",
+        "--",
+        "--ignored",
+        "--exact",
+        "scale_figures",
+        "--nocapture",
     ]))
 }
 

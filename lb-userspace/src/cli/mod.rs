@@ -1048,15 +1048,22 @@ fn spawn_hop_follower(controller: ControllerHandle) {
                 return;
             }
         };
+        // The first lookup at once: a hop still being resolved when the
+        // start looked is written as soon as it resolves, and the
+        // notification of its resolution may have come before the monitor
+        // was open.
+        let mut first = true;
         loop {
             let period = std::time::Duration::from_secs(2);
-            match monitor.as_mut().map(|m| m.wait(period)) {
-                Some(Ok(_)) => {}
-                Some(Err(error)) => {
-                    tracing::warn!(%error, "netlink notifications failed; polling instead");
-                    monitor = None;
+            if !std::mem::take(&mut first) {
+                match monitor.as_mut().map(|m| m.wait(period)) {
+                    Some(Ok(_)) => {}
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "netlink notifications failed; polling instead");
+                        monitor = None;
+                    }
+                    None => std::thread::sleep(period),
                 }
-                None => std::thread::sleep(period),
             }
             let targets = match controller.call(|c| c.hop_targets()) {
                 Ok(targets) => targets,

@@ -857,14 +857,15 @@ impl Config {
         if let Some(problem) = nesting_problem(text).or_else(|| alias_problem(text)) {
             return Err(ConfigError::Invalid(vec![problem]));
         }
-        // Section by section first (each service on its own), so one run
-        // reports every type error, not just the first.
-        let sections = section_problems(text);
-        if !sections.is_empty() {
-            return Err(ConfigError::Invalid(sections));
-        }
         let deserializer = serde_yaml::Deserializer::from_str(text);
         let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            // Section by section then (each service on its own), so one
+            // run reports every type error, not just the first. Only on
+            // failure: a file of a thousand services is parsed once.
+            let sections = section_problems(text);
+            if !sections.is_empty() {
+                return ConfigError::Invalid(sections);
+            }
             let path = e.path().to_string();
             let inner = e.into_inner();
             let message = strip_location(&inner.to_string());
