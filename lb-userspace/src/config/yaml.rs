@@ -308,8 +308,8 @@ pub(super) fn parse(text: &str) -> Result<Value, ConfigProblem> {
             .unwrap_or_default();
         let message = match error.without_snippet() {
             serde_saphyr::Error::MultipleDocuments { .. } => {
-                "a second YAML document (`---`): the configuration is one document; \
-                 write each balancer's in its own file"
+                "a second YAML document (after `---`): the configuration is one \
+                 document; write each balancer's in its own file"
                     .to_string()
             }
             serde_saphyr::Error::AliasReplayLimitExceeded { .. }
@@ -532,4 +532,154 @@ fn segments(path: &str) -> Option<Vec<Segment<'_>>> {
         }
     }
     Some(segments)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::config::{Config, ConfigError, ConfigProblem};
+
+    fn problems(text: &str) -> Vec<ConfigProblem> {
+        match Config::parse(text) {
+            Err(ConfigError::Invalid(problems)) => problems,
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    /// (path, line, column) of each problem.
+    fn placed(text: &str) -> Vec<(String, usize, usize)> {
+        problems(text)
+            .into_iter()
+            .map(|p| (p.path, p.line.unwrap_or(0), p.column.unwrap_or(0)))
+            .collect()
+    }
+
+    const HEAD: &str = "instance: edge1\ninterfaces: [{ name: eth0 }]\n";
+
+    #[test]
+    fn comments_and_quoted_keys_do_not_move_a_problem() {
+        // Comments that look like keys, and keys written in quotes: the
+        // indentation guess placed these on the comment's line.
+        let text = format!(
+            "{HEAD}# services:\n#   - port: 1\nservices:\n  # port: 2\n  - \"name\": web\n    \
+             'vip': 203.0.113.10 # port: 3\n    \"port\": eighty\n    protocol: tcp\n"
+        );
+        assert_eq!(placed(&text), [("services[0].port".into(), 9, 5)]);
+    }
+
+    #[test]
+    fn flow_mappings_place_each_key_at_its_column() {
+        let text = format!(
+            "{HEAD}services:\n  - {{ name: web, vip: 203.0.113.10, port: 80, protocol: tcp,\n      \
+             backends: [{{ address: 192.0.2.11, weight: heavy }}, {{ address: x }}] }}\n"
+        );
+        assert_eq!(
+            placed(&text),
+            [
+                ("services[0].backends[0].weight".into(), 5, 41),
+                ("services[0].backends[1].address".into(), 5, 60),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_problem_reached_through_an_alias_is_placed_where_the_anchor_writes_it() {
+        let text = format!(
+            "{HEAD}services:\n  - name: a\n    vip: 203.0.113.10\n    port: 80\n    protocol: tcp\n    \
+             backends: &pool\n      - {{ address: 192.0.2.11 }}\n      - {{ address: 192.0.2.12, tier: top }}\n  \
+             - {{ name: b, vip: 203.0.113.11, port: 80, protocol: tcp, backends: *pool }}\n"
+        );
+        assert_eq!(
+            placed(&text),
+            [
+                ("services[0].backends[1].tier".into(), 10, 32),
+                ("services[1].backends[1].tier".into(), 10, 32),
+            ]
+        );
+    }
+
+    #[test]
+    fn merge_keys_are_accepted_and_the_mapping_s_own_entries_win() {
+        let text = format!(
+            "{HEAD}x-defaults:\n  check: &check {{ kind: http, path: /health, interval: 5s, rise: 3 }}\n"
+        );
+        // `x-defaults` is not a section: templates sit in a service's own
+        // keys' values instead, or the anchor is on the first user.
+        assert_eq!(placed(&text)[0].0, "x-defaults");
+        let text = format!(
+            "{HEAD}services:\n  - name: a\n    vip: 203.0.113.10\n    port: 80\n    protocol: tcp\n    \
+             health_check: &check {{ kind: http, path: /health, interval: 5s, rise: 3 }}\n  \
+             - name: b\n    vip: 203.0.113.11\n    port: 80\n    protocol: tcp\n    \
+             health_check: {{ <<: *check, interval: 2s }}\n  \
+             - name: c\n    vip: 203.0.113.12\n    port: 80\n    protocol: tcp\n    \
+             health_check:\n      <<: [*check]\n      path: /ready\n"
+        );
+        let config = Config::parse(&text).unwrap();
+        let checks: Vec<_> = config
+            .services
+            .iter()
+            .map(|s| s.health_check.clone().unwrap())
+            .collect();
+        assert_eq!(checks[0].interval, Duration::from_secs(5));
+        // The override wins over the anchor's value; the rest is merged.
+        assert_eq!(checks[1].interval, Duration::from_secs(2));
+        assert_eq!(
+            (checks[1].rise, checks[1].path.as_deref()),
+            (3, Some("/health"))
+        );
+        assert_eq!(checks[2].path.as_deref(), Some("/ready"));
+        assert_eq!(checks[2].interval, Duration::from_secs(5));
+        // A bad value merged in is placed in the anchor; one overridden is
+        // placed at the override.
+        let bad = text.replace("rise: 3", "rise: many");
+        let found = placed(&bad);
+        assert!(
+            found.contains(&("services[1].health_check.rise".into(), 8, 69)),
+            "{found:?}"
+        );
+        let bad = text.replace("interval: 2s", "interval: soon");
+        assert_eq!(
+            placed(&bad),
+            [("services[1].health_check.interval".into(), 13, 33)]
+        );
+    }
+
+    #[test]
+    fn a_second_document_is_refused_where_it_starts() {
+        let text = format!("{HEAD}---\n{HEAD}");
+        let found = problems(&text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        // Placed at the second document's first node.
+        assert_eq!((found[0].line, found[0].column), (Some(4), Some(1)));
+        assert!(
+            found[0].message.contains("a second YAML document"),
+            "{found:?}"
+        );
+        // One document, explicitly started and ended, is fine.
+        Config::parse(&format!("---\n{HEAD}...\n")).unwrap();
+    }
+
+    #[test]
+    fn a_syntax_error_names_its_line_and_column() {
+        let found = problems(&format!("{HEAD}services:\n  - name: 'web\n"));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].path, "");
+        assert!(
+            found[0].line.is_some() && found[0].column.is_some(),
+            "{found:?}"
+        );
+        let found = problems(&format!("{HEAD}services: [\n  {{ name: web }}\n"));
+        assert!(found[0].line >= Some(3), "{found:?}");
+        let found = problems("instance: a\n interfaces: []\n");
+        assert_eq!(
+            (found[0].line, found[0].column),
+            (Some(2), Some(12)),
+            "{found:?}"
+        );
+        assert!(!found[0].message.contains(" at line "), "{found:?}");
+        // As `lb check` prints it.
+        let shown = ConfigError::Invalid(found).to_string();
+        assert!(shown.contains("  line 2, column 12: "), "{shown}");
+    }
 }
