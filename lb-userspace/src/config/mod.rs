@@ -1,19 +1,22 @@
 //! The YAML configuration (docs/DESIGN.md §5), parsed into types that cannot hold
 //! a bad value. Unknown keys are rejected; every error names its field path
-//! and, where the YAML parser knows it, the line.
+//! and, where it is written in the file, its line and column.
 //!
 //! This file holds the schema (the types serde builds) and the entry points
 //! ([`Config::parse`], [`Config::load`]); only [`read`] and the `load`
 //! functions touch the file system. The checks sit beside it, all pure, in
 //! the order a parse runs them:
-//! - `limits`: YAML that would keep the parser busy for minutes (deep
-//!   nesting, aliases that multiply) is refused before it runs;
+//! - `limits`: YAML that would keep a parser busy for minutes (deep
+//!   flow nesting) is refused before it runs;
+//! - `yaml`: the text read into an ordered tree (one document, merge keys
+//!   applied, aliases within a node budget), and where each field is
+//!   written;
 //! - `sections`: type errors, section by section and service by service,
 //!   so that one run lists them all;
 //! - `validate`: the cross-field checks the types alone cannot express.
 //!
 //! `problems` says what a problem is, how many are listed, and on which
-//! line each one is written.
+//! line and column each one is written.
 
 mod attack;
 mod ha;
