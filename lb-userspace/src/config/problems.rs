@@ -23,13 +23,14 @@ pub struct ConfigProblem {
 impl fmt::Display for ConfigProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (self.line, self.column) {
-            (Some(line), Some(column)) => write!(
-                f,
-                "line {line}, column {column}: {}: {}",
-                self.path, self.message
-            ),
-            (Some(line), None) => write!(f, "line {line}: {}: {}", self.path, self.message),
-            _ => write!(f, "{}: {}", self.path, self.message),
+            (Some(line), Some(column)) => write!(f, "line {line}, column {column}: ")?,
+            (Some(line), None) => write!(f, "line {line}: ")?,
+            _ => {}
+        }
+        // A problem of the whole file (a syntax error) has no path.
+        match self.path.as_str() {
+            "" if self.line.is_some() => write!(f, "{}", self.message),
+            path => write!(f, "{path}: {}", self.message),
         }
     }
 }

@@ -316,7 +316,11 @@ pub(super) fn parse(text: &str) -> Result<Value, ConfigProblem> {
             | serde_saphyr::Error::AliasExpansionLimitExceeded { .. }
             | serde_saphyr::Error::AliasReplayStackDepthExceeded { .. } => alias_message(),
             other => {
-                let message = strip_location(&other.to_string());
+                let mut message = strip_location(&other.to_string());
+                // A hint for the programmer, not the operator.
+                if let Some(at) = message.find(", set DuplicateKeyPolicy") {
+                    message.truncate(at);
+                }
                 if message.contains("budget breached: Nodes") {
                     alias_message()
                 } else {
@@ -680,6 +684,12 @@ mod tests {
         assert!(!found[0].message.contains(" at line "), "{found:?}");
         // As `lb check` prints it.
         let shown = ConfigError::Invalid(found).to_string();
-        assert!(shown.contains("  line 2, column 12: "), "{shown}");
+        assert!(
+            shown.contains("  line 2, column 12: mapping values"),
+            "{shown}"
+        );
+        let found = problems(&format!("{HEAD}instance: again\n"));
+        assert_eq!(found[0].message, "duplicate mapping key: instance");
+        assert_eq!((found[0].line, found[0].column), (Some(3), Some(1)));
     }
 }
