@@ -15,6 +15,7 @@ pub fn problems(config: &Config) -> Vec<ConfigProblem> {
         problems.push(ConfigProblem {
             path,
             line: None,
+            column: None,
             message,
         });
     };

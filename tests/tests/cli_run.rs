@@ -493,10 +493,10 @@ fn check_lists_every_ha_and_type_problem_at_once_and_warns_about_the_host() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     for expected in [
         "4 problem(s)",
-        "line 7: ha.virtual_router_id",
-        "line 8: ha.priority",
-        "line 9: ha.advert_interval",
-        "line 10: ha.unicast_peers[0]: 2001:db8::2: this instance advertises over IPv4",
+        "line 7, column 3: ha.virtual_router_id",
+        "line 8, column 3: ha.priority",
+        "line 9, column 3: ha.advert_interval",
+        "line 10, column 19: ha.unicast_peers[0]: 2001:db8::2: this instance advertises over IPv4",
     ] {
         assert!(stderr.contains(expected), "no {expected:?} in:\n{stderr}");
     }
@@ -507,6 +507,7 @@ fn check_lists_every_ha_and_type_problem_at_once_and_warns_about_the_host() {
     assert_eq!(problems.len(), 4, "{value}");
     assert_eq!(problems[0]["path"], "ha.virtual_router_id");
     assert_eq!(problems[0]["line"], 7);
+    assert_eq!(problems[0]["column"], 3);
 
     // Two type errors in one service, and one in another section.
     let text = base
@@ -519,7 +520,7 @@ fn check_lists_every_ha_and_type_problem_at_once_and_warns_about_the_host() {
     for expected in [
         "services[0].port",
         "services[0].protocol",
-        "line 5: control.metrics",
+        "line 5, column 12: control.metrics",
     ] {
         assert!(stderr.contains(expected), "no {expected:?} in:\n{stderr}");
     }
@@ -532,8 +533,8 @@ fn check_lists_every_ha_and_type_problem_at_once_and_warns_about_the_host() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains(
-            "warning: line 2: interfaces[1].name: no interface \"lbt-nosuch0\" on this host"
-        ) && stderr.contains("warning: line 5: ha.interface: no interface \"lbt-nosuch1\""),
+            "warning: line 2, column 30: interfaces[1].name: no interface \"lbt-nosuch0\" on this host"
+        ) && stderr.contains("warning: line 5, column 7: ha.interface: no interface \"lbt-nosuch1\""),
         "{stderr}"
     );
     let output = check(&text, true);
@@ -553,8 +554,11 @@ fn check_lists_every_ha_and_type_problem_at_once_and_warns_about_the_host() {
     assert_eq!(output.status.code(), Some(0), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("warning: line 5: services[1].backends: service \"spare\" has no backends")
-            && stderr.contains("warning: line 2: interfaces[1].name: no interface \"lbt-nosuch0\""),
+        stderr.contains(
+            "warning: line 5, column 64: services[1].backends: service \"spare\" has no backends"
+        ) && stderr.contains(
+            "warning: line 2, column 30: interfaces[1].name: no interface \"lbt-nosuch0\""
+        ),
         "{stderr}"
     );
     assert!(
@@ -606,7 +610,9 @@ fn a_service_without_backends_is_accepted_with_a_warning() {
     assert_eq!(output.status.code(), Some(0), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("warning: line 5: services[1].backends: service \"spare\" has no backends"),
+        stderr.contains(
+            "warning: line 5, column 64: services[1].backends: service \"spare\" has no backends"
+        ),
         "{stderr}"
     );
     assert!(

@@ -701,11 +701,14 @@ fn check(path: &Path, output: Output) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Problems as JSON: `[{"path", "line", "message"}]`.
+/// Problems as JSON: `[{"path", "line", "column", "message"}]`.
 fn problems_json(problems: &[crate::config::ConfigProblem]) -> serde_json::Value {
     problems
         .iter()
-        .map(|p| serde_json::json!({"path": p.path, "line": p.line, "message": p.message}))
+        .map(|p| {
+            serde_json::json!({"path": p.path, "line": p.line, "column": p.column,
+                               "message": p.message})
+        })
         .collect()
 }
 
@@ -728,7 +731,13 @@ fn prepare_run(path: &Path) -> Result<(Config, crate::lock::InstanceLock), Failu
     let mut warnings = config.warnings();
     crate::config::locate(&text, &mut warnings);
     for warning in &warnings {
-        tracing::warn!(path = %warning.path, line = ?warning.line, "{}", warning.message);
+        tracing::warn!(
+            path = %warning.path,
+            line = ?warning.line,
+            column = ?warning.column,
+            "{}",
+            warning.message
+        );
     }
     let mut missing = crate::host::problems(&config);
     if !missing.is_empty() {

@@ -1,9 +1,8 @@
 //! Bounds on hostile YAML, checked before the parser builds anything: flow
-//! collections nested too deep, and aliases that multiply ("billion
-//! laughs"). The fuzz tests found that either kept `serde_yaml` busy for
+//! collections nested too deep. (Aliases that multiply, "billion laughs",
+//! are stopped by the parser's budget: see `yaml::parse`.) The fuzz tests
+//! found that either kept the former parser, `serde_yaml`, busy for
 //! minutes.
-
-use std::fmt;
 
 use super::ConfigProblem;
 
@@ -20,7 +19,7 @@ pub(super) fn nesting_problem(text: &str) -> Option<ConfigProblem> {
     let mut depth: usize = 0;
     for (number, line) in text.lines().enumerate() {
         let mut previous = ' ';
-        for c in line.chars() {
+        for (column, c) in line.chars().enumerate() {
             match c {
                 '#' if previous.is_whitespace() => break,
                 '[' | '{' => depth += 1,
@@ -31,6 +30,7 @@ pub(super) fn nesting_problem(text: &str) -> Option<ConfigProblem> {
                 return Some(ConfigProblem {
                     path: String::new(),
                     line: Some(number + 1),
+                    column: Some(column + 1),
                     message: format!("`[` and `{{` nest more than {MAX_FLOW_NESTING} deep"),
                 });
             }
@@ -38,119 +38,6 @@ pub(super) fn nesting_problem(text: &str) -> Option<ConfigProblem> {
         }
     }
     None
-}
-
-/// How many nodes YAML aliases (`*name`) may add to the configuration:
-/// sharing a health check or a backend list between a thousand services
-/// stays far below it.
-const MAX_ALIAS_NODES: u64 = 100_000;
-
-/// Aliases that expand the configuration by more than about
-/// [`MAX_ALIAS_NODES`] nodes ("billion laughs"), refused before anything is
-/// built from them: `serde_yaml`'s own limit grows with the file, so a
-/// 100 KB file could keep it busy for minutes (found by the fuzz tests).
-/// The nodes are counted as `serde_yaml` replays them, and the count stops
-/// at the budget: the text's length (no node is shorter than a byte) plus
-/// the aliases' allowance. A syntax error ends the count; the parse proper
-/// reports it.
-pub(super) fn alias_problem(text: &str) -> Option<ConfigProblem> {
-    use serde::de::{DeserializeSeed, Deserializer as _, Error, MapAccess, SeqAccess, Visitor};
-
-    /// Counts nodes down from a budget, failing once it is spent.
-    #[derive(Clone, Copy)]
-    struct Nodes<'a>(&'a std::cell::Cell<u64>);
-
-    impl Nodes<'_> {
-        fn take<E: Error>(self) -> Result<(), E> {
-            match self.0.get().checked_sub(1) {
-                Some(left) => {
-                    self.0.set(left);
-                    Ok(())
-                }
-                None => Err(E::custom("alias budget spent")),
-            }
-        }
-    }
-
-    impl<'de> DeserializeSeed<'de> for Nodes<'_> {
-        type Value = ();
-        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-            d.deserialize_any(self)
-        }
-    }
-
-    impl<'de> Visitor<'de> for Nodes<'_> {
-        type Value = ();
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("any YAML node")
-        }
-        fn visit_bool<E: Error>(self, _: bool) -> Result<(), E> {
-            self.take()
-        }
-        fn visit_i64<E: Error>(self, _: i64) -> Result<(), E> {
-            self.take()
-        }
-        fn visit_u64<E: Error>(self, _: u64) -> Result<(), E> {
-            self.take()
-        }
-        fn visit_i128<E: Error>(self, _: i128) -> Result<(), E> {
-            self.take()
-        }
-        fn visit_u128<E: Error>(self, _: u128) -> Result<(), E> {
-            self.take()
-        }
-        fn visit_f64<E: Error>(self, _: f64) -> Result<(), E> {
-            self.take()
-        }
-        fn visit_str<E: Error>(self, _: &str) -> Result<(), E> {
-            self.take()
-        }
-        fn visit_bytes<E: Error>(self, _: &[u8]) -> Result<(), E> {
-            self.take()
-        }
-        fn visit_unit<E: Error>(self) -> Result<(), E> {
-            self.take()
-        }
-        fn visit_none<E: Error>(self) -> Result<(), E> {
-            self.take()
-        }
-        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-            d.deserialize_any(self)
-        }
-        fn visit_newtype_struct<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-            d.deserialize_any(self)
-        }
-        fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<(), A::Error> {
-            // A tagged node (`!tag value`): the tag, then its value.
-            use serde::de::VariantAccess as _;
-            let ((), variant) = data.variant_seed(self)?;
-            variant.newtype_variant_seed(self)
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-            self.take()?;
-            while seq.next_element_seed(self)?.is_some() {}
-            Ok(())
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-            self.take()?;
-            while map.next_entry_seed(self, self)?.is_some() {}
-            Ok(())
-        }
-    }
-
-    let budget = std::cell::Cell::new((text.len() as u64).saturating_add(MAX_ALIAS_NODES));
-    // Only a spent budget matters here; any other error is the parse's
-    // (which, like this, reads the first document only).
-    let result = serde_yaml::Deserializer::from_str(text).deserialize_any(Nodes(&budget));
-    // serde_yaml's own limit on alias jumps may strike first.
-    let repetition = result.is_err_and(|e| e.to_string().contains("repetition limit"));
-    (budget.get() == 0 || repetition).then(|| ConfigProblem {
-        path: String::new(),
-        line: None,
-        message: format!(
-            "aliases (`*name`) expand the configuration by more than {MAX_ALIAS_NODES} nodes"
-        ),
-    })
 }
 
 #[cfg(test)]
@@ -161,7 +48,7 @@ mod tests {
     fn aliases_that_multiply_are_refused_before_expansion() {
         use std::fmt::Write as _;
         // Nine to the sixth power nodes; the fuzz tests' 100 KB variant kept
-        // serde_yaml busy for minutes.
+        // serde_yaml, the former parser, busy for minutes.
         let mut text = String::from(
             "instance: a\ninterfaces: [{ name: lb0 }]\nx0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1]\n",
         );

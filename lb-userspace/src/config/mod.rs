@@ -1,19 +1,22 @@
 //! The YAML configuration (docs/DESIGN.md §5), parsed into types that cannot hold
 //! a bad value. Unknown keys are rejected; every error names its field path
-//! and, where the YAML parser knows it, the line.
+//! and, where it is written in the file, its line and column.
 //!
 //! This file holds the schema (the types serde builds) and the entry points
 //! ([`Config::parse`], [`Config::load`]); only [`read`] and the `load`
 //! functions touch the file system. The checks sit beside it, all pure, in
 //! the order a parse runs them:
-//! - `limits`: YAML that would keep the parser busy for minutes (deep
-//!   nesting, aliases that multiply) is refused before it runs;
+//! - `limits`: YAML that would keep a parser busy for minutes (deep
+//!   flow nesting) is refused before it runs;
+//! - `yaml`: the text read into an ordered tree (one document, merge keys
+//!   applied, aliases within a node budget), and where each field is
+//!   written;
 //! - `sections`: type errors, section by section and service by service,
 //!   so that one run lists them all;
 //! - `validate`: the cross-field checks the types alone cannot express.
 //!
 //! `problems` says what a problem is, how many are listed, and on which
-//! line each one is written.
+//! line and column each one is written.
 
 mod attack;
 mod ha;
@@ -22,6 +25,7 @@ mod problems;
 mod sections;
 mod sync;
 mod validate;
+mod yaml;
 
 pub use attack::{GuardAttack, SHARE_MIN_RATE};
 pub use ha::{HaInstance, HaInstanceSpec, Track};
@@ -38,8 +42,8 @@ use std::{
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use limits::{alias_problem, nesting_problem};
-use problems::{cap, line_of, strip_location};
+use limits::nesting_problem;
+use problems::cap;
 use sections::section_problems;
 
 /// The whole configuration file.
@@ -151,7 +155,7 @@ pub struct Divert {
 /// A BGP community: standard (RFC 1997, `ASN:VALUE`, 16 bits each) or
 /// large (RFC 8092, `ASN:A:B`, 32 bits each).
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[serde(try_from = "serde_yaml::Value")]
+#[serde(try_from = "yaml::Value")]
 pub enum Community {
     /// `ASN:VALUE`.
     Standard(u16, u16),
@@ -159,12 +163,12 @@ pub enum Community {
     Large(u32, u32, u32),
 }
 
-impl TryFrom<serde_yaml::Value> for Community {
+impl TryFrom<yaml::Value> for Community {
     type Error = String;
-    fn try_from(value: serde_yaml::Value) -> Result<Self, Self::Error> {
+    fn try_from(value: yaml::Value) -> Result<Self, Self::Error> {
         let Some(text) = value.as_str() else {
             return Err(format!(
-                "{value:?} is not a community: write it as a string, '64512:100' or \
+                "{value} is not a community: write it as a string, '64512:100' or \
                  '64512:1:2'"
             ));
         };
@@ -755,9 +759,7 @@ impl Config {
         })?;
         let config = Self::parse(&text)?;
         let mut warnings = config.warnings();
-        for warning in &mut warnings {
-            warning.line = line_of(&text, &warning.path);
-        }
+        locate(&text, &mut warnings);
         Ok((config, warnings))
     }
 
@@ -777,6 +779,7 @@ impl Config {
                     ha.push(ConfigProblem {
                         path,
                         line: None,
+                        column: None,
                         message: format!(
                             "{} has no effect with preempt: false (a backup never preempts)",
                             humantime::format_duration(instance.preempt_delay)
@@ -793,6 +796,7 @@ impl Config {
             .map(|(i, service)| ConfigProblem {
                 path: format!("services[{i}].backends"),
                 line: None,
+                column: None,
                 message: format!(
                     "service {:?} has no backends: packets to {} {}:{} are dropped \
                      (drop_no_backend)",
@@ -835,6 +839,7 @@ impl Config {
             .map(|(i, service)| ConfigProblem {
                 path: format!("services[{i}].scheduler"),
                 line: None,
+                column: None,
                 message: format!(
                     "the established flows of service {:?} do not survive a balancer \
                      failover: its scheduler's pick is local to the balancer that saw the \
@@ -854,36 +859,30 @@ impl Config {
 
     /// Parses and validates YAML text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        if let Some(problem) = nesting_problem(text).or_else(|| alias_problem(text)) {
+        if let Some(problem) = nesting_problem(text) {
             return Err(ConfigError::Invalid(vec![problem]));
         }
-        let deserializer = serde_yaml::Deserializer::from_str(text);
-        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-            // Section by section then (each service on its own), so one
-            // run reports every type error, not just the first. Only on
-            // failure: a file of a thousand services is parsed once.
-            let sections = section_problems(text);
+        let value = yaml::parse(text).map_err(|problem| ConfigError::Invalid(vec![problem]))?;
+        // The whole file at once; section by section only on failure (each
+        // service on its own, so one run reports every type error, not
+        // just the first): a file of a thousand services is parsed once.
+        let config: Config = serde_path_to_error::deserialize(value.clone()).map_err(|e| {
+            let sections = section_problems(text, &value);
             if !sections.is_empty() {
                 return ConfigError::Invalid(sections);
             }
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let message = strip_location(&inner.to_string());
-            // serde_yaml may lead with the path too; it is reported apart.
-            let message = message
-                .strip_prefix(&format!("{path}: "))
-                .map_or(message.clone(), str::to_string);
-            ConfigError::Invalid(vec![ConfigProblem {
-                path,
-                line: inner.location().map(|l| l.line()),
-                message,
-            }])
+            let mut problems = vec![ConfigProblem {
+                path: e.path().to_string(),
+                line: None,
+                column: None,
+                message: e.into_inner().to_string(),
+            }];
+            locate(text, &mut problems);
+            ConfigError::Invalid(problems)
         })?;
         let mut problems = config.problems();
         cap(&mut problems);
-        for problem in &mut problems {
-            problem.line = line_of(text, &problem.path);
-        }
+        locate(text, &mut problems);
         if problems.is_empty() {
             Ok(config)
         } else {

@@ -1,9 +1,11 @@
 //! What a configuration problem is and how it is reported: the error type,
 //! the collector the checks push into, the cap on how many are listed, and
-//! the line of the text where each problem's field is written.
+//! the line and column of the text where each problem's field is written.
 
 use std::fmt;
 use std::path::PathBuf;
+
+use super::yaml::Positions;
 
 /// One problem found in a configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -12,15 +14,23 @@ pub struct ConfigProblem {
     pub path: String,
     /// 1-based line, where known.
     pub line: Option<usize>,
+    /// 1-based column (in characters), where known.
+    pub column: Option<usize>,
     /// What is wrong.
     pub message: String,
 }
 
 impl fmt::Display for ConfigProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some(line) => write!(f, "line {line}: {}: {}", self.path, self.message),
-            None => write!(f, "{}: {}", self.path, self.message),
+        match (self.line, self.column) {
+            (Some(line), Some(column)) => write!(f, "line {line}, column {column}: ")?,
+            (Some(line), None) => write!(f, "line {line}: ")?,
+            _ => {}
+        }
+        // A problem of the whole file (a syntax error) has no path.
+        match self.path.as_str() {
+            "" if self.line.is_some() => write!(f, "{}", self.message),
+            path => write!(f, "{path}: {}", self.message),
         }
     }
 }
@@ -57,12 +67,22 @@ impl fmt::Display for ProblemList<'_> {
     }
 }
 
-/// Fills in the line of each problem whose field path is found in `text`
-/// (for problems found outside the parser, such as the host's).
+/// Fills in the line and column of each problem whose field path is found
+/// in `text` (for problems found outside the parser, such as the host's).
 pub fn locate(text: &str, problems: &mut [ConfigProblem]) {
+    if problems
+        .iter()
+        .all(|p| p.line.is_some() || p.path.is_empty())
+    {
+        return;
+    }
+    let positions = Positions::new(text);
     for problem in problems {
-        if problem.line.is_none() {
-            problem.line = line_of(text, &problem.path);
+        if problem.line.is_none()
+            && let Some((line, column)) = positions.of(&problem.path)
+        {
+            problem.line = Some(line);
+            problem.column = Some(column);
         }
     }
 }
@@ -76,13 +96,13 @@ impl Problems {
         self.0.push(ConfigProblem {
             path: path.into(),
             line: None,
+            column: None,
             message,
         });
     }
 }
 
-/// The most problems listed; finding each one's line reads the whole text,
-/// and nobody fixes a thousand problems from one listing.
+/// The most problems listed; nobody fixes a thousand problems from one listing.
 const MAX_PROBLEMS: usize = 100;
 
 /// Keeps the first [`MAX_PROBLEMS`] problems and says how many more there
@@ -94,96 +114,15 @@ pub(super) fn cap(problems: &mut Vec<ConfigProblem>) {
         problems.push(ConfigProblem {
             path: String::new(),
             line: None,
+            column: None,
             message: format!("and {more} more problem(s) not listed"),
         });
     }
 }
 
-/// The 1-based line where the field at `path` (`services[1].backends[0].port`)
-/// is written, as far as it can be followed: block mappings and sequences are
-/// walked by indentation; inside flow style (`{ ... }`, `[ ... ]`) the line
-/// of the enclosing entry is the answer.
-pub(super) fn line_of(text: &str, path: &str) -> Option<usize> {
-    let lines: Vec<&str> = text.lines().collect();
-    let mut segments = Vec::new();
-    for part in path.split('.') {
-        let mut rest = part;
-        if let Some(open) = rest.find('[') {
-            segments.push(Segment::Key(&rest[..open]));
-            rest = &rest[open..];
-            while let Some(close) = rest.find(']') {
-                segments.push(Segment::Index(rest[1..close].parse().ok()?));
-                rest = &rest[close + 1..];
-            }
-        } else {
-            segments.push(Segment::Key(rest));
-        }
-    }
-    // (line index, the column where the current node's children start)
-    let (mut at, mut indent): (Option<usize>, usize) = (None, 0);
-    // A sequence item's first key sits on its own "- " line.
-    let mut in_item = false;
-    for segment in segments {
-        let from = at.map_or(0, |line| if in_item { line } else { line + 1 });
-        in_item = matches!(segment, Segment::Index(_));
-        let found = match segment {
-            Segment::Key(key) => {
-                // Flow style on the current line: stay there.
-                if at.is_some_and(|line| lines[line].contains('{')) {
-                    return at.map(|line| line + 1);
-                }
-                lines.iter().enumerate().skip(from).find_map(|(i, line)| {
-                    let content = line.trim_start().trim_start_matches("- ");
-                    let column = line.len() - content.len();
-                    (column >= indent && content.starts_with(&format!("{key}:")))
-                        .then_some((i, column))
-                })
-            }
-            Segment::Index(index) => {
-                if at.is_some_and(|line| lines[line].contains('[')) {
-                    return at.map(|line| line + 1);
-                }
-                // The sequence's items sit at the column of its first "- ".
-                let column_of = |line: &str| line.len() - line.trim_start().len();
-                let first = lines.iter().skip(from).find(|line| {
-                    line.trim_start().starts_with("- ") && column_of(line) >= indent
-                })?;
-                let column = column_of(first);
-                lines
-                    .iter()
-                    .enumerate()
-                    .skip(from)
-                    .take_while(|(_, line)| line.trim().is_empty() || column_of(line) >= column)
-                    .filter(|(_, line)| {
-                        line.trim_start().starts_with("- ") && column_of(line) == column
-                    })
-                    .nth(index)
-                    .map(|(i, _)| (i, column + 2))
-            }
-        };
-        let (line, column) = found?;
-        at = Some(line);
-        indent = column;
-    }
-    at.map(|line| line + 1)
-}
-
-enum Segment<'a> {
-    Key(&'a str),
-    Index(usize),
-}
-
-/// `serde_yaml` appends " at line L column C"; the line is reported separately.
-pub(super) fn strip_location(message: &str) -> String {
-    match message.find(" at line ") {
-        Some(at) => message[..at].to_string(),
-        None => message.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::line_of;
+    use crate::config::yaml::Positions;
     use crate::config::{Config, ConfigError};
 
     #[test]
@@ -234,8 +173,13 @@ services:
             "{lines:?}"
         );
         // A key on its item's own "- " line.
-        assert_eq!(line_of(text, "services[0].name"), Some(5));
-        assert_eq!(line_of(text, "services[0].backends[0].address"), Some(11));
-        assert_eq!(line_of(text, "interfaces[0].name"), Some(3));
+        let positions = Positions::new(text);
+        assert_eq!(positions.of("services[0].name"), Some((5, 5)));
+        assert_eq!(
+            positions.of("services[0].backends[0].address"),
+            Some((11, 9))
+        );
+        assert_eq!(positions.of("interfaces[0].name"), Some((3, 5)));
+        assert_eq!(positions.of("services[0].backends[1]"), Some((13, 9)));
     }
 }

@@ -2,31 +2,25 @@
 //! the whole file is deserialized, so that one run lists every one of them
 //! with its field path rather than serde's first.
 
-use super::problems::{Problems, cap, line_of, strip_location};
+use serde::Deserialize as _;
+
+use super::problems::{Problems, cap, locate};
 use super::validate::check_ha;
+use super::yaml::{Value, strip_location};
 use super::{
     Announce, ConfigProblem, ConnSync, Control, DataplaneSettings, Guard, Ha, InstanceName,
     Interface, Service,
 };
 
-/// Type errors of each top-level section and each service, separately; a
-/// YAML syntax error is reported once, with its position. Empty when every
-/// part deserializes (the whole is then parsed as one).
-pub(super) fn section_problems(text: &str) -> Vec<ConfigProblem> {
-    let value: serde_yaml::Value = match serde_yaml::from_str(text) {
-        Ok(value) => value,
-        Err(error) => {
-            return vec![ConfigProblem {
-                path: String::new(),
-                line: error.location().map(|l| l.line()),
-                message: strip_location(&error.to_string()),
-            }];
-        }
-    };
+/// Type errors of each top-level section and each service of `value` (read
+/// from `text`), separately. Empty when every part deserializes (the whole
+/// is then deserialized as one).
+pub(super) fn section_problems(text: &str, value: &Value) -> Vec<ConfigProblem> {
     let Some(map) = value.as_mapping() else {
         return vec![ConfigProblem {
             path: String::new(),
             line: Some(1),
+            column: Some(1),
             message: "the configuration must be a mapping (instance: ..., services: ...)".into(),
         }];
     };
@@ -53,6 +47,7 @@ pub(super) fn section_problems(text: &str) -> Vec<ConfigProblem> {
             other => problems.push(ConfigProblem {
                 path: other.to_string(),
                 line: None,
+                column: None,
                 message: format!(
                     "unknown field `{other}`, expected one of `instance`, `interfaces`, \
                      `services`, `ha`, `control`, `dataplane`, `guard`, `announce`, `sync`"
@@ -64,29 +59,26 @@ pub(super) fn section_problems(text: &str) -> Vec<ConfigProblem> {
     // whose checks need nothing else is checked now, so its problems come
     // with the type errors rather than after they are fixed.
     if !problems.is_empty()
-        && let Some(Ok(Some(ha))) = map
+        && let Some(Ok(Some(ha))) = value
             .get("ha")
-            .map(|section| serde_yaml::from_value::<Option<Ha>>(section.clone()))
+            .map(|section| Option::<Ha>::deserialize(section.clone()))
     {
         let mut more = Problems::default();
         check_ha(&ha, &mut more);
         problems.extend(more.0);
     }
     for required in ["instance", "interfaces"] {
-        if !map.contains_key(required) {
+        if value.get(required).is_none() {
             problems.push(ConfigProblem {
                 path: String::new(),
                 line: None,
+                column: None,
                 message: format!("missing field `{required}`"),
             });
         }
     }
     cap(&mut problems);
-    for problem in &mut problems {
-        if problem.line.is_none() && !problem.path.is_empty() {
-            problem.line = line_of(text, &problem.path);
-        }
-    }
+    locate(text, &mut problems);
     problems
 }
 
@@ -97,7 +89,7 @@ pub(super) fn section_problems(text: &str) -> Vec<ConfigProblem> {
 /// noticed only at the end of their mapping, so this finds every bad entry
 /// (a "missing field" for a key taken out here is not reported).
 fn check_part<T: serde::de::DeserializeOwned>(
-    value: &serde_yaml::Value,
+    value: &Value,
     prefix: &str,
     problems: &mut Vec<ConfigProblem>,
 ) {
@@ -124,6 +116,7 @@ fn check_part<T: serde::de::DeserializeOwned>(
         problems.push(ConfigProblem {
             path,
             line: None,
+            column: None,
             message,
         });
         match take_out(&mut value, error.path()) {
@@ -146,15 +139,15 @@ fn missing_field(message: &str) -> Option<&str> {
 
 /// Removes the mapping entry at `path` from `value`; returns its key, or
 /// `None` if the path does not end in a mapping key that is there.
-fn take_out(value: &mut serde_yaml::Value, path: &serde_path_to_error::Path) -> Option<String> {
+fn take_out(value: &mut Value, path: &serde_path_to_error::Path) -> Option<String> {
     use serde_path_to_error::Segment;
     let segments: Vec<&Segment> = path.iter().collect();
     let (last, parents) = segments.split_last()?;
     let mut at = value;
     for segment in parents {
         at = match segment {
-            Segment::Seq { index } => at.as_sequence_mut()?.get_mut(*index)?,
-            Segment::Map { key } => at.as_mapping_mut()?.get_mut(key.as_str())?,
+            Segment::Seq { index } => at.get_index_mut(*index)?,
+            Segment::Map { key } => at.get_mut(key)?,
             _ => return None,
         };
     }
@@ -162,7 +155,7 @@ fn take_out(value: &mut serde_yaml::Value, path: &serde_path_to_error::Path) -> 
         return None;
     };
     // In place: the entries after it keep their order.
-    at.as_mapping_mut()?.shift_remove(key.as_str())?;
+    at.remove(key)?;
     Some(key.clone())
 }
 
