@@ -695,7 +695,10 @@ impl Dataplane {
         self.ebpf.map(name).ok_or(DataplaneError::MissingMap(name))
     }
 
-    pub(crate) fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, DataplaneError> {
+    pub(crate) fn map_mut(
+        &mut self,
+        name: &'static str,
+    ) -> Result<&mut aya::maps::Map, DataplaneError> {
         self.ebpf
             .map_mut(name)
             .ok_or(DataplaneError::MissingMap(name))
