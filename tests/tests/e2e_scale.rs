@@ -1,8 +1,9 @@
 //! A thousand services on one balancer (issue 24): a start with 1,000
 //! services × 10 backends becomes ready and answers `lb status` within a
 //! generous bound, so that a step quadratic in services or backends cannot
-//! come back unseen; `/metrics` answers with every backend's series. Not timed beyond the bound; the figures are the
-//! measurement's (`scale_figures`, run by `cargo xtask bench --scale`).
+//! come back unseen; `/metrics` answers with every backend's series. Not
+//! timed beyond the bound; the figures are the measurement's
+//! (`scale_figures`, run by `cargo xtask bench --scale`).
 
 use std::time::Duration;
 
