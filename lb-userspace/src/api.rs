@@ -5,6 +5,7 @@
 //! |--------|--------------|-----------------------------------------|
 //! | GET    | `/v1/status` | [`crate::controller::StatusReport`]      |
 //! | GET    | `/v1/stats`  | [`crate::controller::StatsReport`]       |
+//! | GET    | `/v1/status?service=NAME`, `/v1/stats?service=NAME` | the same, of the services named (repeatable); 404 naming an unknown one |
 //! | POST   | `/v1/reload` | `{"reloaded": true, "writes": N}`; 400 with the problems, nothing changed; 500 if a write failed and so did its undo |
 //! | POST   | `/v1/drain`, `/v1/undrain` | body [`BackendChange`]; answers the backend's status |
 //! | POST   | `/v1/weight` | body [`BackendChange`] with `weight` |
@@ -32,7 +33,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    controller::{Controller, Override, OverrideError},
+    controller::{Controller, Override, OverrideError, ServiceFilter},
     http::{Limits, Request, Response},
     owner::ControllerHandle,
 };
@@ -142,11 +143,7 @@ fn trace_poll(
 /// only the controller's part of the work is a job for its owner.
 fn route(request: &Request, controller: &ControllerHandle) -> Response {
     match (request.method.as_str(), request.path.as_str()) {
-        ("GET", "/v1/status") => answer(controller.call(|c| c.status()), |status| json(&status)),
-        ("GET", "/v1/stats") => answer(controller.call(|c| c.stats()), |stats| match stats {
-            Ok(stats) => json(&stats),
-            Err(error) => Response::error(500, &format!("{error:#}")),
-        }),
+        ("GET", "/v1/status" | "/v1/stats") => report(request, controller),
         ("POST", "/v1/reload") => {
             answer(controller.call(Controller::reload), |reload| match reload {
                 Ok(writes) => json(&serde_json::json!({ "reloaded": true, "writes": writes })),
@@ -236,6 +233,99 @@ fn route(request: &Request, controller: &ControllerHandle) -> Response {
         ) => Response::error(405, "method not allowed"),
         (_, path) => Response::error(404, &format!("no endpoint {path}")),
     }
+}
+
+/// `GET /v1/status` or `/v1/stats`, of the services the query names.
+fn report(request: &Request, controller: &ControllerHandle) -> Response {
+    let filter = match filter(request) {
+        Ok(filter) => filter,
+        Err(response) => return response,
+    };
+    if request.path == "/v1/status" {
+        let done = controller.call(move |c| {
+            c.check_services(&filter)?;
+            Ok(c.status_of(&filter))
+        });
+        answer(done, overridden)
+    } else {
+        let done = controller.call(move |c| {
+            c.check_services(&filter)?;
+            c.stats_of(&filter).map_err(OverrideError::Failed)
+        });
+        answer(done, overridden)
+    }
+}
+
+/// The services a report is asked for: `?service=NAME`, repeatable (none:
+/// every service); 400 for any other parameter.
+fn filter(request: &Request) -> Result<ServiceFilter, Response> {
+    let mut names = Vec::new();
+    for pair in request.query.as_deref().unwrap_or("").split('&') {
+        if pair.is_empty() {
+            continue;
+        }
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key != "service" {
+            return Err(Response::error(
+                400,
+                &format!("unknown query parameter {key:?} (only service=NAME)"),
+            ));
+        }
+        match percent_decode(value) {
+            Some(name) => names.push(name),
+            None => {
+                return Err(Response::error(
+                    400,
+                    &format!("service={value}: not percent-encoded UTF-8"),
+                ));
+            }
+        }
+    }
+    Ok(ServiceFilter::new(names))
+}
+
+/// A query value decoded: `%XX` escapes and `+` for a space.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        match bytes[at] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(at + 1..at + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                at += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                at += 1;
+            }
+            byte => {
+                out.push(byte);
+                at += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `path` asking for the services `names` (`?service=NAME&...`, each
+/// name percent-encoded); `path` itself for none.
+pub fn with_services(path: &str, names: &[String]) -> String {
+    use std::fmt::Write as _;
+    let mut url = path.to_string();
+    for (n, name) in names.iter().enumerate() {
+        url.push(if n == 0 { '?' } else { '&' });
+        url.push_str("service=");
+        for byte in name.bytes() {
+            if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+                url.push(char::from(byte));
+            } else {
+                let _ = write!(url, "%{byte:02X}");
+            }
+        }
+    }
+    url
 }
 
 /// The owner's answer made a response; 503 if it gave none.
@@ -332,12 +422,28 @@ pub fn post(
     request(socket, "POST", path, Some(body))
 }
 
+/// `GET path`; on success the JSON body as it came, unparsed: printed as
+/// it is by `--output json`, or read straight into a typed report.
+pub fn get_text(socket: &Path, path: &str) -> Result<String, ClientError> {
+    request_text(socket, "GET", path, None)
+}
+
 fn request(
     socket: &Path,
     method: &str,
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> Result<serde_json::Value, ClientError> {
+    let body = request_text(socket, method, path, body)?;
+    Ok(serde_json::from_str(&body).context("the controller's answer is not JSON")?)
+}
+
+fn request_text(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<String, ClientError> {
     let mut stream = UnixStream::connect(socket).map_err(|error| match error.kind() {
         std::io::ErrorKind::PermissionDenied => ClientError::PermissionDenied(socket.into()),
         _ => ClientError::NotRunning(socket.into()),
@@ -370,14 +476,58 @@ fn request(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .context("malformed status line from the controller")?;
-    let value: serde_json::Value =
-        serde_json::from_str(body).context("the controller's answer is not JSON")?;
     if status != 200 {
+        let value: serde_json::Value =
+            serde_json::from_str(body).context("the controller's answer is not JSON")?;
         let message = value["error"]
             .as_str()
             .unwrap_or("unknown error")
             .to_string();
         return Err(ClientError::Api { status, message });
     }
-    Ok(value)
+    // The body without a copy of it: the head is cut off in place.
+    let head = head.len() + 4;
+    response.drain(..head);
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_names_survive_the_query() {
+        let names: Vec<String> = ["web", "a b&c=d", "dns/53", "é%+"]
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let url = with_services("/v1/status", &names);
+        assert!(
+            url.starts_with("/v1/status?service=web&service=a%20b%26c%3Dd&"),
+            "{url}"
+        );
+        let (path, query) = url.split_once('?').unwrap();
+        let request = Request {
+            method: "GET".into(),
+            path: path.into(),
+            query: Some(query.into()),
+            authorization: None,
+            body: hyper::body::Bytes::new(),
+        };
+        assert_eq!(filter(&request).unwrap(), ServiceFilter::new(names));
+        assert_eq!(with_services("/v1/stats", &[]), "/v1/stats");
+        let none = Request {
+            query: None,
+            ..request
+        };
+        assert_eq!(filter(&none).unwrap(), ServiceFilter::all());
+        let other = Request {
+            query: Some("services=web".into()),
+            ..none
+        };
+        assert_eq!(filter(&other).unwrap_err().status, 400);
+        assert_eq!(percent_decode("a+b%41"), Some("a bA".into()));
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("%ff"), None);
+    }
 }

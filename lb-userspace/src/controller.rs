@@ -31,7 +31,8 @@ use settings::{log_tunnel_sources, resolve_tunnel_sources, tunnel_targets};
 use weights::{configured_backend, folded_weights, kept_dynamic};
 
 pub use report::{
-    BackendStats, BackendStatus, LastCheck, ServiceStats, ServiceStatus, StatsReport, StatusReport,
+    BackendStats, BackendStatus, LastCheck, ServiceFilter, ServiceStats, ServiceStatus,
+    StatsReport, StatusReport,
 };
 pub use settings::{
     TunnelSources, default_tunnel_sources, guard_settings, settings, settings_with, sizes,
@@ -420,8 +421,17 @@ impl Controller {
     /// Active flows per backend id: the data plane's open / close counters,
     /// corrected by the last reconciliation with the connection table.
     pub fn active_flows(&self) -> BTreeMap<u32, u64> {
+        self.active_flows_of(&ServiceFilter::all())
+    }
+
+    /// [`Self::active_flows`] of the services `filter` admits (one map read
+    /// per backend of those).
+    fn active_flows_of(&self, filter: &ServiceFilter) -> BTreeMap<u32, u64> {
         let mut active = BTreeMap::new();
         for service in self.planner.planned() {
+            if !filter.admits(&service.name) {
+                continue;
+            }
             for backend in &service.backends {
                 let Ok(traffic) = self.dataplane.backend_traffic(backend.id) else {
                     continue;
@@ -893,12 +903,27 @@ impl Controller {
 
     /// The status report (`lb status`).
     pub fn status(&self) -> StatusReport {
-        let active = self.active_flows();
+        self.status_of(&ServiceFilter::all())
+    }
+
+    /// `Err` (the message names the unknown ones and lists the services)
+    /// unless every service `filter` names is configured.
+    pub fn check_services(&self, filter: &ServiceFilter) -> Result<(), OverrideError> {
+        filter
+            .check(self.config.services.iter().map(|s| s.name.as_str()))
+            .map_err(OverrideError::Unknown)
+    }
+
+    /// The status report of the services `filter` admits (`lb status
+    /// NAME...`); the rest of the report as [`Self::status`] has it.
+    pub fn status_of(&self, filter: &ServiceFilter) -> StatusReport {
+        let active = self.active_flows_of(filter);
         let services = self
             .planner
             .planned()
             .iter()
             .zip(&self.config.services)
+            .filter(|(_, service)| filter.admits(&service.name))
             .map(|(planned, service)| ServiceStatus {
                 name: service.name.clone(),
                 vip: service.vip.to_string(),
@@ -1126,8 +1151,17 @@ impl Controller {
 
     /// The counters (`lb stats`).
     pub fn stats(&self) -> anyhow::Result<StatsReport> {
+        self.stats_of(&ServiceFilter::all())
+    }
+
+    /// The counters of the services `filter` admits (`lb stats NAME...`);
+    /// drops, reasons and the connection table as [`Self::stats`] has them.
+    pub fn stats_of(&self, filter: &ServiceFilter) -> anyhow::Result<StatsReport> {
         let mut services = Vec::new();
         for planned in self.planner.planned() {
+            if !filter.admits(&planned.name) {
+                continue;
+            }
             let traffic = self.dataplane.service_traffic(planned.value.id)?;
             let mut backends = Vec::new();
             for backend in &planned.backends {

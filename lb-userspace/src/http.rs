@@ -59,6 +59,8 @@ pub struct Request {
     pub method: String,
     /// The path (without the query).
     pub path: String,
+    /// The query (after `?`, still percent-encoded), if any.
+    pub query: Option<String>,
     /// `Authorization` header, if any.
     pub authorization: Option<String>,
     /// The body.
@@ -279,6 +281,7 @@ async fn exchange(
     let request = Request {
         method: parts.method.as_str().to_string(),
         path: parts.uri.path().to_string(),
+        query: parts.uri.query().map(str::to_string),
         authorization: parts
             .headers
             .get(hyper::header::AUTHORIZATION)

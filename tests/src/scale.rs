@@ -61,6 +61,15 @@ pub struct Figures {
     /// From spawn until `lb status` shows a check result for every backend
     /// (`None`: no health checks, or not within the bound).
     pub checked: Option<Duration>,
+    /// `GET /metrics` on `control.metrics`: wall time (request to the
+    /// last byte), once every backend is checked (with checks).
+    pub metrics: Duration,
+    /// Its status line (`HTTP/1.1 200 OK` when it worked).
+    pub metrics_status: String,
+    /// Bytes of the page.
+    pub metrics_bytes: usize,
+    /// Series on the page: its sample lines (histogram buckets included).
+    pub metrics_series: usize,
 }
 
 /// The namespaces, the backends' listener, and the balancer.
@@ -159,7 +168,7 @@ impl Scale {
     pub fn config(&self, first_weight: u32) -> String {
         let mut text = format!(
             "instance: {}\ninterfaces: [{{ name: eth0 }}, {{ name: eth1 }}]\n\
-             control: {{ socket: {} }}\n\
+             control: {{ socket: {}, metrics: '127.0.0.1:9477' }}\n\
              dataplane: {{ max_services: {}, max_backends: {}, ring_size: {} }}\nservices:\n",
             self.lb.instance,
             self.lb.socket,
@@ -270,6 +279,14 @@ impl Scale {
             });
             all_checked.then(|| spawned.elapsed())
         });
+        let started = Instant::now();
+        let page = self.lb.ns.metrics_page();
+        let metrics_time = started.elapsed();
+        let (head, body) = page.split_once("\r\n\r\n").unwrap_or((&page, ""));
+        let metrics_series = body
+            .lines()
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .count();
         Figures {
             services: self.services,
             backends: self.backends,
@@ -283,6 +300,10 @@ impl Scale {
             reload_ok: reload.status.success(),
             backends_answer: self.backends_answer,
             checked,
+            metrics: metrics_time,
+            metrics_status: head.lines().next().unwrap_or("").to_string(),
+            metrics_bytes: body.len(),
+            metrics_series,
         }
     }
 }
@@ -328,7 +349,7 @@ impl std::fmt::Display for Figures {
             f,
             "{}x{}: socket {:.2} s, forwards {}, RSS {:.0} MiB, threads {}, \
              lb status {:.0} ms ({} bytes), one-weight reload {:.0} ms, \
-             every backend checked {}{}{}",
+             every backend checked {}, /metrics {:.0} ms ({} bytes, {} series, {}){}{}",
             self.services,
             self.backends,
             self.socket.as_secs_f64(),
@@ -341,6 +362,10 @@ impl std::fmt::Display for Figures {
             self.reload.as_secs_f64() * 1000.0,
             self.checked
                 .map_or("-".to_string(), |d| format!("{:.2} s", d.as_secs_f64())),
+            self.metrics.as_secs_f64() * 1000.0,
+            self.metrics_bytes,
+            self.metrics_series,
+            self.metrics_status,
             if self.reload_ok { "" } else { " (FAILED)" },
             if self.backends_answer {
                 ""

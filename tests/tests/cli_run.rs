@@ -671,3 +671,124 @@ fn a_service_without_backends_is_accepted_with_a_warning() {
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(log.contains("\"spare\" has no backends"), "{log}");
 }
+
+/// `lb status NAME...` / `lb stats NAME...` and `?service=NAME` on the API
+/// report only the services named, the rest of the report unchanged; an
+/// unknown name is refused, naming it and listing the services.
+#[test]
+fn status_and_stats_of_named_services() {
+    let socket = format!("/run/lb/cli-filter-{}.sock", std::process::id());
+    let mut bed = Bed::new(&[11]);
+    bed.start_lb(&format!(
+        "instance: clif{pid}\ninterfaces: [{{ name: eth0 }}, {{ name: eth1 }}]\nservices:\n\
+         \x20 - {{ name: web, vip: 203.0.113.10, port: 80, protocol: tcp, backends: [{{ address: 192.0.2.11, port: 8080 }}] }}\n\
+         \x20 - {{ name: dns, vip: 203.0.113.10, port: 53, protocol: udp, backends: [{{ address: 192.0.2.11 }}] }}\n\
+         \x20 - {{ name: mail, vip: 203.0.113.10, port: 25, protocol: tcp, backends: [{{ address: 192.0.2.11 }}] }}\n\
+         control: {{ socket: {socket} }}\n",
+        pid = std::process::id()
+    ));
+    let json = |args: &[&str]| -> serde_json::Value {
+        let mut args = args.to_vec();
+        args.extend(["--output", "json"]);
+        let output = bed.lb_command(&args);
+        assert!(output.status.success(), "lb {args:?}: {output:?}");
+        serde_json::from_slice(&output.stdout).expect("JSON")
+    };
+    let names = |report: &serde_json::Value| -> Vec<String> {
+        report["services"]
+            .as_array()
+            .expect("services")
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    let whole = json(&["status"]);
+    assert_eq!(names(&whole), ["web", "dns", "mail"], "{whole}");
+    let web = json(&["status", "web"]);
+    assert_eq!(names(&web), ["web"], "{web}");
+    assert_eq!(web["services"][0], whole["services"][0], "{web}");
+    for key in ["instance", "ha", "guard", "attack", "announce", "sync"] {
+        assert_eq!(web[key].is_null(), whole[key].is_null(), "{key}: {web}");
+    }
+    // In the configuration's order, whatever the order asked.
+    let two = json(&["status", "mail", "web"]);
+    assert_eq!(names(&two), ["web", "mail"], "{two}");
+    let stats = json(&["stats", "dns"]);
+    assert_eq!(names(&stats), ["dns"], "{stats}");
+    assert!(
+        stats["drops"].is_object() && stats["reasons"].is_object(),
+        "{stats}"
+    );
+    assert!(stats["connection_table"].is_object(), "{stats}");
+
+    let human = bed.lb_command(&["status", "dns"]);
+    assert!(human.status.success(), "{human:?}");
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(human.contains("\ndns  udp 203.0.113.10:53"), "{human}");
+    assert!(
+        !human.contains("web  tcp") && !human.contains("mail  tcp"),
+        "{human}"
+    );
+    let human = bed.lb_command(&["stats", "web"]);
+    assert!(human.status.success(), "{human:?}");
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        human.contains("\nweb ") && human.contains("192.0.2.11:8080"),
+        "{human}"
+    );
+    assert!(
+        !human.contains("\ndns ") && !human.contains("\nmail "),
+        "{human}"
+    );
+    let watch = bed.lb_command(&[
+        "stats", "web", "--watch", "--count", "1", "--output", "json",
+    ]);
+    assert!(watch.status.success(), "{watch:?}");
+    let watched: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&watch.stdout).trim()).unwrap();
+    assert_eq!(names(&watched), ["web"], "{watched}");
+
+    // An unknown name: exit 1 (a mistake to fix), naming it and the known
+    // ones: on stderr, or with `--output json` as `{"error": ...}` on stdout.
+    let refusal = "no service named \"nosuch\": the services are web, dns, mail";
+    for command in ["status", "stats"] {
+        let output = bed.lb_command(&[command, "nosuch"]);
+        assert_eq!(output.status.code(), Some(1), "lb {command}: {output:?}");
+        assert!(output.stdout.is_empty(), "lb {command}: {output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(refusal), "lb {command}: {stderr}");
+        let output = bed.lb_command(&[command, "web", "nosuch", "--output", "json"]);
+        assert_eq!(output.status.code(), Some(1), "lb {command}: {output:?}");
+        let error: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert!(
+            error["error"].as_str().is_some_and(|e| e.contains(refusal)),
+            "lb {command}: {error}"
+        );
+    }
+
+    // The API itself.
+    let socket = std::path::Path::new(&socket);
+    let answer = lb::api::get(socket, "/v1/stats?service=mail&service=dns").unwrap();
+    assert_eq!(names(&answer), ["dns", "mail"], "{answer}");
+    let answer = lb::api::get(socket, "/v1/status?service=web").unwrap();
+    assert_eq!(names(&answer), ["web"], "{answer}");
+    for path in [
+        "/v1/status?service=nosuch",
+        "/v1/stats?service=web&service=nosuch",
+    ] {
+        match lb::api::get(socket, path) {
+            Err(lb::api::ClientError::Api { status, message }) => {
+                assert_eq!(status, 404, "{path}: {message}");
+                assert!(message.contains("\"nosuch\""), "{path}: {message}");
+            }
+            other => panic!("{path}: {other:?}"),
+        }
+    }
+    match lb::api::get(socket, "/v1/status?services=web") {
+        Err(lb::api::ClientError::Api { status, .. }) => assert_eq!(status, 400),
+        other => panic!("an unknown parameter: {other:?}"),
+    }
+    let output = bed.stop_lb();
+    assert!(output.status.success(), "{output:?}");
+}

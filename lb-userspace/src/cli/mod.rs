@@ -122,8 +122,11 @@ pub enum Command {
     /// the client's half of a connection). Traffic goes to the lowest tier
     /// with enough healthy backends. The HA part says whether this balancer
     /// is master or backup, since when and why.
-    #[command(after_help = "Example:\n  lb status\n  lb status --output json")]
+    #[command(after_help = "Example:\n  lb status\n  lb status web dns\n  lb status --output json")]
     Status {
+        /// Show only these services (each must exist); none: every one.
+        #[arg(value_name = "SERVICE")]
+        services: Vec<String>,
         /// Take the control socket from this configuration.
         #[arg(short, long)]
         config: Option<PathBuf>,
@@ -142,8 +145,13 @@ pub enum Command {
     /// Packets, bytes and new flows per service and backend, and the packets
     /// the data plane did not forward, by reason (deploy/TROUBLESHOOTING.md
     /// explains each one). `--watch` refreshes every second with rates.
-    #[command(after_help = "Example:\n  lb stats\n  lb stats --output json")]
+    #[command(
+        after_help = "Example:\n  lb stats\n  lb stats web --watch\n  lb stats --output json"
+    )]
     Stats {
+        /// Show only these services (each must exist); none: every one.
+        #[arg(value_name = "SERVICE")]
+        services: Vec<String>,
         /// Take the control socket from this configuration.
         #[arg(short, long)]
         config: Option<PathBuf>,
@@ -465,21 +473,21 @@ pub fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Run { config } => run(config, output),
         Command::Check { config } => check(config, output),
-        Command::Status { config } => {
-            socket(cli.socket.as_deref(), config.as_deref()).and_then(|s| status(&s, output))
-        }
+        Command::Status { services, config } => socket(cli.socket.as_deref(), config.as_deref())
+            .and_then(|s| status(&s, services, output)),
         Command::Ha { config } => {
             socket(cli.socket.as_deref(), config.as_deref()).and_then(|s| ha(&s, output))
         }
         Command::Stats {
+            services,
             config,
             watch,
             count,
         } => socket(cli.socket.as_deref(), config.as_deref()).and_then(|s| {
             if *watch {
-                watch_stats(&s, output, *count)
+                watch_stats(&s, services, output, *count)
             } else {
-                stats(&s, output)
+                stats(&s, services, output)
             }
         }),
         Command::Route {

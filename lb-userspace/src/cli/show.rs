@@ -4,13 +4,16 @@
 
 use super::*;
 
-pub(super) fn status(socket: &Path, output: Output) -> Result<(), Failure> {
-    let value = api::get(socket, "/v1/status")?;
+/// `lb status [SERVICE...]`. The JSON is printed as the controller wrote
+/// it (not parsed and written again); people's view reads it straight
+/// into the report.
+pub(super) fn status(socket: &Path, services: &[String], output: Output) -> Result<(), Failure> {
+    let text = api::get_text(socket, &api::with_services("/v1/status", services))?;
     if output == Output::Json {
-        println!("{value}");
+        print_json(&text);
         return Ok(());
     }
-    let report: StatusReport = serde_json::from_value(value)
+    let report: StatusReport = serde_json::from_str(&text)
         .context("the controller's status has an unexpected shape")
         .map_err(Failure::Runtime)?;
     println!(
@@ -198,13 +201,14 @@ pub(super) fn print_announce(announce: &crate::controller::AnnounceStatus) {
     }
 }
 
-pub(super) fn stats(socket: &Path, output: Output) -> Result<(), Failure> {
-    let value = api::get(socket, "/v1/stats")?;
+/// `lb stats [SERVICE...]`, printed as [`status`] is.
+pub(super) fn stats(socket: &Path, services: &[String], output: Output) -> Result<(), Failure> {
+    let text = api::get_text(socket, &api::with_services("/v1/stats", services))?;
     if output == Output::Json {
-        println!("{value}");
+        print_json(&text);
         return Ok(());
     }
-    let report: StatsReport = serde_json::from_value(value)
+    let report: StatsReport = serde_json::from_str(&text)
         .context("the controller's stats have an unexpected shape")
         .map_err(Failure::Runtime)?;
     println!(
@@ -255,16 +259,19 @@ pub(super) fn stats(socket: &Path, output: Output) -> Result<(), Failure> {
 /// On a terminal the table is redrawn in place; otherwise (a pipe, a file)
 /// each interval is printed after the last, without terminal escapes, under
 /// a line with its time. With `--output json`, one object per interval.
+/// `SERVICE...` limits it to those services, as `lb stats` does.
 pub(super) fn watch_stats(
     socket: &Path,
+    services: &[String],
     output: Output,
     count: Option<u64>,
 ) -> Result<(), Failure> {
     use std::io::Write as _;
+    let path = api::with_services("/v1/stats", services);
     let fetch = || -> Result<(StatsReport, std::time::Instant), Failure> {
-        let value = api::get(socket, "/v1/stats")?;
+        let text = api::get_text(socket, &path)?;
         let at = std::time::Instant::now();
-        serde_json::from_value(value)
+        serde_json::from_str(&text)
             .map(|report| (report, at))
             .context("the controller's stats have an unexpected shape")
             .map_err(Failure::Runtime)
@@ -308,6 +315,17 @@ pub(super) fn watch_stats(
         shown += 1;
     }
     Ok(())
+}
+
+/// The controller's JSON on stdout as it came, one line; a reader that
+/// went away (a closed pipe) ends it quietly.
+fn print_json(text: &str) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.write_all(b"\n"))
+        .and_then(|()| stdout.flush());
 }
 
 /// Nanoseconds since the Unix epoch.

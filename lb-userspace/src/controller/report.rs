@@ -1,7 +1,7 @@
 //! What `lb status` and `lb stats` answer (docs/DESIGN.md §6): the JSON the API
 //! serves and the command line prints.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde::Serialize;
 
@@ -138,4 +138,94 @@ pub struct BackendStats {
     pub bytes: u64,
     /// Flows scheduled.
     pub new_flows: u64,
+}
+
+/// Which services a report covers (`lb status web`, `/v1/status?service=web`):
+/// every one when no name is given, otherwise those named. The rest of a
+/// report is the same either way: a filter only leaves services out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceFilter {
+    names: Vec<String>,
+}
+
+/// Known services an unknown-name error lists at most.
+const LISTED: usize = 20;
+
+impl ServiceFilter {
+    /// The services named (none: every service).
+    pub fn new(names: Vec<String>) -> Self {
+        Self { names }
+    }
+
+    /// Every service.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// The names given (empty: every service).
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Whether the service `name` is reported.
+    pub fn admits(&self, name: &str) -> bool {
+        self.names.is_empty() || self.names.iter().any(|n| n == name)
+    }
+
+    /// `Err` naming every name that is not among `known`, and listing the
+    /// known ones in their order (the first [`LISTED`] of them, and how many
+    /// more).
+    pub fn check<'a>(&self, known: impl Iterator<Item = &'a str> + Clone) -> Result<(), String> {
+        let unknown: Vec<String> = self
+            .names
+            .iter()
+            .filter(|name| !known.clone().any(|k| k == name.as_str()))
+            .map(|name| format!("{name:?}"))
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let total = known.clone().count();
+        let listed: Vec<&str> = known.take(LISTED).collect();
+        let services = if listed.is_empty() {
+            "none is configured".to_string()
+        } else {
+            let more = total.saturating_sub(listed.len());
+            let mut text = listed.join(", ");
+            if more > 0 {
+                let _ = write!(text, ", and {more} more");
+            }
+            format!("the services are {text}")
+        };
+        Err(format!(
+            "no service named {}: {services}",
+            unknown.join(", ")
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ServiceFilter;
+
+    #[test]
+    fn a_filter_admits_the_named_services_and_names_the_unknown_ones() {
+        let all = ServiceFilter::all();
+        assert!(all.admits("web") && all.admits("dns"));
+        assert_eq!(all.check(["web"].into_iter()), Ok(()));
+        let some = ServiceFilter::new(vec!["web".into(), "dns".into()]);
+        assert!(some.admits("web") && some.admits("dns") && !some.admits("mail"));
+        assert_eq!(some.check(["mail", "dns", "web"].into_iter()), Ok(()));
+        assert_eq!(
+            some.check(["mail", "web"].into_iter()),
+            Err("no service named \"dns\": the services are mail, web".into())
+        );
+        assert_eq!(
+            some.check(std::iter::empty()),
+            Err("no service named \"web\", \"dns\": none is configured".into())
+        );
+        let many: Vec<String> = (0..25).map(|n| format!("s{n:02}")).collect();
+        let error = some.check(many.iter().map(String::as_str)).unwrap_err();
+        assert!(error.ends_with("s19, and 5 more"), "{error}");
+    }
 }
