@@ -239,7 +239,9 @@ fn a_failed_start_leaves_nothing_attached_pinned_or_changed() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("line 2: interfaces[2].name: no interface \"nosuch0\" on this host"),
+        stderr.contains(
+            "line 2, column 48: interfaces[2].name: no interface \"nosuch0\" on this host"
+        ),
         "{stderr}"
     );
     clean(&bed, &instance, &socket);

@@ -35,6 +35,7 @@ use std::{
 /// Program → the Debian package that installs it.
 const PROVIDERS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
+    ("git", "git"),
     ("ethtool", "ethtool"),
     ("nsenter", "util-linux"),
     ("setpriv", "util-linux"),

@@ -31,6 +31,7 @@ const PACKAGES: &[&str] = &[
     "bird2",             // BGP for `announce`: the balancers' and the upstream's in e2e_announce
     "nftables",          // nft: the partitions and dropped health checks of the HA tests
     "fonts-dejavu-core", // the text of the demo's and the benchmarks' charts
+    "git",               // git ls-files: the docs test's list of tracked files
 ];
 
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
