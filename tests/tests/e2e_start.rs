@@ -253,7 +253,8 @@ fn a_failed_start_leaves_nothing_attached_pinned_or_changed() {
     );
     assert_eq!(check.status.code(), Some(0), "{check:?}");
     assert!(
-        String::from_utf8_lossy(&check.stderr).contains("warning: line 2: interfaces[2].name"),
+        String::from_utf8_lossy(&check.stderr)
+            .contains("warning: line 2, column 48: interfaces[2].name"),
         "{check:?}"
     );
 
