@@ -99,11 +99,21 @@ pub fn admit(scratch: &Scratch, service_id: u32, opening: bool, now: u64) -> boo
 /// that opens again — a bare SYN, or a UDP datagram — asks the admission
 /// once more: under attack such an entry proves nothing (a spoofed SYN
 /// that won an entry before the attack was detected, a spoofed tuple
-/// seen twice). Out of line: paid only by those packets, and only while
-/// `guard.attack` is configured.
+/// seen twice). A proven source's packet passes without taking from its
+/// budget again: it opens no new flow. Out of line: paid only by those
+/// packets, and only while `guard.attack` is configured.
 #[inline(never)]
 pub fn readmit(scratch: &Scratch, service_id: u32, opening: bool, now: u64) -> bool {
     let packet = &scratch.packet;
+    if let Some(proven) = ATTACK_VERIFIED.get_ptr_mut(&packet.src) {
+        // SAFETY: as in `admitted`; the value is copied out at once.
+        let at_ns = unsafe { (*proven).at_ns };
+        // SAFETY: copied out at once.
+        let verified_ns = unsafe { ATTACK_VIPS.get(&packet.dst) }.map_or(0, |vip| vip.verified_ns);
+        if now.saturating_sub(at_ns) < verified_ns {
+            return true;
+        }
+    }
     admitted(
         &Asking {
             src: &packet.src,

@@ -374,3 +374,22 @@ fn started_ago(harness: &mut Harness, source: Ipv4Addr, port: u16, ns: u64) {
         .write_conn(lb_common::map_names::CONNS_V4, &key, &entry)
         .expect("write the entry");
 }
+
+/// A proven source's young UDP flow (half-open: less than a second old)
+/// under attack: each further datagram passes without taking from the
+/// source's budget, which counts new flows only.
+#[test]
+fn a_proven_sources_young_udp_flow_does_not_spend_its_budget() {
+    let mut harness = Harness::new(&config(ATTACK));
+    harness.run(&frames::tcp4(CLIENT, 47_000, VIP, 80));
+    harness.run(&frames::tcp4_ack(CLIENT, 47_000, VIP, 80));
+    mark_with(&mut harness, VIP, 0, 2);
+    for n in 0..6 {
+        let (outcome, moved) = harness.run_counted(&frames::udp4(CLIENT, 47_001, VIP, 53));
+        assert_eq!(outcome.action, Action::Redirect, "datagram {n}");
+        assert_eq!(moved, [(Reason::ForwardToBackend, 1)].into());
+    }
+    // Its budget still has room for one more new flow.
+    let (outcome, _) = harness.run_counted(&frames::udp4(CLIENT, 47_002, VIP, 53));
+    assert_eq!(outcome.action, Action::Redirect);
+}
