@@ -99,13 +99,16 @@ pub fn admit(scratch: &Scratch, service_id: u32, opening: bool, now: u64) -> boo
 /// that opens again — a bare SYN, or a UDP datagram — asks the admission
 /// once more: under attack such an entry proves nothing (a spoofed SYN
 /// that won an entry before the attack was detected, a spoofed tuple
-/// seen twice). A proven source's packet passes without taking from its
-/// budget again: it opens no new flow. Out of line: paid only by those
+/// seen twice). A proven source's datagram on its own young UDP flow
+/// passes without taking from its budget again: it opens no new flow. A
+/// bare SYN does take from it: a SYN on a half-open tuple may be a new
+/// connection (a spoofer using a known address reuses the tuples it won
+/// before the attack was detected). Out of line: paid only by those
 /// packets, and only while `guard.attack` is configured.
 #[inline(never)]
 pub fn readmit(scratch: &Scratch, service_id: u32, opening: bool, now: u64) -> bool {
     let packet = &scratch.packet;
-    if let Some(proven) = ATTACK_VERIFIED.get_ptr_mut(&packet.src) {
+    if !opening && let Some(proven) = ATTACK_VERIFIED.get_ptr_mut(&packet.src) {
         // SAFETY: as in `admitted`; the value is copied out at once.
         let at_ns = unsafe { (*proven).at_ns };
         // SAFETY: copied out at once.
