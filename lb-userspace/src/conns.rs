@@ -28,18 +28,19 @@ const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 /// Entries asked for per batch (a hash map answers whole buckets).
 const BATCH: u32 = 4096;
 
-/// The `batch` member of `union bpf_attr`.
+/// The `batch` member of `union bpf_attr` (batched lookups here, batched
+/// updates in `dataplane`).
 #[repr(C)]
 #[derive(Debug, Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
+pub(crate) struct BatchAttr {
+    pub(crate) in_batch: u64,
+    pub(crate) out_batch: u64,
+    pub(crate) keys: u64,
+    pub(crate) values: u64,
+    pub(crate) count: u32,
+    pub(crate) map_fd: u32,
+    pub(crate) elem_flags: u64,
+    pub(crate) flags: u64,
 }
 const _: () = assert!(std::mem::size_of::<BatchAttr>() == 56);
 

@@ -855,19 +855,7 @@ fn write_mapped(fd: std::os::fd::RawFd, keys: &[u32], values: &[u32]) -> std::io
 /// (the caller then writes element by element, which is always right:
 /// a partial batch wrote only values the caller writes again).
 fn update_batch(fd: std::os::fd::RawFd, keys: &[u32], values: &[u32]) -> std::io::Result<()> {
-    /// `union bpf_attr`'s `batch` member.
-    #[repr(C)]
-    #[derive(Default)]
-    struct BatchAttr {
-        in_batch: u64,
-        out_batch: u64,
-        keys: u64,
-        values: u64,
-        count: u32,
-        map_fd: u32,
-        elem_flags: u64,
-        flags: u64,
-    }
+    use crate::conns::BatchAttr;
     const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
     const CHUNK: usize = 1 << 16;
     for (keys, values) in keys.chunks(CHUNK).zip(values.chunks(CHUNK)) {

@@ -35,13 +35,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb::{
-    plan::PlannedService,
-    sync::{
-        directory::{Directory, DirectoryService},
-        peer::{self, Setup, Shared, SyncThread},
-        status::SyncStatus,
-    },
+use lb::sync::{
+    directory::Directory,
+    peer::{self, Setup, Shared, SyncThread},
+    status::SyncStatus,
 };
 
 use crate::{TempFile, frames, netns::veth, report::SyncLag, testrun::Harness};
@@ -120,23 +117,6 @@ impl Drop for StopOnDrop {
     }
 }
 
-/// The directory of a plan, as the controller builds it
-/// (`controller::syncing`).
-fn directory(planned: &[PlannedService]) -> Directory {
-    Directory::new(planned.iter().map(|service| {
-        DirectoryService {
-            vip: lb::guard::addr_ip(&service.key.addr),
-            port: service.key.port,
-            proto: service.key.proto,
-            backends: service
-                .backends
-                .iter()
-                .map(|b| (b.key.address, b.key.port, b.id))
-                .collect(),
-        }
-    }))
-}
-
 /// Starts `harness`'s sync thread as `Controller::start_sync` does, in the
 /// harness's namespace (the socket is made there), and, on `report`, sets
 /// `SETTINGS_SYNC` after it.
@@ -159,7 +139,7 @@ fn start_sync(harness: &mut Harness, report: bool) -> (Arc<Shared>, Running) {
         &peers,
         capacity,
     )));
-    shared.publish(directory(harness.planner.planned()));
+    shared.publish(Directory::of_plan(harness.planner.planned()));
     let settings = lb::controller::settings(&harness.config);
     let setup = Setup {
         interface,

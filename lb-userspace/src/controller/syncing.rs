@@ -10,7 +10,7 @@ use anyhow::Context as _;
 
 use super::{Controller, settings};
 use crate::sync::{
-    directory::{Directory, DirectoryService},
+    directory::Directory,
     peer::{self, Setup, Shared, SyncThread},
     status::SyncStatus,
 };
@@ -20,23 +20,6 @@ use crate::sync::{
 pub(super) struct Syncing {
     shared: Arc<Shared>,
     thread: Option<SyncThread>,
-}
-
-/// The directory of a plan: each service's key and its backends by
-/// configured address and port.
-fn directory(planned: &[crate::plan::PlannedService]) -> Directory {
-    Directory::new(planned.iter().map(|service| {
-        DirectoryService {
-            vip: crate::guard::addr_ip(&service.key.addr),
-            port: service.key.port,
-            proto: service.key.proto,
-            backends: service
-                .backends
-                .iter()
-                .map(|b| (b.key.address, b.key.port, b.id))
-                .collect(),
-        }
-    }))
 }
 
 impl Controller {
@@ -62,7 +45,7 @@ impl Controller {
         let capacity = (section.peer_share * f64::from(size)) as u64;
         let status = SyncStatus::new(&interface, section.port, &peers, capacity);
         let shared = Arc::new(Shared::new(status));
-        shared.publish(directory(self.planner.planned()));
+        shared.publish(Directory::of_plan(self.planner.planned()));
         let setup = Setup {
             interface: interface.clone(),
             port: section.port,
@@ -135,7 +118,9 @@ impl Controller {
     /// Hands the sync thread the directory of the current plan.
     pub(super) fn publish_directory(&self) {
         if let Some(syncing) = &self.sync {
-            syncing.shared.publish(directory(self.planner.planned()));
+            syncing
+                .shared
+                .publish(Directory::of_plan(self.planner.planned()));
         }
     }
 

@@ -68,6 +68,23 @@ impl Directory {
         directory
     }
 
+    /// The directory of a plan: each service's key and its backends by
+    /// configured address and port.
+    pub fn of_plan(planned: &[crate::plan::PlannedService]) -> Self {
+        Self::new(planned.iter().map(|service| {
+            DirectoryService {
+                vip: crate::guard::addr_ip(&service.key.addr),
+                port: service.key.port,
+                proto: service.key.proto,
+                backends: service
+                    .backends
+                    .iter()
+                    .map(|b| (b.key.address, b.key.port, b.id))
+                    .collect(),
+            }
+        }))
+    }
+
     /// The wire entry of a flow this balancer scheduled to `backend_id`;
     /// `None` for an id the plan no longer has (a reload in between).
     pub fn entry_for(&self, flow: &FlowKey, backend_id: u32) -> Option<Entry> {
