@@ -274,6 +274,18 @@ impl AfterDetection {
         (stats, after)
     }
 
+    /// The bound on detection (a second after the flood began),
+    /// and a flood that went on after it, so the counts after it mean
+    /// something.
+    fn assert_detected_in_time(&self, detection: &Detection) {
+        assert!(
+            detection.after <= Duration::from_secs(1),
+            "detected after {:?}",
+            detection.after
+        );
+        assert!(self.sent >= 1000, "the flood went on after the detection");
+    }
+
     #[allow(clippy::cast_precision_loss, reason = "a percentage")]
     fn percent(&self) -> f64 {
         self.arrived as f64 * 100.0 / self.sent.max(1) as f64
@@ -547,12 +559,7 @@ fn a_spoofed_syn_flood_is_detected_and_kept_from_the_backend() {
         after.arrived,
         after.percent(),
     );
-    assert!(
-        detection.after <= Duration::from_secs(1),
-        "detected after {:?}",
-        detection.after
-    );
-    assert!(after.sent >= 1000, "the flood went on after the detection");
+    after.assert_detected_in_time(&detection);
     assert!(
         after.arrived * 100 <= after.sent,
         "{} of {} spoofed SYNs reached the backend after detection",
@@ -708,12 +715,7 @@ fn clients_keep_working_through_a_spoofed_syn_flood() {
         kept(&chatted_least_conn),
         answered(&chatted_least_conn),
     );
-    assert!(
-        detection.after <= Duration::from_secs(1),
-        "detected after {:?}",
-        detection.after
-    );
-    assert!(after.sent >= 1000, "the flood went on after the detection");
+    after.assert_detected_in_time(&detection);
     assert!(
         after.arrived * 100 <= after.sent,
         "{} of {} spoofed SYNs reached the backends after detection",
@@ -919,12 +921,7 @@ fn known_udp_clients_keep_working_through_a_spoofed_udp_flood() {
         after.arrived,
         after.percent(),
     );
-    assert!(
-        detection.after <= Duration::from_secs(1),
-        "detected after {:?}",
-        detection.after
-    );
-    assert!(after.sent >= 1000, "the flood went on after the detection");
+    after.assert_detected_in_time(&detection);
     assert!(on_flows.at_least(99), "known flows: {on_flows} answered");
     assert!(
         new_flows.at_least(99),
@@ -1018,12 +1015,7 @@ fn a_flood_spoofing_a_known_source_gets_no_more_than_that_source() {
         after.arrived,
         after.percent(),
     );
-    assert!(
-        detection.after <= Duration::from_secs(1),
-        "detected after {:?}",
-        detection.after
-    );
-    assert!(after.sent >= 1000, "the flood went on after the detection");
+    after.assert_detected_in_time(&detection);
     #[allow(clippy::cast_precision_loss, reason = "a count against a bound")]
     let within = after.arrived as f64 <= budget;
     assert!(
