@@ -94,12 +94,16 @@ pub const RETRY_MIN_NS: u64 = 500_000_000;
 pub const RETRY_MAX_NS: u64 = 3_000_000_000;
 
 /// Slots of `ATTACK_PENDING` (first SYNs waiting for their
-/// retransmission): an array of 2-way sets, 8 bytes a slot (32 MiB). A
-/// first SYN takes its set's emptier or older slot, so it is forgotten
-/// only once two later SYNs landed in its set: at 300,000 spoofed SYNs a
-/// second, a real client's SYN is still there a second later, when its
-/// retransmission comes, 99 times in 100.
+/// retransmission): an array of 8-way sets, 8 bytes a slot (32 MiB), a set
+/// one cache line. A first SYN takes its set's emptiest or oldest slot, so
+/// it is forgotten only once eight later SYNs landed in its set: at
+/// 300,000 spoofed SYNs a second, a real client's SYN is still there a
+/// second later, when its retransmission comes, all but about once in
+/// 100,000.
 pub const PENDING_SLOTS: u32 = 1 << 22;
+
+/// Slots of one set of `ATTACK_PENDING`.
+pub const PENDING_WAYS: u32 = 8;
 
 /// Entries of `ATTACK_VERIFIED` (proven sources, LRU).
 pub const VERIFIED_ENTRIES: u32 = 65_536;
@@ -121,18 +125,19 @@ pub fn pending_key(src: &Addr, dst: &Addr, sport: u16, dport: u16, seq: u32) -> 
     (u64::from(hash) << 32) | u64::from(seq)
 }
 
-/// Where a SYN of `key` is remembered: the first slot of its 2-way set
-/// (the other is the next), and the 40-bit tag stored there. A
+/// Where a SYN of `key` is remembered: the first slot of its set of
+/// [`PENDING_WAYS`] (the others follow it), and the 40-bit tag stored
+/// there. A
 /// multiplicative hash spreads the key: the set comes from its high bits,
 /// the tag from its low ones.
 #[inline(always)]
 pub fn pending_place(key: PendingKey, slots: u32) -> (u32, u64) {
     let mixed = key.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let sets = u64::from(slots / 2).max(1);
-    // The set number is below `slots / 2`: it fits.
+    let sets = u64::from(slots / PENDING_WAYS).max(1);
+    // The set number is below `slots / PENDING_WAYS`: it fits.
     #[allow(clippy::cast_possible_truncation)]
     let set = ((mixed >> 24) % sets) as u32;
-    (set * 2, mixed & TAG_MASK)
+    (set * PENDING_WAYS, mixed & TAG_MASK)
 }
 
 const TAG_MASK: u64 = (1 << 40) - 1;
@@ -197,8 +202,8 @@ mod tests {
     fn a_slot_remembers_its_tag_and_tells_its_age_to_a_tick() {
         let now = 5_000 * S;
         let (first, tag) = pending_place(0x1234_5678_0000_03e8, PENDING_SLOTS);
-        assert_eq!(first % 2, 0, "a set's first slot");
-        assert!(first + 1 < PENDING_SLOTS);
+        assert_eq!(first % PENDING_WAYS, 0, "a set's first slot");
+        assert!(first + PENDING_WAYS <= PENDING_SLOTS);
         assert!(tag > 0 && tag < 1 << 40);
         let value = pending_value(tag, now);
         assert_eq!(pending_tag(value), tag);

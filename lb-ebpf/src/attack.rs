@@ -16,9 +16,9 @@ use aya_ebpf::{
 use lb_common::{
     Addr, ConnValue,
     attack::{
-        AttackCounts, AttackVip, Budget, PENDING_SLOTS, Proven, RETRY_MAX_NS, RETRY_MIN_NS,
-        VERIFIED_ENTRIES, VIPS_ENTRIES, pending_age, pending_key, pending_place, pending_tag,
-        pending_value, second_of,
+        AttackCounts, AttackVip, Budget, PENDING_SLOTS, PENDING_WAYS, Proven, RETRY_MAX_NS,
+        RETRY_MIN_NS, VERIFIED_ENTRIES, VIPS_ENTRIES, pending_age, pending_key, pending_place,
+        pending_tag, pending_value, second_of,
     },
     maps::CONN_HALF_OPEN,
     proto,
@@ -177,28 +177,33 @@ fn admitted(asking: &Asking, service_id: u32, opening: bool, now: u64) -> bool {
         asking.seq,
     );
     let (first, tag) = pending_place(key, ATTACK_PENDING_LEN);
-    let (Some(a), Some(b)) = (
-        ATTACK_PENDING.get_ptr_mut(first),
-        ATTACK_PENDING.get_ptr_mut(first.wrapping_add(1)),
-    ) else {
-        return false;
-    };
-    // SAFETY: array slots, valid for the program's run; aligned 8-byte
-    // loads and stores, so a racing CPU's write is seen whole or not.
-    let (value_a, value_b) = unsafe { (*a, *b) };
-    let (mine, value) = if pending_tag(value_a) == tag {
-        (a, value_a)
-    } else if pending_tag(value_b) == tag {
-        (b, value_b)
-    } else {
-        // A first SYN: remembered in the emptier or older slot, dropped.
-        let older = if pending_age(value_a, now) >= pending_age(value_b, now) {
-            a
-        } else {
-            b
+    // The set: the slot holding this SYN's tag, else its emptiest or
+    // oldest slot (one cache line).
+    let mut found = None;
+    let mut oldest: Option<(*mut u64, u64)> = None;
+    for way in 0..PENDING_WAYS {
+        let Some(slot) = ATTACK_PENDING.get_ptr_mut(first.wrapping_add(way)) else {
+            return false;
         };
-        // SAFETY: as above.
-        unsafe { *older = pending_value(tag, now) };
+        // SAFETY: an array slot, valid for the program's run; aligned
+        // 8-byte loads and stores, so a racing CPU's write is seen whole
+        // or not.
+        let value = unsafe { *slot };
+        if pending_tag(value) == tag {
+            found = Some((slot, value));
+            break;
+        }
+        let age = pending_age(value, now);
+        if oldest.is_none_or(|(_, older)| age > older) {
+            oldest = Some((slot, age));
+        }
+    }
+    let Some((mine, value)) = found else {
+        // A first SYN: remembered in the emptiest or oldest slot, dropped.
+        if let Some((slot, _)) = oldest {
+            // SAFETY: as above.
+            unsafe { *slot = pending_value(tag, now) };
+        }
         return false;
     };
     let age = pending_age(value, now);
