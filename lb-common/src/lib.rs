@@ -102,6 +102,8 @@ pub mod map_names {
     pub const SYNC_LOST: &str = "SYNC_LOST";
     /// Benchmarks: `lb_floor_fwd`'s VIP and MACs (one entry).
     pub const FLOOR_HOP: &str = "FLOOR_HOP";
+    /// Benchmarks: the reference balancer's flows (LRU hash).
+    pub const REF_FLOWS: &str = "REF_FLOWS";
     /// Benchmarks: the frame to restore before each run.
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
     /// Benchmarks: the program under test (program array).
@@ -135,4 +137,10 @@ pub mod program_names {
     /// Benchmarks: sends IPv4 frames for one VIP to one backend's MAC
     /// (`XDP_TX`), passes the rest — the floor of any one-arm DSR balancer.
     pub const FLOOR_FWD: &str = "lb_floor_fwd";
+    /// Benchmarks: the reference balancer, IPIP (parse, one LRU lookup on
+    /// the 5-tuple, encapsulate, `XDP_TX`).
+    pub const REF_TUNNEL: &str = "lb_ref_tunnel";
+    /// Benchmarks: the reference balancer, nat (parse, one LRU lookup,
+    /// rewrite with checksums, `XDP_TX`).
+    pub const REF_NAT: &str = "lb_ref_nat";
 }

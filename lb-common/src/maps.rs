@@ -570,6 +570,40 @@ pub struct FloorHop {
 }
 const _: () = assert!(core::mem::size_of::<FloorHop>() == 16);
 
+/// Key of `REF_FLOWS` (benchmarks only): the reference balancer's IPv4
+/// 5-tuple, as the bytes sit in the headers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RefKey {
+    /// Source address.
+    pub src: [u8; 4],
+    /// Destination address (the VIP).
+    pub dst: [u8; 4],
+    /// Source then destination port.
+    pub ports: [u8; 4],
+    /// IP protocol number; the rest zero.
+    pub proto: u32,
+}
+const _: () = assert!(core::mem::size_of::<RefKey>() == 16);
+
+/// Value of `REF_FLOWS` (benchmarks only): where the reference balancer
+/// sends a flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RefValue {
+    /// The backend's address.
+    pub backend: [u8; 4],
+    /// The outer source address (tunnel).
+    pub source: [u8; 4],
+    /// The backend's port (nat).
+    pub port: [u8; 2],
+    /// Zero.
+    pub pad: [u8; 2],
+    /// The next hop's MAC, then ours.
+    pub macs: [u8; 12],
+}
+const _: () = assert!(core::mem::size_of::<RefValue>() == 24);
+
 /// Longest frame the benchmark wrapper restores, in 8-byte words.
 pub const BENCH_WORDS: usize = 32;
 
@@ -615,6 +649,8 @@ mod pod {
     unsafe impl aya::Pod for super::HopValue {}
     unsafe impl aya::Pod for super::IfaceSlot {}
     unsafe impl aya::Pod for super::FloorHop {}
+    unsafe impl aya::Pod for super::RefKey {}
+    unsafe impl aya::Pod for super::RefValue {}
     unsafe impl aya::Pod for super::ServiceSlot {}
     unsafe impl aya::Pod for super::GuardSettings {}
     unsafe impl aya::Pod for super::GuardKey {}

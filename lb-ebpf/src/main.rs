@@ -32,6 +32,7 @@ mod keys;
 mod maps;
 mod packet;
 mod parse;
+mod reference;
 mod sync;
 mod trace;
 
@@ -153,6 +154,18 @@ pub fn lb_floor(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn lb_floor_fwd(ctx: XdpContext) -> u32 {
     bench::floor_forward(&ctx)
+}
+
+/// Benchmarks only: the reference balancer, IPIP (see `reference`).
+#[xdp]
+pub fn lb_ref_tunnel(ctx: XdpContext) -> u32 {
+    reference::tunnel(&ctx)
+}
+
+/// Benchmarks only: the reference balancer, nat (see `reference`).
+#[xdp]
+pub fn lb_ref_nat(ctx: XdpContext) -> u32 {
+    reference::nat(&ctx)
 }
 
 /// Benchmarks only: drops every frame. On the receiving end of a veth it

@@ -930,18 +930,22 @@ impl Dataplane {
         target: &'static str,
         frame: &[u8],
     ) -> anyhow::Result<Vec<u8>> {
-        self.prepare_bench_varied(target, frame, 0)
+        self.prepare_bench_varied(target, frame, 0, 0)
     }
 
     /// As [`Dataplane::prepare_bench_of`]; with `vary` (the offset of the
     /// frame's IPv4 header, followed by TCP) non-zero, every restore gives
     /// the frame a fresh source address, source port and sequence number
-    /// (`BenchFrame::vary`): each run is a new tuple.
+    /// (`BenchFrame::vary`): each run is a new tuple. `runs` is where the
+    /// tuples start: a case timed again after others passes what
+    /// [`Dataplane::bench_runs`] said when it last stopped, so no tuple
+    /// repeats.
     pub fn prepare_bench_varied(
         &mut self,
         target: &'static str,
         frame: &[u8],
         vary: u32,
+        runs: u64,
     ) -> anyhow::Result<Vec<u8>> {
         use lb_common::maps::{BENCH_WORDS, BenchFrame};
         let mut padded = frame.to_vec();
@@ -954,13 +958,14 @@ impl Dataplane {
         let saved = BenchFrame {
             len: u32::try_from(padded.len())?,
             vary,
-            runs: 0,
+            runs,
             words,
         };
         for name in [
             program_names::BENCH,
             program_names::BENCH_BASELINE,
             program_names::FLOOR,
+            target,
         ] {
             let program = xdp_mut(&mut self.ebpf, name)?;
             if program.fd().is_err() {
@@ -977,6 +982,27 @@ impl Dataplane {
             Array::try_from(self.map_mut(map_names::BENCH_FRAME)?)?;
         frames.set(0, saved, 0)?;
         Ok(padded)
+    }
+
+    /// Benchmarks: restores of the saved frame so far (counted while it
+    /// varies; see [`Dataplane::prepare_bench_varied`]).
+    pub fn bench_runs(&self) -> anyhow::Result<u64> {
+        use lb_common::maps::BenchFrame;
+        let frames: Array<&MapData, BenchFrame> =
+            Array::try_from(self.map(map_names::BENCH_FRAME)?)?;
+        Ok(frames.get(&0, 0)?.runs)
+    }
+
+    /// Benchmarks: puts one flow in the reference balancer's table
+    /// (`lb_ref_tunnel`, `lb_ref_nat`).
+    pub fn set_reference_flow(
+        &mut self,
+        key: &lb_common::maps::RefKey,
+        value: &lb_common::maps::RefValue,
+    ) -> Result<(), DataplaneError> {
+        self.hash_map::<lb_common::maps::RefKey, lb_common::maps::RefValue>(map_names::REF_FLOWS)?
+            .insert(key, value, 0)
+            .map_err(map_error(map_names::REF_FLOWS))
     }
 
     /// Benchmarks: where `lb_floor_fwd` (loaded with

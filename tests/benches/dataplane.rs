@@ -1,13 +1,20 @@
 //! `cargo xtask bench`: the benchmark report (docs/DESIGN.md §7.4).
 //!
-//! 1. Per-packet cost of each data-plane path: `BPF_PROG_TEST_RUN` with a
-//!    large `repeat`; the kernel reports the mean per run in whole
-//!    nanoseconds. Rewriting paths would see their own output from the
-//!    second run on, so every case runs through `lb_bench` (restores the
-//!    saved frame, tail-calls the program under test) and `lb_bench_baseline`
-//!    (the restore alone) is subtracted, round by round. `lb_floor` (swap
-//!    MACs, `XDP_TX`) through the same wrapper is the floor every path is
-//!    reported above.
+//! 1. Per-packet cost of each data-plane path (`lb_tests::perpacket`):
+//!    `BPF_PROG_TEST_RUN` with a large `repeat`; the kernel reports the mean
+//!    per run in whole nanoseconds. Rewriting paths would see their own
+//!    output from the second run on, so every case runs through `lb_bench`
+//!    (restores the saved frame, tail-calls the program under test) and
+//!    `lb_bench_baseline` (the restore alone) is subtracted, round by round.
+//!    Every case of a configuration is timed in interleaved rounds (round 1
+//!    of each, then round 2, ...), beside `lb_floor` (swap MACs, `XDP_TX`)
+//!    and the reference balancer (`lb_ref_tunnel`, `lb_ref_nat`: parse, one
+//!    LRU lookup, IPIP or a nat rewrite, `XDP_TX`, nothing else); each row's
+//!    ratios to them (costs above the floor) are taken per round, and the
+//!    report checks them against the targets ([`targets`]). Each forwarding
+//!    path is timed one-arm (arriving on `lb0`, leaving by `XDP_TX`: the
+//!    row named for the path) and two-arm (`<path>_2arm`: arriving on
+//!    loopback, leaving by a devmap redirect).
 //! 2. Packets per second through one core: live-frames `BPF_PROG_TEST_RUN`
 //!    with the frames arriving on a veth, transmitted out of it and dropped by
 //!    `lb_drop` on the peer. A kernel that refuses live frames (`EPERM` on
@@ -39,7 +46,7 @@
 //! `LB_BENCH_ONLY=dataplane` (1 to 4), `LB_BENCH_ONLY=sync` (6) or
 //! `LB_BENCH_ONLY=e2e` (5) runs one part; a comma list (`dataplane,sync`)
 //! runs those. `LB_BENCH_PATHS=nat,dsr` times only those paths of section
-//! 1 (and the floor), for a quick A/B of a data-path change; `pps` among
+//! 1 (and the floor and the references), for a quick A/B of a data-path change; `pps` among
 //! them adds section 2, `trace` adds 1b and `sync` adds 1c, and nothing
 //! else of sections 1 to 4 runs. `LB_BENCH_PPS=dsr` limits section 2 to
 //! the floor and the cases named.
@@ -67,15 +74,18 @@ use lb::{
 use lb_common::{Reason, program_names};
 use lb_tests::{
     endtoend, frames,
-    report::{ControlPlaneRow, MaglevRow, PathCost, PpsRow, Report, SyncCostRow, TraceCostRow},
+    perpacket::{self, Arm, Case},
+    report::{
+        ControlPlaneRow, MaglevRow, PathCost, PpsRow, Report, SyncCostRow, Target, TraceCostRow,
+    },
     synclag,
-    testrun::{Harness, LB_MAC},
+    testrun::{self, Harness, LB_MAC},
 };
 
 /// Runs per timed round (`BPF_PROG_TEST_RUN` repeat).
-const REPEAT: u32 = 1_000_000;
-/// Timed rounds per case.
-const ROUNDS: usize = 5;
+const REPEAT: u32 = 500_000;
+/// Timed rounds per case, interleaved with every other case's.
+const ROUNDS: usize = 9;
 /// Frames per live-frames round, and rounds. Nine: one run's median ratio
 /// to the floor moved by ±0.03 between runs with five.
 const LIVE_FRAMES: u32 = 4_000_000;
@@ -181,28 +191,6 @@ fn udp4_64(src: Ipv4Addr, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
     frame
 }
 
-/// One per-packet case.
-struct Case {
-    name: &'static str,
-    description: &'static str,
-    frame: Vec<u8>,
-    /// The service whose new-flow counter must grow by one per run.
-    new_flows_of: Option<&'static str>,
-    /// 0, or the offset of the frame's IPv4 header: each run then gets a
-    /// fresh source address, port and sequence number (`BenchFrame::vary`).
-    vary: u32,
-}
-
-fn case(name: &'static str, description: &'static str, frame: Vec<u8>) -> Case {
-    Case {
-        name,
-        description,
-        frame,
-        new_flows_of: None,
-        vary: 0,
-    }
-}
-
 fn main() {
     let total = Instant::now();
     pin_to_cpu(BENCH_CPU);
@@ -241,13 +229,11 @@ fn main() {
 /// Maglev builds.
 fn data_plane(report: &mut Report) {
     println!(
-        "\n== per-packet cost, ns: BPF_PROG_TEST_RUN, {ROUNDS} rounds x {REPEAT} runs, \
-         wrapper subtracted"
+        "\n== per-packet cost, ns: BPF_PROG_TEST_RUN, {ROUNDS} interleaved rounds x {REPEAT} \
+         runs, wrapper subtracted; one-arm rows arrive on lb0 (XDP_TX), _2arm rows on lo \
+         (redirect)"
     );
-    println!(
-        "{:<13} {:>6} {:>6} {:>6} {:>7} {:>7}  {:<8} reason (share of runs)",
-        "path", "best", "median", "max", "wrapper", "+floor", "verdict"
-    );
+    perpacket::print_heading();
     let mut config = CONFIG.to_owned();
     for i in 0..CP_BACKENDS {
         let _ = writeln!(
@@ -258,30 +244,31 @@ fn data_plane(report: &mut Report) {
     }
     config.push_str(CONFIG_TAIL);
     let mut harness = Harness::new(&config);
-    let floor = floor_frame();
-    let floor_cost = measure(&mut harness, program_names::FLOOR, "floor", &floor, 0);
-    let floor_ns = floor_cost.median;
-    print_cost(&floor_cost, floor_ns);
-    report.per_packet.push(floor_cost);
+    set_reference_flows(&mut harness);
     let paths = std::env::var("LB_BENCH_PATHS").ok();
     let wanted = |name: &str| {
         paths
             .as_deref()
             .is_none_or(|list| list.split(',').any(|path| path.trim() == name))
     };
-    for case in main_cases() {
-        if !wanted(case.name) {
-            continue;
-        }
-        let cost = measure_case(&mut harness, &case);
-        print_cost(&cost, floor_ns);
-        report.per_packet.push(cost);
-    }
+    let cases: Vec<Case> = main_cases(&harness)
+        .into_iter()
+        .filter(|case| {
+            always_timed(&case.name)
+                || wanted(&case.name)
+                || wanted(case.name.trim_end_matches("_2arm"))
+        })
+        .collect();
+    report
+        .per_packet
+        .extend(perpacket::time(&mut harness, &cases, ROUNDS, REPEAT));
+    report.targets = targets();
+    let floor_ns = report.floor_ns().expect("the floor row");
     if wanted("sync") {
         sync_cost(&mut harness, floor_ns, report);
     }
     if ATTACK_PATHS.iter().any(|name| wanted(name)) {
-        attack_cases(floor_ns, &wanted, report);
+        attack_cases(&wanted, report);
     }
     if paths.is_some() {
         if wanted("pps") {
@@ -293,7 +280,7 @@ fn data_plane(report: &mut Report) {
         }
         return;
     }
-    fallback_cases(&mut harness, floor_ns, report);
+    fallback_cases(&mut harness, report);
 
     pps_section(&mut harness, report);
     control_plane(&mut harness, report);
@@ -301,41 +288,109 @@ fn data_plane(report: &mut Report) {
 
     println!("\n== per-packet cost, continued: without NAT services; with the guard");
     let mut no_nat = Harness::new(CONFIG_NO_NAT);
-    let cost = measure_case(
+    time_beside_floor(
         &mut no_nat,
-        &case(
+        vec![Case::new(
             "pass_no_nat",
             "IPv4 TCP not to a VIP, no NAT service: pass",
             frames::tcp4(CLIENT4, 40000, Ipv4Addr::new(192, 0, 2, 9), 80),
-        ),
+        )],
+        report,
     );
-    print_cost(&cost, floor_ns);
-    report.per_packet.push(cost);
     drop(no_nat);
 
     let mut guard = Harness::new(CONFIG_GUARD);
-    for case in [
-        case(
-            "denied",
-            "IPv4 TCP from a denied source: drop",
-            frames::tcp4(Ipv4Addr::new(198, 51, 100, 5), 40000, vip4(10), 80),
-        ),
-        case(
-            "rate_limited",
-            "IPv4 TCP new flows from one source over its rate: drop",
-            syn_fin4(CLIENT4, vip4(10), 80, frames::PAYLOAD),
-        ),
-    ] {
-        let cost = measure_case(&mut guard, &case);
-        print_cost(&cost, floor_ns);
-        report.per_packet.push(cost);
-    }
+    time_beside_floor(
+        &mut guard,
+        vec![
+            Case::new(
+                "denied",
+                "IPv4 TCP from a denied source: drop",
+                frames::tcp4(Ipv4Addr::new(198, 51, 100, 5), 40000, vip4(10), 80),
+            ),
+            Case::new(
+                "rate_limited",
+                "IPv4 TCP new flows from one source over its rate: drop",
+                syn_fin4(CLIENT4, vip4(10), 80, frames::PAYLOAD),
+            ),
+        ],
+        report,
+    );
     drop(guard);
 
     report.trace_cost = trace_cost(&config);
 
     println!("\n== Maglev table builds");
     report.maglev = maglev_builds();
+}
+
+/// Rows timed whatever `LB_BENCH_PATHS` names: the floor and the
+/// references every ratio needs.
+fn always_timed(name: &str) -> bool {
+    [perpacket::FLOOR, "ref_tunnel", "ref_nat"].contains(&name)
+}
+
+/// Times `cases` of another harness in interleaved rounds beside that
+/// harness's own floor (not reported again: the main floor is the row).
+fn time_beside_floor(harness: &mut Harness, mut cases: Vec<Case>, report: &mut Report) {
+    cases.insert(0, perpacket::floor_case(floor_frame()));
+    let rows = perpacket::time(harness, &cases, ROUNDS, REPEAT);
+    report
+        .per_packet
+        .extend(rows.into_iter().filter(|row| row.name != perpacket::FLOOR));
+}
+
+/// The reference balancer's flows: the `tunnel` and `nat` cases' tuples,
+/// to the first backend, as lb sends them.
+fn set_reference_flows(harness: &mut Harness) {
+    use lb_common::maps::{RefKey, RefValue};
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&testrun::backend_mac(11));
+    macs[6..].copy_from_slice(&testrun::EGRESS_MAC);
+    for vip in [vip4(10), vip4(12)] {
+        let key = RefKey {
+            src: CLIENT4.octets(),
+            dst: vip.octets(),
+            ports: [40000u16.to_be_bytes(), 80u16.to_be_bytes()]
+                .concat()
+                .try_into()
+                .expect("four bytes"),
+            proto: 6,
+        };
+        let value = RefValue {
+            backend: [192, 0, 2, 11],
+            source: [198, 51, 100, 129],
+            port: 8080u16.to_be_bytes(),
+            pad: [0; 2],
+            macs,
+        };
+        harness
+            .dataplane
+            .set_reference_flow(&key, &value)
+            .expect("a reference flow");
+    }
+}
+
+/// The targets the report checks (ratios in this run): every established
+/// IPv4 path at or below the reference balancer of its kind, IPv6 within
+/// 1.2x the IPv4 row of the same mode, pass at most half the reference.
+fn targets() -> Vec<Target> {
+    let target = |row: &str, to: &str, limit: f64| Target {
+        row: row.to_owned(),
+        to: to.to_owned(),
+        limit,
+    };
+    vec![
+        target("tunnel", "ref_tunnel", 1.0),
+        target("dsr", "ref_tunnel", 1.0),
+        target("nat", "ref_nat", 1.0),
+        target("nat_reply", "ref_nat", 1.0),
+        target("nat_v6", "nat", 1.2),
+        target("tunnel_v6", "tunnel", 1.2),
+        target("dsr_v6", "dsr", 1.2),
+        target("pass", "ref_tunnel", 0.5),
+        target("syn_spoofed", "attack_pass", 1.0),
+    ]
 }
 
 /// Section 6: sync lag between two balancers (`lb_tests::synclag`), or
@@ -423,9 +478,9 @@ fn trace_cost(config: &str) -> Vec<TraceCostRow> {
         "\n== `lb trace` with no trace attached: {TRACE_COST_PAIRS} pairs of loads, \
          {ROUNDS} x {REPEAT} runs per path and load"
     );
-    let cases: Vec<Case> = main_cases()
+    let cases: Vec<Case> = fixed_cases()
         .into_iter()
-        .filter(|case| TRACE_COST_PATHS.contains(&case.name))
+        .filter(|case| TRACE_COST_PATHS.contains(&case.name.as_str()))
         .collect();
     // Per case: (with, without) means of each pair.
     let mut pairs: Vec<Vec<(f64, f64)>> = vec![Vec::new(); cases.len()];
@@ -463,7 +518,7 @@ fn trace_cost(config: &str) -> Vec<TraceCostRow> {
                 .sum::<f64>()
                 / (n - 1.0);
             let row = TraceCostRow {
-                name: case.name.to_owned(),
+                name: case.name.clone(),
                 with_ns: mean(&|(with, _)| *with),
                 without_ns: mean(&|(_, without)| *without),
                 delta_ns: delta,
@@ -480,7 +535,7 @@ fn trace_cost(config: &str) -> Vec<TraceCostRow> {
 }
 
 /// The mean cost of `frame` on the balancer over [`ROUNDS`] rounds, the
-/// wrapper subtracted round by round (as [`measure`]).
+/// wrapper subtracted round by round.
 #[allow(
     clippy::cast_precision_loss,
     reason = "a sum of a few nanosecond figures, far below 2^52"
@@ -491,8 +546,13 @@ fn mean_cost(harness: &mut Harness, frame: &[u8]) -> f64 {
         .prepare_bench_of(program_names::BALANCER, frame)
         .expect("prepare the wrapper");
     run_repeated(harness, program_names::BENCH, &padded, 1);
-    let (samples, _, _) = timed_rounds(harness, &padded);
-    samples.iter().sum::<i64>() as f64 / ROUNDS as f64
+    let mut sum = 0;
+    for _ in 0..ROUNDS {
+        let (base, _) = run_repeated(harness, program_names::BENCH_BASELINE, &padded, REPEAT);
+        let (with, _) = run_repeated(harness, program_names::BENCH, &padded, REPEAT);
+        sum += with - base;
+    }
+    sum as f64 / ROUNDS as f64
 }
 
 /// Runs per round for a case that reports a sync event on every run: one
@@ -521,7 +581,7 @@ fn sync_cost(harness: &mut Harness, floor_ns: i64, report: &mut Report) {
     kernel.drain();
     let cases = [
         SyncCase {
-            case: case(
+            case: Case::new(
                 "nat",
                 "IPv4 TCP established, nat",
                 frames::tcp4(CLIENT4, 40000, vip4(10), 80),
@@ -530,7 +590,7 @@ fn sync_cost(harness: &mut Harness, floor_ns: i64, report: &mut Report) {
             pairs: SYNC_ESTABLISHED_PAIRS,
         },
         SyncCase {
-            case: case(
+            case: Case::new(
                 "dsr",
                 "IPv4 TCP established, dsr",
                 frames::tcp4(CLIENT4, 40000, vip4(11), 80),
@@ -540,8 +600,8 @@ fn sync_cost(harness: &mut Harness, floor_ns: i64, report: &mut Report) {
         },
         SyncCase {
             case: Case {
-                new_flows_of: Some("nat4"),
-                ..case(
+                new_flows_of: Some(perpacket::service_id(harness, "nat4")),
+                ..Case::new(
                     "new_flow",
                     "IPv4 TCP new flow, Maglev, nat",
                     syn_fin4(CLIENT4, vip4(10), 80, frames::PAYLOAD),
@@ -557,8 +617,8 @@ fn sync_cost(harness: &mut Harness, floor_ns: i64, report: &mut Report) {
     );
     for sync_case in &cases {
         let (off, on, row) = sync_rounds(harness, &mut kernel, sync_case);
-        print_cost(&off, floor_ns);
-        print_cost(&on, floor_ns);
+        perpacket::print_row(&off, floor_ns);
+        perpacket::print_row(&on, floor_ns);
         println!(
             "  {}: on - off {:+.2} ± {:.2} ns ({} x {} runs per state); events {}, lost {}",
             row.name, row.delta_ns, row.margin_ns, row.pairs, row.repeat, row.events, row.lost
@@ -599,7 +659,7 @@ fn sync_rounds(
         .dataplane
         .prepare_bench_of(program_names::BALANCER, &case.frame)
         .expect("prepare the wrapper");
-    let service = case.new_flows_of.map(|name| service_id(harness, name));
+    let service = case.new_flows_of;
     // Untimed: the established flow's entry (if no earlier case made it).
     run_repeated(harness, program_names::BENCH, &padded, 1);
     kernel.drain();
@@ -611,7 +671,7 @@ fn sync_rounds(
             harness.set_sync(on == 1);
             let state = &mut states[on];
             let before = harness.counters();
-            let new_before = service.map(|id| new_flows(harness, id));
+            let new_before = service.map(|id| perpacket::new_flows(harness, id));
             let (base, _) = run_repeated(harness, program_names::BENCH_BASELINE, &padded, repeat);
             let (with, verdict) = run_repeated(harness, program_names::BENCH, &padded, repeat);
             let after = harness.counters();
@@ -620,7 +680,7 @@ fn sync_rounds(
                 *state.moved.entry(*reason).or_default() += grown;
             }
             if let (Some(id), Some(before)) = (service, new_before) {
-                state.new_flows += new_flows(harness, id) - before;
+                state.new_flows += perpacket::new_flows(harness, id) - before;
             }
             state.samples.push(with - base);
             state.wrapper.push(base);
@@ -630,7 +690,7 @@ fn sync_rounds(
     }
     let lost = kernel.lost().expect("read SYNC_LOST") - lost_before;
     let runs = sync_case.pairs as u64 * u64::from(repeat);
-    print_sync_checks(case.name, &states, runs, service.is_some(), lost);
+    print_sync_checks(&case.name, &states, runs, service.is_some(), lost);
     let differences: Vec<f64> = states[1]
         .samples
         .iter()
@@ -658,14 +718,16 @@ fn sync_rounds(
                 median: state.samples[rounds / 2],
                 max: state.samples[rounds - 1],
                 wrapper: state.wrapper[rounds / 2],
-                verdict: verdict(state.action).to_owned(),
-                reason: top_reason(&BTreeMap::new(), &state.moved, runs),
+                verdict: perpacket::verdict(state.action).to_owned(),
+                reason: perpacket::top_reason(&state.moved, runs),
+                rounds: Vec::new(),
+                ratios: Vec::new(),
             }
         })
         .collect();
     let row = SyncCostRow {
-        name: case.name.to_owned(),
-        description: case.description.to_owned(),
+        name: case.name.clone(),
+        description: case.description.clone(),
         off_ns: rows[0].median,
         on_ns: rows[1].median,
         delta_ns: delta,
@@ -720,120 +782,177 @@ fn print_sync_checks(name: &str, states: &[SyncState; 2], runs: u64, new_flow: b
 
 /// The established flows again with no cached next hop: what every packet
 /// cost before the controller resolved hops (`bpf_fib_lookup`).
-fn fallback_cases(harness: &mut Harness, floor_ns: i64, report: &mut Report) {
+fn fallback_cases(harness: &mut Harness, report: &mut Report) {
     harness.clear_hops();
-    for case in [
-        case(
-            "fallback",
-            "IPv4 TCP established, nat, uncached next hop (bpf_fib_lookup)",
-            frames::tcp4(CLIENT4, 40000, vip4(10), 80),
-        ),
-        case(
-            "fallback_dsr",
-            "IPv4 TCP established, dsr, uncached next hop (bpf_fib_lookup)",
-            frames::tcp4(CLIENT4, 40000, vip4(11), 80),
-        ),
-    ] {
-        let cost = measure_case(harness, &case);
-        print_cost(&cost, floor_ns);
-        report.per_packet.push(cost);
-    }
+    time_beside_floor(
+        harness,
+        vec![
+            Case::new(
+                "fallback",
+                "IPv4 TCP established, nat, uncached next hop (bpf_fib_lookup)",
+                frames::tcp4(CLIENT4, 40000, vip4(10), 80),
+            ),
+            Case::new(
+                "fallback_dsr",
+                "IPv4 TCP established, dsr, uncached next hop (bpf_fib_lookup)",
+                frames::tcp4(CLIENT4, 40000, vip4(11), 80),
+            ),
+        ],
+        report,
+    );
     harness.refresh_hops();
 }
 
-/// The per-packet cases of the main configuration.
-fn main_cases() -> Vec<Case> {
-    let mut echo = Vec::new();
-    frames::eth()
-        .ipv4(CLIENT4.octets(), vip4(10).octets(), 64)
-        .icmpv4_echo_request(1, 1)
-        .write(&mut echo, b"ping")
-        .expect("echo frame");
-    vec![
-        case(
-            "pass",
-            "IPv4 TCP not to a VIP (NAT services exist): pass",
-            frames::tcp4(CLIENT4, 40000, Ipv4Addr::new(192, 0, 2, 9), 80),
-        ),
-        case(
-            "pass_non_ip",
-            "ARP request: pass",
-            frames::arp_request(CLIENT4, vip4(10)),
-        ),
-        case(
-            "nat",
-            "IPv4 TCP established, nat",
-            frames::tcp4(CLIENT4, 40000, vip4(10), 80),
-        ),
-        case(
-            "dsr",
-            "IPv4 TCP established, dsr",
-            frames::tcp4(CLIENT4, 40000, vip4(11), 80),
-        ),
-        case(
-            "tunnel",
-            "IPv4 TCP established, tunnel (IPIP)",
-            frames::tcp4(CLIENT4, 40000, vip4(12), 80),
-        ),
-        case(
-            "nat_reply",
-            "IPv4 TCP nat reply (backend to client)",
-            frames::tcp4(Ipv4Addr::new(192, 0, 2, 11), 8080, CLIENT4, 40000),
-        ),
-        case(
-            "nat_vlan",
-            "IPv4 TCP established, nat, 802.1Q",
-            frames::tcp4_vlan(7, CLIENT4, 40000, vip4(10), 80),
-        ),
-        case(
-            "nat_v6",
-            "IPv6 TCP established, nat",
-            frames::tcp6(CLIENT6, 40000, vip6(0x10), 80),
-        ),
-        case(
-            "dsr_v6",
-            "IPv6 UDP established, dsr",
-            frames::udp6(CLIENT6, 40000, vip6(0x11), 53),
-        ),
-        case(
-            "tunnel_v6",
-            "IPv6 TCP established, tunnel (IP6IP6)",
-            frames::tcp6(CLIENT6, 40000, vip6(0x12), 80),
-        ),
-        case("icmp_echo", "ICMP echo to a VIP: reply", echo),
+/// The per-packet cases of the main configuration, the floor and the
+/// reference balancer first. Every forwarding path has a one-arm row (its
+/// name) and a two-arm row (`<name>_2arm`).
+fn main_cases(harness: &Harness) -> Vec<Case> {
+    let nat4 = perpacket::service_id(harness, "nat4");
+    let rr4 = perpacket::service_id(harness, "rr4");
+    let mut cases = fixed_cases();
+    let new_flows = vec![
         Case {
-            new_flows_of: Some("nat4"),
-            ..case(
+            new_flows_of: Some(nat4),
+            ..Case::new(
                 "new_flow",
                 "IPv4 TCP new flow, Maglev, nat",
                 syn_fin4(CLIENT4, vip4(10), 80, frames::PAYLOAD),
             )
         },
         Case {
-            new_flows_of: Some("nat4"),
+            new_flows_of: Some(nat4),
             vary: 14,
-            ..case(
+            ..Case::new(
                 "new_flow_fresh",
                 "IPv4 TCP new flow, a fresh tuple each run (bare SYN), Maglev, nat",
                 frames::tcp4(CLIENT4, 40000, vip4(10), 80),
             )
         },
         Case {
-            new_flows_of: Some("rr4"),
-            ..case(
+            new_flows_of: Some(rr4),
+            ..Case::new(
                 "new_flow_rr",
                 "IPv4 TCP new flow, round-robin, nat",
                 syn_fin4(CLIENT4, vip4(13), 80, frames::PAYLOAD),
             )
         },
-    ]
+    ];
+    let two_arm: Vec<Case> = cases
+        .iter()
+        .chain(&new_flows)
+        .filter(|case| case.target == program_names::BALANCER && forwards(&case.name))
+        .map(Case::two_arm)
+        .collect();
+    cases.extend(new_flows);
+    cases.extend(two_arm);
+    cases
+}
+
+/// Whether the path named forwards to a backend (so has a two-arm row).
+fn forwards(name: &str) -> bool {
+    !["pass", "pass_non_ip", "icmp_echo"].contains(&name)
+}
+
+/// The cases that need no service id: the floor, the reference balancer,
+/// pass, ICMP and the established paths.
+fn fixed_cases() -> Vec<Case> {
+    let mut echo = Vec::new();
+    frames::eth()
+        .ipv4(CLIENT4.octets(), vip4(10).octets(), 64)
+        .icmpv4_echo_request(1, 1)
+        .write(&mut echo, b"ping")
+        .expect("echo frame");
+    let reference = |name: &str, description: &str, target, vip| Case {
+        target,
+        ..Case::new(name, description, frames::tcp4(CLIENT4, 40000, vip, 80))
+    };
+    let once = vec![
+        perpacket::floor_case(floor_frame()),
+        reference(
+            "ref_tunnel",
+            "reference balancer: IPv4 TCP, LRU lookup, IPIP, XDP_TX",
+            program_names::REF_TUNNEL,
+            vip4(12),
+        ),
+        reference(
+            "ref_nat",
+            "reference balancer: IPv4 TCP, LRU lookup, nat rewrite, XDP_TX",
+            program_names::REF_NAT,
+            vip4(10),
+        ),
+        Case::new(
+            "pass",
+            "IPv4 TCP not to a VIP (NAT services exist): pass",
+            frames::tcp4(CLIENT4, 40000, Ipv4Addr::new(192, 0, 2, 9), 80),
+        )
+        .compared_with(&["ref_tunnel"]),
+        Case::new(
+            "pass_non_ip",
+            "ARP request: pass",
+            frames::arp_request(CLIENT4, vip4(10)),
+        ),
+        Case::new("icmp_echo", "ICMP echo to a VIP: reply", echo),
+    ];
+    let forwarding = [
+        Case::new(
+            "nat",
+            "IPv4 TCP established, nat",
+            frames::tcp4(CLIENT4, 40000, vip4(10), 80),
+        )
+        .compared_with(&["ref_nat"]),
+        Case::new(
+            "dsr",
+            "IPv4 TCP established, dsr",
+            frames::tcp4(CLIENT4, 40000, vip4(11), 80),
+        )
+        .compared_with(&["ref_tunnel"]),
+        Case::new(
+            "tunnel",
+            "IPv4 TCP established, tunnel (IPIP)",
+            frames::tcp4(CLIENT4, 40000, vip4(12), 80),
+        )
+        .compared_with(&["ref_tunnel"]),
+        Case::new(
+            "nat_reply",
+            "IPv4 TCP nat reply (backend to client)",
+            frames::tcp4(Ipv4Addr::new(192, 0, 2, 11), 8080, CLIENT4, 40000),
+        )
+        .compared_with(&["ref_nat"]),
+        Case::new(
+            "nat_vlan",
+            "IPv4 TCP established, nat, 802.1Q",
+            frames::tcp4_vlan(7, CLIENT4, 40000, vip4(10), 80),
+        )
+        .compared_with(&["ref_nat"]),
+        Case::new(
+            "nat_v6",
+            "IPv6 TCP established, nat",
+            frames::tcp6(CLIENT6, 40000, vip6(0x10), 80),
+        )
+        .compared_with(&["nat"]),
+        Case::new(
+            "dsr_v6",
+            "IPv6 UDP established, dsr",
+            frames::udp6(CLIENT6, 40000, vip6(0x11), 53),
+        )
+        .compared_with(&["dsr"]),
+        Case::new(
+            "tunnel_v6",
+            "IPv6 TCP established, tunnel (IP6IP6)",
+            frames::tcp6(CLIENT6, 40000, vip6(0x12), 80),
+        )
+        .compared_with(&["tunnel"]),
+    ];
+    once.into_iter().chain(forwarding).collect()
 }
 
 /// `guard.attack` with `nat4`'s VIP under attack: a bare SYN from a fresh
 /// spoofed source each run (dropped, remembered as pending), and a new
 /// flow from a proven source (a completed handshake before the attack;
-/// SYN+FIN, so every run reschedules, as `new_flow`).
-fn attack_cases(floor_ns: i64, wanted: &dyn Fn(&str) -> bool, report: &mut Report) {
+/// SYN+FIN, so every run reschedules, as `new_flow`), timed beside this
+/// harness's floor and its pass path (`attack_pass`: dropping junk must
+/// cost no more than ignoring it).
+fn attack_cases(wanted: &dyn Fn(&str) -> bool, report: &mut Report) {
     let mut harness = Harness::new(CONFIG_ATTACK);
     // Proven: SYN, then the handshake's ACK, before the VIP is marked.
     let client = Ipv4Addr::new(198, 51, 100, 78);
@@ -860,32 +979,36 @@ fn attack_cases(floor_ns: i64, wanted: &dyn Fn(&str) -> bool, report: &mut Repor
             },
         )
         .expect("mark the VIP under attack");
-    let cases = [
+    let nat4 = perpacket::service_id(&harness, "nat4");
+    let cases = vec![
+        Case::new(
+            "attack_pass",
+            "IPv4 TCP not to a VIP, guard.attack configured: pass",
+            frames::tcp4(CLIENT4, 40000, Ipv4Addr::new(192, 0, 2, 9), 80),
+        ),
         Case {
             vary: 14,
-            ..case(
+            ..Case::new(
                 "syn_spoofed",
                 "IPv4 TCP bare SYN, fresh spoofed source, VIP under attack: drop",
                 frames::tcp4(CLIENT4, 40000, vip4(10), 80),
             )
+            .compared_with(&["attack_pass"])
         },
         Case {
-            new_flows_of: Some("nat4"),
-            ..case(
+            new_flows_of: Some(nat4),
+            ..Case::new(
                 "syn_verified",
                 "IPv4 TCP new flow from a proven source, VIP under attack, nat",
                 syn_fin4(client, vip4(10), 80, frames::PAYLOAD),
             )
         },
     ];
-    for case in cases {
-        if !wanted(case.name) {
-            continue;
-        }
-        let cost = measure_case(&mut harness, &case);
-        print_cost(&cost, floor_ns);
-        report.per_packet.push(cost);
-    }
+    let cases = cases
+        .into_iter()
+        .filter(|case| case.name == "attack_pass" || wanted(&case.name))
+        .collect();
+    time_beside_floor(&mut harness, cases, report);
 }
 
 /// Any frame will do for the floor: it only swaps the MACs.
@@ -893,168 +1016,10 @@ fn floor_frame() -> Vec<u8> {
     frames::tcp4(CLIENT4, 40000, vip4(11), 80)
 }
 
-/// Times `case` on the balancer and checks what it did: the reason counter
-/// that moved, and for new-flow cases that every run was a new flow.
-fn measure_case(harness: &mut Harness, case: &Case) -> PathCost {
-    let service = case.new_flows_of.map(|name| service_id(harness, name));
-    let new_before = service.map(|id| new_flows(harness, id));
-    let mut cost = measure(
-        harness,
-        program_names::BALANCER,
-        case.name,
-        &case.frame,
-        case.vary,
-    );
-    case.description.clone_into(&mut cost.description);
-    if let (Some(id), Some(before)) = (service, new_before) {
-        let grown = new_flows(harness, id) - before;
-        // `measure` runs the wrapper once untimed, then ROUNDS x REPEAT.
-        let runs = 1 + ROUNDS as u64 * u64::from(REPEAT);
-        println!(
-            "  check {}: the service's new_flows grew by {grown} over {runs} runs{}",
-            case.name,
-            if grown == runs {
-                " (every run a new flow)"
-            } else {
-                " (NOT every run!)"
-            }
-        );
-    }
-    cost
-}
-
-/// Times `target` through the wrapper: per round, the baseline (restore
-/// only) then the wrapper with the tail call; the difference is the sample.
-fn measure(
-    harness: &mut Harness,
-    target: &'static str,
-    name: &str,
-    frame: &[u8],
-    vary: u32,
-) -> PathCost {
-    let padded = harness
-        .dataplane
-        .prepare_bench_varied(target, frame, vary)
-        .expect("prepare the wrapper");
-    // Untimed first run: puts established flows in the connection table.
-    run_repeated(harness, program_names::BENCH, &padded, 1);
-    let before = harness.counters();
-    let (mut samples, mut wrapper, action) = timed_rounds(harness, &padded);
-    let after = harness.counters();
-    samples.sort_unstable();
-    wrapper.sort_unstable();
-    let reason = if target == program_names::BALANCER {
-        top_reason(&before, &after, ROUNDS as u64 * u64::from(REPEAT))
-    } else {
-        "-".to_owned()
-    };
-    PathCost {
-        name: name.to_owned(),
-        description: "floor: swap MACs, XDP_TX".to_owned(),
-        best: samples[0],
-        median: samples[ROUNDS / 2],
-        max: samples[ROUNDS - 1],
-        wrapper: wrapper[ROUNDS / 2],
-        verdict: verdict(action).to_owned(),
-        reason,
-    }
-}
-
-/// [`ROUNDS`] rounds of the prepared wrapper: per round the baseline
-/// (restore only), then the wrapper with the tail call. Returns each
-/// round's difference, each round's baseline, and the last verdict.
-fn timed_rounds(harness: &Harness, padded: &[u8]) -> (Vec<i64>, Vec<i64>, u32) {
-    let mut samples = Vec::with_capacity(ROUNDS);
-    let mut wrapper = Vec::with_capacity(ROUNDS);
-    let mut action = 0;
-    for _ in 0..ROUNDS {
-        let (base, _) = run_repeated(harness, program_names::BENCH_BASELINE, padded, REPEAT);
-        let (with, verdict) = run_repeated(harness, program_names::BENCH, padded, REPEAT);
-        action = verdict;
-        samples.push(with - base);
-        wrapper.push(base);
-    }
-    (samples, wrapper, action)
-}
-
-/// One `BPF_PROG_TEST_RUN` of `program` with `repeat`: mean ns per run and
-/// the verdict.
+/// One `BPF_PROG_TEST_RUN` of `program` with `repeat`, arriving on
+/// loopback: mean ns per run and the verdict.
 fn run_repeated(harness: &Harness, program: &'static str, frame: &[u8], repeat: u32) -> (i64, u32) {
-    let program = harness
-        .dataplane
-        .bench_program(program)
-        .expect("bench program");
-    // Room for encapsulation headers the program adds.
-    let mut out = vec![0u8; frame.len() + 256];
-    let opts = TestRunOptions {
-        data_in: Some(frame),
-        data_out: Some(&mut out),
-        repeat,
-        ..TestRunOptions::default()
-    };
-    let result = program.test_run(opts).expect("BPF_PROG_TEST_RUN");
-    (
-        i64::try_from(result.duration.as_nanos()).unwrap_or(i64::MAX),
-        result.return_value,
-    )
-}
-
-fn verdict(action: u32) -> &'static str {
-    ["aborted", "drop", "pass", "tx", "redirect"]
-        .get(action as usize)
-        .copied()
-        .unwrap_or("?")
-}
-
-/// The reason counter that moved most between two reads, with its share of
-/// `runs`.
-fn top_reason(before: &BTreeMap<Reason, u64>, after: &BTreeMap<Reason, u64>, runs: u64) -> String {
-    after
-        .iter()
-        .map(|(reason, n)| (*reason, n - before.get(reason).copied().unwrap_or(0)))
-        .max_by_key(|(_, moved)| *moved)
-        .filter(|(_, moved)| *moved > 0)
-        .map_or_else(
-            || "none".to_owned(),
-            |(reason, moved)| {
-                #[allow(clippy::cast_precision_loss, reason = "a percentage")]
-                let share = moved as f64 * 100.0 / runs as f64;
-                format!("{} ({share:.0}%)", reason.name())
-            },
-        )
-}
-
-fn print_cost(cost: &PathCost, floor: i64) {
-    println!(
-        "{:<13} {:>6} {:>6} {:>6} {:>7} {:>7}  {:<8} {}",
-        cost.name,
-        cost.best,
-        cost.median,
-        cost.max,
-        cost.wrapper,
-        cost.median - floor,
-        cost.verdict,
-        cost.reason
-    );
-}
-
-fn service_id(harness: &Harness, name: &str) -> u32 {
-    harness
-        .planner
-        .planned()
-        .iter()
-        .find(|service| service.name == name)
-        .unwrap_or_else(|| panic!("service {name} planned"))
-        .value
-        .id
-}
-
-fn new_flows(harness: &Harness, service: u32) -> u64 {
-    harness
-        .dataplane
-        .service_traffic(service)
-        .expect("service counters")
-        .new_flows
+    perpacket::run(harness, program, Arm::Two, frame, repeat)
 }
 
 /// A live-frames case: (name, description, program under test, frame).
@@ -1152,7 +1117,7 @@ fn packets_per_second(harness: &mut Harness) -> Result<Vec<PpsRow>, String> {
     for (i, (name, description, target, _)) in cases.iter().enumerate() {
         let frames = LIVE_ROUNDS as u64 * u64::from(LIVE_FRAMES);
         let reason = if *target == program_names::BALANCER {
-            top_reason(&BTreeMap::new(), &moved[i], frames)
+            perpacket::top_reason(&moved[i], frames)
         } else {
             "-".to_owned()
         };

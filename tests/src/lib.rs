@@ -10,6 +10,9 @@
 //! - [`flood`]: a spoofed SYN / UDP flood generator (XDP live frames, else
 //!   `sendmmsg` on an `AF_PACKET` socket), for the `guard.attack` tests and
 //!   `cargo xtask flood`;
+//! - [`perpacket`]: the benchmark's per-packet timing, every case in
+//!   interleaved rounds with its ratios to the floor and the reference
+//!   balancer;
 //! - [`endtoend`]: the end-to-end benchmark (lb beside `haproxy`, `nftables`
 //!   and no balancer, driven by `wrk`);
 //! - [`synclag`]: the sync-lag benchmark (two balancers' sync threads, one
@@ -32,6 +35,7 @@ pub mod keepalived;
 pub mod lbrun;
 pub mod model;
 pub mod netns;
+pub mod perpacket;
 pub mod report;
 pub mod scale;
 pub mod synclag;

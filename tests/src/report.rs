@@ -73,6 +73,61 @@ pub struct PathCost {
     pub verdict: String,
     /// The reason counter that moved on every run (`-` for the floor).
     pub reason: String,
+    /// Every round's figure, in the order timed (empty for rows that are
+    /// not timed in interleaved rounds).
+    pub rounds: Vec<i64>,
+    /// Ratios taken round by round in the same run (the first to the
+    /// floor; empty where not timed in interleaved rounds).
+    pub ratios: Vec<Ratio>,
+}
+
+/// A row's ratio to another, taken in each round, then summarised.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ratio {
+    /// The row divided by: `floor` (whole costs), or another row (costs
+    /// above the floor).
+    pub to: String,
+    /// Median over rounds.
+    pub median: f64,
+    /// Lowest round.
+    pub low: f64,
+    /// Highest round.
+    pub high: f64,
+}
+
+impl Ratio {
+    /// `ratio(ours[r], theirs[r])` for every round `r`, summarised.
+    #[allow(clippy::cast_precision_loss, reason = "nanoseconds, far below 2^52")]
+    pub fn of_rounds(
+        to: &str,
+        ours: &[i64],
+        theirs: &[i64],
+        ratio: impl Fn(f64, f64) -> f64,
+    ) -> Self {
+        let mut each: Vec<f64> = ours
+            .iter()
+            .zip(theirs)
+            .map(|(a, b)| ratio(*a as f64, *b as f64))
+            .collect();
+        each.sort_by(f64::total_cmp);
+        Self {
+            to: to.to_owned(),
+            median: each.get(each.len() / 2).copied().unwrap_or(f64::NAN),
+            low: each.first().copied().unwrap_or(f64::NAN),
+            high: each.last().copied().unwrap_or(f64::NAN),
+        }
+    }
+}
+
+/// A target on a ratio: `row` at most `limit` times `to`, in one run.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The row.
+    pub row: String,
+    /// What it is divided by (a [`Ratio::to`]).
+    pub to: String,
+    /// The most the ratio's median may be.
+    pub limit: f64,
 }
 
 /// Forwarded packets per second through one core (live frames).
@@ -273,6 +328,8 @@ pub struct Report {
     pub sync_cost: Vec<SyncCostRow>,
     /// Sync lag between two balancers (`None` when not measured).
     pub sync_lag: Option<SyncLag>,
+    /// Targets on the per-packet ratios, checked in the report.
+    pub targets: Vec<Target>,
     /// Sections that were asked for but could not be measured, by key
     /// (`pps`, ...): why (e.g. live frames refused by the kernel).
     pub not_measured: BTreeMap<String, String>,
@@ -287,6 +344,7 @@ impl Report {
             started: utc_now(),
             machine: Machine::detect(),
             per_packet: Vec::new(),
+            targets: Vec::new(),
             pps: Vec::new(),
             maglev: Vec::new(),
             control_plane: Vec::new(),
@@ -314,6 +372,29 @@ impl Report {
 
     fn above_floor(&self, cost: &PathCost) -> Option<i64> {
         self.floor_ns().map(|floor| cost.median - floor)
+    }
+
+    /// The ratio `row` / `to` measured in this run, if any.
+    pub fn ratio(&self, row: &str, to: &str) -> Option<&Ratio> {
+        self.per_packet
+            .iter()
+            .find(|cost| cost.name == row)?
+            .ratios
+            .iter()
+            .find(|ratio| ratio.to == to)
+    }
+
+    /// Each target with its measured ratio (`None`: not measured) and
+    /// whether the median meets it.
+    pub fn target_results(&self) -> Vec<(&Target, Option<&Ratio>, bool)> {
+        self.targets
+            .iter()
+            .map(|target| {
+                let ratio = self.ratio(&target.row, &target.to);
+                let met = ratio.is_some_and(|ratio| ratio.median <= target.limit);
+                (target, ratio, met)
+            })
+            .collect()
     }
 
     /// `row`'s connection and request rates over those of the end-to-end
@@ -436,8 +517,8 @@ impl Report {
         })
     }
 
-    /// The JSON document.
-    pub fn to_json(&self) -> Value {
+    /// `per_packet_ns` (medians) and `per_packet` (whole rows) of the JSON.
+    fn per_packet_json(&self) -> (Map<String, Value>, Map<String, Value>) {
         let mut per_packet_ns = Map::new();
         let mut per_packet = Map::new();
         for cost in &self.per_packet {
@@ -453,9 +534,23 @@ impl Report {
                     "wrapper": cost.wrapper,
                     "verdict": cost.verdict,
                     "reason": cost.reason,
+                    "rounds": cost.rounds,
+                    "ratios": cost.ratios.iter().map(|ratio| {
+                        (ratio.to.clone(), json!({
+                            "median": round3(ratio.median),
+                            "low": round3(ratio.low),
+                            "high": round3(ratio.high),
+                        }))
+                    }).collect::<Map<String, Value>>(),
                 }),
             );
         }
+        (per_packet_ns, per_packet)
+    }
+
+    /// The JSON document.
+    pub fn to_json(&self) -> Value {
+        let (per_packet_ns, per_packet) = self.per_packet_json();
         let pps: Map<String, Value> = self
             .pps
             .iter()
@@ -520,6 +615,13 @@ impl Report {
             },
             "per_packet_ns": per_packet_ns,
             "per_packet": per_packet,
+            "targets": self.target_results().iter().map(|(target, ratio, met)| json!({
+                "row": target.row,
+                "to": target.to,
+                "limit": target.limit,
+                "median": ratio.map(|ratio| round3(ratio.median)),
+                "met": met,
+            })).collect::<Vec<_>>(),
             "pps": pps,
             "maglev": maglev,
             "control_plane": control_plane,
@@ -748,16 +850,25 @@ impl Report {
         let _ = writeln!(md, "## Per-packet cost (ns, BPF_PROG_TEST_RUN)\n");
         let _ = writeln!(
             md,
-            "| path | case | best | median | max | above floor | verdict | reason |\n\
-             | --- | --- | ---: | ---: | ---: | ---: | --- | --- |"
+            "| path | case | best | median | max | above floor | ratios (median of rounds, range) | verdict | reason |\n\
+             | --- | --- | ---: | ---: | ---: | ---: | --- | --- | --- |"
         );
         for cost in &self.per_packet {
             let above = self
                 .above_floor(cost)
                 .map_or_else(|| "-".into(), |ns| ns.to_string());
+            let ratios = if cost.ratios.is_empty() {
+                "-".to_owned()
+            } else {
+                cost.ratios
+                    .iter()
+                    .map(|r| format!("{:.2}x {} ({:.2}-{:.2})", r.median, r.to, r.low, r.high))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {above} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {above} | {ratios} | {} | {} |",
                 cost.name,
                 cost.description,
                 cost.best,
@@ -766,6 +877,28 @@ impl Report {
                 cost.verdict,
                 cost.reason
             );
+        }
+        if !self.targets.is_empty() {
+            let _ = writeln!(
+                md,
+                "\n### Targets: ratios in this run\n\n\
+                 | row | divided by | limit | median (range over rounds) | met |\n\
+                 | --- | --- | ---: | --- | --- |"
+            );
+            for (target, ratio, met) in self.target_results() {
+                let measured = ratio.map_or_else(
+                    || "not measured".to_owned(),
+                    |r| format!("{:.2} ({:.2}-{:.2})", r.median, r.low, r.high),
+                );
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {:.2} | {measured} | {} |",
+                    target.row,
+                    target.to,
+                    target.limit,
+                    if met { "yes" } else { "no" }
+                );
+            }
         }
         if let Some(chart) = chart {
             let _ = writeln!(md, "\n![ns above the floor per path]({chart})");
@@ -1074,8 +1207,20 @@ mod tests {
                 wrapper: 10,
                 verdict: "tx".into(),
                 reason: "-".into(),
+                rounds: vec![median; 3],
+                ratios: vec![Ratio::of_rounds(
+                    "floor",
+                    &[median; 3],
+                    &[20, 20, 20],
+                    |a, b| a / b,
+                )],
             });
         }
+        report.targets.push(Target {
+            row: "nat".into(),
+            to: "floor".into(),
+            limit: 3.0,
+        });
         report.add_end_to_end([EndToEndRow {
             name: "http".into(),
             conn_per_s: 1.0,
@@ -1121,9 +1266,15 @@ mod tests {
         assert_eq!(json["end_to_end"][0]["name"], "http");
         let md = report.to_markdown(Some("chart.png"));
         assert!(
-            md.contains("| nat | nat | 75 | 75 | 75 | 55 | tx | - |"),
+            md.contains("| nat | nat | 75 | 75 | 75 | 55 | 3.75x floor (3.75-3.75) | tx | - |"),
             "{md}"
         );
+        assert!(
+            md.contains("| nat | floor | 3.00 | 3.75 (3.75-3.75) | no |"),
+            "{md}"
+        );
+        assert_eq!(json["targets"][0]["met"], false);
+        assert_eq!(json["per_packet"]["nat"]["ratios"]["floor"]["median"], 3.75);
         assert!(
             md.contains("Not measured: live frames refused by this kernel (EPERM)."),
             "{md}"

@@ -215,28 +215,45 @@ impl Harness {
         self.test_run(frame, Some(&ctx))
     }
 
-    fn test_run(&self, frame: &[u8], ctx: Option<&[u8]>) -> Outcome {
-        // Room for encapsulation headers added by the program.
-        let mut out = vec![0u8; frame.len() + 256];
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: ctx,
-            ..TestRunOptions::default()
-        };
-        let result = self
-            .dataplane
-            .program()
-            .expect("balancer program")
-            .test_run(opts)
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(result.data_size_out as usize);
-        Outcome {
-            action: Action::from_raw(result.return_value),
-            frame: out,
-        }
+    /// Runs `frame` once through another program of the object (a
+    /// benchmark program: the floor, the reference balancer), loading it
+    /// first if needed.
+    pub fn run_program(&mut self, name: &'static str, frame: &[u8]) -> Outcome {
+        self.dataplane
+            .prepare_bench_of(name, frame)
+            .expect("load the program");
+        let program = self.dataplane.bench_program(name).expect("the program");
+        test_run(program, frame, None)
     }
 
+    fn test_run(&self, frame: &[u8], ctx: Option<&[u8]>) -> Outcome {
+        test_run(
+            self.dataplane.program().expect("balancer program"),
+            frame,
+            ctx,
+        )
+    }
+}
+
+/// One `BPF_PROG_TEST_RUN` of `program` on `frame`.
+fn test_run(program: &aya::programs::Xdp, frame: &[u8], ctx: Option<&[u8]>) -> Outcome {
+    // Room for encapsulation headers added by the program.
+    let mut out = vec![0u8; frame.len() + 256];
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ctx_in: ctx,
+        ..TestRunOptions::default()
+    };
+    let result = program.test_run(opts).expect("BPF_PROG_TEST_RUN");
+    out.truncate(result.data_size_out as usize);
+    Outcome {
+        action: Action::from_raw(result.return_value),
+        frame: out,
+    }
+}
+
+impl Harness {
     /// The reason counters, summed over CPUs.
     pub fn counters(&self) -> BTreeMap<Reason, u64> {
         self.dataplane.reason_counters().expect("read counters")
