@@ -104,9 +104,10 @@ pub enum Parsed {
 
 /// Parses the frame in `ctx` into `scratch.packet`.
 ///
-/// Out of line, so its header copies do not stay in the caller's stack frame
-/// while the forwarding paths run; the result comes back in one register.
-#[inline(never)]
+/// Inlined: a BPF-to-BPF call costs its return, and on CPUs whose kernel
+/// mitigates return-stack attacks (SRSO "Safe RET", retbleed return thunks)
+/// a return is 5–8 ns — more than the parse itself (docs/BENCHMARKS.md).
+#[inline(always)]
 pub fn parse(ctx: &XdpContext, scratch: &mut Scratch) -> ParseResult {
     ParseResult::from(try_parse(ctx, scratch))
 }
