@@ -4,6 +4,7 @@
 //! pass fully formed keys and values (see `plan`).
 
 mod attack;
+pub mod memory;
 
 use std::collections::BTreeMap;
 
@@ -97,6 +98,38 @@ impl Default for Sizes {
 }
 
 impl Sizes {
+    /// The sizes `config`'s `dataplane` section asks for.
+    pub fn of(config: &crate::config::Config) -> Self {
+        let dataplane = &config.dataplane;
+        Self {
+            services: dataplane.max_services,
+            backends: dataplane.max_backends,
+            ring_size: dataplane.ring_size,
+            connections: dataplane.connection_table_size,
+        }
+    }
+
+    /// The maps whose entry count the sizes set, with that count (every
+    /// other map keeps the object's).
+    pub fn resized_maps(&self) -> [(&'static str, u32); 14] {
+        [
+            (map_names::HOPS, self.backends),
+            (map_names::SERVICE_IDS, self.services),
+            (map_names::SERVICES, self.services),
+            (map_names::VIPS, self.services),
+            (map_names::RR_POS, self.services),
+            (map_names::STATS_SERVICES, self.services),
+            (map_names::ATTACK_COUNTS, self.services),
+            (map_names::ATTACK_BUDGET, self.services),
+            (map_names::BACKENDS, self.backends),
+            (map_names::NAT, self.backends),
+            (map_names::STATS_BACKENDS, self.backends),
+            (map_names::MAGLEV, self.maglev_entries()),
+            (map_names::CONNS, self.connections),
+            (map_names::CONNS_V4, self.connections),
+        ]
+    }
+
     /// Entries of `MAGLEV`: two rows of `ring_size` per service.
     pub fn maglev_entries(&self) -> u32 {
         self.services
@@ -164,22 +197,11 @@ impl Dataplane {
         sizes: Sizes,
         program: &'static str,
     ) -> Result<Self, DataplaneError> {
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(map_names::HOPS, sizes.backends)
-            .map_max_entries(map_names::SERVICE_IDS, sizes.services)
-            .map_max_entries(map_names::SERVICES, sizes.services)
-            .map_max_entries(map_names::VIPS, sizes.services)
-            .map_max_entries(map_names::RR_POS, sizes.services)
-            .map_max_entries(map_names::STATS_SERVICES, sizes.services)
-            .map_max_entries(map_names::ATTACK_COUNTS, sizes.services)
-            .map_max_entries(map_names::ATTACK_BUDGET, sizes.services)
-            .map_max_entries(map_names::BACKENDS, sizes.backends)
-            .map_max_entries(map_names::NAT, sizes.backends)
-            .map_max_entries(map_names::STATS_BACKENDS, sizes.backends)
-            .map_max_entries(map_names::MAGLEV, sizes.maglev_entries())
-            .map_max_entries(map_names::CONNS, sizes.connections)
-            .map_max_entries(map_names::CONNS_V4, sizes.connections)
-            .load(object)?;
+        let mut loader = EbpfLoader::new();
+        for (name, entries) in sizes.resized_maps() {
+            loader.map_max_entries(name, entries);
+        }
+        let mut ebpf = loader.load(object)?;
         xdp_mut(&mut ebpf, program)?
             .load()
             .map_err(|source| DataplaneError::Program {
@@ -1195,21 +1217,9 @@ impl Dataplane {
             .map(|name| (*name, pin_dir.join(name)))
             .collect();
         let mut loader = EbpfLoader::new();
-        loader
-            .map_max_entries(map_names::HOPS, sizes.backends)
-            .map_max_entries(map_names::SERVICE_IDS, sizes.services)
-            .map_max_entries(map_names::SERVICES, sizes.services)
-            .map_max_entries(map_names::VIPS, sizes.services)
-            .map_max_entries(map_names::RR_POS, sizes.services)
-            .map_max_entries(map_names::STATS_SERVICES, sizes.services)
-            .map_max_entries(map_names::ATTACK_COUNTS, sizes.services)
-            .map_max_entries(map_names::ATTACK_BUDGET, sizes.services)
-            .map_max_entries(map_names::BACKENDS, sizes.backends)
-            .map_max_entries(map_names::NAT, sizes.backends)
-            .map_max_entries(map_names::STATS_BACKENDS, sizes.backends)
-            .map_max_entries(map_names::MAGLEV, sizes.maglev_entries())
-            .map_max_entries(map_names::CONNS, sizes.connections)
-            .map_max_entries(map_names::CONNS_V4, sizes.connections);
+        for (name, entries) in sizes.resized_maps() {
+            loader.map_max_entries(name, entries);
+        }
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }

@@ -5,7 +5,10 @@
 //! machine than the balancer); `lb run` refuses to start on them, before it
 //! changes anything.
 
-use crate::config::{Config, ConfigProblem};
+use crate::{
+    config::{Config, ConfigProblem},
+    dataplane::memory::{TableMemory, human},
+};
 
 /// The problems of `config` on this host, in the current network
 /// namespace; lines are not filled in (see [`crate::config::locate`]).
@@ -80,5 +83,67 @@ pub fn problems(config: &Config) -> Vec<ConfigProblem> {
             push("sync.secret_file".into(), format!("{error:#}"));
         }
     }
+    let memory = table_memory(config);
+    if let Some(available) = available_memory()
+        && memory.total() > available
+    {
+        push(
+            "dataplane".into(),
+            format!(
+                "the data path's tables need about {} of kernel memory (Maglev {}, \
+                 connection tables {}, the rest {}) and this host has {} available: lower \
+                 dataplane.max_services, ring_size or connection_table_size",
+                human(memory.total()),
+                human(memory.maglev),
+                human(memory.connections),
+                human(memory.other),
+                human(available)
+            ),
+        );
+    }
     problems
+}
+
+/// The kernel memory `config`'s tables take on this host's CPUs.
+pub fn table_memory(config: &Config) -> TableMemory {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    TableMemory::of(
+        &crate::dataplane::Sizes::of(config),
+        u32::try_from(cpus).unwrap_or(u32::MAX),
+    )
+}
+
+/// Memory the kernel can still give this process's maps: the system's
+/// `MemAvailable`, or less if the memory cgroup's `memory.max` leaves less.
+/// BPF maps are charged to the memory cgroup (Linux 5.11 on); the
+/// locked-memory rlimit no longer applies to them. `None` when neither can
+/// be read.
+pub fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
+    let system = meminfo.as_deref().and_then(|text| {
+        text.lines()
+            .find_map(|line| line.strip_prefix("MemAvailable:"))
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .map(|kib| kib * 1024)
+    });
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|text| {
+            let path = text.lines().find_map(|line| line.strip_prefix("0::"))?;
+            let dir = std::path::Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
+            let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
+            let max = read("memory.max")?.trim().parse::<u64>().ok()?;
+            let current = read("memory.current")?.trim().parse::<u64>().ok()?;
+            Some(max.saturating_sub(current))
+        });
+    match (system, cgroup) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }

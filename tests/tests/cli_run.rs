@@ -792,3 +792,93 @@ fn status_and_stats_of_named_services() {
     let output = bed.stop_lb();
     assert!(output.status.success(), "{output:?}");
 }
+
+/// `lb check` prints what the data path's tables cost the kernel (Maglev:
+/// two rows of `ring_size` eight-byte elements per service), and a file
+/// whose tables this host cannot hold gets a warning from `lb check` and is
+/// refused by `lb run` before anything changes.
+#[test]
+fn check_prints_table_memory_and_run_refuses_tables_the_host_cannot_hold() {
+    let pid = std::process::id();
+    let small = lb_tests::TempFile::new(
+        "tables-small.yaml",
+        &format!(
+            "instance: clim{pid}\ninterfaces: [{{ name: lo }}]\n\
+             dataplane: {{ max_services: 100, ring_size: 65537 }}\n"
+        ),
+    );
+    let output = std::process::Command::new(lb_binary())
+        .args([
+            "check",
+            "-c",
+            small.path().to_str().unwrap(),
+            "--output",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let memory = &json["table_memory"];
+    assert_eq!(memory["maglev_bytes"], 100 * 2 * 65_537 * 8, "{json}");
+    let part = |key: &str| memory[key].as_u64().unwrap();
+    assert_eq!(
+        part("total_bytes"),
+        part("maglev_bytes") + part("connections_bytes") + part("other_bytes"),
+        "{json}"
+    );
+    assert!(
+        part("connections_bytes") > 0 && part("available_bytes") > 0,
+        "{json}"
+    );
+    assert_eq!(json["warnings"], serde_json::json!([]), "{json}");
+    let output = std::process::Command::new(lb_binary())
+        .args(["check", "-c", small.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("tables: about ")
+            && stdout.contains("(Maglev 100.0 MiB, connection tables"),
+        "{stdout}"
+    );
+
+    // A million services with a million-slot ring: 16 TB of Maglev rows.
+    let socket = format!("/run/lb/cli-huge-{pid}.sock");
+    let huge = lb_tests::TempFile::new(
+        "tables-huge.yaml",
+        &format!(
+            "instance: clih{pid}\ninterfaces: [{{ name: lo }}]\n\
+             dataplane: {{ max_services: 1000000, ring_size: 1000003 }}\n\
+             control: {{ socket: {socket} }}\n"
+        ),
+    );
+    let output = std::process::Command::new(lb_binary())
+        .args(["check", "-c", huge.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "a warning: {output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("dataplane: the data path's tables need about 14901.8 GiB"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("lb run would refuse to start on this host"),
+        "{stderr}"
+    );
+    let output = std::process::Command::new(lb_binary())
+        .args(["run", "-c", huge.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("nothing was changed") && stderr.contains("tables need about"),
+        "{stderr}"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/sys/fs/bpf/lb/clih{pid}")).exists(),
+        "no maps pinned"
+    );
+}

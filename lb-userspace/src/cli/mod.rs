@@ -677,6 +677,8 @@ fn check(path: &Path, output: Output) -> Result<(), Failure> {
     let mut host = crate::host::problems(&config);
     crate::config::locate(&text, &mut warnings);
     crate::config::locate(&text, &mut host);
+    let memory = crate::host::table_memory(&config);
+    let available = crate::host::available_memory();
     match output {
         Output::Human => {
             for warning in &warnings {
@@ -695,14 +697,33 @@ fn check(path: &Path, output: Output) -> Result<(), Failure> {
                     n => format!(", {n} warning(s)"),
                 }
             );
+            use crate::dataplane::memory::human;
+            println!(
+                "tables: about {} of kernel memory (Maglev {}, connection tables {}, the rest {}){}",
+                human(memory.total()),
+                human(memory.maglev),
+                human(memory.connections),
+                human(memory.other),
+                available.map_or_else(String::new, |bytes| format!(
+                    "; this host has {} available",
+                    human(bytes)
+                ))
+            );
         }
         Output::Json => {
             warnings.extend(host);
             println!(
                 "{}",
                 serde_json::json!({"ok": true, "services": config.services.len(),
-                                   "interfaces": config.interfaces.len(),
-                                   "warnings": problems_json(&warnings)})
+                "interfaces": config.interfaces.len(),
+                "warnings": problems_json(&warnings),
+                "table_memory": {
+                    "total_bytes": memory.total(),
+                    "maglev_bytes": memory.maglev,
+                    "connections_bytes": memory.connections,
+                    "other_bytes": memory.other,
+                    "available_bytes": available,
+                }})
             );
         }
     }

@@ -14,13 +14,7 @@ use lb_common::Settings;
 
 /// Map sizes from the configuration.
 pub fn sizes(config: &Config) -> Sizes {
-    let dataplane = &config.dataplane;
-    Sizes {
-        services: dataplane.max_services,
-        backends: dataplane.max_backends,
-        ring_size: dataplane.ring_size,
-        connections: dataplane.connection_table_size,
-    }
+    Sizes::of(config)
 }
 
 /// The automatic guard's thresholds from the configuration (all zero
