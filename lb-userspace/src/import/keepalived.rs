@@ -565,7 +565,10 @@ fn group_member(t: &mut Translator<'_>, member: &Statement) -> Vec<(IpAddr, u16,
         Some((first, last)) => range(first, last),
     };
     let Some(addresses) = addresses else {
-        t.note(member, "refused: not an address or an address range");
+        t.note(
+            member,
+            "refused: not an address or an address range (of at most 256 addresses)",
+        );
         return Vec::new();
     };
     addresses
@@ -575,7 +578,7 @@ fn group_member(t: &mut Translator<'_>, member: &Statement) -> Vec<(IpAddr, u16,
 }
 
 /// `10.0.0.3-10` → 10.0.0.3 .. 10.0.0.10; `ae00::2-9` → ae00::2 .. ae00::9
-/// (the last group, hexadecimal).
+/// (the last group, hexadecimal); at most 256 addresses.
 fn range(first: &str, last: &str) -> Option<Vec<IpAddr>> {
     match first.parse::<IpAddr>().ok()? {
         IpAddr::V4(start) => {
@@ -589,6 +592,9 @@ fn range(first: &str, last: &str) -> Option<Vec<IpAddr>> {
             let end = u16::from_str_radix(last, 16).ok()?;
             let mut segments = start.segments();
             let first = segments[7];
+            if end.saturating_sub(first) > 255 {
+                return None;
+            }
             (first..=end)
                 .map(|x| {
                     segments[7] = x;

@@ -74,6 +74,10 @@ pub trait Files {
 /// deeper one is most likely a file including itself.
 const MAX_INCLUDE_DEPTH: usize = 32;
 
+/// Most files read in all (a file included twice at each level would
+/// otherwise be read 2^32 times).
+const MAX_FILES: usize = 1024;
+
 /// Deepest nesting of blocks; keepalived's grammar needs four.
 const MAX_BLOCK_DEPTH: usize = 16;
 
@@ -107,6 +111,7 @@ pub fn parse(
         config_id,
         notes,
         tokens: Vec::new(),
+        read: 1,
     };
     let text = files.read(root).map_err(|source| ImportError::Read {
         path: root.to_path_buf(),
@@ -124,6 +129,7 @@ struct Lexer<'a> {
     config_id: Option<&'a str>,
     notes: &'a mut Vec<Note>,
     tokens: Vec<Token>,
+    read: usize,
 }
 
 impl Lexer<'_> {
@@ -225,6 +231,15 @@ impl Lexer<'_> {
             vec![full]
         };
         for path in paths {
+            self.read += 1;
+            if self.read > MAX_FILES {
+                return Err(ImportError::Syntax {
+                    at: at.clone(),
+                    message: format!(
+                        "more than {MAX_FILES} files included (is a file included twice?)"
+                    ),
+                });
+            }
             let text = self
                 .files
                 .read(&path)
@@ -330,45 +345,64 @@ fn expand(files: &dyn Files, pattern: &Path) -> Vec<PathBuf> {
 }
 
 /// Shell-style matching of one path component: `*`, `?`, `[abc]`,
-/// `[a-z]`, `[!a]`.
+/// `[a-z]`, `[!a]`. Iterative, with one backtrack point (the last `*`), so
+/// its time is at most the product of the lengths.
 pub(super) fn glob_match(pattern: &str, name: &str) -> bool {
     let pattern: Vec<char> = pattern.chars().collect();
     let name: Vec<char> = name.chars().collect();
-    glob_from(&pattern, &name)
+    let (mut p, mut n) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        let step = match pattern.get(p) {
+            Some('*') => {
+                star = Some((p + 1, n));
+                p += 1;
+                continue;
+            }
+            Some('?') => Some(p + 1),
+            Some('[') => match class(&pattern, p, name[n]) {
+                Some((true, next)) => Some(next),
+                Some((false, _)) => None,
+                None => (name[n] == '[').then_some(p + 1),
+            },
+            Some(&c) => (c == name[n]).then_some(p + 1),
+            None => None,
+        };
+        if let Some(next) = step {
+            p = next;
+            n += 1;
+        } else if let Some((after, from)) = star {
+            p = after;
+            n = from + 1;
+            star = Some((after, from + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|c| *c == '*')
 }
 
-fn glob_from(pattern: &[char], name: &[char]) -> bool {
-    match pattern.first() {
-        None => name.is_empty(),
-        Some('*') => (0..=name.len()).any(|skip| glob_from(&pattern[1..], &name[skip..])),
-        Some('?') => !name.is_empty() && glob_from(&pattern[1..], &name[1..]),
-        Some('[') => {
-            let Some(close) = pattern.iter().skip(2).position(|c| *c == ']').map(|p| p + 2) else {
-                return name.first() == Some(&'[') && glob_from(&pattern[1..], &name[1..]);
-            };
-            let Some(&c) = name.first() else {
-                return false;
-            };
-            let set = &pattern[1..close];
-            let (negated, set) = match set.first() {
-                Some('!' | '^') => (true, &set[1..]),
-                _ => (false, set),
-            };
-            let mut hit = false;
-            let mut i = 0;
-            while i < set.len() {
-                if i + 2 < set.len() && set[i + 1] == '-' {
-                    hit |= (set[i]..=set[i + 2]).contains(&c);
-                    i += 3;
-                } else {
-                    hit |= set[i] == c;
-                    i += 1;
-                }
-            }
-            hit != negated && glob_from(&pattern[close + 1..], &name[1..])
+/// The class `[...]` at `pattern[at]`: whether `c` is in it, and the index
+/// after it; `None` if it is not closed.
+fn class(pattern: &[char], at: usize, c: char) -> Option<(bool, usize)> {
+    let close = pattern.iter().skip(at + 2).position(|x| *x == ']')? + at + 2;
+    let set = &pattern[at + 1..close];
+    let (negated, set) = match set.first() {
+        Some('!' | '^') => (true, &set[1..]),
+        _ => (false, set),
+    };
+    let mut hit = false;
+    let mut i = 0;
+    while i < set.len() {
+        if i + 2 < set.len() && set[i + 1] == '-' {
+            hit |= (set[i]..=set[i + 2]).contains(&c);
+            i += 3;
+        } else {
+            hit |= set[i] == c;
+            i += 1;
         }
-        Some(&p) => name.first() == Some(&p) && glob_from(&pattern[1..], &name[1..]),
     }
+    Some((hit != negated, close + 1))
 }
 
 /// The statements up to the `}` that closes `opener`'s block (the end of
@@ -582,6 +616,10 @@ mod tests {
             ("vs-[!0-9].conf", "vs-7.conf", false),
             ("[ab]*", "b", true),
             ("exact", "exact", true),
+            ("*a*a*a*a*a*a*a*b", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", false),
+            ("a*", "a", true),
+            ("[", "[", true),
+            ("*.conf", ".conf", true),
         ] {
             assert_eq!(glob_match(pattern, name), expected, "{pattern} {name}");
         }
