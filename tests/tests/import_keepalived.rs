@@ -71,7 +71,10 @@ const TABLE: &[(&str, Outcome)] = &[
     ("keepalived.conf.vrrp.routes", Outcome::Imported(0, 1)),
     ("keepalived.conf.vrrp.rules", Outcome::Imported(0, 1)),
     ("keepalived.conf.vrrp.scripts", Outcome::Imported(0, 3)),
-    ("keepalived.conf.vrrp.static_ipaddress", Outcome::Imported(0, 1)),
+    (
+        "keepalived.conf.vrrp.static_ipaddress",
+        Outcome::Imported(0, 1),
+    ),
     ("keepalived.conf.vrrp.sync", Outcome::Imported(0, 9)),
     (ETC_SAMPLE, Outcome::Imported(3, 1)),
 ];
@@ -132,7 +135,9 @@ fn every_keepalived_sample_imports_or_is_refused_precisely() {
                 );
                 assert_eq!(found, (*services, *instances), "{name}:\n{stdout}");
                 assert!(
-                    stderr.lines().all(|l| l.starts_with("note: ") || l.ends_with("note(s) above")),
+                    stderr
+                        .lines()
+                        .all(|l| l.starts_with("note: ") || l.ends_with("note(s) above")),
                     "{name}: {stderr}"
                 );
                 assert_checks(&stdout, name);
@@ -254,6 +259,56 @@ virtual_server 2001:db8:ff::10 53 {
 }
 ";
 
+/// The operator config's health checks and VRRP instance, as written.
+fn assert_checks_and_ha(config: &Config) {
+    let web = config.services[0].health_check.as_ref().unwrap();
+    assert_eq!(
+        (
+            web.kind,
+            web.path.as_deref(),
+            web.expect_status,
+            web.interval,
+            web.timeout,
+            web.rise,
+            web.fall
+        ),
+        (
+            CheckKind::Https,
+            Some("/ping"),
+            Some(200),
+            Duration::from_secs(3),
+            Duration::from_secs(2),
+            1,
+            2
+        )
+    );
+    let dns = config.services[1].health_check.as_ref().unwrap();
+    assert_eq!(
+        (dns.kind, dns.send.as_deref(), dns.interval, dns.timeout),
+        (
+            CheckKind::Udp,
+            Some("status\n"),
+            Duration::from_mins(1),
+            Duration::from_secs(1)
+        )
+    );
+    let ha = config.ha.as_ref().unwrap();
+    let [edge] = <[_; 1]>::try_from(ha.instances()).unwrap();
+    assert_eq!(
+        (
+            edge.interface.as_str(),
+            edge.virtual_router_id,
+            edge.priority,
+            edge.preempt,
+            edge.preempt_delay
+        ),
+        ("eth1", 61, 120, true, Duration::from_secs(10))
+    );
+    let floating: Vec<String> = edge.floating_ips.iter().map(ToString::to_string).collect();
+    assert_eq!(floating, ["203.0.113.10/24", "2001:db8:ff::10/64"]);
+    assert_eq!(edge.unicast_peers.len(), 1);
+}
+
 #[test]
 fn an_operator_config_comes_out_as_written() {
     let dir = Dir::new(
@@ -328,67 +383,44 @@ fn an_operator_config_comes_out_as_written() {
             ("2001:db8::22".to_string(), 53, 1, 0)
         ]
     );
-    let web = config.services[0].health_check.as_ref().unwrap();
-    assert_eq!(
-        (
-            web.kind,
-            web.path.as_deref(),
-            web.expect_status,
-            web.interval,
-            web.timeout,
-            web.rise,
-            web.fall
-        ),
-        (
-            CheckKind::Https,
-            Some("/ping"),
-            Some(200),
-            Duration::from_secs(3),
-            Duration::from_secs(2),
-            1,
-            2
-        )
-    );
-    let dns = config.services[1].health_check.as_ref().unwrap();
-    assert_eq!(
-        (dns.kind, dns.send.as_deref(), dns.interval, dns.timeout),
-        (
-            CheckKind::Udp,
-            Some("status\n"),
-            Duration::from_mins(1),
-            Duration::from_secs(1)
-        )
-    );
-    let ha = config.ha.as_ref().unwrap();
-    let [edge] = <[_; 1]>::try_from(ha.instances()).unwrap();
-    assert_eq!(
-        (
-            edge.interface.as_str(),
-            edge.virtual_router_id,
-            edge.priority,
-            edge.preempt,
-            edge.preempt_delay
-        ),
-        ("eth1", 61, 120, true, Duration::from_secs(10))
-    );
-    let floating: Vec<String> = edge.floating_ips.iter().map(ToString::to_string).collect();
-    assert_eq!(floating, ["203.0.113.10/24", "2001:db8:ff::10/64"]);
-    assert_eq!(edge.unicast_peers.len(), 1);
+    assert_checks_and_ha(&config);
     // The comments before each virtual_server stay before its service.
     assert!(
-        stdout.contains("  # Public web: two servers, health on /ping.\n  - name: tcp-203.0.113.10-443\n")
-            && stdout.contains("  # DNS over IPv6, direct return.\n  - name: \"udp-2001:db8:ff::10-53\"\n"),
+        stdout.contains(
+            "  # Public web: two servers, health on /ping.\n  - name: tcp-203.0.113.10-443\n"
+        ) && stdout
+            .contains("  # DNS over IPv6, direct return.\n  - name: \"udp-2001:db8:ff::10-53\"\n"),
         "{stdout}"
     );
     for expected in [
-        format!("{}:4: script_user root: lb runs no VRRP scripts", dir.file("keepalived.conf")),
-        format!("{}:8: state BACKUP: lb has no initial state", dir.file("keepalived.conf")),
-        format!("{}:3: router_id site-a.lb1: instance named \"site-a-lb1\"", dir.file("keepalived.conf")),
+        format!(
+            "{}:4: script_user root: lb runs no VRRP scripts",
+            dir.file("keepalived.conf")
+        ),
+        format!(
+            "{}:8: state BACKUP: lb has no initial state",
+            dir.file("keepalived.conf")
+        ),
+        format!(
+            "{}:3: router_id site-a.lb1: instance named \"site-a-lb1\"",
+            dir.file("keepalived.conf")
+        ),
     ] {
         assert!(stderr.contains(&expected), "no {expected:?} in:\n{stderr}");
     }
+}
 
-    // The same as one JSON object.
+/// `--output json`: the configuration and the notes in one object; the
+/// options name the instance and the interfaces.
+#[test]
+fn the_json_output_holds_the_config_and_the_notes() {
+    let dir = Dir::new(
+        "import-json",
+        &[
+            ("keepalived.conf", OPERATOR_MAIN),
+            ("services/10-web.conf", OPERATOR_WEB),
+        ],
+    );
     let output = lb(&[
         "import",
         "keepalived",
@@ -410,10 +442,12 @@ fn an_operator_config_comes_out_as_written() {
     assert_eq!(names, ["eth0", "eth1"]);
     let notes = json["notes"].as_array().unwrap();
     assert!(
-        notes.iter().any(|n| n["file"] == dir.file("keepalived.conf")
-            && n["line"] == 8
-            && n["directive"] == "state BACKUP"
-            && n["note"].as_str().unwrap().contains("no initial state")),
+        notes
+            .iter()
+            .any(|n| n["file"] == dir.file("keepalived.conf")
+                && n["line"] == 8
+                && n["directive"] == "state BACKUP"
+                && n["note"].as_str().unwrap().contains("no initial state")),
         "{notes:#?}"
     );
 }
@@ -429,7 +463,10 @@ fn bad_input_exits_1_naming_file_and_line() {
                  real_server 192.0.2.11 80 {\n    weight 1\n  }\n",
             ),
             ("extra.conf", "global_defs {\n}\n}\n"),
-            ("unknown.conf", "global_defs {\n}\n\nvirtual_service 203.0.113.10 80 {\n}\n"),
+            (
+                "unknown.conf",
+                "global_defs {\n}\n\nvirtual_service 203.0.113.10 80 {\n}\n",
+            ),
             ("include.conf", "global_defs {\n}\ninclude missing.conf\n"),
         ],
     );
@@ -572,7 +609,9 @@ fn an_imported_configuration_runs() {
             .collect::<Vec<_>>()
     });
     assert!(
-        served.iter().all(|s| matches!(s.as_deref(), Some("b11" | "b12")))
+        served
+            .iter()
+            .all(|s| matches!(s.as_deref(), Some("b11" | "b12")))
             && served.contains(&Some("b11".into()))
             && served.contains(&Some("b12".into())),
         "round robin over both backends through the VIP: {served:?}"

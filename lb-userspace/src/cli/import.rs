@@ -32,7 +32,7 @@ pub enum Source {
         /// the VRRP instances' interfaces.
         #[arg(long, value_name = "NAME")]
         interface: Vec<String>,
-        /// The instance name; default: global_defs' router_id.
+        /// The instance name; default: `router_id` in `global_defs`.
         #[arg(long, value_name = "NAME")]
         instance: Option<String>,
         /// Keep the `@ID` lines of this configuration id (keepalived -i ID).

@@ -200,7 +200,11 @@ fn scalar(text: &str) -> String {
             text.to_ascii_lowercase().as_str(),
             "true" | "false" | "yes" | "no" | "on" | "off" | "null" | "y" | "n"
         );
-    if plain { text.to_string() } else { quoted(text) }
+    if plain {
+        text.to_string()
+    } else {
+        quoted(text)
+    }
 }
 
 /// Double-quoted: a JSON string is a valid YAML double-quoted scalar.

@@ -298,36 +298,17 @@ pub(super) fn translate(
                 && s.args().get(1) == group.args().first()
         });
         if !used {
-            t.note(group, "no virtual_server uses this group: nothing imported from it");
+            t.note(
+                group,
+                "no virtual_server uses this group: nothing imported from it",
+            );
         }
     }
     unique_names(&mut services);
     let ha = vrrp::section(instances, garp);
     let sync = sync_section(&mut t, lvs_sync, &sync_interfaces, ha.as_ref());
     let instance = instance_name(&mut t, root, options, router_id);
-    let interfaces = if options.interfaces.is_empty() {
-        let mut names: Vec<String> = Vec::new();
-        for instance in ha.iter().flat_map(|ha| &ha.instances) {
-            if !names.contains(&instance.interface) {
-                names.push(instance.interface.clone());
-            }
-        }
-        if names.is_empty() {
-            names.push("eth0".into());
-            if let Some(first) = statements.first() {
-                t.notes.push(Note {
-                    at: first.at.clone(),
-                    directive: "interfaces".into(),
-                    note: "keepalived does not name the interfaces traffic arrives on: eth0 \
-                           written; give --interface NAME (repeatable) for yours"
-                        .into(),
-                });
-            }
-        }
-        names
-    } else {
-        options.interfaces.clone()
-    };
+    let interfaces = interfaces(&mut t, statements, options, ha.as_ref());
     Ok(Draft {
         instance,
         interfaces,
@@ -337,19 +318,59 @@ pub(super) fn translate(
     })
 }
 
+/// `interfaces:`: `--interface`, else the VRRP instances' interfaces, else
+/// `eth0`, noted.
+fn interfaces(
+    t: &mut Translator<'_>,
+    statements: &[Statement],
+    options: &Options,
+    ha: Option<&DraftHa>,
+) -> Vec<String> {
+    if !options.interfaces.is_empty() {
+        return options.interfaces.clone();
+    }
+    let mut names: Vec<String> = Vec::new();
+    for instance in ha.iter().flat_map(|ha| &ha.instances) {
+        if !names.contains(&instance.interface) {
+            names.push(instance.interface.clone());
+        }
+    }
+    if names.is_empty() {
+        names.push("eth0".into());
+        if let Some(first) = statements.first() {
+            t.notes.push(Note {
+                at: first.at.clone(),
+                directive: "interfaces".into(),
+                note: "keepalived does not name the interfaces traffic arrives on: eth0 \
+                       written; give --interface NAME (repeatable) for yours"
+                    .into(),
+            });
+        }
+    }
+    names
+}
+
 /// `global_defs` entries other than `router_id` and `lvs_sync_daemon`.
 fn global_note(t: &mut Translator<'_>, child: &Statement) {
     let why = match child.keyword() {
-        "notification_email" | "notification_email_from" | "smtp_server"
-        | "smtp_connect_timeout" | "smtp_helo_name" | "smtp_alert" | "smtp_alert_vrrp"
+        "notification_email"
+        | "notification_email_from"
+        | "smtp_server"
+        | "smtp_connect_timeout"
+        | "smtp_helo_name"
+        | "smtp_alert"
+        | "smtp_alert_vrrp"
         | "smtp_alert_checker" => {
             "lb sends no mail: lb status, lb ha and the metrics (control.metrics) report changes"
         }
         "vrrp_strict" => {
             "lb always speaks strict VRRPv3 (no authentication, version 3); nothing to set"
         }
-        "vrrp_garp_interval" | "vrrp_gna_interval" | "vrrp_garp_master_repeat"
-        | "vrrp_garp_master_delay" | "vrrp_garp_master_refresh" => {
+        "vrrp_garp_interval"
+        | "vrrp_gna_interval"
+        | "vrrp_garp_master_repeat"
+        | "vrrp_garp_master_delay"
+        | "vrrp_garp_master_refresh" => {
             "per-instance announcements are ha.garp_repeat and ha.garp_interval; not set from \
              the global default"
         }
@@ -482,7 +503,9 @@ fn unique_names(services: &mut [DraftService]) {
 /// A keepalived duration: seconds, decimals allowed.
 pub(super) fn seconds(text: &str) -> Option<Duration> {
     let value: f64 = text.parse().ok()?;
-    (value.is_finite() && value >= 0.0 && value < 1e9).then(|| Duration::from_secs_f64(value))
+    (0.0..1e9)
+        .contains(&value)
+        .then(|| Duration::from_secs_f64(value))
 }
 
 /// The service key(s) a `virtual_server` names: `ADDR PORT`, or each
@@ -519,16 +542,11 @@ fn service_keys(t: &mut Translator<'_>, statement: &Statement) -> Vec<(IpAddr, u
             }
             keys
         }
-        [address, port] => match (address.parse::<IpAddr>(), port.parse::<u16>()) {
-            (Ok(address), Ok(port)) => vec![(address, port, statement.at.clone())],
-            _ => {
-                t.note(
-                    statement,
-                    "refused: not `virtual_server ADDRESS PORT`, `fwmark N` or `group NAME`",
-                );
-                Vec::new()
-            }
-        },
+        [address, port]
+            if let (Ok(address), Ok(port)) = (address.parse::<IpAddr>(), port.parse::<u16>()) =>
+        {
+            vec![(address, port, statement.at.clone())]
+        }
         _ => {
             t.note(
                 statement,
@@ -577,7 +595,7 @@ fn group_member(t: &mut Translator<'_>, member: &Statement) -> Vec<(IpAddr, u16,
         .collect()
 }
 
-/// `10.0.0.3-10` → 10.0.0.3 .. 10.0.0.10; `ae00::2-9` → ae00::2 .. ae00::9
+/// `10.0.0.3-10` → 10.0.0.3 to 10.0.0.10; `ae00::2-9` → `ae00::2` to `ae00::9`
 /// (the last group, hexadecimal); at most 256 addresses.
 fn range(first: &str, last: &str) -> Option<Vec<IpAddr>> {
     match first.parse::<IpAddr>().ok()? {
@@ -619,6 +637,10 @@ struct ServiceSettings {
     retry: Option<u32>,
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one match arm per keepalived directive"
+)]
 fn virtual_server(t: &mut Translator<'_>, statement: &Statement) -> Vec<DraftService> {
     let keys = service_keys(t, statement);
     let mut settings = ServiceSettings {
@@ -662,7 +684,7 @@ fn virtual_server(t: &mut Translator<'_>, statement: &Statement) -> Vec<DraftSer
                 Some(d) if !d.is_zero() => settings.delay_loop = d,
                 _ => t.note(child, "not a duration in seconds: keepalived's 60 s used"),
             },
-            ("persistence_timeout", _) | ("persistence_granularity", _) => {
+            ("persistence_timeout" | "persistence_granularity", _) => {
                 persistence = Some(child);
             }
             ("virtualhost", Some(host)) => settings.virtualhost = Some(host.to_string()),
@@ -673,33 +695,7 @@ fn virtual_server(t: &mut Translator<'_>, statement: &Statement) -> Vec<DraftSer
             }
             ("real_server", _) => real_servers.push(child),
             ("sorry_server", _) => sorry = Some(child),
-            ("quorum" | "hysteresis" | "quorum_up" | "quorum_down", _) => t.note(
-                child,
-                "no quorum scripts: a tier serves while it has min_healthy healthy backends \
-                 (services[].min_healthy), and a VRRP instance can track a service's healthy \
-                 backends (ha.track)",
-            ),
-            ("alpha", _) => t.note(
-                child,
-                "lb starts every backend unknown and gives it traffic until a check fails \
-                 (rise / fall count consecutive results)",
-            ),
-            ("omega", _) => t.note(child, "lb runs no quorum scripts"),
-            ("ha_suspend", _) => t.note(
-                child,
-                "lb checks backends on the backup balancer too, so a takeover starts with \
-                 known health",
-            ),
-            ("sorry_server_inhibit" | "sorry_server_lvs_method", _) => t.note(
-                child,
-                "the sorry server is a tier-1 backend of the service, forwarded like the others",
-            ),
-            ("ops", _) => t.note(
-                child,
-                "no one-packet scheduling: every UDP flow stays on its backend until idle \
-                 (dataplane.udp_idle_timeout)",
-            ),
-            _ => t.note(child, "no counterpart in lb: not carried over"),
+            _ => service_note(t, child),
         }
     }
     if refused {
@@ -709,36 +705,13 @@ fn virtual_server(t: &mut Translator<'_>, statement: &Statement) -> Vec<DraftSer
     if let Some(persistence) = persistence {
         persistent(t, persistence, &mut settings.scheduler);
     }
-    let mut backends = Vec::new();
-    let mut check: Option<(DraftCheck, Position)> = None;
-    for real_server in &real_servers {
-        let Some(backend) = backend(t, real_server, &settings, keys.first().map(|k| k.1)) else {
-            continue;
-        };
-        let found = checker(t, real_server, &settings);
-        match (&check, found) {
-            (None, Some(found)) => check = Some((found, real_server.at.clone())),
-            (Some((first, at)), Some(found)) if *first != found => t.note(
-                real_server,
-                format!(
-                    "its checker differs from the one at {at}: lb has one health check per \
-                     service, the first one's"
-                ),
-            ),
-            (Some((_, at)), None) => t.note(
-                real_server,
-                format!("no checker here: lb checks every backend with the one at {at}"),
-            ),
-            _ => {}
-        }
-        backends.push(backend);
-    }
-    if settings.failover {
-        failover_tiers(&mut backends);
-    }
-    if let Some(sorry) = sorry {
-        sorry_server(t, sorry, &settings, &mut backends, keys.first().map(|k| k.1));
-    }
+    let (backends, check) = pool(
+        t,
+        &real_servers,
+        sorry,
+        &settings,
+        keys.first().map(|k| k.1),
+    );
     keys.into_iter()
         .enumerate()
         .map(|(i, (vip, port, at))| {
@@ -776,10 +749,85 @@ fn virtual_server(t: &mut Translator<'_>, statement: &Statement) -> Vec<DraftSer
                         b
                     })
                     .collect(),
-                check: check.as_ref().map(|(c, _)| c.clone()),
+                check: check.clone(),
             }
         })
         .collect()
+}
+
+/// The `virtual_server` settings that only have a note.
+fn service_note(t: &mut Translator<'_>, child: &Statement) {
+    match (child.keyword(), ()) {
+        ("quorum" | "hysteresis" | "quorum_up" | "quorum_down", ()) => t.note(
+            child,
+            "no quorum scripts: a tier serves while it has min_healthy healthy backends \
+                 (services[].min_healthy), and a VRRP instance can track a service's healthy \
+                 backends (ha.track)",
+        ),
+        ("alpha", ()) => t.note(
+            child,
+            "lb starts every backend unknown and gives it traffic until a check fails \
+                 (rise / fall count consecutive results)",
+        ),
+        ("omega", ()) => t.note(child, "lb runs no quorum scripts"),
+        ("ha_suspend", ()) => t.note(
+            child,
+            "lb checks backends on the backup balancer too, so a takeover starts with \
+                 known health",
+        ),
+        ("sorry_server_inhibit" | "sorry_server_lvs_method", ()) => t.note(
+            child,
+            "the sorry server is a tier-1 backend of the service, forwarded like the others",
+        ),
+        ("ops", ()) => t.note(
+            child,
+            "no one-packet scheduling: every UDP flow stays on its backend until idle \
+                 (dataplane.udp_idle_timeout)",
+        ),
+        _ => t.note(child, "no counterpart in lb: not carried over"),
+    }
+}
+
+/// The backends of a `virtual_server` (its real servers, then the sorry
+/// server) and its health check.
+fn pool(
+    t: &mut Translator<'_>,
+    real_servers: &[&Statement],
+    sorry: Option<&Statement>,
+    settings: &ServiceSettings,
+    service_port: Option<u16>,
+) -> (Vec<DraftBackend>, Option<DraftCheck>) {
+    let mut backends = Vec::new();
+    let mut check: Option<(DraftCheck, Position)> = None;
+    for real_server in real_servers {
+        let Some(backend) = backend(t, real_server, settings, service_port) else {
+            continue;
+        };
+        let found = checker(t, real_server, settings);
+        match (&check, found) {
+            (None, Some(found)) => check = Some((found, real_server.at.clone())),
+            (Some((first, at)), Some(found)) if *first != found => t.note(
+                real_server,
+                format!(
+                    "its checker differs from the one at {at}: lb has one health check per \
+                     service, the first one's"
+                ),
+            ),
+            (Some((_, at)), None) => t.note(
+                real_server,
+                format!("no checker here: lb checks every backend with the one at {at}"),
+            ),
+            _ => {}
+        }
+        backends.push(backend);
+    }
+    if settings.failover {
+        failover_tiers(&mut backends);
+    }
+    if let Some(sorry) = sorry {
+        sorry_server(t, sorry, settings, &mut backends, service_port);
+    }
+    (backends, check.map(|(check, _)| check))
 }
 
 /// `lb_algo`: rr / wrr → round-robin, lc / wlc → least-conn, sh → ip-hash,
@@ -973,7 +1021,10 @@ fn failover_tiers(backends: &mut [DraftBackend]) {
     weights.sort_unstable_by(|a, b| b.cmp(a));
     weights.dedup();
     for backend in backends {
-        let rank = weights.iter().position(|w| *w == backend.weight).unwrap_or(0);
+        let rank = weights
+            .iter()
+            .position(|w| *w == backend.weight)
+            .unwrap_or(0);
         backend.tier = u8::try_from(rank).unwrap_or(u8::MAX);
     }
 }

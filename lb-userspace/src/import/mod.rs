@@ -92,7 +92,10 @@ pub enum ImportError {
         source: io::Error,
     },
     /// The result does not pass `lb check`.
-    #[error("the imported configuration does not pass lb check:\n{}", list(problems))]
+    #[error(
+        "the imported configuration does not pass lb check:\n{}",
+        list(problems)
+    )]
     Invalid {
         /// Each problem.
         problems: Vec<Refusal>,

@@ -118,7 +118,7 @@ pub fn parse(
         from: None,
         source,
     })?;
-    lexer.lex(Arc::from(root), &text, 0)?;
+    lexer.lex(&Arc::from(root), &text, 0)?;
     let mut at = 0;
     let tokens = lexer.tokens;
     block(&tokens, &mut at, None, 0)
@@ -133,10 +133,10 @@ struct Lexer<'a> {
 }
 
 impl Lexer<'_> {
-    fn lex(&mut self, file: Arc<Path>, text: &str, depth: usize) -> Result<(), ImportError> {
+    fn lex(&mut self, file: &Arc<Path>, text: &str, depth: usize) -> Result<(), ImportError> {
         for (number, line) in text.lines().enumerate() {
             let at = Position {
-                file: Arc::clone(&file),
+                file: Arc::clone(file),
                 line: u32::try_from(number + 1).unwrap_or(u32::MAX),
             };
             let mut line = line.trim();
@@ -240,15 +240,12 @@ impl Lexer<'_> {
                     ),
                 });
             }
-            let text = self
-                .files
-                .read(&path)
-                .map_err(|source| ImportError::Read {
-                    path: path.clone(),
-                    from: Some(at.clone()),
-                    source,
-                })?;
-            self.lex(Arc::from(path.as_path()), &text, depth + 1)?;
+            let text = self.files.read(&path).map_err(|source| ImportError::Read {
+                path: path.clone(),
+                from: Some(at.clone()),
+                source,
+            })?;
+            self.lex(&Arc::from(path.as_path()), &text, depth + 1)?;
         }
         Ok(())
     }
@@ -467,10 +464,22 @@ fn block(
                 // The block's `{` on this line, or alone at the start of
                 // the next.
                 let mut next = *at;
-                if matches!(tokens.get(next), Some(Token { kind: Kind::Newline, .. })) {
+                if matches!(
+                    tokens.get(next),
+                    Some(Token {
+                        kind: Kind::Newline,
+                        ..
+                    })
+                ) {
                     next += 1;
                 }
-                if matches!(tokens.get(next), Some(Token { kind: Kind::Open, .. })) {
+                if matches!(
+                    tokens.get(next),
+                    Some(Token {
+                        kind: Kind::Open,
+                        ..
+                    })
+                ) {
                     if depth >= MAX_BLOCK_DEPTH {
                         return Err(ImportError::Syntax {
                             at: statement.at,
@@ -559,7 +568,10 @@ mod tests {
             ]
         );
         assert_eq!(&*statements[1].at.file, Path::new("/k/conf.d/a.conf"));
-        assert_eq!(&*statements[0].children()[0].at.file, Path::new("/k/defs.conf"));
+        assert_eq!(
+            &*statements[0].children()[0].at.file,
+            Path::new("/k/defs.conf")
+        );
     }
 
     #[test]
@@ -570,8 +582,14 @@ mod tests {
                 "/k/keepalived.conf:1: the block of `virtual_server 10.0.0.1 80` opened here is never closed",
             ),
             ("a {\n}\n}\n", "/k/keepalived.conf:3: `}` closes no block"),
-            ("{\n}\n", "/k/keepalived.conf:1: `{` opens a block without a keyword"),
-            ("misc_path \"/bin/x\n", "/k/keepalived.conf:1: a quoted word is not closed"),
+            (
+                "{\n}\n",
+                "/k/keepalived.conf:1: `{` opens a block without a keyword",
+            ),
+            (
+                "misc_path \"/bin/x\n",
+                "/k/keepalived.conf:1: a quoted word is not closed",
+            ),
             ("$X=1\n", "/k/keepalived.conf:1: keepalived parameters"),
             (
                 "\ninclude missing.conf\n",
@@ -600,7 +618,8 @@ mod tests {
             (Some("low"), vec!["2:priority|85"], 2),
         ] {
             let mut notes = Vec::new();
-            let statements = parse(Path::new("/k/keepalived.conf"), &files, id, &mut notes).unwrap();
+            let statements =
+                parse(Path::new("/k/keepalived.conf"), &files, id, &mut notes).unwrap();
             assert_eq!(show(&statements), expected, "{id:?}");
             assert_eq!(notes.len(), left_out, "{notes:?}");
         }
@@ -616,7 +635,11 @@ mod tests {
             ("vs-[!0-9].conf", "vs-7.conf", false),
             ("[ab]*", "b", true),
             ("exact", "exact", true),
-            ("*a*a*a*a*a*a*a*b", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", false),
+            (
+                "*a*a*a*a*a*a*a*b",
+                "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+                false,
+            ),
             ("a*", "a", true),
             ("[", "[", true),
             ("*.conf", ".conf", true),

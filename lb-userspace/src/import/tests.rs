@@ -158,7 +158,13 @@ virtual_server 2001:db8:ff::10 53
     assert_eq!(config.interfaces[0].name, "eth1");
     let [web, dns] = <[_; 2]>::try_from(config.services).unwrap();
     assert_eq!(
-        (web.vip, web.port, web.protocol, web.scheduler, web.forwarding),
+        (
+            web.vip,
+            web.port,
+            web.protocol,
+            web.scheduler,
+            web.forwarding
+        ),
         (
             "203.0.113.10".parse().unwrap(),
             80,
@@ -190,7 +196,13 @@ virtual_server 2001:db8:ff::10 53
         (Duration::from_secs(2), Duration::from_secs(1), 1, 3)
     );
     assert_eq!(
-        (dns.vip, dns.port, dns.protocol, dns.scheduler, dns.forwarding),
+        (
+            dns.vip,
+            dns.port,
+            dns.protocol,
+            dns.scheduler,
+            dns.forwarding
+        ),
         (
             "2001:db8:ff::10".parse().unwrap(),
             53,
@@ -201,10 +213,7 @@ virtual_server 2001:db8:ff::10 53
     );
     let check = dns.health_check.unwrap();
     assert_eq!(check.kind, CheckKind::Exec);
-    assert_eq!(
-        check.command.unwrap(),
-        ["/usr/lib/lb/dig-check", "-q a"]
-    );
+    assert_eq!(check.command.unwrap(), ["/usr/lib/lb/dig-check", "-q a"]);
     // keepalived's default delay_loop, 60 s; misc_timeout 3 s.
     assert_eq!(
         (check.interval, check.timeout),
@@ -216,8 +225,15 @@ virtual_server 2001:db8:ff::10 53
     assert_eq!(instance.interface, "eth1");
     assert_eq!(instance.advert_interval, Duration::from_millis(500));
     assert!(!instance.preempt);
-    assert_eq!(instance.unicast_peers, ["192.0.2.3".parse::<IpAddr>().unwrap()]);
-    let floating: Vec<String> = instance.floating_ips.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        instance.unicast_peers,
+        ["192.0.2.3".parse::<IpAddr>().unwrap()]
+    );
+    let floating: Vec<String> = instance
+        .floating_ips
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     assert_eq!(floating, ["203.0.113.10/24", "2001:db8:ff::10/128"]);
     // The comments before the web service are kept before it.
     assert!(
@@ -234,7 +250,12 @@ virtual_server 2001:db8:ff::10 53
         (ROOT, 17, "authentication", "VRRPv3 has no authentication"),
         (ROOT, 23, "2001:db8:ff::10 dev eth0", "not to eth0"),
         (ROOT, 25, "track_script", "lb runs no scripts"),
-        ("/etc/keepalived/conf.d/10-web.conf", 8, "sorry_server 192.0.2.30 8080", "tier 1"),
+        (
+            "/etc/keepalived/conf.d/10-web.conf",
+            8,
+            "sorry_server 192.0.2.30 8080",
+            "tier 1",
+        ),
     ] {
         assert!(
             notes.iter().any(|n| &*n.at.file == Path::new(file)
@@ -246,23 +267,113 @@ virtual_server 2001:db8:ff::10 53
     }
 }
 
+/// `lb_algo`, `lb_kind`, a persistence line; the scheduler and forwarding
+/// they give, and a note that must say so (none: no note on them).
+type SchedulerCase = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Scheduler,
+    Forwarding,
+    Option<&'static str>,
+);
+
+const SCHEDULER_CASES: &[SchedulerCase] = &[
+    (
+        "rr",
+        "NAT",
+        "",
+        Scheduler::RoundRobin,
+        Forwarding::Nat,
+        None,
+    ),
+    (
+        "wrr",
+        "DR",
+        "",
+        Scheduler::RoundRobin,
+        Forwarding::Dsr,
+        None,
+    ),
+    (
+        "lc",
+        "TUN",
+        "",
+        Scheduler::LeastConn,
+        Forwarding::Tunnel,
+        None,
+    ),
+    (
+        "wlc",
+        "NAT",
+        "",
+        Scheduler::LeastConn,
+        Forwarding::Nat,
+        None,
+    ),
+    ("sh", "NAT", "", Scheduler::IpHash, Forwarding::Nat, None),
+    ("mh", "NAT", "", Scheduler::Maglev, Forwarding::Nat, None),
+    (
+        "dh",
+        "NAT",
+        "",
+        Scheduler::Maglev,
+        Forwarding::Nat,
+        Some("destination hashing"),
+    ),
+    (
+        "sed",
+        "NAT",
+        "",
+        Scheduler::LeastConn,
+        Forwarding::Nat,
+        Some("nearest"),
+    ),
+    (
+        "nq",
+        "NAT",
+        "",
+        Scheduler::LeastConn,
+        Forwarding::Nat,
+        Some("nearest"),
+    ),
+    (
+        "lblc",
+        "NAT",
+        "",
+        Scheduler::LeastConn,
+        Forwarding::Nat,
+        Some("locality"),
+    ),
+    (
+        "ovf",
+        "NAT",
+        "",
+        Scheduler::LeastConn,
+        Forwarding::Nat,
+        Some("overflow"),
+    ),
+    (
+        "rr",
+        "NAT",
+        "persistence_timeout 300",
+        Scheduler::IpHash,
+        Forwarding::Nat,
+        Some("ip-hash instead of round-robin"),
+    ),
+    (
+        "rr",
+        "NAT",
+        "persistence_timeout 0",
+        Scheduler::RoundRobin,
+        Forwarding::Nat,
+        None,
+    ),
+];
+
 #[test]
 fn schedulers_and_forwarding_map_to_lbs() {
-    for (algo, kind, persistence, scheduler, forwarding, note) in [
-        ("rr", "NAT", "", Scheduler::RoundRobin, Forwarding::Nat, None),
-        ("wrr", "DR", "", Scheduler::RoundRobin, Forwarding::Dsr, None),
-        ("lc", "TUN", "", Scheduler::LeastConn, Forwarding::Tunnel, None),
-        ("wlc", "NAT", "", Scheduler::LeastConn, Forwarding::Nat, None),
-        ("sh", "NAT", "", Scheduler::IpHash, Forwarding::Nat, None),
-        ("mh", "NAT", "", Scheduler::Maglev, Forwarding::Nat, None),
-        ("dh", "NAT", "", Scheduler::Maglev, Forwarding::Nat, Some("destination hashing")),
-        ("sed", "NAT", "", Scheduler::LeastConn, Forwarding::Nat, Some("nearest")),
-        ("nq", "NAT", "", Scheduler::LeastConn, Forwarding::Nat, Some("nearest")),
-        ("lblc", "NAT", "", Scheduler::LeastConn, Forwarding::Nat, Some("locality")),
-        ("ovf", "NAT", "", Scheduler::LeastConn, Forwarding::Nat, Some("overflow")),
-        ("rr", "NAT", "persistence_timeout 300", Scheduler::IpHash, Forwarding::Nat, Some("ip-hash instead of round-robin")),
-        ("rr", "NAT", "persistence_timeout 0", Scheduler::RoundRobin, Forwarding::Nat, None),
-    ] {
+    for &(algo, kind, persistence, scheduler, forwarding, note) in SCHEDULER_CASES {
         let text = format!(
             "virtual_server 203.0.113.10 80 {{\n lb_algo {algo}\n lb_kind {kind}\n {persistence}\n\
              real_server 192.0.2.11 80 {{\n }}\n}}\n"
@@ -323,14 +434,32 @@ fn checkers_map_to_health_checks() {
     assert_eq!(check.host.as_deref(), Some("www.example.com"));
     assert_eq!(check.fall, 5);
     // The timeout may not exceed the interval.
-    assert_eq!((check.interval, check.timeout), (Duration::from_secs(10), Duration::from_secs(10)));
-    for expected in ["one status code: 200", "does not hash the body", "the first url's", "spaces every check", "at most the interval"] {
-        assert!(notes.iter().any(|n| n.contains(expected)), "{expected}: {notes:#?}");
+    assert_eq!(
+        (check.interval, check.timeout),
+        (Duration::from_secs(10), Duration::from_secs(10))
+    );
+    for expected in [
+        "one status code: 200",
+        "does not hash the body",
+        "the first url's",
+        "spaces every check",
+        "at most the interval",
+    ] {
+        assert!(
+            notes.iter().any(|n| n.contains(expected)),
+            "{expected}: {notes:#?}"
+        );
     }
     let (check, notes) = service("UDP_CHECK { payload 68656c6c6f\n connect_timeout 2 }");
     let check = check.unwrap();
-    assert_eq!((check.kind, check.send.as_deref()), (CheckKind::Udp, Some("hello")));
-    assert!(notes.iter().any(|n| n.contains("needs a reply")), "{notes:#?}");
+    assert_eq!(
+        (check.kind, check.send.as_deref()),
+        (CheckKind::Udp, Some("hello"))
+    );
+    assert!(
+        notes.iter().any(|n| n.contains("needs a reply")),
+        "{notes:#?}"
+    );
     let (check, _) = service("PING_CHECK { retry 4 }");
     let check = check.unwrap();
     assert_eq!(check.kind, CheckKind::Exec);
@@ -338,14 +467,20 @@ fn checkers_map_to_health_checks() {
     assert_eq!(check.fall, 5);
     let (check, notes) = service("SMTP_CHECK { helo_name x }");
     assert_eq!(check.unwrap().kind, CheckKind::Tcp);
-    assert!(notes.iter().any(|n| n.contains("no SMTP check")), "{notes:#?}");
+    assert!(
+        notes.iter().any(|n| n.contains("no SMTP check")),
+        "{notes:#?}"
+    );
     let (check, notes) = service("DNS_CHECK { type A }");
     assert_eq!(check, None);
     assert!(notes.iter().any(|n| n.contains("always up")), "{notes:#?}");
     let (check, _) = service("TCP_CHECK { }");
     let check = check.unwrap();
     // keepalived's defaults: 5 s connect timeout, one retry.
-    assert_eq!((check.kind, check.timeout, check.fall), (CheckKind::Tcp, Duration::from_secs(5), 2));
+    assert_eq!(
+        (check.kind, check.timeout, check.fall),
+        (CheckKind::Tcp, Duration::from_secs(5), 2)
+    );
 }
 
 #[test]
@@ -357,22 +492,42 @@ fn groups_expand_and_firewall_marks_are_refused() {
     let imported = import(&[(ROOT, text)]).unwrap_err();
     // Both families in one group cannot share backends: lb check says so,
     // at the real_server's line.
-    let ImportError::Invalid { problems, notes, .. } = imported else {
+    let ImportError::Invalid {
+        problems, notes, ..
+    } = imported
+    else {
         panic!("{imported}");
     };
     assert!(
-        problems.iter().any(|p| p.at.as_ref().is_some_and(|at| at.line == 9)
-            && p.path == "services[3].backends[0].address"
-            && p.message.contains("address family")),
+        problems
+            .iter()
+            .any(|p| p.at.as_ref().is_some_and(|at| at.line == 9)
+                && p.path == "services[3].backends[0].address"
+                && p.message.contains("address family")),
         "{problems:#?}"
     );
     assert!(noted(&notes, 4, "fwmark 7", "refused"), "{notes:#?}");
-    assert!(noted(&notes, 11, "virtual_server fwmark 1", "refused"), "{notes:#?}");
+    assert!(
+        noted(&notes, 11, "virtual_server fwmark 1", "refused"),
+        "{notes:#?}"
+    );
     let text = text.replace(" 2001:db8:ff::a-b 80\n", "");
     let (config, _) = config(&text);
-    let vips: Vec<String> = config.services.iter().map(|s| format!("{}:{}", s.vip, s.port)).collect();
-    assert_eq!(vips, ["203.0.113.10:80", "203.0.113.11:80", "203.0.113.12:80"]);
-    assert!(config.services.iter().all(|s| s.backends.len() == 1 && s.health_check.is_some()));
+    let vips: Vec<String> = config
+        .services
+        .iter()
+        .map(|s| format!("{}:{}", s.vip, s.port))
+        .collect();
+    assert_eq!(
+        vips,
+        ["203.0.113.10:80", "203.0.113.11:80", "203.0.113.12:80"]
+    );
+    assert!(
+        config
+            .services
+            .iter()
+            .all(|s| s.backends.len() == 1 && s.health_check.is_some())
+    );
 }
 
 #[test]
@@ -384,7 +539,9 @@ fn a_result_lb_refuses_is_placed_at_the_keepalived_line() {
     let error = import(&[(ROOT, text)]).unwrap_err();
     let message = error.to_string();
     assert!(
-        message.contains(&format!("{ROOT}:5: services[1].backends[0]: 192.0.2.11:80 is also a NAT backend")),
+        message.contains(&format!(
+            "{ROOT}:5: services[1].backends[0]: 192.0.2.11:80 is also a NAT backend"
+        )),
         "{message}"
     );
 }
@@ -396,7 +553,10 @@ fn nothing_importable_is_refused() {
     let ImportError::Nothing { notes } = &error else {
         panic!("{error}");
     };
-    assert!(noted(notes, 1, "virtual_server fwmark 1", "not supported"), "{notes:#?}");
+    assert!(
+        noted(notes, 1, "virtual_server fwmark 1", "not supported"),
+        "{notes:#?}"
+    );
 }
 
 #[test]
@@ -407,7 +567,7 @@ fn bad_input_names_file_and_line() {
             format!("{ROOT}:4: unknown keepalived keyword `vrrp_thing`"),
         ),
         (
-            vec![(ROOT, "virtual_server 203.0.113.10 80 {\n"), ],
+            vec![(ROOT, "virtual_server 203.0.113.10 80 {\n")],
             format!("{ROOT}:1: the block of `virtual_server 203.0.113.10 80`"),
         ),
         (
@@ -416,11 +576,18 @@ fn bad_input_names_file_and_line() {
         ),
     ] {
         let error = import(&files).unwrap_err().to_string();
-        assert!(error.starts_with(&expected), "{error:?} is not {expected:?}");
+        assert!(
+            error.starts_with(&expected),
+            "{error:?} is not {expected:?}"
+        );
     }
-    let error = keepalived(Path::new("/nowhere.conf"), &memory(&[]), &Options::default())
-        .unwrap_err()
-        .to_string();
+    let error = keepalived(
+        Path::new("/nowhere.conf"),
+        &memory(&[]),
+        &Options::default(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(error.starts_with("cannot read /nowhere.conf"), "{error}");
 }
 
@@ -434,23 +601,53 @@ fn vrrp_instances_and_sync() {
                 unicast_peer { 192.0.2.3 }\n virtual_ipaddress { 203.0.113.20/24\n 203.0.113.20/24 }\n}\n";
     let (config, notes) = config(text);
     let ha = config.ha.as_ref().unwrap();
-    assert_eq!((ha.garp_repeat, ha.garp_interval), (5, Duration::from_secs(2)));
+    assert_eq!(
+        (ha.garp_repeat, ha.garp_interval),
+        (5, Duration::from_secs(2))
+    );
     let instances = ha.instances();
     let summary: Vec<_> = instances
         .iter()
-        .map(|i| (i.interface.as_str(), i.virtual_router_id, i.priority, i.preempt_delay))
+        .map(|i| {
+            (
+                i.interface.as_str(),
+                i.virtual_router_id,
+                i.priority,
+                i.preempt_delay,
+            )
+        })
         .collect();
     assert_eq!(
         summary,
-        [("eth1", 51, 254, Duration::ZERO), ("eth2", 52, 100, Duration::from_secs(30))]
+        [
+            ("eth1", 51, 254, Duration::ZERO),
+            ("eth2", 52, 100, Duration::from_secs(30))
+        ]
     );
     assert_eq!(instances[1].floating_ips.len(), 1);
     let names: Vec<&str> = config.interfaces.iter().map(|i| i.name.as_str()).collect();
     assert_eq!(names, ["eth1", "eth2"]);
     let sync = config.sync.as_ref().unwrap();
     assert_eq!((sync.interface.as_deref(), sync.port), (Some("eth2"), 7000));
-    assert_eq!(sync.peers_for(config.ha.as_ref()), ["192.0.2.3".parse::<IpAddr>().unwrap()]);
-    assert!(noted(&notes, 2, "lvs_sync_daemon eth2 VI_1 id 5 port 7000", "id: IPVS sync daemon option"), "{notes:#?}");
-    assert!(noted(&notes, 7, "priority 255", "254 written"), "{notes:#?}");
-    assert!(noted(&notes, 19, "203.0.113.20/24", "listed twice"), "{notes:#?}");
+    assert_eq!(
+        sync.peers_for(config.ha.as_ref()),
+        ["192.0.2.3".parse::<IpAddr>().unwrap()]
+    );
+    assert!(
+        noted(
+            &notes,
+            2,
+            "lvs_sync_daemon eth2 VI_1 id 5 port 7000",
+            "id: IPVS sync daemon option"
+        ),
+        "{notes:#?}"
+    );
+    assert!(
+        noted(&notes, 7, "priority 255", "254 written"),
+        "{notes:#?}"
+    );
+    assert!(
+        noted(&notes, 19, "203.0.113.20/24", "listed twice"),
+        "{notes:#?}"
+    );
 }

@@ -41,6 +41,10 @@ pub(super) fn timing_note(t: &mut Translator<'_>, statement: &Statement) {
 
 /// The first checker of `real_server` as a health check; further
 /// checkers, and what a check cannot express, are noted.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one match arm per keepalived directive"
+)]
 pub(super) fn checker(
     t: &mut Translator<'_>,
     real_server: &Statement,
@@ -105,17 +109,25 @@ pub(super) fn checker(
             }
             ("retry" | "nb_get_retry", Some(value)) => retry = value.parse().ok(),
             ("delay_before_retry" | "warmup", _) => timing_note(t, child),
-            ("connect_ip", Some(ip)) if real_server.args().first().map(String::as_str) != Some(ip) => {
+            ("connect_ip", Some(ip))
+                if real_server.args().first().map(String::as_str) != Some(ip) =>
+            {
                 t.note(child, "lb checks the backend's own address");
             }
-            ("connect_ip", _) => {}
             ("bindto" | "bind_port" | "bind_if", _) => t.note(
                 child,
                 "lb's checks leave from the address the host's routing picks",
             ),
-            ("url" | "virtualhost" | "http_protocol" | "misc_path" | "misc_timeout"
-            | "misc_dynamic" | "payload" | "require_reply" | "helo_name" | "host", _) => {}
-            _ => t.note(child, "no counterpart in lb's health checks: not carried over"),
+            (
+                "connect_ip" | "url" | "virtualhost" | "http_protocol" | "misc_path"
+                | "misc_timeout" | "misc_dynamic" | "payload" | "require_reply" | "helo_name"
+                | "host",
+                _,
+            ) => {}
+            _ => t.note(
+                child,
+                "no counterpart in lb's health checks: not carried over",
+            ),
         }
         if child.keyword() == "misc_timeout" {
             misc_timeout = arg.and_then(seconds);
@@ -266,7 +278,10 @@ fn misc(t: &mut Translator<'_>, checker: &Statement, check: &mut DraftCheck) {
         }
     }
     if check.command.as_ref().is_none_or(Vec::is_empty) {
-        t.note(checker, "no misc_path: the check has no command (lb check refuses it)");
+        t.note(
+            checker,
+            "no misc_path: the check has no command (lb check refuses it)",
+        );
     }
 }
 
@@ -311,7 +326,7 @@ fn udp(t: &mut Translator<'_>, checker: &Statement, check: &mut DraftCheck) {
 /// Hexadecimal bytes as text, if they are UTF-8.
 fn hex_text(hex: &str) -> Option<String> {
     let hex = hex.trim_start_matches("0x");
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..hex.len())

@@ -6,9 +6,7 @@ use std::{net::IpAddr, time::Duration};
 
 use ipnet::IpNet;
 
-use super::{
-    DraftHa, DraftInstance, KEEPALIVED_PRIORITY, Statement, Translator, seconds,
-};
+use super::{DraftHa, DraftInstance, KEEPALIVED_PRIORITY, Statement, Translator, seconds};
 
 /// The bounds `lb check` puts on `ha.garp_repeat` and `ha.garp_interval`.
 const MAX_GARP_REPEAT: u32 = 100;
@@ -24,6 +22,10 @@ pub(super) struct Garp {
 /// One `vrrp_instance NAME { ... }`; `None` (noted) without a usable
 /// `virtual_router_id` or `interface`. An `lvs_sync_daemon_interface` in it
 /// is handed back in `sync`.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one match arm per keepalived directive"
+)]
 pub(super) fn instance(
     t: &mut Translator<'_>,
     statement: &Statement,
@@ -87,15 +89,14 @@ pub(super) fn instance(
                         Err(_) => t.note(peer, "not an address: left out"),
                     }
                     if !peer.args().is_empty() {
-                        t.note(peer, "per-peer options have no counterpart: the address is kept");
+                        t.note(
+                            peer,
+                            "per-peer options have no counterpart: the address is kept",
+                        );
                     }
                 }
             }
-            ("unicast_src_ip", _) => t.note(
-                child,
-                "lb sends advertisements from the interface's own address",
-            ),
-            ("mcast_src_ip", _) => t.note(
+            ("unicast_src_ip" | "mcast_src_ip", _) => t.note(
                 child,
                 "lb sends advertisements from the interface's own address",
             ),
@@ -139,11 +140,21 @@ pub(super) fn instance(
                 Some(d) if d <= MAX_GARP_INTERVAL => {
                     set_once(t, &mut garp.interval, d, child, "garp_interval");
                 }
-                _ => t.note(child, "lb spaces announcements by at most 60 s: not carried over"),
+                _ => t.note(
+                    child,
+                    "lb spaces announcements by at most 60 s: not carried over",
+                ),
             },
             ("lvs_sync_daemon_interface", Some(name)) => sync.push((child.clone(), name.into())),
-            ("notify" | "notify_master" | "notify_backup" | "notify_fault" | "notify_stop"
-            | "notify_master_rx_lower_pri", _) => t.note(
+            (
+                "notify"
+                | "notify_master"
+                | "notify_backup"
+                | "notify_fault"
+                | "notify_stop"
+                | "notify_master_rx_lower_pri",
+                _,
+            ) => t.note(
                 child,
                 "lb runs no scripts on state changes: lb ha and the metrics report them",
             ),
@@ -172,7 +183,9 @@ pub(super) fn instance(
         if dev != interface {
             t.note(
                 &entry,
-                format!("lb adds floating IPs to the instance's interface ({interface}), not to {dev}"),
+                format!(
+                    "lb adds floating IPs to the instance's interface ({interface}), not to {dev}"
+                ),
             );
         }
     }
@@ -237,7 +250,10 @@ fn floating(
                 }
                 "label" | "scope" | "brd" | "broadcast" => {
                     options.next();
-                    t.note(entry, format!("{option}: not carried over (lb adds the address plain)"));
+                    t.note(
+                        entry,
+                        format!("{option}: not carried over (lb adds the address plain)"),
+                    );
                 }
                 other => t.note(entry, format!("{other}: not carried over")),
             }
