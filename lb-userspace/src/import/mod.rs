@@ -149,7 +149,20 @@ pub fn keepalived(
     }
     let yaml = emit::yaml(&draft, root);
     match Config::parse(&yaml) {
-        Ok(_) => Ok(Import { yaml, notes }),
+        Ok(config) => {
+            // What lb check would warn about, where it comes from.
+            for warning in config.warnings() {
+                if let Some(at) = draft.source_of(&warning.path) {
+                    notes.push(Note {
+                        at,
+                        directive: format!("(lb check warns about {})", warning.path),
+                        note: warning.message,
+                    });
+                }
+            }
+            in_order(&statements, &mut notes);
+            Ok(Import { yaml, notes })
+        }
         Err(error) => {
             let problems = match error {
                 ConfigError::Invalid(problems) => problems
