@@ -18,6 +18,7 @@ pub mod health;
 pub mod hops;
 pub mod host;
 pub mod http;
+pub mod import;
 pub mod lock;
 pub mod maglev;
 pub mod metrics;

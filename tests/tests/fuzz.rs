@@ -1,5 +1,5 @@
 //! Fuzz targets for every parser of untrusted bytes (`lb_tests::fuzz`): the
-//! configuration, VRRP advertisements, health-check replies (HTTP and UDP),
+//! configuration, the keepalived.conf `lb import` reads, VRRP advertisements, health-check replies (HTTP and UDP),
 //! both sides of the agent protocol, BIRD's control-socket replies and
 //! connection-sync messages. On
 //! any input: no panic, no unbounded buffering, and garbage gets an error
@@ -17,7 +17,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use lb::{agent, config::Config, dynamic, health, plan::Planner, sync, vrrp};
+use lb::{agent, config::Config, dynamic, health, import, plan::Planner, sync, vrrp};
 use lb_tests::fuzz::fuzz;
 
 /// An error message an operator can act on: not empty.
@@ -113,6 +113,96 @@ fn fuzz_config() {
                 }
                 Ok(())
             }
+        }
+    });
+}
+
+const KEEPALIVED_TOKENS: &[&[u8]] = &[
+    b"\n",
+    b" ",
+    b"{",
+    b"}",
+    b"\"",
+    b"#",
+    b"!",
+    b"@id ",
+    b"@^id ",
+    b"include *.conf\n",
+    b"include k.conf\n",
+    b"global_defs {\n router_id x\n}\n",
+    b"virtual_server ",
+    b"virtual_server group G ",
+    b"virtual_server_group G {\n",
+    b"virtual_server fwmark 1 ",
+    b"real_server ",
+    b"sorry_server ",
+    b"203.0.113.10 80 ",
+    b"192.0.2.11 8080 ",
+    b"2001:db8::1-ff 53 ",
+    b"203.0.113.1-20 0 ",
+    b"lb_algo fo\n",
+    b"lb_algo wrr\n",
+    b"lb_kind DR\n",
+    b"protocol UDP\n",
+    b"persistence_timeout 50\n",
+    b"weight 0\n",
+    b"HTTP_GET {\n url {\n path /\n status_code 200-299 }\n",
+    b"MISC_CHECK {\n misc_path \"/bin/x 'a b'\"\n",
+    b"UDP_CHECK {\n payload 00ff\n",
+    b"PING_CHECK {\n",
+    b"connect_timeout 99999999999\n",
+    b"delay_loop 0.001\n",
+    b"retry 4294967295\n",
+    b"vrrp_instance V {\n",
+    b"interface eth0\n",
+    b"virtual_router_id 51\n",
+    b"priority 255\n",
+    b"advert_int 0.005\n",
+    b"virtual_ipaddress {\n 203.0.113.10/24 dev eth1\n}\n",
+    b"unicast_peer {\n 192.0.2.3\n}\n",
+    b"lvs_sync_daemon eth0 V port 0\n",
+];
+
+/// Files in memory for the importer: the fuzzed text as the root, and a
+/// small directory its includes may name (itself among them).
+struct FuzzFiles(String);
+
+impl import::Files for FuzzFiles {
+    fn read(&self, path: &std::path::Path) -> std::io::Result<String> {
+        match path.to_str() {
+            Some("/k/keepalived.conf" | "/k/k.conf") => Ok(self.0.clone()),
+            Some("/k/a.conf") => Ok("virtual_server 203.0.113.9 80 {\n}\n".into()),
+            _ => Err(std::io::ErrorKind::NotFound.into()),
+        }
+    }
+
+    fn list(&self, dir: &std::path::Path) -> std::io::Result<Vec<(String, bool)>> {
+        if dir == std::path::Path::new("/k") {
+            Ok(["k.conf", "a.conf"]
+                .map(|name| (name.to_string(), false))
+                .to_vec())
+        } else {
+            Err(std::io::ErrorKind::NotFound.into())
+        }
+    }
+}
+
+/// keepalived.conf text for `lb import keepalived`: refused with a message
+/// (an error names a file and line), or a configuration lb check accepts.
+#[test]
+fn fuzz_keepalived() {
+    fuzz("keepalived", KEEPALIVED_TOKENS, 1_000, |bytes| {
+        let files = FuzzFiles(String::from_utf8_lossy(bytes).into_owned());
+        let root = std::path::Path::new("/k/keepalived.conf");
+        let options = import::Options {
+            config_id: Some("id".into()),
+            ..import::Options::default()
+        };
+        match import::keepalived(root, &files, &options) {
+            Err(error) => says_something(&error.to_string()),
+            Ok(imported) => Config::parse(&imported.yaml)
+                .map(|_| ())
+                .map_err(|e| format!("imported, but lb check refuses it: {e}\n{}", imported.yaml)),
         }
     });
 }

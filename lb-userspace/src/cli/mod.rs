@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use lb_common::Reason;
 
+mod import;
 mod show;
 
 use show::{change_backend, guard, ha, route, stats, status, trace, watch_stats};
@@ -308,6 +309,15 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         secret_file: Option<PathBuf>,
     },
+    /// Write an lb configuration from another balancer's configuration.
+    #[command(
+        after_help = "Example:\n  lb import keepalived /etc/keepalived/keepalived.conf > /etc/lb/lb.yaml"
+    )]
+    Import {
+        /// What to import from.
+        #[command(subcommand)]
+        source: import::Source,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(after_help = "Example:\n  lb completions bash > /etc/bash_completion.d/lb")]
     Completions {
@@ -560,6 +570,7 @@ pub fn main() -> ExitCode {
             detach(config.as_deref(), instance.as_deref(), output)
         }
         Command::Release { config } => release(config, output),
+        Command::Import { source } => return import::run(source, output),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
