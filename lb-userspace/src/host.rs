@@ -106,7 +106,7 @@ pub fn problems(config: &Config) -> Vec<ConfigProblem> {
 
 /// The kernel memory `config`'s tables take on this host's CPUs.
 pub fn table_memory(config: &Config) -> TableMemory {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     TableMemory::of(
         &crate::dataplane::Sizes::of(config),
         u32::try_from(cpus).unwrap_or(u32::MAX),

@@ -708,16 +708,15 @@ fn check(path: &Path, output: Output) -> Result<(), Failure> {
                     n => format!(", {n} warning(s)"),
                 }
             );
-            use crate::dataplane::memory::human;
             println!(
                 "tables: about {} of kernel memory (Maglev {}, connection tables {}, the rest {}){}",
-                human(memory.total()),
-                human(memory.maglev),
-                human(memory.connections),
-                human(memory.other),
+                crate::dataplane::memory::human(memory.total()),
+                crate::dataplane::memory::human(memory.maglev),
+                crate::dataplane::memory::human(memory.connections),
+                crate::dataplane::memory::human(memory.other),
                 available.map_or_else(String::new, |bytes| format!(
                     "; this host has {} available",
-                    human(bytes)
+                    crate::dataplane::memory::human(bytes)
                 ))
             );
         }
