@@ -47,7 +47,10 @@
 //! `LB_BENCH_ONLY=e2e` (5) runs one part; a comma list (`dataplane,sync`)
 //! runs those. `LB_BENCH_PATHS=nat,dsr` times only those paths of section
 //! 1 (and the floor and the references), for a quick A/B of a data-path change; `pps` among
-//! them adds section 2, `trace` adds 1b and `sync` adds 1c, and nothing
+//! them adds section 2, `trace` adds 1b, `sync` adds 1c and `scale` adds 1d
+//! (1,000 services x 10 backends: `nat_1000`, `new_flow_1000` with their
+//! ratios to the one-service rows, the plan of every Maglev table, the
+//! tables' kernel memory), and nothing
 //! else of sections 1 to 4 runs. `LB_BENCH_PPS=dsr` limits section 2 to
 //! the floor and the cases named.
 //!
@@ -277,6 +280,11 @@ fn data_plane(report: &mut Report) {
         if wanted("trace") {
             drop(harness);
             report.trace_cost = trace_cost(&config);
+        } else if wanted("scale") {
+            drop(harness);
+        }
+        if wanted("scale") {
+            scale_section(report);
         }
         return;
     }
@@ -318,10 +326,170 @@ fn data_plane(report: &mut Report) {
     );
     drop(guard);
 
+    scale_section(report);
+
     report.trace_cost = trace_cost(&config);
 
     println!("\n== Maglev table builds");
     report.maglev = maglev_builds();
+}
+
+/// Services and backends per service of the scale section.
+const SCALE_SERVICES: usize = 1000;
+const SCALE_BACKENDS: usize = 10;
+/// Its ring: prime, over 100 x the backends of a service.
+const SCALE_RING: u32 = 16_381;
+
+/// The scale section: 1,000 nat services of 10 backends each (10,000
+/// backends, one VIP, ports 1000 to 1999), the established and new-flow
+/// paths timed beside this harness's floor (rows `nat_1000`,
+/// `new_flow_1000`, each with its ratio to the one-service row of this
+/// run), the first plan and apply of all 1,000 Maglev tables, and the
+/// kernel memory of the tables.
+fn scale_section(report: &mut Report) {
+    use std::fmt::Write as _;
+    let mut config = format!(
+        "instance: bench-scale\ninterfaces: [{{ name: lb0 }}]\n\
+         dataplane: {{ max_services: 1024, max_backends: 10240, ring_size: {SCALE_RING} }}\n\
+         services:\n"
+    );
+    let hosts = testrun::BACKEND_HOSTS;
+    for service in 0..SCALE_SERVICES {
+        let _ = write!(
+            config,
+            "  - {{ name: s{service}, vip: 203.0.113.50, port: {}, protocol: tcp, forwarding: nat, backends: [",
+            1000 + service
+        );
+        for backend in 0..SCALE_BACKENDS {
+            let n = service * SCALE_BACKENDS + backend;
+            let _ = write!(
+                config,
+                "{}{{ address: 192.0.2.{}, port: {} }}",
+                if backend == 0 { "" } else { ", " },
+                hosts[n % hosts.len()],
+                10_000 + n
+            );
+        }
+        config.push_str("] }\n");
+    }
+    println!(
+        "\n== scale: {SCALE_SERVICES} services x {SCALE_BACKENDS} backends (ring {SCALE_RING}), \
+         per packet beside this harness's floor; ratios to the one-service rows of this run"
+    );
+    let started = Instant::now();
+    let mut harness = Harness::new(&config);
+    let first_plan = started.elapsed();
+    let service = perpacket::service_id(&harness, "s500");
+    let cases = vec![
+        Case::new(
+            "nat_1000",
+            "IPv4 TCP established, nat, 1,000 services x 10 backends",
+            frames::tcp4(CLIENT4, 40000, Ipv4Addr::new(203, 0, 113, 50), 1500),
+        ),
+        Case {
+            new_flows_of: Some(service),
+            ..Case::new(
+                "new_flow_1000",
+                "IPv4 TCP new flow, Maglev, nat, 1,000 services x 10 backends",
+                syn_fin4(
+                    CLIENT4,
+                    Ipv4Addr::new(203, 0, 113, 50),
+                    1500,
+                    frames::PAYLOAD,
+                ),
+            )
+        },
+    ];
+    let mut all = vec![perpacket::floor_case(floor_frame())];
+    all.extend(cases);
+    let mut rows = perpacket::time(&mut harness, &all, ROUNDS, REPEAT);
+    let floor = rows.remove(0);
+    for row in &mut rows {
+        let one = row.name.trim_end_matches("_1000");
+        let Some(single) = report.per_packet.iter().find(|cost| cost.name == one) else {
+            continue;
+        };
+        let single_floor = report.floor_ns().unwrap_or(0);
+        let ours: Vec<i64> = row
+            .rounds
+            .iter()
+            .zip(&floor.rounds)
+            .map(|(cost, floor)| cost - floor)
+            .collect();
+        let theirs: Vec<i64> = single
+            .rounds
+            .iter()
+            .map(|cost| cost - single_floor)
+            .collect();
+        let ratio = lb_tests::report::Ratio::of_rounds(one, &ours, &theirs, |a, b| a / b);
+        println!(
+            "  {}: {:.2}x {one} ({:.2}-{:.2} over rounds)",
+            row.name, ratio.median, ratio.low, ratio.high
+        );
+        row.ratios.push(ratio);
+    }
+    report.per_packet.extend(rows);
+    let sizes = harness.dataplane.sizes();
+    let planned = harness.planner.planned().len();
+    drop(harness);
+    scale_plan_and_memory(&config, sizes, planned, first_plan, report);
+}
+
+/// The scale section's plan of every Maglev table, timed alone, and the
+/// kernel memory of its tables.
+#[allow(clippy::cast_precision_loss, reason = "microseconds")]
+fn scale_plan_and_memory(
+    config: &str,
+    sizes: Sizes,
+    planned: usize,
+    first_plan: std::time::Duration,
+    report: &mut Report,
+) {
+    let memory = lb::dataplane::memory::TableMemory::of(
+        &sizes,
+        u32::try_from(std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
+            .unwrap_or(1),
+    );
+    // The plan alone, again, for its own figure: every Maglev table built.
+    let parsed = lb::config::Config::parse(config).expect("the scale configuration");
+    let plan_started = Instant::now();
+    let mut fresh = lb::plan::Planner::new(SCALE_RING, 1024, 10_240);
+    let writes = fresh
+        .plan(&parsed, &BTreeMap::new())
+        .expect("plan 1,000 services");
+    let plan_us = plan_started.elapsed().as_secs_f64() * 1e6;
+    println!(
+        "  {planned} services planned; first plan of all Maglev tables {:.1} ms ({} writes, \
+         {} map updates); harness start with plan and apply {:.0} ms; tables about {} of \
+         kernel memory (Maglev {})",
+        plan_us / 1e3,
+        writes.len(),
+        map_updates(&writes),
+        first_plan.as_secs_f64() * 1e3,
+        lb::dataplane::memory::human(memory.total()),
+        lb::dataplane::memory::human(memory.maglev)
+    );
+    report.control_plane.push(ControlPlaneRow {
+        name: "plan_1000_services".into(),
+        description: format!(
+            "first plan of {SCALE_SERVICES} services x {SCALE_BACKENDS} backends, ring {SCALE_RING} \
+             (every Maglev table built)"
+        ),
+        median_us: plan_us,
+        best_us: plan_us,
+        max_us: plan_us,
+        apply_us: 0.0,
+        writes: writes.len() as u64,
+        map_updates: map_updates(&writes),
+    });
+    report.notes.push(format!(
+        "Scale ({SCALE_SERVICES} services x {SCALE_BACKENDS} backends, ring {SCALE_RING}): the \
+         tables take about {} of kernel memory (Maglev {}, connection tables {}, the rest {}).",
+        lb::dataplane::memory::human(memory.total()),
+        lb::dataplane::memory::human(memory.maglev),
+        lb::dataplane::memory::human(memory.connections),
+        lb::dataplane::memory::human(memory.other)
+    ));
 }
 
 /// Rows timed whatever `LB_BENCH_PATHS` names: the floor and the
@@ -390,6 +558,8 @@ fn targets() -> Vec<Target> {
         target("dsr_v6", "dsr", 1.2),
         target("pass", "ref_tunnel", 0.5),
         target("syn_spoofed", "attack_pass", 1.0),
+        target("nat_1000", "nat", 1.1),
+        target("new_flow_1000", "new_flow", 1.1),
     ]
 }
 
