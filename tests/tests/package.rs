@@ -145,36 +145,8 @@ fn the_debian_package_installs_checks_and_removes_cleanly() {
     assert!(!unit.contains("/usr/local/bin"), "{unit}");
 
     assert_stripped(Path::new("/usr/sbin/lb"));
-    for named in documented_deploy_paths() {
-        for path in installed_as(&named) {
-            // Maintainer scripts are dpkg's, not in `dpkg -L`.
-            let dpkgs = path.starts_with("/var/lib/dpkg/info") && path.is_file();
-            assert!(
-                files.contains(&path) || dpkgs,
-                "the documentation names {named}, but the package does not install it \
-                 (as {}); the package holds {files:?}",
-                path.display()
-            );
-        }
-    }
-
-    let examples: Vec<&PathBuf> = files
-        .iter()
-        .filter(|f| f.starts_with("/usr/share/doc/lb/examples"))
-        .filter(|f| f.extension().is_some_and(|e| e == "yaml"))
-        .filter(|f| f.parent() == Some(Path::new("/usr/share/doc/lb/examples")))
-        .collect();
-    assert!(examples.len() >= 8, "{examples:?}");
-    for example in examples {
-        let path = example.to_str().unwrap();
-        let out = output("/usr/sbin/lb", &["check", "-c", &path], &[]);
-        assert!(
-            out.status.success(),
-            "lb check -c {path}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    installs_every_documented_path(&files);
+    examples_check(&files);
 
     man_pages_open();
     let bash = std::fs::read_to_string("/usr/share/bash-completion/completions/lb").unwrap();
@@ -341,6 +313,43 @@ fn installed_as(named: &str) -> Vec<PathBuf> {
         example => doc.join("examples").join(example),
     };
     vec![path]
+}
+
+/// Every `deploy/` path the documentation names is installed.
+fn installs_every_documented_path(files: &[PathBuf]) {
+    for named in documented_deploy_paths() {
+        for path in installed_as(&named) {
+            // Maintainer scripts are dpkg's, not in `dpkg -L`.
+            let dpkgs = path.starts_with("/var/lib/dpkg/info") && path.is_file();
+            assert!(
+                files.contains(&path) || dpkgs,
+                "the documentation names {named}, but the package does not install it \
+                 (as {}); the package holds {files:?}",
+                path.display()
+            );
+        }
+    }
+}
+
+/// `lb check` passes on every installed example configuration.
+fn examples_check(files: &[PathBuf]) {
+    let examples: Vec<&PathBuf> = files
+        .iter()
+        .filter(|f| f.starts_with("/usr/share/doc/lb/examples"))
+        .filter(|f| f.extension().is_some_and(|e| e == "yaml"))
+        .filter(|f| f.parent() == Some(Path::new("/usr/share/doc/lb/examples")))
+        .collect();
+    assert!(examples.len() >= 8, "{examples:?}");
+    for example in examples {
+        let path = example.to_str().unwrap();
+        let out = output("/usr/sbin/lb", &["check", "-c", path], &[]);
+        assert!(
+            out.status.success(),
+            "lb check -c {path}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// The man page opens, by file and by name, and describes the commands.

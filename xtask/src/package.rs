@@ -124,8 +124,7 @@ fn lintian(deb: &Path) -> anyhow::Result<()> {
             String::from_utf8_lossy(&output.stderr)
                 .lines()
                 .filter(|line| !line.contains("root privileges"))
-                .map(|line| format!("\n{line}"))
-                .collect::<String>()
+                .fold(String::new(), |text, line| text + "\n" + line)
         );
     }
     println!("    lintian: no errors or warnings");
@@ -149,7 +148,7 @@ fn changelog_matches(version: &str) -> anyhow::Result<()> {
 }
 
 /// The `Depends` the binary needs: dpkg-shlibdeps maps its ELF `NEEDED`
-/// libraries (libc.so.6, libgcc_s.so.1, ...) to the packages and minimum
+/// libraries (`libc.so.6`, `libgcc_s.so.1`, ...) to the packages and minimum
 /// versions that provide them (`libc6 (>= 2.34), libgcc-s1 (>= 4.2)`), as
 /// `${shlibs:Depends}` does in a debhelper build. It wants a
 /// `debian/control` and the binary under `debian/PACKAGE/`: both are laid
@@ -343,7 +342,7 @@ fn control(stage: &Path, version: &str, arch: &str, depends: &str) -> anyhow::Re
     Ok(())
 }
 
-/// `DEBIAN/md5sums`, as dh_md5sums writes it: every file's digest, for
+/// `DEBIAN/md5sums`, as `dh_md5sums` writes it: every file's digest, for
 /// `dpkg --verify` / debsums.
 fn md5sums(stage: &Path) -> anyhow::Result<()> {
     let sums = capture(
