@@ -250,7 +250,13 @@ impl Scrape {
         let mut weight = Vec::new();
         let mut latency = Vec::new();
         let mut usable = Vec::new();
+        let mut drained = Vec::new();
+        let mut tier = Vec::new();
+        let mut active_tier = Vec::new();
         for service in &self.status.services {
+            if let Some(serving) = service.active_tier {
+                active_tier.push((labels(&[("service", &service.name)]), i64::from(serving)));
+            }
             let serving = service
                 .backends
                 .iter()
@@ -264,6 +270,8 @@ impl Scrape {
                 let name = format!("{}:{}", backend.address, backend.port);
                 let l = labels(&[("service", &service.name), ("backend", &name)]);
                 up.push((l.clone(), i64::from(backend.health != "down")));
+                drained.push((l.clone(), i64::from(backend.drained)));
+                tier.push((l.clone(), i64::from(backend.tier)));
                 if let Some(flows) = backend.active_flows {
                     active.push((l.clone(), i64::try_from(flows).unwrap_or(i64::MAX)));
                 }
@@ -300,9 +308,28 @@ impl Scrape {
         )?;
         gauges(
             e,
+            "lb_backend_drained",
+            "1 if the operator drained the backend (lb drain), 0 if not.",
+            &drained,
+        )?;
+        gauges(
+            e,
+            "lb_backend_tier",
+            "The backend's tier (0 is primary; higher tiers stand by).",
+            &tier,
+        )?;
+        gauges(
+            e,
             "lb_service_serving_backends",
             "Backends taking new flows (0: every packet is dropped).",
             &usable,
+        )?;
+        gauges(
+            e,
+            "lb_service_active_tier",
+            "The tier taking the service's new flows (above 0: a standby tier); \
+             absent while no backend can.",
+            &active_tier,
         )?;
         let ha = vec![(labels(&[("state", &self.status.ha.state)]), 1)];
         gauges(

@@ -262,12 +262,24 @@ impl Bed {
     /// Starts `lb run` with `config` and waits until its API answers,
     /// leaving the balancer's neighbour table as it is.
     pub fn start_lb_cold(&mut self, config: &str) {
+        self.start_lb_by(config, Netns::command);
+    }
+
+    /// [`Bed::start_lb_cold`] with the process started by the command
+    /// `command` builds from the balancer's namespace, the `lb` binary and
+    /// its arguments (`run -c FILE`): to run it under a sandbox.
+    pub fn start_lb_by(
+        &mut self,
+        config: &str,
+        command: impl FnOnce(&Netns, &str, &[&str]) -> std::process::Command,
+    ) {
         let file = TempFile::new("lb.yaml", config);
         let lb = lb_binary();
-        let mut child = self.lb.spawn(
+        let mut child = Netns::spawn_command(command(
+            &self.lb,
             lb.to_str().unwrap(),
             &["run", "-c", file.path().to_str().unwrap()],
-        );
+        ));
         let parsed = lb::config::Config::parse(config).expect("test configuration");
         let socket = parsed.control.socket.clone();
         self.instance = Some(parsed.instance.to_string());

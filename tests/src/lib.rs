@@ -6,6 +6,8 @@
 //!   processes inside them, all torn down on drop — also when a test panics;
 //! - [`frames`]: typed builders for the frames the tests send;
 //! - [`lbrun`]: one `lb run` in a namespace, started, signalled, cleaned up;
+//! - [`sandbox`]: `deploy/lb.service`'s capability set and seccomp rules
+//!   applied to a process, for running `lb run` as the unit would;
 //! - [`bird`]: BIRD 2 in a namespace, for the `announce` tests;
 //! - [`flood`]: a spoofed SYN / UDP flood generator (XDP live frames, else
 //!   `sendmmsg` on an `AF_PACKET` socket), for the `guard.attack` tests and
@@ -37,6 +39,7 @@ pub mod model;
 pub mod netns;
 pub mod perpacket;
 pub mod report;
+pub mod sandbox;
 pub mod scale;
 pub mod synclag;
 pub mod tables;

@@ -94,6 +94,19 @@ impl Netns {
         command
     }
 
+    /// Starts `command` (stdin closed, output captured); it is killed on
+    /// drop. For a process that enters a namespace by other means than
+    /// [`Netns::command`].
+    pub fn spawn_command(mut command: Command) -> ChildGuard {
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {command:?}: {e}"));
+        ChildGuard::new(child)
+    }
+
     /// Starts a process inside the namespace; it is killed on drop.
     pub fn spawn(&self, program: &str, args: &[&str]) -> ChildGuard {
         self.spawn_env(program, args, &[])

@@ -1,10 +1,12 @@
-//! The Debian package (`cargo xtask package`), installed on this machine the
-//! way an operator would: `dpkg -i` puts the binary, unit, examples, man
-//! pages and completions in place; `lb check` passes on every installed
+//! The Debian package (`cargo xtask package`), checked by lintian and
+//! installed on this machine the way an operator would: lintian reports no
+//! error or warning; `dpkg -i` puts the binary (stripped), unit, examples,
+//! man pages and completions in place, with every `deploy/` path and
+//! example the documentation names; `lb check` passes on every installed
 //! example configuration; the man pages open; `dpkg -r` removes every file
-//! the package added. The package is built from the debug `lb` (uncompressed,
-//! to keep the test short) by the xtask binary `cargo xtask` left in
-//! target/debug.
+//! the package added, and `dpkg --purge` the package. The package is built
+//! from the debug `lb` (gzip, not xz, to keep the test short) by the xtask
+//! binary `cargo xtask` left in target/debug.
 
 use std::{
     path::{Path, PathBuf},
@@ -86,7 +88,7 @@ fn the_debian_package_installs_checks_and_removes_cleanly() {
             lb_binary().to_str().unwrap(),
             "--output",
             dir.to_str().unwrap(),
-            "--uncompressed",
+            "--gzip",
         ],
         &[],
     );
@@ -96,6 +98,17 @@ fn the_debian_package_installs_checks_and_removes_cleanly() {
         .map(|entry| entry.path())
         .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
         .expect("no .deb built");
+
+    lintian_is_clean(&deb);
+    let control = ok(
+        "dpkg-deb",
+        &["--field", deb.to_str().unwrap(), "Depends"],
+        &[],
+    );
+    assert!(
+        control.contains("libc6 (>=") && control.contains("libgcc-s1"),
+        "Depends does not name the libraries lb links: {control}"
+    );
 
     guard.installed = true;
     ok("dpkg", &["-i", deb.to_str().unwrap()], &[]);
@@ -114,6 +127,9 @@ fn the_debian_package_installs_checks_and_removes_cleanly() {
         "/usr/share/bash-completion/completions/lb",
         "/usr/share/zsh/vendor-completions/_lb",
         "/usr/share/fish/vendor_completions.d/lb.fish",
+        "/usr/share/doc/lb/copyright",
+        "/usr/share/doc/lb/changelog.gz",
+        "/usr/share/lintian/overrides/lb",
     ] {
         assert!(
             files.iter().any(|file| file == Path::new(expected)),
@@ -128,21 +144,9 @@ fn the_debian_package_installs_checks_and_removes_cleanly() {
     );
     assert!(!unit.contains("/usr/local/bin"), "{unit}");
 
-    for example in [
-        "lb.example.yaml",
-        "lb.ha-a.yaml",
-        "lb.ha-b.yaml",
-        "lb.modes.yaml",
-    ] {
-        let path = format!("/usr/share/doc/lb/examples/{example}");
-        let out = output("/usr/sbin/lb", &["check", "-c", &path], &[]);
-        assert!(
-            out.status.success(),
-            "lb check -c {path}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    assert_stripped(Path::new("/usr/sbin/lb"));
+    installs_every_documented_path(&files);
+    examples_check(&files);
 
     man_pages_open();
     let bash = std::fs::read_to_string("/usr/share/bash-completion/completions/lb").unwrap();
@@ -152,13 +156,200 @@ fn the_debian_package_installs_checks_and_removes_cleanly() {
     );
 
     ok("dpkg", &["-r", "lb"], &[]);
-    guard.installed = false;
     let left: Vec<&PathBuf> = files.iter().filter(|file| file.exists()).collect();
     assert!(left.is_empty(), "dpkg -r left {left:?}");
+    // The postrm stays (config-files) until purge, which runs it.
+    ok("dpkg", &["--purge", "lb"], &[]);
+    guard.installed = false;
+    assert!(!lb_installed(), "dpkg still lists lb after dpkg --purge");
     assert!(
-        !lb_installed(),
-        "dpkg still lists lb after dpkg -r (conffiles?)"
+        !Path::new("/var/lib/systemd/deb-systemd-helper-enabled/lb.service.dsh-also").exists(),
+        "purge left deb-systemd-helper's record of lb.service"
     );
+}
+
+/// `lintian` on the package reports no error (`E:`) and no warning (`W:`).
+/// (`cargo xtask package` already failed on any; this checks the `.deb`
+/// it left, independently of how the xtask read lintian.)
+fn lintian_is_clean(deb: &Path) {
+    let out = output("lintian", &[deb.to_str().unwrap()], &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let bad: Vec<&str> = text
+        .lines()
+        .filter(|line| line.starts_with("E: ") || line.starts_with("W: "))
+        .collect();
+    assert!(
+        bad.is_empty() && out.status.success(),
+        "lintian: {bad:?}\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The ELF's section names: no symbol table and no debug sections.
+fn assert_stripped(binary: &Path) {
+    let elf = std::fs::read(binary).unwrap();
+    let u16_at = |at: usize| u16::from_le_bytes(elf[at..at + 2].try_into().unwrap());
+    let u32_at = |at: usize| u32::from_le_bytes(elf[at..at + 4].try_into().unwrap());
+    let u64_at = |at: usize| {
+        usize::try_from(u64::from_le_bytes(elf[at..at + 8].try_into().unwrap())).unwrap()
+    };
+    assert_eq!(&elf[..5], b"\x7fELF\x02", "not a 64-bit ELF");
+    // ELF64 header: e_shoff at 0x28, e_shentsize 0x3a, e_shnum 0x3c,
+    // e_shstrndx 0x3e; section header: sh_name at 0, sh_offset at 0x18.
+    let (table, size, count) = (u64_at(0x28), usize::from(u16_at(0x3a)), u16_at(0x3c));
+    let strings = u64_at(table + usize::from(u16_at(0x3e)) * size + 0x18);
+    let names: Vec<String> = (0..usize::from(count))
+        .map(|i| {
+            let start = strings + u32_at(table + i * size) as usize;
+            let end = start + elf[start..].iter().position(|&b| b == 0).unwrap();
+            String::from_utf8_lossy(&elf[start..end]).into_owned()
+        })
+        .collect();
+    assert!(names.iter().any(|n| n == ".text"), "{names:?}");
+    let unstripped: Vec<&String> = names
+        .iter()
+        // `.debug_gdb_scripts` is rustc's loaded section naming gdb's
+        // pretty-printers, not debug information: strip keeps it.
+        .filter(|n| *n == ".symtab" || n.starts_with(".debug") || *n == ".comment")
+        .filter(|n| *n != ".debug_gdb_scripts")
+        .collect();
+    assert!(
+        unstripped.is_empty(),
+        "{} is not stripped: {unstripped:?}",
+        binary.display()
+    );
+}
+
+/// The repository's root (tests/ is one level down).
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Every `deploy/...` path and every `lb.NAME.yaml` example the user
+/// documentation (README.md, deploy/*.md, docs/*.md) names, as paths
+/// under deploy/ (`lb.aa-a.yaml`, `bird/`, `bird/balancer.conf`).
+fn documented_deploy_paths() -> std::collections::BTreeSet<String> {
+    let root = repo();
+    let mut pages = vec![
+        root.join("README.md"),
+        root.join("deploy/README.md"),
+        root.join("deploy/TROUBLESHOOTING.md"),
+    ];
+    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md") {
+            pages.push(path);
+        }
+    }
+    let word = |c: char| c.is_ascii_alphanumeric() || "_.-/*".contains(c);
+    let mut found = std::collections::BTreeSet::new();
+    for page in pages {
+        let text = std::fs::read_to_string(&page).unwrap();
+        for (at, _) in text.match_indices("deploy/") {
+            if text[..at].ends_with(|c: char| word(c)) {
+                continue; // a longer path that ends in deploy/
+            }
+            let rest: String = text[at + "deploy/".len()..]
+                .chars()
+                .take_while(|&c| word(c))
+                .collect();
+            let rest = rest.trim_end_matches(['.', '*']);
+            if !rest.is_empty() {
+                found.insert(rest.to_string());
+            }
+        }
+        for (at, _) in text.match_indices(".yaml") {
+            let start = text[..at]
+                .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '-'))
+                .map_or(0, |i| i + 1);
+            let name = &text[start..at + ".yaml".len()];
+            if name.starts_with("lb.") && root.join("deploy").join(name).is_file() {
+                found.insert(name.to_string());
+            }
+        }
+    }
+    println!("deploy paths the documentation names: {found:?}");
+    assert!(found.contains("lb.example.yaml"), "{found:?}");
+    found
+}
+
+/// Where the package installs `deploy/NAMED` (every file of it, for a
+/// directory).
+fn installed_as(named: &str) -> Vec<PathBuf> {
+    let source = repo().join("deploy").join(named);
+    assert!(
+        source.exists(),
+        "the documentation names deploy/{named}, which does not exist"
+    );
+    if source.is_dir() {
+        return std::fs::read_dir(&source)
+            .unwrap()
+            .flat_map(|entry| {
+                let name = entry.unwrap().file_name();
+                installed_as(&format!(
+                    "{}/{}",
+                    named.trim_end_matches('/'),
+                    name.to_str().unwrap()
+                ))
+            })
+            .collect();
+    }
+    let doc = Path::new("/usr/share/doc/lb");
+    let path = match named {
+        "README.md" => doc.join("deploy.md"),
+        "TROUBLESHOOTING.md" => doc.join("TROUBLESHOOTING.md"),
+        "lb.service" => PathBuf::from("/usr/lib/systemd/system/lb.service"),
+        "debian/copyright" => doc.join("copyright"),
+        "debian/changelog" => doc.join("changelog.gz"),
+        "debian/lintian-overrides" => PathBuf::from("/usr/share/lintian/overrides/lb"),
+        // Maintainer scripts: dpkg keeps them under its own directory.
+        script if script.starts_with("debian/") => PathBuf::from(format!(
+            "/var/lib/dpkg/info/lb.{}",
+            script.trim_start_matches("debian/")
+        )),
+        example => doc.join("examples").join(example),
+    };
+    vec![path]
+}
+
+/// Every `deploy/` path the documentation names is installed.
+fn installs_every_documented_path(files: &[PathBuf]) {
+    for named in documented_deploy_paths() {
+        for path in installed_as(&named) {
+            // Maintainer scripts are dpkg's, not in `dpkg -L`.
+            let dpkgs = path.starts_with("/var/lib/dpkg/info") && path.is_file();
+            assert!(
+                files.contains(&path) || dpkgs,
+                "the documentation names {named}, but the package does not install it \
+                 (as {}); the package holds {files:?}",
+                path.display()
+            );
+        }
+    }
+}
+
+/// `lb check` passes on every installed example configuration.
+fn examples_check(files: &[PathBuf]) {
+    let examples: Vec<&PathBuf> = files
+        .iter()
+        .filter(|f| f.starts_with("/usr/share/doc/lb/examples"))
+        .filter(|f| f.extension().is_some_and(|e| e == "yaml"))
+        .filter(|f| f.parent() == Some(Path::new("/usr/share/doc/lb/examples")))
+        .collect();
+    assert!(examples.len() >= 8, "{examples:?}");
+    for example in examples {
+        let path = example.to_str().unwrap();
+        let out = output("/usr/sbin/lb", &["check", "-c", path], &[]);
+        assert!(
+            out.status.success(),
+            "lb check -c {path}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// The man page opens, by file and by name, and describes the commands.

@@ -64,9 +64,9 @@ enum Task {
         /// Where the `.deb` goes (default: target/package).
         #[arg(long)]
         output: Option<PathBuf>,
-        /// Store the payload uncompressed (faster; for tests).
+        /// Compress the payload with gzip instead of xz (faster; for tests).
         #[arg(long)]
-        uncompressed: bool,
+        gzip: bool,
     },
     /// Fuzz every parser of untrusted input (configuration, VRRP, health
     /// replies, agent protocol, BIRD replies, sync messages) for longer than `cargo test` does, from the
@@ -153,8 +153,8 @@ fn main() -> ExitCode {
         Task::Package {
             binary,
             output,
-            uncompressed,
-        } => package(binary, output, uncompressed),
+            gzip,
+        } => package(binary, output, gzip),
         Task::Fuzz { seconds, filter } => {
             setup::run().and_then(|tools| fuzz(&tools, seconds, filter.as_deref()))
         }
@@ -388,11 +388,7 @@ fn demo(tools: &setup::Tools, short: bool) -> anyhow::Result<()> {
 
 /// `cargo xtask package`: a release build (after setup) unless a binary is
 /// given, then the `.deb` (see [`package`]).
-fn package(
-    binary: Option<PathBuf>,
-    output: Option<PathBuf>,
-    uncompressed: bool,
-) -> anyhow::Result<()> {
+fn package(binary: Option<PathBuf>, output: Option<PathBuf>, gzip: bool) -> anyhow::Result<()> {
     let binary = if let Some(binary) = binary {
         std::path::absolute(binary)?
     } else {
@@ -407,7 +403,7 @@ fn package(
     package::build(&package::Request {
         binary,
         output,
-        uncompressed,
+        gzip,
     })
     .map(|_| ())
 }

@@ -32,6 +32,11 @@ const PACKAGES: &[&str] = &[
     "nftables",          // nft: the partitions and dropped health checks of the HA tests
     "fonts-dejavu-core", // the text of the demo's and the benchmarks' charts
     "git",               // git ls-files: the docs test's list of tracked files
+    "dpkg-dev",          // dpkg-shlibdeps: the package's Depends, from the binary's libraries
+    "binutils",          // strip: the packaged binary
+    "lintian",           // cargo xtask package checks the .deb; the package test too
+    "prometheus",        // promtool: the alert rules' check (its service is turned off)
+    "systemd",           // systemd-analyze security: the unit's exposure, in e2e_capabilities
 ];
 
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
@@ -97,7 +102,8 @@ pub fn run() -> anyhow::Result<Tools> {
         );
     };
     bpffs()?;
-    bird_service_off();
+    service_off("bird", "bird2", "the tests run their own BIRDs");
+    service_off("prometheus", "prometheus", "only its promtool is wanted");
     println!("    setup complete");
     Ok(tools)
 }
@@ -194,19 +200,32 @@ fn nightly_with_rust_src() -> bool {
         })
 }
 
-/// The `bird2` package enables a `bird` service with the distribution's
-/// configuration; the tests run their own BIRDs in namespaces, and a host
-/// BIRD would only be in the way: disabled and stopped (where systemd runs).
-fn bird_service_off() {
-    if !installed("bird2") || !Path::new("/run/systemd/system").exists() {
+/// A package whose service starts when installed: `bird2` enables a `bird`
+/// service with the distribution's configuration (the tests run their own
+/// BIRDs in namespaces; a host BIRD would only be in the way), and
+/// `prometheus` a Prometheus server scraping this host (setup wants its
+/// `promtool`). Each is disabled and stopped: by systemd where it runs,
+/// else by the package's init script where that left one running.
+fn service_off(service: &str, package: &str, why: &str) {
+    if !installed(package) {
         return;
     }
-    if command_ok("systemctl", &["is-enabled", "--quiet", "bird"])
-        || command_ok("systemctl", &["is-active", "--quiet", "bird"])
-    {
-        step("systemctl disable --now bird (the tests run their own BIRDs)");
-        if !command_ok("systemctl", &["disable", "--now", "bird"]) {
-            println!("    warning: could not disable the bird service");
+    if Path::new("/run/systemd/system").exists() {
+        if command_ok("systemctl", &["is-enabled", "--quiet", service])
+            || command_ok("systemctl", &["is-active", "--quiet", service])
+        {
+            step(&format!("systemctl disable --now {service} ({why})"));
+            if !command_ok("systemctl", &["disable", "--now", service]) {
+                println!("    warning: could not disable the {service} service");
+            }
+        }
+        return;
+    }
+    let script = format!("/etc/init.d/{service}");
+    if Path::new(&script).exists() && command_ok(&script, &["status"]) {
+        step(&format!("{script} stop ({why})"));
+        if !command_ok(&script, &["stop"]) {
+            println!("    warning: could not stop {service}");
         }
     }
 }
