@@ -219,6 +219,14 @@ fn main() {
     }
     let dir = results_dir();
     let written = report.write(&dir).expect("write the report");
+    if std::env::var_os("LB_RESULTS_DIR").is_none() {
+        let page = dir
+            .parent()
+            .expect("results/ is in the repository")
+            .join(lb_tests::benchdoc::PAGE);
+        std::fs::write(&page, lb_tests::benchdoc::render(&dir)).expect("write docs/BENCHMARKS.md");
+        println!("  {} (regenerated from results/)", page.display());
+    }
     println!(
         "\nbenchmarks took {:.0} s; report:",
         total.elapsed().as_secs_f64()

@@ -27,6 +27,7 @@
 )]
 
 pub mod bed;
+pub mod benchdoc;
 pub mod bird;
 pub mod endtoend;
 pub mod flood;

@@ -325,3 +325,50 @@ fn section_citations_are_read_as_written() {
     let mut sections = sections("## 1. Layout\n### 2.3 Guard\n## Notes\n");
     assert!(sections.remove("1") && sections.remove("2.3") && sections.is_empty());
 }
+
+/// docs/BENCHMARKS.md is what `results/` says (`cargo xtask bench`
+/// regenerates it; `LB_WRITE_BENCHMARKS=1` on this test does too).
+#[test]
+fn the_benchmarks_page_is_generated_from_results() {
+    let root = root();
+    let page = lb_tests::benchdoc::render(&root.join("results"));
+    let path = root.join(lb_tests::benchdoc::PAGE);
+    if std::env::var_os("LB_WRITE_BENCHMARKS").is_some() {
+        std::fs::write(&path, &page).expect("write docs/BENCHMARKS.md");
+    }
+    let written = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        written == page,
+        "docs/BENCHMARKS.md is not what results/ says: run `cargo xtask bench`, or \
+         `LB_WRITE_BENCHMARKS=1 cargo test -p lb-tests --test docs benchmarks`"
+    );
+}
+
+/// Every measured figure in the README is on a line that names the report
+/// in `results/` it comes from (the rest of the figures live, generated, in
+/// docs/BENCHMARKS.md).
+#[test]
+fn every_figure_in_the_readme_names_its_results_file() {
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
+    let units = ["ms", "µs", "ns", "Mpps", "%", "conn/s", "requests/s", "MiB"];
+    let mut untraced = Vec::new();
+    for (n, line) in readme.lines().enumerate() {
+        let bytes = line.as_bytes();
+        let figure = units.iter().any(|unit| {
+            line.match_indices(unit).any(|(at, _)| {
+                let before = line[..at].trim_end();
+                let after = &bytes[at + unit.len()..];
+                before.ends_with(|c: char| c.is_ascii_digit())
+                    && after.first().is_none_or(|c| !c.is_ascii_alphanumeric())
+            })
+        });
+        if figure && !line.contains("results/") {
+            untraced.push(format!("README.md:{}: {line}", n + 1));
+        }
+    }
+    assert!(
+        untraced.is_empty(),
+        "figures without their results/ file:\n{}",
+        untraced.join("\n")
+    );
+}
