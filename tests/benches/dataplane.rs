@@ -37,9 +37,9 @@
 //! 1c. What connection sync costs the data path: established nat and dsr,
 //!    and a new flow (Maglev, nat), each timed with `SETTINGS_SYNC` off and
 //!    on in alternating pairs of rounds (rows `<case>_sync_off` /
-//!    `_sync_on`, and their paired difference). The new flow reports an
-//!    event on every run, so its rounds are `SYNC_NEW_REPEAT` runs, which
-//!    fit the 1 MiB `SYNC_EVENTS` ring, and the ring is drained between
+//!    `_sync_on`, and their paired difference). The new flow (SYN+FIN)
+//!    reports two events on every run (opened, closed), so its rounds are
+//!    `SYNC_NEW_REPEAT` runs, whose events fit the 1 MiB `SYNC_EVENTS` ring, and the ring is drained between
 //!    rounds (never during one); the events drained and `SYNC_LOST` are
 //!    checked and reported.
 //!
@@ -733,11 +733,14 @@ fn mean_cost(harness: &mut Harness, frame: &[u8]) -> f64 {
     sum as f64 / ROUNDS as f64
 }
 
-/// Runs per round for a case that reports a sync event on every run: one
-/// round's events (56 bytes each with the ring's header) must fit the
-/// 1 MiB `SYNC_EVENTS` (about 18,700), or the ring fills and the rest are
-/// counted lost instead of written, which costs less.
-const SYNC_NEW_REPEAT: u32 = 10_000;
+/// Runs per round for the new-flow case, which reports two sync events on
+/// every run (a SYN+FIN: opened, then closed): one round's events (56
+/// bytes each with the ring's header) must fit the 1 MiB `SYNC_EVENTS`
+/// (about 18,700), or the ring fills and the rest are counted lost instead
+/// of written, which costs less.
+const SYNC_NEW_REPEAT: u32 = 5_000;
+/// Sync events a new-flow run reports.
+const SYNC_NEW_EVENTS: u64 = 2;
 /// Pairs of rounds (off, on) per case.
 const SYNC_NEW_PAIRS: usize = 200;
 const SYNC_ESTABLISHED_PAIRS: usize = 10;
@@ -945,7 +948,7 @@ fn print_sync_checks(name: &str, states: &[SyncState; 2], runs: u64, new_flow: b
             name, states[0].events
         );
     }
-    let expected = if new_flow { runs } else { 0 };
+    let expected = if new_flow { SYNC_NEW_EVENTS * runs } else { 0 };
     println!(
         "  check {} sync on: {} events drained over {runs} runs, {lost} lost{}",
         name,

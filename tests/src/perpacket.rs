@@ -124,8 +124,9 @@ pub fn time(harness: &mut Harness, cases: &[Case], rounds: usize, repeat: u32) -
         .expect("register lb0 for one-arm cases");
     let mut gathered: Vec<Gathered> = cases.iter().map(|_| Gathered::default()).collect();
     // Untimed first run: puts established flows in the connection table.
-    for (case, state) in cases.iter().zip(&mut gathered) {
-        let padded = prepare(harness, case, 0);
+    // Varied cases start their tuples far apart, so no two share one.
+    for (index, (case, state)) in cases.iter().zip(&mut gathered).enumerate() {
+        let padded = prepare(harness, case, (index as u64) << 40);
         run(harness, program_names::BENCH, case.arm, &padded, 1);
         state.runs = harness.dataplane.bench_runs().expect("bench runs");
     }
