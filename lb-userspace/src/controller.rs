@@ -19,27 +19,20 @@ use std::{
 mod announcing;
 mod apply;
 mod attacking;
-mod report;
+mod faces;
 mod routing;
 mod settings;
 mod syncing;
 mod weights;
 
 use apply::apply_whole;
-pub use apply::{UndoFailed, half_done, reload_failure};
 use settings::{log_tunnel_sources, resolve_tunnel_sources, tunnel_targets};
 use weights::{configured_backend, folded_weights, kept_dynamic};
 
-pub use report::{
-    BackendStats, BackendStatus, LastCheck, ServiceFilter, ServiceStats, ServiceStatus,
-    StatsReport, StatusReport,
-};
 pub use settings::{
     TunnelSources, default_tunnel_sources, guard_settings, settings, settings_with, sizes,
 };
 
-pub use announcing::{AnnounceStatus, VipStatus};
-pub use routing::RouteError;
 
 use crate::{
     config::Scheduler,
@@ -51,6 +44,10 @@ use crate::{
     hops::HopCache,
     netlink::{ifindex, mac_address},
     plan::{BackendKey, BackendState, Planner},
+    report::{
+        BackendStats, BackendStatus, LastCheck, Override, OverrideError, ServiceFilter,
+        ServiceStats, ServiceStatus, StatsReport, StatusReport,
+    },
     sysctl::ForwardingSysctls,
 };
 
@@ -1339,34 +1336,11 @@ fn attach(
     Ok(())
 }
 
-/// An operator's change to one backend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Override {
-    /// Weight 0: no new flows; existing flows finish.
-    Drain,
-    /// Back to the weight it had.
-    Undrain,
-    /// A weight in place of the configured one.
-    Weight(u32),
-}
-
 /// The overrides in force for one backend.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct BackendOverride {
     drained: bool,
     weight: Option<u32>,
-}
-
-/// Why an override was refused.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum OverrideError {
-    /// No such service or backend; the message lists the valid ones.
-    #[error("{0}")]
-    Unknown(String),
-    /// Applying it failed.
-    #[error(transparent)]
-    Failed(anyhow::Error),
 }
 
 /// `ADDR`, `ADDR:PORT` or `[V6]:PORT`.

@@ -26,6 +26,7 @@ pub mod netlink;
 pub mod owner;
 pub mod plan;
 pub mod release;
+pub mod report;
 pub mod route;
 pub mod sync;
 pub mod sysctl;

@@ -20,10 +20,11 @@ use show::{change_backend, guard, ha, route, stats, status, trace, watch_stats};
 use crate::{
     api,
     config::{Config, ConfigError, Ha, default_socket},
-    controller::{Controller, StatsReport, StatusReport},
+    controller::Controller,
     dataplane::{AttachMode, Dataplane, unpin_link},
     netlink::ifindex,
     owner::{ControllerHandle, OwnerError},
+    report::{StatsReport, StatusReport},
 };
 
 /// Layer-4 load balancer in the kernel's XDP layer, with health checks and
@@ -832,7 +833,7 @@ fn reload_on_signal(controller: &ControllerHandle) -> Result<(), Failure> {
     controller
         .send(|c| {
             if let Err(error) = c.reload() {
-                let what = crate::controller::reload_failure(&error);
+                let what = crate::report::reload_failure(&error);
                 tracing::error!(error = %format!("{error:#}"), "{what}");
             }
         })

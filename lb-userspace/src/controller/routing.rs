@@ -3,10 +3,11 @@
 
 use super::Controller;
 use crate::route::{
-    self, ReadError,
+    self,
     maps::{MapTables, interface_name},
     report::{RouteReport, RouteRequest},
 };
+use crate::report::RouteError;
 
 impl Controller {
     /// Where the flow of `request` goes and why. An operator's bad request
@@ -23,16 +24,4 @@ impl Controller {
             interface_name,
         ))
     }
-}
-
-/// Why `lb route` has no answer.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum RouteError {
-    /// The request does not name a flow (the operator's to fix).
-    #[error("{0}")]
-    Request(String),
-    /// A map the decision needs could not be read.
-    #[error(transparent)]
-    Read(#[from] ReadError),
 }

@@ -16,7 +16,18 @@ use aya::maps::{MapData, PerCpuArray, RingBuf};
 use lb_common::trace::{TraceEvent, TraceSettings, TraceState};
 
 use super::{Filter, TraceBatch, TraceLine, TracePoll, decode, kernel_settings};
-use crate::owner::ControllerHandle;
+use crate::owner::Handle;
+
+/// What the hub needs of the data path's owner: the kernel's trace turned
+/// on with a filter, or off (`None`). The controller implements it; the
+/// hub reaches it only through its owner's [`Handle`].
+pub trait Tracing: 'static {
+    /// Writes `filter` and sets `SETTINGS_TRACE`, or clears it (`None`).
+    ///
+    /// # Errors
+    /// A map write that failed.
+    fn set_trace(&mut self, filter: Option<TraceSettings>) -> anyhow::Result<()>;
+}
 
 /// How long a poll keeps a client's filter in force.
 pub const LEASE: Duration = Duration::from_secs(5);
@@ -69,10 +80,10 @@ impl Hub {
     /// Answers a client's poll: registers or refreshes its filter (turning
     /// the kernel's tracing on or changing its filter through the owner),
     /// then waits up to a second for events after `poll.after`.
-    pub fn poll(
+    pub fn poll<T: Tracing>(
         &self,
         poll: &TracePoll,
-        controller: &ControllerHandle,
+        controller: &Handle<T>,
     ) -> anyhow::Result<TraceBatch> {
         let wanted = {
             let mut state = self.lock();
@@ -185,7 +196,7 @@ impl std::fmt::Debug for Kernel {
 }
 
 /// Starts the thread that reads `kernel` into a new hub; returns the hub.
-pub fn spawn(kernel: Kernel, controller: ControllerHandle) -> anyhow::Result<Arc<Hub>> {
+pub fn spawn<T: Tracing>(kernel: Kernel, controller: Handle<T>) -> anyhow::Result<Arc<Hub>> {
     let hub = Arc::new(Hub::default());
     let reader = hub.clone();
     std::thread::Builder::new()
@@ -202,7 +213,7 @@ fn clock_offset() -> i128 {
     i128::try_from(realtime).unwrap_or(0) - i128::from(crate::dataplane::monotonic_ns())
 }
 
-fn read(mut kernel: Kernel, hub: &Hub, controller: &ControllerHandle) {
+fn read<T: Tracing>(mut kernel: Kernel, hub: &Hub, controller: &Handle<T>) {
     let mut names: BTreeMap<u32, String> = BTreeMap::new();
     let mut last_check = Instant::now();
     loop {
