@@ -6,7 +6,8 @@
 
 use std::{collections::BTreeMap, net::IpAddr, time::SystemTime};
 
-use super::{Controller, link_pin, unix_seconds};
+use super::{Controller, status::unix_seconds};
+use crate::dataplane::link_pin;
 use crate::{
     health::Health,
     report::{AnnounceStatus, VipStatus},

@@ -2,12 +2,12 @@
 //! plane's maps (`crate::route`), named with its plan and status.
 
 use super::Controller;
+use crate::report::RouteError;
 use crate::route::{
     self,
     maps::{MapTables, interface_name},
     report::{RouteReport, RouteRequest},
 };
-use crate::report::RouteError;
 
 impl Controller {
     /// Where the flow of `request` goes and why. An operator's bad request
