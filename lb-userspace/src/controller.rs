@@ -185,11 +185,8 @@ impl Controller {
 
 /// Where an instance's maps and attachments are pinned.
 pub fn pin_dir(config: &Config) -> PathBuf {
-    Path::new(PIN_ROOT).join(config.instance.as_str())
+    Path::new(crate::dataplane::PIN_ROOT).join(config.instance.as_str())
 }
-
-/// bpffs directory of every lb instance.
-pub const PIN_ROOT: &str = "/sys/fs/bpf/lb";
 
 #[cfg(test)]
 mod tests;

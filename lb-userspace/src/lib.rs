@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod conns;
 pub mod controller;
+pub mod daemon;
 pub mod dataplane;
 pub mod dynamic;
 pub mod guard;

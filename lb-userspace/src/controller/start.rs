@@ -190,19 +190,37 @@ impl Controller {
         undo_start(&mut std::mem::take(&mut self.started_with), &self.pin_dir)
     }
 
-    /// Detaches from every interface, removes the pinned maps and puts back
-    /// the forwarding sysctls `lb run` turned on.
-    pub fn stop(&mut self) -> anyhow::Result<()> {
+    /// The clean stop's last step: detaches from every interface, removes
+    /// the pinned maps, the managed neighbour entries and puts back the
+    /// forwarding sysctls `lb run` turned on; then [`Controller::close`].
+    pub fn stop(mut self) -> anyhow::Result<()> {
         // Taken, so a refresh racing the exit cannot manage them again.
         if let Some(mut hops) = self.hops.take() {
             hops.forget_managed();
         }
         let detached = unpin_all(&self.pin_dir);
         self.started_with.forwarding.restore();
+        self.close();
         for interface in detached? {
             tracing::info!(%interface, "detached");
         }
         Ok(())
+    }
+
+    /// Lets go of everything this process holds, without waiting: the
+    /// health checker is told to stop and its probes in flight are left to
+    /// end on their own ([`crate::health::Checker::abandon`]: dropping a running checker
+    /// would wait for them, and an exec check can take seconds); then every
+    /// descriptor is closed. What is pinned outlives the descriptors: after
+    /// [`Controller::stop`] nothing is, and the attachments go with them;
+    /// without it (SIGQUIT, an HA instance that failed) the data plane
+    /// stays attached, pinned and forwarding, with the managed neighbour
+    /// entries and the forwarding sysctls the next `lb run` takes over.
+    pub fn close(mut self) {
+        if let Some(checker) = self.checker.take() {
+            checker.abandon();
+        }
+        drop(self);
     }
 }
 

@@ -195,14 +195,20 @@ impl std::fmt::Debug for Kernel {
     }
 }
 
-/// Starts the thread that reads `kernel` into a new hub; returns the hub.
-pub fn spawn<T: Tracing>(kernel: Kernel, controller: Handle<T>) -> anyhow::Result<Arc<Hub>> {
+/// Starts the thread that reads `kernel` into a new hub; returns the hub
+/// and the thread, which ends once `stopping` says so (asked every 200 ms)
+/// or the owner is gone.
+pub fn spawn<T: Tracing>(
+    kernel: Kernel,
+    controller: Handle<T>,
+    stopping: impl Fn() -> bool + Send + 'static,
+) -> std::io::Result<(Arc<Hub>, std::thread::JoinHandle<()>)> {
     let hub = Arc::new(Hub::default());
     let reader = hub.clone();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("trace".into())
-        .spawn(move || read(kernel, &reader, &controller))?;
-    Ok(hub)
+        .spawn(move || read(kernel, &reader, &controller, &stopping))?;
+    Ok((hub, thread))
 }
 
 /// `CLOCK_REALTIME - CLOCK_MONOTONIC`, in nanoseconds.
@@ -213,10 +219,15 @@ fn clock_offset() -> i128 {
     i128::try_from(realtime).unwrap_or(0) - i128::from(crate::dataplane::monotonic_ns())
 }
 
-fn read<T: Tracing>(mut kernel: Kernel, hub: &Hub, controller: &Handle<T>) {
+fn read<T: Tracing>(
+    mut kernel: Kernel,
+    hub: &Hub,
+    controller: &Handle<T>,
+    stopping: &dyn Fn() -> bool,
+) {
     let mut names: BTreeMap<u32, String> = BTreeMap::new();
     let mut last_check = Instant::now();
-    loop {
+    while !stopping() {
         let mut fd = libc::pollfd {
             fd: kernel.events.as_raw_fd(),
             events: libc::POLLIN,
