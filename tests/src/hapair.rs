@@ -4,7 +4,11 @@
 //! one switch, each test's own configuration in the balancers — the
 //! handover, active-active, timing and sync tests.
 
-use std::{net::UdpSocket, time::Duration};
+use std::{
+    net::UdpSocket,
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
 
 use crate::{
     TempFile,
@@ -219,4 +223,17 @@ impl HaBed {
     pub fn ha_state(&self, i: usize) -> String {
         self.ha(i)["state"].as_str().unwrap_or("").to_string()
     }
+}
+
+/// Waits until a test's steady client (a thread that counts its requests
+/// in `made`) has made `more` requests beyond those counted now (each
+/// bounded by its 3 s connect timeout).
+pub fn wait_requests(made: &AtomicUsize, more: usize) {
+    let from = made.load(Ordering::Relaxed);
+    assert!(
+        wait_until(Duration::from_mins(1), || made.load(Ordering::Relaxed)
+            >= from + more),
+        "the steady client made {} of {more} requests in 60 s",
+        made.load(Ordering::Relaxed) - from
+    );
 }

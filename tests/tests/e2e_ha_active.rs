@@ -22,7 +22,7 @@ use std::{
 use lb_tests::{
     TempFile,
     bed::{HeldConnection, tcp_request},
-    hapair::{HaBed, Layout, Member},
+    hapair::{HaBed, Layout, Member, wait_requests},
     lbrun::LbRun,
     netns::{Netns, wait_until},
 };
@@ -230,16 +230,6 @@ fn steady_client(
         }
         samples
     })
-}
-
-fn wait_requests(made: &AtomicUsize, more: usize) {
-    let from = made.load(Ordering::Relaxed);
-    assert!(
-        wait_until(Duration::from_mins(1), || made.load(Ordering::Relaxed)
-            >= from + more),
-        "the steady client made {} of {more} requests in 60 s",
-        made.load(Ordering::Relaxed) - from
-    );
 }
 
 /// Failed requests of `samples` after `from`, and how long after it the

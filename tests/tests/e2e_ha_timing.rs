@@ -34,7 +34,7 @@ use std::{
 use lb_tests::{
     TempFile,
     bed::tcp_request,
-    hapair::{HaBed, Layout, Member},
+    hapair::{HaBed, Layout, Member, wait_requests},
     netns::{Netns, wait_until},
 };
 
@@ -238,18 +238,6 @@ fn steady_client(
         }
         samples
     })
-}
-
-/// Waits until the steady client has made `more` requests beyond those
-/// counted now (each bounded by its 3 s connect timeout).
-fn wait_requests(made: &AtomicUsize, more: usize) {
-    let from = made.load(Ordering::Relaxed);
-    assert!(
-        wait_until(Duration::from_mins(1), || made.load(Ordering::Relaxed)
-            >= from + more),
-        "the steady client made {} of {more} requests in 60 s",
-        made.load(Ordering::Relaxed) - from
-    );
 }
 
 /// Partitions balancer 2 from balancer 1 under client traffic until both
