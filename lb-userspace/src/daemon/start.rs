@@ -42,29 +42,34 @@ use crate::{
 
 /// Steps 1 to 10 of the module's list; a [`Running`] balancer.
 pub(super) fn start(path: &Path) -> Result<Running, RunError> {
-    let (config, lock) = prepare(path)?;
-    release_stale(&config)?;
-    let signals = signals::Signals::block();
+    let (config, lock) = prepare(path)?; // 1
+    release_stale(&config)?; // 2
+    let signals = signals::Signals::block(); // 3
     let socket = config.control.socket.clone();
     let metrics = config.control.metrics;
+    // 4
     let mut controller = Controller::start(config, path).map_err(RunError::Runtime)?;
     let (alarm, ha_stopped) = signals::ha_alarm();
     let undone = |mut controller: Controller, error: anyhow::Error| {
         let outcome = controller.abandon();
         RunError::Runtime(error.context(outcome))
     };
+    // 5
     if let Err(error) = controller.start_sync() {
         return Err(undone(controller, error));
     }
     controller.await_bulk(crate::sync::bulk::BULK_WAIT);
+    // 6
     if let Err(error) = controller.start_ha(&alarm) {
         return Err(undone(controller, error));
     }
+    // 7
     let trace = controller.take_trace().inspect_err(no_trace).ok();
     let hand_over = controller.ha_hand_over();
     let (events, results) = mpsc::channel();
     controller.start_health(events);
     controller.start_announce();
+    // 8
     let mut threads = threads::Threads::default();
     let (controller, owner) = match crate::owner::spawn(controller) {
         Ok(spawned) => spawned,
@@ -77,6 +82,7 @@ pub(super) fn start(path: &Path) -> Result<Running, RunError> {
         }
     };
     threads.adopt("controller", owner);
+    // 9, then 10.
     let served = listen(metrics, &controller, &socket).and_then(|server| {
         let hub = trace.and_then(|kernel| {
             let stopping = threads.stopping();
