@@ -3,8 +3,8 @@
 //!
 //! | method | path         | answer                                  |
 //! |--------|--------------|-----------------------------------------|
-//! | GET    | `/v1/status` | [`crate::controller::StatusReport`]      |
-//! | GET    | `/v1/stats`  | [`crate::controller::StatsReport`]       |
+//! | GET    | `/v1/status` | [`crate::report::StatusReport`]      |
+//! | GET    | `/v1/stats`  | [`crate::report::StatsReport`]       |
 //! | GET    | `/v1/status?service=NAME`, `/v1/stats?service=NAME` | the same, of the services named (repeatable); 404 naming an unknown one |
 //! | POST   | `/v1/reload` | `{"reloaded": true, "writes": N}`; 400 with the problems, nothing changed; 500 if a write failed and so did its undo |
 //! | POST   | `/v1/drain`, `/v1/undrain` | body [`BackendChange`]; answers the backend's status |
@@ -33,10 +33,66 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    controller::{Controller, Override, OverrideError, ServiceFilter},
+    guard::GuardReport,
     http::{Limits, Request, Response},
-    owner::ControllerHandle,
+    owner::Handle,
+    report::{
+        BackendStatus, Override, OverrideError, RouteError, ServiceFilter, StatsReport,
+        StatusReport,
+    },
+    route::report::{RouteReport, RouteRequest},
+    trace::hub::Tracing,
 };
+
+/// What the control socket asks of the running balancer, each a job for
+/// its owner ([`Handle::call`]). The controller implements it; the API
+/// never names the controller (docs/STYLE.md §14).
+pub trait Control: Tracing {
+    /// `POST /v1/reload`: the number of map writes.
+    ///
+    /// # Errors
+    /// A refused file, or writes that failed (see [`crate::report::half_done`]).
+    fn reload(&mut self) -> anyhow::Result<usize>;
+    /// `POST /v1/drain`, `/v1/undrain`, `/v1/weight`.
+    ///
+    /// # Errors
+    /// An unknown service or backend, or writes that failed.
+    fn override_backend(
+        &mut self,
+        service: &str,
+        backend: &str,
+        change: Override,
+    ) -> Result<BackendStatus, OverrideError>;
+    /// `POST /v1/route`.
+    ///
+    /// # Errors
+    /// A request that names no flow, or a map that could not be read.
+    fn route(&self, request: &RouteRequest) -> Result<RouteReport, RouteError>;
+    /// `GET /v1/guard`.
+    fn guard_report(&self) -> GuardReport;
+    /// `POST /v1/guard/deny`.
+    ///
+    /// # Errors
+    /// A full list, or writes that failed.
+    fn guard_deny(&mut self, prefix: ipnet::IpNet) -> Result<GuardReport, OverrideError>;
+    /// `POST /v1/guard/allow`.
+    ///
+    /// # Errors
+    /// Nothing denies the prefix, it is the file's, or writes failed.
+    fn guard_allow(&mut self, prefix: ipnet::IpNet) -> Result<GuardReport, OverrideError>;
+    /// `Err` naming the services `filter` names that are not configured.
+    ///
+    /// # Errors
+    /// [`OverrideError::Unknown`] listing the services.
+    fn check_services(&self, filter: &ServiceFilter) -> Result<(), OverrideError>;
+    /// `GET /v1/status`.
+    fn status_of(&self, filter: &ServiceFilter) -> StatusReport;
+    /// `GET /v1/stats`.
+    ///
+    /// # Errors
+    /// A counter that could not be read.
+    fn stats_of(&self, filter: &ServiceFilter) -> anyhow::Result<StatsReport>;
+}
 
 /// Longest request head accepted.
 const MAX_HEAD: usize = 8 * 1024;
@@ -90,9 +146,9 @@ impl Server {
     /// Serves requests in the background until the process ends; the
     /// returned guard removes the socket file when dropped.
     /// `trace` serves `lb trace` (`None`: refused, 503).
-    pub fn spawn(
+    pub fn spawn<C: Control>(
         self,
-        controller: ControllerHandle,
+        controller: Handle<C>,
         trace: Option<Arc<crate::trace::hub::Hub>>,
     ) -> anyhow::Result<SocketGuard> {
         let guard = SocketGuard(self.path.clone());
@@ -121,9 +177,9 @@ impl Drop for SocketGuard {
 }
 
 /// `POST /v1/trace`: one poll of the trace (waits up to a second).
-fn trace_poll(
+fn trace_poll<C: Control>(
     request: &Request,
-    controller: &ControllerHandle,
+    controller: &Handle<C>,
     hub: Option<&crate::trace::hub::Hub>,
 ) -> Response {
     let Some(hub) = hub else {
@@ -141,18 +197,18 @@ fn trace_poll(
 
 /// Answers one request. Bodies are parsed here, on the client's thread;
 /// only the controller's part of the work is a job for its owner.
-fn route(request: &Request, controller: &ControllerHandle) -> Response {
+fn route<C: Control>(request: &Request, controller: &Handle<C>) -> Response {
     match (request.method.as_str(), request.path.as_str()) {
         ("GET", "/v1/status" | "/v1/stats") => report(request, controller),
         ("POST", "/v1/reload") => {
-            answer(controller.call(Controller::reload), |reload| match reload {
+            answer(controller.call(C::reload), |reload| match reload {
                 Ok(writes) => json(&serde_json::json!({ "reloaded": true, "writes": writes })),
                 Err(error) => {
-                    let what = crate::controller::reload_failure(&error);
+                    let what = crate::report::reload_failure(&error);
                     tracing::error!(error = %format!("{error:#}"), "{what}");
                     // The file is the operator's to fix (a client error),
                     // unless the maps are left half-changed.
-                    let status = if crate::controller::half_done(&error) {
+                    let status = if crate::report::half_done(&error) {
                         500
                     } else {
                         400
@@ -190,9 +246,7 @@ fn route(request: &Request, controller: &ControllerHandle) -> Response {
                 controller.call(move |c| c.route(&request)),
                 |report| match report {
                     Ok(report) => json(&report),
-                    Err(crate::controller::RouteError::Request(error)) => {
-                        Response::error(400, &error)
-                    }
+                    Err(RouteError::Request(error)) => Response::error(400, &error),
                     // A map read that failed: the controller's, not the
                     // request's, with its cause.
                     Err(error) => Response::error(500, &format!("{:#}", anyhow::Error::new(error))),
@@ -236,7 +290,7 @@ fn route(request: &Request, controller: &ControllerHandle) -> Response {
 }
 
 /// `GET /v1/status` or `/v1/stats`, of the services the query names.
-fn report(request: &Request, controller: &ControllerHandle) -> Response {
+fn report<C: Control>(request: &Request, controller: &Handle<C>) -> Response {
     let filter = match filter(request) {
         Ok(filter) => filter,
         Err(response) => return response,

@@ -1150,6 +1150,9 @@ pub enum Attachment {
     Attached(AttachedMode),
 }
 
+/// bpffs directory of every lb instance (`<PIN_ROOT>/<instance>`).
+pub const PIN_ROOT: &str = "/sys/fs/bpf/lb";
+
 /// The pin path of the attachment to `interface` under `pin_dir`.
 pub fn link_pin(pin_dir: &std::path::Path, interface: &str) -> std::path::PathBuf {
     pin_dir.join(format!("link-{interface}"))

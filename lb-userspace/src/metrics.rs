@@ -4,6 +4,7 @@
 //! nothing to keep in step between scrapes.
 
 use std::{
+    collections::BTreeMap,
     net::{SocketAddr, TcpListener},
     sync::Arc,
     time::Duration,
@@ -18,10 +19,28 @@ use prometheus_client::{
 };
 
 use crate::{
-    controller::{Controller, StatsReport, StatusReport},
     http::{Limits, Request, Response},
-    owner::ControllerHandle,
+    owner::Handle,
+    plan::BackendKey,
+    report::{StatsReport, StatusReport},
 };
+
+/// What a scrape reads of the running balancer, as a job for its owner.
+/// The controller implements it; metrics never names the controller
+/// (docs/STYLE.md §14).
+pub trait Source: 'static {
+    /// The status report.
+    fn status(&self) -> StatusReport;
+    /// The counters.
+    ///
+    /// # Errors
+    /// A counter that could not be read.
+    fn stats(&self) -> anyhow::Result<StatsReport>;
+    /// Health-check durations, by backend.
+    fn check_latency(&self) -> &BTreeMap<BackendKey, Histogram>;
+    /// Map fill levels: (map, entries, capacity).
+    fn map_fill(&self) -> Vec<(&'static str, u64, u64)>;
+}
 
 /// One scrape's worth of numbers.
 #[derive(Debug)]
@@ -574,7 +593,7 @@ impl Scrape {
 impl Scrape {
     /// The numbers of the controller's current state; taken by its owner,
     /// encoded after on the client's thread.
-    fn take(controller: &Controller) -> anyhow::Result<Self> {
+    fn take(controller: &impl Source) -> anyhow::Result<Self> {
         let latency = controller
             .check_latency()
             .iter()
@@ -606,14 +625,14 @@ impl Scrape {
 }
 
 /// The metrics page for the controller's current state.
-pub fn render(controller: &Controller) -> anyhow::Result<String> {
+pub fn render(controller: &impl Source) -> anyhow::Result<String> {
     Scrape::take(controller)?.render()
 }
 
 /// Serves `GET /metrics` on `address` in the background, through
 /// [`crate::http`]: clients concurrently, heads bounded to 8 KiB, no body,
 /// each read bounded by 5 s and each connection by 30 s.
-pub fn serve(address: SocketAddr, controller: ControllerHandle) -> anyhow::Result<()> {
+pub fn serve<S: Source>(address: SocketAddr, controller: Handle<S>) -> anyhow::Result<()> {
     let listener = TcpListener::bind(address)
         .with_context(|| format!("binding the metrics address {address}"))?;
     let limits = Limits {
@@ -635,7 +654,7 @@ pub fn serve(address: SocketAddr, controller: ControllerHandle) -> anyhow::Resul
     )
 }
 
-fn answer(request: &Request, controller: &ControllerHandle) -> Response {
+fn answer<S: Source>(request: &Request, controller: &Handle<S>) -> Response {
     if request.method != "GET" || request.path != "/metrics" {
         return Response {
             status: 404,

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::controller::{BackendStats, ServiceStats, StatsReport};
+use crate::report::{BackendStats, ServiceStats, StatsReport};
 
 /// One interval of `lb stats --watch --output json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -9,7 +9,7 @@
 //! both roles. Takeover times are printed, not asserted.
 
 use std::{
-    net::{SocketAddr, UdpSocket},
+    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -18,11 +18,10 @@ use std::{
 };
 
 use lb_tests::{
-    TempFile,
-    bed::{Backend, DecapGuard, HeldConnection, backend, tcp_request},
+    bed::{HeldConnection, tcp_request},
+    hapair::{HaBed, Layout, Member, wait_requests},
     keepalived::Keepalived,
-    lbrun::LbRun,
-    netns::{Netns, bridge, enslave, veth, wait_until},
+    netns::{Netns, wait_until},
 };
 
 /// The VIPs, one service per forwarding mode.
@@ -34,116 +33,51 @@ const DSR6: &str = "[2001:db8:ff::11]:80";
 /// (NAT replies must come back through the master), in both families.
 const FLOATING: &str = "198.51.100.1/24, 192.0.2.254/24, '2001:db8:1::1/64', '2001:db8::fe/64'";
 
-/// Client, two balancers and two backends on one switch. The client
-/// (198.51.100.2) reaches the VIPs through the floating gateway
-/// 198.51.100.1; the backends' default route is the floating 192.0.2.254.
-/// Field order is drop order: the switch-side decap pins go while their
-/// veths still exist.
-struct HaBed {
-    _decaps: Vec<DecapGuard>,
-    balancers: Vec<LbRun>,
-    _backends: Vec<Backend>,
-    client: Netns,
-    _switch: Netns,
-}
-
-impl HaBed {
-    /// `tag` keeps parallel tests' instances, pins and sockets apart;
-    /// `unicast` has the balancers advertise to each other's address
-    /// instead of 224.0.0.18.
-    fn new(tag: &str, unicast: bool) -> Self {
-        let switch = Netns::new("hsw");
-        bridge(&switch, "br0");
-        let client = Netns::new("hcl");
-        veth(&client, "eth0", &switch, "pc");
-        enslave(&switch, "pc", "br0");
-        client.addr("eth0", "198.51.100.2/24");
-        client.route("203.0.113.0/24", "198.51.100.1");
-        client.addr("eth0", "2001:db8:1::2/64");
-        client.route("2001:db8:ff::/64", "2001:db8:1::1");
-        // Declared in this order so an unwinding panic drops decaps first.
-        let mut balancers = Vec::new();
-        let mut decaps = Vec::new();
-        for (i, priority) in [(1u8, 150u8), (2, 100)] {
-            let ns = Netns::new(&format!("hlb{i}"));
-            let port = format!("pl{i}");
-            veth(&ns, "eth0", &switch, &port);
-            enslave(&switch, &port, "br0");
-            ns.addr("eth0", &format!("192.0.2.{i}/24"));
-            ns.addr("eth0", &format!("2001:db8::{i}/64"));
-            ns.sysctl("net.ipv4.conf.all.rp_filter=0");
-            // XDP_TX back into the veth needs an XDP program on its peer.
-            decaps.push(DecapGuard::attach(switch.name(), &port));
-            let pid = std::process::id();
-            let socket = format!("/run/lb/ha-{tag}{i}-{pid}.sock");
-            let instance = format!("ha{tag}{i}x{pid}");
-            let peers = if unicast {
-                format!("unicast_peers: [192.0.2.{}], ", 3 - i)
-            } else {
-                String::new()
-            };
-            let config = TempFile::new(
-                &format!("ha{i}.yaml"),
-                &format!(
-                    "instance: {instance}\ninterfaces: [{{ name: eth0 }}]\nservices:\n\
-                     \x20 - {{ name: nat, vip: 203.0.113.10, port: 80, protocol: tcp, forwarding: nat, \
-                     backends: [{{ address: 192.0.2.11, port: 8080 }}, {{ address: 192.0.2.12, port: 8080 }}] }}\n\
-                     \x20 - {{ name: dsr, vip: 203.0.113.11, port: 80, protocol: tcp, forwarding: dsr, \
-                     backends: [{{ address: 192.0.2.11 }}, {{ address: 192.0.2.12 }}] }}\n\
-                     \x20 - {{ name: tunnel, vip: 203.0.113.12, port: 80, protocol: tcp, forwarding: tunnel, \
-                     backends: [{{ address: 192.0.2.11 }}, {{ address: 192.0.2.12 }}] }}\n\
-                     \x20 - {{ name: dsr6, vip: '2001:db8:ff::11', port: 80, protocol: tcp, forwarding: dsr, \
-                     backends: [{{ address: '2001:db8::11' }}, {{ address: '2001:db8::12' }}] }}\n\
-                     ha: {{ interface: eth0, virtual_router_id: 51, priority: {priority}, \
-                     advert_interval: 100ms, preempt: true, {peers}floating_ips: [{FLOATING}] }}\n\
-                     dataplane: {{ tunnel_source_v4: 192.0.2.240/28 }}\n\
-                     control: {{ socket: {socket} }}\n"
-                ),
-            );
-            balancers.push(LbRun::new(ns, config, socket, instance));
-        }
-        let backends: Vec<Backend> = [11, 12]
-            .map(|host| backend(&switch, host))
-            .into_iter()
-            .collect();
-        for backend in &backends {
-            backend
-                .ns
-                .ip(&["route", "replace", "default", "via", "192.0.2.254"]);
-            backend
-                .ns
-                .ip(&["-6", "route", "replace", "default", "via", "2001:db8::fe"]);
-        }
-        Self {
-            _decaps: decaps,
-            balancers,
-            _backends: backends,
-            client,
-            _switch: switch,
-        }
-    }
-
-    fn start(&mut self, i: usize) {
-        let balancer = &mut self.balancers[i];
-        balancer.start();
-        // DSR needs the backends' neighbours resolved.
-        for host in [11, 12] {
-            balancer.ns.run(move || {
-                let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
-                let _ = socket.send_to(b"hi", (format!("192.0.2.{host}"), 80));
-                let socket = UdpSocket::bind("[::]:0").unwrap();
-                let _ = socket.send_to(b"hi", (format!("2001:db8::{host}"), 80));
-            });
-        }
-    }
-
-    fn ha(&self, i: usize) -> serde_json::Value {
-        self.balancers[i].status()["ha"].clone()
-    }
-
-    fn ha_state(&self, i: usize) -> String {
-        self.ha(i)["state"].as_str().unwrap_or("").to_string()
-    }
+/// The bed ([`HaBed`]): four services, one per forwarding mode and DSR
+/// over IPv6, both families; the client reaches the VIPs through the
+/// floating 198.51.100.1 / `2001:db8:1::1`. `tag` keeps parallel tests'
+/// instances, pins and sockets apart; `unicast` has the balancers advertise
+/// to each other's address instead of 224.0.0.18.
+fn ha_bed(tag: &str, unicast: bool) -> HaBed {
+    let layout = Layout {
+        ns: "h".into(),
+        name: "ha".into(),
+        tag: tag.into(),
+        routes: vec![
+            ("203.0.113.0/24", "198.51.100.1"),
+            ("2001:db8:ff::/64", "2001:db8:1::1"),
+        ],
+        ipv6: true,
+    };
+    HaBed::new(&layout, |member| {
+        let Member {
+            index: i,
+            peer,
+            instance,
+            socket,
+        } = *member;
+        let priority = if i == 1 { 150 } else { 100 };
+        let peers = if unicast {
+            format!("unicast_peers: [{peer}], ")
+        } else {
+            String::new()
+        };
+        format!(
+            "instance: {instance}\ninterfaces: [{{ name: eth0 }}]\nservices:\n\
+             \x20 - {{ name: nat, vip: 203.0.113.10, port: 80, protocol: tcp, forwarding: nat, \
+             backends: [{{ address: 192.0.2.11, port: 8080 }}, {{ address: 192.0.2.12, port: 8080 }}] }}\n\
+             \x20 - {{ name: dsr, vip: 203.0.113.11, port: 80, protocol: tcp, forwarding: dsr, \
+             backends: [{{ address: 192.0.2.11 }}, {{ address: 192.0.2.12 }}] }}\n\
+             \x20 - {{ name: tunnel, vip: 203.0.113.12, port: 80, protocol: tcp, forwarding: tunnel, \
+             backends: [{{ address: 192.0.2.11 }}, {{ address: 192.0.2.12 }}] }}\n\
+             \x20 - {{ name: dsr6, vip: '2001:db8:ff::11', port: 80, protocol: tcp, forwarding: dsr, \
+             backends: [{{ address: '2001:db8::11' }}, {{ address: '2001:db8::12' }}] }}\n\
+             ha: {{ interface: eth0, virtual_router_id: 51, priority: {priority}, \
+             advert_interval: 100ms, preempt: true, {peers}floating_ips: [{FLOATING}] }}\n\
+             dataplane: {{ tunnel_source_v4: 192.0.2.240/28 }}\n\
+             control: {{ socket: {socket} }}\n"
+        )
+    })
 }
 
 /// Sends `payload` as IP protocol 112 (VRRP) with TTL 255 from `ns` to `to`.
@@ -190,14 +124,8 @@ fn send_vrrp(ns: &Netns, to: &'static str, payload: &'static [u8]) {
 
 #[test]
 fn garbage_vrrp_and_an_ha_reload_change_nothing() {
-    let mut bed = HaBed::new("g", false);
-    bed.start(0);
-    bed.start(1);
-    assert!(
-        wait_until(Duration::from_secs(10), || bed.ha_state(0) == "master"
-            && bed.ha_state(1) == "backup"),
-        "no master/backup pair"
-    );
+    let mut bed = ha_bed("g", false);
+    bed.start_pair();
     let before = bed.ha(0)["transitions"].as_u64().unwrap();
     // Truncated, wrong version, and a priority-0 "advertisement" with a
     // broken checksum that would otherwise make the master give up.
@@ -264,31 +192,11 @@ fn steady_client(
     })
 }
 
-/// Waits until the steady client has made `more` requests beyond those
-/// counted now (each bounded by its 3 s connect timeout).
-fn wait_requests(made: &AtomicUsize, more: usize) {
-    let from = made.load(Ordering::Relaxed);
-    assert!(
-        wait_until(Duration::from_mins(1), || made.load(Ordering::Relaxed)
-            >= from + more),
-        "the steady client made {} of {more} requests in 60 s",
-        made.load(Ordering::Relaxed) - from
-    );
-}
-
 /// Fails the master with `fail` while a client connects to `vip` and holds
 /// ten connections open across the takeover.
 fn takeover(tag: &str, unicast: bool, vip: &str, how: &str, fail: impl FnOnce(&mut HaBed)) {
-    let mut bed = HaBed::new(tag, unicast);
-    bed.start(0);
-    bed.start(1);
-    assert!(
-        wait_until(Duration::from_secs(10), || bed.ha_state(0) == "master"
-            && bed.ha_state(1) == "backup"),
-        "no master/backup pair: {} / {}",
-        bed.ha_state(0),
-        bed.ha_state(1)
-    );
+    let mut bed = ha_bed(tag, unicast);
+    bed.start_pair();
     let target: SocketAddr = vip.parse().unwrap();
     let held: Vec<HeldConnection> = bed.client.run(move || {
         (0..10)
@@ -440,7 +348,7 @@ fn comes_to_hold_floating_ip(ns: &Netns) -> bool {
 /// and serves the VIP.
 #[test]
 fn keepalived_master_lb_backup() {
-    let mut bed = HaBed::new("k", false);
+    let mut bed = ha_bed("k", false);
     let mut keepalived = keepalived(&bed.balancers[0].ns, "k", 200);
     assert!(
         wait_until(Duration::from_secs(10), || holds_floating_ip(
@@ -487,7 +395,7 @@ fn keepalived_master_lb_backup() {
 /// hands over on SIGTERM, keepalived takes the address.
 #[test]
 fn lb_master_keepalived_backup() {
-    let mut bed = HaBed::new("l", false);
+    let mut bed = ha_bed("l", false);
     bed.start(1);
     assert!(
         wait_until(Duration::from_secs(10), || bed.ha_state(1) == "master"),
@@ -524,16 +432,8 @@ fn lb_master_keepalived_backup() {
 /// and pinned for the next `lb run`.
 #[test]
 fn sigquit_on_the_master_hands_over_and_leaves_the_data_plane() {
-    let mut bed = HaBed::new("q", false);
-    bed.start(0);
-    bed.start(1);
-    assert!(
-        wait_until(Duration::from_secs(10), || bed.ha_state(0) == "master"
-            && bed.ha_state(1) == "backup"),
-        "no master/backup pair: {} / {}",
-        bed.ha_state(0),
-        bed.ha_state(1)
-    );
+    let mut bed = ha_bed("q", false);
+    bed.start_pair();
     assert!(comes_to_hold_floating_ip(&bed.balancers[0].ns));
     let quit_at = Instant::now();
     let output = bed.balancers[0].stop(libc::SIGQUIT);

@@ -21,109 +21,81 @@ use std::{
 
 use lb_tests::{
     TempFile,
-    bed::{Backend, DecapGuard, HeldConnection, backend, tcp_request},
+    bed::{HeldConnection, tcp_request},
+    hapair::{HaBed, Layout, Member, wait_requests},
     lbrun::LbRun,
-    netns::{Netns, bridge, enslave, veth, wait_until},
+    netns::{Netns, wait_until},
 };
 
 /// Instance 51's VIP (nat) and instance 52's (dsr).
 const NAT: &str = "203.0.113.10:80";
 const DSR: &str = "203.0.113.11:80";
 
-/// Client, two balancers and two backends on one switch. The client
-/// reaches the NAT VIP through 198.51.100.1 (instance 51) and the DSR VIP
-/// through 198.51.100.3 (instance 52); the backends' default route is
-/// 192.0.2.254 (instance 51).
-struct ActiveBed {
-    _decaps: Vec<DecapGuard>,
-    balancers: Vec<LbRun>,
-    backends: Vec<Backend>,
-    client: Netns,
-    _switch: Netns,
+/// The bed ([`HaBed`]) with two VRRP instances: the client reaches the
+/// NAT VIP through 198.51.100.1 (instance 51) and the DSR VIP through
+/// 198.51.100.3 (instance 52); the backends' default route is 192.0.2.254
+/// (instance 51).
+struct ActiveBed(HaBed);
+
+impl std::ops::Deref for ActiveBed {
+    type Target = HaBed;
+    fn deref(&self) -> &HaBed {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ActiveBed {
+    fn deref_mut(&mut self) -> &mut HaBed {
+        &mut self.0
+    }
 }
 
 impl ActiveBed {
     /// `tag` keeps parallel tests apart; `checks` adds a TCP health check
     /// to both services (fast: 100 ms, fall 2, rise 2).
     fn new(tag: &str, checks: bool) -> Self {
-        let switch = Netns::new("asw");
-        bridge(&switch, "br0");
-        let client = Netns::new("acl");
-        veth(&client, "eth0", &switch, "pc");
-        enslave(&switch, "pc", "br0");
-        client.addr("eth0", "198.51.100.2/24");
-        client.route("203.0.113.10/32", "198.51.100.1");
-        client.route("203.0.113.11/32", "198.51.100.3");
         let check = if checks {
             ", health_check: { kind: tcp, interval: 100ms, timeout: 100ms, rise: 2, fall: 2 }"
         } else {
             ""
         };
-        let mut balancers = Vec::new();
-        let mut decaps = Vec::new();
-        for (i, [first, second]) in [(1u8, [150u8, 100u8]), (2, [100, 150])] {
-            let ns = Netns::new(&format!("alb{i}"));
-            let port = format!("pl{i}");
-            veth(&ns, "eth0", &switch, &port);
-            enslave(&switch, &port, "br0");
-            ns.addr("eth0", &format!("192.0.2.{i}/24"));
-            ns.sysctl("net.ipv4.conf.all.rp_filter=0");
-            decaps.push(DecapGuard::attach(switch.name(), &port));
-            let pid = std::process::id();
-            let socket = format!("/run/lb/aa-{tag}{i}-{pid}.sock");
-            let instance = format!("aa{tag}{i}x{pid}");
-            let config = TempFile::new(
-                &format!("aa{i}.yaml"),
-                &format!(
-                    "instance: {instance}\ninterfaces: [{{ name: eth0 }}]\nservices:\n\
-                     \x20 - {{ name: nat, vip: 203.0.113.10, port: 80, protocol: tcp, forwarding: nat, \
-                     backends: [{{ address: 192.0.2.11, port: 8080 }}, {{ address: 192.0.2.12, port: 8080 }}]{check} }}\n\
-                     \x20 - {{ name: dsr, vip: 203.0.113.11, port: 80, protocol: tcp, forwarding: dsr, \
-                     backends: [{{ address: 192.0.2.11 }}, {{ address: 192.0.2.12 }}]{check} }}\n\
-                     ha:\n\
-                     \x20 interface: eth0\n\
-                     \x20 advert_interval: 100ms\n\
-                     \x20 unicast_peers: [192.0.2.{}]\n\
-                     \x20 instances:\n\
-                     \x20   - {{ virtual_router_id: 51, priority: {first}, \
-                     floating_ips: [198.51.100.1/24, 192.0.2.254/24], \
-                     track: [{{ service: nat, weight: 60 }}] }}\n\
-                     \x20   - {{ virtual_router_id: 52, priority: {second}, \
-                     floating_ips: [198.51.100.3/24], track: [{{ service: dsr, weight: 60 }}] }}\n\
-                     control: {{ socket: {socket}, metrics: 127.0.0.1:9477 }}\n",
-                    3 - i
-                ),
-            );
-            balancers.push(LbRun::new(ns, config, socket, instance));
-        }
-        let backends: Vec<Backend> = [11, 12]
-            .map(|host| backend(&switch, host))
-            .into_iter()
-            .collect();
-        for backend in &backends {
-            backend
-                .ns
-                .ip(&["route", "replace", "default", "via", "192.0.2.254"]);
-        }
-        Self {
-            _decaps: decaps,
-            balancers,
-            backends,
-            client,
-            _switch: switch,
-        }
-    }
-
-    fn start(&mut self, i: usize) {
-        let balancer = &mut self.balancers[i];
-        balancer.start();
-        // DSR needs the backends' neighbours resolved.
-        for host in [11, 12] {
-            balancer.ns.run(move || {
-                let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
-                let _ = socket.send_to(b"hi", (format!("192.0.2.{host}"), 80));
-            });
-        }
+        let layout = Layout {
+            ns: "a".into(),
+            name: "aa".into(),
+            tag: tag.into(),
+            routes: vec![
+                ("203.0.113.10/32", "198.51.100.1"),
+                ("203.0.113.11/32", "198.51.100.3"),
+            ],
+            ipv6: false,
+        };
+        Self(HaBed::new(&layout, |member| {
+            let Member {
+                index: i,
+                peer,
+                instance,
+                socket,
+            } = *member;
+            let [first, second] = if i == 1 { [150, 100] } else { [100, 150] };
+            format!(
+                "instance: {instance}\ninterfaces: [{{ name: eth0 }}]\nservices:\n\
+                 \x20 - {{ name: nat, vip: 203.0.113.10, port: 80, protocol: tcp, forwarding: nat, \
+                 backends: [{{ address: 192.0.2.11, port: 8080 }}, {{ address: 192.0.2.12, port: 8080 }}]{check} }}\n\
+                 \x20 - {{ name: dsr, vip: 203.0.113.11, port: 80, protocol: tcp, forwarding: dsr, \
+                 backends: [{{ address: 192.0.2.11 }}, {{ address: 192.0.2.12 }}]{check} }}\n\
+                 ha:\n\
+                 \x20 interface: eth0\n\
+                 \x20 advert_interval: 100ms\n\
+                 \x20 unicast_peers: [{peer}]\n\
+                 \x20 instances:\n\
+                 \x20   - {{ virtual_router_id: 51, priority: {first}, \
+                 floating_ips: [198.51.100.1/24, 192.0.2.254/24], \
+                 track: [{{ service: nat, weight: 60 }}] }}\n\
+                 \x20   - {{ virtual_router_id: 52, priority: {second}, \
+                 floating_ips: [198.51.100.3/24], track: [{{ service: dsr, weight: 60 }}] }}\n\
+                 control: {{ socket: {socket}, metrics: 127.0.0.1:9477 }}\n"
+            )
+        }))
     }
 
     /// Balancer `i`'s `ha.instances` entry for `vrid` (`null` if none).
@@ -258,16 +230,6 @@ fn steady_client(
         }
         samples
     })
-}
-
-fn wait_requests(made: &AtomicUsize, more: usize) {
-    let from = made.load(Ordering::Relaxed);
-    assert!(
-        wait_until(Duration::from_mins(1), || made.load(Ordering::Relaxed)
-            >= from + more),
-        "the steady client made {} of {more} requests in 60 s",
-        made.load(Ordering::Relaxed) - from
-    );
 }
 
 /// Failed requests of `samples` after `from`, and how long after it the

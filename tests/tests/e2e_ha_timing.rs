@@ -33,9 +33,9 @@ use std::{
 
 use lb_tests::{
     TempFile,
-    bed::{Backend, DecapGuard, backend, tcp_request},
-    lbrun::LbRun,
-    netns::{Netns, bridge, enslave, veth, wait_until},
+    bed::tcp_request,
+    hapair::{HaBed, Layout, Member, wait_requests},
+    netns::{Netns, wait_until},
 };
 
 /// The DSR VIP the client uses.
@@ -74,91 +74,59 @@ fn master_down(priority: u8) -> Duration {
     ADVERT * 3 + skew(priority)
 }
 
-/// Client, two balancers (192.0.2.1 and .2) and two backends on one
-/// switch; the client reaches the VIP through the floating 198.51.100.1,
-/// the backends answer through the floating 192.0.2.254. Field order is
-/// drop order.
-struct HaBed {
-    _decaps: Vec<DecapGuard>,
-    balancers: Vec<LbRun>,
-    _backends: Vec<Backend>,
-    client: Netns,
-    _switch: Netns,
+/// The bed of `e2e_ha.rs` ([`HaBed`]) cut down: one DSR service, IPv4
+/// floating IPs; the client reaches the VIP through the floating
+/// 198.51.100.1, the backends answer through the floating 192.0.2.254.
+struct TimingBed(HaBed);
+
+impl std::ops::Deref for TimingBed {
+    type Target = HaBed;
+    fn deref(&self) -> &HaBed {
+        &self.0
+    }
 }
 
-impl HaBed {
+impl std::ops::DerefMut for TimingBed {
+    fn deref_mut(&mut self) -> &mut HaBed {
+        &mut self.0
+    }
+}
+
+impl TimingBed {
     /// `priorities` of balancers 1 and 2; `unicast` has them advertise to
     /// each other's address instead of 224.0.0.18.
     fn new(tag: &str, priorities: [u8; 2], unicast: bool) -> Self {
-        let switch = Netns::new("tsw");
-        bridge(&switch, "br0");
-        let client = Netns::new("tcl");
-        veth(&client, "eth0", &switch, "pc");
-        enslave(&switch, "pc", "br0");
-        client.addr("eth0", "198.51.100.2/24");
-        client.route("203.0.113.0/24", "198.51.100.1");
-        let mut balancers = Vec::new();
-        let mut decaps = Vec::new();
-        for (i, priority) in [1u8, 2].into_iter().zip(priorities) {
-            let ns = Netns::new(&format!("tlb{i}"));
-            let port = format!("pl{i}");
-            veth(&ns, "eth0", &switch, &port);
-            enslave(&switch, &port, "br0");
-            ns.addr("eth0", &format!("192.0.2.{i}/24"));
-            ns.sysctl("net.ipv4.conf.all.rp_filter=0");
-            // XDP_TX back into the veth needs an XDP program on its peer.
-            decaps.push(DecapGuard::attach(switch.name(), &port));
-            let pid = std::process::id();
-            let socket = format!("/run/lb/hat-{tag}{i}-{pid}.sock");
-            let instance = format!("hat{tag}{i}x{pid}");
+        let layout = Layout {
+            ns: "t".into(),
+            name: "hat".into(),
+            tag: tag.into(),
+            routes: vec![("203.0.113.0/24", "198.51.100.1")],
+            ipv6: false,
+        };
+        Self(HaBed::new(&layout, |member| {
+            let Member {
+                index,
+                peer,
+                instance,
+                socket,
+            } = *member;
+            let priority = priorities[usize::from(index - 1)];
             let peers = if unicast {
-                format!("unicast_peers: [192.0.2.{}], ", 3 - i)
+                format!("unicast_peers: [{peer}], ")
             } else {
                 String::new()
             };
-            let config = TempFile::new(
-                &format!("hat{i}.yaml"),
-                &format!(
-                    "instance: {instance}\ninterfaces: [{{ name: eth0 }}]\nservices:\n\
-                     \x20 - {{ name: dsr, vip: 203.0.113.11, port: 80, protocol: tcp, forwarding: dsr, \
-                     backends: [{{ address: 192.0.2.11 }}, {{ address: 192.0.2.12 }}] }}\n\
-                     ha: {{ interface: eth0, virtual_router_id: 52, priority: {priority}, \
-                     advert_interval: {}ms, preempt: true, {peers}\
-                     floating_ips: [198.51.100.1/24, {GATEWAY}/24] }}\n\
-                     control: {{ socket: {socket} }}\n",
-                    ADVERT.as_millis()
-                ),
-            );
-            balancers.push(LbRun::new(ns, config, socket, instance));
-        }
-        let backends: Vec<Backend> = [11, 12]
-            .map(|host| backend(&switch, host))
-            .into_iter()
-            .collect();
-        for backend in &backends {
-            backend
-                .ns
-                .ip(&["route", "replace", "default", "via", "192.0.2.254"]);
-        }
-        Self {
-            _decaps: decaps,
-            balancers,
-            _backends: backends,
-            client,
-            _switch: switch,
-        }
-    }
-
-    fn start(&mut self, i: usize) {
-        let balancer = &mut self.balancers[i];
-        balancer.start();
-        // DSR needs the backends' neighbours resolved.
-        for host in [11, 12] {
-            balancer.ns.run(move || {
-                let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
-                let _ = socket.send_to(b"hi", (format!("192.0.2.{host}"), 80));
-            });
-        }
+            format!(
+                "instance: {instance}\ninterfaces: [{{ name: eth0 }}]\nservices:\n\
+                 \x20 - {{ name: dsr, vip: 203.0.113.11, port: 80, protocol: tcp, forwarding: dsr, \
+                 backends: [{{ address: 192.0.2.11 }}, {{ address: 192.0.2.12 }}] }}\n\
+                 ha: {{ interface: eth0, virtual_router_id: 52, priority: {priority}, \
+                 advert_interval: {}ms, preempt: true, {peers}\
+                 floating_ips: [198.51.100.1/24, {GATEWAY}/24] }}\n\
+                 control: {{ socket: {socket} }}\n",
+                ADVERT.as_millis()
+            )
+        }))
     }
 
     /// Ends balancer `i` with `signal` and waits for it; SIGTERM must exit 0.
@@ -167,14 +135,6 @@ impl HaBed {
         if signal == libc::SIGTERM {
             assert!(output.status.success(), "SIGTERM exit: {output:?}");
         }
-    }
-
-    fn ha(&self, i: usize) -> serde_json::Value {
-        self.balancers[i].status()["ha"].clone()
-    }
-
-    fn ha_state(&self, i: usize) -> String {
-        self.ha(i)["state"].as_str().unwrap_or("").to_string()
     }
 
     fn holds(&self, i: usize) -> bool {
@@ -280,25 +240,13 @@ fn steady_client(
     })
 }
 
-/// Waits until the steady client has made `more` requests beyond those
-/// counted now (each bounded by its 3 s connect timeout).
-fn wait_requests(made: &AtomicUsize, more: usize) {
-    let from = made.load(Ordering::Relaxed);
-    assert!(
-        wait_until(Duration::from_mins(1), || made.load(Ordering::Relaxed)
-            >= from + more),
-        "the steady client made {} of {more} requests in 60 s",
-        made.load(Ordering::Relaxed) - from
-    );
-}
-
 /// Partitions balancer 2 from balancer 1 under client traffic until both
 /// are master, heals the partition, and checks that `yielder` gives the
 /// address up within one advertisement interval (+ allowance) while the
 /// other stays master without a transition.
 fn split_brain(tag: &str, priorities: [u8; 2], yielder: usize, why: &str) {
     let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
-    let mut bed = HaBed::new(tag, priorities, true);
+    let mut bed = TimingBed::new(tag, priorities, true);
     bed.pair();
     let winner = 1 - yielder;
     let stop = Arc::new(AtomicBool::new(false));
@@ -415,7 +363,7 @@ fn spread(samples: &[Duration]) -> String {
 /// within `rfc` + `allowance` (keepalived takes 2.4 s after a restart).
 fn takeover_timing(tag: &str, signal: i32, how: &str, rfc: Duration, allowance: Duration) {
     let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
-    let mut bed = HaBed::new(tag, [150, 100], false);
+    let mut bed = TimingBed::new(tag, [150, 100], false);
     bed.pair();
     let mut warm = Vec::new();
     let mut fresh = Vec::new();

@@ -17,9 +17,9 @@ use std::{
 use lb::sync::wire::{self, Entry, Key, Kind, Message};
 use lb_tests::{
     TempFile,
-    bed::{Backend, Chatted, Chatter, DecapGuard, HeldConnection, backend},
-    lbrun::LbRun,
-    netns::{Netns, bridge, enslave, veth, wait_until},
+    bed::{Chatted, Chatter, HeldConnection, backend},
+    hapair::{HaBed, Layout, Member},
+    netns::{Netns, wait_until},
 };
 
 /// The round-robin DSR service.
@@ -29,14 +29,23 @@ const HELD: usize = 50;
 /// The pair's key.
 const SECRET: &str = "e2e-sync-shared-key\n";
 
-/// Field order is drop order: decap pins go while their veths exist.
+/// The bed ([`HaBed`]) with unicast VRRP and, if asked, connection sync.
 struct SyncBed {
-    _decaps: Vec<DecapGuard>,
-    balancers: Vec<LbRun>,
-    backends: Vec<Backend>,
-    client: Netns,
-    switch: Netns,
+    bed: HaBed,
     _secret: TempFile,
+}
+
+impl std::ops::Deref for SyncBed {
+    type Target = HaBed;
+    fn deref(&self) -> &HaBed {
+        &self.bed
+    }
+}
+
+impl std::ops::DerefMut for SyncBed {
+    fn deref_mut(&mut self) -> &mut HaBed {
+        &mut self.bed
+    }
 }
 
 impl SyncBed {
@@ -55,74 +64,42 @@ impl SyncBed {
     /// [`SyncBed::new`] with `services` (YAML list items) instead of the
     /// one round-robin service.
     fn with_services(tag: &str, sync: bool, services: &str) -> Self {
-        let switch = Netns::new(&format!("{tag}sw"));
-        bridge(&switch, "br0");
-        let client = Netns::new(&format!("{tag}cl"));
-        veth(&client, "eth0", &switch, "pc");
-        enslave(&switch, "pc", "br0");
-        client.addr("eth0", "198.51.100.2/24");
-        client.route("203.0.113.0/24", "198.51.100.1");
         let secret = TempFile::new("sync.key", SECRET);
-        let mut balancers = Vec::new();
-        let mut decaps = Vec::new();
-        for (i, priority) in [(1u8, 150u8), (2, 100)] {
-            let ns = Netns::new(&format!("{tag}lb{i}"));
-            let port = format!("pl{i}");
-            veth(&ns, "eth0", &switch, &port);
-            enslave(&switch, &port, "br0");
-            ns.addr("eth0", &format!("192.0.2.{i}/24"));
-            ns.sysctl("net.ipv4.conf.all.rp_filter=0");
-            decaps.push(DecapGuard::attach(switch.name(), &port));
-            let pid = std::process::id();
-            let socket = format!("/run/lb/sy-{tag}{i}-{pid}.sock");
-            let instance = format!("sy{tag}{i}x{pid}");
-            let section = if sync {
-                format!("sync: {{ secret_file: {} }}\n", secret.path().display())
-            } else {
-                String::new()
-            };
-            let config = TempFile::new(
-                &format!("sync{i}.yaml"),
-                &format!(
-                    "instance: {instance}\ninterfaces: [{{ name: eth0 }}]\nservices:\n\
-                     {services}\
-                     ha: {{ interface: eth0, virtual_router_id: 53, priority: {priority}, \
-                     advert_interval: 100ms, preempt: true, unicast_peers: [192.0.2.{}], \
-                     floating_ips: [198.51.100.1/24, 192.0.2.254/24] }}\n\
-                     {section}control: {{ socket: {socket} }}\n",
-                    3 - i
-                ),
-            );
-            balancers.push(LbRun::new(ns, config, socket, instance));
-        }
-        let backends: Vec<Backend> = [11, 12]
-            .map(|host| backend(&switch, host))
-            .into_iter()
-            .collect();
-        for backend in &backends {
-            backend
-                .ns
-                .ip(&["route", "replace", "default", "via", "192.0.2.254"]);
-        }
+        let section = if sync {
+            format!("sync: {{ secret_file: {} }}\n", secret.path().display())
+        } else {
+            String::new()
+        };
+        let layout = Layout {
+            ns: tag.into(),
+            name: "sy".into(),
+            tag: tag.into(),
+            routes: vec![("203.0.113.0/24", "198.51.100.1")],
+            ipv6: false,
+        };
+        let mut bed = HaBed::new(&layout, |member| {
+            let Member {
+                index: i,
+                peer,
+                instance,
+                socket,
+            } = *member;
+            let priority = if i == 1 { 150 } else { 100 };
+            format!(
+                "instance: {instance}\ninterfaces: [{{ name: eth0 }}]\nservices:\n\
+                 {services}\
+                 ha: {{ interface: eth0, virtual_router_id: 53, priority: {priority}, \
+                 advert_interval: 100ms, preempt: true, unicast_peers: [{peer}], \
+                 floating_ips: [198.51.100.1/24, 192.0.2.254/24] }}\n\
+                 {section}control: {{ socket: {socket} }}\n"
+            )
+        });
+        // DSR needs the backends' neighbours resolved, 13's too (a test
+        // adds it).
+        bed.primed.push(13);
         Self {
-            _decaps: decaps,
-            balancers,
-            backends,
-            client,
-            switch,
+            bed,
             _secret: secret,
-        }
-    }
-
-    fn start(&mut self, i: usize) {
-        let balancer = &mut self.balancers[i];
-        balancer.start();
-        // DSR needs the backends' neighbours resolved.
-        for host in [11, 12, 13] {
-            balancer.ns.run(move || {
-                let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
-                let _ = socket.send_to(b"hi", (format!("192.0.2.{host}"), 80));
-            });
         }
     }
 
@@ -156,19 +133,6 @@ impl SyncBed {
             wait_until(Duration::from_secs(10), || self.balancers[1].ha_state()
                 == "master"),
             "the backup never took over"
-        );
-    }
-
-    fn start_pair(&mut self) {
-        self.start(0);
-        self.start(1);
-        assert!(
-            wait_until(Duration::from_secs(10), || self.balancers[0].ha_state()
-                == "master"
-                && self.balancers[1].ha_state() == "backup"),
-            "no master/backup pair: {} / {}",
-            self.balancers[0].ha_state(),
-            self.balancers[1].ha_state()
         );
     }
 }

@@ -20,10 +20,9 @@ use show::{change_backend, guard, ha, route, stats, status, trace, watch_stats};
 use crate::{
     api,
     config::{Config, ConfigError, Ha, default_socket},
-    controller::{Controller, StatsReport, StatusReport},
     dataplane::{AttachMode, Dataplane, unpin_link},
     netlink::ifindex,
-    owner::{ControllerHandle, OwnerError},
+    report::{StatsReport, StatusReport},
 };
 
 /// Layer-4 load balancer in the kernel's XDP layer, with health checks and
@@ -449,6 +448,15 @@ impl From<ConfigError> for Failure {
     }
 }
 
+impl From<crate::daemon::RunError> for Failure {
+    fn from(error: crate::daemon::RunError) -> Self {
+        match error {
+            crate::daemon::RunError::User(error) => Failure::User(error),
+            crate::daemon::RunError::Runtime(error) => Failure::Runtime(error),
+        }
+    }
+}
+
 impl From<api::ClientError> for Failure {
     /// The controller refusing a request (unknown name, bad file) is the
     /// user's to fix; anything else (not running, I/O) is a runtime error.
@@ -751,422 +759,14 @@ fn problems_json(problems: &[crate::config::ConfigProblem]) -> serde_json::Value
         .collect()
 }
 
-/// What `lb run` does before it changes anything, in order: the
-/// configuration (a bad file: exit 1; its warnings are logged); the
-/// instance lock, held from here until the process ends (a running
-/// instance: exit 1); what the host must provide (exit 2).
-fn prepare_run(path: &Path) -> Result<(Config, crate::lock::InstanceLock), Failure> {
-    let text = crate::config::read(path)?;
-    let config = Config::parse(&text)?;
-    let lock = crate::lock::InstanceLock::acquire(
-        Path::new(crate::lock::LOCK_ROOT),
-        config.instance.as_str(),
-        &config.control.socket,
-    )
-    .map_err(|error| match error {
-        crate::lock::LockError::Held { .. } => Failure::User(error.into()),
-        _ => Failure::Runtime(error.into()),
-    })?;
-    let mut warnings = config.warnings();
-    crate::config::locate(&text, &mut warnings);
-    for warning in &warnings {
-        tracing::warn!(
-            path = %warning.path,
-            line = ?warning.line,
-            column = ?warning.column,
-            "{}",
-            warning.message
-        );
-    }
-    let mut missing = crate::host::problems(&config);
-    if !missing.is_empty() {
-        crate::config::locate(&text, &mut missing);
-        let list: Vec<String> = missing.iter().map(|p| format!("  {p}")).collect();
-        return Err(Failure::Runtime(anyhow::anyhow!(
-            "this host lacks what {} names; nothing was changed:\n{}",
-            path.display(),
-            list.join("\n")
-        )));
-    }
-    Ok((config, lock))
-}
-
-/// SIGQUIT's stop, on the owner thread: hand HA over, withdraw the
-/// announced VIPs (no controller follows health from here on: the upstream
-/// sends them to the other balancers) and turn tracing off (the data plane
-/// stays; it must not go on emitting events nobody reads), but leave the
-/// data plane attached and pinned.
-fn leave_attached(mut c: Controller) {
-    c.stop_ha();
-    c.stop_sync();
-    c.withdraw_all();
-    if let Err(error) = c.set_trace(None) {
-        tracing::warn!(error = %format!("{error:#}"), "turning the trace off");
-    }
-    // Kept to the end: the process exits next, and dropping would wait
-    // for the health probes in flight.
-    std::mem::forget(c);
-}
-
-/// The metrics endpoint (if configured), then the control socket: once
-/// it answers, the data plane is ready.
-fn listen(
-    metrics: Option<std::net::SocketAddr>,
-    controller: &crate::owner::ControllerHandle,
-    socket: &Path,
-) -> anyhow::Result<api::Server> {
-    if let Some(address) = metrics {
-        crate::metrics::serve(address, controller.clone())?;
-        tracing::info!(%address, "metrics at /metrics");
-    }
-    api::Server::bind(socket)
-}
-
-/// `lb run`: [`prepare_run`], then the data plane, VRRP, the metrics
-/// listener and last the control socket — a failure there is undone before
-/// exit 2 (see [`Controller::start`]).
-/// SIGHUP: a reload, queued as an event like any other: applied in its
-/// turn, its outcome logged by the owner.
-fn reload_on_signal(controller: &ControllerHandle) -> Result<(), Failure> {
-    tracing::info!("SIGHUP: reloading");
-    controller
-        .send(|c| {
-            if let Err(error) = c.reload() {
-                let what = crate::controller::reload_failure(&error);
-                tracing::error!(error = %format!("{error:#}"), "{what}");
-            }
-        })
-        .map_err(gone)
-}
-
+/// `lb run`: the daemon ([`crate::daemon::run`]) until a signal stops
+/// it; a clean stop prints the verdict counters of the whole run.
 fn run(path: &Path, output: Output) -> Result<(), Failure> {
-    let (config, _lock) = prepare_run(path)?;
-    release_stale(&config)?;
-    let socket = config.control.socket.clone();
-    let signals = block_signals();
-    let metrics_address = config.control.metrics;
-    let mut controller = Controller::start(config, path).map_err(Failure::Runtime)?;
-    let (alarm, ha_stopped) = ha_alarm();
-    // Sync before VRRP: a backup hears the master's flows from the start.
-    if let Err(error) = controller.start_sync() {
-        let outcome = controller.abandon();
-        return Err(Failure::Runtime(error.context(outcome)));
+    match crate::daemon::run(path)? {
+        crate::daemon::Exit::Stopped(counters) => print_counters(&counters, output),
+        crate::daemon::Exit::LeftRunning => {}
     }
-    // A restarted balancer catches up with a peer's table before it can
-    // become master or announce (a bounded wait; see `sync::bulk`).
-    controller.await_bulk(crate::sync::bulk::BULK_WAIT);
-    if let Err(error) = controller.start_ha(&alarm) {
-        let outcome = controller.abandon();
-        return Err(Failure::Runtime(error.context(outcome)));
-    }
-    let trace_kernel = controller.take_trace().inspect_err(no_trace).ok();
-    // The signal thread starts the hand-over itself: the owner may be busy.
-    let hand_over = controller.ha_hand_over();
-    let (events, results) = std::sync::mpsc::channel();
-    controller.start_health(events);
-    controller.start_announce();
-    // From here on one thread owns the controller; every other thread
-    // reaches it through a handle (see `crate::owner`).
-    let (controller, _owner) = crate::owner::spawn(controller)
-        .context("starting the controller thread")
-        .map_err(Failure::Runtime)?;
-    // The control socket last: once it answers, the data plane is ready.
-    let server = match listen(metrics_address, &controller, &socket) {
-        Ok(server) => server,
-        Err(error) => {
-            let outcome = controller
-                .stop(|mut c| c.abandon())
-                .unwrap_or_else(|gone| format!("lb run did not start ({gone})"));
-            return Err(Failure::Runtime(error.context(outcome)));
-        }
-    };
-    let trace = start_trace(trace_kernel, &controller);
-    spawn_ticker(controller.clone());
-    spawn_attack_poller(controller.clone());
-    spawn_hop_follower(controller.clone());
-    spawn_agent_poller(controller.clone());
-    spawn_health_applier(controller.clone(), results);
-    let server_guard = server
-        .spawn(controller.clone(), trace)
-        .map_err(Failure::Runtime)?;
-    tracing::info!(
-        socket = %socket.display(),
-        "running; SIGINT or SIGTERM stops, SIGHUP reloads, SIGQUIT exits leaving the data plane"
-    );
-    loop {
-        let signal = wait_for(&signals);
-        if signal == libc::SIGUSR1 {
-            let Ok(why) = ha_stopped.try_recv() else {
-                tracing::info!("SIGUSR1 ignored (lb raises it itself when an HA thread stops)");
-                continue;
-            };
-            let failure = exit_for_stopped_ha(&why, &hand_over, &controller);
-            drop(server_guard);
-            return Err(failure);
-        }
-        if signal == libc::SIGHUP {
-            reload_on_signal(&controller)?;
-            continue;
-        }
-        if signal == libc::SIGQUIT {
-            // Leave the data plane attached and pinned, forwarding with the
-            // last tables: the next `lb run` takes it over. The floating IPs
-            // go first, as on SIGTERM: the peer takes them over, and two
-            // hosts must never answer ARP for one address.
-            for hand_over in &hand_over {
-                hand_over.request();
-            }
-            controller.stop(leave_attached).map_err(gone)?;
-            tracing::info!("SIGQUIT: exiting, data plane left attached and pinned");
-            drop(server_guard);
-            return Ok(());
-        }
-        tracing::info!(signal, "stopping");
-        for hand_over in &hand_over {
-            hand_over.request();
-        }
-        break;
-    }
-    // The owner's last job: hand over HA first, then the clean stop.
-    let counters = controller
-        .stop(|mut c| {
-            c.stop_ha();
-            c.stop_sync();
-            // Withdrawn first; the data plane keeps forwarding the flows
-            // the upstream still sends here until it has moved them.
-            if let Some(delay) = c.withdraw_all() {
-                std::thread::sleep(delay);
-            }
-            let stopped = c
-                .reason_counters()
-                .and_then(|counters| c.stop().map(|()| counters));
-            // As on SIGQUIT: the process exits next.
-            std::mem::forget(c);
-            stopped
-        })
-        .map_err(gone)?
-        .map_err(Failure::Runtime)?;
-    drop(server_guard);
-    print_counters(&counters, output);
     Ok(())
-}
-
-/// Health results are applied one at a time, in order, by the owner; the
-/// checker threads only probe.
-fn spawn_health_applier(
-    controller: ControllerHandle,
-    results: std::sync::mpsc::Receiver<crate::health::Event>,
-) {
-    std::thread::spawn(move || {
-        for event in results {
-            let applied = controller.send(move |controller| {
-                if let Err(error) = controller.on_health(&event) {
-                    tracing::error!(error = %format!("{error:#}"), "applying a health change failed");
-                }
-            });
-            if applied.is_err() {
-                return;
-            }
-        }
-    });
-}
-
-/// The alarm an HA instance raises when it can no longer run (one of its
-/// threads stopped; it is in fault, its floating IPs removed), and where
-/// `run` reads why: it cannot run again in this process, so `lb run`
-/// exits non-zero for the service manager to restart it
-/// ([`exit_for_stopped_ha`]).
-fn ha_alarm() -> (crate::ha::Alarm, std::sync::mpsc::Receiver<String>) {
-    let (stopped, ha_stopped) = std::sync::mpsc::channel::<String>();
-    let alarm = crate::ha::Alarm::new(move |why| {
-        // The receiver lives as long as `run`, which only returns after
-        // the instances' threads have ended.
-        let _ = stopped.send(why.to_string());
-        // SAFETY: kill(2) on our own pid; SIGUSR1 is blocked in every
-        // thread (`block_signals`) and taken by `wait_for`.
-        unsafe { libc::kill(libc::getpid(), libc::SIGUSR1) };
-    });
-    (alarm, ha_stopped)
-}
-
-/// An HA instance can no longer run (`why`: one of its threads stopped;
-/// it is in fault, its floating IPs removed). As on SIGQUIT the other
-/// instances hand over and the data plane stays attached, as after a
-/// crash; `lb run` exits 2 so that the service manager restarts it, and
-/// the next run takes the data plane over.
-fn exit_for_stopped_ha(
-    why: &str,
-    hand_over: &[crate::ha::HandOver],
-    controller: &ControllerHandle,
-) -> Failure {
-    tracing::error!(%why, "ha: an instance cannot run any more; exiting with status 2 so \
-        that the service manager restarts lb (data plane left attached)");
-    for hand_over in hand_over {
-        hand_over.request();
-    }
-    if let Err(error) = controller.stop(leave_attached) {
-        return gone(error);
-    }
-    Failure::Runtime(anyhow::anyhow!(
-        "ha: {why}; lb run exits so that the service manager restarts it"
-    ))
-}
-
-/// The trace's reader thread, if the trace's maps were taken.
-fn start_trace(
-    kernel: Option<crate::trace::hub::Kernel>,
-    controller: &ControllerHandle,
-) -> Option<std::sync::Arc<crate::trace::hub::Hub>> {
-    crate::trace::hub::spawn(kernel?, controller.clone())
-        .inspect_err(no_trace)
-        .ok()
-}
-
-/// `lb run` goes on without `lb trace`, saying why.
-fn no_trace(error: &anyhow::Error) {
-    tracing::warn!(error = %format!("{error:#}"), "lb trace unavailable");
-}
-
-/// Reads `guard.attack`'s counters every `attack::POLL` (an attack must be
-/// seen within a second), on a thread of its own.
-fn spawn_attack_poller(controller: ControllerHandle) {
-    std::thread::spawn(move || {
-        loop {
-            std::thread::sleep(crate::attack::POLL);
-            let polled = controller.call(|controller| {
-                if let Err(error) = controller.poll_attack() {
-                    tracing::warn!(error = %format!("{error:#}"), "reading the attack counters failed");
-                }
-            });
-            if let Err(OwnerError::Gone) = polled {
-                return;
-            }
-        }
-    });
-}
-
-/// Once a second: dynamic weights and the guard's denials; every tenth:
-/// reconcile active flows with the connection table (walked on this
-/// thread, not the owner's).
-fn spawn_ticker(controller: ControllerHandle) {
-    std::thread::spawn(move || {
-        for second in 0u64.. {
-            std::thread::sleep(std::time::Duration::from_secs(1));
-            if second % 10 == 9
-                && let Err(error) = Controller::reconcile(&controller)
-            {
-                tracing::warn!(error = %format!("{error:#}"), "reconciling active flows failed");
-            }
-            let ticked = controller.call(|controller| {
-                if let Err(error) = controller.tick() {
-                    tracing::warn!(error = %format!("{error:#}"), "dynamic weights failed");
-                }
-                if let Err(error) = controller.poll_guard() {
-                    tracing::warn!(error = %format!("{error:#}"), "reading the guard's denials failed");
-                }
-            });
-            match ticked {
-                Ok(()) => {}
-                Err(OwnerError::Gone) => return,
-                Err(error) => tracing::warn!(%error, "dynamic weights skipped"),
-            }
-        }
-    });
-}
-
-/// Keeps the cached next hops current: re-resolves them whenever the kernel
-/// reports a neighbour, route, address or link change, and every two
-/// seconds regardless (a hop still being resolved, a missed notification).
-/// The netlink lookups (next hops, routes, and the tunnels' default outer
-/// sources) run on this thread's own resolver; only reading the targets
-/// and writing the answers are the owner's jobs.
-fn spawn_hop_follower(controller: ControllerHandle) {
-    std::thread::spawn(move || {
-        let mut monitor = match crate::netlink::Monitor::open() {
-            Ok(monitor) => Some(monitor),
-            Err(error) => {
-                tracing::warn!(%error, "no netlink notifications: next hops refreshed every 2 s only");
-                None
-            }
-        };
-        let mut resolver = match crate::hops::Resolver::open() {
-            Ok(resolver) => resolver,
-            Err(error) => {
-                tracing::warn!(%error, "no netlink: next hops not followed");
-                return;
-            }
-        };
-        // The first lookup at once: a hop still being resolved when the
-        // start looked is written as soon as it resolves, and the
-        // notification of its resolution may have come before the monitor
-        // was open.
-        let mut first = true;
-        loop {
-            let period = std::time::Duration::from_secs(2);
-            if !std::mem::take(&mut first) {
-                match monitor.as_mut().map(|m| m.wait(period)) {
-                    Some(Ok(_)) => {}
-                    Some(Err(error)) => {
-                        tracing::warn!(%error, "netlink notifications failed; polling instead");
-                        monitor = None;
-                    }
-                    None => std::thread::sleep(period),
-                }
-            }
-            let targets = match controller.call(|c| c.hop_targets()) {
-                Ok(targets) => targets,
-                Err(OwnerError::Gone) => return,
-                Err(error) => {
-                    tracing::warn!(%error, "next hops not refreshed");
-                    continue;
-                }
-            };
-            let Some(targets) = targets else {
-                continue;
-            };
-            let lookup = resolver.lookup(&targets);
-            if controller
-                .send(move |c| {
-                    c.write_hops(lookup);
-                })
-                .is_err()
-            {
-                return;
-            }
-        }
-    });
-}
-
-/// Asks the `lb agent` of every `resource` backend for its load once a
-/// second, on this thread; each answer is an event for the owner, read by
-/// [`Controller::tick`].
-fn spawn_agent_poller(controller: ControllerHandle) {
-    std::thread::spawn(move || {
-        loop {
-            let targets = match controller.call(|c| c.agents()) {
-                Ok(targets) => targets,
-                Err(OwnerError::Gone) => return,
-                Err(_) => Vec::new(),
-            };
-            for (key, address, secret) in targets {
-                let load = crate::agent::query(address, secret.as_deref().map(String::as_str))
-                    .map_err(|error| {
-                        tracing::debug!(%address, error = %format!("{error:#}"), "agent unreachable");
-                    })
-                    .ok();
-                if controller.send(move |c| c.set_load(key, load)).is_err() {
-                    return;
-                }
-            }
-            std::thread::sleep(std::time::Duration::from_secs(1));
-        }
-    });
-}
-
-/// The controller's owner gave no answer: it is gone (it stopped, or a job
-/// panicked) or busy past [`crate::owner::CALL_TIMEOUT`].
-fn gone(error: OwnerError) -> Failure {
-    Failure::Runtime(anyhow::anyhow!("{error}"))
 }
 
 fn print_counters(counters: &BTreeMap<Reason, u64>, output: Output) {
@@ -1223,7 +823,7 @@ fn detach(config: Option<&Path>, instance: Option<&str>, output: Output) -> Resu
         )),
         other => Failure::Runtime(other.into()),
     })?;
-    let pin_dir = Path::new(crate::controller::PIN_ROOT).join(&name);
+    let pin_dir = Path::new(crate::dataplane::PIN_ROOT).join(&name);
     if !pin_dir.exists() {
         return Err(Failure::User(anyhow::anyhow!(
             "no pinned data plane for instance {name:?} (nothing in {})",
@@ -1247,27 +847,6 @@ fn detach(config: Option<&Path>, instance: Option<&str>, output: Output) -> Resu
             "{}",
             serde_json::json!({"instance": name, "detached": detached, "pins": pin_dir.display().to_string()})
         ),
-    }
-    Ok(())
-}
-
-/// Before VRRP runs: floating IPs on the HA interface were left by a run
-/// that never handed over (SIGKILL, a crash); this one starts as backup
-/// and must not answer for them. Each removal is logged.
-fn release_stale(config: &Config) -> Result<(), Failure> {
-    let Some(section) = &config.ha else {
-        return Ok(());
-    };
-    for ha in section.instances() {
-        let removed = crate::release::release(&ha).map_err(|error| {
-            Failure::Runtime(anyhow::Error::new(error).context(
-                "ha: a floating IP a previous run left could not be removed; nothing was started",
-            ))
-        })?;
-        for address in removed {
-            tracing::warn!(%address, interface = %ha.interface,
-                "ha: removed a floating IP left by a previous run (killed without handing over)");
-        }
     }
     Ok(())
 }
@@ -1386,31 +965,4 @@ fn decap(action: DecapAction, interface: &str, output: Output) -> Result<(), Fai
         }
     }
     Ok(())
-}
-
-/// Blocks SIGINT, SIGTERM, SIGHUP, SIGQUIT and SIGUSR1 in this (and every later) thread so they
-/// can be taken synchronously with `sigwait`.
-fn block_signals() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset initialises it before use,
-    // and pthread_sigmask only reads it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&raw mut set);
-        libc::sigaddset(&raw mut set, libc::SIGINT);
-        libc::sigaddset(&raw mut set, libc::SIGTERM);
-        libc::sigaddset(&raw mut set, libc::SIGHUP);
-        libc::sigaddset(&raw mut set, libc::SIGQUIT);
-        // Raised by the HA alarm (`run`).
-        libc::sigaddset(&raw mut set, libc::SIGUSR1);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut());
-        set
-    }
-}
-
-fn wait_for(set: &libc::sigset_t) -> i32 {
-    let mut signal = 0;
-    // SAFETY: `set` was initialised by `block_signals`; `signal` is a valid
-    // out-pointer.
-    unsafe { libc::sigwait(set, &raw mut signal) };
-    signal
 }

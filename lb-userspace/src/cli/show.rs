@@ -165,7 +165,7 @@ fn print_sync(sync: &crate::sync::status::SyncStatus) {
 
 /// The `announce` part of `lb status`: per VIP, announced or withdrawn
 /// and why.
-pub(super) fn print_announce(announce: &crate::controller::AnnounceStatus) {
+pub(super) fn print_announce(announce: &crate::report::AnnounceStatus) {
     println!(
         "\nannounce through BIRD ({}, include {}): {} update(s){}",
         announce.bird_socket,

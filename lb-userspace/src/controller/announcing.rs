@@ -6,10 +6,12 @@
 
 use std::{collections::BTreeMap, net::IpAddr, time::SystemTime};
 
-use serde::Serialize;
-
-use super::{Controller, link_pin, unix_seconds};
-use crate::health::Health;
+use super::{Controller, status::unix_seconds};
+use crate::dataplane::link_pin;
+use crate::{
+    health::Health,
+    report::{AnnounceStatus, VipStatus},
+};
 
 /// The controller's `announce` state: the last decision per VIP, the text
 /// last handed to BIRD, and per VIP since when and how often it changed.
@@ -221,34 +223,4 @@ impl Controller {
                 .collect(),
         })
     }
-}
-
-/// `announce` in [`StatusReport`].
-#[derive(Clone, Debug, Serialize, serde::Deserialize)]
-pub struct AnnounceStatus {
-    /// BIRD's control socket.
-    pub bird_socket: String,
-    /// The include lb writes.
-    pub bird_include: String,
-    /// Includes BIRD took since start.
-    pub bird_updates: u64,
-    /// Why the last attempt to tell BIRD failed (retried every second).
-    pub bird_error: Option<String>,
-    /// Per VIP.
-    pub vips: Vec<VipStatus>,
-}
-
-/// One VIP in [`AnnounceStatus`].
-#[derive(Clone, Debug, Serialize, serde::Deserialize)]
-pub struct VipStatus {
-    /// The decision: vip, state, cause, reason, diverted, communities,
-    /// `med`, `local_pref`.
-    #[serde(flatten)]
-    pub announcement: crate::announce::VipAnnouncement,
-    /// Unix time of the last change.
-    pub since: u64,
-    /// State changes since start.
-    pub changes: u64,
-    /// Times it was diverted since start.
-    pub diverts: u64,
 }

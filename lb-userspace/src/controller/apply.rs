@@ -10,12 +10,12 @@ use std::collections::BTreeMap;
 use anyhow::Context as _;
 use lb_common::{Addr, Settings, maps::DENY_RUNTIME};
 
-use super::OverrideError;
 use crate::{
     config::Config,
     dataplane::{Dataplane, DataplaneError},
     guard::Guard,
     plan::{BackendKey, BackendState, Planner, Write},
+    report::{OverrideError, UndoFailed},
 };
 
 /// The map writes these transactions make: [`Dataplane`]'s in `lb run`,
@@ -43,56 +43,6 @@ impl Maps for Dataplane {
     }
     fn set_settings(&mut self, settings: &Settings) -> Result<(), DataplaneError> {
         Dataplane::set_settings(self, settings)
-    }
-}
-
-/// A change that failed half-way and whose undo failed too: the maps hold
-/// part of it.
-#[derive(Debug)]
-pub struct UndoFailed {
-    /// Why the change failed.
-    pub write: DataplaneError,
-    /// Why its undo failed.
-    pub undo: DataplaneError,
-}
-
-impl std::fmt::Display for UndoFailed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Both causes in full: there is no one `source` to chain.
-        let chain = |error: &DataplaneError| {
-            let mut text = error.to_string();
-            let mut source = std::error::Error::source(error);
-            while let Some(cause) = source {
-                text = format!("{text}: {cause}");
-                source = cause.source();
-            }
-            text
-        };
-        write!(
-            f,
-            "writing the new tables failed ({}), and undoing the writes already made \
-             failed too ({}): the maps may hold entries of the new tables (deny-list \
-             prefixes among them) that status and lb guard list do not show; restart \
-             lb run to take the maps over and rewrite them",
-            chain(&self.write),
-            chain(&self.undo)
-        )
-    }
-}
-
-impl std::error::Error for UndoFailed {}
-
-/// Whether a reload that failed with `error` left the maps half-changed.
-pub fn half_done(error: &anyhow::Error) -> bool {
-    error.downcast_ref::<UndoFailed>().is_some()
-}
-
-/// What the log and `lb reload` say of a reload that failed with `error`.
-pub fn reload_failure(error: &anyhow::Error) -> &'static str {
-    if half_done(error) {
-        "reload failed half-way and its undo failed"
-    } else {
-        "reload refused; nothing changed"
     }
 }
 
@@ -171,6 +121,7 @@ pub(super) fn deny_runtime(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::{half_done, reload_failure};
 
     /// Maps that record the writes they are given and fail where told.
     #[derive(Default)]

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, net::IpAddr, time::SystemTime};
 
 use lb_common::{attack::AttackVip, maps::ipv4_mapped};
 
-use super::{Controller, unix_seconds};
+use super::{Controller, status::unix_seconds};
 use crate::{
     attack::{Event, Totals},
     guard::addr_ip,

@@ -2,8 +2,9 @@
 //! plane's maps (`crate::route`), named with its plan and status.
 
 use super::Controller;
+use crate::report::RouteError;
 use crate::route::{
-    self, ReadError,
+    self,
     maps::{MapTables, interface_name},
     report::{RouteReport, RouteRequest},
 };
@@ -23,16 +24,4 @@ impl Controller {
             interface_name,
         ))
     }
-}
-
-/// Why `lb route` has no answer.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum RouteError {
-    /// The request does not name a flow (the operator's to fix).
-    #[error("{0}")]
-    Request(String),
-    /// A map the decision needs could not be read.
-    #[error(transparent)]
-    Read(#[from] ReadError),
 }

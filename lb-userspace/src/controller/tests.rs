@@ -1,6 +1,12 @@
 //! The controller's unit tests: planning from health, settings, and reloads.
 
 use super::*;
+use super::{
+    reload::restart_needed,
+    scheduling::agent_targets,
+    settings::tunnel_targets,
+    weights::{folded_weights, kept_dynamic},
+};
 
 fn config(extra: &str) -> Config {
     Config::parse(&format!(

@@ -121,8 +121,9 @@ pub struct Event {
 #[derive(Debug)]
 pub struct Checker {
     stop: watch::Sender<bool>,
-    /// Disconnects once every task has ended: each holds a sender.
-    done: std::sync::mpsc::Receiver<()>,
+    /// Disconnects once every task has ended: each holds a sender. `None`
+    /// once [`Checker::abandon`]ed: nothing to wait for.
+    done: Option<std::sync::mpsc::Receiver<()>>,
 }
 
 impl Checker {
@@ -166,7 +167,10 @@ impl Checker {
         // Only the tasks hold senders from here on, so the receiver sees
         // the channel disconnect once every task has ended.
         drop(events);
-        Checker { stop, done }
+        Checker {
+            stop,
+            done: Some(done),
+        }
     }
 
     /// Stops every task and waits for them; returns once each has finished
@@ -176,11 +180,23 @@ impl Checker {
         self.shutdown();
     }
 
+    /// Stops every task without waiting for them: each ends after its
+    /// current probe (bounded by that probe's timeout), on the shared
+    /// runtime, and the results it still sends go nowhere once the receiver
+    /// is gone. For a process about to exit, which must not wait for an
+    /// exec check of several seconds.
+    pub fn abandon(mut self) {
+        self.stop.send_replace(true);
+        self.done = None;
+    }
+
     fn shutdown(&mut self) {
         self.stop.send_replace(true);
         // Err once every task has dropped its sender (ended, or dropped
         // with the runtime); nothing is ever sent.
-        while self.done.recv().is_ok() {}
+        if let Some(done) = &self.done {
+            while done.recv().is_ok() {}
+        }
     }
 }
 

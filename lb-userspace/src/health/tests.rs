@@ -710,6 +710,35 @@ fn checker_stop_interrupts_a_long_interval() {
 }
 
 #[test]
+fn an_abandoned_checker_does_not_wait_for_the_probe_in_flight() {
+    // A file the probe creates when it starts, so the test knows it runs.
+    let marker = std::env::temp_dir().join(format!("lb-abandon-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let script = format!("touch {}; sleep 5", marker.display());
+    let mut slow = target(closed_tcp_port(), 50);
+    slow.check = exec_check(&["sh", "-c", &script], 20_000);
+    slow.check.interval = Duration::from_millis(50);
+    let (tx, rx) = mpsc::channel();
+    let checker = Checker::start(vec![slow], tx);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !marker.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(marker.exists(), "the probe never started");
+    let start = Instant::now();
+    checker.abandon();
+    let abandoned = start.elapsed();
+    let _ = std::fs::remove_file(&marker);
+    // Stopping would wait about 5 s for the probe; abandoning returns.
+    assert!(abandoned < Duration::from_secs(1), "{abandoned:?}");
+    // The task still ends by itself after its probe: the channel closes.
+    assert!(matches!(
+        rx.recv_timeout(Duration::from_secs(15)),
+        Ok(_) | Err(mpsc::RecvTimeoutError::Disconnected)
+    ));
+}
+
+#[test]
 fn targets_follow_the_config() {
     let config = Config::parse(
         "\

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use super::{Decision, HopView, Query, Source};
 use crate::{
     config::Protocol,
-    controller::{BackendStatus, StatusReport},
     plan::PlannedService,
+    report::{BackendStatus, StatusReport},
 };
 
 /// The API request (`POST /v1/route`).

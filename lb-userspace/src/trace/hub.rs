@@ -16,7 +16,18 @@ use aya::maps::{MapData, PerCpuArray, RingBuf};
 use lb_common::trace::{TraceEvent, TraceSettings, TraceState};
 
 use super::{Filter, TraceBatch, TraceLine, TracePoll, decode, kernel_settings};
-use crate::owner::ControllerHandle;
+use crate::owner::Handle;
+
+/// What the hub needs of the data path's owner: the kernel's trace turned
+/// on with a filter, or off (`None`). The controller implements it; the
+/// hub reaches it only through its owner's [`Handle`].
+pub trait Tracing: 'static {
+    /// Writes `filter` and sets `SETTINGS_TRACE`, or clears it (`None`).
+    ///
+    /// # Errors
+    /// A map write that failed.
+    fn set_trace(&mut self, filter: Option<TraceSettings>) -> anyhow::Result<()>;
+}
 
 /// How long a poll keeps a client's filter in force.
 pub const LEASE: Duration = Duration::from_secs(5);
@@ -69,10 +80,10 @@ impl Hub {
     /// Answers a client's poll: registers or refreshes its filter (turning
     /// the kernel's tracing on or changing its filter through the owner),
     /// then waits up to a second for events after `poll.after`.
-    pub fn poll(
+    pub fn poll<T: Tracing>(
         &self,
         poll: &TracePoll,
-        controller: &ControllerHandle,
+        controller: &Handle<T>,
     ) -> anyhow::Result<TraceBatch> {
         let wanted = {
             let mut state = self.lock();
@@ -184,14 +195,20 @@ impl std::fmt::Debug for Kernel {
     }
 }
 
-/// Starts the thread that reads `kernel` into a new hub; returns the hub.
-pub fn spawn(kernel: Kernel, controller: ControllerHandle) -> anyhow::Result<Arc<Hub>> {
+/// Starts the thread that reads `kernel` into a new hub; returns the hub
+/// and the thread, which ends once `stopping` says so (asked every 200 ms)
+/// or the owner is gone.
+pub fn spawn<T: Tracing>(
+    kernel: Kernel,
+    controller: Handle<T>,
+    stopping: impl Fn() -> bool + Send + 'static,
+) -> std::io::Result<(Arc<Hub>, std::thread::JoinHandle<()>)> {
     let hub = Arc::new(Hub::default());
     let reader = hub.clone();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("trace".into())
-        .spawn(move || read(kernel, &reader, &controller))?;
-    Ok(hub)
+        .spawn(move || read(kernel, &reader, &controller, &stopping))?;
+    Ok((hub, thread))
 }
 
 /// `CLOCK_REALTIME - CLOCK_MONOTONIC`, in nanoseconds.
@@ -202,10 +219,15 @@ fn clock_offset() -> i128 {
     i128::try_from(realtime).unwrap_or(0) - i128::from(crate::dataplane::monotonic_ns())
 }
 
-fn read(mut kernel: Kernel, hub: &Hub, controller: &ControllerHandle) {
+fn read<T: Tracing>(
+    mut kernel: Kernel,
+    hub: &Hub,
+    controller: &Handle<T>,
+    stopping: &dyn Fn() -> bool,
+) {
     let mut names: BTreeMap<u32, String> = BTreeMap::new();
     let mut last_check = Instant::now();
-    loop {
+    while !stopping() {
         let mut fd = libc::pollfd {
             fd: kernel.events.as_raw_fd(),
             events: libc::POLLIN,

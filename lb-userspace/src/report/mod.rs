@@ -1,5 +1,13 @@
-//! What `lb status` and `lb stats` answer (docs/DESIGN.md §6): the JSON the API
-//! serves and the command line prints.
+//! The types that cross the control socket (docs/STYLE.md §17): what `lb
+//! status` and `lb stats` answer (docs/DESIGN.md §6), the JSON the API
+//! serves and the command line prints; which services a report covers; and
+//! (`change.rs`) the operator's changes and why one is refused. The
+//! controller fills them; the faces (API, metrics, command line, `lb stats
+//! --watch`, `lb route`) read them without importing the controller.
+
+mod change;
+
+pub use change::{Override, OverrideError, RouteError, UndoFailed, half_done, reload_failure};
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
@@ -27,7 +35,7 @@ pub struct StatusReport {
     /// `announce`: per VIP, announced or withdrawn and why (beside the
     /// core shape of docs/DESIGN.md §6; `null` without the section).
     #[serde(default)]
-    pub announce: Option<super::announcing::AnnounceStatus>,
+    pub announce: Option<AnnounceStatus>,
     /// Connection sync: peers and counters (beside the core shape of
     /// docs/DESIGN.md §6; `null` without a `sync:` section).
     #[serde(default)]
@@ -138,6 +146,36 @@ pub struct BackendStats {
     pub bytes: u64,
     /// Flows scheduled.
     pub new_flows: u64,
+}
+
+/// `announce` in [`StatusReport`].
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct AnnounceStatus {
+    /// BIRD's control socket.
+    pub bird_socket: String,
+    /// The include lb writes.
+    pub bird_include: String,
+    /// Includes BIRD took since start.
+    pub bird_updates: u64,
+    /// Why the last attempt to tell BIRD failed (retried every second).
+    pub bird_error: Option<String>,
+    /// Per VIP.
+    pub vips: Vec<VipStatus>,
+}
+
+/// One VIP in [`AnnounceStatus`].
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct VipStatus {
+    /// The decision: vip, state, cause, reason, diverted, communities,
+    /// `med`, `local_pref`.
+    #[serde(flatten)]
+    pub announcement: crate::announce::VipAnnouncement,
+    /// Unix time of the last change.
+    pub since: u64,
+    /// State changes since start.
+    pub changes: u64,
+    /// Times it was diverted since start.
+    pub diverts: u64,
 }
 
 /// Which services a report covers (`lb status web`, `/v1/status?service=web`):
