@@ -236,7 +236,7 @@ fn route(request: &Request, controller: &ControllerHandle) -> Response {
 }
 
 /// `GET /v1/status` or `/v1/stats`, of the services the query names.
-fn report(request: &Request, controller: &ControllerHandle) -> Response {
+pub(crate) fn report(request: &Request, controller: &ControllerHandle) -> Response {
     let filter = match filter(request) {
         Ok(filter) => filter,
         Err(response) => return response,

@@ -1513,6 +1513,8 @@ fn restart_needed(current: &Config, next: &Config) -> Option<&'static str> {
         Some("control.socket")
     } else if next.control.metrics != current.control.metrics {
         Some("control.metrics")
+    } else if next.control.web != current.control.web {
+        Some("control.web")
     } else {
         None
     }

@@ -32,3 +32,4 @@ pub mod sysctl;
 pub mod trace;
 pub mod vrrp;
 pub mod watch;
+pub mod web;

@@ -635,12 +635,15 @@ pub fn serve(address: SocketAddr, controller: ControllerHandle) -> anyhow::Resul
     )
 }
 
-fn answer(request: &Request, controller: &ControllerHandle) -> Response {
+/// The answer to a request on the metrics listener (or the status page's
+/// listener when the two share an address).
+pub(crate) fn answer(request: &Request, controller: &ControllerHandle) -> Response {
     if request.method != "GET" || request.path != "/metrics" {
         return Response {
             status: 404,
             content_type: "text/plain",
             body: "metrics are at /metrics\n".to_string(),
+            headers: Vec::new(),
         };
     }
     let scrape = match controller.call(|c| Scrape::take(c)) {
@@ -652,6 +655,7 @@ fn answer(request: &Request, controller: &ControllerHandle) -> Response {
             status: 200,
             content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
             body: text,
+            headers: Vec::new(),
         },
         Err(error) => Response::error(500, &format!("{error:#}")),
     }

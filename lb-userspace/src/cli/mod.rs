@@ -808,18 +808,28 @@ fn leave_attached(mut c: Controller) {
     std::mem::forget(c);
 }
 
-/// The metrics endpoint (if configured), then the control socket: once
-/// it answers, the data plane is ready.
+/// The metrics endpoint and the status page (if configured; one listener
+/// when both have the same address), then the control socket: once it
+/// answers, the data plane is ready.
 fn listen(
-    metrics: Option<std::net::SocketAddr>,
+    control: &crate::config::Control,
     controller: &crate::owner::ControllerHandle,
-    socket: &Path,
 ) -> anyhow::Result<api::Server> {
-    if let Some(address) = metrics {
+    let shared = control.web.is_some() && control.web == control.metrics;
+    if let Some(address) = control.metrics
+        && !shared
+    {
         crate::metrics::serve(address, controller.clone())?;
         tracing::info!(%address, "metrics at /metrics");
     }
-    api::Server::bind(socket)
+    if let Some(address) = control.web {
+        crate::web::serve(address, controller.clone(), shared)?;
+        if shared {
+            tracing::info!(%address, "metrics at /metrics");
+        }
+        tracing::info!(%address, "status page at http://{address}/");
+    }
+    api::Server::bind(&control.socket)
 }
 
 /// `lb run`: [`prepare_run`], then the data plane, VRRP, the metrics
@@ -844,7 +854,7 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
     release_stale(&config)?;
     let socket = config.control.socket.clone();
     let signals = block_signals();
-    let metrics_address = config.control.metrics;
+    let control = config.control.clone();
     let mut controller = Controller::start(config, path).map_err(Failure::Runtime)?;
     let (alarm, ha_stopped) = ha_alarm();
     // Sync before VRRP: a backup hears the master's flows from the start.
@@ -871,7 +881,7 @@ fn run(path: &Path, output: Output) -> Result<(), Failure> {
         .context("starting the controller thread")
         .map_err(Failure::Runtime)?;
     // The control socket last: once it answers, the data plane is ready.
-    let server = match listen(metrics_address, &controller, &socket) {
+    let server = match listen(&control, &controller) {
         Ok(server) => server,
         Err(error) => {
             let outcome = controller

@@ -707,6 +707,11 @@ pub struct Control {
     /// Prometheus listen address.
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
+    /// Listen address of the read-only status page (`GET /`,
+    /// `/status.json`, `/stats.json`); the same address as `metrics` shares
+    /// that listener. None: no page.
+    #[serde(default)]
+    pub web: Option<SocketAddr>,
 }
 
 impl Default for Control {
@@ -714,6 +719,7 @@ impl Default for Control {
         Self {
             socket: default_socket(),
             metrics: None,
+            web: None,
         }
     }
 }
@@ -918,6 +924,23 @@ services:
         assert_eq!(web.forwarding, Forwarding::Nat);
         assert_eq!(web.backends[0].weight, 100);
         assert_eq!(config.control.socket, PathBuf::from("/run/lb/lb.sock"));
+    }
+
+    #[test]
+    fn control_web_is_an_address_and_a_bad_one_is_placed() {
+        assert_eq!(Config::parse(MINIMAL).unwrap().control.web, None);
+        let on = Config::parse(&format!("{MINIMAL}control: {{ web: 127.0.0.1:9181 }}\n")).unwrap();
+        assert_eq!(on.control.web, Some("127.0.0.1:9181".parse().unwrap()));
+        for bad in ["localhost:9181", "127.0.0.1", "127.0.0.1:70000", "[::1]:x"] {
+            let text = format!("{MINIMAL}control:\n  web: '{bad}'\n");
+            let Err(ConfigError::Invalid(problems)) = Config::parse(&text) else {
+                panic!("control.web {bad:?} accepted");
+            };
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert_eq!(problems[0].path, "control.web", "{problems:?}");
+            assert_eq!(problems[0].line, Some(12), "{problems:?}");
+            assert_eq!(problems[0].column, Some(3), "{problems:?}");
+        }
     }
 
     #[test]
