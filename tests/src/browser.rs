@@ -1,5 +1,5 @@
-//! A headless Chromium inside a test's namespace, driven over the DevTools
-//! protocol on `--remote-debugging-pipe` (file descriptors 3 and 4,
+//! A headless Chromium inside a test's namespace, driven over its debugging
+//! protocol (CDP) on `--remote-debugging-pipe` (file descriptors 3 and 4,
 //! NUL-ended JSON messages): open a page, evaluate expressions in it, and
 //! collect what it reports as errors (uncaught exceptions, `console.error`,
 //! failed loads and CSP violations).
@@ -62,11 +62,8 @@ fn pipe() -> (RawFd, RawFd) {
 impl Browser {
     /// Starts Chromium in `ns` and attaches to its blank page.
     pub fn start(ns: &Netns) -> Self {
-        let profile = std::env::temp_dir().join(format!(
-            "lb-browser-{}-{}",
-            std::process::id(),
-            ns.name()
-        ));
+        let profile =
+            std::env::temp_dir().join(format!("lb-browser-{}-{}", std::process::id(), ns.name()));
         let _ = std::fs::remove_dir_all(&profile);
         std::fs::create_dir_all(&profile).expect("creating the browser profile directory");
         let (ours_in, theirs_out) = pipe();
@@ -143,7 +140,7 @@ impl Browser {
     fn attach(&mut self) {
         let mut page = None;
         let found = wait_until(Duration::from_secs(20), || {
-            let targets = self.call("Target.getTargets", json!({}));
+            let targets = self.call("Target.getTargets", &json!({}));
             page = targets["targetInfos"]
                 .as_array()
                 .and_then(|t| t.iter().find(|t| t["type"] == "page"))
@@ -154,20 +151,20 @@ impl Browser {
         assert!(found, "Chromium shows no page: {}", self.stderr());
         let attached = self.call(
             "Target.attachToTarget",
-            json!({ "targetId": page, "flatten": true }),
+            &json!({ "targetId": page, "flatten": true }),
         );
         self.session = attached["sessionId"]
             .as_str()
             .expect("a session id")
             .to_string();
         for domain in ["Runtime.enable", "Log.enable", "Page.enable"] {
-            self.call(domain, json!({}));
+            self.call(domain, &json!({}));
         }
     }
 
     /// Sends `method` (on the page's session once attached) and waits for
     /// its result, noting the error events that arrive meanwhile.
-    pub fn call(&mut self, method: &str, params: Value) -> Value {
+    pub fn call(&mut self, method: &str, params: &Value) -> Value {
         self.next += 1;
         let id = self.next;
         let mut message = json!({ "id": id, "method": method, "params": params });
@@ -186,10 +183,7 @@ impl Browser {
                 panic!("Chromium did not answer {method}: {}", self.stderr());
             };
             if answer["id"] == id {
-                assert!(
-                    answer.get("error").is_none(),
-                    "{method} failed: {answer}"
-                );
+                assert!(answer.get("error").is_none(), "{method} failed: {answer}");
                 return answer["result"].clone();
             }
             self.note(&answer);
@@ -200,10 +194,9 @@ impl Browser {
     fn note(&mut self, event: &Value) {
         let params = &event["params"];
         match event["method"].as_str() {
-            Some("Runtime.exceptionThrown") => self.errors.push(format!(
-                "exception: {}",
-                params["exceptionDetails"]
-            )),
+            Some("Runtime.exceptionThrown") => self
+                .errors
+                .push(format!("exception: {}", params["exceptionDetails"])),
             Some("Runtime.consoleAPICalled")
                 if matches!(params["type"].as_str(), Some("error" | "assert")) =>
             {
@@ -219,18 +212,15 @@ impl Browser {
 
     /// Opens `url` in the page.
     pub fn navigate(&mut self, url: &str) {
-        let answer = self.call("Page.navigate", json!({ "url": url }));
-        assert!(
-            answer.get("errorText").is_none(),
-            "opening {url}: {answer}"
-        );
+        let answer = self.call("Page.navigate", &json!({ "url": url }));
+        assert!(answer.get("errorText").is_none(), "opening {url}: {answer}");
     }
 
     /// The value of `expression` evaluated in the page (`null` if it threw).
     pub fn eval(&mut self, expression: &str) -> Value {
         let answer = self.call(
             "Runtime.evaluate",
-            json!({ "expression": expression, "returnByValue": true }),
+            &json!({ "expression": expression, "returnByValue": true }),
         );
         answer["result"]["value"].clone()
     }
@@ -266,8 +256,8 @@ impl Browser {
         };
         let root = i32::try_from(child.id()).expect("pid fits i32");
         let family = family(root);
-        let mut bytes = serde_json::to_vec(&json!({ "id": 0, "method": "Browser.close" }))
-            .expect("JSON");
+        let mut bytes =
+            serde_json::to_vec(&json!({ "id": 0, "method": "Browser.close" })).expect("JSON");
         bytes.push(0);
         let _ = self.to.write_all(&bytes);
         let _ = wait_until(Duration::from_secs(5), || !alive(root));
@@ -298,8 +288,8 @@ fn family(root: i32) -> BTreeSet<i32> {
             let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
             let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
             // "pid (comm) state ppid ...": comm may hold spaces and parens.
-            let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?;
-            Some((pid, ppid.parse().ok()?))
+            let parent = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?;
+            Some((pid, parent.parse().ok()?))
         })
         .collect();
     let mut family = BTreeSet::from([root]);

@@ -10,7 +10,7 @@
 //!   applied to a process, for running `lb run` as the unit would;
 //! - [`bird`]: BIRD 2 in a namespace, for the `announce` tests;
 //! - [`browser`]: a headless Chromium in a namespace, driven over the
-//!   DevTools protocol, for the status page's test;
+//!   debugging protocol (CDP), for the status page's test;
 //! - [`flood`]: a spoofed SYN / UDP flood generator (XDP live frames, else
 //!   `sendmmsg` on an `AF_PACKET` socket), for the `guard.attack` tests and
 //!   `cargo xtask flood`;

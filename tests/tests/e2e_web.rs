@@ -117,6 +117,49 @@ fn now_ms() -> f64 {
         * 1000.0
 }
 
+/// The listener: the page with its policy, the same JSON as the control
+/// API, the metrics beside it, and nothing but GET.
+fn check_listener(bed: &Bed) {
+    let (status, page) = get(bed, "/");
+    assert!(status.starts_with("HTTP/1.1 200"), "{page}");
+    let lower = page.to_ascii_lowercase();
+    assert!(
+        lower.contains("content-security-policy: default-src 'self'"),
+        "{page}"
+    );
+    assert!(lower.contains("content-type: text/html"), "{page}");
+    let (status, answer) = get(bed, "/status.json");
+    assert!(status.starts_with("HTTP/1.1 200"), "{answer}");
+    let from_cli: Value =
+        serde_json::from_slice(&bed.lb_command(&["status", "--output", "json"]).stdout)
+            .expect("lb status prints JSON");
+    let (mut web_shape, mut cli_shape) = (Vec::new(), Vec::new());
+    shape(&body(&answer), "", &mut web_shape);
+    shape(&from_cli, "", &mut cli_shape);
+    assert_eq!(web_shape, cli_shape, "/status.json and lb status differ");
+    assert_eq!(body(&answer)["services"][1]["name"], "api");
+    let (status, answer) = get(bed, "/stats.json");
+    assert!(status.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(body(&answer)["services"][0]["name"], "web");
+    let (status, answer) = get(bed, "/metrics");
+    assert!(status.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("lb_"), "{answer}");
+    for request in [
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        "POST /status.json HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        "DELETE /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+    ] {
+        let (status, answer) = http(bed, request.to_string());
+        assert!(status.starts_with("HTTP/1.1 405"), "{request:?}: {answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("allow: get"),
+            "{answer}"
+        );
+    }
+    let (status, answer) = get(bed, "/v1/reload");
+    assert!(status.starts_with("HTTP/1.1 404"), "{answer}");
+}
+
 #[test]
 fn the_status_page_shows_a_backend_going_down_live() {
     let mut bed = Bed::new(&[11, 12]);
@@ -130,53 +173,14 @@ fn the_status_page_shows_a_backend_going_down_live() {
     assert!(
         wait_until(Duration::from_secs(10), || {
             let health = lb_health(&bed);
-            all.iter().all(|b| health.get(*b).map(String::as_str) == Some("up"))
+            all.iter()
+                .all(|b| health.get(*b).map(String::as_str) == Some("up"))
         }),
         "the backends never came up: {:?}",
         lb_health(&bed)
     );
 
-    // The listener: the page with its policy, the same JSON as the control
-    // API, the metrics beside it, and nothing but GET.
-    let (status, page) = get(&bed, "/");
-    assert!(status.starts_with("HTTP/1.1 200"), "{page}");
-    let lower = page.to_ascii_lowercase();
-    assert!(
-        lower.contains("content-security-policy: default-src 'self'"),
-        "{page}"
-    );
-    assert!(lower.contains("content-type: text/html"), "{page}");
-    let (status, answer) = get(&bed, "/status.json");
-    assert!(status.starts_with("HTTP/1.1 200"), "{answer}");
-    let from_cli: Value = serde_json::from_slice(
-        &bed.lb_command(&["status", "--output", "json"]).stdout,
-    )
-    .expect("lb status prints JSON");
-    let (mut web_shape, mut cli_shape) = (Vec::new(), Vec::new());
-    shape(&body(&answer), "", &mut web_shape);
-    shape(&from_cli, "", &mut cli_shape);
-    assert_eq!(web_shape, cli_shape, "/status.json and lb status differ");
-    assert_eq!(body(&answer)["services"][1]["name"], "api");
-    let (status, answer) = get(&bed, "/stats.json");
-    assert!(status.starts_with("HTTP/1.1 200"), "{answer}");
-    assert_eq!(body(&answer)["services"][0]["name"], "web");
-    let (status, answer) = get(&bed, "/metrics");
-    assert!(status.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(answer.contains("lb_"), "{answer}");
-    for request in [
-        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
-        "POST /status.json HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
-        "DELETE /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
-    ] {
-        let (status, answer) = http(&bed, request.to_string());
-        assert!(status.starts_with("HTTP/1.1 405"), "{request:?}: {answer}");
-        assert!(
-            answer.to_ascii_lowercase().contains("allow: get"),
-            "{answer}"
-        );
-    }
-    let (status, answer) = get(&bed, "/v1/reload");
-    assert!(status.starts_with("HTTP/1.1 404"), "{answer}");
+    check_listener(&bed);
 
     // The page in a browser: every backend up.
     let mut browser = Browser::start(&bed.lb);
@@ -216,22 +220,32 @@ fn the_status_page_shows_a_backend_going_down_live() {
     });
     assert!(said, "lb status never said {target} is down");
     let lb_took = started.elapsed();
-    let row = "document.querySelector('tr[data-service=\"web\"][data-backend=\"192.0.2.12:8080\"]')";
+    let row =
+        "document.querySelector('tr[data-service=\"web\"][data-backend=\"192.0.2.12:8080\"]')";
     let mut changed_ms = None;
     wait_until(Duration::from_secs(3), || {
         let state = browser.eval(&format!("{row}.dataset.state"));
         if state == "down" {
-            changed_ms = browser.eval(&format!("Number({row}.dataset.changed)")).as_f64();
+            changed_ms = browser
+                .eval(&format!("Number({row}.dataset.changed)"))
+                .as_f64();
         }
         changed_ms.is_some()
     });
-    let changed_ms = changed_ms
-        .unwrap_or_else(|| panic!("the page never showed {target} down: {:?}", page_rows(&mut browser)));
+    let changed_ms = changed_ms.unwrap_or_else(|| {
+        panic!(
+            "the page never showed {target} down: {:?}",
+            page_rows(&mut browser)
+        )
+    });
     let lag = changed_ms - said_down_ms;
     println!(
         "lb status said down {lb_took:?} after the stop; the page showed it {lag:.0} ms after that"
     );
-    assert!(lag <= 1000.0, "the page showed {target} down {lag:.0} ms after lb status");
+    assert!(
+        lag <= 1000.0,
+        "the page showed {target} down {lag:.0} ms after lb status"
+    );
     assert!(
         wait_until(Duration::from_secs(3), || {
             let rows = page_rows(&mut browser);
@@ -243,7 +257,19 @@ fn the_status_page_shows_a_backend_going_down_live() {
         page_rows(&mut browser)
     );
 
-    // No errors on the page; and the collector does see one.
+    check_errors(&mut browser);
+
+    // Every process of the browser ends.
+    let family = browser.close();
+    assert!(!family.is_empty());
+    let gone = wait_until(Duration::from_secs(5), || {
+        family.iter().all(|&pid| !lb_tests::browser::alive(pid))
+    });
+    assert!(gone, "browser processes left: {family:?}");
+}
+
+/// No errors on the page; and the collector does see one.
+fn check_errors(browser: &mut Browser) {
     let errors = browser.errors();
     assert!(errors.is_empty(), "the page reported errors: {errors:#?}");
     browser.eval("console.error('lb-probe-console'); setTimeout(() => { throw new Error('lb-probe-throw'); }, 0); 1");
@@ -258,14 +284,6 @@ fn the_status_page_shows_a_backend_going_down_live() {
             && errors.iter().any(|e| e.contains("lb-probe-throw")),
         "the error collector missed the probes: {errors:#?}"
     );
-
-    // Every process of the browser ends.
-    let family = browser.close();
-    assert!(!family.is_empty());
-    let gone = wait_until(Duration::from_secs(5), || {
-        family.iter().all(|&pid| !lb_tests::browser::alive(pid))
-    });
-    assert!(gone, "browser processes left: {family:?}");
 }
 
 #[test]

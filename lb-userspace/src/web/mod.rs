@@ -81,7 +81,11 @@ pub fn route(method: &str, path: &str, metrics: bool) -> Route {
 /// Serves the page on `address` in the background (and `/metrics` too when
 /// `metrics`), through [`crate::http`]: heads bounded to 8 KiB, no body,
 /// each read bounded by 5 s and each connection by 30 s.
-pub fn serve(address: SocketAddr, controller: ControllerHandle, metrics: bool) -> anyhow::Result<()> {
+pub fn serve(
+    address: SocketAddr,
+    controller: ControllerHandle,
+    metrics: bool,
+) -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(address)
         .with_context(|| format!("binding the status page address {address} (control.web)"))?;
     let limits = Limits {
