@@ -28,6 +28,8 @@ fn config() -> String {
          backends: [{{ address: 192.0.2.11, port: 8080 }}, {{ address: 192.0.2.12, port: 8080 }}] }}\n\
          \x20 - {{ name: api, vip: 203.0.113.11, port: 80, protocol: tcp, {check}, \
          backends: [{{ address: 192.0.2.11, port: 80 }}, {{ address: 192.0.2.12, port: 80, tier: 1 }}] }}\n\
+         ha: {{ interface: eth1, virtual_router_id: 51, priority: 150, advert_interval: 100ms, \
+         floating_ips: [192.0.2.254/24] }}\n\
          control: {{ socket: /run/lb/web-{pid}.sock, web: '{WEB}', metrics: '{WEB}' }}\n"
     )
 }
@@ -199,9 +201,32 @@ fn the_status_page_shows_a_backend_going_down_live() {
         browser.eval("document.querySelectorAll('svg.spark polyline').length"),
         4
     );
-    assert_eq!(
-        browser.eval("document.querySelector('#ha .badge').textContent"),
-        "standalone"
+    // The VRRP instance, master once its timer runs out with no peer.
+    let mut ha = Value::Null;
+    let master = wait_until(Duration::from_secs(10), || {
+        ha = browser
+            .eval("document.querySelector('#ha tr[data-vrid=\"51\"]')?.dataset.state ?? null");
+        ha == "master"
+    });
+    assert!(master, "the page never showed VRID 51 master: {ha}");
+    // Traffic through the first service shows as a rate on its sparkline.
+    let target: std::net::SocketAddr = "203.0.113.10:80".parse().unwrap();
+    let served = bed.client.run(move || {
+        (0..40)
+            .filter(|_| lb_tests::bed::tcp_request(target, None).is_some())
+            .count()
+    });
+    assert!(served > 0, "no request through the VIP was served");
+    let rate = "Math.max(...[...document.querySelectorAll('tr[data-service=\"web\"]')]\
+                .map(r => Number(r.dataset.rate) || 0))";
+    let mut shown = Value::Null;
+    let moving = wait_until(Duration::from_secs(5), || {
+        shown = browser.eval(rate);
+        shown.as_f64().is_some_and(|r| r > 0.0)
+    });
+    assert!(
+        moving,
+        "{served} requests served, the page's rate stayed {shown}"
     );
     assert_eq!(
         browser.eval("document.getElementById('denials-total').textContent"),
