@@ -201,37 +201,7 @@ fn the_status_page_shows_a_backend_going_down_live() {
         browser.eval("document.querySelectorAll('svg.spark polyline').length"),
         4
     );
-    // The VRRP instance, master once its timer runs out with no peer.
-    let mut ha = Value::Null;
-    let master = wait_until(Duration::from_secs(10), || {
-        ha = browser
-            .eval("document.querySelector('#ha tr[data-vrid=\"51\"]')?.dataset.state ?? null");
-        ha == "master"
-    });
-    assert!(master, "the page never showed VRID 51 master: {ha}");
-    // Traffic through the first service shows as a rate on its sparkline.
-    let target: std::net::SocketAddr = "203.0.113.10:80".parse().unwrap();
-    let served = bed.client.run(move || {
-        (0..40)
-            .filter(|_| lb_tests::bed::tcp_request(target, None).is_some())
-            .count()
-    });
-    assert!(served > 0, "no request through the VIP was served");
-    let rate = "Math.max(...[...document.querySelectorAll('tr[data-service=\"web\"]')]\
-                .map(r => Number(r.dataset.rate) || 0))";
-    let mut shown = Value::Null;
-    let moving = wait_until(Duration::from_secs(5), || {
-        shown = browser.eval(rate);
-        shown.as_f64().is_some_and(|r| r > 0.0)
-    });
-    assert!(
-        moving,
-        "{served} requests served, the page's rate stayed {shown}"
-    );
-    assert_eq!(
-        browser.eval("document.getElementById('denials-total').textContent"),
-        "0"
-    );
+    check_ha_and_rate(&bed, &mut browser);
 
     // A backend stops: the page follows `lb status` within a second.
     bed.stop_backend(12);
@@ -291,6 +261,41 @@ fn the_status_page_shows_a_backend_going_down_live() {
         family.iter().all(|&pid| !lb_tests::browser::alive(pid))
     });
     assert!(gone, "browser processes left: {family:?}");
+}
+
+/// The page shows the VRRP instance, and a rate once traffic flows.
+fn check_ha_and_rate(bed: &Bed, browser: &mut Browser) {
+    // The VRRP instance, master once its timer runs out with no peer.
+    let mut ha = Value::Null;
+    let master = wait_until(Duration::from_secs(10), || {
+        ha = browser
+            .eval("document.querySelector('#ha tr[data-vrid=\"51\"]')?.dataset.state ?? null");
+        ha == "master"
+    });
+    assert!(master, "the page never showed VRID 51 master: {ha}");
+    // Traffic through the first service shows as a rate on its sparkline.
+    let target: std::net::SocketAddr = "203.0.113.10:80".parse().unwrap();
+    let served = bed.client.run(move || {
+        (0..40)
+            .filter(|_| lb_tests::bed::tcp_request(target, None).is_some())
+            .count()
+    });
+    assert!(served > 0, "no request through the VIP was served");
+    let rate = "Math.max(...[...document.querySelectorAll('tr[data-service=\"web\"]')]\
+                .map(r => Number(r.dataset.rate) || 0))";
+    let mut shown = Value::Null;
+    let moving = wait_until(Duration::from_secs(5), || {
+        shown = browser.eval(rate);
+        shown.as_f64().is_some_and(|r| r > 0.0)
+    });
+    assert!(
+        moving,
+        "{served} requests served, the page's rate stayed {shown}"
+    );
+    assert_eq!(
+        browser.eval("document.getElementById('denials-total').textContent"),
+        "0"
+    );
 }
 
 /// No errors on the page; and the collector does see one.
