@@ -149,6 +149,7 @@ fn check_listener(bed: &Bed) {
     for request in [
         "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
         "POST /status.json HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        "PUT /status.json HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
         "DELETE /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
     ] {
         let (status, answer) = http(bed, request.to_string());

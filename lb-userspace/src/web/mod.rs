@@ -10,8 +10,8 @@
 //! | GET    | `/favicon.ico` | 204, empty (browsers ask for it)                   |
 //!
 //! Both JSON paths take `?service=NAME` as the control API does. Any other
-//! method is refused with 405 (a request with a body is refused with 413
-//! before its method is looked at); any other path is 404. Every answer
+//! method is refused with 405 (a body over [`MAX_BODY`] bytes is refused
+//! with 413 before the method is looked at); any other path is 404. Every answer
 //! carries a Content-Security-Policy that lets the page load nothing from
 //! anywhere but this listener.
 //!
@@ -31,9 +31,13 @@ use crate::{
 
 mod route;
 
+/// The longest request body read (only to be refused: no request here has
+/// one).
+pub const MAX_BODY: usize = 4 * 1024;
+
 /// Serves the page on `address` in the background (and `/metrics` too when
-/// `metrics`), through [`crate::http`]: heads bounded to 8 KiB, no body,
-/// each read bounded by 5 s and each connection by 30 s.
+/// `metrics`), through [`crate::http`]: heads bounded to 8 KiB, bodies to
+/// [`MAX_BODY`], each read bounded by 5 s and each connection by 30 s.
 pub fn serve(
     address: SocketAddr,
     controller: ControllerHandle,
@@ -43,7 +47,7 @@ pub fn serve(
         .with_context(|| format!("binding the status page address {address} (control.web)"))?;
     let limits = Limits {
         head: 8 * 1024,
-        body: 0,
+        body: MAX_BODY,
         read: Duration::from_secs(5),
         connection: Duration::from_secs(30),
         clients: 16,
