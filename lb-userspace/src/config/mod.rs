@@ -1033,7 +1033,10 @@ services:
         assert_eq!(config.services.len(), 2);
         assert_eq!(config.services[0].backends[2].tier, 1);
         let interval = config.services[0].health_check.as_ref().unwrap().interval;
-        assert_eq!(interval, Duration::from_millis(500));
+        assert_eq!(interval, Duration::from_millis(500)); // Its status page line is valid uncommented.
+        let web = include_str!("../../../deploy/lb.example.yaml").replace("  # web:", "  web:");
+        let config = Config::parse(&web).unwrap();
+        assert_eq!(config.control.web, Some("127.0.0.1:9181".parse().unwrap()));
     }
 
     #[test]
