@@ -290,7 +290,7 @@ fn route<C: Control>(request: &Request, controller: &Handle<C>) -> Response {
 }
 
 /// `GET /v1/status` or `/v1/stats`, of the services the query names.
-fn report<C: Control>(request: &Request, controller: &Handle<C>) -> Response {
+pub(crate) fn report<C: Control>(request: &Request, controller: &Handle<C>) -> Response {
     let filter = match filter(request) {
         Ok(filter) => filter,
         Err(response) => return response,

@@ -76,6 +76,8 @@ pub struct Response {
     pub content_type: &'static str,
     /// The body.
     pub body: String,
+    /// Further headers (lower-case names).
+    pub headers: Vec<(&'static str, &'static str)>,
 }
 
 impl Response {
@@ -85,6 +87,7 @@ impl Response {
             status,
             content_type: "application/json",
             body,
+            headers: Vec::new(),
         }
     }
 
@@ -299,10 +302,17 @@ fn respond(response: Response) -> hyper::Response<Full<Bytes>> {
     let mut answer = hyper::Response::new(Full::new(Bytes::from(response.body)));
     *answer.status_mut() = hyper::StatusCode::from_u16(response.status)
         .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
-    answer.headers_mut().insert(
+    let headers = answer.headers_mut();
+    headers.insert(
         CONTENT_TYPE,
         HeaderValue::from_static(response.content_type),
     );
+    for (name, value) in response.headers {
+        headers.insert(
+            hyper::header::HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    }
     answer
 }
 

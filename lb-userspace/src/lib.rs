@@ -34,3 +34,4 @@ pub mod sysctl;
 pub mod trace;
 pub mod vrrp;
 pub mod watch;
+pub mod web;

@@ -654,12 +654,15 @@ pub fn serve<S: Source>(address: SocketAddr, controller: Handle<S>) -> anyhow::R
     )
 }
 
-fn answer<S: Source>(request: &Request, controller: &Handle<S>) -> Response {
+/// The answer to a request on the metrics listener (or the status page's
+/// listener when the two share an address).
+pub(crate) fn answer<S: Source>(request: &Request, controller: &Handle<S>) -> Response {
     if request.method != "GET" || request.path != "/metrics" {
         return Response {
             status: 404,
             content_type: "text/plain",
             body: "metrics are at /metrics\n".to_string(),
+            headers: Vec::new(),
         };
     }
     let scrape = match controller.call(|c| Scrape::take(c)) {
@@ -671,6 +674,7 @@ fn answer<S: Source>(request: &Request, controller: &Handle<S>) -> Response {
             status: 200,
             content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
             body: text,
+            headers: Vec::new(),
         },
         Err(error) => Response::error(500, &format!("{error:#}")),
     }

@@ -9,6 +9,8 @@
 //! - [`sandbox`]: `deploy/lb.service`'s capability set and seccomp rules
 //!   applied to a process, for running `lb run` as the unit would;
 //! - [`bird`]: BIRD 2 in a namespace, for the `announce` tests;
+//! - [`browser`]: a headless Chromium in a namespace, driven over the
+//!   debugging protocol (CDP), for the status page's test;
 //! - [`flood`]: a spoofed SYN / UDP flood generator (XDP live frames, else
 //!   `sendmmsg` on an `AF_PACKET` socket), for the `guard.attack` tests and
 //!   `cargo xtask flood`;
@@ -29,6 +31,7 @@
 pub mod bed;
 pub mod benchdoc;
 pub mod bird;
+pub mod browser;
 pub mod endtoend;
 pub mod flood;
 pub mod frames;

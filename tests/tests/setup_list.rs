@@ -49,6 +49,7 @@ const PROVIDERS: &[(&str, &str)] = &[
     ("lintian", "lintian"),
     ("promtool", "prometheus"),
     ("systemd-analyze", "systemd"),
+    ("chromium", "chromium"),
     ("wrk", "wrk"),
     ("nginx", "nginx-light"),
     ("haproxy", "haproxy"),

@@ -37,6 +37,7 @@ const PACKAGES: &[&str] = &[
     "lintian",           // cargo xtask package checks the .deb; the package test too
     "prometheus",        // promtool: the alert rules' check (its service is turned off)
     "systemd",           // systemd-analyze security: the unit's exposure, in e2e_capabilities
+    "chromium",          // headless, the status page's browser in e2e_web
 ];
 
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";

@@ -707,6 +707,11 @@ pub struct Control {
     /// Prometheus listen address.
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
+    /// Listen address of the read-only status page (`GET /`,
+    /// `/status.json`, `/stats.json`); the same address as `metrics` shares
+    /// that listener. None: no page.
+    #[serde(default)]
+    pub web: Option<SocketAddr>,
 }
 
 impl Default for Control {
@@ -714,6 +719,7 @@ impl Default for Control {
         Self {
             socket: default_socket(),
             metrics: None,
+            web: None,
         }
     }
 }
@@ -921,6 +927,23 @@ services:
     }
 
     #[test]
+    fn control_web_is_an_address_and_a_bad_one_is_placed() {
+        assert_eq!(Config::parse(MINIMAL).unwrap().control.web, None);
+        let on = Config::parse(&format!("{MINIMAL}control: {{ web: 127.0.0.1:9181 }}\n")).unwrap();
+        assert_eq!(on.control.web, Some("127.0.0.1:9181".parse().unwrap()));
+        for bad in ["localhost:9181", "127.0.0.1", "127.0.0.1:70000", "[::1]:x"] {
+            let text = format!("{MINIMAL}control:\n  web: '{bad}'\n");
+            let Err(ConfigError::Invalid(problems)) = Config::parse(&text) else {
+                panic!("control.web {bad:?} accepted");
+            };
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert_eq!(problems[0].path, "control.web", "{problems:?}");
+            assert_eq!(problems[0].line, Some(12), "{problems:?}");
+            assert_eq!(problems[0].column, Some(3), "{problems:?}");
+        }
+    }
+
+    #[test]
     fn local_schedulers_under_ha_or_announce_are_warned_about() {
         let services = "instance: t\ninterfaces: [{ name: eth0 }]\nservices:\n\
             \x20 - { name: rr, vip: 203.0.113.10, port: 80, protocol: tcp, scheduler: round-robin, forwarding: dsr, backends: [{ address: 192.0.2.11 }] }\n\
@@ -1010,7 +1033,10 @@ services:
         assert_eq!(config.services.len(), 2);
         assert_eq!(config.services[0].backends[2].tier, 1);
         let interval = config.services[0].health_check.as_ref().unwrap().interval;
-        assert_eq!(interval, Duration::from_millis(500));
+        assert_eq!(interval, Duration::from_millis(500)); // Its status page line is valid uncommented.
+        let web = include_str!("../../../deploy/lb.example.yaml").replace("  # web:", "  web:");
+        let config = Config::parse(&web).unwrap();
+        assert_eq!(config.control.web, Some("127.0.0.1:9181".parse().unwrap()));
     }
 
     #[test]

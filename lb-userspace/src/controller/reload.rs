@@ -98,6 +98,8 @@ pub(super) fn restart_needed(current: &Config, next: &Config) -> Option<&'static
         Some("control.socket")
     } else if next.control.metrics != current.control.metrics {
         Some("control.metrics")
+    } else if next.control.web != current.control.web {
+        Some("control.web")
     } else {
         None
     }

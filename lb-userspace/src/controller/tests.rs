@@ -31,6 +31,10 @@ fn a_reload_refuses_what_only_a_restart_applies() {
             "control: { socket: /run/lb/other.sock, metrics: '127.0.0.1:9477' }\n",
             "control.socket",
         ),
+        (
+            "control: { metrics: '127.0.0.1:9477', web: '127.0.0.1:9181' }\n",
+            "control.web",
+        ),
     ];
     for (extra, what) in cases {
         assert_eq!(

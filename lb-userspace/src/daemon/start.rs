@@ -20,7 +20,8 @@
 //! 7. The trace's maps taken for its reader; health checks; announce.
 //! 8. The controller moved to its owner's thread: from here on every other
 //!    thread reaches it through a handle ([`crate::owner`]).
-//! 9. The metrics listener, then the control socket bound.
+//! 9. The metrics listener and the status page (`control.web`), then the
+//!    control socket bound.
 //! 10. The edge threads: trace reader, ticker, attack poller, hop
 //!     follower, agent poller, health applier; last the control socket
 //!     served — once it answers, the data plane is ready.
@@ -46,7 +47,7 @@ pub(super) fn start(path: &Path) -> Result<Running, RunError> {
     release_stale(&config)?; // 2
     let signals = signals::Signals::block(); // 3
     let socket = config.control.socket.clone();
-    let metrics = config.control.metrics;
+    let control = config.control.clone();
     // 4
     let mut controller = Controller::start(config, path).map_err(RunError::Runtime)?;
     let (alarm, ha_stopped) = signals::ha_alarm();
@@ -83,7 +84,7 @@ pub(super) fn start(path: &Path) -> Result<Running, RunError> {
     };
     threads.adopt("controller", owner);
     // 9, then 10.
-    let served = listen(metrics, &controller, &socket).and_then(|server| {
+    let served = listen(&control, &controller).and_then(|server| {
         let hub = trace.and_then(|kernel| {
             let stopping = threads.stopping();
             crate::trace::hub::spawn(kernel, controller.clone(), move || stopping.is_set())
@@ -184,17 +185,27 @@ fn release_stale(config: &Config) -> Result<(), RunError> {
     Ok(())
 }
 
-/// Step 9: the metrics endpoint (if configured), then the control socket.
+/// Step 9: the metrics endpoint and the status page (if configured; one
+/// listener when both have the same address), then the control socket.
 fn listen(
-    metrics: Option<std::net::SocketAddr>,
+    control: &crate::config::Control,
     controller: &ControllerHandle,
-    socket: &Path,
 ) -> anyhow::Result<api::Server> {
-    if let Some(address) = metrics {
+    let shared = control.web.is_some() && control.web == control.metrics;
+    if let Some(address) = control.metrics
+        && !shared
+    {
         crate::metrics::serve(address, controller.clone())?;
         tracing::info!(%address, "metrics at /metrics");
     }
-    api::Server::bind(socket)
+    if let Some(address) = control.web {
+        crate::web::serve(address, controller.clone(), shared)?;
+        if shared {
+            tracing::info!(%address, "metrics at /metrics");
+        }
+        tracing::info!(%address, "status page at http://{address}/");
+    }
+    api::Server::bind(&control.socket)
 }
 
 /// Step 10's threads, each with its own handle to the owner.
