@@ -8,12 +8,8 @@ use lb_common::{Reason, proto};
 use crate::{
     Drop, Verdict,
     packet::{read_at, write_at},
+    parse::{ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6},
 };
-
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
 
 /// Decapsulates a tunnelled packet; everything else passes untouched.
 #[inline(always)]

@@ -8,7 +8,13 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{Addr, Reason, maps::is_ipv4_mapped, proto};
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, tcp::TcpHdr, udp::UdpHdr};
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::Ipv4Hdr,
+    ip::Ipv6Hdr,
+    tcp::TcpHdr,
+    udp::UdpHdr,
+};
 
 use crate::{
     Drop, keys,
@@ -16,10 +22,12 @@ use crate::{
     packet::{fits, read_at, read_into},
 };
 
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
+/// Ethernet types in host order, from network-types' `EtherType` (network
+/// order).
+pub const ETH_P_IPV4: u16 = u16::from_be(EtherType::Ipv4 as u16);
+pub const ETH_P_IPV6: u16 = u16::from_be(EtherType::Ipv6 as u16);
+pub const ETH_P_8021Q: u16 = u16::from_be(EtherType::Ieee8021q as u16);
+pub const ETH_P_8021AD: u16 = u16::from_be(EtherType::Ieee8021ad as u16);
 
 const IPV6_HOP_BY_HOP: u8 = 0;
 const IPV6_ROUTING: u8 = 43;
