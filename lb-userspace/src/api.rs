@@ -20,7 +20,6 @@
 //! 5 s and each connection by 60 s.
 
 use std::{
-    io::{Read, Write},
     os::unix::{
         fs::PermissionsExt,
         net::{UnixListener, UnixStream},
@@ -492,57 +491,90 @@ fn request(
     Ok(serde_json::from_str(&body).context("the controller's answer is not JSON")?)
 }
 
+/// The longest answer read: status and stats of a large configuration fit
+/// well within it.
+const MAX_ANSWER: usize = 64 * 1024 * 1024;
+/// How long one request may take, connection to last byte.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One request on the control socket, through hyper's HTTP/1 client on a
+/// runtime of its own (the CLI is synchronous): the answer's body when the
+/// status is 200, else the controller's error.
 fn request_text(
     socket: &Path,
     method: &str,
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> Result<String, ClientError> {
-    let mut stream = UnixStream::connect(socket).map_err(|error| match error.kind() {
-        std::io::ErrorKind::PermissionDenied => ClientError::PermissionDenied(socket.into()),
-        _ => ClientError::NotRunning(socket.into()),
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .context("starting the client's runtime")?;
+    let (status, body) = runtime.block_on(async {
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange(socket, method, path, body))
+            .await
+            .map_err(|_| {
+                ClientError::Other(anyhow::anyhow!(
+                    "the controller did not answer within {} s",
+                    REQUEST_TIMEOUT.as_secs()
+                ))
+            })?
     })?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .context("socket timeout")?;
-    stream
-        .set_write_timeout(Some(Duration::from_secs(30)))
-        .context("socket timeout")?;
-    let body = body.map(ToString::to_string).unwrap_or_default();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: lb\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .context("sending the request")?;
-    let mut response = String::new();
-    // Status and stats of a large configuration fit well within this.
-    stream
-        .take(64 * 1024 * 1024)
-        .read_to_string(&mut response)
-        .context("reading the answer")?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .context("malformed answer from the controller")?;
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("malformed status line from the controller")?;
     if status != 200 {
         let value: serde_json::Value =
-            serde_json::from_str(body).context("the controller's answer is not JSON")?;
+            serde_json::from_str(&body).context("the controller's answer is not JSON")?;
         let message = value["error"]
             .as_str()
             .unwrap_or("unknown error")
             .to_string();
         return Err(ClientError::Api { status, message });
     }
-    // The body without a copy of it: the head is cut off in place.
-    let head = head.len() + 4;
-    response.drain(..head);
-    Ok(response)
+    Ok(body)
+}
+
+/// Connects, sends the request and reads the whole answer (at most
+/// [`MAX_ANSWER`] bytes).
+async fn exchange(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<(u16, String), ClientError> {
+    use http_body_util::{BodyExt as _, Full, Limited};
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|error| match error.kind() {
+            std::io::ErrorKind::PermissionDenied => ClientError::PermissionDenied(socket.into()),
+            _ => ClientError::NotRunning(socket.into()),
+        })?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .context("talking HTTP to the controller")?;
+    let driver = tokio::spawn(connection);
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, "lb")
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(hyper::body::Bytes::from(
+            body.map(ToString::to_string).unwrap_or_default(),
+        )))
+        .context("building the request")?;
+    let response = sender
+        .send_request(request)
+        .await
+        .context("sending the request")?;
+    let status = response.status().as_u16();
+    let bytes = Limited::new(response.into_body(), MAX_ANSWER)
+        .collect()
+        .await
+        .map_err(|error| anyhow::anyhow!("reading the answer: {error}"))?
+        .to_bytes();
+    driver.abort();
+    let text = String::from_utf8(bytes.to_vec()).context("the controller's answer is not UTF-8")?;
+    Ok((status, text))
 }
 
 #[cfg(test)]
