@@ -134,6 +134,8 @@ pub struct Tracker {
     /// Consecutive failures so far (0 after a success).
     failures: u32,
     last: Option<Outcome>,
+    /// When `last` was observed.
+    last_at: Option<Instant>,
     since: Option<Instant>,
 }
 
@@ -148,6 +150,7 @@ impl Tracker {
             successes: 0,
             failures: 0,
             last: None,
+            last_at: None,
             since: None,
         }
     }
@@ -170,6 +173,7 @@ impl Tracker {
             (self.failures >= self.fall).then_some(Health::Down)
         };
         self.last = Some(outcome.clone());
+        self.last_at = Some(now);
         let to = to.filter(|&to| to != self.health)?;
         let from = std::mem::replace(&mut self.health, to);
         self.since = Some(now);
@@ -194,6 +198,11 @@ impl Tracker {
     /// The most recent outcome (with its latency), if any was observed.
     pub fn last(&self) -> Option<&Outcome> {
         self.last.as_ref()
+    }
+
+    /// When the last outcome was observed.
+    pub fn last_at(&self) -> Option<Instant> {
+        self.last_at
     }
 
     /// When the current state was entered; `None` while still unknown.

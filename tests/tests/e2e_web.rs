@@ -140,6 +140,13 @@ fn check_listener(bed: &Bed) {
     shape(&from_cli, "", &mut cli_shape);
     assert_eq!(web_shape, cli_shape, "/status.json and lb status differ");
     assert_eq!(body(&answer)["services"][1]["name"], "api");
+    // Checks every 100 ms: each backend's last result is recent.
+    for service in body(&answer)["services"].as_array().expect("services") {
+        for backend in service["backends"].as_array().expect("backends") {
+            let age = backend["last_check"]["age_ms"].as_u64();
+            assert!(age.is_some_and(|ms| ms < 2_000), "{backend}");
+        }
+    }
     let (status, answer) = get(bed, "/stats.json");
     assert!(status.starts_with("HTTP/1.1 200"), "{answer}");
     assert_eq!(body(&answer)["services"][0]["name"], "web");

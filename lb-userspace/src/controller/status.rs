@@ -1,14 +1,16 @@
 //! `lb status` and `lb stats`: the reports the controller fills from its
 //! plan, the trackers and the data plane's counters.
 
-use std::{collections::BTreeMap, time::SystemTime};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant, SystemTime},
+};
 
 use lb_common::Reason;
 
 use super::Controller;
 use crate::{
     ha::HaStatus,
-    health::Tracker,
     report::{
         BackendStats, BackendStatus, LastCheck, OverrideError, ServiceFilter, ServiceStats,
         ServiceStatus, StatsReport, StatusReport,
@@ -33,6 +35,7 @@ impl Controller {
     /// NAME...`); the rest of the report as [`Self::status`] has it.
     pub fn status_of(&self, filter: &ServiceFilter) -> StatusReport {
         let active = self.active_flows_of(filter);
+        let now = Instant::now();
         let services = self
             .planner
             .planned()
@@ -66,12 +69,17 @@ impl Controller {
                             .get(&b.key)
                             .map_or("up", |t| t.health().as_str())
                             .into(),
-                        last_check: self.trackers.get(&b.key).and_then(Tracker::last).map(|o| {
-                            LastCheck {
+                        last_check: self.trackers.get(&b.key).and_then(|tracker| {
+                            let o = tracker.last()?;
+                            let age = tracker
+                                .last_at()
+                                .map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
+                            Some(LastCheck {
                                 ok: o.ok,
                                 detail: o.detail.clone(),
                                 latency_ms: o.latency.as_secs_f64() * 1000.0,
-                            }
+                                age_ms: u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
+                            })
                         }),
                         drained: self.overrides.get(&b.key).is_some_and(|o| o.drained),
                         active_flows: active.get(&b.id).copied(),

@@ -102,6 +102,9 @@ pub struct LastCheck {
     pub detail: String,
     /// How long it took, in milliseconds.
     pub latency_ms: f64,
+    /// How long ago its result arrived, in milliseconds, when the report
+    /// was made.
+    pub age_ms: u64,
 }
 
 /// `lb stats` as JSON.
