@@ -48,9 +48,9 @@
 //! runs those. `LB_BENCH_PATHS=nat,dsr` times only those paths of section
 //! 1 (and the floor and the references), for a quick A/B of a data-path change; `pps` among
 //! them adds section 2, `trace` adds 1b, `sync` adds 1c and `scale` adds 1d
-//! (1,000 services x 10 backends: `nat_1000`, `new_flow_1000` with their
-//! ratios to the one-service rows, the plan of every Maglev table, the
-//! tables' kernel memory), and nothing
+//! (1,000 services x 10 backends beside one: `nat_1000`, `new_flow_1000`
+//! with their ratios to `nat_1`, `new_flow_1` in the same rounds, the plan
+//! of every Maglev table, the tables' kernel memory), and nothing
 //! else of sections 1 to 4 runs. `LB_BENCH_PPS=dsr` limits section 2 to
 //! the floor and the cases named.
 //!
@@ -349,12 +349,89 @@ const SCALE_BACKENDS: usize = 10;
 const SCALE_RING: u32 = 16_381;
 
 /// The scale section: 1,000 nat services of 10 backends each (10,000
-/// backends, one VIP, ports 1000 to 1999), the established and new-flow
-/// paths timed beside this harness's floor (rows `nat_1000`,
-/// `new_flow_1000`, each with its ratio to the one-service row of this
-/// run), the first plan and apply of all 1,000 Maglev tables, and the
+/// backends, one VIP, ports 1000 to 1999) beside a configuration of only
+/// the one service timed, the established and new-flow paths of both in
+/// the same interleaved rounds (rows `nat_1`, `new_flow_1`, `nat_1000`,
+/// `new_flow_1000`, the last two with their ratios to the first two, round
+/// by round), the first plan and apply of all 1,000 Maglev tables, and the
 /// kernel memory of the tables.
 fn scale_section(report: &mut Report) {
+    println!(
+        "\n== scale: {SCALE_SERVICES} services x {SCALE_BACKENDS} backends (ring {SCALE_RING}) \
+         beside one service of {SCALE_BACKENDS}, in the same interleaved rounds (two-arm)"
+    );
+    let one_config = scale_config(1, 500);
+    let config = scale_config(SCALE_SERVICES, 0);
+    let mut one = Harness::new(&one_config);
+    let started = Instant::now();
+    let mut many = Harness::new(&config);
+    let first_plan = started.elapsed();
+    let vip = Ipv4Addr::new(203, 0, 113, 50);
+    let established = || frames::tcp4(CLIENT4, 40000, vip, 1500);
+    let opening = || syn_fin4(CLIENT4, vip, 1500, frames::PAYLOAD);
+    let arm = |case: Case| Case {
+        arm: Arm::Two,
+        ..case
+    };
+    let cases = vec![
+        (1, perpacket::floor_case(floor_frame())),
+        (
+            0,
+            arm(Case::new(
+                "nat_1",
+                "IPv4 TCP established, nat, 1 service x 10 backends (two-arm)",
+                established(),
+            )),
+        ),
+        (
+            0,
+            Case {
+                new_flows_of: Some(perpacket::service_id(&one, "s500")),
+                ..arm(Case::new(
+                    "new_flow_1",
+                    "IPv4 TCP new flow, Maglev, nat, 1 service x 10 backends (two-arm)",
+                    opening(),
+                ))
+            },
+        ),
+        (
+            1,
+            arm(Case::new(
+                "nat_1000",
+                "IPv4 TCP established, nat, 1,000 services x 10 backends (two-arm)",
+                established(),
+            ))
+            .compared_with(&["nat_1"]),
+        ),
+        (
+            1,
+            Case {
+                new_flows_of: Some(perpacket::service_id(&many, "s500")),
+                ..arm(Case::new(
+                    "new_flow_1000",
+                    "IPv4 TCP new flow, Maglev, nat, 1,000 services x 10 backends (two-arm)",
+                    opening(),
+                ))
+                .compared_with(&["new_flow_1"])
+            },
+        ),
+    ];
+    let rows = perpacket::time_across(&mut [&mut one, &mut many], &cases, ROUNDS, REPEAT);
+    report
+        .per_packet
+        .extend(rows.into_iter().filter(|row| row.name != perpacket::FLOOR));
+    let sizes = many.dataplane.sizes();
+    let planned = many.planner.planned().len();
+    drop(many);
+    drop(one);
+    scale_plan_and_memory(&config, sizes, planned, first_plan, report);
+}
+
+/// A configuration of `services` nat services of [`SCALE_BACKENDS`]
+/// backends on one VIP, the first named `s<first>` on port `1000 + first`
+/// (so the service timed, `s500` on port 1500, has the same backends in
+/// the one-service and the 1,000-service configuration).
+fn scale_config(services: usize, first: usize) -> String {
     use std::fmt::Write as _;
     let mut config = format!(
         "instance: bench-scale\ninterfaces: [{{ name: lb0 }}]\n\
@@ -362,7 +439,7 @@ fn scale_section(report: &mut Report) {
          services:\n"
     );
     let hosts = testrun::BACKEND_HOSTS;
-    for service in 0..SCALE_SERVICES {
+    for service in first..first + services {
         let _ = write!(
             config,
             "  - {{ name: s{service}, vip: 203.0.113.50, port: {}, protocol: tcp, forwarding: nat, backends: [",
@@ -380,67 +457,7 @@ fn scale_section(report: &mut Report) {
         }
         config.push_str("] }\n");
     }
-    println!(
-        "\n== scale: {SCALE_SERVICES} services x {SCALE_BACKENDS} backends (ring {SCALE_RING}), \
-         per packet beside this harness's floor; ratios to the one-service rows of this run"
-    );
-    let started = Instant::now();
-    let mut harness = Harness::new(&config);
-    let first_plan = started.elapsed();
-    let service = perpacket::service_id(&harness, "s500");
-    let cases = vec![
-        Case::new(
-            "nat_1000",
-            "IPv4 TCP established, nat, 1,000 services x 10 backends",
-            frames::tcp4(CLIENT4, 40000, Ipv4Addr::new(203, 0, 113, 50), 1500),
-        ),
-        Case {
-            new_flows_of: Some(service),
-            ..Case::new(
-                "new_flow_1000",
-                "IPv4 TCP new flow, Maglev, nat, 1,000 services x 10 backends",
-                syn_fin4(
-                    CLIENT4,
-                    Ipv4Addr::new(203, 0, 113, 50),
-                    1500,
-                    frames::PAYLOAD,
-                ),
-            )
-        },
-    ];
-    let mut all = vec![perpacket::floor_case(floor_frame())];
-    all.extend(cases);
-    let mut rows = perpacket::time(&mut harness, &all, ROUNDS, REPEAT);
-    let floor = rows.remove(0);
-    for row in &mut rows {
-        let one = row.name.trim_end_matches("_1000");
-        let Some(single) = report.per_packet.iter().find(|cost| cost.name == one) else {
-            continue;
-        };
-        let single_floor = report.floor_ns().unwrap_or(0);
-        let ours: Vec<i64> = row
-            .rounds
-            .iter()
-            .zip(&floor.rounds)
-            .map(|(cost, floor)| cost - floor)
-            .collect();
-        let theirs: Vec<i64> = single
-            .rounds
-            .iter()
-            .map(|cost| cost - single_floor)
-            .collect();
-        let ratio = lb_tests::report::Ratio::of_rounds(one, &ours, &theirs, |a, b| a / b);
-        println!(
-            "  {}: {:.2}x {one} ({:.2}-{:.2} over rounds)",
-            row.name, ratio.median, ratio.low, ratio.high
-        );
-        row.ratios.push(ratio);
-    }
-    report.per_packet.extend(rows);
-    let sizes = harness.dataplane.sizes();
-    let planned = harness.planner.planned().len();
-    drop(harness);
-    scale_plan_and_memory(&config, sizes, planned, first_plan, report);
+    config
 }
 
 /// The scale section's plan of every Maglev table, timed alone, and the
@@ -566,8 +583,8 @@ fn targets() -> Vec<Target> {
         target("dsr_v6", "dsr", 1.2),
         target("pass", "ref_tunnel", 0.5),
         target("syn_spoofed", "attack_pass", 1.0),
-        target("nat_1000", "nat", 1.1),
-        target("new_flow_1000", "new_flow", 1.1),
+        target("nat_1000", "nat_1", 1.1),
+        target("new_flow_1000", "new_flow_1", 1.1),
     ]
 }
 

@@ -122,10 +122,28 @@ pub fn time(harness: &mut Harness, cases: &[Case], rounds: usize, repeat: u32) -
         .dataplane
         .insert_iface(lb0, LB_MAC)
         .expect("register lb0 for one-arm cases");
+    let owned: Vec<(usize, Case)> = cases.iter().cloned().map(|case| (0, case)).collect();
+    time_across(&mut [harness], &owned, rounds, repeat)
+}
+
+/// As [`time`], each case on the balancer of its own harness (an index
+/// into `harnesses`), so that rows of different configurations are timed
+/// in the same interleaved rounds and their ratios paired round by round.
+/// The floor is one of the cases. The thread stays in the namespace of the
+/// harness made last: cases of the others should be two-arm (arriving on
+/// loopback, whose ifindex is the same in every namespace) and leave by
+/// their cached next hop (no FIB lookup).
+pub fn time_across(
+    harnesses: &mut [&mut Harness],
+    cases: &[(usize, Case)],
+    rounds: usize,
+    repeat: u32,
+) -> Vec<PathCost> {
     let mut gathered: Vec<Gathered> = cases.iter().map(|_| Gathered::default()).collect();
     // Untimed first run: puts established flows in the connection table.
     // Varied cases start their tuples far apart, so no two share one.
-    for (index, (case, state)) in cases.iter().zip(&mut gathered).enumerate() {
+    for (index, ((owner, case), state)) in cases.iter().zip(&mut gathered).enumerate() {
+        let harness = &mut *harnesses[*owner];
         let padded = prepare(harness, case, (index as u64) << 40);
         run(harness, program_names::BENCH, case.arm, &padded, 1);
         state.runs = harness.dataplane.bench_runs().expect("bench runs");
@@ -133,7 +151,8 @@ pub fn time(harness: &mut Harness, cases: &[Case], rounds: usize, repeat: u32) -
     for round in 0..rounds {
         for offset in 0..cases.len() {
             let index = (round + offset) % cases.len();
-            let (case, state) = (&cases[index], &mut gathered[index]);
+            let ((owner, case), state) = (&cases[index], &mut gathered[index]);
+            let harness = &mut *harnesses[*owner];
             let padded = prepare(harness, case, state.runs);
             let counters = harness.counters();
             let new_before = case.new_flows_of.map(|id| new_flows(harness, id));
@@ -160,7 +179,8 @@ pub fn time(harness: &mut Harness, cases: &[Case], rounds: usize, repeat: u32) -
             state.runs = harness.dataplane.bench_runs().expect("bench runs");
         }
     }
-    summarise(cases, gathered, rounds, u64::from(repeat))
+    let cases: Vec<Case> = cases.iter().map(|(_, case)| case.clone()).collect();
+    summarise(&cases, gathered, rounds, u64::from(repeat))
 }
 
 /// Each case's row from what its rounds gathered: ratios round by round.
