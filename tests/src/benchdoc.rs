@@ -68,14 +68,15 @@ fn f64_of(value: &Value) -> Option<f64> {
     value.as_f64()
 }
 
-/// The latest run with ratios (interleaved rounds), its table and targets,
+/// The latest run whose `nat` row has ratios (a whole section 1 in
+/// interleaved rounds, not a run of a few paths), its table and targets,
 /// and each row's range over every run that measured it.
 fn per_packet(page: &mut String, runs: &[Run]) {
-    let Some(latest) = runs.iter().rev().find(|run| {
-        run.json["per_packet"]
-            .as_object()
-            .is_some_and(|rows| rows.values().any(|row| row["ratios"].is_object()))
-    }) else {
+    let Some(latest) = runs
+        .iter()
+        .rev()
+        .find(|run| run.json["per_packet"]["nat"]["ratios"].is_object())
+    else {
         let _ = writeln!(
             page,
             "## Per packet\n\nNo report with ratios in `results/`.\n"
