@@ -19,8 +19,7 @@
 //! which the balancer sends from the service's `agent_secret_file`.
 
 use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -145,43 +144,85 @@ fn same_secret(offered: &str, secret: &str) -> bool {
             == 0
 }
 
-/// Asks the agent at `address` for its load (500 ms at most), with the
-/// shared secret if there is one.
-pub fn query(address: SocketAddr, secret: Option<&str>) -> anyhow::Result<f64> {
-    let timeout = Duration::from_millis(500);
-    let mut stream = TcpStream::connect_timeout(&address, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    let authorization = secret
-        .map(|s| format!("Authorization: Bearer {s}\r\n"))
-        .unwrap_or_default();
-    write!(
-        stream,
-        "GET /load HTTP/1.1\r\nHost: lb-agent\r\n{authorization}Connection: close\r\n\r\n"
-    )?;
-    let mut response = Vec::new();
-    stream
-        .take(ANSWER_LIMIT as u64)
-        .read_to_end(&mut response)?;
-    parse_answer(&response)
+/// How long one query may take, connection to last byte.
+const QUERY_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Asks agents for their load: hyper's HTTP/1 client on a runtime of its
+/// own, for the thread that polls them (the controller's agent poller).
+#[derive(Debug)]
+pub struct AgentClient {
+    runtime: tokio::runtime::Runtime,
 }
 
-/// The longest answer [`query`] reads.
+impl AgentClient {
+    /// A client with its runtime.
+    pub fn new() -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .context("starting the agent client's runtime")?;
+        Ok(Self { runtime })
+    }
+
+    /// Asks the agent at `address` for its load (500 ms at most), with the
+    /// shared secret if there is one.
+    pub fn query(&self, address: SocketAddr, secret: Option<&str>) -> anyhow::Result<f64> {
+        let (status, body) = self
+            .runtime
+            .block_on(async { tokio::time::timeout(QUERY_TIMEOUT, fetch(address, secret)).await })
+            .map_err(|_| anyhow::anyhow!("no answer within {} ms", QUERY_TIMEOUT.as_millis()))??;
+        judge(status, &body)
+    }
+}
+
+/// [`AgentClient::query`] with a client of its own (one-off queries).
+pub fn query(address: SocketAddr, secret: Option<&str>) -> anyhow::Result<f64> {
+    AgentClient::new()?.query(address, secret)
+}
+
+/// `GET /load` on `address`: the status and the body (at most
+/// [`ANSWER_LIMIT`] bytes).
+async fn fetch(address: SocketAddr, secret: Option<&str>) -> anyhow::Result<(u16, Vec<u8>)> {
+    use http_body_util::{BodyExt as _, Empty, Limited};
+    let stream = tokio::net::TcpStream::connect(address).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .context("talking HTTP to the agent")?;
+    let driver = tokio::spawn(connection);
+    let mut request = hyper::Request::builder()
+        .uri("/load")
+        .header(hyper::header::HOST, "lb-agent");
+    if let Some(secret) = secret {
+        request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {secret}"));
+    }
+    let request = request
+        .body(Empty::<hyper::body::Bytes>::new())
+        .context("building the request")?;
+    let response = sender
+        .send_request(request)
+        .await
+        .context("malformed answer")?;
+    let status = response.status().as_u16();
+    let body = Limited::new(response.into_body(), ANSWER_LIMIT)
+        .collect()
+        .await
+        .map_err(|error| anyhow::anyhow!("reading the answer: {error}"))?
+        .to_bytes();
+    driver.abort();
+    Ok((status, body.to_vec()))
+}
+
+/// The longest answer body [`AgentClient::query`] reads.
 pub const ANSWER_LIMIT: usize = 64 * 1024;
 
-/// The load in an agent's answer (status line, headers, blank line, JSON
-/// body `{"load": L}`): a finite number, 0 or more. Anything else is an
-/// error saying what was wrong.
-pub fn parse_answer(response: &[u8]) -> anyhow::Result<f64> {
-    let response = std::str::from_utf8(response).context("answer is not UTF-8")?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .context("malformed answer")?;
-    anyhow::ensure!(
-        head.starts_with("HTTP/1.1 200"),
-        "agent answered {:?}",
-        head.lines().next().unwrap_or_default()
-    );
+/// The load in an agent's answer (its HTTP status and JSON body
+/// `{"load": L}`): a finite number, 0 or more. Anything else is an error
+/// saying what was wrong.
+pub fn judge(status: u16, body: &[u8]) -> anyhow::Result<f64> {
+    anyhow::ensure!(status == 200, "agent answered {status}");
+    let body = std::str::from_utf8(body).context("answer is not UTF-8")?;
     let value: serde_json::Value = serde_json::from_str(body).context("answer is not JSON")?;
     let load = value["load"].as_f64().context("no load in the answer")?;
     anyhow::ensure!(
@@ -199,6 +240,7 @@ pub fn parse_answer(response: &[u8]) -> anyhow::Result<f64> {
 mod tests {
     use std::{
         io::{Read as _, Write as _},
+        net::TcpStream,
         time::Instant,
     };
 
@@ -255,17 +297,15 @@ mod tests {
 
     #[test]
     fn answers_parse_to_their_load_and_garbage_to_an_error() {
-        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\n{\"load\": 0.5}";
-        assert!((parse_answer(ok).unwrap() - 0.5).abs() < f64::EPSILON);
-        for (answer, error) in [
-            (&b"HTTP/1.1 200 OK\r\n\r\n{\"load\": -1}"[..], "0 or more"),
-            (b"HTTP/1.1 404 Not Found\r\n\r\n{}", "agent answered"),
-            (b"HTTP/1.1 200 OK\r\n\r\n{\"load\": \"x\"}", "no load"),
-            (b"HTTP/1.1 200 OK\r\n\r\nload", "not JSON"),
-            (b"\xff\xfe", "not UTF-8"),
-            (b"HTTP/1.1 200 OK", "malformed"),
+        assert!((judge(200, b"{\"load\": 0.5}").unwrap() - 0.5).abs() < f64::EPSILON);
+        for (status, body, error) in [
+            (200, &b"{\"load\": -1}"[..], "0 or more"),
+            (404, b"{}", "agent answered 404"),
+            (200, b"{\"load\": \"x\"}", "no load"),
+            (200, b"load", "not JSON"),
+            (200, b"\xff\xfe", "not UTF-8"),
         ] {
-            let message = format!("{:#}", parse_answer(answer).unwrap_err());
+            let message = format!("{:#}", judge(status, body).unwrap_err());
             assert!(message.contains(error), "{message}");
         }
     }

@@ -445,7 +445,14 @@ const AGENT_TOKENS: &[&[u8]] = &[
 fn fuzz_agent_answer() {
     fuzz("agent_answer", AGENT_TOKENS, 2_000, |bytes| {
         let bytes = &bytes[..bytes.len().min(agent::ANSWER_LIMIT)];
-        let load = match agent::parse_answer(bytes) {
+        // The first byte picks the status (200 most of the time), the rest
+        // is the body hyper hands over.
+        let (status, body) = match bytes.split_first() {
+            Some((&first, rest)) if first < 16 => (404, rest),
+            Some((_, rest)) => (200, rest),
+            None => (200, bytes),
+        };
+        let load = match agent::judge(status, body) {
             Err(error) => return says_something(&format!("{error:#}")),
             Ok(load) => load,
         };

@@ -278,6 +278,13 @@ fn wait_for_change(monitor: &mut Option<crate::netlink::Monitor>, stopping: &Sto
 /// second, on this thread; each answer is an event for the owner, read by
 /// [`Controller::tick`].
 pub(super) fn poll_agents(controller: &ControllerHandle, stopping: &Stopping) {
+    let client = match crate::agent::AgentClient::new() {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::error!(error = %format!("{error:#}"), "agent poller: no client, loads not polled");
+            return;
+        }
+    };
     loop {
         let targets = match controller.call(|c| c.agents()) {
             Ok(targets) => targets,
@@ -288,7 +295,8 @@ pub(super) fn poll_agents(controller: &ControllerHandle, stopping: &Stopping) {
             if stopping.is_set() {
                 return;
             }
-            let load = crate::agent::query(address, secret.as_deref().map(String::as_str))
+            let load = client
+                .query(address, secret.as_deref().map(String::as_str))
                 .map_err(|error| {
                     tracing::debug!(%address, error = %format!("{error:#}"), "agent unreachable");
                 })
