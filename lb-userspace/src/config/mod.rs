@@ -457,6 +457,17 @@ pub enum Scheduler {
 }
 
 impl Scheduler {
+    /// The name the configuration writes it by.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Scheduler::Maglev => "maglev",
+            Scheduler::IpHash => "ip-hash",
+            Scheduler::RoundRobin => "round-robin",
+            Scheduler::LeastConn => "least-conn",
+            Scheduler::Resource => "resource",
+        }
+    }
+
     /// Whether the controller moves the weights (`least-conn`, `resource`).
     pub const fn is_dynamic(self) -> bool {
         matches!(self, Scheduler::LeastConn | Scheduler::Resource)
@@ -474,6 +485,17 @@ pub enum Forwarding {
     Dsr,
     /// IPIP / IP6IP6 encapsulation.
     Tunnel,
+}
+
+impl Forwarding {
+    /// The name the configuration writes it by.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Forwarding::Nat => "nat",
+            Forwarding::Dsr => "dsr",
+            Forwarding::Tunnel => "tunnel",
+        }
+    }
 }
 
 /// One service.

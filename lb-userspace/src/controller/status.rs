@@ -47,8 +47,8 @@ impl Controller {
                 vip: service.vip.to_string(),
                 port: service.port,
                 protocol: service.protocol.name().into(),
-                scheduler: scheduler_name(service.scheduler),
-                forwarding: forwarding_name(service.forwarding),
+                scheduler: service.scheduler.name().into(),
+                forwarding: service.forwarding.name().into(),
                 active_tier: planned.active_tier,
                 warnings: if service.backends.is_empty() {
                     vec!["no backends configured: packets are dropped (drop_no_backend)".into()]
@@ -161,26 +161,4 @@ impl Controller {
 pub(super) fn unix_seconds(time: SystemTime) -> u64 {
     time.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-pub(super) fn scheduler_name(scheduler: crate::config::Scheduler) -> String {
-    use crate::config::Scheduler;
-    match scheduler {
-        Scheduler::Maglev => "maglev",
-        Scheduler::IpHash => "ip-hash",
-        Scheduler::RoundRobin => "round-robin",
-        Scheduler::LeastConn => "least-conn",
-        Scheduler::Resource => "resource",
-    }
-    .into()
-}
-
-pub(super) fn forwarding_name(forwarding: crate::config::Forwarding) -> String {
-    use crate::config::Forwarding;
-    match forwarding {
-        Forwarding::Nat => "nat",
-        Forwarding::Dsr => "dsr",
-        Forwarding::Tunnel => "tunnel",
-    }
-    .into()
 }

@@ -5,8 +5,8 @@
 
 use std::{fmt::Write as _, path::Path, time::Duration};
 
-use super::keepalived::{Draft, DraftCheck, DraftHa, DraftService, scheduler_name};
-use crate::config::{CheckKind, Forwarding, Protocol};
+use super::keepalived::{Draft, DraftCheck, DraftHa, DraftService};
+use crate::config::CheckKind;
 
 /// The configuration file's text.
 pub(super) fn yaml(draft: &Draft, root: &Path) -> String {
@@ -58,18 +58,9 @@ fn write_service(out: &mut String, service: &DraftService) {
     let _ = writeln!(out, "  - name: {}", scalar(&service.name));
     let _ = writeln!(out, "    vip: {}", scalar(&service.vip.to_string()));
     let _ = writeln!(out, "    port: {}", service.port);
-    let protocol = match service.protocol {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-    };
-    let _ = writeln!(out, "    protocol: {protocol}");
-    let _ = writeln!(out, "    scheduler: {}", scheduler_name(service.scheduler));
-    let forwarding = match service.forwarding {
-        Forwarding::Nat => "nat",
-        Forwarding::Dsr => "dsr",
-        Forwarding::Tunnel => "tunnel",
-    };
-    let _ = writeln!(out, "    forwarding: {forwarding}");
+    let _ = writeln!(out, "    protocol: {}", service.protocol.name());
+    let _ = writeln!(out, "    scheduler: {}", service.scheduler.name());
+    let _ = writeln!(out, "    forwarding: {}", service.forwarding.name());
     if service.backends.is_empty() {
         out.push_str("    backends: []\n");
     } else {

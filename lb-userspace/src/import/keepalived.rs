@@ -728,13 +728,7 @@ fn virtual_server(t: &mut Translator<'_>, statement: &Statement) -> Vec<DraftSer
                 } else {
                     Vec::new()
                 },
-                name: format!(
-                    "{}-{vip}-{port}",
-                    match settings.protocol {
-                        Protocol::Tcp => "tcp",
-                        Protocol::Udp => "udp",
-                    }
-                ),
+                name: format!("{}-{vip}-{port}", settings.protocol.name()),
                 vip,
                 port,
                 protocol: settings.protocol,
@@ -905,21 +899,10 @@ fn persistent(t: &mut Translator<'_>, statement: &Statement, scheduler: &mut Sch
             if was == Scheduler::IpHash {
                 String::new()
             } else {
-                format!(" instead of {}", scheduler_name(was))
+                format!(" instead of {}", was.name())
             }
         ),
     );
-}
-
-/// The scheduler as the configuration writes it.
-pub(super) fn scheduler_name(scheduler: Scheduler) -> &'static str {
-    match scheduler {
-        Scheduler::Maglev => "maglev",
-        Scheduler::IpHash => "ip-hash",
-        Scheduler::RoundRobin => "round-robin",
-        Scheduler::LeastConn => "least-conn",
-        Scheduler::Resource => "resource",
-    }
 }
 
 /// A `real_server ADDR [PORT]`'s backend.
