@@ -163,6 +163,38 @@ pub fn spawn_tcp(
     Ok(())
 }
 
+/// The bound on one connection of [`serve_tcp_at`]'s listeners.
+const CONNECTION_BOUND: Duration = Duration::from_secs(30);
+
+/// How long a handler of [`serve_tcp_at`] should wait for the controller's
+/// owner: a request kept waiting by a busy owner gets a 503 before the
+/// connection's bound cuts it off.
+pub const OWNER_WAIT: Duration = CONNECTION_BOUND.saturating_sub(Duration::from_secs(5));
+
+/// Binds `address` and serves it in the background with the limits lb's
+/// TCP listeners for operators share (`/metrics`, the status page): heads
+/// bounded to 8 KiB, bodies to `body` bytes, each read to 5 s, each
+/// connection to 30 s, 16 clients at once. `what` names the listener in a
+/// bind error.
+pub fn serve_tcp_at(
+    address: std::net::SocketAddr,
+    what: &str,
+    body: usize,
+    handler: Handler,
+) -> anyhow::Result<()> {
+    let listener = std::net::TcpListener::bind(address)
+        .with_context(|| format!("binding {what} {address}"))?;
+    let limits = Limits {
+        head: 8 * 1024,
+        body,
+        read: Duration::from_secs(5),
+        connection: CONNECTION_BOUND,
+        clients: 16,
+        allow: Vec::new(),
+    };
+    spawn_tcp(listener, limits, handler)
+}
+
 /// Serves `listener` (a bound TCP socket) on the runtime, blocking the
 /// calling thread for ever (`lb agent`).
 pub fn block_on_tcp(

@@ -3,14 +3,8 @@
 //! scrape time: the data plane's counters live in BPF maps, so there is
 //! nothing to keep in step between scrapes.
 
-use std::{
-    collections::BTreeMap,
-    net::{SocketAddr, TcpListener},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
-use anyhow::Context as _;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
@@ -19,7 +13,7 @@ use prometheus_client::{
 };
 
 use crate::{
-    http::{Limits, Request, Response},
+    http::{Request, Response},
     owner::Handle,
     plan::BackendKey,
     report::{StatsReport, StatusReport},
@@ -633,23 +627,13 @@ pub fn render(controller: &impl Source) -> anyhow::Result<String> {
 /// [`crate::http`]: clients concurrently, heads bounded to 8 KiB, no body,
 /// each read bounded by 5 s and each connection by 30 s.
 pub fn serve<S: Source>(address: SocketAddr, controller: Handle<S>) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(address)
-        .with_context(|| format!("binding the metrics address {address}"))?;
-    let limits = Limits {
-        head: 8 * 1024,
-        body: 0,
-        read: Duration::from_secs(5),
-        connection: Duration::from_secs(30),
-        clients: 16,
-        allow: Vec::new(),
-    };
     // A scrape kept waiting by a busy owner gets a 503 before the
     // connection's bound cuts it off.
-    let controller =
-        controller.with_timeout(limits.connection.saturating_sub(Duration::from_secs(5)));
-    crate::http::spawn_tcp(
-        listener,
-        limits,
+    let controller = controller.with_timeout(crate::http::OWNER_WAIT);
+    crate::http::serve_tcp_at(
+        address,
+        "the metrics address",
+        0,
         Arc::new(move |request: Request| answer(&request, &controller)),
     )
 }

@@ -17,15 +17,14 @@
 //!
 //! The routing (`route.rs`) is pure; [`serve`] here is the I/O edge.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc};
 
-use anyhow::Context as _;
 use hyper::body::Bytes;
 
 pub use route::{CSP, HEADERS, PAGE, Route, route};
 
 use crate::{
-    http::{Limits, Request, Response},
+    http::{Request, Response},
     owner::ControllerHandle,
 };
 
@@ -43,21 +42,11 @@ pub fn serve(
     controller: ControllerHandle,
     metrics: bool,
 ) -> anyhow::Result<()> {
-    let listener = std::net::TcpListener::bind(address)
-        .with_context(|| format!("binding the status page address {address} (control.web)"))?;
-    let limits = Limits {
-        head: 8 * 1024,
-        body: MAX_BODY,
-        read: Duration::from_secs(5),
-        connection: Duration::from_secs(30),
-        clients: 16,
-        allow: Vec::new(),
-    };
-    let controller =
-        controller.with_timeout(limits.connection.saturating_sub(Duration::from_secs(5)));
-    crate::http::spawn_tcp(
-        listener,
-        limits,
+    let controller = controller.with_timeout(crate::http::OWNER_WAIT);
+    crate::http::serve_tcp_at(
+        address,
+        "the status page address (control.web)",
+        MAX_BODY,
         Arc::new(move |request: Request| answer(&request, &controller, metrics)),
     )
 }
